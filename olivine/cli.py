@@ -1,0 +1,98 @@
+"""The ``olivine`` command line: a thin front door that only wires the rooms together."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    """Turn ``--name value`` leftovers into a dict; reject anything else."""
+    params: dict[str, str] = {}
+    it = iter(pairs)
+    for token in it:
+        if not token.startswith("--") or len(token) < 3:
+            raise SystemExit(f"olivine resources: expected '--param value', got {token!r}")
+        key = token[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            try:
+                value = next(it)
+            except StopIteration:
+                raise SystemExit(f"olivine resources: parameter --{key} needs a value") from None
+        params[key] = value
+    return params
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run
+
+    return run(as_json=args.json)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(model=args.model, tokens=args.tokens, presets=args.presets)
+
+
+def _cmd_accuracy(args: argparse.Namespace) -> int:
+    from .demo import accuracy
+
+    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets)
+
+
+def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
+    from olivine.hw.resources import cli
+
+    return cli(args.unit, _params(extra), family=args.family, as_json=args.json) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="olivine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="check the toolchain and print how to fix what is missing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default model (glassllm)")
+    p.add_argument("--model", default="glassllm", help="glassllm (default), smollm2 or a path")
+    p.add_argument("--tokens", type=int, default=None, help="tokens of text to evaluate")
+    p.add_argument("--presets", default=None, help="comma-separated precision presets")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("accuracy", help="perplexity and agreement of precision presets on a model")
+    p.add_argument("--model", default="glassllm")
+    p.add_argument("--corpus", default="shakespeare", help="shakespeare or lee")
+    p.add_argument("--tokens", type=int, default=None)
+    p.add_argument("--presets", default=None, help="comma-separated precision presets")
+    p.set_defaults(func=_cmd_accuracy)
+
+    p = sub.add_parser("resources", help="synthesize a hardware unit with Yosys and count resources",
+                       description="Unit parameters follow as --name value (e.g. --length 8).")
+    p.add_argument("unit", help="unit name (e.g. sparse_chain, ovp_decoder, ovp_array, dsp48e2)")
+    p.add_argument("--family", default="xcup", help="Yosys synth_xilinx family (default xcup)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_resources, takes_extra=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_extra", False):
+            return args.func(args, extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        # Errors from the rooms are written to be read: print them without a traceback.
+        print(f"olivine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
