@@ -1,0 +1,51 @@
+"""``olivine demo`` and ``olivine accuracy``: wiring of the rooms for the main job.
+
+At this stage the demo quantizes the embedded default model (glassllm) with OVP and prints its
+accuracy against fp32 (perplexity on two texts, next-token and greedy agreement).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+DEMO_PRESETS = ("fp32", "w8a8", "w4a8-int4", "w4a8-ovp", "w4a4-ovp", "w4a8-ovp-8:16")
+
+
+def _presets(text: str | None, default) -> tuple[str, ...]:
+    if not text:
+        return tuple(default)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _print_accuracy(model: str, corpora, tokens, presets, title: str) -> int:
+    from rich.console import Console
+
+    from olivine.golden.accuracy import accuracy_rich_table, accuracy_table
+
+    # Wide enough for the whole table when the output is a file or a CI log.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    with console.status("starting") as status:
+        rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens,
+                              progress=lambda msg: status.update(msg))
+    console.print(accuracy_rich_table(rows, title=title))
+    failed = [r for r in rows if r.status != "ok"]
+    for row in failed:
+        console.print(f"[yellow]{row.preset}: {row.status}[/]")
+    return 1 if failed else 0
+
+
+def run(model: str = "glassllm", tokens: int | None = None, presets: str | None = None) -> int:
+    t0 = time.perf_counter()
+    rc = _print_accuracy(model, ("shakespeare", "lee"), tokens, _presets(presets, DEMO_PRESETS),
+                         f"olivine demo: {model}, OVP and integer quantization vs fp32")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    return rc
+
+
+def accuracy(model: str = "glassllm", corpus: str = "shakespeare", tokens: int | None = None,
+             presets: str | None = None) -> int:
+    from olivine.golden.accuracy import DEFAULT_PRESETS
+
+    return _print_accuracy(model, (corpus,), tokens, _presets(presets, DEFAULT_PRESETS),
+                           f"{model} on {corpus}")
