@@ -1,0 +1,157 @@
+"""Per-layer precision and sparsity configuration of the quantized LLaMA (golden/qmodel.py).
+
+A :class:`QuantConfig` is a default :class:`LayerQuant` plus overrides keyed by glob patterns over
+linear names as :meth:`olivine.golden.model.LlamaWeights.named_linears` spells them:
+``"layers.3.wq"``, ``"layers.*.w_down"``, ``"lm_head"``. When several patterns match a name the
+one inserted LAST wins (like later rules in a style sheet), so put general patterns first.
+
+Presets (``QuantConfig.preset(name)``; lm_head is the sensitive layer everywhere: its weight is the
+(tied) embedding table and its output is the logits, so it stays INT8 weights x INT8 activations):
+
+=================  ====================================================================
+fp32               everything float (reproduces FloatLlama exactly)
+w8a8               INT8 weights (per-channel) x INT8 activations (per-token dynamic, docs/contract.md)
+w4a8-int4          plain INT4 weights (per-channel absmax) x INT8 acts; lm_head W8A8
+w4a8-ovp           OVP4 weights (per-row alpha search) x INT8 acts; lm_head W8A8
+w4a8-ovp-down8     w4a8-ovp with every w_down at W8A8 (the most sensitive linear: its input
+                   carries the largest activation outliers; SmolLM2 ppl ratio 1.56 -> 1.34)
+w4a4-ovp           OVP4 weights x OVP4 activations (static per-tensor alpha from calibration,
+                   as in OliVe); lm_head W8A8. Needs calibration tokens.
+w4a8-ovp-8:16      w4a8-ovp with 8:16 block sparsity on every decoder linear; lm_head dense
+w4a8-ovp-4:16      w4a8-ovp with 4:16 block sparsity on every decoder linear; lm_head dense
+=================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["QuantConfigError", "LayerQuant", "QuantConfig", "PRESETS", "WEIGHT_CHOICES", "ACT_CHOICES",
+           "SPARSITY_CHOICES", "NAME_PATTERN"]
+
+WEIGHT_CHOICES = ("ovp4", "int4", "int8", "fp32")
+ACT_CHOICES = ("int8", "int8-pow2", "int8-static", "ovp4", "fp32")
+SPARSITY_CHOICES = (None, "8:16", "4:16", "2:16", "2:4")
+
+#: Every linear name a pattern may target (after glob expansion): layers.<i>.<linear> or lm_head.
+_LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+NAME_PATTERN = re.compile(r"^(layers\.[0-9*?\[\]!-]+\.[a-z_*?\[\]!]+|lm_head|[*?]+)$")
+
+
+class QuantConfigError(ValueError):
+    """An unknown preset, precision, sparsity or layer pattern."""
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """Precision and sparsity of one linear.
+
+    weights:  "ovp4" | "int4" | "int8" | "fp32"
+    acts:     "int8" (per-token dynamic, 9-bit-mantissa scale, the default) | "int8-pow2"
+              (per-token dynamic, power-of-two scale) | "int8-static" (per-tensor, calibrated)
+              | "ovp4" (per-tensor static alpha, calibrated) | "fp32"
+    sparsity: None | "8:16" | "4:16" | "2:16" | "2:4" | a density in (0, 1] (N chosen per
+              16x16 block by golden.sparsity.choose_block_n)
+    """
+
+    weights: str = "int8"
+    acts: str = "int8"
+    sparsity: str | float | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_CHOICES:
+            raise QuantConfigError(f"LayerQuant.weights={self.weights!r}; expected one of {WEIGHT_CHOICES}")
+        if self.acts not in ACT_CHOICES:
+            raise QuantConfigError(f"LayerQuant.acts={self.acts!r}; expected one of {ACT_CHOICES}")
+        sp = self.sparsity
+        if isinstance(sp, bool) or not (sp in SPARSITY_CHOICES or (isinstance(sp, float) and 0.0 < sp <= 1.0)):
+            raise QuantConfigError(
+                f"LayerQuant.sparsity={sp!r}; expected None, one of {SPARSITY_CHOICES[1:]} or a density float in (0, 1]")
+        if sp == "2:4" and self.weights == "ovp4":
+            raise QuantConfigError("2:4 sparsity is not offered with OVP4 weights (OVP pairs are formed in 16-groups); use '8:16'")
+
+    @property
+    def is_float(self) -> bool:
+        return self.weights == "fp32" and self.acts == "fp32"
+
+    def describe(self) -> str:
+        s = f"W{self.weights}/A{self.acts}"
+        return s + (f" sparse {self.sparsity}" if self.sparsity is not None else "")
+
+
+_W8A8 = LayerQuant("int8", "int8")
+
+PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
+    "fp32": (LayerQuant("fp32", "fp32"), {}),
+    "w8a8": (_W8A8, {"lm_head": _W8A8}),
+    "w4a8-int4": (LayerQuant("int4", "int8"), {"lm_head": _W8A8}),
+    "w4a8-ovp": (LayerQuant("ovp4", "int8"), {"lm_head": _W8A8}),
+    "w4a8-ovp-down8": (LayerQuant("ovp4", "int8"), {"layers.*.w_down": _W8A8, "lm_head": _W8A8}),
+    "w4a4-ovp": (LayerQuant("ovp4", "ovp4"), {"lm_head": _W8A8}),
+    "w4a8-ovp-8:16": (LayerQuant("ovp4", "int8", "8:16"), {"lm_head": _W8A8}),
+    "w4a8-ovp-4:16": (LayerQuant("ovp4", "int8", "4:16"), {"lm_head": _W8A8}),
+}
+
+
+@dataclass
+class QuantConfig:
+    """Default LayerQuant plus glob-pattern overrides (last matching pattern wins)."""
+
+    default: LayerQuant = field(default_factory=LayerQuant)
+    overrides: dict[str, LayerQuant] = field(default_factory=dict)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.default, LayerQuant):
+            raise QuantConfigError(f"QuantConfig.default must be a LayerQuant, got {type(self.default).__name__}")
+        for pat, lq in self.overrides.items():
+            if not isinstance(pat, str) or not NAME_PATTERN.match(pat):
+                raise QuantConfigError(
+                    f"override pattern {pat!r} is not a linear-name glob; use e.g. 'layers.3.wq', "
+                    f"'layers.*.w_down' or 'lm_head' (linears: {', '.join(_LINEARS)})")
+            if not isinstance(lq, LayerQuant):
+                raise QuantConfigError(f"override {pat!r} must map to a LayerQuant, got {type(lq).__name__}")
+
+    @classmethod
+    def preset(cls, name: str) -> "QuantConfig":
+        """One of PRESETS by name (see the module docstring)."""
+        if name not in PRESETS:
+            raise QuantConfigError(f"unknown quantization preset {name!r}; expected one of {tuple(PRESETS)}")
+        default, overrides = PRESETS[name]
+        return cls(default, dict(overrides), name=name)
+
+    def with_overrides(self, overrides: dict[str, LayerQuant]) -> "QuantConfig":
+        """A copy with more overrides appended (they win over the existing ones)."""
+        merged = dict(self.overrides)
+        for k, v in overrides.items():
+            merged.pop(k, None)
+            merged[k] = v
+        return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}")
+
+    def for_layer(self, name: str) -> LayerQuant:
+        """The LayerQuant of linear ``name`` (last matching override, else the default)."""
+        chosen = self.default
+        for pat, lq in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pat):
+                chosen = lq
+        return chosen
+
+    def resolve(self, names) -> dict[str, LayerQuant]:
+        """LayerQuant for every name; raises if an override pattern matches none of them
+        (a typo such as 'layers.*.w_dwn' would otherwise be silently ignored)."""
+        names = list(names)
+        for pat in self.overrides:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                raise QuantConfigError(
+                    f"override pattern {pat!r} matches no linear of this model; names look like "
+                    f"{names[0]!r} ... {names[-1]!r}")
+        return {n: self.for_layer(n) for n in names}
+
+    @property
+    def is_float(self) -> bool:
+        return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
+
+    def needs_calibration(self) -> bool:
+        return any(lq.acts in ("ovp4", "int8-static") for lq in [self.default, *self.overrides.values()])

@@ -1,0 +1,411 @@
+"""Quantized LLaMA that runs entirely on the integer contract (golden/contract.py + golden/sfu.py).
+
+``quantize_model(config, weights, qcfg, calib_tokens=None) -> QLlama``. The forward pass keeps
+every activation in the int32 fixed-point formats of golden/fixed.py (all with 16 fractional
+bits) and every linear in integers (contract.QLinear); float appears only when the final int32
+logits are turned into float32 for accuracy measurement. Same inputs give bit-identical integer
+tensors: the integer path uses float64 matmuls only where every partial sum is an exactly
+representable integer, so neither thread count nor summation order can change a result.
+
+Data flow of one layer (F = 16 everywhere; shapes for batch B, T new tokens, S cached positions)::
+
+    x  int32 F            residual stream
+    h  = sfu.rmsnorm(x, attn_norm)                     int32 F
+    q,k,v = QLinear(h)                                 int32 F (INT8 x W, INT32 acc, requant)
+    q,k = sfu.rope(q|k, positions)                     int32 F
+    Q,K,V = per-(token, head) dynamic INT8 (contract.quantize_act_dynamic_int8 over head_dim):
+            codes q, exponent e, mantissa m; real = q * m * 2**e / 127 * 2**-16
+    cache <- K, V  (INT8 codes + per token-head exponent and mantissa)
+    s  = requant(Q.K^T, (m_q m_k) * 2**(e_q + e_k) / 127**2 * 2**-32 / sqrt(hd) * 2**F)   int32 F
+    p  = sfu.softmax(s, causal mask)                   int32, 1.0 = 2**16 (PROB_FRAC)
+    p' = round_shift(p * m_v[t], 8 + e_ref - e_v[t]),  e_ref = running max of e_v over visible t
+    a  = requant(p'.V, 2**(e_ref + 8 - 16) / 127)      int32 F   (p' <= 2**16, |acc| < 2**24)
+    x  = sfu.add(x, QLinear_wo(a))
+    h  = sfu.rmsnorm(x, ffn_norm); g, u = QLinear(h); m = sfu.mul(sfu.silu(g), u)
+    x  = sfu.add(x, QLinear_w_down(m))
+    logits = QLinear_lm_head(sfu.rmsnorm(x, final_norm))  -> float32 only here
+
+Embeddings are an INT8 per-row table (the lm_head grid when tied) with per-row fixed-point
+multipliers: x = round_shift(q[tok] * mult[tok], shift[tok]).
+
+Why V's per-token scale is folded into p: the reduction of p.V runs over tokens, so V's scale
+cannot leave the sum; multiplying each probability by m_v[t] and shifting it right by
+(8 + e_ref - e_v[t]) puts every term on the common scale 2**e_ref with one 17x9 multiply and one
+shifter per probability, and keeps the INT32 accumulator exact (the scaled probabilities still
+sum to about 1). The running max makes the result
+for position p independent of later positions, so decode with the cache equals the full forward
+bit for bit.
+
+Tracing: ``forward(..., trace=d)`` fills dict ``d`` (or calls ``d(name, tensor)``) with every
+integer tensor, named ``"embed"``, ``"layers.<i>.<op>"`` (attn_norm, wq.act_q, wq.act_exp,
+wq.acc, wq.out, ..., q_rope, k_rope, q_q, q_exp, k_q, k_exp, v_q, v_exp, scores_acc, scores,
+probs, probs_shifted, pv_acc, attn_out, resid_attn, ffn_norm, silu, swiglu, resid_ffn),
+``"final_norm"``, ``"lm_head.*"``, ``"logits"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from . import fixed, sfu
+from .contract import (
+    ContractError,
+    INT8_QMAX,
+    Multiplier,
+    QAct,
+    QLinear,
+    QWeight,
+    apply_multiplier,
+    compile_linear,
+    from_fixed,
+    int_matmul,
+    quantize_act_dynamic_int8,
+    quantize_multiplier,
+    quantize_weight,
+    requantize,
+    round_shift,
+    to_fixed,
+)
+from .model import FloatLlama, LlamaConfig, LlamaWeights
+from .qconfig import LayerQuant, QuantConfig
+
+__all__ = ["QLlama", "QKVCache", "quantize_model", "collect_linear_inputs", "LOGIT_FRAC"]
+
+RES_F = fixed.RESIDUAL_FRAC
+NORM_F = fixed.NORM_OUT_FRAC
+ACT_F = fixed.ACT_FRAC
+SCORE_F = fixed.SCORE_FRAC
+PROB_F = fixed.PROB_FRAC
+GAMMA_F = fixed.GAMMA_FRAC
+LOGIT_FRAC = 16
+
+Trace = dict | Callable[[str, torch.Tensor], None] | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Special functions (golden.sfu): every call takes and returns int32 fixed-point tensors.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Sfu:
+    """The model's fixed-point formats bound to golden.sfu's integer special functions."""
+
+    def __init__(self, config: LlamaConfig):
+        self.config = config
+
+    def rmsnorm(self, x: torch.Tensor, gamma_q: torch.Tensor) -> torch.Tensor:
+        return sfu.rmsnorm(x, RES_F, gamma_q, GAMMA_F, eps=self.config.norm_eps, frac_out=NORM_F)
+
+    def rope(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        pos = torch.arange(start_pos, start_pos + x.shape[-2])  # broadcasts over [B, H, T]
+        return sfu.rope(x, pos, ACT_F, self.config.rope_theta, self.config.head_dim, style="half")
+
+    def softmax(self, s: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        return sfu.softmax(s, SCORE_F, mask=~masked, frac_out=PROB_F)
+
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        return sfu.silu(x, ACT_F, ACT_F)
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return sfu.mul(a, b, ACT_F, ACT_F, ACT_F)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return sfu.add(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer KV cache
+# ---------------------------------------------------------------------------------------------
+
+
+class QKVCache:
+    """Post-RoPE keys and values of every layer as INT8 codes with a per-(token, head) scale.
+
+    k_q, v_q: torch.int8 [B, Hkv, capacity, hd]; k_e, v_e: torch.int8 and k_m, v_m: torch.int16
+    [B, Hkv, capacity, 1] (value = code * m * 2**e / 127 * 2**-16, contract.quantize_act_dynamic_int8).
+    ``length`` positions are filled; the next forward must use ``start_pos == length``.
+    """
+
+    def __init__(self, config: LlamaConfig, batch: int = 1, capacity: int | None = None):
+        capacity = config.max_seq_len if capacity is None else capacity
+        if capacity <= 0 or capacity > config.max_seq_len:
+            raise ValueError(f"KV cache capacity {capacity} must be in 1..max_seq_len={config.max_seq_len}")
+        shape = (batch, config.n_kv_heads, capacity, config.head_dim)
+        eshape = shape[:-1] + (1,)
+        n = config.n_layers
+        self.k_q = [torch.zeros(shape, dtype=torch.int8) for _ in range(n)]
+        self.v_q = [torch.zeros(shape, dtype=torch.int8) for _ in range(n)]
+        self.k_e = [torch.zeros(eshape, dtype=torch.int8) for _ in range(n)]
+        self.v_e = [torch.zeros(eshape, dtype=torch.int8) for _ in range(n)]
+        self.k_m = [torch.zeros(eshape, dtype=torch.int16) for _ in range(n)]
+        self.v_m = [torch.zeros(eshape, dtype=torch.int16) for _ in range(n)]
+        self.batch, self.capacity, self.length = batch, capacity, 0
+
+    def update(self, layer, k, v, start_pos):
+        """Store QActs k, v ([B, Hkv, T, hd]) at start_pos..; return (k, v) QActs of all positions."""
+        kq = k.values
+        t = kq.shape[2]
+        if kq.shape[0] != self.batch:
+            raise ValueError(f"KV cache was made for batch {self.batch}, got batch {kq.shape[0]}")
+        if start_pos != self.length:
+            raise ValueError(f"KV cache holds {self.length} positions but start_pos={start_pos}; pass start_pos=cache.length")
+        end = start_pos + t
+        if end > self.capacity:
+            raise ValueError(f"KV cache capacity {self.capacity} exceeded (positions up to {end}); make a larger cache")
+        sl = slice(start_pos, end)
+        self.k_q[layer][:, :, sl], self.k_e[layer][:, :, sl], self.k_m[layer][:, :, sl] = k.values, k.exponent, k.mantissa
+        self.v_q[layer][:, :, sl], self.v_e[layer][:, :, sl], self.v_m[layer][:, :, sl] = v.values, v.exponent, v.mantissa
+        upto = slice(0, end)
+        return (QAct(self.k_q[layer][:, :, upto], self.k_e[layer][:, :, upto], "int8", k.base_scale, mantissa=self.k_m[layer][:, :, upto]),
+                QAct(self.v_q[layer][:, :, upto], self.v_e[layer][:, :, upto], "int8", v.base_scale, mantissa=self.v_m[layer][:, :, upto]))
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def nbytes(self) -> int:
+        """Bytes the cache occupies in the integer format (codes + exponents)."""
+        return sum(t.numel() * t.element_size() for t in self.k_q + self.v_q + self.k_e + self.v_e + self.k_m + self.v_m)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------
+
+
+class _Recorder(FloatLlama):
+    def __init__(self, config, weights, wanted):
+        super().__init__(config, weights)
+        self.wanted, self.seen = set(wanted), {}
+
+    def linear(self, name, x, weight):
+        if name in self.wanted:
+            self.seen.setdefault(name, []).append(x.detach().reshape(-1, x.shape[-1]).clone())
+        return super().linear(name, x, weight)
+
+
+def collect_linear_inputs(config: LlamaConfig, weights: LlamaWeights, tokens, names) -> dict[str, torch.Tensor]:
+    """Float inputs [N_tokens, K] of the named linears when the float model runs ``tokens``.
+
+    Sequences longer than ``config.max_seq_len`` are cut into consecutive windows of that length.
+    """
+    rec = _Recorder(config, weights, names)
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() == 1:
+        tokens = tokens.unsqueeze(0)
+    step = config.max_seq_len
+    for row in tokens:
+        for start in range(0, row.numel(), step):
+            rec.forward(row[start : start + step])
+    return {n: torch.cat(v, 0) for n, v in rec.seen.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+def _emit(trace: Trace, name: str, t: torch.Tensor) -> None:
+    if trace is None:
+        return
+    if isinstance(trace, dict):
+        trace[name] = t.clone()
+    else:
+        trace(name, t)
+
+
+class _Prefixed:
+    """Adapts a trace sink so QLinear's names get a layer prefix."""
+
+    def __init__(self, trace: Trace, prefix: str):
+        self.trace, self.prefix = trace, prefix
+
+    def __call__(self, name: str, t: torch.Tensor) -> None:
+        _emit(self.trace, self.prefix + name, t)
+
+
+class QLlama(FloatLlama):
+    """LLaMA decoder on the integer contract. Build it with :func:`quantize_model`.
+
+    ``forward(tokens, cache=None, start_pos=0, trace=None) -> float32 logits`` ([T, V] for [T]
+    tokens, [B, T, V] for [B, T]); ``forward_int`` returns the int32 logits (LOGIT_FRAC bits).
+    prefill/decode/generate come from FloatLlama and run on :class:`QKVCache`.
+    """
+
+    def __init__(self, config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig,
+                 linears: dict[str, QLinear], embed_q: QWeight | None, layer_quant: dict[str, LayerQuant]):
+        super().__init__(config, weights)
+        self.qcfg, self.linears, self.layer_quant = qcfg, linears, layer_quant
+        self.is_float = qcfg.is_float
+        self.sfu = _Sfu(config)
+        self.embed_q = embed_q
+        if embed_q is not None:
+            self.embed_mult = quantize_multiplier(embed_q.scale * 2.0**RES_F)
+        self.gamma = {f"layers.{i}.{n}": to_fixed(getattr(lw, n), GAMMA_F) for i, lw in enumerate(weights.layers) for n in ("attn_norm", "ffn_norm")}
+        self.gamma["final_norm"] = to_fixed(weights.final_norm, GAMMA_F)
+        hd = config.head_dim
+        # scores: Q, K codes carry m * 2**e / 127 * 2**-ACT_F; result in SCORE_F, 1/sqrt(hd) folded in
+        self.score_mult = quantize_multiplier(torch.tensor(2.0 ** (SCORE_F - 2 * ACT_F) / math.sqrt(hd) / INT8_QMAX**2))
+        # p''.V: p'' = p * m_v * 2**(e_v - e_ref - 8) with PROB_F bits; V codes 2**e_ref / 127 * 2**-ACT_F
+        self.pv_mult = quantize_multiplier(torch.tensor(2.0 ** (8 - PROB_F) / INT8_QMAX))
+
+    # -- cache -------------------------------------------------------------------------------
+    def new_cache(self, batch: int = 1, capacity: int | None = None):
+        if self.is_float:
+            return super().new_cache(batch, capacity)
+        return QKVCache(self.config, batch, capacity)
+
+    # -- forward -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, tokens, cache=None, start_pos: int = 0, trace: Trace = None) -> torch.Tensor:
+        if self.is_float:
+            return super().forward(tokens, cache, start_pos)
+        tokens_t, squeeze = self.check_tokens(tokens, start_pos)
+        logits = from_fixed(self._forward_int(tokens_t, cache, start_pos, trace), LOGIT_FRAC)
+        return logits[0] if squeeze else logits
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def forward_int(self, tokens, cache=None, start_pos: int = 0, trace: Trace = None) -> torch.Tensor:
+        """int32 logits (LOGIT_FRAC fractional bits), [B, T, V] (or [T, V] for 1-D tokens)."""
+        if self.is_float:
+            raise ContractError("the fp32 configuration has no integer forward; use forward()")
+        tokens_t, squeeze = self.check_tokens(tokens, start_pos)
+        out = self._forward_int(tokens_t, cache, start_pos, trace)
+        return out[0] if squeeze else out
+
+    def _lin(self, name: str, x: torch.Tensor, trace: Trace) -> torch.Tensor:
+        return self.linears[name](x, None if trace is None else _Prefixed(trace, ""))
+
+    def _forward_int(self, tokens, cache, start_pos, trace):
+        if cache is not None and not isinstance(cache, QKVCache):
+            raise TypeError("the integer model needs a QKVCache; create it with model.new_cache()")
+        q = self.embed_q.values[tokens]
+        m = Multiplier(self.embed_mult.mult[tokens][..., None], self.embed_mult.shift[tokens][..., None])
+        x = apply_multiplier(q, m).to(torch.int32)
+        _emit(trace, "embed", x)
+        for layer in range(self.config.n_layers):
+            x = self._attn_int(layer, x, cache, start_pos, trace)
+            x = self._ffn_int(layer, x, trace)
+        if cache is not None:
+            cache.advance(tokens.shape[1])
+        h = self.sfu.rmsnorm(x, self.gamma["final_norm"])
+        _emit(trace, "final_norm", h)
+        logits = self._lin("lm_head", h, trace)
+        _emit(trace, "logits", logits)
+        return logits
+
+    def _attn_int(self, layer, x, cache, start_pos, trace):
+        c, p = self.config, f"layers.{layer}."
+        b, t, _ = x.shape
+        hq, hkv, hd, rep = c.n_heads, c.n_kv_heads, c.head_dim, c.n_rep
+        h = self.sfu.rmsnorm(x, self.gamma[p + "attn_norm"])
+        _emit(trace, p + "attn_norm", h)
+        q = self._lin(p + "wq", h, trace).view(b, t, hq, hd).transpose(1, 2)
+        k = self._lin(p + "wk", h, trace).view(b, t, hkv, hd).transpose(1, 2)
+        v = self._lin(p + "wv", h, trace).view(b, t, hkv, hd).transpose(1, 2)
+        q, k = self.sfu.rope(q, start_pos), self.sfu.rope(k, start_pos)
+        _emit(trace, p + "q_rope", q)
+        _emit(trace, p + "k_rope", k)
+        qa = quantize_act_dynamic_int8(q, ACT_F)
+        ka = quantize_act_dynamic_int8(k, ACT_F)
+        va = quantize_act_dynamic_int8(v, ACT_F)
+        for nm, qt in (("q", qa), ("k", ka), ("v", va)):
+            _emit(trace, p + f"{nm}_q", qt.values)
+            _emit(trace, p + f"{nm}_exp", qt.exponent)
+            _emit(trace, p + f"{nm}_mant", qt.mantissa)
+        if cache is not None:
+            ka, va = cache.update(layer, ka, va, start_pos)
+        s_len = ka.values.shape[2]
+        # scores = (Q.K^T) * m_q * m_k * 2**(e_q + e_k) / 127**2 * 2**-32 / sqrt(hd), in SCORE_F
+        qg = qa.values.view(b, hkv, rep, t, hd)
+        acc = int_matmul(qg, ka.values.unsqueeze(2))  # [B, Hkv, rep, T, S]
+        e = qa.exponent.view(b, hkv, rep, t, 1).to(torch.int64) + ka.exponent.view(b, hkv, 1, 1, s_len).to(torch.int64)
+        mant = qa.mantissa.view(b, hkv, rep, t, 1).to(torch.int64) * ka.mantissa.view(b, hkv, 1, 1, s_len).to(torch.int64)
+        scores = requantize(acc, self.score_mult, e, mantissa=mant)
+        _emit(trace, p + "scores_acc", acc)
+        _emit(trace, p + "scores", scores)
+        query_pos = torch.arange(start_pos, start_pos + t).unsqueeze(1)
+        mask = torch.arange(s_len).unsqueeze(0) > query_pos  # [T, S]
+        probs = self.sfu.softmax(scores, mask)
+        _emit(trace, p + "probs", probs)
+        # p'' = round_shift(p * m_v[t], 8 + e_ref - e_v[t]) puts every V row on the scale 2**e_ref
+        ev = va.exponent.view(b, hkv, 1, 1, s_len).to(torch.int64)
+        mv = va.mantissa.view(b, hkv, 1, 1, s_len).to(torch.int64)
+        e_run = torch.cummax(va.exponent.view(b, hkv, s_len).to(torch.int64), dim=-1).values
+        e_ref = e_run[..., start_pos : start_pos + t].reshape(b, hkv, 1, t, 1)
+        shift = (8 + e_ref - ev).clamp(min=8)  # masked positions have p = 0 whatever the shift
+        p_sh = round_shift(probs.to(torch.int64) * mv, shift)
+        _emit(trace, p + "probs_shifted", p_sh)
+        acc2 = int_matmul(p_sh, va.values.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, rep, T, hd]
+        _emit(trace, p + "pv_acc", acc2)
+        a = requantize(acc2, self.pv_mult, e_ref)
+        a = a.reshape(b, hq, t, hd).transpose(1, 2).reshape(b, t, hq * hd)
+        _emit(trace, p + "attn_out", a)
+        o = self._lin(p + "wo", a, trace)
+        x = self.sfu.add(x, o)
+        _emit(trace, p + "resid_attn", x)
+        return x
+
+    def _ffn_int(self, layer, x, trace):
+        p = f"layers.{layer}."
+        h = self.sfu.rmsnorm(x, self.gamma[p + "ffn_norm"])
+        _emit(trace, p + "ffn_norm", h)
+        g = self._lin(p + "w_gate", h, trace)
+        u = self._lin(p + "w_up", h, trace)
+        s = self.sfu.silu(g)
+        _emit(trace, p + "silu", s)
+        m = self.sfu.mul(s, u)
+        _emit(trace, p + "swiglu", m)
+        d = self._lin(p + "w_down", m, trace)
+        x = self.sfu.add(x, d)
+        _emit(trace, p + "resid_ffn", x)
+        return x
+
+    def describe(self) -> dict[str, str]:
+        """Linear name -> its precision/sparsity description."""
+        return {n: lq.describe() for n, lq in self.layer_quant.items()}
+
+
+_IN_OUT_FRAC = {"wq": (NORM_F, ACT_F), "wk": (NORM_F, ACT_F), "wv": (NORM_F, ACT_F), "wo": (ACT_F, RES_F),
+                "w_gate": (NORM_F, ACT_F), "w_up": (NORM_F, ACT_F), "w_down": (ACT_F, RES_F), "lm_head": (NORM_F, LOGIT_FRAC)}
+
+
+def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig | str, calib_tokens=None) -> QLlama:
+    """Compile a float LLaMA to the integer contract with per-layer precision ``qcfg``.
+
+    qcfg: a QuantConfig or a preset name. ``calib_tokens`` ([T] or [B, T] token ids) are needed
+    when some layer uses static activations ("ovp4" or "int8-static"); the float model runs them
+    once and each such linear's inputs set its static scale/alpha.
+    """
+    if isinstance(qcfg, str):
+        qcfg = QuantConfig.preset(qcfg)
+    if not isinstance(qcfg, QuantConfig):
+        raise TypeError(f"qcfg must be a QuantConfig or a preset name, got {type(qcfg).__name__}")
+    weights.validate(config)
+    names = [n for n, _ in weights.named_linears(include_lm_head=True)]
+    lq = qcfg.resolve(names)
+    if qcfg.is_float:
+        return QLlama(config, weights, qcfg, {}, None, lq)
+    calib: dict[str, torch.Tensor] = {}
+    static = [n for n in names if lq[n].acts in ("ovp4", "int8-static")]
+    if static:
+        if calib_tokens is None:
+            raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
+        calib = collect_linear_inputs(config, weights, calib_tokens, static)
+    linears = {}
+    for n in names:
+        short = n.split(".")[-1]
+        in_f, out_f = _IN_OUT_FRAC[short]
+        q = lq[n]
+        linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f, out_frac=out_f,
+                                    sparsity=q.sparsity, calib=calib.get(n), name=n)
+    head = linears["lm_head"].weight
+    if config.tie_embeddings and head is not None and head.kind == "int8" and head.block_n is None:
+        embed_q = head  # one INT8 table serves the lookup and the head
+    else:
+        embed_q = quantize_weight(weights.embed, "int8")
+    return QLlama(config, weights, qcfg, linears, embed_q, lq)
