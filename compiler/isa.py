@@ -31,7 +31,9 @@ WEIGHT_FORMATS = ("int8", "int4", "ovp4")
 ACT_FORMATS = ("int8", "ovp4")
 OUT_FORMATS = ("int32", "fixed32", "int8")
 MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "rope",
-            "quant", "dequant", "copy", "argmax")
+            "quant", "dequant", "copy", "argmax", "vshift")
+MPE_MODES = ("linear", "qk", "pv")
+OVP_NORMALS = ("int4", "flint4")
 SYS_OPS = ("barrier", "end")
 
 
@@ -133,9 +135,12 @@ FORMATS: tuple[Format, ...] = (
         F("bias", 0, 16, 1, "u", "add the INT32 bias at bias_addr"),
         F("accumulate", 0, 17, 1, "u", "add into the INT32 partial sums already at out_addr"),
         F("out", 0, 18, 2, OUT_FORMATS, "output: raw INT32, requantized fixed32, or INT8"),
+        F("mode", 0, 20, 2, MPE_MODES, "operands: linear (weights), qk (Q.K^T from the data space), pv (P'.V)"),
+        F("normal", 0, 22, 1, OVP_NORMALS, "OVP normal type of ovp4 weights"),
         F("k_blocks", 1, 0, 12, "count", "reduction length in blocks of 16"),
         F("m", 1, 12, 12, "count", "rows (tokens); MV requires 1"),
         F("n", 2, 0, 16, "count", "output columns"),
+        F("ldo", 2, 16, 16, "u", "output row pitch in elements (0: n)"),
         F("a_addr", 3, 0, 24, "u", "activation buffer byte address"),
         F("b_addr", 4, 0, 24, "u", "weight buffer byte address"),
         F("out_addr", 5, 0, 24, "u", "output buffer byte address"),

@@ -49,6 +49,20 @@ def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
     return cli(args.unit, _params(extra), family=args.family, as_json=args.json) or 0
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from olivine.compiler.compile import compile_main
+
+    return compile_main(model=args.model, board=args.board, weights=args.weights, sparsity=args.sparsity,
+                        preset=args.preset, out=args.output, max_context=args.max_context,
+                        max_prompt=args.max_prompt)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from olivine.sim.funcsim import run_main
+
+    return run_main(args.directory, args.prompt, max_new_tokens=args.max_new_tokens, backend=args.backend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="olivine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="xcup", help="Yosys synth_xilinx family (default xcup)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_resources, takes_extra=True)
+    p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image")
+    p.add_argument("--model", default="glassllm", help="glassllm, smollm2 or a path (HF LlamaForCausalLM dir or .gguf)")
+    p.add_argument("--board", default="u280", help="target board (u280, u55c, u50, u250, vhk158)")
+    p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp)")
+    p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"), help="override weight precision")
+    p.add_argument("--sparsity", default=None, help="N:16 weight sparsity, e.g. 8:16")
+    p.add_argument("--max-context", type=int, default=None, help="largest decode context bucket")
+    p.add_argument("--max-prompt", type=int, default=None, help="largest prefill bucket")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="generate text from a compiled artifact")
+    p.add_argument("directory", help="artifact directory written by `olivine compile`")
+    p.add_argument("--backend", default="isa", choices=("isa",), help="isa: the functional simulator")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

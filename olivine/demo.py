@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-DEMO_PRESETS = ("fp32", "w8a8", "w4a8-int4", "w4a8-ovp", "w4a4-ovp", "w4a8-ovp-8:16")
+DEMO_PRESETS = ("fp32", "w8a8", "w4a8-int4", "w4a8-ovp", "w4a4-ovp")
 
 
 def _presets(text: str | None, default) -> tuple[str, ...]:
@@ -35,10 +35,27 @@ def _print_accuracy(model: str, corpora, tokens, presets, title: str) -> int:
     return 1 if failed else 0
 
 
-def run(model: str = "glassllm", tokens: int | None = None, presets: str | None = None) -> int:
+def _check_compiled(model: str, preset: str, max_new_tokens: int) -> int:
+    """Compile ``model`` and run it on the functional simulator against golden, token for token."""
+    from olivine.sim.funcsim import check_against_golden
+
+    print(f"compiling {model} ({preset}) and running prompt + {max_new_tokens} tokens on the functional "
+          "simulator against golden ...", flush=True)
+    report = check_against_golden(model=model, preset=preset, max_new_tokens=max_new_tokens)
+    ok = report["tokens_equal"] and report["logits_equal"]
+    print(f"  {'bit-exact' if ok else 'MISMATCH'}: tokens equal {report['tokens_equal']}, int32 logits equal "
+          f"{report['logits_equal']} (max difference {report['max_logit_diff']} LSB); compile "
+          f"{report['compile_seconds']:.1f} s; simulator {report['sim_tokens_per_s']:.2f} tokens/s")
+    print(f"  text: {report['text']!r}")
+    return 0 if ok else 1
+
+
+def run(model: str = "glassllm", tokens: int | None = None, presets: str | None = None,
+        compiled_preset: str = "w4a8-ovp", max_new_tokens: int = 32) -> int:
     t0 = time.perf_counter()
     rc = _print_accuracy(model, ("shakespeare", "lee"), tokens, _presets(presets, DEMO_PRESETS),
                          f"olivine demo: {model}, OVP and integer quantization vs fp32")
+    rc = max(rc, _check_compiled(model, compiled_preset, max_new_tokens))
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return rc
 

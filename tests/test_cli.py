@@ -30,3 +30,18 @@ def test_param_parsing():
         cli._params(["length"])
     with pytest.raises(SystemExit):
         cli._params(["--length"])
+
+
+def test_compile_then_run_through_the_command_line(tmp_path, capsys):
+    out = tmp_path / "glass"
+    assert cli.main(["compile", "--model", "glassllm", "--preset", "w8a8", "--max-context", "64",
+                     "--max-prompt", "128", "-o", str(out)]) == 0
+    assert (out / "manifest.json").exists()
+    assert cli.main(["run", str(out), "--prompt", "Once upon a time", "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Once upon a time") == 1 and "tokens/s" in printed
+
+
+def test_run_on_a_missing_artifact_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
+    assert "no such compiled artifact" in capsys.readouterr().err

@@ -1,0 +1,434 @@
+"""Length-adaptive compilation: programs per length bucket, run-time patches, artifacts, CLI entry.
+
+``compile_model(spec, config, ...)`` returns a :class:`Compiled`: one prefill program per prompt
+bucket (multiples of ``prefill_step``, default 128) and one decode program per context bucket
+(multiples of ``decode_step``, default 16), each with its patch list, plus the HBM layout and
+weight image. ``to_artifact`` / ``compile_main`` write it as an artifact directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from olivine.hw.config import AcceleratorConfig, for_board
+
+from . import isa
+from .artifact import Artifact, write_artifact
+from .layout import Layout, plan_layout
+from .lower import Lowering, choose_prefill_rows
+from .spec import CompileError, ModelSpec, pad16
+
+__all__ = ["Compiled", "ProgramInfo", "compile_model", "apply_patches", "patch_env_prefill", "patch_env_decode",
+           "program_stats", "compile_main", "prefill_bucket", "decode_bucket", "to_artifact"]
+
+
+@dataclass
+class ProgramInfo:
+    name: str
+    kind: str  # prefill | decode
+    bucket: int
+    words: np.ndarray
+    patches: list[dict]
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Compiled:
+    spec: ModelSpec
+    config: AcceleratorConfig
+    layout: Layout
+    programs: dict[str, ProgramInfo]
+    prefill_rows: int
+    prefill_step: int
+    decode_step: int
+    compile_seconds: float = 0.0
+    affine: dict = field(default_factory=dict)  # which families were generated affinely (and verified)
+
+    def prefill_buckets(self) -> list[int]:
+        return sorted(p.bucket for p in self.programs.values() if p.kind == "prefill")
+
+    def decode_buckets(self) -> list[int]:
+        return sorted(p.bucket for p in self.programs.values() if p.kind == "decode")
+
+
+def prefill_bucket(n_tokens: int, step: int) -> int:
+    return max(step, -(-n_tokens // step) * step)
+
+
+def decode_bucket(context: int, step: int) -> int:
+    return max(step, -(-context // step) * step)
+
+
+def program_stats(words: np.ndarray, tags: list[str] | None = None) -> dict:
+    """Instruction counts per mnemonic and unit and bytes of a program (decoded from its words)."""
+    prog = isa.decode_program(words)
+    counts: dict[str, int] = {}
+    for inst in prog:
+        counts[inst.mnemonic] = counts.get(inst.mnemonic, 0) + 1
+    return {"instructions": len(prog), "bytes": int(4 * len(words)), "counts": counts}
+
+
+@dataclass
+class Segment:
+    words: np.ndarray
+    patches: list[dict]
+    tags: list[str]
+    program: list | None = None
+
+
+def _segment(spec, config, layout, rows: int, emit, sys_op: str = "barrier") -> Segment:
+    """One self-contained piece of program: every token it releases is consumed inside it."""
+    lw = Lowering(spec, config, layout)
+    lw.setup(rows, emit_constants=False)
+    emit(lw)
+    words, patches = lw.finish(sys_op)
+    return Segment(words, patches, [o.tag for o in lw.ops])
+
+
+def _prologue(spec, config, layout, rows):
+    def emit(lw):
+        lw.setup(rows, emit_constants=True)
+    return _segment(spec, config, layout, rows, emit)
+
+
+def _chunk(spec, config, layout, rows, ci, s_alloc):
+    """Prefill chunk ci (tokens ci*rows ...); token and chunk variables are written relative to the chunk."""
+    d = spec.config.dim
+
+    def emit(lw):
+        lw.forward(rows, pad16((ci + 1) * rows), s_alloc, ci * rows, 0, decode=False)
+        x = lw.x_addr
+        lo = min(lw.final_row, lw.scratch_row)
+        lw.misc("copy", x, 4 * rows * d, lo, 4 * d + abs(lw.final_row - lw.scratch_row), 1, d,
+                patches=[("src0", x, 4 * d, "last_row.0"),
+                         ("dst", lw.scratch_row, lw.final_row - lw.scratch_row, "is_last.0")], tag="last_row")
+    return _segment(spec, config, layout, rows, emit)
+
+
+def _decode_step(spec, config, layout, bucket, s_alloc):
+    def emit(lw):
+        lw.forward(1, bucket, s_alloc, None, 0, decode=True)
+    return _segment(spec, config, layout, 1, emit)
+
+
+def _head(spec, config, layout, rows, prefill: bool):
+    def emit(lw):
+        lw.head(lw.final_row if prefill else lw.x_addr)
+    return _segment(spec, config, layout, rows, emit, sys_op="end")
+
+
+AFFINE_USED: dict = {}
+
+
+class _Family:
+    """Members build(0..count-1) of a segment family; words affine in the index are generated lazily."""
+
+    def __init__(self, build, count: int, verify_all: bool, key: str):
+        self.build, self.count = build, count
+        self.first = build(0)
+        self.members: dict[int, Segment] = {0: self.first}
+        self.affine = False
+        if count > 1:
+            second = build(1)
+            self.members[1] = second
+            if len(self.first.words) == len(second.words) and self.first.patches == second.patches:
+                self.w0 = self.first.words.astype(np.int64)
+                self.dw = second.words.astype(np.int64) - self.w0
+                self.affine = True
+                checks = range(2, count) if verify_all else ([count - 1] if count > 2 else [])
+                for k in checks:
+                    direct = build(k)
+                    w = self._extrapolate(k)
+                    if w is None or not np.array_equal(direct.words, w):
+                        self.affine = False
+                        break
+                    self.members[k] = direct
+        AFFINE_USED[key] = self.affine if count > 1 else None  # None: a single member
+
+    def _extrapolate(self, k: int) -> np.ndarray | None:
+        w = self.w0 + k * self.dw
+        if (w < 0).any() or (w >= 1 << 32).any():
+            return None
+        return w.astype(np.uint32)
+
+    def shape_of(self, k: int) -> Segment:
+        """A member with the same instructions as member k (for counts): no words generated."""
+        return self.first if self.affine else self[k]
+
+    def __getitem__(self, k: int) -> Segment:
+        if k not in self.members:
+            if self.affine:
+                return Segment(self._extrapolate(k), self.first.patches, self.first.tags)
+            self.members[k] = self.build(k)
+        return self.members[k]
+
+
+class _Chunks:
+    """Chunk ci of the prefill: member ci // period of the family of residue ci % period."""
+
+    def __init__(self, fams, period):
+        self.fams, self.period = fams, period
+
+    def __getitem__(self, ci):
+        return self.fams[ci % self.period][ci // self.period]
+
+    def shape_of(self, ci):
+        return self.fams[ci % self.period].shape_of(ci // self.period)
+
+
+AFFINE_USED: dict = {}
+
+
+def _combine_stats(stats: list[dict]) -> dict:
+    out = {"instructions": 0, "bytes": 0, "counts": {}, "st_kv": 0, "st_output": 0, "st_activation": 0}
+    for st in stats:
+        for k in ("instructions", "bytes", "st_kv", "st_output", "st_activation"):
+            out[k] += st[k]
+        for mn, n in st["counts"].items():
+            out["counts"][mn] = out["counts"].get(mn, 0) + n
+    return out
+
+
+def _rename(patches: list[dict], offset: int, tok_base: int, chunk: int) -> list[dict]:
+    out = []
+    for p in patches:
+        var = p["var"]
+        if var.startswith("tok_"):
+            name, k = var.split(".")
+            var = f"{name}.{int(k) + tok_base}"
+        elif var.startswith(("last_row.", "is_last.")):
+            var = f"{var.split('.')[0]}.{chunk}"
+        out.append({**p, "offset": p["offset"] + offset, "var": var})
+    return out
+
+
+def _concat(segments: list[tuple[Segment, int, int]]) -> tuple[np.ndarray, list[dict], list[str]]:
+    words, patches, tags, offset = [], [], [], 0
+    for seg, tok_base, chunk in segments:
+        words.append(seg.words)
+        patches += _rename(seg.patches, offset, tok_base, chunk)
+        tags += seg.tags
+        offset += len(seg.words)
+    return np.concatenate(words).astype(np.uint32), patches, tags
+
+
+def _tag_stats(words: np.ndarray, tags: list[str]) -> dict:
+    """Counts per mnemonic (from the opcodes of the words) and stores by purpose (from the op tags)."""
+    prog_ops = []
+    off = 0
+    w = np.asarray(words)
+    while off < len(w):
+        fmt = isa.BY_OPCODE[int(w[off]) & 0xF]
+        prog_ops.append(fmt.mnemonic)
+        off += fmt.words
+    st = {"instructions": len(prog_ops), "bytes": int(4 * len(w)), "counts": {}, "st_kv": 0, "st_output": 0,
+          "st_activation": 0}
+    for mn, tag in zip(prog_ops, tags):
+        st["counts"][mn] = st["counts"].get(mn, 0) + 1
+        if mn == "ST":
+            key = {"kv_append": "st_kv", "output": "st_output"}.get(tag, "st_activation")
+            st[key] += 1
+    return st
+
+
+def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int | None = None,
+                  max_context: int | None = None, prefill_step: int = 128, decode_step: int = 16,
+                  prefill_buckets=None, decode_buckets=None, materialize: bool = True, progress=None,
+                  verify_all: bool = False, prefill_rows: int | None = None) -> Compiled:
+    """Compile prefill and decode programs for every length bucket (or the listed ones)."""
+    t0 = time.perf_counter()
+    c = spec.config
+    if decode_step % 16 or decode_step <= 0:
+        raise CompileError(f"decode_step={decode_step} must be a positive multiple of 16 (keys are reduced in 16s)")
+    if prefill_step % 16 or prefill_step <= 0:
+        raise CompileError(f"prefill_step={prefill_step} must be a positive multiple of 16")
+    max_context = min(c.max_seq_len, max_context or c.max_seq_len)
+    max_prompt = min(max_context, max_prompt or max_context)
+    if prefill_buckets is None:
+        prefill_buckets = list(range(prefill_step, prefill_bucket(max_prompt, prefill_step) + 1, prefill_step))
+    if decode_buckets is None:
+        decode_buckets = list(range(decode_step, decode_bucket(max_context, decode_step) + 1, decode_step))
+    capacity = max(max(prefill_buckets, default=0), max(decode_buckets, default=0))
+    layout = plan_layout(spec, config, capacity, materialize)
+    rows = choose_prefill_rows(spec, config, layout, max(prefill_buckets)) if prefill_buckets else 1
+    if prefill_rows is not None:
+        if prefill_rows < 1 or prefill_rows & (prefill_rows - 1) or prefill_rows > rows:
+            raise CompileError(f"prefill_rows={prefill_rows} must be a power of two <= {rows} (what fits on chip)")
+        rows = prefill_rows
+    rows = min(rows, prefill_step)
+    while prefill_step % rows:
+        rows //= 2
+    programs = {}
+    AFFINE_USED.clear()
+    keep = materialize and spec.materialized  # a shape-only study needs sizes and counts, not the words
+    pro = _prologue(spec, config, layout, rows)
+
+    def add(name, kind, bucket, parts):
+        if keep:
+            words, patches, tags = _concat(parts)
+            programs[name] = ProgramInfo(name, kind, bucket, words, patches, _tag_stats(words, tags))
+        else:
+            st = _combine_stats([seg_stats(seg) for seg, _, _ in parts])
+            programs[name] = ProgramInfo(name, kind, bucket, np.zeros(0, dtype=np.uint32), [], st)
+
+    cache: dict = {}
+
+    def seg_stats(seg):
+        key = id(seg)
+        if key not in cache:
+            cache[key] = _tag_stats(seg.words, seg.tags)
+        return cache[key]
+
+    if prefill_buckets:
+        s_alloc = max(prefill_buckets)
+        n_chunks = s_alloc // rows
+        if progress:
+            progress(f"prefill: {n_chunks} chunks of {rows} tokens")
+        # keys of chunk ci are pad16((ci + 1) * rows): affine in ci for rows >= 16, and within each residue
+        # class of ci modulo 16 / rows otherwise, so there is one family per residue class
+        period = max(1, 16 // rows)
+        fams = [_Family(lambda k, r=r: _chunk(spec, config, layout, rows, r + period * k, s_alloc),
+                        len(range(r, n_chunks, period)), verify_all, f"prefill.{r}") for r in range(period)]
+        chunks = _Chunks(fams, period)
+        AFFINE_USED["prefill"] = all(AFFINE_USED.pop(f"prefill.{r}") is not False for r in range(period))
+        head = _head(spec, config, layout, rows, True)
+        for b in prefill_buckets:
+            get = chunks.__getitem__ if keep else chunks.shape_of
+            parts = [(pro, 0, 0)] + [(get(ci), ci * rows, ci) for ci in range(b // rows)] + [(head, 0, 0)]
+            add(f"prefill_{b:05d}", "prefill", b, parts)
+    if decode_buckets:
+        s_alloc = max(decode_buckets)
+        step = decode_buckets[1] - decode_buckets[0] if len(decode_buckets) > 1 else 0
+        regular = all(decode_buckets[i] == decode_buckets[0] + i * step for i in range(len(decode_buckets)))
+        if progress:
+            progress(f"decode: {len(decode_buckets)} context buckets")
+        build = (lambda k: _decode_step(spec, config, layout, decode_buckets[k], s_alloc))
+        steps = _Family(build, len(decode_buckets) if regular else 1, verify_all, "decode") if regular else None
+        head = _head(spec, config, layout, 1, False)
+        pro1 = _prologue(spec, config, layout, 1)
+        for k, b in enumerate(decode_buckets):
+            seg = (steps[k] if keep else steps.shape_of(k)) if regular else \
+                _decode_step(spec, config, layout, b, s_alloc)
+            add(f"decode_{b:05d}", "decode", b, [(pro1, 0, 0), (seg, 0, 0), (head, 0, 0)])
+    return Compiled(spec, config, layout, programs, rows, prefill_step, decode_step, time.perf_counter() - t0,
+                    dict(AFFINE_USED))
+
+
+# ---- run-time patching -----------------------------------------------------------------------
+
+def apply_patches(words: np.ndarray, patches: list[dict], env: dict) -> np.ndarray:
+    """A copy of ``words`` with every patched field set to ``base + scale * env[var]``."""
+    out = np.array(words, dtype=np.uint32, copy=True)
+    for p in patches:
+        f = isa.BY_MNEMONIC[p["mnemonic"]].field(p["field"])
+        try:
+            value = p["base"] + p["scale"] * int(env[p["var"]])
+        except KeyError:
+            raise CompileError(f"patch of {p['mnemonic']}.{p['field']} at word {p['offset']} needs {p['var']!r}, "
+                               "which the run time did not provide") from None
+        if not 0 <= value <= f.max:
+            raise CompileError(f"patched {p['mnemonic']}.{p['field']} = {value} does not fit {f.width} bits "
+                               f"(word {p['offset']})")
+        w = p["offset"] + f.word
+        out[w] = (int(out[w]) & ~(f.max << f.lsb) & 0xFFFFFFFF) | (value << f.lsb)
+    return out
+
+
+def _token_env(env: dict, tokens, channels: int) -> None:
+    for k, t in enumerate(tokens):
+        env[f"tok_ch.{k}"] = int(t) % channels
+        env[f"tok_row.{k}"] = int(t) // channels
+
+
+def patch_env_prefill(tokens, bucket: int, rows: int, channels: int, pad_token: int = 0) -> dict:
+    n = len(tokens)
+    if not 1 <= n <= bucket:
+        raise CompileError(f"a prompt of {n} tokens does not fit the prefill bucket {bucket}")
+    env: dict = {}
+    _token_env(env, list(tokens) + [pad_token] * (bucket - n), channels)
+    last = n - 1
+    for c in range(bucket // rows):
+        env[f"last_row.{c}"] = min(max(last - c * rows, 0), rows - 1)
+        env[f"is_last.{c}"] = int(c == last // rows)
+    return env
+
+
+def patch_env_decode(token: int, pos: int, channels: int) -> dict:
+    env = {"pos": int(pos)}
+    _token_env(env, [token], channels)
+    return env
+
+
+# ---- artifacts and the CLI ---------------------------------------------------------------------
+
+def to_artifact(comp: Compiled) -> Artifact:
+    if comp.layout.image is None:
+        raise CompileError("a shape-only compile has no weight image to write")
+    sp = comp.spec
+    meta = {
+        "model": {"name": sp.config.name, "source": sp.source, "preset": sp.preset,
+                  "config": {k: getattr(sp.config, k) for k in ("vocab_size", "dim", "n_layers", "n_heads",
+                                                                 "n_kv_heads", "head_dim", "ffn_dim", "norm_eps",
+                                                                 "rope_theta", "max_seq_len", "tie_embeddings",
+                                                                 "name")}},
+        "layout": comp.layout.to_dict(),
+        "prefill_rows": comp.prefill_rows, "prefill_step": comp.prefill_step, "decode_step": comp.decode_step,
+        "programs": {n: {"kind": p.kind, "bucket": p.bucket, "patches": p.patches, "stats": p.stats}
+                     for n, p in comp.programs.items()},
+        "compile_seconds": comp.compile_seconds,
+    }
+    weights = {ch: bytes(b) for ch, b in comp.layout.image.items()}
+    return Artifact(comp.config, {n: p.words for n, p in comp.programs.items()}, weights, meta)
+
+
+def storage_report(comp: Compiled) -> dict:
+    pre = {p.bucket: p.stats for p in comp.programs.values() if p.kind == "prefill"}
+    dec = {p.bucket: p.stats for p in comp.programs.values() if p.kind == "decode"}
+    total = sum(s["bytes"] for s in pre.values()) + sum(s["bytes"] for s in dec.values())
+
+    def per_length(d: dict, step: int) -> int:
+        # one program per exact length: each bucket program stands for `step` lengths of about its size
+        return sum(s["bytes"] * step for s in d.values())
+
+    naive = per_length(pre, comp.prefill_step) + per_length(dec, comp.decode_step)
+    return {"prefill": pre, "decode": dec, "total_bytes": total, "per_length_bytes": naive,
+            "saved_factor": naive / total if total else 0.0, "compile_seconds": comp.compile_seconds,
+            "weight_bytes_per_channel": comp.layout.weight_bytes}
+
+
+def compile_main(model: str = "glassllm", board: str = "u280", weights: str | None = None,
+                 sparsity: str | None = None, preset: str | None = None, out: str = "build/olivine",
+                 max_context: int | None = None, max_prompt: int | None = None, quiet: bool = False) -> int:
+    """``olivine compile``: quantize ``model``, compile all buckets, write the artifact to ``out``."""
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qconfig import LayerQuant, QuantConfig
+    from olivine.golden.qmodel import quantize_model
+
+    from .spec import spec_from_qllama
+
+    t0 = time.perf_counter()
+    if preset is None:
+        preset = "w4a8-ovp"
+    qcfg = QuantConfig.preset(preset)
+    if weights is not None or sparsity is not None:
+        default = LayerQuant(weights or qcfg.default.weights, qcfg.default.acts,
+                             sparsity if sparsity is not None else qcfg.default.sparsity)
+        qcfg = QuantConfig(default, dict(qcfg.overrides), name=f"{preset}+{weights or ''}{sparsity or ''}")
+    loaded = load_model(model)
+    q = quantize_model(loaded.config, loaded.weights, qcfg)
+    spec = spec_from_qllama(q, source=str(model))
+    config = for_board(board)
+    comp = compile_model(spec, config, max_context=max_context, max_prompt=max_prompt)
+    art = to_artifact(comp)
+    art.meta["model"]["load"] = str(model)
+    write_artifact(out, art)
+    if not quiet:
+        rep = storage_report(comp)
+        print(f"compiled {model} ({spec.preset}) for {board} in {time.perf_counter() - t0:.1f} s "
+              f"(programs {comp.compile_seconds:.1f} s): {len(comp.programs)} programs, "
+              f"{rep['total_bytes'] / 1e6:.2f} MB of instructions, weight image "
+              f"{sum(comp.layout.weight_bytes) / 1e6:.2f} MB over {comp.layout.channels} channels -> {out}")
+    return 0

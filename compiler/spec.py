@@ -1,0 +1,264 @@
+"""Front ends: turn a quantized LLaMA into a :class:`ModelSpec`, the compiler's only input.
+
+A ModelSpec holds, for every linear, its padded shape, weight precision and the bytes the weight
+image stores (or nothing for a shape-only spec), plus the per-channel requantization multipliers,
+the norm gains, the embedding table and the attention multipliers: exactly the integers
+golden/qmodel.py's QLlama computes with. Three front ends build one:
+
+* :func:`spec_from_qllama` - the golden quantized model (``golden.qmodel.quantize_model``);
+* :func:`spec_from_hf` - a Hugging Face ``LlamaForCausalLM`` module (checked layer by layer,
+  converted with golden.loaders, then quantized);
+* :func:`spec_from_shapes` - shapes only (no weights materialized): for size studies such as
+  LLaMA2-7B, where only instruction counts and image sizes matter.
+
+Dimensions are zero-padded to multiples of 16 (MM/MV reduce in blocks of 16): a zero weight row
+gives a zero output column and a zero activation column changes neither a sum nor a per-token
+maximum, so padding is bit-exact. ``head_dim`` cannot be padded (RoPE pairs (i, i + hd/2)) and
+must be a multiple of 16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from olivine.golden import fixed
+from olivine.golden.model import LINEAR_NAMES, LlamaConfig
+
+__all__ = ["CompileError", "UnsupportedModelError", "LinearSpec", "ModelSpec", "spec_from_qllama",
+           "spec_from_shapes", "spec_from_hf", "pad16", "weight_row_bytes"]
+
+
+class CompileError(ValueError):
+    """The model or the options cannot be compiled for this hardware; the message says why."""
+
+
+class UnsupportedModelError(CompileError):
+    """A layer, module or shape the olivine instruction set cannot express (named in the message)."""
+
+
+def pad16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def weight_row_bytes(wfmt: str, k: int) -> int:
+    return k if wfmt == "int8" else k // 2
+
+
+@dataclass
+class LinearSpec:
+    """One linear as the accelerator stores it: W [n, k] (padded) + a 16-byte requant entry per row."""
+
+    name: str
+    n: int
+    k: int
+    n_true: int
+    k_true: int
+    wfmt: str  # int8 | int4 | ovp4
+    normal: str = "int4"  # OVP normal type (ovp4 only)
+    rows: np.ndarray | None = None  # uint8 [n, row_bytes] weight bytes (None: shape-only)
+    mult: np.ndarray | None = None  # int64 [n]
+    shift: np.ndarray | None = None  # int64 [n]
+    act: str = "int8"  # int8 (per-token mantissa + exponent scale) | int8-pow2 (exponent only)
+
+    @property
+    def row_bytes(self) -> int:
+        return weight_row_bytes(self.wfmt, self.k)
+
+    def requant_table(self) -> np.ndarray:
+        """[n, 4] int32 entries (bias, mult, shift, reserved) as stored in HBM and the bias buffer."""
+        t = np.zeros((self.n, 4), dtype=np.int64)
+        if self.mult is not None:
+            t[:, 1] = self.mult
+            t[:, 2] = self.shift
+        return (t & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+@dataclass
+class ModelSpec:
+    config: LlamaConfig
+    linears: dict[str, LinearSpec]
+    gammas: dict[str, np.ndarray | None]  # int32 [dim] (GAMMA_FRAC), keys layers.i.attn_norm ... final_norm
+    eps_mult: tuple[int, int]
+    embed_codes: np.ndarray | None  # int8 [V, dim]
+    embed_mult: np.ndarray | None  # int64 [V]
+    embed_shift: np.ndarray | None
+    score_mult: tuple[int, int]
+    pv_mult: tuple[int, int]
+    preset: str = "custom"
+    source: str = ""
+    materialized: bool = True
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def ffn_pad(self) -> int:
+        return pad16(self.config.ffn_dim)
+
+
+def check_config(config: LlamaConfig) -> None:
+    """Shapes the instruction set can express, with the layer named on failure."""
+    if config.head_dim % 16:
+        raise UnsupportedModelError(f"{config.name}: head_dim={config.head_dim} is not a multiple of 16; the "
+                                    "MPE reduces Q.K^T in blocks of 16 and RoPE pairs cannot be padded")
+    if config.dim % 16:
+        raise UnsupportedModelError(f"{config.name}: hidden size {config.dim} is not a multiple of 16 (the residual "
+                                    "stream cannot be padded: RMSNorm averages over it)")
+    if config.vocab_size % 16:
+        raise UnsupportedModelError(f"{config.name}: vocab_size={config.vocab_size} is not a multiple of 16")
+    if config.max_seq_len > 65535:
+        raise UnsupportedModelError(f"{config.name}: max_seq_len={config.max_seq_len} exceeds the 16-bit position field")
+    if fixed.RESIDUAL_FRAC != 16 or fixed.ACT_FRAC != 16:
+        raise CompileError("the SFU instruction semantics assume 16 fractional bits everywhere")
+
+
+def _pack_int4(values: torch.Tensor) -> np.ndarray:
+    v = values.to(torch.int64).numpy() & 0xF
+    return (v[:, 0::2] | (v[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int) -> LinearSpec:
+    from olivine.golden import ovp
+
+    if lin.weight is None or lin.act == "fp32" or lin.mult is None:
+        raise UnsupportedModelError(f"{name}: float (fp32) layers have no integer form; choose an integer preset")
+    if lin.act not in ("int8", "int8-pow2"):
+        raise UnsupportedModelError(f"{name}: activations {lin.act!r} are not supported by the compiler yet "
+                                    "(only per-token dynamic INT8); use a w*a8 preset")
+    if getattr(lin, "bias_q", None) is not None or getattr(lin, "bias_int", None) is not None:
+        raise UnsupportedModelError(f"{name}: a bias in a linear is not supported (LLaMA linears have none)")
+    w = lin.weight
+    if w.block_n is not None:
+        raise UnsupportedModelError(f"{name}: N:16 sparse weights are not lowered by this compiler version; "
+                                    "use a dense preset")
+    n_true, k_true = lin.out_features, lin.in_features
+    vals = w.values.to(torch.int64)
+    vals = torch.nn.functional.pad(vals, (0, k_pad - vals.shape[1], 0, n_pad - vals.shape[0]))
+    if w.kind == "int8":
+        rows = vals.to(torch.int8).numpy().view(np.uint8).copy()
+    elif w.kind == "int4":
+        rows = _pack_int4(vals)
+    elif w.kind == "ovp4":
+        rows = ovp.encode(vals.to(torch.int32), w.normal).numpy().astype(np.uint8)
+        if not torch.equal(ovp.unpack(torch.from_numpy(rows), w.normal).to(torch.int64), vals):
+            raise CompileError(f"{name}: OVP re-encoding of the padded weights is not lossless")
+    else:
+        raise UnsupportedModelError(f"{name}: weight kind {w.kind!r} unsupported")
+    mult = torch.zeros(n_pad, dtype=torch.int64)
+    shift = torch.zeros(n_pad, dtype=torch.int64)
+    m = lin.mult.mult.reshape(-1).to(torch.int64)
+    s = lin.mult.shift.reshape(-1).to(torch.int64)
+    mult[: m.numel()] = m
+    shift[: s.numel()] = s
+    return LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows,
+                      mult.numpy(), shift.numpy(), lin.act)
+
+
+def spec_from_qllama(q, source: str = "") -> ModelSpec:
+    """The compiler's view of a golden ``QLlama`` (from ``golden.qmodel.quantize_model``)."""
+    from olivine.golden.qmodel import QLlama
+
+    if not isinstance(q, QLlama):
+        raise TypeError(f"spec_from_qllama expects a golden QLlama, got {type(q).__name__}")
+    if q.is_float:
+        raise UnsupportedModelError("the fp32 preset has no integer form; choose an integer preset (e.g. w4a8-ovp)")
+    c = q.config
+    check_config(c)
+    fp = pad16(c.ffn_dim)
+    dims = {"wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim), "wo": (c.dim, c.q_dim),
+            "w_gate": (fp, c.dim), "w_up": (fp, c.dim), "w_down": (c.dim, fp)}
+    linears = {}
+    for i in range(c.n_layers):
+        for n in LINEAR_NAMES:
+            name = f"layers.{i}.{n}"
+            linears[name] = _linear_from_qlinear(name, q.linears[name], *dims[n])
+    linears["lm_head"] = _linear_from_qlinear("lm_head", q.linears["lm_head"], c.vocab_size, c.dim)
+    em = fixed.quantize_multiplier(c.norm_eps)
+    emb = q.embed_q
+    if emb.kind != "int8":
+        raise UnsupportedModelError(f"embedding table kind {emb.kind!r}: the embedding must be an INT8 table")
+    gammas = {k: v.numpy().astype(np.int32) for k, v in q.gamma.items()}
+    return ModelSpec(c, linears, gammas, em, emb.values.to(torch.int8).numpy(), q.embed_mult.mult.numpy().astype(np.int64),
+                     q.embed_mult.shift.numpy().astype(np.int64),
+                     (int(q.score_mult.mult), int(q.score_mult.shift)), (int(q.pv_mult.mult), int(q.pv_mult.shift)),
+                     preset=q.qcfg.name, source=source)
+
+
+def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "int8", preset: str = "shapes") -> ModelSpec:
+    """A spec with shapes and precisions only (nothing materialized): for instruction counts and sizes."""
+    check_config(config)
+    c = config
+    fp = pad16(c.ffn_dim)
+    dims = {"wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim), "wo": (c.dim, c.q_dim),
+            "w_gate": (fp, c.dim), "w_up": (fp, c.dim), "w_down": (c.dim, fp)}
+    true = c.linear_shapes()
+    linears = {}
+    for i in range(c.n_layers):
+        for n in LINEAR_NAMES:
+            name = f"layers.{i}.{n}"
+            linears[name] = LinearSpec(name, *dims[n], *true[n], weights)
+    linears["lm_head"] = LinearSpec("lm_head", c.vocab_size, c.dim, c.vocab_size, c.dim, head)
+    gammas = {f"layers.{i}.{n}": None for i in range(c.n_layers) for n in ("attn_norm", "ffn_norm")}
+    gammas["final_norm"] = None
+    sm = fixed.quantize_multiplier(2.0 ** (fixed.SCORE_FRAC - 2 * fixed.ACT_FRAC) / math.sqrt(c.head_dim) / 127**2)
+    return ModelSpec(c, linears, gammas, fixed.quantize_multiplier(c.norm_eps), None, None, None, sm,
+                     fixed.quantize_multiplier(2.0 ** (8 - fixed.PROB_FRAC) / 127), preset=preset, source="shapes",
+                     materialized=False)
+
+
+# ---- Hugging Face front end -------------------------------------------------------------------
+
+_HF_LEAF_OK = ("Embedding", "Linear", "LlamaRMSNorm", "LlamaRotaryEmbedding", "SiLU", "SiLUActivation",
+               "Identity", "Dropout")
+_HF_CONTAINERS = ("LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaSdpaAttention",
+                  "LlamaFlashAttention2", "LlamaMLP", "ModuleList")
+
+
+def check_hf_module(model) -> None:
+    """Walk a Hugging Face LlamaForCausalLM's module tree; raise naming the first unsupported layer.
+
+    A graph builder over the module tree is used instead of torch.fx / torch.export: a LLaMA
+    decoder is a fixed composition, so what must be checked is each module's type, shape and
+    options (a bias, the activation, head_dim), which the tree states directly, while tracing
+    would also record cache/mask plumbing that the compiler replaces anyway.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in ("llama",):
+        raise UnsupportedModelError(f"model type {getattr(cfg, 'model_type', type(model).__name__)!r}: only "
+                                    "LlamaForCausalLM is supported")
+    act = getattr(cfg, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UnsupportedModelError(f"model.layers.*.mlp.act_fn: activation {act!r} is not SiLU; the SFU implements "
+                                    "SiLU/SwiGLU only")
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if hd % 16:
+        raise UnsupportedModelError(f"model.layers.*.self_attn: head_dim={hd} is not a multiple of 16")
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if kind in _HF_CONTAINERS or name == "":
+            continue
+        if kind not in _HF_LEAF_OK:
+            if any(True for _ in mod.children()):
+                continue
+            raise UnsupportedModelError(f"{name}: module type {kind} is not supported by the olivine compiler")
+        if kind == "Linear" and mod.bias is not None:
+            raise UnsupportedModelError(f"{name}: a bias in a linear is not supported")
+        if kind == "SiLU" or kind == "SiLUActivation":
+            continue
+
+
+def spec_from_hf(model, preset: str = "w4a8-ovp", calib_tokens=None) -> ModelSpec:
+    """Check, convert (golden.loaders) and quantize a Hugging Face LlamaForCausalLM module."""
+    from olivine.golden.loaders import config_from_hf, weights_from_hf_state_dict
+    from olivine.golden.qmodel import quantize_model
+
+    check_hf_module(model)
+    config = config_from_hf(model.config.to_dict(), name=getattr(model.config, "name_or_path", "hf") or "hf")
+    weights = weights_from_hf_state_dict(config, {k: v.detach().float() for k, v in model.state_dict().items()})
+    return spec_from_qllama(quantize_model(config, weights, preset, calib_tokens), source="hf")

@@ -1,0 +1,223 @@
+"""Functional simulator: instruction semantics against golden ops, synchronisation, end-to-end bit-exactness."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from olivine.compiler import isa
+from olivine.compiler.asm import assemble
+from olivine.compiler.spec import _linear_from_qlinear
+from olivine.golden import contract, fixed, sfu
+from olivine.hw.config import for_board
+from olivine.sim.funcsim import DeadlockError, FuncSim, SimError, check_against_golden
+
+CFG = for_board("u280")
+
+
+def sim(channels=2, size=1 << 16):
+    return FuncSim(CFG, [size] * channels)
+
+
+def run(s, text):
+    return s.run(isa.encode_program(assemble(text + "\nSYS op=end")))
+
+
+def put_i32(s, addr, t):
+    s.put_i32(addr, t.to(torch.int32))
+
+
+def rand_fixed(shape, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return fixed.to_fixed(torch.randn(*shape, generator=g, dtype=torch.float64) * scale, 16)
+
+
+def test_ld_st_loops_and_byte_counts():
+    s = sim()
+    s.hbm[1][:4096] = np.arange(4096) % 251
+    run(s, "LD target=act channel=1 hbm_addr=16 buf_addr=64 length=8 n0=3 hbm_stride0=100 n1=2 hbm_stride1=1000")
+    got = s.data[64:64 + 48]
+    want = np.concatenate([s.hbm[1][16 + i1 * 1000 + i0 * 100:][:8] for i1 in range(2) for i0 in range(3)])
+    assert np.array_equal(got, want)
+    st = run(s, "ST source=act channel=0 hbm_addr=500 buf_addr=64 length=16 n0=2 hbm_stride0=32")
+    assert np.array_equal(s.hbm[0][500:516], want[:16]) and np.array_equal(s.hbm[0][532:548], want[16:32])
+    assert st.hbm_written == {0: 32} and s.stats.hbm_read == {1: 48}
+    run(s, "LD target=act zero_fill=1 buf_addr=64 length=48")
+    assert not s.data[64:112].any()
+
+
+@pytest.mark.parametrize("wkind", ["int8", "int4", "ovp4"])
+def test_quant_then_linear_equals_golden_qlinear(wkind):
+    g = torch.Generator().manual_seed(1)
+    n, k, m = 48, 64, 5
+    w = torch.randn(n, k, generator=g) * 0.05
+    lin = contract.compile_linear(w, weights=wkind, acts="int8", name="t")
+    spec = _linear_from_qlinear("t", lin, n, k)
+    x = rand_fixed((m, k), seed=2)
+    s = sim()
+    put_i32(s, 0, x)
+    s.buffers["weight"][:spec.rows.size] = spec.rows.reshape(-1)
+    s.buffers["bias"][32:32 + 16 * n] = spec.requant_table().view(np.uint8).reshape(-1)
+    run(s, f"MISC op=quant src0=0 dst=4096 rows={m} cols={k} imm=1 release=mpe\n"
+           f"MM wait=sfu wfmt={wkind} normal={spec.normal} mode=linear out=fixed32 k_blocks={k // 16} m={m} n={n} "
+           f"a_addr=4096 b_addr=0 out_addr=8192 bias_addr=2")
+    assert torch.equal(s.i32(8192, m, n), lin(x))
+    qa = contract.quantize_act_dynamic_int8(x, 16)
+    codes, exps, mants = s.qblock(4096, m, k)
+    assert torch.equal(codes, qa.values) and torch.equal(exps, qa.exponent)
+    assert torch.equal(mants, qa.mantissa.to(torch.int64))
+
+
+def test_linear_output_pitch_and_raw_accumulator():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randint(-127, 128, (16, 32), generator=g, dtype=torch.int64)
+    a = torch.randint(-127, 128, (3, 32), generator=g, dtype=torch.int64)
+    s = sim()
+    s.put_qblock(0, a.to(torch.int8), torch.zeros(3, 1, dtype=torch.int8), None)
+    s.buffers["weight"][:512] = w.to(torch.int8).numpy().view(np.uint8).reshape(-1)
+    run(s, "MM wfmt=int8 out=int32 k_blocks=2 m=3 n=16 ldo=40 a_addr=0 b_addr=0 out_addr=1024")
+    acc = contract.int_matmul(a, w)
+    assert torch.equal(s.i32(1024, 3, 16, pitch=40), acc)
+
+
+def test_attention_qk_softmax_vshift_pv_equal_golden_formulas():
+    g = torch.Generator().manual_seed(4)
+    T, S, hd, pos0 = 3, 32, 32, 20
+    q = rand_fixed((T, hd), 2.0, 5)
+    kv = rand_fixed((S, hd), 2.0, 6)
+    vv = rand_fixed((S, hd), 2.0, 7)
+    qa, ka, va = (contract.quantize_act_dynamic_int8(t, 16) for t in (q, kv, vv))
+    score_m = contract.quantize_multiplier(torch.tensor(2.0 ** -16 / math.sqrt(hd) / 127**2))
+    pv_m = contract.quantize_multiplier(torch.tensor(2.0 ** (8 - 16) / 127))
+    s = sim()
+    s.put_qblock(0, qa.values, qa.exponent, qa.mantissa)
+    s.put_qblock(1024, ka.values, ka.exponent, ka.mantissa)
+    s.put_qblock(4096, va.values, va.exponent, va.mantissa)
+    ent = np.zeros((2, 4), dtype=np.int64)
+    ent[0, 1:3] = int(score_m.mult), int(score_m.shift)
+    ent[1, 1:3] = int(pv_m.mult), int(pv_m.shift)
+    s.buffers["bias"][:32] = (ent & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1)
+    imm = pos0 | (T << 16)
+    # the units run decoupled: each consumer waits for its producer's token
+    run(s, f"MM mode=qk release=sfu out=fixed32 k_blocks=2 m={T} n={S} a_addr=0 b_addr=1024 out_addr=8192 "
+           f"bias_addr=0\n"
+           f"MISC op=softmax wait=mpe mask=1 src0=8192 dst=8192 rows={T} cols={S} imm={imm}\n"
+           f"MISC op=vshift release=mpe src0=8192 src1={4096 + S * hd} dst=16384 rows={T} cols={S} imm={imm}\n"
+           f"MM mode=pv wait=sfu out=fixed32 k_blocks={S // 16} m={T} n={hd} a_addr=16384 b_addr=4096 out_addr=32768 "
+           f"bias_addr=1")
+    acc = contract.int_matmul(qa.values, ka.values)
+    e = qa.exponent.to(torch.int64) + ka.exponent.to(torch.int64).reshape(1, S)
+    mant = qa.mantissa.to(torch.int64) * ka.mantissa.to(torch.int64).reshape(1, S)
+    scores = contract.requantize(acc, score_m, e, mantissa=mant)
+    qpos = torch.arange(pos0, pos0 + T)
+    mask = torch.arange(S)[None, :] <= qpos[:, None]
+    probs = sfu.softmax(scores, 16, mask, 16)
+    ev = va.exponent.reshape(-1).to(torch.int64)
+    e_ref = torch.cummax(ev, 0).values[qpos].reshape(T, 1)
+    mv = va.mantissa.to(torch.int64).reshape(1, S)
+    p_sh = contract.round_shift(probs.to(torch.int64) * mv, (8 + e_ref - ev.reshape(1, S)).clamp(min=8))
+    out = contract.requantize(contract.int_matmul(p_sh, va.values.transpose(0, 1)), pv_m, e_ref)
+    assert torch.equal(s.i32(8192, T, S), probs)
+    assert torch.equal(s.i32(16384, T, S), p_sh.to(torch.int32))
+    assert torch.equal(s.i32(32768, T, hd), out)
+
+
+def test_sfu_ops_equal_golden_sfu():
+    rows, cols = 4, 64
+    x, y = rand_fixed((rows, cols), 4.0, 8), rand_fixed((rows, cols), 2.0, 9)
+    gamma = rand_fixed((cols,), 1.0, 10)
+    em, es = fixed.quantize_multiplier(1e-6)
+    s = sim()
+    put_i32(s, 0, x)
+    put_i32(s, 2048, y)
+    tab = np.zeros(cols + 4, dtype=np.int64)
+    tab[:cols], tab[cols:cols + 2] = gamma.numpy(), (em, es)
+    s.data[8192:8192 + 4 * (cols + 4)] = (tab & 0xFFFFFFFF).astype(np.uint32).view(np.uint8)
+    s.data[12288:12296] = np.frombuffer(np.float64(10000.0).tobytes(), dtype=np.uint8)
+    run(s, f"""MISC op=add src0=0 src1=2048 dst=16384 rows={rows} cols={cols}
+MISC op=mul src0=0 src1=2048 dst=20480 rows={rows} cols={cols}
+MISC op=swiglu src0=0 src1=2048 dst=24576 rows={rows} cols={cols}
+MISC op=silu src0=0 dst=28672 rows={rows} cols={cols}
+MISC op=rmsnorm src0=0 src1=8192 dst=32768 rows={rows} cols={cols}
+MISC op=rope src0=0 src1=12288 dst=36864 rows={rows} cols=32 imm={7 | (2 << 16)}
+MISC op=copy src0=2048 dst=40960 rows={rows} cols={cols}""")
+    assert torch.equal(s.i32(16384, rows, cols), sfu.add(x, y))
+    assert torch.equal(s.i32(20480, rows, cols), sfu.mul(x, y, 16, 16, 16))
+    assert torch.equal(s.i32(24576, rows, cols), sfu.swiglu(x, y, 16, 16, 16))
+    assert torch.equal(s.i32(28672, rows, cols), sfu.silu(x, 16, 16))
+    assert torch.equal(s.i32(32768, rows, cols), sfu.rmsnorm(x, 16, gamma, 16, 1e-6, 16))
+    xr = x.reshape(-1)[: rows * 32].reshape(rows, 32)
+    assert torch.equal(s.i32(36864, rows, 32), sfu.rope(xr, torch.tensor([7, 7, 8, 8]), 16, 10000.0, 32, "half"))
+    assert torch.equal(s.i32(40960, rows, cols), y)
+
+
+def test_quant_head_blocks_and_embedding_dequant():
+    T, H, hd = 3, 2, 16
+    x = rand_fixed((T * H, hd), 5.0, 11)
+    s = sim()
+    put_i32(s, 0, x)
+    run(s, f"MISC op=quant src0=0 dst=4096 rows={T * H} cols={hd} imm={H}")
+    qa = contract.quantize_act_dynamic_int8(x, 16)
+    blk = -(-(T * hd + 3 * T) // 64) * 64
+    for h in range(H):
+        codes, exps, mants = s.qblock(4096 + h * blk, T, hd)
+        assert torch.equal(codes, qa.values[h::H]) and torch.equal(exps, qa.exponent[h::H])
+        assert torch.equal(mants, qa.mantissa[h::H].to(torch.int64))
+    codes = torch.randint(-127, 128, (2, 32), dtype=torch.int64)
+    mult = contract.quantize_multiplier(torch.tensor([0.013, 0.2], dtype=torch.float64) * 2**16)
+    rec = np.zeros((2, 48), dtype=np.uint8)
+    rec[:, :32] = codes.to(torch.int8).numpy().view(np.uint8)
+    mm = np.stack([mult.mult.numpy(), mult.shift.numpy()], 1)
+    rec[:, 32:40] = (mm & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(2, 8)
+    s.data[8192:8192 + 96] = rec.reshape(-1)
+    run(s, "MISC op=dequant src0=8192 dst=12288 rows=2 cols=32 imm=48")
+    want = contract.apply_multiplier(codes, contract.Multiplier(mult.mult[:, None], mult.shift[:, None]))
+    assert torch.equal(s.i32(12288, 2, 32), want.to(torch.int32))
+
+
+def test_tokens_order_units_and_deadlock_is_named():
+    s = sim()
+    s.hbm[0][:16] = 7
+    # MPE may only read what LD wrote after LD's token: the LD runs first even though it comes later
+    run(s, "LD target=act channel=0 hbm_addr=0 buf_addr=0 length=16 release=sfu\n"
+           "MISC op=copy wait=ld src0=0 dst=64 rows=1 cols=4")
+    assert (s.data[64:80] == 7).all()
+    with pytest.raises(DeadlockError, match=r"mpe: instruction 0 at word 0 \(MV wait=ld"):
+        run(s, "MV wait=ld m=1 n=16")
+
+
+def test_corrupt_stream_and_bad_address_errors():
+    s = sim()
+    words = isa.encode_program(assemble("MISC op=copy rows=1 cols=4\nSYS op=end")).copy()
+    words[1] |= 1 << 30  # reserved bit of MISC word 1
+    with pytest.raises(isa.IsaError, match="word 1"):
+        s.run(words)
+    with pytest.raises(SimError, match="instruction 0 at word 0"):
+        run(s, f"MISC op=copy src0={len(s.data) - 8} dst=0 rows=1 cols=16")
+
+
+def test_glassllm_prefill_and_32_decode_tokens_bit_exact():
+    rep = check_against_golden("glassllm", "w4a8-int4", prompt="Once upon a time", max_new_tokens=32)
+    assert rep["tokens_equal"] and rep["logits_equal"] and rep["max_logit_diff"] == 0
+    assert len(rep["tokens"]) == 32
+    st = rep["stats"]
+    assert st.instructions["mpe"] > 0 and sum(st.hbm_read.values()) > 0
+
+
+@pytest.mark.slow
+def test_glassllm_ovp_weights_bit_exact():
+    rep = check_against_golden("glassllm", "w4a8-ovp", prompt="The king said", max_new_tokens=8)
+    assert rep["tokens_equal"] and rep["logits_equal"]
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_smollm2_bit_exact():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from tests.helpers import REDUCED
+
+    rep = check_against_golden("smollm2", "w4a8-int4", prompt="The capital of France is",
+                               max_new_tokens=8 if REDUCED else 32)
+    assert rep["tokens_equal"] and rep["logits_equal"], rep
