@@ -376,6 +376,19 @@ def _normalize_rows(c: torch.Tensor, frac_in: int, eps: float) -> torch.Tensor:
     return _rshift_rows(c2 * g, shift - sh2)                       # |c2 * g| < 2**60
 
 
+
+def _norm_args(x, frac_in, frac_gamma, frac_out, eps):
+    """Validate the arguments shared by RMSNorm and LayerNorm."""
+    xi = _act(x)
+    frac_in = _frac(frac_in, "frac_in")
+    frac_gamma = _frac(frac_gamma, "frac_gamma")
+    frac_out = _frac(frac_out, "frac_out")
+    eps = _check_eps(eps)
+    if xi.dim() < 1 or xi.shape[-1] < 1 or xi.shape[-1] > NORM_MAX_DIM:
+        raise FixedPointValueError(
+            f"x last dim must be in [1, {NORM_MAX_DIM}], got shape {tuple(xi.shape)}")
+    return xi, frac_in, frac_gamma, frac_out, eps
+
 def rmsnorm(x: torch.Tensor, frac_in: int, gamma_q: torch.Tensor, frac_gamma: int = GAMMA_FRAC,
             eps: float = 1e-5, frac_out: int = NORM_OUT_FRAC) -> torch.Tensor:
     """Integer RMSNorm over the last dim: ``y = x / sqrt(mean(x**2) + eps) * gamma``.
@@ -386,14 +399,7 @@ def rmsnorm(x: torch.Tensor, frac_in: int, gamma_q: torch.Tensor, frac_gamma: in
     integer rsqrt (divider + isqrt), sqrt(d) multiplier, two rounding multiplies.
     A row of zeros with eps = 0 gives zeros.
     """
-    xi = _act(x)
-    frac_in = _frac(frac_in, "frac_in")
-    frac_gamma = _frac(frac_gamma, "frac_gamma")
-    frac_out = _frac(frac_out, "frac_out")
-    eps = _check_eps(eps)
-    if xi.dim() < 1 or xi.shape[-1] < 1 or xi.shape[-1] > NORM_MAX_DIM:
-        raise FixedPointValueError(
-            f"x last dim must be in [1, {NORM_MAX_DIM}], got shape {tuple(xi.shape)}")
+    xi, frac_in, frac_gamma, frac_out, eps = _norm_args(x, frac_in, frac_gamma, frac_out, eps)
     g = _check_gamma(gamma_q, xi.shape[-1], "gamma_q").to(torch.int64)
     out_shift = NORM_FRAC + frac_gamma - frac_out                  # >= -6
 
@@ -413,14 +419,7 @@ def layernorm(x: torch.Tensor, frac_in: int, gamma_q: torch.Tensor, beta_q: torc
     datapath with eps * d**2; beta is added (aligned to NORM_FRAC) before the final rounding
     shift.
     """
-    xi = _act(x)
-    frac_in = _frac(frac_in, "frac_in")
-    frac_gamma = _frac(frac_gamma, "frac_gamma")
-    frac_out = _frac(frac_out, "frac_out")
-    eps = _check_eps(eps)
-    if xi.dim() < 1 or xi.shape[-1] < 1 or xi.shape[-1] > NORM_MAX_DIM:
-        raise FixedPointValueError(
-            f"x last dim must be in [1, {NORM_MAX_DIM}], got shape {tuple(xi.shape)}")
+    xi, frac_in, frac_gamma, frac_out, eps = _norm_args(x, frac_in, frac_gamma, frac_out, eps)
     d = xi.shape[-1]
     g = _check_gamma(gamma_q, d, "gamma_q").to(torch.int64)
     b = _check_gamma(beta_q, d, "beta_q").to(torch.int64) << NORM_FRAC
