@@ -266,6 +266,10 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
     keep = materialize and spec.materialized  # a shape-only study needs sizes and counts, not the words
     pro = _prologue(spec, config, layout, rows)
 
+    tile_bytes = {name: sum(t.w_bytes + t.m_bytes + 16 * t.n for t in tl) for name, tl in layout.tiles.items()}
+    head_bytes = tile_bytes.get("lm_head", 0)
+    decoder_bytes = sum(tile_bytes.values()) - head_bytes
+
     def add(name, kind, bucket, parts):
         if keep:
             words, patches, tags = _concat(parts)
@@ -273,6 +277,10 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
         else:
             st = _combine_stats([seg_stats(seg) for seg, _, _ in parts])
             programs[name] = ProgramInfo(name, kind, bucket, np.zeros(0, dtype=np.uint32), [], st)
+        # weight-image bytes this program streams from HBM (values, sparse meta, requant entries): every
+        # forward (a prefill chunk or a decode step) loads every decoder tile once, the head lm_head once
+        forwards = bucket // rows if kind == "prefill" else 1
+        programs[name].stats = {**programs[name].stats, "weight_load_bytes": forwards * decoder_bytes + head_bytes}
 
     cache: dict = {}
 
@@ -396,7 +404,8 @@ def storage_report(comp: Compiled) -> dict:
     naive = per_length(pre, comp.prefill_step) + per_length(dec, comp.decode_step)
     return {"prefill": pre, "decode": dec, "total_bytes": total, "per_length_bytes": naive,
             "saved_factor": naive / total if total else 0.0, "compile_seconds": comp.compile_seconds,
-            "weight_bytes_per_channel": comp.layout.weight_bytes}
+            "weight_bytes_per_channel": comp.layout.weight_bytes,
+            "weight_image": {**comp.layout.image_parts, "total": sum(comp.layout.image_parts.values())}}
 
 
 def compile_main(model: str = "glassllm", board: str = "u280", weights: str | None = None,
@@ -413,6 +422,12 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
     if preset is None:
         preset = "w4a8-ovp"
     qcfg = QuantConfig.preset(preset)
+    if isinstance(sparsity, str) and ":" not in sparsity:
+        try:  # a density ("0.5"): N chosen per 16x16 block by golden.sparsity.choose_block_n
+            sparsity = float(sparsity)
+        except ValueError:
+            raise CompileError(f"--sparsity {sparsity!r} is neither a pattern N:16 / 2:4 nor a density in (0, 1]") \
+                from None
     if weights is not None or sparsity is not None:
         default = LayerQuant(weights or qcfg.default.weights, qcfg.default.acts,
                              sparsity if sparsity is not None else qcfg.default.sparsity)
@@ -430,5 +445,7 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
         print(f"compiled {model} ({spec.preset}) for {board} in {time.perf_counter() - t0:.1f} s "
               f"(programs {comp.compile_seconds:.1f} s): {len(comp.programs)} programs, "
               f"{rep['total_bytes'] / 1e6:.2f} MB of instructions, weight image "
-              f"{sum(comp.layout.weight_bytes) / 1e6:.2f} MB over {comp.layout.channels} channels -> {out}")
+              f"{sum(comp.layout.weight_bytes) / 1e6:.2f} MB over {comp.layout.channels} channels "
+              f"(values {rep['weight_image']['weight_values'] / 1e6:.3f} MB, sparse meta "
+              f"{rep['weight_image']['meta'] / 1e6:.3f} MB) -> {out}")
     return 0

@@ -7,6 +7,9 @@ hit different channels and every channel holds about the same bytes; small model
 of at most 1/(2C) of the weight bytes so that all C channels get a share. In its channel a
 tile is ``n * row_bytes`` weight bytes followed by ``n`` 16-byte requantization entries
 (int32 bias in the output format, uint32 multiplier, int32 shift, reserved), each part 64-byte aligned.
+An N:16 sparse tile stores only its kept values (canonical order) as weight bytes, and after the
+entries its meta bytes (block-N table padded to 16 bytes, then the packed 4-bit index stream of
+the sparse blocks), loaded into the meta buffer (docs/isa.md "Semantics").
 
 Above the weights, at addresses common to all channels:
 
@@ -45,6 +48,8 @@ class Tile:
     w_addr: int
     w_bytes: int
     b_addr: int
+    m_addr: int = 0  # sparse tiles: HBM address and size of the meta bytes (0: dense)
+    m_bytes: int = 0
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Layout:
     channel_bytes: list[int]  # total bytes used per channel (weights + embed + KV + I/O)
     weight_half: int
     bias_half_entries: int
+    meta_half: int = 0
+    image_parts: dict = field(default_factory=dict)  # bytes of weight values / meta / requant entries
     image: dict[int, bytearray] | None = field(default=None, repr=False)
 
     def kv_slot(self, layer: int, g: int, n_kv: int) -> tuple[int, int]:
@@ -74,18 +81,24 @@ class Layout:
         return {"channels": self.channels, "weight_bytes": self.weight_bytes, "embed_base": self.embed_base,
                 "embed_rec": self.embed_rec, "kv_base": self.kv_base, "kv_region": self.kv_region,
                 "kv_capacity": self.kv_capacity, "kv_parts": list(self.kv_parts), "io_base": self.io_base,
-                "channel_bytes": self.channel_bytes}
+                "channel_bytes": self.channel_bytes, "image_parts": self.image_parts}
 
 
-def tile_rows(config: AcceleratorConfig, row_bytes: int, n: int, cap_bytes: int | None = None) -> int:
+def tile_rows(config: AcceleratorConfig, row_bytes: int, n: int, cap_bytes: int | None = None,
+              meta_row_bytes: int = 0) -> int:
     half = config.buffers.weight_kib * 1024 // 2
     if cap_bytes:
         half = max(16 * row_bytes, min(half, cap_bytes))
     half_entries = config.buffers.bias_kib * 1024 // ENTRY // 2 - BIAS_RESERVED
-    rows = min(half // row_bytes, half_entries, n, 4080) // 16 * 16
+    rows = min(half // row_bytes, half_entries, n, 4080)
+    if meta_row_bytes:
+        # the meta half holds the tile's block-N table (padded to 16 B) and its index stream
+        rows = min(rows, (config.buffers.meta_kib * 1024 // 2 - 16) // meta_row_bytes)
+    rows = rows // 16 * 16
     if rows < 16:
-        raise CompileError(f"a 16-row weight tile of {row_bytes} bytes per row does not fit half the weight buffer "
-                           f"({half} bytes); enlarge BufferConfig.weight_kib")
+        raise CompileError(f"a 16-row weight tile of {row_bytes} weight bytes (+ {meta_row_bytes} meta bytes) per row "
+                           f"does not fit half the weight buffer ({half} bytes) / half the meta buffer; enlarge "
+                           "BufferConfig.weight_kib / meta_kib")
     return rows
 
 
@@ -120,7 +133,8 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
         order += [("g", f"layers.{i}.attn_norm")] + [("w", f"layers.{i}.{n}") for n in ("wq", "wk", "wv", "wo")]
         order += [("g", f"layers.{i}.ffn_norm")] + [("w", f"layers.{i}.{n}") for n in ("w_gate", "w_up", "w_down")]
     order += [("g", "final_norm"), ("w", "lm_head")]
-    total = sum(spec.linears[n].n * spec.linears[n].row_bytes for k, n in order if k == "w")
+    total = sum(spec.linears[n].weight_bytes(0, spec.linears[n].n) for k, n in order if k == "w")
+    image_parts = {"weight_values": 0, "meta": 0, "requant_entries": 0}
     cap = total // (2 * C)  # small models: cut tiles finer so every channel gets a share
 
     def least_loaded() -> int:
@@ -138,16 +152,23 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
             gamma_at[name] = (ch, put(ch, data, 4 * c.dim + 16))
             continue
         lin = spec.linears[name]
-        rows = tile_rows(config, lin.row_bytes, lin.n, cap)
+        rows = tile_rows(config, lin.row_bytes, lin.n, cap, lin.meta_row_bytes())
         tl = []
         table = lin.requant_table() if image is not None else None
         for n0 in range(0, lin.n, rows):
             n = min(rows, lin.n - n0)
             ch = least_loaded()
-            wb = n * lin.row_bytes
-            w_addr = put(ch, None if image is None else lin.rows[n0:n0 + n], wb)
+            wb = lin.weight_bytes(n0, n)
+            w_addr = put(ch, None if image is None else lin.tile_weight_bytes(n0, n), wb)
             b_addr = put(ch, None if image is None else table[n0:n0 + n], n * ENTRY)
-            tl.append(Tile(n0, n, ch, w_addr, wb, b_addr))
+            m_addr = mb = 0
+            if lin.sparse:
+                mb = lin.meta_bytes(n0, n)
+                m_addr = put(ch, None if image is None else lin.tile_meta(n0, n), mb)
+            image_parts["weight_values"] += wb
+            image_parts["meta"] += mb
+            image_parts["requant_entries"] += n * ENTRY
+            tl.append(Tile(n0, n, ch, w_addr, wb, b_addr, m_addr, mb))
         tiles[name] = tl
     weight_bytes = list(used)
     rec = pad16(c.dim) + 16
@@ -185,4 +206,5 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
                            "context or lower-precision weights")
     return Layout(C, tiles, gamma_at, const_at, weight_bytes, embed_base, rec, kv_base, kv_region, kv_capacity, parts,
                   io_base, channel_bytes, config.buffers.weight_kib * 1024 // 2,
-                  config.buffers.bias_kib * 1024 // ENTRY // 2, image)
+                  config.buffers.bias_kib * 1024 // ENTRY // 2, meta_half=config.buffers.meta_kib * 1024 // 2,
+                  image_parts=image_parts, image=image)

@@ -150,13 +150,19 @@ class Lowering:
             bent = BIAS_RESERVED + slot * half_b
             self.ld("weight", wbuf, t.channel, t.w_addr, t.w_bytes, "weight", tag=f"{name}.w")
             self.ld("bias", bent * ENTRY, t.channel, t.b_addr, t.n * ENTRY, "bias", tag=f"{name}.b")
+            reads = [("data", a, a + a_len), ("weight", wbuf, wbuf + t.w_bytes),
+                     ("bias", bent * ENTRY, (bent + t.n) * ENTRY)]
+            sparse = {}
+            if t.m_bytes:
+                mbuf = slot * self.layout.meta_half  # a multiple of 16: meta_addr counts 16-byte units
+                self.ld("meta", mbuf, t.channel, t.m_addr, t.m_bytes, "meta", tag=f"{name}.m")
+                reads.append(("meta", mbuf, mbuf + t.m_bytes))
+                sparse = {"sparse": 1, "meta_addr": mbuf // 16}
             out_a = out + 4 * t.n0
-            self.op(mn, [("data", a, a + a_len), ("weight", wbuf, wbuf + t.w_bytes),
-                         ("bias", bent * ENTRY, (bent + t.n) * ENTRY)],
-                    [("data", out_a, out_a + 4 * ((m - 1) * ldo + t.n))], (), name,
+            self.op(mn, reads, [("data", out_a, out_a + 4 * ((m - 1) * ldo + t.n))], (), name,
                     mode="linear", wfmt=lin.wfmt, normal=lin.normal if lin.wfmt == "ovp4" else "int4",
                     out="fixed32", k_blocks=lin.k // 16, m=m, n=t.n, ldo=ldo, a_addr=a, b_addr=wbuf,
-                    out_addr=out_a, bias_addr=bent)
+                    out_addr=out_a, bias_addr=bent, **sparse)
 
     def rmsnorm(self, name, x, rows, dst):
         d = self.c.dim

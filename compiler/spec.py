@@ -11,6 +11,9 @@ golden/qmodel.py's QLlama computes with. Three front ends build one:
 * :func:`spec_from_shapes` - shapes only (no weights materialized): for size studies such as
   LLaMA2-7B, where only instruction counts and image sizes matter.
 
+N:16 block-sparse linears keep golden's compressed form: ``block_n``, the kept values' bytes and the
+packed index stream (docs/isa.md "Semantics", "Sparse weight tile").
+
 Dimensions are zero-padded to multiples of 16 (MM/MV reduce in blocks of 16): a zero weight row
 gives a zero output column and a zero activation column changes neither a sum nor a per-token
 maximum, so padding is bit-exact. ``head_dim`` cannot be padded (RoPE pairs (i, i + hd/2)) and
@@ -29,7 +32,7 @@ from olivine.golden import fixed
 from olivine.golden.model import LINEAR_NAMES, LlamaConfig
 
 __all__ = ["CompileError", "UnsupportedModelError", "LinearSpec", "ModelSpec", "spec_from_qllama",
-           "spec_from_shapes", "spec_from_hf", "pad16", "weight_row_bytes"]
+           "spec_from_shapes", "spec_from_hf", "pad16", "weight_row_bytes", "sparse_n_of"]
 
 
 class CompileError(ValueError):
@@ -48,6 +51,20 @@ def weight_row_bytes(wfmt: str, k: int) -> int:
     return k if wfmt == "int8" else k // 2
 
 
+def align16(x: int) -> int:
+    return -(-x // 16) * 16
+
+
+def sparse_n_of(sparsity) -> int | None:
+    """N of a uniform N:16 sparsity option ("8:16", "4:16", "2:16", "2:4" is stored as 8:16); None: dense."""
+    if sparsity is None:
+        return None
+    from olivine.golden import sparsity as sp
+
+    n, m = sp.parse_pattern(sparsity)
+    return 8 if m == 4 else (None if n == 16 else n)
+
+
 @dataclass
 class LinearSpec:
     """One linear as the accelerator stores it: W [n, k] (padded) + a 16-byte requant entry per row."""
@@ -63,10 +80,72 @@ class LinearSpec:
     mult: np.ndarray | None = None  # int64 [n]
     shift: np.ndarray | None = None  # int64 [n]
     act: str = "int8"  # int8 (per-token mantissa + exponent scale) | int8-pow2 (exponent only)
+    # N:16 block sparsity (docs/isa.md "Semantics"): block_n uint8 [n/16, k/16]; values = the kept values'
+    # bytes in canonical order (int8 / packed int4 / OVP pair codes); indices = the packed 4-bit in-group
+    # index stream of the sparse blocks (golden.sparsity.SparseWeight.packed_indices)
+    block_n: np.ndarray | None = None
+    values: np.ndarray | None = None
+    indices: np.ndarray | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.block_n is not None
 
     @property
     def row_bytes(self) -> int:
-        return weight_row_bytes(self.wfmt, self.k)
+        """Weight bytes of the longest row (dense: every row)."""
+        if not self.sparse:
+            return weight_row_bytes(self.wfmt, self.k)
+        return int(self.block_n.astype(np.int64).sum(axis=1).max()) * self.value_bits // 8
+
+    @property
+    def value_bits(self) -> int:
+        return 8 if self.wfmt == "int8" else 4
+
+    def _band_sums(self):
+        bn = self.block_n.astype(np.int64)
+        kept = bn.sum(axis=1) * 16  # kept values per 16-row band
+        sparse = np.where(bn < 16, bn, 0).sum(axis=1) * 16  # of which in sparse blocks (indexed)
+        zero = np.zeros(1, dtype=np.int64)
+        return (np.concatenate([zero, np.cumsum(kept * self.value_bits // 8)]),
+                np.concatenate([zero, np.cumsum(sparse // 2)]))
+
+    def weight_bytes(self, n0: int, n: int) -> int:
+        """Bytes of rows n0 .. n0+n-1 in the weight buffer (n0, n multiples of 16 when sparse)."""
+        if not self.sparse:
+            return n * weight_row_bytes(self.wfmt, self.k)
+        w, _ = self._band_sums()
+        return int(w[(n0 + n) // 16] - w[n0 // 16])
+
+    def meta_bytes(self, n0: int, n: int) -> int:
+        """Meta-buffer bytes of a sparse tile: the block-N table padded to 16 bytes, then the indices."""
+        if not self.sparse:
+            return 0
+        _, ix = self._band_sums()
+        return align16(n // 16 * (self.k // 16)) + int(ix[(n0 + n) // 16] - ix[n0 // 16])
+
+    def meta_row_bytes(self) -> int:
+        """Upper bound of meta bytes per row (for tile sizing)."""
+        if not self.sparse:
+            return 0
+        bn = self.block_n.astype(np.int64)
+        return -(-(self.k // 16) // 16) + int(np.where(bn < 16, bn, 0).sum(axis=1).max()) // 2
+
+    def tile_weight_bytes(self, n0: int, n: int) -> np.ndarray:
+        """The weight-buffer bytes of rows n0 .. n0+n-1 (materialized specs)."""
+        if not self.sparse:
+            return self.rows[n0:n0 + n]
+        w, _ = self._band_sums()
+        return self.values[w[n0 // 16]: w[(n0 + n) // 16]]
+
+    def tile_meta(self, n0: int, n: int) -> np.ndarray:
+        """The meta-buffer bytes of a sparse tile (block-N table, zero padding, index stream)."""
+        _, ix = self._band_sums()
+        table = self.block_n[n0 // 16:(n0 + n) // 16].reshape(-1)
+        out = np.zeros(self.meta_bytes(n0, n), dtype=np.uint8)
+        out[:table.size] = table
+        out[align16(table.size):] = self.indices[ix[n0 // 16]: ix[(n0 + n) // 16]]
+        return out
 
     def requant_table(self) -> np.ndarray:
         """[n, 4] int32 entries (bias, mult, shift, reserved) as stored in HBM and the bias buffer."""
@@ -134,10 +213,9 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int) -> LinearSpec:
     if getattr(lin, "bias_q", None) is not None or getattr(lin, "bias_int", None) is not None:
         raise UnsupportedModelError(f"{name}: a bias in a linear is not supported (LLaMA linears have none)")
     w = lin.weight
-    if w.block_n is not None:
-        raise UnsupportedModelError(f"{name}: N:16 sparse weights are not lowered by this compiler version; "
-                                    "use a dense preset")
     n_true, k_true = lin.out_features, lin.in_features
+    if w.block_n is not None:
+        return _sparse_linear(name, lin, n_pad, k_pad)
     vals = w.values.to(torch.int64)
     vals = torch.nn.functional.pad(vals, (0, k_pad - vals.shape[1], 0, n_pad - vals.shape[0]))
     if w.kind == "int8":
@@ -150,14 +228,58 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int) -> LinearSpec:
             raise CompileError(f"{name}: OVP re-encoding of the padded weights is not lossless")
     else:
         raise UnsupportedModelError(f"{name}: weight kind {w.kind!r} unsupported")
-    mult = torch.zeros(n_pad, dtype=torch.int64)
-    shift = torch.zeros(n_pad, dtype=torch.int64)
-    m = lin.mult.mult.reshape(-1).to(torch.int64)
-    s = lin.mult.shift.reshape(-1).to(torch.int64)
-    mult[: m.numel()] = m
-    shift[: s.numel()] = s
+    mult, shift = _multipliers(lin, n_pad)
     return LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows,
                       mult.numpy(), shift.numpy(), lin.act)
+
+
+def _multipliers(lin, n_pad: int):
+    """Per-row (mult, shift) padded to n_pad; rows beyond out_features get 0 so they output exactly 0
+    (golden pads sparse OVP weights with rows of 1.0 and crops their outputs; the compiled model keeps
+    the padded output columns, which must stay zero for the next per-token quantization)."""
+    n_true = lin.out_features or n_pad
+    mult = torch.zeros(n_pad, dtype=torch.int64)
+    shift = torch.zeros(n_pad, dtype=torch.int64)
+    m = lin.mult.mult.reshape(-1).to(torch.int64)[:n_true]
+    s = lin.mult.shift.reshape(-1).to(torch.int64)[:n_true]
+    mult[: m.numel()] = m
+    shift[: s.numel()] = s
+    return mult, shift
+
+
+def _sparse_linear(name: str, lin, n_pad: int, k_pad: int) -> LinearSpec:
+    """A golden N:16 sparse weight as stored: kept values, packed indices, block N (exactly golden's bytes)."""
+    from olivine.golden import ovp
+    from olivine.golden import sparsity as sp
+
+    w = lin.weight
+    if tuple(w.values.shape) != (n_pad, k_pad):
+        raise CompileError(f"{name}: sparse weight shape {tuple(w.values.shape)} differs from the padded "
+                           f"shape {(n_pad, k_pad)}")
+    if isinstance(w.sparse, sp.SparseOvpWeight):
+        sw = w.sparse.sparse
+        if w.sparse.bits != 4:
+            raise UnsupportedModelError(f"{name}: sparse OVP weights of {w.sparse.bits} bits are not supported")
+        values = w.sparse.codes.numpy().astype(np.uint8)
+        grid = ovp.unpack(w.sparse.codes, w.sparse.normal).to(torch.int64)
+    elif isinstance(w.sparse, sp.SparseWeight):
+        sw = w.sparse
+        grid = sw.values.to(torch.int64)
+        if w.kind == "int8":
+            values = grid.to(torch.int8).numpy().view(np.uint8).copy()
+        else:
+            v = grid.numpy() & 0xF
+            values = (v[0::2] | (v[1::2] << 4)).astype(np.uint8)
+    else:
+        raise CompileError(f"{name}: a sparse weight without its golden compressed form")
+    dense = torch.zeros(n_pad, k_pad, dtype=torch.int64)
+    dense[sw.rows(), sw.columns()] = grid
+    if not torch.equal(dense, w.values.to(torch.int64)):
+        raise CompileError(f"{name}: the stored sparse weight does not decode to golden's grid values")
+    mult, shift = _multipliers(lin, n_pad)
+    return LinearSpec(name, n_pad, k_pad, lin.out_features, lin.in_features, w.kind, w.normal or "int4", None,
+                      mult.numpy(), shift.numpy(), lin.act, block_n=sw.block_n.numpy().astype(np.uint8),
+                      values=values, indices=sw.packed_indices().numpy().astype(np.uint8))
 
 
 def spec_from_qllama(q, source: str = "") -> ModelSpec:
@@ -190,8 +312,13 @@ def spec_from_qllama(q, source: str = "") -> ModelSpec:
                      preset=q.qcfg.name, source=source)
 
 
-def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "int8", preset: str = "shapes") -> ModelSpec:
-    """A spec with shapes and precisions only (nothing materialized): for instruction counts and sizes."""
+def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "int8", preset: str = "shapes",
+                     sparsity=None) -> ModelSpec:
+    """A spec with shapes and precisions only (nothing materialized): for instruction counts and sizes.
+
+    ``sparsity`` ("8:16", "4:16", "2:16", "2:4"): uniform N:16 on every decoder linear (lm_head dense).
+    """
+    n_sp = sparse_n_of(sparsity)
     check_config(config)
     c = config
     fp = pad16(c.ffn_dim)
@@ -203,6 +330,8 @@ def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "in
         for n in LINEAR_NAMES:
             name = f"layers.{i}.{n}"
             linears[name] = LinearSpec(name, *dims[n], *true[n], weights)
+            if n_sp is not None:
+                linears[name].block_n = np.full((dims[n][0] // 16, dims[n][1] // 16), n_sp, dtype=np.uint8)
     linears["lm_head"] = LinearSpec("lm_head", c.vocab_size, c.dim, c.vocab_size, c.dim, head)
     gammas = {f"layers.{i}.{n}": None for i in range(c.n_layers) for n in ("attn_norm", "ffn_norm")}
     gammas["final_norm"] = None

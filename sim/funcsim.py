@@ -60,6 +60,30 @@ def _u32(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32).astype(np.int64)
 
 
+@dataclass
+class SparseTile:
+    """A decoded N:16 sparse weight tile: row r multiplies ``vals[r, j]`` with the activation at column
+    ``cols[r, j]`` (its group's base + the stored in-group index); unused slots point at column K, an
+    appended zero activation (rows of different 16-row bands keep different counts)."""
+
+    cols: torch.Tensor  # int64 [n, L]
+    vals: torch.Tensor  # int64 [n, L]
+    vmax: int
+
+    def matmul(self, a: torch.Tensor) -> torch.Tensor:
+        """acc[t, r] = wrap32(sum_j a[t, cols[r, j]] * vals[r, j]): the sparse MUX selects the activation
+        of each kept weight; the products are summed exactly (float64 when every partial sum is an
+        exactly representable integer, else int64), as ``contract.int_matmul`` sums the dense form."""
+        a_ext = torch.cat([a.to(torch.int64), torch.zeros(a.shape[0], 1, dtype=torch.int64)], dim=1)
+        amax = int(a_ext.abs().max()) if a_ext.numel() else 0
+        selected = a_ext[:, self.cols]  # [m, n, L]: the MUX outputs
+        if amax * self.vmax * max(self.cols.shape[1], 1) < 2**53:
+            acc = torch.round((selected.to(torch.float64) * self.vals.to(torch.float64)).sum(-1)).to(torch.int64)
+        else:
+            acc = (selected * self.vals).sum(-1)
+        return contract.wrap_int32(acc)
+
+
 class FuncSim:
     """One accelerator core with its HBM. ``channel_bytes`` sizes each channel; ``image`` preloads them."""
 
@@ -76,8 +100,11 @@ class FuncSim:
                         "meta": np.zeros(b.meta_kib * 1024, dtype=np.uint8),
                         "bias": np.zeros(b.bias_kib * 1024, dtype=np.uint8)}
         self.stats = SimStats()
-        self._wcache: dict = {}  # (channel, hbm address, bytes, format, normal, n, k) -> (float64 grid, max)
-        self._wsrc: dict = {}  # weight-buffer address -> (channel, hbm address, bytes) of its last LD
+        # ((channel, hbm address, bytes) of the weights, same of the meta or None, format, normal, n, k)
+        #   -> decoded tile (dense: (grid, float64 grid, max); sparse: SparseTile)
+        self._wcache: dict = {}
+        # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD
+        self._src: dict = {"weight": {}, "meta": {}}
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -163,12 +190,13 @@ class FuncSim:
         mem = self._hbm(ch)
         if starts.min() < 0 or starts.max() + length > len(mem):
             raise SimError(f"LD reads beyond HBM channel {ch} ({len(mem)} bytes)")
-        if target == "weight":
-            # remember where the weight bytes came from: decoded tiles are cached per HBM source
-            self._wsrc[i["buf_addr"]] = (ch, int(starts[0]), total) if len(starts) == 1 else None
-            for a in [a for a in self._wsrc if a != i["buf_addr"] and a < i["buf_addr"] + total
-                      and a + (self._wsrc[a][2] if self._wsrc[a] else 0) > i["buf_addr"]]:
-                del self._wsrc[a]
+        if target in self._src:
+            # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
+            src = self._src[target]
+            src[i["buf_addr"]] = (ch, int(starts[0]), total) if len(starts) == 1 else None
+            for a in [a for a in src if a != i["buf_addr"] and a < i["buf_addr"] + total
+                      and a + (src[a][2] if src[a] else 0) > i["buf_addr"]]:
+                del src[a]
         if len(starts) == 1:
             dst[:] = mem[starts[0]: starts[0] + length]
         else:
@@ -187,17 +215,64 @@ class FuncSim:
             if a + length > len(mem):
                 raise SimError(f"ST writes beyond HBM channel {ch} ({len(mem)} bytes)")
             mem[a: a + length] = src[k * length: (k + 1) * length]
-            if any(key[0] == ch and key[1] < a + length and a < key[1] + key[2] for key in self._wcache):
+            if any(hs is not None and hs[0] == ch and hs[1] < a + length and a < hs[1] + hs[2]
+                   for key in self._wcache for hs in key[:2]):  # a cached tile's weights or meta changed
                 self._wcache.clear()
         self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
+
+    def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
+        """Decode an N:16 sparse tile: block-N table and index stream from the meta buffer at
+        16 * meta_addr, kept values from the weight buffer at b_addr (docs/isa.md "Semantics")."""
+        if n % 16:
+            raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
+        wfmt = i.enum("wfmt")
+        meta = self.buffers["meta"]
+        base = 16 * i["meta_addr"]
+        bands, groups = n // 16, k // 16
+        bn = self._slice(meta, base, bands * groups, "sparse block-N table").astype(np.int64).reshape(bands, groups)
+        bad = ~np.isin(bn, (2, 4, 8, 16))
+        if bad.any():
+            b, c = (int(v) for v in np.argwhere(bad)[0])
+            raise SimError(f"block ({b}, {c}) of the sparse tile has N={int(bn[b, c])}; N must be 2, 4, 8 or 16")
+        counts = np.repeat(bn, 16, axis=0)  # [n, groups] kept per (row, group)
+        kept = int(counts.sum())
+        n_idx = int(np.where(counts < 16, counts, 0).sum())
+        ibase = base + -(-bands * groups // 16) * 16
+        packed = self._slice(meta, ibase, n_idx // 2, "sparse index stream")
+        nib = np.empty(n_idx, dtype=np.int64)
+        nib[0::2], nib[1::2] = packed & 0xF, packed >> 4
+        vbytes = kept if wfmt == "int8" else kept // 2
+        raw = self._slice(self.buffers["weight"], i["b_addr"], vbytes, "MM sparse weights")
+        if wfmt == "int8":
+            vals = raw.view(np.int8).astype(np.int64)
+        elif wfmt == "int4":
+            vals = np.empty(kept, dtype=np.int64)
+            lo, hi = (raw & 0xF).astype(np.int64), (raw >> 4).astype(np.int64)
+            vals[0::2], vals[1::2] = np.where(lo > 7, lo - 16, lo), np.where(hi > 7, hi - 16, hi)
+        else:
+            vals = ovp.unpack(torch.from_numpy(raw.copy()), i.enum("normal")).to(torch.int64).numpy().reshape(-1)
+        # in-group index of every kept value: dense groups 0..15 in order, sparse groups from the stream
+        flat = counts.reshape(-1)
+        grp = np.repeat(np.arange(flat.size), flat)  # (row * groups + group) of each kept value
+        pos = np.arange(kept) - np.repeat(np.cumsum(flat) - flat, flat)  # rank inside its group
+        is_sparse = np.repeat(flat < 16, flat)
+        idx = pos.copy()
+        idx[is_sparse] = nib
+        rows = grp // groups
+        cols = (grp % groups) * 16 + idx
+        lengths = counts.sum(axis=1)
+        width = int(lengths.max())
+        slot = np.arange(kept) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        col_m = np.full((n, width), k, dtype=np.int64)  # column k: an appended zero activation
+        val_m = np.zeros((n, width), dtype=np.int64)
+        col_m[rows, slot], val_m[rows, slot] = cols, vals
+        return SparseTile(torch.from_numpy(col_m), torch.from_numpy(val_m), int(np.abs(vals).max()) if kept else 0)
 
     def weights(self, i, n: int, k: int) -> torch.Tensor:
         """Decode the weight tile at b_addr into integer grid values [n, k] (int16)."""
         wfmt = i.enum("wfmt")
         row = k if wfmt == "int8" else k // 2
         raw = self._slice(self.buffers["weight"], i["b_addr"], n * row, "MM weights")
-        if i["sparse"]:
-            raise SimError("sparse weights (sparse=1) are not implemented by this functional simulator version")
         if wfmt == "int8":
             return torch.from_numpy(raw.view(np.int8).reshape(n, k).astype(np.int16))
         b = raw.reshape(n, row)
@@ -215,21 +290,32 @@ class FuncSim:
         m, n, k = i["m"], i["n"], 16 * i["k_blocks"]
         ldo = i["ldo"] or n
         out_fmt = i.enum("out")
+        if i["sparse"] and mode != "linear":
+            raise SimError(f"sparse=1 applies to weights (mode=linear), not to mode={mode}")
         if mode == "linear":
             a, e, mant = self.qblock(i["a_addr"], m, k, "MM activations")
             row = k if i.enum("wfmt") == "int8" else k // 2
-            src = self._wsrc.get(i["b_addr"])
-            key = None if src is None or src[2] < n * row else src + (i.enum("wfmt"), i.enum("normal"), n, k)
+            src = self._src["weight"].get(i["b_addr"])
+            msrc = self._src["meta"].get(16 * i["meta_addr"]) if i["sparse"] else None
+            key = None if src is None or (i["sparse"] and msrc is None) or (not i["sparse"] and src[2] < n * row) \
+                else (src, msrc, i.enum("wfmt"), i.enum("normal"), n, k)
             if key is not None and key in self._wcache:
-                w, wf, wmax = self._wcache[key]
+                tile = self._wcache[key]
             else:
-                w = self.weights(i, n, k)
-                wf, wmax = w.to(torch.float64), int(w.abs().max()) if w.numel() else 0
+                if i["sparse"]:
+                    tile = self.sparse_weights(i, n, k)
+                else:
+                    w = self.weights(i, n, k)
+                    tile = (w, w.to(torch.float64), int(w.abs().max()) if w.numel() else 0)
                 if key is not None:
-                    self._wcache[key] = (w, wf, wmax)
+                    self._wcache[key] = tile
             ent = self.entries(i["bias_addr"], n)
             bias = torch.from_numpy(ent[:, 0].astype(np.int64)) if i["bias"] else None
-            acc = contract.int_matmul(a, w, w_f64=wf, w_max=wmax)
+            if i["sparse"]:
+                acc = tile.matmul(a)
+            else:
+                w, wf, wmax = tile
+                acc = contract.int_matmul(a, w, w_f64=wf, w_max=wmax)
             mult = contract.Multiplier(torch.from_numpy(_u32(ent[:, 1])), torch.from_numpy(ent[:, 2].astype(np.int64)))
             exp = e.to(torch.int64)
         elif mode == "qk":

@@ -10,7 +10,7 @@ from olivine.compiler import isa
 from olivine.compiler.artifact import ArtifactError, read_artifact
 from olivine.compiler.compile import (apply_patches, compile_main, compile_model, decode_bucket, prefill_bucket,
                                       storage_report)
-from olivine.compiler.spec import UnsupportedModelError, spec_from_qllama, spec_from_shapes
+from olivine.compiler.spec import UnsupportedModelError, pad16, spec_from_qllama, spec_from_shapes
 from olivine.golden.model import LlamaConfig
 from olivine.hw.config import for_board
 from olivine.sim.funcsim import Runtime, golden_generate, run_main
@@ -195,3 +195,79 @@ def test_small_prefill_chunks_residue_families_bit_exact():
     ids = torch.randint(0, m.config.vocab_size, (21,), generator=torch.Generator().manual_seed(5)).tolist()
     rt = Runtime.from_compiled(comp)
     assert torch.equal(rt.prefill(ids), q.forward_int(torch.tensor(ids))[-1])
+
+
+# ---- N:16 block-sparse weights --------------------------------------------------------------------
+
+def _ld_bytes(words, targets):
+    total = 0
+    for i in isa.decode_program(words):
+        if i.mnemonic == "LD" and i.enum("target") in targets:
+            total += i["length"] * i["n0"] * i["n1"] * i["n2"]
+    return total
+
+
+def test_compile_main_sparsity_artifact_bit_exact_and_image_shrinks(tmp_path, capsys):
+    from olivine.golden.qconfig import LayerQuant, QuantConfig
+    from olivine.golden.qmodel import quantize_model
+
+    out = tmp_path / "glass816"
+    assert compile_main("glassllm", "u280", preset="w8a8", sparsity="8:16", out=str(out), max_context=48) == 0
+    assert "sparse meta" in capsys.readouterr().out
+    rt = Runtime.from_artifact(out, for_board("u280"))
+    m, _ = glass()
+    base = QuantConfig.preset("w8a8")
+    q = quantize_model(m.config, m.weights, QuantConfig(LayerQuant("int8", "int8", "8:16"), dict(base.overrides)))
+    ids = m.tokenizer.encode("Once upon a time")
+    toks, logits = rt.generate(ids, 6)
+    g_toks, g_logits = golden_generate(q, ids, 6)
+    assert toks == g_toks and all(torch.equal(a, b) for a, b in zip(logits, g_logits))
+    # the programs use sparse MM/MV with meta loads; lm_head (the dense W8A8 override) does not
+    prog = isa.decode_program(rt.programs["decode_00016"])
+    lin = [i for i in prog if i.mnemonic == "MV" and i.enum("mode") == "linear"]
+    sparse = [i for i in lin if i["sparse"]]
+    metas = [i for i in prog if i.mnemonic == "LD" and i.enum("target") == "meta"]
+    assert len(sparse) == len(metas) > 0
+    assert sum(i["n"] for i in lin if not i["sparse"]) == m.config.vocab_size  # only lm_head's tiles are dense
+    # storage: 8 kept INT8 values + 8 four-bit indices per 16 weights: the image shrinks by a quarter
+    parts = rt.meta["layout"]["image_parts"]
+    c = m.config
+    dec = c.n_layers * (c.dim * (c.q_dim + 2 * c.kv_dim) + c.q_dim * c.dim + 3 * c.dim * pad16(c.ffn_dim))
+    head = c.vocab_size * c.dim  # int8 lm_head
+    assert parts["weight_values"] == dec // 2 + head
+    # one N byte per 16x16 block (each tile's table padded to 16 bytes) + one 4-bit index per kept value
+    assert dec // 256 + dec // 4 <= parts["meta"] <= dec // 256 + dec // 4 + 16 * 100
+    assert parts["requant_entries"] == 16 * (c.n_layers * (c.q_dim + 2 * c.kv_dim + 2 * c.dim + 2 * pad16(c.ffn_dim))
+                                             + c.vocab_size)
+    dense_total = dec + head + parts["requant_entries"]
+    assert sum(parts.values()) < 0.85 * dense_total
+    # every bucket's streamed weight bytes, as recorded, are what its LD instructions load
+    for name, info in rt.meta["programs"].items():
+        assert info["stats"]["weight_load_bytes"] == _ld_bytes(rt.programs[name], ("weight", "meta", "bias")) - 32
+        if info["kind"] == "decode":
+            assert info["stats"]["weight_load_bytes"] == sum(parts.values())
+    with pytest.raises(ValueError, match="neither a pattern"):
+        compile_main("glassllm", "u280", sparsity="half", out=str(tmp_path / "x"), quiet=True)
+
+
+def test_shape_only_sparsity_sizes():
+    cfg = LlamaConfig(vocab_size=512, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64, ffn_dim=688,
+                      max_seq_len=256)
+    dec = cfg.n_layers * (cfg.dim * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * cfg.dim
+                          + 3 * cfg.dim * pad16(cfg.ffn_dim))
+    head = cfg.vocab_size * cfg.dim
+    for wfmt, bits in (("ovp4", 4), ("int8", 8)):
+        sizes = {}
+        for sp_ in (None, "8:16", "4:16", "2:4"):
+            comp = compile_model(spec_from_shapes(cfg, weights=wfmt, sparsity=sp_), CFG, materialize=False)
+            sizes[sp_] = storage_report(comp)["weight_image"]
+        assert sizes[None]["weight_values"] == dec * bits // 8 + head and sizes[None]["meta"] == 0
+        for sp_, n in (("8:16", 8), ("4:16", 4), ("2:4", 8)):
+            assert sizes[sp_]["weight_values"] == dec * n // 16 * bits // 8 + head
+            # one N byte per 16x16 block (each tile's table padded to 16 bytes) + a 4-bit index per kept value
+            assert dec // 256 + dec * n // 32 <= sizes[sp_]["meta"] <= dec // 256 + dec * n // 32 + 16 * 64
+        assert sizes["4:16"]["total"] < sizes["8:16"]["total"]
+        if bits == 4:  # 8 kept 4-bit values + 8 4-bit indices: no smaller than 16 dense 4-bit values
+            assert sizes["8:16"]["total"] >= sizes[None]["total"] > sizes["4:16"]["total"]
+        else:
+            assert sizes["8:16"]["total"] < sizes[None]["total"]

@@ -221,3 +221,123 @@ def test_smollm2_bit_exact():
     rep = check_against_golden("smollm2", "w4a8-int4", prompt="The capital of France is",
                                max_new_tokens=8 if REDUCED else 32)
     assert rep["tokens_equal"] and rep["logits_equal"], rep
+
+
+# ---- N:16 block-sparse weights (sparse=1) ---------------------------------------------------------
+
+def _load_sparse_tile(s, spec, n, bias_entry=2, meta_addr=64):
+    """Weight bytes at weight-buffer 0, meta bytes at meta-buffer 16 * meta_addr, entries from bias_entry."""
+    wb = spec.tile_weight_bytes(0, n)
+    meta = spec.tile_meta(0, n)
+    s.buffers["weight"][:wb.size] = wb
+    s.buffers["meta"][16 * meta_addr:16 * meta_addr + meta.size] = meta
+    s.buffers["bias"][16 * bias_entry:16 * (bias_entry + n)] = spec.requant_table().view(np.uint8).reshape(-1)
+
+
+def _int_sparse_weight(lin):
+    """golden's compressed form with integer grid values (what the sparse MUX multiplies)."""
+    from olivine.golden import sparsity as sp
+
+    if isinstance(lin.weight.sparse, sp.SparseOvpWeight):
+        sw = lin.weight.sparse.sparse
+        return sp.SparseWeight(lin.weight.sparse.grid_values(), sw.indices, sw.block_n, sw.shape)
+    return lin.weight.sparse
+
+
+@pytest.mark.parametrize("sparsity", ["8:16", "2:16", 0.4])
+@pytest.mark.parametrize("wkind", ["int8", "int4", "ovp4"])
+def test_sparse_linear_mux_equals_golden(wkind, sparsity):
+    from olivine.golden import sparsity as sp
+
+    g = torch.Generator().manual_seed(11)
+    n, k, m = 48, 64, 5
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[3, 5] = 0.9  # an outlier (OVP pairs it with a victim among the kept values)
+    lin = contract.compile_linear(w, weights=wkind, acts="int8", sparsity=sparsity, name="t")
+    spec = _linear_from_qlinear("t", lin, n, k)
+    assert spec.sparse and spec.rows is None
+    if sparsity == 0.4:  # per-block N: several N in one tile, dense (N=16) blocks among them
+        assert len(set(spec.block_n.reshape(-1).tolist())) > 1
+    # the stored bytes are golden's: packed indices of the sparse blocks, kept values as in the format
+    sw = _int_sparse_weight(lin)
+    assert np.array_equal(spec.tile_meta(0, n)[:n // 16 * k // 16], sw.block_n.numpy().reshape(-1))
+    assert spec.indices.size == sw.nbytes().indices and spec.values.size == sw.nbytes(value_bits=spec.value_bits).values
+    x = rand_fixed((m, k), seed=12)
+    s = sim()
+    put_i32(s, 0, x)
+    _load_sparse_tile(s, spec, n)
+    run(s, f"MISC op=quant src0=0 dst=4096 rows={m} cols={k} imm=1 release=mpe\n"
+           f"MM wait=sfu sparse=1 meta_addr=64 wfmt={wkind} normal={spec.normal} mode=linear out=fixed32 "
+           f"k_blocks={k // 16} m={m} n={n} a_addr=4096 b_addr=0 out_addr=8192 bias_addr=2\n"
+           f"MM sparse=1 meta_addr=64 wfmt={wkind} normal={spec.normal} mode=linear out=int32 "
+           f"k_blocks={k // 16} m={m} n={n} a_addr=4096 b_addr=0 out_addr=16384 bias_addr=2\n"
+           f"MV sparse=1 meta_addr=64 wfmt={wkind} normal={spec.normal} mode=linear out=int32 "
+           f"k_blocks={k // 16} m=1 n={n} a_addr=4096 b_addr=0 out_addr=24576 bias_addr=2")
+    assert torch.equal(s.i32(8192, m, n), lin(x))  # the whole golden QLinear
+    qa = contract.quantize_act_dynamic_int8(x, 16)
+    want = sp.sparse_matmul_reference(qa.values, sw)  # the golden sparse MUX, block by block
+    assert torch.equal(s.i32(16384, m, n).to(torch.int64), want)
+    assert torch.equal(s.i32(16384, m, n), contract.int_matmul(qa.values, lin.weight.values))
+    assert torch.equal(s.i32(24576, 1, n).to(torch.int64), want[:1])
+
+
+def test_sparse_extremes_and_accumulate_wrap_like_int_matmul():
+    """int8 extremes through packed int4 / int8 sparse tiles; accumulate=1 wraps at 32 bits as int_matmul does."""
+    from olivine.golden import sparsity as sp
+
+    n, k, m = 32, 64, 2
+    g = torch.Generator().manual_seed(14)
+    w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int64)
+    w[:, :16] = -127
+    bn = sp.uniform_block_n(w, 4)
+    bn[1, 2] = 16  # one dense block: its indices are not stored
+    sw = sp.compress(w, bn)
+    a = torch.full((m, k), -127, dtype=torch.int64)
+    s = sim()
+    s.put_qblock(0, a.to(torch.int8), torch.zeros(m, 1, dtype=torch.int8), None)
+    s.buffers["weight"][:sw.num_kept] = sw.values.to(torch.int8).numpy().view(np.uint8)
+    table = sw.block_n.numpy().reshape(-1)
+    s.buffers["meta"][:table.size] = table
+    idx = sw.packed_indices().numpy()
+    assert idx.size == (sw.num_kept - 16 * 16) // 2
+    s.buffers["meta"][16:16 + idx.size] = idx
+    base = torch.tensor([[contract.INT32_MAX - 5] * n, [contract.INT32_MIN + 7] * n], dtype=torch.int64)
+    put_i32(s, 8192, base)
+    run(s, f"MM sparse=1 accumulate=1 wfmt=int8 out=int32 k_blocks={k // 16} m={m} n={n} a_addr=0 b_addr=0 "
+           f"out_addr=8192")
+    want = contract.wrap_int32(base + sp.sparse_matmul_reference(a, sw))
+    assert torch.equal(s.i32(8192, m, n), want)
+    assert torch.equal(want, contract.wrap_int32(base + contract.int_matmul(a, sp.decompress(sw)).to(torch.int64)))
+    assert (want.to(torch.int64) != base + sp.sparse_matmul_reference(a, sw)).any()  # it did wrap
+
+
+def test_sparse_bad_meta_is_named():
+    g = torch.Generator().manual_seed(13)
+    lin = contract.compile_linear(torch.randn(16, 32, generator=g), weights="int8", acts="int8", sparsity="8:16")
+    spec = _linear_from_qlinear("t", lin, 16, 32)
+    s = sim()
+    _load_sparse_tile(s, spec, 16, meta_addr=0)
+    s.buffers["meta"][1] = 3
+    with pytest.raises(SimError, match=r"block \(0, 1\) of the sparse tile has N=3"):
+        run(s, "MV sparse=1 wfmt=int8 out=int32 k_blocks=2 m=1 n=16 a_addr=4096 b_addr=0 out_addr=8192")
+    with pytest.raises(SimError, match="not a multiple of 16"):
+        run(s, "MV sparse=1 wfmt=int8 out=int32 k_blocks=2 m=1 n=8 a_addr=4096 b_addr=0 out_addr=8192")
+    with pytest.raises(SimError, match="not to mode=qk"):
+        run(s, "MV sparse=1 mode=qk out=int32 k_blocks=2 m=1 n=16 a_addr=4096 b_addr=0 out_addr=8192")
+
+
+def test_glassllm_sparse_ovp_8_16_bit_exact():
+    rep = check_against_golden("glassllm", "w4a8-ovp-8:16", prompt="Once upon a time", max_new_tokens=16)
+    assert rep["tokens_equal"] and rep["logits_equal"] and rep["max_logit_diff"] == 0
+    assert len(rep["tokens"]) == 16
+    st = rep["stats"]
+    assert st.by_mnemonic["MV"] > 0 and st.by_mnemonic["MM"] > 0
+
+
+@pytest.mark.slow
+def test_glassllm_sparse_ovp_4_16_bit_exact():
+    from tests.helpers import REDUCED
+
+    rep = check_against_golden("glassllm", "w4a8-ovp-4:16", prompt="The king said",
+                               max_new_tokens=8 if REDUCED else 32)
+    assert rep["tokens_equal"] and rep["logits_equal"], rep
