@@ -608,32 +608,31 @@ class Runtime:
 
     def generate(self, tokens, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
         """Greedy generation: returns the new tokens and the int32 logits that chose each."""
-        logits = self.prefill(tokens)
-        out, all_logits = [], [logits]
-        for _ in range(max_new_tokens):
-            nxt = int(torch.argmax(logits))
-            out.append(nxt)
-            if len(out) == max_new_tokens:
-                break
-            logits = self.decode(nxt)
-            all_logits.append(logits)
-        return out, all_logits
+        return greedy_loop(self.prefill(tokens), self.decode, max_new_tokens)
 
 
-def golden_generate(q, tokens, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
-    """The same greedy loop on golden's QLlama (int32 logits)."""
-    cache = q.new_cache()
-    toks = torch.as_tensor(list(tokens))
-    logits = q.forward_int(toks, cache, 0)[-1]
+def greedy_loop(logits: torch.Tensor, decode, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy decoding from the prefill's last logits; ``decode(token)`` returns the next logits.
+
+    Returns the new tokens and the logits that chose each (no decode after the last token).
+    """
     out, all_logits = [], [logits]
     for _ in range(max_new_tokens):
         nxt = int(torch.argmax(logits))
         out.append(nxt)
         if len(out) == max_new_tokens:
             break
-        logits = q.forward_int(torch.tensor([nxt]), cache, cache.length)[-1]
+        logits = decode(nxt)
         all_logits.append(logits)
     return out, all_logits
+
+
+def golden_generate(q, tokens, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    """The same greedy loop on golden's QLlama (int32 logits)."""
+    cache = q.new_cache()
+    logits = q.forward_int(torch.as_tensor(list(tokens)), cache, 0)[-1]
+    return greedy_loop(logits, lambda t: q.forward_int(torch.tensor([t]), cache, cache.length)[-1],
+                       max_new_tokens)
 
 
 def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", prompt: str = "Once upon a time",
