@@ -594,6 +594,7 @@ def quantize(
     rows = x.shape[0]
     if alpha is not None:
         alpha_t = _check_alpha(alpha, granularity, rows)
+        _check_zero_alpha(x, alpha_t, granularity)
     best_type, best_alpha, best_total = None, None, None
     cache: dict = {}
     for name in types:
@@ -643,9 +644,22 @@ def _check_alpha(alpha, granularity: str, rows: int) -> torch.Tensor:
             a = a.reshape(rows, 1).clone()
         else:
             raise OvpError(f"granularity='row' takes one alpha or one per row ({rows}), got {a.numel()} values")
-    if not bool(torch.isfinite(a).all()) or not bool((a > 0).all()):
-        raise OvpError("alpha must be finite and > 0")
+    if not bool(torch.isfinite(a).all()) or not bool((a >= 0).all()):
+        raise OvpError("alpha must be finite and > 0 (0 only for an all-zero row)")
     return a
+
+
+def _check_zero_alpha(x: torch.Tensor, alpha: torch.Tensor, granularity: str) -> None:
+    """alpha = 0 is what the search itself gives an all-zero row; anywhere else it is an error."""
+    zero = alpha == 0
+    if not bool(zero.any()):
+        return
+    xv = x.reshape(1, -1) if granularity == "tensor" else x.reshape(x.shape[0], -1)
+    nonzero_rows = (xv != 0).any(dim=1)
+    bad = nonzero_rows & zero.reshape(-1).expand_as(nonzero_rows)
+    if bool(bad.any()):
+        raise OvpError(f"alpha must be > 0 for a row with non-zero values (row {int(bad.nonzero()[0])}); "
+                       "alpha = 0 is only valid for an all-zero row")
 
 
 def _final_mse(x, alpha, c, granularity, victim):

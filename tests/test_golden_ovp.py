@@ -394,3 +394,15 @@ def test_pruned_search_equals_exhaustive(normal):
         fast = _search_rows(x, c, victim)
         slow = _search_rows(x, c, victim, exhaustive=True)
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
+def test_explicit_zero_alpha_only_for_all_zero_rows():
+    x = torch.randn(3, 8)
+    x[1] = 0
+    searched = ovp.quantize(x, normal="int4")
+    assert float(searched.alpha.reshape(-1)[1]) == 0.0  # what the search gives an all-zero row
+    again = ovp.quantize(x, normal="int4", alpha=searched.alpha)  # and it is accepted back
+    assert torch.equal(again.codes, searched.codes)
+    assert torch.equal(again.dequantize()[1], torch.zeros(8))
+    with pytest.raises(ValueError, match=r"row 0\); alpha = 0 is only valid for an all-zero row"):
+        ovp.quantize(x, normal="int4", alpha=torch.tensor([0.0, 0.0, 1.0]))

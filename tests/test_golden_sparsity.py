@@ -667,3 +667,12 @@ def test_sparse_ovp_errors():
         sp.quantize_sparse_ovp(w, bn, bits=3)
     with pytest.raises(SparsityError, match="NaN"):
         sp.quantize_sparse_ovp(torch.full((16, 32), float("nan")), bn)
+
+
+def test_sparse_ovp_with_an_all_zero_row():
+    w = torch.randn(32, 64)
+    w[3] = 0
+    sow = sp.quantize_sparse_ovp(w, sp.uniform_block_n(w, 8), normal="int4")
+    dense = sow.to_dense()
+    assert torch.equal(dense[3], torch.zeros(64))
+    assert bool((dense[4] != 0).any())
