@@ -152,11 +152,17 @@ class ResourceReport:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: Cells Yosys keeps only as source annotations (hierarchy scopes of a flattened design): no hardware.
+_ANNOTATION_CELLS = frozenset({"$scopeinfo"})
+
+
 def classify_cells(cells_by_type: dict[str, int], top: str, family: str) -> ResourceReport:
     """Sort ``stat``'s cell counts into a :class:`ResourceReport` (cascade links left empty)."""
     report = ResourceReport(top=top, family=family, cells_by_type=dict(sorted(cells_by_type.items())))
     for cell, count in cells_by_type.items():
         cell = cell.lstrip("\\")
+        if cell in _ANNOTATION_CELLS:
+            continue
         lut = _LUT_RE.match(cell)
         if lut:
             size = int(lut.group(1))

@@ -49,6 +49,13 @@ def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
     return cli(args.unit, _params(extra), family=args.family, as_json=args.json) or 0
 
 
+def _cmd_diagrams(args: argparse.Namespace) -> int:
+    from olivine.hw.diagrams import main as diagrams_main
+
+    diagrams_main(["--out", args.out])
+    return 0
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from olivine.compiler.compile import compile_main
 
@@ -90,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="xcup", help="Yosys synth_xilinx family (default xcup)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_resources, takes_extra=True)
+    p = sub.add_parser("diagrams", help="draw the sparse DSP chain and the OVP array from the generators")
+    p.add_argument("--out", default="docs/img", help="output directory (default docs/img)")
+    p.set_defaults(func=_cmd_diagrams)
+
     p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image")
     p.add_argument("--model", default="glassllm", help="glassllm, smollm2 or a path (HF LlamaForCausalLM dir or .gguf)")
     p.add_argument("--board", default="u280", help="target board (u280, u55c, u50, u250, vhk158)")

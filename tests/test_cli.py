@@ -45,3 +45,10 @@ def test_compile_then_run_through_the_command_line(tmp_path, capsys):
 def test_run_on_a_missing_artifact_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
     assert "no such compiled artifact" in capsys.readouterr().err
+
+
+def test_diagrams_command_writes_the_pictures(tmp_path, capsys):
+    assert cli.main(["diagrams", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written and all(name.endswith(".png") for name in written)
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in written)

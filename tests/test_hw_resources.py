@@ -83,7 +83,7 @@ def test_classify_cells_sorts_primitives():
     report = classify_cells({"LUT2": 5, "LUT6": 2, "LUT6_2": 1, "FDRE": 7, "FDSE": 1,
                              "CARRY8": 3, "DSP48E2": 4, "RAMB36E2": 2, "RAMB18E2": 1,
                              "URAM288": 1, "SRLC32E": 2, "MUXF7": 1, "MUXF8": 1,
-                             "RAM64M8": 2, "INV": 1}, "t", "xcup")
+                             "RAM64M8": 2, "INV": 1, "$scopeinfo": 5}, "t", "xcup")
     assert (report.lut, report.lut_by_size) == (8, {2: 5, 6: 3})
     assert (report.ff, report.carry, report.dsp48e2, report.dsp) == (8, 3, 4, 4)
     assert (report.bram36, report.bram18, report.uram) == (2, 1, 1)
