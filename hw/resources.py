@@ -152,6 +152,11 @@ class ResourceReport:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: Report field of each fixed-name primitive.
+_CELL_FIELDS = {cell: name for name, cells in (
+    ("ff", _FF_CELLS), ("carry", _CARRY_CELLS), ("bram36", _BRAM36_CELLS), ("bram18", _BRAM18_CELLS),
+    ("uram", _URAM_CELLS), ("srl", _SRL_CELLS), ("muxf", _MUXF_CELLS)) for cell in cells}
+
 #: Cells Yosys keeps only as source annotations (hierarchy scopes of a flattened design): no hardware.
 _ANNOTATION_CELLS = frozenset({"$scopeinfo"})
 
@@ -172,20 +177,8 @@ def classify_cells(cells_by_type: dict[str, int], top: str, family: str) -> Reso
             report.dsp += count
             if cell == "DSP48E2":
                 report.dsp48e2 += count
-        elif cell in _FF_CELLS:
-            report.ff += count
-        elif cell in _CARRY_CELLS:
-            report.carry += count
-        elif cell in _BRAM36_CELLS:
-            report.bram36 += count
-        elif cell in _BRAM18_CELLS:
-            report.bram18 += count
-        elif cell in _URAM_CELLS:
-            report.uram += count
-        elif cell in _SRL_CELLS:
-            report.srl += count
-        elif cell in _MUXF_CELLS:
-            report.muxf += count
+        elif (field_name := _CELL_FIELDS.get(cell)) is not None:
+            setattr(report, field_name, getattr(report, field_name) + count)
         elif _LUTRAM_RE.match(cell):
             report.lutram += count
         else:

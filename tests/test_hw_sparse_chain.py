@@ -373,18 +373,26 @@ def test_golden_sparse_matmul_end_to_end(weight_format):
     dut = SparseDSPChain(length, weight_format, ovp_normal=normal)
     outputs, _, _ = simulate(dut, beats, p_valid=0.9, p_ready=0.9)
     check_against_model(dut, beats, outputs)
-    y = torch.zeros((2, out), dtype=torch.int64)
-    for (y0, y1, code), seg_rows in zip(outputs, rows):
-        seg = min(N_VALUES[code], length)
-        for s in range(length // seg):
-            y[0, seg_rows[s * seg]] += y0[s]
-            y[1, seg_rows[s * seg]] += y1[s]
+    y = _accumulate_segments(outputs, rows, length, out)
     sw_stored = sparsity.SparseWeight(stored.to(torch.float32), sw.indices, sw.block_n, sw.shape)
     dense_stored = sparsity.decompress(sw_stored).to(torch.int64)
     expect = sparsity.sparse_matmul_reference(x, sparsity.SparseWeight(stored, sw.indices, sw.block_n, sw.shape))
     assert torch.equal(y, expect)
     assert torch.equal(contract.int_matmul(x, dense_stored).to(torch.int64), y)
     assert bool((y != 0).any())
+
+
+def _accumulate_segments(outputs, rows, length, out):
+    """Add each beat's per-segment partial sums (two tokens) into the output row it belongs to."""
+    import torch
+
+    y = torch.zeros((2, out), dtype=torch.int64)
+    for (y0, y1, code), seg_rows in zip(outputs, rows):
+        seg = min(N_VALUES[code], length)
+        for s in range(length // seg):
+            y[0, seg_rows[s * seg]] += y0[s]
+            y[1, seg_rows[s * seg]] += y1[s]
+    return y
 
 
 @pytest.mark.parametrize("kind", ["int8", "ovp4"])   # INT4: test_golden_sparse_matmul_end_to_end
@@ -417,12 +425,7 @@ def test_contract_quantized_sparse_layer(kind):
         rows.append([r for r, _ in seq])
     dut = SparseDSPChain(length, kind, ovp_normal=qw.normal or "int4")
     outputs, _, _ = simulate(dut, beats, p_valid=1.0, p_ready=0.8)
-    y = torch.zeros((2, out), dtype=torch.int64)
-    for (y0, y1, code), seg_rows in zip(outputs, rows):
-        seg = min(N_VALUES[code], length)
-        for s in range(length // seg):
-            y[0, seg_rows[s * seg]] += y0[s]
-            y[1, seg_rows[s * seg]] += y1[s]
+    y = _accumulate_segments(outputs, rows, length, out)
     assert torch.equal(y, contract.int_matmul(x, qw.values).to(torch.int64))
 
 
