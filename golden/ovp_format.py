@@ -150,13 +150,55 @@ class OvpFormat:
             ) from None
 
 
+def _twos_complement_normals(normal_max: int, bits: int):
+    """Signed normals -normal_max..normal_max in two's complement (the most negative code is free)."""
+    grid = tuple(range(-normal_max, normal_max + 1))
+    codes = {v: v & ((1 << bits) - 1) for v in grid}
+    ops: list = [None] * (1 << bits)
+    for v, c in codes.items():
+        ops[c] = (0, v)
+    return grid, codes, ops
+
+
+def _abfloat_outliers(bits: int, exp_bits: int, man_bits: int, bias: int):
+    """abfloat codes: sign, exponent e, mantissa m; magnitude (2**man_bits + m) << (e + bias).
+
+    The codes with e = 0, m = 0 (both signs) are excluded, so no outlier equals the identifier.
+    """
+    codes: dict[int, int] = {}
+    ops: list = [None] * (1 << bits)
+    for code in range(1 << bits):
+        s, e, m = code >> (bits - 1), (code >> man_bits) & ((1 << exp_bits) - 1), code & ((1 << man_bits) - 1)
+        if e == 0 and m == 0:
+            continue
+        integer = (1 << man_bits) + m
+        mag = integer << (e + bias)
+        codes[-mag if s else mag] = code
+        ops[code] = (e + bias, -integer if s else integer)
+    return codes, ops
+
+
+def _format(name, bits, normal_max, normal_grid, normal_codes, normal_ops, *, exp_bits, man_bits, bias,
+            identifier) -> OvpFormat:
+    outlier_codes, outlier_ops = _abfloat_outliers(bits, exp_bits, man_bits, bias)
+    return OvpFormat(
+        name=name,
+        bits=bits,
+        normal_max=normal_max,
+        normal_grid=tuple(normal_grid),
+        outlier_grid=tuple(sorted(outlier_codes)),
+        bias=bias,
+        identifier=identifier,
+        normal_codes=normal_codes,
+        outlier_codes=outlier_codes,
+        normal_operands=tuple(normal_ops),
+        outlier_operands=tuple(outlier_ops),
+    )
+
+
 def _build_int4() -> OvpFormat:
-    normal_grid = tuple(range(-7, 8))
-    normal_codes = {v: v & 0xF for v in normal_grid}
-    normal_ops: list = [None] * 16
-    for v, c in normal_codes.items():
-        normal_ops[c] = (0, v)
-    return _with_abfloat4("int4", 7, normal_grid, normal_codes, normal_ops, bias=2)
+    grid, codes, ops = _twos_complement_normals(7, 4)
+    return _format("int4", 4, 7, grid, codes, ops, exp_bits=2, man_bits=1, bias=2, identifier=NIBBLE_IDENTIFIER)
 
 
 def _build_flint4() -> OvpFormat:
@@ -170,64 +212,14 @@ def _build_flint4() -> OvpFormat:
             normal_codes[-mag] = 0b1000 | k
             normal_ops[0b1000 | k] = (e, -i)
     normal_grid = tuple(sorted(normal_codes))
-    return _with_abfloat4("flint4", 16, normal_grid, normal_codes, normal_ops, bias=3)
-
-
-def _with_abfloat4(name, normal_max, normal_grid, normal_codes, normal_ops, bias) -> OvpFormat:
-    outlier_codes: dict[int, int] = {}
-    outlier_ops: list = [None] * 16
-    for code in range(16):
-        s, e, m = code >> 3, (code >> 1) & 0b11, code & 1
-        if e == 0 and m == 0:
-            continue
-        mag = (2 + m) << (e + bias)
-        value = -mag if s else mag
-        outlier_codes[value] = code
-        outlier_ops[code] = (e + bias, -(2 + m) if s else (2 + m))
-    return OvpFormat(
-        name=name,
-        bits=4,
-        normal_max=normal_max,
-        normal_grid=tuple(normal_grid),
-        outlier_grid=tuple(sorted(outlier_codes)),
-        bias=bias,
-        identifier=NIBBLE_IDENTIFIER,
-        normal_codes=normal_codes,
-        outlier_codes=outlier_codes,
-        normal_operands=tuple(normal_ops),
-        outlier_operands=tuple(outlier_ops),
-    )
+    return _format("flint4", 4, 16, normal_grid, normal_codes, normal_ops, exp_bits=2, man_bits=1, bias=3,
+                   identifier=NIBBLE_IDENTIFIER)
 
 
 def _build_int8() -> OvpFormat:
-    bias = 3
-    normal_grid = tuple(range(-127, 128))
-    normal_codes = {v: v & 0xFF for v in normal_grid}
-    normal_ops: list = [None] * 256
-    for v, c in normal_codes.items():
-        normal_ops[c] = (0, v)
-    outlier_codes: dict[int, int] = {}
-    outlier_ops: list = [None] * 256
-    for code in range(256):
-        s, e, m = code >> 7, (code >> 4) & 0b111, code & 0xF
-        if e == 0 and m == 0:
-            continue
-        mag = (16 + m) << (e + bias)
-        outlier_codes[-mag if s else mag] = code
-        outlier_ops[code] = (e + bias, -(16 + m) if s else (16 + m))
-    return OvpFormat(
-        name="int8",
-        bits=8,
-        normal_max=127,
-        normal_grid=normal_grid,
-        outlier_grid=tuple(sorted(outlier_codes)),
-        bias=bias,
-        identifier=BYTE_IDENTIFIER,
-        normal_codes=normal_codes,
-        outlier_codes=outlier_codes,
-        normal_operands=tuple(normal_ops),
-        outlier_operands=tuple(outlier_ops),
-    )
+    # E3M4 outliers with bias 3: smallest 17 << 3 = 136 > 127 (docs/ovp.md, "8-bit OVP").
+    grid, codes, ops = _twos_complement_normals(127, 8)
+    return _format("int8", 8, 127, grid, codes, ops, exp_bits=3, man_bits=4, bias=3, identifier=BYTE_IDENTIFIER)
 
 
 #: name -> OvpFormat for every normal type.

@@ -212,21 +212,22 @@ def _patched_process(env: Mapping[str, str | None], path_entry: Path | None = No
     saved = {k: os.environ.get(k) for k in env}
     saved_path = list(sys.path)
     try:
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(env)
         if path_entry is not None:
             sys.path.insert(0, str(path_entry))
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(saved)
         sys.path[:] = saved_path
+
+
+def _set_environ(env: Mapping[str, str | None]) -> None:
+    """Set each entry of ``env`` in os.environ; ``None`` removes the variable."""
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
