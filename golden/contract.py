@@ -210,14 +210,13 @@ def apply_multiplier(x: torch.Tensor, m: Multiplier, exponent=0, *, lo: int = IN
 
 
 def to_fixed(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
-    """Float -> int32 fixed-point: saturate(floor(x * 2**frac_bits + 1/2)). Compile time / tests."""
-    y = round_half_up(x.to(torch.float64) * (2.0**frac_bits))
-    return y.clamp(INT32_MIN, INT32_MAX).to(torch.int32)
+    """Float -> int32 fixed-point: saturate(floor(x * 2**frac_bits + 1/2)) (golden.fixed.to_fixed)."""
+    return _fixed.to_fixed(x, frac_bits)
 
 
 def from_fixed(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
     """int32 fixed-point -> float32 (for measurement only)."""
-    return (x.to(torch.float64) * (2.0**-frac_bits)).to(torch.float32)
+    return _fixed.from_fixed(x, frac_bits).to(torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
