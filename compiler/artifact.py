@@ -2,36 +2,54 @@
 
 A compiled directory holds::
 
-    manifest.json            schema version, hardware configuration and its digest, model facts,
-                             every file with its size and sha256
+    manifest.json            schema version, hardware configuration and its digest, model facts and
+                             run-time tables (``meta``), every file with its size and sha256, and the
+                             sha256 of all of that (``manifest_sha256``)
     programs/<name>.olvp     one instruction stream per length bucket (header + uint32 words)
     weights/ch<NN>.bin       the weight image of each HBM channel, read by that channel alone
+    olivine-output.json      the marker that lets a later compile replace this directory
 
-The directory is written atomically: everything goes to a temporary sibling that replaces the
-target only when complete, so an interrupted compile never leaves a half-written artifact.
-Loading checks the schema version, every file's size and hash, and (if given) that the hardware
-configuration matches the one the artifact was compiled for; each failure names the file and what
-to do.
+Writing goes through :func:`olivine.outputs.output_directory`: atomic (a temporary sibling that
+replaces the target only when complete), and it only ever replaces an earlier artifact, never a
+directory or file olivine did not write.
+
+Loading trusts nothing: ``manifest.json`` must be a regular file of bounded size; it is checked
+against ``artifact.schema.json`` (JSON Schema, with integers that are JSON integers: ``1.0`` and
+``true`` are not), then by the cross-field rules of :func:`_check_manifest` (every channel of the
+layout present once, program files and run-time tables agree, sizes within the hardware's
+channels, patches naming real instruction fields), then by its own digest; every listed file must
+be a regular file inside the artifact with the recorded size and sha256. Every failure is an
+:class:`ArtifactError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import shutil
+import stat
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 
 from olivine.hw.config import AcceleratorConfig
+from olivine.outputs import check_output_directory, output_directory
 
-SCHEMA_VERSION = 1
+from . import isa
+
+SCHEMA_VERSION = 2  # 2: manifest_sha256 covers the whole manifest (meta included); strict schema
+PROGRAM_FORMAT_VERSION = 1  # the .olvp container (unchanged since schema 1)
 PROGRAM_MAGIC = b"OLVP"
 PROGRAM_HEADER = struct.Struct("<4sII")  # magic, format version, number of words
+OUTPUT_KIND = "artifact"
+#: Upper bound on manifest.json (its patch tables grow with the buckets: about 60 MB for SmolLM2 with
+#: every bucket up to 8,192 tokens). A bound, so a link to /dev/zero cannot exhaust memory.
+MANIFEST_MAX_BYTES = 256 << 20
+SCHEMA_PATH = Path(__file__).with_name("artifact.schema.json")
 
 
 class ArtifactError(ValueError):
@@ -40,25 +58,37 @@ class ArtifactError(ValueError):
 
 def program_bytes(words: np.ndarray) -> bytes:
     words = np.asarray(words, dtype="<u4")
-    return PROGRAM_HEADER.pack(PROGRAM_MAGIC, SCHEMA_VERSION, len(words)) + words.tobytes()
+    return PROGRAM_HEADER.pack(PROGRAM_MAGIC, PROGRAM_FORMAT_VERSION, len(words)) + words.tobytes()
 
 
 def parse_program(data: bytes, name: str = "program") -> np.ndarray:
     if len(data) < PROGRAM_HEADER.size:
-        raise ArtifactError(f"{name}: {len(data)} bytes is too short for a program header")
+        raise ArtifactError(f"{name}: {len(data)} bytes is too short for a program header; recompile")
     magic, version, count = PROGRAM_HEADER.unpack_from(data)
     if magic != PROGRAM_MAGIC:
-        raise ArtifactError(f"{name}: not an olivine program (magic {magic!r}, expected {PROGRAM_MAGIC!r})")
-    if version != SCHEMA_VERSION:
-        raise ArtifactError(f"{name}: program format version {version}, this olivine reads {SCHEMA_VERSION}; recompile")
+        raise ArtifactError(f"{name}: not an olivine program (magic {magic!r}, expected {PROGRAM_MAGIC!r}); "
+                            "recompile")
+    if version != PROGRAM_FORMAT_VERSION:
+        raise ArtifactError(f"{name}: program format version {version}, this olivine reads "
+                            f"{PROGRAM_FORMAT_VERSION}; recompile")
     body = data[PROGRAM_HEADER.size:]
     if len(body) != 4 * count:
-        raise ArtifactError(f"{name}: header says {count} words but {len(body)} bytes follow (truncated?)")
+        raise ArtifactError(f"{name}: header says {count} words but {len(body)} bytes follow (truncated?); "
+                            "recompile")
     return np.frombuffer(body, dtype="<u4").astype(np.uint32)
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of every key of the manifest but ``manifest_sha256`` itself, in canonical JSON."""
+    return _sha256(_canonical({k: v for k, v in manifest.items() if k != "manifest_sha256"}))
 
 
 @dataclass
@@ -71,59 +101,230 @@ class Artifact:
     meta: dict = field(default_factory=dict)  # model facts, buckets, quantization, statistics
 
 
-def write_artifact(directory: str | Path, artifact: Artifact) -> Path:
-    """Write ``artifact`` to ``directory`` atomically (replacing an existing one)."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+def weights_path(channel: int) -> str:
+    return f"weights/ch{channel:02d}.bin"
+
+
+def program_path(name: str) -> str:
+    return f"programs/{name}.olvp"
+
+
+def _manifest_for(artifact: Artifact) -> tuple[dict, dict[str, bytes]]:
+    files, contents = {}, {}
+    for name, words in sorted(artifact.programs.items()):
+        rel, data = program_path(name), program_bytes(words)
+        contents[rel] = data
+        files[rel] = {"bytes": len(data), "sha256": _sha256(data), "kind": "program", "name": name,
+                      "words": int(len(words))}
+    for channel, data in sorted(artifact.weights.items()):
+        rel = weights_path(channel)
+        contents[rel] = bytes(data)
+        files[rel] = {"bytes": len(data), "sha256": _sha256(data), "kind": "weights", "channel": int(channel)}
+    manifest = {"schema_version": SCHEMA_VERSION, "config": artifact.config.to_dict(),
+                "config_digest": artifact.config.digest(), "files": files,
+                # through JSON once, so the digest is of exactly what a reader will parse
+                "meta": json.loads(_canonical(artifact.meta))}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    return manifest, contents
+
+
+def _is_legacy_artifact(directory: Path) -> bool:
+    """An artifact written before output markers existed (schema 1): replaceable by a new compile."""
+    manifest = directory / "manifest.json"
     try:
-        files = {}
+        st = manifest.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MANIFEST_MAX_BYTES:
+            return False
+        data = json.loads(manifest.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"schema_version", "config_digest", "files"} <= set(data)
+
+
+def check_destination(directory: str | Path) -> Path:
+    """Refuse (OutputError) an ``-o`` that an artifact may not be written to, before any work is done."""
+    return check_output_directory(directory, OUTPUT_KIND, recognise=_is_legacy_artifact)
+
+
+def write_artifact(directory: str | Path, artifact: Artifact) -> Path:
+    """Write ``artifact`` to ``directory`` atomically; it may only replace an earlier artifact.
+
+    Raises :class:`olivine.outputs.OutputError` (before writing anything) when ``directory`` is a
+    file, a non-empty directory that is not an artifact, or otherwise unusable, and
+    :class:`ArtifactError` when the artifact itself would not load back.
+    """
+    manifest, contents = _manifest_for(artifact)
+    problems = _check_manifest(manifest, "manifest.json (being written)")
+    if problems:
+        raise ArtifactError(f"refusing to write an artifact that would not load: {problems[0]}")
+    with output_directory(directory, OUTPUT_KIND, recognise=_is_legacy_artifact) as tmp:
         (tmp / "programs").mkdir()
         (tmp / "weights").mkdir()
-        for name, words in sorted(artifact.programs.items()):
-            rel = f"programs/{name}.olvp"
-            data = program_bytes(words)
+        for rel, data in contents.items():
             (tmp / rel).write_bytes(data)
-            files[rel] = {"bytes": len(data), "sha256": _sha256(data), "kind": "program", "name": name,
-                          "words": int(len(words))}
-        for channel, data in sorted(artifact.weights.items()):
-            rel = f"weights/ch{channel:02d}.bin"
-            (tmp / rel).write_bytes(data)
-            files[rel] = {"bytes": len(data), "sha256": _sha256(data), "kind": "weights", "channel": channel}
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "config": artifact.config.to_dict(),
-            "config_digest": artifact.config.digest(),
-            "files": files,
-            "meta": artifact.meta,
-        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+    return Path(directory)
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def _strict_validator() -> type:
+    # Python's json gives 1.0 for "1.0" and True for "true"; JSON Schema's "integer" would accept 1.0
+    # (and jsonschema already refuses bools): integers here are exactly Python ints.
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _checker, value: type(value) is int)
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+@functools.cache
+def _validator():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    _strict_validator().check_schema(schema)
+    return _strict_validator()(schema)
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return error.json_path if error.json_path != "$" else "the top level"
+
+
+def _check_manifest(manifest, name: str) -> list[str]:
+    """Everything wrong with a parsed manifest (empty when it is sound), most basic problem first."""
+    # the most telling problem first: a file name that leaves the artifact, then the deepest problem;
+    # "unexpected property" only when nothing else is wrong
+    def rank(e):
+        return 0 if "propertyNames" in e.absolute_schema_path else 2 if e.validator == "unevaluatedProperties" else 1
+
+    errors = sorted(_validator().iter_errors(manifest), key=lambda e: (rank(e), -len(e.absolute_path), e.json_path))
+    if errors:
+        return [f"{name}: {_where(e)}: {e.message}" for e in errors]
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        return [f"{name}: schema version {manifest['schema_version']}, this olivine reads {SCHEMA_VERSION}"]
+    meta, files, problems = manifest["meta"], manifest["files"], []
+    try:
+        config = AcceleratorConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return [f"{name}: bad hardware configuration: {exc}"]
+    if config.digest() != manifest["config_digest"]:
+        return [f"{name}: the configuration digest does not match the configuration (edited by hand?)"]
+    lay = meta["layout"]
+    channels = lay["channels"]
+    if channels != config.hbm_channels:
+        problems.append(f"{name}: meta.layout.channels = {channels}, but the configuration has "
+                        f"{config.hbm_channels} HBM channels")
+    for key in ("channel_bytes", "weight_bytes"):
+        if len(lay[key]) != channels:
+            problems.append(f"{name}: meta.layout.{key} lists {len(lay[key])} channels, not {channels}")
+    cap = config.board_facts.memory.channel_bytes
+    if cap and max(lay["channel_bytes"]) > cap:
+        problems.append(f"{name}: meta.layout.channel_bytes needs {max(lay['channel_bytes'])} bytes in a channel; "
+                        f"{config.board} channels hold {cap}")
+    vocab = meta["model"]["config"]["vocab_size"]
+    if lay["channel_bytes"] and lay["io_base"] + 4 * vocab > lay["channel_bytes"][0]:
+        problems.append(f"{name}: the logits area (meta.layout.io_base {lay['io_base']} + {4 * vocab} bytes) "
+                        f"lies outside channel 0 ({lay['channel_bytes'][0]} bytes)")
+    rows = meta["prefill_rows"]
+    if rows & (rows - 1):
+        problems.append(f"{name}: meta.prefill_rows = {rows} is not a power of two")
+    # weights: one file per channel of the layout, each inside its channel
+    seen: dict[int, str] = {}
+    for rel, info in files.items():
+        if info["kind"] != "weights":
+            continue
+        ch = info["channel"]
+        if ch >= channels:
+            problems.append(f"{name}: {rel} is for channel {ch}, but the layout has channels 0..{channels - 1}")
+        elif rel != weights_path(ch) or ch in seen:
+            problems.append(f"{name}: {rel} is recorded as channel {ch} (expected {weights_path(ch)}, once)")
         else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+            seen[ch] = rel
+            if len(lay["channel_bytes"]) == channels and info["bytes"] > lay["channel_bytes"][ch]:
+                problems.append(f"{name}: {rel} holds {info['bytes']} bytes, more than channel {ch}'s "
+                                f"{lay['channel_bytes'][ch]}")
+    missing = sorted(set(range(channels)) - set(seen))
+    if missing and channels <= len(lay["channel_bytes"]):
+        problems.append(f"{name}: no weight image for channel(s) {', '.join(map(str, missing[:8]))}"
+                        f"{' ...' if len(missing) > 8 else ''} (every channel of the layout needs its file)")
+    # programs: the files and the run-time tables name the same programs
+    programs = {info["name"]: (rel, info) for rel, info in files.items() if info["kind"] == "program"}
+    for pname, (rel, info) in programs.items():
+        if rel != program_path(pname):
+            problems.append(f"{name}: {rel} is recorded as program {pname!r} (expected {program_path(pname)})")
+        if info["bytes"] != PROGRAM_HEADER.size + 4 * info["words"]:
+            problems.append(f"{name}: {rel}: {info['words']} words do not make {info['bytes']} bytes")
+    tables = meta["programs"]
+    if set(programs) != set(tables):
+        only_files = sorted(set(programs) - set(tables))
+        only_tables = sorted(set(tables) - set(programs))
+        problems.append(f"{name}: programs in files and in meta.programs differ (files only: {only_files[:4]}, "
+                        f"meta only: {only_tables[:4]})")
+    for pname, prog in tables.items():
+        if prog["kind"] == "prefill" and prog["bucket"] % rows:
+            problems.append(f"{name}: meta.programs.{pname}: prefill bucket {prog['bucket']} is not a multiple "
+                            f"of prefill_rows {rows}")
+        words = programs.get(pname, (None, {"words": 0}))[1]["words"]
+        for k, p in enumerate(prog["patches"]):
+            fmt = isa.BY_MNEMONIC.get(p["mnemonic"])
+            where = f"{name}: meta.programs.{pname}.patches[{k}]"
+            if fmt is None:
+                problems.append(f"{where}: unknown mnemonic {p['mnemonic']!r}")
+            elif p["field"] not in {f.name for f in fmt.all_fields}:
+                problems.append(f"{where}: {p['mnemonic']} has no field {p['field']!r}")
+            elif p["offset"] + fmt.words > words:
+                problems.append(f"{where}: offset {p['offset']} lies outside the program's {words} words")
+    return problems
+
+
+def _open_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file (not a link, FIFO or device) of at most ``limit`` bytes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: {what} is missing; recompile") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read {what} ({exc.strerror}); recompile") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise ArtifactError(f"{path}: {what} is {kind}; recompile into a fresh directory")
+    if st.st_size > limit:
+        raise ArtifactError(f"{path}: {what} is {st.st_size} bytes, more than the {limit} expected; recompile")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read {what} ({exc.strerror}); recompile") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the lstat
+            raise ArtifactError(f"{path}: {what} is not a regular file; recompile")
+        return handle.read(limit + 1)
 
 
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / "manifest.json"
-    if not Path(directory).is_dir():
-        raise ArtifactError(f"{directory}: no such compiled artifact directory (run `olivine compile ... -o {directory}`)")
-    if not path.exists():
-        raise ArtifactError(f"{directory}: manifest.json is missing: not a compiled olivine artifact")
+    """The parsed, schema-checked and digest-checked manifest of an artifact directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: no such compiled artifact directory "
+                            f"(run `olivine compile ... -o {directory}`)")
+    path = directory / "manifest.json"
+    if not os.path.lexists(path):
+        raise ArtifactError(f"{path}: missing, so {directory} is not a compiled olivine artifact; "
+                            f"run `olivine compile ... -o {directory}`")
+    raw = _open_regular(path, MANIFEST_MAX_BYTES, "the manifest")
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not a JSON number")
+
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: corrupt manifest ({exc}); recompile") from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ArtifactError(f"{path}: schema version {version!r}, this olivine reads {SCHEMA_VERSION}; recompile")
+        manifest = json.loads(raw, parse_constant=no_constants)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, undecodable bytes, NaN, deep nesting
+        raise ArtifactError(f"{path}: corrupt manifest ({str(exc)[:200]}); recompile") from None
+    if isinstance(manifest, dict) and "schema_version" in manifest and manifest["schema_version"] != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {manifest['schema_version']!r}, this olivine reads "
+                            f"{SCHEMA_VERSION}; recompile (the artifact is stale or damaged)")
+    problems = _check_manifest(manifest, str(path))
+    if problems:
+        raise ArtifactError(f"{problems[0]}; recompile" + (f" ({len(problems) - 1} more problems)"
+                                                            if len(problems) > 1 else ""))
+    if manifest_digest(manifest) != manifest["manifest_sha256"]:
+        raise ArtifactError(f"{path}: the manifest does not match its sha256 (edited or damaged); recompile")
     return manifest
 
 
@@ -131,27 +332,23 @@ def read_artifact(directory: str | Path, expect_config: AcceleratorConfig | None
     """Load and verify an artifact; raise :class:`ArtifactError` naming whatever is wrong."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    try:
-        config = AcceleratorConfig.from_dict(manifest["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{directory}/manifest.json: bad hardware configuration: {exc}") from None
-    if config.digest() != manifest.get("config_digest"):
-        raise ArtifactError(f"{directory}/manifest.json: configuration digest does not match its configuration "
-                            "(edited by hand?); recompile")
+    config = AcceleratorConfig.from_dict(manifest["config"])
     if expect_config is not None and expect_config.digest() != config.digest():
         raise ArtifactError(f"{directory} was compiled for hardware configuration {config.digest()} "
                             f"({config.board}), not {expect_config.digest()} ({expect_config.board}); recompile "
                             "for this configuration")
+    for sub in ("programs", "weights"):
+        st = os.lstat(directory / sub) if os.path.lexists(directory / sub) else None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise ArtifactError(f"{directory / sub}: missing or not a directory (a link?); recompile")
     programs, weights = {}, {}
-    for rel, info in manifest.get("files", {}).items():
-        path = directory / rel
-        if not path.exists():
-            raise ArtifactError(f"{path}: listed in the manifest but missing; recompile")
-        data = path.read_bytes()
+    for rel, info in manifest["files"].items():
+        path = directory / rel  # rel is programs/<name>.olvp or weights/chNN.bin (schema): inside the artifact
+        data = _open_regular(path, info["bytes"], f"the {info['kind']} file listed in the manifest")
         if len(data) != info["bytes"] or _sha256(data) != info["sha256"]:
             raise ArtifactError(f"{path}: corrupt (size or sha256 differs from the manifest); recompile")
         if info["kind"] == "program":
             programs[info["name"]] = parse_program(data, str(path))
         else:
-            weights[int(info["channel"])] = data
-    return Artifact(config, programs, weights, manifest.get("meta", {}))
+            weights[info["channel"]] = data
+    return Artifact(config, programs, weights, manifest["meta"])

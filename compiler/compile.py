@@ -16,7 +16,7 @@ import numpy as np
 from olivine.hw.config import AcceleratorConfig, for_board
 
 from . import isa
-from .artifact import Artifact, write_artifact
+from .artifact import Artifact, check_destination, write_artifact
 from .layout import Layout, plan_layout
 from .lower import Lowering, choose_prefill_rows
 from .spec import CompileError, ModelSpec, pad16
@@ -419,6 +419,7 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
     from .spec import spec_from_qllama
 
     t0 = time.perf_counter()
+    check_destination(out)  # refuse a file or a foreign directory before minutes of quantization
     if preset is None:
         preset = "w4a8-ovp"
     qcfg = QuantConfig.preset(preset)
