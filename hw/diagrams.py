@@ -17,7 +17,9 @@ Regenerate the documentation pictures::
 
     .venv/bin/python -m olivine.hw.diagrams --out docs/img
 
-matplotlib only (Agg canvas, no pyplot state); files are written atomically.
+matplotlib only (Agg canvas, no pyplot state); files are written atomically, and ``main`` writes
+its directory as one olivine output (``olivine/outputs.py``): it replaces only an earlier diagrams
+output, never a directory of other files.
 """
 
 from __future__ import annotations
@@ -652,15 +654,30 @@ DOC_PICTURES = (
 )
 
 
+#: ``kind`` of the output directory (olivine.outputs): a later run may replace only its own output.
+OUTPUT_KIND = "diagrams"
+
+
 def main(argv=None) -> list[Diagram]:
-    """Regenerate the documentation pictures (``python -m olivine.hw.diagrams --out docs/img``)."""
+    """Regenerate the documentation pictures (``python -m olivine.hw.diagrams --out docs/img``).
+
+    ``--out`` is required (no default relative to the current directory) and is written as one
+    output directory: atomically, with the marker of :mod:`olivine.outputs`, replacing only an
+    earlier diagrams output (an empty or new directory is fine; anything else is refused).
+    """
+    from olivine.outputs import output_directory
+
     parser = argparse.ArgumentParser(prog="python -m olivine.hw.diagrams", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/img"), help="output directory (created if missing)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output directory: new, empty, or an earlier diagrams output (replaced whole)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    drawn_all = []
+    with output_directory(args.out, OUTPUT_KIND) as tmp:
+        for name, draw, kwargs in DOC_PICTURES:
+            drawn_all.append(draw(**kwargs, path=tmp / name))
     written = []
-    for name, draw, kwargs in DOC_PICTURES:
-        drawn = draw(**kwargs, path=args.out / name)
+    for drawn in drawn_all:
+        drawn.path = args.out / drawn.path.name
         written.append(drawn)
         print(f"{drawn.path}  {drawn.size_px[0]}x{drawn.size_px[1]} px  {drawn.path.stat().st_size // 1024} KiB  "
               + ", ".join(f"{k} {v}" for k, v in drawn.counts.items()))
@@ -668,4 +685,11 @@ def main(argv=None) -> list[Diagram]:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from olivine.outputs import OutputError
+
+    try:
+        main()
+    except OutputError as exc:
+        sys.exit(f"python -m olivine.hw.diagrams: {exc}")

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_resources, takes_extra=True)
     p = sub.add_parser("diagrams", help="draw the sparse DSP chain and the OVP array from the generators")
-    p.add_argument("--out", default="docs/img", help="output directory (default docs/img)")
+    p.add_argument("--out", required=True,
+                   help="output directory: new, empty, or an earlier `olivine diagrams` output (replaced whole)")
     p.set_defaults(func=_cmd_diagrams)
 
     p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image")

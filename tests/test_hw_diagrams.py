@@ -8,6 +8,7 @@ netlist (its decoder and PE submodules).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from olivine.hw.diagrams import DiagramError, chain_breaks, draw_ovp_array, draw
 from olivine.hw.ovp_array import OvpArrayError, OvpSystolicArray
 from olivine.hw.sparse_chain import (CANDIDATES, SparseChainError, lane_limit, lane_run,
                                      packed_lanes_decode, reference_chain)
+from olivine.outputs import MARKER, OutputError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MAX_PNG_BYTES = 200_000
@@ -146,12 +148,40 @@ def test_main_writes_the_doc_pictures(tmp_path):
     written = diagrams.main(["--out", str(tmp_path / "img")])
     names = [name for name, _, _ in diagrams.DOC_PICTURES]
     assert [drawn.path.name for drawn in written] == names
-    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == sorted(names)   # no temp files left
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == sorted(names + [MARKER])   # no temp files
     mask = os.umask(0)
     os.umask(mask)
     for drawn in written:
         _png_ok(drawn.path, drawn.size_px)
         assert drawn.path.stat().st_mode & 0o777 == 0o666 & ~mask   # not mkstemp's 0600
+
+
+def test_main_replaces_its_own_output_and_nothing_else(tmp_path, monkeypatch):
+    out = tmp_path / "img"
+    first = {d.path.name: d.path.read_bytes() for d in diagrams.main(["--out", str(out)])}
+    again = {d.path.name: d.path.read_bytes() for d in diagrams.main(["--out", str(out)])}  # re-run onto itself
+    assert first == again and sorted(p.name for p in tmp_path.iterdir()) == ["img"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="not an olivine 'diagrams' output"):
+        diagrams.main(["--out", str(mine)])
+    assert [p.name for p in mine.iterdir()] == ["photo.png"]
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(OutputError, match="existing file"):
+        diagrams.main(["--out", str(tmp_path / "file.png")])
+    # no default: nothing is written relative to the current directory
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        diagrams.main([])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.png", "img", "mine"]
+
+
+def test_docs_img_is_a_diagrams_output():
+    # so that `--out docs/img` regenerates it in place (and would refuse if it held other files)
+    assert json.loads((DOCS / "img" / MARKER).read_text())["kind"] == diagrams.OUTPUT_KIND
+    assert sorted(p.name for p in (DOCS / "img").iterdir()) == sorted(
+        [name for name, _, _ in diagrams.DOC_PICTURES] + [MARKER])
 
 
 def test_pictures_are_byte_stable_and_svg_works(tmp_path):
