@@ -85,8 +85,12 @@ BOARDS: dict[str, Board] = {
 
 
 def get_board(name: str) -> Board:
-    """Look up a board by name (case-insensitive); the error lists the known boards."""
-    key = name.strip().lower()
-    if key not in BOARDS:
-        raise ValueError(f"unknown board {name!r}; known boards: {', '.join(sorted(BOARDS))}")
-    return BOARDS[key]
+    """Look up a board by its exact (lower-case) name; the error lists the known boards.
+
+    Names are matched exactly, like every name olivine defines (models, presets, corpora, units):
+    one rule, and a spelling that differs only in case gets a "did you mean".
+    """
+    if name not in BOARDS:
+        hint = f"did you mean {name.strip().lower()!r}? " if name.strip().lower() in BOARDS else ""
+        raise ValueError(f"unknown board {name!r}; {hint}known boards (lower-case): {', '.join(sorted(BOARDS))}")
+    return BOARDS[name]

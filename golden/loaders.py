@@ -77,15 +77,16 @@ def load_model(name_or_path: str | os.PathLike, use_cache: bool = True) -> Loade
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"load_model() takes a model name or a path, got {type(name_or_path).__name__}")
     key = str(name_or_path)
-    lowered = key.lower()
-    if lowered in MODEL_NAMES:
-        key = lowered
-    else:
+    if not key.strip():
+        raise ModelLoadError(f"the model name is empty; give a built-in name ({', '.join(MODEL_NAMES)}), a Hugging "
+                             "Face LlamaForCausalLM directory or a .gguf file")
+    if key not in MODEL_NAMES:  # built-in names are exact (lower-case), so a directory "GlassLLM" stays a path
         path = Path(key).expanduser()
         if not path.exists():
+            hint = f"did you mean {key.lower()!r}? " if key.lower() in MODEL_NAMES else ""
             raise ModelLoadError(
                 f"model {key!r} is neither a built-in name ({', '.join(MODEL_NAMES)}) nor an existing "
-                "path; give one of those names, a Hugging Face LlamaForCausalLM directory "
+                f"path; {hint}give one of those names, a Hugging Face LlamaForCausalLM directory "
                 "(config.json + *.safetensors) or a .gguf file")
         key = str(path.resolve())
     if use_cache and key in _CACHE:

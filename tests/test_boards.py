@@ -12,9 +12,12 @@ def test_u280_facts():
     assert b.peak_decode_tokens_per_s(3.4e9) == pytest.approx(135.3, abs=0.1)
 
 
-def test_lookup_is_case_insensitive_and_errors_list_boards():
-    assert get_board(" U55C ") is BOARDS["u55c"]
-    with pytest.raises(ValueError, match="known boards: .*u280"):
+def test_lookup_is_exact_and_errors_list_boards():
+    # one rule for every name olivine defines: exact, lower-case; a case slip gets a "did you mean"
+    assert get_board("u55c") is BOARDS["u55c"]
+    with pytest.raises(ValueError, match="unknown board 'U280'; did you mean 'u280'"):
+        get_board("U280")
+    with pytest.raises(ValueError, match="known boards .*u280"):
         get_board("u9000")
 
 

@@ -93,10 +93,19 @@ def test_glassllm_tokenizer_round_trip(glass):
 
 
 def test_load_model_caches_per_process():
-    assert load_model("glassllm") is load_model("GlassLLM")
+    assert load_model("glassllm") is load_model("glassllm")
     fresh = load_model("glassllm", use_cache=False)
     assert fresh is not load_model("glassllm")
     assert torch.equal(fresh.weights.layers[2].wq, load_model("glassllm").weights.layers[2].wq)
+
+
+def test_model_names_are_exact_and_empty_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="'GlassLLM' is neither .*did you mean 'glassllm'"):
+        load_model("GlassLLM")
+    monkeypatch.chdir(tmp_path)  # '' used to be read as the current directory
+    for empty in ("", "  "):
+        with pytest.raises(ModelLoadError, match="the model name is empty"):
+            load_model(empty)
 
 
 def test_glassllm_portuguese():
