@@ -301,8 +301,8 @@ def read_manifest(directory: str | Path) -> dict:
     """The parsed, schema-checked and digest-checked manifest of an artifact directory."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ArtifactError(f"{directory}: no such compiled artifact directory "
-                            f"(run `olivine compile ... -o {directory}`)")
+        raise ArtifactError(f"{directory}: no such compiled artifact directory; "
+                            f"run `olivine compile ... -o {directory}` first")
     path = directory / "manifest.json"
     if not os.path.lexists(path):
         raise ArtifactError(f"{path}: missing, so {directory} is not a compiled olivine artifact; "

@@ -356,6 +356,20 @@ def unit_parameters(unit: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(UNITS[unit]).parameters)
 
 
+def describe_units(indent: str = "  ") -> str:
+    """Every registered unit: its summary, then its parameters with defaults (``olivine resources --help``)."""
+    _load_units()
+    lines = []
+    for name in sorted(UNITS):
+        summary = (inspect.getdoc(UNITS[name]) or "").split("\n\n")[0].replace("\n", " ")
+        lines.append(f"{indent}{name}" + (f": {summary}" if summary else ""))
+        params = ", ".join(f"--{n} {p.default!r}" for n, p in unit_parameters(name).items()) or "(no parameters)"
+        lines.append(f"{indent}    {params}")
+    for module, why in sorted(_IMPORT_PROBLEMS.items()):
+        lines.append(f"{indent}(olivine.hw.{module} failed to import: {why})")
+    return "\n".join(lines)
+
+
 _SIMPLE_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 
@@ -390,8 +404,8 @@ def _convert(unit: str, pname: str, param: inspect.Parameter, raw: Any) -> Any:
             raise ValueError(raw)
         return kind(raw)
     except ValueError:
-        raise UnitError(f"unit {unit!r}: parameter {pname!r} expects {kind.__name__} "
-                        f"(default {param.default!r}), got {raw!r}") from None
+        raise UnitError(f"unit {unit!r}: parameter {pname!r} expects {kind.__name__}, got {raw!r}; "
+                        f"give e.g. --{pname} {param.default!r} (the default)") from None
 
 
 def build_unit(unit: str, params: dict[str, Any] | None = None) -> tuple[Any, str]:
@@ -465,11 +479,11 @@ def cli(unit: str, params: dict[str, str], family: str = "xcup", as_json: bool =
         else:
             with err.status(f"Yosys synth_xilinx -family {family} on {top} ..."):
                 report = synthesize(component, top, family=family)
-    except UnitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    except UnitError as exc:  # the shared error form of the olivine command: exit 2 for usage
+        print(f"olivine resources: {exc}", file=sys.stderr)
         return 2
     except SynthesisError as exc:
-        err.print(f"[bold red]synthesis failed:[/] {exc}", highlight=False)
+        print(f"olivine resources: synthesis failed: {exc}", file=sys.stderr)
         return 1
     if as_json:
         sys.stdout.write(json.dumps({"unit": unit, "params": params, **report.to_dict()},
@@ -487,7 +501,7 @@ def parse_param_args(tokens: list[str]) -> dict[str, str]:
     while i < len(tokens):
         token = tokens[i]
         if not token.startswith("--") or len(token) < 3:
-            raise UnitError(f"unexpected argument {token!r}: unit parameters are given as "
+            raise UnitError(f"unexpected argument {token!r}; give unit parameters as "
                             f"--name value or --name=value")
         name, eq, value = token[2:].partition("=")
         if not eq:
@@ -521,6 +535,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = parse_param_args(rest)
     except UnitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"olivine resources: {exc}", file=sys.stderr)
         return 2
     return cli(args.unit, params, args.family, args.json)

@@ -1,29 +1,123 @@
-"""The ``olivine`` command line: a thin front door that only wires the rooms together."""
+"""The ``olivine`` command line: a thin front door that only wires the rooms together.
+
+Errors share one form on one line of stderr, ``olivine <command>: <problem>; <fix>``, and one set
+of exit codes: 0 success, 1 the work failed (a corrupt artifact, a model that does not compile, a
+synthesis failure, ...), 2 a usage error (a bad option or value, an output path olivine refuses).
+No user mistake prints a Python traceback; a traceback means a bug in olivine.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+EXIT_FAILURE, EXIT_USAGE = 1, 2
 
-def _params(pairs: list[str]) -> dict[str, str]:
-    """Turn ``--name value`` leftovers into a dict; reject anything else."""
-    params: dict[str, str] = {}
-    it = iter(pairs)
-    for token in it:
-        if not token.startswith("--") or len(token) < 3:
-            raise SystemExit(f"olivine resources: expected '--param value', got {token!r}")
-        key = token[2:].replace("-", "_")
-        if "=" in key:
-            key, value = key.split("=", 1)
-        else:
-            try:
-                value = next(it)
-            except StopIteration:
-                raise SystemExit(f"olivine resources: parameter --{key} needs a value") from None
-        params[key] = value
-    return params
 
+class UsageError(Exception):
+    """A bad command line found after parsing (exit 2); the message holds the problem and the fix."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the shared one-line error form and help epilogs computed only when shown."""
+
+    def __init__(self, *args, lazy_epilog=None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.lazy_epilog = lazy_epilog
+
+    def format_help(self) -> str:
+        if self.lazy_epilog is not None:  # e.g. the resource units: listing them imports every generator
+            self.epilog = self.lazy_epilog()
+        return super().format_help()
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+# ---- help texts computed from the rooms' own tables ------------------------------------------------
+
+def _presets_help() -> str:
+    from olivine.golden.qconfig import PRESETS
+
+    lines = ["precision presets (weights/activations; overrides by layer pattern):"]
+    for name, (default, overrides) in PRESETS.items():
+        extra = "".join(f", {pattern} {lq.describe()}" for pattern, lq in overrides.items())
+        lines.append(f"  {name:<16} {default.describe()}{extra}")
+    lines.append("  (ovp4 = OliVe outlier-victim pairs, 4-bit; N:16 = block sparsity; details in golden/qconfig.py)")
+    return "\n".join(lines)
+
+
+def _models_help() -> str:
+    from olivine.golden.loaders import MODEL_NAMES
+
+    return (f"models: {', '.join(MODEL_NAMES)} (built in; names are exact, lower-case), a Hugging Face "
+            "LlamaForCausalLM directory or a .gguf file")
+
+
+def _boards_help() -> str:
+    from olivine.boards import BOARDS
+
+    return f"boards: {', '.join(sorted(BOARDS))}"
+
+
+def _corpora_help() -> str:
+    from olivine.golden.data import CORPORA
+
+    return f"corpora: {', '.join(CORPORA)}"
+
+
+def _resources_help() -> str:
+    from olivine.hw.resources import FAMILIES, describe_units
+
+    families = ", ".join(f"{k} ({v})" for k, v in FAMILIES.items())
+    return ("units, with their parameters and defaults (give them as --name value):\n" + describe_units()
+            + f"\n\nfamilies: {families}")
+
+
+def _joined(*parts):
+    return lambda: "\n\n".join(part() for part in parts)
+
+
+# ---- argument types (a bad value is a usage error, reported before any work) ------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _preset_list(text: str) -> str:
+    from olivine.demo import parse_presets
+    from olivine.golden.qconfig import QuantConfigError
+
+    try:
+        parse_presets(text)
+    except QuantConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("; choose from ", " (known: ").replace(
+            " (comma-separated)", ")")) from None
+    return text
+
+
+def _corpus(text: str) -> str:
+    from olivine.golden.data import CORPORA
+
+    if text not in CORPORA:
+        raise argparse.ArgumentTypeError(f"unknown corpus {text!r} (known: {', '.join(CORPORA)})")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
+# ---- commands ----------------------------------------------------------------------------------------
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run
@@ -44,9 +138,19 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
 
 
 def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
-    from olivine.hw.resources import cli
+    from olivine.hw.resources import UnitError, cli, describe_units, parse_param_args
 
-    return cli(args.unit, _params(extra), family=args.family, as_json=args.json) or 0
+    if args.unit is None:
+        if extra:
+            raise UsageError(f"parameters {' '.join(extra)} given without a unit; name the unit first "
+                             "(e.g. olivine resources sparse_chain --length 8)")
+        print(describe_units(indent=""))
+        return 0
+    try:
+        params = parse_param_args(extra)
+    except UnitError as exc:
+        raise UsageError(str(exc)) from None
+    return cli(args.unit, params, family=args.family, as_json=args.json) or 0
 
 
 def _cmd_diagrams(args: argparse.Namespace) -> int:
@@ -71,70 +175,140 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="olivine", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="olivine", description=__doc__.split("\n\n")[0],
+                     epilog="exit status: 0 success, 1 the work failed, 2 usage error (bad option, value or "
+                            "output path). Each command's --help lists its choices.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("doctor", help="check the toolchain and print how to fix what is missing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("doctor", help="check the toolchain and print how to fix what is missing",
+                       description="Check every required and optional tool and package; exit 1 if a required one "
+                                   "is missing (the table says how to fix it).")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a list of checks)")
     p.set_defaults(func=_cmd_doctor)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default model (glassllm)")
-    p.add_argument("--model", default="glassllm", help="glassllm (default), smollm2 or a path")
-    p.add_argument("--tokens", type=int, default=None, help="tokens of text to evaluate")
-    p.add_argument("--presets", default=None, help="comma-separated precision presets")
+    p = sub.add_parser("demo", help="the main job on the embedded default model (glassllm)",
+                       description="Accuracy of the precision presets against fp32 (perplexity on two texts, "
+                                   "next-token and greedy agreement), then compile the model and check the "
+                                   "functional simulator against golden token for token.",
+                       lazy_epilog=_joined(_presets_help, _models_help))
+    p.add_argument("--model", default="glassllm", type=_nonempty,
+                   help="model to evaluate (default glassllm; see 'models' below)")
+    p.add_argument("--tokens", type=_positive_int, default=None,
+                   help="tokens of each text to evaluate (default: the model's context length)")
+    p.add_argument("--presets", default=None, type=_preset_list,
+                   help="comma-separated precision presets (default fp32,w8a8,w4a8-int4,w4a8-ovp,w4a4-ovp)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("accuracy", help="perplexity and agreement of precision presets on a model")
-    p.add_argument("--model", default="glassllm")
-    p.add_argument("--corpus", default="shakespeare", help="shakespeare or lee")
-    p.add_argument("--tokens", type=int, default=None)
-    p.add_argument("--presets", default=None, help="comma-separated precision presets")
+    p = sub.add_parser("accuracy", help="perplexity and agreement of precision presets on a model",
+                       description="Perplexity on a corpus and next-token / greedy agreement with fp32, per "
+                                   "precision preset.",
+                       lazy_epilog=_joined(_presets_help, _models_help, _corpora_help))
+    p.add_argument("--model", default="glassllm", type=_nonempty,
+                   help="model to evaluate (default glassllm; see 'models' below)")
+    p.add_argument("--corpus", default="shakespeare", type=_corpus,
+                   help="text for perplexity: shakespeare (default) or lee")
+    p.add_argument("--tokens", type=_positive_int, default=None,
+                   help="tokens of the corpus to evaluate (default: the model's context length)")
+    p.add_argument("--presets", default=None, type=_preset_list,
+                   help="comma-separated precision presets (default: all of fp32, w8a8, w4a8-int4, w4a8-ovp, "
+                        "w4a4-ovp, w4a8-ovp-8:16, w4a8-ovp-4:16)")
     p.set_defaults(func=_cmd_accuracy)
 
     p = sub.add_parser("resources", help="synthesize a hardware unit with Yosys and count resources",
-                       description="Unit parameters follow as --name value (e.g. --length 8).")
-    p.add_argument("unit", help="unit name (e.g. sparse_chain, ovp_decoder, ovp_array, dsp48e2)")
-    p.add_argument("--family", default="xcup", help="Yosys synth_xilinx family (default xcup)")
+                       description="Synthesize a registered hardware unit with Yosys synth_xilinx and print its "
+                                   "resources. Unit parameters follow as --name value (e.g. olivine resources "
+                                   "sparse_chain --length 8); without a unit, list the units.",
+                       lazy_epilog=_resources_help)
+    p.add_argument("unit", nargs="?", help="unit name (listed below; omit to list them)")
+    p.add_argument("--family", default="xcup", help="Yosys synth_xilinx family (default xcup, UltraScale+)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_resources, takes_extra=True)
-    p = sub.add_parser("diagrams", help="draw the sparse DSP chain and the OVP array from the generators")
+
+    p = sub.add_parser("diagrams", help="draw the sparse DSP chain and the OVP array from the generators",
+                       description="Draw the documentation pictures from the generators' own rules. The output "
+                                   "directory is written atomically and may only be new, empty or an earlier "
+                                   "`olivine diagrams` output (docs/img is one).")
     p.add_argument("--out", required=True,
                    help="output directory: new, empty, or an earlier `olivine diagrams` output (replaced whole)")
     p.set_defaults(func=_cmd_diagrams)
 
-    p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image")
+    p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image",
+                       description="Quantize a model, compile one program per prompt and context length bucket "
+                                   "and write them with the weight image as an artifact directory.",
+                       lazy_epilog=_joined(_presets_help, _models_help, _boards_help))
     p.add_argument("--model", default="glassllm", help="glassllm, smollm2 or a path (HF LlamaForCausalLM dir or .gguf)")
     p.add_argument("--board", default="u280", help="target board (u280, u55c, u50, u250, vhk158)")
-    p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp)")
-    p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"), help="override weight precision")
-    p.add_argument("--sparsity", default=None, help="N:16 weight sparsity, e.g. 8:16")
-    p.add_argument("--max-context", type=int, default=None, help="largest decode context bucket")
-    p.add_argument("--max-prompt", type=int, default=None, help="largest prefill bucket")
-    p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
+    p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp; listed below)")
+    p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"),
+                   help="override the preset's weight precision")
+    p.add_argument("--sparsity", default=None,
+                   help="override the weight sparsity: a pattern N:16 (e.g. 8:16) or 2:4, or a density in (0, 1]")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="largest decode context bucket in tokens (default: the model's maximum)")
+    p.add_argument("--max-prompt", type=int, default=None,
+                   help="largest prefill (prompt) bucket in tokens (default: the maximum context)")
+    p.add_argument("-o", "--output", required=True,
+                   help="artifact directory to write atomically: new, empty, or an earlier artifact (replaced)")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("run", help="generate text from a compiled artifact")
+    p = sub.add_parser("run", help="generate text from a compiled artifact",
+                       description="Greedy generation from a compiled artifact on a backend.")
     p.add_argument("directory", help="artifact directory written by `olivine compile`")
     p.add_argument("--backend", default="isa", choices=("isa",), help="isa: the functional simulator")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     p.set_defaults(func=_cmd_run)
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report a user's mistake or a failed job, not a bug: printed without a traceback.
+
+    Every room's own error class is a ValueError (ArtifactError, ConfigError, IsaError, CompileError,
+    ModelLoadError, QuantConfigError, UnitError, ...) or one of the RuntimeErrors below (looked up
+    only when their module was imported: an exception of it cannot exist otherwise).
+    """
+    classes: list[type[BaseException]] = [ValueError, OSError]
+    for module, name in (("olivine.sim.funcsim", "SimError"), ("olivine.sim.rtl", "RtlError"),
+                         ("olivine.hw.resources", "SynthesisError")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            classes.append(getattr(mod, name))
+    return tuple(classes)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}; check the path and its permissions"
+    return str(exc) or type(exc).__name__
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"{command}: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    from olivine.outputs import OutputError
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = f"olivine {args.command}"
     try:
         if getattr(args, "takes_extra", False):
             return args.func(args, extra)
         if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}; see `{command} --help`")
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        # Errors from the rooms are written to be read: print them without a traceback.
-        print(f"olivine {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, OutputError) as exc:
+        return _fail(command, str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(command, "interrupted; nothing was written unless it said so", 130)
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise  # a bug: the traceback is what a bug report needs
+        return _fail(command, _describe(exc), EXIT_FAILURE)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,18 @@ import time
 DEMO_PRESETS = ("fp32", "w8a8", "w4a8-int4", "w4a8-ovp", "w4a4-ovp")
 
 
-def _presets(text: str | None, default) -> tuple[str, ...]:
-    if not text:
+def parse_presets(text: str | None, default=DEMO_PRESETS) -> tuple[str, ...]:
+    """``"fp32,w8a8"`` -> ("fp32", "w8a8"); every name must be a preset (QuantConfigError otherwise)."""
+    from olivine.golden.qconfig import PRESETS, QuantConfigError
+
+    if text is None:
         return tuple(default)
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        what = f"unknown preset(s) {', '.join(map(repr, unknown))}" if unknown else f"no preset in {text!r}"
+        raise QuantConfigError(f"{what}; choose from {', '.join(PRESETS)} (comma-separated)")
+    return names
 
 
 def _print_accuracy(model: str, corpora, tokens, presets, title: str) -> int:
@@ -53,7 +61,7 @@ def _check_compiled(model: str, preset: str, max_new_tokens: int) -> int:
 def run(model: str = "glassllm", tokens: int | None = None, presets: str | None = None,
         compiled_preset: str = "w4a8-ovp", max_new_tokens: int = 32) -> int:
     t0 = time.perf_counter()
-    rc = _print_accuracy(model, ("shakespeare", "lee"), tokens, _presets(presets, DEMO_PRESETS),
+    rc = _print_accuracy(model, ("shakespeare", "lee"), tokens, parse_presets(presets, DEMO_PRESETS),
                          f"olivine demo: {model}, OVP and integer quantization vs fp32")
     rc = max(rc, _check_compiled(model, compiled_preset, max_new_tokens))
     print(f"demo finished in {time.perf_counter() - t0:.1f} s")
@@ -64,5 +72,5 @@ def accuracy(model: str = "glassllm", corpus: str = "shakespeare", tokens: int |
              presets: str | None = None) -> int:
     from olivine.golden.accuracy import DEFAULT_PRESETS
 
-    return _print_accuracy(model, (corpus,), tokens, _presets(presets, DEFAULT_PRESETS),
+    return _print_accuracy(model, (corpus,), tokens, parse_presets(presets, DEFAULT_PRESETS),
                            f"{model} on {corpus}")

