@@ -73,11 +73,15 @@ def check_output_directory(path: str | os.PathLike, kind: str,
     target = Path(text).expanduser()
     shown = f"'{text}'"
     absolute = Path(os.path.abspath(target))
-    cwd = Path(os.getcwd())
-    if absolute == cwd or absolute in cwd.parents or absolute == absolute.parent:
+    real = Path(os.path.realpath(target))
+
+    def covers(place: Path) -> bool:  # the place itself or one of its parents, by name or through links
+        return any(p == place or p in place.parents for p in (absolute, real))
+
+    if covers(Path(os.getcwd())) or covers(Path(os.path.realpath(os.getcwd()))) or absolute == absolute.parent:
         raise OutputError(f"output directory {shown} is the current directory, one of its parents or the root",
                           "give a new directory, e.g. build/" + kind)
-    if absolute == Path.home() or absolute in Path.home().parents:
+    if covers(Path.home()):
         raise OutputError(f"output directory {shown} is your home directory or one of its parents",
                           "give a new directory, e.g. build/" + kind)
     try:

@@ -173,3 +173,12 @@ def test_outputs_is_a_leaf():
             "and m != 'olivine.outputs'); print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_current_directory_reached_through_a_link_is_refused(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path)
+    monkeypatch.chdir(work)
+    with pytest.raises(OutputError, match="current directory"):
+        check_output_directory(tmp_path / "alias" / "work", "thing")
