@@ -287,8 +287,35 @@ def test_program_container_errors():
         parse_program(b"OL")
 
 
-def test_schema_version_is_current():
-    assert SCHEMA_VERSION == 2
+
+def test_fast_patch_check_agrees_with_the_schema():
+    from olivine.compiler import artifact as mod
+
+    doc = mod.schema()
+    full = mod._strict_validator()({"$ref": "#/$defs/patch", "$defs": doc["$defs"]})
+    good = {"mnemonic": "LD", "field": "hbm_addr", "offset": 17, "base": 40960, "scale": 144, "var": "tok_row.0"}
+    rng = random.Random(7)
+    verdicts = set()
+    for _ in range(2000):
+        p = dict(good)
+        for _ in range(rng.randint(0, 2)):
+            key = rng.choice(list(good) + ["extra"])
+            if rng.random() < 0.2:
+                p.pop(key, None)
+            else:
+                p[key] = copy.deepcopy(rng.choice(ODD_VALUES + ["LD", "x", -5, 3]))
+        if rng.random() < 0.02:
+            p = rng.choice(ODD_VALUES)
+        by_schema, by_code = full.is_valid(p), mod._check_patch(p) is None
+        assert by_schema == by_code, p
+        verdicts.add(by_code)
+    assert verdicts == {True, False}
+
+
+def test_patch_records_are_checked(copy_of):
+    _edit(copy_of, lambda m: next(iter(m["meta"]["programs"].values()))["patches"][3].__setitem__("base", 1.5))
+    with pytest.raises(ArtifactError, match=r"patches\[3\]: base: 1.5 is not of type 'integer'"):
+        read_artifact(copy_of)
 
 
 # ---- fuzz: seeded random corruptions ------------------------------------------------------------
