@@ -56,6 +56,18 @@ class SimStats:
         self.seconds += other.seconds
 
 
+#: largest row-scale mantissa of an INT8 block or of V (9 bits: contract.quantize_act_dynamic_int8 gives 1..256)
+MAX_MANTISSA = 256
+#: largest head dimension the RoPE unit's cos/sin ROM covers, and the positions it covers
+ROPE_MAX_HEAD_DIM = 256
+ROPE_POSITIONS = 1 << 16
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether byte ranges (start, length) a and b share a byte."""
+    return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
+
+
 def _u32(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32).astype(np.int64)
 
@@ -177,26 +189,34 @@ class FuncSim:
         s1, s2 = i.get("hbm_stride1", 0), i.get("hbm_stride2", 0)
         return (i["hbm_addr"] + i2 * s2 + i1 * s1 + i0 * i["hbm_stride0"]).reshape(-1)
 
+    def _forget_source(self, target: str, addr: int, nbytes: int, source) -> None:
+        """Record that buffer bytes [addr, addr + nbytes) of ``target`` now come from ``source``
+        ((channel, hbm address, bytes) or None): earlier records they overlap are dropped."""
+        if target not in self._src:
+            return
+        src = self._src[target]
+        for a in [a for a in src if a < addr + nbytes and a + (src[a][2] if src[a] else 1) > addr]:
+            del src[a]
+        src[addr] = source
+
     def do_ld(self, i):
         target = i.enum("target")
-        length = i["length"]
-        starts = self._bursts(i)
-        total = length * len(starts)
-        dst = self._slice(self._space(target), i["buf_addr"], total, f"LD into {target}")
+        length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
+        total = length * n0 * n1 * n2
+        dst = self._slice(self._space(target), i["buf_addr"], total, f"LD into {target}")  # before any burst
         if i["zero_fill"]:
+            self._forget_source(target, i["buf_addr"], total, None)
             dst[:] = 0
             return
         ch = i["channel"]
         mem = self._hbm(ch)
-        if starts.min() < 0 or starts.max() + length > len(mem):
-            raise SimError(f"LD reads beyond HBM channel {ch} ({len(mem)} bytes)")
-        if target in self._src:
-            # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
-            src = self._src[target]
-            src[i["buf_addr"]] = (ch, int(starts[0]), total) if len(starts) == 1 else None
-            for a in [a for a in src if a != i["buf_addr"] and a < i["buf_addr"] + total
-                      and a + (src[a][2] if src[a] else 0) > i["buf_addr"]]:
-                del src[a]
+        s0, s1, s2 = i["hbm_stride0"], i["hbm_stride1"], i["hbm_stride2"]
+        last = i["hbm_addr"] + (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2  # strides are unsigned
+        if last + length > len(mem):
+            raise SimError(f"LD reads bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
+        starts = self._bursts(i)
+        # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
+        self._forget_source(target, i["buf_addr"], total, (ch, int(starts[0]), total) if len(starts) == 1 else None)
         if len(starts) == 1:
             dst[:] = mem[starts[0]: starts[0] + length]
         else:
@@ -206,18 +226,20 @@ class FuncSim:
 
     def do_st(self, i):
         source = i.enum("source")
-        length, n0 = i["length"], i["n0"]
+        length, n0, stride = i["length"], i["n0"], i["hbm_stride0"]
         src = self._slice(self._space(source), i["buf_addr"], length * n0, f"ST from {source}")
         ch = i["channel"]
         mem = self._hbm(ch)
+        last = i["hbm_addr"] + (n0 - 1) * stride
+        if last + length > len(mem):  # checked before any byte is written
+            raise SimError(f"ST writes bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
         for k in range(n0):
-            a = i["hbm_addr"] + k * i["hbm_stride0"]
-            if a + length > len(mem):
-                raise SimError(f"ST writes beyond HBM channel {ch} ({len(mem)} bytes)")
+            a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
-            if any(hs is not None and hs[0] == ch and hs[1] < a + length and a < hs[1] + hs[2]
-                   for key in self._wcache for hs in key[:2]):  # a cached tile's weights or meta changed
-                self._wcache.clear()
+        lo, hi = i["hbm_addr"], last + length
+        if any(hs is not None and hs[0] == ch and hs[1] < hi and lo < hs[1] + hs[2]
+               for key in self._wcache for hs in key[:2]):  # a cached tile's weights or meta changed
+            self._wcache.clear()
         self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
 
     def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
@@ -285,15 +307,64 @@ class FuncSim:
             return torch.from_numpy(v)
         return ovp.unpack(torch.from_numpy(b.copy()), i.enum("normal")).to(torch.int16)
 
+    @staticmethod
+    def _check_mantissas(mant: torch.Tensor, what: str) -> None:
+        if mant.numel() and int(mant.max()) > MAX_MANTISSA:
+            raise SimError(f"{what}: a row mantissa is {int(mant.max())}; mantissas are at most {MAX_MANTISSA}")
+
+    @staticmethod
+    def _multipliers(mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> contract.Multiplier:
+        """Multipliers from (uint32 multiplier, int32 shift) words; a multiplier's bit 31 must be 0."""
+        mult = _u32(mult_word)
+        if (mult >= 1 << 31).any():
+            r = int(np.argmax(mult >= 1 << 31))
+            raise SimError(f"{what} {r}: multiplier {int(mult[r])} has bit 31 set; multipliers are below 2**31")
+        return contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(shift_word.astype(np.int64)))
+
+    def check_mpe(self, i) -> None:
+        """The field rules of MM/MV (docs/isa.md "Validity"), checked before any operand is read."""
+        mode, m, n, k = i.enum("mode"), i["m"], i["n"], 16 * i["k_blocks"]
+        ldo = i["ldo"] or n
+        if ldo < n:
+            raise SimError(f"output pitch ldo={ldo} is smaller than the row length n={n} (rows would overlap)")
+        if i.enum("afmt") != "int8":
+            raise SimError(f"afmt={i.enum('afmt')}: only INT8 activation blocks are defined (afmt=int8)")
+        if i["bias"] and i.enum("out") != "fixed32":
+            raise SimError(f"bias=1 needs out=fixed32 (the bias is added to the requantized value), not out={i.enum('out')}")
+        if mode == "linear":
+            if i["sparse"] and n % 16:
+                raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
+            if not i["sparse"] and i["meta_addr"]:
+                raise SimError(f"meta_addr={i['meta_addr']} is set but sparse=0 (meta_addr must be 0)")
+            if i.enum("normal") != "int4" and i.enum("wfmt") != "ovp4":
+                raise SimError(f"normal={i.enum('normal')} applies to wfmt=ovp4 only (must be int4 with wfmt={i.enum('wfmt')})")
+            a_bytes = m * k + 3 * m
+            b_region = None  # the weights live in the weight buffer
+        else:
+            if i["sparse"]:
+                raise SimError(f"sparse=1 applies to weights (mode=linear), not to mode={mode}")
+            for name in ("bias", "wfmt", "normal", "meta_addr"):
+                if i[name]:
+                    raise SimError(f"{name} must be 0 in mode={mode} (both operands come from the data space)")
+            a_bytes = m * k + 3 * m if mode == "qk" else 4 * m * k + m
+            b_region = (i["b_addr"], n * k + 3 * n if mode == "qk" else k * n)
+        out_bytes = (m - 1) * ldo + n if i.enum("out") == "int8" else 4 * ((m - 1) * ldo + n)
+        out = (i["out_addr"], out_bytes)
+        for what, region in (("activations (a_addr)", (i["a_addr"], a_bytes)), ("second operand (b_addr)", b_region)):
+            if region is not None and _overlap(out, region):
+                raise SimError(f"the output [{out[0]}, {out[0] + out[1]}) overlaps the {what} "
+                               f"[{region[0]}, {region[0] + region[1]})")
+
     def do_mpe(self, i):
+        self.check_mpe(i)
         mode = i.enum("mode")
         m, n, k = i["m"], i["n"], 16 * i["k_blocks"]
         ldo = i["ldo"] or n
         out_fmt = i.enum("out")
-        if i["sparse"] and mode != "linear":
-            raise SimError(f"sparse=1 applies to weights (mode=linear), not to mode={mode}")
+        # per mode: acc, the requantization entries (n for linear, 1 otherwise), exponent, mantissa, bias
         if mode == "linear":
             a, e, mant = self.qblock(i["a_addr"], m, k, "MM activations")
+            mant_parts = (mant,)
             row = k if i.enum("wfmt") == "int8" else k // 2
             src = self._src["weight"].get(i["b_addr"])
             msrc = self._src["meta"].get(16 * i["meta_addr"]) if i["sparse"] else None
@@ -316,16 +387,15 @@ class FuncSim:
             else:
                 w, wf, wmax = tile
                 acc = contract.int_matmul(a, w, w_f64=wf, w_max=wmax)
-            mult = contract.Multiplier(torch.from_numpy(_u32(ent[:, 1])), torch.from_numpy(ent[:, 2].astype(np.int64)))
             exp = e.to(torch.int64)
         elif mode == "qk":
             a, ea, ma = self.qblock(i["a_addr"], m, k, "Q block")
             b, eb, mb = self.qblock(i["b_addr"], n, k, "K block")
+            mant_parts = (ma, mb)
             acc = contract.int_matmul(a, b)
             bias = None
             mant = ma * mb.reshape(1, n)
             ent = self.entries(i["bias_addr"], 1)
-            mult = contract.Multiplier(torch.tensor(int(_u32(ent[:, 1])[0])), torch.tensor(int(ent[0, 2])))
             exp = ea.to(torch.int64) + eb.to(torch.int64).reshape(1, n)
         else:  # pv
             p = self.i32(i["a_addr"], m, k, what="P' block")
@@ -334,27 +404,103 @@ class FuncSim:
             vraw = self._slice(self.data, i["b_addr"], k * n, "V block")
             vq = torch.from_numpy(vraw.view(np.int8).reshape(k, n).copy())
             acc = contract.int_matmul(p, vq.transpose(0, 1))
-            bias, mant = None, None
+            bias, mant, mant_parts = None, None, ()
             ent = self.entries(i["bias_addr"], 1)
-            mult = contract.Multiplier(torch.tensor(int(_u32(ent[:, 1])[0])), torch.tensor(int(ent[0, 2])))
             exp = e_ref
         if i["accumulate"]:
             acc = contract.wrap_int32(acc.to(torch.int64) + self.i32(i["out_addr"], m, n, ldo).to(torch.int64))
         if out_fmt == "int32":
-            y = acc
-        elif out_fmt == "fixed32":
+            self.put_i32(i["out_addr"], acc, ldo, "MM output")
+            return
+        # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
+        for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
+            self._check_mantissas(part, what)
+        mult = self._multipliers(ent[:, 1], ent[:, 2], "requantization entry")
+        if mode != "linear":
+            mult = contract.Multiplier(mult.mult[0], mult.shift[0])
+        if out_fmt == "fixed32":
             y = contract.requantize(acc, mult, exp, mantissa=mant)
             if bias is not None:  # the bias is in the output format, added with saturation
                 y = (y.to(torch.int64) + bias).clamp(contract.INT32_MIN, contract.INT32_MAX).to(torch.int32)
+            self.put_i32(i["out_addr"], y, ldo, "MM output")
         else:
             y = contract.requantize(acc, mult, exp, mantissa=mant, out="int8")
             dst = self._slice(self.data, i["out_addr"], (m - 1) * ldo + n, "MM int8 output")
             for r in range(m):
                 dst[r * ldo: r * ldo + n] = y[r].numpy().view(np.uint8)
-            return
-        self.put_i32(i["out_addr"], y, ldo, "MM output")
+
+    #: MISC ops that read src1 / use imm / may write in place over src0 (dst == src0, same layout)
+    _MISC_SRC1 = ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift")
+    _MISC_IMM = ("rope", "softmax", "vshift", "quant", "dequant")
+    _MISC_IN_PLACE = ("add", "mul", "swiglu", "silu", "copy", "rmsnorm", "rope", "softmax")
+
+    def check_misc(self, i) -> None:
+        """The field rules of MISC (docs/isa.md "Validity"), checked before any operand is read."""
+        op = i.enum("op")
+        rows, cols, imm = i["rows"], i["cols"], i["imm"]
+        if op in ("layernorm", "argmax"):
+            raise SimError(f"MISC op {op!r} is reserved (not implemented by the functional simulator)")
+        if i["mask"] and op != "softmax":
+            raise SimError(f"mask=1 applies to op=softmax only, not to op={op}")
+        if op not in self._MISC_SRC1 and i["src1"]:
+            raise SimError(f"op={op} has no second operand: src1 must be 0, not {i['src1']}")
+        if imm and (op not in self._MISC_IMM or (op == "softmax" and not i["mask"])):
+            raise SimError(f"op={op}{' with mask=0' if op == 'softmax' else ''} takes no parameter: imm must be 0, "
+                           f"not {imm}")
+        per = max(1, imm >> 16)
+        if op == "rope":
+            if cols % 2 or cols > ROPE_MAX_HEAD_DIM:
+                raise SimError(f"RoPE head dimension cols={cols} must be even and at most {ROPE_MAX_HEAD_DIM}")
+            last = (imm & 0xFFFF) + (rows - 1) // per
+            if last >= ROPE_POSITIONS:
+                raise SimError(f"RoPE position {last} of the last row is beyond the table ({ROPE_POSITIONS} positions)")
+        if op in ("softmax", "vshift") and (op == "vshift" or i["mask"]):
+            last = (imm & 0xFFFF) + min(rows, per) - 1
+            if last >= cols:
+                raise SimError(f"query position {last} (imm[15:0] + min(rows, period) - 1) is not below the key "
+                               f"count cols={cols}")
+        if op == "rmsnorm" and cols > sfu.NORM_MAX_DIM:
+            raise SimError(f"rmsnorm rows of cols={cols} exceed the norm unit's {sfu.NORM_MAX_DIM} elements")
+        if op == "quant":
+            if imm >> 17:
+                raise SimError(f"quant imm=0x{imm:x}: bits [31:17] are reserved and must be 0")
+            groups = max(1, imm & 0xFFFF)
+            if rows % groups:
+                raise SimError(f"quant into {groups} head blocks needs rows ({rows}) divisible by {groups}")
+        if op == "dequant":
+            need = -(-cols // 16) * 16 + 16
+            if imm < need or imm % 16:
+                raise SimError(f"embedding record stride imm={imm} must be a multiple of 16 and at least "
+                               f"pad16(cols) + 16 = {need}")
+        # the destination is either the first operand itself (elementwise ops, same layout) or disjoint from it
+        src0 = (i["src0"], {"dequant": rows * imm}.get(op, 4 * rows * cols))
+        if op == "vshift":
+            dst = (i["dst"], 4 * rows * cols + rows)
+        elif op == "quant":
+            dst = (i["dst"], self._quant_bytes(rows, cols, max(1, imm & 0xFFFF)))
+        else:
+            dst = (i["dst"], 4 * rows * cols)
+        if _overlap(src0, dst) and not (op in self._MISC_IN_PLACE and src0[0] == dst[0]):
+            raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) partly overlaps src0 "
+                           f"[{src0[0]}, {src0[0] + src0[1]})" + (" (only an exact in-place dst = src0 is allowed)"
+                                                                   if op in self._MISC_IN_PLACE else ""))
+        if op in ("add", "mul", "swiglu") and _overlap((i["src1"], 4 * rows * cols), dst) and i["src1"] != dst[0]:
+            raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) partly overlaps src1")
+
+    @staticmethod
+    def _quant_bytes(rows: int, cols: int, groups: int) -> int:
+        if groups == 1:
+            return rows * cols + 3 * rows
+        t = rows // groups
+        return (groups - 1) * (-(-(t * cols + 3 * t) // 64) * 64) + t * cols + 3 * t
+
+    def _table(self, addr: int, nbytes: int, what: str) -> np.ndarray:
+        if addr % 4:
+            raise SimError(f"{what}: int32 data at unaligned address {addr}")
+        return self._slice(self.data, addr, nbytes, what)
 
     def do_misc(self, i):
+        self.check_misc(i)
         op = i.enum("op")
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
         s0, s1, dst = i["src0"], i["src1"], i["dst"]
@@ -369,23 +515,28 @@ class FuncSim:
             self.put_i32(dst, self.i32(s0, rows, cols))
         elif op == "rmsnorm":
             x = self.i32(s0, rows, cols)
-            tab = self._slice(self.data, s1, 4 * cols + 16, "norm parameters").view("<i4")
+            tab = self._table(s1, 4 * cols + 16, "norm parameters").view("<i4")
             gamma = torch.from_numpy(tab[:cols].astype(np.int32))
             em, es = int(tab[cols:cols + 1].view(np.uint32)[0]), int(tab[cols + 1])
-            eps = math.ldexp(float(em), -es) if em else 0.0
+            if em >= 1 << 31 or not 0 <= es <= 62:
+                raise SimError(f"norm eps multiplier {em} / shift {es}: the multiplier must be below 2**31 and the "
+                               "shift in 0..62")
+            eps = math.ldexp(float(em), -es)
             self.put_i32(dst, sfu.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
             x = self.i32(s0, rows, cols)
+            if s1 % 8:
+                raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
             theta = float(self._slice(self.data, s1, 8, "RoPE parameters").view("<f8")[0])
-            per = max(1, imm >> 16)
-            pos = (imm & 0xFFFF) + torch.arange(rows) // per
+            if not (math.isfinite(theta) and theta > 1):
+                raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
+            pos = (imm & 0xFFFF) + torch.arange(rows) // max(1, imm >> 16)
             self.put_i32(dst, sfu.rope(x, pos, F, theta, cols, style="half"))
         elif op == "softmax":
             s = self.i32(s0, rows, cols)
             mask = None
             if i["mask"]:
-                per = max(1, imm >> 16)
-                qpos = (imm & 0xFFFF) + torch.arange(rows) % per
+                qpos = (imm & 0xFFFF) + torch.arange(rows) % max(1, imm >> 16)
                 mask = torch.arange(cols)[None, :] <= qpos[:, None]
             self.put_i32(dst, sfu.softmax(s, F, mask, F))
         elif op == "vshift":
@@ -393,10 +544,10 @@ class FuncSim:
             raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
             ev = torch.from_numpy(raw[:cols].view(np.int8).astype(np.int64))
             mv = torch.from_numpy(np.frombuffer(raw[cols:].tobytes(), dtype="<u2").astype(np.int64))
-            per = max(1, imm >> 16)
-            qpos = (imm & 0xFFFF) + torch.arange(rows) % per
+            self._check_mantissas(mv, "V mantissas")
+            qpos = (imm & 0xFFFF) + torch.arange(rows) % max(1, imm >> 16)
             run = torch.cummax(ev, dim=0).values
-            e_ref = run[qpos.clamp(max=cols - 1)].reshape(rows, 1)
+            e_ref = run[qpos].reshape(rows, 1)
             shift = (8 + e_ref - ev.reshape(1, cols)).clamp(min=8)
             p_sh = contract.round_shift(p * mv.reshape(1, cols), shift)
             self.put_i32(dst, p_sh.to(torch.int32))
@@ -404,8 +555,9 @@ class FuncSim:
             out[:] = e_ref.reshape(-1).to(torch.int8).numpy().view(np.uint8)
         elif op == "quant":
             x = self.i32(s0, rows, cols)
-            qa = (contract.quantize_act_pow2_int8 if imm >> 16 & 1 else contract.quantize_act_dynamic_int8)(x, F)
             groups = max(1, imm & 0xFFFF)
+            self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
+            qa = (contract.quantize_act_pow2_int8 if imm >> 16 & 1 else contract.quantize_act_dynamic_int8)(x, F)
             if groups == 1:
                 self.put_qblock(dst, qa.values, qa.exponent, qa.mantissa)
             else:
@@ -416,17 +568,15 @@ class FuncSim:
                 mants = None if qa.mantissa is None else qa.mantissa.reshape(t, groups, 1)
                 for g in range(groups):
                     self.put_qblock(dst + g * blk, codes[:, g], exps[:, g], None if mants is None else mants[:, g])
-        elif op == "dequant":
+        else:  # dequant
             rec = imm
             raw = self._slice(self.data, s0, rows * rec, "embedding records").reshape(rows, rec)
             codes = torch.from_numpy(raw[:, :cols].view(np.int8).astype(np.int64))
             off = -(-cols // 16) * 16
             mm = raw[:, off: off + 8].copy().view("<i4")
-            mult = torch.from_numpy(mm[:, 0].view(np.uint32).astype(np.int64)).reshape(rows, 1)
-            shift = torch.from_numpy(mm[:, 1].astype(np.int64)).reshape(rows, 1)
-            self.put_i32(dst, contract.apply_multiplier(codes, contract.Multiplier(mult, shift)).to(torch.int32))
-        else:
-            raise SimError(f"MISC op {op!r} is not implemented by the functional simulator")
+            mult = self._multipliers(mm[:, 0], mm[:, 1], "embedding record")
+            mult = contract.Multiplier(mult.mult.reshape(rows, 1), mult.shift.reshape(rows, 1))
+            self.put_i32(dst, contract.apply_multiplier(codes, mult).to(torch.int32))
 
     # ---- the unit queues ---------------------------------------------------------------------
     def run(self, words, program: list | None = None) -> SimStats:
