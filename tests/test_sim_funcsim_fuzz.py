@@ -38,10 +38,10 @@ def fuzz_settings(examples: int) -> settings:
 
 # plausible values per field (chosen most of the time), so that execution is reached
 _LIKELY = {
-    "k_blocks": [1, 2, 4], "m": [1, 2, 3, 8], "n": [1, 8, 16, 32, 48], "ldo": [0, 0, 8, 16, 64],
+    "k_blocks": [1, 2, 4], "m": [1, 2, 3, 8], "n": [1, 8, 16, 32, 48], "ldo": [0, 0, 0, 8, 64],
     "rows": [1, 2, 4, 8, 16], "cols": [1, 2, 15, 16, 32, 64],
     "imm": [0, 0, 1, 2, 3, 4, 16, 48, 80, 1 << 16, 2 << 16, (1 << 16) | 2, (3 << 16) | 1],
-    "length": [1, 4, 64, 256], "n0": [1, 2, 3], "n1": [1, 2], "n2": [1, 2], "channel": [0, 1, 3, 5],
+    "length": [1, 4, 64, 256], "n0": [1, 2, 3], "n1": [1, 2], "n2": [1, 2], "channel": [0, 1, 2, 3, 5],
     "meta_addr": [0, 0, 1, 4], "bias_addr": [0, 1, 2], "hbm_stride0": [0, 16, 1000],
     "hbm_stride1": [0, 64], "hbm_stride2": [0, 4096],
     "zero_fill": [0], "mask": [0], "sparse": [0], "bias": [0], "accumulate": [0], "afmt": [0],
@@ -64,8 +64,13 @@ def random_instruction(rng: random.Random) -> isa.Instruction:
         vals[f.name] = max(v, 1) if f.kind == "count" else min(v, f.max)
     if fmt.mnemonic == "MV":
         vals["m"] = 1
-    if fmt.mnemonic in ("MM", "MV") and vals["mode"] and rng.random() < 0.8:
-        vals.update(wfmt=0, normal=0, meta_addr=0)  # what qk / pv use
+    if fmt.mnemonic in ("MM", "MV") and rng.random() < 0.8:  # the fields each mode uses
+        if vals["mode"]:
+            vals.update(wfmt=0, normal=0, meta_addr=0)
+        else:
+            vals["sparse"] = int(rng.random() < 0.3)
+            vals["normal"] = vals["normal"] if vals["wfmt"] == 2 else 0
+            vals["meta_addr"] = vals["meta_addr"] if vals["sparse"] else 0
     if fmt.mnemonic == "MISC" and rng.random() < 0.8:  # the parameter fields the op uses
         op = isa.MISC_OPS[vals["op"]]
         vals["mask"] = int(op == "softmax" and rng.random() < 0.7)
@@ -79,11 +84,17 @@ def random_instruction(rng: random.Random) -> isa.Instruction:
 
 
 def random_memory(s: FuncSim, seed: int) -> None:
-    """Random bytes (30 % zeros) in every buffer and channel; small values are common in real data,
-    so scale mantissas and multipliers stay in range often enough to execute."""
+    """Random bytes (30 % zeros) in every buffer and channel. The data space holds, by turns, random
+    bytes, small int32 words (so mantissas, eps shifts and exponents are in range and norm, vshift
+    and requantization execute) or float64 RoPE thetas."""
     g = np.random.default_rng(seed)
     for arr in (s.data, *s.buffers.values(), *s.hbm):
         arr[:] = g.integers(0, 256, arr.size, dtype=np.uint8) * (g.random(arr.size) < 0.7)
+    kind = g.integers(3)
+    if kind == 1:
+        s.data.view("<i4")[:] = g.integers(0, 63, s.data.size // 4)
+    elif kind == 2:
+        s.data.view("<f8")[:] = g.choice([10000.0, 500000.0, 0.5], s.data.size // 8)
     if g.random() < 0.5:  # plausible requantization entries: multiplier in [2**30, 2**31), moderate shift
         ent = s.buffers["bias"].view("<i4").reshape(-1, 4)
         ent[:, 1] = g.integers(1 << 30, 1 << 31, len(ent))
