@@ -4,7 +4,9 @@ The machine: HBM channels (byte arrays), the on-chip buffers of one core (the da
 activation buffer followed by the global buffer, the weight, bias and meta buffers) and four
 in-order unit queues (LD, ST, MPE, SFU) synchronised by wait/release tokens. Every instruction
 does exactly what docs/isa.md "Semantics" says; MM/MV use golden/contract.py's integer ops and
-MISC golden/sfu.py's, so a compiled model is bit-exact with golden/qmodel.py.
+MISC golden/sfu.py's, so a compiled model is bit-exact with golden/qmodel.py. An instruction that
+breaks one of the "Validity" rules there raises :class:`SimError` before it changes any state
+(field rules) or when the offending value is read (data rules); no other exception escapes.
 
 Scheduling: each unit runs ahead as far as its tokens allow (LD first), which exposes a missing
 token as a wrong result or a deadlock; a deadlock raises :class:`DeadlockError` naming the
@@ -31,7 +33,8 @@ F = 16  # fractional bits of every fixed-point activation (golden/fixed.py)
 
 
 class SimError(RuntimeError):
-    """An instruction that cannot execute (out-of-range address, unsupported operation)."""
+    """An instruction that breaks a rule of docs/isa.md "Validity" (out-of-range address, field
+    combination without a meaning, operand value out of the hardware's range); names the instruction."""
 
 
 class DeadlockError(SimError):
