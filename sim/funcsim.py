@@ -66,6 +66,10 @@ ROPE_MAX_HEAD_DIM = 256
 ROPE_POSITIONS = 1 << 16
 
 
+#: the units named by each 4-bit wait / release mask
+_MASK_UNITS = tuple(tuple(v for v in range(4) if mask >> v & 1) for mask in range(16))
+
+
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     """Whether byte ranges (start, length) a and b share a byte."""
     return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
@@ -99,6 +103,52 @@ class SparseTile:
         return contract.wrap_int32(acc)
 
 
+#: float32 sums are exact while every partial sum is an integer below 2**24
+_EXACT_F32 = 1 << 24
+
+
+@dataclass
+class DenseTile:
+    """A decoded dense weight tile: integer grid values [n, K] kept as float32 (exact: |w| <= 127).
+
+    ``matmul`` gives ``contract.int_matmul``'s result: float32 BLAS when max|a| * max|w| * K < 2**24
+    (every partial sum is then an exactly representable integer, in any summation order), else the
+    contract's own float64 / int64 path. float32 halves the bytes streamed per GEMV against float64.
+    """
+
+    f32: torch.Tensor  # float32 [n, K]
+    vmax: int
+
+    def matmul(self, a: torch.Tensor) -> torch.Tensor:
+        amax = int(a.abs().max()) if a.numel() else 0
+        if amax * self.vmax * max(self.f32.shape[1], 1) < _EXACT_F32:
+            return (a.to(torch.float32) @ self.f32.T).to(torch.int32)  # |acc| < 2**24: no wrap
+        return contract.int_matmul(a, self.f32.to(torch.int64), w_max=self.vmax)
+
+
+def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa, lo: int, hi: int) -> np.ndarray:
+    """``contract.requantize`` in numpy int64 (the same integers; tests/test_sim_funcsim_fuzz.py compares them).
+
+    saturate(round_shift(acc * mantissa * mult, clamp(shift - exponent, -1, 62)), lo, hi), with the
+    72-bit product rounded exactly by golden.fixed's split rule: x = hi * 2**k + lo with
+    k = min(s, 31); every partial stays below 2**63 once |x| is clamped to 2**min(s + 2, 61)
+    (larger |x| saturate anyway since mult >= 2**30 or the result is 0). One numpy pass instead of
+    about forty small torch ops.
+    """
+    x = acc.astype(np.int64)
+    if mantissa is not None:
+        x = x * mantissa
+    s = np.clip(shift - exponent, -1, 62)
+    lim = np.left_shift(np.int64(1), np.minimum(s + 2, 61))
+    x = np.clip(x, -lim, lim)
+    k = np.clip(s, 0, 31)
+    high, low = x >> k, x & ((np.int64(1) << k) - 1)
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    res = (high * mult + ((low * mult + half) >> k)) >> np.maximum(s - k, 0)
+    res = np.where(s < 0, (x * mult) << 1, res)
+    return np.clip(res, lo, hi)
+
+
 class FuncSim:
     """One accelerator core with its HBM. ``channel_bytes`` sizes each channel; ``image`` preloads them."""
 
@@ -120,6 +170,9 @@ class FuncSim:
         self._wcache: dict = {}
         # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD
         self._src: dict = {"weight": {}, "meta": {}}
+        # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
+        # of them clears the cache)
+        self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -217,7 +270,7 @@ class FuncSim:
         last = i["hbm_addr"] + (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2  # strides are unsigned
         if last + length > len(mem):
             raise SimError(f"LD reads bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
-        starts = self._bursts(i)
+        starts = self._bursts(i) if n0 * n1 * n2 > 1 else np.array([i["hbm_addr"]])
         # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
         self._forget_source(target, i["buf_addr"], total, (ch, int(starts[0]), total) if len(starts) == 1 else None)
         if len(starts) == 1:
@@ -240,9 +293,9 @@ class FuncSim:
             a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
         lo, hi = i["hbm_addr"], last + length
-        if any(hs is not None and hs[0] == ch and hs[1] < hi and lo < hs[1] + hs[2]
-               for key in self._wcache for hs in key[:2]):  # a cached tile's weights or meta changed
+        if any(a < hi and lo < b for a, b in self._cached_hbm.get(ch, ())):  # a cached tile's source changed
             self._wcache.clear()
+            self._cached_hbm.clear()
         self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
 
     def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
@@ -358,8 +411,15 @@ class FuncSim:
                 raise SimError(f"the output [{out[0]}, {out[0] + out[1]}) overlaps the {what} "
                                f"[{region[0]}, {region[0] + region[1]})")
 
+    @staticmethod
+    def _checked_once(i, check) -> None:
+        """Run a field-rule check once per (immutable) instruction object: programs run many times."""
+        if not i.__dict__.get("_sim_fields_valid"):
+            check(i)
+            object.__setattr__(i, "_sim_fields_valid", True)
+
     def do_mpe(self, i):
-        self.check_mpe(i)
+        self._checked_once(i, self.check_mpe)
         mode = i.enum("mode")
         m, n, k = i["m"], i["n"], 16 * i["k_blocks"]
         ldo = i["ldo"] or n
@@ -380,16 +440,15 @@ class FuncSim:
                     tile = self.sparse_weights(i, n, k)
                 else:
                     w = self.weights(i, n, k)
-                    tile = (w, w.to(torch.float64), int(w.abs().max()) if w.numel() else 0)
+                    tile = DenseTile(w.to(torch.float32), int(w.abs().max()) if w.numel() else 0)
                 if key is not None:
                     self._wcache[key] = tile
+                    for hs in key[:2]:
+                        if hs is not None:
+                            self._cached_hbm.setdefault(hs[0], []).append((hs[1], hs[1] + hs[2]))
             ent = self.entries(i["bias_addr"], n)
             bias = torch.from_numpy(ent[:, 0].astype(np.int64)) if i["bias"] else None
-            if i["sparse"]:
-                acc = tile.matmul(a)
-            else:
-                w, wf, wmax = tile
-                acc = contract.int_matmul(a, w, w_f64=wf, w_max=wmax)
+            acc = tile.matmul(a)
             exp = e.to(torch.int64)
         elif mode == "qk":
             a, ea, ma = self.qblock(i["a_addr"], m, k, "Q block")
@@ -419,18 +478,19 @@ class FuncSim:
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
             self._check_mantissas(part, what)
         mult = self._multipliers(ent[:, 1], ent[:, 2], "requantization entry")
-        if mode != "linear":
-            mult = contract.Multiplier(mult.mult[0], mult.shift[0])
+        lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out_fmt == "fixed32" else (-contract.INT8_QMAX,
+                                                                                         contract.INT8_QMAX)
+        y = requantize_exact(acc.numpy(), mult.mult.numpy(), mult.shift.numpy(), exp.numpy(),
+                             None if mant is None else mant.numpy(), lo, hi)
         if out_fmt == "fixed32":
-            y = contract.requantize(acc, mult, exp, mantissa=mant)
             if bias is not None:  # the bias is in the output format, added with saturation
-                y = (y.to(torch.int64) + bias).clamp(contract.INT32_MIN, contract.INT32_MAX).to(torch.int32)
-            self.put_i32(i["out_addr"], y, ldo, "MM output")
+                y = np.clip(y + bias.numpy(), contract.INT32_MIN, contract.INT32_MAX)
+            self.put_i32(i["out_addr"], torch.from_numpy(y.astype(np.int32)), ldo, "MM output")
         else:
-            y = contract.requantize(acc, mult, exp, mantissa=mant, out="int8")
+            y = y.astype(np.int8)
             dst = self._slice(self.data, i["out_addr"], (m - 1) * ldo + n, "MM int8 output")
             for r in range(m):
-                dst[r * ldo: r * ldo + n] = y[r].numpy().view(np.uint8)
+                dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
 
     #: MISC ops that read src1 / use imm / may write in place over src0 (dst == src0, same layout)
     _MISC_SRC1 = ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift")
@@ -503,7 +563,7 @@ class FuncSim:
         return self._slice(self.data, addr, nbytes, what)
 
     def do_misc(self, i):
-        self.check_misc(i)
+        self._checked_once(i, self.check_misc)
         op = i.enum("op")
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
         s0, s1, dst = i["src0"], i["src1"], i["dst"]
@@ -588,7 +648,6 @@ class FuncSim:
         before = SimStats()
         before.add(self.stats)
         prog = program if program is not None else isa.decode_program(words)
-        offsets = isa.program_offsets(prog)
         queues = [[], [], [], []]
         for idx, inst in enumerate(prog):
             if inst.fmt.unit == "all":
@@ -598,36 +657,37 @@ class FuncSim:
                 queues[isa.UNITS.index(inst.fmt.unit)].append(idx)
         head = [0, 0, 0, 0]
         done = [False] * 4
-        tokens = np.zeros((4, 4), dtype=np.int64)  # [from, to]
+        tokens = [[0] * 4 for _ in range(4)]  # [from][to]
         handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
+        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
         while not all(done):
             progress = False
             for u in range(4):
-                while not done[u] and head[u] < len(queues[u]):
-                    idx = queues[u][head[u]]
+                queue, unit_name = queues[u], isa.UNITS[u]
+                while not done[u] and head[u] < len(queue):
+                    idx = queue[head[u]]
                     inst = prog[idx]
-                    if inst.mnemonic == "SYS":
+                    mnemonic = inst.fmt.mnemonic
+                    if mnemonic == "SYS":
                         break
-                    wait = inst["wait"]
-                    need = [v for v in range(4) if wait >> v & 1]
-                    if any(tokens[v, u] < 1 for v in need):
+                    need = _MASK_UNITS[inst.values["wait"]]
+                    if any(tokens[v][u] < 1 for v in need):
                         break
                     for v in need:
-                        tokens[v, u] -= 1
+                        tokens[v][u] -= 1
                     try:
-                        handlers[inst.mnemonic](inst)
+                        handlers[mnemonic](inst)
                     except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
+                        offsets = isa.program_offsets(prog)
                         raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
                             from None
-                    rel = inst["release"]
-                    for w in range(4):
-                        if rel >> w & 1:
-                            tokens[u, w] += 1
-                    self.stats.instructions[isa.UNITS[u]] += 1
-                    self.stats.by_mnemonic[inst.mnemonic] = self.stats.by_mnemonic.get(inst.mnemonic, 0) + 1
+                    for w in _MASK_UNITS[inst.values["release"]]:
+                        tokens[u][w] += 1
+                    counts[unit_name] += 1
+                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
                     head[u] += 1
                     progress = True
-                if head[u] >= len(queues[u]):
+                if head[u] >= len(queue):
                     done[u] = True
             # SYS: every unit that is not done must sit on the same SYS instruction
             at = [queues[u][head[u]] if not done[u] else None for u in range(4)]
@@ -647,9 +707,9 @@ class FuncSim:
                         continue
                     idx = queues[u][head[u]]
                     inst = prog[idx]
-                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and tokens[v, u] < 1]
+                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and tokens[v][u] < 1]
                     why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
-                    lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {offsets[idx]} "
+                    lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {isa.program_offsets(prog)[idx]} "
                                  f"({disassemble_one(inst)}) {why}")
                 raise DeadlockError("deadlock: no unit can proceed\n" + "\n".join(lines))
         run = SimStats()
