@@ -263,3 +263,48 @@ def test_zero_fill_of_a_weight_tile_is_not_served_from_the_cache():
     s.run(isa.encode_program(assemble(f"LD target=weight zero_fill=1 length=256 release=mpe\n{mv} wait=ld\n"
                                       "SYS op=end")))
     assert not s.i32(8192, 1, 16).any()
+
+
+# ---- the simulator's fast exact paths equal golden's ---------------------------------------------
+
+@fuzz_settings(400)
+@given(st.integers(1, 4), st.integers(1, 6), st.sampled_from(["int32", "int8"]), st.booleans(),
+       st.randoms(use_true_random=False))
+def test_requantize_exact_equals_contract_requantize(m, n, out, with_mantissa, rng):
+    """requantize_exact (numpy) gives contract.requantize's integers over the whole input domain:
+    any int32 accumulator, 9-bit (qk: 18-bit) mantissas, multipliers below 2**31, any int32 shift,
+    int8 exponents."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import requantize_exact
+
+    def ints(lo, hi, shape):
+        edge = [lo, hi, 0, 1, -1]
+        return torch.tensor([rng.choice(edge) if rng.random() < 0.2 else rng.randint(lo, hi)
+                             for _ in range(int(np.prod(shape)))], dtype=torch.int64).reshape(shape)
+
+    acc = ints(contract.INT32_MIN, contract.INT32_MAX, (m, n)).to(torch.int32)
+    mult = ints(0, (1 << 31) - 1, (n,))
+    shift = torch.where(torch.rand(n) < 0.7, ints(-40, 90, (n,)), ints(-(1 << 31), (1 << 31) - 1, (n,)))
+    exp = ints(-128, 127, (m, 1))
+    mant = ints(0, 1 << 16, (m, n)) if with_mantissa else None
+    want = contract.requantize(acc, contract.Multiplier(mult, shift), exp, mantissa=mant, out=out)
+    lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out == "int32" else (-127, 127)
+    got = requantize_exact(acc.numpy(), mult.numpy(), shift.numpy(), exp.numpy(),
+                           None if mant is None else mant.numpy(), lo, hi)
+    assert np.array_equal(got, want.to(torch.int64).numpy())
+
+
+@pytest.mark.parametrize("wfmt, k", [("int8", 64), ("int8", 2048), ("int4", 4096)])
+def test_dense_tile_float32_path_equals_int_matmul(wfmt, k):
+    """The float32 GEMV is taken only where it is exact; larger tiles fall back (int8 K=2048 does)."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import DenseTile
+
+    g = torch.Generator().manual_seed(k)
+    q = 127 if wfmt == "int8" else 8
+    w = torch.randint(-q, q + 1, (24, k), generator=g, dtype=torch.int64)
+    w[0, :] = q  # extreme rows and activations: the largest partial sums
+    a = torch.randint(-127, 128, (3, k), generator=g, dtype=torch.int64)
+    a[0, :] = 127
+    tile = DenseTile(w.to(torch.float32), q)
+    assert torch.equal(tile.matmul(a.to(torch.int8)).to(torch.int64), contract.int_matmul(a, w).to(torch.int64))
