@@ -107,22 +107,32 @@ class SparseTile:
 _EXACT_F32 = 1 << 24
 
 
-@dataclass
-class DenseTile:
-    """A decoded dense weight tile: integer grid values [n, K] kept as float32 (exact: |w| <= 127).
+#: torch's int8 x int8 -> int32 GEMM (oneDNN / VNNI on CPU); None where this torch lacks it
+_INT_MM = getattr(torch, "_int_mm", None)
 
-    ``matmul`` gives ``contract.int_matmul``'s result: float32 BLAS when max|a| * max|w| * K < 2**24
-    (every partial sum is then an exactly representable integer, in any summation order), else the
-    contract's own float64 / int64 path. float32 halves the bytes streamed per GEMV against float64.
+
+class DenseTile:
+    """A decoded dense weight tile: integer grid values [n, K], kept in the narrowest exact form.
+
+    ``matmul(a)`` returns ``contract.int_matmul(a, w)`` for INT8 codes ``a`` (|a| <= 128):
+    - |w| <= 127 (int8 and int4 tiles, most OVP tiles): an int8 x int8 GEMM with int32 sums
+      (``torch._int_mm``); |sum| <= 128 * 127 * 65520 < 2**31, so no partial sum can wrap and the
+      result is exact. One byte per weight streamed per GEMV (float64 streamed eight).
+    - else float32 while max|a| * max|w| * K < 2**24 (every partial sum an exact integer), else the
+      contract's own float64 / int64 path.
     """
 
-    f32: torch.Tensor  # float32 [n, K]
-    vmax: int
+    def __init__(self, w: torch.Tensor):
+        self.vmax = int(w.abs().max()) if w.numel() else 0
+        self.k = max(w.shape[1], 1)
+        self.i8 = w.to(torch.int8).T if _INT_MM is not None and self.vmax <= 127 else None  # [K, n]
+        self.f32 = None if self.i8 is not None else w.to(torch.float32)
 
     def matmul(self, a: torch.Tensor) -> torch.Tensor:
-        """a: INT8 codes [m, K] (|a| <= 128, so the bound needs no pass over a when the tile is small)."""
-        k = max(self.f32.shape[1], 1)
-        if 128 * self.vmax * k < _EXACT_F32 or (int(a.abs().max()) if a.numel() else 0) * self.vmax * k < _EXACT_F32:
+        if self.i8 is not None:
+            return _INT_MM(a.to(torch.int8), self.i8)
+        if 128 * self.vmax * self.k < _EXACT_F32 or (int(a.abs().max()) if a.numel() else 0) * self.vmax * self.k \
+                < _EXACT_F32:
             return (a.to(torch.float32) @ self.f32.T).to(torch.int32)  # |acc| < 2**24: no wrap
         return contract.int_matmul(a, self.f32.to(torch.int64), w_max=self.vmax)
 
@@ -442,7 +452,7 @@ class FuncSim:
                     tile = self.sparse_weights(i, n, k)
                 else:
                     w = self.weights(i, n, k)
-                    tile = DenseTile(w.to(torch.float32), int(w.abs().max()) if w.numel() else 0)
+                    tile = DenseTile(w)
                 if key is not None:
                     self._wcache[key] = tile
                     for hs in key[:2]:

@@ -294,17 +294,17 @@ def test_requantize_exact_equals_contract_requantize(m, n, out, with_mantissa, r
     assert np.array_equal(got, want.to(torch.int64).numpy())
 
 
-@pytest.mark.parametrize("wfmt, k", [("int8", 64), ("int8", 2048), ("int4", 4096)])
-def test_dense_tile_float32_path_equals_int_matmul(wfmt, k):
-    """The float32 GEMV is taken only where it is exact; larger tiles fall back (int8 K=2048 does)."""
+@pytest.mark.parametrize("q, k", [(127, 64), (127, 65520), (8, 4096), (1000, 64), (1000, 4096)])
+def test_dense_tile_paths_equal_int_matmul(q, k):
+    """Every DenseTile path (int8 GEMM, float32, contract fallback for large OVP values) equals
+    int_matmul, at the extremes: all-127 weights, activations of -128 (raw INT8 codes can hold it)."""
     from olivine.golden import contract
     from olivine.sim.funcsim import DenseTile
 
     g = torch.Generator().manual_seed(k)
-    q = 127 if wfmt == "int8" else 8
     w = torch.randint(-q, q + 1, (24, k), generator=g, dtype=torch.int64)
-    w[0, :] = q  # extreme rows and activations: the largest partial sums
-    a = torch.randint(-127, 128, (3, k), generator=g, dtype=torch.int64)
-    a[0, :] = 127
-    tile = DenseTile(w.to(torch.float32), q)
+    w[0, :], w[1, :] = q, -q
+    a = torch.randint(-128, 128, (3, k), generator=g, dtype=torch.int64)
+    a[0, :] = -128
+    tile = DenseTile(w)
     assert torch.equal(tile.matmul(a.to(torch.int8)).to(torch.int64), contract.int_matmul(a, w).to(torch.int64))
