@@ -137,6 +137,23 @@ class DenseTile:
         return contract.int_matmul(a, self.f32.to(torch.int64), w_max=self.vmax)
 
 
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    """Two's complement wrap of int64 values to int32 (what an INT32 accumulator does)."""
+    return (((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)).astype(np.int32)
+
+
+def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.ndarray:
+    """``contract.int_matmul(a, w)`` (wrap32 of the exact sum) for small integer matrices in numpy:
+    float64 when max|a| * max|w| * K < 2**53 (exact), else int64 (exact below 2**63: |a| < 2**31,
+    |w| <= 128, K < 2**16). ``amax_bound``: a known bound of |a| (INT8 codes: 128) or None to measure."""
+    kdim = max(a.shape[-1], 1)
+    amax = amax_bound if amax_bound is not None else (int(np.abs(a).max()) if a.size else 0)
+    wmax = 128 if w.dtype == np.int8 else (int(np.abs(w).max()) if w.size else 0)
+    if amax * wmax * kdim < 1 << 53:
+        return _wrap32(np.rint(a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int64))
+    return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
+
+
 def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa, lo: int, hi: int) -> np.ndarray:
     """``contract.requantize`` in numpy int64 (the same integers; tests/test_sim_funcsim_fuzz.py compares them).
 
@@ -159,6 +176,31 @@ def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, expon
     if (s < 0).any():
         res = np.where(s < 0, (x * mult) << 1, res)
     return np.minimum(np.maximum(res, lo), hi)
+
+
+def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``contract.quantize_act_dynamic_int8`` (``pow2``: ``quantize_act_pow2_int8``) of int32 rows in
+    numpy: (int8 codes [rows, cols], int8 exponents [rows], uint16 mantissas [rows], 1 for pow2).
+
+    The same integer rule (tests/test_sim_funcsim_fuzz.py compares them on the whole int32 range);
+    bit lengths come from frexp, exact for amax <= 2**31 < 2**53.
+    """
+    xi = x.astype(np.int64)
+    amax = np.abs(xi).max(axis=-1, keepdims=True) if xi.shape[-1] else np.zeros((xi.shape[0], 1), np.int64)
+    bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
+    if pow2:
+        e0 = np.maximum(bl - 7, 0)
+        e = e0 + (((amax + ((np.int64(1) << e0) >> 1)) >> e0) > contract.INT8_QMAX)  # round_shift(amax, e0) > 127
+        q = np.where(e > 0, (xi + ((np.int64(1) << e) >> 1)) >> e, xi)
+        m = np.ones_like(amax)
+    else:
+        e = np.maximum(bl - 8, 0)
+        m = np.maximum((amax + (np.int64(1) << e) - 1) >> e, 1)
+        r = (contract.INT8_QMAX << contract.RECIP_BITS) // m
+        s = contract.RECIP_BITS + e
+        q = (xi * r + (np.int64(1) << (s - 1))) >> s
+    q = np.minimum(np.maximum(q, -contract.INT8_QMAX), contract.INT8_QMAX)
+    return q.astype(np.int8), e.reshape(-1).astype(np.int8), m.reshape(-1).astype("<u2")
 
 
 class FuncSim:
@@ -195,16 +237,20 @@ class FuncSim:
             raise SimError(f"{what}: bytes [{addr}, {addr + n}) outside a buffer of {len(arr)} bytes")
         return arr[addr: addr + n]
 
-    def i32(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> torch.Tensor:
+    def i32_np(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> np.ndarray:
+        """A copy of the int32 matrix [rows, cols] at ``addr`` (row pitch ``pitch`` elements)."""
         pitch = cols if pitch is None else pitch
         if addr % 4:
             raise SimError(f"{what}: int32 data at unaligned address {addr}")
         n = 4 * ((rows - 1) * pitch + cols)
         raw = self._slice(self.data, addr, n, what)
-        flat = np.frombuffer(raw.tobytes(), dtype="<i4")
+        flat = raw.view("<i4")  # addr is 4-aligned and the data space starts aligned
         if pitch == cols:
-            return torch.from_numpy(flat.reshape(rows, cols).copy())
-        return torch.from_numpy(np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * pitch, 4)).copy())
+            return flat.reshape(rows, cols).copy()
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * pitch, 4)).copy()
+
+    def i32(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> torch.Tensor:
+        return torch.from_numpy(self.i32_np(addr, rows, cols, pitch, what))
 
     def put_i32(self, addr: int, t: torch.Tensor, pitch: int | None = None, what="result") -> None:
         rows, cols = t.shape
@@ -222,6 +268,15 @@ class FuncSim:
             return
         v32 = view.view("<i4").reshape(rows, pitch)
         v32[:, :cols] = arr
+
+    def qblock_np(self, addr: int, rows: int, cols: int, what="INT8 block"):
+        """(codes int8 [rows, cols], exponents int64 [rows, 1], mantissas int64 [rows, 1]), copies."""
+        raw = self._slice(self.data, addr, rows * cols + 3 * rows, what)
+        n = rows * cols
+        codes = raw[:n].view(np.int8).reshape(rows, cols).copy()
+        exps = raw[n: n + rows].view(np.int8).astype(np.int64).reshape(rows, 1)
+        mants = raw[n + rows:].copy().view("<u2").astype(np.int64).reshape(rows, 1)
+        return codes, exps, mants
 
     def qblock(self, addr: int, rows: int, cols: int, what="INT8 block"):
         """(codes int8 [rows, cols], exponents int8 [rows, 1], mantissas int64 [rows, 1])."""
@@ -376,8 +431,8 @@ class FuncSim:
         return ovp.unpack(torch.from_numpy(b.copy()), i.enum("normal")).to(torch.int16)
 
     @staticmethod
-    def _check_mantissas(mant: torch.Tensor, what: str) -> None:
-        if mant.numel() and int(mant.max()) > MAX_MANTISSA:
+    def _check_mantissas(mant, what: str) -> None:
+        if mant.size and int(mant.max()) > MAX_MANTISSA:
             raise SimError(f"{what}: a row mantissa is {int(mant.max())}; mantissas are at most {MAX_MANTISSA}")
 
     @staticmethod
@@ -432,59 +487,54 @@ class FuncSim:
 
     def do_mpe(self, i):
         self._checked_once(i, self.check_mpe)
+        v = i.values
         mode = i.enum("mode")
-        m, n, k = i["m"], i["n"], 16 * i["k_blocks"]
-        ldo = i["ldo"] or n
+        m, n, k = v["m"], v["n"], 16 * v["k_blocks"]
+        ldo = v["ldo"] or n
         out_fmt = i.enum("out")
-        # per mode: acc, the requantization entries (n for linear, 1 otherwise), exponent, mantissa, bias
+        # per mode: acc (int32 [m, n]), requantization entries (n for linear, 1 otherwise), exponent,
+        # mantissa, bias; numpy throughout (per-instruction torch calls cost more than the arithmetic)
+        bias = None
         if mode == "linear":
-            a, e, mant = self.qblock(i["a_addr"], m, k, "MM activations")
+            a, exp, mant = self.qblock_np(v["a_addr"], m, k, "MM activations")
             mant_parts = (mant,)
-            row = k if i.enum("wfmt") == "int8" else k // 2
-            src = self._src["weight"].get(i["b_addr"])
-            msrc = self._src["meta"].get(16 * i["meta_addr"]) if i["sparse"] else None
-            key = None if src is None or (i["sparse"] and msrc is None) or (not i["sparse"] and src[2] < n * row) \
-                else (src, msrc, i.enum("wfmt"), i.enum("normal"), n, k)
-            if key is not None and key in self._wcache:
-                tile = self._wcache[key]
-            else:
-                if i["sparse"]:
-                    tile = self.sparse_weights(i, n, k)
-                else:
-                    w = self.weights(i, n, k)
-                    tile = DenseTile(w)
+            row = k if v["wfmt"] == 0 else k // 2
+            src = self._src["weight"].get(v["b_addr"])
+            msrc = self._src["meta"].get(16 * v["meta_addr"]) if v["sparse"] else None
+            key = None if src is None or (v["sparse"] and msrc is None) or (not v["sparse"] and src[2] < n * row) \
+                else (src, msrc, v["wfmt"], v["normal"], n, k)
+            tile = self._wcache.get(key) if key is not None else None
+            if tile is None:
+                tile = self.sparse_weights(i, n, k) if v["sparse"] else DenseTile(self.weights(i, n, k))
                 if key is not None:
                     self._wcache[key] = tile
                     for hs in key[:2]:
                         if hs is not None:
                             self._cached_hbm.setdefault(hs[0], []).append((hs[1], hs[1] + hs[2]))
-            ent = self.entries(i["bias_addr"], n)
-            bias = torch.from_numpy(ent[:, 0].astype(np.int64)) if i["bias"] else None
-            acc = tile.matmul(a)
-            exp = e.to(torch.int64)
+            ent = self.entries(v["bias_addr"], n)
+            if v["bias"]:
+                bias = ent[:, 0].astype(np.int64)
+            acc = tile.matmul(torch.from_numpy(a)).numpy()
         elif mode == "qk":
-            a, ea, ma = self.qblock(i["a_addr"], m, k, "Q block")
-            b, eb, mb = self.qblock(i["b_addr"], n, k, "K block")
+            a, ea, ma = self.qblock_np(v["a_addr"], m, k, "Q block")
+            b, eb, mb = self.qblock_np(v["b_addr"], n, k, "K block")
             mant_parts = (ma, mb)
-            acc = contract.int_matmul(a, b)
-            bias = None
+            acc = _int_matmul_np(a, b, 128)
             mant = ma * mb.reshape(1, n)
-            ent = self.entries(i["bias_addr"], 1)
-            exp = ea.to(torch.int64) + eb.to(torch.int64).reshape(1, n)
+            ent = self.entries(v["bias_addr"], 1)
+            exp = ea + eb.reshape(1, n)
         else:  # pv
-            p = self.i32(i["a_addr"], m, k, what="P' block")
-            raw = self._slice(self.data, i["a_addr"] + 4 * m * k, m, "P' exponents")
-            e_ref = torch.from_numpy(raw.view(np.int8).astype(np.int64)).reshape(m, 1)
-            vraw = self._slice(self.data, i["b_addr"], k * n, "V block")
-            vq = torch.from_numpy(vraw.view(np.int8).reshape(k, n).copy())
-            acc = contract.int_matmul(p, vq.transpose(0, 1))
-            bias, mant, mant_parts = None, None, ()
-            ent = self.entries(i["bias_addr"], 1)
-            exp = e_ref
-        if i["accumulate"]:
-            acc = contract.wrap_int32(acc.to(torch.int64) + self.i32(i["out_addr"], m, n, ldo).to(torch.int64))
+            p = self.i32_np(v["a_addr"], m, k, what="P' block")
+            raw = self._slice(self.data, v["a_addr"] + 4 * m * k, m, "P' exponents")
+            exp = raw.view(np.int8).astype(np.int64).reshape(m, 1)
+            vq = self._slice(self.data, v["b_addr"], k * n, "V block").view(np.int8).reshape(k, n)
+            acc = _int_matmul_np(p, vq.T, None)
+            mant, mant_parts = None, ()
+            ent = self.entries(v["bias_addr"], 1)
+        if v["accumulate"]:
+            acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
         if out_fmt == "int32":
-            self.put_i32(i["out_addr"], acc, ldo, "MM output")
+            self.put_i32(v["out_addr"], torch.from_numpy(np.ascontiguousarray(acc, dtype=np.int32)), ldo, "MM output")
             return
         # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
@@ -492,15 +542,14 @@ class FuncSim:
         mult = self._multipliers(ent[:, 1], ent[:, 2], "requantization entry")
         lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out_fmt == "fixed32" else (-contract.INT8_QMAX,
                                                                                          contract.INT8_QMAX)
-        y = requantize_exact(acc.numpy(), mult.mult.numpy(), mult.shift.numpy(), exp.numpy(),
-                             None if mant is None else mant.numpy(), lo, hi)
+        y = requantize_exact(acc, mult.mult.numpy(), mult.shift.numpy(), exp, mant, lo, hi)
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
-                y = np.clip(y + bias.numpy(), contract.INT32_MIN, contract.INT32_MAX)
-            self.put_i32(i["out_addr"], torch.from_numpy(y.astype(np.int32)), ldo, "MM output")
+                y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
+            self.put_i32(v["out_addr"], torch.from_numpy(y.astype(np.int32)), ldo, "MM output")
         else:
             y = y.astype(np.int8)
-            dst = self._slice(self.data, i["out_addr"], (m - 1) * ldo + n, "MM int8 output")
+            dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
             for r in range(m):
                 dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
 
@@ -615,34 +664,35 @@ class FuncSim:
                 mask = torch.arange(cols)[None, :] <= qpos[:, None]
             self.put_i32(dst, sfu.softmax(s, F, mask, F))
         elif op == "vshift":
-            p = self.i32(s0, rows, cols).to(torch.int64)
+            p = self.i32_np(s0, rows, cols).astype(np.int64)
             raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
-            ev = torch.from_numpy(raw[:cols].view(np.int8).astype(np.int64))
-            mv = torch.from_numpy(np.frombuffer(raw[cols:].tobytes(), dtype="<u2").astype(np.int64))
+            ev = raw[:cols].view(np.int8).astype(np.int64)
+            mv = raw[cols:].copy().view("<u2").astype(np.int64)
             self._check_mantissas(mv, "V mantissas")
-            qpos = (imm & 0xFFFF) + torch.arange(rows) % max(1, imm >> 16)
-            run = torch.cummax(ev, dim=0).values
-            e_ref = run[qpos].reshape(rows, 1)
-            shift = (8 + e_ref - ev.reshape(1, cols)).clamp(min=8)
-            p_sh = contract.round_shift(p * mv.reshape(1, cols), shift)
-            self.put_i32(dst, p_sh.to(torch.int32))
+            qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+            e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
+            shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
+            # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
+            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                            >> np.minimum(shift, 62))
+            self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
-            out[:] = e_ref.reshape(-1).to(torch.int8).numpy().view(np.uint8)
+            out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
         elif op == "quant":
-            x = self.i32(s0, rows, cols)
+            x = self.i32(s0, rows, cols).numpy()
             groups = max(1, imm & 0xFFFF)
-            self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
-            qa = (contract.quantize_act_pow2_int8 if imm >> 16 & 1 else contract.quantize_act_dynamic_int8)(x, F)
-            if groups == 1:
-                self.put_qblock(dst, qa.values, qa.exponent, qa.mantissa)
-            else:
-                t = rows // groups
-                blk = -(-(t * cols + 3 * t) // 64) * 64
-                codes = qa.values.reshape(t, groups, cols)
-                exps = qa.exponent.reshape(t, groups, 1)
-                mants = None if qa.mantissa is None else qa.mantissa.reshape(t, groups, 1)
-                for g in range(groups):
-                    self.put_qblock(dst + g * blk, codes[:, g], exps[:, g], None if mants is None else mants[:, g])
+            out = self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
+            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm >> 16 & 1))
+            t = rows // groups
+            blk = -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else 0
+            n = t * cols
+            # input row t*G + h -> row t of block h (G = 1: one block)
+            codes, exps, mants = codes.reshape(t, groups, cols), exps.reshape(t, groups), mants.reshape(t, groups)
+            for g in range(groups):
+                o = g * blk
+                out[o: o + n] = codes[:, g].reshape(-1).view(np.uint8)
+                out[o + n: o + n + t] = exps[:, g].view(np.uint8)
+                out[o + n + t: o + n + 3 * t] = np.ascontiguousarray(mants[:, g]).view(np.uint8)
         else:  # dequant
             rec = imm
             raw = self._slice(self.data, s0, rows * rec, "embedding records").reshape(rows, rec)

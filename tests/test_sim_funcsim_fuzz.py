@@ -308,3 +308,23 @@ def test_dense_tile_paths_equal_int_matmul(q, k):
     a[0, :] = -128
     tile = DenseTile(w)
     assert torch.equal(tile.matmul(a.to(torch.int8)).to(torch.int64), contract.int_matmul(a, w).to(torch.int64))
+
+
+@fuzz_settings(300)
+@given(st.integers(1, 5), st.integers(1, 40), st.booleans(), st.randoms(use_true_random=False))
+def test_quantize_rows_exact_equals_contract(rows, cols, pow2, rng):
+    """quantize_rows_exact gives golden's codes, exponents and mantissas (rows of zeros, of INT32_MIN,
+    of one huge element, of small values)."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import quantize_rows_exact
+
+    scale = rng.choice([0, 1, 100, 1 << 16, 1 << 24, 1 << 31])
+    x = torch.tensor([[max(-(1 << 31), min((1 << 31) - 1, rng.randint(-scale, scale))) for _ in range(cols)]
+                      for _ in range(rows)], dtype=torch.int32)
+    if rng.random() < 0.2:
+        x[0, rng.randrange(cols)] = rng.choice([-(1 << 31), (1 << 31) - 1, 127, 128, 255, 256, -32767])
+    qa = (contract.quantize_act_pow2_int8 if pow2 else contract.quantize_act_dynamic_int8)(x, 16)
+    codes, exps, mants = quantize_rows_exact(x.numpy(), pow2)
+    assert np.array_equal(codes, qa.values.numpy()) and np.array_equal(exps, qa.exponent.numpy().reshape(-1))
+    want_m = np.ones(rows) if qa.mantissa is None else qa.mantissa.numpy().reshape(-1)
+    assert np.array_equal(mants.astype(np.int64), want_m.astype(np.int64))
