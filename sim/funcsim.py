@@ -154,7 +154,8 @@ def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.n
     return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
 
 
-def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa, lo: int, hi: int) -> np.ndarray:
+def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa,
+                     lo: int, hi: int) -> np.ndarray:
     """``contract.requantize`` in numpy int64 (the same integers; tests/test_sim_funcsim_fuzz.py compares them).
 
     saturate(round_shift(acc * mantissa * mult, clamp(shift - exponent, -1, 62)), lo, hi), with the
@@ -453,14 +454,16 @@ class FuncSim:
         if i.enum("afmt") != "int8":
             raise SimError(f"afmt={i.enum('afmt')}: only INT8 activation blocks are defined (afmt=int8)")
         if i["bias"] and i.enum("out") != "fixed32":
-            raise SimError(f"bias=1 needs out=fixed32 (the bias is added to the requantized value), not out={i.enum('out')}")
+            raise SimError(f"bias=1 needs out=fixed32 (the bias is added to the requantized value), "
+                           f"not out={i.enum('out')}")
         if mode == "linear":
             if i["sparse"] and n % 16:
                 raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
             if not i["sparse"] and i["meta_addr"]:
                 raise SimError(f"meta_addr={i['meta_addr']} is set but sparse=0 (meta_addr must be 0)")
             if i.enum("normal") != "int4" and i.enum("wfmt") != "ovp4":
-                raise SimError(f"normal={i.enum('normal')} applies to wfmt=ovp4 only (must be int4 with wfmt={i.enum('wfmt')})")
+                raise SimError(f"normal={i.enum('normal')} applies to wfmt=ovp4 only "
+                               f"(must be int4 with wfmt={i.enum('wfmt')})")
             a_bytes = m * k + 3 * m
             b_region = None  # the weights live in the weight buffer
         else:
