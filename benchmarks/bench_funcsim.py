@@ -1,27 +1,32 @@
 """Functional-simulator speed and bit-exactness on a real model (docs/benchmarks.md).
 
     .venv/bin/python benchmarks/bench_funcsim.py [--model smollm2] [--preset w4a8-int4] [--tokens 32]
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only [--cache /tmp/olivine-bench]
 
-Compiles the model, prefills a short prompt and decodes greedily on the simulator and on golden's
-QLlama; prints tokens/s of the simulator, whether tokens and int32 logits are identical, and the
-simulator's counts (instructions per unit, HBM bytes per step).
+Default: compiles the model, prefills a short prompt and decodes greedily on the simulator and on
+golden's QLlama; prints tokens/s of the simulator, whether tokens and int32 logits are identical, and
+the simulator's counts (instructions per unit, HBM bytes per step).
+
+``--decode-only``: the simulator alone, from a compiled artifact cached under ``--cache`` (compiling
+SmolLM2 takes about a minute); times the decode steps after the prefill, in wall-clock and in CPU
+seconds of this process (the CPU figure is the one to compare on a shared machine), and checks the
+tokens and int32 logits against the first run's, saved next to the artifact (``--reset`` redoes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from olivine.sim.funcsim import check_against_golden
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--preset", default="w4a8-int4")
-    ap.add_argument("--prompt", default="The capital of France is")
-    ap.add_argument("--tokens", type=int, default=32)
-    args = ap.parse_args()
+def full_check(args) -> None:
     t0 = time.perf_counter()
     rep = check_against_golden(args.model, args.preset, prompt=args.prompt, max_new_tokens=args.tokens)
     st = rep["stats"]
@@ -34,6 +39,69 @@ def main() -> None:
     print(f"instructions per unit: {st.instructions}; by mnemonic: {st.by_mnemonic}")
     print(f"HBM read {sum(st.hbm_read.values()) / 1e6:.1f} MB over {len(st.hbm_read)} channels, "
           f"written {sum(st.hbm_written.values()) / 1e3:.1f} kB")
+
+
+def _artifact(args, folder: Path):
+    """The compiled model (the same compile as check_against_golden), cached in ``folder``."""
+    from olivine.compiler.artifact import read_artifact, write_artifact
+    from olivine.compiler.compile import compile_model, to_artifact
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+    from olivine.hw.config import for_board
+
+    loaded = load_model(args.model)
+    ids = loaded.tokenizer.encode(args.prompt) if loaded.tokenizer is not None else [1, 2, 3]
+    if not (folder / "manifest.json").is_file():
+        q = quantize_model(loaded.config, loaded.weights, args.preset)
+        ctx = min(loaded.config.max_seq_len, -(-(len(ids) + args.tokens) // 16) * 16)
+        comp = compile_model(spec_from_qllama(q, args.model), for_board("u280"), max_context=ctx,
+                             max_prompt=min(ctx, -(-len(ids) // 128) * 128), prefill_step=128, decode_step=16)
+        write_artifact(folder, to_artifact(comp))
+    return read_artifact(folder), ids
+
+
+def decode_only(args) -> None:
+    from olivine.sim.funcsim import Runtime
+
+    folder = Path(args.cache) / f"{args.model}-{args.preset}-{args.tokens}"
+    if args.reset and folder.exists():
+        shutil.rmtree(folder)
+    art, ids = _artifact(args, folder / "artifact")
+    rt = Runtime(art.config, art.meta, art.programs, art.weights)
+    logits = rt.prefill(ids)
+    tokens, all_logits = [], [logits]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.tokens):
+        tokens.append(int(torch.argmax(logits)))
+        logits = rt.decode(tokens[-1])
+        all_logits.append(logits)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{args.model} {args.preset}: {args.tokens} decode steps after a {len(ids)}-token prompt: "
+          f"{args.tokens / wall:.2f} tokens/s wall ({wall:.2f} s), {args.tokens / cpu:.2f} tokens/s of CPU "
+          f"({cpu / args.tokens * 1e3:.0f} ms CPU per step)")
+    ref = folder / "reference.npz"
+    got = np.stack([t.numpy() for t in all_logits])
+    if ref.is_file():
+        want = np.load(ref)
+        print(f"tokens equal to the first run: {want['tokens'].tolist() == tokens}, "
+              f"int32 logits equal: {np.array_equal(want['logits'], got)}")
+    else:
+        np.savez(ref, tokens=np.asarray(tokens), logits=got)
+        print(f"reference tokens and logits saved to {ref}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--preset", default="w4a8-int4")
+    ap.add_argument("--prompt", default="The capital of France is")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--decode-only", action="store_true", help="time decode steps from a cached artifact")
+    ap.add_argument("--cache", default="/tmp/olivine-bench", help="where --decode-only keeps the artifact")
+    ap.add_argument("--reset", action="store_true", help="recompile and re-save the reference (--decode-only)")
+    args = ap.parse_args()
+    (decode_only if args.decode_only else full_check)(args)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,17 @@ def weights_from_hf_state_dict(config: LlamaConfig, sd: Mapping[str, torch.Tenso
         weights.validate(config)
     except ValueError as err:
         raise ModelLoadError(str(err)) from err
+    hf_names = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
+    hf_names |= {f"layers.{i}.{field}": f"model.layers.{i}.{hf}" for i in range(config.n_layers)
+                 for field, hf in _HF_LAYER_NAMES.items()}
+    for name, tensor in weights.state_dict().items():
+        # a non-finite weight has no quantized form; the embedding and norms are not checked downstream
+        bad = ~torch.isfinite(tensor)
+        if bad.any():
+            where = tuple(int(v) for v in bad.nonzero()[0])
+            raise ModelLoadError(f"{config.name}: tensor {hf_names.get(name, name)!r} holds {int(bad.sum())} "
+                                 f"non-finite value(s) (NaN or inf; first at index {where}, value "
+                                 f"{float(tensor[where])}); the checkpoint is corrupt: re-export or re-download it")
     return weights
 
 
@@ -235,6 +246,13 @@ def _hf_tokenizer(folder: str, **kwargs) -> HFTokenizer | None:
     from transformers import AutoTokenizer
 
     return HFTokenizer(AutoTokenizer.from_pretrained(folder, **kwargs))
+
+
+def _unreadable_weights(file: Path, kind: str, err: Exception) -> str:
+    size = file.stat().st_size if file.exists() else 0
+    state = "is empty (0 bytes)" if size == 0 else f"({size} bytes) is truncated or not a {kind} file"
+    return (f"weight file {file} {state}: {type(err).__name__}: {err}. Copy or download it again "
+            "completely (compare its size with the original).")
 
 
 def load_hf_dir(path: str | os.PathLike) -> LoadedModel:
@@ -257,11 +275,19 @@ def load_hf_dir(path: str | os.PathLike) -> LoadedModel:
             raise ModelLoadError(f"reading {folder} needs safetensors; run: pip install safetensors")
         from safetensors.torch import load_file
 
+        from safetensors import SafetensorError
+
         for f in st_files:
-            sd.update(load_file(str(f)))
+            try:
+                sd.update(load_file(str(f)))
+            except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+                raise ModelLoadError(_unreadable_weights(f, "safetensors", err)) from err
     elif bin_files:
         for f in bin_files:
-            sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+            try:
+                sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+            except Exception as err:  # a corrupt pickle surfaces as many exception types inside torch
+                raise ModelLoadError(_unreadable_weights(f, "PyTorch", err)) from err
     else:
         raise ModelLoadError(f"{folder} has a config.json but no *.safetensors or pytorch_model*.bin "
                              "weight files; copy the checkpoint's weight files into it")

@@ -4,7 +4,9 @@ The machine: HBM channels (byte arrays), the on-chip buffers of one core (the da
 activation buffer followed by the global buffer, the weight, bias and meta buffers) and four
 in-order unit queues (LD, ST, MPE, SFU) synchronised by wait/release tokens. Every instruction
 does exactly what docs/isa.md "Semantics" says; MM/MV use golden/contract.py's integer ops and
-MISC golden/sfu.py's, so a compiled model is bit-exact with golden/qmodel.py.
+MISC golden/sfu.py's, so a compiled model is bit-exact with golden/qmodel.py. An instruction that
+breaks one of the "Validity" rules there raises :class:`SimError` before it changes any state
+(field rules) or when the offending value is read (data rules); no other exception escapes.
 
 Scheduling: each unit runs ahead as far as its tokens allow (LD first), which exposes a missing
 token as a wrong result or a deadlock; a deadlock raises :class:`DeadlockError` naming the
@@ -31,7 +33,8 @@ F = 16  # fractional bits of every fixed-point activation (golden/fixed.py)
 
 
 class SimError(RuntimeError):
-    """An instruction that cannot execute (out-of-range address, unsupported operation)."""
+    """An instruction that breaks a rule of docs/isa.md "Validity" (out-of-range address, field
+    combination without a meaning, operand value out of the hardware's range); names the instruction."""
 
 
 class DeadlockError(SimError):
@@ -54,6 +57,22 @@ class SimStats:
             for k, v in o.items():
                 d[k] = d.get(k, 0) + v
         self.seconds += other.seconds
+
+
+#: largest row-scale mantissa of an INT8 block or of V (9 bits: contract.quantize_act_dynamic_int8 gives 1..256)
+MAX_MANTISSA = 256
+#: largest head dimension the RoPE unit's cos/sin ROM covers, and the positions it covers
+ROPE_MAX_HEAD_DIM = 256
+ROPE_POSITIONS = 1 << 16
+
+
+#: the units named by each 4-bit wait / release mask
+_MASK_UNITS = tuple(tuple(v for v in range(4) if mask >> v & 1) for mask in range(16))
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether byte ranges (start, length) a and b share a byte."""
+    return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
 
 
 def _u32(a: np.ndarray) -> np.ndarray:
@@ -84,6 +103,107 @@ class SparseTile:
         return contract.wrap_int32(acc)
 
 
+#: float32 sums are exact while every partial sum is an integer below 2**24
+_EXACT_F32 = 1 << 24
+
+
+#: torch's int8 x int8 -> int32 GEMM (oneDNN / VNNI on CPU); None where this torch lacks it
+_INT_MM = getattr(torch, "_int_mm", None)
+
+
+class DenseTile:
+    """A decoded dense weight tile: integer grid values [n, K], kept in the narrowest exact form.
+
+    ``matmul(a)`` returns ``contract.int_matmul(a, w)`` for INT8 codes ``a`` (|a| <= 128):
+    - |w| <= 127 (int8 and int4 tiles, most OVP tiles): an int8 x int8 GEMM with int32 sums
+      (``torch._int_mm``); |sum| <= 128 * 127 * 65520 < 2**31, so no partial sum can wrap and the
+      result is exact. One byte per weight streamed per GEMV (float64 streamed eight).
+    - else float32 while max|a| * max|w| * K < 2**24 (every partial sum an exact integer), else the
+      contract's own float64 / int64 path.
+    """
+
+    def __init__(self, w: torch.Tensor):
+        self.vmax = int(w.abs().max()) if w.numel() else 0
+        self.k = max(w.shape[1], 1)
+        self.i8 = w.to(torch.int8).T if _INT_MM is not None and self.vmax <= 127 else None  # [K, n]
+        self.f32 = None if self.i8 is not None else w.to(torch.float32)
+
+    def matmul(self, a: torch.Tensor) -> torch.Tensor:
+        if self.i8 is not None:
+            return _INT_MM(a.to(torch.int8), self.i8)
+        if 128 * self.vmax * self.k < _EXACT_F32 or (int(a.abs().max()) if a.numel() else 0) * self.vmax * self.k \
+                < _EXACT_F32:
+            return (a.to(torch.float32) @ self.f32.T).to(torch.int32)  # |acc| < 2**24: no wrap
+        return contract.int_matmul(a, self.f32.to(torch.int64), w_max=self.vmax)
+
+
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    """Two's complement wrap of int64 values to int32 (what an INT32 accumulator does)."""
+    return (((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)).astype(np.int32)
+
+
+def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.ndarray:
+    """``contract.int_matmul(a, w)`` (wrap32 of the exact sum) for small integer matrices in numpy:
+    float64 when max|a| * max|w| * K < 2**53 (exact), else int64 (exact below 2**63: |a| < 2**31,
+    |w| <= 128, K < 2**16). ``amax_bound``: a known bound of |a| (INT8 codes: 128) or None to measure."""
+    kdim = max(a.shape[-1], 1)
+    amax = amax_bound if amax_bound is not None else (int(np.abs(a).max()) if a.size else 0)
+    wmax = 128 if w.dtype == np.int8 else (int(np.abs(w).max()) if w.size else 0)
+    if amax * wmax * kdim < 1 << 53:
+        return _wrap32(np.rint(a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int64))
+    return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
+
+
+def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa,
+                     lo: int, hi: int) -> np.ndarray:
+    """``contract.requantize`` in numpy int64 (the same integers; tests/test_sim_funcsim_fuzz.py compares them).
+
+    saturate(round_shift(acc * mantissa * mult, clamp(shift - exponent, -1, 62)), lo, hi), with the
+    72-bit product rounded exactly by golden.fixed's split rule: x = hi * 2**k + lo with
+    k = min(s, 31); every partial stays below 2**63 once |x| is clamped to 2**min(s + 2, 61)
+    (larger |x| saturate anyway since mult >= 2**30 or the result is 0). One numpy pass instead of
+    about forty small torch ops.
+    """
+    x = acc.astype(np.int64)
+    if mantissa is not None:
+        x = x * mantissa
+    s = np.minimum(np.maximum(shift - exponent, -1), 62)
+    lim = np.left_shift(np.int64(1), np.minimum(s + 2, 61))
+    x = np.minimum(np.maximum(x, -lim), lim)
+    k = np.minimum(np.maximum(s, 0), 31)
+    high, low = x >> k, x & ((np.int64(1) << k) - 1)
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    res = (high * mult + ((low * mult + half) >> k)) >> np.maximum(s - k, 0)
+    if (s < 0).any():
+        res = np.where(s < 0, (x * mult) << 1, res)
+    return np.minimum(np.maximum(res, lo), hi)
+
+
+def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``contract.quantize_act_dynamic_int8`` (``pow2``: ``quantize_act_pow2_int8``) of int32 rows in
+    numpy: (int8 codes [rows, cols], int8 exponents [rows], uint16 mantissas [rows], 1 for pow2).
+
+    The same integer rule (tests/test_sim_funcsim_fuzz.py compares them on the whole int32 range);
+    bit lengths come from frexp, exact for amax <= 2**31 < 2**53.
+    """
+    xi = x.astype(np.int64)
+    amax = np.abs(xi).max(axis=-1, keepdims=True) if xi.shape[-1] else np.zeros((xi.shape[0], 1), np.int64)
+    bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
+    if pow2:
+        e0 = np.maximum(bl - 7, 0)
+        e = e0 + (((amax + ((np.int64(1) << e0) >> 1)) >> e0) > contract.INT8_QMAX)  # round_shift(amax, e0) > 127
+        q = np.where(e > 0, (xi + ((np.int64(1) << e) >> 1)) >> e, xi)
+        m = np.ones_like(amax)
+    else:
+        e = np.maximum(bl - 8, 0)
+        m = np.maximum((amax + (np.int64(1) << e) - 1) >> e, 1)
+        r = (contract.INT8_QMAX << contract.RECIP_BITS) // m
+        s = contract.RECIP_BITS + e
+        q = (xi * r + (np.int64(1) << (s - 1))) >> s
+    q = np.minimum(np.maximum(q, -contract.INT8_QMAX), contract.INT8_QMAX)
+    return q.astype(np.int8), e.reshape(-1).astype(np.int8), m.reshape(-1).astype("<u2")
+
+
 class FuncSim:
     """One accelerator core with its HBM. ``channel_bytes`` sizes each channel; ``image`` preloads them."""
 
@@ -105,6 +225,9 @@ class FuncSim:
         self._wcache: dict = {}
         # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD
         self._src: dict = {"weight": {}, "meta": {}}
+        # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
+        # of them clears the cache)
+        self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -115,16 +238,20 @@ class FuncSim:
             raise SimError(f"{what}: bytes [{addr}, {addr + n}) outside a buffer of {len(arr)} bytes")
         return arr[addr: addr + n]
 
-    def i32(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> torch.Tensor:
+    def i32_np(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> np.ndarray:
+        """A copy of the int32 matrix [rows, cols] at ``addr`` (row pitch ``pitch`` elements)."""
         pitch = cols if pitch is None else pitch
         if addr % 4:
             raise SimError(f"{what}: int32 data at unaligned address {addr}")
         n = 4 * ((rows - 1) * pitch + cols)
         raw = self._slice(self.data, addr, n, what)
-        flat = np.frombuffer(raw.tobytes(), dtype="<i4")
+        flat = raw.view("<i4")  # addr is 4-aligned and the data space starts aligned
         if pitch == cols:
-            return torch.from_numpy(flat.reshape(rows, cols).copy())
-        return torch.from_numpy(np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * pitch, 4)).copy())
+            return flat.reshape(rows, cols).copy()
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * pitch, 4)).copy()
+
+    def i32(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> torch.Tensor:
+        return torch.from_numpy(self.i32_np(addr, rows, cols, pitch, what))
 
     def put_i32(self, addr: int, t: torch.Tensor, pitch: int | None = None, what="result") -> None:
         rows, cols = t.shape
@@ -142,6 +269,15 @@ class FuncSim:
             return
         v32 = view.view("<i4").reshape(rows, pitch)
         v32[:, :cols] = arr
+
+    def qblock_np(self, addr: int, rows: int, cols: int, what="INT8 block"):
+        """(codes int8 [rows, cols], exponents int64 [rows, 1], mantissas int64 [rows, 1]), copies."""
+        raw = self._slice(self.data, addr, rows * cols + 3 * rows, what)
+        n = rows * cols
+        codes = raw[:n].view(np.int8).reshape(rows, cols).copy()
+        exps = raw[n: n + rows].view(np.int8).astype(np.int64).reshape(rows, 1)
+        mants = raw[n + rows:].copy().view("<u2").astype(np.int64).reshape(rows, 1)
+        return codes, exps, mants
 
     def qblock(self, addr: int, rows: int, cols: int, what="INT8 block"):
         """(codes int8 [rows, cols], exponents int8 [rows, 1], mantissas int64 [rows, 1])."""
@@ -177,26 +313,34 @@ class FuncSim:
         s1, s2 = i.get("hbm_stride1", 0), i.get("hbm_stride2", 0)
         return (i["hbm_addr"] + i2 * s2 + i1 * s1 + i0 * i["hbm_stride0"]).reshape(-1)
 
+    def _forget_source(self, target: str, addr: int, nbytes: int, source) -> None:
+        """Record that buffer bytes [addr, addr + nbytes) of ``target`` now come from ``source``
+        ((channel, hbm address, bytes) or None): earlier records they overlap are dropped."""
+        if target not in self._src:
+            return
+        src = self._src[target]
+        for a in [a for a in src if a < addr + nbytes and a + (src[a][2] if src[a] else 1) > addr]:
+            del src[a]
+        src[addr] = source
+
     def do_ld(self, i):
         target = i.enum("target")
-        length = i["length"]
-        starts = self._bursts(i)
-        total = length * len(starts)
-        dst = self._slice(self._space(target), i["buf_addr"], total, f"LD into {target}")
+        length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
+        total = length * n0 * n1 * n2
+        dst = self._slice(self._space(target), i["buf_addr"], total, f"LD into {target}")  # before any burst
         if i["zero_fill"]:
+            self._forget_source(target, i["buf_addr"], total, None)
             dst[:] = 0
             return
         ch = i["channel"]
         mem = self._hbm(ch)
-        if starts.min() < 0 or starts.max() + length > len(mem):
-            raise SimError(f"LD reads beyond HBM channel {ch} ({len(mem)} bytes)")
-        if target in self._src:
-            # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
-            src = self._src[target]
-            src[i["buf_addr"]] = (ch, int(starts[0]), total) if len(starts) == 1 else None
-            for a in [a for a in src if a != i["buf_addr"] and a < i["buf_addr"] + total
-                      and a + (src[a][2] if src[a] else 0) > i["buf_addr"]]:
-                del src[a]
+        s0, s1, s2 = i["hbm_stride0"], i["hbm_stride1"], i["hbm_stride2"]
+        last = i["hbm_addr"] + (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2  # strides are unsigned
+        if last + length > len(mem):
+            raise SimError(f"LD reads bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
+        starts = self._bursts(i) if n0 * n1 * n2 > 1 else np.array([i["hbm_addr"]])
+        # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
+        self._forget_source(target, i["buf_addr"], total, (ch, int(starts[0]), total) if len(starts) == 1 else None)
         if len(starts) == 1:
             dst[:] = mem[starts[0]: starts[0] + length]
         else:
@@ -206,18 +350,20 @@ class FuncSim:
 
     def do_st(self, i):
         source = i.enum("source")
-        length, n0 = i["length"], i["n0"]
+        length, n0, stride = i["length"], i["n0"], i["hbm_stride0"]
         src = self._slice(self._space(source), i["buf_addr"], length * n0, f"ST from {source}")
         ch = i["channel"]
         mem = self._hbm(ch)
+        last = i["hbm_addr"] + (n0 - 1) * stride
+        if last + length > len(mem):  # checked before any byte is written
+            raise SimError(f"ST writes bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
         for k in range(n0):
-            a = i["hbm_addr"] + k * i["hbm_stride0"]
-            if a + length > len(mem):
-                raise SimError(f"ST writes beyond HBM channel {ch} ({len(mem)} bytes)")
+            a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
-            if any(hs is not None and hs[0] == ch and hs[1] < a + length and a < hs[1] + hs[2]
-                   for key in self._wcache for hs in key[:2]):  # a cached tile's weights or meta changed
-                self._wcache.clear()
+        lo, hi = i["hbm_addr"], last + length
+        if any(a < hi and lo < b for a, b in self._cached_hbm.get(ch, ())):  # a cached tile's source changed
+            self._wcache.clear()
+            self._cached_hbm.clear()
         self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
 
     def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
@@ -285,76 +431,203 @@ class FuncSim:
             return torch.from_numpy(v)
         return ovp.unpack(torch.from_numpy(b.copy()), i.enum("normal")).to(torch.int16)
 
-    def do_mpe(self, i):
-        mode = i.enum("mode")
-        m, n, k = i["m"], i["n"], 16 * i["k_blocks"]
+    @staticmethod
+    def _check_mantissas(mant, what: str) -> None:
+        if mant.size and int(mant.max()) > MAX_MANTISSA:
+            raise SimError(f"{what}: a row mantissa is {int(mant.max())}; mantissas are at most {MAX_MANTISSA}")
+
+    @staticmethod
+    def _multipliers(mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> contract.Multiplier:
+        """Multipliers from (uint32 multiplier, int32 shift) words; a multiplier's bit 31 must be 0."""
+        mult = _u32(mult_word)
+        if (mult >= 1 << 31).any():
+            r = int(np.argmax(mult >= 1 << 31))
+            raise SimError(f"{what} {r}: multiplier {int(mult[r])} has bit 31 set; multipliers are below 2**31")
+        return contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(shift_word.astype(np.int64)))
+
+    def check_mpe(self, i) -> None:
+        """The field rules of MM/MV (docs/isa.md "Validity"), checked before any operand is read."""
+        mode, m, n, k = i.enum("mode"), i["m"], i["n"], 16 * i["k_blocks"]
         ldo = i["ldo"] or n
-        out_fmt = i.enum("out")
-        if i["sparse"] and mode != "linear":
-            raise SimError(f"sparse=1 applies to weights (mode=linear), not to mode={mode}")
+        if ldo < n:
+            raise SimError(f"output pitch ldo={ldo} is smaller than the row length n={n} (rows would overlap)")
+        if i.enum("afmt") != "int8":
+            raise SimError(f"afmt={i.enum('afmt')}: only INT8 activation blocks are defined (afmt=int8)")
+        if i["bias"] and i.enum("out") != "fixed32":
+            raise SimError(f"bias=1 needs out=fixed32 (the bias is added to the requantized value), "
+                           f"not out={i.enum('out')}")
         if mode == "linear":
-            a, e, mant = self.qblock(i["a_addr"], m, k, "MM activations")
-            row = k if i.enum("wfmt") == "int8" else k // 2
-            src = self._src["weight"].get(i["b_addr"])
-            msrc = self._src["meta"].get(16 * i["meta_addr"]) if i["sparse"] else None
-            key = None if src is None or (i["sparse"] and msrc is None) or (not i["sparse"] and src[2] < n * row) \
-                else (src, msrc, i.enum("wfmt"), i.enum("normal"), n, k)
-            if key is not None and key in self._wcache:
-                tile = self._wcache[key]
-            else:
-                if i["sparse"]:
-                    tile = self.sparse_weights(i, n, k)
-                else:
-                    w = self.weights(i, n, k)
-                    tile = (w, w.to(torch.float64), int(w.abs().max()) if w.numel() else 0)
+            if i["sparse"] and n % 16:
+                raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
+            if not i["sparse"] and i["meta_addr"]:
+                raise SimError(f"meta_addr={i['meta_addr']} is set but sparse=0 (meta_addr must be 0)")
+            if i.enum("normal") != "int4" and i.enum("wfmt") != "ovp4":
+                raise SimError(f"normal={i.enum('normal')} applies to wfmt=ovp4 only "
+                               f"(must be int4 with wfmt={i.enum('wfmt')})")
+            a_bytes = m * k + 3 * m
+            b_region = None  # the weights live in the weight buffer
+        else:
+            if i["sparse"]:
+                raise SimError(f"sparse=1 applies to weights (mode=linear), not to mode={mode}")
+            for name in ("bias", "wfmt", "normal", "meta_addr"):
+                if i[name]:
+                    raise SimError(f"{name} must be 0 in mode={mode} (both operands come from the data space)")
+            a_bytes = m * k + 3 * m if mode == "qk" else 4 * m * k + m
+            b_region = (i["b_addr"], n * k + 3 * n if mode == "qk" else k * n)
+        out_bytes = (m - 1) * ldo + n if i.enum("out") == "int8" else 4 * ((m - 1) * ldo + n)
+        out = (i["out_addr"], out_bytes)
+        for what, region in (("activations (a_addr)", (i["a_addr"], a_bytes)), ("second operand (b_addr)", b_region)):
+            if region is not None and _overlap(out, region):
+                raise SimError(f"the output [{out[0]}, {out[0] + out[1]}) overlaps the {what} "
+                               f"[{region[0]}, {region[0] + region[1]})")
+
+    @staticmethod
+    def _checked_once(i, check) -> None:
+        """Run a field-rule check once per (immutable) instruction object: programs run many times."""
+        if not i.__dict__.get("_sim_fields_valid"):
+            check(i)
+            object.__setattr__(i, "_sim_fields_valid", True)
+
+    def do_mpe(self, i):
+        self._checked_once(i, self.check_mpe)
+        v = i.values
+        mode = i.enum("mode")
+        m, n, k = v["m"], v["n"], 16 * v["k_blocks"]
+        ldo = v["ldo"] or n
+        out_fmt = i.enum("out")
+        # per mode: acc (int32 [m, n]), requantization entries (n for linear, 1 otherwise), exponent,
+        # mantissa, bias; numpy throughout (per-instruction torch calls cost more than the arithmetic)
+        bias = None
+        if mode == "linear":
+            a, exp, mant = self.qblock_np(v["a_addr"], m, k, "MM activations")
+            mant_parts = (mant,)
+            row = k if v["wfmt"] == 0 else k // 2
+            src = self._src["weight"].get(v["b_addr"])
+            msrc = self._src["meta"].get(16 * v["meta_addr"]) if v["sparse"] else None
+            key = None if src is None or (v["sparse"] and msrc is None) or (not v["sparse"] and src[2] < n * row) \
+                else (src, msrc, v["wfmt"], v["normal"], n, k)
+            tile = self._wcache.get(key) if key is not None else None
+            if tile is None:
+                tile = self.sparse_weights(i, n, k) if v["sparse"] else DenseTile(self.weights(i, n, k))
                 if key is not None:
                     self._wcache[key] = tile
-            ent = self.entries(i["bias_addr"], n)
-            bias = torch.from_numpy(ent[:, 0].astype(np.int64)) if i["bias"] else None
-            if i["sparse"]:
-                acc = tile.matmul(a)
-            else:
-                w, wf, wmax = tile
-                acc = contract.int_matmul(a, w, w_f64=wf, w_max=wmax)
-            mult = contract.Multiplier(torch.from_numpy(_u32(ent[:, 1])), torch.from_numpy(ent[:, 2].astype(np.int64)))
-            exp = e.to(torch.int64)
+                    for hs in key[:2]:
+                        if hs is not None:
+                            self._cached_hbm.setdefault(hs[0], []).append((hs[1], hs[1] + hs[2]))
+            ent = self.entries(v["bias_addr"], n)
+            if v["bias"]:
+                bias = ent[:, 0].astype(np.int64)
+            acc = tile.matmul(torch.from_numpy(a)).numpy()
         elif mode == "qk":
-            a, ea, ma = self.qblock(i["a_addr"], m, k, "Q block")
-            b, eb, mb = self.qblock(i["b_addr"], n, k, "K block")
-            acc = contract.int_matmul(a, b)
-            bias = None
+            a, ea, ma = self.qblock_np(v["a_addr"], m, k, "Q block")
+            b, eb, mb = self.qblock_np(v["b_addr"], n, k, "K block")
+            mant_parts = (ma, mb)
+            acc = _int_matmul_np(a, b, 128)
             mant = ma * mb.reshape(1, n)
-            ent = self.entries(i["bias_addr"], 1)
-            mult = contract.Multiplier(torch.tensor(int(_u32(ent[:, 1])[0])), torch.tensor(int(ent[0, 2])))
-            exp = ea.to(torch.int64) + eb.to(torch.int64).reshape(1, n)
+            ent = self.entries(v["bias_addr"], 1)
+            exp = ea + eb.reshape(1, n)
         else:  # pv
-            p = self.i32(i["a_addr"], m, k, what="P' block")
-            raw = self._slice(self.data, i["a_addr"] + 4 * m * k, m, "P' exponents")
-            e_ref = torch.from_numpy(raw.view(np.int8).astype(np.int64)).reshape(m, 1)
-            vraw = self._slice(self.data, i["b_addr"], k * n, "V block")
-            vq = torch.from_numpy(vraw.view(np.int8).reshape(k, n).copy())
-            acc = contract.int_matmul(p, vq.transpose(0, 1))
-            bias, mant = None, None
-            ent = self.entries(i["bias_addr"], 1)
-            mult = contract.Multiplier(torch.tensor(int(_u32(ent[:, 1])[0])), torch.tensor(int(ent[0, 2])))
-            exp = e_ref
-        if i["accumulate"]:
-            acc = contract.wrap_int32(acc.to(torch.int64) + self.i32(i["out_addr"], m, n, ldo).to(torch.int64))
+            p = self.i32_np(v["a_addr"], m, k, what="P' block")
+            raw = self._slice(self.data, v["a_addr"] + 4 * m * k, m, "P' exponents")
+            exp = raw.view(np.int8).astype(np.int64).reshape(m, 1)
+            vq = self._slice(self.data, v["b_addr"], k * n, "V block").view(np.int8).reshape(k, n)
+            acc = _int_matmul_np(p, vq.T, None)
+            mant, mant_parts = None, ()
+            ent = self.entries(v["bias_addr"], 1)
+        if v["accumulate"]:
+            acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
         if out_fmt == "int32":
-            y = acc
-        elif out_fmt == "fixed32":
-            y = contract.requantize(acc, mult, exp, mantissa=mant)
-            if bias is not None:  # the bias is in the output format, added with saturation
-                y = (y.to(torch.int64) + bias).clamp(contract.INT32_MIN, contract.INT32_MAX).to(torch.int32)
-        else:
-            y = contract.requantize(acc, mult, exp, mantissa=mant, out="int8")
-            dst = self._slice(self.data, i["out_addr"], (m - 1) * ldo + n, "MM int8 output")
-            for r in range(m):
-                dst[r * ldo: r * ldo + n] = y[r].numpy().view(np.uint8)
+            self.put_i32(v["out_addr"], torch.from_numpy(np.ascontiguousarray(acc, dtype=np.int32)), ldo, "MM output")
             return
-        self.put_i32(i["out_addr"], y, ldo, "MM output")
+        # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
+        for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
+            self._check_mantissas(part, what)
+        mult = self._multipliers(ent[:, 1], ent[:, 2], "requantization entry")
+        lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out_fmt == "fixed32" else (-contract.INT8_QMAX,
+                                                                                         contract.INT8_QMAX)
+        y = requantize_exact(acc, mult.mult.numpy(), mult.shift.numpy(), exp, mant, lo, hi)
+        if out_fmt == "fixed32":
+            if bias is not None:  # the bias is in the output format, added with saturation
+                y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
+            self.put_i32(v["out_addr"], torch.from_numpy(y.astype(np.int32)), ldo, "MM output")
+        else:
+            y = y.astype(np.int8)
+            dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
+            for r in range(m):
+                dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+
+    #: MISC ops that read src1 / use imm / may write in place over src0 (dst == src0, same layout)
+    _MISC_SRC1 = ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift")
+    _MISC_IMM = ("rope", "softmax", "vshift", "quant", "dequant")
+    _MISC_IN_PLACE = ("add", "mul", "swiglu", "silu", "copy", "rmsnorm", "rope", "softmax")
+
+    def check_misc(self, i) -> None:
+        """The field rules of MISC (docs/isa.md "Validity"), checked before any operand is read."""
+        op = i.enum("op")
+        rows, cols, imm = i["rows"], i["cols"], i["imm"]
+        if op in ("layernorm", "argmax"):
+            raise SimError(f"MISC op {op!r} is reserved (not implemented by the functional simulator)")
+        if i["mask"] and op != "softmax":
+            raise SimError(f"mask=1 applies to op=softmax only, not to op={op}")
+        if op not in self._MISC_SRC1 and i["src1"]:
+            raise SimError(f"op={op} has no second operand: src1 must be 0, not {i['src1']}")
+        if imm and (op not in self._MISC_IMM or (op == "softmax" and not i["mask"])):
+            raise SimError(f"op={op}{' with mask=0' if op == 'softmax' else ''} takes no parameter: imm must be 0, "
+                           f"not {imm}")
+        per = max(1, imm >> 16)
+        if op == "rope":
+            if cols % 2 or cols > ROPE_MAX_HEAD_DIM:
+                raise SimError(f"RoPE head dimension cols={cols} must be even and at most {ROPE_MAX_HEAD_DIM}")
+            last = (imm & 0xFFFF) + (rows - 1) // per
+            if last >= ROPE_POSITIONS:
+                raise SimError(f"RoPE position {last} of the last row is beyond the table ({ROPE_POSITIONS} positions)")
+        if op in ("softmax", "vshift") and (op == "vshift" or i["mask"]):
+            last = (imm & 0xFFFF) + min(rows, per) - 1
+            if last >= cols:
+                raise SimError(f"query position {last} (imm[15:0] + min(rows, period) - 1) is not below the key "
+                               f"count cols={cols}")
+        if op == "rmsnorm" and cols > sfu.NORM_MAX_DIM:
+            raise SimError(f"rmsnorm rows of cols={cols} exceed the norm unit's {sfu.NORM_MAX_DIM} elements")
+        if op == "quant":
+            if imm >> 17:
+                raise SimError(f"quant imm=0x{imm:x}: bits [31:17] are reserved and must be 0")
+            groups = max(1, imm & 0xFFFF)
+            if rows % groups:
+                raise SimError(f"quant into {groups} head blocks needs rows ({rows}) divisible by {groups}")
+        if op == "dequant":
+            need = -(-cols // 16) * 16 + 16
+            if imm < need or imm % 16:
+                raise SimError(f"embedding record stride imm={imm} must be a multiple of 16 and at least "
+                               f"pad16(cols) + 16 = {need}")
+        # the destination is either the first operand itself (elementwise ops, same layout) or disjoint from it
+        src0 = (i["src0"], {"dequant": rows * imm}.get(op, 4 * rows * cols))
+        if op == "vshift":
+            dst = (i["dst"], 4 * rows * cols + rows)
+        elif op == "quant":
+            dst = (i["dst"], self._quant_bytes(rows, cols, max(1, imm & 0xFFFF)))
+        else:
+            dst = (i["dst"], 4 * rows * cols)
+        if _overlap(src0, dst) and not (op in self._MISC_IN_PLACE and src0[0] == dst[0]):
+            raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) partly overlaps src0 "
+                           f"[{src0[0]}, {src0[0] + src0[1]})" + (" (only an exact in-place dst = src0 is allowed)"
+                                                                   if op in self._MISC_IN_PLACE else ""))
+        if op in ("add", "mul", "swiglu") and _overlap((i["src1"], 4 * rows * cols), dst) and i["src1"] != dst[0]:
+            raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) partly overlaps src1")
+
+    @staticmethod
+    def _quant_bytes(rows: int, cols: int, groups: int) -> int:
+        if groups == 1:
+            return rows * cols + 3 * rows
+        t = rows // groups
+        return (groups - 1) * (-(-(t * cols + 3 * t) // 64) * 64) + t * cols + 3 * t
+
+    def _table(self, addr: int, nbytes: int, what: str) -> np.ndarray:
+        if addr % 4:
+            raise SimError(f"{what}: int32 data at unaligned address {addr}")
+        return self._slice(self.data, addr, nbytes, what)
 
     def do_misc(self, i):
+        self._checked_once(i, self.check_misc)
         op = i.enum("op")
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
         s0, s1, dst = i["src0"], i["src1"], i["dst"]
@@ -369,64 +642,69 @@ class FuncSim:
             self.put_i32(dst, self.i32(s0, rows, cols))
         elif op == "rmsnorm":
             x = self.i32(s0, rows, cols)
-            tab = self._slice(self.data, s1, 4 * cols + 16, "norm parameters").view("<i4")
+            tab = self._table(s1, 4 * cols + 16, "norm parameters").view("<i4")
             gamma = torch.from_numpy(tab[:cols].astype(np.int32))
             em, es = int(tab[cols:cols + 1].view(np.uint32)[0]), int(tab[cols + 1])
-            eps = math.ldexp(float(em), -es) if em else 0.0
+            if em >= 1 << 31 or not 0 <= es <= 62:
+                raise SimError(f"norm eps multiplier {em} / shift {es}: the multiplier must be below 2**31 and the "
+                               "shift in 0..62")
+            eps = math.ldexp(float(em), -es)
             self.put_i32(dst, sfu.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
             x = self.i32(s0, rows, cols)
+            if s1 % 8:
+                raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
             theta = float(self._slice(self.data, s1, 8, "RoPE parameters").view("<f8")[0])
-            per = max(1, imm >> 16)
-            pos = (imm & 0xFFFF) + torch.arange(rows) // per
+            if not (math.isfinite(theta) and theta > 1):
+                raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
+            pos = (imm & 0xFFFF) + torch.arange(rows) // max(1, imm >> 16)
             self.put_i32(dst, sfu.rope(x, pos, F, theta, cols, style="half"))
         elif op == "softmax":
             s = self.i32(s0, rows, cols)
             mask = None
             if i["mask"]:
-                per = max(1, imm >> 16)
-                qpos = (imm & 0xFFFF) + torch.arange(rows) % per
+                qpos = (imm & 0xFFFF) + torch.arange(rows) % max(1, imm >> 16)
                 mask = torch.arange(cols)[None, :] <= qpos[:, None]
             self.put_i32(dst, sfu.softmax(s, F, mask, F))
         elif op == "vshift":
-            p = self.i32(s0, rows, cols).to(torch.int64)
+            p = self.i32_np(s0, rows, cols).astype(np.int64)
             raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
-            ev = torch.from_numpy(raw[:cols].view(np.int8).astype(np.int64))
-            mv = torch.from_numpy(np.frombuffer(raw[cols:].tobytes(), dtype="<u2").astype(np.int64))
-            per = max(1, imm >> 16)
-            qpos = (imm & 0xFFFF) + torch.arange(rows) % per
-            run = torch.cummax(ev, dim=0).values
-            e_ref = run[qpos.clamp(max=cols - 1)].reshape(rows, 1)
-            shift = (8 + e_ref - ev.reshape(1, cols)).clamp(min=8)
-            p_sh = contract.round_shift(p * mv.reshape(1, cols), shift)
-            self.put_i32(dst, p_sh.to(torch.int32))
+            ev = raw[:cols].view(np.int8).astype(np.int64)
+            mv = raw[cols:].copy().view("<u2").astype(np.int64)
+            self._check_mantissas(mv, "V mantissas")
+            qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+            e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
+            shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
+            # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
+            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                            >> np.minimum(shift, 62))
+            self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
-            out[:] = e_ref.reshape(-1).to(torch.int8).numpy().view(np.uint8)
+            out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
         elif op == "quant":
-            x = self.i32(s0, rows, cols)
-            qa = (contract.quantize_act_pow2_int8 if imm >> 16 & 1 else contract.quantize_act_dynamic_int8)(x, F)
+            x = self.i32(s0, rows, cols).numpy()
             groups = max(1, imm & 0xFFFF)
-            if groups == 1:
-                self.put_qblock(dst, qa.values, qa.exponent, qa.mantissa)
-            else:
-                t = rows // groups
-                blk = -(-(t * cols + 3 * t) // 64) * 64
-                codes = qa.values.reshape(t, groups, cols)
-                exps = qa.exponent.reshape(t, groups, 1)
-                mants = None if qa.mantissa is None else qa.mantissa.reshape(t, groups, 1)
-                for g in range(groups):
-                    self.put_qblock(dst + g * blk, codes[:, g], exps[:, g], None if mants is None else mants[:, g])
-        elif op == "dequant":
+            out = self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
+            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm >> 16 & 1))
+            t = rows // groups
+            blk = -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else 0
+            n = t * cols
+            # input row t*G + h -> row t of block h (G = 1: one block)
+            codes, exps, mants = codes.reshape(t, groups, cols), exps.reshape(t, groups), mants.reshape(t, groups)
+            for g in range(groups):
+                o = g * blk
+                out[o: o + n] = codes[:, g].reshape(-1).view(np.uint8)
+                out[o + n: o + n + t] = exps[:, g].view(np.uint8)
+                out[o + n + t: o + n + 3 * t] = np.ascontiguousarray(mants[:, g]).view(np.uint8)
+        else:  # dequant
             rec = imm
             raw = self._slice(self.data, s0, rows * rec, "embedding records").reshape(rows, rec)
             codes = torch.from_numpy(raw[:, :cols].view(np.int8).astype(np.int64))
             off = -(-cols // 16) * 16
             mm = raw[:, off: off + 8].copy().view("<i4")
-            mult = torch.from_numpy(mm[:, 0].view(np.uint32).astype(np.int64)).reshape(rows, 1)
-            shift = torch.from_numpy(mm[:, 1].astype(np.int64)).reshape(rows, 1)
-            self.put_i32(dst, contract.apply_multiplier(codes, contract.Multiplier(mult, shift)).to(torch.int32))
-        else:
-            raise SimError(f"MISC op {op!r} is not implemented by the functional simulator")
+            mult = self._multipliers(mm[:, 0], mm[:, 1], "embedding record")
+            mult = contract.Multiplier(mult.mult.reshape(rows, 1), mult.shift.reshape(rows, 1))
+            self.put_i32(dst, contract.apply_multiplier(codes, mult).to(torch.int32))
 
     # ---- the unit queues ---------------------------------------------------------------------
     def run(self, words, program: list | None = None) -> SimStats:
@@ -435,7 +713,6 @@ class FuncSim:
         before = SimStats()
         before.add(self.stats)
         prog = program if program is not None else isa.decode_program(words)
-        offsets = isa.program_offsets(prog)
         queues = [[], [], [], []]
         for idx, inst in enumerate(prog):
             if inst.fmt.unit == "all":
@@ -445,36 +722,37 @@ class FuncSim:
                 queues[isa.UNITS.index(inst.fmt.unit)].append(idx)
         head = [0, 0, 0, 0]
         done = [False] * 4
-        tokens = np.zeros((4, 4), dtype=np.int64)  # [from, to]
+        tokens = [[0] * 4 for _ in range(4)]  # [from][to]
         handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
+        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
         while not all(done):
             progress = False
             for u in range(4):
-                while not done[u] and head[u] < len(queues[u]):
-                    idx = queues[u][head[u]]
+                queue, unit_name = queues[u], isa.UNITS[u]
+                while not done[u] and head[u] < len(queue):
+                    idx = queue[head[u]]
                     inst = prog[idx]
-                    if inst.mnemonic == "SYS":
+                    mnemonic = inst.fmt.mnemonic
+                    if mnemonic == "SYS":
                         break
-                    wait = inst["wait"]
-                    need = [v for v in range(4) if wait >> v & 1]
-                    if any(tokens[v, u] < 1 for v in need):
+                    need = _MASK_UNITS[inst.values["wait"]]
+                    if any(tokens[v][u] < 1 for v in need):
                         break
                     for v in need:
-                        tokens[v, u] -= 1
+                        tokens[v][u] -= 1
                     try:
-                        handlers[inst.mnemonic](inst)
+                        handlers[mnemonic](inst)
                     except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
+                        offsets = isa.program_offsets(prog)
                         raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
                             from None
-                    rel = inst["release"]
-                    for w in range(4):
-                        if rel >> w & 1:
-                            tokens[u, w] += 1
-                    self.stats.instructions[isa.UNITS[u]] += 1
-                    self.stats.by_mnemonic[inst.mnemonic] = self.stats.by_mnemonic.get(inst.mnemonic, 0) + 1
+                    for w in _MASK_UNITS[inst.values["release"]]:
+                        tokens[u][w] += 1
+                    counts[unit_name] += 1
+                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
                     head[u] += 1
                     progress = True
-                if head[u] >= len(queues[u]):
+                if head[u] >= len(queue):
                     done[u] = True
             # SYS: every unit that is not done must sit on the same SYS instruction
             at = [queues[u][head[u]] if not done[u] else None for u in range(4)]
@@ -494,9 +772,9 @@ class FuncSim:
                         continue
                     idx = queues[u][head[u]]
                     inst = prog[idx]
-                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and tokens[v, u] < 1]
+                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and tokens[v][u] < 1]
                     why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
-                    lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {offsets[idx]} "
+                    lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {isa.program_offsets(prog)[idx]} "
                                  f"({disassemble_one(inst)}) {why}")
                 raise DeadlockError("deadlock: no unit can proceed\n" + "\n".join(lines))
         run = SimStats()

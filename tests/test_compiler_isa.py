@@ -122,3 +122,53 @@ def test_docs_isa_matches_the_format_table():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "isa.md").read_text()
     assert reference_markdown() in doc, "docs/isa.md is stale: regenerate its format tables from compiler/isa.py"
+
+
+# ---- fuzzing: arbitrary words and arbitrary text ------------------------------------------------
+
+@st.composite
+def word_streams(draw):
+    """Word streams that often start instructions with a valid opcode (so the field checks are reached)."""
+    words = []
+    for _ in range(draw(st.integers(0, 6))):
+        fmt = draw(st.sampled_from(FORMATS))
+        body = draw(st.lists(st.integers(0, 0xFFFFFFFF), min_size=fmt.words, max_size=fmt.words))
+        if draw(st.booleans()):  # clear the reserved bits, keep the opcode
+            body = [w & ~r & 0xFFFFFFFF for w, r in zip(body, fmt._reserved)]
+            body[0] = (body[0] & ~0xF) | fmt.opcode
+        words += body[:draw(st.integers(1, fmt.words))] if draw(st.integers(0, 9)) == 0 else body
+    return np.asarray(words, dtype=np.uint32)
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None)
+@given(word_streams())
+def test_decoder_accepts_only_streams_that_round_trip(words):
+    """Any word stream either raises IsaError or decodes to instructions that re-encode to the same words
+    and survive the text form."""
+    try:
+        program = decode_program(words)
+    except IsaError:
+        return
+    assert np.array_equal(encode_program(program), words)
+    assert np.array_equal(encode_program(assemble(disassemble(program))), words)
+
+
+_TOKENS = st.sampled_from(["LD", "ST", "MM", "MV", "MISC", "SYS", "ld", "op=end", "op=quant", "op=bogus", "wait=ld,mpe",
+                           "wait=-", "release=sfu,xx", "n=0", "n=65536", "n=0x10", "m=2", "k_blocks=-1", "imm=1e3",
+                           "wfmt=ovp4", "wfmt=3", "mode=qk", "=", "x=", "=5", "#", "opcode=3", "length=1",
+                           "hbm_addr=0xFFFFFFFF", "hbm_addr=0x100000000", "cols=1_000", "target=kv", "\t"])
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.lists(_TOKENS | st.text(max_size=6), max_size=6).map(" ".join), max_size=5).map("\n".join))
+def test_assembler_accepts_only_text_that_round_trips(text):
+    """Any text either raises AsmError naming the line or assembles to a program whose binary and text
+    forms round-trip."""
+    try:
+        program = assemble(text)
+    except AsmError as exc:
+        assert str(exc).startswith("line "), exc
+        return
+    words = encode_program(program)
+    assert np.array_equal(encode_program(decode_program(words)), words)
+    assert np.array_equal(encode_program(assemble(disassemble(program))), words)

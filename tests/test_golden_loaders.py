@@ -185,6 +185,64 @@ def test_checkpoint_with_missing_tensor(tmp_path):
         load_model(tmp_path)
 
 
+def _tiny_hf_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor of a LlamaForCausalLM checkpoint of LLAMA_CONFIG, random float32."""
+    from olivine.golden.loaders import _HF_LAYER_NAMES
+
+    c = config_from_hf(LLAMA_CONFIG)
+    g = torch.Generator().manual_seed(seed)
+    shapes = c.linear_shapes() | {"attn_norm": (c.dim,), "ffn_norm": (c.dim,)}
+    sd = {"model.embed_tokens.weight": (c.vocab_size, c.dim), "model.norm.weight": (c.dim,),
+          "lm_head.weight": (c.vocab_size, c.dim)}
+    sd |= {f"model.layers.{i}.{hf}": shapes[field] for i in range(c.n_layers) for field, hf in _HF_LAYER_NAMES.items()}
+    return {name: torch.randn(*shape, generator=g) * 0.1 for name, shape in sd.items()}
+
+
+def _write_checkpoint(folder, sd) -> None:
+    st = pytest.importorskip("safetensors.torch")
+    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    st.save_file(sd, str(folder / "model.safetensors"))
+
+
+def test_tiny_checkpoint_loads(tmp_path):
+    sd = _tiny_hf_state_dict()
+    _write_checkpoint(tmp_path, sd)
+    loaded = load_model(tmp_path, use_cache=False)
+    assert torch.equal(loaded.weights.embed, sd["model.embed_tokens.weight"])
+    assert torch.equal(loaded.weights.layers[1].w_down, sd["model.layers.1.mlp.down_proj.weight"])
+
+
+@pytest.mark.parametrize("tensor, value", [("model.embed_tokens.weight", float("nan")),
+                                           ("model.embed_tokens.weight", float("inf")),
+                                           ("model.layers.1.post_attention_layernorm.weight", float("-inf")),
+                                           ("lm_head.weight", float("nan")),
+                                           ("model.layers.0.self_attn.k_proj.weight", float("nan"))])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, tensor, value):
+    sd = _tiny_hf_state_dict()
+    sd[tensor].view(-1)[7] = value
+    _write_checkpoint(tmp_path, sd)
+    with pytest.raises(ModelLoadError, match=rf"tensor '{tensor}' holds 1 non-finite value.*re-download"):
+        load_model(tmp_path, use_cache=False)
+
+
+@pytest.mark.parametrize("keep", [0, 8, 100, -64])
+def test_empty_or_truncated_safetensors_is_a_model_load_error(tmp_path, keep):
+    _write_checkpoint(tmp_path, _tiny_hf_state_dict())
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+    state = "is empty" if keep == 0 else "truncated or not a safetensors file"
+    with pytest.raises(ModelLoadError, match=rf"weight file .*model\.safetensors .*{state}.*download it again"):
+        load_model(tmp_path, use_cache=False)
+
+
+def test_corrupt_pytorch_bin_is_a_model_load_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    with pytest.raises(ModelLoadError, match=r"pytorch_model\.bin .*truncated or not a PyTorch file"):
+        load_model(tmp_path, use_cache=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # transformers-backed paths
 
