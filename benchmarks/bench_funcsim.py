@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from olivine.sim.funcsim import check_against_golden
+from olivine.sim.runtime import check_against_golden
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def _print_accuracy(model: str, corpora, tokens, presets, title: str) -> int:
 
 def _check_compiled(model: str, preset: str, max_new_tokens: int) -> int:
     """Compile ``model`` and run it on the functional simulator against golden, token for token."""
-    from olivine.sim.funcsim import check_against_golden
+    from olivine.sim.runtime import check_against_golden
 
     print(f"compiling {model} ({preset}) and running prompt + {max_new_tokens} tokens on the functional "
           "simulator against golden ...", flush=True)
