@@ -387,7 +387,13 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
     head_bytes = tile_bytes.get("lm_head", 0)
     decoder_bytes = sum(tile_bytes.values()) - head_bytes
 
+    from olivine import progress as _progress
+
+    bar = _progress.track(f"compiling {spec.config.name}", len(prefill_buckets) + len(decode_buckets), "program",
+                          min_interval=2.0)
+
     def add(name, kind, bucket, parts):
+        bar.advance(name)
         if keep:
             words, patches, tags = _concat(parts)
             programs[name] = ProgramInfo(name, kind, bucket, words, patches, _tag_stats(words, tags))
@@ -438,6 +444,7 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
             seg = (steps[k] if keep else steps.shape_of(k)) if regular else \
                 _decode_step(spec, config, layout, b, s_alloc)
             add(f"decode_{b:05d}", "decode", b, [(pro1, 0, 0), (seg, 0, 0), (head, 0, 0)])
+    bar.close()
     return Compiled(spec, config, layout, programs, rows, prefill_step, decode_step, time.perf_counter() - t0,
                     dict(AFFINE_USED))
 
@@ -602,16 +609,15 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
     loaded = load_model(model)
     q = quantize_model(loaded.config, loaded.weights, qcfg)
     spec = spec_from_qllama(q, source=str(model))
-    with progress.step(f"compiling {shape.name}: prompts up to {plan.max_prompt}, context up to "
-                       f"{plan.max_context} tokens", delay=2.0):
-        comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
+    comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
     art = to_artifact(comp)
     art.meta["model"]["load"] = str(model)
     tok = loaded.tokenizer
     art.meta["model"]["eos_id"] = None if tok is None or tok.eos_id is None else int(tok.eos_id)
     art.meta["config_name"] = config if config else "default"
-    with progress.step(f"writing {out}", delay=2.0):
+    with progress.track(f"writing {out}", None, "file") as bar:
         write_artifact(out, art)
+        bar.advance("done")
     if not quiet:
         rep = storage_report(comp)
         print(f"compiled {model} ({spec.preset}) for {hw.board} in {time.perf_counter() - t0:.1f} s "

@@ -71,7 +71,7 @@ from .contract import (
     round_shift,
     to_fixed,
 )
-from .model import FloatLlama, LlamaConfig, LlamaWeights
+from .model import LINEAR_NAMES, FloatLlama, LlamaConfig, LlamaWeights
 from .qconfig import LayerQuant, QuantConfig
 
 __all__ = ["QLlama", "QKVCache", "quantize_model", "collect_linear_inputs", "LOGIT_FRAC"]
@@ -401,15 +401,17 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
         calib = collect_linear_inputs(config, weights, calib_tokens, static)
     linears = {}
-    with progress.track(f"quantizing {config.name} ({qcfg.name})", len(names), "linear",
-                        delay=1.0 if show_progress else float("inf")) as bar:
+    # progress per decoder layer (its 7 linears) and the head
+    with progress.track(f"quantizing {config.name} ({qcfg.name})", config.n_layers + 1, "layer",
+                        delay=None if show_progress else float("inf")) as bar:
         for n in names:
             short = n.split(".")[-1]
             in_f, out_f = _IN_OUT_FRAC[short]
             q = lq[n]
             linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f,
                                         out_frac=out_f, sparsity=q.sparsity, calib=calib.get(n), name=n)
-            bar.advance(n)
+            if n == "lm_head" or short == LINEAR_NAMES[-1]:
+                bar.advance(n.rsplit(".", 1)[0] if n != "lm_head" else n)
     head = linears["lm_head"].weight
     if config.tie_embeddings and head is not None and head.kind == "int8" and head.block_n is None:
         embed_q = head  # one INT8 table serves the lookup and the head

@@ -13,9 +13,9 @@ A leaf module (it imports no olivine room), so golden/, compiler/, hw/ and sim/ 
 When stderr is a terminal a rich bar shows label, count and elapsed time; several trackers alive at
 once (an accuracy run over presets, each quantizing layer by layer) share one live display. When
 stderr is not a terminal (a log file, CI) each advance prints one line with the count and the elapsed
-seconds. Nothing is shown for steps that finish within ``delay`` seconds (default 1 s), so fast
-models stay quiet. ``OLIVINE_PROGRESS=0`` silences all progress, ``OLIVINE_PROGRESS=lines`` forces
-lines even in a terminal.
+seconds. Nothing is shown for steps that finish within ``delay`` seconds (default 1 s, or
+``OLIVINE_PROGRESS_DELAY``), so fast models stay quiet. ``OLIVINE_PROGRESS=0`` silences all
+progress, ``OLIVINE_PROGRESS=lines`` forces lines even in a terminal.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator, TextIO, TypeVar
 
-__all__ = ["Tracker", "track", "step", "iterate", "mode"]
+__all__ = ["Tracker", "track", "step", "iterate", "mode", "DEFAULT_DELAY"]
 
 T = TypeVar("T")
+
+#: Seconds a step may run before progress is shown (``OLIVINE_PROGRESS_DELAY`` overrides it).
+DEFAULT_DELAY = 1.0
 
 _live = None  # the shared rich Progress while any terminal tracker is visible
 _live_users = 0
@@ -46,6 +49,20 @@ def mode(stream: TextIO | None = None) -> str:
     return "bar" if isatty is not None and isatty() else "lines"
 
 
+def _delay(delay: float | None) -> float:
+    """The given delay, else ``OLIVINE_PROGRESS_DELAY``, else :data:`DEFAULT_DELAY`; an explicit
+    infinite delay (progress disabled by the caller) stays infinite."""
+    env = os.environ.get("OLIVINE_PROGRESS_DELAY")
+    if delay is not None and (delay == float("inf") or env is None):
+        return delay
+    if env is not None:
+        try:
+            return max(0.0, float(env))
+        except ValueError:
+            pass
+    return DEFAULT_DELAY if delay is None else delay
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{int(s // 60)} min {s % 60:02.0f} s"
 
@@ -53,10 +70,10 @@ def _fmt_seconds(s: float) -> str:
 class Tracker:
     """Progress of one long step of ``total`` parts (``None``: unknown count)."""
 
-    def __init__(self, label: str, total: int | None = None, unit: str = "step", *, delay: float = 1.0,
+    def __init__(self, label: str, total: int | None = None, unit: str = "step", *, delay: float | None = None,
                  min_interval: float = 0.0, stream: TextIO | None = None):
         self.label, self.total, self.unit = label, total, unit
-        self.delay, self.min_interval = delay, min_interval
+        self.delay, self.min_interval = _delay(delay), min_interval
         self.stream = stream
         self.mode = mode(stream)
         self.done = 0
@@ -158,11 +175,12 @@ def iterate(items: Iterable[T], label: str, total: int | None = None, unit: str 
 
 
 @contextmanager
-def step(label: str, *, delay: float = 1.0, stream: TextIO | None = None) -> Iterator[None]:
+def step(label: str, *, delay: float | None = None, stream: TextIO | None = None) -> Iterator[None]:
     """One long step without parts: a line when it starts (after ``delay``) is not possible without a
     thread, so it prints ``label ...`` up front when not in a terminal, and ``label: done in X s`` at the
     end if it took longer than ``delay``; in a terminal a rich spinner shows while it runs."""
     m = mode(stream)
+    delay = _delay(delay)
     out = stream if stream is not None else sys.stderr
     t0 = time.perf_counter()
     if m == "off":

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from olivine import progress
 from olivine.compiler import isa
 
 from .funcsim import FuncSim, SimError, SimStats
@@ -202,7 +203,9 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
     compile_s = time.perf_counter() - t0
     rt = Runtime.from_compiled(comp)
     t0 = time.perf_counter()
-    toks, logits = rt.generate(ids, max_new_tokens)
+    with progress.track(f"simulating {loaded.config.name} on the isa backend", max_new_tokens, "token",
+                        min_interval=2.0) as bar:
+        toks, logits = rt.generate(ids, max_new_tokens, on_token=bar.advance)
     sim_s = time.perf_counter() - t0
     g_toks, g_logits = golden_generate(q, ids, max_new_tokens)
     diffs = [int((a.to(torch.int64) - b.to(torch.int64)).abs().max()) for a, b in zip(logits, g_logits)]
