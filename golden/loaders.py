@@ -109,8 +109,9 @@ def load_model_config(name_or_path: str | os.PathLike) -> LlamaConfig:
     key = _resolve(name_or_path)
     if key in _CACHE:
         return _CACHE[key].config
-    if key in ("glassllm", "glassllm-pt"):
-        return load_model(key).config  # the package model loads in ~0.2 s
+    if key in ("glassllm", "glassllm-pt"):  # the package model loads in ~0.2 s: keep it for load_model
+        _CACHE[key] = load_glassllm("en" if key == "glassllm" else "pt")
+        return _CACHE[key].config
     if key == "smollm2":
         return _gguf_config(smollm2_gguf_path(), "smollm2-135m")
     if Path(key).is_dir():

@@ -214,8 +214,9 @@ def _check_fields(cls, data: dict, where: str) -> None:
     """Unknown names and wrong types, all reported at once (bool is not an int here)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     problems = []
-    for key in sorted(set(data) - set(fields)):
-        problems.append(f"unknown field {key!r}")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        problems.append(f"unknown configuration fields {unknown}")
     for key, value in data.items():
         if key not in fields or key == "buffers":
             continue
