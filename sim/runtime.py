@@ -295,7 +295,7 @@ def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str
     else:
         reason = f"stopped after --max-new-tokens {max_new_tokens}"
     st = rt.sim.stats
-    print(f"[isa functional simulator] {len(out)} tokens in {dt:.2f} s = {len(out) / dt:.2f} tokens/s, {reason}; "
+    print(f"[isa functional simulator] {len(out)} token{'s' if len(out) != 1 else ''} in {dt:.2f} s = {len(out) / dt:.2f} tokens/s, {reason}; "
           f"instructions {st.instructions}; HBM read {sum(st.hbm_read.values()) / 1e6:.2f} MB, "
           f"written {sum(st.hbm_written.values()) / 1e6:.3f} MB")
     return 0

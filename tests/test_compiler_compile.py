@@ -157,3 +157,16 @@ def test_small_config_compiles_glassllm_bit_exact():
 def test_config_errors_are_config_errors():
     with pytest.raises(ConfigError):
         compile_main("glassllm", config="/no/such/file.json", quiet=True)
+
+
+def test_command_line_takes_the_config_and_reports_the_chosen_context(tmp_path, capsys):
+    from olivine import cli
+
+    out = tmp_path / "g"
+    assert cli.main(["compile", "--model", "glassllm", "--preset", "w8a8", "--config", "small", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "max context: 128 tokens (the model's context" in captured.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"] == small().to_dict() | {"weight_formats": list(small().weight_formats),
+                                                      "act_formats": list(small().act_formats),
+                                                      "sparse_n": list(small().sparse_n)}

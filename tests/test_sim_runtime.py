@@ -125,3 +125,14 @@ def test_greedy_loop_stops_on_a_stop_token_and_streams():
 def test_unknown_backend_is_refused(artifact):
     with pytest.raises(RunError, match="--backend 'rtl'"):
         run_main(artifact, PROMPT, 2, backend="rtl")
+
+
+def test_command_line_run_with_ignore_eos(artifact, reference, monkeypatch, capsys):
+    from olivine import cli
+
+    ids, toks, tok = reference
+    monkeypatch.setattr(Runtime, "eos_id", property(lambda self: toks[0]))
+    assert cli.main(["run", artifact, "--prompt", PROMPT, "--max-new-tokens", "3"]) == 0
+    assert "1 token in" in capsys.readouterr().out
+    assert cli.main(["run", artifact, "--prompt", PROMPT, "--max-new-tokens", "3", "--ignore-eos"]) == 0
+    assert capsys.readouterr().out.startswith(PROMPT + tok.decode(toks[:3]) + "\n")
