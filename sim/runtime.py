@@ -233,9 +233,12 @@ def check_lengths(rt: Runtime, n_prompt: int, max_new_tokens: int, directory: st
                        f"tokens; shorten the prompt or recompile with --max-prompt {n_prompt} (or more)")
     room = rt.max_new_tokens(n_prompt)
     if max_new_tokens > room:
+        need = n_prompt + max_new_tokens - 1
+        model_ctx = rt.meta["model"]["config"].get("max_seq_len")
+        fix = f"recompile with --max-context {need} (or more)" if model_ctx is None or need <= model_ctx else \
+            f"the model's own context is {model_ctx} tokens"
         raise RunError(f"--max-new-tokens {max_new_tokens} after a {n_prompt}-token prompt exceeds the context of "
-                       f"{directory} ({rt.max_context} tokens): at most --max-new-tokens {room} fits, or recompile "
-                       f"with --max-context {n_prompt + max_new_tokens - 1} (or more)")
+                       f"{directory} ({rt.max_context} tokens): at most --max-new-tokens {room} fits; {fix}")
 
 
 def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str = "isa",

@@ -56,7 +56,10 @@ def test_too_many_new_tokens_are_refused_before_generating(artifact, reference, 
     room = 48 + 1 - len(ids)
     with pytest.raises(RunError, match=f"at most --max-new-tokens {room} fits") as err:
         run_main(artifact, PROMPT, 200)
-    assert "--max-context" in str(err.value) and called == []
+    assert f"--max-context {len(ids) + 199}" not in str(err.value)  # beyond glassllm's 128: recompiling cannot help
+    assert "the model's own context is 128 tokens" in str(err.value) and called == []
+    with pytest.raises(RunError, match="recompile with --max-context 60"):
+        run_main(artifact, PROMPT, 61 - len(ids))
     assert capsys.readouterr().out == ""
 
 
