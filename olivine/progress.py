@@ -144,7 +144,9 @@ class Tracker:
         if self.mode == "bar":
             _live.update(self._task, completed=self.done, detail=self.detail)
             _live_users -= 1
-            if _live_users == 0:
+            if _live_users > 0:  # a nested step (one preset's quantization): make room for the next
+                _live.remove_task(self._task)
+            else:
                 _live.stop()
                 _live = None
         else:

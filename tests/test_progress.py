@@ -50,13 +50,15 @@ def test_min_interval_throttles_lines_but_keeps_the_last():
 def test_rich_bar_in_a_terminal_and_nesting_shares_one_display():
     out = FakeTerminal()
     with progress.track("outer", 2, delay=0, stream=out) as outer:
+        outer.advance("a")
         with progress.track("inner", 3, delay=0, stream=out) as inner:
             for _ in range(3):
                 inner.advance("x")
-        outer.advance("a")
+            assert [t.description for t in progress._live.tasks] == ["outer", "inner"]
+        assert [t.description for t in progress._live.tasks] == ["outer"]  # a finished nested step leaves
         outer.advance("b")
     text = out.getvalue()
-    assert "outer" in text and "inner" in text and "3/3" in text and "2/2" in text
+    assert "outer" in text and "2/2" in text and "\x1b[" in text  # rendered by rich, with terminal codes
     assert progress._live is None  # the live display stopped with the last tracker
 
 
