@@ -615,9 +615,8 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
     tok = loaded.tokenizer
     art.meta["model"]["eos_id"] = None if tok is None or tok.eos_id is None else int(tok.eos_id)
     art.meta["config_name"] = config if config else "default"
-    with progress.track(f"writing {out}", None, "file") as bar:
+    with progress.track(f"writing {out}"):  # says how long it took if that was over a second
         write_artifact(out, art)
-        bar.advance("done")
     if not quiet:
         rep = storage_report(comp)
         print(f"compiled {model} ({spec.preset}) for {hw.board} in {time.perf_counter() - t0:.1f} s "

@@ -95,7 +95,9 @@ class Tracker:
 
     def _line(self, final: bool = False) -> None:
         head = f"{self.label}: "
-        if final:
+        if final and self.total is None and self.done == 0:  # a step without parts
+            text = f"{head}done in {_fmt_seconds(self.elapsed)}"
+        elif final:
             text = f"{head}done, {self._count()} {self.unit}s in {_fmt_seconds(self.elapsed)}"
         else:
             text = f"{head}{self._count()} {self.unit}s" + (f" ({self.detail})" if self.detail else "") + \
@@ -139,6 +141,9 @@ class Tracker:
 
     def close(self) -> None:
         global _live, _live_users
+        if self.mode == "lines" and not self._shown and self.elapsed >= self.delay:
+            self._line(final=True)  # finished without an advance after the delay: still say how long it took
+            return
         if self.mode == "off" or not self._shown:
             return
         if self.mode == "bar":

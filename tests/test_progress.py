@@ -114,3 +114,14 @@ def test_progress_is_a_leaf_module():
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert "olivine" not in imported and imported <= {"__future__", "os", "sys", "time", "contextlib", "typing",
                                                        "rich"}
+
+
+def test_a_slow_step_without_parts_says_how_long_it_took():
+    out = io.StringIO()
+    with progress.track("writing x", delay=0, stream=out):
+        pass
+    assert re.fullmatch(r"writing x: done in \d+\.\d s\n", out.getvalue())
+    quiet = io.StringIO()
+    with progress.track("writing y", delay=60, stream=quiet):
+        pass
+    assert quiet.getvalue() == ""
