@@ -614,7 +614,6 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
     art.meta["model"]["load"] = str(model)
     tok = loaded.tokenizer
     art.meta["model"]["eos_id"] = None if tok is None or tok.eos_id is None else int(tok.eos_id)
-    art.meta["config_name"] = config if config else "default"
     with progress.track(f"writing {out}"):  # says how long it took if that was over a second
         write_artifact(out, art)
     if not quiet:

@@ -170,3 +170,13 @@ def test_command_line_takes_the_config_and_reports_the_chosen_context(tmp_path, 
     assert manifest["config"] == small().to_dict() | {"weight_formats": list(small().weight_formats),
                                                       "act_formats": list(small().act_formats),
                                                       "sparse_n": list(small().sparse_n)}
+
+
+@pytest.mark.models
+def test_smollm2_default_lengths_fit_the_u280_default():
+    """The real SmolLM2 shape (from its GGUF header): the default compile no longer asks for 8192 tokens."""
+    shape = loaders.load_model_config("smollm2")
+    assert shape.max_seq_len == 8192
+    plan = plan_lengths(spec_from_shapes(shape, "ovp4"), for_board("u280"))
+    assert plan.max_context < 8192 and plan.max_prompt == cc.DEFAULT_MAX_PROMPT
+    assert plan == plan_lengths(spec_from_shapes(SMOLLM2_SHAPE, "ovp4"), for_board("u280"))
