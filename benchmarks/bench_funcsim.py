@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from olivine.sim.funcsim import check_against_golden
+from olivine.sim.runtime import check_against_golden
 
 
 def full_check(args) -> None:

@@ -234,23 +234,140 @@ def _tag_stats(words: np.ndarray, tags: list[str]) -> dict:
     return st
 
 
+#: Default largest prompt bucket. Prefill programs grow with the prompt (all buckets together with its
+#: square), decode programs do not, so the default context may be much longer than the default prompt.
+DEFAULT_MAX_PROMPT = 1024
+
+
+@dataclass
+class LengthPlan:
+    """The length buckets a compilation will build, checked against the on-chip data space."""
+
+    max_prompt: int
+    max_context: int
+    largest_context: int  # the largest context whose decode step fits the data space (0: none)
+    data_bytes: int  # activation + global buffer bytes of one core
+    notes: list[str] = field(default_factory=list)  # what was clamped or chosen, for the user
+
+
+def bucket_lists(max_prompt: int, max_context: int, prefill_step: int, decode_step: int) -> tuple[list, list]:
+    """The prefill buckets (multiples of prefill_step) and decode buckets (multiples of decode_step)."""
+    pre = list(range(prefill_step, prefill_bucket(max_prompt, prefill_step) + 1, prefill_step))
+    dec = list(range(decode_step, decode_bucket(max_context, decode_step) + 1, decode_step))
+    return pre, dec
+
+
+def data_bytes_needed(spec: ModelSpec, config: AcceleratorConfig, keys: int, layout: Layout | None = None) -> int:
+    """Bytes of the data space one token's forward needs with ``keys`` KV rows on chip (shapes only).
+
+    A prefill chunk of R >= 1 tokens needs at least this, so a compilation whose longest bucket is
+    ``keys`` fits if and only if this fits (the prefill then picks the largest chunk that fits).
+    """
+    if layout is None or layout.kv_capacity < keys:
+        layout = plan_layout(spec, config, keys, materialize=False)
+    lw = Lowering(spec, config, layout)
+    lw.data_size = 1 << 62  # measure, do not fail
+    lw.setup(1, emit_constants=False)
+    lw.forward(1, 16, keys, 0, 0, False, alloc_only=True)
+    return int(lw.peak)
+
+
+def plan_lengths(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int | None = None,
+                 max_context: int | None = None, prefill_step: int = 128, decode_step: int = 16) -> LengthPlan:
+    """Check the lengths before any work: refuse what cannot be compiled, clamp what exceeds the model
+    (with a note) and choose defaults that fit.
+
+    Default context: the largest decode bucket whose forward fits the data space, capped by the
+    model's context. Default prompt: the context, at most :data:`DEFAULT_MAX_PROMPT`.
+    """
+    model_ctx = spec.config.max_seq_len
+    name = spec.config.name
+    for opt, v in (("--max-context", max_context), ("--max-prompt", max_prompt)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise CompileError(f"{opt} {v}: must be a positive number of tokens (or leave it out for the "
+                               "largest that fits)")
+    if decode_step % 16 or decode_step <= 0:
+        raise CompileError(f"decode_step={decode_step} must be a positive multiple of 16 (keys are reduced in 16s)")
+    if prefill_step % 16 or prefill_step <= 0:
+        raise CompileError(f"prefill_step={prefill_step} must be a positive multiple of 16")
+    data = (config.buffers.activation_kib + config.buffers.global_kib) * 1024
+    layout = plan_layout(spec, config, max(model_ctx, max_context or 0, max_prompt or 0, prefill_step),
+                         materialize=False)
+
+    def capacity(prompt: int, context: int) -> int:
+        pre, dec = bucket_lists(min(prompt, context), context, prefill_step, decode_step)
+        return max(pre[-1], dec[-1])
+
+    def fits(prompt: int, context: int) -> bool:
+        return data_bytes_needed(spec, config, capacity(prompt, context), layout) <= data
+
+    # the largest context (a multiple of decode_step, capped by the model) whose buckets fit
+    lo, hi = 0, -(-model_ctx // decode_step)
+    prompt_for_search = max_prompt or DEFAULT_MAX_PROMPT
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(prompt_for_search, min(model_ctx, mid * decode_step)):
+            lo = mid
+        else:
+            hi = mid - 1
+    largest = min(model_ctx, lo * decode_step)
+    notes: list[str] = []
+    kib = data // 1024
+    where = (f"the on-chip data space of this configuration ({config.buffers.activation_kib} KiB activation + "
+             f"{config.buffers.global_kib} KiB global buffer)")
+    if max_context is None:
+        if largest == 0:
+            need = data_bytes_needed(spec, config, capacity(1, decode_step), layout)
+            raise CompileError(f"{name}: not even one token of context fits {where}: a forward needs "
+                               f"{-(-need // 1024)} KiB of {kib} KiB; give --config with larger activation_kib / "
+                               "global_kib buffers")
+        context = largest
+        why = "the model's context" if largest == model_ctx else \
+            f"the largest that fits {kib} KiB of on-chip data space; the model allows {model_ctx}"
+        notes.append(f"max context: {context} tokens ({why}; set --max-context to change)")
+    else:
+        context = max_context
+        if context > model_ctx:
+            notes.append(f"--max-context {context} exceeds {name}'s context of {model_ctx} tokens: using {model_ctx}")
+            context = model_ctx
+    if max_prompt is None:
+        prompt = min(context, DEFAULT_MAX_PROMPT)
+        if prompt < context:
+            notes.append(f"max prompt: {prompt} tokens (prefill programs grow with the prompt; set --max-prompt "
+                         "for longer prompts)")
+    else:
+        prompt = max_prompt
+        if prompt > context:
+            notes.append(f"--max-prompt {prompt} exceeds the context of {context} tokens: using {context}")
+            prompt = context
+    if not fits(prompt, context):
+        cap = capacity(prompt, context)
+        need = data_bytes_needed(spec, config, cap, layout)
+        if data_bytes_needed(spec, config, decode_bucket(context, decode_step), layout) > data:
+            fix = f"the largest context that fits is --max-context {largest}" if largest else \
+                "not even one token of context fits"
+        else:  # the context fits: the prompt buckets are too long
+            best = max((p for p in range(prefill_step, prompt + 1, prefill_step) if fits(p, context)), default=0)
+            fix = f"the largest prompt that fits is --max-prompt {best}" if best else \
+                f"not even the smallest prompt bucket ({prefill_step} tokens) fits"
+        raise CompileError(f"--max-context {context} with --max-prompt {prompt} (buckets up to {cap} keys) does not "
+                           f"fit {where}: a forward needs {-(-need // 1024)} KiB of {kib} KiB; {fix}, or give "
+                           "--config with larger activation_kib / global_kib buffers")
+    return LengthPlan(prompt, context, largest, data, notes)
+
+
 def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int | None = None,
                   max_context: int | None = None, prefill_step: int = 128, decode_step: int = 16,
                   prefill_buckets=None, decode_buckets=None, materialize: bool = True, progress=None,
                   verify_all: bool = False, prefill_rows: int | None = None) -> Compiled:
     """Compile prefill and decode programs for every length bucket (or the listed ones)."""
     t0 = time.perf_counter()
-    c = spec.config
-    if decode_step % 16 or decode_step <= 0:
-        raise CompileError(f"decode_step={decode_step} must be a positive multiple of 16 (keys are reduced in 16s)")
-    if prefill_step % 16 or prefill_step <= 0:
-        raise CompileError(f"prefill_step={prefill_step} must be a positive multiple of 16")
-    max_context = min(c.max_seq_len, max_context or c.max_seq_len)
-    max_prompt = min(max_context, max_prompt or max_context)
-    if prefill_buckets is None:
-        prefill_buckets = list(range(prefill_step, prefill_bucket(max_prompt, prefill_step) + 1, prefill_step))
-    if decode_buckets is None:
-        decode_buckets = list(range(decode_step, decode_bucket(max_context, decode_step) + 1, decode_step))
+    if prefill_buckets is None or decode_buckets is None:
+        plan = plan_lengths(spec, config, max_prompt=max_prompt, max_context=max_context, prefill_step=prefill_step,
+                            decode_step=decode_step)
+        pre, dec = bucket_lists(plan.max_prompt, plan.max_context, prefill_step, decode_step)
+        prefill_buckets = pre if prefill_buckets is None else prefill_buckets
+        decode_buckets = dec if decode_buckets is None else decode_buckets
     capacity = max(max(prefill_buckets, default=0), max(decode_buckets, default=0))
     layout = plan_layout(spec, config, capacity, materialize)
     rows = choose_prefill_rows(spec, config, layout, max(prefill_buckets)) if prefill_buckets else 1
@@ -270,7 +387,13 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
     head_bytes = tile_bytes.get("lm_head", 0)
     decoder_bytes = sum(tile_bytes.values()) - head_bytes
 
+    from olivine import progress as _progress
+
+    bar = _progress.track(f"compiling {spec.config.name}", len(prefill_buckets) + len(decode_buckets), "program",
+                          min_interval=2.0)
+
     def add(name, kind, bucket, parts):
+        bar.advance(name)
         if keep:
             words, patches, tags = _concat(parts)
             programs[name] = ProgramInfo(name, kind, bucket, words, patches, _tag_stats(words, tags))
@@ -321,6 +444,7 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
             seg = (steps[k] if keep else steps.shape_of(k)) if regular else \
                 _decode_step(spec, config, layout, b, s_alloc)
             add(f"decode_{b:05d}", "decode", b, [(pro1, 0, 0), (seg, 0, 0), (head, 0, 0)])
+    bar.close()
     return Compiled(spec, config, layout, programs, rows, prefill_step, decode_step, time.perf_counter() - t0,
                     dict(AFFINE_USED))
 
@@ -408,21 +532,15 @@ def storage_report(comp: Compiled) -> dict:
             "weight_image": {**comp.layout.image_parts, "total": sum(comp.layout.image_parts.values())}}
 
 
-def compile_main(model: str = "glassllm", board: str = "u280", weights: str | None = None,
-                 sparsity: str | None = None, preset: str | None = None, out: str = "build/olivine",
-                 max_context: int | None = None, max_prompt: int | None = None, quiet: bool = False) -> int:
-    """``olivine compile``: quantize ``model``, compile all buckets, write the artifact to ``out``."""
-    from olivine.golden.loaders import load_model
+def _validate_quant(preset: str | None, weights: str | None, sparsity):
+    """The QuantConfig of the options, refusing what the compiler cannot express (before any loading)."""
     from olivine.golden.qconfig import LayerQuant, QuantConfig
-    from olivine.golden.qmodel import quantize_model
 
-    from .spec import spec_from_qllama
-
-    t0 = time.perf_counter()
-    check_destination(out)  # refuse a file or a foreign directory before minutes of quantization
     if preset is None:
         preset = "w4a8-ovp"
     qcfg = QuantConfig.preset(preset)
+    if weights is not None and weights not in ("ovp4", "int4", "int8"):
+        raise CompileError(f"--weights {weights!r}: choose ovp4, int4 or int8")
     if isinstance(sparsity, str) and ":" not in sparsity:
         try:  # a density ("0.5"): N chosen per 16x16 block by golden.sparsity.choose_block_n
             sparsity = float(sparsity)
@@ -433,18 +551,77 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
         default = LayerQuant(weights or qcfg.default.weights, qcfg.default.acts,
                              sparsity if sparsity is not None else qcfg.default.sparsity)
         qcfg = QuantConfig(default, dict(qcfg.overrides), name=f"{preset}+{weights or ''}{sparsity or ''}")
+    return qcfg
+
+
+def _check_quant_compilable(qcfg, config) -> None:
+    """What spec_from_qllama would refuse after quantizing, refused before it (same reasons)."""
+    from olivine.golden.model import LINEAR_NAMES
+
+    if qcfg.is_float:
+        raise CompileError(f"preset {qcfg.name!r} is float (fp32) and has no integer form; choose an integer preset "
+                           "(e.g. w4a8-ovp)")
+    names = [f"layers.{i}.{n}" for i in range(config.n_layers) for n in LINEAR_NAMES] + ["lm_head"]
+    for name, lq in qcfg.resolve(names).items():
+        if lq.weights == "fp32" or lq.acts == "fp32":
+            raise CompileError(f"{name}: preset {qcfg.name!r} keeps it in float (fp32), which has no integer form; "
+                               "choose an integer preset")
+        if lq.acts not in ("int8", "int8-pow2"):
+            raise CompileError(f"{name}: activations {lq.acts!r} (preset {qcfg.name!r}) are not supported by the "
+                               "compiler yet (only per-token dynamic INT8); use a w*a8 preset")
+
+
+def compile_main(model: str = "glassllm", board: str | None = None, weights: str | None = None,
+                 sparsity: str | None = None, preset: str | None = None, out: str = "build/olivine",
+                 max_context: int | None = None, max_prompt: int | None = None, quiet: bool = False,
+                 config: str | None = None) -> int:
+    """``olivine compile``: quantize ``model``, compile all buckets, write the artifact to ``out``.
+
+    Every option is checked first, and the lengths against the hardware configuration from the
+    model's shape alone (:func:`plan_lengths`), so nothing is refused after minutes of quantization.
+    ``config`` is a named configuration or a JSON file of AcceleratorConfig fields
+    (``olivine.hw.config.load_config``); ``board`` defaults to the configuration's board, else u280.
+    Notes on what was chosen or clamped go to stderr.
+    """
+    import sys
+
+    from olivine import progress
+    from olivine.golden.loaders import load_model, load_model_config
+    from olivine.golden.qmodel import quantize_model
+    from olivine.hw.config import load_config
+
+    from .spec import spec_from_qllama, spec_from_shapes, sparse_n_of
+
+    t0 = time.perf_counter()
+    # ---- every option, before anything slow
+    check_destination(out)  # refuse a file or a foreign directory before minutes of quantization
+    hw = load_config(config, board=board)
+    qcfg = _validate_quant(preset, weights, sparsity)
+    shape = load_model_config(model)
+    _check_quant_compilable(qcfg, shape)
+    pattern = qcfg.default.sparsity if isinstance(qcfg.default.sparsity, str) else None
+    wfmt = qcfg.default.weights if qcfg.default.weights in ("ovp4", "int4", "int8") else "int8"
+    sparse_n_of(pattern)
+    plan = plan_lengths(spec_from_shapes(shape, wfmt, sparsity=pattern), hw, max_prompt=max_prompt,
+                        max_context=max_context)
+    for note in plan.notes:
+        print(f"olivine compile: {note}", file=sys.stderr)
+    # ---- the slow part
     loaded = load_model(model)
     q = quantize_model(loaded.config, loaded.weights, qcfg)
     spec = spec_from_qllama(q, source=str(model))
-    config = for_board(board)
-    comp = compile_model(spec, config, max_context=max_context, max_prompt=max_prompt)
+    comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
     art = to_artifact(comp)
     art.meta["model"]["load"] = str(model)
-    write_artifact(out, art)
+    tok = loaded.tokenizer
+    art.meta["model"]["eos_id"] = None if tok is None or tok.eos_id is None else int(tok.eos_id)
+    with progress.track(f"writing {out}"):  # says how long it took if that was over a second
+        write_artifact(out, art)
     if not quiet:
         rep = storage_report(comp)
-        print(f"compiled {model} ({spec.preset}) for {board} in {time.perf_counter() - t0:.1f} s "
-              f"(programs {comp.compile_seconds:.1f} s): {len(comp.programs)} programs, "
+        print(f"compiled {model} ({spec.preset}) for {hw.board} in {time.perf_counter() - t0:.1f} s "
+              f"(programs {comp.compile_seconds:.1f} s): {len(comp.programs)} programs "
+              f"(prompts up to {plan.max_prompt}, context up to {plan.max_context} tokens), "
               f"{rep['total_bytes'] / 1e6:.2f} MB of instructions, weight image "
               f"{sum(comp.layout.weight_bytes) / 1e6:.2f} MB over {comp.layout.channels} channels "
               f"(values {rep['weight_image']['weight_values'] / 1e6:.3f} MB, sparse meta "

@@ -397,4 +397,6 @@ def choose_prefill_rows(spec: ModelSpec, config: AcceleratorConfig, layout: Layo
             return r
         except CompileError:
             r //= 2
-    raise CompileError("not even one token fits the on-chip data space; enlarge the activation/global buffers")
+    raise CompileError(f"not even one token with {s_alloc} keys fits the on-chip data space "
+                       f"({config.buffers.activation_kib} + {config.buffers.global_kib} KiB); lower --max-prompt / "
+                       "--max-context, or give --config with larger activation_kib / global_kib buffers")

@@ -30,6 +30,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from olivine.progress import track
+
 from .model import FloatLlama, ForwardModel
 
 __all__ = [
@@ -243,6 +245,9 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
     reference = FloatLlama(cfg, loaded.weights)
     quantizer, why = _quantizer()
 
+    presets = list(presets)
+    bar = track(f"accuracy of {cfg.name}", len(presets) * (2 + len(corpora)), "step")
+
     rows = []
     for preset in presets:
         t0 = time.perf_counter()
@@ -250,9 +255,11 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
         if quantizer is None and preset != "fp32":
             row.status = f"skipped: {why}"
             rows.append(row)
+            bar.advance(f"{preset}: skipped", 2 + len(corpora))
             continue
         if quantizer is None:
             model = reference
+            bar.advance(f"{preset}: the float reference")
         else:
             qcfg_cls, quantize = quantizer
             try:
@@ -260,12 +267,15 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
             except ValueError as err:
                 row.status = f"skipped: {err}"
                 rows.append(row)
+                bar.advance(f"{preset}: skipped", 2 + len(corpora))
                 continue
             say(f"{cfg.name}: quantizing {preset}")
             model = quantize(cfg, loaded.weights, qcfg, calib)
+            bar.advance(f"{preset}: quantized")
         for name, ids in texts.items():
             say(f"{cfg.name} {preset}: perplexity on {name}")
             row.perplexity[name] = perplexity(model, ids, window=window)
+            bar.advance(f"{preset}: perplexity on {name}")
         if model is reference:
             row.next_token_agreement = row.greedy_agreement = 1.0
         else:
@@ -274,8 +284,10 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
             row.next_token_agreement = next_token_agreement(reference, model, ids, window=window)
             row.greedy_agreement = sum(greedy_agreement(reference, model, p, greedy_n)
                                        for p in prompt_ids) / len(prompt_ids)
+        bar.advance(f"{preset}: agreement with fp32")
         row.seconds = time.perf_counter() - t0
         rows.append(row)
+    bar.close()
     return rows
 
 

@@ -17,14 +17,19 @@ read-only, or pass ``use_cache=False`` for a private copy.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from olivine import progress
 
 from .model import FloatLlama, LayerWeights, LlamaConfig, LlamaWeights, interleaved_to_rotate_half
 from .tokenizer import GlassTokenizer, HFTokenizer, TextTokenizer
@@ -34,6 +39,8 @@ __all__ = [
     "ModelLoadError",
     "LoadedModel",
     "load_model",
+    "load_model_config",
+    "load_tokenizer",
     "load_glassllm",
     "load_smollm2",
     "load_hf_dir",
@@ -72,23 +79,81 @@ class LoadedModel:
 _CACHE: dict[str, LoadedModel] = {}
 
 
-def load_model(name_or_path: str | os.PathLike, use_cache: bool = True) -> LoadedModel:
-    """Load a built-in model by name (:data:`MODEL_NAMES`) or a LLaMA checkpoint by path."""
+def _resolve(name_or_path: str | os.PathLike) -> str:
+    """The cache key of a model: a built-in name (lower case) or an absolute existing path."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"load_model() takes a model name or a path, got {type(name_or_path).__name__}")
     key = str(name_or_path)
     if not key.strip():
         raise ModelLoadError(f"the model name is empty; give a built-in name ({', '.join(MODEL_NAMES)}), a Hugging "
                              "Face LlamaForCausalLM directory or a .gguf file")
-    if key not in MODEL_NAMES:  # built-in names are exact (lower-case), so a directory "GlassLLM" stays a path
-        path = Path(key).expanduser()
-        if not path.exists():
-            hint = f"did you mean {key.lower()!r}? " if key.lower() in MODEL_NAMES else ""
-            raise ModelLoadError(
-                f"model {key!r} is neither a built-in name ({', '.join(MODEL_NAMES)}) nor an existing "
-                f"path; {hint}give one of those names, a Hugging Face LlamaForCausalLM directory "
-                "(config.json + *.safetensors) or a .gguf file")
-        key = str(path.resolve())
+    if key in MODEL_NAMES:  # built-in names are exact (lower-case), so a directory "GlassLLM" stays a path
+        return key
+    path = Path(key).expanduser()
+    if not path.exists():
+        hint = f"did you mean {key.lower()!r}? " if key.lower() in MODEL_NAMES else ""
+        raise ModelLoadError(
+            f"model {key!r} is neither a built-in name ({', '.join(MODEL_NAMES)}) nor an existing "
+            f"path; {hint}give one of those names, a Hugging Face LlamaForCausalLM directory "
+            "(config.json + *.safetensors) or a .gguf file")
+    return str(path.resolve())
+
+
+def _not_gguf(key: str) -> ModelLoadError:
+    return ModelLoadError(f"{key} is a file but not a .gguf file; pass a .gguf file or the "
+                          "directory of a Hugging Face checkpoint (the one holding config.json)")
+
+
+def load_model_config(name_or_path: str | os.PathLike) -> LlamaConfig:
+    """The shape of a model (its :class:`LlamaConfig`) without loading or converting its weights.
+
+    Enough to plan a compilation (what fits on chip) before spending minutes on quantization.
+    """
+    key = _resolve(name_or_path)
+    if key in _CACHE:
+        return _CACHE[key].config
+    if key in ("glassllm", "glassllm-pt"):  # the package model loads in ~0.2 s: keep it for load_model
+        _CACHE[key] = load_glassllm("en" if key == "glassllm" else "pt")
+        return _CACHE[key].config
+    if key == "smollm2":
+        return _gguf_config(smollm2_gguf_path(), "smollm2-135m")
+    if Path(key).is_dir():
+        cfg_file = Path(key) / "config.json"
+        if not cfg_file.is_file():
+            raise ModelLoadError(f"{key} has no config.json; pass the directory of a Hugging Face "
+                                 "checkpoint (the one holding config.json and the *.safetensors files)")
+        try:
+            return config_from_hf(json.loads(cfg_file.read_text(encoding="utf-8")), name=Path(key).name)
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"{cfg_file} is not valid JSON: {err}") from err
+    if key.lower().endswith(".gguf"):
+        return _gguf_config(Path(key), Path(key).stem)
+    raise _not_gguf(key)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> TextTokenizer | None:
+    """The tokenizer of a model (``None`` if it has none) without loading its weights."""
+    key = _resolve(name_or_path)
+    if key in _CACHE or key in ("glassllm", "glassllm-pt"):
+        return load_model(key).tokenizer
+    if key == "smollm2" or key.lower().endswith(".gguf"):
+        path = smollm2_gguf_path() if key == "smollm2" else Path(key)
+        _require_models_extra(f"the tokenizer of {path.name}")
+        with _quiet_transformers():
+            return _hf_tokenizer(str(path.parent), gguf_file=path.name)
+    if Path(key).is_dir():
+        folder = Path(key)
+        if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")) \
+                and importlib.util.find_spec("transformers") is not None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            return _hf_tokenizer(str(folder))
+        return None
+    raise _not_gguf(key)
+
+
+def load_model(name_or_path: str | os.PathLike, use_cache: bool = True) -> LoadedModel:
+    """Load a built-in model by name (:data:`MODEL_NAMES`) or a LLaMA checkpoint by path."""
+    key = _resolve(name_or_path)
     if use_cache and key in _CACHE:
         return _CACHE[key]
     if key == "glassllm":
@@ -102,8 +167,7 @@ def load_model(name_or_path: str | os.PathLike, use_cache: bool = True) -> Loade
     elif key.lower().endswith(".gguf"):
         loaded = load_gguf(key)
     else:
-        raise ModelLoadError(f"{key} is a file but not a .gguf file; pass a .gguf file or the "
-                             "directory of a Hugging Face checkpoint (the one holding config.json)")
+        raise _not_gguf(key)
     if use_cache:
         _CACHE[key] = loaded
     return loaded
@@ -327,24 +391,59 @@ def load_gguf(path: str | os.PathLike, name: str | None = None, return_hf_model:
         raise ModelLoadError(f"{path.name}: GGUF architecture {arch!r} is not 'llama'; olivine loads "
                              "LLaMA-family models only")
     from transformers import AutoModelForCausalLM
+
+    with progress.step(f"loading {path.name}"), _quiet_transformers():
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                        dtype=torch.float32)
+        tokenizer = _hf_tokenizer(str(path.parent), gguf_file=path.name)
+    config = config_from_hf(hf_model.config.to_dict(), name=name or path.stem)
+    weights = weights_from_hf_state_dict(config, hf_model.state_dict())
+    loaded = LoadedModel(config, weights, tokenizer, source=str(path))
+    return (loaded, hf_model) if return_hf_model else loaded
+
+
+def _gguf_config(path: Path, name: str) -> LlamaConfig:
+    """A GGUF model's shape from its header (transformers reads the metadata, not the tensors)."""
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} does not exist")
+    _require_models_extra(f"reading {path.name}")
+    from transformers import AutoConfig
+
+    with _quiet_transformers():
+        try:
+            hf = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as err:  # a corrupt header surfaces as many exception types inside gguf
+            raise ModelLoadError(f"{path} is not a readable GGUF file: {err}") from err
+    return config_from_hf(hf.to_dict(), name=name)
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silence transformers' warnings and progress bars, including the tqdm bar it draws while
+    de-quantizing GGUF tensors (created with tqdm directly, so its logging switch misses it)."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        except ImportError:
+            gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                        dtype=torch.float32)
-        tokenizer = _hf_tokenizer(str(path.parent), gguf_file=path.name)
+        yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
-    config = config_from_hf(hf_model.config.to_dict(), name=name or path.stem)
-    weights = weights_from_hf_state_dict(config, hf_model.state_dict())
-    loaded = LoadedModel(config, weights, tokenizer, source=str(path))
-    return (loaded, hf_model) if return_hf_model else loaded
 
 
 def smollm2_gguf_path() -> Path:

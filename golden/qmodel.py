@@ -50,6 +50,8 @@ from typing import Callable
 
 import torch
 
+from olivine import progress
+
 from . import fixed, sfu
 from .contract import (
     ContractError,
@@ -69,7 +71,7 @@ from .contract import (
     round_shift,
     to_fixed,
 )
-from .model import FloatLlama, LlamaConfig, LlamaWeights
+from .model import LINEAR_NAMES, FloatLlama, LlamaConfig, LlamaWeights
 from .qconfig import LayerQuant, QuantConfig
 
 __all__ = ["QLlama", "QKVCache", "quantize_model", "collect_linear_inputs", "LOGIT_FRAC"]
@@ -374,12 +376,14 @@ _IN_OUT_FRAC = {"wq": (NORM_F, ACT_F), "wk": (NORM_F, ACT_F), "wv": (NORM_F, ACT
                 "w_gate": (NORM_F, ACT_F), "w_up": (NORM_F, ACT_F), "w_down": (ACT_F, RES_F), "lm_head": (NORM_F, LOGIT_FRAC)}
 
 
-def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig | str, calib_tokens=None) -> QLlama:
+def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig | str, calib_tokens=None,
+                   show_progress: bool = True) -> QLlama:
     """Compile a float LLaMA to the integer contract with per-layer precision ``qcfg``.
 
     qcfg: a QuantConfig or a preset name. ``calib_tokens`` ([T] or [B, T] token ids) are needed
     when some layer uses static activations ("ovp4" or "int8-static"); the float model runs them
-    once and each such linear's inputs set its static scale/alpha.
+    once and each such linear's inputs set its static scale/alpha. ``show_progress``: a progress bar
+    (or a line per linear when stderr is not a terminal) once quantization takes over a second.
     """
     if isinstance(qcfg, str):
         qcfg = QuantConfig.preset(qcfg)
@@ -397,12 +401,17 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
         calib = collect_linear_inputs(config, weights, calib_tokens, static)
     linears = {}
-    for n in names:
-        short = n.split(".")[-1]
-        in_f, out_f = _IN_OUT_FRAC[short]
-        q = lq[n]
-        linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f, out_frac=out_f,
-                                    sparsity=q.sparsity, calib=calib.get(n), name=n)
+    # progress per decoder layer (its 7 linears) and the head
+    with progress.track(f"quantizing {config.name} ({qcfg.name})", config.n_layers + 1, "layer",
+                        delay=None if show_progress else float("inf")) as bar:
+        for n in names:
+            short = n.split(".")[-1]
+            in_f, out_f = _IN_OUT_FRAC[short]
+            q = lq[n]
+            linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f,
+                                        out_frac=out_f, sparsity=q.sparsity, calib=calib.get(n), name=n)
+            if n == "lm_head" or short == LINEAR_NAMES[-1]:
+                bar.advance(n.rsplit(".", 1)[0] if n != "lm_head" else n)
     head = linears["lm_head"].weight
     if config.tie_embeddings and head is not None and head.kind == "int8" and head.block_n is None:
         embed_q = head  # one INT8 table serves the lookup and the head

@@ -151,14 +151,26 @@ class AcceleratorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AcceleratorConfig":
+    def from_dict(cls, data: dict, where: str = "configuration") -> "AcceleratorConfig":
+        """A configuration from plain data (JSON): every field checked for name and type first.
+
+        ``buffers`` is a nested object of :class:`BufferConfig` fields; lists become tuples. ``where``
+        names the source (a file) in error messages.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected an object of AcceleratorConfig fields, got {type(data).__name__}")
         data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown configuration fields {unknown}; known: {sorted(known)}")
-        if isinstance(data.get("buffers"), dict):
-            data["buffers"] = BufferConfig(**data["buffers"])
+        _check_fields(cls, data, where)
+        if "buffers" in data:
+            buffers = data["buffers"]
+            if isinstance(buffers, BufferConfig):
+                pass
+            elif isinstance(buffers, dict):
+                _check_fields(BufferConfig, buffers, f"{where}: buffers")
+                data["buffers"] = BufferConfig(**buffers)
+            else:
+                raise ConfigError(f"{where}: buffers must be an object of {_field_names(BufferConfig)}, "
+                                  f"got {type(buffers).__name__}")
         for key in ("weight_formats", "act_formats", "sparse_n"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -187,3 +199,104 @@ def for_board(name: str, **overrides) -> AcceleratorConfig:
         defaults["hbm_channels"] = board.memory.channels
     defaults.update(overrides)
     return AcceleratorConfig(**defaults)
+
+
+# ---- strict parsing of plain data ----------------------------------------------------------------
+
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _field_names(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _check_fields(cls, data: dict, where: str) -> None:
+    """Unknown names and wrong types, all reported at once (bool is not an int here)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    problems = []
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        problems.append(f"unknown configuration fields {unknown}")
+    for key, value in data.items():
+        if key not in fields or key == "buffers":
+            continue
+        kind = str(fields[key].type)
+        if kind.startswith("tuple["):
+            item = kind[len("tuple["):].split(",")[0].strip()
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, _FIELD_TYPES[item]) and not isinstance(v, bool) for v in value)
+            expect = f"a list of {item}"
+        else:
+            ok = isinstance(value, _FIELD_TYPES[kind]) and not isinstance(value, bool)
+            expect = {"int": "an integer", "float": "a number", "str": "a string"}[kind]
+        if not ok:
+            problems.append(f"{key} must be {expect}, got {value!r}")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems) + f" (fields: {_field_names(cls)})")
+
+
+# ---- named configurations ------------------------------------------------------------------------
+
+def small(board: str = "u280") -> AcceleratorConfig:
+    """A small core for RTL simulation: 1 core, 8 chains of 16 DSPs, buffers sized for glassllm.
+
+    The data space (activation 180 KiB + global 72 KiB, 5 + 2 UltraRAMs) holds glassllm's prefill in
+    chunks of 32 tokens at its full context of 128; the 72 KiB weight buffer holds two 16-row tiles of
+    its widest row. Four HBM channels spread glassllm's tiles while keeping a testbench's memory models few.
+    """
+    return AcceleratorConfig(board=get_board(board).name, cores=1, chains_per_core=8, chain_length=16,
+                             buffers=BufferConfig(weight_kib=72, activation_kib=180, global_kib=72, meta_kib=16,
+                                                  bias_kib=8),
+                             hbm_channels=4)
+
+
+#: Named configurations: name -> (builder taking the board name, one-line description).
+CONFIGS = {
+    "default": (for_board, "sized to the board: up to 3 cores (one per SLR), ~70% of the DSPs in chains of 16, "
+                "all HBM channels, 1 MiB weight + 1.5 MiB activation + 512 KiB global buffer per core"),
+    "small": (small, "1 core, 8 chains of 16, buffers sized for glassllm, 4 HBM channels (for RTL simulation)"),
+}
+
+
+def load_config(name_or_path: str | None, board: str | None = None) -> AcceleratorConfig:
+    """A named configuration (:data:`CONFIGS`) or a JSON file of :class:`AcceleratorConfig` fields.
+
+    ``board`` is the target board (default: the file's ``board`` field, else u280); a file naming a
+    different board than ``board`` is refused. Missing fields of a file take the board's defaults
+    (:func:`for_board`); a ``buffers`` object may give only some buffers.
+    """
+    import os
+
+    if name_or_path is None or name_or_path == "":
+        name_or_path = "default"
+    if name_or_path in CONFIGS:
+        return CONFIGS[name_or_path][0](get_board(board or "u280").name)
+    if not (name_or_path.endswith(".json") or os.sep in name_or_path or os.path.exists(name_or_path)):
+        raise ConfigError(f"--config {name_or_path!r} is neither a named configuration "
+                          f"({', '.join(CONFIGS)}) nor a .json file of AcceleratorConfig fields")
+    if not os.path.isfile(name_or_path):
+        raise ConfigError(f"configuration file {name_or_path} does not exist (or is not a regular file); "
+                          f"give a .json file or one of {', '.join(CONFIGS)}")
+    try:
+        with open(name_or_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"configuration file {name_or_path} is not readable JSON: {exc}") from None
+    where = f"configuration file {name_or_path}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of AcceleratorConfig fields, got {type(data).__name__}")
+    _check_fields(AcceleratorConfig, data, where)
+    file_board = data.get("board")
+    if board is not None and file_board is not None and get_board(board).name != get_board(file_board).name:
+        raise ConfigError(f"{where} is for board {file_board!r} but --board is {board!r}; drop one of them")
+    name = get_board(file_board or board or "u280").name
+    base = for_board(name).to_dict()
+    buffers = data.get("buffers", {})
+    if isinstance(buffers, dict):
+        _check_fields(BufferConfig, buffers, f"{where}: buffers")
+        data = {**data, "buffers": {**base["buffers"], **buffers}}
+    try:
+        return AcceleratorConfig.from_dict({**base, **data, "board": name}, where)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None

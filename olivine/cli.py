@@ -165,13 +165,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     return compile_main(model=args.model, board=args.board, weights=args.weights, sparsity=args.sparsity,
                         preset=args.preset, out=args.output, max_context=args.max_context,
-                        max_prompt=args.max_prompt)
+                        max_prompt=args.max_prompt, config=args.config)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from olivine.sim.funcsim import run_main
+    from olivine.sim.runtime import run_main
 
-    return run_main(args.directory, args.prompt, max_new_tokens=args.max_new_tokens, backend=args.backend)
+    return run_main(args.directory, args.prompt, max_new_tokens=args.max_new_tokens, backend=args.backend,
+                    ignore_eos=args.ignore_eos)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,26 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write them with the weight image as an artifact directory.",
                        lazy_epilog=_joined(_presets_help, _models_help, _boards_help))
     p.add_argument("--model", default="glassllm", help="glassllm, smollm2 or a path (HF LlamaForCausalLM dir or .gguf)")
-    p.add_argument("--board", default="u280", help="target board (u280, u55c, u50, u250, vhk158)")
+    p.add_argument("--board", default=None,
+                   help="target board (u280, u55c, u50, u250, vhk158); default: the --config file's board, else u280")
+    p.add_argument("--config", default=None, metavar="NAME|FILE.json",
+                   help="hardware configuration: 'default' (sized to the board), 'small' (1 core, 8 chains, "
+                        "buffers for glassllm) or a JSON file of AcceleratorConfig fields with a nested 'buffers' "
+                        "object (docs/compiler.md)")
     p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp; listed below)")
-    p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"),
-                   help="override the preset's weight precision")
-    p.add_argument("--sparsity", default=None,
-                   help="override the weight sparsity: a pattern N:16 (e.g. 8:16) or 2:4, or a density in (0, 1]")
+    p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"), help="override the preset's weight precision")
+    p.add_argument("--sparsity", default=None, help="override the weight sparsity: a pattern N:16 (e.g. 8:16) or 2:4, or a density in (0, 1]")
     p.add_argument("--max-context", type=int, default=None,
-                   help="largest decode context bucket in tokens (default: the model's maximum)")
+                   help="largest context (prompt + generated tokens); default: the largest that fits the "
+                        "configuration's on-chip buffers, at most the model's context")
     p.add_argument("--max-prompt", type=int, default=None,
-                   help="largest prefill (prompt) bucket in tokens (default: the maximum context)")
-    p.add_argument("-o", "--output", required=True,
-                   help="artifact directory to write atomically: new, empty, or an earlier artifact (replaced)")
+                   help="largest prompt (prefill bucket); default: the context, at most 1024")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write atomically: new, empty, or an earlier artifact (replaced)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="generate text from a compiled artifact",
                        description="Greedy generation from a compiled artifact on a backend.")
     p.add_argument("directory", help="artifact directory written by `olivine compile`")
     p.add_argument("--backend", default="isa", choices=("isa",), help="isa: the functional simulator")
-    p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    p.add_argument("--prompt", required=True, help="text to continue (must not be empty)")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="tokens to generate at most (>= 1; prompt + tokens must fit the artifact's context)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating after the model's end-of-sequence token")
     p.set_defaults(func=_cmd_run)
     return parser
 

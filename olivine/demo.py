@@ -33,9 +33,8 @@ def _print_accuracy(model: str, corpora, tokens, presets, title: str) -> int:
 
     # Wide enough for the whole table when the output is a file or a CI log.
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    with console.status("starting") as status:
-        rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens,
-                              progress=lambda msg: status.update(msg))
+    # accuracy_table shows its own progress (a bar in a terminal, a line per step in a log)
+    rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens)
     console.print(accuracy_rich_table(rows, title=title))
     failed = [r for r in rows if r.status != "ok"]
     for row in failed:
@@ -45,7 +44,7 @@ def _print_accuracy(model: str, corpora, tokens, presets, title: str) -> int:
 
 def _check_compiled(model: str, preset: str, max_new_tokens: int) -> int:
     """Compile ``model`` and run it on the functional simulator against golden, token for token."""
-    from olivine.sim.funcsim import check_against_golden
+    from olivine.sim.runtime import check_against_golden
 
     print(f"compiling {model} ({preset}) and running prompt + {max_new_tokens} tokens on the functional "
           "simulator against golden ...", flush=True)

@@ -55,6 +55,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from olivine import progress
+
 __all__ = [
     "CocotbResult",
     "RtlBuildError",
@@ -287,7 +289,8 @@ def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timesc
             build_env = {k: env[k] for k in ("PATH", "VERILATOR_ROOT")} if env else {}
             if simulator == "verilator":
                 build_env["MAKEFLAGS"] = VERILATOR_MAKE_FIXES
-            with _patched_process(build_env):
+            with _patched_process(build_env), progress.step(f"building {top} with {simulator} "
+                                                            f"(cached in {build_dir})"):
                 runner.build(sources=[source], hdl_toplevel=top, build_args=flags,
                              build_dir=tmp, timescale=tuple(timescale) if timescale else None,
                              waves=waves, log_file=log, always=True)

@@ -13,7 +13,7 @@ from olivine.compiler.compile import (apply_patches, compile_main, compile_model
 from olivine.compiler.spec import UnsupportedModelError, pad16, spec_from_qllama, spec_from_shapes
 from olivine.golden.model import LlamaConfig
 from olivine.hw.config import for_board
-from olivine.sim.funcsim import Runtime, golden_generate, run_main
+from olivine.sim.runtime import Runtime, golden_generate, run_main
 
 CFG = for_board("u280")
 

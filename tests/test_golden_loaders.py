@@ -323,3 +323,54 @@ def test_smollm2_tokenizer_round_trip(smollm2):
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode("The capital of France is") == [504, 3575, 282, 4649, 314]
     assert tok.vocab_size == 49152 and tok.eos_id == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# shape and tokenizer without the weights (olivine compile plans lengths before loading)
+
+def test_model_config_is_read_without_weights(tmp_path):
+    from olivine.golden.loaders import load_model_config
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    assert load_model_config(tmp_path) == config_from_hf(LLAMA_CONFIG, name=tmp_path.name)
+    assert load_model_config("glassllm") == load_model("glassllm").config
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "no/such/model"])
+def test_model_config_of_a_missing_model_is_explained(bad):
+    from olivine.golden.loaders import load_model_config
+
+    with pytest.raises(ModelLoadError, match="the model name is empty" if not bad.strip() else "neither a built-in name"):
+        load_model_config(bad)
+
+
+def test_glassllm_tokenizer_without_the_model():
+    from olivine.golden.loaders import load_tokenizer
+
+    tok = load_tokenizer("glassllm")
+    assert tok.encode("Once upon a time") == load_model("glassllm").tokenizer.encode("Once upon a time")
+
+
+@pytest.mark.models
+def test_smollm2_shape_and_tokenizer_without_its_weights(smollm2):
+    from olivine.golden.loaders import _CACHE, load_model_config, load_tokenizer
+
+    cached = _CACHE.pop("smollm2", None)  # read the GGUF header, not the cached model
+    try:
+        assert load_model_config("smollm2") == smollm2[0].config
+        tok = load_tokenizer("smollm2")
+        assert tok.eos_id == 2 and tok.decode([tok.eos_id]) == "<|im_end|>"
+    finally:
+        if cached is not None:
+            _CACHE["smollm2"] = cached
+
+
+@pytest.mark.models
+def test_loading_the_gguf_prints_no_progress_bar_of_its_own(capfd):
+    # before: every load printed transformers' "Converting and de-quantizing GGUF tensors..." tqdm bar
+    from olivine.golden.loaders import load_smollm2
+
+    capfd.readouterr()
+    load_smollm2()
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "it/s" not in err

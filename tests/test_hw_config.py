@@ -44,3 +44,69 @@ def test_digest_roundtrip_and_sensitivity():
     assert cfg.replace(clock_mhz=200.0).digest() != cfg.digest()
     with pytest.raises(ConfigError, match="unknown configuration fields"):
         AcceleratorConfig.from_dict({**cfg.to_dict(), "warp_drive": True})
+
+
+# ---- named configurations and configuration files (olivine compile --config) --------------------
+
+import json  # noqa: E402
+
+from olivine.hw.config import CONFIGS, load_config, small  # noqa: E402
+
+
+def test_named_configs_are_registered_and_small_is_one_small_core():
+    assert set(CONFIGS) >= {"default", "small"}
+    assert load_config("default") == for_board("u280")
+    cfg = load_config("small")
+    assert cfg == small() and cfg.board == "u280"
+    assert (cfg.cores, cfg.chains_per_core, cfg.chain_length) == (1, 8, 16)
+    assert cfg.dsp_count == 8 * 16 + cfg.sfu_dsp
+    assert load_config("small", board="u55c").board == "u55c"
+
+
+def _write(tmp_path, data, name="hw.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_config_file_fields_override_the_boards_defaults(tmp_path):
+    cfg = load_config(_write(tmp_path, {"cores": 2, "buffers": {"activation_kib": 2048}}))
+    base = for_board("u280")
+    assert cfg.cores == 2 and cfg.chains_per_core == base.chains_per_core
+    assert cfg.buffers == BufferConfig(**{**base.buffers.__dict__, "activation_kib": 2048})
+    assert load_config(_write(tmp_path, {"board": "u50"})).board == "u50"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"coers": 2}, r"unknown configuration fields \['coers'\]"),
+    ({"buffers": {"activation": 9}}, r"buffers: unknown configuration fields \['activation'\]"),
+    ({"cores": "2"}, "cores must be an integer"),
+    ({"cores": True}, "cores must be an integer"),
+    ({"clock_mhz": "fast"}, "clock_mhz must be a number"),
+    ({"sparse_n": [16, "8"]}, "sparse_n must be a list of int"),
+    ({"buffers": {"global_kib": 1.5}}, "global_kib must be an integer"),
+    ({"buffers": 3}, "buffers must be an object"),
+    ({"cores": 9}, "3 SLRs"),
+    ({"buffers": {"weight_kib": 100000}}, "URAM needed"),
+    ([1, 2], "expected an object"),
+    ("{not json", "not readable JSON"),
+])
+def test_bad_config_files_name_the_file_and_the_problem(tmp_path, data, message):
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert path in str(err.value)
+
+
+def test_config_file_for_another_board_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="drop one"):
+        load_config(_write(tmp_path, {"board": "u50"}), board="u280")
+
+
+def test_unknown_config_name_or_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="named configuration"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "none.json"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path))  # a directory is not a configuration file

@@ -1,0 +1,304 @@
+"""The runtime: runs a compiled artifact on a backend (isa = the functional simulator; rtl and xrt later).
+
+:class:`Runtime` picks the length bucket, patches the program's run-time fields, executes it and
+reads the logits; :func:`run_main` is ``olivine run``: it checks the prompt and the number of new
+tokens against the artifact's buckets before generating anything, streams the text as it is
+generated, stops at the model's end-of-sequence token (``meta.model.eos_id``, recorded at compile
+time) unless told to ignore it, and never discards what was generated when it stops early.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from olivine import progress
+from olivine.compiler import isa
+
+from .funcsim import FuncSim, SimError, SimStats
+
+__all__ = ["Runtime", "RunError", "greedy_loop", "golden_generate", "check_against_golden", "run_main",
+           "BACKENDS"]
+
+#: Backends of ``olivine run`` provided today.
+BACKENDS = ("isa",)
+
+
+class RunError(ValueError):
+    """A run that cannot start (options, prompt, lengths); the message names the limit and the fix."""
+
+
+class Runtime:
+    """Runs compiled programs on a :class:`FuncSim`: picks the bucket, patches, executes, reads logits.
+
+    Build it from an in-memory ``olivine.compiler.compile.Compiled`` (:meth:`from_compiled`) or an
+    artifact directory (:meth:`from_artifact`).
+    """
+
+    def __init__(self, config, meta: dict, programs: dict[str, np.ndarray], image: dict[int, bytes]):
+        self.config, self.meta = config, meta
+        lay = meta["layout"]
+        self.channels = lay["channels"]
+        self.io_base = lay["io_base"]
+        self.vocab = meta["model"]["config"]["vocab_size"]
+        self.programs = programs
+        self.info = meta["programs"]
+        self.sim = FuncSim(config, lay["channel_bytes"], image)
+        self._decoded: dict[str, list] = {}  # program name -> decoded template (patched entries re-decoded)
+        self._idx: dict[str, dict] = {}  # program name -> word offset -> instruction index
+        self.length = 0
+        self.last_stats: SimStats | None = None
+
+    @classmethod
+    def from_compiled(cls, comp) -> "Runtime":
+        from olivine.compiler.compile import to_artifact
+
+        art = to_artifact(comp)
+        return cls(art.config, art.meta, art.programs, art.weights)
+
+    @classmethod
+    def from_artifact(cls, directory, expect_config=None) -> "Runtime":
+        from olivine.compiler.artifact import read_artifact
+
+        art = read_artifact(directory, expect_config)
+        return cls(art.config, art.meta, art.programs, art.weights)
+
+    def _buckets(self, kind: str) -> list[tuple[int, str]]:
+        return sorted((v["bucket"], n) for n, v in self.info.items() if v["kind"] == kind)
+
+    @property
+    def max_prompt(self) -> int:
+        """The longest prompt this artifact runs (its largest prefill bucket)."""
+        return max((b for b, _ in self._buckets("prefill")), default=0)
+
+    @property
+    def max_context(self) -> int:
+        """The longest context a decode step runs at (its largest decode bucket)."""
+        return max((b for b, _ in self._buckets("decode")), default=0)
+
+    @property
+    def eos_id(self) -> int | None:
+        """The model's end-of-sequence token recorded at compile time (None: unknown or none)."""
+        eos = self.meta["model"].get("eos_id")
+        return None if eos is None else int(eos)
+
+    def max_new_tokens(self, prompt_tokens: int) -> int:
+        """How many tokens can follow a prompt of this length (the last one needs no decode step)."""
+        return max(0, self.max_context + 1 - prompt_tokens) if self._buckets("decode") else 1
+
+    def _pick(self, kind: str, length: int) -> str:
+        for b, name in self._buckets(kind):
+            if b >= length:
+                return name
+        largest = self._buckets(kind)[-1][0] if self._buckets(kind) else 0
+        option = "--max-prompt" if kind == "prefill" else "--max-context"
+        raise SimError(f"no {kind} program for length {length} (largest bucket {largest}); recompile with "
+                       f"{option} {length} or more")
+
+    def _execute(self, name: str, env: dict) -> torch.Tensor:
+        from olivine.compiler.compile import apply_patches
+
+        words = self.programs[name]
+        patches = self.info[name]["patches"]
+        if name not in self._decoded:
+            self._decoded[name] = isa.decode_program(words)
+        prog = list(self._decoded[name])
+        patched = apply_patches(words, patches, env)
+        if patches:
+            if name not in self._idx:
+                self._idx[name] = {off: k for k, off in enumerate(isa.program_offsets(prog))}
+            index = self._idx[name]
+            for off in {p["offset"] for p in patches}:
+                prog[index[off]] = isa.decode_one(patched, off)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # per-instruction tensors are small: intra-op threads only add overhead
+        try:
+            self.last_stats = self.sim.run(patched, prog)
+        finally:
+            torch.set_num_threads(threads)
+        raw = self.sim.hbm[0][self.io_base: self.io_base + 4 * self.vocab]
+        return torch.from_numpy(raw.view("<i4").astype(np.int32).copy())
+
+    def prefill(self, tokens) -> torch.Tensor:
+        """Run the prompt (fresh cache); int32 logits (16 fractional bits) of its last token."""
+        from olivine.compiler.compile import patch_env_prefill
+
+        tokens = [int(t) for t in tokens]
+        name = self._pick("prefill", len(tokens))
+        env = patch_env_prefill(tokens, self.info[name]["bucket"], self.meta["prefill_rows"], self.channels)
+        logits = self._execute(name, env)
+        self.length = len(tokens)
+        return logits
+
+    def decode(self, token: int) -> torch.Tensor:
+        """One decode step at position ``self.length``; int32 logits."""
+        from olivine.compiler.compile import patch_env_decode
+
+        name = self._pick("decode", self.length + 1)
+        logits = self._execute(name, patch_env_decode(int(token), self.length, self.channels))
+        self.length += 1
+        return logits
+
+    def generate(self, tokens, max_new_tokens: int, stop=(), on_token=None) -> tuple[list[int], list[torch.Tensor]]:
+        """Greedy generation: returns the new tokens and the int32 logits that chose each (see
+        :func:`greedy_loop` for ``stop`` and ``on_token``)."""
+        return greedy_loop(self.prefill(tokens), self.decode, max_new_tokens, stop, on_token)
+
+
+def greedy_loop(logits: torch.Tensor, decode, max_new_tokens: int, stop=(), on_token=None
+                ) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy decoding from the prefill's last logits; ``decode(token)`` returns the next logits.
+
+    Returns the new tokens and the logits that chose each (no decode after the last token). A token
+    in ``stop`` (the end-of-sequence id) ends generation; it is the last token returned.
+    ``on_token(token)`` is called as each token is chosen (to stream it).
+    """
+    out, all_logits = [], [logits]
+    for _ in range(max_new_tokens):
+        nxt = int(torch.argmax(logits))
+        out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        if len(out) == max_new_tokens or nxt in stop:
+            break
+        logits = decode(nxt)
+        all_logits.append(logits)
+    return out, all_logits
+
+
+def golden_generate(q, tokens, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    """The same greedy loop on golden's QLlama (int32 logits)."""
+    cache = q.new_cache()
+    logits = q.forward_int(torch.as_tensor(list(tokens)), cache, 0)[-1]
+    return greedy_loop(logits, lambda t: q.forward_int(torch.tensor([t]), cache, cache.length)[-1],
+                       max_new_tokens)
+
+
+def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", prompt: str = "Once upon a time",
+                         max_new_tokens: int = 32, board: str = "u280", max_context: int | None = None,
+                         prefill_step: int = 128, decode_step: int = 16) -> dict:
+    """Compile ``model``, run prompt + greedy decode on the functional simulator and on golden's QLlama.
+
+    Returns {"tokens_equal", "logits_equal", "max_logit_diff" (in LSB of 2**-16), "sim_tokens_per_s",
+    "compile_seconds", "tokens", "golden_tokens", "stats"}.
+    """
+    from olivine.compiler.compile import compile_model
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+    from olivine.hw.config import for_board
+
+    loaded = load_model(model)
+    q = quantize_model(loaded.config, loaded.weights, preset)
+    ids = loaded.tokenizer.encode(prompt) if loaded.tokenizer is not None else [1, 2, 3]
+    need = len(ids) + max_new_tokens
+    ctx = max_context or min(loaded.config.max_seq_len, -(-need // decode_step) * decode_step)
+    t0 = time.perf_counter()
+    comp = compile_model(spec_from_qllama(q, model), for_board(board), max_context=ctx,
+                         max_prompt=min(ctx, -(-len(ids) // prefill_step) * prefill_step),
+                         prefill_step=prefill_step, decode_step=decode_step)
+    compile_s = time.perf_counter() - t0
+    rt = Runtime.from_compiled(comp)
+    t0 = time.perf_counter()
+    with progress.track(f"simulating {loaded.config.name} on the isa backend", max_new_tokens, "token",
+                        min_interval=2.0) as bar:
+        toks, logits = rt.generate(ids, max_new_tokens, on_token=bar.advance)
+    sim_s = time.perf_counter() - t0
+    g_toks, g_logits = golden_generate(q, ids, max_new_tokens)
+    diffs = [int((a.to(torch.int64) - b.to(torch.int64)).abs().max()) for a, b in zip(logits, g_logits)]
+    return {"tokens_equal": toks == g_toks, "logits_equal": all(d == 0 for d in diffs) and len(logits) == len(g_logits),
+            "max_logit_diff": max(diffs) if diffs else 0, "sim_tokens_per_s": len(toks) / sim_s if sim_s else 0.0,
+            "compile_seconds": compile_s, "tokens": toks, "golden_tokens": g_toks,
+            "text": loaded.tokenizer.decode(toks) if loaded.tokenizer is not None else None,
+            "stats": rt.sim.stats}
+
+
+def _check_run_options(prompt, max_new_tokens, backend) -> None:
+    if backend not in BACKENDS:
+        raise RunError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)} "
+                       "(isa: the functional simulator)")
+    if not isinstance(prompt, str) or prompt == "":
+        raise RunError("the prompt is empty; give the text to continue with --prompt \"...\"")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise RunError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
+
+
+def check_lengths(rt: Runtime, n_prompt: int, max_new_tokens: int, directory: str = "the artifact") -> None:
+    """Refuse, before generating, a prompt or a token count beyond the artifact's buckets."""
+    if n_prompt > rt.max_prompt:
+        raise RunError(f"the prompt has {n_prompt} tokens but {directory} runs prompts of at most {rt.max_prompt} "
+                       f"tokens; shorten the prompt or recompile with --max-prompt {n_prompt} (or more)")
+    room = rt.max_new_tokens(n_prompt)
+    if max_new_tokens > room:
+        need = n_prompt + max_new_tokens - 1
+        model_ctx = rt.meta["model"]["config"].get("max_seq_len")
+        fix = f"recompile with --max-context {need} (or more)" if model_ctx is None or need <= model_ctx else \
+            f"the model's own context is {model_ctx} tokens"
+        raise RunError(f"--max-new-tokens {max_new_tokens} after a {n_prompt}-token prompt exceeds the context of "
+                       f"{directory} ({rt.max_context} tokens): at most --max-new-tokens {room} fits; {fix}")
+
+
+def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str = "isa",
+             ignore_eos: bool = False) -> int:
+    """``olivine run DIR --backend isa --prompt ... --max-new-tokens N [--ignore-eos]``: generate text.
+
+    The text is streamed to stdout as it is generated; if generation fails midway, what was generated
+    stays printed and the error follows. Stops at the end-of-sequence token unless ``ignore_eos``.
+    """
+    from olivine.golden.loaders import load_tokenizer
+
+    _check_run_options(prompt, max_new_tokens, backend)
+    rt = Runtime.from_artifact(directory)
+    src = rt.meta["model"].get("load") or rt.meta["model"].get("source")
+    tok = load_tokenizer(src)
+    if tok is None:
+        raise RunError(f"the model {src!r} of {directory} has no tokenizer")
+    ids = tok.encode(prompt)
+    if not ids:
+        raise RunError(f"the prompt {prompt!r} encodes to no tokens; give some text to continue")
+    check_lengths(rt, len(ids), max_new_tokens, str(directory))
+    eos = rt.eos_id if rt.eos_id is not None else tok.eos_id
+    stop = () if ignore_eos or eos is None else (int(eos),)
+
+    out: list[int] = []
+    shown = [""]
+
+    def emit(token: int) -> None:
+        out.append(token)
+        text = tok.decode([t for t in out if t not in stop])
+        # print only the new suffix, once it is whole (an incomplete UTF-8 byte piece decodes to U+FFFD)
+        if text.startswith(shown[0]) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(shown[0]):])
+            shown[0] = text
+        sys.stdout.flush()
+
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    try:
+        rt.generate(ids, max_new_tokens, stop=stop, on_token=emit)
+    except BaseException:
+        rest = tok.decode([t for t in out if t not in stop])
+        sys.stdout.write((rest[len(shown[0]):] if rest.startswith(shown[0]) else "") + "\n")
+        sys.stdout.flush()
+        print(f"olivine run: generation stopped after {len(out)} of {max_new_tokens} tokens:", file=sys.stderr)
+        raise
+    dt = time.perf_counter() - t0
+    text = tok.decode([t for t in out if t not in stop])
+    if text.startswith(shown[0]):
+        sys.stdout.write(text[len(shown[0]):])
+    else:  # the decoded text was revised: print the final form
+        sys.stdout.write("\n" + prompt + text)
+    sys.stdout.write("\n")
+    if stop and out and out[-1] in stop:
+        reason = f"stopped at the end-of-sequence token {tok.decode([out[-1]])!r} (--ignore-eos to continue)"
+    else:
+        reason = f"stopped after --max-new-tokens {max_new_tokens}"
+    st = rt.sim.stats
+    print(f"[isa functional simulator] {len(out)} token{'s' if len(out) != 1 else ''} in {dt:.2f} s = {len(out) / dt:.2f} tokens/s, {reason}; "
+          f"instructions {st.instructions}; HBM read {sum(st.hbm_read.values()) / 1e6:.2f} MB, "
+          f"written {sum(st.hbm_written.values()) / 1e6:.3f} MB")
+    return 0

@@ -1,0 +1,141 @@
+"""olivine run (sim/runtime.py): lengths checked before generating, output never discarded, EOS stop."""
+
+import pytest
+import torch
+
+from olivine.compiler.compile import compile_main
+from olivine.golden.loaders import load_model
+from olivine.sim import funcsim, runtime
+from olivine.sim.funcsim import SimError
+from olivine.sim.runtime import RunError, Runtime, greedy_loop, run_main
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """glassllm w8a8 with prompts up to 128 and a context of 48 tokens."""
+    out = tmp_path_factory.mktemp("rt") / "glass"
+    assert compile_main("glassllm", preset="w8a8", out=str(out), max_context=48, quiet=True) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def reference(artifact):
+    """Tokens of an undisturbed 6-token run (ignoring EOS) and the prompt's token count."""
+    tok = load_model("glassllm").tokenizer
+    ids = tok.encode(PROMPT)
+    toks, _ = Runtime.from_artifact(artifact).generate(ids, 6)
+    return ids, toks, tok
+
+
+def test_runtime_moved_and_still_importable_from_funcsim():
+    assert funcsim.Runtime is runtime.Runtime and funcsim.run_main is runtime.run_main
+    assert funcsim.check_against_golden is runtime.check_against_golden
+
+
+def test_empty_prompt_says_it_is_empty(artifact):
+    # before: "a prompt of 0 tokens does not fit the prefill bucket 128"
+    with pytest.raises(RunError, match="the prompt is empty"):
+        run_main(artifact, "", 4)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_non_positive_max_new_tokens_are_refused(artifact, n, capsys):
+    # before: accepted silently
+    with pytest.raises(RunError, match=f"--max-new-tokens {n}: must be at least 1"):
+        run_main(artifact, PROMPT, n)
+    assert capsys.readouterr().out == ""
+
+
+def test_too_many_new_tokens_are_refused_before_generating(artifact, reference, monkeypatch, capsys):
+    # before: generated for 25 s, then printed only an error
+    ids, _, _ = reference
+    called = []
+    monkeypatch.setattr(Runtime, "prefill", lambda self, t: called.append(t))
+    room = 48 + 1 - len(ids)
+    with pytest.raises(RunError, match=f"at most --max-new-tokens {room} fits") as err:
+        run_main(artifact, PROMPT, 200)
+    assert f"--max-context {len(ids) + 199}" not in str(err.value)  # beyond glassllm's 128: recompiling cannot help
+    assert "the model's own context is 128 tokens" in str(err.value) and called == []
+    with pytest.raises(RunError, match="recompile with --max-context 60"):
+        run_main(artifact, PROMPT, 61 - len(ids))
+    assert capsys.readouterr().out == ""
+
+
+def test_the_largest_allowed_count_runs(artifact, reference, monkeypatch, capsys):
+    ids, _, _ = reference
+    room = 48 + 1 - len(ids)
+    monkeypatch.setattr(Runtime, "eos_id", property(lambda self: None))
+    assert run_main(artifact, PROMPT, room, ignore_eos=True) == 0
+    assert f"{room} tokens in" in capsys.readouterr().out
+
+
+def test_a_prompt_longer_than_the_prompt_buckets_is_refused(artifact):
+    with pytest.raises(RunError, match="--max-prompt"):
+        run_main(artifact, "word " * 200, 1)
+
+
+def test_output_generated_before_a_failure_is_printed(artifact, reference, monkeypatch, capsys):
+    ids, toks, tok = reference
+    real_decode = Runtime.decode
+    steps = []
+
+    def failing_decode(self, token):
+        steps.append(token)
+        if len(steps) == 3:
+            raise SimError("injected failure in decode step 3")
+        return real_decode(self, token)
+
+    monkeypatch.setattr(Runtime, "decode", failing_decode)
+    monkeypatch.setattr(Runtime, "eos_id", property(lambda self: None))
+    with pytest.raises(SimError, match="injected"):
+        run_main(artifact, PROMPT, 6)
+    captured = capsys.readouterr()
+    # three tokens were chosen before the third decode step failed: all of them are printed
+    assert captured.out == PROMPT + tok.decode(toks[:3]) + "\n"
+    assert "stopped after 3 of 6 tokens" in captured.err
+
+
+def test_generation_stops_at_the_end_of_sequence_token(artifact, reference, monkeypatch, capsys):
+    ids, toks, tok = reference
+    # make the third generated token the model's end of sequence
+    monkeypatch.setattr(Runtime, "eos_id", property(lambda self: toks[2]))
+    assert run_main(artifact, PROMPT, 6) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(PROMPT + tok.decode(toks[:2]) + "\n")
+    assert "3 tokens in" in out and "end-of-sequence" in out and "--ignore-eos" in out
+    assert run_main(artifact, PROMPT, 6, ignore_eos=True) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(PROMPT + tok.decode(toks[:6]) + "\n") and "6 tokens in" in out
+
+
+def test_the_artifacts_eos_is_the_tokenizers(artifact):
+    rt = Runtime.from_artifact(artifact)
+    assert rt.eos_id == load_model("glassllm").tokenizer.eos_id and rt.eos_id is not None
+    assert (rt.max_prompt, rt.max_context) == (128, 48)
+
+
+def test_greedy_loop_stops_on_a_stop_token_and_streams():
+    vocab = 8
+    logits = [torch.eye(vocab)[i] for i in (5, 2, 7, 1)]
+    it = iter(logits[1:])
+    seen = []
+    out, chose = greedy_loop(logits[0], lambda t: next(it), 10, stop=(7,), on_token=seen.append)
+    assert out == [5, 2, 7] and seen == out and len(chose) == 3
+
+
+def test_unknown_backend_is_refused(artifact):
+    with pytest.raises(RunError, match="--backend 'rtl'"):
+        run_main(artifact, PROMPT, 2, backend="rtl")
+
+
+def test_command_line_run_with_ignore_eos(artifact, reference, monkeypatch, capsys):
+    from olivine import cli
+
+    ids, toks, tok = reference
+    monkeypatch.setattr(Runtime, "eos_id", property(lambda self: toks[0]))
+    assert cli.main(["run", artifact, "--prompt", PROMPT, "--max-new-tokens", "3"]) == 0
+    assert "1 token in" in capsys.readouterr().out
+    assert cli.main(["run", artifact, "--prompt", PROMPT, "--max-new-tokens", "3", "--ignore-eos"]) == 0
+    assert capsys.readouterr().out.startswith(PROMPT + tok.decode(toks[:3]) + "\n")
