@@ -189,8 +189,6 @@ def check_config(config: LlamaConfig) -> None:
     if config.dim % 16:
         raise UnsupportedModelError(f"{config.name}: hidden size {config.dim} is not a multiple of 16 (the residual "
                                     "stream cannot be padded: RMSNorm averages over it)")
-    if config.vocab_size % 16:
-        raise UnsupportedModelError(f"{config.name}: vocab_size={config.vocab_size} is not a multiple of 16")
     if config.max_seq_len > 65535:
         raise UnsupportedModelError(f"{config.name}: max_seq_len={config.max_seq_len} exceeds the 16-bit position field")
     if fixed.RESIDUAL_FRAC != 16 or fixed.ACT_FRAC != 16:
@@ -300,7 +298,7 @@ def spec_from_qllama(q, source: str = "") -> ModelSpec:
         for n in LINEAR_NAMES:
             name = f"layers.{i}.{n}"
             linears[name] = _linear_from_qlinear(name, q.linears[name], *dims[n])
-    linears["lm_head"] = _linear_from_qlinear("lm_head", q.linears["lm_head"], c.vocab_size, c.dim)
+    linears["lm_head"] = _linear_from_qlinear("lm_head", q.linears["lm_head"], pad16(c.vocab_size), c.dim)
     em = fixed.quantize_multiplier(c.norm_eps)
     emb = q.embed_q
     if emb.kind != "int8":
@@ -332,7 +330,7 @@ def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "in
             linears[name] = LinearSpec(name, *dims[n], *true[n], weights)
             if n_sp is not None:
                 linears[name].block_n = np.full((dims[n][0] // 16, dims[n][1] // 16), n_sp, dtype=np.uint8)
-    linears["lm_head"] = LinearSpec("lm_head", c.vocab_size, c.dim, c.vocab_size, c.dim, head)
+    linears["lm_head"] = LinearSpec("lm_head", pad16(c.vocab_size), c.dim, c.vocab_size, c.dim, head)
     gammas = {f"layers.{i}.{n}": None for i in range(c.n_layers) for n in ("attn_norm", "ffn_norm")}
     gammas["final_norm"] = None
     sm = fixed.quantize_multiplier(2.0 ** (fixed.SCORE_FRAC - 2 * fixed.ACT_FRAC) / math.sqrt(c.head_dim) / 127**2)
