@@ -16,7 +16,8 @@ Above the weights, at addresses common to all channels:
 * embedding rows: row ``r`` lives in channel ``r % C`` at ``embed_base + (r // C) * rec``; a
   record is ``pad16(dim)`` INT8 codes then (uint32 mult, int32 shift) padded to 16 bytes;
 * the KV cache: region ``s = layer * Hkv + g`` in channel ``s % C`` at
-  ``kv_base + (s // C) * kv_region``; a region holds K codes [capacity, hd], K exponents
+  ``kv_base + (s // C) * kv_region``; a region holds K codes [capacity, hd] (hd: the padded head
+  width, spec.head_pad; padded lanes hold zero codes), K exponents
   [capacity] (int8), K mantissas [capacity] (uint16), then the same for V (64-byte aligned parts);
 * the I/O area in channel 0 at ``io_base``: the logits of the last program (int32 [vocab]).
 """
@@ -117,9 +118,10 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
             buf.extend(np.ascontiguousarray(data).view(np.uint8).tobytes())
         return addr
 
-    # constants: RoPE theta (float64) + entries for Q.K^T and P.V
+    # constants: RoPE record (theta float64, true head_dim uint32) + entries for Q.K^T and P.V
     const = np.zeros(48, dtype=np.uint8)
     const[:8] = np.frombuffer(np.float64(c.rope_theta).tobytes(), dtype=np.uint8)
+    const[8:12] = np.frombuffer(np.uint32(c.head_dim).tobytes(), dtype=np.uint8)
     ent = np.zeros((2, 4), dtype=np.int64)
     ent[0, 1:3] = spec.score_mult
     ent[1, 1:3] = spec.pv_mult
@@ -185,7 +187,7 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
             buf.extend(b"\0" * (embed_base - len(buf)))
             buf.extend(recs[ch::C].tobytes())
     kv_base = align(embed_base + per_ch * rec, 4096)
-    hd = c.head_dim
+    hd = spec.head_pad
     half = align(kv_capacity * hd) + align(kv_capacity) + align(2 * kv_capacity)
     parts = (0, align(kv_capacity * hd), align(kv_capacity * hd) + align(kv_capacity),
              half, half + align(kv_capacity * hd), half + align(kv_capacity * hd) + align(kv_capacity))

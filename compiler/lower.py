@@ -186,7 +186,8 @@ class Lowering:
                 alloc_only: bool = False):
         """Emit one forward of R tokens at positions pos0.. (None: patched 'pos'), keys 0..S-1."""
         c, L, sp = self.c, self.layout, self.spec
-        d, hd, Hq, Hkv, rep, Fp = c.dim, c.head_dim, c.n_heads, c.n_kv_heads, c.n_rep, sp.ffn_pad
+        # hd: the stored (padded) head width; the RoPE record carries the true head_dim
+        d, hd, Hq, Hkv, rep, Fp = c.dim, sp.head_pad, c.n_heads, c.n_kv_heads, c.n_rep, sp.ffn_pad
         if S % 16 or S > S_alloc or S > L.kv_capacity:
             raise CompileError(f"key length {S} must be a multiple of 16 within the KV capacity {L.kv_capacity}")
         A = Allocator("data", self.data_size)

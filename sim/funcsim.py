@@ -376,10 +376,12 @@ class FuncSim:
             self.put_i32(dst, sfu.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
             x = self.i32(s0, rows, cols)
-            theta = float(self._slice(self.data, s1, 8, "RoPE parameters").view("<f8")[0])
+            rec = self._slice(self.data, s1, 16, "RoPE parameters")
+            theta = float(rec[:8].view("<f8")[0])
+            hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
             per = max(1, imm >> 16)
             pos = (imm & 0xFFFF) + torch.arange(rows) // per
-            self.put_i32(dst, sfu.rope(x, pos, F, theta, cols, style="half"))
+            self.put_i32(dst, rope_padded(x, pos, theta, hd))
         elif op == "softmax":
             s = self.i32(s0, rows, cols)
             mask = None
@@ -512,6 +514,22 @@ class FuncSim:
         run.seconds = time.perf_counter() - t0
         self.stats.seconds += run.seconds
         return run
+
+
+def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int) -> torch.Tensor:
+    """RoPE ("half") of rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
+    halves sit at ``[0, hd/2)`` and ``[cols/2, cols/2 + hd/2)`` (compiler.spec.head_index); padded
+    lanes are zero and stay zero."""
+    cols = x.shape[-1]
+    if head_dim == cols:
+        return sfu.rope(x, pos, F, theta, cols, style="half")
+    if head_dim > cols or head_dim % 2 or cols % 2:
+        raise SimError(f"rope: head_dim {head_dim} in the RoPE record does not fit rows of {cols}")
+    h, hp = head_dim // 2, cols // 2
+    lanes = torch.cat([torch.arange(h), hp + torch.arange(h)])
+    out = torch.zeros_like(x)
+    out[:, lanes] = sfu.rope(x[:, lanes].contiguous(), pos, F, theta, head_dim, style="half")
+    return out
 
 
 # ---- run time: bucket choice, patching, prefill/decode loops --------------------------------------
