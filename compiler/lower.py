@@ -24,7 +24,7 @@ import numpy as np
 from olivine.hw.config import AcceleratorConfig
 
 from . import isa
-from .layout import ALIGN, BIAS_RESERVED, ENTRY, Layout, align
+from .layout import ALIGN, BIAS_RESERVED, ENTRY, ROPE_RECORD, Layout, align
 from .spec import CompileError, ModelSpec, pad16
 
 UNIT_INDEX = {u: i for i, u in enumerate(isa.UNITS)}
@@ -241,7 +241,7 @@ class Lowering:
             self.linear(pre + "wv", hq, R, v, Hkv * hd)
             for src, heads in ((q, Hq), (k, Hkv)):
                 self.misc("rope", src, 4 * R * heads * hd, src, 4 * R * heads * hd, R * heads, hd,
-                          src1=self.rope_rec, src1_len=16, imm=p0 | (heads << 16),
+                          src1=self.rope_rec, src1_len=ROPE_RECORD, imm=p0 | (heads << 16),
                           patches=pp("imm", heads << 16))
             self.quant(q, R * Hq, hd, qq, Hq)
             self.quant(k, R * Hkv, hd, kq, Hkv)
@@ -305,7 +305,7 @@ class Lowering:
         """Persistent regions: residual, constants, gamma slots, final row, logits."""
         c = self.c
         A = Allocator("data", self.data_size)
-        self.rope_rec = A.alloc(48, "constants")
+        self.rope_rec = A.alloc(ROPE_RECORD + 2 * ENTRY, "constants")
         self.gamma_slots = [A.alloc(4 * c.dim + 16, "gamma"), A.alloc(4 * c.dim + 16, "gamma")]
         self.x_addr = A.alloc(4 * R * c.dim, "residual")
         self.final_row = A.alloc(4 * c.dim, "final row")
@@ -317,9 +317,9 @@ class Lowering:
         if not emit_constants:
             return
         ch, addr = self.layout.const_at
-        self.ld("act", self.rope_rec, ch, addr, 48, "data", tag="constants")
+        self.ld("act", self.rope_rec, ch, addr, ROPE_RECORD + 2 * ENTRY, "data", tag="constants")
         # the two attention multiplier entries go to bias-buffer entries 0 and 1
-        self.ld("bias", 0, ch, addr + 16, 2 * ENTRY, "bias", tag="constants")
+        self.ld("bias", 0, ch, addr + ROPE_RECORD, 2 * ENTRY, "bias", tag="constants")
 
     def head(self, row: int):
         """Final RMSNorm and lm_head on one row; logits stored to the I/O area (the program output)."""

@@ -170,18 +170,16 @@ _UNSUPPORTED_KEYS = (
 )
 
 _ROPE_SCALING_FIX = {
-    "llama3": "olivine's RoPE (golden.sfu.rope_tables, the compiler's RoPE record) has one frequency per pair, "
-              "theta**(-2i/head_dim), and cannot apply LLaMA-3's per-frequency rescaling; use a checkpoint without "
-              "rope_scaling (e.g. LLaMA-2, TinyLlama, SmolLM2)",
-    "linear": "position interpolation divides every angle by the factor, which the RoPE record (theta only) cannot "
-              "express; use the checkpoint's unscaled base model",
+    "linear": "position interpolation divides every angle by the factor, which olivine's RoPE (theta, head_dim and "
+              "LLaMA-3 scaling) does not express; use the checkpoint's unscaled base model",
     "dynamic": "dynamic NTK scaling changes theta with the sequence length, while a compiled program fixes one "
                "RoPE table; use the checkpoint's unscaled base model",
     "yarn": "YaRN rescales frequencies per band and scales attention, which olivine's RoPE cannot express; use the "
             "checkpoint's unscaled base model",
     "longrope": "LongRoPE uses per-frequency factor lists, which olivine's RoPE cannot express; use the "
                 "checkpoint's unscaled base model",
-    None: "olivine supports plain RoPE only (no rope_scaling: rope_type 'default' with rope_theta)",
+    None: "olivine supports plain RoPE (rope_type 'default' with rope_theta) and LLaMA-3 scaling (rope_type "
+          "'llama3') only",
 }
 
 
@@ -214,7 +212,16 @@ def config_from_hf(hf: Mapping[str, Any], name: str = "llama") -> LlamaConfig:
     rope = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if rope_type not in (None, "default"):
+    rope_scaling = None
+    if rope_type == "llama3":
+        params = rope if rope.get("rope_type") == "llama3" else scaling
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in keys if params.get(k) is None]
+        if missing:
+            raise ModelLoadError(f"{name}: RoPE scaling rope_type='llama3' lacks {', '.join(missing)}; config.json "
+                                 "must give all of " + ", ".join(keys))
+        rope_scaling = tuple(float(params[k]) for k in keys)
+    elif rope_type not in (None, "default"):
         raise ModelLoadError(f"{name}: RoPE scaling rope_type={rope_type!r} ({_rope_scaling_text(rope or scaling)}) "
                              f"is not supported: {_ROPE_SCALING_FIX.get(rope_type, _ROPE_SCALING_FIX[None])}")
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
@@ -227,7 +234,7 @@ def config_from_hf(hf: Mapping[str, Any], name: str = "llama") -> LlamaConfig:
         head_dim=int(head_dim), ffn_dim=int(hf["intermediate_size"]),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), name=name)
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), name=name, rope_scaling=rope_scaling)
 
 
 _HF_LAYER_NAMES = {

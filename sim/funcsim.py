@@ -376,12 +376,13 @@ class FuncSim:
             self.put_i32(dst, sfu.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
             x = self.i32(s0, rows, cols)
-            rec = self._slice(self.data, s1, 16, "RoPE parameters")
+            rec = self._slice(self.data, s1, 48, "RoPE parameters")
             theta = float(rec[:8].view("<f8")[0])
             hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
+            scaling = tuple(rec[16:48].view("<f8").tolist()) if rec[12:16].view("<u4")[0] == 1 else None
             per = max(1, imm >> 16)
             pos = (imm & 0xFFFF) + torch.arange(rows) // per
-            self.put_i32(dst, rope_padded(x, pos, theta, hd))
+            self.put_i32(dst, rope_padded(x, pos, theta, hd, scaling))
         elif op == "softmax":
             s = self.i32(s0, rows, cols)
             mask = None
@@ -516,19 +517,19 @@ class FuncSim:
         return run
 
 
-def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int) -> torch.Tensor:
+def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int, scaling=None) -> torch.Tensor:
     """RoPE ("half") of rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
     halves sit at ``[0, hd/2)`` and ``[cols/2, cols/2 + hd/2)`` (compiler.spec.head_index); padded
-    lanes are zero and stay zero."""
+    lanes are zero and stay zero. ``scaling``: LLaMA-3 frequency rescaling (golden.sfu.rope)."""
     cols = x.shape[-1]
     if head_dim == cols:
-        return sfu.rope(x, pos, F, theta, cols, style="half")
+        return sfu.rope(x, pos, F, theta, cols, style="half", scaling=scaling)
     if head_dim > cols or head_dim % 2 or cols % 2:
         raise SimError(f"rope: head_dim {head_dim} in the RoPE record does not fit rows of {cols}")
     h, hp = head_dim // 2, cols // 2
     lanes = torch.cat([torch.arange(h), hp + torch.arange(h)])
     out = torch.zeros_like(x)
-    out[:, lanes] = sfu.rope(x[:, lanes].contiguous(), pos, F, theta, head_dim, style="half")
+    out[:, lanes] = sfu.rope(x[:, lanes].contiguous(), pos, F, theta, head_dim, style="half", scaling=scaling)
     return out
 
 

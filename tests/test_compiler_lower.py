@@ -218,6 +218,22 @@ def test_head_padding_with_sparsity_is_refused():
         spec_from_qllama(q)
 
 
+def test_llama3_rope_scaling_compiles_bit_exact():
+    import dataclasses
+
+    from olivine.golden.qmodel import quantize_model
+
+    config = LlamaConfig(vocab_size=96, dim=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32, ffn_dim=96,
+                         max_seq_len=64, rope_theta=500.0, rope_scaling=(8.0, 1.0, 4.0, 16))
+    weights = random_llama(config, seed=4)
+    prompt = torch.randint(0, 96, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert_compiled_matches_golden(config, weights, prompt=prompt, new=12)  # decodes up to position 41
+    plain = quantize_model(dataclasses.replace(config, rope_scaling=None), weights, "w4a8-int4")
+    scaled = quantize_model(config, weights, "w4a8-int4")
+    tokens = torch.tensor(prompt)
+    assert not torch.equal(plain.forward_int(tokens)[-1], scaled.forward_int(tokens)[-1])  # the scaling is used
+
+
 @pytest.mark.models
 @pytest.mark.parametrize("hf_changes", [
     dict(vocab_size=32001, intermediate_size=1000, tie_word_embeddings=False),

@@ -150,9 +150,8 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, 
 
 
 @pytest.mark.parametrize("change, msg", [
-    ({"rope_scaling": LLAMA3_SCALING}, r"rope_type='llama3' \(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, "
-                                       r"original_max_position_embeddings=8192\) is not supported.*per-frequency"),
-    ({"rope_parameters": {**LLAMA3_SCALING, "rope_theta": 5e5}}, r"rope_type='llama3'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     r"rope_type='llama3' lacks low_freq_factor, high_freq_factor, original_max_position_embeddings"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"rope_type='linear' \(factor=2.0\).*unscaled base"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, r"rope_type='dynamic'.*theta with the sequence"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope_type='yarn'.*YaRN"),
@@ -167,6 +166,14 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, 
 def test_unsupported_llama_variants_are_rejected(change, msg):
     with pytest.raises(ModelLoadError, match=msg):
         config_from_hf({**LLAMA_CONFIG, **change})
+
+
+def test_llama3_rope_scaling_is_read():
+    for hf in ({**LLAMA_CONFIG, "rope_scaling": LLAMA3_SCALING},
+               {**LLAMA_CONFIG, "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 5000.0}}):
+        c = config_from_hf(hf)
+        assert c.rope_scaling == (8.0, 1.0, 4.0, 8192.0) and c.rope_theta == 5000.0
+    assert config_from_hf(LLAMA_CONFIG).rope_scaling is None
 
 
 def test_plain_rope_type_and_null_features_are_accepted():
@@ -264,6 +271,27 @@ def test_hf_directory_matches_transformers(tmp_path, tied):
     with torch.no_grad():
         ref = hf(ids).logits
     torch.testing.assert_close(loaded.float_model().forward(ids), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.models
+def test_llama3_rope_scaling_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    import dataclasses
+
+    scaling = {**LLAMA3_SCALING, "original_max_position_embeddings": 16}  # positions 0..59 cross all bands
+    cfg = {k: v for k, v in LLAMA_CONFIG.items() if k != "architectures"} | {"rope_scaling": scaling}
+    torch.manual_seed(2)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+    hf.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path, use_cache=False)
+    assert loaded.config.rope_scaling == (8.0, 1.0, 4.0, 16.0)
+    ids = torch.randint(0, 100, (1, 60), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    torch.testing.assert_close(loaded.float_model().forward(ids), ref, rtol=0, atol=1e-5)
+    unscaled = FloatLlama(dataclasses.replace(loaded.config, rope_scaling=None), loaded.weights).forward(ids)
+    assert (unscaled - ref).abs().max() > 1e-3  # the scaling matters at these positions
 
 
 @pytest.fixture(scope="module")
