@@ -184,7 +184,17 @@ ANY_SHAPES = {  # name: (changes to the base config, preset)
     "hd40-gqa2-ovp": (dict(dim=80, n_heads=2, n_kv_heads=1, head_dim=40), "w4a8-ovp"),
     "hd48-gqa3": (dict(dim=96, n_heads=6, n_kv_heads=2, head_dim=48), "w4a8-int4"),
     "hd80-mha": (dict(dim=160, n_heads=2, n_kv_heads=2, head_dim=80, ffn_dim=341), "w4a8-int4"),
+    "hd96-gqa2": (dict(dim=192, n_heads=2, n_kv_heads=1, head_dim=96), "w4a8-int4"),
 }
+
+
+def test_shape_only_spec_pads_like_the_weights():
+    cfg = LlamaConfig(vocab_size=32001, dim=128, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=40, ffn_dim=341)
+    spec = spec_from_shapes(cfg)
+    assert (spec.linears["lm_head"].n, spec.linears["layers.0.wk"].n, spec.linears["layers.0.wo"].k,
+            spec.linears["layers.0.w_down"].k) == (32016, 2 * 48, 4 * 48, 352)
+    comp = compile_model(spec, CFG, materialize=False, max_context=64)
+    assert comp.layout.kv_parts[1] >= 64 * 48  # a KV region holds padded heads
 
 
 @pytest.mark.parametrize("case", list(ANY_SHAPES))
