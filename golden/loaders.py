@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .model import FloatLlama, LayerWeights, LlamaConfig, LlamaWeights, interleaved_to_rotate_half
+from .model import (FloatLlama, LayerWeights, LlamaConfig, LlamaWeights, ModelConfigError,
+                    interleaved_to_rotate_half)
 from .tokenizer import GlassTokenizer, HFTokenizer, TextTokenizer
 
 __all__ = [
@@ -228,13 +229,16 @@ def config_from_hf(hf: Mapping[str, Any], name: str = "llama") -> LlamaConfig:
     n_heads = int(hf["num_attention_heads"])
     dim = int(hf["hidden_size"])
     head_dim = hf.get("head_dim") or dim // n_heads
-    return LlamaConfig(
-        vocab_size=int(hf["vocab_size"]), dim=dim, n_layers=int(hf["num_hidden_layers"]),
-        n_heads=n_heads, n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        head_dim=int(head_dim), ffn_dim=int(hf["intermediate_size"]),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), name=name, rope_scaling=rope_scaling)
+    try:
+        return LlamaConfig(
+            vocab_size=int(hf["vocab_size"]), dim=dim, n_layers=int(hf["num_hidden_layers"]),
+            n_heads=n_heads, n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+            head_dim=int(head_dim), ffn_dim=int(hf["intermediate_size"]),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), name=name, rope_scaling=rope_scaling)
+    except ModelConfigError as err:  # e.g. heads not a multiple of KV heads, bad LLaMA-3 parameters
+        raise ModelLoadError(f"{name}: config.json: {err}") from None
 
 
 _HF_LAYER_NAMES = {

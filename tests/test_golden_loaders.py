@@ -152,6 +152,9 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, 
 @pytest.mark.parametrize("change, msg", [
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
      r"rope_type='llama3' lacks low_freq_factor, high_freq_factor, original_max_position_embeddings"),
+    ({"rope_scaling": {**LLAMA3_SCALING, "low_freq_factor": 8.0}}, r"config\.json: LlamaConfig\.rope_scaling.*"
+                                                                   r"low_freq_factor < high_freq_factor"),
+    ({"num_attention_heads": 3}, r"config\.json: n_heads=3 is not a multiple of n_kv_heads=2"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"rope_type='linear' \(factor=2.0\).*unscaled base"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, r"rope_type='dynamic'.*theta with the sequence"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope_type='yarn'.*YaRN"),
