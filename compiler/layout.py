@@ -16,7 +16,8 @@ Above the weights, at addresses common to all channels:
 * embedding rows: row ``r`` lives in channel ``r % C`` at ``embed_base + (r // C) * rec``; a
   record is ``pad16(dim)`` INT8 codes then (uint32 mult, int32 shift) padded to 16 bytes;
 * the KV cache: region ``s = layer * Hkv + g`` in channel ``s % C`` at
-  ``kv_base + (s // C) * kv_region``; a region holds K codes [capacity, hd], K exponents
+  ``kv_base + (s // C) * kv_region``; a region holds K codes [capacity, hd] (hd: the padded head
+  width, spec.head_pad; padded lanes hold zero codes), K exponents
   [capacity] (int8), K mantissas [capacity] (uint16), then the same for V (64-byte aligned parts);
 * the I/O area in channel 0 at ``io_base``: the logits of the last program (int32 [vocab]).
 """
@@ -34,6 +35,21 @@ from .spec import CompileError, ModelSpec, pad16
 ALIGN = 64
 ENTRY = 16  # bytes of one requantization entry
 BIAS_RESERVED = 2  # bias-buffer entries 0, 1: Q.K^T and P.V multipliers
+
+
+ROPE_RECORD = 48  # bytes of the RoPE parameter record
+
+
+def rope_record(c) -> np.ndarray:
+    """theta float64, true head_dim uint32, scaling flag uint32 (1: LLaMA-3), then the LLaMA-3 factor,
+    low_freq_factor, high_freq_factor and original_max_position_embeddings as float64 (0 if none)."""
+    rec = np.zeros(ROPE_RECORD, dtype=np.uint8)
+    rec[:8] = np.frombuffer(np.float64(c.rope_theta).tobytes(), dtype=np.uint8)
+    rec[8:12] = np.frombuffer(np.uint32(c.head_dim).tobytes(), dtype=np.uint8)
+    if c.rope_scaling is not None:
+        rec[12:16] = np.frombuffer(np.uint32(1).tobytes(), dtype=np.uint8)
+        rec[16:48] = np.frombuffer(np.asarray(c.rope_scaling, dtype="<f8").tobytes(), dtype=np.uint8)
+    return rec
 
 
 def align(x: int, a: int = ALIGN) -> int:
@@ -57,7 +73,7 @@ class Layout:
     channels: int
     tiles: dict[str, list[Tile]]
     gamma_at: dict[str, tuple[int, int]]  # name -> (channel, addr); d int32 + (eps mult, shift) 16 B
-    const_at: tuple[int, int]  # rope record (theta float64 + pad) and the two attention entries (48 B)
+    const_at: tuple[int, int]  # the RoPE record (ROPE_RECORD bytes) and the two attention entries
     weight_bytes: list[int]
     embed_base: int
     embed_rec: int
@@ -117,14 +133,14 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
             buf.extend(np.ascontiguousarray(data).view(np.uint8).tobytes())
         return addr
 
-    # constants: RoPE theta (float64) + entries for Q.K^T and P.V
-    const = np.zeros(48, dtype=np.uint8)
-    const[:8] = np.frombuffer(np.float64(c.rope_theta).tobytes(), dtype=np.uint8)
+    # constants: the RoPE record (docs/isa.md) then the entries for Q.K^T and P.V
+    const = np.zeros(ROPE_RECORD + 2 * ENTRY, dtype=np.uint8)
+    const[:ROPE_RECORD] = rope_record(c)
     ent = np.zeros((2, 4), dtype=np.int64)
     ent[0, 1:3] = spec.score_mult
     ent[1, 1:3] = spec.pv_mult
-    const[16:] = (ent & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1)
-    const_at = (0, put(0, const, 48))
+    const[ROPE_RECORD:] = (ent & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1)
+    const_at = (0, put(0, const, const.size))
     tiles: dict[str, list[Tile]] = {}
     gamma_at = {}
     em, es = spec.eps_mult
@@ -185,7 +201,7 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
             buf.extend(b"\0" * (embed_base - len(buf)))
             buf.extend(recs[ch::C].tobytes())
     kv_base = align(embed_base + per_ch * rec, 4096)
-    hd = c.head_dim
+    hd = spec.head_pad
     half = align(kv_capacity * hd) + align(kv_capacity) + align(2 * kv_capacity)
     parts = (0, align(kv_capacity * hd), align(kv_capacity * hd) + align(kv_capacity),
              half, half + align(kv_capacity * hd), half + align(kv_capacity * hd) + align(kv_capacity))

@@ -24,7 +24,7 @@ import numpy as np
 from olivine.hw.config import AcceleratorConfig
 
 from . import isa
-from .layout import ALIGN, BIAS_RESERVED, ENTRY, Layout, align
+from .layout import ALIGN, BIAS_RESERVED, ENTRY, ROPE_RECORD, Layout, align
 from .spec import CompileError, ModelSpec, pad16
 
 UNIT_INDEX = {u: i for i, u in enumerate(isa.UNITS)}
@@ -186,7 +186,8 @@ class Lowering:
                 alloc_only: bool = False):
         """Emit one forward of R tokens at positions pos0.. (None: patched 'pos'), keys 0..S-1."""
         c, L, sp = self.c, self.layout, self.spec
-        d, hd, Hq, Hkv, rep, Fp = c.dim, c.head_dim, c.n_heads, c.n_kv_heads, c.n_rep, sp.ffn_pad
+        # hd: the stored (padded) head width; the RoPE record carries the true head_dim
+        d, hd, Hq, Hkv, rep, Fp = c.dim, sp.head_pad, c.n_heads, c.n_kv_heads, c.n_rep, sp.ffn_pad
         if S % 16 or S > S_alloc or S > L.kv_capacity:
             raise CompileError(f"key length {S} must be a multiple of 16 within the KV capacity {L.kv_capacity}")
         A = Allocator("data", self.data_size)
@@ -240,7 +241,7 @@ class Lowering:
             self.linear(pre + "wv", hq, R, v, Hkv * hd)
             for src, heads in ((q, Hq), (k, Hkv)):
                 self.misc("rope", src, 4 * R * heads * hd, src, 4 * R * heads * hd, R * heads, hd,
-                          src1=self.rope_rec, src1_len=16, imm=p0 | (heads << 16),
+                          src1=self.rope_rec, src1_len=ROPE_RECORD, imm=p0 | (heads << 16),
                           patches=pp("imm", heads << 16))
             self.quant(q, R * Hq, hd, qq, Hq)
             self.quant(k, R * Hkv, hd, kq, Hkv)
@@ -304,28 +305,29 @@ class Lowering:
         """Persistent regions: residual, constants, gamma slots, final row, logits."""
         c = self.c
         A = Allocator("data", self.data_size)
-        self.rope_rec = A.alloc(48, "constants")
+        self.rope_rec = A.alloc(ROPE_RECORD + 2 * ENTRY, "constants")
         self.gamma_slots = [A.alloc(4 * c.dim + 16, "gamma"), A.alloc(4 * c.dim + 16, "gamma")]
         self.x_addr = A.alloc(4 * R * c.dim, "residual")
         self.final_row = A.alloc(4 * c.dim, "final row")
         self.scratch_row = A.alloc(4 * c.dim, "scratch row")
         self.final_h = A.alloc(4 * c.dim, "final norm")
         self.final_q = A.alloc(qblock_bytes(1, c.dim), "final quant")
-        self.logits = A.alloc(4 * c.vocab_size, "logits")
+        self.logits = A.alloc(4 * self.spec.linears["lm_head"].n, "logits")  # padded rows compute zeros
         self.persist_top = A.top
         if not emit_constants:
             return
         ch, addr = self.layout.const_at
-        self.ld("act", self.rope_rec, ch, addr, 48, "data", tag="constants")
+        self.ld("act", self.rope_rec, ch, addr, ROPE_RECORD + 2 * ENTRY, "data", tag="constants")
         # the two attention multiplier entries go to bias-buffer entries 0 and 1
-        self.ld("bias", 0, ch, addr + 16, 2 * ENTRY, "bias", tag="constants")
+        self.ld("bias", 0, ch, addr + ROPE_RECORD, 2 * ENTRY, "bias", tag="constants")
 
     def head(self, row: int):
         """Final RMSNorm and lm_head on one row; logits stored to the I/O area (the program output)."""
         c = self.c
         self.rmsnorm("final_norm", row, 1, self.final_h)
         self.quant_for("lm_head", self.final_h, 1, c.dim, self.final_q)
-        self.linear("lm_head", self.final_q, 1, self.logits, c.vocab_size)
+        self.linear("lm_head", self.final_q, 1, self.logits, self.spec.linears["lm_head"].n)
+        # only the true vocabulary leaves the chip: the padded rows' zero logits are never stored
         self.st(self.logits, 0, self.layout.io_base, 4 * c.vocab_size, "output")
 
     def finish(self, sys_op: str = "end") -> tuple[np.ndarray, list[dict]]:

@@ -15,9 +15,14 @@ N:16 block-sparse linears keep golden's compressed form: ``block_n``, the kept v
 packed index stream (docs/isa.md "Semantics", "Sparse weight tile").
 
 Dimensions are zero-padded to multiples of 16 (MM/MV reduce in blocks of 16): a zero weight row
-gives a zero output column and a zero activation column changes neither a sum nor a per-token
-maximum, so padding is bit-exact. ``head_dim`` cannot be padded (RoPE pairs (i, i + hd/2)) and
-must be a multiple of 16.
+gives a zero output column (its requantization multiplier is 0) and a zero activation column
+changes neither a sum nor a per-token maximum, so padding is bit-exact. Padded: the FFN width
+(rows of w_gate/w_up, columns of w_down), the vocabulary (rows of lm_head; only the true logits
+are stored) and ``head_dim``. A head of ``hd`` is stored as ``hd_p = pad16(hd)`` with its two RoPE
+halves at ``[0, hd/2)`` and ``[hd_p/2, hd_p/2 + hd/2)`` (:func:`head_index`), so the rotate-half
+pairs (i, i + hd_p/2) are the true pairs (i, i + hd/2) and the added pairs rotate zeros; the RoPE
+record carries the true ``hd`` for the angles. The hidden size is not padded (RMSNorm divides by
+it) and must be a multiple of 16.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from olivine.golden import fixed
 from olivine.golden.model import LINEAR_NAMES, LlamaConfig
 
 __all__ = ["CompileError", "UnsupportedModelError", "LinearSpec", "ModelSpec", "spec_from_qllama",
-           "spec_from_shapes", "spec_from_hf", "pad16", "weight_row_bytes", "sparse_n_of"]
+           "spec_from_shapes", "spec_from_hf", "pad16", "head_pad", "head_index", "weight_row_bytes", "sparse_n_of"]
 
 
 class CompileError(ValueError):
@@ -45,6 +50,24 @@ class UnsupportedModelError(CompileError):
 
 def pad16(n: int) -> int:
     return -(-n // 16) * 16
+
+
+def head_pad(head_dim: int) -> int:
+    """Stored width of one attention head (a multiple of 16)."""
+    return pad16(head_dim)
+
+
+def head_index(n_heads: int, head_dim: int) -> np.ndarray | None:
+    """Padded position of each of the ``n_heads * head_dim`` true q/k/v rows (None: no padding).
+
+    Each RoPE half of a head starts a half of the padded head, keeping the pairs (i, i + hd/2).
+    """
+    hp = head_pad(head_dim)
+    if hp == head_dim:
+        return None
+    half, i = head_dim // 2, np.arange(head_dim)
+    in_head = np.where(i < half, i, i - half + hp // 2)
+    return (np.arange(n_heads)[:, None] * hp + in_head[None, :]).reshape(-1)
 
 
 def weight_row_bytes(wfmt: str, k: int) -> int:
@@ -180,21 +203,29 @@ class ModelSpec:
     def ffn_pad(self) -> int:
         return pad16(self.config.ffn_dim)
 
+    @property
+    def head_pad(self) -> int:
+        """Stored width of one attention head (see :func:`head_index`)."""
+        return head_pad(self.config.head_dim)
+
 
 def check_config(config: LlamaConfig) -> None:
     """Shapes the instruction set can express, with the layer named on failure."""
-    if config.head_dim % 16:
-        raise UnsupportedModelError(f"{config.name}: head_dim={config.head_dim} is not a multiple of 16; the "
-                                    "MPE reduces Q.K^T in blocks of 16 and RoPE pairs cannot be padded")
     if config.dim % 16:
-        raise UnsupportedModelError(f"{config.name}: hidden size {config.dim} is not a multiple of 16 (the residual "
-                                    "stream cannot be padded: RMSNorm averages over it)")
-    if config.vocab_size % 16:
-        raise UnsupportedModelError(f"{config.name}: vocab_size={config.vocab_size} is not a multiple of 16")
+        raise UnsupportedModelError(f"{config.name}: hidden_size={config.dim} is not a multiple of 16; the residual "
+                                    "stream cannot be zero-padded (RMSNorm averages over it and the embedding and "
+                                    "norm records hold exactly hidden_size values), so this model cannot be compiled")
     if config.max_seq_len > 65535:
         raise UnsupportedModelError(f"{config.name}: max_seq_len={config.max_seq_len} exceeds the 16-bit position field")
     if fixed.RESIDUAL_FRAC != 16 or fixed.ACT_FRAC != 16:
         raise CompileError("the SFU instruction semantics assume 16 fractional bits everywhere")
+
+
+def padded_linear_shapes(c: LlamaConfig) -> dict[str, tuple[int, int]]:
+    """``[n, k]`` of each decoder linear as stored (FFN width and heads padded to multiples of 16)."""
+    fp, qp, kvp = pad16(c.ffn_dim), c.n_heads * head_pad(c.head_dim), c.n_kv_heads * head_pad(c.head_dim)
+    return {"wq": (qp, c.dim), "wk": (kvp, c.dim), "wv": (kvp, c.dim), "wo": (c.dim, qp),
+            "w_gate": (fp, c.dim), "w_up": (fp, c.dim), "w_down": (c.dim, fp)}
 
 
 def _pack_int4(values: torch.Tensor) -> np.ndarray:
@@ -202,7 +233,17 @@ def _pack_int4(values: torch.Tensor) -> np.ndarray:
     return (v[:, 0::2] | (v[:, 1::2] << 4)).astype(np.uint8)
 
 
-def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int) -> LinearSpec:
+def _scatter(values: torch.Tensor, n_pad: int, k_pad: int, rows, cols) -> torch.Tensor:
+    """``values`` [n, k] placed in a zero [n_pad, k_pad] grid at row/column positions (None: leading)."""
+    out = torch.zeros(n_pad, k_pad, dtype=values.dtype)
+    r = torch.arange(values.shape[0]) if rows is None else torch.as_tensor(rows)
+    c = torch.arange(values.shape[1]) if cols is None else torch.as_tensor(cols)
+    out[r[:, None], c[None, :]] = values
+    return out
+
+
+def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int, rows=None, cols=None) -> LinearSpec:
+    """``rows``/``cols``: padded positions of the true output rows / input columns (None: leading)."""
     from olivine.golden import ovp
 
     if lin.weight is None or lin.act == "fp32" or lin.mult is None:
@@ -215,25 +256,28 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int) -> LinearSpec:
     w = lin.weight
     n_true, k_true = lin.out_features, lin.in_features
     if w.block_n is not None:
+        if rows is not None or cols is not None:
+            raise UnsupportedModelError(f"{name}: N:16 sparsity with head_dim not a multiple of 16 is not supported "
+                                        "(padding inside each head would split the 16-wide sparsity groups); "
+                                        "compile this model dense")
         return _sparse_linear(name, lin, n_pad, k_pad)
-    vals = w.values.to(torch.int64)
-    vals = torch.nn.functional.pad(vals, (0, k_pad - vals.shape[1], 0, n_pad - vals.shape[0]))
+    vals = _scatter(w.values.to(torch.int64)[:n_true, :k_true], n_pad, k_pad, rows, cols)
     if w.kind == "int8":
-        rows = vals.to(torch.int8).numpy().view(np.uint8).copy()
+        rows_bytes = vals.to(torch.int8).numpy().view(np.uint8).copy()
     elif w.kind == "int4":
-        rows = _pack_int4(vals)
+        rows_bytes = _pack_int4(vals)
     elif w.kind == "ovp4":
-        rows = ovp.encode(vals.to(torch.int32), w.normal).numpy().astype(np.uint8)
-        if not torch.equal(ovp.unpack(torch.from_numpy(rows), w.normal).to(torch.int64), vals):
+        rows_bytes = ovp.encode(vals.to(torch.int32), w.normal).numpy().astype(np.uint8)
+        if not torch.equal(ovp.unpack(torch.from_numpy(rows_bytes), w.normal).to(torch.int64), vals):
             raise CompileError(f"{name}: OVP re-encoding of the padded weights is not lossless")
     else:
         raise UnsupportedModelError(f"{name}: weight kind {w.kind!r} unsupported")
-    mult, shift = _multipliers(lin, n_pad)
-    return LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows,
+    mult, shift = _multipliers(lin, n_pad, rows)
+    return LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows_bytes,
                       mult.numpy(), shift.numpy(), lin.act)
 
 
-def _multipliers(lin, n_pad: int):
+def _multipliers(lin, n_pad: int, rows=None):
     """Per-row (mult, shift) padded to n_pad; rows beyond out_features get 0 so they output exactly 0
     (golden pads sparse OVP weights with rows of 1.0 and crops their outputs; the compiled model keeps
     the padded output columns, which must stay zero for the next per-token quantization)."""
@@ -242,8 +286,9 @@ def _multipliers(lin, n_pad: int):
     shift = torch.zeros(n_pad, dtype=torch.int64)
     m = lin.mult.mult.reshape(-1).to(torch.int64)[:n_true]
     s = lin.mult.shift.reshape(-1).to(torch.int64)[:n_true]
-    mult[: m.numel()] = m
-    shift[: s.numel()] = s
+    at = torch.arange(m.numel()) if rows is None else torch.as_tensor(rows)
+    mult[at] = m
+    shift[at] = s
     return mult, shift
 
 
@@ -292,15 +337,15 @@ def spec_from_qllama(q, source: str = "") -> ModelSpec:
         raise UnsupportedModelError("the fp32 preset has no integer form; choose an integer preset (e.g. w4a8-ovp)")
     c = q.config
     check_config(c)
-    fp = pad16(c.ffn_dim)
-    dims = {"wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim), "wo": (c.dim, c.q_dim),
-            "w_gate": (fp, c.dim), "w_up": (fp, c.dim), "w_down": (c.dim, fp)}
+    dims = padded_linear_shapes(c)
+    qi, kvi = head_index(c.n_heads, c.head_dim), head_index(c.n_kv_heads, c.head_dim)
+    maps = {"wq": (qi, None), "wk": (kvi, None), "wv": (kvi, None), "wo": (None, qi)}
     linears = {}
     for i in range(c.n_layers):
         for n in LINEAR_NAMES:
             name = f"layers.{i}.{n}"
-            linears[name] = _linear_from_qlinear(name, q.linears[name], *dims[n])
-    linears["lm_head"] = _linear_from_qlinear("lm_head", q.linears["lm_head"], c.vocab_size, c.dim)
+            linears[name] = _linear_from_qlinear(name, q.linears[name], *dims[n], *maps.get(n, (None, None)))
+    linears["lm_head"] = _linear_from_qlinear("lm_head", q.linears["lm_head"], pad16(c.vocab_size), c.dim)
     em = fixed.quantize_multiplier(c.norm_eps)
     emb = q.embed_q
     if emb.kind != "int8":
@@ -321,9 +366,7 @@ def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "in
     n_sp = sparse_n_of(sparsity)
     check_config(config)
     c = config
-    fp = pad16(c.ffn_dim)
-    dims = {"wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim), "wo": (c.dim, c.q_dim),
-            "w_gate": (fp, c.dim), "w_up": (fp, c.dim), "w_down": (c.dim, fp)}
+    dims = padded_linear_shapes(c)
     true = c.linear_shapes()
     linears = {}
     for i in range(c.n_layers):
@@ -332,7 +375,7 @@ def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "in
             linears[name] = LinearSpec(name, *dims[n], *true[n], weights)
             if n_sp is not None:
                 linears[name].block_n = np.full((dims[n][0] // 16, dims[n][1] // 16), n_sp, dtype=np.uint8)
-    linears["lm_head"] = LinearSpec("lm_head", c.vocab_size, c.dim, c.vocab_size, c.dim, head)
+    linears["lm_head"] = LinearSpec("lm_head", pad16(c.vocab_size), c.dim, c.vocab_size, c.dim, head)
     gammas = {f"layers.{i}.{n}": None for i in range(c.n_layers) for n in ("attn_norm", "ffn_norm")}
     gammas["final_norm"] = None
     sm = fixed.quantize_multiplier(2.0 ** (fixed.SCORE_FRAC - 2 * fixed.ACT_FRAC) / math.sqrt(c.head_dim) / 127**2)
@@ -365,9 +408,6 @@ def check_hf_module(model) -> None:
     if act not in ("silu", "swish"):
         raise UnsupportedModelError(f"model.layers.*.mlp.act_fn: activation {act!r} is not SiLU; the SFU implements "
                                     "SiLU/SwiGLU only")
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    if hd % 16:
-        raise UnsupportedModelError(f"model.layers.*.self_attn: head_dim={hd} is not a multiple of 16")
     for name, mod in model.named_modules():
         kind = type(mod).__name__
         if kind in _HF_CONTAINERS or name == "":

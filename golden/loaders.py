@@ -31,7 +31,8 @@ import torch
 
 from olivine import progress
 
-from .model import FloatLlama, LayerWeights, LlamaConfig, LlamaWeights, interleaved_to_rotate_half
+from .model import (FloatLlama, LayerWeights, LlamaConfig, LlamaWeights, ModelConfigError,
+                    interleaved_to_rotate_half)
 from .tokenizer import GlassTokenizer, HFTokenizer, TextTokenizer
 
 __all__ = [
@@ -222,6 +223,38 @@ def load_glassllm(lang: str = "en") -> LoadedModel:
 # ----------------------------------------------------------------------------------------------
 # Hugging Face conventions (config.json dicts and LlamaForCausalLM state dicts)
 
+#: Config keys of LLaMA relatives that the reference does not model, with the reason.
+_UNSUPPORTED_KEYS = (
+    ("sliding_window", "sliding-window attention; olivine attends to the whole causal context (use a checkpoint "
+                       "with sliding_window null)"),
+    ("use_sliding_window", "sliding-window attention; olivine attends to the whole causal context"),
+    ("num_local_experts", "mixture-of-experts MLP; olivine runs dense SwiGLU MLPs only"),
+    ("num_experts", "mixture-of-experts MLP; olivine runs dense SwiGLU MLPs only"),
+    ("n_routed_experts", "mixture-of-experts MLP; olivine runs dense SwiGLU MLPs only"),
+    ("qk_norm", "RMSNorm on q and k (qk-norm); the compiled attention has no per-head norm"),
+    ("use_qk_norm", "RMSNorm on q and k (qk-norm); the compiled attention has no per-head norm"),
+)
+
+_ROPE_SCALING_FIX = {
+    "linear": "position interpolation divides every angle by the factor, which olivine's RoPE (theta, head_dim and "
+              "LLaMA-3 scaling) does not express; use the checkpoint's unscaled base model",
+    "dynamic": "dynamic NTK scaling changes theta with the sequence length, while a compiled program fixes one "
+               "RoPE table; use the checkpoint's unscaled base model",
+    "yarn": "YaRN rescales frequencies per band and scales attention, which olivine's RoPE cannot express; use the "
+            "checkpoint's unscaled base model",
+    "longrope": "LongRoPE uses per-frequency factor lists, which olivine's RoPE cannot express; use the "
+                "checkpoint's unscaled base model",
+    None: "olivine supports plain RoPE (rope_type 'default' with rope_theta) and LLaMA-3 scaling (rope_type "
+          "'llama3') only",
+}
+
+
+def _rope_scaling_text(params: Mapping[str, Any]) -> str:
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    shown = [f"{k}={params[k]}" for k in keys if k in params]
+    return ", ".join(shown) or "no parameters"
+
+
 def config_from_hf(hf: Mapping[str, Any], name: str = "llama") -> LlamaConfig:
     """Build a :class:`LlamaConfig` from a Hugging Face config dict, rejecting what we do not model."""
     model_type = hf.get("model_type")
@@ -232,26 +265,45 @@ def config_from_hf(hf: Mapping[str, Any], name: str = "llama") -> LlamaConfig:
             "olivine supports LlamaForCausalLM checkpoints (model_type 'llama') only")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
-            raise ModelLoadError(f"{name}: {flag}=true is not supported (the reference has no biases)")
+            raise ModelLoadError(f"{name}: {flag}=true is not supported: the q/k/v/o and MLP projections must have "
+                                 "no bias (the reference and the accelerator's linears have none)")
     act = hf.get("hidden_act", "silu")
-    if act != "silu":
-        raise ModelLoadError(f"{name}: hidden_act={act!r}; only SwiGLU with silu is supported")
+    if act not in ("silu", "swish"):
+        raise ModelLoadError(f"{name}: hidden_act={act!r} is not supported; only SwiGLU with silu is (the SFU "
+                             "implements SiLU only)")
+    for key, why in _UNSUPPORTED_KEYS:
+        value = hf.get(key)
+        if value not in (None, False, 0, [], {}):
+            raise ModelLoadError(f"{name}: {key}={value!r} is not supported: {why}")
     rope = dict(hf.get("rope_parameters") or {})
-    scaling = hf.get("rope_scaling") or {}
+    scaling = dict(hf.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if rope_type not in (None, "default"):
-        raise ModelLoadError(f"{name}: RoPE scaling {rope_type!r} is not supported (only plain RoPE)")
+    rope_scaling = None
+    if rope_type == "llama3":
+        params = rope if rope.get("rope_type") == "llama3" else scaling
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in keys if params.get(k) is None]
+        if missing:
+            raise ModelLoadError(f"{name}: RoPE scaling rope_type='llama3' lacks {', '.join(missing)}; config.json "
+                                 "must give all of " + ", ".join(keys))
+        rope_scaling = tuple(float(params[k]) for k in keys)
+    elif rope_type not in (None, "default"):
+        raise ModelLoadError(f"{name}: RoPE scaling rope_type={rope_type!r} ({_rope_scaling_text(rope or scaling)}) "
+                             f"is not supported: {_ROPE_SCALING_FIX.get(rope_type, _ROPE_SCALING_FIX[None])}")
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
     n_heads = int(hf["num_attention_heads"])
     dim = int(hf["hidden_size"])
     head_dim = hf.get("head_dim") or dim // n_heads
-    return LlamaConfig(
-        vocab_size=int(hf["vocab_size"]), dim=dim, n_layers=int(hf["num_hidden_layers"]),
-        n_heads=n_heads, n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        head_dim=int(head_dim), ffn_dim=int(hf["intermediate_size"]),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), name=name)
+    try:
+        return LlamaConfig(
+            vocab_size=int(hf["vocab_size"]), dim=dim, n_layers=int(hf["num_hidden_layers"]),
+            n_heads=n_heads, n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+            head_dim=int(head_dim), ffn_dim=int(hf["intermediate_size"]),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), name=name, rope_scaling=rope_scaling)
+    except ModelConfigError as err:  # e.g. heads not a multiple of KV heads, bad LLaMA-3 parameters
+        raise ModelLoadError(f"{name}: config.json: {err}") from None
 
 
 _HF_LAYER_NAMES = {
@@ -273,11 +325,19 @@ def weights_from_hf_state_dict(config: LlamaConfig, sd: Mapping[str, torch.Tenso
         raise ModelLoadError(f"{config.name}: tensor {name!r} is missing from the checkpoint{hint}; "
                              "is this a complete LlamaForCausalLM checkpoint?")
 
+    _check_no_extra_tensors(config, sd)
     layers = [LayerWeights(**{field: get(f"model.layers.{i}.{hf}") for field, hf in _HF_LAYER_NAMES.items()})
               for i in range(config.n_layers)]
     embed = get("model.embed_tokens.weight")
     if config.tie_embeddings:
         lm_head = embed
+        stored = sd.get("lm_head.weight")
+        if stored is not None and (tuple(stored.shape) != tuple(embed.shape)
+                                   or not torch.equal(stored.detach().to(torch.float32), embed)):
+            raise ModelLoadError(
+                f"{config.name}: config.json says tie_word_embeddings=true but lm_head.weight "
+                f"{tuple(stored.shape)} differs from model.embed_tokens.weight {tuple(embed.shape)}; set "
+                "tie_word_embeddings=false if the head is a separate matrix")
     else:
         lm_head = get("lm_head.weight")
     weights = LlamaWeights(embed=embed, layers=layers, final_norm=get("model.norm.weight"), lm_head=lm_head)
@@ -297,6 +357,28 @@ def weights_from_hf_state_dict(config: LlamaConfig, sd: Mapping[str, torch.Tenso
                                  f"non-finite value(s) (NaN or inf; first at index {where}, value "
                                  f"{float(tensor[where])}); the checkpoint is corrupt: re-export or re-download it")
     return weights
+
+
+def _extra_tensor_reason(key: str) -> str:
+    if key.endswith(".bias"):
+        return "a bias; LLaMA projections and norms have none"
+    if "q_norm" in key or "k_norm" in key:
+        return "a q/k norm (qk-norm), which the compiled attention does not have"
+    if "expert" in key or ".gate." in key:
+        return "a mixture-of-experts part; olivine runs dense SwiGLU MLPs only"
+    return "not a tensor of a LlamaForCausalLM layer"
+
+
+def _check_no_extra_tensors(config: LlamaConfig, sd: Mapping[str, torch.Tensor]) -> None:
+    """Refuse tensors the reference would silently ignore (a bias, a qk-norm, experts), naming the first."""
+    known = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    known |= {f"model.layers.{i}.{hf}" for i in range(config.n_layers) for hf in _HF_LAYER_NAMES.values()}
+    for key in sd:
+        full = key if key.startswith("model.") or key == "lm_head.weight" else f"model.{key}"
+        if full in known or key.endswith("rotary_emb.inv_freq"):  # a recomputed buffer of older checkpoints
+            continue
+        raise ModelLoadError(f"{config.name}: tensor {key!r} {tuple(sd[key].shape)} is not supported: "
+                             f"{_extra_tensor_reason(key)}; olivine loads plain LLaMA checkpoints only")
 
 
 def _require_models_extra(what: str) -> None:

@@ -85,6 +85,8 @@ class LlamaConfig:
     max_seq_len: int = 2048
     tie_embeddings: bool = True
     name: str = "llama"
+    #: LLaMA-3 RoPE scaling (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)
+    rope_scaling: tuple | None = None
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -100,6 +102,12 @@ class LlamaConfig:
             raise ModelConfigError(f"head_dim={self.head_dim} must be even for RoPE")
         if not self.norm_eps >= 0 or not self.rope_theta > 0:
             raise ModelConfigError("norm_eps must be >= 0 and rope_theta > 0")
+        from .sfu import check_rope_scaling
+
+        try:
+            self.rope_scaling = check_rope_scaling(self.rope_scaling)
+        except ValueError as err:
+            raise ModelConfigError(f"LlamaConfig.rope_scaling: {err}") from None
 
     @property
     def q_dim(self) -> int:
@@ -217,10 +225,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
 
 
-def rope_tables(head_dim: int, theta: float, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(head_dim: int, theta: float, length: int, scaling=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables ``[length, head_dim]`` for rotate-half RoPE (both halves repeat the
-    ``head_dim/2`` angles). Angles are computed in float64 and rounded once to float32."""
+    ``head_dim/2`` angles). Angles are computed in float64 and rounded once to float32.
+    ``scaling``: LLaMA-3 frequency rescaling (golden.sfu.llama3_inv_freq), or None."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if scaling is not None:
+        from .sfu import llama3_inv_freq
+
+        inv_freq = torch.from_numpy(llama3_inv_freq(inv_freq.numpy(), scaling))
     angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(torch.float32), angles.sin().to(torch.float32)
@@ -386,7 +399,8 @@ class FloatLlama:
         end = start_pos + length
         if end > self._cos.shape[0]:
             size = min(self.config.max_seq_len, max(end, 2 * self._cos.shape[0], 256))
-            self._cos, self._sin = rope_tables(self.config.head_dim, self.config.rope_theta, size)
+            self._cos, self._sin = rope_tables(self.config.head_dim, self.config.rope_theta, size,
+                                               self.config.rope_scaling)
         return self._cos[start_pos:end], self._sin[start_pos:end]
 
     def check_tokens(self, tokens, start_pos: int = 0) -> tuple[torch.Tensor, bool]:

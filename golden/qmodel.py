@@ -103,7 +103,8 @@ class _Sfu:
 
     def rope(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         pos = torch.arange(start_pos, start_pos + x.shape[-2])  # broadcasts over [B, H, T]
-        return sfu.rope(x, pos, ACT_F, self.config.rope_theta, self.config.head_dim, style="half")
+        return sfu.rope(x, pos, ACT_F, self.config.rope_theta, self.config.head_dim, style="half",
+                        scaling=self.config.rope_scaling)
 
     def softmax(self, s: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         return sfu.softmax(s, SCORE_F, mask=~masked, frac_out=PROB_F)

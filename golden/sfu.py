@@ -32,7 +32,7 @@ __all__ = [
     "SOFTMAX_MAX_LEN",
     "SIG_RANGE", "SIG_STEP_BITS", "SIG_INTERP_BITS", "SIG_FRAC", "SIG_VALUE_BITS",
     "NORM_FRAC", "NORM_MANT_BITS", "NORM_MAX_DIM", "RSQRT_NUM_BITS",
-    "exp_table", "sigmoid_table", "silu_table", "rope_tables",
+    "exp_table", "sigmoid_table", "silu_table", "rope_tables", "llama3_inv_freq", "check_rope_scaling",
     "exp2_neg", "rsqrt_norm",
     "rmsnorm", "layernorm", "softmax", "silu", "swiglu", "rope", "add", "mul", "requantize",
     "rmsnorm_float", "layernorm_float", "softmax_float", "silu_float", "swiglu_float",
@@ -227,11 +227,44 @@ def silu_table() -> tuple[int, ...]:
     return sigmoid_table()
 
 
+def llama3_inv_freq(inv_freq: np.ndarray, scaling) -> np.ndarray:
+    """LLaMA-3 RoPE frequency rescaling (``rope_type="llama3"``) of float64 ``inv_freq``.
+
+    ``scaling = (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``:
+    wavelengths above ``orig / low`` are divided by ``factor``, those below ``orig / high`` kept,
+    and those between interpolated with ``s = (orig / wavelength - low) / (high - low)``:
+    ``(1 - s) * f / factor + s * f``. ``None`` returns ``inv_freq`` unchanged.
+    """
+    if scaling is None:
+        return inv_freq
+    factor, low, high, orig = (float(v) for v in scaling)
+    wavelen = 2.0 * math.pi / inv_freq
+    out = np.where(wavelen > orig / low, inv_freq / factor, inv_freq)
+    smooth = (orig / wavelen - low) / (high - low)
+    medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+    return np.where(medium, (1.0 - smooth) * inv_freq / factor + smooth * inv_freq, out)
+
+
+def check_rope_scaling(scaling):
+    """``None`` or a valid LLaMA-3 ``(factor, low_freq_factor, high_freq_factor, original_max_pos)``."""
+    if scaling is None:
+        return None
+    try:
+        factor, low, high, orig = (float(v) for v in scaling)
+    except (TypeError, ValueError):
+        raise FixedPointValueError(f"rope scaling {scaling!r} must be (factor, low_freq_factor, high_freq_factor, "
+                                   "original_max_position_embeddings)") from None
+    if not (factor >= 1 and 0 < low < high and orig > 0 and all(map(math.isfinite, (factor, low, high, orig)))):
+        raise FixedPointValueError(f"rope scaling {scaling!r} needs factor >= 1, 0 < low_freq_factor < "
+                                   "high_freq_factor and original_max_position_embeddings > 0")
+    return (factor, low, high, orig)
+
+
 @functools.lru_cache(maxsize=64)
-def _rope_tables_np(max_pos: int, head_dim: int, theta: float, frac: int):
+def _rope_tables_np(max_pos: int, head_dim: int, theta: float, frac: int, scaling=None):
     half = head_dim // 2
     i = np.arange(half, dtype=np.float64)
-    inv_freq = float(theta) ** (-(2.0 * i) / head_dim)
+    inv_freq = llama3_inv_freq(float(theta) ** (-(2.0 * i) / head_dim), scaling)
     ang = np.arange(max_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
     scale = float(1 << frac)
     cos = np.floor(np.cos(ang) * scale + 0.5).astype(np.int64)
@@ -242,8 +275,10 @@ def _rope_tables_np(max_pos: int, head_dim: int, theta: float, frac: int):
 
 
 def rope_tables(max_pos: int, head_dim: int, theta: float,
-                frac: int = ROPE_TABLE_FRAC) -> tuple[np.ndarray, np.ndarray]:
+                frac: int = ROPE_TABLE_FRAC, scaling=None) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin ROMs of RoPE: ``cos[p, i] = round_half_up(2**frac * cos(p * theta**(-2i/d)))``.
+
+    ``scaling``: LLaMA-3 frequency rescaling applied to ``theta**(-2i/d)`` (:func:`llama3_inv_freq`).
 
     Returns two read-only int64 numpy arrays of shape [max_pos, head_dim // 2] (angles in
     float64; |entry| <= 2**frac, i.e. frac + 2 bits signed). The same [p, i] entry serves the
@@ -257,7 +292,7 @@ def rope_tables(max_pos: int, head_dim: int, theta: float,
     if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 1):
         raise FixedPointValueError(f"theta={theta!r} must be a finite number > 1")
     frac = check_frac_bits(frac, "frac", 1, 30)
-    return _rope_tables_np(int(max_pos), int(head_dim), float(theta), frac)
+    return _rope_tables_np(int(max_pos), int(head_dim), float(theta), frac, check_rope_scaling(scaling))
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,8 +306,8 @@ def _sig_table_t() -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _rope_tables_t(max_pos, head_dim, theta, frac):
-    c, s = _rope_tables_np(max_pos, head_dim, theta, frac)
+def _rope_tables_t(max_pos, head_dim, theta, frac, scaling=None):
+    c, s = _rope_tables_np(max_pos, head_dim, theta, frac, scaling)
     return torch.from_numpy(c.copy()), torch.from_numpy(s.copy())
 
 
@@ -657,7 +692,7 @@ def _table_len(n: int) -> int:
 
 
 def rope(x: torch.Tensor, positions, frac: int, theta: float, head_dim: int,
-         style: str = "half", table_frac: int = ROPE_TABLE_FRAC) -> torch.Tensor:
+         style: str = "half", table_frac: int = ROPE_TABLE_FRAC, scaling=None) -> torch.Tensor:
     """Integer rotary embedding of the last dim (size head_dim) at integer ``positions``.
 
     style "half": pairs (i, i + d/2) (Hugging Face rotate_half); "interleaved": pairs (2i, 2i+1)
@@ -665,8 +700,10 @@ def rope(x: torch.Tensor, positions, frac: int, theta: float, head_dim: int,
     (``rope_tables``, ``table_frac`` bits): ``a' = round_shift(a*c - b*s, table_frac)``,
     ``b' = round_shift(b*c + a*s, table_frac)``, saturated to int32. The output keeps ``frac``.
     positions: integer tensor (or sequence) >= 0 broadcastable to x.shape[:-1].
+    scaling: LLaMA-3 frequency rescaling of the tables (see :func:`rope_tables`), or None.
     """
     xi = _act(x)
+    scaling = check_rope_scaling(scaling)
     _frac(frac, "frac")
     table_frac = check_frac_bits(table_frac, "table_frac", 1, 30)
     if style not in ("half", "interleaved"):
@@ -689,7 +726,7 @@ def rope(x: torch.Tensor, positions, frac: int, theta: float, head_dim: int,
     if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 1):
         raise FixedPointValueError(f"theta={theta!r} must be a finite number > 1")
     n = int(pos.max()) + 1 if pos.numel() else 1
-    cos_t, sin_t = _rope_tables_t(_table_len(n), head_dim, float(theta), table_frac)
+    cos_t, sin_t = _rope_tables_t(_table_len(n), head_dim, float(theta), table_frac, scaling)
     h = head_dim // 2
     rnd = 1 << (table_frac - 1)
     x2 = xi.reshape(-1, head_dim)

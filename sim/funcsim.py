@@ -654,11 +654,20 @@ class FuncSim:
             x = self.i32(s0, rows, cols)
             if s1 % 8:
                 raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
-            theta = float(self._slice(self.data, s1, 8, "RoPE parameters").view("<f8")[0])
+            rec = self._slice(self.data, s1, 48, "RoPE parameters")
+            theta = float(rec[:8].view("<f8")[0])
             if not (math.isfinite(theta) and theta > 1):
                 raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
-            pos = (imm & 0xFFFF) + torch.arange(rows) // max(1, imm >> 16)
-            self.put_i32(dst, sfu.rope(x, pos, F, theta, cols, style="half"))
+            hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
+            flag = int(rec[12:16].view("<u4")[0])
+            if flag not in (0, 1):
+                raise SimError(f"RoPE record scaling flag {flag} must be 0 (none) or 1 (LLaMA-3)")
+            scaling = tuple(rec[16:48].view("<f8").tolist()) if flag == 1 else None
+            if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
+                raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
+            per = max(1, imm >> 16)
+            pos = (imm & 0xFFFF) + torch.arange(rows) // per
+            self.put_i32(dst, rope_padded(x, pos, theta, hd, scaling))
         elif op == "softmax":
             s = self.i32(s0, rows, cols)
             mask = None
@@ -790,6 +799,22 @@ class FuncSim:
         run.seconds = time.perf_counter() - t0
         self.stats.seconds += run.seconds
         return run
+
+
+def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int, scaling=None) -> torch.Tensor:
+    """RoPE ("half") of rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
+    halves sit at ``[0, hd/2)`` and ``[cols/2, cols/2 + hd/2)`` (compiler.spec.head_index); padded
+    lanes are zero and stay zero. ``scaling``: LLaMA-3 frequency rescaling (golden.sfu.rope)."""
+    cols = x.shape[-1]
+    if head_dim == cols:
+        return sfu.rope(x, pos, F, theta, cols, style="half", scaling=scaling)
+    if head_dim > cols or head_dim % 2 or cols % 2:
+        raise SimError(f"rope: head_dim {head_dim} in the RoPE record does not fit rows of {cols}")
+    h, hp = head_dim // 2, cols // 2
+    lanes = torch.cat([torch.arange(h), hp + torch.arange(h)])
+    out = torch.zeros_like(x)
+    out[:, lanes] = sfu.rope(x[:, lanes].contiguous(), pos, F, theta, head_dim, style="half", scaling=scaling)
+    return out
 
 
 # ---- the runtime moved to sim/runtime.py; these names stay importable from here ----------------

@@ -133,11 +133,143 @@ def test_artifact_round_trip_run_and_errors(tmp_path, capsys):
 
 
 def test_unsupported_shapes_are_named():
-    base = dict(vocab_size=256, dim=128, n_layers=1, n_heads=4, n_kv_heads=4, head_dim=24, ffn_dim=256)
-    with pytest.raises(UnsupportedModelError, match="head_dim=24 is not a multiple of 16"):
+    base = dict(vocab_size=256, dim=72, n_layers=1, n_heads=4, n_kv_heads=4, head_dim=18, ffn_dim=256)
+    with pytest.raises(UnsupportedModelError, match="hidden_size=72 is not a multiple of 16.*RMSNorm"):
         spec_from_shapes(LlamaConfig(**base))
-    with pytest.raises(UnsupportedModelError, match="vocab_size=250"):
-        spec_from_shapes(LlamaConfig(**{**base, "head_dim": 32, "vocab_size": 250}))
+
+
+# ---- any LLaMA shape: exact zero padding of the vocabulary, the FFN width and head_dim ------------
+
+def random_llama(config: LlamaConfig, seed: int = 0):
+    """Random float weights with unit-scale activations (norm gains around 1, linears ~ 1/sqrt(k))."""
+    from olivine.golden.model import LayerWeights, LlamaWeights
+
+    g = torch.Generator().manual_seed(seed)
+
+    def lin(n, k):
+        return torch.randn(n, k, generator=g) / k ** 0.5
+
+    def gain():
+        return 0.5 + torch.rand(config.dim, generator=g)
+
+    shapes = config.linear_shapes()
+    layers = [LayerWeights(attn_norm=gain(), ffn_norm=gain(), **{n: lin(*shapes[n]) for n in shapes})
+              for _ in range(config.n_layers)]
+    embed = torch.randn(config.vocab_size, config.dim, generator=g)
+    head = embed if config.tie_embeddings else lin(config.vocab_size, config.dim)
+    return LlamaWeights(embed=embed, layers=layers, final_norm=gain(), lm_head=head)
+
+
+def assert_compiled_matches_golden(config, weights, preset="w4a8-int4", prompt=(3, 7, 1, 9, 20, 5, 11), new=6):
+    """Compile, run on the functional simulator, and compare tokens and int32 logits with golden."""
+    from olivine.golden.qmodel import quantize_model
+
+    q = quantize_model(config, weights, preset)
+    spec = spec_from_qllama(q)
+    comp = compile_model(spec, CFG, max_context=48, max_prompt=32, prefill_step=16)
+    toks, logits = Runtime.from_compiled(comp).generate(list(prompt), new)
+    g_toks, g_logits = golden_generate(q, list(prompt), new)
+    assert toks == g_toks
+    assert all(torch.equal(a, b) for a, b in zip(logits, g_logits))
+    assert all(a.shape == (config.vocab_size,) for a in logits)  # the padded vocabulary never shows
+    return spec
+
+
+ANY_SHAPES = {  # name: (changes to the base config, preset)
+    "vocab101-untied": (dict(vocab_size=101, tie_embeddings=False), "w4a8-int4"),
+    "vocab32001-tied": (dict(vocab_size=32001), "w4a8-int4"),
+    "ffn1000-gqa2": (dict(ffn_dim=1000, n_kv_heads=2), "w4a8-ovp"),
+    "hd8-gqa4": (dict(dim=64, n_heads=8, n_kv_heads=2, head_dim=8), "w4a8-int4"),
+    "hd24-mha": (dict(dim=96, n_heads=4, n_kv_heads=4, head_dim=24), "w8a8"),
+    "hd40-gqa2-ovp": (dict(dim=80, n_heads=2, n_kv_heads=1, head_dim=40), "w4a8-ovp"),
+    "hd48-gqa3": (dict(dim=96, n_heads=6, n_kv_heads=2, head_dim=48), "w4a8-int4"),
+    "hd80-mha": (dict(dim=160, n_heads=2, n_kv_heads=2, head_dim=80, ffn_dim=341), "w4a8-int4"),
+    "hd96-gqa2": (dict(dim=192, n_heads=2, n_kv_heads=1, head_dim=96), "w4a8-int4"),
+}
+
+
+def test_shape_only_spec_pads_like_the_weights():
+    cfg = LlamaConfig(vocab_size=32001, dim=128, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=40, ffn_dim=341)
+    spec = spec_from_shapes(cfg)
+    assert (spec.linears["lm_head"].n, spec.linears["layers.0.wk"].n, spec.linears["layers.0.wo"].k,
+            spec.linears["layers.0.w_down"].k) == (32016, 2 * 48, 4 * 48, 352)
+    comp = compile_model(spec, CFG, materialize=False, max_context=64)
+    assert comp.layout.kv_parts[1] >= 64 * 48  # a KV region holds padded heads
+
+
+@pytest.mark.parametrize("case", list(ANY_SHAPES))
+def test_any_llama_shape_compiles_bit_exact(case):
+    changes, preset = ANY_SHAPES[case]
+    base = dict(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16, ffn_dim=96,
+                max_seq_len=64, rope_theta=5e5, tie_embeddings=True)
+    config = LlamaConfig(**{**base, **changes})
+    spec = assert_compiled_matches_golden(config, random_llama(config), preset)
+    c, hp = config, pad16(config.head_dim)
+    assert spec.linears["lm_head"].n == pad16(c.vocab_size) and spec.linears["lm_head"].n_true == c.vocab_size
+    assert spec.linears["layers.0.w_down"].k == pad16(c.ffn_dim)
+    assert (spec.linears["layers.0.wq"].n, spec.linears["layers.1.wo"].k) == (c.n_heads * hp, c.n_heads * hp)
+    for name in ("lm_head", "layers.1.w_gate", "layers.1.w_up"):  # trailing padded rows requantize to zero
+        lin = spec.linears[name]
+        assert not lin.mult[lin.n_true:].any() and lin.mult[:lin.n_true].all()
+    if hp != c.head_dim:  # inside every head the second RoPE half starts at hp/2; the rest are zero rows
+        wq = spec.linears["layers.0.wq"]
+        dead = np.ones(wq.n, dtype=bool)
+        from olivine.compiler.spec import head_index
+        dead[head_index(c.n_heads, c.head_dim)] = False
+        assert not wq.mult[dead].any() and wq.mult[~dead].all() and not wq.rows[dead].any()
+
+
+def test_head_padding_with_sparsity_is_refused():
+    from olivine.golden.qmodel import quantize_model
+
+    config = LlamaConfig(vocab_size=64, dim=64, n_layers=1, n_heads=8, n_kv_heads=8, head_dim=8, ffn_dim=64)
+    q = quantize_model(config, random_llama(config), "w4a8-ovp-8:16")
+    with pytest.raises(UnsupportedModelError, match=r"layers\.0\.wq: N:16 sparsity with head_dim not a multiple"):
+        spec_from_qllama(q)
+
+
+def test_llama3_rope_scaling_compiles_bit_exact():
+    import dataclasses
+
+    from olivine.golden.qmodel import quantize_model
+
+    config = LlamaConfig(vocab_size=96, dim=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32, ffn_dim=96,
+                         max_seq_len=64, rope_theta=500.0, rope_scaling=(8.0, 1.0, 4.0, 16))
+    weights = random_llama(config, seed=4)
+    prompt = torch.randint(0, 96, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert_compiled_matches_golden(config, weights, prompt=prompt, new=12)  # decodes up to position 41
+    plain = quantize_model(dataclasses.replace(config, rope_scaling=None), weights, "w4a8-int4")
+    scaled = quantize_model(config, weights, "w4a8-int4")
+    tokens = torch.tensor(prompt)
+    assert not torch.equal(plain.forward_int(tokens)[-1], scaled.forward_int(tokens)[-1])  # the scaling is used
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("hf_changes", [
+    dict(vocab_size=32001, intermediate_size=1000, tie_word_embeddings=False),
+    dict(vocab_size=101, hidden_size=96, num_attention_heads=4, num_key_value_heads=1, head_dim=24,
+         tie_word_embeddings=True, rope_theta=1e6),
+], ids=["vocab32001-ffn1000-untied", "hd24-gqa4-tied"])
+def test_hf_checkpoint_directory_compiles_bit_exact(tmp_path, hf_changes):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from olivine.golden.loaders import load_model
+
+    base = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**base, **hf_changes})).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(torch.rand_like(p))
+    hf.save_pretrained(tmp_path)
+    m = load_model(tmp_path, use_cache=False)
+    assert m.config.rope_theta == hf_changes.get("rope_theta", 10000.0)
+    ids = torch.tensor([[5, 90, 3, 42, 7, 7, 0, 63]])
+    with torch.no_grad():  # the float reference is the checkpoint, within the loaders' tolerance
+        torch.testing.assert_close(m.float_model().forward(ids), hf(ids).logits, rtol=0, atol=1e-5)
+    assert_compiled_matches_golden(m.config, m.weights)
 
 
 def test_unsupported_quantization_is_named():
@@ -161,9 +293,9 @@ def test_hf_module_errors_name_the_layer():
         check_hf_module(transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, hidden_act="gelu")))
     with pytest.raises(UnsupportedModelError, match=r"model\.layers\.0\.self_attn\.q_proj: a bias"):
         check_hf_module(transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, attention_bias=True)))
-    with pytest.raises(UnsupportedModelError, match="head_dim=8"):
-        check_hf_module(transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**cfg, "num_attention_heads": 8,
-                                                                                   "num_key_value_heads": 8})))
+    # head_dim=8 is padded by the compiler (test_any_llama_shape_compiles_bit_exact), not refused
+    check_hf_module(transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**cfg, "num_attention_heads": 8,
+                                                                               "num_key_value_heads": 8})))
 
 
 def test_shape_only_storage_report():

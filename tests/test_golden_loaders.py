@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from olivine.golden import loaders
 from olivine.golden.loaders import (
     ModelLoadError,
     config_from_hf,
     glassllm_package_model,
     load_glassllm,
     load_model,
+    weights_from_hf_state_dict,
 )
 from olivine.golden.model import FloatLlama, LlamaWeights
 
@@ -152,15 +154,87 @@ LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "h
                 "max_position_embeddings": 64, "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}
+
+
 @pytest.mark.parametrize("change, msg", [
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling 'llama3'"),
-    ({"attention_bias": True}, "attention_bias"),
-    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     r"rope_type='llama3' lacks low_freq_factor, high_freq_factor, original_max_position_embeddings"),
+    ({"rope_scaling": {**LLAMA3_SCALING, "low_freq_factor": 8.0}}, r"config\.json: LlamaConfig\.rope_scaling.*"
+                                                                   r"low_freq_factor < high_freq_factor"),
+    ({"num_attention_heads": 3}, r"config\.json: n_heads=3 is not a multiple of n_kv_heads=2"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"rope_type='linear' \(factor=2.0\).*unscaled base"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, r"rope_type='dynamic'.*theta with the sequence"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"rope_type='yarn'.*YaRN"),
+    ({"attention_bias": True}, "attention_bias=true is not supported"),
+    ({"mlp_bias": True}, "mlp_bias=true"),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'.*SiLU only"),
+    ({"sliding_window": 4096}, "sliding_window=4096 is not supported: sliding-window"),
+    ({"num_local_experts": 8}, "num_local_experts=8 .*mixture-of-experts"),
+    ({"qk_norm": True}, "qk_norm=True .*qk-norm"),
     ({"architectures": ["LlamaForSequenceClassification"]}, "not a LLaMA causal LM"),
 ])
 def test_unsupported_llama_variants_are_rejected(change, msg):
     with pytest.raises(ModelLoadError, match=msg):
         config_from_hf({**LLAMA_CONFIG, **change})
+
+
+def test_llama3_rope_scaling_is_read():
+    for hf in ({**LLAMA_CONFIG, "rope_scaling": LLAMA3_SCALING},
+               {**LLAMA_CONFIG, "rope_parameters": {**LLAMA3_SCALING, "rope_theta": 5000.0}}):
+        c = config_from_hf(hf)
+        assert c.rope_scaling == (8.0, 1.0, 4.0, 8192.0) and c.rope_theta == 5000.0
+    assert config_from_hf(LLAMA_CONFIG).rope_scaling is None
+
+
+def test_plain_rope_type_and_null_features_are_accepted():
+    c = config_from_hf({**LLAMA_CONFIG, "rope_scaling": None, "sliding_window": None, "use_sliding_window": False,
+                        "hidden_act": "swish"})
+    assert c.rope_theta == 5000.0
+
+
+def _random_state_dict(config, tied):
+    g = torch.Generator().manual_seed(3)
+    names = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if tied else ["lm_head.weight"])
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, config.dim), "model.norm.weight": (config.dim,),
+              "lm_head.weight": (config.vocab_size, config.dim)}
+    lin = config.linear_shapes()
+    for i in range(config.n_layers):
+        for field, hf in loaders._HF_LAYER_NAMES.items():
+            name = f"model.layers.{i}.{hf}"
+            names.append(name)
+            shapes[name] = lin.get(field, (config.dim,))
+    return {n: torch.randn(shapes[n], generator=g) for n in names}
+
+
+@pytest.mark.parametrize("extra, msg", [
+    ("model.layers.1.self_attn.q_proj.bias", r"'model\.layers\.1\.self_attn\.q_proj\.bias' \(64,\).*a bias"),
+    ("model.layers.0.self_attn.q_norm.weight", r"q_norm.*qk-norm"),
+    ("model.layers.0.mlp.experts.0.up_proj.weight", r"experts.*mixture-of-experts"),
+])
+def test_extra_tensors_are_named(extra, msg):
+    config = config_from_hf(LLAMA_CONFIG, name="x")
+    sd = _random_state_dict(config, tied=False)
+    sd[extra] = torch.zeros(64)
+    with pytest.raises(ModelLoadError, match=msg):
+        weights_from_hf_state_dict(config, sd)
+    del sd[extra]
+    sd["model.rotary_emb.inv_freq"] = torch.zeros(8)  # a recomputed buffer: ignored
+    assert weights_from_hf_state_dict(config, sd).lm_head.shape == (100, 64)
+
+
+def test_tied_embeddings_with_a_different_head_are_refused():
+    config = config_from_hf({**LLAMA_CONFIG, "tie_word_embeddings": True}, name="x")
+    sd = _random_state_dict(config, tied=True)
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    assert weights_from_hf_state_dict(config, sd).lm_head is not None  # an identical stored copy is fine
+    sd["lm_head.weight"] = torch.zeros(101, 64)
+    with pytest.raises(ModelLoadError, match=r"tie_word_embeddings=true but lm_head.weight \(101, 64\) differs"):
+        weights_from_hf_state_dict(config, sd)
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"] + 1
+    with pytest.raises(ModelLoadError, match="set tie_word_embeddings=false"):
+        weights_from_hf_state_dict(config, sd)
 
 
 def test_hf_config_mapping():
@@ -267,6 +341,27 @@ def test_hf_directory_matches_transformers(tmp_path, tied):
     with torch.no_grad():
         ref = hf(ids).logits
     torch.testing.assert_close(loaded.float_model().forward(ids), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.models
+def test_llama3_rope_scaling_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    import dataclasses
+
+    scaling = {**LLAMA3_SCALING, "original_max_position_embeddings": 16}  # positions 0..59 cross all bands
+    cfg = {k: v for k, v in LLAMA_CONFIG.items() if k != "architectures"} | {"rope_scaling": scaling}
+    torch.manual_seed(2)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+    hf.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path, use_cache=False)
+    assert loaded.config.rope_scaling == (8.0, 1.0, 4.0, 16.0)
+    ids = torch.randint(0, 100, (1, 60), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(ids).logits
+    torch.testing.assert_close(loaded.float_model().forward(ids), ref, rtol=0, atol=1e-5)
+    unscaled = FloatLlama(dataclasses.replace(loaded.config, rope_scaling=None), loaded.weights).forward(ids)
+    assert (unscaled - ref).abs().max() > 1e-3  # the scaling matters at these positions
 
 
 @pytest.fixture(scope="module")

@@ -400,3 +400,26 @@ def test_rsqrt_norm_is_the_exact_floor():
     # R = floor(2**31 / sqrt(t')): R**2 * t' <= 2**62 < (R + 1)**2 * t' (checked in Python ints)
     for rv, tv in zip(r.tolist()[::7], tn.tolist()[::7]):
         assert rv * rv * tv <= 2**62 < (rv + 1) * (rv + 1) * tv
+
+
+def test_llama3_rope_scaling_bands():
+    # theta 5e5, hd 64, original context 64: wavelengths below 16 are kept, above 64 divided by 8,
+    # in between interpolated (LLaMA-3's rule)
+    hd, theta, scaling = 64, 5e5, (8.0, 1.0, 4.0, 64)
+    base = theta ** (-(2.0 * np.arange(hd // 2)) / hd)
+    inv = sfu.llama3_inv_freq(base, scaling)
+    wavelen = 2 * np.pi / base
+    high, low = wavelen < 16, wavelen > 64
+    assert high.any() and low.any() and (~high & ~low).any()
+    np.testing.assert_array_equal(inv[high], base[high])
+    np.testing.assert_allclose(inv[low], base[low] / 8, rtol=1e-15)
+    mid = ~high & ~low
+    assert np.all(inv[mid] < base[mid]) and np.all(inv[mid] > base[mid] / 8)
+    cos, sin = sfu.rope_tables(100, hd, theta, scaling=scaling)
+    cos0, _ = sfu.rope_tables(100, hd, theta)
+    np.testing.assert_array_equal(cos[:, high], cos0[:, high])
+    assert not np.array_equal(cos[:, low], cos0[:, low])
+    want = np.floor(np.cos(np.arange(100)[:, None] * inv[None, :]) * 65536 + 0.5)
+    np.testing.assert_array_equal(cos, want)
+    with pytest.raises(ValueError, match="factor >= 1"):
+        sfu.rope_tables(8, hd, theta, scaling=(0.5, 1.0, 4.0, 64))

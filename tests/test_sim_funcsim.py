@@ -152,6 +152,26 @@ MISC op=copy src0=2048 dst=40960 rows={rows} cols={cols}""")
     assert torch.equal(s.i32(40960, rows, cols), y)
 
 
+def test_rope_on_a_padded_head_rotates_the_true_lanes_only():
+    rows, hd, cols = 3, 24, 32  # a head of 24 stored as 32: halves at lanes 0..11 and 16..27
+    lanes = torch.cat([torch.arange(12), 16 + torch.arange(12)])
+    x = torch.zeros(rows, cols, dtype=torch.int32)
+    x[:, lanes] = rand_fixed((rows, hd), 4.0, 11)
+    s = sim()
+    put_i32(s, 0, x)
+    s.data[4096:4104] = np.frombuffer(np.float64(5e5).tobytes(), dtype=np.uint8)
+    s.data[4104:4108] = np.frombuffer(np.uint32(hd).tobytes(), dtype=np.uint8)
+    run(s, f"MISC op=rope src0=0 src1=4096 dst=8192 rows={rows} cols={cols} imm=5")
+    got = s.i32(8192, rows, cols)
+    want = sfu.rope(x[:, lanes], torch.tensor([5, 6, 7]), 16, 5e5, hd, "half")  # angles of the true head_dim
+    assert torch.equal(got[:, lanes], want) and not got[:, 12:16].any() and not got[:, 28:].any()
+    # a record holding head_dim 0 means the row width: plain RoPE over 32 lanes, which differs
+    s.data[4104:4108] = 0
+    run(s, f"MISC op=rope src0=0 src1=4096 dst=8192 rows={rows} cols={cols} imm=5")
+    assert torch.equal(s.i32(8192, rows, cols), sfu.rope(x, torch.tensor([5, 6, 7]), 16, 5e5, cols, "half"))
+    assert not torch.equal(s.i32(8192, rows, cols)[:, lanes], want)
+
+
 def test_quant_head_blocks_and_embedding_dequant():
     T, H, hd = 3, 2, 16
     x = rand_fixed((T * H, hd), 5.0, 11)
