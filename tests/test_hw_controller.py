@@ -45,7 +45,7 @@ def token_program(draw_unit, draw_bits, draw_sys, n: int) -> list[isa.Instructio
         u = draw_unit()
         wait = 0
         for v in range(4):
-            if (owed[v, u] > 0 and draw_bits() < 6) or draw_bits() == 0:  # 1/8: an unpaired wait
+            if (owed[v, u] > 0 and draw_bits() < 6) or (draw_bits() == 0 and draw_bits() < 2):  # 1/32: unpaired
                 wait |= 1 << v
                 owed[v, u] -= 1
         release = 0
@@ -224,7 +224,7 @@ def test_random_token_programs_match_the_reference(tmp_path):
         if ref["verdict"] != "queue_deadlock":  # then the hardware agrees with the functional simulator
             assert (got, res["stuck"] if got != "done" else [None] * 4) == funcsim_verdict(prog)
         verdicts.add(ref["verdict"] + ("" if unbounded["verdict"] == ref["verdict"] else "(queue)"))
-    assert {"done", "deadlock"} <= verdicts, verdicts
+    assert {"done", "deadlock"} | (set() if REDUCED else {"queue_deadlock"}) <= verdicts, verdicts
 
 
 @requires_verilator
@@ -235,7 +235,9 @@ def test_errors_watchdog_overflow_and_throughput(tmp_path):
     hang = isa.encode_program([isa.make("LD", release="mpe"), isa.make("MM", wait="ld"), isa.make("SYS", op="end")])
     overflow = isa.encode_program([isa.make("MISC", release="st")] * 257)
     stream = isa.encode_program([isa.make(m) for m in ("LD", "MISC", "MM", "ST")] * 16 + [isa.make("SYS", op="end")])
-    progs = [bad, hang, overflow, stream]
+    # five MMs wait for an LD that comes after them: the fifth finds the 4-deep MPE queue full
+    ahead = isa.encode_program([isa.make("MM", wait="ld")] * 5 + [isa.make("LD", release="mpe")])
+    progs = [bad, hang, overflow, stream, ahead]
     lats = [np.ones(len(p), dtype=np.int64) for p in progs]
     lats[1][8] = 0  # the MM of `hang` never finishes
     res = run_rtl(progs, lats, tmp_path, watchdog=200)
@@ -250,6 +252,7 @@ def test_errors_watchdog_overflow_and_throughput(tmp_path):
     assert (res[2]["state"], res[2]["cause"]) == ("error", "token_overflow")
     assert res[2]["offset"] == 255 * 6  # the 256th release finds the 8-bit counter full
     assert res[3]["state"] == "done" and len(res[3]["events"]) == 64
+    assert (res[4]["state"], res[4]["cause"], res[4]["stuck"]) == ("error", "queue_deadlock", [None, None, 0, None])
     starts = sorted(s for _, s, _ in res[3]["events"].values())
     print(f"64 independent 1-cycle instructions (4 units): first start {starts[0]}, last start "
           f"{starts[-1]}, total {res[3]['cycles']} cycles")
