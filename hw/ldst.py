@@ -1,4 +1,17 @@
-"""LD engine: docs/isa.md's three-level strided load from HBM (AXI4 read) into an on-chip buffer.
+"""LD and ST engines: docs/isa.md's strided transfers between HBM (AXI4) and an on-chip buffer.
+
+StoreEngine (ST): for ``i0 < n0`` the ``length`` bytes at ``buf_addr + i0*length`` of the source
+buffer go to ``hbm_addr + i0*hbm_stride0``. The buffer is read word by word (a read port with one
+cycle of latency) into a two-word window; each AXI beat takes the next bytes of the window,
+rotated to their HBM lanes, with WSTRB marking the unaligned first and last beats. Bursts as for
+LD; up to ``max_outstanding`` bursts await their B response. Ports: inst (unit_layout("st")),
+done, fault (the source range exceeds ``buffer_bytes``: checked before anything is written; or
+BRESP not OKAY), busy, axi (axi4_write_signature), buf (``addr`` Out, ``en`` Out, ``data`` In:
+a synchronous read port, data valid the cycle after ``en``; ``source`` Out).
+Latency: 3 cycles from the start to the first W beat; done when the last B response arrives.
+Throughput: one beat per cycle.
+
+LoadEngine (LD):
 
 ``for i2 < n2, i1 < n1, i0 < n0`` a segment of ``length`` bytes at ``hbm_addr + i2*hbm_stride2 +
 i1*hbm_stride1 + i0*hbm_stride0`` is read; the segments land back to back from ``buf_addr``.
@@ -32,12 +45,12 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
-from .axi import RESP_OKAY, axi4_read_signature, burst_beats, check_data_width
+from .axi import RESP_OKAY, axi4_read_signature, axi4_write_signature, burst_beats, check_data_width
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
 from .resources import register_unit
 
-__all__ = ["LoadEngine", "buffer_write_signature"]
+__all__ = ["LoadEngine", "StoreEngine", "buffer_write_signature", "buffer_read_signature"]
 
 SEGMENT_LAYOUT = data.StructLayout({"addr": unsigned(64), "length": unsigned(24)})
 
@@ -45,6 +58,10 @@ SEGMENT_LAYOUT = data.StructLayout({"addr": unsigned(64), "length": unsigned(24)
 def buffer_write_signature(data_width: int, addr_bits: int) -> wiring.Signature:
     return wiring.Signature({"addr": Out(addr_bits), "data": Out(data_width), "en": Out(data_width // 8),
                              "target": Out(3)})
+
+
+def buffer_read_signature(data_width: int, addr_bits: int) -> wiring.Signature:
+    return wiring.Signature({"addr": Out(addr_bits), "en": Out(1), "data": In(data_width), "source": Out(3)})
 
 
 def _rotate_bytes(value, amount, nbytes: int):
@@ -203,7 +220,164 @@ class LoadEngine(wiring.Component):
         return m
 
 
+class StoreEngine(wiring.Component):
+    def __init__(self, *, data_width: int = 512, addr_width: int = 64, id_width: int = 1,
+                 max_outstanding: int = 4, buffer_bytes: int = 1 << 20,
+                 offset_bits: int = DEFAULT_OFFSET_BITS):
+        self.beat_bytes = check_data_width(data_width)
+        if buffer_bytes % self.beat_bytes:
+            raise ValueError(f"buffer_bytes={buffer_bytes} must be a multiple of the beat ({self.beat_bytes} B)")
+        self.data_width, self.addr_width, self.max_outstanding = data_width, addr_width, max_outstanding
+        self.buffer_bytes = buffer_bytes
+        self.word_bits = max((buffer_bytes // self.beat_bytes - 1).bit_length(), 1)
+        super().__init__({
+            "inst": In(stream.Signature(unit_layout("st", offset_bits))),
+            "done": Out(1), "fault": Out(1), "busy": Out(1),
+            "axi": Out(axi4_write_signature(addr_width, data_width, id_width)),
+            "buf": Out(buffer_read_signature(data_width, self.word_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bb = self.beat_bytes
+        sh = bb.bit_length() - 1
+        axi = self.axi
+        f = self.inst.p.fields
+        words = self.buffer_bytes // bb
+
+        active = Signal()
+        length = Signal(24)
+        n0 = Signal(8)
+        s0 = Signal(32)
+        # AW side: segment counter and address; W side: its own walk over the same segments
+        aw_seg, aw_seg_addr = Signal(8), Signal(64)
+        aw_addr, aw_left = Signal(64), Signal(24 - sh + 2)
+        w_seg, w_seg_addr = Signal(8), Signal(64)
+        w_addr, w_left = Signal(64), Signal(25)     # byte address / bytes left in the segment
+        w_baddr, w_beats_left, w_burst_left = Signal(64), Signal(24 - sh + 2), Signal(9)
+        aw_more, w_more = Signal(), Signal()       # segments still to start on each side
+        outstanding = Signal(range(self.max_outstanding + 1))
+        bad = Signal()       # the source range exceeds the buffer: nothing is transferred
+        resp_bad = Signal()  # a BRESP error, reported at the end (announced bursts still get their data)
+        # source side: sequential word reads into a 4-entry queue, then a two-word window
+        sp = Signal(24 + 9)                        # source byte position
+        rd_next, rd_last = Signal(24 + 9 - sh), Signal(24 + 9 - sh)
+        rd_more = Signal()
+        m.submodules.words_q = wq = fifo.SyncFIFO(width=self.data_width, depth=4)
+        inflight = Signal()
+        cur, nxt = Signal(self.data_width), Signal(self.data_width)
+        cur_ok, nxt_ok = Signal(), Signal()
+
+        m.d.comb += self.inst.ready.eq(~active)
+        total = Signal(24 + 8 + 1)
+        m.d.comb += total.eq(f.buf_addr + f.length * f.n0)
+        with m.If(self.inst.valid & self.inst.ready):
+            m.d.sync += [active.eq(1), length.eq(f.length), n0.eq(f.n0), s0.eq(f.hbm_stride0),
+                         aw_seg.eq(0), aw_seg_addr.eq(f.hbm_addr), aw_left.eq(0), aw_more.eq(1),
+                         w_seg.eq(0), w_seg_addr.eq(f.hbm_addr), w_left.eq(0), w_more.eq(1),
+                         w_burst_left.eq(0), sp.eq(f.buf_addr), rd_next.eq(f.buf_addr >> sh),
+                         rd_last.eq((total - 1) >> sh), rd_more.eq(1), cur_ok.eq(0), nxt_ok.eq(0),
+                         bad.eq(total > self.buffer_bytes), resp_bad.eq(0), self.buf.source.eq(f.source)]
+
+        # ---- AW ----
+        with m.If(active & ~bad & aw_more & (aw_left == 0)):
+            m.d.sync += [aw_addr.eq(Cat(Const(0, sh), aw_seg_addr[sh:])),
+                         aw_left.eq((aw_seg_addr[:sh] + length + bb - 1) >> sh),
+                         aw_seg_addr.eq(aw_seg_addr + s0), aw_seg.eq(aw_seg + 1),
+                         aw_more.eq(aw_seg + 1 < n0)]
+        n = burst_beats(aw_addr, aw_left, bb)
+        m.d.comb += [axi.awid.eq(0), axi.awsize.eq(sh), axi.awburst.eq(1), axi.awlock.eq(0),
+                     axi.awcache.eq(0b0011), axi.awprot.eq(0), axi.awqos.eq(0),
+                     axi.awaddr.eq(aw_addr), axi.awlen.eq(n - 1),
+                     axi.awvalid.eq((aw_left != 0) & (outstanding < self.max_outstanding))]
+        aw_go = axi.awvalid & axi.awready
+        b_go = axi.bvalid & axi.bready
+        m.d.comb += axi.bready.eq(1)
+        with m.If(aw_go):
+            m.d.sync += [aw_addr.eq(aw_addr + (n << sh)), aw_left.eq(aw_left - n)]
+        with m.If(aw_go & ~b_go):
+            m.d.sync += outstanding.eq(outstanding + 1)
+        with m.Elif(b_go & ~aw_go):
+            m.d.sync += outstanding.eq(outstanding - 1)
+        with m.If(b_go & (axi.bresp != RESP_OKAY)):
+            m.d.sync += resp_bad.eq(1)
+
+        # ---- buffer reads -> word queue -> window ----
+        rd = active & ~bad & rd_more & (wq.level + inflight < 3)
+        m.d.comb += [self.buf.addr.eq(rd_next), self.buf.en.eq(rd)]
+        m.d.sync += inflight.eq(rd)
+        with m.If(rd):
+            m.d.sync += [rd_next.eq(rd_next + 1), rd_more.eq(rd_next != rd_last)]
+        m.d.comb += [wq.w_data.eq(self.buf.data), wq.w_en.eq(inflight)]
+
+        # ---- W ----
+        with m.If(active & ~bad & w_more & (w_left == 0)):
+            m.d.sync += [w_addr.eq(w_seg_addr), w_left.eq(length),
+                         w_baddr.eq(Cat(Const(0, sh), w_seg_addr[sh:])),
+                         w_beats_left.eq((w_seg_addr[:sh] + length + bb - 1) >> sh),
+                         w_seg_addr.eq(w_seg_addr + s0), w_seg.eq(w_seg + 1), w_more.eq(w_seg + 1 < n0)]
+        lo = w_addr[:sh]
+        room = bb - lo
+        take_n = Signal(range(bb + 1))
+        m.d.comb += take_n.eq(Mux(w_left < room, w_left, room))
+        sq = sp[:sh]
+        spans = sq + take_n > bb                   # the beat's bytes reach into the next word
+        window = Cat(cur, nxt)
+        source_bytes = (window >> (sq * 8))[:self.data_width]   # bytes sp.. at lanes 0..
+        m.d.comb += axi.wdata.eq(_rotate_bytes(source_bytes, lo, bb))
+        strb = Signal(bb)
+        end = lo + take_n
+        for j in range(bb):
+            at_or_after_lo = (lo <= j) if j < bb - 1 else 1
+            m.d.comb += strb[j].eq(at_or_after_lo & (j < end))
+        burst_n = burst_beats(w_baddr, w_beats_left, bb)
+        m.d.comb += [axi.wstrb.eq(strb),
+                     axi.wlast.eq(Mux(w_burst_left == 0, burst_n, w_burst_left) == 1),
+                     axi.wvalid.eq(active & ~bad & (w_left != 0) & cur_ok & (~spans | nxt_ok))]
+        w_go = axi.wvalid & axi.wready
+        consumed = w_go & (sq + take_n >= bb)      # the beat used the rest of the current word
+        with m.If(w_go):
+            m.d.sync += [w_addr.eq(w_addr + take_n), w_left.eq(w_left - take_n), sp.eq(sp + take_n),
+                         w_baddr.eq(w_baddr + bb), w_beats_left.eq(w_beats_left - 1),
+                         w_burst_left.eq(Mux(w_burst_left == 0, burst_n, w_burst_left) - 1)]
+        # window refill: cur <- nxt on consumption; empty slots fill from the queue
+        take_q = Signal()
+        with m.If(consumed):
+            m.d.sync += [cur.eq(nxt), cur_ok.eq(nxt_ok), nxt_ok.eq(0)]
+            with m.If(nxt_ok & wq.r_rdy):
+                m.d.sync += [nxt.eq(wq.r_data), nxt_ok.eq(1)]
+                m.d.comb += take_q.eq(1)
+            with m.Elif(~nxt_ok & wq.r_rdy):
+                m.d.sync += [cur.eq(wq.r_data), cur_ok.eq(1)]
+                m.d.comb += take_q.eq(1)
+        with m.Elif(wq.r_rdy & ~cur_ok):
+            m.d.sync += [cur.eq(wq.r_data), cur_ok.eq(1)]
+            m.d.comb += take_q.eq(1)
+        with m.Elif(wq.r_rdy & ~nxt_ok):
+            m.d.sync += [nxt.eq(wq.r_data), nxt_ok.eq(1)]
+            m.d.comb += take_q.eq(1)
+        m.d.comb += wq.r_en.eq(take_q)
+
+        # ---- finish ----
+        finished = active & (bad | ~aw_more & (aw_left == 0) & ~w_more & (w_left == 0)) & (outstanding == 0) \
+            & ~aw_go
+        drain = Signal()
+        with m.If(finished & ~drain):
+            m.d.sync += drain.eq(1)
+        with m.If(drain):  # one cycle later: the queue and window are emptied for the next ST
+            m.d.sync += [active.eq(0), drain.eq(0), cur_ok.eq(0), nxt_ok.eq(0)]
+            m.d.comb += [self.done.eq(~bad & ~resp_bad), self.fault.eq(bad | resp_bad), wq.r_en.eq(1)]
+        m.d.comb += self.busy.eq(active)
+        return m
+
+
 @register_unit("load_engine")
 def _load_engine_unit(data_width: int = 512, max_outstanding: int = 4, buffer_bytes: int = 1 << 20):
     return LoadEngine(data_width=data_width, max_outstanding=max_outstanding,
                       buffer_bytes=buffer_bytes), "olivine_load_engine"
+
+
+@register_unit("store_engine")
+def _store_engine_unit(data_width: int = 512, max_outstanding: int = 4, buffer_bytes: int = 1 << 20):
+    return StoreEngine(data_width=data_width, max_outstanding=max_outstanding,
+                       buffer_bytes=buffer_bytes), "olivine_store_engine"
