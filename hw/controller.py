@@ -41,11 +41,12 @@ Ports (see :class:`Controller`):
   ld_done, ...: In(1) the unit finished its current instruction (one pulse).
   ld_fault, ...: In(1) the unit cannot execute its current instruction (one pulse, instead of done).
 
-Latency: word -> decoded record 1 cycle, record -> queue 1 cycle, queue head -> start 0 cycles
-(combinational valid), done -> the released tokens usable 1 cycle later; an instruction waiting
-on a token starts 2 cycles after the releasing instruction's done pulse... 1 cycle (registered
-counters). Throughput: one word per cycle into the decoder (fetch delivers wpb words per beat
-with one bubble per beat only when the decoder stalls); one dispatch per cycle.
+Latency: word -> decoded record 1 cycle, record -> queue 1 cycle, queue head -> unit start 0
+cycles (``valid`` is combinational); a unit's ``done`` in cycle f makes the released tokens and the
+unit itself available in cycle f + 1, so a dependent instruction (or the unit's next one) starts
+in f + 1 at the earliest (measured: tests/test_hw_controller.py). Throughput: one program word
+per cycle into the decoder, so one instruction per ``words`` cycles (LD 8, ST 5, MM/MV 7, MISC 6,
+SYS 1); one instruction start per unit every latency + 1 cycles.
 """
 
 from __future__ import annotations
