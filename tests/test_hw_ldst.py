@@ -112,7 +112,9 @@ def test_burst_split_rule():
 def test_load_engine_verilog_is_lint_clean():
     from olivine.hw.decode import LINT_WAIVERS as BASE
 
-    lint(verilog(LoadEngine(data_width=512), "olivine_load_engine"), "olivine_load_engine",
+    # 128 bits: the 512-bit engine lints the same way but takes Amaranth ~100 s to convert
+    # (its resources are measured at 512 bits: docs/hw.md)
+    lint(verilog(LoadEngine(data_width=128), "olivine_load_engine"), "olivine_load_engine",
          waivers={**BASE, **LINT_WAIVERS})
 
 
