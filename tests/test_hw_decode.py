@@ -134,7 +134,8 @@ def test_random_and_mutated_programs_match_hw_isa(stall_every):
         assert error == want_error, f"words {[hex(w) for w in words]}: error {error}, want {want_error}"
         assert got == want_insts
         causes.add(isa.DECODE_CAUSES[want_error[1]] if want_error else "none")
-    assert {"none", "opcode", "reserved", "truncated"} <= causes, causes
+    if not REDUCED:  # the reduced sample is too small to promise every cause (the next test does)
+        assert {"none", "opcode", "reserved", "truncated"} <= causes, causes
 
 
 def test_every_error_cause_with_its_offset():
