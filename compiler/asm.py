@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .isa import BY_MNEMONIC, UNITS, Instruction, IsaError, make
+from olivine.hw.isa import BY_MNEMONIC, UNITS, Instruction, IsaError, make
 
 
 class AsmError(IsaError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from olivine.compiler import isa
+from olivine.hw import isa
 from olivine.compiler.asm import disassemble_one
 from olivine.golden import contract, fixed, ovp, sfu
 

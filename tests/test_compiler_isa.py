@@ -121,7 +121,7 @@ def test_docs_isa_matches_the_format_table():
     from olivine.compiler.isa import reference_markdown
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "isa.md").read_text()
-    assert reference_markdown() in doc, "docs/isa.md is stale: regenerate its format tables from compiler/isa.py"
+    assert reference_markdown() in doc, "docs/isa.md is stale: regenerate its format tables from hw/isa.py"
 
 
 # ---- fuzzing: arbitrary words and arbitrary text ------------------------------------------------
