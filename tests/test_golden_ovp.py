@@ -391,8 +391,8 @@ def test_pruned_search_equals_exhaustive(normal):
 
     c = _consts(normal)
     for victim in ("even", "larger"):
-        fast = _search_rows(x, c, victim)
-        slow = _search_rows(x, c, victim, exhaustive=True)
+        fast = _search_rows(x, c, victim)[:2]
+        slow = _search_rows(x, c, victim, exhaustive=True)[:2]
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 
 
