@@ -38,6 +38,7 @@ __all__ = [
     "OvpError",
     "OvpTensor",
     "quantize",
+    "quantize_reference",
     "fake_quant",
     "decode",
     "encode",
@@ -288,7 +289,7 @@ def _search_rows(x2: torch.Tensor, c: _Consts, victim: str, *, exhaustive: bool 
     the model's interval instead of its float32 score: ``best`` holds the lower end and the
     third result the upper end (equal to ``best`` where the score is exact).
     """
-    x_max = _x_max_rows(x2)
+    x_max = st.x_max if st is not None else _x_max_rows(x2)
     cand = _candidates(x_max)  # [C, rows, 1]
     if exhaustive:
         alpha, best = _select(_exact_scores_all(x2, cand, c, victim), cand, x_max)
@@ -799,6 +800,30 @@ def _quantize_at(x, best_type, best_alpha, bits, granularity, victim) -> OvpTens
         mse=mse,
         outlier_outlier_pairs=stats["outlier_outlier"],
     )
+
+
+def quantize_reference(x: torch.Tensor, *, bits: int = 4, normal: str = "auto", granularity: str = "row",
+                       victim: str = "larger") -> OvpTensor:
+    """:func:`quantize` with the exhaustive float32 search of the released code (every candidate
+    of every row scored, the type chosen from the exact summed scores). Slow: the reference the
+    pruned search is tested against."""
+    _check_names(bits, normal, granularity, victim)
+    x = _check_input(x, granularity)
+    types = ("int4", "flint4") if (bits == 4 and normal == "auto") else ("int8",) if bits == 8 else (normal,)
+    best_type, best_alpha, best_total = None, None, None
+    for name in types:
+        c = _consts(name)
+        x2 = x.reshape(x.shape[0], -1)
+        if granularity == "row" and x2.shape[0] > 1:
+            with _one_thread():
+                a, score = _search_rows(x2, c, victim, exhaustive=True)[:2]
+        else:
+            a, score = _search(x, c, granularity, victim)
+        total = score.sum().item()
+        if best_total is None or total < best_total:
+            best_type, best_alpha, best_total = name, a, total
+    with _one_thread() if (granularity == "row" and x.shape[0] > 1) else contextlib.nullcontext():
+        return _quantize_at(x, best_type, best_alpha, bits, granularity, victim)
 
 
 def _check_alpha(alpha, granularity: str, rows: int) -> torch.Tensor:
