@@ -420,36 +420,36 @@ class _Boundaries:
         self._build_lookup()
 
     def _build_lookup(self) -> None:
+        """Bins of the float32 bit pattern of u (exponent and top mantissa bits), fine enough that
+        each holds at most one distinct table value: bin_of is then two lookups and a compare."""
         t = self.t32
+        values, counts = torch.unique_consecutive(t, return_counts=True)
         lo_bits = int(torch.tensor([float(t[0]) / 2], dtype=torch.float32).view(torch.int32)) & ~((1 << 23) - 1)
-        hi_val = float(t[-1]) * 2
-        for fbits in range(8, 17):  # mantissa bits per octave: finest needed for <= 4 boundaries per bin
+        hi_bits = int(torch.tensor([float(t[-1]) * 2], dtype=torch.float32).view(torch.int32))
+        for fbits in range(8, 21):  # mantissa bits per octave
             sh = 23 - fbits
-            hi_bits = int(torch.tensor([hi_val], dtype=torch.float32).view(torch.int32))
             n_keys = ((hi_bits - lo_bits) >> sh) + 1
-            edges = (torch.arange(n_keys + 1, dtype=torch.int64) << sh) + lo_bits
-            edge_vals = edges.to(torch.int32).view(torch.float32)
-            left = torch.searchsorted(t, edge_vals)  # boundaries below each bin edge
-            inside = left[1:] - left[:-1]
-            if int(inside.max()) <= 4 or fbits == 16:
+            edges = ((torch.arange(n_keys + 1, dtype=torch.int64) << sh) + lo_bits).to(torch.int32).view(torch.float32)
+            left = torch.searchsorted(values, edges)  # distinct values below each bin edge
+            if int((left[1:] - left[:-1]).max()) <= 1:
                 break
-        j = int(inside.max())
-        idx = left[:-1, None] + torch.arange(j)[None, :]
-        vals = torch.where(torch.arange(j)[None, :] < inside[:, None], t[idx.clamp(max=t.numel() - 1)],
-                           torch.tensor(float("inf")))
-        # row 0: below the table (bin 0); row n_keys + 1: above it (bin n_bounds)
-        inf_row = torch.full((1, j), float("inf"))
-        self.lut_base = torch.cat([torch.zeros(1, dtype=torch.int64), left[:-1], torch.tensor([self.n_bounds])])
-        self.lut_vals = torch.cat([inf_row, vals, inf_row])
-        self.lut_shift, self.lut_lo, self.lut_keys = sh, lo_bits, n_keys
+        else:  # pragma: no cover - the formats' tables separate by 20 bits
+            raise AssertionError("OVP boundary table: values too close for the bit-pattern lookup")
+        below = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])  # entries < values[i]
+        has = (left[1:] - left[:-1]) == 1
+        idx = left[:-1].clamp(max=values.numel() - 1)
+        # row 0: below the table; row n_keys + 1: above it
+        inf = torch.tensor([float("inf")])
+        self.lut_val = torch.cat([inf, torch.where(has, values[idx], inf), inf])
+        self.lut_lo = torch.cat([torch.zeros(1, dtype=torch.int64), below[left[:-1]], torch.tensor([self.n_bounds])])
+        self.lut_hi = torch.cat([torch.zeros(1, dtype=torch.int64), below[(left[:-1] + 1).clamp(max=values.numel())],
+                                 torch.tensor([self.n_bounds])])
+        self.lut_shift, self.lut_bits0, self.lut_keys = sh, lo_bits, n_keys
 
     def bin_of(self, u: torch.Tensor) -> torch.Tensor:
         """For float32 u >= 0: the number of table entries <= u (torch.bucketize(u, T, right=True))."""
-        key = ((u.view(torch.int32) - self.lut_lo) >> self.lut_shift).add_(1).clamp_(0, self.lut_keys + 1).long()
-        out = self.lut_base[key]
-        vals = self.lut_vals[key]
-        out += (u.unsqueeze(-1) >= vals).sum(-1)
-        return out
+        key = ((u.view(torch.int32) - self.lut_bits0) >> self.lut_shift).add_(1).clamp_(0, self.lut_keys + 1).long()
+        return torch.where(u >= self.lut_val[key], self.lut_hi[key], self.lut_lo[key])
 
 
 _BOUNDARIES: dict[str, _Boundaries] = {}
@@ -784,7 +784,7 @@ def _quantize_at(x, best_type, best_alpha, bits, granularity, victim) -> OvpTens
     stats: dict = {}
     q = _grid_values_f32(xv, scale, c, victim, stats).reshape(x.shape)
     values = q.to(torch.int32)
-    codes = _encode_values(values, c)
+    codes = _encode_values(values, c, check=False)
     deq = (q.reshape(rows, -1) * scale).reshape(x.shape) if granularity == "row" else q * scale
     err = (deq - x).square()
     mse = err.reshape(rows, -1).mean(-1, keepdim=True) if granularity == "row" else err.mean()
@@ -874,30 +874,34 @@ def fake_quant(x: torch.Tensor, **kwargs) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _encode_values(values: torch.Tensor, c: _Consts) -> torch.Tensor:
+def _encode_values(values: torch.Tensor, c: _Consts, check: bool = True) -> torch.Tensor:
+    """Codes of grid values; ``check=False`` skips the validation for values quantize itself
+    produced (on the grid, victims applied)."""
     fmt = c.fmt
     if values.shape[-1] % 2:
         raise OvpError(f"OVP codes need an even last dimension, got shape {tuple(values.shape)}")
-    v = values.to(torch.int64)
-    if bool((v.abs() > fmt.outlier_max).any()):
+    v = values.to(torch.int64) if check else values.to(torch.int32)
+    if check and bool((v.abs() > fmt.outlier_max).any()):
         raise OvpFormatError(f"grid values beyond +-{fmt.outlier_max} are not {fmt.name} OVP values")
-    code = c.code_lut[v + c.offset]
-    if bool((code < 0).any()):
+    code = c.code_lut[(v + c.offset).long()]
+    if check and bool((code < 0).any()):
         bad = v[code < 0][0].item()
         raise OvpFormatError(f"{bad} is not a value of the {fmt.name} OVP grid (normals and outliers)")
     pairs = v.reshape(*v.shape[:-1], v.shape[-1] // 2, 2)
-    cp = code.reshape(pairs.shape).clone()
+    cp = code.reshape(pairs.shape)
     out = pairs.abs() > fmt.normal_max
     out_e, out_o = out[..., 0], out[..., 1]
-    if bool((out_e & out_o).any()):
-        raise OvpFormatError("a pair holds two outliers: apply a victim rule first (quantize does)")
-    if bool((out_e & (pairs[..., 1] != 0)).any()) or bool((out_o & (pairs[..., 0] != 0)).any()):
-        raise OvpFormatError("an outlier's partner (its victim) must be 0")
-    cp[..., 1][out_e] = fmt.identifier
-    cp[..., 0][out_o] = fmt.identifier
+    if check:
+        if bool((out_e & out_o).any()):
+            raise OvpFormatError("a pair holds two outliers: apply a victim rule first (quantize does)")
+        if bool((out_e & (pairs[..., 1] != 0)).any()) or bool((out_o & (pairs[..., 0] != 0)).any()):
+            raise OvpFormatError("an outlier's partner (its victim) must be 0")
+    ident = torch.tensor(fmt.identifier, dtype=cp.dtype)
+    even = torch.where(out_o, ident, cp[..., 0])  # an outlier's partner holds the identifier
+    odd = torch.where(out_e, ident, cp[..., 1])
     if fmt.bits == 4:
-        return (cp[..., 0] | (cp[..., 1] << 4)).to(torch.uint8)
-    return cp.reshape(values.shape).to(torch.uint8)
+        return (even | (odd << 4)).to(torch.uint8)
+    return torch.stack([even, odd], dim=-1).reshape(values.shape).to(torch.uint8)
 
 
 def encode(values: torch.Tensor, normal: str) -> torch.Tensor:
