@@ -279,6 +279,29 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
     return rows
 
 
+def accuracy_report(rows: Sequence[AccuracyRow], seconds: float | None = None) -> dict:
+    """The rows as one JSON-ready object (``olivine accuracy --json``)::
+
+        {"models": [...], "corpora": [...], "seconds": total,
+         "results": [{"model", "preset", "status", "perplexity": {corpus: value},
+                      "next_token_agreement", "greedy_agreement", "seconds"}, ...]}
+
+    Values of skipped rows are null; ``status`` says why.
+    """
+    corpora: list[str] = []
+    models: list[str] = []
+    for row in rows:
+        corpora += [c for c in row.perplexity if c not in corpora]
+        if row.model not in models:
+            models.append(row.model)
+    results = [{"model": r.model, "preset": r.preset, "status": r.status,
+                "perplexity": {c: r.perplexity.get(c) for c in corpora} if r.status == "ok" else {},
+                "next_token_agreement": r.next_token_agreement, "greedy_agreement": r.greedy_agreement,
+                "seconds": round(r.seconds, 3)} for r in rows]
+    total = sum(r.seconds for r in rows) if seconds is None else seconds
+    return {"models": models, "corpora": corpora, "seconds": round(total, 3), "results": results}
+
+
 def accuracy_rich_table(rows: Sequence[AccuracyRow], title: str | None = None):
     """A ``rich.table.Table`` of :func:`accuracy_table` rows."""
     from rich.table import Table

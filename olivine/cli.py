@@ -40,7 +40,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_accuracy(args: argparse.Namespace) -> int:
     from .demo import accuracy
 
-    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets)
+    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets, as_json=args.json)
 
 
 def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="shakespeare", help="shakespeare or lee")
     p.add_argument("--tokens", type=int, default=None)
     p.add_argument("--presets", default=None, help="comma-separated precision presets")
+    p.add_argument("--json", action="store_true", help="print one JSON object (perplexity, agreement, seconds)")
     p.set_defaults(func=_cmd_accuracy)
 
     p = sub.add_parser("resources", help="synthesize a hardware unit with Yosys and count resources",
