@@ -212,6 +212,12 @@ def _quantizer():
     return (qcfg, quantize), ""
 
 
+def _quantize_model():
+    from .qmodel import quantize_model
+
+    return quantize_model
+
+
 def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
                    corpora: Sequence[str] = ("shakespeare", "lee"), n_tokens: int | None = None,
                    window: int | None = None, greedy_n: int = 32,
@@ -262,7 +268,12 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
                 rows.append(row)
                 continue
             say(f"{cfg.name}: quantizing {preset}")
-            model = quantize(cfg, loaded.weights, qcfg, calib)
+            if quantize is _quantize_model():
+                from .qcache import quantize_cached  # the same model, kept on disk between runs
+
+                model = quantize_cached(loaded, qcfg, calib, progress=say)
+            else:
+                model = quantize(cfg, loaded.weights, qcfg, calib)
         for name, ids in texts.items():
             say(f"{cfg.name} {preset}: perplexity on {name}")
             row.perplexity[name] = perplexity(model, ids, window=window)

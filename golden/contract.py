@@ -69,6 +69,7 @@ __all__ = [
     "requantize_reference",
     "QLinear",
     "compile_linear",
+    "padded_weight",
     "to_fixed",
     "from_fixed",
 ]
@@ -923,6 +924,24 @@ class QLinear:
         return self._crop_out(y)
 
 
+def padded_weight(w: torch.Tensor, weights: str, acts: str, sparsity) -> torch.Tensor:
+    """The float32 weight [N, K] zero-padded as compile_linear pads it (identical sums): OVP pairs
+    need an even K; N:16 blocks (any ``sparsity`` not None) need N, K % 16 == 0."""
+    w = w.detach().to(torch.float32)
+    n_out, k_in = w.shape
+    row_mult = 16 if sparsity is not None else 1
+    col_mult = 16 if sparsity is not None else (2 if "ovp4" in (weights, acts) else 1)
+    pad_n, pad_k = (-n_out) % row_mult, (-k_in) % col_mult
+    if pad_n or pad_k:
+        w = torch.nn.functional.pad(w, (0, pad_k, 0, pad_n))
+        if pad_n and weights == "ovp4":
+            # Padded rows only produce cropped outputs. For sparse OVP they are filled with 1.0
+            # (exactly representable, MSE 0 in both normal types) because an all-zero row has no
+            # valid OVP alpha in golden.sparsity.quantize_sparse_ovp.
+            w[n_out:, :k_in] = 1.0
+    return w
+
+
 def compile_linear(
     w: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -946,19 +965,10 @@ def compile_linear(
         raise ContractError(f"{name}: weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     if acts not in ACT_KINDS:
         raise ContractError(f"{name}: acts must be one of {ACT_KINDS}, got {acts!r}")
-    w = w.detach().to(torch.float32)
     n_out, k_in = w.shape
-    # Zero padding (identical sums): OVP pairs need an even K; N:16 blocks need N, K % 16 == 0.
-    row_mult = 16 if sparsity is not None else 1
-    col_mult = 16 if sparsity is not None else (2 if "ovp4" in (weights, acts) else 1)
-    pad_n, pad_k = (-n_out) % row_mult, (-k_in) % col_mult
+    w = padded_weight(w, weights, acts, sparsity)
+    pad_n, pad_k = w.shape[0] - n_out, w.shape[1] - k_in
     if pad_n or pad_k:
-        w = torch.nn.functional.pad(w, (0, pad_k, 0, pad_n))
-        if pad_n and weights == "ovp4":
-            # Padded rows only produce cropped outputs. For sparse OVP they are filled with 1.0
-            # (exactly representable, MSE 0 in both normal types) because an all-zero row has no
-            # valid OVP alpha in golden.sparsity.quantize_sparse_ovp.
-            w[n_out:, :k_in] = 1.0
         if bias is not None:
             bias = torch.nn.functional.pad(bias.detach().to(torch.float32), (0, pad_n))
     if calib is not None and pad_k:
