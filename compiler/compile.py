@@ -414,7 +414,7 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
     """``olivine compile``: quantize ``model``, compile all buckets, write the artifact to ``out``."""
     from olivine.golden.loaders import load_model
     from olivine.golden.qconfig import LayerQuant, QuantConfig
-    from olivine.golden.qmodel import quantize_model
+    from olivine.golden.qcache import quantize_cached
 
     from .spec import spec_from_qllama
 
@@ -433,7 +433,7 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
                              sparsity if sparsity is not None else qcfg.default.sparsity)
         qcfg = QuantConfig(default, dict(qcfg.overrides), name=f"{preset}+{weights or ''}{sparsity or ''}")
     loaded = load_model(model)
-    q = quantize_model(loaded.config, loaded.weights, qcfg)
+    q = quantize_cached(loaded, qcfg)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
     config = for_board(board)
     comp = compile_model(spec, config, max_context=max_context, max_prompt=max_prompt)

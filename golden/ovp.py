@@ -417,7 +417,25 @@ class _Boundaries:
         self.cross_top = float(cross[-1])
         self.k = k
         self.thr = fmt.outlier_threshold * steps / c.nmax  # [C] outlier threshold in x_max units
+        # interval[c, e]: grid index (into gpos) of an element in table bin e at candidate c
+        bins = torch.arange(self.n_bounds + 1).expand(self.pos.shape[0], -1).contiguous()
+        self.interval = torch.searchsorted(self.pos.contiguous(), bins)  # boundaries of c below bin e
+        _, counts = torch.unique_consecutive(self.t32, return_counts=True)
+        ends = counts.cumsum(0)
+        self.dup_first = torch.repeat_interleave(ends - counts, counts)  # first index of equal float32 values
+        self.dup_last = torch.repeat_interleave(ends - 1, counts)
         self._build_lookup()
+
+    def near_bound(self, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """[..., 2] bool: u within twice the displacement of table value T[e-1] (below) / T[e] (above)."""
+        tol = 2 * _DISPLACEMENT
+        t = self.t32.double()
+        lo_v = t[(e - 1).clamp(min=0)]
+        hi_v = t[e.clamp(max=self.n_bounds - 1)]
+        ud = u.double()
+        near_lo = (e > 0) & (ud - lo_v <= tol * lo_v)
+        near_hi = (e < self.n_bounds) & (hi_v - ud <= tol * hi_v)
+        return torch.stack([near_lo, near_hi], dim=-1)
 
     def _build_lookup(self) -> None:
         """Bins of the float32 bit pattern of u (exponent and top mantissa bits), fine enough that
@@ -524,47 +542,60 @@ def _model_victim_corrections(st: _RowStats, scale, c: _Consts, victim: str):
 
     Only (pair, candidate) entries where the pair's larger |x| reaches the candidate's outlier
     threshold (less a margin) are visited: a ragged list, so rows with many outliers cost more
-    and plain rows almost nothing."""
+    and plain rows almost nothing. An element's grid point at candidate c comes from its bin in
+    the shared table (bt.interval[c, bin]), the same assignment the histogram uses."""
     bt = _boundaries(c)
     n_cand, rows = scale.shape
     corr = torch.zeros(rows * n_cand, dtype=torch.float64)
     unsure = torch.zeros(rows * n_cand, dtype=torch.float64)
     lim = (bt.thr * (1 - 4 * _DISPLACEMENT)).to(torch.float32)
     hit_r, hit_p = (st.pmax_u >= lim[0]).nonzero(as_tuple=True)
-    if hit_r.numel():
-        n_c = torch.searchsorted(lim, st.pmax_u[hit_r, hit_p], right=True)  # candidates 0..n_c-1 qualify
-        ent = torch.repeat_interleave(torch.arange(hit_r.numel()), n_c)
-        first = torch.cumsum(n_c, 0) - n_c
-        ci = torch.arange(ent.numel()) - first[ent]
-        r, pp = hit_r[ent], hit_p[ent]
-        s = scale.t()[r, ci]  # [E]
-        xa = st.ax[r, 2 * pp].double()
-        xb = st.ax[r, 2 * pp + 1].double()
-        g, mids, nmax = bt.gpos, bt.mids, c.nmax
-        qa_i = torch.bucketize(xa / s, mids, right=True)
-        qb_i = torch.bucketize(xb / s, mids, right=True)
-        qa, qb = g[qa_i], g[qb_i]
-        oa, ob = qa > nmax, qb > nmax
-        if victim == "even":
-            keep_a = oa
-        else:
-            keep_a = oa & (~ob | (qa >= qb))
-        zero_b, zero_a = keep_a, ob & ~keep_a
-        gone_a = xa.square() - (qa * s - xa).square()
-        gone_b = xb.square() - (qb * s - xb).square()
-        d = torch.where(zero_b, gone_b, 0.0) + torch.where(zero_a, gone_a, 0.0)
-        flat = r * n_cand + ci
-        corr.index_add_(0, flat, d)
-
-        def near(v, i):  # within twice the displacement of a midpoint
-            lo_m = mids[(i - 1).clamp(min=0)]
-            hi_m = mids[i.clamp(max=mids.numel() - 1)]
-            tol = 2 * _DISPLACEMENT
-            return (((v - lo_m).abs() <= tol * lo_m) & (i > 0)) | (((hi_m - v).abs() <= tol * hi_m) & (i < mids.numel()))
-
-        doubt = near(xa / s, qa_i) | near(xb / s, qb_i)
-        if bool(doubt.any()):
-            unsure.index_add_(0, flat[doubt], (xa.square() + xb.square())[doubt])
+    if hit_r.numel() == 0:
+        return corr.view(rows, n_cand).t(), unsure.view(rows, n_cand).t()
+    n_c = torch.searchsorted(lim, st.pmax_u[hit_r, hit_p], right=True)  # candidates 0..n_c-1 qualify
+    # per pair (not per entry): both elements' |x|, u and table bins
+    ua, ub = st.u[hit_r, 2 * hit_p], st.u[hit_r, 2 * hit_p + 1]
+    ea, eb = bt.bin_of(ua), bt.bin_of(ub)
+    doubt_a, doubt_b = bt.near_bound(ua, ea), bt.near_bound(ub, eb)
+    ent = torch.repeat_interleave(torch.arange(hit_r.numel()), n_c)
+    first = torch.cumsum(n_c, 0) - n_c
+    ci = torch.arange(ent.numel()) - first[ent]
+    r = hit_r[ent]
+    s = scale.t()[r, ci]  # [entries]
+    xa = st.ax[hit_r, 2 * hit_p].double()[ent]
+    xb = st.ax[hit_r, 2 * hit_p + 1].double()[ent]
+    row_base = ci * (bt.n_bounds + 1)
+    qa = bt.gpos[bt.interval.view(-1)[row_base + ea[ent]]]
+    qb = bt.gpos[bt.interval.view(-1)[row_base + eb[ent]]]
+    nmax = c.nmax
+    oa, ob = qa > nmax, qb > nmax
+    if victim == "even":
+        keep_a = oa
+    else:
+        keep_a = oa & (~ob | (qa >= qb))
+    zero_b, zero_a = keep_a, ob & ~keep_a
+    # the zeroed element's squared error grows from (q s - x)^2 to x^2: by q s (2x - q s)
+    qs_a, qs_b = qa * s, qb * s
+    d = torch.where(zero_b, qs_b * (2 * xb - qs_b), 0.0) + torch.where(zero_a, qs_a * (2 * xa - qs_a), 0.0)
+    flat = r * n_cand + ci
+    corr.index_add_(0, flat, d)
+    # pairs with an element within the displacement of one of this candidate's boundaries: the
+    # victim decision may differ in float32; allow both squares
+    pair_doubt = (doubt_a.any(-1) | doubt_b.any(-1))[ent]
+    if bool(pair_doubt.any()):
+        k = pair_doubt.nonzero().squeeze(1)
+        dk = torch.zeros(k.numel(), dtype=torch.bool)
+        iv = bt.interval
+        for e_el, db in ((ea[ent[k]], doubt_a[ent[k]]), (eb[ent[k]], doubt_b[ent[k]])):
+            lo_first, hi_last = bt.dup_first[(e_el - 1).clamp(min=0)], bt.dup_last[e_el.clamp(max=bt.n_bounds - 1)]
+            c_k = ci[k]
+            # candidate c has a boundary among the table values equal to T[e-1] (resp. T[e])
+            has_lo = iv[c_k, e_el] > iv[c_k, lo_first]
+            has_hi = iv[c_k, (hi_last + 1).clamp(max=bt.n_bounds)] > iv[c_k, e_el]
+            dk |= (db[:, 0] & has_lo) | (db[:, 1] & has_hi)
+        if bool(dk.any()):
+            kk = k[dk]
+            unsure.index_add_(0, flat[kk], (xa.square() + xb.square())[kk])
     return corr.view(rows, n_cand).t(), unsure.view(rows, n_cand).t()
 
 
