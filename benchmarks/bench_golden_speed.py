@@ -108,8 +108,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}",
-          flush=True)
+    import olivine.golden
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
+          f"golden from {os.path.dirname(olivine.golden.__file__)}", flush=True)
     if args.what == "forward":
         return forward(args.preset, args.tokens, args.save, args.check)
     if args.model:
