@@ -2,7 +2,7 @@
 
 ``quantize_cached(loaded, qcfg, calib_tokens=None)`` returns the same QLlama as
 ``quantize_model(loaded.config, loaded.weights, qcfg, calib_tokens)``; the quantized linears are
-kept in ``$OLIVINE_CACHE/qmodels/<key>.qmodel`` (default ``~/.cache/olivine``, the directory
+kept in ``$OLIVINE_CACHE/qmodels/<model>-<preset>-<key>.qmodel`` (default ``~/.cache/olivine``, the directory
 sim/rtl.py uses for its builds). The key hashes
 
 - the model's identity: its source file or directory (resolved path, size and mtime of every
@@ -14,7 +14,9 @@ sim/rtl.py uses for its builds). The key hashes
 
 Entries are written atomically (temporary file + rename) with a SHA-256 of their payload; an
 entry that is truncated, corrupt or made for another key is reported, deleted and rebuilt,
-never trusted. ``OLIVINE_NO_CACHE=1`` bypasses the cache (nothing read or written).
+never trusted. Writing an entry removes older entries of the same model and preset (other code
+versions or files), so the cache holds one per pair. ``OLIVINE_NO_CACHE=1`` bypasses the cache
+(nothing read or written).
 The float weights are not stored (the loaded model provides them) and the decoded OVP operands
 are recomputed from the codes, so an entry is about 2.5 bytes per quantized weight.
 """
@@ -88,6 +90,10 @@ def cache_key(loaded, qcfg, calib_tokens=None) -> str:
     blob = json.dumps({"model": model_identity(loaded), "qcfg": repr(qcfg), "calib": calib, "code": code_version()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:80]
 
 
 def _strip(linears: dict, embed_q) -> tuple[dict, object]:
@@ -185,7 +191,8 @@ def quantize_cached(loaded, qcfg, calib_tokens=None, progress=None):
     if not _enabled() or qcfg.is_float:
         return quantize_model(loaded.config, loaded.weights, qcfg, calib_tokens)
     key = cache_key(loaded, qcfg, calib_tokens)
-    path = cache_root() / "qmodels" / f"{key}.qmodel"
+    slug = _slug(f"{loaded.config.name}-{getattr(qcfg, 'name', '') or 'custom'}")
+    path = cache_root() / "qmodels" / f"{slug}-{key}.qmodel"
     if path.exists():
         try:
             entry = _read(path, key)
@@ -198,5 +205,9 @@ def quantize_cached(loaded, qcfg, calib_tokens=None, progress=None):
     model = quantize_model(loaded.config, loaded.weights, qcfg, calib_tokens)
     lean, lean_embed = _strip(model.linears, model.embed_q)
     _write(path, {"key": key, "linears": lean, "embed_q": lean_embed, "layer_quant": model.layer_quant})
+    # one entry per model and preset: older ones (other code versions, changed files) go
+    for stale in path.parent.glob(f"{slug}-{'?' * len(key)}.qmodel"):  # exactly this slug
+        if stale != path:
+            stale.unlink(missing_ok=True)
     say(f"quantized model stored in the cache ({path})")
     return model

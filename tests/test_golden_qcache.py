@@ -108,3 +108,16 @@ def test_no_cache_bypasses_reading_and_writing(glass, cache_dir, builds, monkeyp
     qcache.quantize_cached(glass, "w8a8")
     assert len(builds) == 2 and not cache_dir.exists()
     assert not list(cache_dir.parent.glob("**/*.tmp"))
+
+
+def test_newer_entry_replaces_older_of_same_model_and_preset(glass, cache_dir, builds, monkeypatch):
+    qcache.quantize_cached(glass, "w8a8")
+    qcache.quantize_cached(glass, "w4a8-ovp")
+    qcache.quantize_cached(glass, "w4a8-ovp-8:16")  # a preset whose name extends another's
+    assert len(list(cache_dir.glob("*.qmodel"))) == 3
+    monkeypatch.setattr(qcache, "code_version", lambda: "next version")
+    qcache.quantize_cached(glass, "w8a8")
+    qcache.quantize_cached(glass, "w4a8-ovp")
+    names = sorted(p.name for p in cache_dir.glob("*.qmodel"))
+    assert len(names) == 3 and len(builds) == 5
+    assert sum(n.startswith("glassllm-en-w8a8-") for n in names) == 1
