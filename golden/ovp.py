@@ -553,49 +553,52 @@ def _model_victim_corrections(st: _RowStats, scale, c: _Consts, victim: str):
     if hit_r.numel() == 0:
         return corr.view(rows, n_cand).t(), unsure.view(rows, n_cand).t()
     n_c = torch.searchsorted(lim, st.pmax_u[hit_r, hit_p], right=True)  # candidates 0..n_c-1 qualify
-    # per pair (not per entry): both elements' |x|, u and table bins
+    # per pair: both elements' |x|, u and table bins; then dense [pairs, C] blocks (entries past
+    # a pair's n_c are masked), summed into the pair's row
     ua, ub = st.u[hit_r, 2 * hit_p], st.u[hit_r, 2 * hit_p + 1]
     ea, eb = bt.bin_of(ua), bt.bin_of(ub)
     doubt_a, doubt_b = bt.near_bound(ua, ea), bt.near_bound(ub, eb)
-    ent = torch.repeat_interleave(torch.arange(hit_r.numel()), n_c)
-    first = torch.cumsum(n_c, 0) - n_c
-    ci = torch.arange(ent.numel()) - first[ent]
-    r = hit_r[ent]
-    s = scale.t()[r, ci]  # [entries]
-    xa = st.ax[hit_r, 2 * hit_p].double()[ent]
-    xb = st.ax[hit_r, 2 * hit_p + 1].double()[ent]
-    row_base = ci * (bt.n_bounds + 1)
-    qa = bt.gpos[bt.interval.view(-1)[row_base + ea[ent]]]
-    qb = bt.gpos[bt.interval.view(-1)[row_base + eb[ent]]]
+    xa_all = st.ax[hit_r, 2 * hit_p].double()
+    xb_all = st.ax[hit_r, 2 * hit_p + 1].double()
+    scale_t = scale.t().contiguous()  # [rows, C]
+    iv_t = bt.interval.t().contiguous()  # [bins, C]
+    corr2, unsure2 = corr.view(rows, n_cand), unsure.view(rows, n_cand)
+    cols = torch.arange(n_cand)
     nmax = c.nmax
-    oa, ob = qa > nmax, qb > nmax
-    if victim == "even":
-        keep_a = oa
-    else:
-        keep_a = oa & (~ob | (qa >= qb))
-    zero_b, zero_a = keep_a, ob & ~keep_a
-    # the zeroed element's squared error grows from (q s - x)^2 to x^2: by q s (2x - q s)
-    qs_a, qs_b = qa * s, qb * s
-    d = torch.where(zero_b, qs_b * (2 * xb - qs_b), 0.0) + torch.where(zero_a, qs_a * (2 * xa - qs_a), 0.0)
-    flat = r * n_cand + ci
-    corr.index_add_(0, flat, d)
-    # pairs with an element within the displacement of one of this candidate's boundaries: the
-    # victim decision may differ in float32; allow both squares
-    pair_doubt = (doubt_a.any(-1) | doubt_b.any(-1))[ent]
-    if bool(pair_doubt.any()):
-        k = pair_doubt.nonzero().squeeze(1)
-        dk = torch.zeros(k.numel(), dtype=torch.bool)
-        iv = bt.interval
-        for e_el, db in ((ea[ent[k]], doubt_a[ent[k]]), (eb[ent[k]], doubt_b[ent[k]])):
-            lo_first, hi_last = bt.dup_first[(e_el - 1).clamp(min=0)], bt.dup_last[e_el.clamp(max=bt.n_bounds - 1)]
-            c_k = ci[k]
+    step = max(1, (1 << 18) // n_cand)
+    for k0 in range(0, hit_r.numel(), step):
+        k = slice(k0, min(hit_r.numel(), k0 + step))
+        r = hit_r[k]
+        s = scale_t.index_select(0, r)  # [P, C]
+        qa = bt.gpos[iv_t.index_select(0, ea[k])]
+        qb = bt.gpos[iv_t.index_select(0, eb[k])]
+        xa, xb = xa_all[k, None], xb_all[k, None]
+        valid = cols < n_c[k, None]
+        oa, ob = (qa > nmax) & valid, (qb > nmax) & valid
+        if victim == "even":
+            keep_a = oa
+        else:
+            keep_a = oa & (~ob | (qa >= qb))
+        zero_b, zero_a = keep_a, ob & ~keep_a
+        # the zeroed element's squared error grows from (q s - x)^2 to x^2: by q s (2x - q s)
+        qs_a, qs_b = qa * s, qb * s
+        d = torch.where(zero_b, qs_b * (2 * xb - qs_b), 0.0) + torch.where(zero_a, qs_a * (2 * xa - qs_a), 0.0)
+        corr2.index_add_(0, r, d)
+    # pairs with an element within the displacement of one of a candidate's boundaries: the
+    # victim decision may differ in float32; allow both squares at those candidates
+    pd = (doubt_a.any(-1) | doubt_b.any(-1)).nonzero().squeeze(1)
+    if pd.numel():
+        dk = torch.zeros(pd.numel(), n_cand, dtype=torch.bool)
+        for e_el, db in ((ea[pd], doubt_a[pd]), (eb[pd], doubt_b[pd])):
+            lo_first = bt.dup_first[(e_el - 1).clamp(min=0)]
+            hi_last = bt.dup_last[e_el.clamp(max=bt.n_bounds - 1)]
             # candidate c has a boundary among the table values equal to T[e-1] (resp. T[e])
-            has_lo = iv[c_k, e_el] > iv[c_k, lo_first]
-            has_hi = iv[c_k, (hi_last + 1).clamp(max=bt.n_bounds)] > iv[c_k, e_el]
-            dk |= (db[:, 0] & has_lo) | (db[:, 1] & has_hi)
-        if bool(dk.any()):
-            kk = k[dk]
-            unsure.index_add_(0, flat[kk], (xa.square() + xb.square())[kk])
+            has_lo = iv_t[e_el] > iv_t[lo_first]
+            has_hi = iv_t[(hi_last + 1).clamp(max=bt.n_bounds)] > iv_t[e_el]
+            dk |= (db[:, :1] & has_lo) | (db[:, 1:] & has_hi)
+        dk &= cols < n_c[pd, None]
+        amount = (xa_all[pd].square() + xb_all[pd].square())[:, None]
+        unsure2.index_add_(0, hit_r[pd], torch.where(dk, amount, 0.0))
     return corr.view(rows, n_cand).t(), unsure.view(rows, n_cand).t()
 
 
