@@ -440,3 +440,26 @@ def test_fast_quantize_equals_reference_path(case, victim):
         assert fast.outlier_outlier_pairs == ref.outlier_outlier_pairs
         a_fast, s_fast = ovp.search_alpha(x, ref.normal, victim=victim)
         assert torch.equal(a_fast, ref.alpha) and torch.equal(s_fast, ref.mse)
+
+
+def test_model_doubt_allowance_on_boundary_elements():
+    """An outlier-pair element sitting on a candidate's outlier threshold (where float32 may round
+    either way) gets the both-squares allowance at that candidate, and only where it can matter."""
+    from olivine.golden.ovp import _boundaries, _candidates, _consts, _model_victim_corrections, _RowStats
+
+    x = heavy((3, 64), seed=41)
+    st = _RowStats(x)
+    c = _consts("int4")
+    bt = _boundaries(c)
+    c0 = 40
+    u_edge = bt.thr[c0].to(torch.float32)  # threshold of candidate c0 in x_max units
+    row = 1
+    st.u[row, 10], st.u[row, 11] = u_edge, 0.0
+    st.ax[row, 10], st.ax[row, 11] = u_edge * st.x_max[row, 0], 0.0
+    st.pmax_u[row, 5] = u_edge
+    scale = _candidates(st.x_max).double().squeeze(-1) / c.nmax
+    _, unsure = _model_victim_corrections(st, scale, c, "larger")
+    assert unsure[c0, row] > 0
+    assert unsure[c0 + 5:, row].eq(0).all()  # beyond its threshold the pair holds no outlier
+    _, clean = _model_victim_corrections(_RowStats(x), scale, c, "larger")
+    assert clean[:, row].eq(0).all()
