@@ -219,7 +219,8 @@ def _check_input(x, granularity: str) -> torch.Tensor:
             "Use granularity='tensor' for a vector."
         )
     x = x.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    if not bool(torch.isfinite(x).all()):
+    # a float64 sum of float32 values cannot overflow, so it is finite iff every element is
+    if not bool(torch.isfinite(x.sum(dtype=torch.float64))):
         raise OvpError("OVP quantize got NaN or Inf values; clean the tensor first")
     return x
 
@@ -465,7 +466,7 @@ class _Boundaries:
 
     def bin_of(self, u: torch.Tensor) -> torch.Tensor:
         """For float32 u >= 0: the number of table entries <= u (torch.bucketize(u, T, right=True))."""
-        key = ((u.view(torch.int32) - self.lut_bits0) >> self.lut_shift).add_(1).clamp_(0, self.lut_keys + 1).long()
+        key = ((u.view(torch.int32) - self.lut_bits0) >> self.lut_shift).add_(1).clamp_(0, self.lut_keys + 1)
         return torch.where(u >= self.lut_val[key], self.lut_hi[key], self.lut_lo[key])
 
 
