@@ -587,7 +587,7 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
 
     from olivine import progress
     from olivine.golden.loaders import load_model, load_model_config
-    from olivine.golden.qmodel import quantize_model
+    from olivine.golden.qcache import quantize_cached
     from olivine.hw.config import load_config
 
     from .spec import spec_from_qllama, spec_from_shapes, sparse_n_of
@@ -608,7 +608,7 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         print(f"olivine compile: {note}", file=sys.stderr)
     # ---- the slow part
     loaded = load_model(model)
-    q = quantize_model(loaded.config, loaded.weights, qcfg)
+    q = quantize_cached(loaded, qcfg)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
     comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
     art = to_artifact(comp)

@@ -214,6 +214,12 @@ def _quantizer():
     return (qcfg, quantize), ""
 
 
+def _quantize_model():
+    from .qmodel import quantize_model
+
+    return quantize_model
+
+
 def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
                    corpora: Sequence[str] = ("shakespeare", "lee"), n_tokens: int | None = None,
                    window: int | None = None, greedy_n: int = 32,
@@ -270,7 +276,12 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
                 bar.advance(f"{preset}: skipped", 2 + len(corpora))
                 continue
             say(f"{cfg.name}: quantizing {preset}")
-            model = quantize(cfg, loaded.weights, qcfg, calib)
+            if quantize is _quantize_model():
+                from .qcache import quantize_cached  # the same model, kept on disk between runs
+
+                model = quantize_cached(loaded, qcfg, calib, progress=say)
+            else:
+                model = quantize(cfg, loaded.weights, qcfg, calib)
             bar.advance(f"{preset}: quantized")
         for name, ids in texts.items():
             say(f"{cfg.name} {preset}: perplexity on {name}")
@@ -289,6 +300,29 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
         rows.append(row)
     bar.close()
     return rows
+
+
+def accuracy_report(rows: Sequence[AccuracyRow], seconds: float | None = None) -> dict:
+    """The rows as one JSON-ready object (``olivine accuracy --json``)::
+
+        {"models": [...], "corpora": [...], "seconds": total,
+         "results": [{"model", "preset", "status", "perplexity": {corpus: value},
+                      "next_token_agreement", "greedy_agreement", "seconds"}, ...]}
+
+    Values of skipped rows are null; ``status`` says why.
+    """
+    corpora: list[str] = []
+    models: list[str] = []
+    for row in rows:
+        corpora += [c for c in row.perplexity if c not in corpora]
+        if row.model not in models:
+            models.append(row.model)
+    results = [{"model": r.model, "preset": r.preset, "status": r.status,
+                "perplexity": {c: r.perplexity.get(c) for c in corpora} if r.status == "ok" else {},
+                "next_token_agreement": r.next_token_agreement, "greedy_agreement": r.greedy_agreement,
+                "seconds": round(r.seconds, 3)} for r in rows]
+    total = sum(r.seconds for r in rows) if seconds is None else seconds
+    return {"models": models, "corpora": corpora, "seconds": round(total, 3), "results": results}
 
 
 def accuracy_rich_table(rows: Sequence[AccuracyRow], title: str | None = None):

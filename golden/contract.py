@@ -63,10 +63,13 @@ __all__ = [
     "quantize_weight",
     "int_matmul",
     "int_matmul_operands",
+    "int_matmul_exact_float",
     "grid_to_operands",
     "requantize",
+    "requantize_reference",
     "QLinear",
     "compile_linear",
+    "padded_weight",
     "to_fixed",
     "from_fixed",
 ]
@@ -76,6 +79,7 @@ INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 MULT_BITS = 31  # requantization multipliers are unsigned 31-bit mantissas in [2**30, 2**31)
 _EXACT_F64 = 1 << 53
+_EXACT_F32 = 1 << 24
 
 ACT_KINDS = ("int8", "int8-pow2", "int8-static", "ovp4", "fp32")
 WEIGHT_KINDS = ("int8", "int4", "ovp4", "fp32")
@@ -294,7 +298,15 @@ def quantize_act_dynamic_int8(x: torch.Tensor, frac_bits: int) -> QAct:
     e = (_fixed.bit_length(amax) - 8).clamp(min=0)
     m = ((amax + (torch.ones_like(e) << e) - 1) >> e).clamp(min=1)
     r = torch.div(torch.full_like(m, INT8_QMAX << RECIP_BITS), m, rounding_mode="floor")
-    q = round_shift(xi * r, RECIP_BITS + e).clamp(-INT8_QMAX, INT8_QMAX)
+    shift = RECIP_BITS + e
+
+    def exact(idx):  # the int64 rule on the few elements the float64 path cannot decide
+        sub = (xi.expand(q_shape)[idx], r.expand(q_shape)[idx], shift.expand(q_shape)[idx])
+        return round_shift(sub[0] * sub[1], sub[2]).clamp(-INT8_QMAX, INT8_QMAX)
+
+    q_shape = xi.shape
+    # round_shift(x * R, 22 + e) in float64 (|x| < 2**31, R < 2**29: see _requantize_f64)
+    q = _requantize_f64(x, r, shift, (), (), -INT8_QMAX, INT8_QMAX, fallback=exact, clamp_input=False)
     return QAct(q.to(torch.int8), e.to(torch.int8), "int8", 2.0**-frac_bits / INT8_QMAX, mantissa=m.to(torch.int16))
 
 
@@ -591,26 +603,58 @@ def int_matmul(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     The accumulator is a 32-bit two's complement register: it wraps on overflow (the sum is
     computed exactly and reduced mod 2**32, which equals wrapping at every addition).
     ``bias`` (integer, broadcasting to [..., N]) is added in the same register.
-    Computed in float64 when max|a| * max|w| * K < 2**53 (then every partial sum is an exactly
-    representable integer, so the result is exact), else in int64. ``w_f64``/``w_max`` are
-    optional caches of w as float64 and of max|w| (a compiled layer keeps them).
+    ``w_f64``/``w_max`` are optional caches of w as float64 and of max|w| (a compiled layer
+    keeps them). How the exact sum is computed: see :func:`_exact_matmul_f` (float32 or float64
+    GEMM when the bound allows, else int64).
     """
     _require_int(a, "a")
     _require_int(w, "w")
     if a.shape[-1] != w.shape[-1]:
         raise ContractError(f"reduction sizes differ: activations K={a.shape[-1]}, weights K={w.shape[-1]}")
+    acc, exact_bound = _exact_matmul_f(a, w, w_f64=w_f64, w_max=w_max)
+    if bias is not None:
+        _require_int(bias, "bias")
+        return wrap_int32(acc.to(torch.int64) + bias.to(torch.int64))
+    if exact_bound <= INT32_MAX:
+        return acc.to(torch.int32)  # |sum| <= bound <= INT32_MAX: the register cannot wrap
+    return wrap_int32(acc.to(torch.int64))
+
+
+def int_matmul_exact_float(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """int_matmul for float64 operands that hold integers (a [..., K], w [..., N, K]): wrap32 of
+    the exact sum. Exact while max|a| * max|w| * K < 2**53 (checked; see _exact_matmul_f)."""
+    K = a.shape[-1]
+    bound = _amax(a) * _amax(w) * max(K, 1)
+    if bound >= _EXACT_F64:
+        raise ContractError(f"int_matmul_exact_float: partial sums may reach {bound} >= 2**53")
+    acc = a @ w.transpose(-1, -2)
+    if bound <= INT32_MAX or _amax(acc) <= INT32_MAX:
+        return acc.to(torch.int32)
+    return wrap_int32(acc.to(torch.int64))
+
+
+def _exact_matmul_f(a: torch.Tensor, w: torch.Tensor, *, w_f64=None, w_max=None) -> tuple[torch.Tensor, int]:
+    """(the exact sum_k a[..., k] * w[n, k] as a float or int64 tensor, bound B on every |partial sum|).
+
+    Exactness: every partial sum of the reduction (in whatever order and blocking the GEMM uses,
+    FMA or not) is an integer of magnitude <= B = max|a| * max|w| * K. Integers up to 2**24 are
+    exact in float32 and up to 2**53 in float64, so when B stays below that limit every addition
+    and product of the GEMM is exact and the result is the exact integer sum (independent of
+    thread count or summation order). INT8 x INT8 x K=1536 gives B = 127 * 127 * 1536 < 2**25:
+    float64; with INT4/OVP normal weights (|w| <= 7) or K <= 1040 it is below 2**24: float32.
+    Beyond 2**53 (never for this project's shapes) the sum is taken in int64.
+    """
     K = a.shape[-1]
     amax = int(a.abs().max()) if a.numel() else 0
     wmax = w_max if w_max is not None else (int(w.abs().max()) if w.numel() else 0)
-    if amax * wmax * max(K, 1) < _EXACT_F64:
+    bound = amax * wmax * max(K, 1)
+    wt = w.transpose(-1, -2)
+    if bound < _EXACT_F32:
+        return a.to(torch.float32) @ wt.to(torch.float32), bound
+    if bound < _EXACT_F64:
         wf = w_f64 if w_f64 is not None else w.to(torch.float64)
-        acc = torch.round(a.to(torch.float64) @ wf.transpose(-1, -2)).to(torch.int64)
-    else:
-        acc = a.to(torch.int64) @ w.to(torch.int64).transpose(-1, -2)
-    if bias is not None:
-        _require_int(bias, "bias")
-        acc = acc + bias.to(torch.int64)
-    return wrap_int32(acc)
+        return a.to(torch.float64) @ wf.transpose(-1, -2), bound
+    return a.to(torch.int64) @ w.to(torch.int64).transpose(-1, -2), bound
 
 
 def int_matmul_operands(a_exp: torch.Tensor, a_int: torch.Tensor, w_exp: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
@@ -636,10 +680,30 @@ def requantize(acc: torch.Tensor, m: Multiplier, exponent=0, *, mantissa=None, o
     y = saturate(round_shift(acc * mantissa * mult[c], shift[c] - e), lo, hi) where mantissa
     (the per-row scale mantissa, 1..256, or 1) and e (the per-row exponent) broadcast over
     channels, and (lo, hi) is INT32 (out="int32") or (-127, 127) (out="int8").
+    ``exponent`` / ``mantissa`` may also be tuples of factors (broadcasting), meaning their sum /
+    product: attention passes the query and key factors separately ([T, 1] and [1, S]) instead
+    of forming the [T, S] products.
     Widths: acc 32 b x mantissa 9 b -> 41 b (exact); x mult 31 b -> 72 b product, rounded once
-    (golden computes it exactly with the split rule), then saturated. Without a mantissa the
-    product is 63 b.
+    (golden computes it exactly), then saturated. Without a mantissa the product is 63 b.
+    The result equals :func:`requantize_reference` (the int64 split rule) bit for bit; it is
+    computed in float64 with an exactness check (:func:`_requantize_f64`).
+    ``acc`` may also be a float tensor holding exact integers (a float GEMM's result).
     """
+    if not acc.is_floating_point():
+        _require_int(acc, "acc")
+    if out not in ("int32", "int8"):
+        raise ContractError(f"requantize out must be 'int32' or 'int8', got {out!r}")
+    exps = exponent if isinstance(exponent, tuple) else (exponent,)
+    mants = () if mantissa is None else mantissa if isinstance(mantissa, tuple) else (mantissa,)
+    for t in mants:
+        _require_int(t, "mantissa")
+    lo, hi = (INT32_MIN, INT32_MAX) if out == "int32" else (-INT8_QMAX, INT8_QMAX)
+    y = _requantize_f64(acc, m.mult, m.shift, exps, mants, lo, hi)
+    return y.to(torch.int32 if out == "int32" else torch.int8)
+
+
+def requantize_reference(acc: torch.Tensor, m: Multiplier, exponent=0, *, mantissa=None, out: str = "int32") -> torch.Tensor:
+    """:func:`requantize` with int64 arithmetic throughout (the split rule of golden.fixed)."""
     _require_int(acc, "acc")
     x = acc.to(torch.int64)
     if mantissa is not None:
@@ -650,6 +714,96 @@ def requantize(acc: torch.Tensor, m: Multiplier, exponent=0, *, mantissa=None, o
     if out == "int8":
         return apply_multiplier(x, m, exponent, lo=-INT8_QMAX, hi=INT8_QMAX).to(torch.int8)
     raise ContractError(f"requantize out must be 'int32' or 'int8', got {out!r}")
+
+
+#: powers of two 2**k for k in [-_POW2_RANGE, _POW2_RANGE] (exact float64), indexed by k + _POW2_RANGE
+_POW2_RANGE = 96
+_POW2 = torch.tensor([2.0**k for k in range(-_POW2_RANGE, _POW2_RANGE + 1)], dtype=torch.float64)
+#: a float64 value within this distance of a rounding boundary is recomputed in int64
+_TIE_MARGIN = 2.0**-18
+
+
+def _pow2(k: torch.Tensor) -> torch.Tensor:
+    """Exact float64 2**k of an integer tensor (|k| <= 96)."""
+    k = torch.as_tensor(k, dtype=torch.int64)
+    return _POW2[(k + _POW2_RANGE).reshape(-1)].reshape(k.shape)
+
+
+def _amax(t) -> int:
+    t = torch.as_tensor(t)
+    return int(t.abs().max()) if t.numel() else 0
+
+
+def _requantize_f64(acc, mult, shift, exps, mants, lo: int, hi: int, fallback=None,
+                    clamp_input: bool = True) -> torch.Tensor:
+    """saturate(round_shift(X * mult, clamp(shift - e, -1, 62)), lo, hi) in float64, exactly.
+
+    X = acc * prod(mants) and e = sum(exps) (factors broadcasting). Why it is exact: X is an
+    integer below 2**53 (asserted), and each factor 2**e_i, mant_i and mult * 2**-shift is an
+    integer times a power of two, so the running product acc * mants * 2**e stays exact (its
+    significand has at most 53 bits, asserted through the magnitudes) and the last multiplication
+    by mult * 2**-s is the only rounding: |q - exact| <= |q| * 2**-53. t = fl(q + 1/2) adds at
+    most 2**-53 * max(1, |t|). t is first clamped to [lo - 1.5, hi + 1.5] (beyond it the exact
+    result saturates too). There |t| < 2**32, both errors are below 2**-20, so floor(t) is the
+    exact round-half-up result unless the exact value lies within 2**-20 of an integer; those
+    elements (flagged with margin 2**-18: rare, except exact ties at small shifts) are
+    recomputed with the int64 split rule (apply_multiplier, or ``fallback(index) -> values``).
+    ``clamp_input`` reproduces apply_multiplier's input clamp (see below; off for plain
+    round_shift users such as quantize_act_dynamic_int8). Returns float64 (integer valued, in [lo, hi]).
+    """
+    mult = torch.as_tensor(mult, dtype=torch.int64)
+    shift = torch.as_tensor(shift, dtype=torch.int64)
+    exps = tuple(torch.as_tensor(e, dtype=torch.int64) for e in exps)
+    acc_bound = (1 << 31) if acc.dtype in (torch.int32, torch.int16, torch.int8) else _amax(acc)
+    x_bound = acc_bound
+    for t in mants:
+        x_bound *= max(1, _amax(t))
+    if x_bound >= _EXACT_F64:
+        raise ContractError(f"requantize: |acc * mantissa| may reach {x_bound} >= 2**53")
+    e_min = sum(int(e.min()) for e in exps if e.numel())
+    e_max = sum(int(e.max()) for e in exps if e.numel())
+    x = acc.to(torch.float64)
+    if x is acc:
+        x = x.clone()
+    for t in mants:
+        x.mul_(t.to(torch.float64))
+    if -1 <= int(shift.min()) - e_max and int(shift.max()) - e_min <= 62:
+        # no clamp acts: X * 2**e * 2**-shift first (exact), then the one rounding by mult
+        for e in exps:
+            if e.numel() != 1 or int(e.reshape(-1)[0]) != 0:
+                x.mul_(_pow2(e))
+        x.mul_(_pow2(-shift))
+    else:
+        e_sum = sum(exps[1:], exps[0])
+        x.mul_(_pow2(-(shift - e_sum).clamp(-1, 62)))
+    small_mult = clamp_input and bool(((mult > 0) & (mult < (1 << 30))).any())
+    # apply_multiplier first clamps |X| to 2**(s + 2) (its saturation shortcut): with a mantissa
+    # below 2**30 (reals below 2**-31) that changes the result to +-4 * mult; reproduce it
+    clamped = x.abs() >= 4.0 if small_mult else None
+    t = x.mul_(mult.to(torch.float64)).add_(0.5).clamp_(lo - 1.5, hi + 1.5)
+    y = torch.floor(t)
+    frac = t.sub_(y).sub_(0.5).abs_()
+    near = frac > 0.5 - _TIE_MARGIN
+    y.clamp_(lo, hi)
+    if small_mult and bool(clamped.any()):
+        four_m = (4 * mult).to(torch.float64).expand(y.shape)
+        sign = torch.sign(acc.to(torch.float64)).expand(y.shape)
+        for tm in mants:
+            sign = sign * torch.sign(tm.to(torch.float64))
+        y = torch.where(clamped, (sign * four_m).clamp(lo, hi), y)
+    if bool(near.any()):
+        idx = near.nonzero(as_tuple=True)
+        if fallback is not None:
+            y[idx] = fallback(idx).to(torch.float64)
+            return y
+        shape = y.shape
+        xi = acc.expand(shape)[idx].to(torch.int64)
+        for t in mants:
+            xi = xi * t.to(torch.int64).expand(shape)[idx]
+        e_sub = sum((e.expand(shape)[idx] for e in exps), torch.zeros_like(xi))
+        sub = Multiplier(mult.expand(shape)[idx], shift.expand(shape)[idx])
+        y[idx] = apply_multiplier(xi, sub, e_sub, lo=lo, hi=hi).to(torch.float64)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -770,6 +924,24 @@ class QLinear:
         return self._crop_out(y)
 
 
+def padded_weight(w: torch.Tensor, weights: str, acts: str, sparsity) -> torch.Tensor:
+    """The float32 weight [N, K] zero-padded as compile_linear pads it (identical sums): OVP pairs
+    need an even K; N:16 blocks (any ``sparsity`` not None) need N, K % 16 == 0."""
+    w = w.detach().to(torch.float32)
+    n_out, k_in = w.shape
+    row_mult = 16 if sparsity is not None else 1
+    col_mult = 16 if sparsity is not None else (2 if "ovp4" in (weights, acts) else 1)
+    pad_n, pad_k = (-n_out) % row_mult, (-k_in) % col_mult
+    if pad_n or pad_k:
+        w = torch.nn.functional.pad(w, (0, pad_k, 0, pad_n))
+        if pad_n and weights == "ovp4":
+            # Padded rows only produce cropped outputs. For sparse OVP they are filled with 1.0
+            # (exactly representable, MSE 0 in both normal types) because an all-zero row has no
+            # valid OVP alpha in golden.sparsity.quantize_sparse_ovp.
+            w[n_out:, :k_in] = 1.0
+    return w
+
+
 def compile_linear(
     w: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -793,19 +965,10 @@ def compile_linear(
         raise ContractError(f"{name}: weights must be one of {WEIGHT_KINDS}, got {weights!r}")
     if acts not in ACT_KINDS:
         raise ContractError(f"{name}: acts must be one of {ACT_KINDS}, got {acts!r}")
-    w = w.detach().to(torch.float32)
     n_out, k_in = w.shape
-    # Zero padding (identical sums): OVP pairs need an even K; N:16 blocks need N, K % 16 == 0.
-    row_mult = 16 if sparsity is not None else 1
-    col_mult = 16 if sparsity is not None else (2 if "ovp4" in (weights, acts) else 1)
-    pad_n, pad_k = (-n_out) % row_mult, (-k_in) % col_mult
+    w = padded_weight(w, weights, acts, sparsity)
+    pad_n, pad_k = w.shape[0] - n_out, w.shape[1] - k_in
     if pad_n or pad_k:
-        w = torch.nn.functional.pad(w, (0, pad_k, 0, pad_n))
-        if pad_n and weights == "ovp4":
-            # Padded rows only produce cropped outputs. For sparse OVP they are filled with 1.0
-            # (exactly representable, MSE 0 in both normal types) because an all-zero row has no
-            # valid OVP alpha in golden.sparsity.quantize_sparse_ovp.
-            w[n_out:, :k_in] = 1.0
         if bias is not None:
             bias = torch.nn.functional.pad(bias.detach().to(torch.float32), (0, pad_n))
     if calib is not None and pad_k:

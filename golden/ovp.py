@@ -38,6 +38,7 @@ __all__ = [
     "OvpError",
     "OvpTensor",
     "quantize",
+    "quantize_reference",
     "fake_quant",
     "decode",
     "encode",
@@ -218,7 +219,8 @@ def _check_input(x, granularity: str) -> torch.Tensor:
             "Use granularity='tensor' for a vector."
         )
     x = x.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    if not bool(torch.isfinite(x).all()):
+    # a float64 sum of float32 values cannot overflow, so it is finite iff every element is
+    if not bool(torch.isfinite(x.sum(dtype=torch.float64))):
         raise OvpError("OVP quantize got NaN or Inf values; clean the tensor first")
     return x
 
@@ -273,27 +275,56 @@ def _mse(x: torch.Tensor, alpha: torch.Tensor, c: _Consts, victim: str, dim) -> 
     return err.mean(dim=dim) if dim is not None else err.mean()
 
 
-def _search_rows(x2: torch.Tensor, c: _Consts, victim: str, *, exhaustive: bool = False, st: _RowStats | None = None):
-    """Per-row search on x2 [rows, N] (rows >= 2): (alpha [rows, 1], best MSE [rows, 1]).
+def _search_rows(x2: torch.Tensor, c: _Consts, victim: str, *, exhaustive: bool = False, st: _RowStats | None = None,
+                 need_best: bool = True):
+    """Per-row search on x2 [rows, N] (rows >= 2): (alpha [rows, 1], best MSE [rows, 1], exact [rows, 1]).
 
     The released code scores all 88 candidates of every row in float32. Here a float64 model of
-    every candidate's MSE (sorted rows + prefix sums, plus the victim corrections of the few
-    outlier pairs) first discards candidates that cannot be the minimum; only the survivors
-    (usually one or two per row) are scored with the exact float32 arithmetic. The float32 and
-    float64 MSEs differ by less than a bound on the float32 rounding error (_model_scores), so
-    every candidate that could be the float32 minimum survives, and the selected alpha and its
-    score are those of the exhaustive search (``exhaustive=True``, kept for tests).
+    every candidate's MSE (_model_scores: one histogram per row over a boundary table shared by
+    all rows, plus the victim corrections of the pairs that can hold an outlier) first discards
+    candidates that cannot be the minimum; only rows left with two or more candidates are scored
+    with the exact float32 arithmetic. The float32 and model MSEs differ by less than a rigorous
+    bound, so every candidate that could be the float32 minimum survives, and the selected alpha
+    (and, with ``need_best``, its score) is that of the exhaustive search (``exhaustive=True``,
+    kept as the reference for tests). Without ``need_best`` a row with a single survivor gets
+    the model's interval instead of its float32 score: ``best`` holds the lower end and the
+    third result the upper end (equal to ``best`` where the score is exact).
     """
-    x_max = _x_max_rows(x2)
+    x_max = st.x_max if st is not None else _x_max_rows(x2)
     cand = _candidates(x_max)  # [C, rows, 1]
     if exhaustive:
-        return _select(_exact_scores_all(x2, cand, c, victim), cand, x_max)
-    approx, bound = _model_scores(x2, cand, c, victim, st)  # [C, rows] float64 each
-    survive = approx - bound <= (approx + bound).min(dim=0).values
-    cand_idx, row_idx = survive.nonzero(as_tuple=True)
+        alpha, best = _select(_exact_scores_all(x2, cand, c, victim), cand, x_max)
+        return alpha, best, best
+    st = st if st is not None else _RowStats(x2)
+    approx, bound = _model_scores(st, cand, c, victim)  # [C, rows] float64 each
+    lo, hi = approx - bound, approx + bound
+    survive = lo <= hi.min(dim=0).values
+    # rows the model does not cover (huge or tiny magnitudes, sentinel-sized scores): exhaustive
+    odd = st.odd | (hi.min(dim=0).values >= _SCORE_SENTINEL / 4)
+    survive[:, odd | ~survive.any(0)] = True  # (no survivor: a NaN model, never trusted)
+    n_surv = survive.sum(0)
+    single = n_surv == 1
+    if need_best:
+        scored = survive
+    else:
+        scored = survive & ~single.unsqueeze(0)
     scores = torch.full(approx.shape, float("inf"), dtype=torch.float32)
-    scores[cand_idx, row_idx] = _exact_scores_pairs(x2, cand, row_idx, cand_idx, c, victim)
-    return _select(scores, cand, x_max)
+    cand_idx, row_idx = scored.nonzero(as_tuple=True)
+    if cand_idx.numel():
+        scores[cand_idx, row_idx] = _exact_scores_pairs(x2, cand, row_idx, cand_idx, c, victim)
+    if not need_best:
+        # single survivors: its model interval stands in for the score (argmin is settled)
+        sc, sr = (survive & single.unsqueeze(0)).nonzero(as_tuple=True)
+        scores[sc, sr] = 0.0
+    alpha, best = _select(scores, cand, x_max)
+    upper = best.clone()
+    if not need_best:
+        sc, sr = (survive & single.unsqueeze(0)).nonzero(as_tuple=True)
+        best[sr, 0] = lo[sc, sr].clamp(min=0.0).to(torch.float32)
+        upper[sr, 0] = hi[sc, sr].to(torch.float32)
+        upper[sr, 0] = torch.nextafter(upper[sr, 0], torch.tensor(float("inf")))
+        best[sr, 0] = torch.nextafter(best[sr, 0], torch.tensor(0.0))
+    return alpha, best, upper
 
 
 def _exact_scores_all(x2, cand, c, victim) -> torch.Tensor:
@@ -333,101 +364,242 @@ def _exact_scores_pairs(x2, cand, row_idx, cand_idx, c, victim) -> torch.Tensor:
     return out
 
 
+#: relative displacement (in units of the unit roundoff 2**-24) by which the model's bin of an
+#: element can differ from the float32 rounding decision: the float32 candidate x_max * (i/100)
+#: (2 roundings), its scale alpha / normal_max (1), h = x / (scale / 2) (1), and on the model's
+#: side u = |x| / x_max (1) and the float32 boundary table (1)
+_DISPLACEMENT = 6 * 2.0**-24
+
+
 class _RowStats:
-    """Type-independent float64 statistics of x2 [rows, N] for _model_scores (computed once per
-    quantize call and shared by the int4 and flint4 searches)."""
+    """Type-independent statistics of x2 [rows, N] for _model_scores (computed once per quantize
+    call and shared by the int4 and flint4 searches)."""
 
     def __init__(self, x2: torch.Tensor):
-        rows = x2.shape[0]
-        xs = torch.sort(x2, dim=-1).values.double()
-        zero = torch.zeros(rows, 1, dtype=torch.float64)
-        self.sorted = xs
-        self.p1 = torch.cat([zero, xs.cumsum(-1)], dim=-1)
-        self.p2 = torch.cat([zero, xs.square().cumsum(-1)], dim=-1)
-        self.sum_sq = self.p2[:, -1]
-        self.pairs = x2.double().view(rows, -1, 2)
-        self.pmax = self.pairs.abs().amax(-1)
+        rows, n = x2.shape
+        self.x_max = _x_max_rows(x2)  # [rows, 1] float32, the search's own value
+        ax = x2.abs()
+        self.ax = ax
+        safe = torch.where(self.x_max > 0, self.x_max, torch.ones_like(self.x_max))
+        self.u = ax / safe  # |x| / x_max: the boundary table is shared by all rows in these units
+        self.sum_abs = ax.sum(-1, dtype=torch.float64)
+        self.sum_sq = torch.linalg.vector_norm(ax, dim=-1, dtype=torch.float64).square()  # rel. error ~1e-16
+        self.pmax_u = self.u.view(rows, -1, 2).amax(-1)  # [rows, N/2]
+        xm = self.x_max.squeeze(1)
+        # magnitudes where float32 over/underflow would void the model's error bound
+        self.odd = (xm > 2.0**60) | ((xm > 0) & (xm < 2.0**-60))
+        self.n = n
 
 
-def _model_scores(x2: torch.Tensor, cand: torch.Tensor, c: _Consts, victim: str, st: _RowStats | None = None):
+class _Boundaries:
+    """Row-independent model tables of one format: every candidate's rounding boundaries in
+    units of x_max (midpoints m_j of the non-negative union grid times (i / 100) / normal_max),
+    merged into one sorted table T, and a float32-bit-pattern lookup that bins |x| / x_max into
+    T in a few operations per element (instead of a binary search)."""
+
+    def __init__(self, c: _Consts):
+        fmt = c.fmt
+        gpos = torch.tensor(sorted({abs(v) for v in fmt.union_grid}), dtype=torch.float64)  # [K+1]
+        mids = (gpos[:-1] + gpos[1:]) / 2  # [K]
+        steps = torch.tensor([i * 0.01 for i in ALPHA_STEPS], dtype=torch.float64)
+        table = (steps[:, None] * mids[None, :] / c.nmax).reshape(-1)
+        t64, inverse = torch.unique(table, sorted=True, return_inverse=True)
+        self.n_bounds = t64.numel()
+        self.pos = inverse.view(len(ALPHA_STEPS), -1)  # [C, K] index of each boundary in T
+        self.t32 = t64.to(torch.float32)
+        self.gpos, self.mids = gpos, mids
+        k = mids.numel()
+        self.g_top = float(gpos[-1])
+        cb = (gpos[1:] - gpos[:-1]) * mids  # gap * |midpoint| per boundary
+        cross = torch.maximum(torch.cat([cb[:1], cb]), torch.cat([cb, cb[-1:]]))  # per interval [K+1]
+        # summation by parts: sum_j w_j cnt_j = w_K n - sum_{j<K} (w_{j+1} - w_j) below_j
+        self.w = torch.stack([gpos[1:] - gpos[:-1], gpos[1:] ** 2 - gpos[:-1] ** 2, cross[1:] - cross[:-1]], dim=1)  # [K, 3]
+        self.cross_top = float(cross[-1])
+        self.k = k
+        self.thr = fmt.outlier_threshold * steps / c.nmax  # [C] outlier threshold in x_max units
+        # interval[c, e]: grid index (into gpos) of an element in table bin e at candidate c
+        bins = torch.arange(self.n_bounds + 1).expand(self.pos.shape[0], -1).contiguous()
+        self.interval = torch.searchsorted(self.pos.contiguous(), bins)  # boundaries of c below bin e
+        _, counts = torch.unique_consecutive(self.t32, return_counts=True)
+        ends = counts.cumsum(0)
+        self.dup_first = torch.repeat_interleave(ends - counts, counts)  # first index of equal float32 values
+        self.dup_last = torch.repeat_interleave(ends - 1, counts)
+        self._build_lookup()
+
+    def near_bound(self, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """[..., 2] bool: u within twice the displacement of table value T[e-1] (below) / T[e] (above)."""
+        tol = 2 * _DISPLACEMENT
+        t = self.t32.double()
+        lo_v = t[(e - 1).clamp(min=0)]
+        hi_v = t[e.clamp(max=self.n_bounds - 1)]
+        ud = u.double()
+        near_lo = (e > 0) & (ud - lo_v <= tol * lo_v)
+        near_hi = (e < self.n_bounds) & (hi_v - ud <= tol * hi_v)
+        return torch.stack([near_lo, near_hi], dim=-1)
+
+    def _build_lookup(self) -> None:
+        """Bins of the float32 bit pattern of u (exponent and top mantissa bits), fine enough that
+        each holds at most one distinct table value: bin_of is then two lookups and a compare."""
+        t = self.t32
+        values, counts = torch.unique_consecutive(t, return_counts=True)
+        lo_bits = int(torch.tensor([float(t[0]) / 2], dtype=torch.float32).view(torch.int32)) & ~((1 << 23) - 1)
+        hi_bits = int(torch.tensor([float(t[-1]) * 2], dtype=torch.float32).view(torch.int32))
+        for fbits in range(8, 21):  # mantissa bits per octave
+            sh = 23 - fbits
+            n_keys = ((hi_bits - lo_bits) >> sh) + 1
+            edges = ((torch.arange(n_keys + 1, dtype=torch.int64) << sh) + lo_bits).to(torch.int32).view(torch.float32)
+            left = torch.searchsorted(values, edges)  # distinct values below each bin edge
+            if int((left[1:] - left[:-1]).max()) <= 1:
+                break
+        else:  # pragma: no cover - the formats' tables separate by 20 bits
+            raise AssertionError("OVP boundary table: values too close for the bit-pattern lookup")
+        below = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])  # entries < values[i]
+        has = (left[1:] - left[:-1]) == 1
+        idx = left[:-1].clamp(max=values.numel() - 1)
+        # row 0: below the table; row n_keys + 1: above it
+        inf = torch.tensor([float("inf")])
+        self.lut_val = torch.cat([inf, torch.where(has, values[idx], inf), inf])
+        self.lut_lo = torch.cat([torch.zeros(1, dtype=torch.int64), below[left[:-1]], torch.tensor([self.n_bounds])])
+        self.lut_hi = torch.cat([torch.zeros(1, dtype=torch.int64), below[(left[:-1] + 1).clamp(max=values.numel())],
+                                 torch.tensor([self.n_bounds])])
+        self.lut_shift, self.lut_bits0, self.lut_keys = sh, lo_bits, n_keys
+
+    def bin_of(self, u: torch.Tensor) -> torch.Tensor:
+        """For float32 u >= 0: the number of table entries <= u (torch.bucketize(u, T, right=True))."""
+        key = ((u.view(torch.int32) - self.lut_bits0) >> self.lut_shift).add_(1).clamp_(0, self.lut_keys + 1)
+        return torch.where(u >= self.lut_val[key], self.lut_hi[key], self.lut_lo[key])
+
+
+_BOUNDARIES: dict[str, _Boundaries] = {}
+
+
+def _boundaries(c: _Consts) -> _Boundaries:
+    b = _BOUNDARIES.get(c.fmt.name)
+    if b is None:
+        b = _BOUNDARIES[c.fmt.name] = _Boundaries(c)
+    return b
+
+
+def _model_scores(st: _RowStats, cand: torch.Tensor, c: _Consts, victim: str):
     """float64 model of the MSE of every candidate and a bound on its distance to the float32
-    MSE: ([C, rows], [C, rows]). Only used to prune candidates."""
-    rows, n = x2.shape
+    MSE: ([C, rows], [C, rows]). Only used to prune candidates.
+
+    Per row, one histogram of |x| / x_max over the shared boundary table T (counts and sums of
+    |x|); its prefix sums at each candidate's own boundaries give the count and sum of every
+    grid interval, so with s the candidate's scale and g_j its grid points
+    sse = sum x^2 - 2 s sum_j g_j S1_j + s^2 sum_j g_j^2 n_j (exact in real arithmetic, ties
+    included: a midpoint is equally far from both neighbours; the grid is symmetric, so |x| is
+    enough). The victim rule's change comes from _model_victim_corrections.
+    """
+    bt = _boundaries(c)
+    rows, n = st.u.shape
     n_cand = cand.shape[0]
-    grid = torch.tensor(c.fmt.union_grid, dtype=torch.float64)
-    mids = (grid[:-1] + grid[1:]) / 2
-    gaps = grid[1:] - grid[:-1]
-    # per grid interval: the largest gap * |midpoint| over its finite boundaries. An element
-    # whose float32 x/s lands across midpoint m (|x/s - m| <= u|m|) changes the squared error
-    # by at most 2 * gap * |m| * u * s^2.
-    edge = gaps * mids.abs()
-    zero1 = torch.zeros(1, dtype=torch.float64)
-    cross = torch.maximum(torch.cat([zero1, edge]), torch.cat([edge, zero1]))  # [K]
-    st = st if st is not None else _RowStats(x2)
     scale = cand.double().squeeze(-1) / c.nmax  # [C, rows]
-    sse = torch.empty(n_cand, rows, dtype=torch.float64)
-    cross_sum = torch.empty(n_cand, rows, dtype=torch.float64)
-    step = max(1, (1 << 21) // (n_cand * grid.numel()))  # bounds the [R, C, K] blocks
+    nb = bt.n_bounds + 1
+    d1 = torch.empty(rows, n_cand, dtype=torch.float64)
+    d2 = torch.empty_like(d1)
+    cs = torch.empty_like(d1)
+    pos = bt.pos.reshape(-1)
+    step = max(1, min((1 << 21) // nb, (1 << 20) // n))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         nr = r1 - r0
-        sc = scale[:, r0:r1].t()  # [R, C]
-        # element counts below each midpoint boundary, per row and candidate
-        bounds = (sc.unsqueeze(-1) * mids).reshape(nr, -1)
-        below = torch.searchsorted(st.sorted[r0:r1], bounds).view(nr, n_cand, -1)  # [R, C, K-1]
-        lo = torch.cat([torch.zeros(nr, n_cand, 1, dtype=torch.long), below], dim=-1)
-        hi = torch.cat([below, torch.full((nr, n_cand, 1), n, dtype=torch.long)], dim=-1)
-        p1e = st.p1[r0:r1].unsqueeze(1).expand(-1, n_cand, -1)
-        p2e = st.p2[r0:r1].unsqueeze(1).expand(-1, n_cand, -1)
-        s1 = torch.gather(p1e, 2, hi) - torch.gather(p1e, 2, lo)
-        s2 = torch.gather(p2e, 2, hi) - torch.gather(p2e, 2, lo)
-        cnt = (hi - lo).double()
-        gs = grid * sc.unsqueeze(-1)  # [R, C, K] grid points in real units
-        sse[:, r0:r1] = (s2 - 2 * gs * s1 + cnt * gs.square()).sum(-1).t()  # before victims
-        cross_sum[:, r0:r1] = (cnt * cross).sum(-1).t()
-    sse += _model_victim_corrections(st, scale, c, victim)
-    sse.clamp_(min=0.0)
-    # Bound on |float32 MSE - exact MSE| * n (unit roundoff u, 4x safety): rounding of q*s
-    # against x (Cauchy-Schwarz), the float32 summation, and midpoint crossings (above).
+        e = bt.bin_of(st.u[r0:r1])
+        e += (torch.arange(nr) * nb).unsqueeze(1)
+        e = e.view(-1)
+        cnt = torch.bincount(e, minlength=nr * nb).view(nr, nb).to(torch.float64)
+        s1 = torch.bincount(e, weights=st.ax[r0:r1].reshape(-1).double(), minlength=nr * nb).view(nr, nb)
+        below0 = cnt.cumsum_(-1)[:, pos].view(nr, n_cand, bt.k)
+        below1 = s1.cumsum_(-1)[:, pos].view(nr, n_cand, bt.k)
+        w0 = below0 @ bt.w[:, 1:]  # [R, C, 2]: sum (g_{j+1}^2 - g_j^2) below0, sum dcross below0
+        d1[r0:r1] = bt.g_top * st.sum_abs[r0:r1, None] - below1 @ bt.w[:, 0]
+        d2[r0:r1] = bt.g_top**2 * n - w0[..., 0]
+        cs[r0:r1] = bt.cross_top * n - w0[..., 1]
+    d1, d2, cs = d1.t(), d2.t(), cs.t()  # [C, rows]
+    ss = st.sum_sq.unsqueeze(0)
+    sse = ss - 2 * scale * d1 + scale.square() * d2
+    corr, unsure = _model_victim_corrections(st, scale, c, victim)
+    sse = (sse + corr).clamp_(min=0.0)
+    # Bound on n * |float32 MSE - model MSE| (u = 2**-24), doubled for safety:
+    # - per element e = fl(fl(q s) - x): |e_f^2 - e^2| <= 4u |q s| |e| + 5u e^2; summed with
+    #   Cauchy-Schwarz and sum (q s)^2 <= 2 sum x^2 + 2 sse;
+    # - torch's float32 cascade summation (24u) and the division by n (u);
+    # - an element within relative _DISPLACEMENT of a midpoint may round to the other neighbour:
+    #   its squared error changes by <= 2 * d * gap * |m| * s^2 (cs counts gap*|m| per element);
+    # - pairs where such an element can flip the victim rule: both squares (``unsure``);
+    # - float64 cancellation in the model (2**-40 of the terms) and float32 underflow (n 2**-126).
     u = 2.0**-24
-    bound = 4 * u * (2 * (sse * (2 * st.sum_sq + sse)).sqrt() + 24 * sse + 2 * scale.square() * cross_sum)
+    arith = 4 * u * (sse * (2 * ss + 2 * sse)).sqrt() + 30 * u * sse
+    crossing = 2 * _DISPLACEMENT * scale.square() * cs
+    model64 = 2.0**-40 * (ss + 2 * scale * d1.abs() + scale.square() * d2)
+    bound = 2 * (arith + crossing + unsure + model64) + n * 2.0**-126
     return sse / n, bound / n
 
 
-def _model_victim_corrections(st: _RowStats, scale, c: _Consts, victim: str) -> torch.Tensor:
-    """Change of the squared error from the victim rule, [C, rows] float64."""
-    rows = st.pairs.shape[0]
-    pairs, pmax = st.pairs, st.pmax
-    # only pairs that hold an outlier at the smallest candidate scale can ever matter
-    thresh = c.fmt.outlier_threshold * scale.min(dim=0).values  # [rows]
-    k = int((pmax >= thresh.unsqueeze(1) * (1 - 1e-6)).sum(-1).max())
-    corr = torch.zeros(scale.shape, dtype=torch.float64)
-    if k == 0:
-        return corr
-    top = torch.topk(pmax, k, dim=-1).indices  # [rows, k]
-    sel = torch.gather(pairs, 1, top.unsqueeze(-1).expand(-1, -1, 2))  # [rows, k, 2]
-    grid = torch.tensor(c.fmt.union_grid, dtype=torch.float64)
-    mids = (grid[:-1] + grid[1:]) / 2
+def _model_victim_corrections(st: _RowStats, scale, c: _Consts, victim: str):
+    """Change of the squared error from the victim rule and the uncertainty allowance of pairs
+    whose victim decision the model cannot settle: ([C, rows], [C, rows]) float64.
+
+    Only (pair, candidate) entries where the pair's larger |x| reaches the candidate's outlier
+    threshold (less a margin) are visited: a ragged list, so rows with many outliers cost more
+    and plain rows almost nothing. An element's grid point at candidate c comes from its bin in
+    the shared table (bt.interval[c, bin]), the same assignment the histogram uses."""
+    bt = _boundaries(c)
+    n_cand, rows = scale.shape
+    corr = torch.zeros(rows * n_cand, dtype=torch.float64)
+    unsure = torch.zeros(rows * n_cand, dtype=torch.float64)
+    lim = (bt.thr * (1 - 4 * _DISPLACEMENT)).to(torch.float32)
+    hit_r, hit_p = (st.pmax_u >= lim[0]).nonzero(as_tuple=True)
+    if hit_r.numel() == 0:
+        return corr.view(rows, n_cand).t(), unsure.view(rows, n_cand).t()
+    n_c = torch.searchsorted(lim, st.pmax_u[hit_r, hit_p], right=True)  # candidates 0..n_c-1 qualify
+    # per pair: both elements' |x|, u and table bins; then dense [pairs, C] blocks (entries past
+    # a pair's n_c are masked), summed into the pair's row
+    ua, ub = st.u[hit_r, 2 * hit_p], st.u[hit_r, 2 * hit_p + 1]
+    ea, eb = bt.bin_of(ua), bt.bin_of(ub)
+    doubt_a, doubt_b = bt.near_bound(ua, ea), bt.near_bound(ub, eb)
+    xa_all = st.ax[hit_r, 2 * hit_p].double()
+    xb_all = st.ax[hit_r, 2 * hit_p + 1].double()
+    scale_t = scale.t().contiguous()  # [rows, C]
+    iv_t = bt.interval.t().contiguous()  # [bins, C]
+    corr2, unsure2 = corr.view(rows, n_cand), unsure.view(rows, n_cand)
+    cols = torch.arange(n_cand)
     nmax = c.nmax
-    step = max(1, (1 << 20) // (k * scale.shape[0]))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        s = scale[:, r0:r1].unsqueeze(-1).unsqueeze(-1)  # [C, R, 1, 1]
-        v = sel[r0:r1].unsqueeze(0) / s  # [C, R, k, 2]
-        q = grid[torch.bucketize(v, mids, right=True)]
-        err = (q * s - sel[r0:r1].unsqueeze(0)).square()
-        gone = sel[r0:r1].unsqueeze(0).square() - err  # error change if zeroed
-        out = q.abs() > nmax
-        oa, ob = out[..., 0], out[..., 1]
+    step = max(1, (1 << 18) // n_cand)
+    for k0 in range(0, hit_r.numel(), step):
+        k = slice(k0, min(hit_r.numel(), k0 + step))
+        r = hit_r[k]
+        s = scale_t.index_select(0, r)  # [P, C]
+        qa = bt.gpos[iv_t.index_select(0, ea[k])]
+        qb = bt.gpos[iv_t.index_select(0, eb[k])]
+        xa, xb = xa_all[k, None], xb_all[k, None]
+        valid = cols < n_c[k, None]
+        oa, ob = (qa > nmax) & valid, (qb > nmax) & valid
         if victim == "even":
             keep_a = oa
         else:
-            keep_a = oa & (~ob | (q[..., 0].abs() >= q[..., 1].abs()))
-        zero_b = keep_a
-        zero_a = ob & ~keep_a
-        d = torch.where(zero_b, gone[..., 1], 0.0) + torch.where(zero_a, gone[..., 0], 0.0)
-        corr[:, r0:r1] = d.sum(-1)
-    return corr
+            keep_a = oa & (~ob | (qa >= qb))
+        zero_b, zero_a = keep_a, ob & ~keep_a
+        # the zeroed element's squared error grows from (q s - x)^2 to x^2: by q s (2x - q s)
+        qs_a, qs_b = qa * s, qb * s
+        d = torch.where(zero_b, qs_b * (2 * xb - qs_b), 0.0) + torch.where(zero_a, qs_a * (2 * xa - qs_a), 0.0)
+        corr2.index_add_(0, r, d)
+    # pairs with an element within the displacement of one of a candidate's boundaries: the
+    # victim decision may differ in float32; allow both squares at those candidates
+    pd = (doubt_a.any(-1) | doubt_b.any(-1)).nonzero().squeeze(1)
+    if pd.numel():
+        dk = torch.zeros(pd.numel(), n_cand, dtype=torch.bool)
+        for e_el, db in ((ea[pd], doubt_a[pd]), (eb[pd], doubt_b[pd])):
+            lo_first = bt.dup_first[(e_el - 1).clamp(min=0)]
+            hi_last = bt.dup_last[e_el.clamp(max=bt.n_bounds - 1)]
+            # candidate c has a boundary among the table values equal to T[e-1] (resp. T[e])
+            has_lo = iv_t[e_el] > iv_t[lo_first]
+            has_hi = iv_t[(hi_last + 1).clamp(max=bt.n_bounds)] > iv_t[e_el]
+            dk |= (db[:, :1] & has_lo) | (db[:, 1:] & has_hi)
+        dk &= cols < n_c[pd, None]
+        amount = (xa_all[pd].square() + xb_all[pd].square())[:, None]
+        unsure2.index_add_(0, hit_r[pd], torch.where(dk, amount, 0.0))
+    return corr.view(rows, n_cand).t(), unsure.view(rows, n_cand).t()
 
 
 def _select(scores: torch.Tensor, cand: torch.Tensor, x_max: torch.Tensor):
@@ -470,19 +642,22 @@ def search_alpha(x: torch.Tensor, normal: str, *, granularity: str = "row", vict
     return _search(x, _consts(normal), granularity, victim)
 
 
-def _search(x: torch.Tensor, c: _Consts, granularity: str, victim: str, cache: dict | None = None):
+def _search(x: torch.Tensor, c: _Consts, granularity: str, victim: str, cache: dict | None = None,
+            need_best: bool = True):
     if granularity == "tensor":
-        return _search_tensor(x, c, victim)
+        a, b = _search_tensor(x, c, victim)
+        return (a, b) if need_best else (a, b, b)
     x2 = x.reshape(x.shape[0], -1)
     if x2.shape[0] == 1:
         # one row: the released code's row mean is then a single-output reduction; reproduce it
         a, b = _search_tensor_rowshape(x2, c, victim)
-        return a, b
+        return (a, b) if need_best else (a, b, b)
     cache = {} if cache is None else cache
     with _one_thread():
         if "row_stats" not in cache:
             cache["row_stats"] = _RowStats(x2)
-        return _search_rows(x2, c, victim, st=cache["row_stats"])
+        alpha, best, upper = _search_rows(x2, c, victim, st=cache["row_stats"], need_best=need_best)
+    return (alpha, best) if need_best else (alpha, best, upper)
 
 
 @contextlib.contextmanager
@@ -597,23 +772,53 @@ def quantize(
         _check_zero_alpha(x, alpha_t, granularity)
     best_type, best_alpha, best_total = None, None, None
     cache: dict = {}
+    if alpha is None and len(types) == 1:
+        best_type = types[0]
+        best_alpha = _search(x, _consts(best_type), granularity, victim, cache, need_best=False)[0]
+    elif alpha is None:
+        best_type, best_alpha = _choose_type(x, types, granularity, victim, cache)
+    else:
+        for name in types:
+            c = _consts(name)
+            total = _final_mse(x, alpha_t, c, granularity, victim).sum().item()
+            if best_total is None or total < best_total:  # strict: the earlier type (int4) wins ties
+                best_type, best_alpha, best_total = name, alpha_t, total
+    with _one_thread() if (granularity == "row" and x.shape[0] > 1) else contextlib.nullcontext():
+        return _quantize_at(x, best_type, best_alpha, bits, granularity, victim)
+
+
+def _choose_type(x, types, granularity, victim, cache):
+    """(type, alpha) of normal="auto": the type with the smaller summed best float32 MSE (the
+    first, int4, on a tie). The model's per-row intervals usually settle the comparison without
+    the float32 scores; when they overlap the exact scores decide."""
+    found = {name: _search(x, _consts(name), granularity, victim, cache, need_best=False) for name in types}
+    rows = found[types[0]][1].numel()
+    slack = 2 * (rows + 24) * 2.0**-24  # float32 summation of the per-row scores
+    lo = {n: float(f[1].double().sum()) * (1 - slack) for n, f in found.items()}
+    hi = {n: float(f[2].double().sum()) * (1 + slack) for n, f in found.items()}
+    first, second = types
+    if lo[second] >= hi[first]:
+        return first, found[first][0]
+    if hi[second] < lo[first]:
+        return second, found[second][0]
+    best_type, best_alpha, best_total = None, None, None
     for name in types:
-        c = _consts(name)
-        if alpha is None:
-            a, score = _search(x, c, granularity, victim, cache)
-        else:
-            a = alpha_t
-            score = _final_mse(x, a, c, granularity, victim)
+        a, score = _search(x, _consts(name), granularity, victim, cache)
         total = score.sum().item()
         if best_total is None or total < best_total:  # strict: the earlier type (int4) wins ties
             best_type, best_alpha, best_total = name, a, total
+    return best_type, best_alpha
+
+
+def _quantize_at(x, best_type, best_alpha, bits, granularity, victim) -> OvpTensor:
+    rows = x.shape[0]
     c = _consts(best_type)
     scale = best_alpha / c.nmax
     xv = x.reshape(rows, -1) if granularity == "row" else x
     stats: dict = {}
     q = _grid_values_f32(xv, scale, c, victim, stats).reshape(x.shape)
     values = q.to(torch.int32)
-    codes = _encode_values(values, c)
+    codes = _encode_values(values, c, check=False)
     deq = (q.reshape(rows, -1) * scale).reshape(x.shape) if granularity == "row" else q * scale
     err = (deq - x).square()
     mse = err.reshape(rows, -1).mean(-1, keepdim=True) if granularity == "row" else err.mean()
@@ -629,6 +834,30 @@ def quantize(
         mse=mse,
         outlier_outlier_pairs=stats["outlier_outlier"],
     )
+
+
+def quantize_reference(x: torch.Tensor, *, bits: int = 4, normal: str = "auto", granularity: str = "row",
+                       victim: str = "larger") -> OvpTensor:
+    """:func:`quantize` with the exhaustive float32 search of the released code (every candidate
+    of every row scored, the type chosen from the exact summed scores). Slow: the reference the
+    pruned search is tested against."""
+    _check_names(bits, normal, granularity, victim)
+    x = _check_input(x, granularity)
+    types = ("int4", "flint4") if (bits == 4 and normal == "auto") else ("int8",) if bits == 8 else (normal,)
+    best_type, best_alpha, best_total = None, None, None
+    for name in types:
+        c = _consts(name)
+        x2 = x.reshape(x.shape[0], -1)
+        if granularity == "row" and x2.shape[0] > 1:
+            with _one_thread():
+                a, score = _search_rows(x2, c, victim, exhaustive=True)[:2]
+        else:
+            a, score = _search(x, c, granularity, victim)
+        total = score.sum().item()
+        if best_total is None or total < best_total:
+            best_type, best_alpha, best_total = name, a, total
+    with _one_thread() if (granularity == "row" and x.shape[0] > 1) else contextlib.nullcontext():
+        return _quantize_at(x, best_type, best_alpha, bits, granularity, victim)
 
 
 def _check_alpha(alpha, granularity: str, rows: int) -> torch.Tensor:
@@ -679,30 +908,34 @@ def fake_quant(x: torch.Tensor, **kwargs) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _encode_values(values: torch.Tensor, c: _Consts) -> torch.Tensor:
+def _encode_values(values: torch.Tensor, c: _Consts, check: bool = True) -> torch.Tensor:
+    """Codes of grid values; ``check=False`` skips the validation for values quantize itself
+    produced (on the grid, victims applied)."""
     fmt = c.fmt
     if values.shape[-1] % 2:
         raise OvpError(f"OVP codes need an even last dimension, got shape {tuple(values.shape)}")
-    v = values.to(torch.int64)
-    if bool((v.abs() > fmt.outlier_max).any()):
+    v = values.to(torch.int64) if check else values.to(torch.int32)
+    if check and bool((v.abs() > fmt.outlier_max).any()):
         raise OvpFormatError(f"grid values beyond +-{fmt.outlier_max} are not {fmt.name} OVP values")
-    code = c.code_lut[v + c.offset]
-    if bool((code < 0).any()):
+    code = c.code_lut[(v + c.offset).long()]
+    if check and bool((code < 0).any()):
         bad = v[code < 0][0].item()
         raise OvpFormatError(f"{bad} is not a value of the {fmt.name} OVP grid (normals and outliers)")
     pairs = v.reshape(*v.shape[:-1], v.shape[-1] // 2, 2)
-    cp = code.reshape(pairs.shape).clone()
+    cp = code.reshape(pairs.shape)
     out = pairs.abs() > fmt.normal_max
     out_e, out_o = out[..., 0], out[..., 1]
-    if bool((out_e & out_o).any()):
-        raise OvpFormatError("a pair holds two outliers: apply a victim rule first (quantize does)")
-    if bool((out_e & (pairs[..., 1] != 0)).any()) or bool((out_o & (pairs[..., 0] != 0)).any()):
-        raise OvpFormatError("an outlier's partner (its victim) must be 0")
-    cp[..., 1][out_e] = fmt.identifier
-    cp[..., 0][out_o] = fmt.identifier
+    if check:
+        if bool((out_e & out_o).any()):
+            raise OvpFormatError("a pair holds two outliers: apply a victim rule first (quantize does)")
+        if bool((out_e & (pairs[..., 1] != 0)).any()) or bool((out_o & (pairs[..., 0] != 0)).any()):
+            raise OvpFormatError("an outlier's partner (its victim) must be 0")
+    ident = torch.tensor(fmt.identifier, dtype=cp.dtype)
+    even = torch.where(out_o, ident, cp[..., 0])  # an outlier's partner holds the identifier
+    odd = torch.where(out_e, ident, cp[..., 1])
     if fmt.bits == 4:
-        return (cp[..., 0] | (cp[..., 1] << 4)).to(torch.uint8)
-    return cp.reshape(values.shape).to(torch.uint8)
+        return (even | (odd << 4)).to(torch.uint8)
+    return torch.stack([even, odd], dim=-1).reshape(values.shape).to(torch.uint8)
 
 
 def encode(values: torch.Tensor, normal: str) -> torch.Tensor:

@@ -63,7 +63,9 @@ from .contract import (
     apply_multiplier,
     compile_linear,
     from_fixed,
+    _pow2,
     int_matmul,
+    int_matmul_exact_float,
     quantize_act_dynamic_int8,
     quantize_multiplier,
     quantize_weight,
@@ -326,8 +328,10 @@ class QLlama(FloatLlama):
         # scores = (Q.K^T) * m_q * m_k * 2**(e_q + e_k) / 127**2 * 2**-32 / sqrt(hd), in SCORE_F
         qg = qa.values.view(b, hkv, rep, t, hd)
         acc = int_matmul(qg, ka.values.unsqueeze(2))  # [B, Hkv, rep, T, S]
-        e = qa.exponent.view(b, hkv, rep, t, 1).to(torch.int64) + ka.exponent.view(b, hkv, 1, 1, s_len).to(torch.int64)
-        mant = qa.mantissa.view(b, hkv, rep, t, 1).to(torch.int64) * ka.mantissa.view(b, hkv, 1, 1, s_len).to(torch.int64)
+        # the query and key scale factors stay separate ([T, 1] and [1, S]); requantize multiplies
+        # them into the accumulator exactly (no [T, S] exponent or mantissa tensor is formed)
+        e = (qa.exponent.view(b, hkv, rep, t, 1), ka.exponent.view(b, hkv, 1, 1, s_len))
+        mant = (qa.mantissa.view(b, hkv, rep, t, 1), ka.mantissa.view(b, hkv, 1, 1, s_len))
         scores = requantize(acc, self.score_mult, e, mantissa=mant)
         _emit(trace, p + "scores_acc", acc)
         _emit(trace, p + "scores", scores)
@@ -337,13 +341,19 @@ class QLlama(FloatLlama):
         _emit(trace, p + "probs", probs)
         # p'' = round_shift(p * m_v[t], 8 + e_ref - e_v[t]) puts every V row on the scale 2**e_ref
         ev = va.exponent.view(b, hkv, 1, 1, s_len).to(torch.int64)
-        mv = va.mantissa.view(b, hkv, 1, 1, s_len).to(torch.int64)
+        mv = va.mantissa.view(b, hkv, 1, 1, s_len)
         e_run = torch.cummax(va.exponent.view(b, hkv, s_len).to(torch.int64), dim=-1).values
         e_ref = e_run[..., start_pos : start_pos + t].reshape(b, hkv, 1, t, 1)
         shift = (8 + e_ref - ev).clamp(min=8)  # masked positions have p = 0 whatever the shift
-        p_sh = round_shift(probs.to(torch.int64) * mv, shift)
-        _emit(trace, p + "probs_shifted", p_sh)
-        acc2 = int_matmul(p_sh, va.values.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, rep, T, hd]
+        # In float64, exactly: p * m_v < 2**16 * 2**9 is an integer, scaling by 2**-shift is exact,
+        # and + 1/2 needs at most max(25, shift) + 1 <= 53 significant bits (shift <= 8 + 25), so
+        # floor(p * m_v * 2**-shift + 1/2) is round_shift's floor((x + 2**(shift-1)) / 2**shift).
+        assert int(shift.max()) <= 52 if shift.numel() else True
+        p_sh = probs.to(torch.float64).mul_(mv.to(torch.float64)).mul_(_pow2(-shift)).add_(0.5).floor_()
+        if trace is not None:
+            _emit(trace, p + "probs_shifted", p_sh.to(torch.int64))
+        # p'' <= 2**16 (the shifted probabilities), |V| <= 127, S <= 2**20: sums below 2**53
+        acc2 = int_matmul_exact_float(p_sh, va.values.unsqueeze(2).transpose(-1, -2).to(torch.float64))
         _emit(trace, p + "pv_acc", acc2)
         a = requantize(acc2, self.pv_mult, e_ref)
         a = a.reshape(b, hq, t, hd).transpose(1, 2).reshape(b, t, hq * hd)

@@ -134,7 +134,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_accuracy(args: argparse.Namespace) -> int:
     from .demo import accuracy
 
-    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets)
+    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets, as_json=args.json)
 
 
 def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", default=None, type=_preset_list,
                    help="comma-separated precision presets (default: all of fp32, w8a8, w4a8-int4, w4a8-ovp, "
                         "w4a4-ovp, w4a8-ovp-8:16, w4a8-ovp-4:16)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (perplexity, agreement, seconds)")
     p.set_defaults(func=_cmd_accuracy)
 
     p = sub.add_parser("resources", help="synthesize a hardware unit with Yosys and count resources",

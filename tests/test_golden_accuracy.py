@@ -149,3 +149,24 @@ def test_accuracy_table_fp32_and_unknown_preset(glass):
     assert fp32.next_token_agreement == 1.0 and fp32.greedy_agreement == 1.0
     table = accuracy_rich_table(rows + [AccuracyRow("m", "x", status="skipped: test")])
     assert table.row_count == 3 and len(table.columns) == 8
+
+
+def test_accuracy_json_report_through_the_command_line(capsys):
+    """`olivine accuracy --json` prints one JSON object whose figures are accuracy_table's."""
+    import json
+
+    from olivine import cli
+    from olivine.golden.accuracy import accuracy_report, accuracy_table
+
+    assert cli.main(["accuracy", "--model", "glassllm", "--presets", "fp32,w8a8", "--tokens", "300", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["corpora"] == ["shakespeare"] and report["models"] == ["glassllm-en"]
+    assert [r["preset"] for r in report["results"]] == ["fp32", "w8a8"]
+    rows = accuracy_table("glassllm", ["fp32", "w8a8"], corpora=("shakespeare",), n_tokens=300)
+    for got, row in zip(report["results"], rows):
+        assert got["status"] == "ok" and got["perplexity"]["shakespeare"] == row.perplexity["shakespeare"]
+        assert got["next_token_agreement"] == row.next_token_agreement
+        assert got["greedy_agreement"] == row.greedy_agreement and got["seconds"] > 0
+    assert report["results"][0]["perplexity"]["shakespeare"] > 1.0
+    skipped = accuracy_report([type(rows[0])(model="m", preset="nope", status="skipped: unknown preset")])
+    assert skipped["results"][0]["perplexity"] == {} and skipped["results"][0]["next_token_agreement"] is None

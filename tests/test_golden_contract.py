@@ -389,3 +389,80 @@ def test_sparse_ovp_linear_with_padding():
     wp = sp.prune_blocks(torch.nn.functional.pad(w, (0, 8, 0, 12)), lin.weight.block_n)[0][:20, :40]
     ref = xf @ wp.T
     assert float((y - ref).norm() / ref.norm()) < 0.15
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast float paths equal the int64 reference (requantize, int_matmul tiers, dynamic INT8)
+# ---------------------------------------------------------------------------------------------
+
+
+def _edge_accumulators(g, shape):
+    acc = torch.randint(-(2**31), 2**31, shape, generator=g, dtype=torch.int64)
+    acc = acc >> torch.randint(0, 31, shape, generator=g)  # every magnitude class
+    flat = acc.view(-1)
+    flat[:6] = torch.tensor([C.INT32_MIN, C.INT32_MAX, 0, 1, -1, -(2**30)])
+    return acc.to(torch.int32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_requantize_float_path_equals_int64_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    t, n = 9, 40
+    acc = _edge_accumulators(g, (t, n))
+    real = torch.rand(n, generator=g, dtype=torch.float64) * torch.pow(2.0, torch.randint(-44, 4, (n,), generator=g).double())
+    e = torch.randint(0, 25, (t, 1), generator=g)
+    mant = torch.randint(1, 257, (t, 1), generator=g).to(torch.int16)
+    cases = [
+        C.quantize_multiplier(real),
+        # small shifts: exact ties (x * m / 2**s = k + 1/2) are frequent and must go up
+        C.Multiplier(torch.full((n,), 1 << 30), torch.randint(28, 36, (n,), generator=g)),
+        # shift - e outside [-1, 62]: apply_multiplier's clamp acts
+        C.Multiplier(torch.full((n,), (1 << 31) - 1), torch.randint(-3, 75, (n,), generator=g)),
+    ]
+    for m in cases:
+        for out in ("int32", "int8"):
+            for ex, mt in ((0, None), (e, None), (e, mant)):
+                fast = C.requantize(acc, m, ex, mantissa=mt, out=out)
+                ref = C.requantize_reference(acc, m, ex, mantissa=mt, out=out)
+                assert fast.dtype == ref.dtype and torch.equal(fast, ref), (out, ex is e, mt is not None)
+    # factored exponent / mantissa (attention's query x key scales) equal their sum / product
+    e2 = torch.randint(0, 25, (1, n), generator=g)
+    m2 = torch.randint(1, 257, (1, n), generator=g).to(torch.int16)
+    m = C.quantize_multiplier(torch.tensor(2.0**-40))
+    fast = C.requantize(acc, m, (e, e2), mantissa=(mant, m2))
+    ref = C.requantize_reference(acc, m, e + e2, mantissa=mant.long() * m2.long())
+    assert torch.equal(fast, ref)
+
+
+def test_int_matmul_tiers_equal_int64_reference():
+    g = torch.Generator().manual_seed(5)
+    for amax, wmax, k in ((127, 7, 300), (127, 127, 1536), (2**20, 2**20, 64)):  # float32, float64, int64
+        a = torch.randint(-amax, amax + 1, (5, k), generator=g)
+        w = torch.randint(-wmax, wmax + 1, (6, k), generator=g)
+        a[0], w[0] = amax, wmax  # reach the bound (and wrap in the int64 tier)
+        assert torch.equal(C.int_matmul(a, w), C.wrap_int32(a @ w.T))
+        assert torch.equal(C.int_matmul(a, w, torch.full((6,), 2**31 - 1)), C.wrap_int32(a @ w.T + 2**31 - 1))
+    # exact-integer float operands (attention's p.V)
+    p = torch.randint(0, 2**16 + 1, (2, 3, 700), generator=g).double()
+    v = torch.randint(-127, 128, (2, 4, 700), generator=g).double()
+    ref = C.wrap_int32(p.long() @ v.long().transpose(-1, -2))
+    assert torch.equal(C.int_matmul_exact_float(p, v), ref)
+    big = torch.full((1, 2**15), 2**16, dtype=torch.float64)
+    one = torch.full((1, 2**15), 127.0, dtype=torch.float64)
+    assert int(C.int_matmul_exact_float(big, one)[0, 0]) == ((2**31 * 127 + 2**31) % 2**32) - 2**31
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dynamic_int8_float_path_equals_int64_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = _edge_accumulators(g, (64, 48))
+    x[5] = 0  # an all-zero row
+    x[6] = torch.arange(48) * 2 - 47  # small values: exact ties of round_shift
+    qa = C.quantize_act_dynamic_int8(x, 16)
+    xi = x.to(torch.int64)
+    amax = xi.abs().amax(-1, keepdim=True)
+    e = (fixed.bit_length(amax) - 8).clamp(min=0)
+    m = ((amax + (1 << e) - 1) >> e).clamp(min=1)
+    r = (127 << C.RECIP_BITS) // m
+    ref = C.round_shift(xi * r, C.RECIP_BITS + e).clamp(-127, 127)
+    assert torch.equal(qa.values.long(), ref) and torch.equal(qa.exponent.long(), e) and torch.equal(qa.mantissa.long(), m)

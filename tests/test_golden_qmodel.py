@@ -188,3 +188,26 @@ def test_smollm2_w8a8_says_paris():
     prompt = m.tokenizer.encode("The capital of France is")
     out = q.generate(prompt, 2)
     assert "Paris" in m.tokenizer.decode(out)
+
+
+def test_attention_float_paths_equal_int64_rules(glass, w8a8, tokens):
+    """The float64 attention steps (scores requantization with factored scales, shifted
+    probabilities, p.V) equal the int64 formulation op by op."""
+    seq = tokens[:20]
+    tr = {}
+    w8a8.forward_int(seq, trace=tr)
+    c = glass.config
+    b, hkv, rep, t = 1, c.n_kv_heads, c.n_rep, seq.numel()
+    for layer in range(c.n_layers):
+        p = f"layers.{layer}."
+        e = tr[p + "q_exp"].view(b, hkv, rep, t, 1).long() + tr[p + "k_exp"].view(b, hkv, 1, 1, t).long()
+        mant = tr[p + "q_mant"].view(b, hkv, rep, t, 1).long() * tr[p + "k_mant"].view(b, hkv, 1, 1, t).long()
+        scores = C.requantize_reference(tr[p + "scores_acc"], w8a8.score_mult, e, mantissa=mant)
+        assert torch.equal(scores, tr[p + "scores"])
+        ev = tr[p + "v_exp"].view(b, hkv, 1, 1, t).long()
+        mv = tr[p + "v_mant"].view(b, hkv, 1, 1, t).long()
+        e_ref = torch.cummax(tr[p + "v_exp"].view(b, hkv, t).long(), -1).values.reshape(b, hkv, 1, t, 1)
+        p_sh = C.round_shift(tr[p + "probs"].long() * mv, (8 + e_ref - ev).clamp(min=8))
+        assert torch.equal(p_sh, tr[p + "probs_shifted"])
+        v = tr[p + "v_q"].unsqueeze(2).transpose(-1, -2).long()
+        assert torch.equal(C.wrap_int32(p_sh @ v.transpose(-1, -2)), tr[p + "pv_acc"])
