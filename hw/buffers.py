@@ -81,4 +81,5 @@ class BufferBank(wiring.Component):
 
 @register_unit("buffer_bank")
 def _buffer_bank_unit(kib: int = 64, data_width: int = 512, primitive: str = "uram"):
+    """One on-chip buffer bank of ``kib`` KiB, ``data_width`` bits wide, forced to URAM or BRAM."""
     return BufferBank(kib * 1024, data_width, primitive), "olivine_buffer_bank"

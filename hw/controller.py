@@ -423,5 +423,6 @@ def reference_schedule(program: list[isa.Instruction], queue_depth: int | None =
 @register_unit("controller")
 def _controller_unit(data_width: int = 512, queue_depth: int = 8, token_bits: int = 8,
                      offset_bits: int = DEFAULT_OFFSET_BITS):
+    """The core controller: program fetch (AXI4 read), decoder, unit queues, token counters, watchdog."""
     return Controller(data_width=data_width, queue_depth=queue_depth, token_bits=token_bits,
                       offset_bits=offset_bits), "olivine_controller"

@@ -170,4 +170,5 @@ class InstructionDecoder(wiring.Component):
 
 @register_unit("decoder")
 def _decoder_unit(offset_bits: int = DEFAULT_OFFSET_BITS):
+    """The instruction decoder generated from hw/isa.py's format table (1 word per cycle)."""
     return InstructionDecoder(offset_bits), "olivine_decoder"

@@ -373,11 +373,13 @@ class StoreEngine(wiring.Component):
 
 @register_unit("load_engine")
 def _load_engine_unit(data_width: int = 512, max_outstanding: int = 4, buffer_bytes: int = 1 << 20):
+    """The LD engine: AXI4 read master with the three-level strided loops, realignment and zero-fill."""
     return LoadEngine(data_width=data_width, max_outstanding=max_outstanding,
                       buffer_bytes=buffer_bytes), "olivine_load_engine"
 
 
 @register_unit("store_engine")
 def _store_engine_unit(data_width: int = 512, max_outstanding: int = 4, buffer_bytes: int = 1 << 20):
+    """The ST engine: AXI4 write master with byte strobes, strided bursts split at 256 beats / 4 KiB."""
     return StoreEngine(data_width=data_width, max_outstanding=max_outstanding,
                        buffer_bytes=buffer_bytes), "olivine_store_engine"
