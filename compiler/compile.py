@@ -387,6 +387,10 @@ def to_artifact(comp: Compiled) -> Artifact:
         "programs": {n: {"kind": p.kind, "bucket": p.bucket, "patches": p.patches, "stats": p.stats}
                      for n, p in comp.programs.items()},
         "compile_seconds": comp.compile_seconds,
+        # static activation scales calibrated at compile time (reproducible runs; docs/isa.md quant OVP4 mode)
+        "activation_scales": {n: {"act": lin.act, "alpha": lin.act_alpha, "normal": lin.act_normal,
+                                  "encoder_mult": list(lin.act_mult)}
+                              for n, lin in sp.linears.items() if lin.act == "ovp4"},
     }
     weights = {ch: bytes(b) for ch, b in comp.layout.image.items()}
     return Artifact(comp.config, {n: p.words for n, p in comp.programs.items()}, weights, meta)
@@ -406,6 +410,23 @@ def storage_report(comp: Compiled) -> dict:
             "saved_factor": naive / total if total else 0.0, "compile_seconds": comp.compile_seconds,
             "weight_bytes_per_channel": comp.layout.weight_bytes,
             "weight_image": {**comp.layout.image_parts, "total": sum(comp.layout.image_parts.values())}}
+
+
+#: calibration tokens for static activation scales: as golden/accuracy.py takes them (Tiny Shakespeare
+#: after the evaluated tokens: 4096 for glassllm-sized contexts, 1024 otherwise), so a compiled
+#: model equals the one the accuracy table measures
+CALIB_TOKENS = 256
+
+
+def calibration_tokens(loaded, n_calib: int = CALIB_TOKENS):
+    """The calibration token ids golden.accuracy uses for ``loaded`` (a golden.loaders model)."""
+    from olivine.golden.data import corpus_tokens
+
+    if loaded.tokenizer is None:
+        raise CompileError(f"{loaded.config.name}: static activations need calibration text, but the checkpoint "
+                           "has no tokenizer; choose a preset with dynamic INT8 activations (e.g. w4a8-ovp)")
+    offset = 4096 if loaded.config.max_seq_len <= 512 else 1024
+    return corpus_tokens("shakespeare", loaded.tokenizer, n_calib, offset_tokens=offset)
 
 
 def compile_main(model: str = "glassllm", board: str = "u280", weights: str | None = None,
@@ -434,7 +455,8 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
                              sparsity if sparsity is not None else qcfg.default.sparsity)
         qcfg = QuantConfig(default, dict(qcfg.overrides), name=f"{preset}+{weights or ''}{sparsity or ''}")
     loaded = load_model(model)
-    q = quantize_model(loaded.config, loaded.weights, qcfg)
+    calib = calibration_tokens(loaded) if qcfg.needs_calibration() else None
+    q = quantize_model(loaded.config, loaded.weights, qcfg, calib)
     spec = spec_from_qllama(q, source=str(model))
     config = for_board(board)
     comp = compile_model(spec, config, max_context=max_context, max_prompt=max_prompt)

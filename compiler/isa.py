@@ -137,6 +137,7 @@ FORMATS: tuple[Format, ...] = (
         F("out", 0, 18, 2, OUT_FORMATS, "output: raw INT32, requantized fixed32, or INT8"),
         F("mode", 0, 20, 2, MPE_MODES, "operands: linear (weights), qk (Q.K^T from the data space), pv (P'.V)"),
         F("normal", 0, 22, 1, OVP_NORMALS, "OVP normal type of ovp4 weights"),
+        F("anormal", 0, 23, 1, OVP_NORMALS, "OVP normal type of ovp4 activations"),
         F("k_blocks", 1, 0, 12, "count", "reduction length in blocks of 16"),
         F("m", 1, 12, 12, "count", "rows (tokens); MV requires 1"),
         F("n", 2, 0, 16, "count", "output columns"),

@@ -341,3 +341,87 @@ def test_glassllm_sparse_ovp_4_16_bit_exact():
     rep = check_against_golden("glassllm", "w4a8-ovp-4:16", prompt="The king said",
                                max_new_tokens=8 if REDUCED else 32)
     assert rep["tokens_equal"] and rep["logits_equal"], rep
+
+
+# ---- W4A4: the SFU's OVP4 activation encoder and the OVP array's MM (afmt=ovp4) ------------------
+
+def _ovp_record(s, addr, spec):
+    rec = np.zeros(4, dtype=np.int64)
+    rec[:2] = spec.act_mult
+    s.data[addr:addr + 16] = (rec & 0xFFFFFFFF).astype(np.uint32).view(np.uint8)
+
+
+@pytest.mark.parametrize("act_normal,seed", [("int4", 11), ("flint4", 12), (None, 13)])
+def test_ovp4_quant_then_w4a4_linear_equals_golden_qlinear(act_normal, seed):
+    """quant (OVP4 mode) -> MM afmt=ovp4 wfmt=ovp4 on random inputs with outliers equals golden's W4A4 QLinear;
+    the codes equal golden.ovp.encode of contract.quantize_act_ovp4's grid values."""
+    from olivine.golden import ovp
+
+    g = torch.Generator().manual_seed(seed)
+    n, k, m = 48, 64, 6
+    w = torch.randn(n, k, generator=g) * 0.05
+    xf = torch.randn(m, k, generator=g, dtype=torch.float64) * 2.0
+    xf[torch.rand(m, k, generator=g) < 0.05] *= 20.0  # outliers, some in the same pair
+    x = fixed.to_fixed(xf, 16)
+    if act_normal is None:  # calibrated: golden's alpha search and auto type choice
+        lin = contract.compile_linear(w, weights="ovp4", acts="ovp4", calib=xf.float(), name="t")
+    else:
+        lin = contract.compile_linear(w, weights="ovp4", acts="ovp4", act_alpha=float(xf.abs().max()) / 3,
+                                      act_normal=act_normal, name="t")
+    spec = _linear_from_qlinear("t", lin, n, k)
+    assert spec.act == "ovp4" and spec.act_normal == lin.act_normal
+    s = sim()
+    put_i32(s, 0, x)
+    _ovp_record(s, 3072, spec)
+    s.buffers["weight"][:spec.rows.size] = spec.rows.reshape(-1)
+    s.buffers["bias"][32:32 + 16 * n] = spec.requant_table().view(np.uint8).reshape(-1)
+    flint = 1 << 18 if spec.act_normal == "flint4" else 0
+    run(s, f"MISC op=quant src0=0 src1=3072 dst=4096 rows={m} cols={k} imm={(1 << 17) | flint} release=mpe\n"
+           f"MM wait=sfu wfmt=ovp4 afmt=ovp4 normal={spec.normal} anormal={spec.act_normal} mode=linear out=fixed32 "
+           f"k_blocks={k // 16} m={m} n={n} a_addr=4096 b_addr=0 out_addr=8192 bias_addr=2")
+    qa = contract.quantize_act_ovp4(x, 16, lin.act_alpha, lin.act_normal)
+    codes = torch.from_numpy(s.data[4096:4096 + m * k // 2].copy()).reshape(m, k // 2)
+    assert torch.equal(codes, ovp.encode(qa.values, lin.act_normal))
+    assert (qa.values.abs() > 7).any(), "the test should exercise outliers and victims"
+    assert torch.equal(s.i32(8192, m, n), lin(x))
+
+
+@pytest.mark.parametrize("normal", ["int4", "flint4"])
+def test_w4a4_mm_extremes_and_accumulate_wrap_like_int_matmul(normal):
+    """Largest OVP grid values on both operands over the longest K (an outlier's victim is 0, so a pair adds
+    at most 192**2 and the sum stays inside int32) and accumulate=1 onto partial sums near INT32_MAX: the
+    accumulator equals contract.int_matmul and wraps like it."""
+    from olivine.golden import ovp
+    from olivine.golden.ovp_format import get_format
+
+    g = torch.Generator().manual_seed(5)
+    kb, n, m = 4095, 16, 2
+    k = 16 * kb
+    top = max(get_format(normal).union_grid)
+    fmt = get_format(normal)
+    a = torch.zeros(m, k, dtype=torch.int64)
+    a[0, 0::2] = top
+    a[1, 1::2] = -top
+    wv = torch.zeros(n, k, dtype=torch.int64)
+    wv[0, 0::2] = top
+    wv[1, 1::2] = top
+    normals = torch.tensor([v for v in fmt.union_grid if abs(v) <= fmt.normal_max])
+    wv[2:] = normals[torch.randint(len(normals), (n - 2, k), generator=g)]
+    s = FuncSim(CFG, [1 << 16])
+    s.data[:m * k // 2] = ovp.encode(a, normal).numpy().reshape(-1)
+    s.buffers["weight"][:n * k // 2] = ovp.encode(wv, normal).numpy().reshape(-1)
+    out = m * k // 2 + 16
+    partial = torch.full((m, n), contract.INT32_MAX - 5, dtype=torch.int32)
+    put_i32(s, out, partial)
+    run(s, f"MM wfmt=ovp4 normal={normal} afmt=ovp4 anormal={normal} out=int32 accumulate=1 k_blocks={kb} m={m} "
+           f"n={n} a_addr=0 b_addr=0 out_addr={out}")
+    acc = contract.int_matmul(a, wv)
+    assert int(acc[0, 0]) == k // 2 * top * top and int(acc[1, 1]) == -(k // 2) * top * top
+    assert torch.equal(s.i32(out, m, n), contract.wrap_int32(acc.to(torch.int64) + partial.to(torch.int64)))
+
+
+def test_glassllm_w4a4_prefill_and_32_decode_tokens_bit_exact():
+    rep = check_against_golden("glassllm", "w4a4-ovp", prompt="Once upon a time", max_new_tokens=32)
+    assert rep["tokens_equal"] and rep["logits_equal"], (rep["max_logit_diff"], rep["tokens"], rep["golden_tokens"])
+    assert len(rep["tokens"]) == 32
+    assert rep["stats"].by_mnemonic.get("MM", 0) + rep["stats"].by_mnemonic.get("MV", 0) > 0
