@@ -1017,7 +1017,7 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
             "max_logit_diff": max(diffs) if diffs else 0, "sim_tokens_per_s": len(toks) / sim_s if sim_s else 0.0,
             "compile_seconds": compile_s, "tokens": toks, "golden_tokens": g_toks,
             "text": loaded.tokenizer.decode(toks) if loaded.tokenizer is not None else None,
-            "stats": rt.sim.stats}
+            "stats": rt.sim.stats, "activation_scales": rt.meta.get("activation_scales", {})}
 
 
 def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str = "isa") -> int:

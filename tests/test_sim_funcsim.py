@@ -420,8 +420,20 @@ def test_w4a4_mm_extremes_and_accumulate_wrap_like_int_matmul(normal):
     assert torch.equal(s.i32(out, m, n), contract.wrap_int32(acc.to(torch.int64) + partial.to(torch.int64)))
 
 
+@pytest.mark.slow
 def test_glassllm_w4a4_prefill_and_32_decode_tokens_bit_exact():
-    rep = check_against_golden("glassllm", "w4a4-ovp", prompt="Once upon a time", max_new_tokens=32)
+    """glassllm W4A4 (OVP4 weights x OVP4 activations, calibrated static alphas): compiled, run on the
+    functional simulator, tokens and int32 logits identical to golden's quantized model (about 90 s;
+    8 tokens under OLIVINE_REDUCED=1; the fuzz suite runs the compiled W4A4 programs in every run)."""
+    from tests.helpers import REDUCED
+
+    n_new = 8 if REDUCED else 32
+    rep = check_against_golden("glassllm", "w4a4-ovp", prompt="Once upon a time", max_new_tokens=n_new)
     assert rep["tokens_equal"] and rep["logits_equal"], (rep["max_logit_diff"], rep["tokens"], rep["golden_tokens"])
-    assert len(rep["tokens"]) == 32
-    assert rep["stats"].by_mnemonic.get("MM", 0) + rep["stats"].by_mnemonic.get("MV", 0) > 0
+    assert len(rep["tokens"]) == n_new and rep["max_logit_diff"] == 0
+    scales = rep["activation_scales"]  # recorded in the artifact: every decoder linear, lm_head stays W8A8
+    from olivine.golden.loaders import load_model
+
+    n_layers = load_model("glassllm").config.n_layers
+    assert len(scales) == 7 * n_layers and "lm_head" not in scales
+    assert all(v["alpha"] > 0 and v["normal"] in ("int4", "flint4") for v in scales.values())

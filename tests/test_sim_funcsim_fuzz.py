@@ -81,6 +81,9 @@ def random_instruction(rng: random.Random) -> isa.Instruction:
     if fmt.mnemonic == "MISC" and rng.random() < 0.8:  # the parameter fields the op uses
         op = isa.MISC_OPS[vals["op"]]
         vals["mask"] = int(op == "softmax" and rng.random() < 0.7)
+        if op == "quant" and rng.random() < 0.5:  # the OVP4 encoder: a record at src1, pairs along rows
+            vals.update(imm=rng.choice([OVP4, OVP4 | FLINT4]), src1=rng.randrange(0, 8192, 16),
+                        cols=rng.choice([2, 16, 32, 64]))
         if op in ("silu", "copy", "softmax", "dequant") or (op == "quant" and not vals["imm"] & OVP4):
             vals["src1"] = 0
         if op in ("add", "mul", "silu", "swiglu", "copy", "rmsnorm") or (op == "softmax" and not vals["mask"]):
