@@ -437,3 +437,18 @@ def test_glassllm_w4a4_prefill_and_32_decode_tokens_bit_exact():
     n_layers = load_model("glassllm").config.n_layers
     assert len(scales) == 7 * n_layers and "lm_head" not in scales
     assert all(v["alpha"] > 0 and v["normal"] in ("int4", "flint4") for v in scales.values())
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_smollm2_w4a4_bit_exact():
+    """SmolLM2-135M W4A4 (calibrated OVP4 activations on every decoder linear) on the functional simulator
+    equals golden on a short prompt (quantization with the alpha searches dominates the run time)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from tests.helpers import REDUCED
+
+    rep = check_against_golden("smollm2", "w4a4-ovp", prompt="The capital of France is",
+                               max_new_tokens=4 if REDUCED else 8)
+    assert rep["tokens_equal"] and rep["logits_equal"], (rep["max_logit_diff"], rep["tokens"], rep["golden_tokens"])
+    assert len(rep["activation_scales"]) == 7 * 30
