@@ -452,3 +452,33 @@ def test_smollm2_w4a4_bit_exact():
                                max_new_tokens=4 if REDUCED else 8)
     assert rep["tokens_equal"] and rep["logits_equal"], (rep["max_logit_diff"], rep["tokens"], rep["golden_tokens"])
     assert len(rep["activation_scales"]) == 7 * 30
+
+
+@pytest.mark.models
+def test_smollm2_two_layers_w4a4_bit_exact():
+    """SmolLM2-135M's first two decoder layers (its real shapes: dim 576, FFN 1536, 9 query / 3 KV heads,
+    vocabulary 49152) at W4A4 with calibrated OVP4 activations: the functional simulator equals golden
+    token for token and in every int32 logit (the full 30-layer form is test_smollm2_w4a4_bit_exact)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    import dataclasses
+
+    from olivine.compiler.compile import calibration_tokens, compile_model
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+    from olivine.sim.funcsim import Runtime, golden_generate
+
+    full = load_model("smollm2")
+    cfg = dataclasses.replace(full.config, n_layers=2, name="smollm2-2layers")
+    weights = dataclasses.replace(full.weights, layers=full.weights.layers[:2])
+    q = quantize_model(cfg, weights, "w4a4-ovp", calibration_tokens(full))
+    comp = compile_model(spec_from_qllama(q, "smollm2-2layers"), CFG, max_context=32, max_prompt=16,
+                         prefill_step=16, decode_step=16)
+    rt = Runtime.from_compiled(comp)
+    ids = full.tokenizer.encode("The capital of France is")
+    toks, logits = rt.generate(ids, 6)
+    g_toks, g_logits = golden_generate(q, ids, 6)
+    assert toks == g_toks
+    assert all(torch.equal(a, b) for a, b in zip(logits, g_logits)) and len(logits) == len(g_logits)
+    assert len(rt.meta["activation_scales"]) == 14
