@@ -34,6 +34,9 @@ MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "
             "quant", "dequant", "copy", "argmax", "vshift")
 MPE_MODES = ("linear", "qk", "pv")
 OVP_NORMALS = ("int4", "flint4")
+#: MISC quant ``imm`` bits above the head-block count imm[15:0] (docs/isa.md "MISC"): power-of-two INT8
+#: scale, OVP4 mode (the static OVP activation encoder, parameter record at src1), its flint4 normal type
+QUANT_POW2, QUANT_OVP4, QUANT_FLINT4 = 1 << 16, 1 << 17, 1 << 18
 SYS_OPS = ("barrier", "end")
 
 

@@ -27,8 +27,6 @@ from . import isa
 from .layout import ALIGN, BIAS_RESERVED, ENTRY, Layout, align
 from .spec import CompileError, ModelSpec, pad16
 
-#: MISC quant imm bits of the OVP4 activation encoder (docs/isa.md "MISC")
-QUANT_OVP4, QUANT_FLINT4 = 1 << 17, 1 << 18
 UNIT_INDEX = {u: i for i, u in enumerate(isa.UNITS)}
 GRAIN = 64  # bytes per dependency-tracking cell
 
@@ -98,6 +96,11 @@ class Allocator:
 def qblock_bytes(rows: int, cols: int) -> int:
     """INT8 codes [rows, cols], then one int8 exponent per row, then one uint16 mantissa per row."""
     return rows * cols + 3 * rows
+
+
+def _act_rule(lin) -> tuple:
+    """What determines a linear's quantized input: the activation kind and, for static OVP4, its encoder."""
+    return (lin.act, lin.act_mult, lin.act_normal) if lin.act == "ovp4" else (lin.act,)
 
 
 class Lowering:
@@ -187,22 +190,21 @@ class Lowering:
         """Quantize the input of linear ``name`` with its activation rule (OVP4: the static encoder, its
         parameter record loaded from HBM into one of two slots)."""
         lin = self.spec.linears[name]
-        self.last_quant = (lin.act, lin.act_mult, lin.act_normal) if lin.act == "ovp4" else (lin.act,)
+        self.last_quant = _act_rule(lin)
         if lin.act != "ovp4":
             return self.quant(src, rows, cols, dst, pow2=lin.act == "int8-pow2")
         slot = self.act_slots[self.act_count % 2]
         self.act_count += 1
         ch, addr = self.layout.act_at[name]
         self.ld("act", slot, ch, addr, 16, "data", tag=f"{name}.act")
-        imm = QUANT_OVP4 | (QUANT_FLINT4 if lin.act_normal == "flint4" else 0)
+        imm = isa.QUANT_OVP4 | (isa.QUANT_FLINT4 if lin.act_normal == "flint4" else 0)
         self.misc("quant", src, 4 * rows * cols, dst, rows * cols // 2, rows, cols, src1=slot, src1_len=16, imm=imm)
         return rows * cols // 2
 
     def quant_shared(self, name, src, rows, cols, dst):
         """Linears reading the same input (wq/wk/wv, w_gate/w_up) share its quantization unless their
         static activation parameters differ (each OVP4 linear has its own calibrated alpha)."""
-        lin = self.spec.linears[name]
-        if self.last_quant != ((lin.act, lin.act_mult, lin.act_normal) if lin.act == "ovp4" else (lin.act,)):
+        if self.last_quant != _act_rule(self.spec.linears[name]):
             self.quant_for(name, src, rows, cols, dst)
 
     # ---- one forward over R rows (a prefill chunk or a decode step) --------------------------

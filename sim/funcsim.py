@@ -216,7 +216,7 @@ def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarr
 
 
 #: quant imm bits: [16] power-of-two INT8 scale, [17] OVP4 mode, [18] OVP4 normal type flint4
-QUANT_POW2, QUANT_OVP4, QUANT_FLINT4 = 1 << 16, 1 << 17, 1 << 18
+QUANT_POW2, QUANT_OVP4, QUANT_FLINT4 = isa.QUANT_POW2, isa.QUANT_OVP4, isa.QUANT_FLINT4
 #: bytes of the OVP4 quantization parameter record at src1 (uint32 multiplier, int32 shift, 8 reserved)
 OVP_QUANT_RECORD = 16
 
@@ -753,7 +753,7 @@ class FuncSim:
             x = self.i32(s0, rows, cols).numpy()
             groups = max(1, imm & 0xFFFF)
             out = self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
-            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm >> 16 & 1))
+            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm & QUANT_POW2))
             t = rows // groups
             blk = -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else 0
             n = t * cols
