@@ -53,7 +53,11 @@ def _artifact(args, folder: Path):
     loaded = load_model(args.model)
     ids = loaded.tokenizer.encode(args.prompt) if loaded.tokenizer is not None else [1, 2, 3]
     if not (folder / "manifest.json").is_file():
-        q = quantize_model(loaded.config, loaded.weights, args.preset)
+        from olivine.compiler.compile import calibration_tokens
+        from olivine.golden.qconfig import QuantConfig
+
+        calib = calibration_tokens(loaded) if QuantConfig.preset(args.preset).needs_calibration() else None
+        q = quantize_model(loaded.config, loaded.weights, args.preset, calib)
         ctx = min(loaded.config.max_seq_len, -(-(len(ids) + args.tokens) // 16) * 16)
         comp = compile_model(spec_from_qllama(q, args.model), for_board("u280"), max_context=ctx,
                              max_prompt=min(ctx, -(-len(ids) // 128) * 128), prefill_step=128, decode_step=16)

@@ -511,6 +511,10 @@ def to_artifact(comp: Compiled) -> Artifact:
         "programs": {n: {"kind": p.kind, "bucket": p.bucket, "patches": p.patches, "stats": p.stats}
                      for n, p in comp.programs.items()},
         "compile_seconds": comp.compile_seconds,
+        # static activation scales calibrated at compile time (reproducible runs; docs/isa.md quant OVP4 mode)
+        "activation_scales": {n: {"act": lin.act, "alpha": lin.act_alpha, "normal": lin.act_normal,
+                                  "encoder_mult": list(lin.act_mult)}
+                              for n, lin in sp.linears.items() if lin.act == "ovp4"},
     }
     weights = {ch: bytes(b) for ch, b in comp.layout.image.items()}
     return Artifact(comp.config, {n: p.words for n, p in comp.programs.items()}, weights, meta)
@@ -530,6 +534,23 @@ def storage_report(comp: Compiled) -> dict:
             "saved_factor": naive / total if total else 0.0, "compile_seconds": comp.compile_seconds,
             "weight_bytes_per_channel": comp.layout.weight_bytes,
             "weight_image": {**comp.layout.image_parts, "total": sum(comp.layout.image_parts.values())}}
+
+
+#: calibration tokens for static activation scales: as golden/accuracy.py takes them (Tiny Shakespeare
+#: after the evaluated tokens: 4096 for glassllm-sized contexts, 1024 otherwise), so a compiled
+#: model equals the one the accuracy table measures
+CALIB_TOKENS = 256
+
+
+def calibration_tokens(loaded, n_calib: int = CALIB_TOKENS):
+    """The calibration token ids golden.accuracy uses for ``loaded`` (a golden.loaders model)."""
+    from olivine.golden.data import corpus_tokens
+
+    if loaded.tokenizer is None:
+        raise CompileError(f"{loaded.config.name}: static activations need calibration text, but the checkpoint "
+                           "has no tokenizer; choose a preset with dynamic INT8 activations (e.g. w4a8-ovp)")
+    offset = 4096 if loaded.config.max_seq_len <= 512 else 1024
+    return corpus_tokens("shakespeare", loaded.tokenizer, n_calib, offset_tokens=offset)
 
 
 def _validate_quant(preset: str | None, weights: str | None, sparsity):
@@ -566,9 +587,12 @@ def _check_quant_compilable(qcfg, config) -> None:
         if lq.weights == "fp32" or lq.acts == "fp32":
             raise CompileError(f"{name}: preset {qcfg.name!r} keeps it in float (fp32), which has no integer form; "
                                "choose an integer preset")
-        if lq.acts not in ("int8", "int8-pow2"):
+        if lq.acts == "ovp4" and (lq.weights != "ovp4" or lq.sparsity is not None):
+            raise CompileError(f"{name}: OVP4 activations (preset {qcfg.name!r}) run on the OVP array with dense "
+                               "OVP4 weights only; use INT8 activations for this layer")
+        if lq.acts not in ("int8", "int8-pow2", "ovp4"):
             raise CompileError(f"{name}: activations {lq.acts!r} (preset {qcfg.name!r}) are not supported by the "
-                               "compiler yet (only per-token dynamic INT8); use a w*a8 preset")
+                               "compiler yet (per-token dynamic INT8 or static OVP4); use a w*a8 or w4a4-ovp preset")
 
 
 def compile_main(model: str = "glassllm", board: str | None = None, weights: str | None = None,
@@ -608,7 +632,8 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         print(f"olivine compile: {note}", file=sys.stderr)
     # ---- the slow part
     loaded = load_model(model)
-    q = quantize_cached(loaded, qcfg)  # golden's quantize_model, kept on disk between runs
+    calib = calibration_tokens(loaded) if qcfg.needs_calibration() else None
+    q = quantize_cached(loaded, qcfg, calib)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
     comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
     art = to_artifact(comp)

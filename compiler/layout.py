@@ -88,6 +88,8 @@ class Layout:
     meta_half: int = 0
     image_parts: dict = field(default_factory=dict)  # bytes of weight values / meta / requant entries
     image: dict[int, bytearray] | None = field(default=None, repr=False)
+    # OVP4-activation linears: name -> (channel, addr) of the SFU encoder's 16-byte parameter record
+    act_at: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def kv_slot(self, layer: int, g: int, n_kv: int) -> tuple[int, int]:
         s = layer * n_kv + g
@@ -143,6 +145,7 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
     const_at = (0, put(0, const, const.size))
     tiles: dict[str, list[Tile]] = {}
     gamma_at = {}
+    act_at: dict[str, tuple[int, int]] = {}
     em, es = spec.eps_mult
     order = []
     for i in range(c.n_layers):
@@ -168,6 +171,14 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
             gamma_at[name] = (ch, put(ch, data, 4 * c.dim + 16))
             continue
         lin = spec.linears[name]
+        if lin.act == "ovp4":  # the quant op's parameter record: uint32 mult, int32 shift, 8 reserved bytes
+            ch = least_loaded()
+            rec = None
+            if image is not None:
+                rec = np.zeros(4, dtype=np.int64)
+                rec[:2] = lin.act_mult
+                rec = (rec & 0xFFFFFFFF).astype(np.uint32)
+            act_at[name] = (ch, put(ch, rec, 16))
         rows = tile_rows(config, lin.row_bytes, lin.n, cap, lin.meta_row_bytes())
         tl = []
         table = lin.requant_table() if image is not None else None
@@ -223,4 +234,4 @@ def plan_layout(spec: ModelSpec, config: AcceleratorConfig, kv_capacity: int, ma
     return Layout(C, tiles, gamma_at, const_at, weight_bytes, embed_base, rec, kv_base, kv_region, kv_capacity, parts,
                   io_base, channel_bytes, config.buffers.weight_kib * 1024 // 2,
                   config.buffers.bias_kib * 1024 // ENTRY // 2, meta_half=config.buffers.meta_kib * 1024 // 2,
-                  image_parts=image_parts, image=image)
+                  image_parts=image_parts, image=image, act_at=act_at)

@@ -98,6 +98,11 @@ def qblock_bytes(rows: int, cols: int) -> int:
     return rows * cols + 3 * rows
 
 
+def _act_rule(lin) -> tuple:
+    """What determines a linear's quantized input: the activation kind and, for static OVP4, its encoder."""
+    return (lin.act, lin.act_mult, lin.act_normal) if lin.act == "ovp4" else (lin.act,)
+
+
 class Lowering:
     """Emits the operations of prefill chunks and decode steps for one model and configuration."""
 
@@ -111,6 +116,8 @@ class Lowering:
         self.ops: list[Op] = []
         self.tile_count = 0
         self.gamma_count = 0
+        self.act_count = 0
+        self.last_quant = None
 
     # ---- primitive emitters ------------------------------------------------------------------
     def op(self, mn, reads=(), writes=(), patches=(), tag="", **fields) -> Op:
@@ -142,7 +149,9 @@ class Lowering:
         mn = "MV" if m == 1 else "MM"
         half_w = self.layout.weight_half
         half_b = self.layout.bias_half_entries
-        a_len = qblock_bytes(m, lin.k)
+        ovp_act = lin.act == "ovp4"
+        a_len = m * lin.k // 2 if ovp_act else qblock_bytes(m, lin.k)
+        afmt = {"afmt": "ovp4", "anormal": lin.act_normal} if ovp_act else {}
         for t in self.layout.tiles[name]:
             slot = self.tile_count % 2
             self.tile_count += 1
@@ -162,7 +171,7 @@ class Lowering:
             self.op(mn, reads, [("data", out_a, out_a + 4 * ((m - 1) * ldo + t.n))], (), name,
                     mode="linear", wfmt=lin.wfmt, normal=lin.normal if lin.wfmt == "ovp4" else "int4",
                     out="fixed32", k_blocks=lin.k // 16, m=m, n=t.n, ldo=ldo, a_addr=a, b_addr=wbuf,
-                    out_addr=out_a, bias_addr=bent, **sparse)
+                    out_addr=out_a, bias_addr=bent, **sparse, **afmt)
 
     def rmsnorm(self, name, x, rows, dst):
         d = self.c.dim
@@ -178,8 +187,25 @@ class Lowering:
         return blk
 
     def quant_for(self, name, src, rows, cols, dst):
-        """Quantize the input of linear ``name`` with its activation rule."""
-        return self.quant(src, rows, cols, dst, pow2=self.spec.linears[name].act == "int8-pow2")
+        """Quantize the input of linear ``name`` with its activation rule (OVP4: the static encoder, its
+        parameter record loaded from HBM into one of two slots)."""
+        lin = self.spec.linears[name]
+        self.last_quant = _act_rule(lin)
+        if lin.act != "ovp4":
+            return self.quant(src, rows, cols, dst, pow2=lin.act == "int8-pow2")
+        slot = self.act_slots[self.act_count % 2]
+        self.act_count += 1
+        ch, addr = self.layout.act_at[name]
+        self.ld("act", slot, ch, addr, 16, "data", tag=f"{name}.act")
+        imm = isa.QUANT_OVP4 | (isa.QUANT_FLINT4 if lin.act_normal == "flint4" else 0)
+        self.misc("quant", src, 4 * rows * cols, dst, rows * cols // 2, rows, cols, src1=slot, src1_len=16, imm=imm)
+        return rows * cols // 2
+
+    def quant_shared(self, name, src, rows, cols, dst):
+        """Linears reading the same input (wq/wk/wv, w_gate/w_up) share its quantization unless their
+        static activation parameters differ (each OVP4 linear has its own calibrated alpha)."""
+        if self.last_quant != _act_rule(self.spec.linears[name]):
+            self.quant_for(name, src, rows, cols, dst)
 
     # ---- one forward over R rows (a prefill chunk or a decode step) --------------------------
     def forward(self, R: int, S: int, S_alloc: int, pos0: int | None, tok_base: int, decode: bool,
@@ -237,7 +263,9 @@ class Lowering:
             self.rmsnorm(pre + "attn_norm", x, R, h)
             self.quant_for(pre + "wq", h, R, d, hq)
             self.linear(pre + "wq", hq, R, q, Hq * hd)
+            self.quant_shared(pre + "wk", h, R, d, hq)
             self.linear(pre + "wk", hq, R, k, Hkv * hd)
+            self.quant_shared(pre + "wv", h, R, d, hq)
             self.linear(pre + "wv", hq, R, v, Hkv * hd)
             for src, heads in ((q, Hq), (k, Hkv)):
                 self.misc("rope", src, 4 * R * heads * hd, src, 4 * R * heads * hd, R * heads, hd,
@@ -295,6 +323,7 @@ class Lowering:
             self.rmsnorm(pre + "ffn_norm", x, R, h)
             self.quant_for(pre + "w_gate", h, R, d, hq)
             self.linear(pre + "w_gate", hq, R, g, Fp)
+            self.quant_shared(pre + "w_up", h, R, d, hq)
             self.linear(pre + "w_up", hq, R, u, Fp)
             self.misc("swiglu", g, 4 * R * Fp, g, 4 * R * Fp, R, Fp, src1=u, src1_len=4 * R * Fp)
             self.quant_for(pre + "w_down", g, R, Fp, hq)
@@ -307,6 +336,7 @@ class Lowering:
         A = Allocator("data", self.data_size)
         self.rope_rec = A.alloc(ROPE_RECORD + 2 * ENTRY, "constants")
         self.gamma_slots = [A.alloc(4 * c.dim + 16, "gamma"), A.alloc(4 * c.dim + 16, "gamma")]
+        self.act_slots = [A.alloc(16, "OVP4 quant parameters"), A.alloc(16, "OVP4 quant parameters")]
         self.x_addr = A.alloc(4 * R * c.dim, "residual")
         self.final_row = A.alloc(4 * c.dim, "final row")
         self.scratch_row = A.alloc(4 * c.dim, "scratch row")

@@ -102,7 +102,12 @@ class LinearSpec:
     rows: np.ndarray | None = None  # uint8 [n, row_bytes] weight bytes (None: shape-only)
     mult: np.ndarray | None = None  # int64 [n]
     shift: np.ndarray | None = None  # int64 [n]
-    act: str = "int8"  # int8 (per-token mantissa + exponent scale) | int8-pow2 (exponent only)
+    act: str = "int8"  # int8 (per-token mantissa + exponent scale) | int8-pow2 (exponent only) | ovp4 (static)
+    # ovp4 activations (static per-tensor, calibrated): alpha and normal type from golden's calibration and the
+    # SFU encoder's multiplier M = quantize_multiplier(2**(G - 16) / (alpha / normal_max)) (docs/isa.md quant)
+    act_alpha: float | None = None
+    act_normal: str = "int4"
+    act_mult: tuple[int, int] | None = None
     # N:16 block sparsity (docs/isa.md "Semantics"): block_n uint8 [n/16, k/16]; values = the kept values'
     # bytes in canonical order (int8 / packed int4 / OVP pair codes); indices = the packed 4-bit in-group
     # index stream of the sparse blocks (golden.sparsity.SparseWeight.packed_indices)
@@ -248,9 +253,17 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int, rows=None, cols
 
     if lin.weight is None or lin.act == "fp32" or lin.mult is None:
         raise UnsupportedModelError(f"{name}: float (fp32) layers have no integer form; choose an integer preset")
-    if lin.act not in ("int8", "int8-pow2"):
+    if lin.act not in ("int8", "int8-pow2", "ovp4"):
         raise UnsupportedModelError(f"{name}: activations {lin.act!r} are not supported by the compiler yet "
-                                    "(only per-token dynamic INT8); use a w*a8 preset")
+                                    "(per-token dynamic INT8 or static OVP4); use a w*a8 or w4a4-ovp preset")
+    if lin.act == "ovp4" and (lin.weight.kind != "ovp4" or lin.weight.block_n is not None):
+        raise UnsupportedModelError(f"{name}: OVP4 activations run on the OVP array with dense OVP4 weights only, "
+                                    f"not {'sparse ' if lin.weight.block_n is not None else ''}{lin.weight.kind} "
+                                    "weights; use INT8 activations for this layer")
+    if lin.act == "ovp4" and cols is not None:
+        raise UnsupportedModelError(f"{name}: OVP4 activations with a head_dim that is not a multiple of 16 are not "
+                                    "supported (the zero padding inside each head would shift the outlier-victim "
+                                    "pairs); use INT8 activations (a w*a8 preset) for this model")
     if getattr(lin, "bias_q", None) is not None or getattr(lin, "bias_int", None) is not None:
         raise UnsupportedModelError(f"{name}: a bias in a linear is not supported (LLaMA linears have none)")
     w = lin.weight
@@ -273,8 +286,24 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int, rows=None, cols
     else:
         raise UnsupportedModelError(f"{name}: weight kind {w.kind!r} unsupported")
     mult, shift = _multipliers(lin, n_pad, rows)
-    return LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows_bytes,
+    spec = LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows_bytes,
                       mult.numpy(), shift.numpy(), lin.act)
+    if lin.act == "ovp4":
+        _ovp_activation(spec, lin)
+    return spec
+
+
+def _ovp_activation(spec: LinearSpec, lin) -> None:
+    """The OVP4 encoder's parameters of a static-activation linear, folded as golden.contract does."""
+    from olivine.golden import contract
+    from olivine.golden.ovp_format import get_format
+
+    if lin.act_alpha is None or lin.act_normal not in ("int4", "flint4"):
+        raise CompileError(f"{spec.name}: OVP4 activations without a calibrated alpha / normal type")
+    scale = float(lin.act_alpha) / get_format(lin.act_normal).normal_max
+    m = contract.quantize_multiplier(2.0 ** (contract.OVP_ACT_GUARD_BITS - lin.in_frac) / scale)
+    spec.act_alpha, spec.act_normal = float(lin.act_alpha), lin.act_normal
+    spec.act_mult = (int(m.mult), int(m.shift))
 
 
 def _multipliers(lin, n_pad: int, rows=None):

@@ -39,6 +39,9 @@ MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "
             "quant", "dequant", "copy", "argmax", "vshift")
 MPE_MODES = ("linear", "qk", "pv")
 OVP_NORMALS = ("int4", "flint4")
+#: MISC quant ``imm`` bits above the head-block count imm[15:0] (docs/isa.md "MISC"): power-of-two INT8
+#: scale, OVP4 mode (the static OVP activation encoder, parameter record at src1), its flint4 normal type
+QUANT_POW2, QUANT_OVP4, QUANT_FLINT4 = 1 << 16, 1 << 17, 1 << 18
 SYS_OPS = ("barrier", "end")
 
 
@@ -152,6 +155,7 @@ FORMATS: tuple[Format, ...] = (
         F("out", 0, 18, 2, OUT_FORMATS, "output: raw INT32, requantized fixed32, or INT8"),
         F("mode", 0, 20, 2, MPE_MODES, "operands: linear (weights), qk (Q.K^T from the data space), pv (P'.V)"),
         F("normal", 0, 22, 1, OVP_NORMALS, "OVP normal type of ovp4 weights"),
+        F("anormal", 0, 23, 1, OVP_NORMALS, "OVP normal type of ovp4 activations"),
         F("k_blocks", 1, 0, 12, "count", "reduction length in blocks of 16"),
         F("m", 1, 12, 12, "count", "rows (tokens); MV requires 1"),
         F("n", 2, 0, 16, "count", "output columns"),

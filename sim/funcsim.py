@@ -26,6 +26,7 @@ import torch
 from olivine.hw import isa
 from olivine.compiler.asm import disassemble_one
 from olivine.golden import contract, fixed, ovp, sfu
+from olivine.golden.ovp_format import get_format
 
 __all__ = ["FuncSim", "SimError", "DeadlockError", "SimStats", "Runtime", "run_main", "check_against_golden"]
 
@@ -136,6 +137,16 @@ class DenseTile:
             return (a.to(torch.float32) @ self.f32.T).to(torch.int32)  # |acc| < 2**24: no wrap
         return contract.int_matmul(a, self.f32.to(torch.int64), w_max=self.vmax)
 
+    def matmul_grid(self, a: torch.Tensor) -> torch.Tensor:
+        """``contract.int_matmul(a, w)`` for any integer grid values ``a`` (OVP activations reach +-192,
+        beyond the int8 GEMM's operand range): float32 while every partial sum is an exact integer
+        below 2**24, else the contract's own exact path."""
+        w = self.i8.T if self.i8 is not None else self.f32
+        amax = int(a.abs().max()) if a.numel() else 0
+        if amax * self.vmax * self.k < _EXACT_F32:
+            return (a.to(torch.float32) @ w.to(torch.float32).T).to(torch.int32)
+        return contract.int_matmul(a, w.to(torch.int64), w_max=self.vmax)
+
 
 def _wrap32(x: np.ndarray) -> np.ndarray:
     """Two's complement wrap of int64 values to int32 (what an INT32 accumulator does)."""
@@ -202,6 +213,30 @@ def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarr
         q = (xi * r + (np.int64(1) << (s - 1))) >> s
     q = np.minimum(np.maximum(q, -contract.INT8_QMAX), contract.INT8_QMAX)
     return q.astype(np.int8), e.reshape(-1).astype(np.int8), m.reshape(-1).astype("<u2")
+
+
+#: quant imm bits: [16] power-of-two INT8 scale, [17] OVP4 mode, [18] OVP4 normal type flint4
+QUANT_POW2, QUANT_OVP4, QUANT_FLINT4 = isa.QUANT_POW2, isa.QUANT_OVP4, isa.QUANT_FLINT4
+#: bytes of the OVP4 quantization parameter record at src1 (uint32 multiplier, int32 shift, 8 reserved)
+OVP_QUANT_RECORD = 16
+
+
+def quantize_rows_ovp4(x: np.ndarray, mult: int, shift: int, normal: str) -> np.ndarray:
+    """The SFU's OVP4 activation encoder: int32 rows [rows, cols] -> OVP pair codes [rows, cols/2].
+
+    ``contract.quantize_act_ovp4`` from its integer multiplier M = (mult, shift) (the compiler folds
+    ``2**(G - 16) / scale`` into it exactly as golden does): t = apply_multiplier(x, M) clamped to
+    +-2**40, nearest point of the union grid by the midpoint comparators (ties up, saturating), the
+    "larger" victim rule on pairs (2k, 2k+1), then golden.ovp's pair codes (docs/isa.md).
+    """
+    fmt = get_format(normal)
+    g = contract.OVP_ACT_GUARD_BITS
+    m = contract.Multiplier(torch.tensor(mult, dtype=torch.int64), torch.tensor(shift, dtype=torch.int64))
+    t = contract.apply_multiplier(torch.from_numpy(x.astype(np.int64)), m, lo=-(1 << 40), hi=1 << 40)
+    grid = torch.tensor(fmt.union_grid, dtype=torch.int64)
+    mids = (grid[:-1] + grid[1:]) << (g - 1)
+    v = contract.apply_victims(grid[torch.bucketize(t, mids, right=True)], fmt.normal_max, "larger")
+    return ovp.encode(v, normal).numpy()
 
 
 class FuncSim:
@@ -451,8 +486,12 @@ class FuncSim:
         ldo = i["ldo"] or n
         if ldo < n:
             raise SimError(f"output pitch ldo={ldo} is smaller than the row length n={n} (rows would overlap)")
-        if i.enum("afmt") != "int8":
-            raise SimError(f"afmt={i.enum('afmt')}: only INT8 activation blocks are defined (afmt=int8)")
+        ovp_act = i.enum("afmt") == "ovp4"
+        if i.enum("anormal") != "int4" and not ovp_act:
+            raise SimError(f"anormal={i.enum('anormal')} applies to afmt=ovp4 only (must be int4 with afmt=int8)")
+        if ovp_act and (mode != "linear" or i.enum("wfmt") != "ovp4" or i["sparse"]):
+            raise SimError(f"afmt=ovp4 (the OVP array's W4A4 product) needs mode=linear, wfmt=ovp4 and sparse=0, "
+                           f"not mode={mode}, wfmt={i.enum('wfmt')}, sparse={i['sparse']}")
         if i["bias"] and i.enum("out") != "fixed32":
             raise SimError(f"bias=1 needs out=fixed32 (the bias is added to the requantized value), "
                            f"not out={i.enum('out')}")
@@ -464,7 +503,7 @@ class FuncSim:
             if i.enum("normal") != "int4" and i.enum("wfmt") != "ovp4":
                 raise SimError(f"normal={i.enum('normal')} applies to wfmt=ovp4 only "
                                f"(must be int4 with wfmt={i.enum('wfmt')})")
-            a_bytes = m * k + 3 * m
+            a_bytes = m * k // 2 if ovp_act else m * k + 3 * m
             b_region = None  # the weights live in the weight buffer
         else:
             if i["sparse"]:
@@ -499,8 +538,14 @@ class FuncSim:
         # mantissa, bias; numpy throughout (per-instruction torch calls cost more than the arithmetic)
         bias = None
         if mode == "linear":
-            a, exp, mant = self.qblock_np(v["a_addr"], m, k, "MM activations")
-            mant_parts = (mant,)
+            if v["afmt"]:  # OVP4 block: pair codes only (static per-tensor scale: exponent 0, mantissa 1)
+                codes = self._slice(self.data, v["a_addr"], m * k // 2, "MM OVP4 activations").reshape(m, k // 2)
+                a = ovp.unpack(torch.from_numpy(codes.copy()), i.enum("anormal")).numpy()
+                exp, mant = np.zeros((m, 1), dtype=np.int64), None
+                mant_parts = ()
+            else:
+                a, exp, mant = self.qblock_np(v["a_addr"], m, k, "MM activations")
+                mant_parts = (mant,)
             row = k if v["wfmt"] == 0 else k // 2
             src = self._src["weight"].get(v["b_addr"])
             msrc = self._src["meta"].get(16 * v["meta_addr"]) if v["sparse"] else None
@@ -517,7 +562,7 @@ class FuncSim:
             ent = self.entries(v["bias_addr"], n)
             if v["bias"]:
                 bias = ent[:, 0].astype(np.int64)
-            acc = tile.matmul(torch.from_numpy(a)).numpy()
+            acc = (tile.matmul_grid(torch.from_numpy(a)) if v["afmt"] else tile.matmul(torch.from_numpy(a))).numpy()
         elif mode == "qk":
             a, ea, ma = self.qblock_np(v["a_addr"], m, k, "Q block")
             b, eb, mb = self.qblock_np(v["b_addr"], n, k, "K block")
@@ -569,8 +614,10 @@ class FuncSim:
             raise SimError(f"MISC op {op!r} is reserved (not implemented by the functional simulator)")
         if i["mask"] and op != "softmax":
             raise SimError(f"mask=1 applies to op=softmax only, not to op={op}")
-        if op not in self._MISC_SRC1 and i["src1"]:
-            raise SimError(f"op={op} has no second operand: src1 must be 0, not {i['src1']}")
+        ovp_quant = op == "quant" and bool(imm & QUANT_OVP4)
+        if op not in self._MISC_SRC1 and i["src1"] and not ovp_quant:
+            raise SimError(f"op={op}{' without OVP4 mode (imm[17] = 0)' if op == 'quant' else ''} has no second "
+                           f"operand: src1 must be 0, not {i['src1']}")
         if imm and (op not in self._MISC_IMM or (op == "softmax" and not i["mask"])):
             raise SimError(f"op={op}{' with mask=0' if op == 'softmax' else ''} takes no parameter: imm must be 0, "
                            f"not {imm}")
@@ -589,8 +636,18 @@ class FuncSim:
         if op == "rmsnorm" and cols > sfu.NORM_MAX_DIM:
             raise SimError(f"rmsnorm rows of cols={cols} exceed the norm unit's {sfu.NORM_MAX_DIM} elements")
         if op == "quant":
-            if imm >> 17:
-                raise SimError(f"quant imm=0x{imm:x}: bits [31:17] are reserved and must be 0")
+            if imm >> 19:
+                raise SimError(f"quant imm=0x{imm:x}: bits [31:19] are reserved and must be 0")
+            if imm & QUANT_FLINT4 and not ovp_quant:
+                raise SimError(f"quant imm=0x{imm:x}: imm[18] (flint4 normal type) needs the OVP4 mode imm[17] = 1")
+            if ovp_quant:
+                if imm & (QUANT_POW2 | 0xFFFF):
+                    raise SimError(f"quant imm=0x{imm:x}: the OVP4 mode (imm[17]) takes no head blocks (imm[15:0] "
+                                   "= 0) and no power-of-two INT8 scale (imm[16] = 0)")
+                if cols % 2:
+                    raise SimError(f"OVP4 quant pairs elements (2k, 2k+1) along a row: cols={cols} must be even")
+                if i["src1"] % 4:
+                    raise SimError(f"OVP4 quant parameter record at unaligned address {i['src1']} (4-byte aligned)")
             groups = max(1, imm & 0xFFFF)
             if rows % groups:
                 raise SimError(f"quant into {groups} head blocks needs rows ({rows}) divisible by {groups}")
@@ -604,13 +661,16 @@ class FuncSim:
         if op == "vshift":
             dst = (i["dst"], 4 * rows * cols + rows)
         elif op == "quant":
-            dst = (i["dst"], self._quant_bytes(rows, cols, max(1, imm & 0xFFFF)))
+            dst = (i["dst"], rows * cols // 2 if ovp_quant else self._quant_bytes(rows, cols, max(1, imm & 0xFFFF)))
         else:
             dst = (i["dst"], 4 * rows * cols)
         if _overlap(src0, dst) and not (op in self._MISC_IN_PLACE and src0[0] == dst[0]):
             raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) partly overlaps src0 "
                            f"[{src0[0]}, {src0[0] + src0[1]})" + (" (only an exact in-place dst = src0 is allowed)"
                                                                    if op in self._MISC_IN_PLACE else ""))
+        if ovp_quant and _overlap((i["src1"], OVP_QUANT_RECORD), dst):
+            raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) overlaps the OVP4 quant parameter record "
+                           f"at src1={i['src1']}")
         if op in ("add", "mul", "swiglu") and _overlap((i["src1"], 4 * rows * cols), dst) and i["src1"] != dst[0]:
             raise SimError(f"the destination [{dst[0]}, {dst[0] + dst[1]}) partly overlaps src1")
 
@@ -690,11 +750,19 @@ class FuncSim:
             self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
             out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
+        elif op == "quant" and imm & QUANT_OVP4:
+            x = self.i32_np(s0, rows, cols)
+            rec = self._slice(self.data, s1, OVP_QUANT_RECORD, "OVP4 quant parameters").view("<i4")
+            mult = int(rec[0:1].view(np.uint32)[0])
+            if mult >= 1 << 31:
+                raise SimError(f"OVP4 quant parameters: multiplier {mult} has bit 31 set; multipliers are below 2**31")
+            codes = quantize_rows_ovp4(x, mult, int(rec[1]), "flint4" if imm & QUANT_FLINT4 else "int4")
+            self._slice(self.data, dst, rows * cols // 2, "OVP4 quant result")[:] = codes.reshape(-1)
         elif op == "quant":
             x = self.i32(s0, rows, cols).numpy()
             groups = max(1, imm & 0xFFFF)
             out = self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
-            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm >> 16 & 1))
+            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm & QUANT_POW2))
             t = rows // groups
             blk = -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else 0
             n = t * cols

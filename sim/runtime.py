@@ -185,14 +185,16 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
     Returns {"tokens_equal", "logits_equal", "max_logit_diff" (in LSB of 2**-16), "sim_tokens_per_s",
     "compile_seconds", "tokens", "golden_tokens", "stats"}.
     """
-    from olivine.compiler.compile import compile_model
+    from olivine.compiler.compile import calibration_tokens, compile_model
     from olivine.compiler.spec import spec_from_qllama
     from olivine.golden.loaders import load_model
+    from olivine.golden.qconfig import QuantConfig
     from olivine.golden.qmodel import quantize_model
     from olivine.hw.config import for_board
 
     loaded = load_model(model)
-    q = quantize_model(loaded.config, loaded.weights, preset)
+    calib = calibration_tokens(loaded) if QuantConfig.preset(preset).needs_calibration() else None
+    q = quantize_model(loaded.config, loaded.weights, preset, calib)
     ids = loaded.tokenizer.encode(prompt) if loaded.tokenizer is not None else [1, 2, 3]
     need = len(ids) + max_new_tokens
     ctx = max_context or min(loaded.config.max_seq_len, -(-need // decode_step) * decode_step)
@@ -213,7 +215,7 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
             "max_logit_diff": max(diffs) if diffs else 0, "sim_tokens_per_s": len(toks) / sim_s if sim_s else 0.0,
             "compile_seconds": compile_s, "tokens": toks, "golden_tokens": g_toks,
             "text": loaded.tokenizer.decode(toks) if loaded.tokenizer is not None else None,
-            "stats": rt.sim.stats}
+            "stats": rt.sim.stats, "activation_scales": rt.meta.get("activation_scales", {})}
 
 
 def _check_run_options(prompt, max_new_tokens, backend) -> None:

@@ -280,6 +280,50 @@ def test_unsupported_quantization_is_named():
         spec_from_qllama(quantize_model(m.config, m.weights, "fp32"))
 
 
+def test_activation_formats_the_compiler_refuses_are_named():
+    """OVP4 activations only with dense OVP4 weights (the OVP array's W4A4); static INT8 not at all."""
+    from olivine.compiler.spec import _linear_from_qlinear
+    from olivine.golden import contract
+
+    w = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    calib = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    for weights, acts, sparsity, message in (("int4", "ovp4", None, "dense OVP4 weights only, not int4"),
+                                             ("ovp4", "ovp4", "8:16", "not sparse ovp4"),
+                                             ("int8", "int8-static", None, "'int8-static' are not supported")):
+        lin = contract.compile_linear(w, weights=weights, acts=acts, calib=calib, sparsity=sparsity, name="x.wq")
+        with pytest.raises(UnsupportedModelError, match=f"x.wq: .*{message}"):
+            _linear_from_qlinear("x.wq", lin, 32, 32)
+
+
+def test_compile_main_w4a4_calibrates_records_alphas_and_runs_bit_exact(tmp_path):
+    """olivine compile --preset w4a4-ovp: calibration tokens as golden.accuracy takes them, the calibrated
+    alphas in the artifact (equal to golden's), the programs on the OVP encoder / array, generation equal
+    to golden's W4A4 model."""
+    from olivine.compiler.compile import calibration_tokens
+    from olivine.golden.qmodel import quantize_model
+
+    out = tmp_path / "w4a4"
+    assert compile_main("glassllm", "u280", preset="w4a4-ovp", out=str(out), max_context=32, quiet=True) == 0
+    art = read_artifact(out)
+    m, _ = glass()
+    q = quantize_model(m.config, m.weights, "w4a4-ovp", calibration_tokens(m))
+    scales = art.meta["activation_scales"]
+    want = {n: (lin.act_alpha, lin.act_normal) for n, lin in q.linears.items() if lin.act == "ovp4"}
+    assert {n: (v["alpha"], v["normal"]) for n, v in scales.items()} == want and len(want) == 7 * m.config.n_layers
+    prog = isa.decode_program(art.programs[next(n for n, v in art.meta["programs"].items() if v["kind"] == "decode")])
+    ovp_mv = [i for i in prog if i.mnemonic == "MV" and i.enum("afmt") == "ovp4"]
+    encoders = [i for i in prog if i.mnemonic == "MISC" and i.enum("op") == "quant" and i["imm"] >> 17 & 1]
+    assert ovp_mv and all(i.enum("wfmt") == "ovp4" for i in ovp_mv)
+    # one encoder per distinct input: wq/wk/wv and w_gate/w_up share theirs when their alphas agree
+    per_layer = [len({(scales[f"layers.{i}.{n}"]["alpha"], scales[f"layers.{i}.{n}"]["normal"]) for n in group})
+                 for i in range(m.config.n_layers) for group in (("wq", "wk", "wv"), ("wo",), ("w_gate", "w_up"),
+                                                                ("w_down",))]
+    assert len(encoders) == sum(per_layer)
+    rt = Runtime.from_artifact(out, for_board("u280"))
+    ids = m.tokenizer.encode("Once upon a time")
+    assert rt.generate(ids, 4)[0] == golden_generate(q, ids, 4)[0]
+
+
 @pytest.mark.models
 def test_hf_module_errors_name_the_layer():
     transformers = pytest.importorskip("transformers")

@@ -361,3 +361,144 @@ def test_glassllm_sparse_ovp_4_16_bit_exact():
     rep = check_against_golden("glassllm", "w4a8-ovp-4:16", prompt="The king said",
                                max_new_tokens=8 if REDUCED else 32)
     assert rep["tokens_equal"] and rep["logits_equal"], rep
+
+
+# ---- W4A4: the SFU's OVP4 activation encoder and the OVP array's MM (afmt=ovp4) ------------------
+
+def _ovp_record(s, addr, spec):
+    rec = np.zeros(4, dtype=np.int64)
+    rec[:2] = spec.act_mult
+    s.data[addr:addr + 16] = (rec & 0xFFFFFFFF).astype(np.uint32).view(np.uint8)
+
+
+@pytest.mark.parametrize("act_normal,seed", [("int4", 11), ("flint4", 12), (None, 13)])
+def test_ovp4_quant_then_w4a4_linear_equals_golden_qlinear(act_normal, seed):
+    """quant (OVP4 mode) -> MM afmt=ovp4 wfmt=ovp4 on random inputs with outliers equals golden's W4A4 QLinear;
+    the codes equal golden.ovp.encode of contract.quantize_act_ovp4's grid values."""
+    from olivine.golden import ovp
+
+    g = torch.Generator().manual_seed(seed)
+    n, k, m = 48, 64, 6
+    w = torch.randn(n, k, generator=g) * 0.05
+    xf = torch.randn(m, k, generator=g, dtype=torch.float64) * 2.0
+    xf[torch.rand(m, k, generator=g) < 0.05] *= 20.0  # outliers, some in the same pair
+    x = fixed.to_fixed(xf, 16)
+    if act_normal is None:  # calibrated: golden's alpha search and auto type choice
+        lin = contract.compile_linear(w, weights="ovp4", acts="ovp4", calib=xf.float(), name="t")
+    else:
+        lin = contract.compile_linear(w, weights="ovp4", acts="ovp4", act_alpha=float(xf.abs().max()) / 3,
+                                      act_normal=act_normal, name="t")
+    spec = _linear_from_qlinear("t", lin, n, k)
+    assert spec.act == "ovp4" and spec.act_normal == lin.act_normal
+    s = sim()
+    put_i32(s, 0, x)
+    _ovp_record(s, 3072, spec)
+    s.buffers["weight"][:spec.rows.size] = spec.rows.reshape(-1)
+    s.buffers["bias"][32:32 + 16 * n] = spec.requant_table().view(np.uint8).reshape(-1)
+    flint = 1 << 18 if spec.act_normal == "flint4" else 0
+    run(s, f"MISC op=quant src0=0 src1=3072 dst=4096 rows={m} cols={k} imm={(1 << 17) | flint} release=mpe\n"
+           f"MM wait=sfu wfmt=ovp4 afmt=ovp4 normal={spec.normal} anormal={spec.act_normal} mode=linear out=fixed32 "
+           f"k_blocks={k // 16} m={m} n={n} a_addr=4096 b_addr=0 out_addr=8192 bias_addr=2")
+    qa = contract.quantize_act_ovp4(x, 16, lin.act_alpha, lin.act_normal)
+    codes = torch.from_numpy(s.data[4096:4096 + m * k // 2].copy()).reshape(m, k // 2)
+    assert torch.equal(codes, ovp.encode(qa.values, lin.act_normal))
+    assert (qa.values.abs() > 7).any(), "the test should exercise outliers and victims"
+    assert torch.equal(s.i32(8192, m, n), lin(x))
+
+
+@pytest.mark.parametrize("normal", ["int4", "flint4"])
+def test_w4a4_mm_extremes_and_accumulate_wrap_like_int_matmul(normal):
+    """Largest OVP grid values on both operands over the longest K (an outlier's victim is 0, so a pair adds
+    at most 192**2 and the sum stays inside int32) and accumulate=1 onto partial sums near INT32_MAX: the
+    accumulator equals contract.int_matmul and wraps like it."""
+    from olivine.golden import ovp
+    from olivine.golden.ovp_format import get_format
+
+    g = torch.Generator().manual_seed(5)
+    kb, n, m = 4095, 16, 2
+    k = 16 * kb
+    top = max(get_format(normal).union_grid)
+    fmt = get_format(normal)
+    a = torch.zeros(m, k, dtype=torch.int64)
+    a[0, 0::2] = top
+    a[1, 1::2] = -top
+    wv = torch.zeros(n, k, dtype=torch.int64)
+    wv[0, 0::2] = top
+    wv[1, 1::2] = top
+    normals = torch.tensor([v for v in fmt.union_grid if abs(v) <= fmt.normal_max])
+    wv[2:] = normals[torch.randint(len(normals), (n - 2, k), generator=g)]
+    s = FuncSim(CFG, [1 << 16])
+    s.data[:m * k // 2] = ovp.encode(a, normal).numpy().reshape(-1)
+    s.buffers["weight"][:n * k // 2] = ovp.encode(wv, normal).numpy().reshape(-1)
+    out = m * k // 2 + 16
+    partial = torch.full((m, n), contract.INT32_MAX - 5, dtype=torch.int32)
+    put_i32(s, out, partial)
+    run(s, f"MM wfmt=ovp4 normal={normal} afmt=ovp4 anormal={normal} out=int32 accumulate=1 k_blocks={kb} m={m} "
+           f"n={n} a_addr=0 b_addr=0 out_addr={out}")
+    acc = contract.int_matmul(a, wv)
+    assert int(acc[0, 0]) == k // 2 * top * top and int(acc[1, 1]) == -(k // 2) * top * top
+    assert torch.equal(s.i32(out, m, n), contract.wrap_int32(acc.to(torch.int64) + partial.to(torch.int64)))
+
+
+@pytest.mark.slow
+def test_glassllm_w4a4_prefill_and_32_decode_tokens_bit_exact():
+    """glassllm W4A4 (OVP4 weights x OVP4 activations, calibrated static alphas): compiled, run on the
+    functional simulator, tokens and int32 logits identical to golden's quantized model (about 90 s;
+    8 tokens under OLIVINE_REDUCED=1; the fuzz suite runs the compiled W4A4 programs in every run)."""
+    from tests.helpers import REDUCED
+
+    n_new = 8 if REDUCED else 32
+    rep = check_against_golden("glassllm", "w4a4-ovp", prompt="Once upon a time", max_new_tokens=n_new)
+    assert rep["tokens_equal"] and rep["logits_equal"], (rep["max_logit_diff"], rep["tokens"], rep["golden_tokens"])
+    assert len(rep["tokens"]) == n_new and rep["max_logit_diff"] == 0
+    scales = rep["activation_scales"]  # recorded in the artifact: every decoder linear, lm_head stays W8A8
+    from olivine.golden.loaders import load_model
+
+    n_layers = load_model("glassllm").config.n_layers
+    assert len(scales) == 7 * n_layers and "lm_head" not in scales
+    assert all(v["alpha"] > 0 and v["normal"] in ("int4", "flint4") for v in scales.values())
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_smollm2_w4a4_bit_exact():
+    """SmolLM2-135M W4A4 (calibrated OVP4 activations on every decoder linear) on the functional simulator
+    equals golden on a short prompt (quantization with the alpha searches dominates the run time)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from tests.helpers import REDUCED
+
+    rep = check_against_golden("smollm2", "w4a4-ovp", prompt="The capital of France is",
+                               max_new_tokens=4 if REDUCED else 8)
+    assert rep["tokens_equal"] and rep["logits_equal"], (rep["max_logit_diff"], rep["tokens"], rep["golden_tokens"])
+    assert len(rep["activation_scales"]) == 7 * 30
+
+
+@pytest.mark.models
+def test_smollm2_two_layers_w4a4_bit_exact():
+    """SmolLM2-135M's first two decoder layers (its real shapes: dim 576, FFN 1536, 9 query / 3 KV heads,
+    vocabulary 49152) at W4A4 with calibrated OVP4 activations: the functional simulator equals golden
+    token for token and in every int32 logit (the full 30-layer form is test_smollm2_w4a4_bit_exact)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    import dataclasses
+
+    from olivine.compiler.compile import calibration_tokens, compile_model
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+    from olivine.sim.funcsim import Runtime, golden_generate
+
+    full = load_model("smollm2")
+    cfg = dataclasses.replace(full.config, n_layers=2, name="smollm2-2layers")
+    weights = dataclasses.replace(full.weights, layers=full.weights.layers[:2])
+    q = quantize_model(cfg, weights, "w4a4-ovp", calibration_tokens(full))
+    comp = compile_model(spec_from_qllama(q, "smollm2-2layers"), CFG, max_context=32, max_prompt=16,
+                         prefill_step=16, decode_step=16)
+    rt = Runtime.from_compiled(comp)
+    ids = full.tokenizer.encode("The capital of France is")
+    toks, logits = rt.generate(ids, 6)
+    g_toks, g_logits = golden_generate(q, ids, 6)
+    assert toks == g_toks
+    assert all(torch.equal(a, b) for a, b in zip(logits, g_logits)) and len(logits) == len(g_logits)
+    assert len(rt.meta["activation_scales"]) == 14

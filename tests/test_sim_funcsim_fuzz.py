@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from olivine.compiler import isa
 from olivine.compiler.asm import assemble
 from olivine.hw.config import for_board
-from olivine.sim.funcsim import FuncSim, SimError
+from olivine.sim.funcsim import QUANT_FLINT4, QUANT_OVP4, FuncSim, SimError
 from tests.helpers import REDUCED
 
 CFG = for_board("u280")
+OVP4, FLINT4 = QUANT_OVP4, QUANT_FLINT4  # quant imm bits of the OVP4 encoder
 #: small buffers: random sizes and addresses hit both the edges and the interior
 SMALL_CFG = dataclasses.replace(CFG, buffers=dataclasses.replace(
     CFG.buffers, weight_kib=16, activation_kib=24, global_kib=8, meta_kib=4, bias_kib=4))
@@ -40,11 +41,13 @@ def fuzz_settings(examples: int) -> settings:
 _LIKELY = {
     "k_blocks": [1, 2, 4], "m": [1, 2, 3, 8], "n": [1, 8, 16, 32, 48], "ldo": [0, 0, 0, 8, 64],
     "rows": [1, 2, 4, 8, 16], "cols": [1, 2, 15, 16, 32, 64],
-    "imm": [0, 0, 1, 2, 3, 4, 16, 48, 80, 1 << 16, 2 << 16, (1 << 16) | 2, (3 << 16) | 1],
+    "imm": [0, 0, 1, 2, 3, 4, 16, 48, 80, 1 << 16, 2 << 16, (1 << 16) | 2, (3 << 16) | 1,
+            OVP4, OVP4, OVP4 | FLINT4, OVP4 | 2, OVP4 | (1 << 16), FLINT4, 1 << 19],
     "length": [1, 4, 64, 256], "n0": [1, 2, 3], "n1": [1, 2], "n2": [1, 2], "channel": [0, 1, 2, 3, 5],
     "meta_addr": [0, 0, 1, 4], "bias_addr": [0, 1, 2], "hbm_stride0": [0, 16, 1000],
     "hbm_stride1": [0, 64], "hbm_stride2": [0, 4096],
-    "zero_fill": [0], "mask": [0], "sparse": [0], "bias": [0], "accumulate": [0], "afmt": [0],
+    "zero_fill": [0], "mask": [0], "sparse": [0], "bias": [0], "accumulate": [0], "afmt": [0, 0, 1],
+    "anormal": [0, 0, 1],
 }
 
 
@@ -66,15 +69,22 @@ def random_instruction(rng: random.Random) -> isa.Instruction:
         vals["m"] = 1
     if fmt.mnemonic in ("MM", "MV") and rng.random() < 0.8:  # the fields each mode uses
         if vals["mode"]:
-            vals.update(wfmt=0, normal=0, meta_addr=0)
+            vals.update(wfmt=0, normal=0, meta_addr=0, afmt=0, anormal=0)
         else:
-            vals["sparse"] = int(rng.random() < 0.3)
+            if vals["afmt"]:  # W4A4 on the OVP array: dense OVP weights
+                vals.update(wfmt=2, sparse=0)
+            else:
+                vals["sparse"] = int(rng.random() < 0.3)
+                vals["anormal"] = 0
             vals["normal"] = vals["normal"] if vals["wfmt"] == 2 else 0
             vals["meta_addr"] = vals["meta_addr"] if vals["sparse"] else 0
     if fmt.mnemonic == "MISC" and rng.random() < 0.8:  # the parameter fields the op uses
         op = isa.MISC_OPS[vals["op"]]
         vals["mask"] = int(op == "softmax" and rng.random() < 0.7)
-        if op in ("silu", "copy", "softmax", "quant", "dequant"):
+        if op == "quant" and rng.random() < 0.5:  # the OVP4 encoder: a record at src1, pairs along rows
+            vals.update(imm=rng.choice([OVP4, OVP4 | FLINT4]), src1=rng.randrange(0, 8192, 16),
+                        cols=rng.choice([2, 16, 32, 64]))
+        if op in ("silu", "copy", "softmax", "dequant") or (op == "quant" and not vals["imm"] & OVP4):
             vals["src1"] = 0
         if op in ("add", "mul", "silu", "swiglu", "copy", "rmsnorm") or (op == "softmax" and not vals["mask"]):
             vals["imm"] = 0
@@ -134,15 +144,18 @@ def test_random_instructions_campaign_reaches_execution():
 # ---- single-field mutations of a compiled glassllm program --------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _glassllm_programs():
-    """The compiled glassllm (w4a8-int4, 16-token context): the artifact and its patched programs."""
-    from olivine.compiler.compile import apply_patches, compile_model, patch_env_decode, patch_env_prefill, to_artifact
+def _glassllm_programs(preset: str = "w4a8-int4"):
+    """The compiled glassllm (``preset``, 16-token context): the artifact and its patched programs."""
+    from olivine.compiler.compile import (apply_patches, calibration_tokens, compile_model, patch_env_decode,
+                                          patch_env_prefill, to_artifact)
     from olivine.compiler.spec import spec_from_qllama
     from olivine.golden.loaders import load_model
+    from olivine.golden.qconfig import QuantConfig
     from olivine.golden.qmodel import quantize_model
 
     loaded = load_model("glassllm")
-    q = quantize_model(loaded.config, loaded.weights, "w4a8-int4")
+    calib = calibration_tokens(loaded) if QuantConfig.preset(preset).needs_calibration() else None
+    q = quantize_model(loaded.config, loaded.weights, preset, calib)
     comp = compile_model(spec_from_qllama(q, "glassllm"), CFG, max_context=16, max_prompt=16, prefill_step=16,
                          decode_step=16)
     art = to_artifact(comp)
@@ -181,8 +194,8 @@ def mutate_one_field(words: np.ndarray, prog, offsets, rng: random.Random) -> np
     return out
 
 
-def _mutation_case(rng: random.Random) -> str:
-    art, progs = _glassllm_programs()
+def _mutation_case(rng: random.Random, preset: str = "w4a8-int4") -> str:
+    art, progs = _glassllm_programs(preset)
     words, prog, offsets = progs[rng.choice(sorted(progs))]
     mutated = mutate_one_field(words, prog, offsets, rng)
     try:
@@ -193,12 +206,23 @@ def _mutation_case(rng: random.Random) -> str:
     return run_or_simerror(s, mutated)
 
 
-def test_compiled_programs_are_valid():
+@pytest.mark.parametrize("preset", ["w4a8-int4", "w4a4-ovp"])
+def test_compiled_programs_are_valid(preset):
     """The unmutated programs pass every validity rule (the rules do not reject what the compiler emits)."""
-    art, progs = _glassllm_programs()
+    art, progs = _glassllm_programs(preset)
     for words, _, _ in progs.values():
         s = FuncSim(art.config, art.meta["layout"]["channel_bytes"], art.weights)
         s.run(words)
+    if preset == "w4a4-ovp":  # the W4A4 program uses the OVP encoder and the OVP array's MM
+        insts = [i for _, prog, _ in progs.values() for i in prog]
+        assert any(i.mnemonic == "MISC" and i.enum("op") == "quant" and i["imm"] & OVP4 for i in insts)
+        assert any(i.mnemonic in ("MM", "MV") and i.enum("afmt") == "ovp4" for i in insts)
+
+
+@fuzz_settings(15)
+@given(st.randoms(use_true_random=False))
+def test_field_mutations_of_glassllm_w4a4_execute_or_raise_simerror(rng):
+    _mutation_case(rng, "w4a4-ovp")
 
 
 @fuzz_settings(25)
@@ -228,12 +252,28 @@ def test_field_mutation_campaign():
     ("MM bias=1 out=int32 k_blocks=1 n=16 a_addr=0 out_addr=8192", "bias=1 needs out=fixed32"),
     ("MM mode=pv bias=1 out=fixed32 k_blocks=1 n=16 a_addr=0 b_addr=4096 out_addr=8192", "bias must be 0 in mode=pv"),
     ("LD target=act channel=0 hbm_addr=65300 length=256 n0=4 hbm_stride0=16", "LD reads bytes up to 65604"),
+    # the OVP4 encoder and the W4A4 MM
+    (f"MISC op=quant src0=0 src1=2048 dst=4096 rows=2 cols=16 imm={OVP4 | 2}", "takes no head blocks"),
+    (f"MISC op=quant src0=0 src1=2048 dst=4096 rows=2 cols=16 imm={OVP4 | (1 << 16)}", "no power-of-two"),
+    (f"MISC op=quant src0=0 src1=2048 dst=4096 rows=2 cols=15 imm={OVP4}", "cols=15 must be even"),
+    (f"MISC op=quant src0=0 src1=2050 dst=4096 rows=2 cols=16 imm={OVP4}", "unaligned address 2050"),
+    (f"MISC op=quant src0=0 src1=4100 dst=4096 rows=2 cols=16 imm={OVP4}", "overlaps the OVP4 quant parameter"),
+    (f"MISC op=quant src0=0 dst=4096 rows=2 cols=16 imm={FLINT4}", "needs the OVP4 mode"),
+    ("MISC op=quant src0=0 src1=2048 dst=4096 rows=2 cols=16", "src1 must be 0"),
+    (f"MISC op=quant src0=0 dst=4096 rows=2 cols=16 imm={1 << 19}", "bits \\[31:19\\] are reserved"),
+    (f"MISC op=quant src0=0 src1=3072 dst=4096 rows=2 cols=16 imm={OVP4}", "has bit 31 set"),
+    ("MM afmt=ovp4 wfmt=int8 out=int32 k_blocks=1 n=16 a_addr=0 out_addr=8192", "needs mode=linear, wfmt=ovp4"),
+    ("MM afmt=ovp4 wfmt=ovp4 sparse=1 out=int32 k_blocks=1 n=16 a_addr=0 out_addr=8192", "and sparse=0"),
+    ("MM afmt=ovp4 mode=qk out=int32 k_blocks=1 n=16 a_addr=0 b_addr=1024 out_addr=8192", "needs mode=linear"),
+    ("MM anormal=flint4 wfmt=ovp4 out=int32 k_blocks=1 n=16 a_addr=0 out_addr=8192", "applies to afmt=ovp4"),
+    ("MM afmt=ovp4 wfmt=ovp4 k_blocks=2 m=2 n=16 a_addr=0 out_addr=16", "overlaps the activations"),
     ("ST source=act channel=1 hbm_addr=65500 length=16 n0=3 hbm_stride0=16", "ST writes bytes up to 65548"),
 ])
 def test_issue7_reproducers_raise_simerror_naming_the_instruction(text, message):
     s = FuncSim(CFG, [1 << 16] * 2)
     tab = s.data[1024:1024 + 4 * 16 + 16].view("<i4")
     tab[16], tab[17] = 1 << 30, -5000  # an eps shift of -5000 (the rmsnorm case)
+    s.data[3072:3076] = 0xFF  # an OVP4 quant record whose multiplier has bit 31 set
     mnemonic = text.split()[0]
     with pytest.raises(SimError, match=rf"instruction 0 at word 0 \({mnemonic} .*\): .*{message}"):
         s.run(isa.encode_program(assemble(text + "\nSYS op=end")))
@@ -328,3 +368,27 @@ def test_quantize_rows_exact_equals_contract(rows, cols, pow2, rng):
     assert np.array_equal(codes, qa.values.numpy()) and np.array_equal(exps, qa.exponent.numpy().reshape(-1))
     want_m = np.ones(rows) if qa.mantissa is None else qa.mantissa.numpy().reshape(-1)
     assert np.array_equal(mants.astype(np.int64), want_m.astype(np.int64))
+
+
+@fuzz_settings(300)
+@given(st.integers(1, 4), st.integers(1, 20), st.sampled_from(["int4", "flint4"]), st.randoms(use_true_random=False))
+def test_quantize_rows_ovp4_equals_contract(rows, pairs, normal, rng):
+    """The simulator's OVP4 encoder (from the folded multiplier) gives golden.ovp.encode of
+    contract.quantize_act_ovp4's grid values: any int32 input (saturating beyond the grid, zeros, ties),
+    alphas from tiny to huge."""
+    from olivine.golden import contract, ovp
+    from olivine.golden.ovp_format import get_format
+    from olivine.sim.funcsim import quantize_rows_ovp4
+
+    cols = 2 * pairs
+    scale = rng.choice([0, 1, 100, 1 << 16, 1 << 24, 1 << 31])
+    x = torch.tensor([[max(-(1 << 31), min((1 << 31) - 1, rng.randint(-scale, scale))) for _ in range(cols)]
+                      for _ in range(rows)], dtype=torch.int32)
+    if rng.random() < 0.3:
+        x[0, rng.randrange(cols)] = rng.choice([-(1 << 31), (1 << 31) - 1, 1 << 20, -(1 << 20)])
+    alpha = rng.choice([1e-6, 0.01, 0.5, 3.0, 100.0, 3e4, rng.uniform(0.001, 1000.0)])
+    fmt = get_format(normal)
+    m = contract.quantize_multiplier(2.0 ** (contract.OVP_ACT_GUARD_BITS - 16) / (alpha / fmt.normal_max))
+    got = quantize_rows_ovp4(x.numpy(), int(m.mult), int(m.shift), normal)
+    want = ovp.encode(contract.quantize_act_ovp4(x, 16, alpha, normal).values, normal).numpy()
+    assert np.array_equal(got, want)
