@@ -74,7 +74,7 @@ def no_loading(monkeypatch):
     ({"board": "nosuch"}, "unknown board"),
     ({"preset": "nosuch"}, "unknown quantization preset"),
     ({"preset": "fp32"}, "no integer form"),
-    ({"preset": "w4a4-ovp"}, "not supported by the compiler"),
+    ({"preset": "w4a4-ovp", "weights": "int4"}, "dense OVP4 weights only"),
     ({"weights": "int3"}, "--weights"),
     ({"sparsity": "half"}, "--sparsity"),
     ({"sparsity": "3:16"}, "sparsity"),
