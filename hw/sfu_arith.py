@@ -38,7 +38,8 @@ from .ovp_decoder import quiet_rejection
 from .resources import register_unit
 
 __all__ = [
-    "SfuArithError", "bit_length", "round_shift", "saturate",
+    "SfuArithError", "bit_length", "round_shift", "round_shift_signed", "saturate",
+    "row_beat_layout", "LINT_WAIVERS",
     "UnsignedDivider", "Isqrt", "RsqrtNorm", "Exp2Neg", "Sigmoid",
     "DIVIDER_USES", "EXP_T_BITS", "EXP_OUT_BITS", "SIG_OUT_BITS",
 ]
@@ -108,6 +109,16 @@ def round_shift(x, s, *, max_shift: int | None = None):
     rnd = (Const(1, limit + 1) << s) >> 1
     wide = x + rnd
     return wide >> s
+
+
+def round_shift_signed(x, s, *, max_right: int = 63, max_left: int = 31):
+    """``round_shift`` by a signed Amaranth shift amount: right with rounding for ``s >= 0``,
+    exact left shift for ``s < 0`` (golden's negative-shift convention). The caller guarantees
+    ``-max_left <= s <= max_right`` (the shifters are sized by these bounds)."""
+    rbits, lbits = max(1, max_right.bit_length()), max(1, max_left.bit_length())
+    right = round_shift(x, s.as_unsigned()[:rbits], max_shift=max_right)
+    left = x << (-s).as_unsigned()[:lbits]
+    return Mux(s[-1], left, right)
 
 
 def saturate(x, bits: int):
@@ -593,3 +604,23 @@ def _exp2_unit(lanes: int = 1):
 def _sigmoid_unit(lanes: int = 1):
     """``olivine resources sfu_sigmoid --lanes 1``."""
     return Sigmoid(int(lanes)), f"sfu_sigmoid_l{lanes}"
+
+
+# --------------------------------------------------------------------------- row streams
+
+
+def row_beat_layout(lanes: int) -> data.StructLayout:
+    """The beat of the SFU's row-reduction op cores (the interface agreed with hw/sfu.py):
+    ``data`` (``lanes`` int32 elements), ``count`` (valid lanes, 1..lanes; only a row's last
+    beat may have fewer), ``first`` / ``last`` (a row's first / last beat), ``pass_`` (which
+    pass over the row: the top streams each row ``core.passes`` times consecutively)."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(32), lanes),
+                              "count": range(lanes + 1), "first": 1, "last": 1, "pass_": 2})
+
+
+#: -Wall waiver of every SFU arithmetic top (the only one beyond hw.export's backend waivers).
+LINT_WAIVERS = {
+    "UNUSEDSIGNAL": "Amaranth's Verilog backend keeps a named wire for every named signal, view "
+                    "field and submodule port and drives the logic from the underlying net, so "
+                    "these aliases read as unused by construction.",
+}
