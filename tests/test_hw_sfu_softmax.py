@@ -81,7 +81,7 @@ def test_softmax_long_rows():
     rng = random.Random(4)
     k_len = 512 if REDUCED else 2048
     lanes = 16
-    rows = score_rows(rng, 3, k_len)[3:] + [[int(rng.gauss(0, 3) * 2**F) for _ in range(k_len)]]
+    rows = score_rows(rng, 6, k_len)[3:] + [[int(rng.gauss(0, 3) * 2**F) for _ in range(k_len)]]
     dut = Softmax(lanes)
     got, stats = _run(dut, rows, 1, k_len - 2, 2)
     assert got == golden_softmax(rows, 1, k_len - 2, 2)
