@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from olivine.hw.sfu import (INSTR_LAYOUT, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness, sfu_lanes,
+from olivine.hw.sfu import (INSTR_LAYOUT, STATUS_LAYOUT, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness, VERILATOR_BUILD_ARGS,
+                            sfu_lanes,
                             small_config)
 
 __all__ = ["Case", "make_cases", "expected_image", "run_amaranth", "run_verilator", "main"]
@@ -236,8 +237,8 @@ def cocotb_vectors(cases: list[Case], lanes: int) -> dict:
             "load_ptr": np.array(load_ptr), "chk_idx": np.array(chk_idx, dtype=np.int64),
             "chk_val": np.array(chk_val, dtype=np.int64).reshape(-1, lanes), "chk_ptr": np.array(chk_ptr),
             "instr": instr, "want_code": np.array([c.want_code for c in cases]),
-            "field_widths": np.array([INSTR_LAYOUT.members[k] if isinstance(INSTR_LAYOUT.members[k], int)
-                                      else INSTR_LAYOUT.members[k].width for k in INSTR_FIELDS]),
+            "field_offsets": np.array([INSTR_LAYOUT[k].offset for k in INSTR_FIELDS]),
+            "status_offsets": np.array([STATUS_LAYOUT[k].offset for k in ("done", "code", "cycles")]),
             "lanes": np.array(lanes)}
 
 
@@ -253,7 +254,7 @@ def run_verilator(config, ops, cases: list[Case]) -> list[dict]:
         out = Path(tmp) / "results.npz"
         failure = None
         try:
-            run_cocotb(text, top, "tb_sfu", test_dir=TB_DIR, vectors=vectors,
+            run_cocotb(text, top, "tb_sfu", test_dir=TB_DIR, vectors=vectors, build_args=VERILATOR_BUILD_ARGS,
                        extra_env={"OLIVINE_SFU_RESULTS": str(out)})
         except RtlTestFailure as exc:
             failure = exc
