@@ -139,9 +139,14 @@ class OpTiming:
     def cycles_per_row(self, cols: int, lanes: int) -> int:
         return self.passes * self.reads_per_slot * (-(-cols // lanes) + 1)
 
-    def instruction_cycles(self, rows: int, cols: int, lanes: int) -> int:
-        """Lower bound of a whole instruction's cycles (start + rows + drain)."""
-        return START_CYCLES + rows * self.cycles_per_row(cols, lanes) + self.latency + 2
+    def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0) -> int:
+        """Cycles of a whole instruction (``status.cycles``): start, the rows, the core's latency,
+        the read and write pipeline (2), and 1 more when the last row's end straddles a destination
+        word (its flush write; earlier rows' flushes hide in the free read slot of the next row)."""
+        last_start = dst // 4 + (rows - 1) * cols
+        offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
+        flush = int(offset != 0 and last_count > lanes - offset)
+        return START_CYCLES + rows * self.cycles_per_row(cols, lanes) + self.latency + 2 + flush
 
 
 def _timing(core: OpCore) -> OpTiming:
@@ -157,6 +162,11 @@ OP_TIMING: dict[str, OpTiming] = {op: _timing(core) for op, core in OP_CORES.ite
 _CASE_REASON = ("Amaranth's Verilog backend writes every combinational signal as a default assignment "
                 "followed by a case statement that lists only the values that change it (m.Switch / the "
                 "state and op decoders); an unlisted value keeps the default, so nothing is latched")
+_ALIAS = ("Amaranth debug alias: the backend keeps a second name for a net (a field of a struct "
+          "signal, an array element, a named intermediate, a port read under the parent's name) and "
+          "drives the logic from the first name; the alias itself is never read")
+_FIFO = ("amaranth.lib.fifo.SyncFIFO internals and its level outputs: the SFU's read credit bounds "
+         "the occupancy, so it reads no level; the library's own names for its memory ports are aliases")
 #: Verilator flags for building the SFU's model (the cocotb runs): the one warning a Verilator
 #: build treats as fatal that Amaranth's case idiom triggers.
 VERILATOR_BUILD_ARGS = ("-Wno-CASEINCOMPLETE",)
@@ -164,10 +174,21 @@ VERILATOR_BUILD_ARGS = ("-Wno-CASEINCOMPLETE",)
 #: Verilator -Wall findings of the generated SFU that are not design problems.
 LINT_WAIVERS: dict[str, str] = {
     "CASEINCOMPLETE": _CASE_REASON,
-    "UNUSEDSIGNAL:*__payload*": "Amaranth debug alias of a stream payload view field; the logic "
-                                "reads the payload under its first name",
-    "UNUSEDSIGNAL:instr__payload": "the instruction's imm and mask fields are not used by every "
-                                   "op core built into a given instance",
+    "UNUSEDSIGNAL:*.*": _ALIAS,          # fields of struct-typed signals (meta.count, ins.cols, ...)
+    "UNUSEDSIGNAL:*]": _ALIAS,           # elements of array-typed signals (carry[0], ...)
+    "UNUSEDSIGNAL:e_*": _ALIAS,          # element addresses: the backend inlines src >> 2
+    "UNUSEDSIGNAL:word": _ALIAS,
+    "UNUSEDSIGNAL:w_off": _ALIAS,
+    "UNUSEDSIGNAL:valid_s*": _ALIAS,     # a core's last pipeline stage is also its o.valid
+    "UNUSEDSIGNAL:i__ready": _ALIAS,
+    "UNUSEDSIGNAL:r_data": _ALIAS,       # FIFO ports, read under the parent's names
+    "UNUSEDSIGNAL:r_en": _ALIAS,
+    "UNUSEDSIGNAL:w_data": _ALIAS,
+    "UNUSEDSIGNAL:consume": _FIFO,
+    "UNUSEDSIGNAL:produce": _FIFO,
+    "UNUSEDSIGNAL:r_port__data": _FIFO,
+    "UNUSEDSIGNAL:r_level": _FIFO,
+    "UNUSEDSIGNAL:w_level": _FIFO,
 }
 
 
@@ -275,8 +296,11 @@ class Sfu(wiring.Component):
         ra0, ra1 = Signal(ea_bits), Signal(ea_bits)
         depth = self.fifo_depth
         outstanding = Signal(range(depth + 2))
-        fifos = [fifo.SyncFIFO(width=blayout.size, depth=depth) for _ in range(2)]
-        m.submodules.fifo0, m.submodules.fifo1 = fifos
+        # one FIFO per operand stream; the second only when a built core takes two operands
+        streams = 2 if any("g" in c.signature.members for c in cores.values()) else 1
+        fifos = [fifo.SyncFIFO(width=blayout.size, depth=depth) for _ in range(streams)]
+        for k, f in enumerate(fifos):
+            m.submodules[f"fifo{k}"] = f
         # ---- writer state
         w_row, w_beat, wa = Signal(13), Signal(21), Signal(ea_bits)
         carry = Signal(data.ArrayLayout(unsigned(32), lanes))
@@ -374,8 +398,8 @@ class Sfu(wiring.Component):
         rotated = [Signal(32, name=f"rd_rot{j}") for j in range(lanes)]
         for j in range(lanes):
             m.d.comb += rotated[j].eq(words_in[_lane_index(j + p_off, lb)] if lb else words_in[0])
-        prev = [Signal(data.ArrayLayout(unsigned(32), lanes), name=f"rd_prev{k}") for k in range(2)]
-        for k in range(2):
+        prev = [Signal(data.ArrayLayout(unsigned(32), lanes), name=f"rd_prev{k}") for k in range(streams)]
+        for k in range(streams):
             beat = Signal(blayout, name=f"rd_beat{k}")
             for j in range(lanes):
                 joined = Mux(j < lanes - p_off, prev[k][j], rotated[j])
@@ -388,10 +412,10 @@ class Sfu(wiring.Component):
             m.d.comb += [fifos[k].w_data.eq(beat), fifos[k].w_en.eq(mine & p_produce)]
 
         # ---- route the FIFOs into the selected core and its output to the writer
-        in_beats = [data.View(blayout, fifos[k].r_data) for k in range(2)]
+        in_beats = [data.View(blayout, fifos[k].r_data) for k in range(streams)]
         out_valid, out_ready = Signal(), Signal()
         out_beat = Signal(blayout)
-        take0, take1 = Signal(), Signal()
+        take0, take1 = Signal(), (Signal() if streams == 2 else None)
         for op, core in cores.items():
             sel = running & (ins.op == MISC_OPS.index(op))
             m.d.comb += [core.i.payload.eq(in_beats[0]), core.i.valid.eq(sel & fifos[0].r_rdy)]
@@ -402,7 +426,9 @@ class Sfu(wiring.Component):
                 m.d.comb += [core.g.payload.eq(in_beats[1]), core.g.valid.eq(sel & fifos[1].r_rdy)]
                 with m.If(sel):
                     m.d.comb += take1.eq(core.g.valid & core.g.ready)
-        m.d.comb += [fifos[0].r_en.eq(take0), fifos[1].r_en.eq(take1)]
+        m.d.comb += fifos[0].r_en.eq(take0)
+        if streams == 2:
+            m.d.comb += fifos[1].r_en.eq(take1)
         m.d.sync += outstanding.eq(outstanding + (issue & produce & ~r_op1) - take0)
 
         # ---- writer: rotate each result beat to the destination offset, carry the overhang
