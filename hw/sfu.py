@@ -58,10 +58,17 @@ from amaranth.lib.wiring import In, Out
 from .config import AcceleratorConfig
 from .resources import register_unit
 from .sfu_core import beat_layout
-from .sfu_eltwise import AddCore, CopyCore, MulCore
+from .sfu_arith import LINT_WAIVERS as ARITH_LINT_WAIVERS
+from .sfu_arith import Isqrt, bit_length
+from .sfu_eltwise import AddCore, CopyCore, MulCore, SiluCore, SwigluCore
+from .sfu_norm import NORM_LATENCY, RMSNorm
+from .sfu_softmax import SOFTMAX_LATENCY, Softmax
+
+NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
+SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
 
 __all__ = ["INSTR_LAYOUT", "MISC_OPS", "OP_CORES", "OP_TIMING", "START_CYCLES", "STATUS_LAYOUT",
-           "LINT_WAIVERS", "VERILATOR_BUILD_ARGS", "Sfu", "SfuError", "SfuHarness", "OpTiming", "sfu_lanes"]
+           "FULL_LINT_WAIVERS", "LINT_WAIVERS", "VERILATOR_BUILD_ARGS", "Sfu", "SfuError", "SfuHarness", "OpTiming", "sfu_lanes"]
 
 #: MISC op names in code order (docs/isa.md; tests check it equals compiler.isa.MISC_OPS).
 MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "rope",
@@ -82,11 +89,13 @@ STATUS_LAYOUT = data.StructLayout({
 })
 
 
-class _State(enum.Enum, shape=2):
+class _State(enum.Enum, shape=3):
     IDLE = 0
     GEOMETRY = 1
     CHECK = 2
-    RUN = 3
+    PARAM_READ = 3     # norm: read the eps multiplier / shift after the gains
+    PARAM_SQRT = 4     # norm: quantize_multiplier(sqrt(cols)) on the integer square root
+    RUN = 5
 
 
 class SfuError(py_enum.IntEnum):
@@ -103,19 +112,37 @@ class SfuError(py_enum.IntEnum):
 
 @dataclass(frozen=True)
 class OpCore:
-    """How the top drives an op core: its class, whether ``src1`` advances per row (a second
-    operand matrix) or stays (a parameter table), and the longest row it accepts."""
+    """How the top drives an op core: its class, ``operands`` (2: a second stream on ``g``),
+    whether ``src1`` advances per row (a second operand matrix) or stays (a parameter table, read
+    in the last pass only), ``src1_extra`` elements after a table's ``cols`` (the norm table's eps
+    multiplier and shift), the longest row it accepts, its pipeline ``latency`` and ``row_gap``:
+    the cycles a row reduction waits between passes (divider / rsqrt), measured on the RTL."""
 
     cls: type
+    operands: int = 1
     src1_per_row: bool = True
+    src1_extra: int = 0
     max_cols: int = (1 << 20) - 1
+    latency: int = 1
+    row_gap: int = 0
+    short_row: int = 0
+    setup: int = 0
+
+    @property
+    def passes(self) -> int:
+        return self.cls.passes
 
 
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
-    "add": OpCore(AddCore),
-    "mul": OpCore(MulCore),
-    "copy": OpCore(CopyCore),
+    "add": OpCore(AddCore, operands=2, latency=AddCore.latency),
+    "mul": OpCore(MulCore, operands=2, latency=MulCore.latency),
+    "copy": OpCore(CopyCore, latency=CopyCore.latency),
+    "silu": OpCore(SiluCore, latency=SiluCore.latency),
+    "swiglu": OpCore(SwigluCore, operands=2, latency=SwigluCore.latency),
+    "rmsnorm": OpCore(RMSNorm, operands=2, src1_per_row=False, src1_extra=2, max_cols=NORM_MAX_DIM,
+                      latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21),
+    "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
 }
 
 #: Cycles from an accepted instruction to the first row read (decode, shape and range checks).
@@ -126,33 +153,47 @@ START_CYCLES = 3
 class OpTiming:
     """Latency and throughput of one op (read by the performance model).
 
-    ``cycles_per_row(cols, lanes)`` = ``passes * reads_per_slot * (ceil(cols / lanes) + 1)``: the
-    steady-state cost of a row (the +1 is the aligner's extra read slot); a row whose end straddles
-    a destination word adds one write cycle (at most 1 per row, overlapped when reads dominate).
-    ``latency`` = the core's pipeline depth in cycles (first read to first write is latency + 2).
+    ``cycles_per_row(cols, lanes)`` = ``(passes - 1) * reads + last_reads`` read slots of
+    ``ceil(cols / lanes) + 1`` cycles each (the +1 is the aligner's extra slot; ``reads`` is 2
+    when two operand rows share the read port, ``last_reads`` likewise for the last pass, where a
+    norm also streams its gains) plus ``row_gap``: the cycles a row reduction waits between passes
+    for its divider / rsqrt, plus ``max(0, short_row - beats)`` on rows too short for the read
+    credit to overlap that wait (measured on the RTL; tests/test_hw_sfu.py checks the model).
+    ``setup``: cycles before the first row (the norm's table read and sqrt(cols) multiplier).
+    ``latency`` = the core's pipeline depth in cycles.
     """
 
     passes: int
-    reads_per_slot: int
+    reads: int
+    last_reads: int
     latency: int
+    row_gap: int = 0
+    short_row: int = 0
+    setup: int = 0
 
     def cycles_per_row(self, cols: int, lanes: int) -> int:
-        return self.passes * self.reads_per_slot * (-(-cols // lanes) + 1)
+        beats = -(-cols // lanes)
+        return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
+                + max(0, self.short_row - beats))
+
+    def elements_per_cycle(self, cols: int, lanes: int) -> float:
+        return cols / self.cycles_per_row(cols, lanes)
 
     def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0) -> int:
-        """Cycles of a whole instruction (``status.cycles``): start, the rows, the core's latency,
-        the read and write pipeline (2), and 1 more when the last row's end straddles a destination
-        word (its flush write; earlier rows' flushes hide in the free read slot of the next row)."""
+        """Cycles of a whole instruction (``status.cycles``): start, setup, the rows, the core's
+        latency, the read and write pipeline (2), and 1 more when the last row's end straddles a
+        destination word (its flush write; earlier rows' flushes hide in the next row's free read
+        slot)."""
         last_start = dst // 4 + (rows - 1) * cols
         offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
         flush = int(offset != 0 and last_count > lanes - offset)
-        return START_CYCLES + rows * self.cycles_per_row(cols, lanes) + self.latency + 2 + flush
+        return START_CYCLES + self.setup + rows * self.cycles_per_row(cols, lanes) + self.latency + 2 + flush
 
 
 def _timing(core: OpCore) -> OpTiming:
-    cls = core.cls
-    return OpTiming(passes=cls.passes, reads_per_slot=2 if cls.operands == 2 and core.src1_per_row else 1,
-                    latency=cls.latency)
+    two = core.operands == 2
+    return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
+                    latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup)
 
 
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
@@ -190,6 +231,13 @@ LINT_WAIVERS: dict[str, str] = {
     "UNUSEDSIGNAL:r_level": _FIFO,
     "UNUSEDSIGNAL:w_level": _FIFO,
 }
+
+
+#: Waivers of an SFU that includes the sfu-arith blocks (Sigmoid, norm and softmax cores): those
+#: modules waive UNUSEDSIGNAL as a whole for Amaranth's alias wires (hw/sfu_arith.py LINT_WAIVERS,
+#: with its reason); the framework and the element-wise cores lint with LINT_WAIVERS alone
+#: (tests/test_hw_sfu.py lints an add/mul/copy instance that way).
+FULL_LINT_WAIVERS: dict[str, str] = {**LINT_WAIVERS, **ARITH_LINT_WAIVERS}
 
 
 def sfu_lanes(config: AcceleratorConfig) -> int:
@@ -266,14 +314,16 @@ class Sfu(wiring.Component):
         # ---- per-op static facts, decoded from the latched op code
         op_built, op_reserved = Signal(), Signal()
         op_passes, op_two, op_src1_rows = Signal(2), Signal(), Signal()
-        op_max_cols = Signal(20)
+        op_max_cols = Signal(21)
+        op_src1_extra, op_norm = Signal(2), Signal()
         with m.Switch(ins.op):
             for op in self.ops:
                 spec = OP_CORES[op]
                 with m.Case(MISC_OPS.index(op)):
-                    m.d.comb += [op_built.eq(1), op_passes.eq(spec.cls.passes),
-                                 op_two.eq(spec.cls.operands == 2), op_src1_rows.eq(spec.src1_per_row),
-                                 op_max_cols.eq(spec.max_cols)]
+                    m.d.comb += [op_built.eq(1), op_passes.eq(spec.passes),
+                                 op_two.eq(spec.operands == 2), op_src1_rows.eq(spec.src1_per_row),
+                                 op_max_cols.eq(spec.max_cols), op_src1_extra.eq(spec.src1_extra),
+                                 op_norm.eq(op == "rmsnorm")]
             with m.Case(*[MISC_OPS.index(op) for op in RESERVED_OPS], 13, 14, 15):
                 m.d.comb += op_reserved.eq(1)
             with m.Default():  # valid ops not built into this instance (every case listed: lint)
@@ -297,7 +347,7 @@ class Sfu(wiring.Component):
         depth = self.fifo_depth
         outstanding = Signal(range(depth + 2))
         # one FIFO per operand stream; the second only when a built core takes two operands
-        streams = 2 if any("g" in c.signature.members for c in cores.values()) else 1
+        streams = 2 if any(OP_CORES[op].operands == 2 for op in cores) else 1
         fifos = [fifo.SyncFIFO(width=blayout.size, depth=depth) for _ in range(streams)]
         for k, f in enumerate(fifos):
             m.submodules[f"fifo{k}"] = f
@@ -305,6 +355,19 @@ class Sfu(wiring.Component):
         w_row, w_beat, wa = Signal(13), Signal(21), Signal(ea_bits)
         carry = Signal(data.ArrayLayout(unsigned(32), lanes))
         flush, flush_addr, flush_en = Signal(), Signal(self.addr_width), Signal(lanes)
+
+        # ---- per-instruction parameters of the norm (read from its table) and the softmax row
+        c_row = Signal(16)            # rows whose last pass the core has taken (softmax's row index)
+        pr_step = Signal(2)
+        eps_mult, eps_shift = Signal(32), Signal(32)
+        sqrt_mult, sqrt_shift = Signal(31), Signal(8)
+        sqrt_e = Signal(4)            # frexp exponent of sqrt(cols): ceil(bit_length(cols) / 2)
+        need_sqrt = "rmsnorm" in self.ops
+        if need_sqrt:
+            m.submodules.sqrt = sqrt_unit = Isqrt(n_bits=62, bits_per_cycle=2)
+            m.d.comb += [sqrt_e.eq((bit_length(ins.cols[:15]) + 1) >> 1),
+                         sqrt_unit.i.payload.eq(ins.cols[:15] << (62 - 2 * sqrt_e).as_unsigned()[:6]), sqrt_unit.o.ready.eq(1)]
+        m.d.comb += self.rd.en.eq(0)
 
         # ---- control FSM
         running = Signal()
@@ -323,7 +386,7 @@ class Sfu(wiring.Component):
                              last_count.eq(((ins.cols - 1) & mask) + 1)]
                 m.d.sync += state.eq(_State.CHECK)
             with m.Case(_State.CHECK):
-                src1_elems = Mux(op_src1_rows, n_elems, ins.cols)
+                src1_elems = Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra)
                 bad_range = ((e_src0 + n_elems > elems_total) | (e_dst + n_elems > elems_total)
                              | (op_two & (e_src1 + src1_elems > elems_total)))
                 unaligned = ((ins.src0 | ins.dst) & 3).any() | (op_two & (ins.src1 & 3).any())
@@ -345,8 +408,42 @@ class Sfu(wiring.Component):
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Else():
                     m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
-                                 ra0.eq(e_src0), ra1.eq(e_src1), w_row.eq(0), w_beat.eq(0), wa.eq(e_dst)]
-                    m.d.sync += state.eq(_State.RUN)
+                                 ra0.eq(e_src0), ra1.eq(e_src1), w_row.eq(0), w_beat.eq(0), wa.eq(e_dst),
+                                 c_row.eq(0), pr_step.eq(0)]
+                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, _State.RUN))
+            if need_sqrt:  # only an instance with a norm has the parameter states
+                with m.Case(_State.PARAM_READ):
+                    # two reads: the words holding elements src1/4 + cols and + cols + 1 (eps
+                    # multiplier and shift); the data arrives one cycle after each read
+                    table = e_src1 + ins.cols
+                    m.d.comb += [self.rd.addr.eq((table >> lb) + pr_step[0]), self.rd.en.eq(~pr_step[1])]
+                    with m.If(pr_step != 2):
+                        m.d.sync += pr_step.eq(pr_step + 1)
+                    word_lanes = Array(self.rd.data[32 * j: 32 * (j + 1)] for j in range(lanes))
+                    off = _lane_index(table, lb) if lb else Const(0, 1)
+                    with m.If(pr_step == 1):
+                        m.d.sync += eps_mult.eq(word_lanes[off] if lb else word_lanes[0])
+                        if lanes > 1:
+                            with m.If(off != mask):
+                                m.d.sync += eps_shift.eq(word_lanes[_lane_index(table + 1, lb)])
+                    with m.If(pr_step == 2):
+                        if lanes > 1:
+                            with m.If(off == mask):
+                                m.d.sync += eps_shift.eq(word_lanes[0])
+                        else:
+                            m.d.sync += eps_shift.eq(word_lanes[0])
+                        m.d.comb += sqrt_unit.i.valid.eq(1)
+                        with m.If(sqrt_unit.i.ready):
+                            m.d.sync += state.eq(_State.PARAM_SQRT)
+                with m.Case(_State.PARAM_SQRT):
+                    with m.If(sqrt_unit.o.valid):
+                        root, rem = sqrt_unit.o.p.root, sqrt_unit.o.p.remainder
+                        rounded = root + (rem > root)           # round half up of sqrt(cols << 2k)
+                        with m.If(rounded[31]):                  # carry to 2**31: (2**30, shift - 1)
+                            m.d.sync += [sqrt_mult.eq(1 << 30), sqrt_shift.eq(30 - sqrt_e)]
+                        with m.Else():
+                            m.d.sync += [sqrt_mult.eq(rounded), sqrt_shift.eq(31 - sqrt_e)]
+                        m.d.sync += state.eq(_State.RUN)
             with m.Default():  # RUN
                 m.d.comb += running.eq(1)
                 with m.If(r_done & (w_row == ins.rows) & ~flush):
@@ -369,7 +466,8 @@ class Sfu(wiring.Component):
         produce = r_slot != 0
         issue = Signal()
         m.d.comb += issue.eq(running & ~r_done & (r_op1 | ~produce | (outstanding < depth)))
-        m.d.comb += [self.rd.addr.eq(word), self.rd.en.eq(issue & (word <= word_last))]
+        with m.If(running):
+            m.d.comb += [self.rd.addr.eq(word), self.rd.en.eq(issue & (word <= word_last))]
         # the slot's bookkeeping, aligned with the read data one cycle later
         p_valid, p_op1, p_produce, p_first, p_last = Signal(), Signal(), Signal(), Signal(), Signal()
         p_count, p_pass, p_off = Signal(range(lanes + 1)), Signal(2), Signal(range(lanes))
@@ -417,15 +515,27 @@ class Sfu(wiring.Component):
         out_beat = Signal(blayout)
         take0, take1 = Signal(), (Signal() if streams == 2 else None)
         for op, core in cores.items():
+            spec = OP_CORES[op]
             sel = running & (ins.op == MISC_OPS.index(op))
             m.d.comb += [core.i.payload.eq(in_beats[0]), core.i.valid.eq(sel & fifos[0].r_rdy)]
             with m.If(sel):
                 m.d.comb += [take0.eq(core.i.valid & core.i.ready), out_valid.eq(core.o.valid),
                              out_beat.eq(core.o.payload), core.o.ready.eq(out_ready)]
-            if "g" in core.signature.members:
+            if spec.operands == 2:
                 m.d.comb += [core.g.payload.eq(in_beats[1]), core.g.valid.eq(sel & fifos[1].r_rdy)]
                 with m.If(sel):
                     m.d.comb += take1.eq(core.g.valid & core.g.ready)
+            elif "g" in core.signature.members:
+                m.d.comb += core.g.valid.eq(0)      # a core with an unused second input
+            if op == "rmsnorm":
+                m.d.comb += [core.params.cols.eq(ins.cols), core.params.eps_mult.eq(eps_mult),
+                             core.params.eps_shift.eq(eps_shift), core.params.sqrt_mult.eq(sqrt_mult),
+                             core.params.sqrt_shift.eq(sqrt_shift)]
+            elif op == "softmax":
+                m.d.comb += [core.params.mask.eq(ins.mask), core.params.qpos_base.eq(ins.imm[:16]),
+                             core.params.qpos_period.eq(ins.imm[16:]), core.params.row.eq(c_row)]
+        with m.If(take0 & in_beats[0].last & (in_beats[0].pass_ == op_passes - 1)):
+            m.d.sync += c_row.eq(c_row + 1)
         m.d.comb += fifos[0].r_en.eq(take0)
         if streams == 2:
             m.d.comb += fifos[1].r_en.eq(take1)

@@ -58,6 +58,12 @@ def _values(rng, n: int, kind: str) -> np.ndarray:
         return np.full(n, int(rng.integers(INT32_MIN, INT32_MAX)), dtype=np.int64)
     if kind == "small":
         return rng.integers(-(1 << 20), 1 << 20, n)
+    if kind == "scores":  # attention-like scores (std 5) with a SmolLM2 attention-sink magnitude
+        v = np.round(rng.standard_normal(n) * 5 * 65536).astype(np.int64)
+        v[rng.integers(0, n)] = 24900 << 16
+        return v
+    if kind == "zero":
+        return np.zeros(n, dtype=np.int64)
     return rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True)
 
 
@@ -82,15 +88,31 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
     for _ in range(3):
         pos += 4 * int(rng.integers(0, 2 * lanes))
         starts.append(pos)
-        pos += 4 * n
+        pos += 4 * max(n, cols + 4)
     if pos > space:
         raise ValueError(f"case {label}: {rows}x{cols} does not fit the {space}-byte data space")
     src0, src1, dst = starts
-    for start in (src0, src1):
-        image[start: start + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
+    image[src0: src0 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
+    imm, mask = 0, 0
+    if op == "rmsnorm":  # norm parameter table: gains, eps multiplier and shift, 8 bytes padding
+        from olivine.golden.fixed import quantize_multiplier
+
+        gains = np.round((1.0 + 0.3 * rng.standard_normal(cols)) * 65536).astype(np.int64)
+        if kind == "edges":
+            gains[: 2] = [INT32_MAX, INT32_MIN][: cols]
+        em, es = quantize_multiplier(float(rng.choice([1e-5, 1e-6, 0.0, 0.5])))
+        table = np.concatenate([gains, [em, es, 0, 0]]).astype(np.int64)
+        image[src1: src1 + 4 * (cols + 4)] = (table & 0xFFFFFFFF).astype("<u4").view(np.uint8)
+    elif op == "softmax":
+        mask = int(rng.integers(0, 2)) if kind != "masked" else 1
+        imm = int(rng.integers(0, cols + 2)) | (int(rng.integers(0, 4)) << 16)
+        if kind == "masked":
+            imm = 0 | (1 << 16)  # query position 0: only key 0 visible
+    else:
+        image[src1: src1 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     # something recognisable around the destination: nothing outside it may change
     image[dst: dst + 4 * n] = 0xA5
-    fields = dict(op=MISC_OPS.index(op), mask=0, src0=src0, src1=src1, dst=dst, rows=rows, cols=cols, imm=0,
+    fields = dict(op=MISC_OPS.index(op), mask=mask, src0=src0, src1=src1, dst=dst, rows=rows, cols=cols, imm=imm,
                   offset=int(rng.integers(0, 1 << 20)))
     case = Case(op, fields, image, label=label)
     case.want = expected_image(config, image, fields)
@@ -104,16 +126,18 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
     space_words = (config.buffers.activation_kib + config.buffers.global_kib) * 256
     cases = []
     for op in ops:
-        operands = 2 if OP_CORES[op].cls.operands == 2 else 1
-        longest = min(OP_CORES[op].max_cols, (space_words - 8 * lanes) // 3)
+        longest = min(OP_CORES[op].max_cols, (space_words - 8 * lanes) // 3 - 8)
         shapes = [(3, 7, "random"), (2, 1, "random"), (4, lanes, "edges"), (3, 2 * lanes + 1, "edges"),
                   (2, 5, "equal"), (5, 3 * lanes - 1, "small")]
         shapes.append((1, longest if not reduced else min(longest, 300), "random"))
+        if op in ("rmsnorm", "softmax"):
+            shapes += [(3, 2 * lanes + 3, "scores"), (2, 6, "zero")]
+        if op == "softmax":
+            shapes += [(4, 9, "masked")]
         if not reduced:
             shapes += [(9, 13, "random"), (1, 1, "edges"), (16, 2, "edges")]
         for rows, cols, kind in shapes:
             cases.append(_fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}"))
-        del operands
     # bad input: a defined error, nothing written
     base = cases[0]
     op0 = MISC_OPS.index(ops[0])
@@ -126,7 +150,12 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
            ("unaligned dst", dict(op=op0, dst=base.fields["dst"] + 2), SfuError.UNALIGNED),
            ("dst out of range", dict(op=op0, dst=space - 8), SfuError.OUT_OF_RANGE),
            ("src0 out of range", dict(op=op0, src0=space), SfuError.OUT_OF_RANGE),
-           ("huge rows x cols", dict(op=op0, rows=4095, cols=(1 << 20) - 1), SfuError.OUT_OF_RANGE)]
+           ("huge rows x cols", dict(op=op0, rows=4095, cols=min(OP_CORES[ops[0]].max_cols, (1 << 20) - 1)),
+            SfuError.OUT_OF_RANGE)]
+    for op in ops:
+        if OP_CORES[op].max_cols < (1 << 20) - 1:
+            bad.append((f"{op} row too long", dict(op=MISC_OPS.index(op), rows=1, cols=OP_CORES[op].max_cols + 1),
+                        SfuError.ROW_TOO_LONG))
     not_built = [op for op in MISC_OPS if op not in ops and op not in ("layernorm", "argmax")]
     if not_built:
         bad.append((f"{not_built[0]} not built", dict(op=MISC_OPS.index(not_built[0])), SfuError.NOT_BUILT))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from olivine.hw.sfu import (LINT_WAIVERS, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness,
+from olivine.hw.sfu import (FULL_LINT_WAIVERS, LINT_WAIVERS, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness,
                             sfu_lanes, small_config)
 from olivine.sim import sfu_check
 from tests.helpers import REDUCED, requires_verilator
@@ -96,9 +96,11 @@ def test_bad_construction_is_rejected_clearly():
 def test_sfu_verilog_lints_with_justified_waivers():
     from olivine.hw.export import lint, verilog
 
-    for ops in (BUILT, ("copy",)):
+    for ops in (("add", "mul", "copy"), ("copy",)):  # the framework and its own cores
         top = f"sfu_lint_{'_'.join(ops)}"
         lint(verilog(Sfu(CONFIG, ops=ops), top), top, waivers=LINT_WAIVERS)
+    # with the sfu-arith blocks, which waive their alias wires as a whole (hw/sfu_arith.py)
+    lint(verilog(Sfu(CONFIG), "sfu_lint_all"), "sfu_lint_all", waivers=FULL_LINT_WAIVERS)
 
 
 @pytest.mark.rtl
