@@ -52,7 +52,7 @@ class Case:
 def _values(rng, n: int, kind: str) -> np.ndarray:
     if kind == "edges":
         pool = np.array([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX, INT32_MAX - 1, 1 << 16, -(1 << 16),
-                         1 << 30, -(1 << 30), 46341 << 16, -(46341 << 16)], dtype=np.int64)
+                         1 << 30, -(1 << 30), 46341, -46341, (1 << 31) - (1 << 16)], dtype=np.int64)
         return rng.choice(pool, n)
     if kind == "equal":
         return np.full(n, int(rng.integers(INT32_MIN, INT32_MAX)), dtype=np.int64)
