@@ -68,7 +68,7 @@ NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests
 SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
 
 __all__ = ["INSTR_LAYOUT", "MISC_OPS", "OP_CORES", "OP_TIMING", "START_CYCLES", "STATUS_LAYOUT",
-           "FULL_LINT_WAIVERS", "LINT_WAIVERS", "VERILATOR_BUILD_ARGS", "Sfu", "SfuError", "SfuHarness", "OpTiming", "sfu_lanes"]
+           "FULL_LINT_WAIVERS", "LINT_WAIVERS", "VERILATOR_BUILD_ARGS", "Sfu", "SfuError", "SfuHarness", "OpTiming", "sfu_lanes", "sqrt_multiplier"]
 
 #: MISC op names in code order (docs/isa.md; tests check it equals compiler.isa.MISC_OPS).
 MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "rope",
@@ -238,6 +238,20 @@ LINT_WAIVERS: dict[str, str] = {
 #: with its reason); the framework and the element-wise cores lint with LINT_WAIVERS alone
 #: (tests/test_hw_sfu.py lints an add/mul/copy instance that way).
 FULL_LINT_WAIVERS: dict[str, str] = {**LINT_WAIVERS, **ARITH_LINT_WAIVERS}
+
+
+def sqrt_multiplier(cols: int) -> tuple[int, int]:
+    """The norm's ``quantize_multiplier(sqrt(cols))`` as the RTL computes it, in integers:
+    ``e = ceil(bit_length(cols) / 2)`` (frexp exponent of sqrt(cols)), ``r, rem = isqrt(cols <<
+    (62 - 2e))``, ``m = r + (rem > r)`` (round half up), a carry to 2**31 giving (2**30, 30 - e),
+    else (m, 31 - e). Equal to golden's float64 rule for every cols in 1..NORM_MAX_DIM (tested)."""
+    import math
+
+    e = (cols.bit_length() + 1) // 2
+    n = cols << (62 - 2 * e)
+    r = math.isqrt(n)
+    m = r + (n - r * r > r)
+    return (1 << 30, 30 - e) if m == 1 << 31 else (m, 31 - e)
 
 
 def sfu_lanes(config: AcceleratorConfig) -> int:

@@ -144,3 +144,26 @@ def test_resource_unit_factory():
 def test_harness_memory_is_the_configured_data_space():
     h = SfuHarness(CONFIG, ops=("copy",))
     assert h.words * 4 * h.lanes == (CONFIG.buffers.activation_kib + CONFIG.buffers.global_kib) * 1024
+
+
+def test_sqrt_multiplier_rule_equals_golden_for_every_norm_width():
+    from olivine.golden import fixed
+    from olivine.golden import sfu as golden
+    from olivine.hw.sfu import NORM_MAX_DIM, SOFTMAX_MAX_LEN, sqrt_multiplier
+
+    assert (NORM_MAX_DIM, SOFTMAX_MAX_LEN) == (golden.NORM_MAX_DIM, golden.SOFTMAX_MAX_LEN)
+    import math
+    bad = [d for d in range(1, NORM_MAX_DIM + 1) if sqrt_multiplier(d) != fixed.quantize_multiplier(math.sqrt(d))]
+    assert not bad, f"sqrt(cols) multiplier differs from golden for cols {bad[:5]}"
+
+
+def test_sixteen_lanes_as_on_the_u280():
+    """The U280 lane count (sfu_dsp = 64 -> 16 lanes): bit-exact and the timing model holds."""
+    config = small_config(sfu_dsp=64)
+    ops = ("add", "copy")
+    cases = [c for c in sfu_check.make_cases(config, ops, reduced=True, seed=7) if c.want_code == 0]
+    results = sfu_check.run_amaranth(config, ops, cases)
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["mismatches"] == 0, case.label
+        assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 16, f["dst"]), case.label
