@@ -5,8 +5,9 @@
 (saturation edges, INT32_MIN, all-equal rows, unaligned row starts, the longest rows the data space
 holds) and bad-input cases (reserved op, zero rows, out of range, unaligned), compares every result
 word with what ``sim/funcsim.py`` (golden/sfu.py) writes for the same instruction, and prints a
-table: op, cases, mismatches, cycles per row measured, elements per cycle, the OP_TIMING model.
-Exit status 1 on any mismatch.
+table: op, cases, mismatches, cycles per row measured (longest case), the OP_TIMING model's,
+elements per cycle, and whether OP_TIMING equals the measured cycles of every case. Exit status 1
+on any mismatch (values, status code, or the timing model).
 
 (The command lives in sim/, not hw/: hw never imports the simulators, and the expected results
 come from ``FuncSim.do_misc``.)
@@ -319,17 +320,20 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
         entry["mismatches"] += wrong
         if case.want_code == 0:
             f = case.fields
-            entry["cpr"].append((res["cycles"], f["rows"], f["cols"]))
+            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"]))
             t = OP_TIMING[case.op]
-            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes))
+            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]))
     for entry in by_op.values():
         if entry["cpr"]:
-            # cycles per row of the longest case (start and drain amortised least there)
-            cyc, r, c = max(entry["cpr"], key=lambda x: x[1] * x[2])
-            entry["cycles_per_row"] = cyc / r
-            entry["elems_per_cycle"] = r * c / cyc
-            entry["model_cycles_per_row"] = OP_TIMING[entry["op"]].cycles_per_row(c, lanes)
+            t = OP_TIMING[entry["op"]]
+            # the longest case; its per-row cost = measured cycles minus the model's fixed part
+            cyc, r, c, dst = max(entry["cpr"], key=lambda x: x[1] * x[2])
+            fixed = t.instruction_cycles(r, c, lanes, dst) - r * t.cycles_per_row(c, lanes)
+            entry["cycles_per_row"] = (cyc - fixed) / r
+            entry["elems_per_cycle"] = c / entry["cycles_per_row"]
+            entry["model_cycles_per_row"] = t.cycles_per_row(c, lanes)
             entry["cols"] = c
+            entry["timing_ok"] = all(x[0] == mo for x, mo in zip(entry["cpr"], entry["model"]))
         rows.append(entry)
     return rows, bad_total
 
@@ -337,13 +341,16 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
 def print_table(rows, lanes: int, backend: str) -> None:
     print(f"SFU RTL check ({backend}, {lanes} lanes) against sim/funcsim.py MISC semantics")
     print(f"{'op':8s} {'cases':>5s} {'mismatches':>10s} {'row len':>7s} {'cycles/row':>10s} "
-          f"{'model':>6s} {'elem/cycle':>10s}")
+          f"{'model':>6s} {'elem/cycle':>10s} {'OP_TIMING':>9s}")
     for e in rows:
         if "cycles_per_row" in e:
             print(f"{e['op']:8s} {e['cases']:5d} {e['mismatches']:10d} {e['cols']:7d} {e['cycles_per_row']:10.1f} "
-                  f"{e['model_cycles_per_row']:6d} {e['elems_per_cycle']:10.2f}")
+                  f"{e['model_cycles_per_row']:6d} {e['elems_per_cycle']:10.2f} "
+                  f"{'exact' if e['timing_ok'] else 'DIFFERS':>9s}")
         else:
-            print(f"{e['op']:8s} {e['cases']:5d} {e['mismatches']:10d} {'-':>7s} {'-':>10s} {'-':>6s} {'-':>10s}")
+            print(f"{e['op']:8s} {e['cases']:5d} {e['mismatches']:10d} {'-':>7s} {'-':>10s} {'-':>6s} {'-':>10s} {'-':>9s}")
+    print("cycles/row: the longest case, measured status.cycles minus the model's fixed part (start, "
+          "setup, drain); OP_TIMING: the model equals status.cycles on every case")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     results = (run_amaranth if args.amaranth else run_verilator)(config, ops, cases)
     rows, bad = summarize(config, ops, cases, results)
     print_table(rows, sfu_lanes(config), "Amaranth" if args.amaranth else "Verilator")
+    bad += sum(not e.get("timing_ok", True) for e in rows)
     if bad:
         for case, res in zip(cases, results):
             if res["mismatches"] or res["code"] != case.want_code:
