@@ -278,7 +278,7 @@ def run_verilator(config, ops, cases: list[Case]) -> list[dict]:
     from olivine.sim.rtl import RtlTestFailure, run_cocotb
 
     text, top = harness_verilog(config, ops)
-    lanes = SfuHarness(config, ops=tuple(ops)).lanes
+    lanes = sfu_lanes(config)
     vectors = cocotb_vectors(cases, lanes)
     with tempfile.TemporaryDirectory(prefix="olivine-sfu-check-") as tmp:
         out = Path(tmp) / "results.npz"
