@@ -39,10 +39,17 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written.
 
-Latency and throughput per op: :data:`OP_TIMING` (cycles per row = ``passes * (beats + 1) *
-reads_per_slot`` + a row-end write, ``beats = ceil(cols / lanes)``), checked against the RTL by
-tests/test_hw_sfu.py; a fixed ``START_CYCLES`` at instruction start (decode and checks) plus the
-core's pipeline latency at the end.
+Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
+``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
+element-wise ops at ``lanes`` (one operand) or ``lanes / 2`` (two) elements per cycle, rmsnorm
+``lanes / 4``, softmax ``lanes / 3`` plus their per-row divider/rsqrt wait), equal to
+``status.cycles`` of the RTL on every test case (tests/test_hw_sfu.py, sim/sfu_check.py);
+``START_CYCLES`` = 3 at instruction start (accept, rows x cols, checks), then the core's pipeline
+latency + 2 at the end.
+
+Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
+(hw/sfu_norm.py) and softmax (hw/sfu_softmax.py). rope, quant, dequant and vshift are not built
+yet and answer ``SfuError.NOT_BUILT``.
 """
 
 from __future__ import annotations
