@@ -1,0 +1,664 @@
+"""The special function unit (SFU): executes decoded MISC instructions on the core's data space.
+
+:class:`Sfu` takes one decoded MISC instruction at a time on ``instr`` (op, mask, src0, src1, dst,
+rows, cols, imm and the instruction's word offset in the program), streams its rows from the data
+space through the read port into the op core, and writes the core's results back through the write
+port. Semantics are docs/isa.md "MISC", bit-exact with golden/sfu.py (what sim/funcsim.py runs).
+
+Data space ports (the activation + global buffer of docs/isa.md, ``(activation_kib + global_kib)
+KiB``): a read port and a write port of ``lanes`` x 32 bits, addressed in words of ``4 * lanes``
+bytes, with the signatures of ``amaranth.lib.memory`` ports (``rd``: ``addr``/``en`` out, ``data``
+in, one cycle read latency; ``wr``: ``addr``/``data``/``en`` out with one enable per byte), so a
+``Memory`` connects directly (:class:`SfuHarness` does that for tests).
+
+Lanes: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp // 4`` (a 32 x 32 bit
+lane multiply takes 4 DSP48E2): 16 lanes at the default 64 SFU DSPs.
+
+Row streaming, no row buffer: every row is read from the data space once per pass of its op core
+(``passes``: 1 for element-wise ops, 2-3 for row reductions), each pass at full rate through an
+aligner (any 4-byte aligned row start; the aligner rotates each read word by the row's lane offset
+and joins it with the previous word). The cost is one extra read slot per row and pass, and
+``passes`` x the row's reads for reductions; the gain is no row buffer at all (a 16384-element norm
+row or a long softmax row would need 64 KiB or more per buffer). Two-operand ops (add, mul, swiglu)
+interleave src0 and src1 reads on the single read port. Writes go through a second aligner with
+byte enables; a row whose end straddles a word costs one extra write cycle.
+
+Ports
+-----
+instr : In(stream.Signature(INSTR_LAYOUT))
+    Accepted only when the unit is idle (``ready`` high).
+rd : In(ReadPort.Signature(addr_width, unsigned(32 * lanes)))
+wr : In(WritePort.Signature(addr_width, unsigned(32 * lanes), granularity=8))
+status : Out(STATUS_LAYOUT)
+    ``busy``; ``done`` (one cycle when an instruction finishes, with or without error); ``error``,
+    ``code`` (:class:`SfuError`), ``offset`` (the failing instruction's word offset), held until
+    the next instruction finishes; ``cycles`` of the last instruction (accept to done).
+
+Bad input (a defined response, never a hang): a reserved op (layernorm, argmax, codes 13-15), an op
+not built into this instance, zero rows or cols, a row longer than the op's limit, an unaligned
+address or an operand/result outside the data space finish the instruction in 3 cycles with
+``error`` set, the code and the offset latched, and nothing written.
+
+Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
+``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
+element-wise ops at ``lanes`` (one operand) or ``lanes / 2`` (two) elements per cycle, rmsnorm
+``lanes / 4``, softmax ``lanes / 3`` plus their per-row divider/rsqrt wait), equal to
+``status.cycles`` of the RTL on every test case (tests/test_hw_sfu.py, sim/sfu_check.py);
+``START_CYCLES`` = 3 at instruction start (accept, rows x cols, checks), then the core's pipeline
+latency + 2 at the end.
+
+Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
+(hw/sfu_norm.py) and softmax (hw/sfu_softmax.py). rope, quant, dequant and vshift are not built
+yet and answer ``SfuError.NOT_BUILT``.
+"""
+
+from __future__ import annotations
+
+import enum as py_enum
+from dataclasses import dataclass
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, fifo, stream, wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+
+from .config import AcceleratorConfig
+from .resources import register_unit
+from .sfu_core import beat_layout
+from .sfu_arith import LINT_WAIVERS as ARITH_LINT_WAIVERS
+from .sfu_arith import Isqrt, bit_length
+from .sfu_eltwise import AddCore, CopyCore, MulCore, SiluCore, SwigluCore
+from .sfu_norm import NORM_LATENCY, RMSNorm
+from .sfu_softmax import SOFTMAX_LATENCY, Softmax
+
+NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
+SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
+
+__all__ = ["INSTR_LAYOUT", "MISC_OPS", "OP_CORES", "OP_TIMING", "START_CYCLES", "STATUS_LAYOUT",
+           "FULL_LINT_WAIVERS", "LINT_WAIVERS", "VERILATOR_BUILD_ARGS", "Sfu", "SfuError", "SfuHarness", "OpTiming", "sfu_lanes", "sqrt_multiplier"]
+
+#: MISC op names in code order (docs/isa.md; tests check it equals compiler.isa.MISC_OPS).
+MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "rope",
+            "quant", "dequant", "copy", "argmax", "vshift")
+#: Ops the ISA reserves (not emitted by the compiler; the simulator rejects them).
+RESERVED_OPS = ("layernorm", "argmax")
+
+#: DSP48E2 per lane of a 32 x 32 bit multiply (27 x 18 slices).
+DSP_PER_LANE = 4
+
+INSTR_LAYOUT = data.StructLayout({
+    "op": 4, "mask": 1, "src0": 24, "src1": 24, "dst": 24, "rows": 12, "cols": 20, "imm": 32,
+    "offset": 24,
+})
+
+STATUS_LAYOUT = data.StructLayout({
+    "busy": 1, "done": 1, "error": 1, "code": 4, "offset": 24, "cycles": 32,
+})
+
+
+class _State(enum.Enum, shape=3):
+    IDLE = 0
+    GEOMETRY = 1
+    CHECK = 2
+    PARAM_READ = 3     # norm: read the eps multiplier / shift after the gains
+    PARAM_SQRT = 4     # norm: quantize_multiplier(sqrt(cols)) on the integer square root
+    RUN = 5
+
+
+class SfuError(py_enum.IntEnum):
+    """``status.code`` values."""
+
+    NONE = 0
+    RESERVED_OP = 1      # layernorm / argmax / op codes 13-15
+    NOT_BUILT = 2        # a valid op this SFU instance was built without
+    ZERO_SHAPE = 3       # rows == 0 or cols == 0
+    ROW_TOO_LONG = 4     # cols beyond the op's limit
+    UNALIGNED = 5        # a fixed32 address not a multiple of 4
+    OUT_OF_RANGE = 6     # an operand or the result beyond the data space
+
+
+@dataclass(frozen=True)
+class OpCore:
+    """How the top drives an op core: its class, ``operands`` (2: a second stream on ``g``),
+    whether ``src1`` advances per row (a second operand matrix) or stays (a parameter table, read
+    in the last pass only), ``src1_extra`` elements after a table's ``cols`` (the norm table's eps
+    multiplier and shift), the longest row it accepts, its pipeline ``latency`` and ``row_gap``:
+    the cycles a row reduction waits between passes (divider / rsqrt), measured on the RTL."""
+
+    cls: type
+    operands: int = 1
+    src1_per_row: bool = True
+    src1_extra: int = 0
+    max_cols: int = (1 << 20) - 1
+    latency: int = 1
+    row_gap: int = 0
+    short_row: int = 0
+    setup: int = 0
+
+    @property
+    def passes(self) -> int:
+        return self.cls.passes
+
+
+#: The op cores of this revision, by MISC op name.
+OP_CORES: dict[str, OpCore] = {
+    "add": OpCore(AddCore, operands=2, latency=AddCore.latency),
+    "mul": OpCore(MulCore, operands=2, latency=MulCore.latency),
+    "copy": OpCore(CopyCore, latency=CopyCore.latency),
+    "silu": OpCore(SiluCore, latency=SiluCore.latency),
+    "swiglu": OpCore(SwigluCore, operands=2, latency=SwigluCore.latency),
+    "rmsnorm": OpCore(RMSNorm, operands=2, src1_per_row=False, src1_extra=2, max_cols=NORM_MAX_DIM,
+                      latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21),
+    "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
+}
+
+#: Cycles from an accepted instruction to the first row read (decode, shape and range checks).
+START_CYCLES = 3
+
+
+@dataclass(frozen=True)
+class OpTiming:
+    """Latency and throughput of one op (read by the performance model).
+
+    ``cycles_per_row(cols, lanes)`` = ``(passes - 1) * reads + last_reads`` read slots of
+    ``ceil(cols / lanes) + 1`` cycles each (the +1 is the aligner's extra slot; ``reads`` is 2
+    when two operand rows share the read port, ``last_reads`` likewise for the last pass, where a
+    norm also streams its gains) plus ``row_gap``: the cycles a row reduction waits between passes
+    for its divider / rsqrt, plus ``max(0, short_row - beats)`` on rows too short for the read
+    credit to overlap that wait (measured on the RTL; tests/test_hw_sfu.py checks the model).
+    ``setup``: cycles before the first row (the norm's table read and sqrt(cols) multiplier).
+    ``latency`` = the core's pipeline depth in cycles.
+    """
+
+    passes: int
+    reads: int
+    last_reads: int
+    latency: int
+    row_gap: int = 0
+    short_row: int = 0
+    setup: int = 0
+
+    def cycles_per_row(self, cols: int, lanes: int) -> int:
+        beats = -(-cols // lanes)
+        return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
+                + max(0, self.short_row - beats))
+
+    def elements_per_cycle(self, cols: int, lanes: int) -> float:
+        return cols / self.cycles_per_row(cols, lanes)
+
+    def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0) -> int:
+        """Cycles of a whole instruction (``status.cycles``): start, setup, the rows, the core's
+        latency, the read and write pipeline (2), and 1 more when the last row's end straddles a
+        destination word (its flush write; earlier rows' flushes hide in the next row's free read
+        slot)."""
+        last_start = dst // 4 + (rows - 1) * cols
+        offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
+        flush = int(offset != 0 and last_count > lanes - offset)
+        return START_CYCLES + self.setup + rows * self.cycles_per_row(cols, lanes) + self.latency + 2 + flush
+
+
+def _timing(core: OpCore) -> OpTiming:
+    two = core.operands == 2
+    return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
+                    latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup)
+
+
+#: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
+#: and the check command reports the Verilator measurement next to it).
+OP_TIMING: dict[str, OpTiming] = {op: _timing(core) for op, core in OP_CORES.items()}
+
+_CASE_REASON = ("Amaranth's Verilog backend writes every combinational signal as a default assignment "
+                "followed by a case statement that lists only the values that change it (m.Switch / the "
+                "state and op decoders); an unlisted value keeps the default, so nothing is latched")
+_ALIAS = ("Amaranth debug alias: the backend keeps a second name for a net (a field of a struct "
+          "signal, an array element, a named intermediate, a port read under the parent's name) and "
+          "drives the logic from the first name; the alias itself is never read")
+_FIFO = ("amaranth.lib.fifo.SyncFIFO internals and its level outputs: the SFU's read credit bounds "
+         "the occupancy, so it reads no level; the library's own names for its memory ports are aliases")
+#: Verilator flags for building the SFU's model (the cocotb runs): the one warning a Verilator
+#: build treats as fatal that Amaranth's case idiom triggers.
+VERILATOR_BUILD_ARGS = ("-Wno-CASEINCOMPLETE",)
+
+#: Verilator -Wall findings of the generated SFU that are not design problems.
+LINT_WAIVERS: dict[str, str] = {
+    "CASEINCOMPLETE": _CASE_REASON,
+    "UNUSEDSIGNAL:*.*": _ALIAS,          # fields of struct-typed signals (meta.count, ins.cols, ...)
+    "UNUSEDSIGNAL:*]": _ALIAS,           # elements of array-typed signals (carry[0], ...)
+    "UNUSEDSIGNAL:e_*": _ALIAS,          # element addresses: the backend inlines src >> 2
+    "UNUSEDSIGNAL:word": _ALIAS,
+    "UNUSEDSIGNAL:w_off": _ALIAS,
+    "UNUSEDSIGNAL:valid_s*": _ALIAS,     # a core's last pipeline stage is also its o.valid
+    "UNUSEDSIGNAL:i__ready": _ALIAS,
+    "UNUSEDSIGNAL:r_data": _ALIAS,       # FIFO ports, read under the parent's names
+    "UNUSEDSIGNAL:r_en": _ALIAS,
+    "UNUSEDSIGNAL:w_data": _ALIAS,
+    "UNUSEDSIGNAL:consume": _FIFO,
+    "UNUSEDSIGNAL:produce": _FIFO,
+    "UNUSEDSIGNAL:r_port__data": _FIFO,
+    "UNUSEDSIGNAL:r_level": _FIFO,
+    "UNUSEDSIGNAL:w_level": _FIFO,
+}
+
+
+#: Waivers of an SFU that includes the sfu-arith blocks (Sigmoid, norm and softmax cores): those
+#: modules waive UNUSEDSIGNAL as a whole for Amaranth's alias wires (hw/sfu_arith.py LINT_WAIVERS,
+#: with its reason); the framework and the element-wise cores lint with LINT_WAIVERS alone
+#: (tests/test_hw_sfu.py lints an add/mul/copy instance that way).
+FULL_LINT_WAIVERS: dict[str, str] = {**LINT_WAIVERS, **ARITH_LINT_WAIVERS}
+
+
+def sqrt_multiplier(cols: int) -> tuple[int, int]:
+    """The norm's ``quantize_multiplier(sqrt(cols))`` as the RTL computes it, in integers:
+    ``e = ceil(bit_length(cols) / 2)`` (frexp exponent of sqrt(cols)), ``r, rem = isqrt(cols <<
+    (62 - 2e))``, ``m = r + (rem > r)`` (round half up), a carry to 2**31 giving (2**30, 30 - e),
+    else (m, 31 - e). Equal to golden's float64 rule for every cols in 1..NORM_MAX_DIM (tested)."""
+    import math
+
+    e = (cols.bit_length() + 1) // 2
+    n = cols << (62 - 2 * e)
+    r = math.isqrt(n)
+    m = r + (n - r * r > r)
+    return (1 << 30, 30 - e) if m == 1 << 31 else (m, 31 - e)
+
+
+def sfu_lanes(config: AcceleratorConfig) -> int:
+    """Elements per cycle of the SFU: the largest power of two <= sfu_dsp // DSP_PER_LANE (>= 1)."""
+    lanes = max(1, config.sfu_dsp // DSP_PER_LANE)
+    return 1 << (lanes.bit_length() - 1)
+
+
+def data_space_bytes(config: AcceleratorConfig) -> int:
+    return (config.buffers.activation_kib + config.buffers.global_kib) * 1024
+
+
+def _lane_index(value, lane_bits: int):
+    """``value mod lanes`` as exactly ``lane_bits`` bits, so a lane multiplexer's case statement
+    covers every index."""
+    return value.as_unsigned()[:lane_bits]
+
+
+class Sfu(wiring.Component):
+    """The SFU top level (see the module docstring for ports, latency and throughput).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        Gives the lanes (``sfu_dsp``) and the data space size (``buffers``).
+    ops : tuple of str, optional
+        The MISC ops to build (default: every op of :data:`OP_CORES`); the others answer
+        ``SfuError.NOT_BUILT``. Small instances keep tests and resource reports per op.
+    fifo_depth : int
+        Beats buffered between the read aligner and the core (the read credit; 4 covers the
+        read round trip at full rate).
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = 4):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
+        ops = tuple(OP_CORES) if ops is None else tuple(ops)
+        for op in ops:
+            if op not in OP_CORES:
+                raise ValueError(f"op {op!r} has no SFU core in this revision; built: {', '.join(OP_CORES)}")
+        if not ops:
+            raise ValueError("an SFU needs at least one op")
+        self.config, self.ops, self.fifo_depth = config, ops, fifo_depth
+        self.lanes = sfu_lanes(config)
+        self.lane_bits = self.lanes.bit_length() - 1
+        self.space_bytes = data_space_bytes(config)
+        if self.space_bytes % (4 * self.lanes):
+            raise ValueError(f"data space of {self.space_bytes} bytes is not a whole number of "
+                             f"{4 * self.lanes}-byte words")
+        self.words = self.space_bytes // (4 * self.lanes)
+        self.addr_width = max(1, (self.words - 1).bit_length())
+        word = unsigned(32 * self.lanes)
+        super().__init__({
+            "instr": In(stream.Signature(INSTR_LAYOUT)),
+            "rd": In(ReadPort.Signature(addr_width=self.addr_width, shape=word)),
+            "wr": In(WritePort.Signature(addr_width=self.addr_width, shape=word, granularity=8)),
+            "status": Out(STATUS_LAYOUT),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, lb, mask = self.lanes, self.lane_bits, self.lanes - 1
+        blayout = beat_layout(lanes)
+        cores = {}
+        for op in self.ops:
+            core = OP_CORES[op].cls(lanes)
+            cores[op] = core
+            m.submodules[f"core_{op}"] = core
+
+        ins = Signal(INSTR_LAYOUT)
+        elems_total = self.space_bytes // 4
+        ea_bits = 34
+
+        # ---- per-op static facts, decoded from the latched op code
+        op_built, op_reserved = Signal(), Signal()
+        op_passes, op_two, op_src1_rows = Signal(2), Signal(), Signal()
+        op_max_cols = Signal(21)
+        op_src1_extra, op_norm = Signal(2), Signal()
+        with m.Switch(ins.op):
+            for op in self.ops:
+                spec = OP_CORES[op]
+                with m.Case(MISC_OPS.index(op)):
+                    m.d.comb += [op_built.eq(1), op_passes.eq(spec.passes),
+                                 op_two.eq(spec.operands == 2), op_src1_rows.eq(spec.src1_per_row),
+                                 op_max_cols.eq(spec.max_cols), op_src1_extra.eq(spec.src1_extra),
+                                 op_norm.eq(op == "rmsnorm")]
+            with m.Case(*[MISC_OPS.index(op) for op in RESERVED_OPS], 13, 14, 15):
+                m.d.comb += op_reserved.eq(1)
+            with m.Default():  # valid ops not built into this instance (every case listed: lint)
+                m.d.comb += [op_built.eq(0), op_passes.eq(1), op_two.eq(0), op_src1_rows.eq(0), op_max_cols.eq(0)]
+
+        # ---- geometry of the instruction
+        n_elems = Signal(32)          # rows * cols
+        beats = Signal(21)            # beats per row = ceil(cols / lanes)
+        last_count = Signal(range(lanes + 1))
+        e_src0, e_src1, e_dst = (Signal(22, name=n) for n in ("e_src0", "e_src1", "e_dst"))
+        m.d.comb += [e_src0.eq(ins.src0 >> 2), e_src1.eq(ins.src1 >> 2), e_dst.eq(ins.dst >> 2)]
+
+        cycles = Signal(32)
+        status = Signal(STATUS_LAYOUT)
+        m.d.comb += self.status.eq(status)
+        m.d.sync += status.done.eq(0)
+
+        # ---- reader state
+        r_row, r_pass, r_slot, r_op1, r_done = Signal(12), Signal(2), Signal(21), Signal(), Signal()
+        ra0, ra1 = Signal(ea_bits), Signal(ea_bits)
+        depth = self.fifo_depth
+        outstanding = Signal(range(depth + 2))
+        # one FIFO per operand stream; the second only when a built core takes two operands
+        streams = 2 if any(OP_CORES[op].operands == 2 for op in cores) else 1
+        fifos = [fifo.SyncFIFO(width=blayout.size, depth=depth) for _ in range(streams)]
+        for k, f in enumerate(fifos):
+            m.submodules[f"fifo{k}"] = f
+        # ---- writer state
+        w_row, w_beat, wa = Signal(13), Signal(21), Signal(ea_bits)
+        carry = Signal(data.ArrayLayout(unsigned(32), lanes))
+        flush, flush_addr, flush_en = Signal(), Signal(self.addr_width), Signal(lanes)
+
+        # ---- per-instruction parameters of the norm (read from its table) and the softmax row
+        c_row = Signal(16)            # rows whose last pass the core has taken (softmax's row index)
+        pr_step = Signal(2)
+        eps_mult, eps_shift = Signal(32), Signal(32)
+        sqrt_mult, sqrt_shift = Signal(31), Signal(8)
+        sqrt_e = Signal(4)            # frexp exponent of sqrt(cols): ceil(bit_length(cols) / 2)
+        need_sqrt = "rmsnorm" in self.ops
+        if need_sqrt:
+            m.submodules.sqrt = sqrt_unit = Isqrt(n_bits=62, bits_per_cycle=2)
+            m.d.comb += [sqrt_e.eq((bit_length(ins.cols[:15]) + 1) >> 1),
+                         sqrt_unit.i.payload.eq(ins.cols[:15] << (62 - 2 * sqrt_e).as_unsigned()[:6]), sqrt_unit.o.ready.eq(1)]
+        m.d.comb += self.rd.en.eq(0)
+
+        # ---- control FSM
+        running = Signal()
+        err_code = Signal(4)
+        # state register with an explicit default branch (RUN), so every case statement the
+        # Verilog backend emits is complete (no latch-like CASEINCOMPLETE)
+        state = Signal(_State)
+        with m.Switch(state):
+            with m.Case(_State.IDLE):
+                m.d.comb += self.instr.ready.eq(1)
+                with m.If(self.instr.valid):
+                    m.d.sync += [ins.eq(self.instr.payload), cycles.eq(1), status.busy.eq(1)]
+                    m.d.sync += state.eq(_State.GEOMETRY)
+            with m.Case(_State.GEOMETRY):
+                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((ins.cols + mask) >> lb),
+                             last_count.eq(((ins.cols - 1) & mask) + 1)]
+                m.d.sync += state.eq(_State.CHECK)
+            with m.Case(_State.CHECK):
+                src1_elems = Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra)
+                bad_range = ((e_src0 + n_elems > elems_total) | (e_dst + n_elems > elems_total)
+                             | (op_two & (e_src1 + src1_elems > elems_total)))
+                unaligned = ((ins.src0 | ins.dst) & 3).any() | (op_two & (ins.src1 & 3).any())
+                with m.If(op_reserved):
+                    m.d.comb += err_code.eq(SfuError.RESERVED_OP)
+                with m.Elif(~op_built):
+                    m.d.comb += err_code.eq(SfuError.NOT_BUILT)
+                with m.Elif((ins.rows == 0) | (ins.cols == 0)):
+                    m.d.comb += err_code.eq(SfuError.ZERO_SHAPE)
+                with m.Elif(ins.cols > op_max_cols):
+                    m.d.comb += err_code.eq(SfuError.ROW_TOO_LONG)
+                with m.Elif(unaligned):
+                    m.d.comb += err_code.eq(SfuError.UNALIGNED)
+                with m.Elif(bad_range):
+                    m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
+                with m.If(err_code != 0):
+                    m.d.sync += [status.error.eq(1), status.code.eq(err_code), status.offset.eq(ins.offset),
+                                 status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
+                    m.d.sync += state.eq(_State.IDLE)
+                with m.Else():
+                    m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
+                                 ra0.eq(e_src0), ra1.eq(e_src1), w_row.eq(0), w_beat.eq(0), wa.eq(e_dst),
+                                 c_row.eq(0), pr_step.eq(0)]
+                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, _State.RUN))
+            if need_sqrt:  # only an instance with a norm has the parameter states
+                with m.Case(_State.PARAM_READ):
+                    # two reads: the words holding elements src1/4 + cols and + cols + 1 (eps
+                    # multiplier and shift); the data arrives one cycle after each read
+                    table = e_src1 + ins.cols
+                    m.d.comb += [self.rd.addr.eq((table >> lb) + pr_step[0]), self.rd.en.eq(~pr_step[1])]
+                    with m.If(pr_step != 2):
+                        m.d.sync += pr_step.eq(pr_step + 1)
+                    word_lanes = Array(self.rd.data[32 * j: 32 * (j + 1)] for j in range(lanes))
+                    off = _lane_index(table, lb) if lb else Const(0, 1)
+                    with m.If(pr_step == 1):
+                        m.d.sync += eps_mult.eq(word_lanes[off] if lb else word_lanes[0])
+                        if lanes > 1:
+                            with m.If(off != mask):
+                                m.d.sync += eps_shift.eq(word_lanes[_lane_index(table + 1, lb)])
+                    with m.If(pr_step == 2):
+                        if lanes > 1:
+                            with m.If(off == mask):
+                                m.d.sync += eps_shift.eq(word_lanes[0])
+                        else:
+                            m.d.sync += eps_shift.eq(word_lanes[0])
+                        m.d.comb += sqrt_unit.i.valid.eq(1)
+                        with m.If(sqrt_unit.i.ready):
+                            m.d.sync += state.eq(_State.PARAM_SQRT)
+                with m.Case(_State.PARAM_SQRT):
+                    with m.If(sqrt_unit.o.valid):
+                        root, rem = sqrt_unit.o.p.root, sqrt_unit.o.p.remainder
+                        rounded = root + (rem > root)           # round half up of sqrt(cols << 2k)
+                        with m.If(rounded[31]):                  # carry to 2**31: (2**30, shift - 1)
+                            m.d.sync += [sqrt_mult.eq(1 << 30), sqrt_shift.eq(30 - sqrt_e)]
+                        with m.Else():
+                            m.d.sync += [sqrt_mult.eq(rounded), sqrt_shift.eq(31 - sqrt_e)]
+                        m.d.sync += state.eq(_State.RUN)
+            with m.Default():  # RUN
+                m.d.comb += running.eq(1)
+                with m.If(r_done & (w_row == ins.rows) & ~flush):
+                    m.d.sync += [status.error.eq(0), status.code.eq(0), status.offset.eq(ins.offset),
+                                 status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
+                    m.d.sync += state.eq(_State.IDLE)
+        with m.If(status.busy):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # ---- reader: one read slot per cycle
+        last_pass = Signal()
+        m.d.comb += last_pass.eq(r_pass == op_passes - 1)
+        two_now = Signal()
+        m.d.comb += two_now.eq(op_two & last_pass)
+        ra = Mux(r_op1, ra1, ra0)
+        word_first = ra >> lb
+        word_last = (ra + ins.cols - 1) >> lb
+        word = Signal(ea_bits)
+        m.d.comb += word.eq(word_first + r_slot)
+        produce = r_slot != 0
+        issue = Signal()
+        m.d.comb += issue.eq(running & ~r_done & (r_op1 | ~produce | (outstanding < depth)))
+        with m.If(running):
+            m.d.comb += [self.rd.addr.eq(word), self.rd.en.eq(issue & (word <= word_last))]
+        # the slot's bookkeeping, aligned with the read data one cycle later
+        p_valid, p_op1, p_produce, p_first, p_last = Signal(), Signal(), Signal(), Signal(), Signal()
+        p_count, p_pass, p_off = Signal(range(lanes + 1)), Signal(2), Signal(range(lanes))
+        m.d.sync += [p_valid.eq(issue), p_op1.eq(r_op1), p_produce.eq(produce), p_first.eq(r_slot == 1),
+                     p_last.eq(r_slot == beats), p_count.eq(Mux(r_slot == beats, last_count, lanes)),
+                     p_pass.eq(r_pass), p_off.eq(ra & mask)]
+        with m.If(issue):
+            with m.If(two_now & ~r_op1):
+                m.d.sync += r_op1.eq(1)
+            with m.Else():
+                m.d.sync += r_op1.eq(0)
+                with m.If(r_slot == beats):
+                    m.d.sync += r_slot.eq(0)
+                    with m.If(last_pass):
+                        m.d.sync += [r_pass.eq(0), r_row.eq(r_row + 1), ra0.eq(ra0 + ins.cols),
+                                     ra1.eq(Mux(op_src1_rows, ra1 + ins.cols, ra1))]
+                        with m.If(r_row == ins.rows - 1):
+                            m.d.sync += r_done.eq(1)
+                    with m.Else():
+                        m.d.sync += r_pass.eq(r_pass + 1)
+                with m.Else():
+                    m.d.sync += r_slot.eq(r_slot + 1)
+
+        # read aligner: rotate the word by the row's lane offset, join with the previous word
+        words_in = Array(self.rd.data[32 * j: 32 * (j + 1)] for j in range(lanes))
+        rotated = [Signal(32, name=f"rd_rot{j}") for j in range(lanes)]
+        for j in range(lanes):
+            m.d.comb += rotated[j].eq(words_in[_lane_index(j + p_off, lb)] if lb else words_in[0])
+        prev = [Signal(data.ArrayLayout(unsigned(32), lanes), name=f"rd_prev{k}") for k in range(streams)]
+        for k in range(streams):
+            beat = Signal(blayout, name=f"rd_beat{k}")
+            for j in range(lanes):
+                joined = Mux(j < lanes - p_off, prev[k][j], rotated[j])
+                m.d.comb += beat.data[j].eq(Mux(j < p_count, joined, 0))
+            m.d.comb += [beat.count.eq(p_count), beat.first.eq(p_first), beat.last.eq(p_last),
+                         beat.pass_.eq(p_pass)]
+            mine = p_valid & (p_op1 == k)
+            with m.If(mine):
+                m.d.sync += prev[k].eq(Cat(*rotated))
+            m.d.comb += [fifos[k].w_data.eq(beat), fifos[k].w_en.eq(mine & p_produce)]
+
+        # ---- route the FIFOs into the selected core and its output to the writer
+        in_beats = [data.View(blayout, fifos[k].r_data) for k in range(streams)]
+        out_valid, out_ready = Signal(), Signal()
+        out_beat = Signal(blayout)
+        take0, take1 = Signal(), (Signal() if streams == 2 else None)
+        for op, core in cores.items():
+            spec = OP_CORES[op]
+            sel = running & (ins.op == MISC_OPS.index(op))
+            m.d.comb += [core.i.payload.eq(in_beats[0]), core.i.valid.eq(sel & fifos[0].r_rdy)]
+            with m.If(sel):
+                m.d.comb += [take0.eq(core.i.valid & core.i.ready), out_valid.eq(core.o.valid),
+                             out_beat.eq(core.o.payload), core.o.ready.eq(out_ready)]
+            if spec.operands == 2:
+                m.d.comb += [core.g.payload.eq(in_beats[1]), core.g.valid.eq(sel & fifos[1].r_rdy)]
+                with m.If(sel):
+                    m.d.comb += take1.eq(core.g.valid & core.g.ready)
+            elif "g" in core.signature.members:
+                m.d.comb += core.g.valid.eq(0)      # a core with an unused second input
+            if op == "rmsnorm":
+                m.d.comb += [core.params.cols.eq(ins.cols), core.params.eps_mult.eq(eps_mult),
+                             core.params.eps_shift.eq(eps_shift), core.params.sqrt_mult.eq(sqrt_mult),
+                             core.params.sqrt_shift.eq(sqrt_shift)]
+            elif op == "softmax":
+                m.d.comb += [core.params.mask.eq(ins.mask), core.params.qpos_base.eq(ins.imm[:16]),
+                             core.params.qpos_period.eq(ins.imm[16:]), core.params.row.eq(c_row)]
+        with m.If(take0 & in_beats[0].last & (in_beats[0].pass_ == op_passes - 1)):
+            m.d.sync += c_row.eq(c_row + 1)
+        m.d.comb += fifos[0].r_en.eq(take0)
+        if streams == 2:
+            m.d.comb += fifos[1].r_en.eq(take1)
+        m.d.sync += outstanding.eq(outstanding + (issue & produce & ~r_op1) - take0)
+
+        # ---- writer: rotate each result beat to the destination offset, carry the overhang
+        m.d.comb += out_ready.eq(running & ~flush)
+        w_off = Signal(range(lanes))
+        m.d.comb += w_off.eq(wa & mask)
+        w_base = wa >> lb
+        beat_lanes = Array(out_beat.data[j] for j in range(lanes))
+        wrot = [Signal(32, name=f"wr_rot{j}") for j in range(lanes)]
+        for j in range(lanes):
+            m.d.comb += wrot[j].eq(beat_lanes[_lane_index(j - w_off, lb)] if lb else beat_lanes[0])
+        lane_en = Signal(lanes)
+        word_out = Signal(32 * lanes)
+        for j in range(lanes):
+            mine = (w_off <= j) if j < lanes - 1 else Const(1)   # (the last lane: always)
+            m.d.comb += [word_out[32 * j: 32 * (j + 1)].eq(Mux(mine, wrot[j], carry[j])),
+                         lane_en[j].eq(Mux(mine, ((j - w_off) & mask) < out_beat.count, ~out_beat.first))]
+        accept = out_valid & out_ready
+        with m.If(flush):
+            m.d.comb += [self.wr.addr.eq(flush_addr), self.wr.data.eq(carry),
+                         self.wr.en.eq(Cat(*[Mux(flush_en[j], 0xF, 0) for j in range(lanes)]))]
+            m.d.sync += flush.eq(0)
+        with m.Elif(accept):
+            m.d.comb += [self.wr.addr.eq(w_base + w_beat), self.wr.data.eq(word_out),
+                         self.wr.en.eq(Cat(*[Mux(lane_en[j], 0xF, 0) for j in range(lanes)]))]
+            m.d.sync += carry.eq(Cat(*wrot))
+            with m.If(out_beat.last):
+                m.d.sync += [w_beat.eq(0), wa.eq(wa + ins.cols), w_row.eq(w_row + 1)]
+                with m.If((w_off != 0) & (out_beat.count > lanes - w_off)):
+                    m.d.sync += [flush.eq(1), flush_addr.eq(w_base + w_beat + 1),
+                                 flush_en.eq(Cat(*[((j < w_off) & (j + lanes - w_off < out_beat.count))
+                                                   if j < lanes - 1 else Const(0)  # lane L-1: never
+                                                   for j in range(lanes)]))]
+            with m.Else():
+                m.d.sync += w_beat.eq(w_beat + 1)
+        return m
+
+
+class SfuHarness(wiring.Component):
+    """An :class:`Sfu` on a ``Memory`` standing for the data space, with a host port (for tests,
+    the check command and cocotb).
+
+    Ports: ``instr`` and ``status`` as the SFU's; ``host_wr_addr``/``host_wr_data``/``host_wr_en``
+    (byte enables) write the memory when the SFU does not (the SFU's write wins); ``host_rd_addr``
+    -> ``host_rd_data`` one cycle later (a second read port). Word = ``4 * lanes`` bytes.
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None):
+        self.sfu = Sfu(config, ops=ops)
+        self.lanes, self.words, aw = self.sfu.lanes, self.sfu.words, self.sfu.addr_width
+        width = 32 * self.lanes
+        self.memory = Memory(shape=unsigned(width), depth=self.words, init=[])
+        super().__init__({
+            "instr": In(stream.Signature(INSTR_LAYOUT)),
+            "status": Out(STATUS_LAYOUT),
+            "host_wr_addr": In(aw), "host_wr_data": In(width), "host_wr_en": In(width // 8),
+            "host_rd_addr": In(aw), "host_rd_data": Out(width),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.sfu = sfu = self.sfu
+        m.submodules.memory = mem = self.memory
+        rd = mem.read_port()
+        wr = mem.write_port(granularity=8)
+        host_rd = mem.read_port()
+        wiring.connect(m, wiring.flipped(self.instr), sfu.instr)
+        m.d.comb += [self.status.eq(sfu.status),
+                     rd.addr.eq(sfu.rd.addr), rd.en.eq(sfu.rd.en), sfu.rd.data.eq(rd.data),
+                     host_rd.addr.eq(self.host_rd_addr), self.host_rd_data.eq(host_rd.data)]
+        with m.If(sfu.wr.en.any()):
+            m.d.comb += [wr.addr.eq(sfu.wr.addr), wr.data.eq(sfu.wr.data), wr.en.eq(sfu.wr.en)]
+        with m.Else():
+            m.d.comb += [wr.addr.eq(self.host_wr_addr), wr.data.eq(self.host_wr_data), wr.en.eq(self.host_wr_en)]
+        return m
+
+
+def small_config(**overrides) -> AcceleratorConfig:
+    """A small test configuration: 4 lanes (sfu_dsp 16), a 16 KiB data space."""
+    from .config import BufferConfig
+
+    params = dict(board="u280", cores=1, chains_per_core=1, chain_length=2, sfu_dsp=16,
+                  buffers=BufferConfig(weight_kib=4, activation_kib=8, global_kib=8, meta_kib=4, bias_kib=4))
+    params.update(overrides)
+    return AcceleratorConfig(**params)
+
+
+@register_unit("sfu")
+def _resource_unit(config: str = "small", ops: str = "", sfu_dsp: int = 0):
+    """The SFU (``olivine resources sfu --config u280 [--ops add,mul] [--sfu_dsp 64]``).
+
+    ``config``: "small" (4 lanes, 16 KiB data space) or a board name (its default configuration).
+    """
+    from .config import for_board
+
+    cfg = small_config() if config == "small" else for_board(config)
+    if int(sfu_dsp):
+        cfg = cfg.replace(sfu_dsp=int(sfu_dsp))
+    op_list = tuple(o for o in str(ops).split(",") if o) or None
+    dut = Sfu(cfg, ops=op_list)
+    tag = "_".join(op_list) if op_list else "all"
+    return dut, f"sfu_{config}_{dut.lanes}l_{tag}"

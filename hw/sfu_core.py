@@ -1,0 +1,120 @@
+"""The op-core interface of the special function unit (SFU) and the shared pipeline skeleton.
+
+Every SFU op core is a ``wiring.Component`` with a parameter ``lanes`` and
+
+* ``i: In(stream.Signature(beat_layout(lanes)))``: the row being processed, ``lanes`` elements a beat;
+* ``o: Out(stream.Signature(beat_layout(lanes)))``: the result, one output beat per input beat of
+  the core's last pass, with the same ``count``/``first``/``last``;
+* optionally ``g: In(stream.Signature(beat_layout(lanes)))``: a second operand (the ``src1`` row
+  of add/mul/swiglu, the gains of a norm), aligned beat for beat with ``i`` in the last pass;
+* optionally ``params: In(<StructLayout>)``: per-instruction scalars, held stable by the SFU top
+  for the whole instruction.
+
+A beat (:func:`beat_layout`) is ``data`` (``lanes`` x signed 32), ``count`` (valid lanes; only the
+last beat of a row may have fewer than ``lanes``; lanes at and above ``count`` are zero), ``first``
+and ``last`` (a row's first and last beat) and ``pass_`` (which pass over the row this is). A core
+declares ``passes``: the SFU top streams each row that many times in a row (pass 0, 1, ...), re-read
+from the data space each time (no row buffer, see hw/sfu.py).
+
+:class:`PipelinedElementwise` is the skeleton of the one-pass element-wise cores: a fixed-depth
+pipeline of ``latency`` register stages that all advance together when the output is free
+(``advance = ~o.valid | o.ready``), so a core takes one beat per cycle and stalls as a whole under
+backpressure.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["INT32_MAX", "INT32_MIN", "PipelinedElementwise", "beat_layout", "round_shift",
+           "saturate", "beat_signature"]
+
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+
+
+def beat_layout(lanes: int) -> data.StructLayout:
+    """The beat of every SFU stream (see the module docstring)."""
+    if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
+        raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
+    return data.StructLayout({"data": data.ArrayLayout(signed(32), lanes), "count": range(lanes + 1),
+                              "first": 1, "last": 1, "pass_": 2})
+
+
+def beat_signature(lanes: int) -> stream.Signature:
+    return stream.Signature(beat_layout(lanes))
+
+
+def saturate(value, bits: int = 32):
+    """Clamp a signed value to ``bits`` bits (the SFU's int32 saturation: nothing wraps)."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+def round_shift(value, shift: int):
+    """``floor((value + 2**(shift-1)) / 2**shift)`` for a constant ``shift >= 0`` (golden's rule:
+    round half up, one adder and an arithmetic shift)."""
+    if shift <= 0:
+        return value << -shift
+    return (value + (1 << (shift - 1))) >> shift
+
+
+class PipelinedElementwise(wiring.Component):
+    """Skeleton of a one-pass element-wise op core (subclasses define :meth:`lane`).
+
+    Ports: ``i`` (and ``g`` when ``operands == 2``), ``o`` as in the module docstring. ``i`` and
+    ``g`` are joined: a beat is taken when both are valid.
+
+    Latency: ``latency`` cycles from an accepted input beat to its output beat (the number of
+    register stages the subclass builds, declared by it). Throughput: one beat (``lanes``
+    elements) per cycle while ``o.ready`` is high. ``passes`` = 1.
+    """
+
+    passes = 1
+    operands = 1
+    latency = 1
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        members = {"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes))}
+        if self.operands == 2:
+            members["g"] = In(beat_signature(lanes))
+        super().__init__(members)
+
+    def lane(self, m: Module, a, b, enable):
+        """Build one lane: ``a`` (and ``b``) are the signed 32-bit inputs, ``enable`` advances the
+        pipeline; return the signed 32-bit output after exactly ``self.latency`` register stages
+        (each register gated by ``enable``)."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        take = Signal()
+        if self.operands == 2:
+            m.d.comb += [take.eq(self.i.valid & self.g.valid & advance),
+                         self.i.ready.eq(self.g.valid & advance),
+                         self.g.ready.eq(self.i.valid & advance)]
+        else:
+            m.d.comb += [take.eq(self.i.valid & advance), self.i.ready.eq(advance)]
+        # control: valid bit and the beat's bookkeeping travel alongside the data
+        meta_layout = data.StructLayout({"count": range(self.lanes + 1), "first": 1, "last": 1, "pass_": 2})
+        valid, meta = Signal(), Signal(meta_layout)
+        m.d.comb += [valid.eq(take), meta.count.eq(self.i.p.count), meta.first.eq(self.i.p.first),
+                     meta.last.eq(self.i.p.last), meta.pass_.eq(self.i.p.pass_)]
+        for stage in range(self.latency):
+            v_next, meta_next = Signal(name=f"valid_s{stage}"), Signal(meta_layout, name=f"meta_s{stage}")
+            with m.If(advance):
+                m.d.sync += [v_next.eq(valid), meta_next.eq(meta)]
+            valid, meta = v_next, meta_next
+        m.d.comb += [self.o.valid.eq(valid), self.o.p.count.eq(meta.count), self.o.p.first.eq(meta.first),
+                     self.o.p.last.eq(meta.last), self.o.p.pass_.eq(meta.pass_)]
+        for lane in range(self.lanes):
+            b = self.g.p.data[lane] if self.operands == 2 else None
+            y = self.lane(m, self.i.p.data[lane], b, advance)
+            # lanes at and above count stay zero (the beat contract)
+            m.d.comb += self.o.p.data[lane].eq(Mux(lane < meta.count, y, 0))
+        return m

@@ -1,0 +1,383 @@
+"""Check the RTL special function unit (hw/sfu.py) against the functional simulator's MISC semantics.
+
+``python -m olivine.sim.sfu_check [--reduced] [--ops add,mul]`` builds a small SFU (4 lanes,
+16 KiB data space) in Verilator (cocotb, cached builds), executes every built op on random cases
+(saturation edges, INT32_MIN, all-equal rows, unaligned row starts, the longest rows the data space
+holds) and bad-input cases (reserved op, zero rows, out of range, unaligned), compares every result
+word with what ``sim/funcsim.py`` (golden/sfu.py) writes for the same instruction, and prints a
+table: op, cases, mismatches, cycles per row measured (longest case), the OP_TIMING model's,
+elements per cycle, and whether OP_TIMING equals the measured cycles of every case. Exit status 1
+on any mismatch (values, status code, or the timing model).
+
+(The command lives in sim/, not hw/: hw never imports the simulators, and the expected results
+come from ``FuncSim.do_misc``.)
+
+The same cases run in Amaranth simulation (:func:`run_amaranth`), which the unit tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from olivine.hw.sfu import (INSTR_LAYOUT, STATUS_LAYOUT, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness, VERILATOR_BUILD_ARGS,
+                            sfu_lanes,
+                            small_config)
+
+__all__ = ["Case", "make_cases", "expected_image", "run_amaranth", "run_verilator", "main"]
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+TB_DIR = Path(__file__).parent
+INSTR_FIELDS = tuple(INSTR_LAYOUT.members)
+
+
+@dataclass
+class Case:
+    """One MISC instruction with its data space before (``image``) and the expected words after."""
+
+    op: str
+    fields: dict                       # INSTR_LAYOUT fields
+    image: np.ndarray                  # data space bytes before the instruction (uint8)
+    want: np.ndarray | None = None     # data space bytes after (None: unchanged)
+    want_code: int = 0
+    label: str = ""
+    cycles: int = field(default=-1)    # measured by a run
+
+
+def _values(rng, n: int, kind: str) -> np.ndarray:
+    if kind == "edges":
+        pool = np.array([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX, INT32_MAX - 1, 1 << 16, -(1 << 16),
+                         1 << 30, -(1 << 30), 46341, -46341, (1 << 31) - (1 << 16)], dtype=np.int64)
+        return rng.choice(pool, n)
+    if kind == "equal":
+        return np.full(n, int(rng.integers(INT32_MIN, INT32_MAX)), dtype=np.int64)
+    if kind == "small":
+        return rng.integers(-(1 << 20), 1 << 20, n)
+    if kind == "scores":  # attention-like scores (std 5) with a SmolLM2 attention-sink magnitude
+        v = np.round(rng.standard_normal(n) * 5 * 65536).astype(np.int64)
+        v[rng.integers(0, n)] = 24900 << 16
+        return v
+    if kind == "zero":
+        return np.zeros(n, dtype=np.int64)
+    return rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True)
+
+
+def expected_image(config, image: np.ndarray, fields: dict) -> np.ndarray:
+    """Run the instruction through FuncSim.do_misc (docs/isa.md MISC semantics) on a copy."""
+    from olivine.compiler import isa
+    from olivine.sim.funcsim import FuncSim
+
+    sim = FuncSim(config, [16])
+    sim.data[:] = image
+    inst = isa.make("MISC", **{k: fields[k] for k in ("op", "mask", "src0", "src1", "dst", "rows", "cols", "imm")})
+    sim.do_misc(inst)
+    return sim.data.copy()
+
+
+def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: int, label: str) -> Case:
+    space = (config.buffers.activation_kib + config.buffers.global_kib) * 1024
+    image = np.zeros(space, dtype=np.uint8)
+    n = rows * cols
+    # operand regions at random 4-byte aligned (often lane-unaligned) starts, not overlapping
+    starts, pos = [], 0
+    for _ in range(3):
+        pos += 4 * int(rng.integers(0, 2 * lanes))
+        starts.append(pos)
+        pos += 4 * max(n, cols + 4)
+    if pos > space:
+        raise ValueError(f"case {label}: {rows}x{cols} does not fit the {space}-byte data space")
+    src0, src1, dst = starts
+    image[src0: src0 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
+    imm, mask = 0, 0
+    if op == "rmsnorm":  # norm parameter table: gains, eps multiplier and shift, 8 bytes padding
+        from olivine.golden.fixed import quantize_multiplier
+
+        gains = np.round((1.0 + 0.3 * rng.standard_normal(cols)) * 65536).astype(np.int64)
+        if kind == "edges":
+            gains[: 2] = [INT32_MAX, INT32_MIN][: cols]
+        em, es = quantize_multiplier(float(rng.choice([1e-5, 1e-6, 0.0, 0.5])))
+        table = np.concatenate([gains, [em, es, 0, 0]]).astype(np.int64)
+        image[src1: src1 + 4 * (cols + 4)] = (table & 0xFFFFFFFF).astype("<u4").view(np.uint8)
+    elif op == "softmax":
+        mask = int(rng.integers(0, 2)) if kind != "masked" else 1
+        imm = int(rng.integers(0, cols + 2)) | (int(rng.integers(0, 4)) << 16)
+        if kind == "masked":
+            imm = 0 | (1 << 16)  # query position 0: only key 0 visible
+    else:
+        image[src1: src1 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
+    # something recognisable around the destination: nothing outside it may change
+    image[dst: dst + 4 * n] = 0xA5
+    fields = dict(op=MISC_OPS.index(op), mask=mask, src0=src0, src1=src1, dst=dst, rows=rows, cols=cols, imm=imm,
+                  offset=int(rng.integers(0, 1 << 20)))
+    case = Case(op, fields, image, label=label)
+    case.want = expected_image(config, image, fields)
+    return case
+
+
+def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Case]:
+    """Random, edge-value, all-equal, unaligned and longest-row cases per op, then error cases."""
+    rng = np.random.default_rng(seed)
+    lanes = sfu_lanes(config)
+    space_words = (config.buffers.activation_kib + config.buffers.global_kib) * 256
+    cases = []
+    for op in ops:
+        longest = min(OP_CORES[op].max_cols, (space_words - 8 * lanes) // 3 - 8)
+        shapes = [(3, 7, "random"), (2, 1, "random"), (4, lanes, "edges"), (3, 2 * lanes + 1, "edges"),
+                  (2, 5, "equal"), (5, 3 * lanes - 1, "small")]
+        shapes.append((1, longest if not reduced else min(longest, 300), "random"))
+        if op in ("rmsnorm", "softmax"):
+            shapes += [(3, 2 * lanes + 3, "scores"), (2, 6, "zero")]
+        if op == "softmax":
+            shapes += [(4, 9, "masked")]
+        if not reduced:
+            shapes += [(9, 13, "random"), (1, 1, "edges"), (16, 2, "edges")]
+        for rows, cols, kind in shapes:
+            cases.append(_fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}"))
+    # bad input: a defined error, nothing written
+    base = cases[0]
+    op0 = MISC_OPS.index(ops[0])
+    space = (config.buffers.activation_kib + config.buffers.global_kib) * 1024
+    bad = [("reserved layernorm", dict(op=MISC_OPS.index("layernorm")), SfuError.RESERVED_OP),
+           ("reserved argmax", dict(op=MISC_OPS.index("argmax")), SfuError.RESERVED_OP),
+           ("op code 15", dict(op=15), SfuError.RESERVED_OP),
+           ("zero rows", dict(op=op0, rows=0), SfuError.ZERO_SHAPE),
+           ("zero cols", dict(op=op0, cols=0), SfuError.ZERO_SHAPE),
+           ("unaligned dst", dict(op=op0, dst=base.fields["dst"] + 2), SfuError.UNALIGNED),
+           ("dst out of range", dict(op=op0, dst=space - 8), SfuError.OUT_OF_RANGE),
+           ("src0 out of range", dict(op=op0, src0=space), SfuError.OUT_OF_RANGE),
+           ("huge rows x cols", dict(op=op0, rows=4095, cols=min(OP_CORES[ops[0]].max_cols, (1 << 20) - 1)),
+            SfuError.OUT_OF_RANGE)]
+    for op in ops:
+        if OP_CORES[op].max_cols < (1 << 20) - 1:
+            bad.append((f"{op} row too long", dict(op=MISC_OPS.index(op), rows=1, cols=OP_CORES[op].max_cols + 1),
+                        SfuError.ROW_TOO_LONG))
+    not_built = [op for op in MISC_OPS if op not in ops and op not in ("layernorm", "argmax")]
+    if not_built:
+        bad.append((f"{not_built[0]} not built", dict(op=MISC_OPS.index(not_built[0])), SfuError.NOT_BUILT))
+    for label, change, code in bad:
+        fields = dict(base.fields, **change, offset=int(rng.integers(0, 1 << 20)))
+        cases.append(Case(MISC_OPS[fields["op"]] if fields["op"] < len(MISC_OPS) else "op15", fields,
+                          base.image, want=None, want_code=int(code), label=label))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# image <-> words
+
+def image_words(image: np.ndarray, lanes: int) -> np.ndarray:
+    """Data space bytes -> [words, lanes] uint32 (as int64)."""
+    return image.view("<u4").astype(np.int64).reshape(-1, lanes)
+
+
+def pack_word(lanes_u32) -> int:
+    return sum(int(v) << (32 * j) for j, v in enumerate(lanes_u32))
+
+
+def unpack_word(value: int, lanes: int) -> list[int]:
+    return [(value >> (32 * j)) & 0xFFFFFFFF for j in range(lanes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Amaranth simulation
+
+def run_amaranth(config, ops, cases: list[Case], max_cycles: int = 200_000) -> list[dict]:
+    """Execute the cases on an SfuHarness in Amaranth simulation; returns per case
+    {"code", "mismatches", "cycles"} (memory loaded and read directly, no host-port cycles)."""
+    from amaranth.sim import Simulator
+
+    dut = SfuHarness(config, ops=tuple(ops))
+    lanes = dut.lanes
+    results = []
+
+    async def bench(ctx):
+        current = None
+        for case in cases:
+            words = image_words(case.image, lanes)
+            if current is None or not np.array_equal(words, current):
+                for w in range(words.shape[0]):
+                    if current is None or not np.array_equal(words[w], current[w]):
+                        ctx.set(dut.memory.data[w], pack_word(words[w]))
+            ctx.set(dut.instr.payload, {k: int(case.fields[k]) for k in INSTR_FIELDS})
+            ctx.set(dut.instr.valid, 1)
+            await ctx.tick().until(dut.instr.ready)
+            ctx.set(dut.instr.valid, 0)
+            cycles = 0
+            while not ctx.get(dut.status.done):
+                await ctx.tick()
+                cycles += 1
+                assert cycles < max_cycles, f"{case.label}: the SFU did not finish"
+            code = ctx.get(dut.status.code)
+            after = np.array([unpack_word(ctx.get(dut.memory.data[w]), lanes) for w in range(words.shape[0])],
+                             dtype=np.int64)
+            want = image_words(case.want if case.want is not None else case.image, lanes)
+            mism = int((after != want).sum())
+            results.append({"code": int(code), "mismatches": mism, "cycles": int(ctx.get(dut.status.cycles)),
+                            "error": int(ctx.get(dut.status.error)), "offset": int(ctx.get(dut.status.offset))})
+            current = after
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Verilator (cocotb)
+
+def harness_verilog(config, ops) -> tuple[str, str]:
+    from olivine.hw.export import verilog
+
+    dut = SfuHarness(config, ops=tuple(ops))
+    top = f"sfu_harness_{dut.lanes}l_{'_'.join(ops)}"
+    return verilog(dut, top), top
+
+
+def cocotb_vectors(cases: list[Case], lanes: int) -> dict:
+    """Per case: the words that differ from the previous case's final state (loaded through the
+    host port), the instruction, the words to read back (the destination's neighbourhood) and the
+    expected values and status code."""
+    load_idx, load_val, load_ptr = [], [], [0]
+    chk_idx, chk_val, chk_ptr = [], [], [0]
+    state = None
+    for case in cases:
+        words = image_words(case.image, lanes)
+        diff = np.arange(words.shape[0]) if state is None else np.nonzero((words != state).any(axis=1))[0]
+        load_idx.extend(diff.tolist())
+        load_val.extend(words[diff].tolist())
+        load_ptr.append(len(load_idx))
+        want = image_words(case.want if case.want is not None else case.image, lanes)
+        f = case.fields
+        span = 4 * lanes
+        lo = max(0, min(f["dst"], f["src0"]) // span - 1)
+        hi = min(words.shape[0], (f["dst"] + 4 * f["rows"] * f["cols"]) // span + 2) if f["rows"] * f["cols"] < (1 << 22) else lo + 4
+        idx = np.arange(lo, max(hi, lo + 1))
+        chk_idx.extend(idx.tolist())
+        chk_val.extend(want[idx].tolist())
+        chk_ptr.append(len(chk_idx))
+        state = want
+    instr = np.array([[int(c.fields[k]) for k in INSTR_FIELDS] for c in cases], dtype=np.int64)
+    return {"load_idx": np.array(load_idx, dtype=np.int64), "load_val": np.array(load_val, dtype=np.int64).reshape(-1, lanes),
+            "load_ptr": np.array(load_ptr), "chk_idx": np.array(chk_idx, dtype=np.int64),
+            "chk_val": np.array(chk_val, dtype=np.int64).reshape(-1, lanes), "chk_ptr": np.array(chk_ptr),
+            "instr": instr, "want_code": np.array([c.want_code for c in cases]),
+            "field_offsets": np.array([INSTR_LAYOUT[k].offset for k in INSTR_FIELDS]),
+            "status_offsets": np.array([STATUS_LAYOUT[k].offset for k in ("done", "code", "cycles")]),
+            "lanes": np.array(lanes)}
+
+
+def run_verilator(config, ops, cases: list[Case]) -> list[dict]:
+    """Run the cases on the Verilator model of the harness; returns per case results as
+    :func:`run_amaranth` (a failing comparison still returns the results, then raises)."""
+    from olivine.sim.rtl import RtlTestFailure, run_cocotb
+
+    text, top = harness_verilog(config, ops)
+    lanes = sfu_lanes(config)
+    vectors = cocotb_vectors(cases, lanes)
+    with tempfile.TemporaryDirectory(prefix="olivine-sfu-check-") as tmp:
+        out = Path(tmp) / "results.npz"
+        failure = None
+        # The check runs a few thousand cycles: compile time dominates, so the model is built at
+        # -O0 unless OLIVINE_VERILATOR_OPT says otherwise (the full SFU at -Os took > 25 min of
+        # g++ on the loaded 2-core machine).
+        saved_opt = os.environ.get("OLIVINE_VERILATOR_OPT")
+        os.environ.setdefault("OLIVINE_VERILATOR_OPT", "-O0")
+        try:
+            run_cocotb(text, top, "tb_sfu", test_dir=TB_DIR, vectors=vectors, build_args=VERILATOR_BUILD_ARGS,
+                       extra_env={"OLIVINE_SFU_RESULTS": str(out)})
+        except RtlTestFailure as exc:
+            failure = exc
+        finally:
+            if saved_opt is None:
+                os.environ.pop("OLIVINE_VERILATOR_OPT", None)
+        if not out.is_file():
+            raise failure or RuntimeError("the SFU testbench wrote no results")
+        with np.load(out) as res:
+            results = [{"code": int(c), "mismatches": int(mm), "cycles": int(cy)}
+                       for c, mm, cy in zip(res["code"], res["mismatches"], res["cycles"])]
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
+    lanes = sfu_lanes(config)
+    rows, bad_total = [], 0
+    by_op: dict[str, dict] = {}
+    for case, res in zip(cases, results):
+        wrong = res["mismatches"] + int(res["code"] != case.want_code)
+        bad_total += wrong
+        key = case.op if case.want_code == 0 else "errors"
+        entry = by_op.setdefault(key, {"op": key, "cases": 0, "mismatches": 0, "cpr": [], "model": []})
+        entry["cases"] += 1
+        entry["mismatches"] += wrong
+        if case.want_code == 0:
+            f = case.fields
+            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"]))
+            t = OP_TIMING[case.op]
+            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]))
+    for entry in by_op.values():
+        if entry["cpr"]:
+            t = OP_TIMING[entry["op"]]
+            # the longest case; its per-row cost = measured cycles minus the model's fixed part
+            cyc, r, c, dst = max(entry["cpr"], key=lambda x: x[1] * x[2])
+            fixed = t.instruction_cycles(r, c, lanes, dst) - r * t.cycles_per_row(c, lanes)
+            entry["cycles_per_row"] = (cyc - fixed) / r
+            entry["elems_per_cycle"] = c / entry["cycles_per_row"]
+            entry["model_cycles_per_row"] = t.cycles_per_row(c, lanes)
+            entry["cols"] = c
+            entry["timing_ok"] = all(x[0] == mo for x, mo in zip(entry["cpr"], entry["model"]))
+        rows.append(entry)
+    return rows, bad_total
+
+
+def print_table(rows, lanes: int, backend: str) -> None:
+    print(f"SFU RTL check ({backend}, {lanes} lanes) against sim/funcsim.py MISC semantics")
+    print(f"{'op':8s} {'cases':>5s} {'mismatches':>10s} {'row len':>7s} {'cycles/row':>10s} "
+          f"{'model':>6s} {'elem/cycle':>10s} {'OP_TIMING':>9s}")
+    for e in rows:
+        if "cycles_per_row" in e:
+            print(f"{e['op']:8s} {e['cases']:5d} {e['mismatches']:10d} {e['cols']:7d} {e['cycles_per_row']:10.1f} "
+                  f"{e['model_cycles_per_row']:6d} {e['elems_per_cycle']:10.2f} "
+                  f"{'exact' if e['timing_ok'] else 'DIFFERS':>9s}")
+        else:
+            print(f"{e['op']:8s} {e['cases']:5d} {e['mismatches']:10d} {'-':>7s} {'-':>10s} {'-':>6s} {'-':>10s} {'-':>9s}")
+    print("cycles/row: the longest case, measured status.cycles minus the model's fixed part (start, "
+          "setup, drain); OP_TIMING: the model equals status.cycles on every case")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m olivine.sim.sfu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reduced", action="store_true", help="fewer and shorter cases (CI)")
+    parser.add_argument("--ops", default="", help="comma-separated ops (default: every op built)")
+    parser.add_argument("--amaranth", action="store_true", help="Amaranth simulation instead of Verilator")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    ops = tuple(o for o in args.ops.split(",") if o) or tuple(OP_CORES)
+    unknown = [o for o in ops if o not in OP_CORES]
+    if unknown:
+        parser.error(f"ops {unknown} have no SFU core; built: {', '.join(OP_CORES)}")
+    config = small_config()
+    cases = make_cases(config, ops, reduced=args.reduced, seed=args.seed)
+    results = (run_amaranth if args.amaranth else run_verilator)(config, ops, cases)
+    rows, bad = summarize(config, ops, cases, results)
+    print_table(rows, sfu_lanes(config), "Amaranth" if args.amaranth else "Verilator")
+    bad += sum(not e.get("timing_ok", True) for e in rows)
+    if bad:
+        for case, res in zip(cases, results):
+            if res["mismatches"] or res["code"] != case.want_code:
+                print(f"  MISMATCH {case.label}: {res['mismatches']} words, code {res['code']} "
+                      f"(want {case.want_code})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The SFU top level (hw/sfu.py): MISC instructions on a data space, bit-exact with sim/funcsim.py.
+
+Expected results come from ``FuncSim.do_misc`` (docs/isa.md MISC semantics = golden/sfu.py) on the
+same data space image; the whole data space is compared after each instruction, so a write outside
+the destination is caught. Cases (sim/sfu_check.py make_cases): random rows, saturation edges and
+INT32_MIN, all-equal rows, row starts at every lane offset, the longest row the test data space
+holds, and bad input (reserved ops, zero shapes, unaligned and out-of-range addresses) which must
+answer an error code with the offset latched and write nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from olivine.hw.sfu import (FULL_LINT_WAIVERS, LINT_WAIVERS, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness,
+                            sfu_lanes, small_config)
+from olivine.sim import sfu_check
+from tests.helpers import REDUCED, requires_verilator
+
+CONFIG = small_config()
+BUILT = tuple(OP_CORES)
+
+
+def test_op_codes_are_the_isa_ones():
+    from olivine.compiler import isa
+
+    assert MISC_OPS == isa.MISC_OPS
+
+
+@pytest.mark.parametrize("sfu_dsp,lanes", [(64, 16), (16, 4), (20, 4), (4, 1), (1, 1), (128, 32)])
+def test_lanes_follow_the_dsp_budget(sfu_dsp, lanes):
+    assert sfu_lanes(CONFIG.replace(sfu_dsp=sfu_dsp)) == lanes
+
+
+@pytest.mark.parametrize("op", BUILT)
+def test_op_bit_exact_with_funcsim_and_timing_model(op):
+    cases = [c for c in sfu_check.make_cases(CONFIG, (op,), reduced=REDUCED, seed=3) if c.want_code == 0]
+    assert any(np.any(c.want != c.image) for c in cases), "the cases must change the destination"
+    results = sfu_check.run_amaranth(CONFIG, (op,), cases)
+    lanes = sfu_lanes(CONFIG)
+    for case, res in zip(cases, results):
+        assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} lanes differ from funcsim"
+        assert res["code"] == 0 and res["error"] == 0
+        f = case.fields
+        assert res["cycles"] == OP_TIMING[op].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]), case.label
+
+
+def test_several_ops_back_to_back_in_one_instance():
+    cases = sfu_check.make_cases(CONFIG, BUILT, reduced=True, seed=5)
+    results = sfu_check.run_amaranth(CONFIG, BUILT, cases)
+    for case, res in zip(cases, results):
+        assert res["mismatches"] == 0 and res["code"] == case.want_code, case.label
+
+
+def test_bad_input_gets_an_error_code_the_offset_and_no_write():
+    cases = [c for c in sfu_check.make_cases(CONFIG, ("add",), reduced=True, seed=1) if c.want_code]
+    codes = {c.want_code for c in cases}
+    assert {SfuError.RESERVED_OP, SfuError.NOT_BUILT, SfuError.ZERO_SHAPE, SfuError.UNALIGNED,
+            SfuError.OUT_OF_RANGE} <= codes
+    results = sfu_check.run_amaranth(CONFIG, ("add",), cases)
+    for case, res in zip(cases, results):
+        assert res["code"] == case.want_code and res["error"] == 1, case.label
+        assert res["offset"] == case.fields["offset"], case.label
+        assert res["mismatches"] == 0, f"{case.label}: the data space changed"
+        assert res["cycles"] <= 3, case.label
+
+
+def test_a_good_instruction_after_an_error_clears_it():
+    good = [c for c in sfu_check.make_cases(CONFIG, ("copy",), reduced=True) if c.want_code == 0][:1]
+    bad = [c for c in sfu_check.make_cases(CONFIG, ("copy",), reduced=True) if c.want_code][:1]
+    res = sfu_check.run_amaranth(CONFIG, ("copy",), bad + good)
+    assert res[0]["error"] == 1 and res[1]["error"] == 0 and res[1]["code"] == 0 and res[1]["mismatches"] == 0
+
+
+def test_row_too_long_for_the_op_is_rejected(monkeypatch):
+    from olivine.hw import sfu as sfu_mod
+
+    monkeypatch.setitem(sfu_mod.OP_CORES, "copy", sfu_mod.OpCore(sfu_mod.CopyCore, max_cols=16))
+    case = [c for c in sfu_check.make_cases(CONFIG, ("copy",), reduced=True) if c.want_code == 0][0]
+    case.fields = dict(case.fields, cols=17, rows=1)
+    case.want, case.want_code = None, int(SfuError.ROW_TOO_LONG)
+    (res,) = sfu_check.run_amaranth(CONFIG, ("copy",), [case])
+    assert res["code"] == SfuError.ROW_TOO_LONG and res["mismatches"] == 0
+
+
+def test_bad_construction_is_rejected_clearly():
+    with pytest.raises(ValueError, match="has no SFU core"):
+        Sfu(CONFIG, ops=("frobnicate",))
+    with pytest.raises(TypeError, match="AcceleratorConfig"):
+        Sfu({"sfu_dsp": 16})
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_sfu_verilog_lints_with_justified_waivers():
+    from olivine.hw.export import lint, verilog
+
+    for ops in (("add", "mul", "copy"), ("copy",)):  # the framework and its own cores
+        top = f"sfu_lint_{'_'.join(ops)}"
+        lint(verilog(Sfu(CONFIG, ops=ops), top), top, waivers=LINT_WAIVERS)
+    # with the sfu-arith blocks, which waive their alias wires as a whole (hw/sfu_arith.py)
+    lint(verilog(Sfu(CONFIG), "sfu_lint_all"), "sfu_lint_all", waivers=FULL_LINT_WAIVERS)
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_check_command_reduced_in_verilator(capsys):
+    """The check command's reduced form: every built op in Verilator against funcsim."""
+    assert sfu_check.main(["--reduced"]) == 0
+    out = capsys.readouterr().out
+    for op in BUILT:
+        assert f"\n{op} " in out
+    assert "MISMATCH" not in out
+
+
+def test_check_command_reports_mismatches(monkeypatch, capsys):
+    """A wrong expected value makes the command fail (Amaranth backend, so it stays fast)."""
+    real = sfu_check.make_cases
+
+    def corrupted(*args, **kwargs):
+        cases = real(*args, **kwargs)
+        cases[0].want = cases[0].want.copy()
+        cases[0].want[cases[0].fields["dst"]] ^= 0x40
+        return cases
+
+    monkeypatch.setattr(sfu_check, "make_cases", corrupted)
+    assert sfu_check.main(["--reduced", "--amaranth", "--ops", "copy"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_resource_unit_factory():
+    from amaranth.hdl import Fragment
+
+    from olivine.hw.resources import UNITS
+
+    dut, top = UNITS["sfu"](config="small", ops="add,copy")
+    Fragment.get(dut, None)
+    assert dut.ops == ("add", "copy") and dut.lanes == 4 and top == "sfu_small_4l_add_copy"
+    dut, top = UNITS["sfu"](config="u280")
+    assert dut.lanes == 16 and top.startswith("sfu_u280_16l")
+
+
+def test_harness_memory_is_the_configured_data_space():
+    h = SfuHarness(CONFIG, ops=("copy",))
+    assert h.words * 4 * h.lanes == (CONFIG.buffers.activation_kib + CONFIG.buffers.global_kib) * 1024
+
+
+def test_sqrt_multiplier_rule_equals_golden_for_every_norm_width():
+    from olivine.golden import fixed
+    from olivine.golden import sfu as golden
+    from olivine.hw.sfu import NORM_MAX_DIM, SOFTMAX_MAX_LEN, sqrt_multiplier
+
+    assert (NORM_MAX_DIM, SOFTMAX_MAX_LEN) == (golden.NORM_MAX_DIM, golden.SOFTMAX_MAX_LEN)
+    import math
+    bad = [d for d in range(1, NORM_MAX_DIM + 1) if sqrt_multiplier(d) != fixed.quantize_multiplier(math.sqrt(d))]
+    assert not bad, f"sqrt(cols) multiplier differs from golden for cols {bad[:5]}"
+
+
+def test_sixteen_lanes_as_on_the_u280():
+    """The U280 lane count (sfu_dsp = 64 -> 16 lanes): bit-exact and the timing model holds."""
+    config = small_config(sfu_dsp=64)
+    ops = ("add", "copy")
+    cases = [c for c in sfu_check.make_cases(config, ops, reduced=True, seed=7) if c.want_code == 0]
+    results = sfu_check.run_amaranth(config, ops, cases)
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["mismatches"] == 0, case.label
+        assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 16, f["dst"]), case.label
