@@ -106,13 +106,21 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
         image[src1: src1 + 4 * (cols + 4)] = (table & 0xFFFFFFFF).astype("<u4").view(np.uint8)
     elif op == "softmax":
         mask = int(rng.integers(0, 2)) if kind != "masked" else 1
-        imm = int(rng.integers(0, cols + 2)) | (int(rng.integers(0, 4)) << 16)
         if kind == "masked":
             imm = 0 | (1 << 16)  # query position 0: only key 0 visible
+        elif mask:  # a valid query position (docs/isa.md Validity): base + min(rows, period) - 1 < cols
+            period = int(rng.integers(0, 4))
+            if min(rows, max(1, period)) > cols:
+                period = 0
+            base = int(rng.integers(0, cols - min(rows, max(1, period)) + 1))
+            imm = base | (period << 16)
+        # without the mask imm stays 0: softmax takes no parameter then
     else:
         image[src1: src1 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     # something recognisable around the destination: nothing outside it may change
     image[dst: dst + 4 * n] = 0xA5
+    if op not in ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift"):
+        src1 = 0  # an op without a second operand names none (docs/isa.md Validity)
     fields = dict(op=MISC_OPS.index(op), mask=mask, src0=src0, src1=src1, dst=dst, rows=rows, cols=cols, imm=imm,
                   offset=int(rng.integers(0, 1 << 20)))
     case = Case(op, fields, image, label=label)
