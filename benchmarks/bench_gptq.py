@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from olivine.golden import gptq  # noqa: E402
+from olivine.golden import gptq, ovp  # noqa: E402
 from olivine.golden.accuracy import DEFAULT_PROMPTS, greedy_agreement, perplexity  # noqa: E402
 from olivine.golden.contract import quantize_weight  # noqa: E402
 from olivine.golden.data import corpus_tokens  # noqa: E402
@@ -57,6 +57,16 @@ DEFAULT_VARIANTS = ("fp32", "ovp-rtn", "ovp-gptq", "int4-rtn", "int4-gptq", "ovp
                     "ovp-gptq-mult4-g128", "ovp-gptq-pow2-g64", "ovp-gptq-mult4-g64")
 
 
+_RTN_CACHE: dict = {}
+
+
+def _rtn_ovp(name, w):
+    """golden.ovp's RTN search of one linear, once per run (GPTQ variants start from it)."""
+    if name not in _RTN_CACHE:
+        _RTN_CACHE[name] = ovp.quantize(w, bits=4, normal="auto", granularity="row")
+    return _RTN_CACHE[name]
+
+
 def dequantized_weights(loaded, hs, kind, options):
     names = [n for n, _ in loaded.weights.named_linears(include_lm_head=True)]
     out = {"lm_head": quantize_weight(loaded.weights.linear("lm_head"), "int8").dequantize()}  # W8A8 head
@@ -64,10 +74,12 @@ def dequantized_weights(loaded, hs, kind, options):
         if n == "lm_head":
             continue
         w = loaded.weights.linear(n).detach().float()
-        if options is None:
+        if options is None and kind == "ovp4":
+            out[n] = _rtn_ovp(n, w).dequantize()  # = quantize_weight(w, "ovp4").dequantize()
+        elif options is None:
             out[n] = quantize_weight(w, kind).dequantize()
         elif kind == "ovp4":
-            out[n] = gptq.gptq_ovp(w, hs[n], **options).dequantize()
+            out[n] = gptq.gptq_ovp(w, hs[n], rtn=_rtn_ovp(n, w), **options).dequantize()
         else:
             out[n] = gptq.gptq_int4(w, hs[n], **options).dequantize()
     return out
@@ -82,7 +94,8 @@ def evaluate(model, ref, texts, prompts, greedy_n):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--n-tokens", type=int, default=256)
+    ap.add_argument("--n-tokens", type=int, nargs="+", default=[256, 1024],
+                    help="evaluation lengths (each variant is quantized once and evaluated on each)")
     ap.add_argument("--corpora", nargs="+", default=["lee", "shakespeare"])
     ap.add_argument("--n-calib", type=int, default=1024)
     ap.add_argument("--calib-offset", type=int, default=1024)
@@ -98,7 +111,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     cfg, tok = loaded.config, loaded.tokenizer
-    texts = {c: corpus_tokens(c, tok, args.n_tokens) for c in args.corpora}
+    texts = {f"{c}@{n}": corpus_tokens(c, tok, n) for n in args.n_tokens for c in args.corpora}
     calib = corpus_tokens("shakespeare", tok, args.n_calib, offset_tokens=args.calib_offset)
     prompts = [tok.encode(p) for p in DEFAULT_PROMPTS]
     ref = FloatLlama(cfg, loaded.weights)
@@ -117,7 +130,7 @@ def main(argv=None) -> int:
         print(f"{name:24s} {ppl} greedy={row['greedy']:.3f} ({seconds:.0f} s)", flush=True)
         if args.json:
             with open(args.json, "a") as f:
-                f.write(json.dumps({"model": cfg.name, "variant": name, "n_tokens": args.n_tokens, **row}) + "\n")
+                f.write(json.dumps({"model": cfg.name, "variant": name, **row}) + "\n")
 
     for v in args.variants:
         t1 = time.perf_counter()
@@ -125,19 +138,15 @@ def main(argv=None) -> int:
         model = ref if kind is None else FakeQuantLlama(cfg, loaded.weights, dequantized_weights(loaded, hs, kind, options))
         report(v, evaluate(model, ref, texts, prompts, args.greedy_n), time.perf_counter() - t1)
     if args.integer:
-        short = {c: ids[: args.integer] for c, ids in texts.items()}
+        short = {f"{c}@{args.integer}": corpus_tokens(c, tok, args.integer) for c in args.corpora}
         for p in args.presets:
             t1 = time.perf_counter()
             q = quantize_model(cfg, loaded.weights, p, calib)
             report(f"int:{p}@{args.integer}", evaluate(q, ref, short, prompts, args.greedy_n), time.perf_counter() - t1)
-            kind = {"w4a8-ovp": ("ovp4", None), "w4a8-ovp-gptq": ("ovp4", {}), "w4a8-int4": ("int4", None),
-                    "w4a8-int4-gptq": ("int4", {})}.get(p)
-            if kind is not None:  # the same weights on the float fake-quant path, same window
-                if hs is None:
-                    names = [n for n, _ in loaded.weights.named_linears(include_lm_head=False)]
-                    hs = gptq.collect_hessians(cfg, loaded.weights, calib, names)
-                fq = FakeQuantLlama(cfg, loaded.weights, dequantized_weights(loaded, hs, *kind))
-                report(f"fq:{p}@{args.integer}", evaluate(fq, ref, short, prompts, args.greedy_n), 0)
+            # the same integer weights on the float fake-quant path, same window
+            deq = {n: lin.weight.dequantize() for n, lin in q.linears.items()}
+            fq = FakeQuantLlama(cfg, loaded.weights, deq)
+            report(f"fq:{p}@{args.integer}", evaluate(fq, ref, short, prompts, args.greedy_n), 0)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -289,13 +289,14 @@ def _safe(scale: torch.Tensor) -> torch.Tensor:
 
 def gptq_ovp(w: torch.Tensor, h: torch.Tensor, *, normal: str = "auto", pair_choice: str = "error",
              scale_mode: str = "rtn", act_order: bool = True, damp: float = DAMP,
-             group: int | None = None, group_factors: str | None = None) -> GptqWeight:
+             group: int | None = None, group_factors: str | None = None, rtn=None) -> GptqWeight:
     """GPTQ onto the OVP4 grid (pairs along K as the unit). w [N, K] float (K even), h [K, K].
 
     The row alpha and normal type come from golden.ovp's RTN search (``scale_mode="rtn"``) or
     from that search on the compensated weights of a first GPTQ pass (``"refit"``, two passes).
     ``group``/``group_factors`` ("pow2" or "mult4"/"mult8") add per-group scale factors (float
-    measurement; see choose_group_factors)."""
+    measurement; see choose_group_factors). ``rtn``: golden.ovp.quantize(w, bits=4,
+    normal=normal, granularity="row") if already computed (its search is reused)."""
     from . import ovp
 
     w = _check(w, h)
@@ -309,8 +310,13 @@ def gptq_ovp(w: torch.Tensor, h: torch.Tensor, *, normal: str = "auto", pair_cho
         raise GptqError(f"group size must be a positive even number (pairs stay in one group), got {group}")
     n, k = w.shape
     target = w
-    for _ in range(2 if scale_mode == "refit" else 1):
-        t = ovp.quantize(target, bits=4, normal=normal, granularity="row")
+    for i in range(2 if scale_mode == "refit" else 1):
+        if i == 0 and rtn is not None:
+            if tuple(rtn.shape) != tuple(w.shape):
+                raise GptqError(f"rtn= is an OVP tensor of shape {tuple(rtn.shape)}, the weight is {tuple(w.shape)}")
+            t = rtn
+        else:
+            t = ovp.quantize(target, bits=4, normal=normal, granularity="row")
         scale = _safe(t.scale.reshape(n).to(torch.float32))
         factors = None
         if group_factors is not None:
