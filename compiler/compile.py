@@ -429,11 +429,21 @@ def compile_main(model: str = "glassllm", board: str = "u280", weights: str | No
             raise CompileError(f"--sparsity {sparsity!r} is neither a pattern N:16 / 2:4 nor a density in (0, 1]") \
                 from None
     if weights is not None or sparsity is not None:
-        default = LayerQuant(weights or qcfg.default.weights, qcfg.default.acts,
-                             sparsity if sparsity is not None else qcfg.default.sparsity)
+        w_kind = weights or qcfg.default.weights
+        sp = sparsity if sparsity is not None else qcfg.default.sparsity
+        # GPTQ stays on when it still applies (dense ovp4/int4), else the override rounds to nearest
+        method = qcfg.default.method if (w_kind in ("ovp4", "int4") and sp is None) else "rtn"
+        default = LayerQuant(w_kind, qcfg.default.acts, sp, method=method)
         qcfg = QuantConfig(default, dict(qcfg.overrides), name=f"{preset}+{weights or ''}{sparsity or ''}")
     loaded = load_model(model)
-    q = quantize_model(loaded.config, loaded.weights, qcfg)
+    calib = None
+    if qcfg.needs_calibration():  # GPTQ Hessians (or static scales): golden's default calibration text
+        if loaded.tokenizer is None:
+            raise CompileError(f"preset {preset!r} needs calibration text, but {model} has no tokenizer")
+        from olivine.golden.data import calibration_tokens
+
+        calib = calibration_tokens(loaded.tokenizer)
+    q = quantize_model(loaded.config, loaded.weights, qcfg, calib)
     spec = spec_from_qllama(q, source=str(model))
     config = for_board(board)
     comp = compile_model(spec, config, max_context=max_context, max_prompt=max_prompt)
