@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--corpora", nargs="+", default=["lee", "shakespeare"])
     ap.add_argument("--n-calib", type=int, default=1024)
     ap.add_argument("--calib-offset", type=int, default=1024)
+    ap.add_argument("--calib-corpora", nargs="+", default=["shakespeare"],
+                    help="calibration text: n_calib tokens from each of these corpora, same offset")
+    ap.add_argument("--damp", type=float, default=gptq.DAMP, help="GPTQ relative damping")
     ap.add_argument("--greedy-n", type=int, default=32)
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--integer", type=int, default=0, help="also run --presets on the integer model over N tokens")
@@ -112,11 +115,12 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     cfg, tok = loaded.config, loaded.tokenizer
     texts = {f"{c}@{n}": corpus_tokens(c, tok, n) for n in args.n_tokens for c in args.corpora}
-    calib = corpus_tokens("shakespeare", tok, args.n_calib, offset_tokens=args.calib_offset)
+    calib = torch.stack([corpus_tokens(c, tok, args.n_calib, offset_tokens=args.calib_offset)
+                         for c in args.calib_corpora])
     prompts = [tok.encode(p) for p in DEFAULT_PROMPTS]
     ref = FloatLlama(cfg, loaded.weights)
     print(f"{cfg.name}: N={args.n_tokens} eval tokens per corpus ({', '.join(args.corpora)}), calibration "
-          f"shakespeare tokens [{args.calib_offset}, {args.calib_offset + args.n_calib}), loaded in "
+          f"{'+'.join(args.calib_corpora)} tokens [{args.calib_offset}, {args.calib_offset + args.n_calib}), loaded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     hs = None
     if any(VARIANTS[v][1] is not None for v in args.variants):
@@ -130,11 +134,14 @@ def main(argv=None) -> int:
         print(f"{name:24s} {ppl} greedy={row['greedy']:.3f} ({seconds:.0f} s)", flush=True)
         if args.json:
             with open(args.json, "a") as f:
-                f.write(json.dumps({"model": cfg.name, "variant": name, **row}) + "\n")
+                f.write(json.dumps({"model": cfg.name, "variant": name, "calib": args.calib_corpora,
+                                    "n_calib": args.n_calib, "damp": args.damp, **row}) + "\n")
 
     for v in args.variants:
         t1 = time.perf_counter()
         kind, options = VARIANTS[v]
+        if options is not None:
+            options = {"damp": args.damp, **options}
         model = ref if kind is None else FakeQuantLlama(cfg, loaded.weights, dequantized_weights(loaded, hs, kind, options))
         report(v, evaluate(model, ref, texts, prompts, args.greedy_n), time.perf_counter() - t1)
     if args.integer:
