@@ -51,6 +51,8 @@ def test_corpus_errors(monkeypatch):
 
 
 def test_calibration_tokens_are_both_corpora_after_the_evaluation_window():
+    import torch
+
     from olivine.golden.data import CALIBRATION_CORPORA, CALIBRATION_OFFSET, calibration_tokens
     from olivine.golden.loaders import load_model
 
