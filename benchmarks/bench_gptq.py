@@ -6,7 +6,7 @@ on golden's integer model (golden/qmodel.py) over the first N evaluation tokens.
 
 Evaluation: the first ``--n-tokens`` tokens of each corpus (perplexity; disjoint windows of
 min(max_seq_len, N-1)), greedy agreement with fp32 (32 tokens after each of the two default
-prompts). Calibration (Hessians H = X^T X of every linear's float-model input): Tiny Shakespeare
+prompts). Calibration (Hessians H = X^T X of every linear's float-model input): --calib-corpora (default Lee + Shakespeare, as golden.data.calibration_tokens)
 tokens [offset, offset + n_calib) with offset = --calib-offset (default 1024: disjoint from every
 evaluation window of <= 1024 tokens; the Lee corpus is a different text).
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--corpora", nargs="+", default=["lee", "shakespeare"])
     ap.add_argument("--n-calib", type=int, default=1024)
     ap.add_argument("--calib-offset", type=int, default=1024)
-    ap.add_argument("--calib-corpora", nargs="+", default=["shakespeare"],
+    ap.add_argument("--calib-corpora", nargs="+", default=["lee", "shakespeare"],
                     help="calibration text: n_calib tokens from each of these corpora, same offset")
     ap.add_argument("--damp", type=float, default=gptq.DAMP, help="GPTQ relative damping")
     ap.add_argument("--greedy-n", type=int, default=32)
