@@ -8,7 +8,7 @@ Evaluation: the first ``--n-tokens`` tokens of each corpus (perplexity; disjoint
 min(max_seq_len, N-1)), greedy agreement with fp32 (32 tokens after each of the two default
 prompts). Calibration (Hessians H = X^T X of every linear's float-model input): --calib-corpora (default Lee + Shakespeare, as golden.data.calibration_tokens)
 tokens [offset, offset + n_calib) with offset = --calib-offset (default 1024: disjoint from every
-evaluation window of <= 1024 tokens; the Lee corpus is a different text).
+evaluation window of <= 1024 tokens).
 
     .venv/bin/python benchmarks/bench_gptq.py --n-tokens 256
     .venv/bin/python benchmarks/bench_gptq.py --n-tokens 1024 --variants fp32 ovp-rtn ovp-gptq
