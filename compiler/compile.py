@@ -569,8 +569,11 @@ def _validate_quant(preset: str | None, weights: str | None, sparsity):
             raise CompileError(f"--sparsity {sparsity!r} is neither a pattern N:16 / 2:4 nor a density in (0, 1]") \
                 from None
     if weights is not None or sparsity is not None:
-        default = LayerQuant(weights or qcfg.default.weights, qcfg.default.acts,
-                             sparsity if sparsity is not None else qcfg.default.sparsity)
+        w_kind = weights or qcfg.default.weights
+        sp = sparsity if sparsity is not None else qcfg.default.sparsity
+        # GPTQ stays on when it still applies (dense ovp4/int4), else the override rounds to nearest
+        method = qcfg.default.method if (w_kind in ("ovp4", "int4") and sp is None) else "rtn"
+        default = LayerQuant(w_kind, qcfg.default.acts, sp, method=method)
         qcfg = QuantConfig(default, dict(qcfg.overrides), name=f"{preset}+{weights or ''}{sparsity or ''}")
     return qcfg
 
@@ -632,7 +635,18 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         print(f"olivine compile: {note}", file=sys.stderr)
     # ---- the slow part
     loaded = load_model(model)
-    calib = calibration_tokens(loaded) if qcfg.needs_calibration() else None
+    calib = None
+    if qcfg.needs_calibration():
+        if any(lq.method == "gptq" for lq in (qcfg.default, *qcfg.overrides.values())):
+            # GPTQ Hessians: golden's calibration text (Lee + Tiny Shakespeare, disjoint from evaluation)
+            if loaded.tokenizer is None:
+                raise CompileError(f"preset {qcfg.name!r} needs calibration text, but {model} has no tokenizer; "
+                                   "choose a preset without GPTQ (e.g. w4a8-ovp)")
+            from olivine.golden.data import calibration_tokens as gptq_calibration
+
+            calib = gptq_calibration(loaded.tokenizer)
+        else:  # static activation scales: the tokens golden/accuracy.py calibrates with
+            calib = calibration_tokens(loaded)
     q = quantize_cached(loaded, qcfg, calib)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
     comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)

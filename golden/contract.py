@@ -955,11 +955,14 @@ def compile_linear(
     act_alpha: float | None = None,
     act_normal: str = "auto",
     name: str = "linear",
+    qweight: "QWeight | None" = None,
 ) -> QLinear:
     """Compile a float linear (w [N, K] nn.Linear layout, optional bias [N]) to a QLinear.
 
     weights in WEIGHT_KINDS, acts in ACT_KINDS. "int8-static" needs ``calib`` (float
     activations [.., K]); "ovp4" needs ``calib`` or ``act_alpha`` (+ ``act_normal``).
+    ``qweight``: an already quantized weight of kind ``weights`` (e.g. golden.gptq's choice of
+    grid values) used instead of quantize_weight's round-to-nearest; shape = the padded [N, K].
     """
     if weights not in WEIGHT_KINDS:
         raise ContractError(f"{name}: weights must be one of {WEIGHT_KINDS}, got {weights!r}")
@@ -974,7 +977,12 @@ def compile_linear(
     if calib is not None and pad_k:
         calib = torch.nn.functional.pad(calib.detach().to(torch.float32), (0, pad_k))
     qw = None
-    if weights != "fp32":
+    if qweight is not None:
+        if qweight.kind != weights or tuple(qweight.values.shape) != tuple(w.shape) or sparsity is not None:
+            raise ContractError(f"{name}: qweight is {qweight.kind} {tuple(qweight.values.shape)}, the layer needs "
+                                f"dense {weights} {tuple(w.shape)} (after padding)")
+        qw = qweight
+    elif weights != "fp32":
         qw = quantize_weight(w, weights, sparsity=sparsity)
     elif sparsity is not None:
         from . import sparsity as sp

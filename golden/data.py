@@ -19,7 +19,8 @@ import torch
 
 from .tokenizer import TextTokenizer
 
-__all__ = ["CORPORA", "CorpusError", "corpus", "corpus_path", "corpus_tokens"]
+__all__ = ["CORPORA", "CorpusError", "corpus", "corpus_path", "corpus_tokens", "calibration_tokens",
+           "CALIBRATION_CORPORA", "CALIBRATION_OFFSET"]
 
 #: name -> (package, file inside the package, install command)
 CORPORA: dict[str, tuple[str, str, str]] = {
@@ -90,3 +91,19 @@ def corpus_tokens(name: str, tokenizer: TextTokenizer, n_tokens: int | None = No
         raise ValueError(f"corpus {name!r} has only {len(ids)} tokens with this tokenizer; "
                          f"asked for {n_tokens} after an offset of {offset_tokens}")
     return torch.tensor(list(ids[offset_tokens:need]), dtype=torch.int64)
+
+
+#: Calibration text (static activation scales, GPTQ Hessians) when no evaluation says otherwise:
+#: n tokens of each of these corpora from token CALIBRATION_OFFSET on, disjoint from every
+#: evaluation window of at most that many leading tokens. Both texts: GPTQ calibrated on
+#: Shakespeare alone overfits it and loses on news text (docs/benchmarks.md, "GPTQ").
+CALIBRATION_CORPORA = ("lee", "shakespeare")
+CALIBRATION_OFFSET = 1024
+
+
+def calibration_tokens(tokenizer: TextTokenizer, n_tokens: int = 1024,
+                       offset_tokens: int = CALIBRATION_OFFSET) -> torch.Tensor:
+    """Token ids [len(CALIBRATION_CORPORA), n_tokens] of the default calibration text: tokens
+    ``offset_tokens .. offset_tokens + n_tokens - 1`` of each corpus (one row per corpus)."""
+    return torch.stack([corpus_tokens(c, tokenizer, n_tokens, offset_tokens=offset_tokens)
+                        for c in CALIBRATION_CORPORA])

@@ -36,7 +36,8 @@ import torch
 __all__ = ["cache_root", "cache_key", "quantize_cached", "model_identity", "code_version", "CacheWarning"]
 
 _MAGIC = b"OLIVINE-QMODEL 1\n"
-_SOURCES = ("qcache.py", "contract.py", "fixed.py", "ovp.py", "ovp_format.py", "qconfig.py", "qmodel.py", "sparsity.py")
+_SOURCES = ("qcache.py", "contract.py", "fixed.py", "gptq.py", "model.py", "ovp.py", "ovp_format.py", "qconfig.py", "qmodel.py",
+            "sfu.py", "sparsity.py")
 
 
 class CacheWarning(UserWarning):

@@ -19,6 +19,11 @@ w4a4-ovp           OVP4 weights x OVP4 activations (static per-tensor alpha from
                    as in OliVe); lm_head W8A8. Needs calibration tokens.
 w4a8-ovp-8:16      w4a8-ovp with 8:16 block sparsity on every decoder linear; lm_head dense
 w4a8-ovp-4:16      w4a8-ovp with 4:16 block sparsity on every decoder linear; lm_head dense
+w4a8-ovp-gptq      w4a8-ovp with the OVP4 grid values chosen by GPTQ (golden/gptq.py: second-order
+                   error compensation, OVP pairs as the unit) instead of round-to-nearest; same
+                   integer format and per-row scales. Needs calibration tokens.
+w4a8-int4-gptq     w4a8-int4 with GPTQ-chosen INT4 values (the equal-bits comparison).
+                   Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -29,11 +34,13 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = ["QuantConfigError", "LayerQuant", "QuantConfig", "PRESETS", "WEIGHT_CHOICES", "ACT_CHOICES",
-           "SPARSITY_CHOICES", "NAME_PATTERN"]
+           "SPARSITY_CHOICES", "METHOD_CHOICES", "NAME_PATTERN"]
 
 WEIGHT_CHOICES = ("ovp4", "int4", "int8", "fp32")
 ACT_CHOICES = ("int8", "int8-pow2", "int8-static", "ovp4", "fp32")
 SPARSITY_CHOICES = (None, "8:16", "4:16", "2:16", "2:4")
+#: how grid values are chosen: "rtn" round-to-nearest, "gptq" second-order error compensation
+METHOD_CHOICES = ("rtn", "gptq")
 
 #: Every linear name a pattern may target (after glob expansion): layers.<i>.<linear> or lm_head.
 _LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -54,11 +61,14 @@ class LayerQuant:
               | "ovp4" (per-tensor static alpha, calibrated) | "fp32"
     sparsity: None | "8:16" | "4:16" | "2:16" | "2:4" | a density in (0, 1] (N chosen per
               16x16 block by golden.sparsity.choose_block_n)
+    method:   "rtn" (round to nearest) | "gptq" (golden/gptq.py; dense ovp4/int4 weights only;
+              needs calibration tokens)
     """
 
     weights: str = "int8"
     acts: str = "int8"
     sparsity: str | float | None = None
+    method: str = "rtn"
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_CHOICES:
@@ -71,13 +81,18 @@ class LayerQuant:
                 f"LayerQuant.sparsity={sp!r}; expected None, one of {SPARSITY_CHOICES[1:]} or a density float in (0, 1]")
         if sp == "2:4" and self.weights == "ovp4":
             raise QuantConfigError("2:4 sparsity is not offered with OVP4 weights (OVP pairs are formed in 16-groups); use '8:16'")
+        if self.method not in METHOD_CHOICES:
+            raise QuantConfigError(f"LayerQuant.method={self.method!r}; expected one of {METHOD_CHOICES}")
+        if self.method == "gptq" and (self.weights not in ("ovp4", "int4") or sp is not None):
+            raise QuantConfigError(f"GPTQ is offered for dense ovp4/int4 weights only, got weights={self.weights!r} "
+                                   f"sparsity={sp!r}; use method='rtn'")
 
     @property
     def is_float(self) -> bool:
         return self.weights == "fp32" and self.acts == "fp32"
 
     def describe(self) -> str:
-        s = f"W{self.weights}/A{self.acts}"
+        s = f"W{self.weights}/A{self.acts}" + (" gptq" if self.method == "gptq" else "")
         return s + (f" sparse {self.sparsity}" if self.sparsity is not None else "")
 
 
@@ -92,6 +107,8 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a4-ovp": (LayerQuant("ovp4", "ovp4"), {"lm_head": _W8A8}),
     "w4a8-ovp-8:16": (LayerQuant("ovp4", "int8", "8:16"), {"lm_head": _W8A8}),
     "w4a8-ovp-4:16": (LayerQuant("ovp4", "int8", "4:16"), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq": (LayerQuant("ovp4", "int8", method="gptq"), {"lm_head": _W8A8}),
+    "w4a8-int4-gptq": (LayerQuant("int4", "int8", method="gptq"), {"lm_head": _W8A8}),
 }
 
 
@@ -154,4 +171,5 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return any(lq.acts in ("ovp4", "int8-static") for lq in [self.default, *self.overrides.values()])
+        return any(lq.acts in ("ovp4", "int8-static") or lq.method == "gptq"
+                   for lq in [self.default, *self.overrides.values()])

@@ -392,9 +392,10 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
     """Compile a float LLaMA to the integer contract with per-layer precision ``qcfg``.
 
     qcfg: a QuantConfig or a preset name. ``calib_tokens`` ([T] or [B, T] token ids) are needed
-    when some layer uses static activations ("ovp4" or "int8-static"); the float model runs them
-    once and each such linear's inputs set its static scale/alpha. ``show_progress``: a progress bar
-    (or a line per linear when stderr is not a terminal) once quantization takes over a second.
+    when some layer uses static activations ("ovp4" or "int8-static") or GPTQ weights; the float
+    model runs them once and each such linear's inputs set its static scale/alpha or its Hessian.
+    ``show_progress``: a progress bar (or a line per linear when stderr is not a terminal) once
+    quantization takes over a second.
     """
     if isinstance(qcfg, str):
         qcfg = QuantConfig.preset(qcfg)
@@ -411,6 +412,14 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
         if calib_tokens is None:
             raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
         calib = collect_linear_inputs(config, weights, calib_tokens, static)
+    gptq_w = {}
+    gptq_names = [n for n in names if lq[n].method == "gptq"]
+    if gptq_names:
+        if calib_tokens is None:
+            raise ContractError(f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...); pass calib_tokens")
+        from . import gptq
+
+        gptq_w = gptq.quantize_linears(config, weights, calib_tokens, {n: lq[n].weights for n in gptq_names})
     linears = {}
     # progress per decoder layer (its 7 linears) and the head
     with progress.track(f"quantizing {config.name} ({qcfg.name})", config.n_layers + 1, "layer",
@@ -420,7 +429,8 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             in_f, out_f = _IN_OUT_FRAC[short]
             q = lq[n]
             linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f,
-                                        out_frac=out_f, sparsity=q.sparsity, calib=calib.get(n), name=n)
+                                        out_frac=out_f, sparsity=q.sparsity, calib=calib.get(n), name=n,
+                                        qweight=gptq_w.get(n))
             if n == "lm_head" or short == LINEAR_NAMES[-1]:
                 bar.advance(n.rsplit(".", 1)[0] if n != "lm_head" else n)
     head = linears["lm_head"].weight

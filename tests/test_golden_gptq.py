@@ -1,0 +1,144 @@
+"""Tests of golden/gptq.py (random layers) and its presets (glassllm)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from olivine.golden import gptq, ovp
+from olivine.golden.contract import quantize_weight
+from olivine.golden.ovp_format import get_format
+from olivine.golden.qconfig import LayerQuant, QuantConfig, QuantConfigError
+
+
+def _layer(seed=0, n=48, k=192, m=384):
+    """A weight with a few large entries and inputs with strongly correlated channels."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(k) + 3 * torch.randn(k, k, generator=g) / k**0.5
+    x = torch.randn(m, k, generator=g) @ mix
+    x[:, 3] *= 15  # one outlier channel, as LLM activations have
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[torch.rand(n, k, generator=g) < 0.02] *= 8
+    return w, x
+
+
+def _out_err(x, w, deq):
+    return float((x @ w.T - x @ deq.T).norm() / (x @ w.T).norm())
+
+
+def _assert_valid_ovp(values, normal):
+    fmt = get_format(normal)
+    grid = set(fmt.normal_grid) | set(fmt.outlier_grid)
+    assert set(values.unique().tolist()) <= grid
+    pairs = values.reshape(values.shape[0], -1, 2)
+    out = pairs.abs() > fmt.normal_max
+    assert not bool((out[..., 0] & out[..., 1]).any())
+    assert not bool((out[..., 0] & (pairs[..., 1] != 0)).any())
+    assert not bool((out[..., 1] & (pairs[..., 0] != 0)).any())
+    codes = ovp.encode(values, normal)  # raises on any violation
+    assert torch.equal(ovp.unpack(codes, normal), values.to(torch.int32))
+
+
+@pytest.mark.parametrize("pair_choice", gptq.PAIR_CHOICES)
+@pytest.mark.parametrize("scale_mode", gptq.SCALE_MODES)
+def test_gptq_ovp_valid_and_better_than_rtn(pair_choice, scale_mode):
+    w, x = _layer()
+    h = gptq.hessian(x)
+    rtn = ovp.quantize(w, bits=4, normal="auto", granularity="row")
+    g = gptq.gptq_ovp(w, h, pair_choice=pair_choice, scale_mode=scale_mode)
+    _assert_valid_ovp(g.values, g.normal)
+    if scale_mode == "rtn":  # same per-row scale and normal type as OVP's own search
+        assert g.normal == rtn.normal
+        assert torch.equal(g.scale, rtn.scale.reshape(-1))
+    e_rtn, e_gptq = _out_err(x, w, rtn.dequantize()), _out_err(x, w, g.dequantize())
+    assert e_gptq < 0.75 * e_rtn, (e_gptq, e_rtn)
+
+
+def test_gptq_ovp_deterministic_and_qweight():
+    w, x = _layer(seed=1)
+    h = gptq.hessian(x)
+    a, b = gptq.gptq_ovp(w, h), gptq.gptq_ovp(w.clone(), h.clone())
+    assert torch.equal(a.values, b.values) and torch.equal(a.scale, b.scale)
+    qw = gptq.to_qweight(a)
+    assert qw.kind == "ovp4" and torch.equal(qw.values.to(torch.int32), a.values)
+    assert torch.equal((qw.integer.to(torch.int32) << qw.exponent.to(torch.int32)), a.values)
+    assert torch.equal(ovp.unpack(qw.codes, qw.normal), a.values)
+
+
+def test_identity_hessian_is_round_to_nearest():
+    """H = I: no input correlation, nothing to compensate; the rule choice equals OVP RTN."""
+    w, _ = _layer(seed=2)
+    g = gptq.gptq_ovp(w, torch.eye(w.shape[1], dtype=torch.float64), pair_choice="rule", act_order=False)
+    rtn = ovp.quantize(w, bits=4, normal="auto", granularity="row")
+    assert torch.equal(g.values, rtn.grid_values())
+
+
+def test_rtn_helper_matches_golden_ovp():
+    w, _ = _layer(seed=3)
+    t = ovp.quantize(w, bits=4, normal="int4", granularity="row")
+    assert torch.equal(gptq.rtn_ovp_values(w / t.scale, "int4").to(torch.int32), t.grid_values())
+
+
+def test_gptq_int4():
+    w, x = _layer(seed=4)
+    g = gptq.gptq_int4(w, gptq.hessian(x))
+    assert int(g.values.abs().max()) <= 7
+    rtn = quantize_weight(w, "int4")
+    assert torch.allclose(g.scale.double(), rtn.scale, rtol=1e-6)
+    assert _out_err(x, w, g.dequantize()) < 0.75 * _out_err(x, w, rtn.dequantize())
+    assert gptq.to_qweight(g).kind == "int4"
+
+
+@pytest.mark.parametrize("kind", ["pow2", "mult4"])
+def test_group_factors(kind):
+    w, x = _layer(seed=5, k=256)
+    h = gptq.hessian(x)
+    plain = gptq.gptq_ovp(w, h)
+    g = gptq.gptq_ovp(w, h, group=64, group_factors=kind)
+    assert g.factors.shape == (w.shape[0], 4)
+    assert set(g.factors.unique().tolist()) <= set(gptq.group_factor_candidates(kind).tolist())
+    _assert_valid_ovp(g.values, g.normal)
+    assert _out_err(x, w, g.dequantize()) < _out_err(x, w, plain.dequantize())
+    with pytest.raises(gptq.GptqError, match="no integer form"):
+        gptq.to_qweight(g)
+
+
+def test_errors():
+    w, x = _layer()
+    h = gptq.hessian(x)
+    with pytest.raises(gptq.GptqError, match="Hessian shape"):
+        gptq.gptq_ovp(w, h[:-2, :-2])
+    with pytest.raises(gptq.GptqError, match="even K"):
+        gptq.gptq_ovp(w[:, :-1], h[:-1, :-1])
+    with pytest.raises(gptq.GptqError, match="pair_choice"):
+        gptq.gptq_ovp(w, h, pair_choice="best")
+    with pytest.raises(QuantConfigError, match="GPTQ"):
+        LayerQuant("int8", "int8", method="gptq")
+    with pytest.raises(QuantConfigError, match="method"):
+        LayerQuant("ovp4", "int8", method="awq")
+
+
+def test_gptq_presets_on_glassllm():
+    from olivine.golden.accuracy import perplexity
+    from olivine.golden.contract import ContractError
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    m = load_model("glassllm")
+    text = ("The little dog ran to the park and played with a red ball. Then the sun went down and "
+            "the children walked home, singing a song about the sea and the stars in the sky.")
+    ids = torch.as_tensor(m.tokenizer.encode(text))
+    calib, ev = ids[:24], ids[24:64]
+    assert QuantConfig.preset("w4a8-ovp-gptq").needs_calibration()
+    with pytest.raises(ContractError, match="GPTQ"):
+        quantize_model(m.config, m.weights, "w4a8-ovp-gptq")
+    q = quantize_model(m.config, m.weights, "w4a8-ovp-gptq", calib)
+    rtn = quantize_model(m.config, m.weights, "w4a8-ovp")
+    w = q.linears["layers.0.wq"].weight
+    assert w.kind == "ovp4" and q.linears["lm_head"].weight.kind == "int8"
+    assert torch.equal(ovp.unpack(w.codes, w.normal), w.values.to(torch.int32))
+    assert not torch.equal(w.values, rtn.linears["layers.0.wq"].weight.values)  # GPTQ chose other values
+    assert torch.equal(w.scale, rtn.linears["layers.0.wq"].weight.scale)  # on the same row scales
+    assert torch.equal(q.forward_int(ev), q.forward_int(ev))
+    fp = perplexity(quantize_model(m.config, m.weights, "fp32"), ev)
+    assert abs(perplexity(q, ev) / fp - 1) < 0.2
