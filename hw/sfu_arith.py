@@ -63,29 +63,25 @@ def _check_int(name, value, lo, hi=None):
 def bit_length(value):
     """``int.bit_length`` of an unsigned Amaranth value (0 -> 0): a leading-one detector.
 
-    Built as golden ``fixed.bit_length`` does, by halving steps (compare, add, shift: a
-    log2(width)-deep structure instead of a width-deep priority chain). The result is
-    ``unsigned(bits(width))``. Signed values must be made non-negative first (e.g. ``abs``).
+    Balanced recursion on halves, ``bl(hi:lo) = hi != 0 ? len(lo) + bl(hi) : bl(lo)``, in which
+    every sub-result is referenced once: Amaranth does not share repeated sub-expressions, so
+    golden's halving loop (each step reading the previous value three times) would grow
+    exponentially in the generated Verilog, and a flat priority chain nests too deep for the
+    Python simulator. log2(width) levels of muxes. The result is ``unsigned(bits(width))``.
+    Signed values must be made non-negative first (e.g. ``abs``).
     """
     value = value.as_unsigned()
-    width = len(value)
-    out_bits = max(1, width.bit_length())
-    steps = []
-    step = 1
-    while step * 2 <= width:
-        step *= 2
-    while step >= 1:
-        steps.append(step)
-        step //= 2
-    n = Const(0, out_bits)
-    v = value
-    for step in steps:
-        if step >= len(v):
-            continue
-        big = (v >> step) != 0
-        n = Mux(big, n + step, n)[:out_bits]
-        v = Mux(big, v >> step, v)[:len(v)]
-    return Mux(v[0], n + 1, n)[:out_bits]
+    out_bits = max(1, len(value).bit_length())
+
+    def rec(v):
+        if len(v) == 1:
+            return v
+        half = len(v) // 2
+        lo, hi = v[:half], v[half:]
+        return Mux(hi != 0, rec(hi) + half, rec(lo))
+
+    n = rec(value)
+    return n[:out_bits] if len(n) > out_bits else n
 
 
 def round_shift(x, s, *, max_shift: int | None = None):
@@ -417,10 +413,13 @@ class _TablePipeline(wiring.Component):
     def _rom(self, m, name, table):
         """A ROM of ``len(table) - 1`` entries with two synchronous read ports (T[j], T[j+1]);
         the last entry is only ever an upper neighbour, so it is a constant selected by
-        ``j == depth - 1`` (docs/sfu.md, tables)."""
+        ``j == depth - 1`` (docs/sfu.md, tables). ``ram_style = "block"`` asks for a block RAM
+        (one RAMB36 in true dual port mode per lane): Yosys otherwise builds the 256-entry exp
+        ROM from ~800 LUTs per lane (measured, docs/benchmarks.md)."""
         depth = len(table) - 1
         width = max(table).bit_length()
-        mem = memory.Memory(shape=unsigned(width), depth=depth, init=list(table[:depth]))
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=list(table[:depth]),
+                            attrs={"ram_style": "block", "rom_style": "block"})
         m.submodules[name] = mem
         return mem, mem.read_port(domain="sync"), mem.read_port(domain="sync"), table[depth]
 

@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 from olivine.golden import fixed, sfu
 from olivine.hw.sfu_arith import SfuArithError
 from olivine.hw.sfu_norm import NORM_LATENCY, LayerNorm, RMSNorm, norm_params
-from tests.helpers import REDUCED
+from tests.helpers import REDUCED, requires_verilator
 
 F = 16
 
@@ -235,3 +235,59 @@ def test_bad_configuration():
         norm_params(0, 1e-5)
     with pytest.raises(SfuArithError, match="output left shift"):
         RMSNorm(4, frac_gamma=0, frac_out=30)
+
+
+def cocotb_row_core(dut, top, rows, params, want_rows, *, g_rows=None, g_fields=None,
+                    row_param=False):
+    """Run the row core on Verilator (tests/rtl/tb_sfu_arith.py): every row ``dut.passes`` times,
+    g beats with the last pass, expected output beats from golden ``want_rows``."""
+    from tests.test_hw_sfu_arith import run_cocotb_stream
+
+    lanes, passes = dut.lanes, dut.passes
+    items, g_items, g_with, p_items, expected = [], [], [], [], []
+    for r, row in enumerate(rows):
+        for p in range(passes):
+            beats = row_beats(row, lanes, p)
+            items += beats
+            p_items += [dict(params, row=r) if row_param else params] * len(beats)
+            g_with += [int(p == passes - 1 and g_rows is not None)] * len(beats)
+            if p == passes - 1 and g_rows is not None:
+                g_items += row_beats(g_rows[r], lanes, p) if g_fields is None else \
+                    _struct_beats(g_rows[r], lanes, p, g_fields)
+        for b in row_beats(want_rows[r], lanes, passes - 1):
+            expected.append(b)
+    return run_cocotb_stream(dut, top, items, expected, g_items=g_items if g_rows is not None else None,
+                             g_with=g_with if g_rows is not None else None, params=p_items,
+                             cycles=len(items) * 3 + 100 * len(rows) + 400)
+
+
+@pytest.mark.rtl
+@requires_verilator
+@pytest.mark.parametrize("centered", [False, True])
+def test_norm_cocotb_verilator(centered):
+    rng = random.Random(30)
+    d, lanes = 45, 4
+    params = norm_params(d, 1e-5, centered=centered)
+    rows = norm_rows(rng, d, n_random=2 if REDUCED else 8)
+    gamma = [int(rng.gauss(1, 0.3) * 2**F) for _ in range(d)]
+    if centered:
+        beta = [int(rng.gauss(0, 0.2) * 2**F) for _ in range(d)]
+        want = _golden_ln(rows, gamma, beta, _eps_of(params) / (d * d))
+        cocotb_row_core(LayerNorm(lanes), "sfu_layernorm_l4", rows, params, want,
+                        g_rows=[list(zip(gamma, beta))] * len(rows), g_fields=("gamma", "beta"))
+    else:
+        want = _golden_rms(rows, gamma, _eps_of(params))
+        cocotb_row_core(RMSNorm(lanes), "sfu_rmsnorm_l4", rows, params, want,
+                        g_rows=[gamma] * len(rows))
+
+
+@pytest.mark.rtl
+@requires_verilator
+@pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])
+def test_norm_verilog_lints_clean(kind):
+    from olivine.hw.export import lint, verilog
+    from olivine.hw.resources import build_unit
+    from olivine.hw.sfu_arith import LINT_WAIVERS
+
+    dut, top = build_unit(f"sfu_{kind}", {"lanes": 2})
+    lint(verilog(dut, top), top, waivers=LINT_WAIVERS)

@@ -16,7 +16,7 @@ import torch
 from olivine.golden import fixed, sfu
 from olivine.hw.sfu_arith import SfuArithError
 from olivine.hw.sfu_softmax import SOFTMAX_LATENCY, Softmax
-from tests.helpers import REDUCED
+from tests.helpers import REDUCED, requires_verilator
 from tests.test_hw_sfu_norm import run_row_core
 
 F = 16
@@ -93,3 +93,28 @@ def test_softmax_long_rows():
 def test_bad_configuration():
     with pytest.raises(SfuArithError, match="lanes=0"):
         Softmax(0)
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_softmax_cocotb_verilator():
+    from tests.test_hw_sfu_norm import cocotb_row_core
+
+    rng = random.Random(31)
+    k_len, lanes = 45, 4
+    rows = score_rows(rng, 8 if REDUCED else 24, k_len)
+    for mask, base, period in ((1, 30, 5), (0, 0, 0)):
+        params = {"mask": mask, "qpos_base": base, "qpos_period": period, "row": 0}
+        cocotb_row_core(Softmax(lanes), "sfu_softmax_l4", rows, params,
+                        golden_softmax(rows, mask, base, period), row_param=True)
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_softmax_verilog_lints_clean():
+    from olivine.hw.export import lint, verilog
+    from olivine.hw.resources import build_unit
+    from olivine.hw.sfu_arith import LINT_WAIVERS
+
+    dut, top = build_unit("sfu_softmax", {"lanes": 2})
+    lint(verilog(dut, top), top, waivers=LINT_WAIVERS)
