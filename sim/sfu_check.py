@@ -109,6 +109,12 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
         imm = int(rng.integers(0, cols + 2)) | (int(rng.integers(0, 4)) << 16)
         if kind == "masked":
             imm = 0 | (1 << 16)  # query position 0: only key 0 visible
+    elif op == "quant":  # per-token INT8: a random rule (imm[16]) and group count G dividing rows
+        divisors = [g for g in range(1, rows + 1) if rows % g == 0]
+        imm = int(rng.choice(divisors)) | (int(rng.integers(0, 2)) << 16)
+        if kind == "edges" and rows > 1:
+            imm = rows
+        dst += int(rng.integers(0, 4))  # the INT8 block is bytes: any start
     else:
         image[src1: src1 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     # something recognisable around the destination: nothing outside it may change
@@ -322,7 +328,7 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
             f = case.fields
             entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"]))
             t = OP_TIMING[case.op]
-            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]))
+            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]))
     for entry in by_op.values():
         if entry["cpr"]:
             t = OP_TIMING[entry["op"]]
