@@ -48,8 +48,10 @@ element-wise ops at ``lanes`` (one operand) or ``lanes / 2`` (two) elements per 
 latency + 2 at the end.
 
 Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
-(hw/sfu_norm.py) and softmax (hw/sfu_softmax.py). rope, quant, dequant and vshift are not built
-yet and answer ``SfuError.NOT_BUILT``.
+(hw/sfu_norm.py), softmax (hw/sfu_softmax.py) and quant (hw/sfu_quant.py; its INT8 block goes
+through a byte writer, :meth:`Sfu._quant_writer`, with per-row exponent/mantissa bytes: ``tail``
+cycles after the last row). rope, dequant and vshift are not built yet and answer
+``SfuError.NOT_BUILT``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Golden: ``contract.quantize_act_dynamic_int8`` (9-bit mantissa) and, with ``para
   1``; the power-of-two rule instead takes ``e = dynamic_int8_exponent(amax)``, ``m = 1``, ``R = 1``;
 * pass 1: ``q = saturate(round_shift(x * R, 22 + e), -127, 127)`` (pow2: ``round_shift(x, e)``).
 
-Why a ROM and not the divider: ``m`` has only 256 values, so ``R`` is a 256 x 30 bit table (7.5
+Why a ROM and not the divider: ``m`` has only 256 values, so ``R`` is a 256 x 29 bit table (7.3
 Kbit: one RAMB18, or ~120 LUT6 as distributed ROM) read in one cycle, against hw/sfu_arith.py's
 29/9/29 radix-4 UnsignedDivider (~16 cycles and ~300 LUTs of subtract/compare per row): the ROM
 shortens every row by ~14 cycles and costs no logic. The table is generated at elaboration time

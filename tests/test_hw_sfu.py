@@ -167,3 +167,34 @@ def test_sixteen_lanes_as_on_the_u280():
         f = case.fields
         assert res["mismatches"] == 0, case.label
         assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 16, f["dst"]), case.label
+
+
+def test_quant_both_rules_grouped_layout_and_bad_groups():
+    """quant with the 9-bit-mantissa and the power-of-two rule, G = 1 and G > 1 at byte-unaligned
+    destinations (bit-exact, timing model); a G that does not divide rows answers BAD_GROUPS."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for rows, cols, groups, pow2, kind in [(6, 5, 3, 0, "random"), (6, 5, 2, 1, "edges"), (4, 9, 1, 1, "small"),
+                                           (4, 7, 4, 0, "equal"), (2, 3, 1, 0, "zero")]:
+        case = sfu_check._fixed_case(CONFIG, rng, "quant", rows, cols, kind, 4, f"quant {rows}x{cols} G{groups}")
+        case.fields = dict(case.fields, imm=groups | pow2 << 16)
+        case.want = sfu_check.expected_image(CONFIG, case.image, case.fields)
+        cases.append(case)
+    bad = sfu_check.Case("quant", dict(cases[0].fields, imm=4), cases[0].image, want=None,
+                         want_code=int(SfuError.BAD_GROUPS), label="G 4 of 6 rows")
+    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases + [bad])
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["mismatches"] == 0 and res["code"] == 0, case.label
+        assert res["cycles"] == OP_TIMING["quant"].instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
+    assert results[-1]["code"] == SfuError.BAD_GROUPS and results[-1]["mismatches"] == 0
+
+
+def test_quant_reciprocal_rom_is_golden_division():
+    from olivine.golden import contract
+    from olivine.hw.sfu_quant import reciprocal_rom
+
+    rom = reciprocal_rom()
+    assert len(rom) == 256 and rom[0] == 127 << 22 and max(rom).bit_length() == 29
+    for m in (1, 2, 3, 127, 255, 256):
+        assert rom[m - 1] * m <= contract.INT8_QMAX << contract.RECIP_BITS < (rom[m - 1] + 1) * m
