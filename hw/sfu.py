@@ -72,6 +72,7 @@ from .sfu_arith import Isqrt, UnsignedDivider, bit_length
 from .sfu_eltwise import AddCore, CopyCore, MulCore, SiluCore, SwigluCore
 from .sfu_norm import NORM_LATENCY, RMSNorm
 from .sfu_quant import QUANT_LATENCY, QuantCore
+from .sfu_dequant import DEQUANT_LATENCY, DequantCore, record_words
 from .sfu_softmax import SOFTMAX_LATENCY, Softmax
 
 NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
@@ -122,6 +123,7 @@ class SfuError(py_enum.IntEnum):
     UNALIGNED = 5        # a fixed32 address not a multiple of 4
     OUT_OF_RANGE = 6     # an operand or the result beyond the data space
     BAD_GROUPS = 7       # quant: G = imm[15:0] > 1 does not divide rows
+    BAD_RECORD = 8       # dequant: record stride imm shorter than its codes + multiplier + shift
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ OP_CORES: dict[str, OpCore] = {
     "rmsnorm": OpCore(RMSNorm, operands=2, src1_per_row=False, src1_extra=2, max_cols=NORM_MAX_DIM,
                       latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21),
     "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
+    "dequant": OpCore(DequantCore, latency=DEQUANT_LATENCY),
     "quant": OpCore(QuantCore, latency=QUANT_LATENCY, row_gap=QUANT_ROW_GAP, setup=QUANT_SETUP, tail=QUANT_TAIL),
 }
 
@@ -195,8 +198,18 @@ class OpTiming:
     setup: int = 0
     tail: int = 0
     byte_out: bool = False
+    record_in: bool = False
+
+    def _record_core_cycles(self, cols: int, lanes: int) -> int:
+        """dequant: the core's cycles per record: pass 0 takes its ``ib`` input beats, pass 1
+        ``ceil(cols / lanes)`` output beats plus the beats past the codes (taken without output)."""
+        in_beats = -(-record_words(cols) // lanes)
+        return in_beats + -(-cols // lanes) + in_beats - -(-cols // (4 * lanes))
 
     def cycles_per_row(self, cols: int, lanes: int) -> int:
+        if self.record_in:  # steady state: the reader's 2 passes or the core's output, whichever is longer
+            in_beats = -(-record_words(cols) // lanes)
+            return max(2 * (in_beats + 1), self._record_core_cycles(cols, lanes))
         beats = -(-cols // lanes)
         return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
                 + max(0, self.short_row - beats))
@@ -219,15 +232,18 @@ class OpTiming:
             last_row = dst + (groups - 1) * blk + (t_rows - 1) * cols
             last_beat = last_row + (-(-cols // lanes) - 1) * lanes
             flush = int(last_beat % (4 * lanes) + last_count > 4 * lanes)
-        return (START_CYCLES + self.setup + rows * self.cycles_per_row(cols, lanes) + self.latency + 2 + flush
-                + self.tail)
+        row_cycles = rows * self.cycles_per_row(cols, lanes)
+        if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
+            in_beats = -(-record_words(cols) // lanes)
+            row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)
+        return START_CYCLES + self.setup + row_cycles + self.latency + 2 + flush + self.tail
 
 
 def _timing(core: OpCore) -> OpTiming:
     two = core.operands == 2
     return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
                     latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup,
-                    tail=core.tail, byte_out=core.cls is QuantCore)
+                    tail=core.tail, byte_out=core.cls is QuantCore, record_in=core.cls is DequantCore)
 
 
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
@@ -365,7 +381,7 @@ class Sfu(wiring.Component):
         op_max_cols = Signal(21)
         op_src1_extra, op_norm = Signal(2), Signal()
         has_quant = "quant" in self.ops
-        op_quant = Signal()
+        op_quant, op_dequant = Signal(), Signal()
         with m.Switch(ins.op):
             for op in self.ops:
                 spec = OP_CORES[op]
@@ -373,7 +389,8 @@ class Sfu(wiring.Component):
                     m.d.comb += [op_built.eq(1), op_passes.eq(spec.passes),
                                  op_two.eq(spec.operands == 2), op_src1_rows.eq(spec.src1_per_row),
                                  op_max_cols.eq(spec.max_cols), op_src1_extra.eq(spec.src1_extra),
-                                 op_norm.eq(op == "rmsnorm"), op_quant.eq(op == "quant")]
+                                 op_norm.eq(op == "rmsnorm"), op_quant.eq(op == "quant"),
+                                 op_dequant.eq(op == "dequant")]
             with m.Case(*[MISC_OPS.index(op) for op in RESERVED_OPS], 13, 14, 15):
                 m.d.comb += op_reserved.eq(1)
             with m.Default():  # valid ops not built into this instance (every case listed: lint)
@@ -433,6 +450,11 @@ class Sfu(wiring.Component):
             q_row_e, q_row_m = Signal(8), Signal(16)
             q_hi_data, q_hi_en, q_hi_addr = Signal(32 * lanes), Signal(4 * lanes), Signal(self.addr_width)
 
+        # ---- what the reader streams per row: cols elements, or a dequant record's words
+        rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
+        m.d.comb += [rd_cols.eq(Mux(op_dequant, (((ins.cols + 15) >> 4) << 2) + 2, ins.cols)),
+                     rd_stride.eq(Mux(op_dequant, ins.imm >> 2, ins.cols))]
+
         # ---- control FSM
         running = Signal()
         err_code = Signal(4)
@@ -446,15 +468,16 @@ class Sfu(wiring.Component):
                     m.d.sync += [ins.eq(self.instr.payload), cycles.eq(1), status.busy.eq(1)]
                     m.d.sync += state.eq(_State.GEOMETRY)
             with m.Case(_State.GEOMETRY):
-                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((ins.cols + mask) >> lb),
-                             last_count.eq(((ins.cols - 1) & mask) + 1)]
+                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((rd_cols + mask) >> lb),
+                             last_count.eq(((rd_cols - 1) & mask) + 1), n_src0.eq(ins.rows * rd_stride)]
                 m.d.sync += state.eq(_State.CHECK)
             with m.Case(_State.CHECK):
                 src1_elems = Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra)
                 # quant writes an INT8 block (bytes, any alignment): checked in Q_CHECK
-                bad_range = ((e_src0 + n_elems > elems_total) | (~op_quant & (e_dst + n_elems > elems_total))
+                bad_range = ((e_src0 + n_src0 > elems_total) | (~op_quant & (e_dst + n_elems > elems_total))
                              | (op_two & (e_src1 + src1_elems > elems_total)))
-                unaligned = ((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
+                unaligned = (((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
+                             | (op_dequant & ins.imm[:2].any()))
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
                 with m.Elif(~op_built):
@@ -465,6 +488,8 @@ class Sfu(wiring.Component):
                     m.d.comb += err_code.eq(SfuError.ROW_TOO_LONG)
                 with m.Elif(unaligned):
                     m.d.comb += err_code.eq(SfuError.UNALIGNED)
+                with m.Elif(op_dequant & (ins.imm[2:] < rd_cols)):
+                    m.d.comb += err_code.eq(SfuError.BAD_RECORD)
                 with m.Elif(bad_range):
                     m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
                 with m.If(err_code != 0):
@@ -534,7 +559,9 @@ class Sfu(wiring.Component):
                         m.d.sync += state.eq(_State.RUN)
             with m.Default():  # RUN
                 m.d.comb += running.eq(1)
-                with m.If(r_done & (w_row == ins.rows) & ~flush):
+                # every read beat consumed (dequant takes a record's words past its codes without
+                # output: none may be left in the FIFO for the next instruction)
+                with m.If(r_done & (w_row == ins.rows) & ~flush & (outstanding == 0)):
                     m.d.sync += [status.error.eq(0), status.code.eq(0), status.offset.eq(ins.offset),
                                  status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
                     m.d.sync += state.eq(_State.IDLE)
@@ -548,7 +575,7 @@ class Sfu(wiring.Component):
         m.d.comb += two_now.eq(op_two & last_pass)
         ra = Mux(r_op1, ra1, ra0)
         word_first = ra >> lb
-        word_last = (ra + ins.cols - 1) >> lb
+        word_last = (ra + rd_cols - 1) >> lb
         word = Signal(ea_bits)
         m.d.comb += word.eq(word_first + r_slot)
         produce = r_slot != 0
@@ -570,7 +597,7 @@ class Sfu(wiring.Component):
                 with m.If(r_slot == beats):
                     m.d.sync += r_slot.eq(0)
                     with m.If(last_pass):
-                        m.d.sync += [r_pass.eq(0), r_row.eq(r_row + 1), ra0.eq(ra0 + ins.cols),
+                        m.d.sync += [r_pass.eq(0), r_row.eq(r_row + 1), ra0.eq(ra0 + rd_stride),
                                      ra1.eq(Mux(op_src1_rows, ra1 + ins.cols, ra1))]
                         with m.If(r_row == ins.rows - 1):
                             m.d.sync += r_done.eq(1)
@@ -619,6 +646,8 @@ class Sfu(wiring.Component):
                 m.d.comb += [core.params.cols.eq(ins.cols), core.params.eps_mult.eq(eps_mult),
                              core.params.eps_shift.eq(eps_shift), core.params.sqrt_mult.eq(sqrt_mult),
                              core.params.sqrt_shift.eq(sqrt_shift)]
+            elif op == "dequant":
+                m.d.comb += core.params.cols.eq(ins.cols)
             elif op == "quant":
                 m.d.comb += [core.params.pow2.eq(ins.imm[16]), q_row_e.eq(core.row_exp), q_row_m.eq(core.row_mant)]
             elif op == "softmax":

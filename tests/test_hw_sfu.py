@@ -198,3 +198,25 @@ def test_quant_reciprocal_rom_is_golden_division():
     assert len(rom) == 256 and rom[0] == 127 << 22 and max(rom).bit_length() == 29
     for m in (1, 2, 3, 127, 255, 256):
         assert rom[m - 1] * m <= contract.INT8_QMAX << contract.RECIP_BITS < (rom[m - 1] + 1) * m
+
+
+def test_dequant_records_and_bad_records():
+    """dequant at 4 and 16 lanes, one instance running several instructions back to back (a
+    record's words past its codes must not leak into the next one); a stride shorter than the
+    record or not a multiple of 4 answers an error with nothing written."""
+    for lanes in (4, 16):
+        config = small_config(sfu_dsp=4 * lanes)
+        rng = np.random.default_rng(lanes)
+        cases = [sfu_check._fixed_case(config, rng, "dequant", rows, cols, kind, lanes, f"dequant {rows}x{cols} {kind}")
+                 for rows, cols, kind in [(3, 100, "random"), (3, 48, "edges"), (2, 17, "random"), (4, 1, "edges"),
+                                          (1, 64, "random")]]
+        base = cases[0].fields
+        bad = [sfu_check.Case("dequant", dict(base, imm=base["imm"] - 4 * lanes), cases[0].image, want_code=int(SfuError.BAD_RECORD)),
+               sfu_check.Case("dequant", dict(base, imm=base["imm"] + 2), cases[0].image, want_code=int(SfuError.UNALIGNED))]
+        results = sfu_check.run_amaranth(config, ("dequant",), cases + bad)
+        for case, res in zip(cases, results):
+            f = case.fields
+            assert res["mismatches"] == 0 and res["code"] == 0, case.label
+            assert res["cycles"] == OP_TIMING["dequant"].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]), case.label
+        for case, res in zip(bad, results[len(cases):]):
+            assert res["code"] == case.want_code and res["mismatches"] == 0
