@@ -719,7 +719,8 @@ class Sfu(wiring.Component):
         for k in range(2 * wbytes):
             rel = Signal(wb + 1, name=f"q_rel{k}")
             m.d.comb += rel.eq(k - off)
-            m.d.comb += [win_en[k].eq((k >= off) & (rel < out_beat.count)),
+            at_or_after = (k >= off) if k < wbytes - 1 else Const(1)  # (k >= every offset: no constant compare)
+            m.d.comb += [win_en[k].eq(at_or_after & (rel < out_beat.count)),
                          win[k].eq(Mux(win_en[k], codes[rel[:lb]] if lb else codes[0], 0))]
         e_addr = Signal(32)
         m_addr = Signal(32)

@@ -341,15 +341,15 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
         entry["mismatches"] += wrong
         if case.want_code == 0:
             f = case.fields
-            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"]))
+            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"], f["imm"]))
             t = OP_TIMING[case.op]
             entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]))
     for entry in by_op.values():
         if entry["cpr"]:
             t = OP_TIMING[entry["op"]]
             # the longest case; its per-row cost = measured cycles minus the model's fixed part
-            cyc, r, c, dst = max(entry["cpr"], key=lambda x: x[1] * x[2])
-            fixed = t.instruction_cycles(r, c, lanes, dst) - r * t.cycles_per_row(c, lanes)
+            cyc, r, c, dst, imm = max(entry["cpr"], key=lambda x: x[1] * x[2])
+            fixed = t.instruction_cycles(r, c, lanes, dst, imm) - r * t.cycles_per_row(c, lanes)
             entry["cycles_per_row"] = (cyc - fixed) / r
             entry["elems_per_cycle"] = c / entry["cycles_per_row"]
             entry["model_cycles_per_row"] = t.cycles_per_row(c, lanes)
