@@ -50,7 +50,8 @@ latency + 2 at the end.
 Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
 (hw/sfu_norm.py), softmax (hw/sfu_softmax.py) and quant (hw/sfu_quant.py; its INT8 block goes
 through a byte writer, :meth:`Sfu._quant_writer`, with per-row exponent/mantissa bytes: ``tail``
-cycles after the last row). rope, dequant and vshift are not built yet and answer
+cycles after the last row) and dequant (hw/sfu_dequant.py; the reader streams each record's
+words, ``record_words(cols)``, at stride ``imm``). rope and vshift are not built yet and answer
 ``SfuError.NOT_BUILT``.
 """
 
