@@ -70,7 +70,9 @@ class QuantCore(wiring.Component):
         m = Module()
         lanes = self.lanes
         rom_values = reciprocal_rom()
-        m.submodules.rom = rom = Memory(shape=unsigned(max(rom_values).bit_length()), depth=256, init=rom_values)
+        # ram_style: Yosys would otherwise build the table from LUTs (as it did the exp ROM)
+        m.submodules.rom = rom = Memory(shape=unsigned(max(rom_values).bit_length()), depth=256, init=rom_values,
+                                        attrs={"ram_style": "block", "rom_style": "block"})
         rom_rd = rom.read_port()
 
         # phase: 0 = taking pass 0, 1 = computing e/m, 2 = ROM read, 3 = taking pass 1
