@@ -37,7 +37,9 @@ status : Out(STATUS_LAYOUT)
 Bad input (a defined response, never a hang): a reserved op (layernorm, argmax, codes 13-15), an op
 not built into this instance, zero rows or cols, a row longer than the op's limit, an unaligned
 address or an operand/result outside the data space finish the instruction in 3 cycles with
-``error`` set, the code and the offset latched, and nothing written.
+``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
+block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
+stride ``BAD_RECORD`` in 3).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
