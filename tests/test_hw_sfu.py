@@ -182,7 +182,12 @@ def test_quant_both_rules_grouped_layout_and_bad_groups():
         cases.append(case)
     bad = sfu_check.Case("quant", dict(cases[0].fields, imm=4), cases[0].image, want=None,
                          want_code=int(SfuError.BAD_GROUPS), label="G 4 of 6 rows")
-    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases + [bad])
+    space = len(cases[0].image)
+    past_end = sfu_check.Case("quant", dict(cases[0].fields, imm=3, dst=space - 6 * 8 + 1), cases[0].image,
+                              want=None, want_code=int(SfuError.OUT_OF_RANGE), label="INT8 block past the end")
+    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases + [bad, past_end])
+    assert results[-1]["code"] == SfuError.OUT_OF_RANGE and results[-1]["mismatches"] == 0
+    results = results[:-1]
     for case, res in zip(cases, results):
         f = case.fields
         assert res["mismatches"] == 0 and res["code"] == 0, case.label
