@@ -37,7 +37,9 @@ status : Out(STATUS_LAYOUT)
 Bad input (a defined response, never a hang): a reserved op (layernorm, argmax, codes 13-15), an op
 not built into this instance, zero rows or cols, a row longer than the op's limit, an unaligned
 address or an operand/result outside the data space finish the instruction in 3 cycles with
-``error`` set, the code and the offset latched, and nothing written.
+``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
+block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
+stride ``BAD_RECORD`` in 3).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
@@ -48,8 +50,11 @@ element-wise ops at ``lanes`` (one operand) or ``lanes / 2`` (two) elements per 
 latency + 2 at the end.
 
 Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
-(hw/sfu_norm.py) and softmax (hw/sfu_softmax.py). rope, quant, dequant and vshift are not built
-yet and answer ``SfuError.NOT_BUILT``.
+(hw/sfu_norm.py), softmax (hw/sfu_softmax.py) and quant (hw/sfu_quant.py; its INT8 block goes
+through a byte writer, :meth:`Sfu._quant_writer`, with per-row exponent/mantissa bytes: ``tail``
+cycles after the last row) and dequant (hw/sfu_dequant.py; the reader streams each record's
+words, ``record_words(cols)``, at stride ``imm``). rope and vshift are not built yet and answer
+``SfuError.NOT_BUILT``.
 """
 
 from __future__ import annotations
@@ -66,9 +71,11 @@ from .config import AcceleratorConfig
 from .resources import register_unit
 from .sfu_core import beat_layout
 from .sfu_arith import LINT_WAIVERS as ARITH_LINT_WAIVERS
-from .sfu_arith import Isqrt, bit_length
+from .sfu_arith import Isqrt, UnsignedDivider, bit_length
 from .sfu_eltwise import AddCore, CopyCore, MulCore, SiluCore, SwigluCore
 from .sfu_norm import NORM_LATENCY, RMSNorm
+from .sfu_quant import QUANT_LATENCY, QuantCore
+from .sfu_dequant import DEQUANT_LATENCY, DequantCore, record_words
 from .sfu_softmax import SOFTMAX_LATENCY, Softmax
 
 NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
@@ -96,13 +103,16 @@ STATUS_LAYOUT = data.StructLayout({
 })
 
 
-class _State(enum.Enum, shape=3):
+class _State(enum.Enum, shape=4):
     IDLE = 0
     GEOMETRY = 1
     CHECK = 2
     PARAM_READ = 3     # norm: read the eps multiplier / shift after the gains
     PARAM_SQRT = 4     # norm: quantize_multiplier(sqrt(cols)) on the integer square root
     RUN = 5
+    Q_DIV = 6          # quant: rows / G on the small divider
+    Q_GEOM = 7         # quant: block size of the grouped layout
+    Q_CHECK = 8        # quant: group count and output range
 
 
 class SfuError(py_enum.IntEnum):
@@ -115,6 +125,8 @@ class SfuError(py_enum.IntEnum):
     ROW_TOO_LONG = 4     # cols beyond the op's limit
     UNALIGNED = 5        # a fixed32 address not a multiple of 4
     OUT_OF_RANGE = 6     # an operand or the result beyond the data space
+    BAD_GROUPS = 7       # quant: G = imm[15:0] > 1 does not divide rows
+    BAD_RECORD = 8       # dequant: record stride imm shorter than its codes + multiplier + shift
 
 
 @dataclass(frozen=True)
@@ -134,11 +146,19 @@ class OpCore:
     row_gap: int = 0
     short_row: int = 0
     setup: int = 0
+    tail: int = 0
 
     @property
     def passes(self) -> int:
         return self.cls.passes
 
+
+#: quant: cycles between its passes (e/m and the reciprocal ROM), before the first row (rows / G on
+#: the divider, the grouped-layout geometry and range check), and after the last result beat (the
+#: row's exponent byte and two mantissa bytes); measured on the RTL.
+QUANT_ROW_GAP = 0
+QUANT_SETUP = 10
+QUANT_TAIL = 3
 
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
@@ -150,6 +170,8 @@ OP_CORES: dict[str, OpCore] = {
     "rmsnorm": OpCore(RMSNorm, operands=2, src1_per_row=False, src1_extra=2, max_cols=NORM_MAX_DIM,
                       latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21),
     "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
+    "dequant": OpCore(DequantCore, latency=DEQUANT_LATENCY),
+    "quant": OpCore(QuantCore, latency=QUANT_LATENCY, row_gap=QUANT_ROW_GAP, setup=QUANT_SETUP, tail=QUANT_TAIL),
 }
 
 #: Cycles from an accepted instruction to the first row read (decode, shape and range checks).
@@ -177,8 +199,20 @@ class OpTiming:
     row_gap: int = 0
     short_row: int = 0
     setup: int = 0
+    tail: int = 0
+    byte_out: bool = False
+    record_in: bool = False
+
+    def _record_core_cycles(self, cols: int, lanes: int) -> int:
+        """dequant: the core's cycles per record: pass 0 takes its ``ib`` input beats, pass 1
+        ``ceil(cols / lanes)`` output beats plus the beats past the codes (taken without output)."""
+        in_beats = -(-record_words(cols) // lanes)
+        return in_beats + -(-cols // lanes) + in_beats - -(-cols // (4 * lanes))
 
     def cycles_per_row(self, cols: int, lanes: int) -> int:
+        if self.record_in:  # steady state: the reader's 2 passes or the core's output, whichever is longer
+            in_beats = -(-record_words(cols) // lanes)
+            return max(2 * (in_beats + 1), self._record_core_cycles(cols, lanes))
         beats = -(-cols // lanes)
         return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
                 + max(0, self.short_row - beats))
@@ -186,7 +220,7 @@ class OpTiming:
     def elements_per_cycle(self, cols: int, lanes: int) -> float:
         return cols / self.cycles_per_row(cols, lanes)
 
-    def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0) -> int:
+    def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0, imm: int = 0) -> int:
         """Cycles of a whole instruction (``status.cycles``): start, setup, the rows, the core's
         latency, the read and write pipeline (2), and 1 more when the last row's end straddles a
         destination word (its flush write; earlier rows' flushes hide in the next row's free read
@@ -194,13 +228,25 @@ class OpTiming:
         last_start = dst // 4 + (rows - 1) * cols
         offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
         flush = int(offset != 0 and last_count > lanes - offset)
-        return START_CYCLES + self.setup + rows * self.cycles_per_row(cols, lanes) + self.latency + 2 + flush
+        if self.byte_out:  # INT8 block output (quant): byte addresses, the grouped layout of imm
+            groups = max(1, imm & 0xFFFF)
+            t_rows = rows // groups
+            blk = -(-(t_rows * (cols + 3)) // 64) * 64
+            last_row = dst + (groups - 1) * blk + (t_rows - 1) * cols
+            last_beat = last_row + (-(-cols // lanes) - 1) * lanes
+            flush = int(last_beat % (4 * lanes) + last_count > 4 * lanes)
+        row_cycles = rows * self.cycles_per_row(cols, lanes)
+        if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
+            in_beats = -(-record_words(cols) // lanes)
+            row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)
+        return START_CYCLES + self.setup + row_cycles + self.latency + 2 + flush + self.tail
 
 
 def _timing(core: OpCore) -> OpTiming:
     two = core.operands == 2
     return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
-                    latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup)
+                    latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup,
+                    tail=core.tail, byte_out=core.cls is QuantCore, record_in=core.cls is DequantCore)
 
 
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
@@ -337,6 +383,8 @@ class Sfu(wiring.Component):
         op_passes, op_two, op_src1_rows = Signal(2), Signal(), Signal()
         op_max_cols = Signal(21)
         op_src1_extra, op_norm = Signal(2), Signal()
+        has_quant = "quant" in self.ops
+        op_quant, op_dequant = Signal(), Signal()
         with m.Switch(ins.op):
             for op in self.ops:
                 spec = OP_CORES[op]
@@ -344,7 +392,8 @@ class Sfu(wiring.Component):
                     m.d.comb += [op_built.eq(1), op_passes.eq(spec.passes),
                                  op_two.eq(spec.operands == 2), op_src1_rows.eq(spec.src1_per_row),
                                  op_max_cols.eq(spec.max_cols), op_src1_extra.eq(spec.src1_extra),
-                                 op_norm.eq(op == "rmsnorm")]
+                                 op_norm.eq(op == "rmsnorm"), op_quant.eq(op == "quant"),
+                                 op_dequant.eq(op == "dequant")]
             with m.Case(*[MISC_OPS.index(op) for op in RESERVED_OPS], 13, 14, 15):
                 m.d.comb += op_reserved.eq(1)
             with m.Default():  # valid ops not built into this instance (every case listed: lint)
@@ -390,6 +439,25 @@ class Sfu(wiring.Component):
                          sqrt_unit.i.payload.eq(ins.cols[:15] << (62 - 2 * sqrt_e).as_unsigned()[:6]), sqrt_unit.o.ready.eq(1)]
         m.d.comb += self.rd.en.eq(0)
 
+        # ---- quant: INT8 block geometry (byte addresses) and its writer state
+        if has_quant:
+            m.submodules.q_div = q_div = UnsignedDivider(num_bits=12, den_bits=16, quo_bits=12, bits_per_cycle=2)
+            q_groups = Signal(16)
+            m.d.comb += [q_groups.eq(Mux(ins.imm[:16] > 1, ins.imm[:16], 1)), q_div.i.payload.num.eq(ins.rows),
+                         q_div.i.payload.den.eq(q_groups), q_div.o.ready.eq(1)]
+            q_trows, q_bad = Signal(12), Signal()
+            q_tc, q_blk, q_base, q_acode, q_tcols = (Signal(32, name=n) for n in ("q_tc", "q_blk", "q_base", "q_acode", "q_tcols"))
+            q_h, q_t = Signal(16), Signal(12)
+            q_phase, q_carry = Signal(3), Signal()
+            q_e, q_m = Signal(8), Signal(16)
+            q_row_e, q_row_m = Signal(8), Signal(16)
+            q_hi_data, q_hi_en, q_hi_addr = Signal(32 * lanes), Signal(4 * lanes), Signal(self.addr_width)
+
+        # ---- what the reader streams per row: cols elements, or a dequant record's words
+        rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
+        m.d.comb += [rd_cols.eq(Mux(op_dequant, (((ins.cols + 15) >> 4) << 2) + 2, ins.cols)),
+                     rd_stride.eq(Mux(op_dequant, ins.imm >> 2, ins.cols))]
+
         # ---- control FSM
         running = Signal()
         err_code = Signal(4)
@@ -403,14 +471,16 @@ class Sfu(wiring.Component):
                     m.d.sync += [ins.eq(self.instr.payload), cycles.eq(1), status.busy.eq(1)]
                     m.d.sync += state.eq(_State.GEOMETRY)
             with m.Case(_State.GEOMETRY):
-                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((ins.cols + mask) >> lb),
-                             last_count.eq(((ins.cols - 1) & mask) + 1)]
+                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((rd_cols + mask) >> lb),
+                             last_count.eq(((rd_cols - 1) & mask) + 1), n_src0.eq(ins.rows * rd_stride)]
                 m.d.sync += state.eq(_State.CHECK)
             with m.Case(_State.CHECK):
                 src1_elems = Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra)
-                bad_range = ((e_src0 + n_elems > elems_total) | (e_dst + n_elems > elems_total)
+                # quant writes an INT8 block (bytes, any alignment): checked in Q_CHECK
+                bad_range = ((e_src0 + n_src0 > elems_total) | (~op_quant & (e_dst + n_elems > elems_total))
                              | (op_two & (e_src1 + src1_elems > elems_total)))
-                unaligned = ((ins.src0 | ins.dst) & 3).any() | (op_two & (ins.src1 & 3).any())
+                unaligned = (((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
+                             | (op_dequant & ins.imm[:2].any()))
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
                 with m.Elif(~op_built):
@@ -421,6 +491,8 @@ class Sfu(wiring.Component):
                     m.d.comb += err_code.eq(SfuError.ROW_TOO_LONG)
                 with m.Elif(unaligned):
                     m.d.comb += err_code.eq(SfuError.UNALIGNED)
+                with m.Elif(op_dequant & (ins.imm[2:] < rd_cols)):
+                    m.d.comb += err_code.eq(SfuError.BAD_RECORD)
                 with m.Elif(bad_range):
                     m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
                 with m.If(err_code != 0):
@@ -431,7 +503,7 @@ class Sfu(wiring.Component):
                     m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
                                  ra0.eq(e_src0), ra1.eq(e_src1), w_row.eq(0), w_beat.eq(0), wa.eq(e_dst),
                                  c_row.eq(0), pr_step.eq(0)]
-                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, _State.RUN))
+                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, Mux(op_quant, _State.Q_DIV, _State.RUN)))
             if need_sqrt:  # only an instance with a norm has the parameter states
                 with m.Case(_State.PARAM_READ):
                     # two reads: the words holding elements src1/4 + cols and + cols + 1 (eps
@@ -465,9 +537,34 @@ class Sfu(wiring.Component):
                         with m.Else():
                             m.d.sync += [sqrt_mult.eq(rounded), sqrt_shift.eq(31 - sqrt_e)]
                         m.d.sync += state.eq(_State.RUN)
+            if has_quant:
+                with m.Case(_State.Q_DIV):
+                    m.d.comb += q_div.i.valid.eq(1)
+                    with m.If(q_div.i.ready):
+                        m.d.sync += state.eq(_State.Q_GEOM)
+                with m.Case(_State.Q_GEOM):
+                    with m.If(q_div.o.valid):
+                        t_rows = q_div.o.p.quotient
+                        m.d.sync += [q_trows.eq(t_rows), q_tc.eq(t_rows * ins.cols),
+                                     q_blk.eq(((t_rows * (ins.cols + 3)) + 63) & ~63),
+                                     q_bad.eq((q_div.o.p.remainder != 0) | q_div.o.p.overflow)]
+                        m.d.sync += state.eq(_State.Q_CHECK)
+                with m.Case(_State.Q_CHECK):
+                    total = Mux(q_groups > 1, q_groups * q_blk, n_elems + 3 * ins.rows)
+                    with m.If(q_bad | (ins.dst + total > self.space_bytes)):
+                        m.d.sync += [status.error.eq(1), status.code.eq(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE)),
+                                     status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
+                                     status.cycles.eq(cycles)]
+                        m.d.sync += state.eq(_State.IDLE)
+                    with m.Else():
+                        m.d.sync += [q_base.eq(ins.dst), q_acode.eq(ins.dst), q_h.eq(0), q_t.eq(0), q_tcols.eq(0),
+                                     q_phase.eq(0), q_carry.eq(0)]
+                        m.d.sync += state.eq(_State.RUN)
             with m.Default():  # RUN
                 m.d.comb += running.eq(1)
-                with m.If(r_done & (w_row == ins.rows) & ~flush):
+                # every read beat consumed (dequant takes a record's words past its codes without
+                # output: none may be left in the FIFO for the next instruction)
+                with m.If(r_done & (w_row == ins.rows) & ~flush & (outstanding == 0)):
                     m.d.sync += [status.error.eq(0), status.code.eq(0), status.offset.eq(ins.offset),
                                  status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
                     m.d.sync += state.eq(_State.IDLE)
@@ -481,7 +578,7 @@ class Sfu(wiring.Component):
         m.d.comb += two_now.eq(op_two & last_pass)
         ra = Mux(r_op1, ra1, ra0)
         word_first = ra >> lb
-        word_last = (ra + ins.cols - 1) >> lb
+        word_last = (ra + rd_cols - 1) >> lb
         word = Signal(ea_bits)
         m.d.comb += word.eq(word_first + r_slot)
         produce = r_slot != 0
@@ -503,7 +600,7 @@ class Sfu(wiring.Component):
                 with m.If(r_slot == beats):
                     m.d.sync += r_slot.eq(0)
                     with m.If(last_pass):
-                        m.d.sync += [r_pass.eq(0), r_row.eq(r_row + 1), ra0.eq(ra0 + ins.cols),
+                        m.d.sync += [r_pass.eq(0), r_row.eq(r_row + 1), ra0.eq(ra0 + rd_stride),
                                      ra1.eq(Mux(op_src1_rows, ra1 + ins.cols, ra1))]
                         with m.If(r_row == ins.rows - 1):
                             m.d.sync += r_done.eq(1)
@@ -552,6 +649,10 @@ class Sfu(wiring.Component):
                 m.d.comb += [core.params.cols.eq(ins.cols), core.params.eps_mult.eq(eps_mult),
                              core.params.eps_shift.eq(eps_shift), core.params.sqrt_mult.eq(sqrt_mult),
                              core.params.sqrt_shift.eq(sqrt_shift)]
+            elif op == "dequant":
+                m.d.comb += core.params.cols.eq(ins.cols)
+            elif op == "quant":
+                m.d.comb += [core.params.pow2.eq(ins.imm[16]), q_row_e.eq(core.row_exp), q_row_m.eq(core.row_mant)]
             elif op == "softmax":
                 m.d.comb += [core.params.mask.eq(ins.mask), core.params.qpos_base.eq(ins.imm[:16]),
                              core.params.qpos_period.eq(ins.imm[16:]), core.params.row.eq(c_row)]
@@ -563,7 +664,10 @@ class Sfu(wiring.Component):
         m.d.sync += outstanding.eq(outstanding + (issue & produce & ~r_op1) - take0)
 
         # ---- writer: rotate each result beat to the destination offset, carry the overhang
-        m.d.comb += out_ready.eq(running & ~flush)
+        if has_quant:
+            m.d.comb += out_ready.eq(running & Mux(op_quant, q_phase == 0, ~flush))
+        else:
+            m.d.comb += out_ready.eq(running & ~flush)
         w_off = Signal(range(lanes))
         m.d.comb += w_off.eq(wa & mask)
         w_base = wa >> lb
@@ -578,24 +682,91 @@ class Sfu(wiring.Component):
             m.d.comb += [word_out[32 * j: 32 * (j + 1)].eq(Mux(mine, wrot[j], carry[j])),
                          lane_en[j].eq(Mux(mine, ((j - w_off) & mask) < out_beat.count, ~out_beat.first))]
         accept = out_valid & out_ready
-        with m.If(flush):
-            m.d.comb += [self.wr.addr.eq(flush_addr), self.wr.data.eq(carry),
-                         self.wr.en.eq(Cat(*[Mux(flush_en[j], 0xF, 0) for j in range(lanes)]))]
-            m.d.sync += flush.eq(0)
-        with m.Elif(accept):
-            m.d.comb += [self.wr.addr.eq(w_base + w_beat), self.wr.data.eq(word_out),
-                         self.wr.en.eq(Cat(*[Mux(lane_en[j], 0xF, 0) for j in range(lanes)]))]
-            m.d.sync += carry.eq(Cat(*wrot))
-            with m.If(out_beat.last):
-                m.d.sync += [w_beat.eq(0), wa.eq(wa + ins.cols), w_row.eq(w_row + 1)]
-                with m.If((w_off != 0) & (out_beat.count > lanes - w_off)):
-                    m.d.sync += [flush.eq(1), flush_addr.eq(w_base + w_beat + 1),
-                                 flush_en.eq(Cat(*[((j < w_off) & (j + lanes - w_off < out_beat.count))
-                                                   if j < lanes - 1 else Const(0)  # lane L-1: never
-                                                   for j in range(lanes)]))]
-            with m.Else():
-                m.d.sync += w_beat.eq(w_beat + 1)
+        with m.If(~op_quant):
+            with m.If(flush):
+                m.d.comb += [self.wr.addr.eq(flush_addr), self.wr.data.eq(carry),
+                             self.wr.en.eq(Cat(*[Mux(flush_en[j], 0xF, 0) for j in range(lanes)]))]
+                m.d.sync += flush.eq(0)
+            with m.Elif(accept):
+                m.d.comb += [self.wr.addr.eq(w_base + w_beat), self.wr.data.eq(word_out),
+                             self.wr.en.eq(Cat(*[Mux(lane_en[j], 0xF, 0) for j in range(lanes)]))]
+                m.d.sync += carry.eq(Cat(*wrot))
+                with m.If(out_beat.last):
+                    m.d.sync += [w_beat.eq(0), wa.eq(wa + ins.cols), w_row.eq(w_row + 1)]
+                    with m.If((w_off != 0) & (out_beat.count > lanes - w_off)):
+                        m.d.sync += [flush.eq(1), flush_addr.eq(w_base + w_beat + 1),
+                                     flush_en.eq(Cat(*[((j < w_off) & (j + lanes - w_off < out_beat.count))
+                                                       if j < lanes - 1 else Const(0)  # lane L-1: never
+                                                       for j in range(lanes)]))]
+                with m.Else():
+                    m.d.sync += w_beat.eq(w_beat + 1)
+        if has_quant:
+            self._quant_writer(m, op_quant, accept, out_beat, ins, q_row_e, q_row_m, q_phase, q_carry, q_e, q_m,
+                               q_hi_data, q_hi_en, q_hi_addr, q_acode, q_base, q_tc, q_trows, q_tcols, q_blk, q_h,
+                               q_t, q_groups, w_row)
         return m
+
+    def _quant_writer(self, m, op_quant, accept, out_beat, ins, row_e, row_m, q_phase, q_carry, q_e, q_m,
+                      q_hi_data, q_hi_en, q_hi_addr, q_acode, q_base, q_tc, q_trows, q_tcols, q_blk, q_h, q_t,
+                      q_groups, w_row):
+        """The INT8 block writer of quant: each beat's ``count`` code bytes at byte address
+        ``q_acode`` through a 2-word byte window (a second write when they straddle a word), then
+        per row the exponent byte and the two mantissa bytes (byte-enabled single writes)."""
+        lanes, lb = self.lanes, self.lane_bits
+        wbytes, wb = 4 * lanes, lb + 2
+        off = Signal(wb)
+        m.d.comb += off.eq(q_acode[:wb])
+        codes = Array(out_beat.data[j][:8] for j in range(lanes))
+        win = [Signal(8, name=f"q_win{k}") for k in range(2 * wbytes)]
+        win_en = Signal(2 * wbytes)
+        for k in range(2 * wbytes):
+            rel = Signal(wb + 1, name=f"q_rel{k}")
+            m.d.comb += rel.eq(k - off)
+            at_or_after = (k >= off) if k < wbytes - 1 else Const(1)  # (k >= every offset: no constant compare)
+            m.d.comb += [win_en[k].eq(at_or_after & (rel < out_beat.count)),
+                         win[k].eq(Mux(win_en[k], codes[rel[:lb]] if lb else codes[0], 0))]
+        e_addr = Signal(32)
+        m_addr = Signal(32)
+        m.d.comb += [e_addr.eq(q_base + q_tc + q_t), m_addr.eq(q_base + q_tc + q_trows + (q_t << 1))]
+
+        def byte_write(addr, value):
+            m.d.comb += [self.wr.addr.eq(addr >> wb), self.wr.data.eq(Cat(*[value[:8]] * wbytes)),
+                         self.wr.en.eq(Const(1, wbytes) << addr[:wb])]
+
+        with m.If(op_quant):
+            with m.Switch(q_phase):
+                with m.Case(0):
+                    with m.If(accept):
+                        # the previous beat's overhang (bytes below off of this same word) joins in
+                        carry_en = Mux(q_carry, q_hi_en, 0)
+                        m.d.comb += [self.wr.addr.eq(q_acode >> wb),
+                                     self.wr.data.eq(Cat(*win[:wbytes]) | Mux(q_carry, q_hi_data, 0)),
+                                     self.wr.en.eq(win_en[:wbytes] | carry_en)]
+                        m.d.sync += [q_acode.eq(q_acode + out_beat.count), q_carry.eq(win_en[wbytes:].any()),
+                                     q_hi_data.eq(Cat(*win[wbytes:])), q_hi_en.eq(win_en[wbytes:]),
+                                     q_hi_addr.eq((q_acode >> wb) + 1)]
+                        with m.If(out_beat.last):
+                            m.d.sync += [q_e.eq(row_e), q_m.eq(row_m),
+                                         q_phase.eq(Mux(win_en[wbytes:].any(), 1, 2))]
+                with m.Case(1):  # a row's last overhang: its own write
+                    m.d.comb += [self.wr.addr.eq(q_hi_addr), self.wr.data.eq(q_hi_data), self.wr.en.eq(q_hi_en)]
+                    m.d.sync += [q_phase.eq(2), q_carry.eq(0)]
+                with m.Case(2):
+                    byte_write(e_addr, q_e)
+                    m.d.sync += q_phase.eq(3)
+                with m.Case(3):
+                    byte_write(m_addr, q_m[:8])
+                    m.d.sync += q_phase.eq(4)
+                with m.Default():
+                    byte_write(m_addr + 1, q_m[8:])
+                    m.d.sync += [q_phase.eq(0), w_row.eq(w_row + 1)]
+                    # the next input row t*G + h: block h + 1, or row t + 1 of block 0
+                    with m.If(q_h + 1 >= q_groups):
+                        m.d.sync += [q_h.eq(0), q_t.eq(q_t + 1), q_base.eq(ins.dst), q_tcols.eq(q_tcols + ins.cols),
+                                     q_acode.eq(ins.dst + q_tcols + ins.cols)]
+                    with m.Else():
+                        m.d.sync += [q_h.eq(q_h + 1), q_base.eq(q_base + q_blk),
+                                     q_acode.eq(q_base + q_blk + q_tcols)]
 
 
 class SfuHarness(wiring.Component):

@@ -86,15 +86,30 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
     n = rows * cols
     # operand regions at random 4-byte aligned (often lane-unaligned) starts, not overlapping
     starts, pos = [], 0
-    for _ in range(3):
+    # dequant: records of codes padded to 16 bytes, multiplier, shift, and a random spare
+    record = (-(-cols // 16) * 16 + 8 + 4 * int(rng.integers(0, 3))) if op == "dequant" else 0
+    for k in range(3):
         pos += 4 * int(rng.integers(0, 2 * lanes))
         starts.append(pos)
-        pos += 4 * max(n, cols + 4)
+        pos += rows * record if k == 0 and record else 4 * max(n, cols + 4)
     if pos > space:
         raise ValueError(f"case {label}: {rows}x{cols} does not fit the {space}-byte data space")
     src0, src1, dst = starts
-    image[src0: src0 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     imm, mask = 0, 0
+    if record:
+        imm = record
+        for r in range(rows):
+            rec = image[src0 + r * record: src0 + (r + 1) * record]
+            codes = rng.choice([-128, -127, -1, 0, 1, 127], cols) if kind == "edges" else rng.integers(-128, 128, cols)
+            rec[:cols] = codes.astype(np.int8).view(np.uint8)
+            if kind == "edges":
+                mult, shift = int(rng.choice([0, 1, (1 << 31) - 1, 1 << 31, 1 << 30])), int(rng.choice([-1, 0, 1, 3, 4, 5, 62]))
+            else:
+                mult, shift = int(rng.integers(1 << 30, 1 << 31)), int(rng.integers(-1, 48))
+            off = -(-cols // 16) * 16
+            rec[off: off + 8] = np.array([mult & 0xFFFFFFFF, shift & 0xFFFFFFFF], dtype="<u4").view(np.uint8)
+    else:
+        image[src0: src0 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     if op == "rmsnorm":  # norm parameter table: gains, eps multiplier and shift, 8 bytes padding
         from olivine.golden.fixed import quantize_multiplier
 
@@ -115,6 +130,12 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
             base = int(rng.integers(0, cols - min(rows, max(1, period)) + 1))
             imm = base | (period << 16)
         # without the mask imm stays 0: softmax takes no parameter then
+    elif op == "quant":  # per-token INT8: a random rule (imm[16]) and group count G dividing rows
+        divisors = [g for g in range(1, rows + 1) if rows % g == 0]
+        imm = int(rng.choice(divisors)) | (int(rng.integers(0, 2)) << 16)
+        if kind == "edges" and rows > 1:
+            imm = rows
+        dst += int(rng.integers(0, 4))  # the INT8 block is bytes: any start
     else:
         image[src1: src1 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     # something recognisable around the destination: nothing outside it may change
@@ -328,15 +349,15 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
         entry["mismatches"] += wrong
         if case.want_code == 0:
             f = case.fields
-            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"]))
+            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"], f["imm"]))
             t = OP_TIMING[case.op]
-            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]))
+            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]))
     for entry in by_op.values():
         if entry["cpr"]:
             t = OP_TIMING[entry["op"]]
             # the longest case; its per-row cost = measured cycles minus the model's fixed part
-            cyc, r, c, dst = max(entry["cpr"], key=lambda x: x[1] * x[2])
-            fixed = t.instruction_cycles(r, c, lanes, dst) - r * t.cycles_per_row(c, lanes)
+            cyc, r, c, dst, imm = max(entry["cpr"], key=lambda x: x[1] * x[2])
+            fixed = t.instruction_cycles(r, c, lanes, dst, imm) - r * t.cycles_per_row(c, lanes)
             entry["cycles_per_row"] = (cyc - fixed) / r
             entry["elems_per_cycle"] = c / entry["cycles_per_row"]
             entry["model_cycles_per_row"] = t.cycles_per_row(c, lanes)

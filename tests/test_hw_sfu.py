@@ -43,7 +43,7 @@ def test_op_bit_exact_with_funcsim_and_timing_model(op):
         assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} lanes differ from funcsim"
         assert res["code"] == 0 and res["error"] == 0
         f = case.fields
-        assert res["cycles"] == OP_TIMING[op].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]), case.label
+        assert res["cycles"] == OP_TIMING[op].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]), case.label
 
 
 def test_several_ops_back_to_back_in_one_instance():
@@ -167,3 +167,61 @@ def test_sixteen_lanes_as_on_the_u280():
         f = case.fields
         assert res["mismatches"] == 0, case.label
         assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 16, f["dst"]), case.label
+
+
+def test_quant_both_rules_grouped_layout_and_bad_groups():
+    """quant with the 9-bit-mantissa and the power-of-two rule, G = 1 and G > 1 at byte-unaligned
+    destinations (bit-exact, timing model); a G that does not divide rows answers BAD_GROUPS."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for rows, cols, groups, pow2, kind in [(6, 5, 3, 0, "random"), (6, 5, 2, 1, "edges"), (4, 9, 1, 1, "small"),
+                                           (4, 7, 4, 0, "equal"), (2, 3, 1, 0, "zero")]:
+        case = sfu_check._fixed_case(CONFIG, rng, "quant", rows, cols, kind, 4, f"quant {rows}x{cols} G{groups}")
+        case.fields = dict(case.fields, imm=groups | pow2 << 16)
+        case.want = sfu_check.expected_image(CONFIG, case.image, case.fields)
+        cases.append(case)
+    bad = sfu_check.Case("quant", dict(cases[0].fields, imm=4), cases[0].image, want=None,
+                         want_code=int(SfuError.BAD_GROUPS), label="G 4 of 6 rows")
+    space = len(cases[0].image)
+    past_end = sfu_check.Case("quant", dict(cases[0].fields, imm=3, dst=space - 6 * 8 + 1), cases[0].image,
+                              want=None, want_code=int(SfuError.OUT_OF_RANGE), label="INT8 block past the end")
+    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases + [bad, past_end])
+    assert results[-1]["code"] == SfuError.OUT_OF_RANGE and results[-1]["mismatches"] == 0
+    results = results[:-1]
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["mismatches"] == 0 and res["code"] == 0, case.label
+        assert res["cycles"] == OP_TIMING["quant"].instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
+    assert results[-1]["code"] == SfuError.BAD_GROUPS and results[-1]["mismatches"] == 0
+
+
+def test_quant_reciprocal_rom_is_golden_division():
+    from olivine.golden import contract
+    from olivine.hw.sfu_quant import reciprocal_rom
+
+    rom = reciprocal_rom()
+    assert len(rom) == 256 and rom[0] == 127 << 22 and max(rom).bit_length() == 29
+    for m in (1, 2, 3, 127, 255, 256):
+        assert rom[m - 1] * m <= contract.INT8_QMAX << contract.RECIP_BITS < (rom[m - 1] + 1) * m
+
+
+def test_dequant_records_and_bad_records():
+    """dequant at 4 and 16 lanes, one instance running several instructions back to back (a
+    record's words past its codes must not leak into the next one); a stride shorter than the
+    record or not a multiple of 4 answers an error with nothing written."""
+    for lanes in (4, 16):
+        config = small_config(sfu_dsp=4 * lanes)
+        rng = np.random.default_rng(lanes)
+        cases = [sfu_check._fixed_case(config, rng, "dequant", rows, cols, kind, lanes, f"dequant {rows}x{cols} {kind}")
+                 for rows, cols, kind in [(3, 100, "random"), (3, 48, "edges"), (2, 17, "random"), (4, 1, "edges"),
+                                          (1, 64, "random")]]
+        base = cases[0].fields
+        bad = [sfu_check.Case("dequant", dict(base, imm=base["imm"] - 4 * lanes), cases[0].image, want_code=int(SfuError.BAD_RECORD)),
+               sfu_check.Case("dequant", dict(base, imm=base["imm"] + 2), cases[0].image, want_code=int(SfuError.UNALIGNED))]
+        results = sfu_check.run_amaranth(config, ("dequant",), cases + bad)
+        for case, res in zip(cases, results):
+            f = case.fields
+            assert res["mismatches"] == 0 and res["code"] == 0, case.label
+            assert res["cycles"] == OP_TIMING["dequant"].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]), case.label
+        for case, res in zip(bad, results[len(cases):]):
+            assert res["code"] == case.want_code and res["mismatches"] == 0
