@@ -126,7 +126,7 @@ class SfuError(py_enum.IntEnum):
     UNALIGNED = 5        # a fixed32 address not a multiple of 4
     OUT_OF_RANGE = 6     # an operand or the result beyond the data space
     BAD_GROUPS = 7       # quant: G = imm[15:0] > 1 does not divide rows
-    BAD_RECORD = 8       # dequant: record stride imm shorter than its codes + multiplier + shift
+    BAD_RECORD = 8       # dequant: record stride imm not a multiple of 16 or below pad16(cols) + 16
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,14 @@ def _timing(core: OpCore) -> OpTiming:
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
 #: and the check command reports the Verilator measurement next to it).
 OP_TIMING: dict[str, OpTiming] = {op: _timing(core) for op, core in OP_CORES.items()}
+#: Ops whose OP_TIMING is known not to be exact on every case (the results are bit-exact; the cycle
+#: model is not). quant: short rows whose INT8 bytes straddle a destination word (e.g. 6x3 at byte
+#: offset 2) take 1-2 cycles more than modelled, and Verilator measured 3 more than the Amaranth
+#: simulation on one grouped case (4x4, G = 4, byte offset 14): to be explained before the
+#: performance model relies on it.
+TIMING_APPROXIMATE: dict[str, str] = {
+    "quant": "short rows straddling a destination word: 1-3 cycles more than modelled",
+}
 
 _CASE_REASON = ("Amaranth's Verilog backend writes every combinational signal as a default assignment "
                 "followed by a case statement that lists only the values that change it (m.Switch / the "
@@ -480,7 +488,7 @@ class Sfu(wiring.Component):
                 bad_range = ((e_src0 + n_src0 > elems_total) | (~op_quant & (e_dst + n_elems > elems_total))
                              | (op_two & (e_src1 + src1_elems > elems_total)))
                 unaligned = (((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
-                             | (op_dequant & ins.imm[:2].any()))
+)
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
                 with m.Elif(~op_built):
@@ -491,7 +499,8 @@ class Sfu(wiring.Component):
                     m.d.comb += err_code.eq(SfuError.ROW_TOO_LONG)
                 with m.Elif(unaligned):
                     m.d.comb += err_code.eq(SfuError.UNALIGNED)
-                with m.Elif(op_dequant & (ins.imm[2:] < rd_cols)):
+                # docs/isa.md Validity: the stride is a multiple of 16 and holds pad16(cols) codes + 16
+                with m.Elif(op_dequant & (ins.imm[:4].any() | (ins.imm[4:] < (ins.cols + 15)[4:] + 1))):
                     m.d.comb += err_code.eq(SfuError.BAD_RECORD)
                 with m.Elif(bad_range):
                     m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
