@@ -842,7 +842,7 @@ class FuncSim:
                 for u in range(4):
                     head[u] += 1
                 progress = True
-            if not progress:
+            if not progress and not all(done):  # a program may end on a barrier: every queue drained
                 lines = []
                 for u in range(4):
                     if done[u]:

@@ -207,6 +207,15 @@ def test_tokens_order_units_and_deadlock_is_named():
         run(s, "MV wait=ld m=1 n=16")
 
 
+def test_a_program_may_end_on_a_barrier():
+    # before: every queue drained after the barrier, and the scheduler called that a deadlock naming no unit
+    s = sim()
+    s.data[:16] = 9
+    words = isa.encode_program(assemble("MISC op=copy src0=0 dst=64 rows=1 cols=4\nSYS op=barrier"))
+    stats = s.run(words)
+    assert (s.data[64:80] == 9).all() and stats.by_mnemonic == {"MISC": 1, "SYS": 1}
+
+
 def test_corrupt_stream_and_bad_address_errors():
     s = sim()
     words = isa.encode_program(assemble("MISC op=copy rows=1 cols=4\nSYS op=end")).copy()
