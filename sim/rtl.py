@@ -66,6 +66,7 @@ __all__ = [
     "VERILATOR_BUILD_WAIVERS",
     "build_directory",
     "cache_root",
+    "join_words",
     "load_vectors",
     "run_cocotb",
     "simulators_available",
@@ -348,6 +349,14 @@ def _save_vectors(arrays: Mapping, path: Path) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def join_words(words) -> int:
+    """Inside a testbench: little-endian 32-bit words (a vectors row) as one wide integer payload."""
+    value = 0
+    for i, w in enumerate(words):
+        value |= int(w) << (32 * i)
+    return value
 
 
 def load_vectors(path: str | Path | None = None) -> dict:

@@ -18,14 +18,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from olivine.sim.rtl import load_vectors
+from olivine.sim.rtl import join_words as _join, load_vectors
 
-
-def _join(words) -> int:
-    value = 0
-    for i, w in enumerate(words):
-        value |= int(w) << (32 * i)
-    return value
 
 
 @cocotb.test()
