@@ -70,10 +70,12 @@ def _rotate_bytes(value, amount, nbytes: int):
     return (doubled << (amount * 8)).word_select(1, 8 * nbytes) if nbytes > 1 else value
 
 
-class LoadEngine(wiring.Component):
-    def __init__(self, *, data_width: int = 512, addr_width: int = 64, id_width: int = 1,
-                 max_outstanding: int = 4, buffer_bytes: int = 1 << 20,
-                 offset_bits: int = DEFAULT_OFFSET_BITS):
+class _Engine(wiring.Component):
+    """What the LD and ST engines share: the beat geometry, the buffer's word address width and the
+    signature (an instruction stream of ``unit``, done/fault/busy, an AXI4 port, a buffer port)."""
+
+    def __init__(self, unit: str, axi_signature, buffer_signature, *, data_width: int, addr_width: int,
+                 id_width: int, max_outstanding: int, buffer_bytes: int, offset_bits: int):
         self.beat_bytes = check_data_width(data_width)
         if buffer_bytes % self.beat_bytes:
             raise ValueError(f"buffer_bytes={buffer_bytes} must be a multiple of the beat ({self.beat_bytes} B)")
@@ -81,11 +83,20 @@ class LoadEngine(wiring.Component):
         self.buffer_bytes = buffer_bytes
         self.word_bits = max((buffer_bytes // self.beat_bytes - 1).bit_length(), 1)
         super().__init__({
-            "inst": In(stream.Signature(unit_layout("ld", offset_bits))),
+            "inst": In(stream.Signature(unit_layout(unit, offset_bits))),
             "done": Out(1), "fault": Out(1), "busy": Out(1),
-            "axi": Out(axi4_read_signature(addr_width, data_width, id_width)),
-            "buf": Out(buffer_write_signature(data_width, self.word_bits)),
+            "axi": Out(axi_signature(addr_width, data_width, id_width)),
+            "buf": Out(buffer_signature(data_width, self.word_bits)),
         })
+
+
+class LoadEngine(_Engine):
+    def __init__(self, *, data_width: int = 512, addr_width: int = 64, id_width: int = 1,
+                 max_outstanding: int = 4, buffer_bytes: int = 1 << 20,
+                 offset_bits: int = DEFAULT_OFFSET_BITS):
+        super().__init__("ld", axi4_read_signature, buffer_write_signature, data_width=data_width, addr_width=addr_width,
+                         id_width=id_width, max_outstanding=max_outstanding, buffer_bytes=buffer_bytes,
+                         offset_bits=offset_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -220,22 +231,13 @@ class LoadEngine(wiring.Component):
         return m
 
 
-class StoreEngine(wiring.Component):
+class StoreEngine(_Engine):
     def __init__(self, *, data_width: int = 512, addr_width: int = 64, id_width: int = 1,
                  max_outstanding: int = 4, buffer_bytes: int = 1 << 20,
                  offset_bits: int = DEFAULT_OFFSET_BITS):
-        self.beat_bytes = check_data_width(data_width)
-        if buffer_bytes % self.beat_bytes:
-            raise ValueError(f"buffer_bytes={buffer_bytes} must be a multiple of the beat ({self.beat_bytes} B)")
-        self.data_width, self.addr_width, self.max_outstanding = data_width, addr_width, max_outstanding
-        self.buffer_bytes = buffer_bytes
-        self.word_bits = max((buffer_bytes // self.beat_bytes - 1).bit_length(), 1)
-        super().__init__({
-            "inst": In(stream.Signature(unit_layout("st", offset_bits))),
-            "done": Out(1), "fault": Out(1), "busy": Out(1),
-            "axi": Out(axi4_write_signature(addr_width, data_width, id_width)),
-            "buf": Out(buffer_read_signature(data_width, self.word_bits)),
-        })
+        super().__init__("st", axi4_write_signature, buffer_read_signature, data_width=data_width, addr_width=addr_width,
+                         id_width=id_width, max_outstanding=max_outstanding, buffer_bytes=buffer_bytes,
+                         offset_bits=offset_bits)
 
     def elaborate(self, platform):
         m = Module()
