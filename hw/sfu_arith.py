@@ -429,6 +429,20 @@ class _TablePipeline(wiring.Component):
             m.d.sync += reg.eq(sig)
         return reg
 
+    def _pipeline_control(self, m):
+        """``advance`` (drives ``i.ready`` and every stage), the valid bits of the LATENCY stages
+        (the last one is ``o.valid``) and the tag carried alongside; returns (advance, valid)."""
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        valid = self._valid_pipe(m, advance)
+        m.d.comb += self.o.valid.eq(valid[-1])
+        if self.tag_bits:
+            tag = self.i.payload.tag
+            for q in range(self.LATENCY):
+                tag = self._pipe(m, advance, tag, f"tag_{q + 1}")
+            m.d.comb += self.o.payload.tag.eq(tag)
+        return advance, valid
+
     def _valid_pipe(self, m, advance):
         valid = self.i.valid
         stages = []
@@ -464,15 +478,7 @@ class Exp2Neg(_TablePipeline):
 
     def elaborate(self, platform):
         m = Module()
-        advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
-        valid = self._valid_pipe(m, advance)
-        m.d.comb += self.o.valid.eq(valid[-1])
-        if self.tag_bits:
-            tag = self.i.payload.tag
-            for q in range(self.LATENCY):
-                tag = self._pipe(m, advance, tag, f"tag_{q + 1}")
-            m.d.comb += self.o.payload.tag.eq(tag)
+        advance, valid = self._pipeline_control(m)
         ib, fb = golden_sfu.EXP_INTERP_BITS, golden_sfu.EXP_FRAC
         table = golden_sfu.exp_table()
         for lane in range(self.lanes):
@@ -524,15 +530,7 @@ class Sigmoid(_TablePipeline):
 
     def elaborate(self, platform):
         m = Module()
-        advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
-        valid = self._valid_pipe(m, advance)
-        m.d.comb += self.o.valid.eq(valid[-1])
-        if self.tag_bits:
-            tag = self.i.payload.tag
-            for q in range(self.LATENCY):
-                tag = self._pipe(m, advance, tag, f"tag_{q + 1}")
-            m.d.comb += self.o.payload.tag.eq(tag)
+        advance, valid = self._pipeline_control(m)
         ib = golden_sfu.SIG_INTERP_BITS
         n = golden_sfu.SIG_RANGE << golden_sfu.SIG_STEP_BITS           # 1024
         one = 1 << golden_sfu.SIG_VALUE_BITS

@@ -28,7 +28,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["INT32_MAX", "INT32_MIN", "PipelinedElementwise", "beat_layout", "round_shift",
+__all__ = ["INT32_MAX", "INT32_MIN", "PipelinedElementwise", "beat_layout", "op_core_members", "round_shift",
            "saturate", "beat_signature"]
 
 INT32_MIN = -(1 << 31)
@@ -61,6 +61,14 @@ def round_shift(value, shift: int):
     return (value + (1 << (shift - 1))) >> shift
 
 
+def op_core_members(lanes: int, operands: int) -> dict:
+    """The ports of a one-pass op core: ``i`` and ``o`` beats, and ``g`` for a second operand."""
+    members = {"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes))}
+    if operands == 2:
+        members["g"] = In(beat_signature(lanes))
+    return members
+
+
 class PipelinedElementwise(wiring.Component):
     """Skeleton of a one-pass element-wise op core (subclasses define :meth:`lane`).
 
@@ -78,10 +86,7 @@ class PipelinedElementwise(wiring.Component):
 
     def __init__(self, lanes: int):
         self.lanes = lanes
-        members = {"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes))}
-        if self.operands == 2:
-            members["g"] = In(beat_signature(lanes))
-        super().__init__(members)
+        super().__init__(op_core_members(lanes, self.operands))
 
     def lane(self, m: Module, a, b, enable):
         """Build one lane: ``a`` (and ``b``) are the signed 32-bit inputs, ``enable`` advances the

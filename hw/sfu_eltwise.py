@@ -21,7 +21,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .sfu_arith import Sigmoid
-from .sfu_core import PipelinedElementwise, beat_signature, round_shift, saturate
+from .sfu_core import PipelinedElementwise, op_core_members, round_shift, saturate
 
 __all__ = ["AddCore", "CopyCore", "MulCore", "SiluCore", "SwigluCore"]
 
@@ -80,10 +80,7 @@ class _SigmoidProductCore(wiring.Component):
 
     def __init__(self, lanes: int):
         self.lanes = lanes
-        members = {"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes))}
-        if self.operands == 2:
-            members["g"] = In(beat_signature(lanes))
-        super().__init__(members)
+        super().__init__(op_core_members(lanes, self.operands))
 
     def elaborate(self, platform):
         m = Module()
