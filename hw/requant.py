@@ -58,6 +58,7 @@ from .resources import register_unit
 __all__ = [
     "ApplyMultiplier", "apply_latency", "REQUANT_IN", "REQUANT_LATENCY", "REQUANT_OUT", "Requantizer",
     "clamp_shift", "delay", "pipelined_product", "product_latency", "MIN_SHIFT", "MAX_SHIFT", "MULT_BITS",
+    "SHIFT_BITS",
 ]
 
 #: the multiplier's magnitude bits (bit 31 of the 32-bit word must be 0)

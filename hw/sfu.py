@@ -62,7 +62,7 @@ from __future__ import annotations
 import enum as py_enum
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -75,13 +75,15 @@ from .sfu_arith import Isqrt, UnsignedDivider, bit_length
 from .sfu_eltwise import AddCore, CopyCore, MulCore, SiluCore, SwigluCore
 from .sfu_norm import NORM_LATENCY, RMSNorm
 from .sfu_quant import QUANT_LATENCY, QuantCore
+from .sfu_ovp_quant import OVP_QUANT_LATENCY, OvpQuantCore
+from .requant import MULT_BITS, SHIFT_BITS, clamp_shift
 from .sfu_dequant import DEQUANT_LATENCY, DequantCore, record_words
 from .sfu_softmax import SOFTMAX_LATENCY, Softmax
 
 NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
 SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
 
-__all__ = ["INSTR_LAYOUT", "MISC_OPS", "OP_CORES", "OP_TIMING", "START_CYCLES", "STATUS_LAYOUT",
+__all__ = ["INSTR_LAYOUT", "MISC_OPS", "OP_CORES", "OP_TIMING", "OVP_QUANT_TIMING", "op_timing", "START_CYCLES", "STATUS_LAYOUT",
            "FULL_LINT_WAIVERS", "LINT_WAIVERS", "VERILATOR_BUILD_ARGS", "Sfu", "SfuError", "SfuHarness", "OpTiming", "sfu_lanes", "sqrt_multiplier"]
 
 #: MISC op names in code order (docs/isa.md; tests check it equals compiler.isa.MISC_OPS).
@@ -113,6 +115,7 @@ class _State(enum.Enum, shape=4):
     Q_DIV = 6          # quant: rows / G on the small divider
     Q_GEOM = 7         # quant: block size of the grouped layout
     Q_CHECK = 8        # quant: group count and output range
+    Q_PARAM = 9        # quant, OVP4 mode: read the parameter record (multiplier, shift) at src1
 
 
 class SfuError(py_enum.IntEnum):
@@ -127,6 +130,9 @@ class SfuError(py_enum.IntEnum):
     OUT_OF_RANGE = 6     # an operand or the result beyond the data space
     BAD_GROUPS = 7       # quant: G = imm[15:0] > 1 does not divide rows
     BAD_RECORD = 8       # dequant: record stride imm not a multiple of 16 or below pad16(cols) + 16
+    BAD_MULTIPLIER = 9   # quant OVP4 mode: the parameter record's multiplier has bit 31 set
+    BAD_FIELD = 11       # quant: imm[31:19] set, imm[18] without imm[17]; OVP4 mode: imm[16] or imm[15:0] set,
+                         # odd cols, or the parameter record overlapping the result
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,7 @@ class OpTiming:
     tail: int = 0
     byte_out: bool = False
     record_in: bool = False
+    pair_out: bool = False   # quant's OVP4 mode: cols / 2 code bytes per row, rows back to back
 
     def _record_core_cycles(self, cols: int, lanes: int) -> int:
         """dequant: the core's cycles per record: pass 0 takes its ``ib`` input beats, pass 1
@@ -228,7 +235,10 @@ class OpTiming:
         last_start = dst // 4 + (rows - 1) * cols
         offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
         flush = int(offset != 0 and last_count > lanes - offset)
-        if self.byte_out:  # INT8 block output (quant): byte addresses, the grouped layout of imm
+        if self.pair_out:  # OVP4 block (quant, OVP4 mode): only the last row's overhang is its own write
+            last_beat = dst + (rows - 1) * (cols // 2) + (-(-cols // lanes) - 1) * (lanes // 2)
+            flush = int(last_beat % (4 * lanes) + last_count // 2 > 4 * lanes)
+        elif self.byte_out:  # INT8 block output (quant): byte addresses, the grouped layout of imm
             groups = max(1, imm & 0xFFFF)
             t_rows = rows // groups
             blk = -(-(t_rows * (cols + 3)) // 64) * 64
@@ -252,6 +262,18 @@ def _timing(core: OpCore) -> OpTiming:
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
 #: and the check command reports the Verilator measurement next to it).
 OP_TIMING: dict[str, OpTiming] = {op: _timing(core) for op, core in OP_CORES.items()}
+#: quant in OVP4 mode (imm[17]): cycles before the first row: the divider, geometry and range states
+#: it shares with the INT8 mode (9) and the record read (3); measured on the RTL
+QUANT_OVP_SETUP = 12
+#: quant in OVP4 mode: one pass at full rate (lanes elements a cycle), the core's 11-cycle pipeline
+OVP_QUANT_TIMING = OpTiming(passes=OvpQuantCore.passes, reads=1, last_reads=1, latency=OVP_QUANT_LATENCY,
+                            setup=QUANT_OVP_SETUP, pair_out=True)
+
+
+def op_timing(op: str, imm: int = 0) -> OpTiming:
+    """The timing of a MISC op with its ``imm``: :data:`OP_TIMING`, or :data:`OVP_QUANT_TIMING` for
+    quant in OVP4 mode."""
+    return OVP_QUANT_TIMING if op == "quant" and imm >> 17 & 1 else OP_TIMING[op]
 #: Ops whose OP_TIMING is known not to be exact on every case (the results are bit-exact; the cycle
 #: model is not). quant: short rows whose INT8 bytes straddle a destination word (e.g. 6x3 at byte
 #: offset 2) take 1-2 cycles more than modelled, and Verilator measured 3 more than the Amaranth
@@ -381,6 +403,10 @@ class Sfu(wiring.Component):
             core = OP_CORES[op].cls(lanes)
             cores[op] = core
             m.submodules[f"core_{op}"] = core
+        # quant's OVP4 mode (imm[17]): its own core beside QuantCore; pairs need two lanes a beat
+        ovp_core = OvpQuantCore(lanes) if "quant" in self.ops and lanes >= 2 else None
+        if ovp_core is not None:
+            m.submodules.core_quant_ovp4 = ovp_core
 
         ins = Signal(INSTR_LAYOUT)
         elems_total = self.space_bytes // 4
@@ -406,6 +432,11 @@ class Sfu(wiring.Component):
                 m.d.comb += op_reserved.eq(1)
             with m.Default():  # valid ops not built into this instance (every case listed: lint)
                 m.d.comb += [op_built.eq(0), op_passes.eq(1), op_two.eq(0), op_src1_rows.eq(0), op_max_cols.eq(0)]
+        q_ovp = Signal()              # quant in OVP4 mode: one pass, the record at src1, pair codes out
+        if has_quant:
+            m.d.comb += q_ovp.eq(op_quant & ins.imm[17])
+            with m.If(q_ovp):
+                m.d.comb += op_passes.eq(OvpQuantCore.passes)
 
         # ---- geometry of the instruction
         n_elems = Signal(32)          # rows * cols
@@ -460,6 +491,7 @@ class Sfu(wiring.Component):
             q_e, q_m = Signal(8), Signal(16)
             q_row_e, q_row_m = Signal(8), Signal(16)
             q_hi_data, q_hi_en, q_hi_addr = Signal(32 * lanes), Signal(4 * lanes), Signal(self.addr_width)
+            q_ovp_mult, q_ovp_shift, q_ovp_s = Signal(32), Signal(32), Signal(signed(SHIFT_BITS))
 
         # ---- what the reader streams per row: cols elements, or a dequant record's words
         rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
@@ -488,15 +520,23 @@ class Sfu(wiring.Component):
                 bad_range = ((e_src0 + n_src0 > elems_total) | (~op_quant & (e_dst + n_elems > elems_total))
                              | (op_two & (e_src1 + src1_elems > elems_total)))
                 unaligned = (((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
-)
+                             | (q_ovp & (ins.src1 & 3).any()))
+                # quant's imm rules (docs/isa.md Validity) and the OVP4 record: 16 bytes in range, off the result
+                ovp_rec_end, ovp_dst_end = ins.src1 + 16, ins.dst + (n_elems >> 1)
+                bad_range = bad_range | (q_ovp & (ovp_rec_end > self.space_bytes))
+                quant_field = op_quant & (ins.imm[19:].any() | (ins.imm[18] & ~ins.imm[17])
+                                          | (q_ovp & (ins.imm[:17].any() | ins.cols[0]
+                                                      | ((ins.src1 < ovp_dst_end) & (ins.dst < ovp_rec_end)))))
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
-                with m.Elif(~op_built):
+                with m.Elif(~op_built | (q_ovp & (ovp_core is None))):
                     m.d.comb += err_code.eq(SfuError.NOT_BUILT)
                 with m.Elif((ins.rows == 0) | (ins.cols == 0)):
                     m.d.comb += err_code.eq(SfuError.ZERO_SHAPE)
                 with m.Elif(ins.cols > op_max_cols):
                     m.d.comb += err_code.eq(SfuError.ROW_TOO_LONG)
+                with m.Elif(quant_field):
+                    m.d.comb += err_code.eq(SfuError.BAD_FIELD)
                 with m.Elif(unaligned):
                     m.d.comb += err_code.eq(SfuError.UNALIGNED)
                 # docs/isa.md Validity: the stride is a multiple of 16 and holds pad16(cols) codes + 16
@@ -559,7 +599,7 @@ class Sfu(wiring.Component):
                                      q_bad.eq((q_div.o.p.remainder != 0) | q_div.o.p.overflow)]
                         m.d.sync += state.eq(_State.Q_CHECK)
                 with m.Case(_State.Q_CHECK):
-                    total = Mux(q_groups > 1, q_groups * q_blk, n_elems + 3 * ins.rows)
+                    total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, q_groups * q_blk, n_elems + 3 * ins.rows))
                     with m.If(q_bad | (ins.dst + total > self.space_bytes)):
                         m.d.sync += [status.error.eq(1), status.code.eq(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE)),
                                      status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
@@ -567,8 +607,31 @@ class Sfu(wiring.Component):
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
                         m.d.sync += [q_base.eq(ins.dst), q_acode.eq(ins.dst), q_h.eq(0), q_t.eq(0), q_tcols.eq(0),
-                                     q_phase.eq(0), q_carry.eq(0)]
-                        m.d.sync += state.eq(_State.RUN)
+                                     q_phase.eq(0), q_carry.eq(0), pr_step.eq(0)]
+                        m.d.sync += state.eq(Mux(q_ovp, _State.Q_PARAM, _State.RUN))
+                with m.Case(_State.Q_PARAM):
+                    # the OVP4 record's multiplier and shift: the words holding elements src1/4 and
+                    # src1/4 + 1 (two reads when they straddle a word); the data rule on the multiplier
+                    rec = e_src1
+                    m.d.comb += [self.rd.addr.eq((rec >> lb) + pr_step[0]), self.rd.en.eq(~pr_step[1])]
+                    rec_lanes = Array(self.rd.data[32 * j: 32 * (j + 1)] for j in range(lanes))
+                    rec_off = _lane_index(rec, lb) if lb else Const(0, 1)
+                    shift_word = Mux(rec_off == mask, rec_lanes[0], q_ovp_shift) if lanes > 1 else rec_lanes[0]
+                    with m.If(pr_step == 1):
+                        m.d.sync += [q_ovp_mult.eq(rec_lanes[rec_off]), pr_step.eq(2)]
+                        if lanes > 1:
+                            m.d.sync += q_ovp_shift.eq(rec_lanes[_lane_index(rec + 1, lb)])
+                    with m.Elif(pr_step == 2):
+                        m.d.sync += q_ovp_s.eq(clamp_shift(shift_word.as_signed()))
+                        with m.If(q_ovp_mult[MULT_BITS]):
+                            m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_MULTIPLIER),
+                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
+                                         status.cycles.eq(cycles)]
+                            m.d.sync += state.eq(_State.IDLE)
+                        with m.Else():
+                            m.d.sync += state.eq(_State.RUN)
+                    with m.Else():
+                        m.d.sync += pr_step.eq(1)
             with m.Default():  # RUN
                 m.d.comb += running.eq(1)
                 # every read beat consumed (dequant takes a record's words past its codes without
@@ -641,9 +704,13 @@ class Sfu(wiring.Component):
         out_valid, out_ready = Signal(), Signal()
         out_beat = Signal(blayout)
         take0, take1 = Signal(), (Signal() if streams == 2 else None)
-        for op, core in cores.items():
-            spec = OP_CORES[op]
-            sel = running & (ins.op == MISC_OPS.index(op))
+        routes = list(cores.items()) + ([("quant_ovp4", ovp_core)] if ovp_core is not None else [])
+        for op, core in routes:
+            misc_op = "quant" if op == "quant_ovp4" else op
+            spec = OP_CORES[misc_op]
+            sel = running & (ins.op == MISC_OPS.index(misc_op))
+            if misc_op == "quant":  # the mode bit picks QuantCore or the OVP4 encoder
+                sel = sel & (q_ovp if op == "quant_ovp4" else ~q_ovp)
             m.d.comb += [core.i.payload.eq(in_beats[0]), core.i.valid.eq(sel & fifos[0].r_rdy)]
             with m.If(sel):
                 m.d.comb += [take0.eq(core.i.valid & core.i.ready), out_valid.eq(core.o.valid),
@@ -661,7 +728,12 @@ class Sfu(wiring.Component):
             elif op == "dequant":
                 m.d.comb += core.params.cols.eq(ins.cols)
             elif op == "quant":
-                m.d.comb += [core.params.pow2.eq(ins.imm[16]), q_row_e.eq(core.row_exp), q_row_m.eq(core.row_mant)]
+                m.d.comb += [core.params.pow2.eq(ins.imm[16])]
+                with m.If(~q_ovp):
+                    m.d.comb += [q_row_e.eq(core.row_exp), q_row_m.eq(core.row_mant)]
+            elif op == "quant_ovp4":
+                m.d.comb += [core.params.mult.eq(q_ovp_mult[:MULT_BITS]), core.params.s.eq(q_ovp_s),
+                             core.params.flint4.eq(ins.imm[18])]
             elif op == "softmax":
                 m.d.comb += [core.params.mask.eq(ins.mask), core.params.qpos_base.eq(ins.imm[:16]),
                              core.params.qpos_period.eq(ins.imm[16:]), core.params.row.eq(c_row)]
@@ -712,15 +784,18 @@ class Sfu(wiring.Component):
         if has_quant:
             self._quant_writer(m, op_quant, accept, out_beat, ins, q_row_e, q_row_m, q_phase, q_carry, q_e, q_m,
                                q_hi_data, q_hi_en, q_hi_addr, q_acode, q_base, q_tc, q_trows, q_tcols, q_blk, q_h,
-                               q_t, q_groups, w_row)
+                               q_t, q_groups, w_row, q_ovp)
         return m
 
     def _quant_writer(self, m, op_quant, accept, out_beat, ins, row_e, row_m, q_phase, q_carry, q_e, q_m,
                       q_hi_data, q_hi_en, q_hi_addr, q_acode, q_base, q_tc, q_trows, q_tcols, q_blk, q_h, q_t,
-                      q_groups, w_row):
+                      q_groups, w_row, ovp):
         """The INT8 block writer of quant: each beat's ``count`` code bytes at byte address
         ``q_acode`` through a 2-word byte window (a second write when they straddle a word), then
-        per row the exponent byte and the two mantissa bytes (byte-enabled single writes)."""
+        per row the exponent byte and the two mantissa bytes (byte-enabled single writes).
+        In OVP4 mode (``ovp``) the rows' pair-code bytes follow each other with no row data in
+        between: an overhang carries into the next row's first write, only the last row's is
+        written on its own."""
         lanes, lb = self.lanes, self.lane_bits
         wbytes, wb = 4 * lanes, lb + 2
         off = Signal(wb)
@@ -754,12 +829,20 @@ class Sfu(wiring.Component):
                         m.d.sync += [q_acode.eq(q_acode + out_beat.count), q_carry.eq(win_en[wbytes:].any()),
                                      q_hi_data.eq(Cat(*win[wbytes:])), q_hi_en.eq(win_en[wbytes:]),
                                      q_hi_addr.eq((q_acode >> wb) + 1)]
-                        with m.If(out_beat.last):
+                        with m.If(out_beat.last & ovp):
+                            last_row = w_row == ins.rows - 1
+                            with m.If(last_row & win_en[wbytes:].any()):
+                                m.d.sync += q_phase.eq(1)
+                            with m.Else():
+                                m.d.sync += w_row.eq(w_row + 1)
+                        with m.Elif(out_beat.last):
                             m.d.sync += [q_e.eq(row_e), q_m.eq(row_m),
                                          q_phase.eq(Mux(win_en[wbytes:].any(), 1, 2))]
                 with m.Case(1):  # a row's last overhang: its own write
                     m.d.comb += [self.wr.addr.eq(q_hi_addr), self.wr.data.eq(q_hi_data), self.wr.en.eq(q_hi_en)]
-                    m.d.sync += [q_phase.eq(2), q_carry.eq(0)]
+                    m.d.sync += [q_phase.eq(Mux(ovp, 0, 2)), q_carry.eq(0)]
+                    with m.If(ovp):
+                        m.d.sync += w_row.eq(w_row + 1)
                 with m.Case(2):
                     byte_write(e_addr, q_e)
                     m.d.sync += q_phase.eq(3)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from olivine.hw.sfu import (INSTR_LAYOUT, STATUS_LAYOUT, MISC_OPS, OP_CORES, OP_TIMING, TIMING_APPROXIMATE, Sfu, SfuError, SfuHarness, VERILATOR_BUILD_ARGS,
-                            sfu_lanes,
+                            op_timing, sfu_lanes,
                             small_config)
 
 __all__ = ["Case", "make_cases", "expected_image", "run_amaranth", "run_verilator", "main"]
@@ -66,6 +66,44 @@ def _values(rng, n: int, kind: str) -> np.ndarray:
     if kind == "zero":
         return np.zeros(n, dtype=np.int64)
     return rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True)
+
+
+#: the OVP4 mode's cases (quant, imm[17]): kind -> what the values and the record exercise
+OVP_KINDS = ("ovp-int4", "ovp-flint4", "ovp-ties", "ovp-sat", "ovp-zero")
+
+
+def _ovp_case(rng, image: np.ndarray, src0: int, src1: int, rows: int, cols: int, kind: str) -> int:
+    """Fill src0 and the OVP4 parameter record at src1 for an OVP4-mode quant case; returns imm.
+
+    ovp-int4 / ovp-flint4: heavy-tailed activations (Student t, 3 degrees of freedom) with a
+    multiplier that puts the bulk on the normals and the tail on the outliers; ovp-ties: t = x
+    (mult 2**30, shift 30) on the midpoints, one off them and the grid points themselves, both signs;
+    ovp-sat: int32 extremes with small or negative shifts (and an out-of-range shift); ovp-zero: zeros."""
+    from olivine.golden.contract import OVP_ACT_GUARD_BITS
+    from olivine.golden.ovp_format import get_format
+
+    n = rows * cols
+    normal = "flint4" if kind == "ovp-flint4" or (kind != "ovp-int4" and rng.integers(0, 2)) else "int4"
+    if kind in ("ovp-int4", "ovp-flint4"):
+        x = np.clip(np.round(rng.standard_t(3, n) * (1 << 16)), INT32_MIN, INT32_MAX).astype(np.int64)
+        # the bulk near the normals (int4's reach 7, flint4's 16), the tail on the outliers
+        mult, shift = int(rng.integers(1 << 30, 1 << 31)), int(rng.integers(34, 37)) + int(normal == "int4")
+    elif kind == "ovp-ties":
+        grid = np.array(get_format(normal).union_grid, dtype=np.int64)
+        mids = (grid[:-1] + grid[1:]) << (OVP_ACT_GUARD_BITS - 1)
+        pool = np.concatenate([mids, mids - 1, mids + 1, grid << OVP_ACT_GUARD_BITS, [0, 1, -1]])
+        x = rng.choice(pool, n)
+        mult, shift = 1 << 30, 30
+    elif kind == "ovp-sat":
+        x = _values(rng, n, "edges")
+        mult = int(rng.choice([0, 1, 1 << 30, (1 << 31) - 1]))
+        shift = int(rng.choice([-40, -1, 0, 3, 12, INT32_MIN, INT32_MAX]))
+    else:
+        x = np.zeros(n, dtype=np.int64)
+        mult, shift = int(rng.integers(1 << 30, 1 << 31)), int(rng.integers(0, 40))
+    image[src0: src0 + 4 * n] = x.astype("<i4").view(np.uint8)
+    image[src1: src1 + 16] = np.array([mult, shift & 0xFFFFFFFF, 0, 0], dtype="<u4").view(np.uint8)
+    return (1 << 17) | (int(normal == "flint4") << 18)
 
 
 def expected_image(config, image: np.ndarray, fields: dict) -> np.ndarray:
@@ -130,6 +168,9 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
             base = int(rng.integers(0, cols - min(rows, max(1, period)) + 1))
             imm = base | (period << 16)
         # without the mask imm stays 0: softmax takes no parameter then
+    elif op == "quant" and kind.startswith("ovp"):  # OVP4 mode: the parameter record at src1
+        imm = _ovp_case(rng, image, src0, src1, rows, cols, kind)
+        dst += int(rng.integers(0, 4))  # pair-code bytes: any start
     elif op == "quant":  # per-token INT8: a random rule (imm[16]) and group count G dividing rows
         divisors = [g for g in range(1, rows + 1) if rows % g == 0]
         imm = int(rng.choice(divisors)) | (int(rng.integers(0, 2)) << 16)
@@ -140,7 +181,7 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
         image[src1: src1 + 4 * n] = _values(rng, n, kind).astype("<i4").view(np.uint8)
     # something recognisable around the destination: nothing outside it may change
     image[dst: dst + 4 * n] = 0xA5
-    if op not in ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift"):
+    if op not in ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift") and not kind.startswith("ovp"):
         src1 = 0  # an op without a second operand names none (docs/isa.md Validity)
     fields = dict(op=MISC_OPS.index(op), mask=mask, src0=src0, src1=src1, dst=dst, rows=rows, cols=cols, imm=imm,
                   offset=int(rng.integers(0, 1 << 20)))
@@ -164,6 +205,12 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
             shapes += [(3, 2 * lanes + 3, "scores"), (2, 6, "zero")]
         if op == "softmax":
             shapes += [(4, 9, "masked")]
+        if op == "quant" and lanes >= 2:  # the OVP4 mode (even cols)
+            shapes += [(3, 8, "ovp-int4"), (2, 2 * lanes + 2, "ovp-flint4"), (4, 6, "ovp-ties"),
+                       (2, 2 * lanes + 6, "ovp-ties"), (2, 10, "ovp-sat"), (2, 4, "ovp-zero"),
+                       (1, (longest if not reduced else min(longest, 300)) & ~1, "ovp-int4")]
+            if not reduced:
+                shapes += [(7, 2, "ovp-flint4"), (5, 3 * lanes + 2, "ovp-int4"), (3, 12, "ovp-sat")]
         if not reduced:
             shapes += [(9, 13, "random"), (1, 1, "edges"), (16, 2, "edges")]
         for rows, cols, kind in shapes:
@@ -186,6 +233,25 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
         if OP_CORES[op].max_cols < (1 << 20) - 1:
             bad.append((f"{op} row too long", dict(op=MISC_OPS.index(op), rows=1, cols=OP_CORES[op].max_cols + 1),
                         SfuError.ROW_TOO_LONG))
+    if "quant" in ops and lanes >= 2:  # the OVP4 mode's field and data rules
+        ovp = next(c for c in cases if c.fields["imm"] >> 17 & 1)
+        f = ovp.fields
+        rec = f["src1"]
+        bad_mult = ovp.image.copy()
+        bad_mult[rec: rec + 4] = np.array([(1 << 31) | (1 << 30)], dtype="<u4").view(np.uint8)
+        for label, change, code, image in [
+                ("quant ovp4 odd cols", dict(cols=f["cols"] - 1), SfuError.BAD_FIELD, None),
+                ("quant ovp4 with imm[16]", dict(imm=f["imm"] | (1 << 16)), SfuError.BAD_FIELD, None),
+                ("quant ovp4 with head blocks", dict(imm=f["imm"] | 2), SfuError.BAD_FIELD, None),
+                ("quant imm[18] without imm[17]", dict(imm=1 << 18), SfuError.BAD_FIELD, None),
+                ("quant imm[19] set", dict(imm=f["imm"] | (1 << 19)), SfuError.BAD_FIELD, None),
+                ("quant ovp4 record on the result", dict(src1=(f["dst"] + 4) & ~3), SfuError.BAD_FIELD, None),
+                ("quant ovp4 record unaligned", dict(src1=rec + 2), SfuError.UNALIGNED, None),
+                ("quant ovp4 record out of range", dict(src1=space - 12), SfuError.OUT_OF_RANGE, None),
+                ("quant ovp4 multiplier bit 31", {}, SfuError.BAD_MULTIPLIER, bad_mult)]:
+            cases.append(Case("quant", dict(f, **change, offset=int(rng.integers(0, 1 << 20))),
+                              ovp.image if image is None else image, want=None if image is None else image,
+                              want_code=int(code), label=label))
     not_built = [op for op in MISC_OPS if op not in ops and op not in ("layernorm", "argmax")]
     if not_built:
         bad.append((f"{not_built[0]} not built", dict(op=MISC_OPS.index(not_built[0])), SfuError.NOT_BUILT))
@@ -343,18 +409,19 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
     for case, res in zip(cases, results):
         wrong = res["mismatches"] + int(res["code"] != case.want_code)
         bad_total += wrong
-        key = case.op if case.want_code == 0 else "errors"
-        entry = by_op.setdefault(key, {"op": key, "cases": 0, "mismatches": 0, "cpr": [], "model": []})
+        f = case.fields
+        t = op_timing(case.op, f["imm"]) if case.want_code == 0 else None
+        key = (case.op + ("/ovp4" if t is not OP_TIMING[case.op] else "")) if case.want_code == 0 else "errors"
+        entry = by_op.setdefault(key, {"op": key, "cases": 0, "mismatches": 0, "cpr": [], "model": [], "timing": t,
+                                       "misc_op": case.op})
         entry["cases"] += 1
         entry["mismatches"] += wrong
         if case.want_code == 0:
-            f = case.fields
             entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"], f["imm"]))
-            t = OP_TIMING[case.op]
             entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]))
     for entry in by_op.values():
         if entry["cpr"]:
-            t = OP_TIMING[entry["op"]]
+            t = entry["timing"]
             # the longest case; its per-row cost = measured cycles minus the model's fixed part
             cyc, r, c, dst, imm = max(entry["cpr"], key=lambda x: x[1] * x[2])
             fixed = t.instruction_cycles(r, c, lanes, dst, imm) - r * t.cycles_per_row(c, lanes)
