@@ -5,8 +5,8 @@ Golden: ``contract.quantize_act_ovp4`` from its integer multiplier M = (mult, sh
 
 1. ``t = apply_multiplier(x, M)`` clamped to +-2**40: hw/requant.py's :class:`ApplyMultiplier` (the
    requantizer's multiply / round / saturate piece) with ``out_bits = 18``. Saturating at +-2**17
-   instead of +-2**40 gives the same grid point: every midpoint lies below 2**15 (the largest,
-   flint4's (128 + 192) * 2**7, is 20480), so any |t| >= 2**17 lands on the outermost point either way.
+   instead of +-2**40 gives the same grid point: every midpoint lies below 2**16 (the largest,
+   flint4's (128 + 192) * 2**7, is 40960), so any |t| >= 2**17 lands on the outermost point either way.
 2. nearest union-grid point by midpoint comparators, ties to the larger point: with the positive
    half of the grid p_0 = 0 < p_1 < ... < p_14 and its midpoints c_i = (p_i + p_{i+1}) * 2**(G-1),
    the magnitude index is ``#{c_i <= t}`` for t >= 0 and ``#{c_i < |t|}`` for t < 0 (a negative tie
@@ -41,6 +41,7 @@ from amaranth.lib.wiring import In, Out
 from ..golden.contract import OVP_ACT_GUARD_BITS
 from ..golden.ovp_format import NIBBLE_IDENTIFIER, get_format
 from .requant import MULT_BITS, SHIFT_BITS, ApplyMultiplier, apply_latency
+from .resources import register_unit
 from .sfu_core import beat_signature
 
 __all__ = ["OVP_NORMALS", "OVP_QUANT_LATENCY", "OvpQuantCore", "OvpQuantTables", "ovp_quant_tables"]
@@ -92,6 +93,8 @@ class OvpQuantCore(wiring.Component):
             raise ValueError(f"the OVP4 encoder pairs lanes (2k, 2k+1) of a beat: lanes must be even, got {lanes}")
         self.lanes = lanes
         self.tables = ovp_quant_tables()
+        if max(max(t.mids) for t in self.tables.values()) >= 1 << (T_BITS - 1):
+            raise ValueError(f"a midpoint reaches the {T_BITS}-bit saturation of t: widen T_BITS")
         if len({(len(t.positives), t.normals) for t in self.tables.values()}) != 1:
             raise ValueError("int4 and flint4 grids differ in size; one comparator set cannot serve both")
         super().__init__({
@@ -176,3 +179,9 @@ class OvpQuantCore(wiring.Component):
             else:
                 m.d.comb += self.o.p.data[j].eq(0)
         return m
+
+
+@register_unit("sfu_ovp_quant")
+def _resource_unit(lanes: int = 4):
+    """The SFU's OVP4 activation encoder alone (``olivine resources sfu_ovp_quant --lanes 16``)."""
+    return OvpQuantCore(int(lanes)), f"sfu_ovp_quant_l{int(lanes)}"

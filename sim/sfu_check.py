@@ -234,7 +234,7 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
             bad.append((f"{op} row too long", dict(op=MISC_OPS.index(op), rows=1, cols=OP_CORES[op].max_cols + 1),
                         SfuError.ROW_TOO_LONG))
     if "quant" in ops and lanes >= 2:  # the OVP4 mode's field and data rules
-        ovp = next(c for c in cases if c.fields["imm"] >> 17 & 1)
+        ovp = next(c for c in cases if c.op == "quant" and c.fields["imm"] >> 17 & 1)
         f = ovp.fields
         rec = f["src1"]
         bad_mult = ovp.image.copy()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from olivine.hw.sfu import (FULL_LINT_WAIVERS, LINT_WAIVERS, MISC_OPS, OP_CORES, OP_TIMING, Sfu, SfuError, SfuHarness,
-                            sfu_lanes, small_config)
+                            op_timing, sfu_lanes, small_config)
 from olivine.sim import sfu_check
 from tests.helpers import REDUCED, requires_verilator
 
@@ -43,7 +43,8 @@ def test_op_bit_exact_with_funcsim_and_timing_model(op):
         assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} lanes differ from funcsim"
         assert res["code"] == 0 and res["error"] == 0
         f = case.fields
-        assert res["cycles"] == OP_TIMING[op].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]), case.label
+        assert res["cycles"] == op_timing(op, f["imm"]).instruction_cycles(f["rows"], f["cols"], lanes, f["dst"],
+                                                                          f["imm"]), case.label
 
 
 def test_several_ops_back_to_back_in_one_instance():
