@@ -27,7 +27,8 @@ Pieces
 DSP48E2's MREG and PREG), then a pairwise adder tree with a register per level.
 :class:`ApplyMultiplier` -- ``saturate(round_shift(clamp(x, 2**min(s+2, 61)) * mult, s), out_bits)``,
 golden ``contract.apply_multiplier`` for a shift already clamped to [-1, 62]; shared with the SFU's
-OVP4 activation encoder (hw/sfu_ovp_quant.py), which uses it with ``out_bits = 42`` (its +-2**40 clamp).
+OVP4 activation encoder (hw/sfu_ovp_quant.py: 32-bit x, ``out_bits = 18``, as exact as its +-2**40
+clamp for the grid it feeds).
 :class:`Requantizer` -- the stream unit of CORE_INTERFACE.md section 3.
 
 Requantizer ports (``lib.stream``, valid/ready)

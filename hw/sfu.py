@@ -39,7 +39,8 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
 block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
-stride ``BAD_RECORD`` in 3).
+stride ``BAD_RECORD`` in 3; quant's field rules ``BAD_FIELD`` in 3, the OVP4 record's multiplier
+``BAD_MULTIPLIER`` after the record read: ``status.cycles`` = 14).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
@@ -53,8 +54,10 @@ Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
 (hw/sfu_norm.py), softmax (hw/sfu_softmax.py) and quant (hw/sfu_quant.py; its INT8 block goes
 through a byte writer, :meth:`Sfu._quant_writer`, with per-row exponent/mantissa bytes: ``tail``
 cycles after the last row) and dequant (hw/sfu_dequant.py; the reader streams each record's
-words, ``record_words(cols)``, at stride ``imm``). rope and vshift are not built yet and answer
-``SfuError.NOT_BUILT``.
+words, ``record_words(cols)``, at stride ``imm``). quant's OVP4 mode (``imm[17]``) runs on its own
+core, hw/sfu_ovp_quant.py (one pass, the parameter record at ``src1`` read in ``Q_PARAM``, pair-code
+bytes through the same byte writer; timing :data:`OVP_QUANT_TIMING`, :func:`op_timing`); a 1-lane
+SFU has none (``NOT_BUILT``). rope and vshift are not built yet and answer ``SfuError.NOT_BUILT``.
 """
 
 from __future__ import annotations

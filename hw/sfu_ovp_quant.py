@@ -115,9 +115,8 @@ class OvpQuantCore(wiring.Component):
         m.submodules.datapath = EnableInserter(advance)(dp)
 
         flint = self.params.flint4
-        # per normal type, selected by flint4 (constant per instruction); code tables flat, indexed
-        # by (flint4, sign, k) with k padded to a power of two
-        mids = [Mux(flint, tabs[1].mids[i], tabs[0].mids[i]) for i in range(n_points - 1)]
+        # code tables of both normal types, flat, indexed by (flint4, sign, k) with k padded to a
+        # power of two
         n_out = n_points - n_normal
         nb, ob = (n_normal - 1).bit_length(), max(1, (n_out - 1).bit_length())
 
@@ -134,8 +133,9 @@ class OvpQuantCore(wiring.Component):
             dp.d.comb += [am.x.eq(self.i.p.data[j]), am.mult.eq(self.params.mult), am.s.eq(self.params.s)]
             t = am.y
             # comparators: t >= c_i (t >= 0) and t < -c_i (t < 0), a thermometer code each
-            up = Cat(*[t >= mids[i] for i in range(n_points - 1)])
-            down = Cat(*[t < -mids[i] for i in range(n_points - 1)])
+            # constant comparators per normal type, the type selected after them
+            up = Mux(flint, Cat(*[t >= c for c in tabs[1].mids]), Cat(*[t >= c for c in tabs[0].mids]))
+            down = Mux(flint, Cat(*[t < -c for c in tabs[1].mids]), Cat(*[t < -c for c in tabs[0].mids]))
             sign = Signal(name=f"sign{j}", reset_less=True)
             therm = Signal(n_points - 1, name=f"therm{j}", reset_less=True)
             dp.d.sync += [sign.eq(t < 0), therm.eq(up | down)]
