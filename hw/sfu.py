@@ -435,7 +435,8 @@ class Sfu(wiring.Component):
                 m.d.comb += op_reserved.eq(1)
             with m.Default():  # valid ops not built into this instance (every case listed: lint)
                 m.d.comb += [op_built.eq(0), op_passes.eq(1), op_two.eq(0), op_src1_rows.eq(0), op_max_cols.eq(0)]
-        q_ovp = Signal()              # quant in OVP4 mode: one pass, the record at src1, pair codes out
+        # quant in OVP4 mode: one pass, the record at src1, pair codes out
+        q_ovp = Signal() if has_quant else Const(0, 1)
         if has_quant:
             m.d.comb += q_ovp.eq(op_quant & ins.imm[17])
             with m.If(q_ovp):
