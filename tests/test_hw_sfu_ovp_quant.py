@@ -163,3 +163,25 @@ def test_yosys_resources_four_dsps_per_lane():
     rep = synthesize(dut, top)
     assert rep.dsp48e2 == 16, rep
     assert rep.bram36 == rep.bram18 == 0
+
+
+def test_sfu_ovp4_rows_straddling_words_at_every_kind_of_boundary():
+    """Rows of 6 code bytes from destination offsets 3, 7, 11 and 15 of a 16-byte word: overhangs
+    inside a row, at a row's end carried into the next row's first write, and the last row's own
+    flush write; bit-exact and the timing model's flush term."""
+    rng = np.random.default_rng(24)
+    cases = []
+    for off in (3, 7, 11, 15):
+        case = sfu_check._fixed_case(CONFIG, rng, "quant", 9, 12, "ovp-int4", 4, f"quant 9x12 at byte {off}")
+        case.fields = dict(case.fields, dst=(case.fields["dst"] & ~15) + 16 + off)
+        case.want = sfu_check.expected_image(CONFIG, case.image, case.fields)
+        cases.append(case)
+    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases)
+    flushes = set()
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["mismatches"] == 0 and res["code"] == 0, case.label
+        model = OVP_QUANT_TIMING.instruction_cycles(f["rows"], f["cols"], 4, f["dst"])
+        assert res["cycles"] == model, case.label
+        flushes.add(model - OVP_QUANT_TIMING.instruction_cycles(f["rows"], f["cols"], 4, f["dst"] & ~15))
+    assert flushes == {0, 1}  # both forms of the last row occur
