@@ -118,7 +118,7 @@ class _State(enum.Enum, shape=4):
     Q_DIV = 6          # quant: rows / G on the small divider
     Q_GEOM = 7         # quant: block size of the grouped layout
     Q_CHECK = 8        # quant: group count and output range
-    Q_PARAM = 9        # quant, OVP4 mode: read the parameter record (multiplier, shift) at src1
+    Q_PARAM = 11       # quant, OVP4 mode: read the parameter record (multiplier, shift) at src1
 
 
 class SfuError(py_enum.IntEnum):
