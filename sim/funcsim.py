@@ -4,9 +4,10 @@ The machine: HBM channels (byte arrays), the on-chip buffers of one core (the da
 activation buffer followed by the global buffer, the weight, bias and meta buffers) and four
 in-order unit queues (LD, ST, MPE, SFU) synchronised by wait/release tokens. Every instruction
 does exactly what docs/isa.md "Semantics" says; MM/MV use golden/contract.py's integer ops and
-MISC golden/sfu.py's, so a compiled model is bit-exact with golden/qmodel.py. An instruction that
-breaks one of the "Validity" rules there raises :class:`SimError` before it changes any state
-(field rules) or when the offending value is read (data rules); no other exception escapes.
+MISC golden/sfu.py's (as sim/sfu_np.py's numpy ports, equal to golden's bit for bit), so a compiled
+model is bit-exact with golden/qmodel.py. An instruction that breaks one of the "Validity" rules
+there raises :class:`SimError` before it changes any state (field rules) or when the offending value
+is read (data rules); no other exception escapes.
 
 Scheduling: each unit runs ahead as far as its tokens allow (LD first), which exposes a missing
 token as a wrong result or a deadlock; a deadlock raises :class:`DeadlockError` naming the
@@ -27,6 +28,8 @@ from olivine.hw import isa
 from olivine.compiler.asm import disassemble_one
 from olivine.golden import contract, fixed, ovp, sfu
 from olivine.golden.ovp_format import get_format
+
+from . import sfu_np
 
 __all__ = ["FuncSim", "SimError", "DeadlockError", "SimStats", "Runtime", "run_main", "check_against_golden"]
 
@@ -288,10 +291,12 @@ class FuncSim:
     def i32(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> torch.Tensor:
         return torch.from_numpy(self.i32_np(addr, rows, cols, pitch, what))
 
-    def put_i32(self, addr: int, t: torch.Tensor, pitch: int | None = None, what="result") -> None:
+    def put_i32(self, addr: int, t, pitch: int | None = None, what="result") -> None:
+        """Write the int32 matrix ``t`` [rows, cols] (torch tensor or numpy array) at ``addr``."""
         rows, cols = t.shape
         pitch = cols if pitch is None else pitch
-        arr = t.to(torch.int32).numpy().astype("<i4")
+        arr = t if isinstance(t, np.ndarray) and t.dtype == np.int32 else \
+            (np.asarray(t, dtype=np.int32) if isinstance(t, np.ndarray) else t.to(torch.int32).numpy())
         if addr % 4:
             raise SimError(f"{what}: int32 data at unaligned address {addr}")
         n = 4 * ((rows - 1) * pitch + cols)
@@ -692,26 +697,26 @@ class FuncSim:
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
         s0, s1, dst = i["src0"], i["src1"], i["dst"]
         if op in ("add", "mul", "swiglu"):
-            a, b = self.i32(s0, rows, cols), self.i32(s1, rows, cols)
-            y = {"add": lambda: sfu.add(a, b), "mul": lambda: sfu.mul(a, b, F, F, F),
-                 "swiglu": lambda: sfu.swiglu(a, b, F, F, F)}[op]()
+            a, b = self.i32_np(s0, rows, cols), self.i32_np(s1, rows, cols)
+            y = sfu_np.add(a, b) if op == "add" else (sfu_np.mul(a, b, F, F, F) if op == "mul"
+                                                      else sfu_np.swiglu(a, b, F, F, F))
             self.put_i32(dst, y)
         elif op == "silu":
-            self.put_i32(dst, sfu.silu(self.i32(s0, rows, cols), F, F))
+            self.put_i32(dst, sfu_np.silu(self.i32_np(s0, rows, cols), F, F))
         elif op == "copy":
-            self.put_i32(dst, self.i32(s0, rows, cols))
+            self.put_i32(dst, self.i32_np(s0, rows, cols))
         elif op == "rmsnorm":
-            x = self.i32(s0, rows, cols)
+            x = self.i32_np(s0, rows, cols)
             tab = self._table(s1, 4 * cols + 16, "norm parameters").view("<i4")
-            gamma = torch.from_numpy(tab[:cols].astype(np.int32))
+            gamma = tab[:cols]
             em, es = int(tab[cols:cols + 1].view(np.uint32)[0]), int(tab[cols + 1])
             if em >= 1 << 31 or not 0 <= es <= 62:
                 raise SimError(f"norm eps multiplier {em} / shift {es}: the multiplier must be below 2**31 and the "
                                "shift in 0..62")
             eps = math.ldexp(float(em), -es)
-            self.put_i32(dst, sfu.rmsnorm(x, F, gamma, F, eps, F))
+            self.put_i32(dst, sfu_np.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
-            x = self.i32(s0, rows, cols)
+            x = self.i32_np(s0, rows, cols)
             if s1 % 8:
                 raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
             rec = self._slice(self.data, s1, 48, "RoPE parameters")
@@ -726,15 +731,15 @@ class FuncSim:
             if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
                 raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
             per = max(1, imm >> 16)
-            pos = (imm & 0xFFFF) + torch.arange(rows) // per
-            self.put_i32(dst, rope_padded(x, pos, theta, hd, scaling))
+            pos = (imm & 0xFFFF) + np.arange(rows) // per
+            self.put_i32(dst, rope_padded_np(x, pos, theta, hd, scaling))
         elif op == "softmax":
-            s = self.i32(s0, rows, cols)
+            sc = self.i32_np(s0, rows, cols)
             mask = None
             if i["mask"]:
-                qpos = (imm & 0xFFFF) + torch.arange(rows) % max(1, imm >> 16)
-                mask = torch.arange(cols)[None, :] <= qpos[:, None]
-            self.put_i32(dst, sfu.softmax(s, F, mask, F))
+                qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+                mask = np.arange(cols)[None, :] <= qpos[:, None]
+            self.put_i32(dst, sfu_np.softmax(sc, F, mask, F))
         elif op == "vshift":
             p = self.i32_np(s0, rows, cols).astype(np.int64)
             raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
@@ -869,20 +874,25 @@ class FuncSim:
         return run
 
 
-def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int, scaling=None) -> torch.Tensor:
-    """RoPE ("half") of rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
+def rope_padded_np(x: np.ndarray, pos: np.ndarray, theta: float, head_dim: int, scaling=None) -> np.ndarray:
+    """RoPE ("half") of int32 rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
     halves sit at ``[0, hd/2)`` and ``[cols/2, cols/2 + hd/2)`` (compiler.spec.head_index); padded
     lanes are zero and stay zero. ``scaling``: LLaMA-3 frequency rescaling (golden.sfu.rope)."""
     cols = x.shape[-1]
     if head_dim == cols:
-        return sfu.rope(x, pos, F, theta, cols, style="half", scaling=scaling)
+        return sfu_np.rope_half(x, pos, F, theta, cols, scaling)
     if head_dim > cols or head_dim % 2 or cols % 2:
         raise SimError(f"rope: head_dim {head_dim} in the RoPE record does not fit rows of {cols}")
     h, hp = head_dim // 2, cols // 2
-    lanes = torch.cat([torch.arange(h), hp + torch.arange(h)])
-    out = torch.zeros_like(x)
-    out[:, lanes] = sfu.rope(x[:, lanes].contiguous(), pos, F, theta, head_dim, style="half", scaling=scaling)
+    lanes = np.concatenate([np.arange(h), hp + np.arange(h)])
+    out = np.zeros_like(x)
+    out[:, lanes] = sfu_np.rope_half(np.ascontiguousarray(x[:, lanes]), pos, F, theta, head_dim, scaling)
     return out
+
+
+def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int, scaling=None) -> torch.Tensor:
+    """:func:`rope_padded_np` of torch tensors."""
+    return torch.from_numpy(rope_padded_np(x.numpy(), pos.numpy(), theta, head_dim, scaling))
 
 
 # ---- the runtime moved to sim/runtime.py; these names stay importable from here ----------------
