@@ -333,6 +333,21 @@ def decode_one(words, offset: int = 0) -> Instruction:
     return Instruction(fmt, values)
 
 
+def with_fields(inst: Instruction, values: dict, offset: int = 0) -> Instruction:
+    """What :func:`decode_one` returns once ``values`` (field name -> int) are written into the words of
+    ``inst`` (a decoded instruction at word ``offset``): the same range / count / enum checks of the
+    written fields, in field order, with the same :class:`IsaError` messages, and the same semantic rule.
+    The run time patches a few fields of a decoded program this way instead of re-decoding it."""
+    fmt = inst.fmt
+    merged = dict(inst.values)
+    merged.update(values)
+    for f in fmt.all_fields:
+        if f.name in values and f.name != "opcode":
+            _check(fmt, f, merged[f.name], offset + f.word)
+    _semantic_check(fmt, merged, offset)
+    return Instruction(fmt, merged)
+
+
 def decode_program(words) -> list[Instruction]:
     """Decode a whole word array; a malformed word raises :class:`IsaError` with its offset."""
     words = np.asarray(words, dtype=np.uint32)
