@@ -163,9 +163,27 @@ def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.n
     kdim = max(a.shape[-1], 1)
     amax = amax_bound if amax_bound is not None else (int(np.abs(a).max()) if a.size else 0)
     wmax = 128 if w.dtype == np.int8 else (int(np.abs(w).max()) if w.size else 0)
+    if amax * wmax * kdim < 1 << 31:  # exact in float64 and no partial sum can wrap
+        return (a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int32)
     if amax * wmax * kdim < 1 << 53:
         return _wrap32(np.rint(a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int64))
     return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
+
+
+def _requantize_direct(x: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, lo: int, hi: int):
+    """:func:`requantize_exact` of ``x = acc * mantissa`` (int64) in one product, or None where it does
+    not apply: when every shift s = shift - exponent lies in [0, 62] (no clamp of s acts), max|x| is at
+    most 2**min(s + 2, 61) (the input clamp does not act) and max|x| * max(mult) < 2**62, the product
+    x * mult and x * mult + 2**(s-1) fit int64, so round_shift(x * mult, s) is that sum shifted right:
+    the same integers as the split rule, in a few numpy passes (most requantizations of a model)."""
+    s = shift - exponent
+    s_min, s_max = int(s.min()), int(s.max())
+    if s_min < 0 or s_max > 62:
+        return None
+    amax = int(np.abs(x).max()) if x.size else 0
+    if amax > 1 << min(s_min + 2, 61) or amax * int(mult.max()) >= 1 << 62:
+        return None
+    return np.minimum(np.maximum((x * mult + ((np.int64(1) << s) >> 1)) >> s, lo), hi)
 
 
 def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa,
@@ -181,6 +199,9 @@ def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, expon
     x = acc.astype(np.int64)
     if mantissa is not None:
         x = x * mantissa
+    direct = _requantize_direct(x, mult, shift, exponent, lo, hi)
+    if direct is not None:
+        return direct
     s = np.minimum(np.maximum(shift - exponent, -1), 62)
     lim = np.left_shift(np.int64(1), np.minimum(s + 2, 61))
     x = np.minimum(np.maximum(x, -lim), lim)
@@ -477,13 +498,20 @@ class FuncSim:
             raise SimError(f"{what}: a row mantissa is {int(mant.max())}; mantissas are at most {MAX_MANTISSA}")
 
     @staticmethod
-    def _multipliers(mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> contract.Multiplier:
-        """Multipliers from (uint32 multiplier, int32 shift) words; a multiplier's bit 31 must be 0."""
+    def _multipliers_np(mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(multipliers, shifts) as int64 from (uint32 multiplier, int32 shift) words; a multiplier's
+        bit 31 must be 0."""
         mult = _u32(mult_word)
-        if (mult >= 1 << 31).any():
+        if int(mult.max()) >= 1 << 31:
             r = int(np.argmax(mult >= 1 << 31))
             raise SimError(f"{what} {r}: multiplier {int(mult[r])} has bit 31 set; multipliers are below 2**31")
-        return contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(shift_word.astype(np.int64)))
+        return mult, shift_word.astype(np.int64)
+
+    @classmethod
+    def _multipliers(cls, mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> contract.Multiplier:
+        """:meth:`_multipliers_np` as golden's Multiplier."""
+        mult, shift = cls._multipliers_np(mult_word, shift_word, what)
+        return contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(shift))
 
     def check_mpe(self, i) -> None:
         """The field rules of MM/MV (docs/isa.md "Validity"), checked before any operand is read."""
@@ -592,10 +620,10 @@ class FuncSim:
         # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
             self._check_mantissas(part, what)
-        mult = self._multipliers(ent[:, 1], ent[:, 2], "requantization entry")
+        mult, shift = self._multipliers_np(ent[:, 1], ent[:, 2], "requantization entry")
         lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out_fmt == "fixed32" else (-contract.INT8_QMAX,
                                                                                          contract.INT8_QMAX)
-        y = requantize_exact(acc, mult.mult.numpy(), mult.shift.numpy(), exp, mant, lo, hi)
+        y = requantize_exact(acc, mult, shift, exp, mant, lo, hi)
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
                 y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
