@@ -112,11 +112,12 @@ class Format:
             assert not used[f.word] & bits, f"overlapping field {f.name} in {self.mnemonic}"
             used[f.word] |= bits
         object.__setattr__(self, "_reserved", tuple(~u & 0xFFFFFFFF for u in used))
+        object.__setattr__(self, "_by_name", {f.name: f for f in self.all_fields})  # field() per executed instruction
 
     def field(self, name: str) -> Field:
-        for f in self.all_fields:
-            if f.name == name:
-                return f
+        f = self._by_name.get(name)
+        if f is not None:
+            return f
         raise IsaError(f"{self.mnemonic} has no field {name!r}; fields: "
                        f"{', '.join(f.name for f in self.fields)}", field=name)
 

@@ -832,35 +832,47 @@ class FuncSim:
                 queues[isa.UNITS.index(inst.fmt.unit)].append(idx)
         head = [0, 0, 0, 0]
         done = [False] * 4
-        tokens = [[0] * 4 for _ in range(4)]  # [from][to]
+        into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
         handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
         counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
         while not all(done):
             progress = False
             for u in range(4):
                 queue, unit_name = queues[u], isa.UNITS[u]
-                while not done[u] and head[u] < len(queue):
-                    idx = queue[head[u]]
+                into_u, h, n = into[u], head[u], len(queue)
+                while not done[u] and h < n:  # the unit runs ahead as far as its tokens allow
+                    idx = queue[h]
                     inst = prog[idx]
                     mnemonic = inst.fmt.mnemonic
                     if mnemonic == "SYS":
                         break
-                    need = _MASK_UNITS[inst.values["wait"]]
-                    if any(tokens[v][u] < 1 for v in need):
-                        break
-                    for v in need:
-                        tokens[v][u] -= 1
+                    values = inst.values
+                    wait = values["wait"]
+                    if wait:
+                        need = _MASK_UNITS[wait]
+                        blocked = False
+                        for v in need:
+                            if into_u[v] < 1:
+                                blocked = True
+                                break
+                        if blocked:
+                            break
+                        for v in need:
+                            into_u[v] -= 1
                     try:
                         handlers[mnemonic](inst)
                     except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
                         offsets = isa.program_offsets(prog)
                         raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
                             from None
-                    for w in _MASK_UNITS[inst.values["release"]]:
-                        tokens[u][w] += 1
+                    release = values["release"]
+                    if release:
+                        for w in _MASK_UNITS[release]:
+                            into[w][u] += 1
                     counts[unit_name] += 1
                     by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
-                    head[u] += 1
+                    h += 1
+                    head[u] = h
                     progress = True
                 if head[u] >= len(queue):
                     done[u] = True
@@ -882,7 +894,7 @@ class FuncSim:
                         continue
                     idx = queues[u][head[u]]
                     inst = prog[idx]
-                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and tokens[v][u] < 1]
+                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and into[u][v] < 1]
                     why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
                     lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {isa.program_offsets(prog)[idx]} "
                                  f"({disassemble_one(inst)}) {why}")
