@@ -287,6 +287,11 @@ class FuncSim:
         # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
         # of them clears the cache)
         self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
+        # weight-buffer bytes an LD wrote but that are not copied yet, as disjoint pieces
+        # [buffer lo, buffer hi, channel, hbm address]: a decode step streams ~70 MB of weights whose
+        # decoded tiles are cached, so the bytes are copied only when something reads the buffer (a tile
+        # decode, an ST from it), before an ST overwrites their HBM source, and when a run ends
+        self._deferred: list[list[int]] = []
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -384,6 +389,28 @@ class FuncSim:
             del src[a]
         src[addr] = source
 
+    def _flush_weight(self) -> None:
+        """Copy the deferred weight-buffer bytes (the buffer then holds what every LD wrote)."""
+        if self._deferred:
+            buf = self.buffers["weight"]
+            for lo, hi, ch, h in self._deferred:
+                buf[lo:hi] = self.hbm[ch][h: h + hi - lo]
+            self._deferred = []
+
+    def _trim_deferred(self, lo: int, hi: int) -> list[list[int]]:
+        """The deferred pieces without the bytes [lo, hi) (which a later write replaces)."""
+        out = []
+        for e in self._deferred:
+            a, b = e[0], e[1]
+            if b <= lo or a >= hi:
+                out.append(e)
+                continue
+            if a < lo:
+                out.append([a, lo, e[2], e[3]])
+            if b > hi:
+                out.append([hi, b, e[2], e[3] + (hi - a)])
+        return out
+
     def do_ld(self, i):
         target = i.enum("target")
         length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
@@ -391,6 +418,8 @@ class FuncSim:
         dst = self._slice(self._space(target), i["buf_addr"], total, f"LD into {target}")  # before any burst
         if i["zero_fill"]:
             self._forget_source(target, i["buf_addr"], total, None)
+            if target == "weight" and self._deferred:
+                self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
             dst[:] = 0
             return
         ch = i["channel"]
@@ -402,6 +431,13 @@ class FuncSim:
         starts = self._bursts(i) if n0 * n1 * n2 > 1 else np.array([i["hbm_addr"]])
         # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
         self._forget_source(target, i["buf_addr"], total, (ch, int(starts[0]), total) if len(starts) == 1 else None)
+        if target == "weight":
+            if self._deferred:
+                self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
+            if len(starts) == 1:
+                self._deferred.append([i["buf_addr"], i["buf_addr"] + total, ch, int(starts[0])])
+                self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
+                return
         if len(starts) == 1:
             dst[:] = mem[starts[0]: starts[0] + length]
         else:
@@ -418,6 +454,9 @@ class FuncSim:
         last = i["hbm_addr"] + (n0 - 1) * stride
         if last + length > len(mem):  # checked before any byte is written
             raise SimError(f"ST writes bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
+        if self._deferred and (source == "weight" or any(
+                c == ch and h < last + length and i["hbm_addr"] < h + b - a for a, b, c, h in self._deferred)):
+            self._flush_weight()  # the ST reads the weight buffer, or overwrites a deferred piece's source
         for k in range(n0):
             a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
@@ -432,6 +471,7 @@ class FuncSim:
         16 * meta_addr, kept values from the weight buffer at b_addr (docs/isa.md "Semantics")."""
         if n % 16:
             raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
+        self._flush_weight()
         wfmt = i.enum("wfmt")
         meta = self.buffers["meta"]
         base = 16 * i["meta_addr"]
@@ -477,6 +517,7 @@ class FuncSim:
 
     def weights(self, i, n: int, k: int) -> torch.Tensor:
         """Decode the weight tile at b_addr into integer grid values [n, k] (int16)."""
+        self._flush_weight()
         wfmt = i.enum("wfmt")
         row = k if wfmt == "int8" else k // 2
         raw = self._slice(self.buffers["weight"], i["b_addr"], n * row, "MM weights")
@@ -818,7 +859,14 @@ class FuncSim:
 
     # ---- the unit queues ---------------------------------------------------------------------
     def run(self, words, program: list | None = None) -> SimStats:
-        """Execute a whole program (uint32 words); returns this run's statistics."""
+        """Execute a whole program (uint32 words, or ``program``: its decoded instructions); returns this
+        run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote."""
+        try:
+            return self._run(words, program)
+        finally:
+            self._flush_weight()
+
+    def _run(self, words, program: list | None) -> SimStats:
         t0 = time.perf_counter()
         before = SimStats()
         before.add(self.stats)
