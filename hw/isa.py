@@ -221,6 +221,9 @@ class Instruction:
 
     def enum(self, name: str) -> str:
         """The name of an enum field's value (e.g. ``wfmt`` -> ``"ovp4"``)."""
+        f = self.fmt._by_name.get(name)
+        if f is not None and type(f.kind) is tuple:  # the simulators call this per executed instruction
+            return f.kind[self.values[name]]
         f = self.fmt.field(name)
         if not isinstance(f.kind, tuple):
             raise IsaError(f"{self.mnemonic}.{name} is not an enum field", field=name)

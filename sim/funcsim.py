@@ -326,9 +326,12 @@ class FuncSim:
         if addr % 4:
             raise SimError(f"{what}: int32 data at unaligned address {addr}")
         n = 4 * ((rows - 1) * pitch + cols)
-        self._slice(self.data, addr, n, what)
+        out = self._slice(self.data, addr, n, what)
+        if pitch == cols or rows == 1:  # one contiguous run of bytes
+            out.view("<i4")[:] = arr.reshape(-1)
+            return
         view = self.data[addr: addr + 4 * rows * pitch] if addr + 4 * rows * pitch <= len(self.data) else None
-        if pitch == cols or view is None:
+        if view is None:  # the last row's pitch padding would leave the data space: row by row
             for r in range(rows):
                 o = addr + 4 * r * pitch
                 self.data[o: o + 4 * cols] = arr[r].view(np.uint8)
@@ -656,7 +659,7 @@ class FuncSim:
         if v["accumulate"]:
             acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
         if out_fmt == "int32":
-            self.put_i32(v["out_addr"], torch.from_numpy(np.ascontiguousarray(acc, dtype=np.int32)), ldo, "MM output")
+            self.put_i32(v["out_addr"], np.ascontiguousarray(acc, dtype=np.int32), ldo, "MM output")
             return
         # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
@@ -668,7 +671,7 @@ class FuncSim:
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
                 y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
-            self.put_i32(v["out_addr"], torch.from_numpy(y.astype(np.int32)), ldo, "MM output")
+            self.put_i32(v["out_addr"], y.astype(np.int32), ldo, "MM output")
         else:
             y = y.astype(np.int8)
             dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
