@@ -223,18 +223,27 @@ def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarr
     """
     xi = x.astype(np.int64)
     amax = np.abs(xi).max(axis=-1, keepdims=True) if xi.shape[-1] else np.zeros((xi.shape[0], 1), np.int64)
-    bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
     if pow2:
+        bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
         e0 = np.maximum(bl - 7, 0)
         e = e0 + (((amax + ((np.int64(1) << e0) >> 1)) >> e0) > contract.INT8_QMAX)  # round_shift(amax, e0) > 127
         q = np.where(e > 0, (xi + ((np.int64(1) << e) >> 1)) >> e, xi)
         m = np.ones_like(amax)
-    else:
-        e = np.maximum(bl - 8, 0)
-        m = np.maximum((amax + (np.int64(1) << e) - 1) >> e, 1)
-        r = (contract.INT8_QMAX << contract.RECIP_BITS) // m
-        s = contract.RECIP_BITS + e
-        q = (xi * r + (np.int64(1) << (s - 1))) >> s
+    else:  # the per-row scale in Python ints (rows are few: a decode step quantizes one token)
+        e_l, m_l, r_l, s_l = [], [], [], []
+        for a in amax.reshape(-1).tolist():
+            e1 = max(a.bit_length() - 8, 0)
+            m1 = max((a + (1 << e1) - 1) >> e1, 1)
+            e_l.append(e1)
+            m_l.append(m1)
+            r_l.append((contract.INT8_QMAX << contract.RECIP_BITS) // m1)
+            s_l.append(contract.RECIP_BITS + e1)
+        e, m = np.array(e_l, dtype=np.int64), np.array(m_l, dtype=np.int64)
+        if len(r_l) == 1:
+            q = (xi * r_l[0] + (1 << (s_l[0] - 1))) >> s_l[0]
+        else:
+            r, sh = np.array(r_l, dtype=np.int64).reshape(-1, 1), np.array(s_l, dtype=np.int64).reshape(-1, 1)
+            q = (xi * r + (np.int64(1) << (sh - 1))) >> sh
     q = np.minimum(np.maximum(q, -contract.INT8_QMAX), contract.INT8_QMAX)
     return q.astype(np.int8), e.reshape(-1).astype(np.int8), m.reshape(-1).astype("<u2")
 
@@ -822,8 +831,11 @@ class FuncSim:
             e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
             shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
             # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
-            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
-                            >> np.minimum(shift, 62))
+            if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
+                p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
+            else:
+                p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                                >> np.minimum(shift, 62))
             self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
             out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
