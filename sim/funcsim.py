@@ -440,19 +440,22 @@ class FuncSim:
         last = i["hbm_addr"] + (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2  # strides are unsigned
         if last + length > len(mem):
             raise SimError(f"LD reads bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
-        starts = self._bursts(i) if n0 * n1 * n2 > 1 else np.array([i["hbm_addr"]])
+        single = n0 * n1 * n2 == 1
+        start = i["hbm_addr"]
         # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
-        self._forget_source(target, i["buf_addr"], total, (ch, int(starts[0]), total) if len(starts) == 1 else None)
+        if target in self._src:
+            self._forget_source(target, i["buf_addr"], total, (ch, start, total) if single else None)
         if target == "weight":
             if self._deferred:
                 self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
-            if len(starts) == 1:
-                self._deferred.append([i["buf_addr"], i["buf_addr"] + total, ch, int(starts[0])])
+            if single:
+                self._deferred.append([i["buf_addr"], i["buf_addr"] + total, ch, start])
                 self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
                 return
-        if len(starts) == 1:
-            dst[:] = mem[starts[0]: starts[0] + length]
+        if single:
+            dst[:] = mem[start: start + length]
         else:
+            starts = self._bursts(i)
             idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
             dst[:] = mem[idx]
         self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
@@ -887,12 +890,14 @@ class FuncSim:
         before.add(self.stats)
         prog = program if program is not None else isa.decode_program(words)
         queues = [[], [], [], []]
+        unit_of = {name: k for k, name in enumerate(isa.UNITS)}
         for idx, inst in enumerate(prog):
-            if inst.fmt.unit == "all":
+            unit = inst.fmt.unit
+            if unit == "all":
                 for q in queues:
                     q.append(idx)
             else:
-                queues[isa.UNITS.index(inst.fmt.unit)].append(idx)
+                queues[unit_of[unit]].append(idx)
         head = [0, 0, 0, 0]
         done = [False] * 4
         into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
@@ -900,14 +905,18 @@ class FuncSim:
         counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
         while not all(done):
             progress = False
+            at_sys = 0  # units whose next instruction is a SYS
             for u in range(4):
+                if done[u]:
+                    continue
                 queue, unit_name = queues[u], isa.UNITS[u]
                 into_u, h, n = into[u], head[u], len(queue)
-                while not done[u] and h < n:  # the unit runs ahead as far as its tokens allow
+                while h < n:  # the unit runs ahead as far as its tokens allow
                     idx = queue[h]
                     inst = prog[idx]
                     mnemonic = inst.fmt.mnemonic
                     if mnemonic == "SYS":
+                        at_sys += 1
                         break
                     values = inst.values
                     wait = values["wait"]
@@ -939,8 +948,8 @@ class FuncSim:
                     progress = True
                 if head[u] >= len(queue):
                     done[u] = True
-            # SYS: every unit that is not done must sit on the same SYS instruction
-            at = [queues[u][head[u]] if not done[u] else None for u in range(4)]
+            # SYS: all four units must sit on the same SYS instruction
+            at = [queues[u][head[u]] if not done[u] else None for u in range(4)] if at_sys == 4 else ()
             live = [a for a in at if a is not None]
             if live and all(a is not None for a in at) and len(set(live)) == 1 and prog[live[0]].mnemonic == "SYS":
                 sys_inst = prog[live[0]]
