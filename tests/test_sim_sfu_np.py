@@ -42,7 +42,10 @@ def test_rmsnorm_equals_golden(cols, eps):
     for gamma in (_rows(rng, 8, cols)[7], np.full(cols, INT32_MAX, np.int32), np.full(cols, INT32_MIN, np.int32),
                   np.full(cols, 1 << F, np.int32)):
         want = sfu.rmsnorm(torch.from_numpy(x), F, torch.from_numpy(gamma), F, eps, F)
-        _eq(sfu_np.rmsnorm(x, F, gamma, F, eps, F), want)
+        _eq(sfu_np.rmsnorm(x, F, gamma, F, eps, F), want)  # all rows at once (the vector path)
+        for r in range(0, 24, 3):  # row by row and in small groups (the Python-scalar path)
+            _eq(sfu_np.rmsnorm(x[r:r + 1], F, gamma, F, eps, F), want[r:r + 1])
+            _eq(sfu_np.rmsnorm(x[r:r + 3], F, gamma, F, eps, F), want[r:r + 3])
 
 
 def test_rmsnorm_eps_errors_are_goldens():
@@ -51,9 +54,10 @@ def test_rmsnorm_eps_errors_are_goldens():
     for eps in (1e30, 2.0**-70):
         with pytest.raises(FixedPointValueError) as want:
             sfu.rmsnorm(torch.from_numpy(x), F, torch.from_numpy(g), F, eps, F)
-        with pytest.raises(FixedPointValueError) as got:
-            sfu_np.rmsnorm(x, F, g, F, eps, F)
-        assert str(got.value) == str(want.value)
+        for rows in (x, np.ones((12, 8), np.int32)):  # the row-by-row and the vector path
+            with pytest.raises(FixedPointValueError) as got:
+                sfu_np.rmsnorm(rows, F, g, F, eps, F)
+            assert str(got.value) == str(want.value)
 
 
 def test_rmsnorm_of_rows_with_different_alignments_uses_each_rows_eps_term():
@@ -63,7 +67,9 @@ def test_rmsnorm_of_rows_with_different_alignments_uses_each_rows_eps_term():
     g = np.full(16, 1 << F, np.int32)
     em, es = quantize_multiplier(1e-5)
     eps = math.ldexp(float(em), -es)  # what the simulator passes (the record's multiplier and shift)
-    _eq(sfu_np.rmsnorm(x, F, g, F, eps, F), sfu.rmsnorm(torch.from_numpy(x), F, torch.from_numpy(g), F, eps, F))
+    want = sfu.rmsnorm(torch.from_numpy(x), F, torch.from_numpy(g), F, eps, F)
+    _eq(sfu_np.rmsnorm(x, F, g, F, eps, F), want)
+    _eq(sfu_np.rmsnorm(np.repeat(x, 3, axis=0), F, g, F, eps, F), want.repeat_interleave(3, dim=0))
 
 
 @pytest.mark.parametrize("cols", [1, 3, 64, 577, 2048])
