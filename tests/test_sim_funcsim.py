@@ -550,3 +550,13 @@ MV wait=ld wfmt=int8 out=int32 k_blocks=1 n=16 a_addr=8192 b_addr=4096 out_addr=
     w = torch.from_numpy(want[4096:4352].view(np.int8).reshape(16, 16).astype(np.int64))
     assert torch.equal(s.i32(12288, 1, 16), contract.int_matmul(a.to(torch.int64), w))
     assert s.stats.hbm_read == {0: 1024 + 1024 + 512 + 128, 1: 256}
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8-ovp", "w4a8-ovp-down8", "w4a8-int4-gptq"])
+def test_glassllm_presets_bit_exact(preset):
+    """glassllm compiled with each preset and run on the simulator (its numpy SFU ports, one-product
+    requantization, lazily copied weight loads, runtime-patched programs) gives golden QLlama's tokens
+    and every int32 logit, prefill and decode steps."""
+    rep = check_against_golden("glassllm", preset, prompt="The king said", max_new_tokens=8)
+    assert rep["tokens_equal"] and rep["logits_equal"] and rep["max_logit_diff"] == 0, rep["max_logit_diff"]
+    assert len(rep["tokens"]) == 8
