@@ -69,7 +69,10 @@ def _artifact(args, folder: Path):
 
 
 def decode_only(args) -> None:
+    from olivine.sim import funcsim
     from olivine.sim.funcsim import Runtime
+
+    print(f"simulator: {funcsim.__file__}")  # which one ran (a "before" tree may be first on PYTHONPATH)
 
     if args.artifact:
         from olivine.compiler.artifact import read_artifact
