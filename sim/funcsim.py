@@ -301,6 +301,7 @@ class FuncSim:
         # decoded tiles are cached, so the bytes are copied only when something reads the buffer (a tile
         # decode, an ST from it), before an ST overwrites their HBM source, and when a run ends
         self._deferred: list[list[int]] = []
+        self._defer = False  # only inside run(): a handler called on its own leaves its bytes in place
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -448,7 +449,7 @@ class FuncSim:
         if target == "weight":
             if self._deferred:
                 self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
-            if single:
+            if single and self._defer:
                 self._deferred.append([i["buf_addr"], i["buf_addr"] + total, ch, start])
                 self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
                 return
@@ -879,9 +880,11 @@ class FuncSim:
     def run(self, words, program: list | None = None) -> SimStats:
         """Execute a whole program (uint32 words, or ``program``: its decoded instructions); returns this
         run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote."""
+        self._defer = True
         try:
             return self._run(words, program)
         finally:
+            self._defer = False
             self._flush_weight()
 
     def _run(self, words, program: list | None) -> SimStats:

@@ -560,3 +560,11 @@ def test_glassllm_presets_bit_exact(preset):
     rep = check_against_golden("glassllm", preset, prompt="The king said", max_new_tokens=8)
     assert rep["tokens_equal"] and rep["logits_equal"] and rep["max_logit_diff"] == 0, rep["max_logit_diff"]
     assert len(rep["tokens"]) == 8
+
+
+def test_an_ld_executed_on_its_own_writes_the_weight_buffer_at_once():
+    """Outside run() (tests/test_hw_ldst.py steps do_ld one instruction at a time) nothing is deferred."""
+    s = sim()
+    s.hbm[0][:64] = np.arange(64, dtype=np.uint8)
+    s.do_ld(assemble("LD target=weight buf_addr=128 length=64")[0])
+    assert np.array_equal(s.buffers["weight"][128:192], np.arange(64, dtype=np.uint8)) and not s._deferred
