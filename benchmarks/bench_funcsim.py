@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_funcsim.py [--model smollm2] [--preset w4a8-int4] [--tokens 32]
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only [--cache /tmp/olivine-bench]
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --artifact DIR   (an `olivine compile -o DIR`)
 
 Default: compiles the model, prefills a short prompt and decodes greedily on the simulator and on
 golden's QLlama; prints tokens/s of the simulator, whether tokens and int32 logits are identical, and
@@ -11,6 +12,8 @@ the simulator's counts (instructions per unit, HBM bytes per step).
 SmolLM2 takes about a minute); times the decode steps after the prefill, in wall-clock and in CPU
 seconds of this process (the CPU figure is the one to compare on a shared machine), and checks the
 tokens and int32 logits against the first run's, saved next to the artifact (``--reset`` redoes it).
+With ``--artifact DIR`` the artifact is one written by ``olivine compile`` (e.g. the default compile,
+``olivine compile --model smollm2 -o DIR``); the reference is kept in ``--cache`` under DIR's name.
 """
 
 from __future__ import annotations
@@ -66,12 +69,28 @@ def _artifact(args, folder: Path):
 
 
 def decode_only(args) -> None:
+    from olivine.sim import funcsim
     from olivine.sim.funcsim import Runtime
 
-    folder = Path(args.cache) / f"{args.model}-{args.preset}-{args.tokens}"
-    if args.reset and folder.exists():
-        shutil.rmtree(folder)
-    art, ids = _artifact(args, folder / "artifact")
+    print(f"simulator: {funcsim.__file__}")  # which one ran (a "before" tree may be first on PYTHONPATH)
+
+    if args.artifact:
+        from olivine.compiler.artifact import read_artifact
+        from olivine.golden.loaders import load_tokenizer
+
+        art = read_artifact(args.artifact)
+        src = art.meta["model"].get("load") or art.meta["model"].get("source")
+        ids = load_tokenizer(src).encode(args.prompt)
+        folder = Path(args.cache) / f"artifact-{Path(args.artifact).resolve().name}-{args.tokens}"
+        if args.reset and (folder / "reference.npz").exists():
+            (folder / "reference.npz").unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        args.model, args.preset = art.meta["model"]["name"], art.meta["model"]["preset"]
+    else:
+        folder = Path(args.cache) / f"{args.model}-{args.preset}-{args.tokens}"
+        if args.reset and folder.exists():
+            shutil.rmtree(folder)
+        art, ids = _artifact(args, folder / "artifact")
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
     logits = rt.prefill(ids)
     tokens, all_logits = [], [logits]
@@ -103,6 +122,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--decode-only", action="store_true", help="time decode steps from a cached artifact")
     ap.add_argument("--cache", default="/tmp/olivine-bench", help="where --decode-only keeps the artifact")
+    ap.add_argument("--artifact", default=None, help="--decode-only on this compiled artifact directory "
+                    "(olivine compile -o DIR) instead of compiling --model / --preset")
     ap.add_argument("--reset", action="store_true", help="recompile and re-save the reference (--decode-only)")
     args = ap.parse_args()
     (decode_only if args.decode_only else full_check)(args)

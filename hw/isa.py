@@ -112,11 +112,12 @@ class Format:
             assert not used[f.word] & bits, f"overlapping field {f.name} in {self.mnemonic}"
             used[f.word] |= bits
         object.__setattr__(self, "_reserved", tuple(~u & 0xFFFFFFFF for u in used))
+        object.__setattr__(self, "_by_name", {f.name: f for f in self.all_fields})  # field() per executed instruction
 
     def field(self, name: str) -> Field:
-        for f in self.all_fields:
-            if f.name == name:
-                return f
+        f = self._by_name.get(name)
+        if f is not None:
+            return f
         raise IsaError(f"{self.mnemonic} has no field {name!r}; fields: "
                        f"{', '.join(f.name for f in self.fields)}", field=name)
 
@@ -220,6 +221,9 @@ class Instruction:
 
     def enum(self, name: str) -> str:
         """The name of an enum field's value (e.g. ``wfmt`` -> ``"ovp4"``)."""
+        f = self.fmt._by_name.get(name)
+        if f is not None and type(f.kind) is tuple:  # the simulators call this per executed instruction
+            return f.kind[self.values[name]]
         f = self.fmt.field(name)
         if not isinstance(f.kind, tuple):
             raise IsaError(f"{self.mnemonic}.{name} is not an enum field", field=name)
@@ -331,6 +335,21 @@ def decode_one(words, offset: int = 0) -> Instruction:
                            offset=offset + i, field="reserved", cause="reserved")
     _semantic_check(fmt, values, offset)
     return Instruction(fmt, values)
+
+
+def with_fields(inst: Instruction, values: dict, offset: int = 0) -> Instruction:
+    """What :func:`decode_one` returns once ``values`` (field name -> int) are written into the words of
+    ``inst`` (a decoded instruction at word ``offset``): the same range / count / enum checks of the
+    written fields, in field order, with the same :class:`IsaError` messages, and the same semantic rule.
+    The run time patches a few fields of a decoded program this way instead of re-decoding it."""
+    fmt = inst.fmt
+    merged = dict(inst.values)
+    merged.update(values)
+    for f in fmt.all_fields:
+        if f.name in values and f.name != "opcode":
+            _check(fmt, f, merged[f.name], offset + f.word)
+    _semantic_check(fmt, merged, offset)
+    return Instruction(fmt, merged)
 
 
 def decode_program(words) -> list[Instruction]:

@@ -4,9 +4,10 @@ The machine: HBM channels (byte arrays), the on-chip buffers of one core (the da
 activation buffer followed by the global buffer, the weight, bias and meta buffers) and four
 in-order unit queues (LD, ST, MPE, SFU) synchronised by wait/release tokens. Every instruction
 does exactly what docs/isa.md "Semantics" says; MM/MV use golden/contract.py's integer ops and
-MISC golden/sfu.py's, so a compiled model is bit-exact with golden/qmodel.py. An instruction that
-breaks one of the "Validity" rules there raises :class:`SimError` before it changes any state
-(field rules) or when the offending value is read (data rules); no other exception escapes.
+MISC golden/sfu.py's (as sim/sfu_np.py's numpy ports, equal to golden's bit for bit), so a compiled
+model is bit-exact with golden/qmodel.py. An instruction that breaks one of the "Validity" rules
+there raises :class:`SimError` before it changes any state (field rules) or when the offending value
+is read (data rules); no other exception escapes.
 
 Scheduling: each unit runs ahead as far as its tokens allow (LD first), which exposes a missing
 token as a wrong result or a deadlock; a deadlock raises :class:`DeadlockError` naming the
@@ -27,6 +28,8 @@ from olivine.hw import isa
 from olivine.compiler.asm import disassemble_one
 from olivine.golden import contract, fixed, ovp, sfu
 from olivine.golden.ovp_format import get_format
+
+from . import sfu_np
 
 __all__ = ["FuncSim", "SimError", "DeadlockError", "SimStats", "Runtime", "run_main", "check_against_golden"]
 
@@ -160,9 +163,27 @@ def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.n
     kdim = max(a.shape[-1], 1)
     amax = amax_bound if amax_bound is not None else (int(np.abs(a).max()) if a.size else 0)
     wmax = 128 if w.dtype == np.int8 else (int(np.abs(w).max()) if w.size else 0)
+    if amax * wmax * kdim < 1 << 31:  # exact in float64 and no partial sum can wrap
+        return (a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int32)
     if amax * wmax * kdim < 1 << 53:
         return _wrap32(np.rint(a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int64))
     return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
+
+
+def _requantize_direct(x: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, lo: int, hi: int):
+    """:func:`requantize_exact` of ``x = acc * mantissa`` (int64) in one product, or None where it does
+    not apply: when every shift s = shift - exponent lies in [0, 62] (no clamp of s acts), max|x| is at
+    most 2**min(s + 2, 61) (the input clamp does not act) and max|x| * max(mult) < 2**62, the product
+    x * mult and x * mult + 2**(s-1) fit int64, so round_shift(x * mult, s) is that sum shifted right:
+    the same integers as the split rule, in a few numpy passes (most requantizations of a model)."""
+    s = shift - exponent
+    s_min, s_max = int(s.min()), int(s.max())
+    if s_min < 0 or s_max > 62:
+        return None
+    amax = int(np.abs(x).max()) if x.size else 0
+    if amax > 1 << min(s_min + 2, 61) or amax * int(mult.max()) >= 1 << 62:
+        return None
+    return np.minimum(np.maximum((x * mult + ((np.int64(1) << s) >> 1)) >> s, lo), hi)
 
 
 def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa,
@@ -178,6 +199,9 @@ def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, expon
     x = acc.astype(np.int64)
     if mantissa is not None:
         x = x * mantissa
+    direct = _requantize_direct(x, mult, shift, exponent, lo, hi)
+    if direct is not None:
+        return direct
     s = np.minimum(np.maximum(shift - exponent, -1), 62)
     lim = np.left_shift(np.int64(1), np.minimum(s + 2, 61))
     x = np.minimum(np.maximum(x, -lim), lim)
@@ -199,18 +223,27 @@ def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarr
     """
     xi = x.astype(np.int64)
     amax = np.abs(xi).max(axis=-1, keepdims=True) if xi.shape[-1] else np.zeros((xi.shape[0], 1), np.int64)
-    bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
     if pow2:
+        bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
         e0 = np.maximum(bl - 7, 0)
         e = e0 + (((amax + ((np.int64(1) << e0) >> 1)) >> e0) > contract.INT8_QMAX)  # round_shift(amax, e0) > 127
         q = np.where(e > 0, (xi + ((np.int64(1) << e) >> 1)) >> e, xi)
         m = np.ones_like(amax)
-    else:
-        e = np.maximum(bl - 8, 0)
-        m = np.maximum((amax + (np.int64(1) << e) - 1) >> e, 1)
-        r = (contract.INT8_QMAX << contract.RECIP_BITS) // m
-        s = contract.RECIP_BITS + e
-        q = (xi * r + (np.int64(1) << (s - 1))) >> s
+    else:  # the per-row scale in Python ints (rows are few: a decode step quantizes one token)
+        e_l, m_l, r_l, s_l = [], [], [], []
+        for a in amax.reshape(-1).tolist():
+            e1 = max(a.bit_length() - 8, 0)
+            m1 = max((a + (1 << e1) - 1) >> e1, 1)
+            e_l.append(e1)
+            m_l.append(m1)
+            r_l.append((contract.INT8_QMAX << contract.RECIP_BITS) // m1)
+            s_l.append(contract.RECIP_BITS + e1)
+        e, m = np.array(e_l, dtype=np.int64), np.array(m_l, dtype=np.int64)
+        if len(r_l) == 1:
+            q = (xi * r_l[0] + (1 << (s_l[0] - 1))) >> s_l[0]
+        else:
+            r, sh = np.array(r_l, dtype=np.int64).reshape(-1, 1), np.array(s_l, dtype=np.int64).reshape(-1, 1)
+            q = (xi * r + (np.int64(1) << (sh - 1))) >> sh
     q = np.minimum(np.maximum(q, -contract.INT8_QMAX), contract.INT8_QMAX)
     return q.astype(np.int8), e.reshape(-1).astype(np.int8), m.reshape(-1).astype("<u2")
 
@@ -263,6 +296,12 @@ class FuncSim:
         # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
         # of them clears the cache)
         self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
+        # weight-buffer bytes an LD wrote but that are not copied yet, as disjoint pieces
+        # [buffer lo, buffer hi, channel, hbm address]: a decode step streams ~70 MB of weights whose
+        # decoded tiles are cached, so the bytes are copied only when something reads the buffer (a tile
+        # decode, an ST from it), before an ST overwrites their HBM source, and when a run ends
+        self._deferred: list[list[int]] = []
+        self._defer = False  # only inside run(): a handler called on its own leaves its bytes in place
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -288,16 +327,21 @@ class FuncSim:
     def i32(self, addr: int, rows: int, cols: int, pitch: int | None = None, what="operand") -> torch.Tensor:
         return torch.from_numpy(self.i32_np(addr, rows, cols, pitch, what))
 
-    def put_i32(self, addr: int, t: torch.Tensor, pitch: int | None = None, what="result") -> None:
+    def put_i32(self, addr: int, t, pitch: int | None = None, what="result") -> None:
+        """Write the int32 matrix ``t`` [rows, cols] (torch tensor or numpy array) at ``addr``."""
         rows, cols = t.shape
         pitch = cols if pitch is None else pitch
-        arr = t.to(torch.int32).numpy().astype("<i4")
+        arr = t if isinstance(t, np.ndarray) and t.dtype == np.int32 else \
+            (np.asarray(t, dtype=np.int32) if isinstance(t, np.ndarray) else t.to(torch.int32).numpy())
         if addr % 4:
             raise SimError(f"{what}: int32 data at unaligned address {addr}")
         n = 4 * ((rows - 1) * pitch + cols)
-        self._slice(self.data, addr, n, what)
+        out = self._slice(self.data, addr, n, what)
+        if pitch == cols or rows == 1:  # one contiguous run of bytes
+            out.view("<i4")[:] = arr.reshape(-1)
+            return
         view = self.data[addr: addr + 4 * rows * pitch] if addr + 4 * rows * pitch <= len(self.data) else None
-        if pitch == cols or view is None:
+        if view is None:  # the last row's pitch padding would leave the data space: row by row
             for r in range(rows):
                 o = addr + 4 * r * pitch
                 self.data[o: o + 4 * cols] = arr[r].view(np.uint8)
@@ -358,6 +402,28 @@ class FuncSim:
             del src[a]
         src[addr] = source
 
+    def _flush_weight(self) -> None:
+        """Copy the deferred weight-buffer bytes (the buffer then holds what every LD wrote)."""
+        if self._deferred:
+            buf = self.buffers["weight"]
+            for lo, hi, ch, h in self._deferred:
+                buf[lo:hi] = self.hbm[ch][h: h + hi - lo]
+            self._deferred = []
+
+    def _trim_deferred(self, lo: int, hi: int) -> list[list[int]]:
+        """The deferred pieces without the bytes [lo, hi) (which a later write replaces)."""
+        out = []
+        for e in self._deferred:
+            a, b = e[0], e[1]
+            if b <= lo or a >= hi:
+                out.append(e)
+                continue
+            if a < lo:
+                out.append([a, lo, e[2], e[3]])
+            if b > hi:
+                out.append([hi, b, e[2], e[3] + (hi - a)])
+        return out
+
     def do_ld(self, i):
         target = i.enum("target")
         length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
@@ -365,6 +431,8 @@ class FuncSim:
         dst = self._slice(self._space(target), i["buf_addr"], total, f"LD into {target}")  # before any burst
         if i["zero_fill"]:
             self._forget_source(target, i["buf_addr"], total, None)
+            if target == "weight" and self._deferred:
+                self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
             dst[:] = 0
             return
         ch = i["channel"]
@@ -373,12 +441,22 @@ class FuncSim:
         last = i["hbm_addr"] + (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2  # strides are unsigned
         if last + length > len(mem):
             raise SimError(f"LD reads bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
-        starts = self._bursts(i) if n0 * n1 * n2 > 1 else np.array([i["hbm_addr"]])
+        single = n0 * n1 * n2 == 1
+        start = i["hbm_addr"]
         # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
-        self._forget_source(target, i["buf_addr"], total, (ch, int(starts[0]), total) if len(starts) == 1 else None)
-        if len(starts) == 1:
-            dst[:] = mem[starts[0]: starts[0] + length]
+        if target in self._src:
+            self._forget_source(target, i["buf_addr"], total, (ch, start, total) if single else None)
+        if target == "weight":
+            if self._deferred:
+                self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
+            if single and self._defer:
+                self._deferred.append([i["buf_addr"], i["buf_addr"] + total, ch, start])
+                self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
+                return
+        if single:
+            dst[:] = mem[start: start + length]
         else:
+            starts = self._bursts(i)
             idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
             dst[:] = mem[idx]
         self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
@@ -392,6 +470,9 @@ class FuncSim:
         last = i["hbm_addr"] + (n0 - 1) * stride
         if last + length > len(mem):  # checked before any byte is written
             raise SimError(f"ST writes bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
+        if self._deferred and (source == "weight" or any(
+                c == ch and h < last + length and i["hbm_addr"] < h + b - a for a, b, c, h in self._deferred)):
+            self._flush_weight()  # the ST reads the weight buffer, or overwrites a deferred piece's source
         for k in range(n0):
             a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
@@ -406,6 +487,7 @@ class FuncSim:
         16 * meta_addr, kept values from the weight buffer at b_addr (docs/isa.md "Semantics")."""
         if n % 16:
             raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
+        self._flush_weight()
         wfmt = i.enum("wfmt")
         meta = self.buffers["meta"]
         base = 16 * i["meta_addr"]
@@ -451,6 +533,7 @@ class FuncSim:
 
     def weights(self, i, n: int, k: int) -> torch.Tensor:
         """Decode the weight tile at b_addr into integer grid values [n, k] (int16)."""
+        self._flush_weight()
         wfmt = i.enum("wfmt")
         row = k if wfmt == "int8" else k // 2
         raw = self._slice(self.buffers["weight"], i["b_addr"], n * row, "MM weights")
@@ -472,13 +555,20 @@ class FuncSim:
             raise SimError(f"{what}: a row mantissa is {int(mant.max())}; mantissas are at most {MAX_MANTISSA}")
 
     @staticmethod
-    def _multipliers(mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> contract.Multiplier:
-        """Multipliers from (uint32 multiplier, int32 shift) words; a multiplier's bit 31 must be 0."""
+    def _multipliers_np(mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(multipliers, shifts) as int64 from (uint32 multiplier, int32 shift) words; a multiplier's
+        bit 31 must be 0."""
         mult = _u32(mult_word)
-        if (mult >= 1 << 31).any():
+        if int(mult.max()) >= 1 << 31:
             r = int(np.argmax(mult >= 1 << 31))
             raise SimError(f"{what} {r}: multiplier {int(mult[r])} has bit 31 set; multipliers are below 2**31")
-        return contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(shift_word.astype(np.int64)))
+        return mult, shift_word.astype(np.int64)
+
+    @classmethod
+    def _multipliers(cls, mult_word: np.ndarray, shift_word: np.ndarray, what: str) -> contract.Multiplier:
+        """:meth:`_multipliers_np` as golden's Multiplier."""
+        mult, shift = cls._multipliers_np(mult_word, shift_word, what)
+        return contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(shift))
 
     def check_mpe(self, i) -> None:
         """The field rules of MM/MV (docs/isa.md "Validity"), checked before any operand is read."""
@@ -582,19 +672,19 @@ class FuncSim:
         if v["accumulate"]:
             acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
         if out_fmt == "int32":
-            self.put_i32(v["out_addr"], torch.from_numpy(np.ascontiguousarray(acc, dtype=np.int32)), ldo, "MM output")
+            self.put_i32(v["out_addr"], np.ascontiguousarray(acc, dtype=np.int32), ldo, "MM output")
             return
         # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
             self._check_mantissas(part, what)
-        mult = self._multipliers(ent[:, 1], ent[:, 2], "requantization entry")
+        mult, shift = self._multipliers_np(ent[:, 1], ent[:, 2], "requantization entry")
         lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out_fmt == "fixed32" else (-contract.INT8_QMAX,
                                                                                          contract.INT8_QMAX)
-        y = requantize_exact(acc, mult.mult.numpy(), mult.shift.numpy(), exp, mant, lo, hi)
+        y = requantize_exact(acc, mult, shift, exp, mant, lo, hi)
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
                 y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
-            self.put_i32(v["out_addr"], torch.from_numpy(y.astype(np.int32)), ldo, "MM output")
+            self.put_i32(v["out_addr"], y.astype(np.int32), ldo, "MM output")
         else:
             y = y.astype(np.int8)
             dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
@@ -692,26 +782,26 @@ class FuncSim:
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
         s0, s1, dst = i["src0"], i["src1"], i["dst"]
         if op in ("add", "mul", "swiglu"):
-            a, b = self.i32(s0, rows, cols), self.i32(s1, rows, cols)
-            y = {"add": lambda: sfu.add(a, b), "mul": lambda: sfu.mul(a, b, F, F, F),
-                 "swiglu": lambda: sfu.swiglu(a, b, F, F, F)}[op]()
+            a, b = self.i32_np(s0, rows, cols), self.i32_np(s1, rows, cols)
+            y = sfu_np.add(a, b) if op == "add" else (sfu_np.mul(a, b, F, F, F) if op == "mul"
+                                                      else sfu_np.swiglu(a, b, F, F, F))
             self.put_i32(dst, y)
         elif op == "silu":
-            self.put_i32(dst, sfu.silu(self.i32(s0, rows, cols), F, F))
+            self.put_i32(dst, sfu_np.silu(self.i32_np(s0, rows, cols), F, F))
         elif op == "copy":
-            self.put_i32(dst, self.i32(s0, rows, cols))
+            self.put_i32(dst, self.i32_np(s0, rows, cols))
         elif op == "rmsnorm":
-            x = self.i32(s0, rows, cols)
+            x = self.i32_np(s0, rows, cols)
             tab = self._table(s1, 4 * cols + 16, "norm parameters").view("<i4")
-            gamma = torch.from_numpy(tab[:cols].astype(np.int32))
+            gamma = tab[:cols]
             em, es = int(tab[cols:cols + 1].view(np.uint32)[0]), int(tab[cols + 1])
             if em >= 1 << 31 or not 0 <= es <= 62:
                 raise SimError(f"norm eps multiplier {em} / shift {es}: the multiplier must be below 2**31 and the "
                                "shift in 0..62")
             eps = math.ldexp(float(em), -es)
-            self.put_i32(dst, sfu.rmsnorm(x, F, gamma, F, eps, F))
+            self.put_i32(dst, sfu_np.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
-            x = self.i32(s0, rows, cols)
+            x = self.i32_np(s0, rows, cols)
             if s1 % 8:
                 raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
             rec = self._slice(self.data, s1, 48, "RoPE parameters")
@@ -726,15 +816,15 @@ class FuncSim:
             if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
                 raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
             per = max(1, imm >> 16)
-            pos = (imm & 0xFFFF) + torch.arange(rows) // per
-            self.put_i32(dst, rope_padded(x, pos, theta, hd, scaling))
+            pos = (imm & 0xFFFF) + np.arange(rows) // per
+            self.put_i32(dst, rope_padded_np(x, pos, theta, hd, scaling))
         elif op == "softmax":
-            s = self.i32(s0, rows, cols)
+            sc = self.i32_np(s0, rows, cols)
             mask = None
             if i["mask"]:
-                qpos = (imm & 0xFFFF) + torch.arange(rows) % max(1, imm >> 16)
-                mask = torch.arange(cols)[None, :] <= qpos[:, None]
-            self.put_i32(dst, sfu.softmax(s, F, mask, F))
+                qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+                mask = np.arange(cols)[None, :] <= qpos[:, None]
+            self.put_i32(dst, sfu_np.softmax(sc, F, mask, F))
         elif op == "vshift":
             p = self.i32_np(s0, rows, cols).astype(np.int64)
             raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
@@ -745,8 +835,11 @@ class FuncSim:
             e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
             shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
             # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
-            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
-                            >> np.minimum(shift, 62))
+            if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
+                p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
+            else:
+                p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                                >> np.minimum(shift, 62))
             self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
             out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
@@ -785,54 +878,81 @@ class FuncSim:
 
     # ---- the unit queues ---------------------------------------------------------------------
     def run(self, words, program: list | None = None) -> SimStats:
-        """Execute a whole program (uint32 words); returns this run's statistics."""
+        """Execute a whole program (uint32 words, or ``program``: its decoded instructions); returns this
+        run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote."""
+        self._defer = True
+        try:
+            return self._run(words, program)
+        finally:
+            self._defer = False
+            self._flush_weight()
+
+    def _run(self, words, program: list | None) -> SimStats:
         t0 = time.perf_counter()
         before = SimStats()
         before.add(self.stats)
         prog = program if program is not None else isa.decode_program(words)
         queues = [[], [], [], []]
+        unit_of = {name: k for k, name in enumerate(isa.UNITS)}
         for idx, inst in enumerate(prog):
-            if inst.fmt.unit == "all":
+            unit = inst.fmt.unit
+            if unit == "all":
                 for q in queues:
                     q.append(idx)
             else:
-                queues[isa.UNITS.index(inst.fmt.unit)].append(idx)
+                queues[unit_of[unit]].append(idx)
         head = [0, 0, 0, 0]
         done = [False] * 4
-        tokens = [[0] * 4 for _ in range(4)]  # [from][to]
+        into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
         handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
         counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
         while not all(done):
             progress = False
+            at_sys = 0  # units whose next instruction is a SYS
             for u in range(4):
+                if done[u]:
+                    continue
                 queue, unit_name = queues[u], isa.UNITS[u]
-                while not done[u] and head[u] < len(queue):
-                    idx = queue[head[u]]
+                into_u, h, n = into[u], head[u], len(queue)
+                while h < n:  # the unit runs ahead as far as its tokens allow
+                    idx = queue[h]
                     inst = prog[idx]
                     mnemonic = inst.fmt.mnemonic
                     if mnemonic == "SYS":
+                        at_sys += 1
                         break
-                    need = _MASK_UNITS[inst.values["wait"]]
-                    if any(tokens[v][u] < 1 for v in need):
-                        break
-                    for v in need:
-                        tokens[v][u] -= 1
+                    values = inst.values
+                    wait = values["wait"]
+                    if wait:
+                        need = _MASK_UNITS[wait]
+                        blocked = False
+                        for v in need:
+                            if into_u[v] < 1:
+                                blocked = True
+                                break
+                        if blocked:
+                            break
+                        for v in need:
+                            into_u[v] -= 1
                     try:
                         handlers[mnemonic](inst)
                     except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
                         offsets = isa.program_offsets(prog)
                         raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
                             from None
-                    for w in _MASK_UNITS[inst.values["release"]]:
-                        tokens[u][w] += 1
+                    release = values["release"]
+                    if release:
+                        for w in _MASK_UNITS[release]:
+                            into[w][u] += 1
                     counts[unit_name] += 1
                     by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
-                    head[u] += 1
+                    h += 1
+                    head[u] = h
                     progress = True
                 if head[u] >= len(queue):
                     done[u] = True
-            # SYS: every unit that is not done must sit on the same SYS instruction
-            at = [queues[u][head[u]] if not done[u] else None for u in range(4)]
+            # SYS: all four units must sit on the same SYS instruction
+            at = [queues[u][head[u]] if not done[u] else None for u in range(4)] if at_sys == 4 else ()
             live = [a for a in at if a is not None]
             if live and all(a is not None for a in at) and len(set(live)) == 1 and prog[live[0]].mnemonic == "SYS":
                 sys_inst = prog[live[0]]
@@ -849,7 +969,7 @@ class FuncSim:
                         continue
                     idx = queues[u][head[u]]
                     inst = prog[idx]
-                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and tokens[v][u] < 1]
+                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and into[u][v] < 1]
                     why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
                     lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {isa.program_offsets(prog)[idx]} "
                                  f"({disassemble_one(inst)}) {why}")
@@ -869,20 +989,25 @@ class FuncSim:
         return run
 
 
-def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int, scaling=None) -> torch.Tensor:
-    """RoPE ("half") of rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
+def rope_padded_np(x: np.ndarray, pos: np.ndarray, theta: float, head_dim: int, scaling=None) -> np.ndarray:
+    """RoPE ("half") of int32 rows ``x [rows, cols]`` holding a head of ``head_dim`` padded to ``cols``: the
     halves sit at ``[0, hd/2)`` and ``[cols/2, cols/2 + hd/2)`` (compiler.spec.head_index); padded
     lanes are zero and stay zero. ``scaling``: LLaMA-3 frequency rescaling (golden.sfu.rope)."""
     cols = x.shape[-1]
     if head_dim == cols:
-        return sfu.rope(x, pos, F, theta, cols, style="half", scaling=scaling)
+        return sfu_np.rope_half(x, pos, F, theta, cols, scaling)
     if head_dim > cols or head_dim % 2 or cols % 2:
         raise SimError(f"rope: head_dim {head_dim} in the RoPE record does not fit rows of {cols}")
     h, hp = head_dim // 2, cols // 2
-    lanes = torch.cat([torch.arange(h), hp + torch.arange(h)])
-    out = torch.zeros_like(x)
-    out[:, lanes] = sfu.rope(x[:, lanes].contiguous(), pos, F, theta, head_dim, style="half", scaling=scaling)
+    lanes = np.concatenate([np.arange(h), hp + np.arange(h)])
+    out = np.zeros_like(x)
+    out[:, lanes] = sfu_np.rope_half(np.ascontiguousarray(x[:, lanes]), pos, F, theta, head_dim, scaling)
     return out
+
+
+def rope_padded(x: torch.Tensor, pos: torch.Tensor, theta: float, head_dim: int, scaling=None) -> torch.Tensor:
+    """:func:`rope_padded_np` of torch tensors."""
+    return torch.from_numpy(rope_padded_np(x.numpy(), pos.numpy(), theta, head_dim, scaling))
 
 
 # ---- the runtime moved to sim/runtime.py; these names stay importable from here ----------------

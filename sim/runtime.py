@@ -47,8 +47,8 @@ class Runtime:
         self.programs = programs
         self.info = meta["programs"]
         self.sim = FuncSim(config, lay["channel_bytes"], image)
-        self._decoded: dict[str, list] = {}  # program name -> decoded template (patched entries re-decoded)
-        self._idx: dict[str, dict] = {}  # program name -> word offset -> instruction index
+        self._decoded: dict[str, list] = {}  # program name -> decoded template (patched per run: _patched)
+        self._idx: dict[str, tuple] = {}  # program name -> patch plan (offset -> index, fields, offsets)
         self.length = 0
         self.last_stats: SimStats | None = None
 
@@ -99,28 +99,51 @@ class Runtime:
                        f"{option} {length} or more")
 
     def _execute(self, name: str, env: dict) -> torch.Tensor:
-        from olivine.compiler.compile import apply_patches
-
         words = self.programs[name]
         patches = self.info[name]["patches"]
         if name not in self._decoded:
             self._decoded[name] = isa.decode_program(words)
-        prog = list(self._decoded[name])
-        patched = apply_patches(words, patches, env)
-        if patches:
-            if name not in self._idx:
-                self._idx[name] = {off: k for k, off in enumerate(isa.program_offsets(prog))}
-            index = self._idx[name]
-            for off in {p["offset"] for p in patches}:
-                prog[index[off]] = isa.decode_one(patched, off)
+        prog = self._patched(name, patches, env) if patches else self._decoded[name]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # per-instruction tensors are small: intra-op threads only add overhead
         try:
-            self.last_stats = self.sim.run(patched, prog)
+            self.last_stats = self.sim.run(None, prog)
         finally:
             torch.set_num_threads(threads)
         raw = self.sim.hbm[0][self.io_base: self.io_base + 4 * self.vocab]
         return torch.from_numpy(raw.view("<i4").astype(np.int32).copy())
+
+    def _patched(self, name: str, patches: list[dict], env: dict) -> list:
+        """The decoded program with its run-time fields set from ``env``: the decoded template's values
+        patched in place of re-decoding the words (the result equals ``isa.decode_program`` of
+        ``apply_patches(words, patches, env)``, and so do the errors: apply_patches' CompileError for a
+        missing variable or a value that does not fit, then the decoder's IsaError of each patched
+        instruction, in the same order)."""
+        from olivine.compiler.compile import CompileError
+
+        plan = self._idx.get(name)
+        if plan is None:
+            prog = self._decoded[name]
+            index = {off: k for k, off in enumerate(isa.program_offsets(prog))}
+            fields = [(p, isa.BY_MNEMONIC[p["mnemonic"]].field(p["field"])) for p in patches]
+            plan = self._idx[name] = (index, fields, list({p["offset"] for p in patches}))
+        index, fields, offsets = plan
+        prog = list(self._decoded[name])
+        values: dict[int, dict] = {}
+        for p, f in fields:  # apply_patches' loop, its checks and messages
+            try:
+                value = p["base"] + p["scale"] * int(env[p["var"]])
+            except KeyError:
+                raise CompileError(f"patch of {p['mnemonic']}.{p['field']} at word {p['offset']} needs {p['var']!r}, "
+                                   "which the run time did not provide") from None
+            if not 0 <= value <= f.max:
+                raise CompileError(f"patched {p['mnemonic']}.{p['field']} = {value} does not fit {f.width} bits "
+                                   f"(word {p['offset']})")
+            values.setdefault(p["offset"], {})[f.name] = value
+        for off in offsets:  # the decoder's checks of each patched instruction
+            k = index[off]
+            prog[k] = isa.with_fields(prog[k], values[off], off)
+        return prog
 
     def prefill(self, tokens) -> torch.Tensor:
         """Run the prompt (fresh cache); int32 logits (16 fractional bits) of its last token."""

@@ -66,3 +66,31 @@ def test_encoder_errors_have_no_decoder_code():
         isa.make("LDX")
     with pytest.raises(ValueError, match="not a decoder error"):
         isa.error_code(info.value)
+
+
+def test_with_fields_equals_decoding_the_written_words():
+    words = _program_words()
+    prog = isa.decode_program(words)
+    offsets = isa.program_offsets(prog)
+    mv = prog[1]
+    for values in ({"n": 77, "k_blocks": 3}, {"a_addr": 1234, "out_addr": 99, "wait": 5}):
+        w = words.copy()
+        for name, v in values.items():
+            f = mv.fmt.field(name)
+            w[offsets[1] + f.word] = (int(w[offsets[1] + f.word]) & ~(f.max << f.lsb) & 0xFFFFFFFF) | (v << f.lsb)
+        want = isa.decode_one(w, offsets[1])
+        got = isa.with_fields(mv, values, offsets[1])
+        assert got.values == want.values and got.fmt is want.fmt
+    for values, cause, field in (({"k_blocks": 0}, "count", "k_blocks"), ({"m": 2}, "mv_rows", "m")):
+        with pytest.raises(isa.IsaError) as info:
+            isa.with_fields(mv, values, offsets[1])
+        w = words.copy()
+        f = mv.fmt.field(field)
+        w[offsets[1] + f.word] &= ~(f.max << f.lsb) & 0xFFFFFFFF
+        w[offsets[1] + f.word] |= values[field] << f.lsb
+        with pytest.raises(isa.IsaError) as want:
+            isa.decode_one(w, offsets[1])
+        assert (str(info.value), info.value.cause, info.value.field) == (str(want.value), cause, field)
+    sm = prog[2]
+    with pytest.raises(isa.IsaError, match="enum value 15 out of range"):
+        isa.with_fields(sm, {"op": 15}, offsets[2])

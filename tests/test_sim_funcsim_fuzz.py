@@ -392,3 +392,53 @@ def test_quantize_rows_ovp4_equals_contract(rows, pairs, normal, rng):
     got = quantize_rows_ovp4(x.numpy(), int(m.mult), int(m.shift), normal)
     want = ovp.encode(contract.quantize_act_ovp4(x, 16, alpha, normal).values, normal).numpy()
     assert np.array_equal(got, want)
+
+
+@fuzz_settings(200)
+@given(st.integers(1, 4), st.integers(1, 64), st.sampled_from(["int32", "int8"]), st.booleans(),
+       st.randoms(use_true_random=False))
+def test_requantize_direct_path_equals_contract_requantize(m, n, out, with_mantissa, rng):
+    """The one-product path of requantize_exact (taken for the magnitudes a model produces: shifts
+    s = shift - e in [0, 62], |acc * mantissa| * mult < 2**62) gives contract.requantize's integers,
+    up to the limits of its conditions (rounding ties included: multipliers and shifts that make them)."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import _requantize_direct, requantize_exact
+
+    bits = rng.choice([4, 12, 20, 31])
+    acc = torch.tensor([rng.randint(-(1 << bits), (1 << bits) - 1) for _ in range(m * n)],
+                       dtype=torch.int64).reshape(m, n).clamp(contract.INT32_MIN, contract.INT32_MAX).to(torch.int32)
+    mult = torch.tensor([rng.choice([1 << 30, (1 << 31) - 1, 0, 1, rng.randint(1 << 30, (1 << 31) - 1)])
+                         for _ in range(n)], dtype=torch.int64)
+    shift = torch.tensor([rng.randint(20, 62) for _ in range(n)], dtype=torch.int64)
+    exp = torch.tensor([[rng.randint(-8, 12)] for _ in range(m)], dtype=torch.int64)
+    mant = torch.tensor([rng.randint(1, 256) for _ in range(m * n)], dtype=torch.int64).reshape(m, n) \
+        if with_mantissa else None
+    want = contract.requantize(acc, contract.Multiplier(mult, shift), exp, mantissa=mant, out=out)
+    lo, hi = (contract.INT32_MIN, contract.INT32_MAX) if out == "int32" else (-127, 127)
+    x = acc.numpy().astype(np.int64) * (1 if mant is None else mant.numpy())
+    direct = _requantize_direct(x, mult.numpy(), shift.numpy(), exp.numpy(), lo, hi)
+    got = requantize_exact(acc.numpy(), mult.numpy(), shift.numpy(), exp.numpy(),
+                           None if mant is None else mant.numpy(), lo, hi)
+    assert np.array_equal(got, want.to(torch.int64).numpy())
+    if direct is not None:
+        assert np.array_equal(direct, want.to(torch.int64).numpy())
+    s = shift.numpy() - exp.numpy()
+    amax = int(np.abs(x).max())
+    if s.min() >= 0 and s.max() <= 62 and amax <= 1 << min(int(s.min()) + 2, 61) and amax * int(mult.max()) < 1 << 62:
+        assert direct is not None  # the fast path is the one taken
+
+
+def test_requantize_direct_path_is_taken_with_ties():
+    """Exact ties (x * mult = (2k + 1) * 2**(s-1)) round half up on the direct path as in the contract."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import _requantize_direct
+
+    acc = torch.tensor([[3, -3, 5, -5, 1, -1, 0, 7]], dtype=torch.int32)
+    mult = torch.full((8,), 1 << 30, dtype=torch.int64)
+    shift = torch.full((8,), 31, dtype=torch.int64)  # x * 2**30 / 2**31 = x / 2: every odd x is a tie
+    exp = torch.zeros((1, 1), dtype=torch.int64)
+    want = contract.requantize(acc, contract.Multiplier(mult, shift), exp).to(torch.int64).numpy()
+    got = _requantize_direct(acc.numpy().astype(np.int64), mult.numpy(), shift.numpy(), exp.numpy(),
+                             contract.INT32_MIN, contract.INT32_MAX)
+    assert got is not None and np.array_equal(got, want)
+    assert want.tolist() == [[2, -1, 3, -2, 1, 0, 0, 4]]

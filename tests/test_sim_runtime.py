@@ -139,3 +139,61 @@ def test_command_line_run_with_ignore_eos(artifact, reference, monkeypatch, caps
     assert "1 token in" in capsys.readouterr().out
     assert cli.main(["run", artifact, "--prompt", PROMPT, "--max-new-tokens", "3", "--ignore-eos"]) == 0
     assert capsys.readouterr().out.startswith(PROMPT + tok.decode(toks[:3]) + "\n")
+
+
+def _decoded_like_before(rt, name, env):
+    """What the runtime executed before patching in place: the patched words, decoded."""
+    from olivine.compiler import isa
+    from olivine.compiler.compile import apply_patches
+
+    return isa.decode_program(apply_patches(rt.programs[name], rt.info[name]["patches"], env))
+
+
+@pytest.mark.parametrize("kind", ["prefill", "decode"])
+def test_patched_program_equals_decoding_the_patched_words(artifact, kind):
+    from olivine.compiler import isa
+    from olivine.compiler.compile import patch_env_decode, patch_env_prefill
+
+    rt = Runtime.from_artifact(artifact)
+    name = rt._buckets(kind)[0][1]
+    patches = rt.info[name]["patches"]
+    assert patches
+    rt._decoded[name] = isa.decode_program(rt.programs[name])
+    envs = ([patch_env_prefill([5, 9, 300], rt.info[name]["bucket"], rt.meta["prefill_rows"], rt.channels),
+             patch_env_prefill([1], rt.info[name]["bucket"], rt.meta["prefill_rows"], rt.channels)]
+            if kind == "prefill" else [patch_env_decode(t, p, rt.channels) for t, p in ((7, 3), (400, 15), (0, 1))])
+    for env in envs:
+        got = rt._patched(name, patches, env)
+        want = _decoded_like_before(rt, name, env)
+        assert [(i.fmt, i.values) for i in got] == [(i.fmt, i.values) for i in want]
+        assert any(a is not b for a, b in zip(got, rt._decoded[name]))  # patched entries are new objects
+
+
+def test_patch_errors_equal_apply_patches_and_the_decoder(artifact):
+    from olivine.compiler import isa
+    from olivine.compiler.compile import CompileError, patch_env_decode
+
+    rt = Runtime.from_artifact(artifact)
+    name = rt._buckets("decode")[0][1]
+    patches = rt.info[name]["patches"]
+    rt._decoded[name] = isa.decode_program(rt.programs[name])
+    bad_envs = [{}, {**patch_env_decode(3, 2, rt.channels), "pos": 1 << 40}]
+    # the compiler patches no count field today: retarget one MISC patch to its count field rows, set to 0
+    # (the decoder's "count" error)
+    misc = next(p for p in patches if p["mnemonic"] == "MISC")
+    assert isa.BY_MNEMONIC["MISC"].field("rows").kind == "count"
+    for env in bad_envs:
+        with pytest.raises(CompileError) as want:
+            _decoded_like_before(rt, name, env)
+        with pytest.raises(CompileError) as got:
+            rt._patched(name, patches, env)
+        assert str(got.value) == str(want.value)
+    env = patch_env_decode(3, 2, rt.channels)
+    zeroing = [dict(p, field="rows", base=-p["scale"] * int(env[p["var"]])) if p is misc else p for p in patches]
+    rt.info[name]["patches"] = zeroing
+    rt._idx.clear()
+    with pytest.raises(isa.IsaError) as want:
+        _decoded_like_before(rt, name, env)
+    with pytest.raises(isa.IsaError) as got:
+        rt._patched(name, zeroing, env)
+    assert str(got.value) == str(want.value) and got.value.cause == want.value.cause == "count"
