@@ -679,7 +679,10 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
 
         calib = calibration_tokens(loaded)
         say = None if quiet else (lambda msg: print(f"olivine compile: {msg}", file=sys.stderr))
-        sens = mixed.sensitivity_cached(loaded, calib, budget_choices(shape), progress=say)
+        try:
+            sens = mixed.model_sensitivity(loaded, budget_choices(shape), progress=say)
+        except ValueError as err:  # no tokenizer, too little text
+            raise CompileError(str(err)) from None
         assignment = mixed.assign(sens, budget)
         qcfg = mixed.budget_config(assignment)
         _check_quant_compilable(qcfg, shape)

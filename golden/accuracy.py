@@ -240,6 +240,13 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
     from .data import calibration_tokens, corpus_tokens, default_eval_tokens
     from .loaders import load_model
 
+    if budgets:  # a budget below the cheapest assignment is refused from the shapes, before any work
+        from . import mixed
+        from .loaders import load_model_config
+
+        shape = load_model_config(model_name)
+        for b in budgets:
+            mixed._refuse_budget(mixed._check_budget(b), mixed.min_budget_bits(shape), f"for {shape.name}")
     loaded = load_model(model_name)
     if loaded.tokenizer is None:
         raise ValueError(f"{model_name}: the checkpoint has no tokenizer; accuracy needs text -> tokens")
@@ -260,7 +267,7 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
     if budgets:
         from . import mixed
 
-        sens = mixed.sensitivity_cached(loaded, calib, progress=say)
+        sens = mixed.model_sensitivity(loaded, progress=say, n_eval=n_tokens)
         for b in budgets:
             a = mixed.assign(sens, b)
             budget_cfgs[mixed.BUDGET_NAME.format(b)] = mixed.budget_config(a)

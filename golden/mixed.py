@@ -10,7 +10,8 @@ Three steps (issue 10, section 1):
        dNLL(linear, choice) = 1/2 * sum_{t, n} g[t, n]**2 * (x[t] . dW[n])**2 / T
 
    x: the linear's float input, g: the gradient of the summed NLL w.r.t. its output (one
-   backward pass of the float model per calibration window), dW = W - W_q with W_q exactly the
+   backward pass of the float model per window of held-out text: the calibration rule's next
+   tokens, because GPTQ's choices look better than they are on the tokens GPTQ fitted), dW = W - W_q with W_q exactly the
    grid golden's quantize_model puts there for that choice (round to nearest, GPTQ with the
    same Hessians, or N:16 pruning then quantization). It is the layer-output error weighted by
    how much the loss cares about each output; it ignores the activation rounding (the same
@@ -51,7 +52,8 @@ from .qconfig import LayerQuant, QuantConfig
 
 __all__ = ["CHOICES", "DEFAULT_CHOICES", "MixedPrecisionError", "Sensitivity", "Assignment", "storage_bytes",
            "decoder_linear_shapes", "measure_sensitivity", "sensitivity_cached", "assign", "min_budget_bits",
-           "budget_config", "quantized_weight", "validate_sensitivity", "BUDGET_NAME"]
+           "budget_config", "quantized_weight", "validate_sensitivity", "BUDGET_NAME", "model_sensitivity",
+           "assignment_of", "config_bits"]
 
 #: The per-linear choices (name -> LayerQuant). Activations are per-token INT8 everywhere (the
 #: compiler's MM/MV path for any weight format). "-gptq": the same grid chosen by GPTQ.
@@ -193,7 +195,7 @@ class _GradRecorder(FloatLlama):
             logits = self.logits_head(x)
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], t[0, 1:], reduction="sum")
             loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
 
 def _windows(tokens, max_len: int) -> list[torch.Tensor]:
@@ -219,7 +221,16 @@ def quantized_weight(weights: LlamaWeights, name: str, lq: LayerQuant, gptq_weig
     return qw.dequantize()[:n, :k]
 
 
-def _identity_key(loaded_or_none, config, weights, choices, calib) -> str:
+def _measuring_source() -> bytes:
+    """The source of what the measurement computes (not the assignment or the docs): the cache key's
+    code part, with golden's quantization sources (qcache.code_version)."""
+    import inspect
+
+    parts = [measure_sensitivity, _GradRecorder, _windows, quantized_weight, storage_bytes, decoder_linear_shapes]
+    return "\n".join(inspect.getsource(p) for p in parts).encode() + repr(sorted(CHOICES.items())).encode()
+
+
+def _identity_key(loaded_or_none, config, weights, choices, calib, score=None) -> str:
     from . import qcache
 
     if loaded_or_none is not None:
@@ -230,18 +241,22 @@ def _identity_key(loaded_or_none, config, weights, choices, calib) -> str:
             h.update(nm.encode())
             h.update(t.detach().contiguous().cpu().numpy().tobytes())
         ident = {"weights_sha256": h.hexdigest()}
-    from pathlib import Path
+    code = hashlib.sha256(qcache.code_version().encode() + _measuring_source()).hexdigest()
 
-    code = hashlib.sha256(qcache.code_version().encode() + Path(__file__).read_bytes()).hexdigest()
-    calib_h = hashlib.sha256(torch.as_tensor(calib).to(torch.int64).numpy().tobytes()).hexdigest()
-    blob = json.dumps({"model": ident, "choices": list(choices), "calib": calib_h, "code": code}, sort_keys=True)
+    def digest(t):
+        return None if t is None else hashlib.sha256(torch.as_tensor(t).to(torch.int64).numpy().tobytes()).hexdigest()
+
+    blob = json.dumps({"model": ident, "choices": list(choices), "calib": digest(calib), "score": digest(score),
+                       "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def measure_sensitivity(config: LlamaConfig, weights: LlamaWeights, calib_tokens, choices=DEFAULT_CHOICES,
-                        progress=None) -> Sensitivity:
-    """Predicted dNLL of every (decoder linear, choice) on ``calib_tokens`` ([T] or [B, T]; rows cut
-    into max_seq_len windows). See the module docstring for the estimate."""
+                        progress=None, score_tokens=None) -> Sensitivity:
+    """Predicted dNLL of every (decoder linear, choice). GPTQ choices are fitted on ``calib_tokens``
+    (as quantize_model fits them); the estimate is scored on ``score_tokens`` (default: the same
+    tokens; golden.data.model_calibration_tokens(held_out=True) for an unbiased one). Both [T] or
+    [B, T], rows cut into max_seq_len windows. See the module docstring for the estimate."""
     import time
 
     from olivine.progress import track
@@ -253,7 +268,7 @@ def measure_sensitivity(config: LlamaConfig, weights: LlamaWeights, calib_tokens
     say = progress or (lambda msg: None)
     shapes = decoder_linear_shapes(config)
     names = list(shapes)
-    windows = _windows(calib_tokens, config.max_seq_len)
+    windows = _windows(calib_tokens if score_tokens is None else score_tokens, config.max_seq_len)
     n_scored = sum(w.numel() - 1 for w in windows)
     if n_scored < 16:
         raise MixedPrecisionError(f"{n_scored} calibration tokens are too few for a sensitivity measurement; "
@@ -290,10 +305,11 @@ def measure_sensitivity(config: LlamaConfig, weights: LlamaWeights, calib_tokens
                        time.perf_counter() - t0)
 
 
-def sensitivity_cached(loaded, calib_tokens, choices=DEFAULT_CHOICES, progress=None) -> Sensitivity:
+def sensitivity_cached(loaded, calib_tokens, choices=DEFAULT_CHOICES, progress=None, score_tokens=None) -> Sensitivity:
     """:func:`measure_sensitivity` of a golden.loaders model through an on-disk cache
     (``$OLIVINE_CACHE/sensitivity/<model>-<key>.json``; key: model identity, choices, calibration
-    tokens, golden's quantization code and this file; ``OLIVINE_NO_CACHE=1`` bypasses it)."""
+    and scoring tokens, golden's quantization sources and the measuring code of this file;
+    ``OLIVINE_NO_CACHE=1`` bypasses it)."""
     import os
     import tempfile
     import warnings
@@ -303,8 +319,8 @@ def sensitivity_cached(loaded, calib_tokens, choices=DEFAULT_CHOICES, progress=N
     choices = _check_choices(choices)
     say = progress or (lambda msg: None)
     if not qcache._enabled():
-        return measure_sensitivity(loaded.config, loaded.weights, calib_tokens, choices, progress)
-    key = _identity_key(loaded, loaded.config, loaded.weights, choices, calib_tokens)
+        return measure_sensitivity(loaded.config, loaded.weights, calib_tokens, choices, progress, score_tokens)
+    key = _identity_key(loaded, loaded.config, loaded.weights, choices, calib_tokens, score_tokens)
     slug = qcache._slug(loaded.config.name)
     path = qcache.cache_root() / "sensitivity" / f"{slug}-{key}.json"
     if path.exists():
@@ -318,7 +334,7 @@ def sensitivity_cached(loaded, calib_tokens, choices=DEFAULT_CHOICES, progress=N
             warnings.warn(f"olivine cache entry {path} is unusable ({err}); rebuilding it", qcache.CacheWarning,
                           stacklevel=2)
             path.unlink(missing_ok=True)
-    sens = measure_sensitivity(loaded.config, loaded.weights, calib_tokens, choices, progress)
+    sens = measure_sensitivity(loaded.config, loaded.weights, calib_tokens, choices, progress, score_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -332,6 +348,16 @@ def sensitivity_cached(loaded, calib_tokens, choices=DEFAULT_CHOICES, progress=N
         raise
     say(f"sensitivity stored in the cache ({path})")
     return sens
+
+
+def model_sensitivity(loaded, choices=DEFAULT_CHOICES, progress=None, n_eval: int | None = None) -> Sensitivity:
+    """The sensitivity ``olivine compile --budget-bits`` and the accuracy table use: GPTQ fitted on
+    golden.data's calibration tokens (as quantize_model fits it), scored on the held-out tokens
+    after them; cached."""
+    from .data import model_calibration_tokens
+
+    return sensitivity_cached(loaded, model_calibration_tokens(loaded, n_eval), choices, progress,
+                              score_tokens=model_calibration_tokens(loaded, n_eval, held_out=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +451,19 @@ def budget_config(assignment: Assignment) -> QuantConfig:
     overrides = {n: CHOICES[c] for n, c in assignment.choice.items()}
     overrides["lm_head"] = _HEAD
     return QuantConfig(CHOICES["int8"], overrides, name=BUDGET_NAME.format(assignment.budget_bits))
+
+
+def config_bits(qcfg: QuantConfig, config: LlamaConfig) -> float:
+    """Average weight bits of the decoder linears under any QuantConfig (storage_bytes' count;
+    fp32 layers count 32 bits)."""
+    shapes = decoder_linear_shapes(config)
+    total = 0
+    for name, lq in qcfg.resolve(list(shapes) + ["lm_head"]).items():
+        if name == "lm_head":
+            continue
+        n, k = shapes[name]
+        total += 4 * n * k if lq.weights == "fp32" else storage_bytes(n, k, lq)
+    return 8 * total / sum(n * k for n, k in shapes.values())
 
 
 def assignment_of(qcfg: QuantConfig, config: LlamaConfig) -> dict[str, str]:

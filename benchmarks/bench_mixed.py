@@ -1,0 +1,184 @@
+"""Mixed precision under a weight-size budget (golden/mixed.py): perplexity vs average weight bits.
+
+For each budget: golden.mixed's assignment (per-linear sensitivity, knapsack), quantized with
+golden's integer model (golden/qmodel.py through the quantized-model cache) and its TRUE
+perplexity on the first N tokens of a corpus (one window of N - 1 targets); the uniform presets
+at their own average bits for comparison. Also the sensitivity proxy against the true NLL increase
+of single-linear substitutions (float model, weight-only) on the same tokens. Bits count what the
+compiler stores per decoder linear (weight values, 16-byte requantization entry per row, sparse
+block table and indices; golden.mixed.storage_bytes); lm_head/embedding (INT8 everywhere) are
+not counted.
+
+    .venv/bin/python benchmarks/bench_mixed.py --model smollm2 --n-tokens 512 \\
+        --budgets 3.5 4 4.5 5 6 8 --json build/mixed.jsonl --figure docs/img/mixed_precision.png --markdown
+    .venv/bin/python benchmarks/bench_mixed.py --replot build/mixed.jsonl --figure docs/img/mixed_precision.png --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+DEFAULT_PRESETS = ("fp32", "w8a8", "w4a8-int4", "w4a8-int4-gptq", "w4a8-ovp", "w4a8-ovp-gptq", "w4a8-ovp-down8",
+                   "w4a8-ovp-8:16")
+
+
+def _validation_pairs(sens, per_choice: int):
+    pairs = []
+    for c in ("ovp4", "ovp4-gptq", "int8-8:16"):
+        if c not in sens.choices:
+            continue
+        ranked = sorted(sens.names, key=lambda n: sens.delta_nll[n][c])
+        picks = [ranked[-1], ranked[len(ranked) // 2], ranked[0]][:per_choice]
+        pairs += [(n, c) for n in picks]
+    return pairs
+
+
+def run(args) -> list[dict]:
+    from olivine.golden import mixed
+    from olivine.golden.accuracy import perplexity
+    from olivine.golden.data import corpus_tokens, model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qcache import quantize_cached
+    from olivine.golden.qconfig import QuantConfig
+
+    out = Path(args.json) if args.json else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("")
+
+    def emit(row):
+        print(json.dumps(row), flush=True)
+        if out:
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    loaded = load_model(args.model)
+    cfg = loaded.config
+    ids = corpus_tokens(args.corpus, loaded.tokenizer, args.n_tokens)
+    calib = model_calibration_tokens(loaded, n_eval=args.n_tokens)
+    t0 = time.perf_counter()
+    sens = mixed.model_sensitivity(loaded, progress=print, n_eval=args.n_tokens)
+    emit({"kind": "sensitivity", "model": cfg.name, "seconds": round(time.perf_counter() - t0, 1),
+          "measured_seconds": round(sens.seconds, 1), "scored_tokens": sens.calib_tokens,
+          "min_budget_bits": mixed.min_budget_bits(cfg, sens.choices),
+          "uniform_predicted_delta_nll": {c: sum(sens.delta_nll[n][c] for n in sens.names) for c in sens.choices}})
+    if args.validate:
+        for r in mixed.validate_sensitivity(cfg, loaded.weights, sens, ids, _validation_pairs(sens, args.validate),
+                                            calib_tokens=calib):
+            emit({"kind": "validation", "model": cfg.name, "corpus": args.corpus, "n_tokens": args.n_tokens, **r})
+    configs = [("preset", p, QuantConfig.preset(p), None) for p in args.presets]
+    for b in args.budgets:
+        a = mixed.assign(sens, b)
+        configs.append(("budget", mixed.BUDGET_NAME.format(b), mixed.budget_config(a), a))
+    fp32_ppl = None
+    for kind, name, qcfg, a in configs:
+        t1 = time.perf_counter()
+        choice = a.choice if a is not None else mixed.assignment_of(qcfg, cfg)
+        predicted = None if any(c is None for c in choice.values()) else \
+            sum(sens.delta_nll[n][c] for n, c in choice.items())
+        model = quantize_cached(loaded, qcfg, calib if qcfg.needs_calibration() else None)
+        ppl = perplexity(model, ids)
+        if name == "fp32":
+            fp32_ppl = ppl
+        counts = {}
+        for c in choice.values():
+            counts[c] = counts.get(c, 0) + 1
+        emit({"kind": kind, "name": name, "model": cfg.name, "corpus": args.corpus, "n_tokens": args.n_tokens,
+              "average_bits": None if qcfg.is_float else mixed.config_bits(qcfg, cfg),
+              "perplexity": ppl, "fp32_perplexity": fp32_ppl,
+              "predicted_delta_nll": predicted,
+              "predicted_perplexity": None if predicted is None or fp32_ppl is None else fp32_ppl * math.exp(predicted),
+              "counts": {k: v for k, v in counts.items() if k is not None}, "seconds": round(time.perf_counter() - t1, 1)})
+    return [json.loads(line) for line in out.read_text().splitlines()] if out else []
+
+
+def figure(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fp32 = next(r["perplexity"] for r in rows if r.get("name") == "fp32")
+    budgets = sorted((r for r in rows if r["kind"] == "budget"), key=lambda r: r["average_bits"])
+    presets = [r for r in rows if r["kind"] == "preset" and r["average_bits"] is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.plot([r["average_bits"] for r in budgets], [r["perplexity"] for r in budgets], "o-", color="C0",
+            label="mixed precision under a budget (measured)")
+    pred = [r for r in budgets if r.get("predicted_perplexity")]
+    ax.plot([r["average_bits"] for r in pred], [r["predicted_perplexity"] for r in pred], "x--", color="C0",
+            alpha=0.5, label="same, predicted by the sensitivity")
+    for r in budgets:
+        ax.annotate(r["name"].replace("budget-", ""), (r["average_bits"], r["perplexity"]), textcoords="offset points",
+                    xytext=(4, 6), fontsize=8, color="C0")
+    ax.plot([r["average_bits"] for r in presets], [r["perplexity"] for r in presets], "s", color="C3",
+            label="uniform presets")
+    for r in presets:
+        ax.annotate(r["name"], (r["average_bits"], r["perplexity"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="C3")
+    ax.axhline(fp32, color="k", ls=":", lw=1, label=f"fp32 ({fp32:.1f})")
+    ax.axvline(3.5, color="C2", ls="--", lw=1, label="FlightLLM average (~3.5 bits)")
+    ax.set_yscale("log")
+    ax.set_xlabel("average weight bits (values + per-row scale entries + sparse metadata)")
+    ax.set_ylabel("perplexity (log scale)")
+    r0 = rows[-1]
+    ax.set_title(f"{r0['model']}: perplexity vs weight bits, {r0['corpus']} first {r0['n_tokens']} tokens "
+                 "(integer model)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    print(f"figure -> {path}")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| configuration | average bits | ppl (measured) | x fp32 | ppl predicted | choices |", "|---|---|---|---|---|---|"]
+    cfgs = [r for r in rows if r["kind"] in ("preset", "budget")]
+    fp32 = next(r["perplexity"] for r in cfgs if r["name"] == "fp32")
+    for r in sorted(cfgs, key=lambda r: (r["average_bits"] or 99, r["kind"])):
+        bits = "32 (float)" if r["average_bits"] is None else f"{r['average_bits']:.3f}"
+        pred = f"{r['predicted_perplexity']:.2f}" if r.get("predicted_perplexity") else "-"
+        counts = ", ".join(f"{c} x{n}" for c, n in sorted(r["counts"].items(), key=lambda kv: -kv[1])) \
+            if r["kind"] == "budget" else ""
+        lines.append(f"| {r['name']} | {bits} | {r['perplexity']:.2f} | {r['perplexity'] / fp32:.2f} | {pred} | {counts} |")
+    val = [r for r in rows if r["kind"] == "validation"]
+    if val:
+        lines += ["", "| linear | choice | predicted dNLL | measured dNLL |", "|---|---|---|---|"]
+        lines += [f"| {r['linear']} | {r['choice']} | {r['predicted']:.4f} | {r['measured']:.4f} |" for r in val]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--corpus", default="lee")
+    p.add_argument("--n-tokens", type=int, default=512)
+    p.add_argument("--budgets", type=float, nargs="*", default=[3.5, 4.0, 4.5, 5.0, 6.0, 8.0])
+    p.add_argument("--presets", nargs="*", default=list(DEFAULT_PRESETS))
+    p.add_argument("--validate", type=int, default=3, help="linears per choice in the proxy validation (0: none)")
+    p.add_argument("--json", default=None, help="write the rows as JSON lines here")
+    p.add_argument("--replot", default=None, help="draw/print from an earlier --json file instead of measuring")
+    p.add_argument("--figure", default=None)
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args(argv)
+    if args.replot:
+        rows = [json.loads(line) for line in Path(args.replot).read_text().splitlines()]
+    else:
+        if "fp32" not in args.presets:
+            args.presets = ["fp32", *args.presets]
+        rows = run(args)
+    if args.figure:
+        figure(rows, args.figure)
+    if args.markdown:
+        print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
