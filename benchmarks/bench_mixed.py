@@ -10,8 +10,8 @@ block table and indices; golden.mixed.storage_bytes); lm_head/embedding (INT8 ev
 not counted.
 
     .venv/bin/python benchmarks/bench_mixed.py --model smollm2 --n-tokens 1024 \\
-        --budgets 3.5 4 4.5 5 6 8 --json build/mixed.jsonl --figure docs/img/mixed_precision.png --markdown
-    .venv/bin/python benchmarks/bench_mixed.py --replot build/mixed.jsonl --figure docs/img/mixed_precision.png --markdown
+        --budgets 3.5 4 4.5 5 6 8 --json build/mixed.jsonl --figure docs/figures/mixed_precision.png --markdown
+    .venv/bin/python benchmarks/bench_mixed.py --replot build/mixed.jsonl --figure docs/figures/mixed_precision.png --markdown
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ DEFAULT_PRESETS = ("fp32", "w8a8", "w4a8-ovp", "w4a8-ovp-gptq", "w4a8-int4", "w4
                    "w4a8-ovp-8:16")
 
 
-def _validation_pairs(sens, per_choice: int):
+def _validation_pairs(sens, per_choice: int, choices):
     pairs = []
-    for c in ("ovp4", "ovp4-gptq", "int8-8:16"):
+    for c in choices:
         if c not in sens.choices:
             continue
         ranked = sorted(sens.names, key=lambda n: sens.delta_nll[n][c])
@@ -89,26 +89,29 @@ def run(args) -> list[dict]:
     ids = corpus_tokens(args.corpus, loaded.tokenizer, args.n_tokens)
     calib = model_calibration_tokens(loaded, n_eval=args.n_tokens)
     t0 = time.perf_counter()
-    sens = mixed.model_sensitivity(loaded, progress=print, n_eval=args.n_tokens)
-    emit({"kind": "sensitivity", "model": cfg.name, "seconds": round(time.perf_counter() - t0, 1),
+    sens = None
+    if args.budgets or args.validate:
+        sens = mixed.model_sensitivity(loaded, progress=print, n_eval=args.n_tokens)
+    if sens is not None:
+        emit({"kind": "sensitivity", "model": cfg.name, "seconds": round(time.perf_counter() - t0, 1),
           "measured_seconds": round(sens.seconds, 1), "scored_tokens": sens.calib_tokens,
           "min_budget_bits": mixed.min_budget_bits(cfg, sens.choices),
           "uniform_predicted_delta_nll": {c: sum(sens.delta_nll[n][c] for n in sens.names) for c in sens.choices}})
-    if args.validate:
-        for r in mixed.validate_sensitivity(cfg, loaded.weights, sens, ids, _validation_pairs(sens, args.validate),
+    if args.validate and sens is not None:
+        for r in mixed.validate_sensitivity(cfg, loaded.weights, sens, ids, _validation_pairs(sens, args.validate, args.validate_choices),
                                             calib_tokens=calib):
             emit({"kind": "validation", "model": cfg.name, "corpus": args.corpus, "n_tokens": args.n_tokens, **r})
     presets = [("preset", p, QuantConfig.preset(p), None) for p in args.presets]
     budgets = []
     for b in args.budgets:
-        a = mixed.assign(sens, b)
+        a = mixed.assign(sens, b, args.choices)
         budgets.append(("budget", mixed.BUDGET_NAME.format(b), mixed.budget_config(a), a))
     configs = presets[:1] + budgets + presets[1:]  # fp32 (the reference), the curve, then the presets
     fp32_ppl = None
     for kind, name, qcfg, a in configs:
         t1 = time.perf_counter()
         choice = a.choice if a is not None else mixed.assignment_of(qcfg, cfg)
-        predicted = None if any(c is None for c in choice.values()) else \
+        predicted = None if sens is None or any(c is None for c in choice.values()) else \
             sum(sens.delta_nll[n][c] for n, c in choice.items())
         c_tokens = calib if qcfg.needs_calibration() else None
         # presets through the quantized-model cache; budget models (one-off, ~330 MB each) built directly
@@ -127,6 +130,23 @@ def run(args) -> list[dict]:
               "predicted_perplexity": None if predicted is None or fp32_ppl is None else fp32_ppl * math.exp(predicted),
               "counts": {k: v for k, v in counts.items() if k is not None}, "seconds": round(time.perf_counter() - t1, 1)})
     return [json.loads(line) for line in out.read_text().splitlines()] if out else []
+
+
+_UNIFORM = {"w8a8": "int8", "w4a8-ovp": "ovp4", "w4a8-ovp-gptq": "ovp4-gptq", "w4a8-int4": "int4",
+            "w4a8-int4-gptq": "int4-gptq"}
+
+
+def _fill_uniform_predictions(rows: list[dict]) -> None:
+    """Predictions of uniform presets measured without the sensitivity (a separate run)."""
+    sens = next((r for r in rows if r["kind"] == "sensitivity"), None)
+    fp32 = next((r["perplexity"] for r in rows if r.get("name") == "fp32"), None)
+    if sens is None or fp32 is None:
+        return
+    for r in rows:
+        if r["kind"] == "preset" and r.get("predicted_delta_nll") is None and r["name"] in _UNIFORM:
+            d = sens["uniform_predicted_delta_nll"].get(_UNIFORM[r["name"]])
+            if d is not None:
+                r["predicted_delta_nll"], r["predicted_perplexity"] = d, fp32 * math.exp(d)
 
 
 def figure(rows: list[dict], path: str) -> None:
@@ -194,14 +214,27 @@ def main(argv=None) -> int:
     p.add_argument("--n-tokens", type=int, default=1024)
     p.add_argument("--budgets", type=float, nargs="*", default=[3.5, 4.0, 4.5, 5.0, 6.0, 8.0])
     p.add_argument("--presets", nargs="*", default=list(DEFAULT_PRESETS))
+    p.add_argument("--choices", nargs="+", default=None,
+                   help="restrict the assignment to these golden.mixed choices (default: all measured)")
+    p.add_argument("--validate-choices", nargs="+", default=["ovp4", "ovp4-gptq", "int8-8:16"],
+                   help="choices whose single-linear substitutions validate the proxy")
     p.add_argument("--validate", type=int, default=3, help="linears per choice in the proxy validation (0: none)")
     p.add_argument("--json", default=None, help="write the rows as JSON lines here")
-    p.add_argument("--replot", default=None, help="draw/print from an earlier --json file instead of measuring")
+    p.add_argument("--replot", default=None, nargs="+",
+                   help="draw/print from earlier --json files (rows merged) instead of measuring")
     p.add_argument("--figure", default=None)
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args(argv)
     if args.replot:
-        rows = [json.loads(line) for line in Path(args.replot).read_text().splitlines()]
+        rows, seen = [], set()
+        for f in args.replot:
+            for line in Path(f).read_text().splitlines():
+                row = json.loads(line)
+                key = (row["kind"], row.get("name"), row.get("linear"), row.get("choice"))
+                if key not in seen:  # a configuration measured in two runs counts once (the first)
+                    seen.add(key)
+                    rows.append(row)
+        _fill_uniform_predictions(rows)
     else:
         if "fp32" not in args.presets:
             args.presets = ["fp32", *args.presets]
