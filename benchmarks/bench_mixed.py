@@ -105,7 +105,7 @@ def run(args) -> list[dict]:
     budgets = []
     for b in args.budgets:
         a = mixed.assign(sens, b, args.choices)
-        budgets.append(("budget", mixed.BUDGET_NAME.format(b), mixed.budget_config(a), a))
+        budgets.append(("budget", mixed.BUDGET_NAME.format(b) + args.tag, mixed.budget_config(a), a))
     configs = presets[:1] + budgets + presets[1:]  # fp32 (the reference), the curve, then the presets
     fp32_ppl = None
     for kind, name, qcfg, a in configs:
@@ -156,17 +156,25 @@ def figure(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fp32 = next(r["perplexity"] for r in rows if r.get("name") == "fp32")
-    budgets = sorted((r for r in rows if r["kind"] == "budget"), key=lambda r: r["average_bits"])
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "budget":
+            tag = r["name"].split("-", 2)[2] if r["name"].count("-") >= 2 else ""
+            series.setdefault(tag, []).append(r)
     presets = [r for r in rows if r["kind"] == "preset" and r["average_bits"] is not None]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    ax.plot([r["average_bits"] for r in budgets], [r["perplexity"] for r in budgets], "o-", color="C0",
-            label="mixed precision under a budget (measured)")
-    pred = [r for r in budgets if r.get("predicted_perplexity")]
-    ax.plot([r["average_bits"] for r in pred], [r["predicted_perplexity"] for r in pred], "x--", color="C0",
-            alpha=0.5, label="same, predicted by the sensitivity")
-    for r in budgets:
-        ax.annotate(r["name"].replace("budget-", ""), (r["average_bits"], r["perplexity"]), textcoords="offset points",
-                    xytext=(4, 6), fontsize=8, color="C0")
+    for i, (tag, budgets) in enumerate(sorted(series.items())):
+        budgets.sort(key=lambda r: r["average_bits"])
+        color = f"C{i}"
+        what = {"": "mixed: INT8/OVP4/INT4/N:16, round to nearest", "gptq": "mixed: + GPTQ grids"}.get(tag, tag)
+        ax.plot([r["average_bits"] for r in budgets], [r["perplexity"] for r in budgets], "o-", color=color,
+                label=f"{what} (measured)")
+        pred = [r for r in budgets if r.get("predicted_perplexity")]
+        ax.plot([r["average_bits"] for r in pred], [r["predicted_perplexity"] for r in pred], "x--", color=color,
+                alpha=0.5, label=f"{what} (predicted)")
+        for r in budgets:
+            ax.annotate(r["name"].replace("budget-", ""), (r["average_bits"], r["perplexity"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=7, color=color)
     ax.plot([r["average_bits"] for r in presets], [r["perplexity"] for r in presets], "s", color="C3",
             label="uniform presets")
     for r in presets:
@@ -218,6 +226,7 @@ def main(argv=None) -> int:
                    help="restrict the assignment to these golden.mixed choices (default: all measured)")
     p.add_argument("--validate-choices", nargs="+", default=["ovp4", "ovp4-gptq", "int8-8:16"],
                    help="choices whose single-linear substitutions validate the proxy")
+    p.add_argument("--tag", default="", help="suffix of the budget rows' names (e.g. '-rtn' for a restricted run)")
     p.add_argument("--validate", type=int, default=3, help="linears per choice in the proxy validation (0: none)")
     p.add_argument("--json", default=None, help="write the rows as JSON lines here")
     p.add_argument("--replot", default=None, nargs="+",
