@@ -536,21 +536,16 @@ def storage_report(comp: Compiled) -> dict:
             "weight_image": {**comp.layout.image_parts, "total": sum(comp.layout.image_parts.values())}}
 
 
-#: calibration tokens for static activation scales: as golden/accuracy.py takes them (Tiny Shakespeare
-#: after the evaluated tokens: 4096 for glassllm-sized contexts, 1024 otherwise), so a compiled
-#: model equals the one the accuracy table measures
-CALIB_TOKENS = 256
+def calibration_tokens(loaded):
+    """The calibration token ids of ``loaded`` (a golden.loaders model): golden.data's one rule
+    (Lee + Tiny Shakespeare after the default evaluation tokens), the tokens golden.accuracy
+    calibrates with at its default length, so a compiled model equals the one it measures."""
+    from olivine.golden.data import model_calibration_tokens
 
-
-def calibration_tokens(loaded, n_calib: int = CALIB_TOKENS):
-    """The calibration token ids golden.accuracy uses for ``loaded`` (a golden.loaders model)."""
-    from olivine.golden.data import corpus_tokens
-
-    if loaded.tokenizer is None:
-        raise CompileError(f"{loaded.config.name}: static activations need calibration text, but the checkpoint "
-                           "has no tokenizer; choose a preset with dynamic INT8 activations (e.g. w4a8-ovp)")
-    offset = 4096 if loaded.config.max_seq_len <= 512 else 1024
-    return corpus_tokens("shakespeare", loaded.tokenizer, n_calib, offset_tokens=offset)
+    try:
+        return model_calibration_tokens(loaded)
+    except ValueError as err:
+        raise CompileError(str(err)) from None
 
 
 def _validate_quant(preset: str | None, weights: str | None, sparsity):
@@ -579,30 +574,68 @@ def _validate_quant(preset: str | None, weights: str | None, sparsity):
 
 
 def _check_quant_compilable(qcfg, config) -> None:
-    """What spec_from_qllama would refuse after quantizing, refused before it (same reasons)."""
+    """What spec_from_qllama would refuse after quantizing, refused before it: the same table of rules
+    (spec.QUANT_RULES) read from the QuantConfig instead of the quantized linears."""
     from olivine.golden.model import LINEAR_NAMES
+
+    from .spec import QuantFacts, head_padding, quant_refusal
 
     if qcfg.is_float:
         raise CompileError(f"preset {qcfg.name!r} is float (fp32) and has no integer form; choose an integer preset "
                            "(e.g. w4a8-ovp)")
     names = [f"layers.{i}.{n}" for i in range(config.n_layers) for n in LINEAR_NAMES] + ["lm_head"]
     for name, lq in qcfg.resolve(names).items():
-        if lq.weights == "fp32" or lq.acts == "fp32":
-            raise CompileError(f"{name}: preset {qcfg.name!r} keeps it in float (fp32), which has no integer form; "
-                               "choose an integer preset")
-        if lq.acts == "ovp4" and (lq.weights != "ovp4" or lq.sparsity is not None):
-            raise CompileError(f"{name}: OVP4 activations (preset {qcfg.name!r}) run on the OVP array with dense "
-                               "OVP4 weights only; use INT8 activations for this layer")
-        if lq.acts not in ("int8", "int8-pow2", "ovp4"):
-            raise CompileError(f"{name}: activations {lq.acts!r} (preset {qcfg.name!r}) are not supported by the "
-                               "compiler yet (per-token dynamic INT8 or static OVP4); use a w*a8 or w4a4-ovp preset")
+        short = name.rsplit(".", 1)[-1]
+        rows_padded, cols_padded = head_padding(config, short) if name != "lm_head" else (False, False)
+        reason = quant_refusal(QuantFacts(lq.weights, lq.acts, lq.sparsity is not None, rows_padded, cols_padded))
+        if reason is not None:
+            raise CompileError(f"{name} ({qcfg.name!r}: {lq.describe()}): {reason}")
+
+
+def budget_choices(shape) -> tuple[str, ...]:
+    """The mixed-precision choices (golden.mixed.CHOICES) the compiler can express for this model
+    (N:16 ones are dropped when head_dim is not a multiple of 16: spec.QUANT_RULES)."""
+    from olivine.golden import mixed
+    from olivine.golden.qconfig import QuantConfig
+
+    ok = []
+    for c in mixed.DEFAULT_CHOICES:
+        try:
+            _check_quant_compilable(QuantConfig(mixed.CHOICES[c], {}, name=c), shape)
+        except CompileError:
+            continue
+        ok.append(c)
+    return tuple(ok)
+
+
+def check_budget_options(budget_bits, preset, weights, sparsity, shape) -> float | None:
+    """``--budget-bits``: alone (no --preset/--weights/--sparsity) and no lower than the cheapest
+    assignment of this model's shape (checked before any loading)."""
+    if budget_bits is None:
+        return None
+    from olivine.golden import mixed
+
+    clash = [opt for opt, v in (("--preset", preset), ("--weights", weights), ("--sparsity", sparsity)) if v is not None]
+    if clash:
+        raise CompileError(f"--budget-bits chooses every linear's precision itself; drop {', '.join(clash)} (or drop "
+                           "--budget-bits to use a uniform preset)")
+    try:
+        budget = mixed._check_budget(budget_bits)
+        mixed._refuse_budget(budget, mixed.min_budget_bits(shape, budget_choices(shape)), f"for {shape.name}")
+    except mixed.MixedPrecisionError as err:
+        raise CompileError(str(err)) from None
+    return budget
 
 
 def compile_main(model: str = "glassllm", board: str | None = None, weights: str | None = None,
                  sparsity: str | None = None, preset: str | None = None, out: str = "build/olivine",
                  max_context: int | None = None, max_prompt: int | None = None, quiet: bool = False,
-                 config: str | None = None) -> int:
+                 config: str | None = None, budget_bits: float | None = None) -> int:
     """``olivine compile``: quantize ``model``, compile all buckets, write the artifact to ``out``.
+
+    ``budget_bits``: mixed precision instead of a preset: golden.mixed measures every linear's
+    sensitivity (cached), assigns each its choice under that average of weight bits and the
+    artifact's meta records the assignment (``mixed_precision``).
 
     Every option is checked first, and the lengths against the hardware configuration from the
     model's shape alone (:func:`plan_lengths`), so nothing is refused after minutes of quantization.
@@ -623,11 +656,15 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
     # ---- every option, before anything slow
     check_destination(out)  # refuse a file or a foreign directory before minutes of quantization
     hw = load_config(config, board=board)
-    qcfg = _validate_quant(preset, weights, sparsity)
     shape = load_model_config(model)
-    _check_quant_compilable(qcfg, shape)
-    pattern = qcfg.default.sparsity if isinstance(qcfg.default.sparsity, str) else None
-    wfmt = qcfg.default.weights if qcfg.default.weights in ("ovp4", "int4", "int8") else "int8"
+    budget = check_budget_options(budget_bits, preset, weights, sparsity, shape)
+    if budget is None:
+        qcfg = _validate_quant(preset, weights, sparsity)
+        _check_quant_compilable(qcfg, shape)
+        pattern = qcfg.default.sparsity if isinstance(qcfg.default.sparsity, str) else None
+        wfmt = qcfg.default.weights if qcfg.default.weights in ("ovp4", "int4", "int8") else "int8"
+    else:  # the lengths depend on the shapes only; plan them with the widest (dense INT8) tiles
+        qcfg, pattern, wfmt = None, None, "int8"
     sparse_n_of(pattern)
     plan = plan_lengths(spec_from_shapes(shape, wfmt, sparsity=pattern), hw, max_prompt=max_prompt,
                         max_context=max_context)
@@ -636,22 +673,32 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
     # ---- the slow part
     loaded = load_model(model)
     calib = None
-    if qcfg.needs_calibration():
-        if any(lq.method == "gptq" for lq in (qcfg.default, *qcfg.overrides.values())):
-            # GPTQ Hessians: golden's calibration text (Lee + Tiny Shakespeare, disjoint from evaluation)
-            if loaded.tokenizer is None:
-                raise CompileError(f"preset {qcfg.name!r} needs calibration text, but {model} has no tokenizer; "
-                                   "choose a preset without GPTQ (e.g. w4a8-ovp)")
-            from olivine.golden.data import calibration_tokens as gptq_calibration
+    assignment = None
+    if budget is not None:
+        from olivine.golden import mixed
 
-            calib = gptq_calibration(loaded.tokenizer)
-        else:  # static activation scales: the tokens golden/accuracy.py calibrates with
-            calib = calibration_tokens(loaded)
+        calib = calibration_tokens(loaded)
+        say = None if quiet else (lambda msg: print(f"olivine compile: {msg}", file=sys.stderr))
+        try:
+            sens = mixed.model_sensitivity(loaded, budget_choices(shape), progress=say)
+        except ValueError as err:  # no tokenizer, too little text
+            raise CompileError(str(err)) from None
+        assignment = mixed.assign(sens, budget)
+        qcfg = mixed.budget_config(assignment)
+        _check_quant_compilable(qcfg, shape)
+        if not quiet:
+            print(f"olivine compile: budget {budget:g} bits -> {assignment.average_bits:.3f} bits per weight "
+                  f"({', '.join(f'{c} x{n}' for c, n in assignment.counts.items())})", file=sys.stderr)
+    elif qcfg.needs_calibration():  # static activation scales, GPTQ Hessians: golden's one rule
+        calib = calibration_tokens(loaded)
     q = quantize_cached(loaded, qcfg, calib)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
     comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
     art = to_artifact(comp)
     art.meta["model"]["load"] = str(model)
+    if assignment is not None:  # which format every linear got, and what it was predicted to cost
+        art.meta["mixed_precision"] = {**assignment.to_dict(), "calib_tokens": sens.calib_tokens,
+                                       "choices": list(sens.choices)}
     tok = loaded.tokenizer
     art.meta["model"]["eos_id"] = None if tok is None or tok.eos_id is None else int(tok.eos_id)
     with progress.track(f"writing {out}"):  # says how long it took if that was over a second

@@ -37,7 +37,7 @@ from olivine.golden import fixed
 from olivine.golden.model import LINEAR_NAMES, LlamaConfig
 
 __all__ = ["CompileError", "UnsupportedModelError", "LinearSpec", "ModelSpec", "spec_from_qllama",
-           "spec_from_shapes", "spec_from_hf", "pad16", "head_pad", "head_index", "weight_row_bytes", "sparse_n_of"]
+           "spec_from_shapes", "spec_from_hf", "pad16", "QuantFacts", "QUANT_RULES", "quant_refusal", "head_padding", "head_pad", "head_index", "weight_row_bytes", "sparse_n_of"]
 
 
 class CompileError(ValueError):
@@ -247,32 +247,66 @@ def _scatter(values: torch.Tensor, n_pad: int, k_pad: int, rows, cols) -> torch.
     return out
 
 
+#: What the compiler can express of one linear's quantization: one table that both the check before
+#: quantization (compile._check_quant_compilable, from the QuantConfig) and the conversion after it
+#: (_linear_from_qlinear, from golden's QLinear) read. Each rule: (refuses(q), reason); q is a
+#: :class:`QuantFacts`. The first rule that refuses names the reason.
+@dataclass(frozen=True)
+class QuantFacts:
+    weights: str  # int8 | int4 | ovp4 | fp32
+    acts: str  # int8 | int8-pow2 | int8-static | ovp4 | fp32
+    sparse: bool = False
+    rows_padded: bool = False  # output rows padded inside each head (wq/wk/wv with head_dim % 16)
+    cols_padded: bool = False  # input columns padded inside each head (wo with head_dim % 16)
+
+
+QUANT_RULES: tuple[tuple, ...] = (
+    (lambda q: q.weights == "fp32" or q.acts == "fp32",
+     "float (fp32) layers have no integer form; choose an integer preset (e.g. w4a8-ovp)"),
+    (lambda q: q.acts not in ("int8", "int8-pow2", "ovp4"),
+     "activations {acts!r} are not supported by the compiler yet (per-token dynamic INT8 or static OVP4); "
+     "use a w*a8 or w4a4-ovp preset"),
+    (lambda q: q.acts == "ovp4" and (q.weights != "ovp4" or q.sparse),
+     "OVP4 activations run on the OVP array with dense OVP4 weights only, not {sparse}{weights} weights; use "
+     "INT8 activations for this layer"),
+    (lambda q: q.acts == "ovp4" and q.cols_padded,
+     "OVP4 activations with a head_dim that is not a multiple of 16 are not supported (the zero padding inside "
+     "each head would shift the outlier-victim pairs); use INT8 activations (a w*a8 preset) for this model"),
+    (lambda q: q.sparse and (q.rows_padded or q.cols_padded),
+     "N:16 sparsity with head_dim not a multiple of 16 is not supported (padding inside each head would split "
+     "the 16-wide sparsity groups); compile this model dense"),
+)
+
+
+def quant_refusal(facts: QuantFacts) -> str | None:
+    """The reason the compiler refuses a linear quantized as ``facts`` (None: it compiles)."""
+    for refuses, reason in QUANT_RULES:
+        if refuses(facts):
+            return reason.format(acts=facts.acts, weights=facts.weights, sparse="sparse " if facts.sparse else "")
+    return None
+
+
+def head_padding(config: LlamaConfig, short: str) -> tuple[bool, bool]:
+    """(rows_padded, cols_padded) of decoder linear ``short`` ("wq", ...) for this config."""
+    padded = head_pad(config.head_dim) != config.head_dim
+    return padded and short in ("wq", "wk", "wv"), padded and short == "wo"
+
+
 def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int, rows=None, cols=None) -> LinearSpec:
     """``rows``/``cols``: padded positions of the true output rows / input columns (None: leading)."""
     from olivine.golden import ovp
 
-    if lin.weight is None or lin.act == "fp32" or lin.mult is None:
-        raise UnsupportedModelError(f"{name}: float (fp32) layers have no integer form; choose an integer preset")
-    if lin.act not in ("int8", "int8-pow2", "ovp4"):
-        raise UnsupportedModelError(f"{name}: activations {lin.act!r} are not supported by the compiler yet "
-                                    "(per-token dynamic INT8 or static OVP4); use a w*a8 or w4a4-ovp preset")
-    if lin.act == "ovp4" and (lin.weight.kind != "ovp4" or lin.weight.block_n is not None):
-        raise UnsupportedModelError(f"{name}: OVP4 activations run on the OVP array with dense OVP4 weights only, "
-                                    f"not {'sparse ' if lin.weight.block_n is not None else ''}{lin.weight.kind} "
-                                    "weights; use INT8 activations for this layer")
-    if lin.act == "ovp4" and cols is not None:
-        raise UnsupportedModelError(f"{name}: OVP4 activations with a head_dim that is not a multiple of 16 are not "
-                                    "supported (the zero padding inside each head would shift the outlier-victim "
-                                    "pairs); use INT8 activations (a w*a8 preset) for this model")
+    w = lin.weight
+    is_float = w is None or lin.act == "fp32" or lin.mult is None
+    facts = QuantFacts("fp32" if is_float else w.kind, lin.act, not is_float and w.block_n is not None,
+                       rows is not None, cols is not None)
+    reason = quant_refusal(facts)
+    if reason is not None:
+        raise UnsupportedModelError(f"{name}: {reason}")
     if getattr(lin, "bias_q", None) is not None or getattr(lin, "bias_int", None) is not None:
         raise UnsupportedModelError(f"{name}: a bias in a linear is not supported (LLaMA linears have none)")
-    w = lin.weight
     n_true, k_true = lin.out_features, lin.in_features
     if w.block_n is not None:
-        if rows is not None or cols is not None:
-            raise UnsupportedModelError(f"{name}: N:16 sparsity with head_dim not a multiple of 16 is not supported "
-                                        "(padding inside each head would split the 16-wide sparsity groups); "
-                                        "compile this model dense")
         return _sparse_linear(name, lin, n_pad, k_pad)
     vals = _scatter(w.values.to(torch.int64)[:n_true, :k_true], n_pad, k_pad, rows, cols)
     if w.kind == "int8":

@@ -223,35 +223,56 @@ def _quantize_model():
 def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
                    corpora: Sequence[str] = ("shakespeare", "lee"), n_tokens: int | None = None,
                    window: int | None = None, greedy_n: int = 32,
-                   prompts: Sequence[str] = DEFAULT_PROMPTS, n_calib: int = 256,
+                   prompts: Sequence[str] = DEFAULT_PROMPTS, budgets: Sequence[float] = (),
                    progress=None) -> list[AccuracyRow]:
     """Perplexity on the first ``n_tokens`` tokens of each corpus, next-token agreement with fp32 on
     those tokens, and greedy agreement with fp32 (``greedy_n`` tokens after each prompt), per preset.
 
     ``n_tokens`` defaults to 1024 for SmolLM2-sized models and 4096 for glassllm; ``window`` to
-    min(max_seq_len, n_tokens). Calibration tokens (for static activation scales) come from the
-    Shakespeare text *after* the evaluated tokens. A preset the quantizer does not know (or a
-    missing quantizer) gives a row with ``status`` saying why. ``progress(str)`` is called per step.
+    min(max_seq_len, n_tokens). Calibration tokens (static activation scales, GPTQ, the
+    mixed-precision sensitivity) are golden.data's rule (:func:`~olivine.golden.data.calibration_tokens`:
+    Lee + Tiny Shakespeare after the evaluated tokens; at the default ``n_tokens`` the very tokens
+    ``olivine compile`` calibrates with). ``budgets``: average weight bits; each adds a row
+    ``budget-<bits>`` with the mixed-precision assignment of golden/mixed.py under that budget.
+    A preset the quantizer does not know (or a missing quantizer) gives a row with ``status``
+    saying why. ``progress(str)`` is called per step.
     """
-    from .data import corpus_tokens
+    from .data import calibration_tokens, corpus_tokens, default_eval_tokens
     from .loaders import load_model
 
+    if budgets:  # a budget below the cheapest assignment is refused from the shapes, before any work
+        from . import mixed
+        from .loaders import load_model_config
+
+        shape = load_model_config(model_name)
+        for b in budgets:
+            mixed._refuse_budget(mixed._check_budget(b), mixed.min_budget_bits(shape), f"for {shape.name}")
     loaded = load_model(model_name)
     if loaded.tokenizer is None:
         raise ValueError(f"{model_name}: the checkpoint has no tokenizer; accuracy needs text -> tokens")
     cfg, tok = loaded.config, loaded.tokenizer
     if n_tokens is None:
-        n_tokens = 4096 if cfg.max_seq_len <= 512 else 1024
+        n_tokens = default_eval_tokens(cfg.max_seq_len)
     window = min(window or cfg.max_seq_len, cfg.max_seq_len, n_tokens - 1)
     say = progress or (lambda msg: None)
     texts = {c: corpus_tokens(c, tok, n_tokens) for c in corpora}
-    calib = corpus_tokens("shakespeare", tok, n_calib, offset_tokens=n_tokens)
+    calib = calibration_tokens(tok, max_seq_len=cfg.max_seq_len, n_eval=n_tokens)
     prompt_ids = [tok.encode(p) for p in prompts]
     greedy_n = min(greedy_n, cfg.max_seq_len - max(len(p) for p in prompt_ids))
     reference = FloatLlama(cfg, loaded.weights)
     quantizer, why = _quantizer()
 
     presets = list(presets)
+    budget_cfgs = {}
+    if budgets:
+        from . import mixed
+
+        sens = mixed.model_sensitivity(loaded, progress=say, n_eval=n_tokens)
+        for b in budgets:
+            a = mixed.assign(sens, b)
+            budget_cfgs[mixed.BUDGET_NAME.format(b)] = mixed.budget_config(a)
+            say(f"{cfg.name}: budget {b:g} bits -> {a.average_bits:.3f} bits {a.counts}")
+        presets += list(budget_cfgs)
     bar = track(f"accuracy of {cfg.name}", len(presets) * (2 + len(corpora)), "step")
 
     rows = []
@@ -269,7 +290,7 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
         else:
             qcfg_cls, quantize = quantizer
             try:
-                qcfg = qcfg_cls.preset(preset)
+                qcfg = budget_cfgs[preset] if preset in budget_cfgs else qcfg_cls.preset(preset)
             except ValueError as err:
                 row.status = f"skipped: {err}"
                 rows.append(row)

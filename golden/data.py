@@ -20,7 +20,8 @@ import torch
 from .tokenizer import TextTokenizer
 
 __all__ = ["CORPORA", "CorpusError", "corpus", "corpus_path", "corpus_tokens", "calibration_tokens",
-           "CALIBRATION_CORPORA", "CALIBRATION_OFFSET"]
+           "CALIBRATION_CORPORA", "CALIBRATION_OFFSET", "CALIBRATION_TOKENS", "calibration_offset",
+           "default_eval_tokens", "model_calibration_tokens"]
 
 #: name -> (package, file inside the package, install command)
 CORPORA: dict[str, tuple[str, str, str]] = {
@@ -93,17 +94,51 @@ def corpus_tokens(name: str, tokenizer: TextTokenizer, n_tokens: int | None = No
     return torch.tensor(list(ids[offset_tokens:need]), dtype=torch.int64)
 
 
-#: Calibration text (static activation scales, GPTQ Hessians) when no evaluation says otherwise:
-#: n tokens of each of these corpora from token CALIBRATION_OFFSET on, disjoint from every
-#: evaluation window of at most that many leading tokens. Both texts: GPTQ calibrated on
-#: Shakespeare alone overfits it and loses on news text (docs/benchmarks.md, "GPTQ").
+#: Calibration text, the one rule for every calibrated step (static activation scales, GPTQ
+#: Hessians, the mixed-precision sensitivity) in golden, the accuracy table and the compiler:
+#: CALIBRATION_TOKENS tokens of each of these corpora from token calibration_offset(...) on,
+#: disjoint from every evaluation of the leading tokens (the default evaluation length, or a
+#: longer one the caller names). Both texts: GPTQ calibrated on Shakespeare alone overfits it and
+#: loses on news text (docs/benchmarks.md, "GPTQ").
 CALIBRATION_CORPORA = ("lee", "shakespeare")
 CALIBRATION_OFFSET = 1024
+CALIBRATION_TOKENS = 1024
 
 
-def calibration_tokens(tokenizer: TextTokenizer, n_tokens: int = 1024,
-                       offset_tokens: int = CALIBRATION_OFFSET) -> torch.Tensor:
-    """Token ids [len(CALIBRATION_CORPORA), n_tokens] of the default calibration text: tokens
-    ``offset_tokens .. offset_tokens + n_tokens - 1`` of each corpus (one row per corpus)."""
-    return torch.stack([corpus_tokens(c, tokenizer, n_tokens, offset_tokens=offset_tokens)
-                        for c in CALIBRATION_CORPORA])
+def default_eval_tokens(max_seq_len: int) -> int:
+    """Leading tokens of a corpus golden.accuracy evaluates by default: 4096 for glassllm-sized
+    contexts (<= 512: several windows), 1024 otherwise (one window)."""
+    return 4096 if max_seq_len <= 512 else 1024
+
+
+def calibration_offset(max_seq_len: int | None = None, n_eval: int | None = None) -> int:
+    """First calibration token: past the default evaluation of a model with ``max_seq_len`` (None:
+    CALIBRATION_OFFSET) and past ``n_eval`` evaluated tokens if more."""
+    base = CALIBRATION_OFFSET if max_seq_len is None else max(CALIBRATION_OFFSET, default_eval_tokens(max_seq_len))
+    return max(base, n_eval or 0)
+
+
+def calibration_tokens(tokenizer: TextTokenizer, n_tokens: int = CALIBRATION_TOKENS,
+                       offset_tokens: int | None = None, *, max_seq_len: int | None = None,
+                       n_eval: int | None = None) -> torch.Tensor:
+    """Token ids [len(CALIBRATION_CORPORA), n_tokens] of the calibration text: tokens
+    ``offset .. offset + n_tokens - 1`` of each corpus (one row per corpus), offset =
+    ``offset_tokens`` or :func:`calibration_offset` (max_seq_len, n_eval)."""
+    if n_tokens < 16:
+        raise ValueError(f"{n_tokens} calibration tokens per corpus are too few for static scales, GPTQ Hessians "
+                         f"or sensitivities; use at least 16 (default {CALIBRATION_TOKENS})")
+    offset = calibration_offset(max_seq_len, n_eval) if offset_tokens is None else offset_tokens
+    return torch.stack([corpus_tokens(c, tokenizer, n_tokens, offset_tokens=offset) for c in CALIBRATION_CORPORA])
+
+
+def model_calibration_tokens(loaded, n_eval: int | None = None, held_out: bool = False) -> torch.Tensor:
+    """:func:`calibration_tokens` of a golden.loaders model (its tokenizer and context); the tokens
+    ``olivine compile`` and the accuracy table (at its default length) both calibrate with.
+    ``held_out``: the next CALIBRATION_TOKENS of the same corpora instead (text that neither the
+    calibration nor the evaluation sees: golden.mixed scores GPTQ's choices on it, which would
+    look better than they are on the very tokens GPTQ fitted)."""
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.config.name}: calibration needs text, but the checkpoint has no tokenizer; "
+                         "choose a configuration without static activations, GPTQ or a budget (e.g. w4a8-ovp)")
+    offset = calibration_offset(loaded.config.max_seq_len, n_eval) + (CALIBRATION_TOKENS if held_out else 0)
+    return calibration_tokens(loaded.tokenizer, offset_tokens=offset)

@@ -103,6 +103,25 @@ def _preset_list(text: str) -> str:
     return text
 
 
+def _budget_bits(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bits (e.g. 4.5)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of bits per weight (e.g. 4.5)")
+    return value
+
+
+def _budget_list(text: str) -> tuple[float, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"no budget in {text!r}; give e.g. 4.5 or 4,4.5,5")
+    return tuple(_budget_bits(p) for p in parts)
+
+
 def _corpus(text: str) -> str:
     from olivine.golden.data import CORPORA
 
@@ -134,7 +153,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_accuracy(args: argparse.Namespace) -> int:
     from .demo import accuracy
 
-    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets, as_json=args.json)
+    return accuracy(model=args.model, corpus=args.corpus, tokens=args.tokens, presets=args.presets, as_json=args.json,
+                    budgets=args.budget_bits)
 
 
 def _cmd_resources(args: argparse.Namespace, extra: list[str]) -> int:
@@ -163,9 +183,15 @@ def _cmd_diagrams(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from olivine.compiler.compile import compile_main
 
+    if args.budget_bits is not None:
+        clash = [opt for opt in ("preset", "weights", "sparsity") if getattr(args, opt) is not None]
+        if clash:
+            raise UsageError(f"--budget-bits chooses every linear's precision itself; drop "
+                             f"{', '.join('--' + c for c in clash)} (or drop --budget-bits for a uniform preset)")
+
     return compile_main(model=args.model, board=args.board, weights=args.weights, sparsity=args.sparsity,
                         preset=args.preset, out=args.output, max_context=args.max_context,
-                        max_prompt=args.max_prompt, config=args.config)
+                        max_prompt=args.max_prompt, config=args.config, budget_bits=args.budget_bits)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -213,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", default=None, type=_preset_list,
                    help="comma-separated precision presets (default: all of fp32, w8a8, w4a8-int4, w4a8-ovp, "
                         "w4a4-ovp, w4a8-ovp-8:16, w4a8-ovp-4:16)")
+    p.add_argument("--budget-bits", default=(), type=_budget_list, metavar="BITS[,BITS...]",
+                   help="also evaluate mixed precision: per budget (average weight bits, including scales and "
+                        "sparse metadata) a row 'budget-<bits>' with every decoder linear assigned its choice "
+                        "among INT8 / OVP4 / INT4 (round-to-nearest or GPTQ) / N:16 by the measured sensitivity "
+                        "(golden/mixed.py; cached)")
     p.add_argument("--json", action="store_true", help="print one JSON object (perplexity, agreement, seconds)")
     p.set_defaults(func=_cmd_accuracy)
 
@@ -248,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp; listed below)")
     p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"), help="override the preset's weight precision")
     p.add_argument("--sparsity", default=None, help="override the weight sparsity: a pattern N:16 (e.g. 8:16) or 2:4, or a density in (0, 1]")
+    p.add_argument("--budget-bits", default=None, type=_budget_bits, metavar="BITS",
+                   help="mixed precision instead of a preset: every decoder linear gets its own format (INT8, OVP4, "
+                        "INT4, round-to-nearest or GPTQ, N:16 sparse) so that the average weight bits (values, "
+                        "per-row scale entries and sparse metadata as laid out) stay <= BITS with the least "
+                        "predicted perplexity loss (golden/mixed.py; the assignment is recorded in the artifact); "
+                        "not with --preset/--weights/--sparsity")
     p.add_argument("--max-context", type=int, default=None,
                    help="largest context (prompt + generated tokens); default: the largest that fits the "
                         "configuration's on-chip buffers, at most the model's context")

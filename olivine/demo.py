@@ -26,7 +26,7 @@ def parse_presets(text: str | None, default=DEMO_PRESETS) -> tuple[str, ...]:
     return names
 
 
-def _print_accuracy(model: str, corpora, tokens, presets, title: str, as_json: bool = False) -> int:
+def _print_accuracy(model: str, corpora, tokens, presets, title: str, as_json: bool = False, budgets=()) -> int:
     from rich.console import Console
 
     from olivine.golden.accuracy import accuracy_report, accuracy_rich_table, accuracy_table
@@ -35,13 +35,13 @@ def _print_accuracy(model: str, corpora, tokens, presets, title: str, as_json: b
         import json
 
         t0 = time.perf_counter()
-        rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens)
+        rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens, budgets=budgets)
         print(json.dumps(accuracy_report(rows, time.perf_counter() - t0), indent=2))
         return 1 if any(r.status != "ok" for r in rows) else 0
     # Wide enough for the whole table when the output is a file or a CI log.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     # accuracy_table shows its own progress (a bar in a terminal, a line per step in a log)
-    rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens)
+    rows = accuracy_table(model, presets, corpora=corpora, n_tokens=tokens, budgets=budgets)
     console.print(accuracy_rich_table(rows, title=title))
     failed = [r for r in rows if r.status != "ok"]
     for row in failed:
@@ -75,8 +75,8 @@ def run(model: str = "glassllm", tokens: int | None = None, presets: str | None 
 
 
 def accuracy(model: str = "glassllm", corpus: str = "shakespeare", tokens: int | None = None,
-             presets: str | None = None, as_json: bool = False) -> int:
+             presets: str | None = None, as_json: bool = False, budgets=()) -> int:
     from olivine.golden.accuracy import DEFAULT_PRESETS
 
     return _print_accuracy(model, (corpus,), tokens, parse_presets(presets, DEFAULT_PRESETS),
-                           f"{model} on {corpus}", as_json=as_json)
+                           f"{model} on {corpus}", as_json=as_json, budgets=tuple(budgets or ()))

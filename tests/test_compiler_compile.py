@@ -1,8 +1,10 @@
 """compile_main / plan_lengths: every option and the lengths are checked before any quantization."""
 
 import json
+import re
 
 import pytest
+import torch
 
 from olivine.compiler import compile as cc
 from olivine.compiler.compile import compile_main, compile_model, plan_lengths
@@ -180,3 +182,36 @@ def test_smollm2_default_lengths_fit_the_u280_default():
     plan = plan_lengths(spec_from_shapes(shape, "ovp4"), for_board("u280"))
     assert plan.max_context < 8192 and plan.max_prompt == cc.DEFAULT_MAX_PROMPT
     assert plan == plan_lengths(spec_from_shapes(SMOLLM2_SHAPE, "ovp4"), for_board("u280"))
+
+
+_RULE_CASES = {  # name: (head_dim, override of layers.0.wq or .wo, reason fragment)
+    "fp32": (16, ("wq", dict(weights="fp32", acts="fp32")), "float (fp32) layers have no integer form"),
+    "static-int8": (16, ("wq", dict(weights="int8", acts="int8-static")), "activations 'int8-static' are not supported"),
+    "ovp4-acts-int4": (16, ("wq", dict(weights="int4", acts="ovp4")), "dense OVP4 weights only, not int4 weights"),
+    "ovp4-acts-sparse": (16, ("wq", dict(weights="ovp4", acts="ovp4", sparsity="8:16")), "not sparse ovp4 weights"),
+    "ovp4-acts-head-pad": (8, ("wo", dict(weights="ovp4", acts="ovp4")), "OVP4 activations with a head_dim"),
+    "sparse-head-pad": (8, ("wq", dict(weights="int8", acts="int8", sparsity="8:16")), "N:16 sparsity with head_dim"),
+}
+
+
+@pytest.mark.parametrize("case", list(_RULE_CASES))
+def test_quantization_refusals_come_from_one_table_before_and_after_quantizing(case):
+    """compile._check_quant_compilable (before quantizing, from the QuantConfig) and spec_from_qllama (after,
+    from golden's linears) refuse the same layer for the same reason: both read spec.QUANT_RULES."""
+    from olivine.compiler.compile import _check_quant_compilable
+    from olivine.compiler.spec import UnsupportedModelError, spec_from_qllama
+    from olivine.golden.model import LlamaConfig
+    from olivine.golden.qconfig import LayerQuant, QuantConfig
+    from olivine.golden.qmodel import quantize_model
+    from tests.test_compiler_lower import random_llama
+
+    hd, (linear, lq), reason = _RULE_CASES[case]
+    config = LlamaConfig(vocab_size=64, dim=64, n_layers=1, n_heads=64 // hd, n_kv_heads=64 // hd, head_dim=hd,
+                         ffn_dim=64)
+    qcfg = QuantConfig(LayerQuant("int8", "int8"), {f"layers.0.{linear}": LayerQuant(**lq)}, name=case)
+    with pytest.raises(CompileError, match=rf"layers\.0\.{linear} .*{re.escape(reason)}"):
+        _check_quant_compilable(qcfg, config)
+    weights = random_llama(config)
+    q = quantize_model(config, weights, qcfg, torch.randint(0, 64, (32,)), show_progress=False)
+    with pytest.raises(UnsupportedModelError, match=rf"layers\.0\.{linear}: .*{re.escape(reason)}"):
+        spec_from_qllama(q)

@@ -10,7 +10,7 @@ from olivine.compiler import isa
 from olivine.compiler.artifact import ArtifactError, read_artifact
 from olivine.compiler.compile import (apply_patches, compile_main, compile_model, decode_bucket, prefill_bucket,
                                       storage_report)
-from olivine.compiler.spec import UnsupportedModelError, pad16, spec_from_qllama, spec_from_shapes
+from olivine.compiler.spec import CompileError, UnsupportedModelError, pad16, spec_from_qllama, spec_from_shapes
 from olivine.golden.model import LlamaConfig
 from olivine.hw.config import for_board
 from olivine.sim.runtime import Runtime, golden_generate, run_main
@@ -464,3 +464,54 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
     ids = m.tokenizer.encode("Once upon a time")
     toks, _ = rt.generate(ids, 6)
     assert toks == golden_generate(q, ids, 6)[0]
+
+
+def test_mixed_precision_every_choice_compiles_bit_exact():
+    """One model holding every mixed-precision choice (INT8, 4-bit grids with RTN and GPTQ, N:16 INT8 and
+    OVP4): each MM/MV takes its linear's format and the simulator reproduces golden's integer model."""
+    from olivine.golden import mixed
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.qmodel import quantize_model
+
+    m, _ = glass()
+    names = list(mixed.decoder_linear_shapes(m.config))
+    choice = {n: mixed.DEFAULT_CHOICES[i % len(mixed.DEFAULT_CHOICES)] for i, n in enumerate(names)}
+    qcfg = mixed.budget_config(mixed.Assignment(choice, 8.0, 0, 0.0, 0.0))
+    q = quantize_model(m.config, m.weights, qcfg, model_calibration_tokens(m), show_progress=False)
+    spec = spec_from_qllama(q)
+    for n, c in choice.items():
+        assert (spec.linears[n].wfmt, spec.linears[n].sparse) == (mixed.CHOICES[c].weights,
+                                                                  mixed.CHOICES[c].sparsity is not None)
+    comp = compile_model(spec, CFG, max_context=48, max_prompt=32, prefill_step=16)
+    prog = isa.decode_program(comp.programs["decode_00048"].words)
+    formats = {(i.enum("wfmt"), i["sparse"]) for i in prog if i.mnemonic == "MV" and i.enum("mode") == "linear"}
+    assert formats == {("int8", 0), ("int8", 1), ("int4", 0), ("ovp4", 0), ("ovp4", 1)}
+    ids = m.tokenizer.encode("Once upon a time")
+    toks, logits = Runtime.from_compiled(comp).generate(ids, 6)
+    g_toks, g_logits = golden_generate(q, ids, 6)
+    assert toks == g_toks and all(torch.equal(a, b) for a, b in zip(logits, g_logits))
+
+
+def test_compile_main_budget_bits_records_the_assignment_and_runs_bit_exact(tmp_path, capsys):
+    from olivine.golden import mixed
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.qmodel import quantize_model
+
+    out = tmp_path / "mixed"
+    assert compile_main("glassllm", "u280", out=str(out), max_context=48, budget_bits=4.5) == 0
+    assert "budget 4.5 bits -> " in capsys.readouterr().err
+    art = read_artifact(out)
+    mp = art.meta["mixed_precision"]
+    m, _ = glass()
+    want = mixed.assign(mixed.model_sensitivity(m, mixed.DEFAULT_CHOICES), 4.5)
+    assert mp["choice"] == want.choice and mp["average_bits"] == want.average_bits <= 4.5
+    assert len(set(want.choice.values())) > 1 and art.meta["model"]["preset"] == "budget-4.5"
+    q = quantize_model(m.config, m.weights, mixed.budget_config(want), model_calibration_tokens(m),
+                       show_progress=False)
+    rt = Runtime.from_artifact(out, for_board("u280"))
+    ids = m.tokenizer.encode("Once upon a time")
+    assert rt.generate(ids, 6)[0] == golden_generate(q, ids, 6)[0]
+    with pytest.raises(CompileError, match="smallest feasible budget for glassllm-en is 2.94"):
+        compile_main("glassllm", "u280", out=str(tmp_path / "x"), budget_bits=2.5)
+    with pytest.raises(CompileError, match="drop --preset"):
+        compile_main("glassllm", "u280", out=str(tmp_path / "x"), preset="w8a8", budget_bits=4.5)

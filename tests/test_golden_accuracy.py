@@ -170,3 +170,26 @@ def test_accuracy_json_report_through_the_command_line(capsys):
     assert report["results"][0]["perplexity"]["shakespeare"] > 1.0
     skipped = accuracy_report([type(rows[0])(model="m", preset="nope", status="skipped: unknown preset")])
     assert skipped["results"][0]["perplexity"] == {} and skipped["results"][0]["next_token_agreement"] is None
+
+
+def test_accuracy_budget_rows_through_the_command_line(capsys):
+    """`olivine accuracy --budget-bits 4.5` adds a row whose perplexity is that of golden.mixed's
+    assignment, quantized with golden's calibration rule."""
+    import json
+
+    from olivine import cli
+    from olivine.golden import mixed
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    assert cli.main(["accuracy", "--model", "glassllm", "--presets", "fp32", "--corpus", "lee", "--tokens", "300",
+                     "--budget-bits", "4.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["preset"] for r in report["results"]] == ["fp32", "budget-4.5"]
+    m = load_model("glassllm")
+    a = mixed.assign(mixed.model_sensitivity(m, n_eval=300), 4.5)
+    q = quantize_model(m.config, m.weights, mixed.budget_config(a), model_calibration_tokens(m, n_eval=300),
+                       show_progress=False)
+    want = perplexity(q, corpus_tokens("lee", m.tokenizer, 300), window=m.config.max_seq_len)
+    assert report["results"][1]["perplexity"]["lee"] == pytest.approx(want, rel=1e-9)

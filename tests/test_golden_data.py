@@ -62,3 +62,27 @@ def test_calibration_tokens_are_both_corpora_after_the_evaluation_window():
     for row, name in zip(cal, CALIBRATION_CORPORA):
         whole = corpus_tokens(name, tok, CALIBRATION_OFFSET + 64)
         assert torch.equal(row, whole[CALIBRATION_OFFSET:])
+
+
+def test_one_calibration_rule_for_every_calibrated_step():
+    """golden.data's rule: both corpora, after the default evaluation (4096 tokens for glassllm-sized
+    contexts, 1024 otherwise) or a longer one; held-out text right after it; the compiler uses it too."""
+    import pytest
+    import torch
+
+    from olivine.compiler.compile import calibration_tokens as compiler_calibration
+    from olivine.golden.data import (CALIBRATION_TOKENS, calibration_offset, calibration_tokens, default_eval_tokens,
+                                     model_calibration_tokens)
+    from olivine.golden.loaders import load_model
+
+    assert default_eval_tokens(128) == 4096 and default_eval_tokens(8192) == 1024
+    assert calibration_offset(128) == 4096 and calibration_offset(8192) == 1024 and calibration_offset(8192, 3000) == 3000
+    m = load_model("glassllm")
+    cal = model_calibration_tokens(m)
+    assert torch.equal(cal, calibration_tokens(m.tokenizer, offset_tokens=4096))
+    assert torch.equal(compiler_calibration(m), cal)
+    held = model_calibration_tokens(m, held_out=True)
+    assert torch.equal(held, calibration_tokens(m.tokenizer, offset_tokens=4096 + CALIBRATION_TOKENS))
+    assert torch.equal(model_calibration_tokens(m, n_eval=5000), calibration_tokens(m.tokenizer, offset_tokens=5000))
+    with pytest.raises(ValueError, match="too few"):
+        calibration_tokens(m.tokenizer, 8)
