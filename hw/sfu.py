@@ -166,9 +166,11 @@ QUANT_ROW_GAP = 0
 QUANT_SETUP = 10
 QUANT_TAIL = 3
 
-#: vshift: cycles per row for its e_ref lookup and its e_ref byte write (measured on the RTL)
-VSHIFT_ROW_GAP = 0
-VSHIFT_TAIL = 0
+#: vshift: cycles per row beyond its read slots (the e_ref lookup and byte write, partly hidden in
+#: the aligner's extra slot) and before the first row (the two load passes' last-chunk writes);
+#: measured on the RTL (the load passes' read slots themselves: OpTiming.instruction_cycles)
+VSHIFT_ROW_GAP = 1
+VSHIFT_SETUP = 2
 
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
@@ -186,7 +188,7 @@ OP_CORES: dict[str, OpCore] = {
     "rope": OpCore(RopeCore, operands=2, max_cols=ROPE_MAX_COLS, latency=ROPE_LATENCY, setup=ROPE_SETUP_CYCLES),
     # vshift: passes 0/1 load V's exponents and mantissas once (first row), pass 2 streams each row (hw/sfu_vshift.py)
     "vshift": OpCore(VshiftCore, max_cols=VSHIFT_MAX_COLS, latency=VSHIFT_LATENCY, row_gap=VSHIFT_ROW_GAP,
-                     tail=VSHIFT_TAIL),
+                     setup=VSHIFT_SETUP),
 }
 
 #: Cycles from an accepted instruction to the first row read (decode, shape and range checks).
@@ -256,6 +258,9 @@ class OpTiming:
             last_beat = last_row + (-(-cols // lanes) - 1) * lanes
             flush = int(last_beat % (4 * lanes) + last_count > 4 * lanes)
         row_cycles = rows * self.cycles_per_row(cols, lanes)
+        if self.table_in:  # the first row's load passes: the words covering V's exponents, then its mantissas
+            words_v, words_m = (src1 % 4 + cols + 3) // 4, ((src1 + cols) % 4 + 2 * cols + 3) // 4
+            row_cycles += -(-words_v // lanes) + 1 + -(-words_m // lanes) + 1
         if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
             in_beats = -(-record_words(cols) // lanes)
             row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)

@@ -96,7 +96,7 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
     for k in range(3):
         pos += 4 * int(rng.integers(0, 2 * lanes))
         starts.append(pos)
-        pos += rows * record if k == 0 and record else 4 * max(n, cols + 4) + (rows + 4 if op == "vshift" else 0)
+        pos += rows * record if k == 0 and record else 4 * max(n, cols + 4) + (4 * (rows // 4 + 2) if op == "vshift" else 0)
     if pos > space:
         raise ValueError(f"case {label}: {rows}x{cols} does not fit the {space}-byte data space")
     src0, src1, dst = starts
