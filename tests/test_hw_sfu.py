@@ -43,7 +43,8 @@ def test_op_bit_exact_with_funcsim_and_timing_model(op):
         assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} lanes differ from funcsim"
         assert res["code"] == 0 and res["error"] == 0
         f = case.fields
-        assert res["cycles"] == OP_TIMING[op].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]), case.label
+        assert res["cycles"] == OP_TIMING[op].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"],
+                                                              src1=f["src1"]), case.label
 
 
 def test_several_ops_back_to_back_in_one_instance():
