@@ -502,7 +502,7 @@ class Sfu(wiring.Component):
         has_rope = "rope" in self.ops
         if has_rope:
             m.submodules.rope_setup = rope_setup = RopeSetup(lanes, self.rope, bad_data=SfuError.BAD_DATA,
-                                                             rom_code=SfuError.ROPE_ROM)
+                                                             rom_code=SfuError.ROPE_ROM, addr_width=self.addr_width)
             m.d.comb += [rope_setup.src1.eq(e_src1), rope_setup.cols.eq(ins.cols), rope_setup.rows.eq(ins.rows),
                          rope_setup.imm.eq(ins.imm), rope_setup.rd_data.eq(self.rd.data)]
         vs_phase, vs_error = Signal(), Signal()

@@ -273,8 +273,8 @@ class RopeSetup(wiring.Component):
     """Reads the 48-byte RoPE parameter record and checks it against the ROM (docs/isa.md Validity).
 
     Ports: ``start`` (In, one cycle), ``src1`` (In: element address of the record, ``src1 / 4``),
-    ``cols``, ``rows``, ``imm`` (In, stable from ``start`` to ``done``), ``rd_addr`` / ``rd_en``
-    (Out) and ``rd_data`` (In, one cycle after the read) on the data space read port, ``done``
+    ``cols``, ``rows``, ``imm`` (In, stable from ``start`` to ``done``), ``rd_addr`` (Out, a word
+    address of ``addr_width`` bits) / ``rd_en`` (Out) and ``rd_data`` (In, one cycle after the read) on the data space read port, ``done``
     (Out, one cycle) with ``code`` (Out): 0, ``bad_data`` (theta not finite > 1, hd odd or > cols,
     flag not 0/1, a LLaMA-3 parameter not finite > 0), ``rom_code`` (a valid record with other
     theta / hd / scaling than the ROM, or the last row's position ``imm[15:0] + (rows - 1) // per``
@@ -283,12 +283,12 @@ class RopeSetup(wiring.Component):
     during the reads, no multiplier).
     """
 
-    def __init__(self, lanes: int, rom: RopeRom, *, bad_data: int, rom_code: int):
+    def __init__(self, lanes: int, rom: RopeRom, *, bad_data: int, rom_code: int, addr_width: int = 20):
         self.lanes, self.rom = lanes, rom
         self.lane_bits = lanes.bit_length() - 1
         self.bad_data, self.rom_code = bad_data, rom_code
         super().__init__({"start": In(1), "src1": In(22), "cols": In(20), "rows": In(12), "imm": In(32),
-                          "rd_addr": Out(22), "rd_en": Out(1), "rd_data": In(32 * lanes),
+                          "rd_addr": Out(addr_width), "rd_en": Out(1), "rd_data": In(32 * lanes),
                           "done": Out(1), "code": Out(4)})
 
     def elaborate(self, platform):

@@ -167,7 +167,7 @@ class VshiftCore(wiring.Component):
         q_first = Signal()
         for t in range(cw):
             load_byte = Mux(base_index + t < P.cols, joined[8 * t: 8 * t + 8].as_signed(), -128)
-            row_byte = Mux(t <= q_lo, v_rd.data[8 * t: 8 * t + 8].as_signed(), -128)
+            row_byte = Mux((t <= q_lo) if t else Const(1), v_rd.data[8 * t: 8 * t + 8].as_signed(), -128)  # (t = 0: always)
             tree_in.append(Mux(er_state == 1, row_byte, load_byte))
         chunk_max = _max_tree(m, tree_in, "vmax")
         new_max = Mux(chunk_max > run_max, chunk_max, run_max)
