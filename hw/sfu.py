@@ -39,7 +39,9 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
 block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
-stride ``BAD_RECORD`` in 3).
+stride ``BAD_RECORD`` in 3; rope's odd ``cols`` and vshift's query position ``BAD_FIELD`` in 3;
+rope's record ``BAD_DATA`` / ``ROPE_ROM`` after its 14-cycle check; vshift's V mantissa above 256
+``BAD_DATA`` at the end of the instruction, whose writes are all suppressed).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
@@ -53,8 +55,14 @@ Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
 (hw/sfu_norm.py), softmax (hw/sfu_softmax.py) and quant (hw/sfu_quant.py; its INT8 block goes
 through a byte writer, :meth:`Sfu._quant_writer`, with per-row exponent/mantissa bytes: ``tail``
 cycles after the last row) and dequant (hw/sfu_dequant.py; the reader streams each record's
-words, ``record_words(cols)``, at stride ``imm``). rope and vshift are not built yet and answer
-``SfuError.NOT_BUILT``.
+words, ``record_words(cols)``, at stride ``imm``), rope (hw/sfu_rope.py; built only with a cos/sin
+ROM, ``Sfu(config, rope=RopeRom(...))``: the row's halves stream as two operands in both of its
+passes, each pass one writer row of ``cols / 2``; :class:`~olivine.hw.sfu_rope.RopeSetup` checks the
+48-byte record against the ROM in the ``ROPE_SETUP`` state, ``setup`` = 14 cycles) and vshift
+(hw/sfu_vshift.py; the first row's passes 0 and 1 stream the words covering V's exponents and
+mantissas, each pass with its own start and length, into the core's buffers, later rows skip them;
+after each row's words its ``e_ref`` byte, one byte-enabled write). Only the reserved layernorm and
+argmax are not built.
 """
 
 from __future__ import annotations
@@ -930,17 +938,20 @@ def small_config(**overrides) -> AcceleratorConfig:
 
 
 @register_unit("sfu")
-def _resource_unit(config: str = "small", ops: str = "", sfu_dsp: int = 0):
-    """The SFU (``olivine resources sfu --config u280 [--ops add,mul] [--sfu_dsp 64]``).
+def _resource_unit(config: str = "small", ops: str = "", sfu_dsp: int = 0, rope: str = ""):
+    """The SFU (``olivine resources sfu --config u280 [--ops add,mul] [--sfu_dsp 64] [--rope smollm2]``).
 
-    ``config``: "small" (4 lanes, 16 KiB data space) or a board name (its default configuration).
+    ``config``: "small" (4 lanes, 16 KiB data space) or a board name (its default configuration);
+    ``rope``: a RoPE ROM preset (hw/sfu_rope.py ROM_PRESETS; none: rope is not built).
     """
+    from .sfu_rope import preset_rom
+
     from .config import for_board
 
     cfg = small_config() if config == "small" else for_board(config)
     if int(sfu_dsp):
         cfg = cfg.replace(sfu_dsp=int(sfu_dsp))
     op_list = tuple(o for o in str(ops).split(",") if o) or None
-    dut = Sfu(cfg, ops=op_list)
-    tag = "_".join(op_list) if op_list else "all"
+    dut = Sfu(cfg, ops=op_list, rope=preset_rom(str(rope)) if rope else None)
+    tag = ("_".join(op_list) if op_list else "all") + (f"_{rope}" if rope else "")
     return dut, f"sfu_{config}_{dut.lanes}l_{tag}"

@@ -61,8 +61,8 @@ from ..golden.fixed import ROPE_TABLE_FRAC, FixedPointValueError
 from .resources import register_unit
 from .sfu_core import beat_signature, saturate
 
-__all__ = ["ROPE_LATENCY", "ROPE_MAX_COLS", "ROPE_SETUP_CYCLES", "RopeCore", "RopeRom", "RopeSetup",
-           "rope_params_layout"]
+__all__ = ["ROM_PRESETS", "ROPE_LATENCY", "ROPE_MAX_COLS", "ROPE_SETUP_CYCLES", "RopeCore", "RopeRom", "RopeSetup",
+           "preset_rom", "rope_params_layout"]
 
 ROPE_LATENCY = 3
 #: docs/isa.md Validity: rope rows are at most 256 elements (the ROM's head dimension)
@@ -345,9 +345,20 @@ class RopeSetup(wiring.Component):
         return m
 
 
+#: The ROMs of the models olivine compiles (golden/loaders.py configs: glassllm theta 1e4, hd 32,
+#: context 128; SmolLM2-135M theta 1e5, hd 64, context 8192; tests check them against the loaders),
+#: for resource reports: ``olivine resources sfu --ops rope --rope smollm2``.
+ROM_PRESETS = {"glassllm": dict(theta=10000.0, head_dim=32, positions=128),
+               "smollm2": dict(theta=100000.0, head_dim=64, positions=8192)}
+
+
+def preset_rom(name: str) -> RopeRom:
+    if name not in ROM_PRESETS:
+        raise ValueError(f"no RoPE ROM preset {name!r}; presets: {', '.join(ROM_PRESETS)}")
+    return RopeRom(**ROM_PRESETS[name])
+
+
 @register_unit("sfu_rope")
 def _rope_unit(lanes: int = 4, model: str = "glassllm"):
-    """``olivine resources sfu_rope --lanes 16 --model smollm2``: the core with the ROM of a model
-    (glassllm: theta 1e4, hd 32, 128 positions; smollm2: theta 1e5, hd 64, 8192 positions)."""
-    roms = {"glassllm": RopeRom(10000.0, 32, 128), "smollm2": RopeRom(100000.0, 64, 8192)}
-    return RopeCore(int(lanes), roms[model]), f"sfu_rope_{model}_l{lanes}"
+    """``olivine resources sfu_rope --lanes 16 --model smollm2``: the core with a preset model's ROM."""
+    return RopeCore(int(lanes), preset_rom(str(model))), f"sfu_rope_{model}_l{lanes}"
