@@ -109,10 +109,11 @@ class RopeRom:
         object.__setattr__(self, "scaling", scaling)
 
     @classmethod
-    def from_model_config(cls, config: dict) -> "RopeRom":
-        """The ROM for a model config as the compiler records it (artifact ``meta["model"]["config"]``
-        or a ``LlamaConfig``'s fields): ``rope_theta``, ``head_dim``, ``max_seq_len`` and, if present,
-        ``rope_scaling``."""
+    def from_model_config(cls, config, positions: int | None = None) -> "RopeRom":
+        """The ROM for a model config as the compiler records it (artifact ``meta["model"]["config"]``,
+        or a ``LlamaConfig``): ``rope_theta``, ``head_dim``, ``max_seq_len`` and, if present,
+        ``rope_scaling``. ``positions``: fewer positions than ``max_seq_len`` (the longest context
+        the compiled programs use), so the ROM is no larger than the deployment needs."""
         if not isinstance(config, dict):
             config = {k: getattr(config, k) for k in ("rope_theta", "head_dim", "max_seq_len", "rope_scaling")
                       if hasattr(config, k)}
@@ -121,7 +122,8 @@ class RopeRom:
             raise ValueError(f"model config lacks {', '.join(missing)}: a RoPE ROM needs rope_theta, head_dim and "
                              "max_seq_len (and rope_scaling for LLaMA-3 scaling)")
         scaling = config.get("rope_scaling")
-        return cls(float(config["rope_theta"]), int(config["head_dim"]), int(config["max_seq_len"]),
+        return cls(float(config["rope_theta"]), int(config["head_dim"]),
+                   int(config["max_seq_len"]) if positions is None else int(positions),
                    tuple(scaling) if scaling is not None else None)
 
     @property

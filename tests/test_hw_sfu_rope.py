@@ -205,6 +205,8 @@ def test_rom_parameters_and_model_configs():
         RopeRom.from_model_config({"rope_theta": 1e4, "head_dim": 64})
     smol = RopeRom.from_model_config({"rope_theta": 100000.0, "head_dim": 64, "max_seq_len": 8192, "rope_scaling": None})
     assert smol.bits == 8192 * 32 * 2 * 18
+    short = RopeRom.from_model_config({"rope_theta": 100000.0, "head_dim": 64, "max_seq_len": 8192}, positions=2048)
+    assert short.positions == 2048 and short.bits == smol.bits // 4
     llama3 = RopeRom.from_model_config({"rope_theta": 500000.0, "head_dim": 64, "max_seq_len": 256,
                                         "rope_scaling": [8.0, 1.0, 4.0, 8192]})
     assert llama3.scaling == (8.0, 1.0, 4.0, 8192.0)
@@ -217,3 +219,13 @@ def test_rom_parameters_and_model_configs():
     rom = RopeRom.from_model_config(cfg)
     assert rom == llama3
     assert list(rope_record(cfg).view("<u4")) == rom.record_words()
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name", ["glassllm", "smollm2"])
+def test_rom_presets_are_the_models_configs(name):
+    """The resource presets (hw/sfu_rope.py ROM_PRESETS) are the ROMs of the real models' configs."""
+    from olivine.golden.loaders import load_model_config
+    from olivine.hw.sfu_rope import preset_rom
+
+    assert preset_rom(name) == RopeRom.from_model_config(load_model_config(name))
