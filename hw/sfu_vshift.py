@@ -107,8 +107,8 @@ class VshiftCore(wiring.Component):
         L, P = self.lanes, self.params
         lb = L.bit_length() - 1
         cw = 4 * L                                   # bytes per beat = exponents per vbuf chunk
-        v_depth = -(-self.max_cols // cw) + 1        # + the flush chunk
-        m_depth = -(-self.max_cols // (2 * L)) + 1
+        v_depth = -(-self.max_cols // cw)            # (a load pass's last beat may only hold bytes past cols:
+        m_depth = -(-self.max_cols // (2 * L))       #  chunks at or past cols are not written)
         m.submodules.vbuf = vbuf = Memory(shape=unsigned(8 * cw), depth=v_depth, init=[])
         m.submodules.mbuf = mbuf = Memory(shape=unsigned(9 * 2 * L), depth=m_depth, init=[])
         m.submodules.pmax = pmax = Memory(shape=signed(8), depth=v_depth, init=[])
@@ -171,15 +171,17 @@ class VshiftCore(wiring.Component):
             tree_in.append(Mux(er_state == 1, row_byte, load_byte))
         chunk_max = _max_tree(m, tree_in, "vmax")
         new_max = Mux(chunk_max > run_max, chunk_max, run_max)
-        m.d.comb += [v_wr.addr.eq(w_index), v_wr.data.eq(joined), v_wr.en.eq(write_chunk & ~is_mv),
-                     p_wr.addr.eq(w_index), p_wr.data.eq(new_max), p_wr.en.eq(write_chunk & ~is_mv)]
+        v_in = Signal()
+        m.d.comb += v_in.eq(base_index < P.cols)
+        m.d.comb += [v_wr.addr.eq(w_index), v_wr.data.eq(joined), v_wr.en.eq(write_chunk & ~is_mv & v_in),
+                     p_wr.addr.eq(w_index), p_wr.data.eq(new_max), p_wr.en.eq(write_chunk & ~is_mv & v_in)]
         with m.If(write_chunk & ~is_mv):
             m.d.sync += run_max.eq(new_max)
         # mantissas: 2L little-endian uint16 per chunk, kept as 9 bits; > 256 breaks the data rule
         mant = [joined[16 * u: 16 * u + 16] for u in range(2 * L)]
         m_base = w_index << (lb + 1)
         too_big = Cat(*[(m_base + u < P.cols) & (mant[u] > VSHIFT_MAX_MANTISSA) for u in range(2 * L)]).any()
-        m.d.comb += [m_wr.addr.eq(w_index), m_wr.data.eq(Cat(*[x[:9] for x in mant])), m_wr.en.eq(write_chunk & is_mv)]
+        m.d.comb += [m_wr.addr.eq(w_index), m_wr.data.eq(Cat(*[x[:9] for x in mant])), m_wr.en.eq(write_chunk & is_mv & (m_base < P.cols))]
         with m.If(write_chunk & is_mv & too_big):
             m.d.sync += err.eq(1)
 
