@@ -524,7 +524,7 @@ class Sfu(wiring.Component):
         vs_off_v, vs_off_m = Signal(2), Signal(2)
         vs_words_v, vs_words_m, vs_elem_m = Signal(22), Signal(22), Signal(23)
         m.d.comb += [vs_off_v.eq(ins.src1[:2]), vs_off_m.eq((ins.src1 + ins.cols)[:2]),
-                     vs_words_v.eq((vs_off_v + ins.cols + 3) >> 2), vs_words_m.eq((vs_off_m + 2 * ins.cols + 3) >> 2),
+                     vs_words_v.eq((vs_off_v + ins.cols + 3) >> 2), vs_words_m.eq((vs_off_m + (ins.cols << 1) + 3) >> 2),
                      vs_elem_m.eq((ins.src1 + ins.cols) >> 2)]
 
         # ---- control FSM
@@ -551,8 +551,9 @@ class Sfu(wiring.Component):
                 unaligned = (((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
                              | (op_rope & ins.src1[2]))   # the RoPE record (float64) is 8-byte aligned
                 # vshift: 3 * cols bytes of V at src1 (any byte), the P' block's e_ref bytes after dst's int32s
-                bad_range = bad_range | (op_vshift & ((ins.src1 + 3 * ins.cols > self.space_bytes)
-                                                      | (ins.dst + 4 * n_elems + ins.rows > self.space_bytes)))
+                # (shifts and adds: no multiplier for the constant factors)
+                bad_range = bad_range | (op_vshift & ((ins.src1 + (ins.cols << 1) + ins.cols > self.space_bytes)
+                                                      | (ins.dst + (n_elems << 2) + ins.rows > self.space_bytes)))
                 vs_period = Mux(ins.imm[16:] == 0, 1, ins.imm[16:])
                 bad_field = ((op_rope & ins.cols[0])
                              | (op_vshift & (ins.imm[:16] + Mux(ins.rows < vs_period, ins.rows, vs_period) - 1 >= ins.cols)))
