@@ -1,7 +1,8 @@
 """Check the RTL special function unit (hw/sfu.py) against the functional simulator's MISC semantics.
 
 ``python -m olivine.sim.sfu_check [--reduced] [--ops add,mul]`` builds a small SFU (4 lanes,
-16 KiB data space) in Verilator (cocotb, cached builds), executes every built op on random cases
+16 KiB data space; rope with the LLaMA-3-scaled ROM ``CHECK_ROPE``) in Verilator (cocotb, cached
+builds), executes every built op on random cases
 (saturation edges, INT32_MIN, all-equal rows, unaligned row starts, the longest rows the data space
 holds) and bad-input cases (reserved op, zero rows, out of range, unaligned), compares every result
 word with what ``sim/funcsim.py`` (golden/sfu.py) writes for the same instruction, and prints a
