@@ -22,7 +22,7 @@ load path (measured counts in docs/benchmarks.md).
 Why two passes over the row instead of a row buffer: the SFU top streams the halves ``a`` and
 ``b`` as two operands (``i`` = ``a``, ``g`` = ``b``, ``cols/2`` elements each, interleaved on the
 read port) and the core writes ``a'`` in pass 0 and ``b'`` in pass 1, which land contiguously at
-the row's destination; the cost is reading the row twice (``lanes / 4`` elements per cycle), the
+the row's destination; the cost is reading the row twice (``lanes / 2`` elements per cycle, as a two-operand op), the
 gain no buffer and no output reordering. RoPE is a small part of a layer (Q and K heads only).
 
 Ports
