@@ -361,6 +361,10 @@ def preset_rom(name: str) -> RopeRom:
 
 
 @register_unit("sfu_rope")
-def _rope_unit(lanes: int = 4, model: str = "glassllm"):
-    """``olivine resources sfu_rope --lanes 16 --model smollm2``: the core with a preset model's ROM."""
-    return RopeCore(int(lanes), preset_rom(str(model))), f"sfu_rope_{model}_l{lanes}"
+def _rope_unit(lanes: int = 4, model: str = "glassllm", positions: int = 0):
+    """``olivine resources sfu_rope --lanes 16 --model smollm2 [--positions 1024]``: the core with a
+    preset model's ROM (``positions``: fewer than the model's context; 0 = all of it)."""
+    rom = preset_rom(str(model))
+    if int(positions):
+        rom = RopeRom(rom.theta, rom.head_dim, int(positions), rom.scaling)
+    return RopeCore(int(lanes), rom), f"sfu_rope_{model}_p{rom.positions}_l{lanes}"
