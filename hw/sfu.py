@@ -513,8 +513,12 @@ class Sfu(wiring.Component):
                                                              rom_code=SfuError.ROPE_ROM, addr_width=self.addr_width)
             m.d.comb += [rope_setup.src1.eq(e_src1), rope_setup.cols.eq(ins.cols), rope_setup.rows.eq(ins.rows),
                          rope_setup.imm.eq(ins.imm), rope_setup.rd_data.eq(self.rd.data)]
-        vs_phase, vs_error = Signal(), Signal()
-        vs_e, vs_row_e = Signal(8), Signal(8)
+        has_vshift = "vshift" in self.ops
+        if has_vshift:
+            vs_phase, vs_error = Signal(), Signal()
+            vs_e, vs_row_e = Signal(8), Signal(8)
+        else:
+            vs_phase = vs_error = Const(0, 1)
 
         # ---- what the reader streams per row: cols elements, or a dequant record's words
         rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
@@ -523,9 +527,10 @@ class Sfu(wiring.Component):
         # vshift's first row: pass 0 streams the words covering V's exponents, pass 1 its mantissas
         vs_off_v, vs_off_m = Signal(2), Signal(2)
         vs_words_v, vs_words_m, vs_elem_m = Signal(22), Signal(22), Signal(23)
-        m.d.comb += [vs_off_v.eq(ins.src1[:2]), vs_off_m.eq((ins.src1 + ins.cols)[:2]),
-                     vs_words_v.eq((vs_off_v + ins.cols + 3) >> 2), vs_words_m.eq((vs_off_m + (ins.cols << 1) + 3) >> 2),
-                     vs_elem_m.eq((ins.src1 + ins.cols) >> 2)]
+        if has_vshift:
+            m.d.comb += [vs_off_v.eq(ins.src1[:2]), vs_off_m.eq((ins.src1 + ins.cols)[:2]),
+                         vs_words_v.eq((vs_off_v + ins.cols + 3) >> 2), vs_words_m.eq((vs_off_m + (ins.cols << 1) + 3) >> 2),
+                         vs_elem_m.eq((ins.src1 + ins.cols) >> 2)]
 
         # ---- control FSM
         running = Signal()
@@ -672,13 +677,17 @@ class Sfu(wiring.Component):
         two_now = Signal()
         m.d.comb += two_now.eq(op_two & (last_pass | op_rope))     # rope: both halves in both passes
         # vshift's load passes: their own segment (start, length) per pass
-        vs_load_v, vs_load_m = op_vshift & (r_pass == 0), op_vshift & (r_pass == 1)
-        seg_cols = Signal(22)
-        m.d.comb += seg_cols.eq(Mux(vs_load_v, vs_words_v, Mux(vs_load_m, vs_words_m, rd_cols)))
-        seg_beats, seg_last = Signal(21), Signal(range(lanes + 1))
-        m.d.comb += [seg_beats.eq(Mux(op_vshift, (seg_cols + mask) >> lb, beats)),
-                     seg_last.eq(Mux(op_vshift, ((seg_cols - 1) & mask) + 1, last_count))]
-        ra = Mux(r_op1, ra1, Mux(vs_load_v, e_src1, Mux(vs_load_m, vs_elem_m, ra0)))
+        if has_vshift:
+            vs_load_v, vs_load_m = op_vshift & (r_pass == 0), op_vshift & (r_pass == 1)
+            seg_cols = Signal(22)
+            m.d.comb += seg_cols.eq(Mux(vs_load_v, vs_words_v, Mux(vs_load_m, vs_words_m, rd_cols)))
+            seg_beats, seg_last = Signal(21), Signal(range(lanes + 1))
+            m.d.comb += [seg_beats.eq(Mux(op_vshift, (seg_cols + mask) >> lb, beats)),
+                         seg_last.eq(Mux(op_vshift, ((seg_cols - 1) & mask) + 1, last_count))]
+            ra = Mux(r_op1, ra1, Mux(vs_load_v, e_src1, Mux(vs_load_m, vs_elem_m, ra0)))
+        else:
+            seg_cols, seg_beats, seg_last = rd_cols, beats, last_count
+            ra = Mux(r_op1, ra1, ra0)
         word_first = ra >> lb
         word_last = (ra + seg_cols - 1) >> lb
         word = Signal(ea_bits)
@@ -802,7 +811,9 @@ class Sfu(wiring.Component):
                 m.d.sync += carry.eq(Cat(*wrot))
                 with m.If(out_beat.last):   # (rope: a row's halves are two writer rows; vshift counts at its e_ref byte)
                     m.d.sync += [w_beat.eq(0), wa.eq(wa + Mux(op_rope, ins.cols >> 1, ins.cols)),
-                                 w_row.eq(w_row + ~op_vshift), vs_phase.eq(op_vshift), vs_e.eq(vs_row_e)]
+                                 w_row.eq(w_row + ~op_vshift)]
+                    if has_vshift:
+                        m.d.sync += [vs_phase.eq(op_vshift), vs_e.eq(vs_row_e)]
                     with m.If((w_off != 0) & (out_beat.count > lanes - w_off)):
                         m.d.sync += [flush.eq(1), flush_addr.eq(w_base + w_beat + 1),
                                      flush_en.eq(Cat(*[((j < w_off) & (j + lanes - w_off < out_beat.count))
@@ -810,7 +821,7 @@ class Sfu(wiring.Component):
                                                        for j in range(lanes)]))]
                 with m.Else():
                     m.d.sync += w_beat.eq(w_beat + 1)
-        if "vshift" in self.ops:  # the row's e_ref byte after the P' block's int32s, once the row's words are out
+        if has_vshift:  # the row's e_ref byte after the P' block's int32s, once the row's words are out
             wb = lb + 2
             e_addr = Signal(32)
             m.d.comb += e_addr.eq(ins.dst + (n_elems << 2) + w_row)
