@@ -505,7 +505,7 @@ def to_artifact(comp: Compiled) -> Artifact:
                   "config": {k: getattr(sp.config, k) for k in ("vocab_size", "dim", "n_layers", "n_heads",
                                                                  "n_kv_heads", "head_dim", "ffn_dim", "norm_eps",
                                                                  "rope_theta", "max_seq_len", "tie_embeddings",
-                                                                 "name")}},
+                                                                 "name", "rope_scaling")}},
         "layout": comp.layout.to_dict(),
         "prefill_rows": comp.prefill_rows, "prefill_step": comp.prefill_step, "decode_step": comp.decode_step,
         "programs": {n: {"kind": p.kind, "bucket": p.bucket, "patches": p.patches, "stats": p.stats}

@@ -39,8 +39,10 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
 block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
-stride ``BAD_RECORD`` in 3; quant's field rules ``BAD_FIELD`` in 3, the OVP4 record's multiplier
-``BAD_MULTIPLIER`` after the record read: ``status.cycles`` = 14).
+stride ``BAD_RECORD`` in 3; quant's field rules, rope's odd ``cols`` and vshift's query position
+``BAD_FIELD`` in 3; the OVP4 quant record's multiplier ``BAD_MULTIPLIER`` after the record read
+(``status.cycles`` = 14); rope's record ``BAD_DATA`` / ``ROPE_ROM`` after its 14-cycle check; vshift's
+V mantissa above 256 ``BAD_DATA`` at the end of the instruction, whose writes are all suppressed).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
@@ -54,10 +56,16 @@ Ops of this revision: add, mul, copy, silu, swiglu (hw/sfu_eltwise.py), rmsnorm
 (hw/sfu_norm.py), softmax (hw/sfu_softmax.py) and quant (hw/sfu_quant.py; its INT8 block goes
 through a byte writer, :meth:`Sfu._quant_writer`, with per-row exponent/mantissa bytes: ``tail``
 cycles after the last row) and dequant (hw/sfu_dequant.py; the reader streams each record's
-words, ``record_words(cols)``, at stride ``imm``). quant's OVP4 mode (``imm[17]``) runs on its own
-core, hw/sfu_ovp_quant.py (one pass, the parameter record at ``src1`` read in ``Q_PARAM``, pair-code
-bytes through the same byte writer; timing :data:`OVP_QUANT_TIMING`, :func:`op_timing`); a 1-lane
-SFU has none (``NOT_BUILT``). rope and vshift are not built yet and answer ``SfuError.NOT_BUILT``.
+words, ``record_words(cols)``, at stride ``imm``), rope (hw/sfu_rope.py; built only with a cos/sin
+ROM, ``Sfu(config, rope=RopeRom(...))``: the row's halves stream as two operands in both of its
+passes, each pass one writer row of ``cols / 2``; :class:`~olivine.hw.sfu_rope.RopeSetup` checks the
+48-byte record against the ROM in the ``ROPE_SETUP`` state, ``setup`` = 14 cycles) and vshift
+(hw/sfu_vshift.py; the first row's passes 0 and 1 stream the words covering V's exponents and
+mantissas, each pass with its own start and length, into the core's buffers, later rows skip them;
+after each row's words its ``e_ref`` byte, one byte-enabled write). quant's OVP4 mode (``imm[17]``) runs on its own core, hw/sfu_ovp_quant.py (one pass, the parameter
+record at ``src1`` read in ``Q_PARAM``, pair-code bytes through the same byte writer; timing
+:data:`OVP_QUANT_TIMING`, :func:`op_timing`); a 1-lane SFU has none (``NOT_BUILT``). Only the reserved
+layernorm and argmax are not built.
 """
 
 from __future__ import annotations
@@ -82,6 +90,8 @@ from .sfu_ovp_quant import OVP_QUANT_LATENCY, OvpQuantCore
 from .requant import MULT_BITS, SHIFT_BITS, clamp_shift
 from .sfu_dequant import DEQUANT_LATENCY, DequantCore, record_words
 from .sfu_softmax import SOFTMAX_LATENCY, Softmax
+from .sfu_rope import ROPE_LATENCY, ROPE_MAX_COLS, ROPE_SETUP_CYCLES, RopeCore, RopeRom, RopeSetup
+from .sfu_vshift import VSHIFT_LATENCY, VSHIFT_MAX_COLS, VshiftCore
 
 NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
 SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
@@ -118,6 +128,7 @@ class _State(enum.Enum, shape=4):
     Q_DIV = 6          # quant: rows / G on the small divider
     Q_GEOM = 7         # quant: block size of the grouped layout
     Q_CHECK = 8        # quant: group count and output range
+    ROPE_SETUP = 9     # rope: read and check the parameter record (hw/sfu_rope.py RopeSetup)
     Q_PARAM = 11       # quant, OVP4 mode: read the parameter record (multiplier, shift) at src1
 
 
@@ -133,9 +144,12 @@ class SfuError(py_enum.IntEnum):
     OUT_OF_RANGE = 6     # an operand or the result beyond the data space
     BAD_GROUPS = 7       # quant: G = imm[15:0] > 1 does not divide rows
     BAD_RECORD = 8       # dequant: record stride imm not a multiple of 16 or below pad16(cols) + 16
-    BAD_MULTIPLIER = 9   # quant OVP4 mode: the parameter record's multiplier has bit 31 set
-    BAD_FIELD = 11       # quant: imm[31:19] set, imm[18] without imm[17]; OVP4 mode: imm[16] or imm[15:0] set,
+    BAD_FIELD = 9        # an op's field rule: rope with odd cols; vshift query position imm[15:0] + min(rows, period) - 1 >= cols;
+                         # quant: imm[31:19] set, imm[18] without imm[17]; OVP4 mode: imm[16] or imm[15:0] set,
                          # odd cols, or the parameter record overlapping the result
+    BAD_DATA = 10        # a value read breaks a data rule: the RoPE record (theta, hd, flag, LLaMA-3 parameters), a V mantissa > 256
+    ROPE_ROM = 11        # a valid RoPE record this instance's ROM does not hold (theta, hd, scaling) or a position beyond it
+    BAD_MULTIPLIER = 12  # quant OVP4 mode: the parameter record's multiplier has bit 31 set
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,12 @@ QUANT_ROW_GAP = 0
 QUANT_SETUP = 10
 QUANT_TAIL = 3
 
+#: vshift: cycles per row beyond its read slots (the e_ref lookup and byte write, partly hidden in
+#: the aligner's extra slot) and before the first row (the two load passes' last-chunk writes);
+#: measured on the RTL (the load passes' read slots themselves: OpTiming.instruction_cycles)
+VSHIFT_ROW_GAP = 1
+VSHIFT_SETUP = 2
+
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
     "add": OpCore(AddCore, operands=2, latency=AddCore.latency),
@@ -181,6 +201,11 @@ OP_CORES: dict[str, OpCore] = {
     "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
     "dequant": OpCore(DequantCore, latency=DEQUANT_LATENCY),
     "quant": OpCore(QuantCore, latency=QUANT_LATENCY, row_gap=QUANT_ROW_GAP, setup=QUANT_SETUP, tail=QUANT_TAIL),
+    # rope: both halves of the row as two operands in both passes (hw/sfu_rope.py); the record check before the rows
+    "rope": OpCore(RopeCore, operands=2, max_cols=ROPE_MAX_COLS, latency=ROPE_LATENCY, setup=ROPE_SETUP_CYCLES),
+    # vshift: passes 0/1 load V's exponents and mantissas once (first row), pass 2 streams each row (hw/sfu_vshift.py)
+    "vshift": OpCore(VshiftCore, max_cols=VSHIFT_MAX_COLS, latency=VSHIFT_LATENCY, row_gap=VSHIFT_ROW_GAP,
+                     setup=VSHIFT_SETUP),
 }
 
 #: Cycles from an accepted instruction to the first row read (decode, shape and range checks).
@@ -212,6 +237,8 @@ class OpTiming:
     byte_out: bool = False
     record_in: bool = False
     pair_out: bool = False   # quant's OVP4 mode: cols / 2 code bytes per row, rows back to back
+    halves: bool = False      # rope: each pass streams the row's two halves (cols / 2 elements each)
+    table_in: bool = False    # vshift: the first row's passes 0 / 1 load V (words covering 3 * cols bytes at src1)
 
     def _record_core_cycles(self, cols: int, lanes: int) -> int:
         """dequant: the core's cycles per record: pass 0 takes its ``ib`` input beats, pass 1
@@ -223,20 +250,23 @@ class OpTiming:
         if self.record_in:  # steady state: the reader's 2 passes or the core's output, whichever is longer
             in_beats = -(-record_words(cols) // lanes)
             return max(2 * (in_beats + 1), self._record_core_cycles(cols, lanes))
-        beats = -(-cols // lanes)
+        if self.table_in:  # vshift: the rows' pass only (the load passes: instruction_cycles)
+            return -(-cols // lanes) + 1 + self.row_gap
+        beats = -(-(cols // 2 if self.halves else cols) // lanes)
         return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
                 + max(0, self.short_row - beats))
 
     def elements_per_cycle(self, cols: int, lanes: int) -> float:
         return cols / self.cycles_per_row(cols, lanes)
 
-    def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0, imm: int = 0) -> int:
+    def instruction_cycles(self, rows: int, cols: int, lanes: int, dst: int = 0, imm: int = 0, *, src1: int = 0) -> int:
         """Cycles of a whole instruction (``status.cycles``): start, setup, the rows, the core's
         latency, the read and write pipeline (2), and 1 more when the last row's end straddles a
         destination word (its flush write; earlier rows' flushes hide in the next row's free read
         slot)."""
-        last_start = dst // 4 + (rows - 1) * cols
-        offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
+        last_start = dst // 4 + (rows - 1) * cols + (cols // 2 if self.halves else 0)
+        seg = cols // 2 if self.halves else cols
+        offset, last_count = last_start % lanes, (seg - 1) % lanes + 1
         flush = int(offset != 0 and last_count > lanes - offset)
         if self.pair_out:  # OVP4 block (quant, OVP4 mode): only the last row's overhang is its own write
             last_beat = dst + (rows - 1) * (cols // 2) + (-(-cols // lanes) - 1) * (lanes // 2)
@@ -249,6 +279,9 @@ class OpTiming:
             last_beat = last_row + (-(-cols // lanes) - 1) * lanes
             flush = int(last_beat % (4 * lanes) + last_count > 4 * lanes)
         row_cycles = rows * self.cycles_per_row(cols, lanes)
+        if self.table_in:  # the first row's load passes: the words covering V's exponents, then its mantissas
+            words_v, words_m = (src1 % 4 + cols + 3) // 4, ((src1 + cols) % 4 + 2 * cols + 3) // 4
+            row_cycles += -(-words_v // lanes) + 1 + -(-words_m // lanes) + 1
         if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
             in_beats = -(-record_words(cols) // lanes)
             row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)
@@ -259,7 +292,8 @@ def _timing(core: OpCore) -> OpTiming:
     two = core.operands == 2
     return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
                     latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup,
-                    tail=core.tail, byte_out=core.cls is QuantCore, record_in=core.cls is DequantCore)
+                    tail=core.tail, byte_out=core.cls is QuantCore, record_in=core.cls is DequantCore,
+                    halves=core.cls is RopeCore, table_in=core.cls is VshiftCore)
 
 
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
@@ -369,18 +403,27 @@ class Sfu(wiring.Component):
     fifo_depth : int
         Beats buffered between the read aligner and the core (the read credit; 4 covers the
         read round trip at full rate).
+    rope : RopeRom, optional
+        The cos/sin ROM of the rope op (hw/sfu_rope.py; ``RopeRom.from_model_config`` for a
+        compiled model). ``None``: rope is not built (``SfuError.NOT_BUILT``).
     """
 
-    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = 4):
+    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = 4,
+                 rope: RopeRom | None = None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
-        ops = tuple(OP_CORES) if ops is None else tuple(ops)
+        if rope is not None and not isinstance(rope, RopeRom):
+            raise TypeError(f"rope must be a RopeRom (hw/sfu_rope.py) or None, got {type(rope).__name__}")
+        ops = tuple(op for op in OP_CORES if op != "rope" or rope is not None) if ops is None else tuple(ops)
         for op in ops:
             if op not in OP_CORES:
                 raise ValueError(f"op {op!r} has no SFU core in this revision; built: {', '.join(OP_CORES)}")
+        if "rope" in ops and rope is None:
+            raise ValueError("op 'rope' needs its cos/sin ROM: pass rope=RopeRom(theta, head_dim, positions, scaling) "
+                             "or RopeRom.from_model_config(config)")
         if not ops:
             raise ValueError("an SFU needs at least one op")
-        self.config, self.ops, self.fifo_depth = config, ops, fifo_depth
+        self.config, self.ops, self.fifo_depth, self.rope = config, ops, fifo_depth, rope
         self.lanes = sfu_lanes(config)
         self.lane_bits = self.lanes.bit_length() - 1
         self.space_bytes = data_space_bytes(config)
@@ -403,7 +446,7 @@ class Sfu(wiring.Component):
         blayout = beat_layout(lanes)
         cores = {}
         for op in self.ops:
-            core = OP_CORES[op].cls(lanes)
+            core = OP_CORES[op].cls(lanes, self.rope) if op == "rope" else OP_CORES[op].cls(lanes)
             cores[op] = core
             m.submodules[f"core_{op}"] = core
         # quant's OVP4 mode (imm[17]): its own core beside QuantCore; pairs need two lanes a beat
@@ -422,6 +465,7 @@ class Sfu(wiring.Component):
         op_src1_extra, op_norm = Signal(2), Signal()
         has_quant = "quant" in self.ops
         op_quant, op_dequant = Signal(), Signal()
+        op_rope, op_vshift = Signal(), Signal()
         with m.Switch(ins.op):
             for op in self.ops:
                 spec = OP_CORES[op]
@@ -430,7 +474,8 @@ class Sfu(wiring.Component):
                                  op_two.eq(spec.operands == 2), op_src1_rows.eq(spec.src1_per_row),
                                  op_max_cols.eq(spec.max_cols), op_src1_extra.eq(spec.src1_extra),
                                  op_norm.eq(op == "rmsnorm"), op_quant.eq(op == "quant"),
-                                 op_dequant.eq(op == "dequant")]
+                                 op_dequant.eq(op == "dequant"), op_rope.eq(op == "rope"),
+                                 op_vshift.eq(op == "vshift")]
             with m.Case(*[MISC_OPS.index(op) for op in RESERVED_OPS], 13, 14, 15):
                 m.d.comb += op_reserved.eq(1)
             with m.Default():  # valid ops not built into this instance (every case listed: lint)
@@ -497,10 +542,31 @@ class Sfu(wiring.Component):
             q_hi_data, q_hi_en, q_hi_addr = Signal(32 * lanes), Signal(4 * lanes), Signal(self.addr_width)
             q_ovp_mult, q_ovp_shift, q_ovp_s = Signal(32), Signal(32), Signal(signed(SHIFT_BITS))
 
+        # ---- rope: the parameter record check; vshift: its e_ref byte writer and data-rule flag
+        has_rope = "rope" in self.ops
+        if has_rope:
+            m.submodules.rope_setup = rope_setup = RopeSetup(lanes, self.rope, bad_data=SfuError.BAD_DATA,
+                                                             rom_code=SfuError.ROPE_ROM, addr_width=self.addr_width)
+            m.d.comb += [rope_setup.src1.eq(e_src1), rope_setup.cols.eq(ins.cols), rope_setup.rows.eq(ins.rows),
+                         rope_setup.imm.eq(ins.imm), rope_setup.rd_data.eq(self.rd.data)]
+        has_vshift = "vshift" in self.ops
+        if has_vshift:
+            vs_phase, vs_error = Signal(), Signal()
+            vs_e, vs_row_e = Signal(8), Signal(8)
+        else:
+            vs_phase = vs_error = Const(0, 1)
+
         # ---- what the reader streams per row: cols elements, or a dequant record's words
         rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
-        m.d.comb += [rd_cols.eq(Mux(op_dequant, (((ins.cols + 15) >> 4) << 2) + 2, ins.cols)),
+        m.d.comb += [rd_cols.eq(Mux(op_dequant, (((ins.cols + 15) >> 4) << 2) + 2, Mux(op_rope, ins.cols >> 1, ins.cols))),
                      rd_stride.eq(Mux(op_dequant, ins.imm >> 2, ins.cols))]
+        # vshift's first row: pass 0 streams the words covering V's exponents, pass 1 its mantissas
+        vs_off_v, vs_off_m = Signal(2), Signal(2)
+        vs_words_v, vs_words_m, vs_elem_m = Signal(22), Signal(22), Signal(23)
+        if has_vshift:
+            m.d.comb += [vs_off_v.eq(ins.src1[:2]), vs_off_m.eq((ins.src1 + ins.cols)[:2]),
+                         vs_words_v.eq((vs_off_v + ins.cols + 3) >> 2), vs_words_m.eq((vs_off_m + (ins.cols << 1) + 3) >> 2),
+                         vs_elem_m.eq((ins.src1 + ins.cols) >> 2)]
 
         # ---- control FSM
         running = Signal()
@@ -519,18 +585,25 @@ class Sfu(wiring.Component):
                              last_count.eq(((rd_cols - 1) & mask) + 1), n_src0.eq(ins.rows * rd_stride)]
                 m.d.sync += state.eq(_State.CHECK)
             with m.Case(_State.CHECK):
-                src1_elems = Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra)
+                src1_elems = Mux(op_rope, 12, Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra))
                 # quant writes an INT8 block (bytes, any alignment): checked in Q_CHECK
                 bad_range = ((e_src0 + n_src0 > elems_total) | (~op_quant & (e_dst + n_elems > elems_total))
                              | (op_two & (e_src1 + src1_elems > elems_total)))
                 unaligned = (((ins.src0 | Mux(op_quant, 0, ins.dst)) & 3).any() | (op_two & (ins.src1 & 3).any())
-                             | (q_ovp & (ins.src1 & 3).any()))
+                             | (q_ovp & (ins.src1 & 3).any()) | (op_rope & ins.src1[2]))  # the RoPE record (float64) is 8-byte aligned
                 # quant's imm rules (docs/isa.md Validity) and the OVP4 record: 16 bytes in range, off the result
                 ovp_rec_end, ovp_dst_end = ins.src1 + 16, ins.dst + (n_elems >> 1)
                 bad_range = bad_range | (q_ovp & (ovp_rec_end > self.space_bytes))
                 quant_field = op_quant & (ins.imm[19:].any() | (ins.imm[18] & ~ins.imm[17])
                                           | (q_ovp & (ins.imm[:17].any() | ins.cols[0]
                                                       | ((ins.src1 < ovp_dst_end) & (ins.dst < ovp_rec_end)))))
+                # vshift: 3 * cols bytes of V at src1 (any byte), the P' block's e_ref bytes after dst's int32s
+                # (shifts and adds: no multiplier for the constant factors)
+                bad_range = bad_range | (op_vshift & ((ins.src1 + (ins.cols << 1) + ins.cols > self.space_bytes)
+                                                      | (ins.dst + (n_elems << 2) + ins.rows > self.space_bytes)))
+                vs_period = Mux(ins.imm[16:] == 0, 1, ins.imm[16:])
+                bad_field = (quant_field | (op_rope & ins.cols[0])
+                             | (op_vshift & (ins.imm[:16] + Mux(ins.rows < vs_period, ins.rows, vs_period) - 1 >= ins.cols)))
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
                 with m.Elif(~op_built | (q_ovp & (ovp_core is None))):
@@ -539,7 +612,7 @@ class Sfu(wiring.Component):
                     m.d.comb += err_code.eq(SfuError.ZERO_SHAPE)
                 with m.Elif(ins.cols > op_max_cols):
                     m.d.comb += err_code.eq(SfuError.ROW_TOO_LONG)
-                with m.Elif(quant_field):
+                with m.Elif(bad_field):
                     m.d.comb += err_code.eq(SfuError.BAD_FIELD)
                 with m.Elif(unaligned):
                     m.d.comb += err_code.eq(SfuError.UNALIGNED)
@@ -554,9 +627,12 @@ class Sfu(wiring.Component):
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Else():
                     m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
-                                 ra0.eq(e_src0), ra1.eq(e_src1), w_row.eq(0), w_beat.eq(0), wa.eq(e_dst),
-                                 c_row.eq(0), pr_step.eq(0)]
-                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, Mux(op_quant, _State.Q_DIV, _State.RUN)))
+                                 ra0.eq(e_src0), ra1.eq(Mux(op_rope, e_src0 + (ins.cols >> 1), e_src1)), w_row.eq(0),
+                                 w_beat.eq(0), wa.eq(e_dst), c_row.eq(0), pr_step.eq(0)]
+                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, Mux(op_quant, _State.Q_DIV,
+                                                                             Mux(op_rope, _State.ROPE_SETUP, _State.RUN))))
+                    if has_rope:
+                        m.d.comb += rope_setup.start.eq(op_rope)
             if need_sqrt:  # only an instance with a norm has the parameter states
                 with m.Case(_State.PARAM_READ):
                     # two reads: the words holding elements src1/4 + cols and + cols + 1 (eps
@@ -636,12 +712,25 @@ class Sfu(wiring.Component):
                             m.d.sync += state.eq(_State.RUN)
                     with m.Else():
                         m.d.sync += pr_step.eq(1)
+            if has_rope:
+                with m.Case(_State.ROPE_SETUP):
+                    m.d.comb += [self.rd.addr.eq(rope_setup.rd_addr), self.rd.en.eq(rope_setup.rd_en)]
+                    with m.If(rope_setup.done):
+                        with m.If(rope_setup.code != 0):
+                            m.d.sync += [status.error.eq(1), status.code.eq(rope_setup.code),
+                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
+                                         status.cycles.eq(cycles)]
+                            m.d.sync += state.eq(_State.IDLE)
+                        with m.Else():
+                            m.d.sync += state.eq(_State.RUN)
             with m.Default():  # RUN
                 m.d.comb += running.eq(1)
                 # every read beat consumed (dequant takes a record's words past its codes without
                 # output: none may be left in the FIFO for the next instruction)
-                with m.If(r_done & (w_row == ins.rows) & ~flush & (outstanding == 0)):
-                    m.d.sync += [status.error.eq(0), status.code.eq(0), status.offset.eq(ins.offset),
+                # (rope writes each row as two halves: one writer row per pass)
+                with m.If(r_done & (w_row == Mux(op_rope, ins.rows << 1, ins.rows)) & ~flush & (outstanding == 0)):
+                    m.d.sync += [status.error.eq(vs_error), status.code.eq(Mux(vs_error, SfuError.BAD_DATA, 0)),
+                                 status.offset.eq(ins.offset),
                                  status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
                     m.d.sync += state.eq(_State.IDLE)
         with m.If(status.busy):
@@ -651,10 +740,21 @@ class Sfu(wiring.Component):
         last_pass = Signal()
         m.d.comb += last_pass.eq(r_pass == op_passes - 1)
         two_now = Signal()
-        m.d.comb += two_now.eq(op_two & last_pass)
-        ra = Mux(r_op1, ra1, ra0)
+        m.d.comb += two_now.eq(op_two & (last_pass | op_rope))     # rope: both halves in both passes
+        # vshift's load passes: their own segment (start, length) per pass
+        if has_vshift:
+            vs_load_v, vs_load_m = op_vshift & (r_pass == 0), op_vshift & (r_pass == 1)
+            seg_cols = Signal(22)
+            m.d.comb += seg_cols.eq(Mux(vs_load_v, vs_words_v, Mux(vs_load_m, vs_words_m, rd_cols)))
+            seg_beats, seg_last = Signal(21), Signal(range(lanes + 1))
+            m.d.comb += [seg_beats.eq(Mux(op_vshift, (seg_cols + mask) >> lb, beats)),
+                         seg_last.eq(Mux(op_vshift, ((seg_cols - 1) & mask) + 1, last_count))]
+            ra = Mux(r_op1, ra1, Mux(vs_load_v, e_src1, Mux(vs_load_m, vs_elem_m, ra0)))
+        else:
+            seg_cols, seg_beats, seg_last = rd_cols, beats, last_count
+            ra = Mux(r_op1, ra1, ra0)
         word_first = ra >> lb
-        word_last = (ra + rd_cols - 1) >> lb
+        word_last = (ra + seg_cols - 1) >> lb
         word = Signal(ea_bits)
         m.d.comb += word.eq(word_first + r_slot)
         produce = r_slot != 0
@@ -666,17 +766,17 @@ class Sfu(wiring.Component):
         p_valid, p_op1, p_produce, p_first, p_last = Signal(), Signal(), Signal(), Signal(), Signal()
         p_count, p_pass, p_off = Signal(range(lanes + 1)), Signal(2), Signal(range(lanes))
         m.d.sync += [p_valid.eq(issue), p_op1.eq(r_op1), p_produce.eq(produce), p_first.eq(r_slot == 1),
-                     p_last.eq(r_slot == beats), p_count.eq(Mux(r_slot == beats, last_count, lanes)),
+                     p_last.eq(r_slot == seg_beats), p_count.eq(Mux(r_slot == seg_beats, seg_last, lanes)),
                      p_pass.eq(r_pass), p_off.eq(ra & mask)]
         with m.If(issue):
             with m.If(two_now & ~r_op1):
                 m.d.sync += r_op1.eq(1)
             with m.Else():
                 m.d.sync += r_op1.eq(0)
-                with m.If(r_slot == beats):
+                with m.If(r_slot == seg_beats):
                     m.d.sync += r_slot.eq(0)
-                    with m.If(last_pass):
-                        m.d.sync += [r_pass.eq(0), r_row.eq(r_row + 1), ra0.eq(ra0 + rd_stride),
+                    with m.If(last_pass):   # (vshift loads V in the first row's passes 0 and 1 only)
+                        m.d.sync += [r_pass.eq(Mux(op_vshift, 2, 0)), r_row.eq(r_row + 1), ra0.eq(ra0 + rd_stride),
                                      ra1.eq(Mux(op_src1_rows, ra1 + ins.cols, ra1))]
                         with m.If(r_row == ins.rows - 1):
                             m.d.sync += r_done.eq(1)
@@ -741,6 +841,13 @@ class Sfu(wiring.Component):
             elif op == "softmax":
                 m.d.comb += [core.params.mask.eq(ins.mask), core.params.qpos_base.eq(ins.imm[:16]),
                              core.params.qpos_period.eq(ins.imm[16:]), core.params.row.eq(c_row)]
+            elif op == "rope":
+                m.d.comb += [core.params.pos_base.eq(ins.imm[:16]), core.params.per.eq(ins.imm[16:]),
+                             core.params.row.eq(c_row)]
+            elif op == "vshift":
+                m.d.comb += [core.params.qpos_base.eq(ins.imm[:16]), core.params.qpos_period.eq(ins.imm[16:]),
+                             core.params.row.eq(c_row), core.params.cols.eq(ins.cols), core.params.off_v.eq(vs_off_v),
+                             core.params.off_m.eq(vs_off_m), vs_row_e.eq(core.row_exp), vs_error.eq(core.error)]
         with m.If(take0 & in_beats[0].last & (in_beats[0].pass_ == op_passes - 1)):
             m.d.sync += c_row.eq(c_row + 1)
         m.d.comb += fifos[0].r_en.eq(take0)
@@ -750,9 +857,9 @@ class Sfu(wiring.Component):
 
         # ---- writer: rotate each result beat to the destination offset, carry the overhang
         if has_quant:
-            m.d.comb += out_ready.eq(running & Mux(op_quant, q_phase == 0, ~flush))
+            m.d.comb += out_ready.eq(running & Mux(op_quant, q_phase == 0, ~flush & ~vs_phase))
         else:
-            m.d.comb += out_ready.eq(running & ~flush)
+            m.d.comb += out_ready.eq(running & ~flush & ~vs_phase)
         w_off = Signal(range(lanes))
         m.d.comb += w_off.eq(wa & mask)
         w_base = wa >> lb
@@ -776,8 +883,11 @@ class Sfu(wiring.Component):
                 m.d.comb += [self.wr.addr.eq(w_base + w_beat), self.wr.data.eq(word_out),
                              self.wr.en.eq(Cat(*[Mux(lane_en[j], 0xF, 0) for j in range(lanes)]))]
                 m.d.sync += carry.eq(Cat(*wrot))
-                with m.If(out_beat.last):
-                    m.d.sync += [w_beat.eq(0), wa.eq(wa + ins.cols), w_row.eq(w_row + 1)]
+                with m.If(out_beat.last):   # (rope: a row's halves are two writer rows; vshift counts at its e_ref byte)
+                    m.d.sync += [w_beat.eq(0), wa.eq(wa + Mux(op_rope, ins.cols >> 1, ins.cols)),
+                                 w_row.eq(w_row + ~op_vshift)]
+                    if has_vshift:
+                        m.d.sync += [vs_phase.eq(op_vshift), vs_e.eq(vs_row_e)]
                     with m.If((w_off != 0) & (out_beat.count > lanes - w_off)):
                         m.d.sync += [flush.eq(1), flush_addr.eq(w_base + w_beat + 1),
                                      flush_en.eq(Cat(*[((j < w_off) & (j + lanes - w_off < out_beat.count))
@@ -785,6 +895,16 @@ class Sfu(wiring.Component):
                                                        for j in range(lanes)]))]
                 with m.Else():
                     m.d.sync += w_beat.eq(w_beat + 1)
+        if has_vshift:  # the row's e_ref byte after the P' block's int32s, once the row's words are out
+            wb = lb + 2
+            e_addr = Signal(32)
+            m.d.comb += e_addr.eq(ins.dst + (n_elems << 2) + w_row)
+            with m.If(vs_phase & ~flush):
+                m.d.comb += [self.wr.addr.eq(e_addr >> wb), self.wr.data.eq(Cat(*[vs_e] * (4 * lanes))),
+                             self.wr.en.eq(Const(1, 4 * lanes) << e_addr[:wb])]
+                m.d.sync += [vs_phase.eq(0), w_row.eq(w_row + 1)]
+            with m.If(vs_error):   # a V mantissa above 256 (loaded before any row): nothing is written
+                m.d.comb += self.wr.en.eq(0)
         if has_quant:
             self._quant_writer(m, op_quant, accept, out_beat, ins, q_row_e, q_row_m, q_phase, q_carry, q_e, q_m,
                                q_hi_data, q_hi_en, q_hi_addr, q_acode, q_base, q_tc, q_trows, q_tcols, q_blk, q_h,
@@ -874,8 +994,8 @@ class SfuHarness(wiring.Component):
     -> ``host_rd_data`` one cycle later (a second read port). Word = ``4 * lanes`` bytes.
     """
 
-    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None):
-        self.sfu = Sfu(config, ops=ops)
+    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, rope: RopeRom | None = None):
+        self.sfu = Sfu(config, ops=ops, rope=rope)
         self.lanes, self.words, aw = self.sfu.lanes, self.sfu.words, self.sfu.addr_width
         width = 32 * self.lanes
         self.memory = Memory(shape=unsigned(width), depth=self.words, init=[])
@@ -915,17 +1035,20 @@ def small_config(**overrides) -> AcceleratorConfig:
 
 
 @register_unit("sfu")
-def _resource_unit(config: str = "small", ops: str = "", sfu_dsp: int = 0):
-    """The SFU (``olivine resources sfu --config u280 [--ops add,mul] [--sfu_dsp 64]``).
+def _resource_unit(config: str = "small", ops: str = "", sfu_dsp: int = 0, rope: str = ""):
+    """The SFU (``olivine resources sfu --config u280 [--ops add,mul] [--sfu_dsp 64] [--rope smollm2]``).
 
-    ``config``: "small" (4 lanes, 16 KiB data space) or a board name (its default configuration).
+    ``config``: "small" (4 lanes, 16 KiB data space) or a board name (its default configuration);
+    ``rope``: a RoPE ROM preset (hw/sfu_rope.py ROM_PRESETS; none: rope is not built).
     """
+    from .sfu_rope import preset_rom
+
     from .config import for_board
 
     cfg = small_config() if config == "small" else for_board(config)
     if int(sfu_dsp):
         cfg = cfg.replace(sfu_dsp=int(sfu_dsp))
     op_list = tuple(o for o in str(ops).split(",") if o) or None
-    dut = Sfu(cfg, ops=op_list)
-    tag = "_".join(op_list) if op_list else "all"
+    dut = Sfu(cfg, ops=op_list, rope=preset_rom(str(rope)) if rope else None)
+    tag = ("_".join(op_list) if op_list else "all") + (f"_{rope}" if rope else "")
     return dut, f"sfu_{config}_{dut.lanes}l_{tag}"

@@ -1,7 +1,8 @@
 """Check the RTL special function unit (hw/sfu.py) against the functional simulator's MISC semantics.
 
 ``python -m olivine.sim.sfu_check [--reduced] [--ops add,mul]`` builds a small SFU (4 lanes,
-16 KiB data space) in Verilator (cocotb, cached builds), executes every built op on random cases
+16 KiB data space; rope with the LLaMA-3-scaled ROM ``CHECK_ROPE``) in Verilator (cocotb, cached
+builds), executes every built op on random cases
 (saturation edges, INT32_MIN, all-equal rows, unaligned row starts, the longest rows the data space
 holds) and bad-input cases (reserved op, zero rows, out of range, unaligned), compares every result
 word with what ``sim/funcsim.py`` (golden/sfu.py) writes for the same instruction, and prints a
@@ -29,6 +30,11 @@ import numpy as np
 from olivine.hw.sfu import (INSTR_LAYOUT, STATUS_LAYOUT, MISC_OPS, OP_CORES, OP_TIMING, TIMING_APPROXIMATE, Sfu, SfuError, SfuHarness, VERILATOR_BUILD_ARGS,
                             op_timing, sfu_lanes,
                             small_config)
+from olivine.hw.sfu_rope import RopeRom
+
+#: The RoPE ROM of the check instance: LLaMA-3 scaling (one band of each rule: kept, smoothed,
+#: divided), a head of 12 (2 ROM beats at 4 lanes; rows of 16 and more are padded heads), 64 positions.
+CHECK_ROPE = RopeRom(500000.0, 12, 64, (8.0, 1.0, 4.0, 64.0))
 
 __all__ = ["Case", "make_cases", "expected_image", "run_amaranth", "run_verilator", "main"]
 
@@ -129,11 +135,15 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
     for k in range(3):
         pos += 4 * int(rng.integers(0, 2 * lanes))
         starts.append(pos)
-        pos += rows * record if k == 0 and record else 4 * max(n, cols + 4)
+        pos += rows * record if k == 0 and record else 4 * max(n, cols + 4) + (4 * (rows // 4 + 2) if op == "vshift" else 0)
     if pos > space:
         raise ValueError(f"case {label}: {rows}x{cols} does not fit the {space}-byte data space")
     src0, src1, dst = starts
     imm, mask = 0, 0
+    if op == "vshift":
+        src1 += int(rng.integers(0, 4))  # V's exponents and mantissas: any byte address
+    if op == "rope":
+        src1 += src1 % 8  # the RoPE record (float64) is 8-byte aligned (the region has room: 4 spare bytes)
     if record:
         imm = record
         for r in range(rows):
@@ -171,6 +181,30 @@ def _fixed_case(config, rng, op: str, rows: int, cols: int, kind: str, lanes: in
     elif op == "quant" and kind.startswith("ovp"):  # OVP4 mode: the parameter record at src1
         imm = _ovp_case(rng, image, src0, src1, rows, cols, kind)
         dst += int(rng.integers(0, 4))  # pair-code bytes: any start
+    elif op == "rope":  # the ROM's record (hd 0 = cols when the head fills the row), positions within the ROM
+        rom = CHECK_ROPE
+        words = rom.record_words()
+        if cols == rom.head_dim and rng.integers(0, 2):
+            words[2] = 0
+        image[src1: src1 + 48] = np.array(words, dtype="<u4").view(np.uint8)
+        per = int(rng.integers(0, 4))
+        last = (rows - 1) // max(1, per)
+        imm = int(rng.integers(0, rom.positions - last)) | (per << 16)
+    elif op == "vshift":  # int8 exponents, uint16 mantissas <= 256, a valid query position
+        ev = rng.integers(-128, 128, cols)
+        mv = rng.integers(0, 257, cols)
+        if kind == "edges":
+            ev = rng.choice([-128, -127, -1, 0, 1, 30, 31, 32, 33, 126, 127], cols)
+            mv = rng.choice([0, 1, 255, 256], cols)
+        elif kind == "small":  # exponents close together: shifts 8..16, the common case
+            ev = rng.integers(-4, 5, cols)
+        image[src1: src1 + cols] = ev.astype(np.int8).view(np.uint8)
+        image[src1 + cols: src1 + 3 * cols] = mv.astype("<u2").view(np.uint8)
+        period = int(rng.integers(0, 4))
+        if min(rows, max(1, period)) > cols:
+            period = 0
+        base = int(rng.integers(0, cols - min(rows, max(1, period)) + 1))
+        imm = base | (period << 16)
     elif op == "quant":  # per-token INT8: a random rule (imm[16]) and group count G dividing rows
         divisors = [g for g in range(1, rows + 1) if rows % g == 0]
         imm = int(rng.choice(divisors)) | (int(rng.integers(0, 2)) << 16)
@@ -200,6 +234,10 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
         longest = min(OP_CORES[op].max_cols, (space_words - 8 * lanes) // 3 - 8)
         shapes = [(3, 7, "random"), (2, 1, "random"), (4, lanes, "edges"), (3, 2 * lanes + 1, "edges"),
                   (2, 5, "equal"), (5, 3 * lanes - 1, "small")]
+        if op == "rope":  # even rows, the ROM's head (12) or padded to more
+            hd = CHECK_ROPE.head_dim
+            shapes = [(3, hd, "random"), (4, hd, "edges"), (2, hd + 4, "random"), (5, hd + 8, "small"),
+                      (6, hd, "equal"), (3, 2 * hd + 2, "edges")]
         shapes.append((1, longest if not reduced else min(longest, 300), "random"))
         if op in ("rmsnorm", "softmax"):
             shapes += [(3, 2 * lanes + 3, "scores"), (2, 6, "zero")]
@@ -212,7 +250,8 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
             if not reduced:
                 shapes += [(7, 2, "ovp-flint4"), (5, 3 * lanes + 2, "ovp-int4"), (3, 12, "ovp-sat")]
         if not reduced:
-            shapes += [(9, 13, "random"), (1, 1, "edges"), (16, 2, "edges")]
+            shapes += ([(9, 13, "random"), (1, 1, "edges"), (16, 2, "edges")] if op != "rope"
+                       else [(9, CHECK_ROPE.head_dim, "random"), (16, 2 * CHECK_ROPE.head_dim, "edges")])
         for rows, cols, kind in shapes:
             cases.append(_fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}"))
     # bad input: a defined error, nothing written
@@ -281,12 +320,12 @@ def unpack_word(value: int, lanes: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Amaranth simulation
 
-def run_amaranth(config, ops, cases: list[Case], max_cycles: int = 200_000) -> list[dict]:
+def run_amaranth(config, ops, cases: list[Case], max_cycles: int = 200_000, rope: RopeRom | None = None) -> list[dict]:
     """Execute the cases on an SfuHarness in Amaranth simulation; returns per case
     {"code", "mismatches", "cycles"} (memory loaded and read directly, no host-port cycles)."""
     from amaranth.sim import Simulator
 
-    dut = SfuHarness(config, ops=tuple(ops))
+    dut = SfuHarness(config, ops=tuple(ops), rope=rope if rope is not None or "rope" not in ops else CHECK_ROPE)
     lanes = dut.lanes
     results = []
 
@@ -329,7 +368,7 @@ def run_amaranth(config, ops, cases: list[Case], max_cycles: int = 200_000) -> l
 def harness_verilog(config, ops) -> tuple[str, str]:
     from olivine.hw.export import verilog
 
-    dut = SfuHarness(config, ops=tuple(ops))
+    dut = SfuHarness(config, ops=tuple(ops), rope=CHECK_ROPE if "rope" in ops else None)
     top = f"sfu_harness_{dut.lanes}l_{'_'.join(ops)}"
     return verilog(dut, top), top
 
@@ -417,14 +456,14 @@ def summarize(config, ops, cases, results) -> tuple[list[dict], int]:
         entry["cases"] += 1
         entry["mismatches"] += wrong
         if case.want_code == 0:
-            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"], f["imm"]))
-            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"]))
+            entry["cpr"].append((res["cycles"], f["rows"], f["cols"], f["dst"], f["imm"], f["src1"]))
+            entry["model"].append(t.instruction_cycles(f["rows"], f["cols"], lanes, f["dst"], f["imm"], src1=f["src1"]))
     for entry in by_op.values():
         if entry["cpr"]:
             t = entry["timing"]
             # the longest case; its per-row cost = measured cycles minus the model's fixed part
-            cyc, r, c, dst, imm = max(entry["cpr"], key=lambda x: x[1] * x[2])
-            fixed = t.instruction_cycles(r, c, lanes, dst, imm) - r * t.cycles_per_row(c, lanes)
+            cyc, r, c, dst, imm, src1 = max(entry["cpr"], key=lambda x: x[1] * x[2])
+            fixed = t.instruction_cycles(r, c, lanes, dst, imm, src1=src1) - r * t.cycles_per_row(c, lanes)
             entry["cycles_per_row"] = (cyc - fixed) / r
             entry["elems_per_cycle"] = c / entry["cycles_per_row"]
             entry["model_cycles_per_row"] = t.cycles_per_row(c, lanes)
