@@ -224,18 +224,29 @@ class OpTiming:
         """Cycles of a whole instruction (``status.cycles``): start, setup, the rows, the core's
         latency, the read and write pipeline (2), and 1 more when the last row's end straddles a
         destination word (its flush write; earlier rows' flushes hide in the next row's free read
-        slot)."""
+        slot). quant (``byte_out``): the straddle is of the INT8 bytes of the last input row, and a
+        one-beat row (``cols <= lanes``) straddling a word costs +1 wherever it is (writer-bound:
+        5 writes against 4 read slots). Exact on every case (tests/test_hw_sfu.py, Amaranth;
+        sim/sfu_check.py, Verilator)."""
         last_start = dst // 4 + (rows - 1) * cols
         offset, last_count = last_start % lanes, (cols - 1) % lanes + 1
         flush = int(offset != 0 and last_count > lanes - offset)
+        row_cycles = rows * self.cycles_per_row(cols, lanes)
         if self.byte_out:  # INT8 block output (quant): byte addresses, the grouped layout of imm
-            groups = max(1, imm & 0xFFFF)
+            groups, wbytes = max(1, imm & 0xFFFF), 4 * lanes
             t_rows = rows // groups
             blk = -(-(t_rows * (cols + 3)) // 64) * 64
-            last_row = dst + (groups - 1) * blk + (t_rows - 1) * cols
-            last_beat = last_row + (-(-cols // lanes) - 1) * lanes
-            flush = int(last_beat % (4 * lanes) + last_count > 4 * lanes)
-        row_cycles = rows * self.cycles_per_row(cols, lanes)
+
+            def straddles(r: int) -> bool:  # input row r = t*G + h: row t of block h; its last beat's bytes
+                start = dst + (r % groups) * blk + (r // groups) * cols
+                return (start + (-(-cols // lanes) - 1) * lanes) % wbytes + last_count > wbytes
+
+            flush = int(straddles(rows - 1))
+            if cols <= lanes:
+                # a one-beat row has 4 read slots and 4 writer cycles (codes, exponent, 2 mantissa
+                # bytes); its codes straddling a word add a 5th (the overhang), which no read slot
+                # hides: +1 per such row before the last (the last one's is the flush above)
+                row_cycles += sum(straddles(r) for r in range(rows - 1))
         if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
             in_beats = -(-record_words(cols) // lanes)
             row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)
@@ -252,15 +263,6 @@ def _timing(core: OpCore) -> OpTiming:
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
 #: and the check command reports the Verilator measurement next to it).
 OP_TIMING: dict[str, OpTiming] = {op: _timing(core) for op, core in OP_CORES.items()}
-#: Ops whose OP_TIMING is known not to be exact on every case (the results are bit-exact; the cycle
-#: model is not). quant: short rows whose INT8 bytes straddle a destination word (e.g. 6x3 at byte
-#: offset 2) take 1-2 cycles more than modelled, and Verilator measured 3 more than the Amaranth
-#: simulation on one grouped case (4x4, G = 4, byte offset 14): to be explained before the
-#: performance model relies on it.
-TIMING_APPROXIMATE: dict[str, str] = {
-    "quant": "short rows straddling a destination word: 1-3 cycles more than modelled",
-}
-
 _CASE_REASON = ("Amaranth's Verilog backend writes every combinational signal as a default assignment "
                 "followed by a case statement that lists only the values that change it (m.Switch / the "
                 "state and op decoders); an unlisted value keeps the default, so nothing is latched")

@@ -226,3 +226,31 @@ def test_dequant_records_and_bad_records():
             assert res["cycles"] == OP_TIMING["dequant"].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]), case.label
         for case, res in zip(bad, results[len(cases):]):
             assert res["code"] == case.want_code and res["mismatches"] == 0
+
+
+def test_quant_timing_model_exact_on_short_rows_straddling_words():
+    """One-beat quant rows whose INT8 codes straddle a destination word are writer-bound (a 5th
+    write against 4 read slots): OP_TIMING counts +1 per such row; bit-exact and cycle-exact on
+    random shapes, groupings and byte offsets (the Verilator check runs such rows too)."""
+    rng = np.random.default_rng(21)
+    cases = []
+    for k in range(24):
+        rows, cols = int(rng.integers(2, 8)), int(rng.integers(1, 6))
+        groups = int(rng.choice([g for g in range(1, rows + 1) if rows % g == 0]))
+        case = sfu_check._fixed_case(CONFIG, rng, "quant", rows, cols, "random", 4, f"quant {rows}x{cols} G{groups}")
+        case.fields = dict(case.fields, imm=groups | int(rng.integers(0, 2)) << 16,
+                           dst=case.fields["dst"] - case.fields["dst"] % 16 + int(rng.integers(0, 16)))
+        case.want = sfu_check.expected_image(CONFIG, case.image, case.fields)
+        cases.append(case)
+    timing = OP_TIMING["quant"]
+    flat = [timing.instruction_cycles(c.fields["rows"], c.fields["cols"], 4, c.fields["dst"] - c.fields["dst"] % 16,
+                                      c.fields["imm"]) for c in cases]
+    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases)
+    longer = 0
+    for case, res, aligned in zip(cases, results, flat):
+        f = case.fields
+        model = timing.instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
+        assert res["mismatches"] == 0 and res["code"] == 0, case.label
+        assert res["cycles"] == model, f"{case.label} at byte {f['dst'] % 16}: {res['cycles']} cycles, model {model}"
+        longer += model > aligned
+    assert longer >= 5, "the cases must include rows that straddle a word"
