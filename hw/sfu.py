@@ -39,7 +39,12 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
 block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
-stride ``BAD_RECORD`` in 3).
+stride ``BAD_RECORD`` in 3). The data rules of docs/isa.md MISC, checked before any write: a
+dequant record multiplier with bit 31 set answers ``BAD_MULTIPLIER`` after the multiplier scan
+(one read per record, ``rows + 2`` cycles, also paid by a good instruction: :data:`OP_TIMING`);
+rmsnorm's eps multiplier >= 2**31, eps shift outside 0..62 or ``d * eps * 2**32 >= 2**61``
+answer ``BAD_EPS`` at the end of its parameter setup (the product ``d * eps_mult`` is a
+shift-and-add beside the sqrt(cols) root: no DSP, no cycle).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
@@ -113,6 +118,7 @@ class _State(enum.Enum, shape=4):
     Q_DIV = 6          # quant: rows / G on the small divider
     Q_GEOM = 7         # quant: block size of the grouped layout
     Q_CHECK = 8        # quant: group count and output range
+    D_SCAN = 9         # dequant: every record's multiplier word, bit 31 clear (before any write)
 
 
 class SfuError(py_enum.IntEnum):
@@ -127,6 +133,8 @@ class SfuError(py_enum.IntEnum):
     OUT_OF_RANGE = 6     # an operand or the result beyond the data space
     BAD_GROUPS = 7       # quant: G = imm[15:0] > 1 does not divide rows
     BAD_RECORD = 8       # dequant: record stride imm not a multiple of 16 or below pad16(cols) + 16
+    BAD_MULTIPLIER = 9   # dequant: a record's multiplier has bit 31 set (multipliers are below 2**31)
+    BAD_EPS = 10         # rmsnorm: eps multiplier >= 2**31, eps shift outside 0..62 or d * eps * 2**32 >= 2**61
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,8 @@ class OpCore:
 QUANT_ROW_GAP = 0
 QUANT_SETUP = 10
 QUANT_TAIL = 3
+#: dequant's multiplier scan: one read per record, then the last word's check and the decision.
+DEQUANT_SCAN_EXTRA = 2
 
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
@@ -250,6 +260,7 @@ class OpTiming:
         if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
             in_beats = -(-record_words(cols) // lanes)
             row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)
+            row_cycles += rows + DEQUANT_SCAN_EXTRA  # the multiplier scan before the first row (D_SCAN)
         return START_CYCLES + self.setup + row_cycles + self.latency + 2 + flush + self.tail
 
 
@@ -445,6 +456,11 @@ class Sfu(wiring.Component):
         need_sqrt = "rmsnorm" in self.ops
         if need_sqrt:
             m.submodules.sqrt = sqrt_unit = Isqrt(n_bits=62, bits_per_cycle=2)
+            # docs/isa.md data rule d * eps * 2**32 < 2**61, i.e. E(0) = round_shift(d * eps_mult,
+            # eps_shift - 32) < 2**61: d * eps_mult by shift-and-add, one bit of d per cycle while
+            # the sqrt(cols) root is computed (no DSP, no extra cycle: the root takes longer)
+            eps_acc, eps_mc, eps_mp = Signal(46), Signal(46), Signal(15)
+            assert sqrt_unit.latency > len(eps_mp), "the eps product must finish before the root"
             m.d.comb += [sqrt_e.eq((bit_length(ins.cols[:15]) + 1) >> 1),
                          sqrt_unit.i.payload.eq(ins.cols[:15] << (62 - 2 * sqrt_e).as_unsigned()[:6]), sqrt_unit.o.ready.eq(1)]
         m.d.comb += self.rd.en.eq(0)
@@ -462,6 +478,13 @@ class Sfu(wiring.Component):
             q_e, q_m = Signal(8), Signal(16)
             q_row_e, q_row_m = Signal(8), Signal(16)
             q_hi_data, q_hi_en, q_hi_addr = Signal(32 * lanes), Signal(4 * lanes), Signal(self.addr_width)
+
+        # ---- dequant: the multiplier scan (docs/isa.md data rule: every record's multiplier < 2**31,
+        # checked over all records before the first row is written)
+        has_dequant = "dequant" in self.ops
+        if has_dequant:
+            scan_addr, scan_left = Signal(ea_bits), Signal(13)
+            scan_valid, scan_bad, scan_lane = Signal(), Signal(), Signal(range(lanes))
 
         # ---- what the reader streams per row: cols elements, or a dequant record's words
         rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
@@ -514,7 +537,11 @@ class Sfu(wiring.Component):
                     m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
                                  ra0.eq(e_src0), ra1.eq(e_src1), w_row.eq(0), w_beat.eq(0), wa.eq(e_dst),
                                  c_row.eq(0), pr_step.eq(0)]
-                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, Mux(op_quant, _State.Q_DIV, _State.RUN)))
+                    if has_dequant:  # the multiplier word of record 0: element pad16(cols) / 4 of it
+                        m.d.sync += [scan_addr.eq(e_src0 + (((ins.cols + 15) >> 4) << 2)), scan_left.eq(ins.rows),
+                                     scan_valid.eq(0), scan_bad.eq(0)]
+                    m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, Mux(op_quant, _State.Q_DIV,
+                                                                             Mux(op_dequant, _State.D_SCAN, _State.RUN))))
             if need_sqrt:  # only an instance with a norm has the parameter states
                 with m.Case(_State.PARAM_READ):
                     # two reads: the words holding elements src1/4 + cols and + cols + 1 (eps
@@ -531,6 +558,7 @@ class Sfu(wiring.Component):
                             with m.If(off != mask):
                                 m.d.sync += eps_shift.eq(word_lanes[_lane_index(table + 1, lb)])
                     with m.If(pr_step == 2):
+                        m.d.sync += [eps_acc.eq(0), eps_mc.eq(eps_mult[:31]), eps_mp.eq(ins.cols[:15])]
                         if lanes > 1:
                             with m.If(off == mask):
                                 m.d.sync += eps_shift.eq(word_lanes[0])
@@ -540,7 +568,17 @@ class Sfu(wiring.Component):
                         with m.If(sqrt_unit.i.ready):
                             m.d.sync += state.eq(_State.PARAM_SQRT)
                 with m.Case(_State.PARAM_SQRT):
-                    with m.If(sqrt_unit.o.valid):
+                    with m.If(eps_mp != 0):
+                        m.d.sync += [eps_acc.eq(eps_acc + Mux(eps_mp[0], eps_mc, 0)), eps_mc.eq(eps_mc << 1),
+                                     eps_mp.eq(eps_mp >> 1)]
+                    # E(0) >= 2**61 only for a left shift (eps_shift < 32): d * eps_mult >= 2**(29 + shift)
+                    e0_big = (eps_shift < 32) & ((eps_acc >> (eps_shift[:5] + 29)) != 0)
+                    bad_eps = eps_mult[31] | (eps_shift > 62) | e0_big   # (a negative int32 shift is > 62 unsigned)
+                    with m.If(sqrt_unit.o.valid & bad_eps):
+                        m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_EPS), status.offset.eq(ins.offset),
+                                     status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
+                        m.d.sync += state.eq(_State.IDLE)
+                    with m.Elif(sqrt_unit.o.valid):
                         root, rem = sqrt_unit.o.p.root, sqrt_unit.o.p.remainder
                         rounded = root + (rem > root)           # round half up of sqrt(cols << 2k)
                         with m.If(rounded[31]):                  # carry to 2**31: (2**30, shift - 1)
@@ -548,6 +586,25 @@ class Sfu(wiring.Component):
                         with m.Else():
                             m.d.sync += [sqrt_mult.eq(rounded), sqrt_shift.eq(31 - sqrt_e)]
                         m.d.sync += state.eq(_State.RUN)
+            if has_dequant:
+                with m.Case(_State.D_SCAN):
+                    # one multiplier word read per cycle (rows + 2 cycles), bit 31 checked as it arrives
+                    scan_issue = scan_left != 0
+                    m.d.comb += [self.rd.addr.eq(scan_addr >> lb), self.rd.en.eq(scan_issue)]
+                    m.d.sync += [scan_valid.eq(scan_issue), scan_lane.eq(_lane_index(scan_addr, lb) if lb else 0)]
+                    with m.If(scan_issue):
+                        m.d.sync += [scan_addr.eq(scan_addr + rd_stride), scan_left.eq(scan_left - 1)]
+                    scan_words = Array(self.rd.data[32 * j + 31] for j in range(lanes))
+                    with m.If(scan_valid & (scan_words[scan_lane] if lb else scan_words[0])):
+                        m.d.sync += scan_bad.eq(1)
+                    with m.If(~scan_issue & ~scan_valid):
+                        with m.If(scan_bad):
+                            m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_MULTIPLIER),
+                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
+                                         status.cycles.eq(cycles)]
+                            m.d.sync += state.eq(_State.IDLE)
+                        with m.Else():
+                            m.d.sync += state.eq(_State.RUN)
             if has_quant:
                 with m.Case(_State.Q_DIV):
                     m.d.comb += q_div.i.valid.eq(1)

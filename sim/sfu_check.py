@@ -195,7 +195,49 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
         fields = dict(base.fields, **change, offset=int(rng.integers(0, 1 << 20)))
         cases.append(Case(MISC_OPS[fields["op"]] if fields["op"] < len(MISC_OPS) else "op15", fields,
                           base.image, want=None, want_code=int(code), label=label))
+    cases += _data_rule_cases(config, cases, rng)
     return cases
+
+
+def _data_rule_cases(config, cases: list[Case], rng) -> list[Case]:
+    """docs/isa.md MISC data rules: values in the operands (not the fields) that answer an error
+    with nothing written, and the largest valid value next to each bound."""
+    out = []
+
+    def variant(case, label, code, edit):
+        image = case.image.copy()
+        edit(image)
+        fields = dict(case.fields, offset=int(rng.integers(0, 1 << 20)))
+        new = Case(case.op, fields, image, want_code=int(code), label=label)
+        new.want = expected_image(config, image, fields) if code == 0 else None
+        out.append(new)
+
+    norm = next((c for c in cases if c.op == "rmsnorm" and c.want_code == 0), None)
+    if norm is not None:  # the eps multiplier and shift follow the gains in the parameter table
+        f = norm.fields
+        at = f["src1"] + 4 * f["cols"]
+        limit = -(-(1 << 29) // f["cols"])  # d * eps_mult >= 2**29 with eps_shift 0: d * eps * 2**32 >= 2**61
+
+        def eps(mult, shift):
+            def edit(image):
+                image[at: at + 8] = np.array([mult & 0xFFFFFFFF, shift & 0xFFFFFFFF], dtype="<u4").view(np.uint8)
+            return edit
+
+        variant(norm, "rmsnorm eps multiplier bit 31", SfuError.BAD_EPS, eps(1 << 31, 20))
+        variant(norm, "rmsnorm eps shift 63", SfuError.BAD_EPS, eps(1 << 30, 63))
+        variant(norm, "rmsnorm eps shift -1", SfuError.BAD_EPS, eps(1 << 30, -1))
+        variant(norm, "rmsnorm d * eps * 2**32 = 2**61", SfuError.BAD_EPS, eps(limit, 0))
+        variant(norm, "rmsnorm d * eps * 2**32 just below 2**61", 0, eps(limit - 1, 0))
+    deq = next((c for c in cases if c.op == "dequant" and c.want_code == 0 and c.fields["rows"] > 1), None)
+    if deq is not None:  # a later record's multiplier: the scan must catch it before row 0 is written
+        f = deq.fields
+        at = f["src0"] + f["imm"] * (f["rows"] - 1) + -(-f["cols"] // 16) * 16
+
+        def mult_bit31(image):
+            image[at + 3] |= 0x80
+
+        variant(deq, "dequant last record's multiplier bit 31", SfuError.BAD_MULTIPLIER, mult_bit31)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

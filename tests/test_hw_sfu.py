@@ -254,3 +254,30 @@ def test_quant_timing_model_exact_on_short_rows_straddling_words():
         assert res["cycles"] == model, f"{case.label} at byte {f['dst'] % 16}: {res['cycles']} cycles, model {model}"
         longer += model > aligned
     assert longer >= 5, "the cases must include rows that straddle a word"
+
+
+def test_data_rules_answer_an_error_and_write_nothing():
+    """docs/isa.md MISC data rules in the operands: rmsnorm's eps multiplier (bit 31), eps shift
+    (0..62) and d * eps * 2**32 < 2**61 (BAD_EPS), a dequant record multiplier with bit 31 set,
+    here the last record's (BAD_MULTIPLIER, found by the scan before row 0 is written); the
+    simulator rejects the same instructions, and the largest eps inside the bound runs bit-exact."""
+    from olivine.sim.funcsim import SimError
+
+    ops = ("rmsnorm", "dequant")
+    labels = ("eps", "multiplier bit 31")
+    cases = [c for c in sfu_check.make_cases(CONFIG, ops, reduced=True, seed=2) if any(k in c.label for k in labels)]
+    codes = sorted(c.want_code for c in cases)
+    assert codes == [0] + [int(SfuError.BAD_MULTIPLIER)] + [int(SfuError.BAD_EPS)] * 4, [c.label for c in cases]
+    for case in cases:
+        if case.want_code:
+            with pytest.raises(SimError):
+                sfu_check.expected_image(CONFIG, case.image, case.fields)
+    results = sfu_check.run_amaranth(CONFIG, ops, cases)
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["code"] == case.want_code and res["mismatches"] == 0, case.label
+        assert res["error"] == int(case.want_code != 0), case.label
+        if case.want_code:
+            assert res["offset"] == f["offset"], case.label
+        else:
+            assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
