@@ -42,7 +42,13 @@ block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequan
 stride ``BAD_RECORD`` in 3; quant's field rules, rope's odd ``cols`` and vshift's query position
 ``BAD_FIELD`` in 3; the OVP4 quant record's multiplier ``BAD_MULTIPLIER`` after the record read
 (``status.cycles`` = 14); rope's record ``BAD_DATA`` / ``ROPE_ROM`` after its 14-cycle check; vshift's
-V mantissa above 256 ``BAD_DATA`` at the end of the instruction, whose writes are all suppressed).
+V mantissa above 256 ``BAD_DATA`` at the end of the instruction, whose writes are all suppressed;
+the data rules of docs/isa.md MISC, checked before any write: a
+dequant record multiplier with bit 31 set answers ``BAD_MULTIPLIER`` after the multiplier scan
+(one read per record, ``rows + 2`` cycles, also paid by a good instruction: :data:`OP_TIMING`);
+rmsnorm's eps multiplier >= 2**31, eps shift outside 0..62 or ``d * eps * 2**32 >= 2**61``
+answer ``BAD_EPS`` at the end of its parameter setup (the product ``d * eps_mult`` is a
+shift-and-add beside the sqrt(cols) root: no DSP, no cycle).
 
 Latency and throughput per op: :data:`OP_TIMING` (:class:`OpTiming`: cycles per row =
 ``((passes - 1) * reads + last_reads) * (beats + 1) + row_gap``, ``beats = ceil(cols / lanes)``;
@@ -129,6 +135,7 @@ class _State(enum.Enum, shape=4):
     Q_GEOM = 7         # quant: block size of the grouped layout
     Q_CHECK = 8        # quant: group count and output range
     ROPE_SETUP = 9     # rope: read and check the parameter record (hw/sfu_rope.py RopeSetup)
+    D_SCAN = 10        # dequant: every record's multiplier word, bit 31 clear (before any write)
     Q_PARAM = 11       # quant, OVP4 mode: read the parameter record (multiplier, shift) at src1
 
 
@@ -149,7 +156,8 @@ class SfuError(py_enum.IntEnum):
                          # odd cols, or the parameter record overlapping the result
     BAD_DATA = 10        # a value read breaks a data rule: the RoPE record (theta, hd, flag, LLaMA-3 parameters), a V mantissa > 256
     ROPE_ROM = 11        # a valid RoPE record this instance's ROM does not hold (theta, hd, scaling) or a position beyond it
-    BAD_MULTIPLIER = 12  # quant OVP4 mode: the parameter record's multiplier has bit 31 set
+    BAD_MULTIPLIER = 12  # a multiplier with bit 31 set: the quant OVP4 record's, a dequant record's
+    BAD_EPS = 13         # rmsnorm: eps multiplier >= 2**31, eps shift outside 0..62 or d * eps * 2**32 >= 2**61
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,8 @@ class OpCore:
 QUANT_ROW_GAP = 0
 QUANT_SETUP = 10
 QUANT_TAIL = 3
+#: dequant's multiplier scan: one read per record, then the last word's check and the decision.
+DEQUANT_SCAN_EXTRA = 2
 
 #: vshift: cycles per row beyond its read slots (the e_ref lookup and byte write, partly hidden in
 #: the aligner's extra slot) and before the first row (the two load passes' last-chunk writes);
@@ -263,28 +273,40 @@ class OpTiming:
         """Cycles of a whole instruction (``status.cycles``): start, setup, the rows, the core's
         latency, the read and write pipeline (2), and 1 more when the last row's end straddles a
         destination word (its flush write; earlier rows' flushes hide in the next row's free read
-        slot)."""
+        slot). quant (``byte_out``): the straddle is of the INT8 bytes of the last input row, and a
+        one-beat row (``cols <= lanes``) straddling a word costs +1 wherever it is (writer-bound:
+        5 writes against 4 read slots). Exact on every case (tests/test_hw_sfu.py, Amaranth;
+        sim/sfu_check.py, Verilator)."""
         last_start = dst // 4 + (rows - 1) * cols + (cols // 2 if self.halves else 0)
         seg = cols // 2 if self.halves else cols
         offset, last_count = last_start % lanes, (seg - 1) % lanes + 1
         flush = int(offset != 0 and last_count > lanes - offset)
+        row_cycles = rows * self.cycles_per_row(cols, lanes)
         if self.pair_out:  # OVP4 block (quant, OVP4 mode): only the last row's overhang is its own write
             last_beat = dst + (rows - 1) * (cols // 2) + (-(-cols // lanes) - 1) * (lanes // 2)
             flush = int(last_beat % (4 * lanes) + last_count // 2 > 4 * lanes)
         elif self.byte_out:  # INT8 block output (quant): byte addresses, the grouped layout of imm
-            groups = max(1, imm & 0xFFFF)
+            groups, wbytes = max(1, imm & 0xFFFF), 4 * lanes
             t_rows = rows // groups
             blk = -(-(t_rows * (cols + 3)) // 64) * 64
-            last_row = dst + (groups - 1) * blk + (t_rows - 1) * cols
-            last_beat = last_row + (-(-cols // lanes) - 1) * lanes
-            flush = int(last_beat % (4 * lanes) + last_count > 4 * lanes)
-        row_cycles = rows * self.cycles_per_row(cols, lanes)
+
+            def straddles(r: int) -> bool:  # input row r = t*G + h: row t of block h; its last beat's bytes
+                start = dst + (r % groups) * blk + (r // groups) * cols
+                return (start + (-(-cols // lanes) - 1) * lanes) % wbytes + last_count > wbytes
+
+            flush = int(straddles(rows - 1))
+            if cols <= lanes:
+                # a one-beat row has 4 read slots and 4 writer cycles (codes, exponent, 2 mantissa
+                # bytes); its codes straddling a word add a 5th (the overhang), which no read slot
+                # hides: +1 per such row before the last (the last one's is the flush above)
+                row_cycles += sum(straddles(r) for r in range(rows - 1))
         if self.table_in:  # the first row's load passes: the words covering V's exponents, then its mantissas
             words_v, words_m = (src1 % 4 + cols + 3) // 4, ((src1 + cols) % 4 + 2 * cols + 3) // 4
             row_cycles += -(-words_v // lanes) + 1 + -(-words_m // lanes) + 1
         if self.record_in:  # the last record: pass 0, its outputs, 2 (its words past the codes drain unseen)
             in_beats = -(-record_words(cols) // lanes)
             row_cycles += in_beats + -(-cols // lanes) + 2 - self.cycles_per_row(cols, lanes)
+            row_cycles += rows + DEQUANT_SCAN_EXTRA  # the multiplier scan before the first row (D_SCAN)
         return START_CYCLES + self.setup + row_cycles + self.latency + 2 + flush + self.tail
 
 
@@ -311,15 +333,6 @@ def op_timing(op: str, imm: int = 0) -> OpTiming:
     """The timing of a MISC op with its ``imm``: :data:`OP_TIMING`, or :data:`OVP_QUANT_TIMING` for
     quant in OVP4 mode."""
     return OVP_QUANT_TIMING if op == "quant" and imm >> 17 & 1 else OP_TIMING[op]
-#: Ops whose OP_TIMING is known not to be exact on every case (the results are bit-exact; the cycle
-#: model is not). quant: short rows whose INT8 bytes straddle a destination word (e.g. 6x3 at byte
-#: offset 2) take 1-2 cycles more than modelled, and Verilator measured 3 more than the Amaranth
-#: simulation on one grouped case (4x4, G = 4, byte offset 14): to be explained before the
-#: performance model relies on it.
-TIMING_APPROXIMATE: dict[str, str] = {
-    "quant": "short rows straddling a destination word: 1-3 cycles more than modelled",
-}
-
 _CASE_REASON = ("Amaranth's Verilog backend writes every combinational signal as a default assignment "
                 "followed by a case statement that lists only the values that change it (m.Switch / the "
                 "state and op decoders); an unlisted value keeps the default, so nothing is latched")
@@ -523,6 +536,11 @@ class Sfu(wiring.Component):
         need_sqrt = "rmsnorm" in self.ops
         if need_sqrt:
             m.submodules.sqrt = sqrt_unit = Isqrt(n_bits=62, bits_per_cycle=2)
+            # docs/isa.md data rule d * eps * 2**32 < 2**61, i.e. E(0) = round_shift(d * eps_mult,
+            # eps_shift - 32) < 2**61: d * eps_mult by shift-and-add, one bit of d per cycle while
+            # the sqrt(cols) root is computed (no DSP, no extra cycle: the root takes longer)
+            eps_acc, eps_mc, eps_mp = Signal(46), Signal(46), Signal(15)
+            assert sqrt_unit.latency > len(eps_mp), "the eps product must finish before the root"
             m.d.comb += [sqrt_e.eq((bit_length(ins.cols[:15]) + 1) >> 1),
                          sqrt_unit.i.payload.eq(ins.cols[:15] << (62 - 2 * sqrt_e).as_unsigned()[:6]), sqrt_unit.o.ready.eq(1)]
         m.d.comb += self.rd.en.eq(0)
@@ -555,6 +573,13 @@ class Sfu(wiring.Component):
             vs_e, vs_row_e = Signal(8), Signal(8)
         else:
             vs_phase = vs_error = Const(0, 1)
+
+        # ---- dequant: the multiplier scan (docs/isa.md data rule: every record's multiplier < 2**31,
+        # checked over all records before the first row is written)
+        has_dequant = "dequant" in self.ops
+        if has_dequant:
+            scan_addr, scan_left = Signal(ea_bits), Signal(13)
+            scan_valid, scan_bad, scan_lane = Signal(), Signal(), Signal(range(lanes))
 
         # ---- what the reader streams per row: cols elements, or a dequant record's words
         rd_cols, rd_stride, n_src0 = Signal(22), Signal(32), Signal(44)
@@ -629,8 +654,11 @@ class Sfu(wiring.Component):
                     m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
                                  ra0.eq(e_src0), ra1.eq(Mux(op_rope, e_src0 + (ins.cols >> 1), e_src1)), w_row.eq(0),
                                  w_beat.eq(0), wa.eq(e_dst), c_row.eq(0), pr_step.eq(0)]
+                    if has_dequant:  # the multiplier word of record 0: element pad16(cols) / 4 of it
+                        m.d.sync += [scan_addr.eq(e_src0 + (((ins.cols + 15) >> 4) << 2)), scan_left.eq(ins.rows),
+                                     scan_valid.eq(0), scan_bad.eq(0)]
                     m.d.sync += state.eq(Mux(op_norm, _State.PARAM_READ, Mux(op_quant, _State.Q_DIV,
-                                                                             Mux(op_rope, _State.ROPE_SETUP, _State.RUN))))
+                                             Mux(op_rope, _State.ROPE_SETUP, Mux(op_dequant, _State.D_SCAN, _State.RUN)))))
                     if has_rope:
                         m.d.comb += rope_setup.start.eq(op_rope)
             if need_sqrt:  # only an instance with a norm has the parameter states
@@ -649,6 +677,7 @@ class Sfu(wiring.Component):
                             with m.If(off != mask):
                                 m.d.sync += eps_shift.eq(word_lanes[_lane_index(table + 1, lb)])
                     with m.If(pr_step == 2):
+                        m.d.sync += [eps_acc.eq(0), eps_mc.eq(eps_mult[:31]), eps_mp.eq(ins.cols[:15])]
                         if lanes > 1:
                             with m.If(off == mask):
                                 m.d.sync += eps_shift.eq(word_lanes[0])
@@ -658,7 +687,17 @@ class Sfu(wiring.Component):
                         with m.If(sqrt_unit.i.ready):
                             m.d.sync += state.eq(_State.PARAM_SQRT)
                 with m.Case(_State.PARAM_SQRT):
-                    with m.If(sqrt_unit.o.valid):
+                    with m.If(eps_mp != 0):
+                        m.d.sync += [eps_acc.eq(eps_acc + Mux(eps_mp[0], eps_mc, 0)), eps_mc.eq(eps_mc << 1),
+                                     eps_mp.eq(eps_mp >> 1)]
+                    # E(0) >= 2**61 only for a left shift (eps_shift < 32): d * eps_mult >= 2**(29 + shift)
+                    e0_big = (eps_shift < 32) & ((eps_acc >> (eps_shift[:5] + 29)) != 0)
+                    bad_eps = eps_mult[31] | (eps_shift > 62) | e0_big   # (a negative int32 shift is > 62 unsigned)
+                    with m.If(sqrt_unit.o.valid & bad_eps):
+                        m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_EPS), status.offset.eq(ins.offset),
+                                     status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
+                        m.d.sync += state.eq(_State.IDLE)
+                    with m.Elif(sqrt_unit.o.valid):
                         root, rem = sqrt_unit.o.p.root, sqrt_unit.o.p.remainder
                         rounded = root + (rem > root)           # round half up of sqrt(cols << 2k)
                         with m.If(rounded[31]):                  # carry to 2**31: (2**30, shift - 1)
@@ -666,6 +705,25 @@ class Sfu(wiring.Component):
                         with m.Else():
                             m.d.sync += [sqrt_mult.eq(rounded), sqrt_shift.eq(31 - sqrt_e)]
                         m.d.sync += state.eq(_State.RUN)
+            if has_dequant:
+                with m.Case(_State.D_SCAN):
+                    # one multiplier word read per cycle (rows + 2 cycles), bit 31 checked as it arrives
+                    scan_issue = scan_left != 0
+                    m.d.comb += [self.rd.addr.eq(scan_addr >> lb), self.rd.en.eq(scan_issue)]
+                    m.d.sync += [scan_valid.eq(scan_issue), scan_lane.eq(_lane_index(scan_addr, lb) if lb else 0)]
+                    with m.If(scan_issue):
+                        m.d.sync += [scan_addr.eq(scan_addr + rd_stride), scan_left.eq(scan_left - 1)]
+                    scan_words = Array(self.rd.data[32 * j + 31] for j in range(lanes))
+                    with m.If(scan_valid & (scan_words[scan_lane] if lb else scan_words[0])):
+                        m.d.sync += scan_bad.eq(1)
+                    with m.If(~scan_issue & ~scan_valid):
+                        with m.If(scan_bad):
+                            m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_MULTIPLIER),
+                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
+                                         status.cycles.eq(cycles)]
+                            m.d.sync += state.eq(_State.IDLE)
+                        with m.Else():
+                            m.d.sync += state.eq(_State.RUN)
             if has_quant:
                 with m.Case(_State.Q_DIV):
                     m.d.comb += q_div.i.valid.eq(1)

@@ -51,6 +51,7 @@ from olivine.golden import sfu as golden_sfu
 
 from .ovp_decoder import quiet_rejection
 from .resources import register_unit
+from .sfu_core import reduce_tree
 from .sfu_arith import (RsqrtNorm, SfuArithError, bit_length, round_shift, round_shift_signed,
                         row_beat_layout, saturate)
 
@@ -171,11 +172,10 @@ class _NormCore(wiring.Component):
             acc_max = Signal(signed(32))
             acc_min = Signal(signed(32))
             beat_sum = sum((Mux(mask1[l], x1[l], 0) for l in range(L)), Const(0, signed(47)))
-            beat_max = x1[0]
-            beat_min = x1[0]
-            for l in range(1, L):
-                beat_max = Mux(mask1[l] & (x1[l] > beat_max), x1[l], beat_max)
-                beat_min = Mux(mask1[l] & (x1[l] < beat_min), x1[l], beat_min)
+            # lanes past count take lane 0's value (always valid): the same max and min
+            valid_x = [x1[0]] + [Mux(mask1[l], x1[l], x1[0]) for l in range(1, L)]
+            beat_max = reduce_tree(m, valid_x, lambda a, b: Mux(a > b, a, b), signed(32), "beat_max")
+            beat_min = reduce_tree(m, valid_x, lambda a, b: Mux(a < b, a, b), signed(32), "beat_min")
             with m.If(red0):
                 with m.If(meta1["first"]):
                     m.d.sync += [acc_sum.eq(beat_sum), acc_max.eq(beat_max), acc_min.eq(beat_min)]
@@ -190,10 +190,8 @@ class _NormCore(wiring.Component):
             m.d.comb += max_c.eq(Mux(hi > lo, hi, lo))
         else:
             acc_max = Signal(32)
-            beat_max = Const(0, 32)
-            for l in range(L):
-                a = Mux(mask1[l], abs(x1[l]), 0)
-                beat_max = Mux(a > beat_max, a, beat_max)
+            mags = [Mux(mask1[l], abs(x1[l]), 0) for l in range(L)]
+            beat_max = reduce_tree(m, mags, lambda a, b: Mux(a > b, a, b), unsigned(32), "beat_max")
             with m.If(red0):
                 m.d.sync += acc_max.eq(Mux(meta1["first"] | (beat_max > acc_max), beat_max, acc_max))
                 m.d.sync += stats_go.eq(meta1["last"])

@@ -47,6 +47,7 @@ from olivine.golden import sfu as golden_sfu
 from .ovp_decoder import quiet_rejection
 from .resources import register_unit
 from .sfu_arith import DIVIDER_USES, Exp2Neg, SfuArithError, UnsignedDivider, row_beat_layout
+from .sfu_core import reduce_tree
 
 __all__ = ["Softmax", "softmax_params_layout", "SOFTMAX_LATENCY"]
 
@@ -152,9 +153,7 @@ class Softmax(wiring.Component):
 
         # pass-0 reduction from S1 (lanes beyond count hold -2**40: they never win)
         acc_m = Signal(signed(41))
-        beat_m = s1[0]
-        for l in range(1, L):
-            beat_m = Mux(s1[l] > beat_m, s1[l], beat_m)
+        beat_m = reduce_tree(m, s1, lambda a, b: Mux(a > b, a, b), signed(41), "beat_m")
         m_go = Signal()
         m.d.sync += m_go.eq(0)
         with m.If(advance & v1 & (meta1["pass_"] == 0)):

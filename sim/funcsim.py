@@ -798,6 +798,13 @@ class FuncSim:
             if em >= 1 << 31 or not 0 <= es <= 62:
                 raise SimError(f"norm eps multiplier {em} / shift {es}: the multiplier must be below 2**31 and the "
                                "shift in 0..62")
+            # d * eps * 2**(2F) < 2**61 for the row width itself (docs/isa.md data rule), whatever the
+            # rows hold (golden checks only the alignment shifts its rows need; the RTL checks this)
+            s = es - 2 * F
+            e0 = cols * em << -s if s <= 0 else (cols * em + (1 << (s - 1))) >> s
+            if e0 >= 1 << 61:
+                raise SimError(f"norm eps multiplier {em} / shift {es} with {cols} columns: d * eps * 2**{2 * F} = "
+                               f"{e0} must stay below 2**61 (a smaller eps)")
             eps = math.ldexp(float(em), -es)
             self.put_i32(dst, sfu_np.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":

@@ -233,3 +233,58 @@ def test_dequant_records_and_bad_records():
             assert res["cycles"] == OP_TIMING["dequant"].instruction_cycles(f["rows"], f["cols"], lanes, f["dst"]), case.label
         for case, res in zip(bad, results[len(cases):]):
             assert res["code"] == case.want_code and res["mismatches"] == 0
+
+
+def test_quant_timing_model_exact_on_short_rows_straddling_words():
+    """One-beat quant rows whose INT8 codes straddle a destination word are writer-bound (a 5th
+    write against 4 read slots): OP_TIMING counts +1 per such row; bit-exact and cycle-exact on
+    random shapes, groupings and byte offsets (the Verilator check runs such rows too)."""
+    rng = np.random.default_rng(21)
+    cases = []
+    for k in range(24):
+        rows, cols = int(rng.integers(2, 8)), int(rng.integers(1, 6))
+        groups = int(rng.choice([g for g in range(1, rows + 1) if rows % g == 0]))
+        case = sfu_check._fixed_case(CONFIG, rng, "quant", rows, cols, "random", 4, f"quant {rows}x{cols} G{groups}")
+        case.fields = dict(case.fields, imm=groups | int(rng.integers(0, 2)) << 16,
+                           dst=case.fields["dst"] - case.fields["dst"] % 16 + int(rng.integers(0, 16)))
+        case.want = sfu_check.expected_image(CONFIG, case.image, case.fields)
+        cases.append(case)
+    timing = OP_TIMING["quant"]
+    flat = [timing.instruction_cycles(c.fields["rows"], c.fields["cols"], 4, c.fields["dst"] - c.fields["dst"] % 16,
+                                      c.fields["imm"]) for c in cases]
+    results = sfu_check.run_amaranth(CONFIG, ("quant",), cases)
+    longer = 0
+    for case, res, aligned in zip(cases, results, flat):
+        f = case.fields
+        model = timing.instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
+        assert res["mismatches"] == 0 and res["code"] == 0, case.label
+        assert res["cycles"] == model, f"{case.label} at byte {f['dst'] % 16}: {res['cycles']} cycles, model {model}"
+        longer += model > aligned
+    assert longer >= 5, "the cases must include rows that straddle a word"
+
+
+def test_data_rules_answer_an_error_and_write_nothing():
+    """docs/isa.md MISC data rules in the operands: rmsnorm's eps multiplier (bit 31), eps shift
+    (0..62) and d * eps * 2**32 < 2**61 (BAD_EPS), a dequant record multiplier with bit 31 set,
+    here the last record's (BAD_MULTIPLIER, found by the scan before row 0 is written); the
+    simulator rejects the same instructions, and the largest eps inside the bound runs bit-exact."""
+    from olivine.sim.funcsim import SimError
+
+    ops = ("rmsnorm", "dequant")
+    labels = ("eps", "multiplier bit 31")
+    cases = [c for c in sfu_check.make_cases(CONFIG, ops, reduced=True, seed=2) if any(k in c.label for k in labels)]
+    codes = sorted(c.want_code for c in cases)
+    assert codes == [0] + [int(SfuError.BAD_MULTIPLIER)] + [int(SfuError.BAD_EPS)] * 4, [c.label for c in cases]
+    for case in cases:
+        if case.want_code:
+            with pytest.raises(SimError):
+                sfu_check.expected_image(CONFIG, case.image, case.fields)
+    results = sfu_check.run_amaranth(CONFIG, ops, cases)
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["code"] == case.want_code and res["mismatches"] == 0, case.label
+        assert res["error"] == int(case.want_code != 0), case.label
+        if case.want_code:
+            assert res["offset"] == f["offset"], case.label
+        else:
+            assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
