@@ -1,0 +1,620 @@
+"""The matrix engine (MPE): MM / MV instructions on ``chains_per_core`` sparse DSP chains.
+
+Executes the decoded MM and MV instructions of docs/isa.md "MM / MV" exactly as
+``sim.funcsim.FuncSim.do_mpe`` does (the executable specification; golden/contract.py the integer
+contract). Built: ``mode=linear``, dense, INT8 / INT4 / OVP4 (int4 and flint4 normals) weights,
+INT8 activations, ``out=int32``, ``accumulate``, any m, n, k_blocks, ldo. Not built yet (answered
+``fault`` with ``MpeError.NOT_BUILT``, nothing written): ``out`` fixed32 / int8 (the requantizer),
+``mode`` qk / pv, ``sparse=1``, ``afmt=ovp4`` (the OVP array; the ``ovp`` port is reserved for it
+and not present in this revision).
+
+Data flow (C = chains, every chain 16 DSPs = one K block of 16 per beat, dense N = 16):
+  column group cg (C output columns, chain c on column cg*C + c)
+    token pair tp (rows 2tp, 2tp+1 = the chain's x0 / x1 lanes, one broadcast beat)
+      chunk q (B = C K blocks for int8, 2C for int4 / ovp4: one weight word of 16C bytes per chain)
+        block j: beat = A[2tp, kb], A[2tp+1, kb] (kb = qB + j) with weights W[col, kb]
+  * Weight loader: per chunk, two weight-port reads per chain (the chunk at any byte offset is
+    cut out of two aligned words), into a second register bank (double buffer), so loading the
+    next chunk overlaps the beats of the current one.
+  * Activation fetcher: per beat one data-space read per token (a row's 16-byte blocks are
+    consecutive words; an unaligned a_addr keeps the previous word as a carry), into a 4-beat FIFO.
+  * Collector: the chains' y0 / y1 of a beat are added (wrapping, 32 bits) into one accumulator
+    pair per chain; the last K block of a (cg, tp) pushes the 2C sums into a 2-deep result FIFO
+    (full: the chains freeze through ``o.ready``).
+  * Writer: per result, per valid (token, column): ``accumulate`` reads the old int32 (one read,
+    priority over the fetcher), adds, writes 4 bytes (int32) with byte enables.
+
+Ports (CORE_INTERFACE.md sections 1-3; read ports have one cycle of read latency):
+  inst      In(stream.Signature(unit_layout("mpe")))  (MM / MV; the handshake starts it)
+  done      Out(1)  pulse: the instruction finished, every write performed
+  fault     Out(1)  pulse instead of done: rejected (``error`` says why), nothing written
+  busy      Out(1)
+  error     Out(8)  :class:`MpeError` of the last instruction (0 after a good one)
+  enable    In(1, init=1)  the core's enable of this unit (the one it gives ``EnableInserter``):
+            also gates the chains' ``o.ready`` so DSP48E2 primitives freeze with the fabric
+  act_rd    ReadPort 128 bits (16-byte words of the data space)
+  act_wr    WritePort 128 bits, byte enables (16 bits)
+  weight_rd ReadPort 128*C bits (16C-byte words of the weight buffer: one chunk per chain read)
+  meta_rd   ReadPort 128 bits (16-byte units of the meta buffer; unused until sparse is built)
+  bias_rd   ReadPort 128 bits (one 16-byte requantization entry; unused until the requantizer)
+  ovp       reserved (the OVP systolic array, afmt=ovp4): not in this revision.
+Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``).
+A beat (2 x 16 x C MACs) issues when its weights are loaded and its activations fetched: one per
+cycle for one token (MV), one per two cycles for a pair (one 16-byte data-space read per token and
+beat); the weight loader needs 2C cycles per chunk of B beats. Field and range faults answer in 2
+cycles.
+"""
+
+from __future__ import annotations
+
+import enum as py_enum
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+
+from .config import AcceleratorConfig
+from .controller import unit_layout
+from .decode import DEFAULT_OFFSET_BITS
+from .ovp_decoder import OvpPairDecoder
+from .resources import register_unit
+from .sparse_chain import SparseDSPChain, n_code
+from .weight_decode import GRID_BITS, GRID_FORMAT
+
+__all__ = ["MpeError", "MatrixEngine", "MpeGeometry", "mpe_cycles", "ACT_BYTES", "CHAIN_LENGTH"]
+
+#: bytes of one data-space / meta / bias word of the engine's ports
+ACT_BYTES = 16
+#: the chain length this engine is built for (one dense K block of 16 per beat)
+CHAIN_LENGTH = 16
+#: beats buffered between the activation fetcher and the chains
+A_FIFO_DEPTH = 4
+#: results (2C sums) buffered between the collector and the writer
+RESULT_FIFO_DEPTH = 2
+
+
+class MpeError(py_enum.IntEnum):
+    """``error`` values: why an MM / MV instruction was refused (docs/isa.md "Validity (MM / MV)")."""
+
+    NONE = 0
+    PITCH = 1            # ldo < n (after ldo = ldo or n): output rows would overlap
+    ANORMAL = 2          # anormal = flint4 without afmt = ovp4
+    OVP_OPERANDS = 3     # afmt = ovp4 without mode = linear, wfmt = ovp4, sparse = 0
+    BIAS_OUT = 4         # bias = 1 without out = fixed32
+    SPARSE_ROWS = 5      # sparse = 1 with n not a multiple of 16
+    META_ADDR = 6        # sparse = 0 with meta_addr != 0
+    NORMAL = 7           # normal = flint4 without wfmt = ovp4
+    MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
+    OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
+    ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (afmt=ovp4, ...)
+    OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
+    UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
+    MANTISSA = 14        # a row mantissa above 256 (data rule)
+    MULTIPLIER = 15      # a requantization multiplier with bit 31 set (data rule)
+    BLOCK_N = 16         # a sparse block N not in {2, 4, 8, 16} (data rule)
+
+
+class MpeGeometry:
+    """The engine's port geometry for a configuration (shared by the RTL, tests and cycle model)."""
+
+    def __init__(self, config: AcceleratorConfig):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
+        if config.chains_per_core & (config.chains_per_core - 1):
+            raise ValueError(f"chains_per_core={config.chains_per_core}: the matrix engine needs a power of two "
+                             f"(its weight word is 16 bytes per chain)")
+        if config.chain_length != CHAIN_LENGTH:
+            raise ValueError(f"the matrix engine is built for chains of {CHAIN_LENGTH} DSPs (one dense K block "
+                             f"per beat); chain_length={config.chain_length} is not supported yet")
+        b = config.buffers
+        self.chains = config.chains_per_core
+        self.space_bytes = (b.activation_kib + b.global_kib) * 1024
+        self.weight_bytes = b.weight_kib * 1024
+        self.meta_bytes = b.meta_kib * 1024
+        self.bias_bytes = b.bias_kib * 1024
+        self.wword_bytes = 16 * self.chains
+        for what, size, word in (("data space", self.space_bytes, ACT_BYTES), ("weight buffer", self.weight_bytes,
+                                  self.wword_bytes), ("meta buffer", self.meta_bytes, ACT_BYTES),
+                                 ("bias buffer", self.bias_bytes, ACT_BYTES)):
+            if size % word or size == 0:
+                raise ValueError(f"the {what} of {size} bytes is not a whole number of the engine's "
+                                 f"{word}-byte words; size it in multiples of {word} bytes")
+        self.act_words = self.space_bytes // ACT_BYTES
+        self.weight_words = self.weight_bytes // self.wword_bytes
+        self.meta_words = self.meta_bytes // ACT_BYTES
+        self.bias_words = self.bias_bytes // ACT_BYTES
+
+    @staticmethod
+    def addr_bits(words: int) -> int:
+        return max(1, (words - 1).bit_length())
+
+
+def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
+    """Cycles from the accepted ``inst`` to ``done`` of a valid dense linear int32 instruction
+    (the performance model's formula; tests/test_hw_mpe.py checks it against the RTL).
+
+    Per (column group, token pair): the beats take ``max(k_blocks * reads, loads)`` where a beat
+    needs one data-space read per token (``reads`` = 1 or 2) and every chunk of B blocks needs 2C
+    weight reads; plus the result writes (2 per value with ``accumulate``), which overlap the
+    next pair's beats; plus the pipeline fill and drain.
+    """
+    g = MpeGeometry(config)
+    C = g.chains
+    m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
+    blocks = C if fields.get("wfmt", 0) == 0 else 2 * C
+    groups = -(-n // C)
+    pairs = -(-m // 2)
+    chunks = -(-kb // blocks)
+    total = 0
+    for tp in range(pairs):
+        tokens = min(2, m - 2 * tp)
+        total += max(kb * tokens, 2 * C * chunks)
+    total *= groups
+    del blocks
+    return total
+
+
+def _funnel(lo, hi, offset, nbytes: int):
+    """Bytes [offset, offset + nbytes) of the little-endian byte string lo ++ hi."""
+    return (Cat(lo, hi) >> Cat(Const(0, 3), offset))[:8 * nbytes]
+
+
+class MatrixEngine(wiring.Component):
+    """The matrix engine of one core (see the module docstring for ports, latency, throughput).
+
+    Parameters: ``config`` (an :class:`AcceleratorConfig`; chains_per_core chains of length 16),
+    ``offset_bits`` (the instruction word-offset width of the controller), ``primitive`` (real
+    DSP48E2 in the chains).
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, offset_bits: int = DEFAULT_OFFSET_BITS,
+                 primitive: bool = False):
+        self.geometry = g = MpeGeometry(config)
+        self.config = config
+        self.chains = g.chains
+        self.primitive = bool(primitive)
+        self._inst_layout = unit_layout("mpe", offset_bits)
+        ab = MpeGeometry.addr_bits
+        super().__init__({
+            "inst": In(stream.Signature(self._inst_layout)),
+            "done": Out(1), "fault": Out(1), "busy": Out(1), "error": Out(8),
+            "enable": In(1, init=1),
+            "act_rd": In(ReadPort.Signature(addr_width=ab(g.act_words), shape=unsigned(8 * ACT_BYTES))),
+            "act_wr": In(WritePort.Signature(addr_width=ab(g.act_words), shape=unsigned(8 * ACT_BYTES),
+                                             granularity=8)),
+            "weight_rd": In(ReadPort.Signature(addr_width=ab(g.weight_words), shape=unsigned(8 * g.wword_bytes))),
+            "meta_rd": In(ReadPort.Signature(addr_width=ab(g.meta_words), shape=unsigned(8 * ACT_BYTES))),
+            "bias_rd": In(ReadPort.Signature(addr_width=ab(g.bias_words), shape=unsigned(8 * ACT_BYTES))),
+        })
+
+    # ---- the field and range rules -----------------------------------------------------------
+    def _check(self, m, f, code):
+        """Drive ``code`` with the first broken rule of the latched fields ``f`` (funcsim's order)."""
+        g = self.geometry
+        K = Signal(17)
+        ldo = Signal(17)
+        m.d.comb += [K.eq(f.k_blocks << 4), ldo.eq(Mux(f.ldo == 0, f.n, f.ldo))]
+        linear, qk, pv = f.mode == 0, f.mode == 1, f.mode == 2
+        out_i8 = f.out == 2
+        rows_m = Signal(48)
+        m.d.comb += rows_m.eq(f.m * K)
+        a_bytes = Signal(48)
+        m.d.comb += a_bytes.eq(Mux(pv, (rows_m << 2) + f.m, Mux(linear & f.afmt, rows_m >> 1, rows_m + 3 * f.m)))
+        b_bytes = Signal(48)
+        m.d.comb += b_bytes.eq(Mux(qk, f.n * K + 3 * f.n, f.n * K))
+        elems = Signal(48)
+        m.d.comb += elems.eq((f.m - 1) * ldo + f.n)
+        out_bytes = Signal(48)
+        m.d.comb += out_bytes.eq(Mux(out_i8, elems, elems << 2))
+        w_bytes = Signal(48)
+        m.d.comb += w_bytes.eq(Mux(f.wfmt == 0, f.n * K, (f.n * K) >> 1))
+        entries = Signal(17)
+        m.d.comb += entries.eq(Mux(linear, f.n, 1))
+
+        def overlap(a0, a1, b0, b1):
+            return (a0 < b0 + b1) & (b0 < a0 + a1)
+
+        out_a = overlap(f.out_addr, out_bytes, f.a_addr, a_bytes)
+        out_b = overlap(f.out_addr, out_bytes, f.b_addr, b_bytes)
+        rules = [
+            ((f.m == 0) | (f.n == 0) | (f.k_blocks == 0), MpeError.ZERO_SHAPE),
+            (ldo < f.n, MpeError.PITCH),
+            (f.anormal & ~f.afmt, MpeError.ANORMAL),
+            (f.afmt & (~linear | (f.wfmt != 2) | f.sparse), MpeError.OVP_OPERANDS),
+            (f.bias & (f.out != 1), MpeError.BIAS_OUT),
+            (linear & f.sparse & (f.n[:4] != 0), MpeError.SPARSE_ROWS),
+            (linear & ~f.sparse & (f.meta_addr != 0), MpeError.META_ADDR),
+            (linear & f.normal & (f.wfmt != 2), MpeError.NORMAL),
+            (~linear & (f.sparse | f.bias | (f.wfmt != 0) | f.normal | (f.meta_addr != 0)), MpeError.MODE_FIELDS),
+            (out_a | (~linear & out_b), MpeError.OVERLAP),
+            (f.afmt | ~linear | f.sparse | (f.out != 0), MpeError.NOT_BUILT),
+            ((f.a_addr + a_bytes > g.space_bytes) | (linear & (f.b_addr + w_bytes > g.weight_bytes))
+             | (~linear & (f.b_addr + b_bytes > g.space_bytes))
+             | (((f.bias_addr + entries) << 4) > g.bias_bytes)
+             | (f.out_addr + out_bytes > g.space_bytes), MpeError.OUT_OF_RANGE),
+            ((~out_i8 & (f.out_addr[:2] != 0)) | (pv & (f.a_addr[:2] != 0)), MpeError.UNALIGNED),
+        ]
+        with m.If(rules[0][0]):
+            m.d.comb += code.eq(rules[0][1])
+        for cond, err in rules[1:]:
+            with m.Elif(cond):
+                m.d.comb += code.eq(err)
+        with m.Else():
+            m.d.comb += code.eq(0)
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        C = self.chains
+        W = g.wword_bytes
+        wlog = (W - 1).bit_length() if W & (W - 1) == 0 else None
+        flayout = self._inst_layout["fields"].shape
+        f = Signal(flayout)
+        K16 = f.k_blocks                      # 16-byte words per A row (K bytes)
+        rb = Signal(17)                       # weight row bytes
+        blocks = Signal(range(2 * C + 1))     # K blocks per weight chunk
+        m.d.comb += [rb.eq(Mux(f.wfmt == 0, f.k_blocks << 4, f.k_blocks << 3)),
+                     blocks.eq(Mux(f.wfmt == 0, C, 2 * C))]
+
+        start = Signal()
+        code = Signal(8)
+        self._check(m, f, code)
+        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
+
+        # ---- chains
+        chains = []
+        for c in range(C):
+            ch = SparseDSPChain(CHAIN_LENGTH, GRID_FORMAT, primitive=self.primitive)
+            m.submodules[f"chain{c}"] = ch
+            chains.append(ch)
+
+        # ---- activation fetcher -> afifo (x0, x1 blocks)
+        m.submodules.afifo = afifo = fifo.SyncFIFO(width=256, depth=A_FIFO_DEPTH)
+        aw = MpeGeometry.addr_bits(g.act_words)
+        af_busy = Signal()
+        af_cb = Signal(17)
+        af_t0 = Signal(13)
+        af_kb = Signal(12)
+        af_ph = Signal(2)               # 0 prime row 0, 1 prime row 1, 2 read row 0, 3 read row 1
+        af_p0, af_p1, af_base = Signal(aw + 2), Signal(aw + 2), Signal(aw + 2)
+        a_off = f.a_addr[:4]
+        af_pair = (af_t0 + 1) < f.m
+        carry0, carry1, x0hold = Signal(128), Signal(128), Signal(128)
+        pend_owner = Signal(2)          # 1: the fetcher's read is returning; 2: the writer's
+        pend_kind, pend_pair = Signal(2), Signal()
+        wr_rd_req = Signal()
+        wr_rd_addr = Signal(aw)
+
+        af_req = af_busy & (afifo.level <= A_FIFO_DEPTH - 2) & ~wr_rd_req
+        m.d.sync += pend_owner.eq(0)
+        with m.If(wr_rd_req):
+            m.d.comb += [self.act_rd.addr.eq(wr_rd_addr), self.act_rd.en.eq(1)]
+            m.d.sync += pend_owner.eq(2)
+        with m.Elif(af_req):
+            m.d.comb += [self.act_rd.addr.eq(Mux(af_ph[0], af_p1, af_p0)), self.act_rd.en.eq(1)]
+            m.d.sync += [pend_owner.eq(1), pend_kind.eq(af_ph), pend_pair.eq(af_pair)]
+            first_ph = Mux(a_off != 0, 0, 2)
+
+            def next_beat():
+                with m.If(af_kb == f.k_blocks - 1):
+                    m.d.sync += af_kb.eq(0)
+                    with m.If(af_t0 + 2 >= f.m):
+                        m.d.sync += [af_t0.eq(0), af_cb.eq(af_cb + C), af_base.eq(f.a_addr >> 4),
+                                     af_p0.eq(f.a_addr >> 4), af_p1.eq((f.a_addr >> 4) + K16), af_ph.eq(first_ph)]
+                        with m.If(af_cb + C >= f.n):
+                            m.d.sync += af_busy.eq(0)
+                    with m.Else():
+                        nb = af_base + (K16 << 1)
+                        m.d.sync += [af_t0.eq(af_t0 + 2), af_base.eq(nb), af_p0.eq(nb), af_p1.eq(nb + K16),
+                                     af_ph.eq(first_ph)]
+                with m.Else():
+                    m.d.sync += [af_kb.eq(af_kb + 1), af_ph.eq(2)]
+
+            with m.Switch(af_ph):
+                with m.Case(0):
+                    m.d.sync += [af_p0.eq(af_p0 + 1), af_ph.eq(Mux(af_pair, 1, 2))]
+                with m.Case(1):
+                    m.d.sync += [af_p1.eq(af_p1 + 1), af_ph.eq(2)]
+                with m.Case(2):
+                    m.d.sync += af_p0.eq(af_p0 + 1)
+                    with m.If(af_pair):
+                        m.d.sync += af_ph.eq(3)
+                    with m.Else():
+                        next_beat()
+                with m.Case(3):
+                    m.d.sync += af_p1.eq(af_p1 + 1)
+                    next_beat()
+        rdata = self.act_rd.data
+        with m.If(pend_owner == 1):
+            with m.Switch(pend_kind):
+                with m.Case(0):
+                    m.d.sync += carry0.eq(rdata)
+                with m.Case(1):
+                    m.d.sync += carry1.eq(rdata)
+                with m.Case(2):
+                    blk = Mux(a_off == 0, rdata, _funnel(carry0, rdata, a_off, 16))
+                    m.d.sync += carry0.eq(rdata)
+                    with m.If(pend_pair):
+                        m.d.sync += x0hold.eq(blk)
+                    with m.Else():
+                        m.d.comb += [afifo.w_data.eq(Cat(blk, Const(0, 128))), afifo.w_en.eq(1)]
+                with m.Case(3):
+                    blk = Mux(a_off == 0, rdata, _funnel(carry1, rdata, a_off, 16))
+                    m.d.sync += carry1.eq(rdata)
+                    m.d.comb += [afifo.w_data.eq(Cat(x0hold, blk)), afifo.w_en.eq(1)]
+        with m.If(start):
+            m.d.sync += [af_busy.eq(1), af_cb.eq(0), af_t0.eq(0), af_kb.eq(0), af_ph.eq(Mux(a_off != 0, 0, 2)),
+                         af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4), af_p1.eq((f.a_addr >> 4) + K16)]
+
+        # ---- weight loader -> wnext (one chunk per chain), double-buffered with wcur
+        wnext = [Signal(8 * W, name=f"wnext{c}") for c in range(C)]
+        wcur = [Signal(8 * W, name=f"wcur{c}") for c in range(C)]
+        next_full = Signal()
+        wl_busy, wl_wait, wl_half = Signal(), Signal(), Signal()
+        wl_c = Signal(range(C))
+        wl_cb = Signal(17)
+        wl_t0 = Signal(13)
+        wl_qb = Signal(13)
+        wl_cgbase, wl_chunk0, wl_addr = Signal(32), Signal(32), Signal(32)
+        wp_valid, wp_zero, wp_half = Signal(), Signal(), Signal()
+        wp_c = Signal(range(C))
+        wp_off = Signal(range(W))
+        stash = Signal(8 * W)
+        wwa = MpeGeometry.addr_bits(g.weight_words)
+        w_word = Signal(32)
+        m.d.comb += w_word.eq(wl_addr // W)
+        w_rd = Signal(32)
+        m.d.comb += w_rd.eq(w_word + wl_half)
+        m.d.sync += wp_valid.eq(0)
+        with m.If(wl_busy & ~wl_wait):
+            row_ok = (wl_cb + wl_c) < f.n
+            m.d.sync += [wp_valid.eq(1), wp_c.eq(wl_c), wp_half.eq(wl_half), wp_off.eq(wl_addr % W),
+                         wp_zero.eq(~row_ok)]
+
+            def next_chain():
+                with m.If(wl_c == C - 1):
+                    m.d.sync += [wl_c.eq(0), wl_wait.eq(1)]
+                with m.Else():
+                    m.d.sync += [wl_c.eq(wl_c + 1), wl_addr.eq(wl_addr + rb)]
+
+            with m.If(row_ok):
+                m.d.comb += [self.weight_rd.en.eq(1),
+                             self.weight_rd.addr.eq(Mux(w_rd < g.weight_words, w_rd, w_word)[:wwa])]
+                m.d.sync += wl_half.eq(~wl_half)
+                with m.If(wl_half):
+                    next_chain()
+            with m.Else():
+                m.d.sync += wl_half.eq(0)
+                next_chain()
+        with m.If(wl_busy & wl_wait & ~next_full & ~wp_valid):
+            m.d.sync += wl_wait.eq(0)
+            with m.If(wl_qb + blocks >= f.k_blocks):
+                m.d.sync += wl_qb.eq(0)
+                with m.If(wl_t0 + 2 >= f.m):
+                    nb = wl_cgbase + rb * C
+                    m.d.sync += [wl_t0.eq(0), wl_cb.eq(wl_cb + C), wl_cgbase.eq(nb), wl_chunk0.eq(nb),
+                                 wl_addr.eq(nb)]
+                    with m.If(wl_cb + C >= f.n):
+                        m.d.sync += wl_busy.eq(0)
+                with m.Else():
+                    m.d.sync += [wl_t0.eq(wl_t0 + 2), wl_chunk0.eq(wl_cgbase), wl_addr.eq(wl_cgbase)]
+            with m.Else():
+                m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + W), wl_addr.eq(wl_chunk0 + W)]
+        with m.If(wp_valid):
+            wdata = self.weight_rd.data
+            with m.If(~wp_zero & ~wp_half):
+                m.d.sync += stash.eq(wdata)
+            with m.Else():
+                value = Mux(wp_zero, 0, _funnel(stash, wdata, wp_off, W))
+                for c in range(C):
+                    with m.If(wp_c == c):
+                        m.d.sync += wnext[c].eq(value)
+                with m.If(wp_c == C - 1):
+                    m.d.sync += next_full.eq(1)
+        with m.If(start):
+            m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_half.eq(0), wl_c.eq(0), wl_cb.eq(0), wl_t0.eq(0),
+                         wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr), wl_addr.eq(f.b_addr),
+                         next_full.eq(0)]
+
+        # ---- issuer: one beat to every chain
+        is_busy, is_cur = Signal(), Signal()
+        is_j = Signal(range(2 * C))
+        is_kb = Signal(12)
+        is_cb = Signal(17)
+        is_t0 = Signal(13)
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "cb": 17, "t0": 13})
+        m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=32)
+        with m.If(~is_cur & next_full):
+            m.d.sync += is_cur.eq(1), next_full.eq(0)
+            for c in range(C):
+                m.d.sync += wcur[c].eq(wnext[c])
+        can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
+        fire = can_issue & chains[0].i.ready
+        tag = Signal(tag_layout)
+        m.d.comb += [tag.first.eq(is_kb == 0), tag.last.eq(is_kb == f.k_blocks - 1), tag.cb.eq(is_cb),
+                     tag.t0.eq(is_t0), tags.w_data.eq(tag), tags.w_en.eq(fire), afifo.r_en.eq(fire)]
+        for c, ch in enumerate(chains):
+            blk8 = wcur[c].word_select(is_j, 128)
+            blk4 = wcur[c].word_select(is_j, 64)
+            values = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wvals{c}")
+            for p in range(8):
+                dec = OvpPairDecoder("runtime")
+                m.submodules[f"ovp{c}_{p}"] = dec
+                m.d.comb += [dec.pair.eq(blk4[8 * p: 8 * p + 8]), dec.flint.eq(f.normal)]
+                for d, operand in ((2 * p, dec.even), (2 * p + 1, dec.odd)):
+                    with m.Switch(f.wfmt):
+                        with m.Case(0):
+                            m.d.comb += values[d].eq(blk8[8 * d: 8 * d + 8].as_signed())
+                        with m.Case(1):
+                            m.d.comb += values[d].eq(blk4[4 * d: 4 * d + 4].as_signed())
+                        with m.Default():
+                            m.d.comb += values[d].eq(operand.integer << operand.exponent)
+            m.d.comb += [ch.i.valid.eq(can_issue), ch.i.payload.x0.eq(afifo.r_data[:128]),
+                         ch.i.payload.x1.eq(afifo.r_data[128:]), ch.i.payload.weights.eq(values),
+                         ch.i.payload.n_code.eq(n_code(16))]
+        with m.If(fire):
+            with m.If(is_kb == f.k_blocks - 1):
+                m.d.sync += [is_kb.eq(0), is_j.eq(0), is_cur.eq(0)]
+                with m.If(is_t0 + 2 >= f.m):
+                    m.d.sync += [is_t0.eq(0), is_cb.eq(is_cb + C)]
+                    with m.If(is_cb + C >= f.n):
+                        m.d.sync += is_busy.eq(0)
+                with m.Else():
+                    m.d.sync += is_t0.eq(is_t0 + 2)
+            with m.Else():
+                m.d.sync += is_kb.eq(is_kb + 1)
+                with m.If(is_j == blocks - 1):
+                    m.d.sync += [is_j.eq(0), is_cur.eq(0)]
+                with m.Else():
+                    m.d.sync += is_j.eq(is_j + 1)
+        with m.If(start):
+            m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0)]
+
+        # ---- collector: per-chain accumulators; a (cg, tp) result into the result FIFO
+        res_layout = data.StructLayout({"y": data.ArrayLayout(unsigned(32), 2 * C), "cb": 17, "t0": 13})
+        m.submodules.results = results = fifo.SyncFIFO(width=res_layout.size, depth=RESULT_FIFO_DEPTH)
+        otag = Signal(tag_layout)
+        m.d.comb += otag.eq(tags.r_data)
+        take = Signal()
+        ready = results.w_rdy & self.enable
+        m.d.comb += take.eq(chains[0].o.valid & ready)
+        res = Signal(res_layout)
+        for c, ch in enumerate(chains):
+            m.d.comb += ch.o.ready.eq(ready)
+            for lane, y in ((0, ch.o.payload.y0[0]), (1, ch.o.payload.y1[0])):
+                acc = Signal(32, name=f"acc{c}_{lane}")
+                s = Signal(32, name=f"sum{c}_{lane}")
+                m.d.comb += [s.eq(Mux(otag.first, 0, acc) + y), res.y[lane * C + c].eq(s)]
+                with m.If(take):
+                    m.d.sync += acc.eq(s)
+        m.d.comb += [res.cb.eq(otag.cb), res.t0.eq(otag.t0), tags.r_en.eq(take),
+                     results.w_data.eq(res), results.w_en.eq(take & otag.last)]
+
+        # ---- writer
+        wr_busy, wr_ph = Signal(), Signal()
+        wr_l = Signal()
+        wr_c = Signal(range(C))
+        wr = Signal(res_layout)
+        m.d.comb += results.r_en.eq(~wr_busy)
+        with m.If(~wr_busy & results.r_rdy):
+            m.d.sync += [wr.eq(results.r_data), wr_busy.eq(1), wr_l.eq(0), wr_c.eq(0), wr_ph.eq(0)]
+        t = wr.t0 + wr_l
+        col = wr.cb + wr_c
+        elem = Signal(32)
+        m.d.comb += elem.eq(t * Mux(f.ldo == 0, f.n, f.ldo) + col)
+        addr = Signal(32)
+        m.d.comb += addr.eq(f.out_addr + (elem << 2))
+        vsel = Signal(32)
+        m.d.comb += vsel.eq(Mux(wr_l, Cat(*[wr.y[C + i] for i in range(C)]).word_select(wr_c, 32),
+                                Cat(*[wr.y[i] for i in range(C)]).word_select(wr_c, 32)))
+        ok = (t < f.m) & (col < f.n)
+        wval = Signal(32)
+        do_write = Signal()
+
+        def advance():
+            m.d.sync += wr_ph.eq(0)
+            with m.If(wr_c == C - 1):
+                m.d.sync += [wr_c.eq(0), wr_l.eq(1)]
+                with m.If(wr_l):
+                    m.d.sync += wr_busy.eq(0)
+            with m.Else():
+                m.d.sync += wr_c.eq(wr_c + 1)
+
+        with m.If(wr_busy):
+            with m.If(~wr_ph):
+                with m.If(~ok):
+                    advance()
+                with m.Elif(f.accumulate):
+                    m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(addr >> 4)]
+                    m.d.sync += wr_ph.eq(1)
+                with m.Else():
+                    m.d.comb += [wval.eq(vsel), do_write.eq(1)]
+                    advance()
+            with m.Else():
+                m.d.comb += [wval.eq(vsel + rdata.word_select(addr[2:4], 32)), do_write.eq(1)]
+                advance()
+        with m.If(do_write):
+            m.d.comb += [self.act_wr.addr.eq(addr >> 4), self.act_wr.data.eq(Cat(wval, wval, wval, wval)),
+                         self.act_wr.en.eq(Const(0xF, 16) << Cat(Const(0, 2), addr[2:4]))]
+
+        # ---- control
+        idle_all = ~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy
+        m.d.comb += self.busy.eq(1)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.inst.ready.eq(1), self.busy.eq(0)]
+                with m.If(self.inst.valid):
+                    m.d.sync += f.eq(self.inst.payload.fields)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(code != 0):
+                    m.d.sync += [self.error.eq(code), self.fault.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(idle_all):
+                    m.d.sync += [self.error.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
+        return m
+
+
+@register_unit("mpe")
+def _resource_unit(chains: int = 2, primitive: bool = True):
+    """The matrix engine at the small configuration with ``chains`` chains
+    (``olivine resources mpe --chains 2``)."""
+    from .config import small
+
+    return MatrixEngine(small().replace(chains_per_core=int(chains)), primitive=bool(primitive)), \
+        f"mpe_c{int(chains)}"
+
+
+class MpeHarness(wiring.Component):
+    """The engine with its four buffers as ``Memory`` (for simulation): the data space, weight,
+    meta and bias buffers at the engine's port widths. ``stall=True`` freezes the engine with
+    ``EnableInserter(en)`` as the core does (section 1 of CORE_INTERFACE.md): a frozen cycle
+    performs none of its requests, granted read data is held until the next enabled cycle.
+
+    Ports: ``inst`` (as the engine's, taken only in enabled cycles), ``done``, ``fault``, ``busy``,
+    ``error``, ``en`` (In 1, init 1: the enable). Memories: ``act``, ``weight``, ``meta``, ``bias``.
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, stall: bool = False):
+        self.engine = MatrixEngine(config)
+        self.stall = stall
+        g = self.engine.geometry
+        from amaranth.lib.memory import Memory
+
+        self.act = Memory(shape=unsigned(8 * ACT_BYTES), depth=g.act_words, init=[])
+        self.weight = Memory(shape=unsigned(8 * g.wword_bytes), depth=g.weight_words, init=[])
+        self.meta = Memory(shape=unsigned(8 * ACT_BYTES), depth=g.meta_words, init=[])
+        self.bias = Memory(shape=unsigned(8 * ACT_BYTES), depth=g.bias_words, init=[])
+        super().__init__({
+            "inst": In(stream.Signature(self.engine._inst_layout)),
+            "done": Out(1), "fault": Out(1), "busy": Out(1), "error": Out(8), "en": In(1, init=1),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.hdl import EnableInserter
+
+        m = Module()
+        eng = self.engine
+        en = self.en if self.stall else Const(1, 1)
+        m.submodules.engine = EnableInserter(en)(eng) if self.stall else eng
+        for name in ("act", "weight", "meta", "bias"):
+            m.submodules[name] = getattr(self, name)
+        m.d.comb += [eng.enable.eq(en), eng.inst.payload.eq(self.inst.payload),
+                     eng.inst.valid.eq(self.inst.valid & en), self.inst.ready.eq(eng.inst.ready & en),
+                     self.done.eq(eng.done & en), self.fault.eq(eng.fault & en), self.busy.eq(eng.busy),
+                     self.error.eq(eng.error)]
+        for name, port in (("act", eng.act_rd), ("weight", eng.weight_rd), ("meta", eng.meta_rd),
+                           ("bias", eng.bias_rd)):
+            rp = getattr(self, name).read_port()
+            m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en & en), port.data.eq(rp.data)]
+        wp = self.act.write_port(granularity=8)
+        m.d.comb += [wp.addr.eq(eng.act_wr.addr), wp.data.eq(eng.act_wr.data),
+                     wp.en.eq(eng.act_wr.en & en.replicate(ACT_BYTES))]
+        return m

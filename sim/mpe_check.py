@@ -1,0 +1,197 @@
+"""Check the RTL matrix engine (hw/mpe.py) against the functional simulator's MM / MV semantics.
+
+Cases are random MM / MV instructions with their buffer contents (data space, weight, meta and bias
+buffers); the expected data space is what ``FuncSim.do_mpe`` leaves (or, for an instruction it
+rejects, the unchanged image and the engine's ``fault``). :func:`run_amaranth` executes cases on an
+``MpeHarness`` in Amaranth simulation (optionally frozen by a random enable pattern) and reports
+per case the fault, error code, cycles and the data-space bytes that differ.
+
+(It lives in sim/, not hw/: hw never imports the simulators.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from olivine.hw import isa
+from olivine.hw.config import BufferConfig, small
+from olivine.hw.mpe import ACT_BYTES, MpeGeometry, MpeHarness
+
+__all__ = ["Case", "test_config", "expected", "make_linear", "run_amaranth"]
+
+
+def test_config(chains: int = 2):
+    """The small configuration with ``chains`` chains and small buffers (fast simulation)."""
+    return small().replace(chains_per_core=chains,
+                           buffers=BufferConfig(weight_kib=8, activation_kib=4, global_kib=4, meta_kib=1, bias_kib=1))
+
+
+@dataclass
+class Case:
+    fields: dict                    # MM fields (isa names)
+    data: np.ndarray                # data space bytes before
+    weight: np.ndarray
+    meta: np.ndarray
+    bias: np.ndarray
+    label: str = ""
+    want: np.ndarray | None = None  # data space after (None: the instruction faults, unchanged)
+    why: str = ""                   # funcsim's error message when it rejects the instruction
+    extra: dict = field(default_factory=dict)
+
+
+def instruction(fields: dict) -> isa.Instruction:
+    mnemonic = "MV" if fields.get("m", 1) == 1 and fields.get("_mv") else "MM"
+    return isa.make(mnemonic, **{k: v for k, v in fields.items() if not k.startswith("_")})
+
+
+def expected(config, case: Case) -> Case:
+    """Fill ``case.want`` (or ``case.why``) by running FuncSim's MPE handler on the same buffers."""
+    from olivine.sim.funcsim import FuncSim, SimError
+
+    fs = FuncSim(config, [4096] * config.hbm_channels)
+    fs.data[:] = case.data
+    fs.buffers["weight"][:] = case.weight
+    fs.buffers["meta"][:] = case.meta
+    fs.buffers["bias"][:] = case.bias
+    try:
+        fs.do_mpe(instruction(case.fields))
+        case.want = fs.data.copy()
+    except SimError as exc:
+        case.want, case.why = None, str(exc)
+    return case
+
+
+def _blank(config):
+    g = MpeGeometry(config)
+    return (np.zeros(g.space_bytes, np.uint8), np.zeros(g.weight_bytes, np.uint8), np.zeros(g.meta_bytes, np.uint8),
+            np.zeros(g.bias_bytes, np.uint8))
+
+
+def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None, accumulate=None, ldo_extra=None,
+                worst=False, label="", align=None, old_fill=None) -> Case:
+    """A random dense linear int32 MM / MV that fits the buffers (addresses random, unaligned allowed)."""
+    g = MpeGeometry(config)
+    data, weight, meta, bias = _blank(config)
+    for _ in range(1000):
+        mm = int(rng.integers(1, 6)) if m is None else m
+        nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
+        kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+        wf = int(rng.integers(0, 3)) if wfmt is None else wfmt
+        K = 16 * kk
+        ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+        a_bytes = mm * K + 3 * mm
+        out_bytes = 4 * ((mm - 1) * ldo + nn)
+        w_bytes = nn * K if wf == 0 else nn * K // 2
+        if a_bytes + out_bytes + 64 > g.space_bytes or w_bytes + 64 > g.weight_bytes:
+            continue
+        a_addr = int(rng.integers(0, g.space_bytes - a_bytes - out_bytes - 32))
+        if align is not None:
+            a_addr -= a_addr % align
+        out_lo = a_addr + a_bytes
+        out_addr = int(rng.integers(out_lo, g.space_bytes - out_bytes + 1))
+        out_addr -= out_addr % 4
+        if out_addr < out_lo:
+            out_addr += 4
+        if out_addr + out_bytes > g.space_bytes:
+            continue
+        if rng.integers(0, 2):  # output below the activations
+            if out_bytes + 4 + a_bytes <= g.space_bytes:
+                out_addr = int(rng.integers(0, 2)) * 4
+                a_addr = int(rng.integers(out_addr + out_bytes, g.space_bytes - a_bytes + 1))
+        b_addr = int(rng.integers(0, g.weight_bytes - w_bytes + 1))
+        if align is not None:
+            b_addr -= b_addr % align
+        break
+    else:
+        raise ValueError("no case fits the buffers")
+    data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
+    weight[:] = rng.integers(0, 256, weight.size, dtype=np.uint8)
+    bias[:] = rng.integers(0, 256, bias.size, dtype=np.uint8)
+    if worst:  # -128 x -128 everywhere: the largest INT8 product sums
+        data[a_addr: a_addr + mm * K] = 0x80
+        if wf == 0:
+            weight[b_addr: b_addr + w_bytes] = 0x80
+        elif wf == 1:
+            weight[b_addr: b_addr + w_bytes] = 0x88
+    if old_fill is not None:  # the accumulate input (e.g. 0x7f: near INT32_MAX, so the sum wraps)
+        data[out_addr: out_addr + out_bytes] = old_fill
+    acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
+    nm = int(rng.integers(0, 2)) if (normal is None and wf == 2) else (normal or 0)
+    fields = dict(wfmt=wf, k_blocks=kk, m=mm, n=nn, ldo=0 if ldo == nn and rng.integers(0, 2) else ldo,
+                  a_addr=a_addr, b_addr=b_addr, out_addr=out_addr, accumulate=acc, normal=nm if wf == 2 else 0,
+                  bias_addr=int(rng.integers(0, g.bias_words - nn + 1)) if nn <= g.bias_words else 0)
+    return expected(config, Case(fields, data, weight, meta, bias, label or f"linear m={mm} n={nn} kb={kk} wfmt={wf}"))
+
+
+def _words(arr: np.ndarray, nbytes: int) -> list[int]:
+    return [int.from_bytes(arr[i: i + nbytes].tobytes(), "little") for i in range(0, arr.size, nbytes)]
+
+
+def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0, max_cycles: int = 200_000) -> list[dict]:
+    """Run the cases on an MpeHarness; ``stall`` = probability that a cycle is frozen.
+
+    Returns per case {"fault", "error", "cycles" (enabled cycles from inst to done/fault),
+    "mismatches" (data-space bytes differing from the expected image)}."""
+    from amaranth.sim import Simulator
+
+    dut = MpeHarness(config, stall=stall > 0)
+    g = dut.engine.geometry
+    fields_layout = dut.engine._inst_layout["fields"].shape
+    rng = np.random.default_rng(seed)
+    results = []
+
+    async def bench(ctx):
+        state = {"act": None, "weight": None, "meta": None, "bias": None}
+        for case in cases:
+            for name, arr, width in (("act", case.data, ACT_BYTES), ("weight", case.weight, g.wword_bytes),
+                                     ("meta", case.meta, ACT_BYTES), ("bias", case.bias, ACT_BYTES)):
+                words = _words(arr, width)
+                mem = getattr(dut, name)
+                old = state[name]
+                for i, w in enumerate(words):
+                    if old is None or old[i] != w:
+                        ctx.set(mem.data[i], w)
+                state[name] = words
+            payload = {k: 0 for k in fields_layout.members}
+            payload.update({k: v for k, v in case.fields.items() if not k.startswith("_")})
+            payload["opcode"] = 4 if case.fields.get("_mv") else 3
+            ctx.set(dut.inst.payload.fields, payload)
+            ctx.set(dut.inst.payload.opcode, payload["opcode"])
+            ctx.set(dut.inst.valid, 1)
+            cycles = 0
+            accepted = False
+            finished = None
+            while finished is None:
+                en = 1 if stall <= 0 else int(rng.random() >= stall)
+                ctx.set(dut.en, en)
+                if not accepted and ctx.get(dut.inst.ready):
+                    accepted = True
+                    await ctx.tick()
+                    ctx.set(dut.inst.valid, 0)
+                    continue
+                if accepted and en:
+                    cycles += 1
+                if ctx.get(dut.done):
+                    finished = "done"
+                elif ctx.get(dut.fault):
+                    finished = "fault"
+                await ctx.tick()
+                assert cycles < max_cycles, f"{case.label}: the engine did not finish"
+            ctx.set(dut.en, 1)
+            after = _words_to_bytes([ctx.get(dut.act.data[i]) for i in range(g.act_words)], ACT_BYTES)
+            state["act"] = _words(after, ACT_BYTES)
+            want = case.want if case.want is not None else case.data
+            results.append({"fault": finished == "fault", "error": int(ctx.get(dut.error)), "cycles": cycles,
+                            "mismatches": int((after != want).sum())})
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def _words_to_bytes(words: list[int], nbytes: int) -> np.ndarray:
+    return np.frombuffer(b"".join(int(w).to_bytes(nbytes, "little") for w in words), dtype=np.uint8).copy()

@@ -1,0 +1,70 @@
+"""The matrix engine (hw/mpe.py): MM / MV in Amaranth simulation, byte for byte against FuncSim.
+
+Every case runs ``FuncSim.do_mpe`` (sim/funcsim.py, the executable specification) on the same
+buffer contents; the whole data space after the instruction is compared, so a write outside the
+output range is caught. The configuration is the small one with 2 chains and small buffers
+(sim/mpe_check.py ``test_config``) to keep simulation fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from olivine.hw.mpe import MpeError, MatrixEngine, mpe_cycles
+from olivine.sim import mpe_check as mc
+from tests.helpers import REDUCED
+
+CONFIG = mc.test_config(2)
+
+
+def _run(cases, **kw):
+    results = mc.run_amaranth(CONFIG, cases, **kw)
+    for case, res in zip(cases, results):
+        assert case.want is not None, f"{case.label}: funcsim rejected the case: {case.why}"
+        assert not res["fault"] and res["error"] == 0, f"{case.label}: fault {MpeError(res['error']).name}"
+        assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} data-space bytes differ from funcsim"
+    return results
+
+
+@pytest.mark.parametrize("wfmt", [0, 1, 2], ids=["int8", "int4", "ovp4"])
+def test_linear_dense_int32_random(wfmt):
+    rng = np.random.default_rng(10 + wfmt)
+    count = 3 if REDUCED else 6
+    cases = [mc.make_linear(CONFIG, rng, wfmt=wfmt) for _ in range(count)]
+    if wfmt == 2:  # both OVP normal types
+        cases += [mc.make_linear(CONFIG, rng, wfmt=2, normal=nm) for nm in (0, 1)]
+    assert all(not np.array_equal(c.want, c.data) for c in cases), "every case must change the data space"
+    _run(cases)
+
+
+def test_linear_edges():
+    rng = np.random.default_rng(5)
+    cases = [
+        mc.make_linear(CONFIG, rng, m=3, n=5, kb=9, wfmt=0, worst=True, accumulate=0, label="int8 -128 x -128, K=144"),
+        mc.make_linear(CONFIG, rng, m=2, n=3, kb=4, wfmt=1, worst=True, accumulate=0, label="int4 -8 x -128"),
+        mc.make_linear(CONFIG, rng, m=1, n=1, kb=1, wfmt=0, accumulate=0, label="k_blocks = 1, one value"),
+        mc.make_linear(CONFIG, rng, m=5, n=4, kb=1, wfmt=0, label="m odd, k_blocks = 1"),
+        mc.make_linear(CONFIG, rng, m=3, n=3, kb=2, ldo_extra=5, label="ldo > n"),
+        mc.make_linear(CONFIG, rng, m=2, n=4, kb=3, wfmt=0, worst=True, accumulate=1, old_fill=0x7F,
+                       label="accumulate wraps past INT32_MAX"),
+        mc.make_linear(CONFIG, rng, m=2, n=5, kb=5, align=16, label="16-byte aligned operands"),
+    ]
+    _run(cases)
+
+
+def test_linear_under_random_enable_pattern():
+    """The core freezes the engine with EnableInserter when it loses arbitration (CORE_INTERFACE.md 1)."""
+    rng = np.random.default_rng(7)
+    cases = [mc.make_linear(CONFIG, rng) for _ in range(4)]
+    free = mc.run_amaranth(CONFIG, cases)
+    stalled = _run(cases, stall=0.4, seed=3)
+    # a frozen cycle is a no-op: the enabled cycles are the same as without stalls
+    assert [r["cycles"] for r in stalled] == [r["cycles"] for r in free]
+
+
+def test_the_engine_needs_chains_of_16_and_a_power_of_two_chains():
+    with pytest.raises(ValueError, match="chain_length"):
+        MatrixEngine(CONFIG.replace(chain_length=8))
+    with pytest.raises(ValueError, match="power of two"):
+        MatrixEngine(CONFIG.replace(chains_per_core=3))
