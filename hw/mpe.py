@@ -72,6 +72,9 @@ CHAIN_LENGTH = 16
 A_FIFO_DEPTH = 4
 #: results (2C sums) buffered between the collector and the writer
 RESULT_FIFO_DEPTH = 2
+#: pv: P' (int32) enters the chains' 8-bit activation port as 5 digits, 7 bits each with the top
+#: (bits 28..31) signed: 4 * 7 + 4 = 32, and no fewer 8-bit signed digits cover every int32
+PV_DIGITS = 5
 
 
 class MpeError(py_enum.IntEnum):
@@ -229,7 +232,7 @@ class MatrixEngine(wiring.Component):
             (linear & f.normal & (f.wfmt != 2), MpeError.NORMAL),
             (~linear & (f.sparse | f.bias | (f.wfmt != 0) | f.normal | (f.meta_addr != 0)), MpeError.MODE_FIELDS),
             (out_a | (~linear & out_b), MpeError.OVERLAP),
-            (f.afmt | ~linear | f.sparse | (f.out != 0), MpeError.NOT_BUILT),
+            (f.afmt | f.sparse | (f.out != 0) | (pv & (self.chains > 16)), MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & (f.b_addr + w_bytes > g.weight_bytes))
              | (~linear & (f.b_addr + b_bytes > g.space_bytes))
              | (((f.bias_addr + entries) << 4) > g.bias_bytes)
@@ -270,31 +273,49 @@ class MatrixEngine(wiring.Component):
             m.submodules[f"chain{c}"] = ch
             chains.append(ch)
 
-        # ---- activation fetcher -> afifo (x0, x1 blocks)
-        m.submodules.afifo = afifo = fifo.SyncFIFO(width=256, depth=A_FIFO_DEPTH)
+        # ---- modes and geometry of the latched instruction
+        qk, pv = f.mode == 1, f.mode == 2
+        reuse = Signal()                      # one chunk covers K: load it once per column group
+        m.d.comb += reuse.eq(f.k_blocks <= blocks)
+        wpb = Mux(pv, 4, 1)                   # data-space words per A block (P' blocks are int32)
+        row_words = Signal(18)                # data-space words per A row
+        m.d.comb += row_words.eq(Mux(pv, f.k_blocks << 2, f.k_blocks))
         aw = MpeGeometry.addr_bits(g.act_words)
+        last_word = g.act_words - 1
+
+        # act_rd arbitration: writer > loader (qk / pv operands) > fetcher; the owner of the read
+        # returning this cycle is ``pend_owner`` (1 fetcher, 2 writer, 3 loader)
+        pend_owner = Signal(2)
+        wr_rd_req, ld_rd_req = Signal(), Signal()
+        wr_rd_addr, ld_rd_addr = Signal(aw), Signal(aw)
+        rdata = self.act_rd.data
+        m.d.sync += pend_owner.eq(0)
+
+        # ---- activation fetcher -> afifo (the beat's A blocks of rows 2tp, 2tp+1)
+        m.submodules.afifo = afifo = fifo.SyncFIFO(width=1024, depth=A_FIFO_DEPTH)
         af_busy = Signal()
         af_cb = Signal(17)
         af_t0 = Signal(13)
         af_kb = Signal(12)
         af_ph = Signal(2)               # 0 prime row 0, 1 prime row 1, 2 read row 0, 3 read row 1
+        af_w = Signal(2)                # word of the block (P' blocks: 4 words)
         af_p0, af_p1, af_base = Signal(aw + 2), Signal(aw + 2), Signal(aw + 2)
         a_off = f.a_addr[:4]
         af_pair = (af_t0 + 1) < f.m
-        carry0, carry1, x0hold = Signal(128), Signal(128), Signal(128)
-        pend_owner = Signal(2)          # 1: the fetcher's read is returning; 2: the writer's
-        pend_kind, pend_pair = Signal(2), Signal()
-        wr_rd_req = Signal()
-        wr_rd_addr = Signal(aw)
+        carry0, carry1 = Signal(128), Signal(128)
+        blk0, blk1 = Signal(512), Signal(512)
+        pend_kind, pend_pair, pend_w = Signal(2), Signal(), Signal(2)
 
-        af_req = af_busy & (afifo.level <= A_FIFO_DEPTH - 2) & ~wr_rd_req
-        m.d.sync += pend_owner.eq(0)
+        af_req = af_busy & (afifo.level <= A_FIFO_DEPTH - 2) & ~wr_rd_req & ~ld_rd_req
         with m.If(wr_rd_req):
             m.d.comb += [self.act_rd.addr.eq(wr_rd_addr), self.act_rd.en.eq(1)]
             m.d.sync += pend_owner.eq(2)
+        with m.Elif(ld_rd_req):
+            m.d.comb += [self.act_rd.addr.eq(ld_rd_addr), self.act_rd.en.eq(1)]
+            m.d.sync += pend_owner.eq(3)
         with m.Elif(af_req):
             m.d.comb += [self.act_rd.addr.eq(Mux(af_ph[0], af_p1, af_p0)), self.act_rd.en.eq(1)]
-            m.d.sync += [pend_owner.eq(1), pend_kind.eq(af_ph), pend_pair.eq(af_pair)]
+            m.d.sync += [pend_owner.eq(1), pend_kind.eq(af_ph), pend_pair.eq(af_pair), pend_w.eq(af_w)]
             first_ph = Mux(a_off != 0, 0, 2)
 
             def next_beat():
@@ -302,98 +323,150 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += af_kb.eq(0)
                     with m.If(af_t0 + 2 >= f.m):
                         m.d.sync += [af_t0.eq(0), af_cb.eq(af_cb + C), af_base.eq(f.a_addr >> 4),
-                                     af_p0.eq(f.a_addr >> 4), af_p1.eq((f.a_addr >> 4) + K16), af_ph.eq(first_ph)]
+                                     af_p0.eq(f.a_addr >> 4), af_p1.eq((f.a_addr >> 4) + row_words),
+                                     af_ph.eq(first_ph)]
                         with m.If(af_cb + C >= f.n):
                             m.d.sync += af_busy.eq(0)
                     with m.Else():
-                        nb = af_base + (K16 << 1)
-                        m.d.sync += [af_t0.eq(af_t0 + 2), af_base.eq(nb), af_p0.eq(nb), af_p1.eq(nb + K16),
+                        nb = af_base + (row_words << 1)
+                        m.d.sync += [af_t0.eq(af_t0 + 2), af_base.eq(nb), af_p0.eq(nb), af_p1.eq(nb + row_words),
                                      af_ph.eq(first_ph)]
                 with m.Else():
                     m.d.sync += [af_kb.eq(af_kb + 1), af_ph.eq(2)]
 
+            block_end = af_w == wpb - 1
             with m.Switch(af_ph):
                 with m.Case(0):
                     m.d.sync += [af_p0.eq(af_p0 + 1), af_ph.eq(Mux(af_pair, 1, 2))]
                 with m.Case(1):
                     m.d.sync += [af_p1.eq(af_p1 + 1), af_ph.eq(2)]
                 with m.Case(2):
-                    m.d.sync += af_p0.eq(af_p0 + 1)
-                    with m.If(af_pair):
-                        m.d.sync += af_ph.eq(3)
-                    with m.Else():
-                        next_beat()
+                    m.d.sync += [af_p0.eq(af_p0 + 1), af_w.eq(Mux(block_end, 0, af_w + 1))]
+                    with m.If(block_end):
+                        with m.If(af_pair):
+                            m.d.sync += af_ph.eq(3)
+                        with m.Else():
+                            next_beat()
                 with m.Case(3):
-                    m.d.sync += af_p1.eq(af_p1 + 1)
-                    next_beat()
-        rdata = self.act_rd.data
+                    m.d.sync += [af_p1.eq(af_p1 + 1), af_w.eq(Mux(block_end, 0, af_w + 1))]
+                    with m.If(block_end):
+                        next_beat()
         with m.If(pend_owner == 1):
+            last_w = pend_w == wpb - 1
             with m.Switch(pend_kind):
                 with m.Case(0):
                     m.d.sync += carry0.eq(rdata)
                 with m.Case(1):
                     m.d.sync += carry1.eq(rdata)
                 with m.Case(2):
-                    blk = Mux(a_off == 0, rdata, _funnel(carry0, rdata, a_off, 16))
+                    word = Mux(a_off == 0, rdata, _funnel(carry0, rdata, a_off, 16))
                     m.d.sync += carry0.eq(rdata)
-                    with m.If(pend_pair):
-                        m.d.sync += x0hold.eq(blk)
-                    with m.Else():
-                        m.d.comb += [afifo.w_data.eq(Cat(blk, Const(0, 128))), afifo.w_en.eq(1)]
+                    full = Signal(512)
+                    m.d.comb += full.eq(blk0)
+                    m.d.comb += full.word_select(pend_w, 128).eq(word)
+                    m.d.sync += blk0.eq(full)
+                    with m.If(last_w & ~pend_pair):
+                        m.d.comb += [afifo.w_data.eq(Cat(full, Const(0, 512))), afifo.w_en.eq(1)]
                 with m.Case(3):
-                    blk = Mux(a_off == 0, rdata, _funnel(carry1, rdata, a_off, 16))
+                    word = Mux(a_off == 0, rdata, _funnel(carry1, rdata, a_off, 16))
                     m.d.sync += carry1.eq(rdata)
-                    m.d.comb += [afifo.w_data.eq(Cat(x0hold, blk)), afifo.w_en.eq(1)]
+                    full = Signal(512)
+                    m.d.comb += full.eq(blk1)
+                    m.d.comb += full.word_select(pend_w, 128).eq(word)
+                    m.d.sync += blk1.eq(full)
+                    with m.If(last_w):
+                        m.d.comb += [afifo.w_data.eq(Cat(blk0, full)), afifo.w_en.eq(1)]
         with m.If(start):
-            m.d.sync += [af_busy.eq(1), af_cb.eq(0), af_t0.eq(0), af_kb.eq(0), af_ph.eq(Mux(a_off != 0, 0, 2)),
-                         af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4), af_p1.eq((f.a_addr >> 4) + K16)]
+            m.d.sync += [af_busy.eq(1), af_cb.eq(0), af_t0.eq(0), af_kb.eq(0), af_w.eq(0),
+                         af_ph.eq(Mux(a_off != 0, 0, 2)), af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4),
+                         af_p1.eq((f.a_addr >> 4) + row_words)]
 
         # ---- weight loader -> wnext (one chunk per chain), double-buffered with wcur
+        #   linear: weight port, one word per chain and chunk (a carry word per chain; 2 for chunk 0)
+        #   qk: the K block rows from the data space, one 16-byte word per block (+1 prime if unaligned)
+        #   pv: the V rows from the data space, two 16-byte words per V row give C columns' bytes
         wnext = [Signal(8 * W, name=f"wnext{c}") for c in range(C)]
         wcur = [Signal(8 * W, name=f"wcur{c}") for c in range(C)]
+        wcarry = [Signal(8 * W, name=f"wcarry{c}") for c in range(C)]
         next_full = Signal()
-        wl_busy, wl_wait, wl_half = Signal(), Signal(), Signal()
+        wl_busy, wl_wait = Signal(), Signal()
         wl_c = Signal(range(C))
+        wl_r = Signal(range(2 * C + 2))         # read of the chain (qk: block; linear: 0 prime, 1)
+        wl_i = Signal(4)                        # pv: V row of the block
+        wl_j = Signal(range(2 * C))             # pv: block of the chunk
         wl_cb = Signal(17)
         wl_t0 = Signal(13)
         wl_qb = Signal(13)
         wl_cgbase, wl_chunk0, wl_addr = Signal(32), Signal(32), Signal(32)
-        wp_valid, wp_zero, wp_half = Signal(), Signal(), Signal()
+        wl_reads = Signal(range(2 * C + 2))     # reads per chain in this chunk
+        chunk_blocks = Signal(range(2 * C + 1))
+        m.d.comb += chunk_blocks.eq(Mux(f.k_blocks - wl_qb < blocks, f.k_blocks - wl_qb, blocks))
+        b_off = f.b_addr[:4]
+        wp_valid, wp_zero, wp_last = Signal(), Signal(), Signal()
+        wp_r = Signal(range(2 * C + 2))
         wp_c = Signal(range(C))
+        wp_i = Signal(4)
+        wp_j = Signal(range(2 * C))
         wp_off = Signal(range(W))
         stash = Signal(8 * W)
+        kcarry = Signal(128)
         wwa = MpeGeometry.addr_bits(g.weight_words)
-        w_word = Signal(32)
-        m.d.comb += w_word.eq(wl_addr // W)
-        w_rd = Signal(32)
-        m.d.comb += w_rd.eq(w_word + wl_half)
+        rowb = Signal(18)                       # byte pitch between the rows of the chains
+        m.d.comb += rowb.eq(Mux(qk, f.k_blocks << 4, Mux(pv, f.n, rb)))
+        m.d.comb += wl_reads.eq(Mux(qk, chunk_blocks + (b_off != 0), Mux(wl_qb == 0, 2, 1)))
         m.d.sync += wp_valid.eq(0)
-        with m.If(wl_busy & ~wl_wait):
+        loading = wl_busy & ~wl_wait
+        with m.If(loading & ~pv):
             row_ok = (wl_cb + wl_c) < f.n
-            m.d.sync += [wp_valid.eq(1), wp_c.eq(wl_c), wp_half.eq(wl_half), wp_off.eq(wl_addr % W),
-                         wp_zero.eq(~row_ok)]
+            m.d.sync += [wp_c.eq(wl_c), wp_r.eq(wl_r), wp_zero.eq(~row_ok), wp_off.eq(wl_addr % W),
+                         wp_last.eq((wl_c == C - 1) & (~row_ok | (wl_r == wl_reads - 1)))]
 
             def next_chain():
+                m.d.sync += wl_r.eq(0)
                 with m.If(wl_c == C - 1):
                     m.d.sync += [wl_c.eq(0), wl_wait.eq(1)]
                 with m.Else():
-                    m.d.sync += [wl_c.eq(wl_c + 1), wl_addr.eq(wl_addr + rb)]
+                    m.d.sync += [wl_c.eq(wl_c + 1), wl_addr.eq(wl_addr + rowb)]
 
-            with m.If(row_ok):
-                m.d.comb += [self.weight_rd.en.eq(1),
-                             self.weight_rd.addr.eq(Mux(w_rd < g.weight_words, w_rd, w_word)[:wwa])]
-                m.d.sync += wl_half.eq(~wl_half)
-                with m.If(wl_half):
-                    next_chain()
-            with m.Else():
-                m.d.sync += wl_half.eq(0)
+            with m.If(~row_ok):
+                m.d.sync += wp_valid.eq(1)
                 next_chain()
+            with m.Elif(qk):
+                # the prime read (unaligned b_addr) is word 0, block j then word j + 1
+                m.d.comb += [ld_rd_req.eq(1), ld_rd_addr.eq((wl_addr >> 4) + wl_r)]
+                with m.If(~wr_rd_req):
+                    m.d.sync += [wp_valid.eq(1), wl_r.eq(wl_r + 1)]
+                    with m.If(wl_r == wl_reads - 1):
+                        next_chain()
+            with m.Else():
+                w_word = Signal(32)
+                m.d.comb += w_word.eq((wl_addr // W) + Mux(wl_qb == 0, wl_r, 1))
+                m.d.comb += [self.weight_rd.en.eq(1),
+                             self.weight_rd.addr.eq(Mux(w_word < g.weight_words, w_word, g.weight_words - 1)[:wwa])]
+                m.d.sync += [wp_valid.eq(1), wl_r.eq(wl_r + 1)]
+                with m.If(wl_r == wl_reads - 1):
+                    next_chain()
+        with m.If(loading & pv & ~wr_rd_req):
+            word = Signal(32)
+            m.d.comb += word.eq((wl_addr >> 4) + wl_r)
+            m.d.comb += [ld_rd_req.eq(1), ld_rd_addr.eq(Mux(word <= last_word, word, last_word))]
+            m.d.sync += [wp_valid.eq(1), wp_zero.eq(0), wp_r.eq(wl_r), wp_i.eq(wl_i), wp_j.eq(wl_j),
+                         wp_off.eq(wl_addr[:4]),
+                         wp_last.eq(wl_r.bool() & (wl_i == 15) & (wl_j == chunk_blocks - 1)), wl_r.eq(~wl_r[0])]
+            with m.If(wl_r[0]):
+                m.d.sync += [wl_addr.eq(wl_addr + f.n), wl_i.eq(wl_i + 1)]
+                with m.If(wl_i == 15):
+                    m.d.sync += wl_j.eq(wl_j + 1)
+                    with m.If(wl_j == chunk_blocks - 1):
+                        m.d.sync += [wl_j.eq(0), wl_wait.eq(1)]
+        # the chunk is loaded and handed over: the next one (the next column group when reused)
         with m.If(wl_busy & wl_wait & ~next_full & ~wp_valid):
             m.d.sync += wl_wait.eq(0)
-            with m.If(wl_qb + blocks >= f.k_blocks):
+            pv_start = Signal(32)
+            with m.If((wl_qb + blocks >= f.k_blocks)):
                 m.d.sync += wl_qb.eq(0)
-                with m.If(wl_t0 + 2 >= f.m):
-                    nb = wl_cgbase + rb * C
+                with m.If((wl_t0 + 2 >= f.m) | reuse):
+                    nb = wl_cgbase + Mux(pv, C, rowb * C)
                     m.d.sync += [wl_t0.eq(0), wl_cb.eq(wl_cb + C), wl_cgbase.eq(nb), wl_chunk0.eq(nb),
                                  wl_addr.eq(nb)]
                     with m.If(wl_cb + C >= f.n):
@@ -401,30 +474,58 @@ class MatrixEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [wl_t0.eq(wl_t0 + 2), wl_chunk0.eq(wl_cgbase), wl_addr.eq(wl_cgbase)]
             with m.Else():
-                m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + W), wl_addr.eq(wl_chunk0 + W)]
-        with m.If(wp_valid):
+                step = Mux(qk, blocks << 4, Mux(pv, (f.n * blocks) << 4, W))
+                m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + step), wl_addr.eq(wl_chunk0 + step)]
+            del pv_start
+        with m.If(wp_valid & ~pv):
             wdata = self.weight_rd.data
-            with m.If(~wp_zero & ~wp_half):
-                m.d.sync += stash.eq(wdata)
-            with m.Else():
-                value = Mux(wp_zero, 0, _funnel(stash, wdata, wp_off, W))
+            lin_first = ~qk & (wl_qb == 0) & (wp_r == 0)
+            with m.If(wp_zero):
                 for c in range(C):
                     with m.If(wp_c == c):
-                        m.d.sync += wnext[c].eq(value)
-                with m.If(wp_c == C - 1):
-                    m.d.sync += next_full.eq(1)
+                        m.d.sync += wnext[c].eq(0)
+            with m.Elif(qk):
+                with m.If((b_off != 0) & (wp_r == 0)):
+                    m.d.sync += kcarry.eq(rdata)
+                with m.Else():
+                    blk = Mux(b_off == 0, rdata, _funnel(kcarry, rdata, b_off, 16))
+                    m.d.sync += kcarry.eq(rdata)
+                    slot = (wp_r - (b_off != 0))[:len(wp_j)]
+                    for c in range(C):
+                        with m.If(wp_c == c):
+                            m.d.sync += wnext[c].word_select(slot, 128).eq(blk)
+            with m.Elif(lin_first):
+                for c in range(C):
+                    with m.If(wp_c == c):
+                        m.d.sync += wcarry[c].eq(wdata)
+            with m.Else():
+                for c in range(C):
+                    with m.If(wp_c == c):
+                        m.d.sync += [wnext[c].eq(_funnel(wcarry[c], wdata, wp_off, W)), wcarry[c].eq(wdata)]
+            with m.If(wp_last):
+                m.d.sync += next_full.eq(1)
+        with m.If(wp_valid & pv):
+            with m.If(~wp_r[0]):
+                m.d.sync += kcarry.eq(rdata)
+            with m.Else():
+                vrow = _funnel(kcarry, rdata, wp_off, 16)
+                for c in range(C):
+                    m.d.sync += wnext[c].word_select(Cat(wp_i, wp_j), 8).eq(vrow[8 * c: 8 * c + 8])
+            with m.If(wp_last):
+                m.d.sync += next_full.eq(1)
         with m.If(start):
-            m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_half.eq(0), wl_c.eq(0), wl_cb.eq(0), wl_t0.eq(0),
-                         wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr), wl_addr.eq(f.b_addr),
-                         next_full.eq(0)]
+            m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_r.eq(0), wl_i.eq(0), wl_j.eq(0), wl_c.eq(0), wl_cb.eq(0),
+                         wl_t0.eq(0), wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr),
+                         wl_addr.eq(f.b_addr), next_full.eq(0)]
 
-        # ---- issuer: one beat to every chain
+        # ---- issuer: one beat to every chain (pv: 5 beats per block, one per digit of P)
         is_busy, is_cur = Signal(), Signal()
         is_j = Signal(range(2 * C))
         is_kb = Signal(12)
         is_cb = Signal(17)
         is_t0 = Signal(13)
-        tag_layout = data.StructLayout({"first": 1, "last": 1, "cb": 17, "t0": 13})
+        is_d = Signal(3)
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "digit": 3, "cb": 17, "t0": 13})
         m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=32)
         with m.If(~is_cur & next_full):
             m.d.sync += is_cur.eq(1), next_full.eq(0)
@@ -432,9 +533,27 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += wcur[c].eq(wnext[c])
         can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
         fire = can_issue & chains[0].i.ready
+        last_digit = ~pv | (is_d == PV_DIGITS - 1)
         tag = Signal(tag_layout)
-        m.d.comb += [tag.first.eq(is_kb == 0), tag.last.eq(is_kb == f.k_blocks - 1), tag.cb.eq(is_cb),
-                     tag.t0.eq(is_t0), tags.w_data.eq(tag), tags.w_en.eq(fire), afifo.r_en.eq(fire)]
+        m.d.comb += [tag.first.eq((is_kb == 0) & (is_d == 0)), tag.last.eq((is_kb == f.k_blocks - 1) & last_digit),
+                     tag.digit.eq(is_d), tag.cb.eq(is_cb), tag.t0.eq(is_t0), tags.w_data.eq(tag),
+                     tags.w_en.eq(fire), afifo.r_en.eq(fire & last_digit)]
+        # the beat's activations: INT8 codes, or digit is_d of the P' values (7-bit digits, the top signed)
+        xs = []
+        for lane in range(2):
+            x = Signal(data.ArrayLayout(signed(8), 16), name=f"x{lane}")
+            for e in range(16):
+                code8 = afifo.r_data[512 * lane + 8 * e: 512 * lane + 8 * e + 8]
+                p = afifo.r_data[512 * lane + 32 * e: 512 * lane + 32 * e + 32]
+                digit = Signal(signed(8), name=f"digit{lane}_{e}")
+                with m.Switch(is_d):
+                    for d in range(PV_DIGITS - 1):
+                        with m.Case(d):
+                            m.d.comb += digit.eq(p[7 * d: 7 * d + 7])
+                    with m.Default():
+                        m.d.comb += digit.eq(p[7 * (PV_DIGITS - 1):].as_signed())
+                m.d.comb += x[e].eq(Mux(pv, digit, code8.as_signed()))
+            xs.append(x)
         for c, ch in enumerate(chains):
             blk8 = wcur[c].word_select(is_j, 128)
             blk4 = wcur[c].word_select(is_j, 64)
@@ -451,26 +570,27 @@ class MatrixEngine(wiring.Component):
                             m.d.comb += values[d].eq(blk4[4 * d: 4 * d + 4].as_signed())
                         with m.Default():
                             m.d.comb += values[d].eq(operand.integer << operand.exponent)
-            m.d.comb += [ch.i.valid.eq(can_issue), ch.i.payload.x0.eq(afifo.r_data[:128]),
-                         ch.i.payload.x1.eq(afifo.r_data[128:]), ch.i.payload.weights.eq(values),
-                         ch.i.payload.n_code.eq(n_code(16))]
+            m.d.comb += [ch.i.valid.eq(can_issue), ch.i.payload.x0.eq(xs[0]), ch.i.payload.x1.eq(xs[1]),
+                         ch.i.payload.weights.eq(values), ch.i.payload.n_code.eq(n_code(16))]
         with m.If(fire):
-            with m.If(is_kb == f.k_blocks - 1):
-                m.d.sync += [is_kb.eq(0), is_j.eq(0), is_cur.eq(0)]
+            with m.If(~last_digit):
+                m.d.sync += is_d.eq(is_d + 1)
+            with m.Elif(is_kb == f.k_blocks - 1):
+                m.d.sync += [is_kb.eq(0), is_j.eq(0), is_d.eq(0)]
                 with m.If(is_t0 + 2 >= f.m):
-                    m.d.sync += [is_t0.eq(0), is_cb.eq(is_cb + C)]
+                    m.d.sync += [is_t0.eq(0), is_cb.eq(is_cb + C), is_cur.eq(0)]
                     with m.If(is_cb + C >= f.n):
                         m.d.sync += is_busy.eq(0)
                 with m.Else():
-                    m.d.sync += is_t0.eq(is_t0 + 2)
+                    m.d.sync += [is_t0.eq(is_t0 + 2), is_cur.eq(reuse)]
             with m.Else():
-                m.d.sync += is_kb.eq(is_kb + 1)
+                m.d.sync += [is_kb.eq(is_kb + 1), is_d.eq(0)]
                 with m.If(is_j == blocks - 1):
                     m.d.sync += [is_j.eq(0), is_cur.eq(0)]
                 with m.Else():
                     m.d.sync += is_j.eq(is_j + 1)
         with m.If(start):
-            m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0)]
+            m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0), is_d.eq(0)]
 
         # ---- collector: per-chain accumulators; a (cg, tp) result into the result FIFO
         res_layout = data.StructLayout({"y": data.ArrayLayout(unsigned(32), 2 * C), "cb": 17, "t0": 13})
@@ -486,7 +606,9 @@ class MatrixEngine(wiring.Component):
             for lane, y in ((0, ch.o.payload.y0[0]), (1, ch.o.payload.y1[0])):
                 acc = Signal(32, name=f"acc{c}_{lane}")
                 s = Signal(32, name=f"sum{c}_{lane}")
-                m.d.comb += [s.eq(Mux(otag.first, 0, acc) + y), res.y[lane * C + c].eq(s)]
+                # pv: digit d weighs 2**(7d); every sum is mod 2**32, so the total is wrap32(P V)
+                m.d.comb += [s.eq(Mux(otag.first, 0, acc) + (y.as_unsigned() << (otag.digit * 7))[:32]),
+                             res.y[lane * C + c].eq(s)]
                 with m.If(take):
                     m.d.sync += acc.eq(s)
         m.d.comb += [res.cb.eq(otag.cb), res.t0.eq(otag.t0), tags.r_en.eq(take),

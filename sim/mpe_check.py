@@ -195,3 +195,57 @@ def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0
 
 def _words_to_bytes(words: list[int], nbytes: int) -> np.ndarray:
     return np.frombuffer(b"".join(int(w).to_bytes(nbytes, "little") for w in words), dtype=np.uint8).copy()
+
+
+def _place(rng, space: int, regions: list[tuple[int, int]]) -> list[int] | None:
+    """Random disjoint placement of (bytes, alignment) regions in [0, space), in random order."""
+    order = rng.permutation(len(regions))
+    total = sum(b + a for b, a in regions)
+    if total > space:
+        return None
+    slack = space - total
+    addrs = [0] * len(regions)
+    pos = 0
+    for idx in order:
+        size, align = regions[idx]
+        pos += int(rng.integers(0, slack // len(regions) + 1))
+        pos += -pos % align
+        addrs[idx] = pos
+        pos += size
+    return addrs if pos <= space else None
+
+
+def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulate=None, ldo_extra=None,
+                   p_kind="random", label="") -> Case:
+    """A random qk (Q K^T) or pv (P' V) MM with int32 output; ``p_kind`` "edges" puts INT32_MIN/MAX and
+    other extremes into P'."""
+    g = MpeGeometry(config)
+    data, weight, meta, bias = _blank(config)
+    for _ in range(1000):
+        mm = int(rng.integers(1, 6)) if m is None else m
+        nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
+        kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+        K = 16 * kk
+        ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+        a_bytes = mm * K + 3 * mm if mode == "qk" else 4 * mm * K + mm
+        b_bytes = nn * K + 3 * nn if mode == "qk" else K * nn
+        out_bytes = 4 * ((mm - 1) * ldo + nn)
+        addrs = _place(rng, g.space_bytes, [(a_bytes, 1 if mode == "qk" else 4), (b_bytes, 1), (out_bytes, 4)])
+        if addrs is not None:
+            break
+    else:
+        raise ValueError("no case fits the buffers")
+    a_addr, b_addr, out_addr = addrs
+    data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
+    bias[:] = rng.integers(0, 256, bias.size, dtype=np.uint8)
+    if mode == "pv" and p_kind == "edges":
+        pool = np.array([-(1 << 31), (1 << 31) - 1, -1, 0, 1, 127, 128, -128, 1 << 28, -(1 << 28), (1 << 28) - 1],
+                        dtype=np.int64)
+        vals = rng.choice(pool, mm * K).astype("<i4")
+        data[a_addr: a_addr + 4 * mm * K] = vals.view(np.uint8)
+        data[b_addr: b_addr + K * nn] = rng.choice(np.array([0x80, 0x7F, 0x00, 0xFF], np.uint8), K * nn)
+    acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
+    fields = dict(mode=1 if mode == "qk" else 2, k_blocks=kk, m=mm, n=nn,
+                  ldo=0 if ldo == nn and rng.integers(0, 2) else ldo, a_addr=a_addr, b_addr=b_addr,
+                  out_addr=out_addr, accumulate=acc, bias_addr=int(rng.integers(0, g.bias_words)))
+    return expected(config, Case(fields, data, weight, meta, bias, label or f"{mode} m={mm} n={nn} kb={kk}"))

@@ -68,3 +68,26 @@ def test_the_engine_needs_chains_of_16_and_a_power_of_two_chains():
         MatrixEngine(CONFIG.replace(chain_length=8))
     with pytest.raises(ValueError, match="power of two"):
         MatrixEngine(CONFIG.replace(chains_per_core=3))
+
+
+def test_qk_random():
+    rng = np.random.default_rng(21)
+    cases = [mc.make_attention(CONFIG, rng, "qk") for _ in range(3 if REDUCED else 5)]
+    cases.append(mc.make_attention(CONFIG, rng, "qk", m=3, n=5, kb=1, label="qk k_blocks = 1, m odd"))
+    _run(cases)
+
+
+def test_pv_random_and_int32_extremes_of_p():
+    """P' is int32: 5 passes of 7-bit digits (top signed) give exactly wrap32(P V) for any P."""
+    rng = np.random.default_rng(22)
+    cases = [mc.make_attention(CONFIG, rng, "pv") for _ in range(2 if REDUCED else 4)]
+    cases += [mc.make_attention(CONFIG, rng, "pv", p_kind="edges", label="pv INT32_MIN/MAX in P"),
+              mc.make_attention(CONFIG, rng, "pv", m=3, n=3, kb=2, ldo_extra=3, accumulate=1, p_kind="edges",
+                                label="pv accumulate, ldo > n")]
+    _run(cases)
+
+
+def test_attention_modes_under_random_enable_pattern():
+    rng = np.random.default_rng(23)
+    cases = [mc.make_attention(CONFIG, rng, "qk", m=3, n=3, kb=3), mc.make_attention(CONFIG, rng, "pv", m=2, n=3, kb=2)]
+    _run(cases, stall=0.35, seed=4)
