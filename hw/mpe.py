@@ -58,6 +58,7 @@ from .config import AcceleratorConfig
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
 from .ovp_decoder import OvpPairDecoder
+from .requant import Requantizer
 from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
 from .weight_decode import GRID_BITS, GRID_FORMAT
@@ -75,6 +76,8 @@ RESULT_FIFO_DEPTH = 2
 #: pv: P' (int32) enters the chains' 8-bit activation port as 5 digits, 7 bits each with the top
 #: (bits 28..31) signed: 4 * 7 + 4 = 32, and no fewer 8-bit signed digits cover every int32
 PV_DIGITS = 5
+#: largest row mantissa of an INT8 block (docs/isa.md data rule: 9 bits)
+MAX_MANTISSA = 256
 
 
 class MpeError(py_enum.IntEnum):
@@ -232,12 +235,13 @@ class MatrixEngine(wiring.Component):
             (linear & f.normal & (f.wfmt != 2), MpeError.NORMAL),
             (~linear & (f.sparse | f.bias | (f.wfmt != 0) | f.normal | (f.meta_addr != 0)), MpeError.MODE_FIELDS),
             (out_a | (~linear & out_b), MpeError.OVERLAP),
-            (f.afmt | f.sparse | (f.out != 0) | (pv & (self.chains > 16)), MpeError.NOT_BUILT),
+            (f.afmt | f.sparse | (pv & (self.chains > 16)), MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & (f.b_addr + w_bytes > g.weight_bytes))
              | (~linear & (f.b_addr + b_bytes > g.space_bytes))
              | (((f.bias_addr + entries) << 4) > g.bias_bytes)
-             | (f.out_addr + out_bytes > g.space_bytes), MpeError.OUT_OF_RANGE),
-            ((~out_i8 & (f.out_addr[:2] != 0)) | (pv & (f.a_addr[:2] != 0)), MpeError.UNALIGNED),
+             | (f.out_addr + out_bytes > g.space_bytes)
+             | (f.accumulate & (f.out_addr + (elems << 2) > g.space_bytes)), MpeError.OUT_OF_RANGE),
+            (((~out_i8 | f.accumulate) & (f.out_addr[:2] != 0)) | (pv & (f.a_addr[:2] != 0)), MpeError.UNALIGNED),
         ]
         with m.If(rules[0][0]):
             m.d.comb += code.eq(rules[0][1])
@@ -274,7 +278,9 @@ class MatrixEngine(wiring.Component):
             chains.append(ch)
 
         # ---- modes and geometry of the latched instruction
-        qk, pv = f.mode == 1, f.mode == 2
+        linear, qk, pv = f.mode == 0, f.mode == 1, f.mode == 2
+        entries = Signal(17)                  # requantization entries read: n (linear) or 1
+        m.d.comb += entries.eq(Mux(linear, f.n, 1))
         reuse = Signal()                      # one chunk covers K: load it once per column group
         m.d.comb += reuse.eq(f.k_blocks <= blocks)
         wpb = Mux(pv, 4, 1)                   # data-space words per A block (P' blocks are int32)
@@ -614,26 +620,135 @@ class MatrixEngine(wiring.Component):
         m.d.comb += [res.cb.eq(otag.cb), res.t0.eq(otag.t0), tags.r_en.eq(take),
                      results.w_data.eq(res), results.w_en.eq(take & otag.last)]
 
-        # ---- writer
-        wr_busy, wr_ph = Signal(), Signal()
+        # ---- writer: per result record, the requantization parameters, then per (token, column)
+        #   [accumulate read] -> add -> int32 write, or -> requantizer -> fixed32 / int8 write
+        requant_on = f.out != 0
+        wr_busy, wr_ph, wr_params = Signal(), Signal(), Signal()
         wr_l = Signal()
         wr_c = Signal(range(C))
         wr = Signal(res_layout)
+        col_cb = Signal(18)                 # column group whose parameters are held (bit 17: none)
+        a_tail = Signal(32)                 # the A block's exponents (then mantissas)
+        k_tail = Signal(32)                 # qk: the K block's exponents (then mantissas)
+        m.d.comb += [a_tail.eq(f.a_addr + Mux(pv, (f.m * f.k_blocks) << 6, (f.m * f.k_blocks) << 4)),
+                     k_tail.eq(f.b_addr + ((f.n * f.k_blocks) << 4))]
+        tok_e = [Signal(signed(8), name=f"tok_e{i}") for i in range(2)]
+        tok_m = [Signal(16, name=f"tok_m{i}") for i in range(2)]
+        col_e = [Signal(signed(8), name=f"col_e{i}") for i in range(C)]
+        col_m = [Signal(16, name=f"col_m{i}") for i in range(C)]
+        ent_layout = data.StructLayout({"bias": signed(32), "mult": unsigned(32), "shift": signed(32)})
+        ents = [Signal(ent_layout, name=f"entry{i}") for i in range(C)]
+        # parameter sequence: phase 0 the two tokens (exponent, mantissa low / high byte words),
+        # phase 1 the columns (qk: K exponent and mantissa; linear: its entry), phase 2 (qk, pv)
+        # the one entry; one read per cycle, captured in the next
+        p_phase = Signal(2)
+        p_idx = Signal(range(max(C, 2)))
+        p_sub = Signal(2)
+        pr_valid, pr_bias = Signal(), Signal()
+        pr_kind = Signal(2)                 # 0 exponent, 1 mantissa low byte, 2 mantissa high byte
+        pr_col = Signal()
+        pr_idx = Signal(range(C))
+        pr_lane = Signal(4)
+        m.d.sync += [pr_valid.eq(0), pr_bias.eq(0)]
         m.d.comb += results.r_en.eq(~wr_busy)
         with m.If(~wr_busy & results.r_rdy):
-            m.d.sync += [wr.eq(results.r_data), wr_busy.eq(1), wr_l.eq(0), wr_c.eq(0), wr_ph.eq(0)]
+            m.d.sync += [wr.eq(results.r_data), wr_busy.eq(1), wr_l.eq(0), wr_c.eq(0), wr_ph.eq(0),
+                         wr_params.eq(requant_on), p_phase.eq(0), p_idx.eq(0), p_sub.eq(0)]
+        with m.If(wr_busy & wr_params):
+            tok = wr.t0 + p_idx[0]
+            colp = wr.cb + p_idx
+            ebyte = Mux(p_phase == 0, a_tail + tok, k_tail + colp)
+            mbase = Mux(p_phase == 0, a_tail + f.m + (tok << 1), k_tail + f.n + (colp << 1))
+            paddr = Signal(32)
+            m.d.comb += paddr.eq(Mux(p_sub == 0, ebyte, mbase + (p_sub == 2)))
+
+            def next_item(count):
+                m.d.sync += p_sub.eq(0)
+                with m.If(p_idx == count - 1):
+                    m.d.sync += [p_idx.eq(0), p_phase.eq(p_phase + 1)]
+                with m.Else():
+                    m.d.sync += p_idx.eq(p_idx + 1)
+
+            with m.Switch(p_phase):
+                with m.Case(0):
+                    with m.If((tok >= f.m) | (p_idx > 1)):
+                        m.d.sync += [p_phase.eq(1), p_idx.eq(0), p_sub.eq(0)]
+                    with m.Else():
+                        m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]
+                        m.d.sync += [pr_valid.eq(1), pr_kind.eq(p_sub), pr_col.eq(0), pr_idx.eq(p_idx),
+                                     pr_lane.eq(paddr[:4])]
+                        with m.If((p_sub == 2) | pv):
+                            next_item(2)
+                        with m.Else():
+                            m.d.sync += p_sub.eq(p_sub + 1)
+                with m.Case(1):
+                    with m.If(~linear & ~qk | (col_cb == wr.cb) | (colp >= f.n)):
+                        m.d.sync += [p_phase.eq(2), p_idx.eq(0), p_sub.eq(0)]
+                    with m.Elif(linear):
+                        m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + colp)]
+                        m.d.sync += [pr_bias.eq(1), pr_idx.eq(p_idx)]
+                        next_item(C)
+                    with m.Else():
+                        m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]
+                        m.d.sync += [pr_valid.eq(1), pr_kind.eq(p_sub), pr_col.eq(1), pr_idx.eq(p_idx),
+                                     pr_lane.eq(paddr[:4])]
+                        with m.If(p_sub == 2):
+                            next_item(C)
+                        with m.Else():
+                            m.d.sync += p_sub.eq(p_sub + 1)
+                with m.Case(2):
+                    with m.If(~linear):
+                        m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr)]
+                        m.d.sync += [pr_bias.eq(1), pr_idx.eq(0)]
+                    m.d.sync += p_phase.eq(3)
+                with m.Default():   # wait for the last capture
+                    with m.If(~pr_valid & ~pr_bias):
+                        m.d.sync += [wr_params.eq(0), col_cb.eq(wr.cb)]
+        with m.If(pr_valid):
+            byte = rdata.word_select(pr_lane, 8)
+            for i in range(2):
+                with m.If(~pr_col & (pr_idx == i)):
+                    with m.Switch(pr_kind):
+                        with m.Case(0):
+                            m.d.sync += tok_e[i].eq(byte)
+                        with m.Case(1):
+                            m.d.sync += tok_m[i][:8].eq(byte)
+                        with m.Case(2):
+                            m.d.sync += tok_m[i][8:].eq(byte)
+            for i in range(C):
+                with m.If(pr_col & (pr_idx == i)):
+                    with m.Switch(pr_kind):
+                        with m.Case(0):
+                            m.d.sync += col_e[i].eq(byte)
+                        with m.Case(1):
+                            m.d.sync += col_m[i][:8].eq(byte)
+                        with m.Case(2):
+                            m.d.sync += col_m[i][8:].eq(byte)
+        with m.If(pr_bias):
+            for i in range(C):
+                with m.If(pr_idx == i):
+                    m.d.sync += ents[i].eq(self.bias_rd.data[:96])
+        with m.If(start):
+            m.d.sync += col_cb.eq(1 << 17)
+
         t = wr.t0 + wr_l
         col = wr.cb + wr_c
         elem = Signal(32)
         m.d.comb += elem.eq(t * Mux(f.ldo == 0, f.n, f.ldo) + col)
-        addr = Signal(32)
-        m.d.comb += addr.eq(f.out_addr + (elem << 2))
+        addr = Signal(32)                    # where the value goes (int8: one byte per element)
+        acc_addr = Signal(32)                # the accumulate input: always an int32 matrix (funcsim)
+        m.d.comb += [addr.eq(f.out_addr + Mux(f.out == 2, elem, elem << 2)), acc_addr.eq(f.out_addr + (elem << 2))]
         vsel = Signal(32)
         m.d.comb += vsel.eq(Mux(wr_l, Cat(*[wr.y[C + i] for i in range(C)]).word_select(wr_c, 32),
                                 Cat(*[wr.y[i] for i in range(C)]).word_select(wr_c, 32)))
         ok = (t < f.m) & (col < f.n)
         wval = Signal(32)
         do_write = Signal()
+        m.submodules.requant = rq = Requantizer()
+        side = data.StructLayout({"addr": 32})
+        m.submodules.rq_addr = rq_addr = fifo.SyncFIFO(width=side.size, depth=32)
+        emit = Signal()                      # the value wval leaves the add stage this cycle
+        can_emit = ~requant_on | (rq.i.ready & rq_addr.w_rdy)
 
         def advance():
             m.d.sync += wr_ph.eq(0)
@@ -644,25 +759,104 @@ class MatrixEngine(wiring.Component):
             with m.Else():
                 m.d.sync += wr_c.eq(wr_c + 1)
 
-        with m.If(wr_busy):
+        with m.If(wr_busy & ~wr_params):
             with m.If(~wr_ph):
                 with m.If(~ok):
                     advance()
                 with m.Elif(f.accumulate):
-                    m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(addr >> 4)]
+                    m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(acc_addr >> 4)]
                     m.d.sync += wr_ph.eq(1)
-                with m.Else():
-                    m.d.comb += [wval.eq(vsel), do_write.eq(1)]
+                with m.Elif(can_emit):
+                    m.d.comb += [wval.eq(vsel), emit.eq(1)]
                     advance()
             with m.Else():
-                m.d.comb += [wval.eq(vsel + rdata.word_select(addr[2:4], 32)), do_write.eq(1)]
-                advance()
+                # the old value is in rdata only in the cycle after its read: hold it if stalled
+                old = Signal(32)
+                m.d.comb += wval.eq(vsel + old)
+                with m.If(can_emit):
+                    m.d.comb += emit.eq(1)
+                    advance()
+        hold_old, old_valid = Signal(32), Signal()
+        if True:
+            old_now = rdata.word_select(acc_addr[2:4], 32)
+            with m.If(wr_busy & ~wr_params & wr_ph):
+                m.d.comb += old.eq(Mux(old_valid, hold_old, old_now))
+                m.d.sync += [hold_old.eq(old), old_valid.eq(~emit)]
+        # per-value requantization inputs
+        csel = Signal(range(C))
+        m.d.comb += csel.eq(Mux(linear, wr_c, 0))
+        ent = Signal(ent_layout)
+        cm, ce = Signal(16), Signal(signed(8))
+        for i in range(C):
+            with m.If(csel == i):
+                m.d.comb += ent.eq(ents[i])
+            with m.If(wr_c == i):
+                m.d.comb += [cm.eq(col_m[i]), ce.eq(col_e[i])]
+        te = Mux(wr_l, tok_e[1], tok_e[0])
+        tm = Mux(wr_l, tok_m[1], tok_m[0])
+        rin = rq.i.payload
+        m.d.comb += [rin.acc.eq(wval), rin.mantissa.eq(Mux(pv, 1, Mux(qk, tm * cm, tm))),
+                     rin.exponent.eq(Mux(qk, te + ce, te)), rin.mult.eq(ent.mult), rin.shift.eq(ent.shift),
+                     rin.bias.eq(ent.bias), rin.add_bias.eq(f.bias), rin.int8.eq(f.out == 2),
+                     rq.i.valid.eq(emit & requant_on), rq_addr.w_en.eq(emit & requant_on),
+                     rq_addr.w_data.eq(addr), rq.o.ready.eq(1), rq_addr.r_en.eq(rq.o.valid)]
+        waddr = Signal(32)
+        m.d.comb += waddr.eq(Mux(requant_on, rq_addr.r_data, addr))
+        m.d.comb += do_write.eq(Mux(requant_on, rq.o.valid, emit))
+        value = Signal(32)                   # (a Mux of signed and unsigned would be 33 bits wide)
+        m.d.comb += value.eq(Mux(requant_on, rq.o.payload.value, wval))
         with m.If(do_write):
-            m.d.comb += [self.act_wr.addr.eq(addr >> 4), self.act_wr.data.eq(Cat(wval, wval, wval, wval)),
-                         self.act_wr.en.eq(Const(0xF, 16) << Cat(Const(0, 2), addr[2:4]))]
+            with m.If(f.out == 2):
+                m.d.comb += [self.act_wr.addr.eq(waddr >> 4), self.act_wr.data.eq(value[:8].replicate(16)),
+                             self.act_wr.en.eq(Const(1, 16) << waddr[:4])]
+            with m.Else():
+                m.d.comb += [self.act_wr.addr.eq(waddr >> 4), self.act_wr.data.eq(value.replicate(4)),
+                             self.act_wr.en.eq(Const(0xF, 16) << Cat(Const(0, 2), waddr[2:4]))]
+
+        # ---- the data rules, checked before anything is written (out != int32 only): the row
+        #   mantissas of A (and of K for qk) at most 256, then the multipliers' bit 31
+        ps_phase = Signal(2)                 # 0 A mantissas, 1 K mantissas, 2 entries, 3 drain
+        ps_i = Signal(17)
+        ps_hi = Signal()
+        ps_lo = Signal(8)
+        ps_pend, ps_pend_hi, ps_pend_bias = Signal(), Signal(), Signal()
+        ps_lane = Signal(4)
+        ps_bad = Signal(8)
+        ps_run = Signal()
+        m.d.sync += [ps_pend.eq(0), ps_pend_bias.eq(0)]
+        ps_addr = Signal(32)
+        m.d.comb += ps_addr.eq(Mux(ps_phase == 0, a_tail + f.m, k_tail + f.n) + (ps_i << 1) + ps_hi)
+        ps_count = Mux(ps_phase == 0, f.m, Mux(ps_phase == 1, f.n, entries))
+        with m.If(ps_run & (ps_bad == 0)):
+            with m.Switch(ps_phase):
+                with m.Case(0, 1):
+                    skip = (ps_phase == 0) & (pv | f.afmt) | (ps_phase == 1) & ~qk
+                    with m.If(skip | (ps_i == ps_count)):
+                        m.d.sync += [ps_phase.eq(ps_phase + 1), ps_i.eq(0), ps_hi.eq(0)]
+                    with m.Else():
+                        m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(ps_addr >> 4)]
+                        m.d.sync += [ps_pend.eq(1), ps_pend_hi.eq(ps_hi), ps_lane.eq(ps_addr[:4]),
+                                     ps_hi.eq(~ps_hi)]
+                        with m.If(ps_hi):
+                            m.d.sync += ps_i.eq(ps_i + 1)
+                with m.Case(2):
+                    with m.If(ps_i == entries):
+                        m.d.sync += ps_phase.eq(3)
+                    with m.Else():
+                        m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + ps_i)]
+                        m.d.sync += [ps_pend_bias.eq(1), ps_i.eq(ps_i + 1)]
+        with m.If(ps_pend):
+            byte = rdata.word_select(ps_lane, 8)
+            with m.If(~ps_pend_hi):
+                m.d.sync += ps_lo.eq(byte)
+            with m.Elif(Cat(ps_lo, byte) > MAX_MANTISSA):
+                m.d.sync += ps_bad.eq(MpeError.MANTISSA)
+        with m.If(ps_pend_bias & self.bias_rd.data[63]):
+            m.d.sync += ps_bad.eq(MpeError.MULTIPLIER)
+        ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias
 
         # ---- control
-        idle_all = ~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy
+        idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy)
         m.d.comb += self.busy.eq(1)
         with m.FSM():
             with m.State("IDLE"):
@@ -674,9 +868,21 @@ class MatrixEngine(wiring.Component):
                 with m.If(code != 0):
                     m.d.sync += [self.error.eq(code), self.fault.eq(1)]
                     m.next = "IDLE"
+                with m.Elif(f.out != 0):
+                    m.d.sync += [ps_run.eq(1), ps_phase.eq(0), ps_i.eq(0), ps_hi.eq(0), ps_bad.eq(0)]
+                    m.next = "PRESCAN"
                 with m.Else():
                     m.d.comb += start.eq(1)
                     m.next = "RUN"
+            with m.State("PRESCAN"):
+                with m.If(ps_done):
+                    m.d.sync += ps_run.eq(0)
+                    with m.If(ps_bad != 0):
+                        m.d.sync += [self.error.eq(ps_bad), self.fault.eq(1)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.comb += start.eq(1)
+                        m.next = "RUN"
             with m.State("RUN"):
                 with m.If(idle_all):
                     m.d.sync += [self.error.eq(0), self.done.eq(1)]

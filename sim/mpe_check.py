@@ -69,8 +69,40 @@ def _blank(config):
             np.zeros(g.bias_bytes, np.uint8))
 
 
+def requant_data(rng, data: np.ndarray, bias: np.ndarray, tails: list[tuple[int, int]], bias_addr: int, entries: int,
+                 bad: str | None = None) -> None:
+    """Realistic requantization inputs: row exponents -6..6 and mantissas 1..256 of the INT8 blocks
+    whose exponents start at each (address, rows) of ``tails``; entries with multipliers in
+    [2**30, 2**31), shifts mostly 30..52 (some beyond -1..62) and small biases. ``bad``:
+    "mantissa" (one mantissa 257..65535) or "multiplier" (one multiplier with bit 31 set)."""
+    for addr, rows in tails:
+        data[addr: addr + rows] = rng.integers(-6, 7, rows).astype(np.int8).view(np.uint8)
+        mants = rng.integers(1, 257, rows).astype("<u2")
+        mants[rng.random(rows) < 0.2] = 256
+        data[addr + rows: addr + 3 * rows] = mants.view(np.uint8)
+    if bad == "mantissa":
+        addr, rows = tails[int(rng.integers(0, len(tails)))]
+        r = int(rng.integers(0, rows))
+        data[addr + rows + 2 * r: addr + rows + 2 * r + 2] = np.array([int(rng.integers(257, 65536))], "<u2").view(np.uint8)
+    ent = np.zeros((entries, 4), dtype=np.int64)
+    ent[:, 0] = rng.integers(-(1 << 20), 1 << 20, entries)
+    ent[:, 1] = rng.integers(1 << 30, 1 << 31, entries)
+    ent[:, 2] = rng.integers(30, 53, entries)
+    wild = rng.random(entries) < 0.15
+    ent[wild, 2] = rng.choice(np.array([-40, -1, 0, 1, 62, 63, 100, 1 << 30]), int(wild.sum()))
+    if bad == "multiplier":
+        ent[int(rng.integers(0, entries)), 1] |= 1 << 31
+    bias[16 * bias_addr: 16 * (bias_addr + entries)] = (ent & 0xFFFFFFFF).astype("<u4").reshape(-1).view(np.uint8)
+
+
+def _out_fields(rng, out, bias_flag):
+    out = int(rng.integers(0, 3)) if out is None else out
+    b = (int(rng.integers(0, 2)) if bias_flag is None else bias_flag) if out == 1 else 0
+    return out, b
+
+
 def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None, accumulate=None, ldo_extra=None,
-                worst=False, label="", align=None, old_fill=None) -> Case:
+                worst=False, label="", align=None, old_fill=None, out=0, bias_flag=None, bad=None) -> Case:
     """A random dense linear int32 MM / MV that fits the buffers (addresses random, unaligned allowed)."""
     g = MpeGeometry(config)
     data, weight, meta, bias = _blank(config)
@@ -82,7 +114,7 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
         K = 16 * kk
         ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
         a_bytes = mm * K + 3 * mm
-        out_bytes = 4 * ((mm - 1) * ldo + nn)
+        out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
         w_bytes = nn * K if wf == 0 else nn * K // 2
         if a_bytes + out_bytes + 64 > g.space_bytes or w_bytes + 64 > g.weight_bytes:
             continue
@@ -91,14 +123,14 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
             a_addr -= a_addr % align
         out_lo = a_addr + a_bytes
         out_addr = int(rng.integers(out_lo, g.space_bytes - out_bytes + 1))
-        out_addr -= out_addr % 4
+        out_addr -= out_addr % 4 if out != 2 else 0
         if out_addr < out_lo:
             out_addr += 4
         if out_addr + out_bytes > g.space_bytes:
             continue
         if rng.integers(0, 2):  # output below the activations
             if out_bytes + 4 + a_bytes <= g.space_bytes:
-                out_addr = int(rng.integers(0, 2)) * 4
+                out_addr = int(rng.integers(0, 2)) * (4 if out != 2 else 3)
                 a_addr = int(rng.integers(out_addr + out_bytes, g.space_bytes - a_bytes + 1))
         b_addr = int(rng.integers(0, g.weight_bytes - w_bytes + 1))
         if align is not None:
@@ -118,10 +150,16 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
     if old_fill is not None:  # the accumulate input (e.g. 0x7f: near INT32_MAX, so the sum wraps)
         data[out_addr: out_addr + out_bytes] = old_fill
     acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
+    if acc and out == 2 and out_addr % 4:   # the accumulate input is an int32 matrix even for int8 output
+        acc = 0
     nm = int(rng.integers(0, 2)) if (normal is None and wf == 2) else (normal or 0)
+    out, bflag = _out_fields(rng, out, bias_flag)
     fields = dict(wfmt=wf, k_blocks=kk, m=mm, n=nn, ldo=0 if ldo == nn and rng.integers(0, 2) else ldo,
                   a_addr=a_addr, b_addr=b_addr, out_addr=out_addr, accumulate=acc, normal=nm if wf == 2 else 0,
-                  bias_addr=int(rng.integers(0, g.bias_words - nn + 1)) if nn <= g.bias_words else 0)
+                  bias_addr=int(rng.integers(0, g.bias_words - nn + 1)) if nn <= g.bias_words else 0,
+                  out=out, bias=bflag)
+    if out or bad:
+        requant_data(rng, data, bias, [(a_addr + mm * K, mm)], fields["bias_addr"], nn, bad)
     return expected(config, Case(fields, data, weight, meta, bias, label or f"linear m={mm} n={nn} kb={kk} wfmt={wf}"))
 
 
@@ -184,7 +222,7 @@ def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0
             state["act"] = _words(after, ACT_BYTES)
             want = case.want if case.want is not None else case.data
             results.append({"fault": finished == "fault", "error": int(ctx.get(dut.error)), "cycles": cycles,
-                            "mismatches": int((after != want).sum())})
+                            "mismatches": int((after != want).sum()), "after": after})
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -216,7 +254,7 @@ def _place(rng, space: int, regions: list[tuple[int, int]]) -> list[int] | None:
 
 
 def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulate=None, ldo_extra=None,
-                   p_kind="random", label="") -> Case:
+                   p_kind="random", label="", out=0, bad=None) -> Case:
     """A random qk (Q K^T) or pv (P' V) MM with int32 output; ``p_kind`` "edges" puts INT32_MIN/MAX and
     other extremes into P'."""
     g = MpeGeometry(config)
@@ -229,8 +267,9 @@ def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulat
         ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
         a_bytes = mm * K + 3 * mm if mode == "qk" else 4 * mm * K + mm
         b_bytes = nn * K + 3 * nn if mode == "qk" else K * nn
-        out_bytes = 4 * ((mm - 1) * ldo + nn)
-        addrs = _place(rng, g.space_bytes, [(a_bytes, 1 if mode == "qk" else 4), (b_bytes, 1), (out_bytes, 4)])
+        out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
+        addrs = _place(rng, g.space_bytes, [(a_bytes, 1 if mode == "qk" else 4), (b_bytes, 1),
+                                            (out_bytes, 4 if out != 2 else 1)])
         if addrs is not None:
             break
     else:
@@ -245,7 +284,14 @@ def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulat
         data[a_addr: a_addr + 4 * mm * K] = vals.view(np.uint8)
         data[b_addr: b_addr + K * nn] = rng.choice(np.array([0x80, 0x7F, 0x00, 0xFF], np.uint8), K * nn)
     acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
+    if acc and out_addr % 4:   # the accumulate input is an int32 matrix even for int8 output
+        acc = 0
     fields = dict(mode=1 if mode == "qk" else 2, k_blocks=kk, m=mm, n=nn,
                   ldo=0 if ldo == nn and rng.integers(0, 2) else ldo, a_addr=a_addr, b_addr=b_addr,
-                  out_addr=out_addr, accumulate=acc, bias_addr=int(rng.integers(0, g.bias_words)))
+                  out_addr=out_addr, accumulate=acc, bias_addr=int(rng.integers(0, g.bias_words)), out=out)
+    if out or bad:
+        tails = [(a_addr + mm * K, mm), (b_addr + nn * K, nn)] if mode == "qk" else []
+        requant_data(rng, data, bias, tails, fields["bias_addr"], 1, bad)
+        if mode == "pv":
+            data[a_addr + 4 * mm * K: a_addr + 4 * mm * K + mm] = rng.integers(-6, 7, mm).astype(np.int8).view(np.uint8)
     return expected(config, Case(fields, data, weight, meta, bias, label or f"{mode} m={mm} n={nn} kb={kk}"))

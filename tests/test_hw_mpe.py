@@ -91,3 +91,52 @@ def test_attention_modes_under_random_enable_pattern():
     rng = np.random.default_rng(23)
     cases = [mc.make_attention(CONFIG, rng, "qk", m=3, n=3, kb=3), mc.make_attention(CONFIG, rng, "pv", m=2, n=3, kb=2)]
     _run(cases, stall=0.35, seed=4)
+
+
+@pytest.mark.parametrize("out", [1, 2], ids=["fixed32", "int8"])
+def test_linear_requantized_outputs(out):
+    """fixed32 (with and without bias) and int8 through hw/requant.py: per-row exponent / mantissa
+    from the A block, per-column (mult, shift, bias) from the bias buffer."""
+    rng = np.random.default_rng(30 + out)
+    cases = [mc.make_linear(CONFIG, rng, out=out) for _ in range(3 if REDUCED else 5)]
+    if out == 1:
+        cases += [mc.make_linear(CONFIG, rng, out=1, bias_flag=b, accumulate=1, label=f"fixed32 bias={b} accumulate")
+                  for b in (0, 1)]
+    else:
+        cases.append(mc.make_linear(CONFIG, rng, out=2, m=3, n=5, kb=2, ldo_extra=3, worst=True, accumulate=0,
+                                    label="int8 saturation, ldo > n"))
+    _run(cases)
+
+
+@pytest.mark.parametrize("mode", ["qk", "pv"])
+def test_attention_requantized(mode):
+    rng = np.random.default_rng(40 + len(mode))
+    cases = [mc.make_attention(CONFIG, rng, mode, out=out) for out in (1, 2, 1)]
+    _run(cases)
+
+
+@pytest.mark.parametrize("bad,code", [("mantissa", MpeError.MANTISSA), ("multiplier", MpeError.MULTIPLIER)])
+def test_data_rules_fault_and_write_nothing(bad, code):
+    rng = np.random.default_rng(50 + len(bad))
+    cases = [mc.make_linear(CONFIG, rng, out=1, bad=bad), mc.make_linear(CONFIG, rng, out=2, bad=bad)]
+    if bad == "mantissa":
+        cases.append(mc.make_attention(CONFIG, rng, "qk", out=1, bad=bad))
+    else:
+        cases.append(mc.make_attention(CONFIG, rng, "pv", out=2, bad=bad))
+    assert all(c.want is None for c in cases), [c.why for c in cases]
+    results = mc.run_amaranth(CONFIG, cases)
+    for case, res in zip(cases, results):
+        assert res["fault"] and res["error"] == code, case.label
+        assert res["mismatches"] == 0, f"{case.label}: the data space changed"
+    # the same rule broken only in an unused value (out = int32) is no fault
+    ok = mc.make_linear(CONFIG, rng, out=0, bad=bad)
+    _run([ok])
+
+
+def test_requantized_under_random_enable_pattern():
+    rng = np.random.default_rng(60)
+    cases = [mc.make_linear(CONFIG, rng, out=1, accumulate=1), mc.make_attention(CONFIG, rng, "qk", out=2),
+             mc.make_linear(CONFIG, rng, out=1, bad="multiplier")]
+    results = mc.run_amaranth(CONFIG, cases, stall=0.4, seed=9)
+    for case, res in zip(cases, results):
+        assert res["fault"] == (case.want is None) and res["mismatches"] == 0, case.label
