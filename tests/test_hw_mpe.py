@@ -140,3 +140,44 @@ def test_requantized_under_random_enable_pattern():
     results = mc.run_amaranth(CONFIG, cases, stall=0.4, seed=9)
     for case, res in zip(cases, results):
         assert res["fault"] == (case.want is None) and res["mismatches"] == 0, case.label
+
+
+def _mutated(case, **changes):
+    fields = dict(case.fields, **changes)
+    return mc.expected(CONFIG, mc.Case(fields, case.data, case.weight, case.meta, case.bias, f"{changes}"))
+
+
+def test_field_rules_fault_with_their_code_and_write_nothing():
+    rng = np.random.default_rng(70)
+    base = mc.make_linear(CONFIG, rng, m=2, n=3, kb=2, wfmt=0, out=0, accumulate=0, ldo_extra=0)
+    qk = mc.make_attention(CONFIG, rng, "qk", m=2, n=3, kb=2, accumulate=0)
+    g = MatrixEngine(CONFIG).geometry
+    f = base.fields
+    rules = [
+        (_mutated(base, ldo=f["n"] - 1), MpeError.PITCH),
+        (_mutated(base, anormal=1), MpeError.ANORMAL),
+        (_mutated(qk, afmt=1), MpeError.OVP_OPERANDS),
+        (_mutated(base, bias=1), MpeError.BIAS_OUT),
+        (_mutated(base, sparse=1), MpeError.SPARSE_ROWS),
+        (_mutated(base, meta_addr=3), MpeError.META_ADDR),
+        (_mutated(base, normal=1), MpeError.NORMAL),
+        (_mutated(qk, wfmt=1), MpeError.MODE_FIELDS),
+        (_mutated(qk, out_addr=qk.fields["b_addr"] - qk.fields["b_addr"] % 4), MpeError.OVERLAP),
+        (_mutated(base, out_addr=f["a_addr"] - f["a_addr"] % 4), MpeError.OVERLAP),
+        (_mutated(base, a_addr=g.space_bytes - 40, out_addr=0), MpeError.OUT_OF_RANGE),
+        (_mutated(base, b_addr=g.weight_bytes - 40), MpeError.OUT_OF_RANGE),
+        (_mutated(base, bias_addr=g.bias_words - 1), MpeError.OUT_OF_RANGE),
+        (_mutated(base, out_addr=f["out_addr"] + 2 if f["out_addr"] < f["a_addr"] else f["out_addr"] + 2),
+         MpeError.UNALIGNED),
+    ]
+    for case, _ in rules:
+        assert case.want is None, f"{case.label}: funcsim accepted it"
+    # valid but not built: W4A4 on the OVP array
+    ovp = _mutated(base, afmt=1, wfmt=2)
+    rules.append((ovp, MpeError.NOT_BUILT))
+    results = mc.run_amaranth(CONFIG, [c for c, _ in rules] + [base])
+    for (case, code), res in zip(rules, results):
+        assert res["fault"] and res["error"] == code, f"{case.label}: got {MpeError(res['error']).name}"
+        assert res["mismatches"] == 0 if case.want is None else np.array_equal(res["after"], case.data), case.label
+        assert res["cycles"] <= 2, case.label
+    assert not results[-1]["fault"] and results[-1]["error"] == 0 and results[-1]["mismatches"] == 0
