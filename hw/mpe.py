@@ -58,7 +58,7 @@ from .config import AcceleratorConfig
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
 from .ovp_decoder import OvpPairDecoder
-from .requant import Requantizer
+from .requant import REQUANT_LATENCY, Requantizer
 from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
 from .weight_decode import GRID_BITS, GRID_FORMAT
@@ -138,27 +138,70 @@ class MpeGeometry:
 
 
 def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
-    """Cycles from the accepted ``inst`` to ``done`` of a valid dense linear int32 instruction
-    (the performance model's formula; tests/test_hw_mpe.py checks it against the RTL).
+    """Cycles from the accepted ``inst`` to ``done`` of a valid instruction: the performance
+    model's formula (tests/test_hw_mpe.py checks it against the RTL: within 15 % + 16 cycles).
 
-    Per (column group, token pair): the beats take ``max(k_blocks * reads, loads)`` where a beat
-    needs one data-space read per token (``reads`` = 1 or 2) and every chunk of B blocks needs 2C
-    weight reads; plus the result writes (2 per value with ``accumulate``), which overlap the
-    next pair's beats; plus the pipeline fill and drain.
+    Per (column group, token pair) the slowest of three resources sets the pace:
+    * the data-space read port: ``tokens * (k_blocks * words + prime)`` operand reads (words =
+      4 for a P' block, else 1; prime = 1 per token when a_addr is not 16-byte aligned), plus the
+      writer's reads (one per value with ``accumulate``; requantization parameters 3 per token,
+      pv 1, qk 3 per column), plus the loader's (qk: K blocks; pv: 2 per V row);
+    * the chains: ``k_blocks`` beats (pv: 5 per block);
+    * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads;
+    and, when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
+    or the next chunk's C weight reads, 2C for a row's first, which start when it is swapped in).
+    Plus the check cycles, the prescan of the data rules (out != int32: 2 per mantissa, 1 per
+    entry), the first chunk's load and the pipeline drain (chain latency + requantizer).
     """
     g = MpeGeometry(config)
     C = g.chains
+    mode = fields.get("mode", 0)
     m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
-    blocks = C if fields.get("wfmt", 0) == 0 else 2 * C
-    groups = -(-n // C)
-    pairs = -(-m // 2)
+    out, accumulate = fields.get("out", 0), fields.get("accumulate", 0)
+    wfmt = fields.get("wfmt", 0)
+    blocks = C if wfmt == 0 else 2 * C
     chunks = -(-kb // blocks)
-    total = 0
-    for tp in range(pairs):
-        tokens = min(2, m - 2 * tp)
-        total += max(kb * tokens, 2 * C * chunks)
-    total *= groups
-    del blocks
+    reuse = chunks == 1
+    words = 4 if mode == 2 else 1
+    prime = 1 if fields.get("a_addr", 0) % 16 else 0
+    digits = PV_DIGITS if mode == 2 else 1
+    if mode == 0:
+        load = C * (chunks + 1)
+    elif mode == 1:
+        load = C * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))
+    else:
+        load = 2 * 16 * kb
+    total = 2
+    if out:
+        mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
+        total += 2 * mants + (n if mode == 0 else 1) + 2
+    total += load
+    for cg in range(-(-n // C)):
+        cols = min(C, n - cg * C)
+        for tp in range(-(-m // 2)):
+            tokens = min(2, m - 2 * tp)
+            vals = tokens * cols
+            params = 0
+            if out:
+                params = tokens * (1 if mode == 2 else 3) + 3
+                if tp == 0:
+                    params += cols if mode == 0 else (3 * cols + 1 if mode == 1 else 1)
+                elif mode != 0:
+                    params += 3 * cols + 1 if mode == 1 else 1
+            act = tokens * (kb * words + prime) + (vals if accumulate else 0) + (params if out else 0)
+            if mode != 0 and not (reuse and tp):
+                act += load if (cg or tp) else 0
+            writer = vals * (1 + accumulate) + params
+            if reuse:
+                beats = kb * digits + (0 if tp else 1)
+            else:   # a chunk's beats, or its load (which starts when the previous chunk starts)
+                beats = 0
+                for q in range(chunks):
+                    bq = min(blocks, kb - q * blocks)
+                    beats += max(bq * digits + 1, (2 * C if q == 0 else C) + 2)
+            total += max(act, beats, writer)
+    latency = CHAIN_LENGTH + 5 + 3 + 4
+    total += latency + (REQUANT_LATENCY if out else 0)
     return total
 
 

@@ -181,3 +181,18 @@ def test_field_rules_fault_with_their_code_and_write_nothing():
         assert res["mismatches"] == 0 if case.want is None else np.array_equal(res["after"], case.data), case.label
         assert res["cycles"] <= 2, case.label
     assert not results[-1]["fault"] and results[-1]["error"] == 0 and results[-1]["mismatches"] == 0
+
+
+def test_cycle_formula_matches_the_rtl():
+    """mpe_cycles (the performance model's formula) against the measured cycles: within 15 % + 16."""
+    rng = np.random.default_rng(80)
+    cases = []
+    for out in (0, 1):
+        cases += [mc.make_linear(CONFIG, rng, out=out, accumulate=a) for a in (0, 1)]
+        cases += [mc.make_linear(CONFIG, rng, out=out, m=1, n=8, kb=12, accumulate=0, label="MV, several chunks"),
+                  mc.make_linear(CONFIG, rng, out=out, m=6, n=8, kb=8, accumulate=0, label="MM")]
+        cases += [mc.make_attention(CONFIG, rng, md, out=out) for md in ("qk", "pv")]
+    results = _run(cases)
+    for case, res in zip(cases, results):
+        model = mpe_cycles(case.fields, CONFIG)
+        assert abs(res["cycles"] - model) <= 0.15 * model + 16, f"{case.label}: {res['cycles']} vs {model}"
