@@ -63,7 +63,7 @@ from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
 from .weight_decode import GRID_BITS, GRID_FORMAT
 
-__all__ = ["MpeError", "MatrixEngine", "MpeGeometry", "mpe_cycles", "ACT_BYTES", "CHAIN_LENGTH"]
+__all__ = ["LINT_WAIVERS", "MpeError", "MpeHarness", "MatrixEngine", "MpeGeometry", "mpe_cycles", "ACT_BYTES", "CHAIN_LENGTH"]
 
 #: bytes of one data-space / meta / bias word of the engine's ports
 ACT_BYTES = 16
@@ -78,6 +78,18 @@ RESULT_FIFO_DEPTH = 2
 PV_DIGITS = 5
 #: largest row mantissa of an INT8 block (docs/isa.md data rule: 9 bits)
 MAX_MANTISSA = 256
+
+
+#: Verilator -Wall findings of the generated engine that are not design problems.
+LINT_WAIVERS: dict[str, str] = {
+    "CASEINCOMPLETE": "Amaranth's Verilog backend writes every combinational signal as a default assignment "
+                      "followed by a case statement that lists only the values that change it (m.Switch, "
+                      "the FSM state, word_select writes); an unlisted value keeps the default, nothing latches",
+    "UNUSEDSIGNAL": "Amaranth's Verilog backend keeps a named wire for every named signal, view field and "
+                    "submodule port and drives the logic from the underlying net, so these aliases read as "
+                    "unused by construction; the chains' DSP48E2 models leave ports unused as the silicon "
+                    "does (hw/sparse_chain.py); meta_rd's data is read once sparse weights are built.",
+}
 
 
 class MpeError(py_enum.IntEnum):
@@ -714,7 +726,7 @@ class MatrixEngine(wiring.Component):
 
             with m.Switch(p_phase):
                 with m.Case(0):
-                    with m.If((tok >= f.m) | (p_idx > 1)):
+                    with m.If(tok >= f.m):
                         m.d.sync += [p_phase.eq(1), p_idx.eq(0), p_sub.eq(0)]
                     with m.Else():
                         m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]

@@ -13,7 +13,7 @@ import pytest
 
 from olivine.hw.mpe import MpeError, MatrixEngine, mpe_cycles
 from olivine.sim import mpe_check as mc
-from tests.helpers import REDUCED
+from tests.helpers import REDUCED, requires_verilator
 
 CONFIG = mc.test_config(2)
 
@@ -196,3 +196,12 @@ def test_cycle_formula_matches_the_rtl():
     for case, res in zip(cases, results):
         model = mpe_cycles(case.fields, CONFIG)
         assert abs(res["cycles"] - model) <= 0.15 * model + 16, f"{case.label}: {res['cycles']} vs {model}"
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_lint_generated_engine():
+    from olivine.hw.export import lint, verilog
+    from olivine.hw.mpe import LINT_WAIVERS
+
+    lint(verilog(MatrixEngine(CONFIG), "mpe_lint_c2"), "mpe_lint_c2", waivers=LINT_WAIVERS)
