@@ -2,47 +2,67 @@
 
 Executes the decoded MM and MV instructions of docs/isa.md "MM / MV" exactly as
 ``sim.funcsim.FuncSim.do_mpe`` does (the executable specification; golden/contract.py the integer
-contract). Built: ``mode=linear``, dense, INT8 / INT4 / OVP4 (int4 and flint4 normals) weights,
-INT8 activations, ``out=int32``, ``accumulate``, any m, n, k_blocks, ldo. Not built yet (answered
-``fault`` with ``MpeError.NOT_BUILT``, nothing written): ``out`` fixed32 / int8 (the requantizer),
-``mode`` qk / pv, ``sparse=1``, ``afmt=ovp4`` (the OVP array; the ``ovp`` port is reserved for it
-and not present in this revision).
+contract; tests/test_hw_mpe.py compares the whole data space byte for byte). Built:
+``mode=linear`` dense with INT8 / INT4 / OVP4 (int4 and flint4 normals) weights, ``mode=qk``,
+``mode=pv``; INT8 activations; ``out`` int32, fixed32 (``bias``) and int8 through the
+requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
+rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
+with ``MpeError.NOT_BUILT``, nothing written): ``afmt=ovp4`` (the OVP array; the ``ovp`` port is
+reserved for it and not present in this revision); ``pv`` or ``sparse`` with more than 16 chains;
+``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
 
-Data flow (C = chains, every chain 16 DSPs = one K block of 16 per beat, dense N = 16):
-  column group cg (C output columns, chain c on column cg*C + c)
-    token pair tp (rows 2tp, 2tp+1 = the chain's x0 / x1 lanes, one broadcast beat)
-      chunk q (B = C K blocks for int8, 2C for int4 / ovp4: one weight word of 16C bytes per chain)
-        block j: beat = A[2tp, kb], A[2tp+1, kb] (kb = qB + j) with weights W[col, kb]
-  * Weight loader: per chunk, two weight-port reads per chain (the chunk at any byte offset is
-    cut out of two aligned words), into a second register bank (double buffer), so loading the
-    next chunk overlaps the beats of the current one.
-  * Activation fetcher: per beat one data-space read per token (a row's 16-byte blocks are
-    consecutive words; an unaligned a_addr keeps the previous word as a carry), into a 4-beat FIFO.
-  * Collector: the chains' y0 / y1 of a beat are added (wrapping, 32 bits) into one accumulator
-    pair per chain; the last K block of a (cg, tp) pushes the 2C sums into a 2-deep result FIFO
-    (full: the chains freeze through ``o.ready``).
-  * Writer: per result, per valid (token, column): ``accumulate`` reads the old int32 (one read,
-    priority over the fetcher), adds, writes 4 bytes (int32) with byte enables.
+Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
+cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
+  for column group cg, token pair tp, chunk q (B = C K blocks int8, 2C int4 / ovp4), block j:
+      beat = (A[2tp, kb], A[2tp+1, kb]) broadcast, chain c's weights W[cb + c, kb], kb = qB + j
+  * Weight loader -> wnext (double buffer: loads chunk q+1 while chunk q's beats run):
+    linear: one 16C-byte weight word per chain and chunk (a carry word per chain cuts the chunk
+    out at any byte offset; a row's first chunk takes 2 reads); qk: the K block rows from the data
+    space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per V row give the
+    C columns' bytes of that row (a transposing gather). When k_blocks fits one chunk, the chunk
+    is loaded once per column group and reused by all its token pairs.
+  * Activation fetcher -> 4-beat FIFO: one 16-byte data-space read per token and block (P' blocks:
+    4), a carry word per row for an unaligned a_addr.
+  * pv: P' is int32 but the chains take 8-bit activations, so each block is issued in 5 passes,
+    digit d = bits [7d, 7d + 7) (unsigned, 0..127) for d < 4 and bits [28, 32) signed (-8..7) for
+    d = 4: P = sum_d digit_d * 2**(7d) exactly. The collector adds each pass's exact chain sum
+    shifted by 7d, mod 2**32, so the result is wrap32(P V) for every int32 P. Five passes because
+    4 * 7 + 4 = 32 and four signed 8-bit digits cannot reach 2**31 - 1 (4 x 8 = 32 bits would need
+    unsigned low digits, which the INT8 port cannot carry).
+  * Collector: per chain two 32-bit accumulators (wrapping); the last block of a (cg, tp) pushes the
+    2C sums into a 2-deep result FIFO (full: the chains freeze through ``o.ready``).
+  * Writer: per result, the requantization parameters (per-row exponent / mantissa from the A
+    block, qk also per-column ones from the K block; per-column entries from the bias buffer,
+    held for the column group), then per (token, column): [``accumulate``: one read of the int32
+    input] -> add -> int32 write, or -> Requantizer -> fixed32 / int8 write (one per cycle).
+  * Data rules (out != int32): before anything runs, a prescan reads every row mantissa (A; qk: K)
+    and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults.
 
-Ports (CORE_INTERFACE.md sections 1-3; read ports have one cycle of read latency):
+Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read latency):
   inst      In(stream.Signature(unit_layout("mpe")))  (MM / MV; the handshake starts it)
   done      Out(1)  pulse: the instruction finished, every write performed
-  fault     Out(1)  pulse instead of done: rejected (``error`` says why), nothing written
+  fault     Out(1)  pulse instead of done: refused (``error`` says why), nothing written
   busy      Out(1)
   error     Out(8)  :class:`MpeError` of the last instruction (0 after a good one)
   enable    In(1, init=1)  the core's enable of this unit (the one it gives ``EnableInserter``):
-            also gates the chains' ``o.ready`` so DSP48E2 primitives freeze with the fabric
-  act_rd    ReadPort 128 bits (16-byte words of the data space)
-  act_wr    WritePort 128 bits, byte enables (16 bits)
-  weight_rd ReadPort 128*C bits (16C-byte words of the weight buffer: one chunk per chain read)
-  meta_rd   ReadPort 128 bits (16-byte units of the meta buffer; unused until sparse is built)
-  bias_rd   ReadPort 128 bits (one 16-byte requantization entry; unused until the requantizer)
-  ovp       reserved (the OVP systolic array, afmt=ovp4): not in this revision.
-Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``).
-A beat (2 x 16 x C MACs) issues when its weights are loaded and its activations fetched: one per
-cycle for one token (MV), one per two cycles for a pair (one 16-byte data-space read per token and
-beat); the weight loader needs 2C cycles per chunk of B beats. Field and range faults answer in 2
-cycles.
+            also gates the chains' ``o.ready``. (With DSP48E2 primitives a chain whose output
+            register is empty still advances while o.ready is low; a freeze input on the chain
+            would close that gap. Simulation uses primitive=False, frozen by EnableInserter.)
+  act_rd    ReadPort, 128 bits: 16-byte words of the data space (operands, accumulate input,
+            requantization row parameters)
+  act_wr    WritePort, 128 bits, byte enables (16): the output (4 bytes or 1 byte per cycle)
+  weight_rd ReadPort, 128 * C bits: 16C-byte words of the weight buffer (one chunk per chain read,
+            so C chains are fed for int8 with C reads per C beats)
+  meta_rd   ReadPort, 128 bits (16-byte units): reserved for the sparse tables (not read yet)
+  bias_rd   ReadPort, 128 bits: one 16-byte requantization entry per read
+  ovp       reserved (the OVP systolic array, afmt=ovp4): not in this revision
+Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
+carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
+a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
+cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
+(8 chains, 256 MACs per cycle) the formula gives, K = 512, n = 512: MV int8 33 %, MV int4 45 %
+(one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak (docs/benchmarks.md).
+Field and range faults answer 2 cycles after the handshake.
 """
 
 from __future__ import annotations
@@ -196,10 +216,10 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
             params = 0
             if out:
                 params = tokens * (1 if mode == 2 else 3) + 3
-                if tp == 0:
+                if tp == 0:     # the column group's parameters, held for its other token pairs
                     params += cols if mode == 0 else (3 * cols + 1 if mode == 1 else 1)
-                elif mode != 0:
-                    params += 3 * cols + 1 if mode == 1 else 1
+                elif mode != 0:  # the one entry of qk / pv, read per record
+                    params += 1
             act = tokens * (kb * words + prime) + (vals if accumulate else 0) + (params if out else 0)
             if mode != 0 and not (reuse and tp):
                 act += load if (cg or tp) else 0
@@ -290,8 +310,13 @@ class MatrixEngine(wiring.Component):
             (linear & f.normal & (f.wfmt != 2), MpeError.NORMAL),
             (~linear & (f.sparse | f.bias | (f.wfmt != 0) | f.normal | (f.meta_addr != 0)), MpeError.MODE_FIELDS),
             (out_a | (~linear & out_b), MpeError.OVERLAP),
-            (f.afmt | f.sparse | (pv & (self.chains > 16)), MpeError.NOT_BUILT),
-            ((f.a_addr + a_bytes > g.space_bytes) | (linear & (f.b_addr + w_bytes > g.weight_bytes))
+            # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
+            # it writes; the engine writes column group by column group, so a later row's int8 bytes
+            # could land on an earlier row's input not read yet: refused rather than wrong
+            (f.afmt | (pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+             MpeError.NOT_BUILT),
+            ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
+             | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
              | (~linear & (f.b_addr + b_bytes > g.space_bytes))
              | (((f.bias_addr + entries) << 4) > g.bias_bytes)
              | (f.out_addr + out_bytes > g.space_bytes)
@@ -318,7 +343,7 @@ class MatrixEngine(wiring.Component):
         rb = Signal(17)                       # weight row bytes
         blocks = Signal(range(2 * C + 1))     # K blocks per weight chunk
         m.d.comb += [rb.eq(Mux(f.wfmt == 0, f.k_blocks << 4, f.k_blocks << 3)),
-                     blocks.eq(Mux(f.wfmt == 0, C, 2 * C))]
+                     blocks.eq(Mux(f.sparse, 1, Mux(f.wfmt == 0, C, 2 * C)))]
 
         start = Signal()
         code = Signal(8)
@@ -477,7 +502,7 @@ class MatrixEngine(wiring.Component):
         m.d.comb += wl_reads.eq(Mux(qk, chunk_blocks + (b_off != 0), Mux(wl_qb == 0, 2, 1)))
         m.d.sync += wp_valid.eq(0)
         loading = wl_busy & ~wl_wait
-        with m.If(loading & ~pv):
+        with m.If(loading & ~pv & ~f.sparse):
             row_ok = (wl_cb + wl_c) < f.n
             m.d.sync += [wp_c.eq(wl_c), wp_r.eq(wl_r), wp_zero.eq(~row_ok), wp_off.eq(wl_addr % W),
                          wp_last.eq((wl_c == C - 1) & (~row_ok | (wl_r == wl_reads - 1)))]
@@ -520,8 +545,119 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += wl_j.eq(wl_j + 1)
                     with m.If(wl_j == chunk_blocks - 1):
                         m.d.sync += [wl_j.eq(0), wl_wait.eq(1)]
+        # sparse (N:16, one group per chunk; C <= 16 so a column group lies in one 16-row band):
+        #   at a band's first chunk, scan its row of the block-N table for R = sum N and S = sum of
+        #   the sparse N (its rows' kept values and stored indices); per group read N, then per chain
+        #   two weight words (its N kept values) and two meta words (its N indices, N < 16)
+        sp_band = Signal(13)
+        sp_valid = Signal()
+        sp_R, sp_S = Signal(17), Signal(17)
+        sp_vband, sp_iband = Signal(32), Signal(32)     # kept values / indices before the band
+        sp_pv, sp_pi = Signal(17), Signal(17)           # kept values / indices before the group (row)
+        sp_st = Signal(2)                               # 0 scan, 1 read N, 2 chains
+        sp_w = Signal(13)
+        sp_n = Signal(5)
+        sp_code_next, sp_code_cur = Signal(2), Signal(2)
+        sp_n_next, sp_n_cur = Signal(5), Signal(5)
+        widx_next = [Signal(64, name=f"widx_next{c}") for c in range(C)]
+        widx_cur = [Signal(64, name=f"widx{c}") for c in range(C)]
+        meta_base = Signal(22)
+        m.d.comb += meta_base.eq(f.meta_addr << 4)
+        table_bytes = Signal(28)
+        m.d.comb += table_bytes.eq((f.n >> 4) * f.k_blocks)
+        idx_base = Signal(30)
+        m.d.comb += idx_base.eq(meta_base + (((table_bytes + 15) >> 4) << 4))
+        band = wl_cb >> 4
+        row_addr = Signal(30)                           # the band's table row
+        m.d.comb += row_addr.eq(meta_base + band * f.k_blocks)
+        mwa = MpeGeometry.addr_bits(g.meta_words)
+        sp_pend = Signal(2)                             # 1 scan word, 2 N word, 3 chain read
+        sp_pend_half, sp_pend_c = Signal(), Signal(range(C))
+        sp_pend_voff, sp_pend_ioff = Signal(range(W)), Signal(4)
+        sp_pend_w = Signal(13)
+        sp_half = Signal()
+        m.d.sync += sp_pend.eq(0)
+        rr = (wl_cb[:4] + wl_c)[:4]
+        vptr = Signal(32)
+        m.d.comb += vptr.eq(sp_vband + rr * sp_R + sp_pv)
+        vbyte = Signal(32)
+        m.d.comb += vbyte.eq(f.b_addr + Mux(f.wfmt == 0, vptr, vptr >> 1))
+        iptr = Signal(32)
+        m.d.comb += iptr.eq(sp_iband + rr * sp_S + sp_pi)
+        ibyte = Signal(32)
+        m.d.comb += ibyte.eq(idx_base + (iptr >> 1))
+        with m.If(loading & f.sparse):
+            with m.If((wl_qb == 0) & (wl_c == 0) & (sp_st == 0) & ~sp_half & (sp_w == 0)):
+                m.d.sync += [sp_pv.eq(0), sp_pi.eq(0)]
+            with m.Switch(sp_st):
+                with m.Case(0):
+                    with m.If(sp_valid & (band == sp_band)):
+                        m.d.sync += sp_st.eq(1)
+                    with m.Elif(sp_w == 0):
+                        # a new band: the previous band's totals move into the bases
+                        m.d.sync += [sp_vband.eq(Mux(sp_valid, sp_vband + (sp_R << 4), 0)),
+                                     sp_iband.eq(Mux(sp_valid, sp_iband + (sp_S << 4), 0)),
+                                     sp_R.eq(0), sp_S.eq(0), sp_w.eq(1), sp_pv.eq(0), sp_pi.eq(0)]
+                    with m.Else():
+                        word = (row_addr >> 4) + sp_w - 1
+                        m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq(word[:mwa])]
+                        m.d.sync += [sp_pend.eq(1), sp_pend_w.eq(word)]
+                        with m.If(((word + 1) << 4) >= row_addr + f.k_blocks):
+                            m.d.sync += [sp_w.eq(0), sp_st.eq(1), sp_band.eq(band), sp_valid.eq(1)]
+                        with m.Else():
+                            m.d.sync += sp_w.eq(sp_w + 1)
+                with m.Case(1):
+                    with m.If(sp_pend == 0):
+                        nb = row_addr + wl_qb
+                        m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq((nb >> 4)[:mwa])]
+                        m.d.sync += [sp_pend.eq(2), sp_pend_ioff.eq(nb[:4]), sp_st.eq(2)]
+                with m.Case(2):
+                    with m.If(sp_pend != 2):
+                        wword = (vbyte // W) + sp_half
+                        iword = (ibyte >> 4) + sp_half
+                        m.d.comb += [self.weight_rd.en.eq(1),
+                                     self.weight_rd.addr.eq(Mux(wword < g.weight_words, wword, g.weight_words - 1)[:wwa]),
+                                     self.meta_rd.en.eq(1),
+                                     self.meta_rd.addr.eq(Mux(iword < g.meta_words, iword, g.meta_words - 1)[:mwa])]
+                        m.d.sync += [sp_pend.eq(3), sp_pend_half.eq(sp_half), sp_pend_c.eq(wl_c),
+                                     sp_pend_voff.eq(vbyte % W), sp_pend_ioff.eq(ibyte[:4]), sp_half.eq(~sp_half)]
+                        with m.If(sp_half):
+                            with m.If(wl_c == C - 1):
+                                m.d.sync += [wl_c.eq(0), wl_wait.eq(1), sp_st.eq(0),
+                                             sp_pv.eq(sp_pv + sp_n), sp_pi.eq(sp_pi + Mux(sp_n == 16, 0, sp_n))]
+                            with m.Else():
+                                m.d.sync += wl_c.eq(wl_c + 1)
+        mdata = self.meta_rd.data
+        with m.If(sp_pend == 1):   # scan: add the N of the band's row bytes in this word
+            adds_r, adds_s = [], []
+            for e in range(16):
+                addr_e = (sp_pend_w << 4) + e
+                inside = (addr_e >= row_addr) & (addr_e < row_addr + f.k_blocks)
+                nv = mdata[8 * e: 8 * e + 8]
+                adds_r.append(Mux(inside, nv, 0))
+                adds_s.append(Mux(inside & (nv != 16), nv, 0))
+            m.d.sync += [sp_R.eq(sp_R + sum(adds_r)), sp_S.eq(sp_S + sum(adds_s))]
+        with m.If(sp_pend == 2):
+            nv = mdata.word_select(sp_pend_ioff, 8)
+            m.d.sync += [sp_n.eq(nv), sp_n_next.eq(nv)]
+            m.d.sync += sp_code_next.eq(Mux(nv == 2, 0, Mux(nv == 4, 1, Mux(nv == 8, 2, 3))))
+        with m.If(sp_pend == 3):
+            with m.If(~sp_pend_half):
+                m.d.sync += [stash.eq(self.weight_rd.data), kcarry.eq(mdata)]
+            with m.Else():
+                vals = _funnel(stash, self.weight_rd.data, sp_pend_voff, W)
+                idx = _funnel(kcarry, mdata, sp_pend_ioff, 16)[:64]
+                for c in range(C):
+                    with m.If(sp_pend_c == c):
+                        m.d.sync += [wnext[c].eq(vals), widx_next[c].eq(idx)]
+                with m.If(sp_pend_c == C - 1):
+                    m.d.sync += next_full.eq(1)
+        with m.If(start):
+            m.d.sync += [sp_valid.eq(0), sp_st.eq(0), sp_w.eq(0), sp_half.eq(0), sp_pv.eq(0), sp_pi.eq(0),
+                         sp_vband.eq(0), sp_iband.eq(0), sp_R.eq(0), sp_S.eq(0)]
+
         # the chunk is loaded and handed over: the next one (the next column group when reused)
-        with m.If(wl_busy & wl_wait & ~next_full & ~wp_valid):
+        with m.If(wl_busy & wl_wait & ~next_full & ~wp_valid & (sp_pend == 0)):
             m.d.sync += wl_wait.eq(0)
             pv_start = Signal(32)
             with m.If((wl_qb + blocks >= f.k_blocks)):
@@ -538,7 +674,7 @@ class MatrixEngine(wiring.Component):
                 step = Mux(qk, blocks << 4, Mux(pv, (f.n * blocks) << 4, W))
                 m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + step), wl_addr.eq(wl_chunk0 + step)]
             del pv_start
-        with m.If(wp_valid & ~pv):
+        with m.If(wp_valid & ~pv & ~f.sparse):
             wdata = self.weight_rd.data
             lin_first = ~qk & (wl_qb == 0) & (wp_r == 0)
             with m.If(wp_zero):
@@ -590,8 +726,9 @@ class MatrixEngine(wiring.Component):
         m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=32)
         with m.If(~is_cur & next_full):
             m.d.sync += is_cur.eq(1), next_full.eq(0)
+            m.d.sync += [sp_code_cur.eq(sp_code_next), sp_n_cur.eq(sp_n_next)]
             for c in range(C):
-                m.d.sync += wcur[c].eq(wnext[c])
+                m.d.sync += [wcur[c].eq(wnext[c]), widx_cur[c].eq(widx_next[c])]
         can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
         fire = can_issue & chains[0].i.ready
         last_digit = ~pv | (is_d == PV_DIGITS - 1)
@@ -631,8 +768,12 @@ class MatrixEngine(wiring.Component):
                             m.d.comb += values[d].eq(blk4[4 * d: 4 * d + 4].as_signed())
                         with m.Default():
                             m.d.comb += values[d].eq(operand.integer << operand.exponent)
+            masked = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wmasked{c}")
+            for d in range(16):   # sparse: DSPs beyond the group's N kept weights get 0
+                m.d.comb += masked[d].eq(Mux(~f.sparse | (d < sp_n_cur), values[d], 0))
             m.d.comb += [ch.i.valid.eq(can_issue), ch.i.payload.x0.eq(xs[0]), ch.i.payload.x1.eq(xs[1]),
-                         ch.i.payload.weights.eq(values), ch.i.payload.n_code.eq(n_code(16))]
+                         ch.i.payload.weights.eq(masked), ch.i.payload.index.eq(widx_cur[c]),
+                         ch.i.payload.n_code.eq(Mux(f.sparse, sp_code_cur, n_code(16)))]
         with m.If(fire):
             with m.If(~last_digit):
                 m.d.sync += is_d.eq(is_d + 1)
@@ -870,7 +1011,7 @@ class MatrixEngine(wiring.Component):
 
         # ---- the data rules, checked before anything is written (out != int32 only): the row
         #   mantissas of A (and of K for qk) at most 256, then the multipliers' bit 31
-        ps_phase = Signal(2)                 # 0 A mantissas, 1 K mantissas, 2 entries, 3 drain
+        ps_phase = Signal(3)                 # 0 A mantissas, 1 K mantissas, 2 entries, 3 drain, 4 table
         ps_i = Signal(17)
         ps_hi = Signal()
         ps_lo = Signal(8)
@@ -878,7 +1019,10 @@ class MatrixEngine(wiring.Component):
         ps_lane = Signal(4)
         ps_bad = Signal(8)
         ps_run = Signal()
-        m.d.sync += [ps_pend.eq(0), ps_pend_bias.eq(0)]
+        ps_pend_meta = Signal()
+        ps_mword = Signal(17)
+        ps_kept, ps_sparse = Signal(28), Signal(28)    # sums of the table's N (all / N < 16)
+        m.d.sync += [ps_pend.eq(0), ps_pend_bias.eq(0), ps_pend_meta.eq(0)]
         ps_addr = Signal(32)
         m.d.comb += ps_addr.eq(Mux(ps_phase == 0, a_tail + f.m, k_tail + f.n) + (ps_i << 1) + ps_hi)
         ps_count = Mux(ps_phase == 0, f.m, Mux(ps_phase == 1, f.n, entries))
@@ -900,15 +1044,38 @@ class MatrixEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + ps_i)]
                         m.d.sync += [ps_pend_bias.eq(1), ps_i.eq(ps_i + 1)]
+                with m.Case(4):   # sparse: the block-N table, 16 entries per meta word
+                    with m.If((ps_i << 4) >= table_bytes):
+                        m.d.sync += ps_phase.eq(5)
+                    with m.Else():
+                        m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq((f.meta_addr + ps_i)[:mwa])]
+                        m.d.sync += [ps_pend_meta.eq(1), ps_mword.eq(ps_i), ps_i.eq(ps_i + 1)]
+                with m.Case(5):   # the kept values and the index stream they imply lie in their buffers
+                    with m.If(~ps_pend_meta):
+                        vbytes = Mux(f.wfmt == 0, ps_kept << 4, ps_kept << 3)
+                        with m.If((f.b_addr + vbytes > g.weight_bytes) | (idx_base + (ps_sparse << 3) > g.meta_bytes)):
+                            m.d.sync += ps_bad.eq(MpeError.OUT_OF_RANGE)
+                        m.d.sync += [ps_phase.eq(Mux(f.out != 0, 0, 3)), ps_i.eq(0)]
         with m.If(ps_pend):
             byte = rdata.word_select(ps_lane, 8)
             with m.If(~ps_pend_hi):
                 m.d.sync += ps_lo.eq(byte)
             with m.Elif(Cat(ps_lo, byte) > MAX_MANTISSA):
                 m.d.sync += ps_bad.eq(MpeError.MANTISSA)
+        with m.If(ps_pend_meta):
+            adds_k, adds_s, bad_n = [], [], []
+            for e in range(16):
+                inside = ((ps_mword << 4) + e) < table_bytes
+                nv = mdata[8 * e: 8 * e + 8]
+                bad_n.append(inside & (nv != 2) & (nv != 4) & (nv != 8) & (nv != 16))
+                adds_k.append(Mux(inside, nv, 0))
+                adds_s.append(Mux(inside & (nv != 16), nv, 0))
+            m.d.sync += [ps_kept.eq(ps_kept + sum(adds_k)), ps_sparse.eq(ps_sparse + sum(adds_s))]
+            with m.If(Cat(*bad_n).any()):
+                m.d.sync += ps_bad.eq(MpeError.BLOCK_N)
         with m.If(ps_pend_bias & self.bias_rd.data[63]):
             m.d.sync += ps_bad.eq(MpeError.MULTIPLIER)
-        ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias
+        ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias & ~ps_pend_meta
 
         # ---- control
         idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy)
@@ -923,8 +1090,9 @@ class MatrixEngine(wiring.Component):
                 with m.If(code != 0):
                     m.d.sync += [self.error.eq(code), self.fault.eq(1)]
                     m.next = "IDLE"
-                with m.Elif(f.out != 0):
-                    m.d.sync += [ps_run.eq(1), ps_phase.eq(0), ps_i.eq(0), ps_hi.eq(0), ps_bad.eq(0)]
+                with m.Elif((f.out != 0) | f.sparse):
+                    m.d.sync += [ps_run.eq(1), ps_phase.eq(Mux(f.sparse, 4, 0)), ps_i.eq(0), ps_hi.eq(0),
+                                 ps_bad.eq(0), ps_kept.eq(0), ps_sparse.eq(0)]
                     m.next = "PRESCAN"
                 with m.Else():
                     m.d.comb += start.eq(1)
@@ -963,6 +1131,10 @@ class MpeHarness(wiring.Component):
 
     Ports: ``inst`` (as the engine's, taken only in enabled cycles), ``done``, ``fault``, ``busy``,
     ``error``, ``en`` (In 1, init 1: the enable). Memories: ``act``, ``weight``, ``meta``, ``bias``.
+    Host port (testbenches without memory access, e.g. cocotb): ``host_we`` writes ``host_data``
+    (the low bits) to word ``host_addr`` of memory ``host_mem`` (0 act, 1 weight, 2 meta, 3 bias);
+    ``host_rd`` reads data-space word ``host_addr`` into ``host_q`` one cycle later. Use it only
+    while the engine is idle.
     """
 
     def __init__(self, config: AcceleratorConfig, *, stall: bool = False):
@@ -978,6 +1150,8 @@ class MpeHarness(wiring.Component):
         super().__init__({
             "inst": In(stream.Signature(self.engine._inst_layout)),
             "done": Out(1), "fault": Out(1), "busy": Out(1), "error": Out(8), "en": In(1, init=1),
+            "host_mem": In(2), "host_addr": In(16), "host_data": In(8 * g.wword_bytes), "host_we": In(1),
+            "host_rd": In(1), "host_q": Out(8 * ACT_BYTES),
         })
 
     def elaborate(self, platform):
@@ -1000,4 +1174,10 @@ class MpeHarness(wiring.Component):
         wp = self.act.write_port(granularity=8)
         m.d.comb += [wp.addr.eq(eng.act_wr.addr), wp.data.eq(eng.act_wr.data),
                      wp.en.eq(eng.act_wr.en & en.replicate(ACT_BYTES))]
+        for k, name in enumerate(("act", "weight", "meta", "bias")):
+            hp = getattr(self, name).write_port()
+            m.d.comb += [hp.addr.eq(self.host_addr), hp.data.eq(self.host_data),
+                         hp.en.eq(self.host_we & (self.host_mem == k))]
+        hr = self.act.read_port()
+        m.d.comb += [hr.addr.eq(self.host_addr), hr.en.eq(self.host_rd), self.host_q.eq(hr.data)]
         return m

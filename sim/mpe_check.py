@@ -150,7 +150,7 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
     if old_fill is not None:  # the accumulate input (e.g. 0x7f: near INT32_MAX, so the sum wraps)
         data[out_addr: out_addr + out_bytes] = old_fill
     acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
-    if acc and out == 2 and out_addr % 4:   # the accumulate input is an int32 matrix even for int8 output
+    if acc and out == 2 and (out_addr % 4 or mm > 1):   # int32 accumulate input under int8 output (engine: m = 1)
         acc = 0
     nm = int(rng.integers(0, 2)) if (normal is None and wf == 2) else (normal or 0)
     out, bflag = _out_fields(rng, out, bias_flag)
@@ -284,7 +284,7 @@ def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulat
         data[a_addr: a_addr + 4 * mm * K] = vals.view(np.uint8)
         data[b_addr: b_addr + K * nn] = rng.choice(np.array([0x80, 0x7F, 0x00, 0xFF], np.uint8), K * nn)
     acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
-    if acc and out_addr % 4:   # the accumulate input is an int32 matrix even for int8 output
+    if acc and (out_addr % 4 or (out == 2 and mm > 1)):   # int32 accumulate input under int8 output
         acc = 0
     fields = dict(mode=1 if mode == "qk" else 2, k_blocks=kk, m=mm, n=nn,
                   ldo=0 if ldo == nn and rng.integers(0, 2) else ldo, a_addr=a_addr, b_addr=b_addr,
@@ -295,3 +295,96 @@ def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulat
         if mode == "pv":
             data[a_addr + 4 * mm * K: a_addr + 4 * mm * K + mm] = rng.integers(-6, 7, mm).astype(np.int8).view(np.uint8)
     return expected(config, Case(fields, data, weight, meta, bias, label or f"{mode} m={mm} n={nn} kb={kk}"))
+
+
+def cocotb_vectors(config, cases: list[Case], enable: list[int]) -> dict:
+    """The vectors of tests/rtl/tb_mpe.py for ``cases`` (loads: only the words that change)."""
+    g = MpeGeometry(config)
+    dwords = 4 * g.chains  # 32-bit words of the widest (weight) memory word
+    loads, ptr, insts, wants, faults = [], [0], [], [], []
+    state = {k: None for k in ("act", "weight", "meta", "bias")}
+    from olivine.hw.controller import unit_layout
+
+    flayout = unit_layout("mpe")
+    for case in cases:
+        for k, (name, arr, width) in enumerate((("act", case.data, ACT_BYTES), ("weight", case.weight, g.wword_bytes),
+                                                ("meta", case.meta, ACT_BYTES), ("bias", case.bias, ACT_BYTES))):
+            words = _words(arr, width)
+            for i, w in enumerate(words):
+                if state[name] is None or state[name][i] != w:
+                    loads.append([k, i] + [(w >> (32 * j)) & 0xFFFFFFFF for j in range(dwords)])
+            state[name] = words
+        want = case.want if case.want is not None else case.data
+        state["act"] = _words(want, ACT_BYTES)
+        ptr.append(len(loads))
+        payload = 0
+        fields = {k: v for k, v in case.fields.items() if not k.startswith("_")}
+        opcode = 4 if case.fields.get("_mv") else 3
+        fl = flayout["fields"].shape
+        fields["opcode"] = opcode
+        for name, value in fields.items():
+            payload |= int(value) << (fl[name].offset + flayout["fields"].offset)
+        payload |= opcode << flayout["opcode"].offset
+        nwords = -(-flayout.size // 32)
+        insts.append([(payload >> (32 * j)) & 0xFFFFFFFF for j in range(nwords)])
+        wants.append(want.view("<u4").astype(np.uint32))
+        faults.append(int(case.want is None))
+    return {"loads": np.array(loads, dtype=np.uint32), "load_ptr": np.array(ptr, dtype=np.uint32),
+            "inst": np.array(insts, dtype=np.uint32), "want": np.array(wants, dtype=np.uint32),
+            "want_fault": np.array(faults, dtype=np.uint32), "enable": np.array(enable, dtype=np.uint32)}
+
+
+def make_sparse(config, rng, *, m=None, n=None, kb=None, wfmt=None, out=0, accumulate=None, bad_n=False,
+                label="") -> Case:
+    """A random N:16 sparse linear MM / MV: block-N table and index stream in the meta buffer,
+    kept values in canonical order in the weight buffer (docs/isa.md "Sparse weight tile")."""
+    g = MpeGeometry(config)
+    for _ in range(1000):
+        mm = int(rng.integers(1, 5)) if m is None else m
+        nn = 16 * int(rng.integers(1, 3)) if n is None else n
+        kk = int(rng.integers(1, 5)) if kb is None else kb
+        wf = int(rng.integers(0, 3)) if wfmt is None else wfmt
+        K = 16 * kk
+        table = rng.choice(np.array([2, 4, 8, 16]), (nn // 16, kk))
+        kept = int(table.sum()) * 16
+        sparse_kept = int(np.where(table < 16, table, 0).sum()) * 16
+        vbytes = kept if wf == 0 else kept // 2
+        tbytes = -(-table.size // 16) * 16
+        mbytes = tbytes + sparse_kept // 2
+        a_bytes, out_bytes = mm * K + 3 * mm, 4 * ((mm - 1) * nn + nn)
+        if vbytes + 16 <= g.weight_bytes and mbytes + 16 <= g.meta_bytes and a_bytes + out_bytes + 64 <= g.space_bytes:
+            break
+    else:
+        raise ValueError("no sparse case fits the buffers")
+    data, weight, meta, bias = _blank(config)
+    data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
+    weight[:] = rng.integers(0, 256, weight.size, dtype=np.uint8)
+    bias[:] = rng.integers(0, 256, bias.size, dtype=np.uint8)
+    meta[:] = rng.integers(0, 256, meta.size, dtype=np.uint8)
+    meta_addr = int(rng.integers(0, (g.meta_bytes - mbytes) // 16 + 1))
+    b_addr = int(rng.integers(0, g.weight_bytes - vbytes + 1))
+    base = 16 * meta_addr
+    if bad_n:
+        table.reshape(-1)[int(rng.integers(0, table.size))] = int(rng.choice([0, 1, 3, 6, 12, 32]))
+    meta[base: base + table.size] = table.reshape(-1).astype(np.uint8)
+    meta[base + table.size: base + tbytes] = 0
+    nibbles = []
+    for r in range(nn):
+        for c in range(kk):
+            nv = int(table[r // 16, c])
+            if nv < 16 and nv in (2, 4, 8):
+                nibbles += sorted(rng.choice(16, nv, replace=False).tolist())
+    nib = np.array(nibbles, dtype=np.uint8)
+    if nib.size:
+        meta[base + tbytes: base + tbytes + nib.size // 2] = nib[0::2] | (nib[1::2] << 4)
+    addrs = _place(rng, g.space_bytes, [(a_bytes, 1), (out_bytes, 4)])
+    a_addr, out_addr = addrs
+    acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
+    if out == 2 and mm > 1:
+        acc = 0
+    fields = dict(wfmt=wf, sparse=1, k_blocks=kk, m=mm, n=nn, ldo=0, a_addr=a_addr, b_addr=b_addr, out_addr=out_addr,
+                  accumulate=acc, meta_addr=meta_addr, normal=int(rng.integers(0, 2)) if wf == 2 else 0,
+                  bias_addr=int(rng.integers(0, g.bias_words - nn + 1)), out=out)
+    if out:
+        requant_data(rng, data, bias, [(a_addr + mm * K, mm)], fields["bias_addr"], nn)
+    return expected(config, Case(fields, data, weight, meta, bias, label or f"sparse m={mm} n={nn} kb={kk} wfmt={wf}"))
