@@ -61,7 +61,8 @@ carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one p
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
 cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
 (8 chains, 256 MACs per cycle) the formula gives, K = 512, n = 512: MV int8 33 %, MV int4 45 %
-(one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak (docs/benchmarks.md).
+(one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 9 %
+(the writer, the digit passes: docs/benchmarks.md).
 Field and range faults answer 2 cycles after the handshake.
 """
 
@@ -182,7 +183,8 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
     * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads;
     and, when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
     or the next chunk's C weight reads, 2C for a row's first, which start when it is swapped in).
-    Plus the check cycles, the prescan of the data rules (out != int32: 2 per mantissa, 1 per
+    Sparse: per group 2C + 6 (its N, then 2 weight + 2 meta reads per chain), plus the band's
+    table scan and the block-N prescan. Plus the check cycles, the prescan of the data rules (out != int32: 2 per mantissa, 1 per
     entry), the first chunk's load and the pipeline drain (chain latency + requantizer).
     """
     g = MpeGeometry(config)
@@ -204,6 +206,9 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
     else:
         load = 2 * 16 * kb
     total = 2
+    if fields.get("sparse"):   # the block-N table prescan
+        total += -(-(n // 16 * kb) // 16) + 3
+        load = 2 * C + 4
     if out:
         mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
         total += 2 * mants + (n if mode == 0 else 1) + 2
@@ -224,7 +229,9 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
             if mode != 0 and not (reuse and tp):
                 act += load if (cg or tp) else 0
             writer = vals * (1 + accumulate) + params
-            if reuse:
+            if fields.get("sparse"):   # per group: its N, then 2 weight + 2 meta reads per chain
+                beats = kb * (2 * C + 6) + (2 + kb // 16 if cg % max(1, 16 // C) == 0 and tp == 0 else 0)
+            elif reuse:
                 beats = kb * digits + (0 if tp else 1)
             else:   # a chunk's beats, or its load (which starts when the previous chunk starts)
                 beats = 0

@@ -192,6 +192,7 @@ def test_cycle_formula_matches_the_rtl():
         cases += [mc.make_linear(CONFIG, rng, out=out, m=1, n=8, kb=12, accumulate=0, label="MV, several chunks"),
                   mc.make_linear(CONFIG, rng, out=out, m=6, n=8, kb=8, accumulate=0, label="MM")]
         cases += [mc.make_attention(CONFIG, rng, md, out=out) for md in ("qk", "pv")]
+        cases.append(mc.make_sparse(CONFIG, rng, out=out))
     results = _run(cases)
     for case, res in zip(cases, results):
         model = mpe_cycles(case.fields, CONFIG)
