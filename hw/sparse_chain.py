@@ -57,7 +57,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import CHAIN_LENGTHS
 from .dsp48e2 import DSP48E2, OPMODE_MUL, OPMODE_MUL_PCIN
-from .weight_decode import (OVP_NORMALS, WEIGHT_FORMATS, WeightDecoder, packed_weight_layout,
+from .weight_decode import (GRID_FORMAT, OVP_NORMALS, WEIGHT_FORMATS, WeightDecoder, packed_weight_layout,
                             reference_decode, weight_value_range)
 from .resources import register_unit
 
@@ -214,7 +214,7 @@ class SparseDSPChain(wiring.Component):
     """Configurable sparse DSP chain of ``length`` DSP48E2 (see the module docstring).
 
     Parameters: ``length`` (2, 4, 8 or a multiple of 16 up to 64), ``weight_format``
-    ("int8", "int4", "ovp4"),
+    ("int8", "int4", "ovp4", or "grid": signed 9-bit values decoded upstream),
     ``ovp_normal`` ("int4", "flint4", "runtime"; ovp4 only), ``primitive`` (real DSP48E2).
     Ports: ``i`` = In(stream.Signature(chain_input_layout)), ``o`` =
     Out(stream.Signature(chain_output_layout)). Latency ``self.latency`` =
@@ -224,8 +224,8 @@ class SparseDSPChain(wiring.Component):
     def __init__(self, length: int = 16, weight_format: str = "int8", *, ovp_normal: str = "int4",
                  primitive: bool = False):
         _check_length(length)
-        if weight_format not in WEIGHT_FORMATS:
-            raise SparseChainError(f"weight_format {weight_format!r} is not one of {WEIGHT_FORMATS}")
+        if weight_format not in WEIGHT_FORMATS + (GRID_FORMAT,):
+            raise SparseChainError(f"weight_format {weight_format!r} is not one of {WEIGHT_FORMATS + (GRID_FORMAT,)}")
         if weight_format == "ovp4" and ovp_normal not in OVP_NORMALS:
             raise SparseChainError(f"ovp_normal {ovp_normal!r} is not one of {OVP_NORMALS}")
         self.length = length

@@ -10,6 +10,8 @@ then multiplies the INT8 activation by the shifted weight, which is exactly ``(a
 Formats and packed input (``weights`` port):
   "int8": L signed bytes, weight d = bits [8d, 8d+8).
   "int4": L signed nibbles, weight d = bits [4d, 4d+4) (two's complement -8..7).
+  "grid": L signed 9-bit integers already on their grid (any of the above decoded upstream, e.g. by
+          the matrix engine, which picks the format per instruction): passed through unchanged.
   "ovp4": L/2 OVP pair bytes; byte p decodes to weight 2p (low nibble, even element) and weight
           2p+1 (high nibble, odd element), as golden pairs kept values 2k, 2k+1 of a row.
           ``ovp_normal`` picks the normal type: "int4", "flint4", or "runtime" (then the
@@ -28,10 +30,13 @@ from amaranth.lib.wiring import In, Out
 
 from olivine.golden import ovp_format
 
-__all__ = ["WEIGHT_FORMATS", "OVP_NORMALS", "WeightDecodeError", "WeightDecoder",
+__all__ = ["WEIGHT_FORMATS", "GRID_FORMAT", "GRID_BITS", "OVP_NORMALS", "WeightDecodeError", "WeightDecoder",
            "weight_value_range", "packed_weight_layout", "reference_decode"]
 
 WEIGHT_FORMATS = ("int8", "int4", "ovp4")
+#: pre-decoded grid values of any format (range: the union of int8 and both OVP4 normals)
+GRID_FORMAT = "grid"
+GRID_BITS = 9
 OVP_NORMALS = ("int4", "flint4", "runtime")
 
 
@@ -49,6 +54,9 @@ def weight_value_range(weight_format: str, ovp_normal: str = "int4") -> tuple[in
         return (-128, 127)
     if weight_format == "int4":
         return (-8, 7)
+    if weight_format == GRID_FORMAT:
+        lo, hi = weight_value_range("ovp4", "runtime")
+        return (min(lo, -128), max(hi, 127))
     if weight_format == "ovp4":
         _check_normal(ovp_normal)
         values = set()
@@ -76,6 +84,8 @@ def packed_weight_layout(weight_format: str, length: int):
         return data.ArrayLayout(signed(8), length)
     if weight_format == "int4":
         return data.ArrayLayout(signed(4), length)
+    if weight_format == GRID_FORMAT:
+        return data.ArrayLayout(signed(GRID_BITS), length)
     if weight_format == "ovp4":
         if length % 2:
             raise WeightDecodeError(f"ovp4 weights come in pairs: length {length} must be even")
@@ -86,7 +96,7 @@ def packed_weight_layout(weight_format: str, length: int):
 def reference_decode(weight_format: str, packed, ovp_normal: str = "int4", flint: bool = False) -> list[int]:
     """Python model: the packed codes (a list of ints as in ``packed_weight_layout``, i.e. signed
     bytes / signed nibbles / unsigned pair bytes) -> the integer weights, via golden's tables."""
-    if weight_format in ("int8", "int4"):
+    if weight_format in ("int8", "int4", GRID_FORMAT):
         lo, hi = weight_value_range(weight_format)
         out = [int(v) for v in packed]
         if any(not lo <= v <= hi for v in out):
@@ -130,7 +140,7 @@ class WeightDecoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        if self.weight_format in ("int8", "int4"):
+        if self.weight_format in ("int8", "int4", GRID_FORMAT):
             for d in range(self.length):
                 m.d.comb += self.values[d].eq(self.weights[d])
             return m

@@ -1,0 +1,1190 @@
+"""The matrix engine (MPE): MM / MV instructions on ``chains_per_core`` sparse DSP chains.
+
+Executes the decoded MM and MV instructions of docs/isa.md "MM / MV" exactly as
+``sim.funcsim.FuncSim.do_mpe`` does (the executable specification; golden/contract.py the integer
+contract; tests/test_hw_mpe.py compares the whole data space byte for byte). Built:
+``mode=linear`` dense with INT8 / INT4 / OVP4 (int4 and flint4 normals) weights, ``mode=qk``,
+``mode=pv``; INT8 activations; ``out`` int32, fixed32 (``bias``) and int8 through the
+requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
+rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
+with ``MpeError.NOT_BUILT``, nothing written): ``afmt=ovp4`` (the OVP array; the ``ovp`` port is
+reserved for it and not present in this revision); ``pv`` or ``sparse`` with more than 16 chains;
+``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
+
+Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
+cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
+  for column group cg, token pair tp, chunk q (B = C K blocks int8, 2C int4 / ovp4), block j:
+      beat = (A[2tp, kb], A[2tp+1, kb]) broadcast, chain c's weights W[cb + c, kb], kb = qB + j
+  * Weight loader -> wnext (double buffer: loads chunk q+1 while chunk q's beats run):
+    linear: one 16C-byte weight word per chain and chunk (a carry word per chain cuts the chunk
+    out at any byte offset; a row's first chunk takes 2 reads); qk: the K block rows from the data
+    space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per V row give the
+    C columns' bytes of that row (a transposing gather). When k_blocks fits one chunk, the chunk
+    is loaded once per column group and reused by all its token pairs.
+  * Activation fetcher -> 4-beat FIFO: one 16-byte data-space read per token and block (P' blocks:
+    4), a carry word per row for an unaligned a_addr.
+  * pv: P' is int32 but the chains take 8-bit activations, so each block is issued in 5 passes,
+    digit d = bits [7d, 7d + 7) (unsigned, 0..127) for d < 4 and bits [28, 32) signed (-8..7) for
+    d = 4: P = sum_d digit_d * 2**(7d) exactly. The collector adds each pass's exact chain sum
+    shifted by 7d, mod 2**32, so the result is wrap32(P V) for every int32 P. Five passes because
+    4 * 7 + 4 = 32 and four signed 8-bit digits cannot reach 2**31 - 1 (4 x 8 = 32 bits would need
+    unsigned low digits, which the INT8 port cannot carry).
+  * Collector: per chain two 32-bit accumulators (wrapping); the last block of a (cg, tp) pushes the
+    2C sums into a 2-deep result FIFO (full: the chains freeze through ``o.ready``).
+  * Writer: per result, the requantization parameters (per-row exponent / mantissa from the A
+    block, qk also per-column ones from the K block; per-column entries from the bias buffer,
+    held for the column group), then per (token, column): [``accumulate``: one read of the int32
+    input] -> add -> int32 write, or -> Requantizer -> fixed32 / int8 write (one per cycle).
+  * Data rules (out != int32): before anything runs, a prescan reads every row mantissa (A; qk: K)
+    and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults.
+
+Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read latency):
+  inst      In(stream.Signature(unit_layout("mpe")))  (MM / MV; the handshake starts it)
+  done      Out(1)  pulse: the instruction finished, every write performed
+  fault     Out(1)  pulse instead of done: refused (``error`` says why), nothing written
+  busy      Out(1)
+  error     Out(8)  :class:`MpeError` of the last instruction (0 after a good one)
+  enable    In(1, init=1)  the core's enable of this unit (the one it gives ``EnableInserter``):
+            also gates the chains' ``o.ready``. (With DSP48E2 primitives a chain whose output
+            register is empty still advances while o.ready is low; a freeze input on the chain
+            would close that gap. Simulation uses primitive=False, frozen by EnableInserter.)
+  act_rd    ReadPort, 128 bits: 16-byte words of the data space (operands, accumulate input,
+            requantization row parameters)
+  act_wr    WritePort, 128 bits, byte enables (16): the output (4 bytes or 1 byte per cycle)
+  weight_rd ReadPort, 128 * C bits: 16C-byte words of the weight buffer (one chunk per chain read,
+            so C chains are fed for int8 with C reads per C beats)
+  meta_rd   ReadPort, 128 bits (16-byte units): reserved for the sparse tables (not read yet)
+  bias_rd   ReadPort, 128 bits: one 16-byte requantization entry per read
+  ovp       reserved (the OVP systolic array, afmt=ovp4): not in this revision
+Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
+carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
+a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
+cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
+(8 chains, 256 MACs per cycle) the formula gives, K = 512, n = 512: MV int8 33 %, MV int4 45 %
+(one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 9 %
+(the writer, the digit passes: docs/benchmarks.md).
+Field and range faults answer 2 cycles after the handshake.
+"""
+
+from __future__ import annotations
+
+import enum as py_enum
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+
+from .config import AcceleratorConfig
+from .controller import unit_layout
+from .decode import DEFAULT_OFFSET_BITS
+from .ovp_decoder import OvpPairDecoder
+from .requant import REQUANT_LATENCY, Requantizer
+from .resources import register_unit
+from .sparse_chain import SparseDSPChain, n_code
+from .weight_decode import GRID_BITS, GRID_FORMAT
+
+__all__ = ["LINT_WAIVERS", "MpeError", "MpeHarness", "MatrixEngine", "MpeGeometry", "mpe_cycles", "ACT_BYTES", "CHAIN_LENGTH"]
+
+#: bytes of one data-space / meta / bias word of the engine's ports
+ACT_BYTES = 16
+#: the chain length this engine is built for (one dense K block of 16 per beat)
+CHAIN_LENGTH = 16
+#: beats buffered between the activation fetcher and the chains
+A_FIFO_DEPTH = 4
+#: results (2C sums) buffered between the collector and the writer
+RESULT_FIFO_DEPTH = 2
+#: pv: P' (int32) enters the chains' 8-bit activation port as 5 digits, 7 bits each with the top
+#: (bits 28..31) signed: 4 * 7 + 4 = 32, and no fewer 8-bit signed digits cover every int32
+PV_DIGITS = 5
+#: largest row mantissa of an INT8 block (docs/isa.md data rule: 9 bits)
+MAX_MANTISSA = 256
+
+
+#: Verilator -Wall findings of the generated engine that are not design problems.
+LINT_WAIVERS: dict[str, str] = {
+    "CASEINCOMPLETE": "Amaranth's Verilog backend writes every combinational signal as a default assignment "
+                      "followed by a case statement that lists only the values that change it (m.Switch, "
+                      "the FSM state, word_select writes); an unlisted value keeps the default, nothing latches",
+    "UNUSEDSIGNAL": "Amaranth's Verilog backend keeps a named wire for every named signal, view field and "
+                    "submodule port and drives the logic from the underlying net, so these aliases read as "
+                    "unused by construction; the chains' DSP48E2 models leave ports unused as the silicon "
+                    "does (hw/sparse_chain.py); meta_rd's data is read once sparse weights are built.",
+}
+
+
+class MpeError(py_enum.IntEnum):
+    """``error`` values: why an MM / MV instruction was refused (docs/isa.md "Validity (MM / MV)")."""
+
+    NONE = 0
+    PITCH = 1            # ldo < n (after ldo = ldo or n): output rows would overlap
+    ANORMAL = 2          # anormal = flint4 without afmt = ovp4
+    OVP_OPERANDS = 3     # afmt = ovp4 without mode = linear, wfmt = ovp4, sparse = 0
+    BIAS_OUT = 4         # bias = 1 without out = fixed32
+    SPARSE_ROWS = 5      # sparse = 1 with n not a multiple of 16
+    META_ADDR = 6        # sparse = 0 with meta_addr != 0
+    NORMAL = 7           # normal = flint4 without wfmt = ovp4
+    MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
+    OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
+    ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (afmt=ovp4, ...)
+    OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
+    UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
+    MANTISSA = 14        # a row mantissa above 256 (data rule)
+    MULTIPLIER = 15      # a requantization multiplier with bit 31 set (data rule)
+    BLOCK_N = 16         # a sparse block N not in {2, 4, 8, 16} (data rule)
+
+
+class MpeGeometry:
+    """The engine's port geometry for a configuration (shared by the RTL, tests and cycle model)."""
+
+    def __init__(self, config: AcceleratorConfig):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
+        if config.chains_per_core & (config.chains_per_core - 1):
+            raise ValueError(f"chains_per_core={config.chains_per_core}: the matrix engine needs a power of two "
+                             f"(its weight word is 16 bytes per chain)")
+        if config.chain_length != CHAIN_LENGTH:
+            raise ValueError(f"the matrix engine is built for chains of {CHAIN_LENGTH} DSPs (one dense K block "
+                             f"per beat); chain_length={config.chain_length} is not supported yet")
+        b = config.buffers
+        self.chains = config.chains_per_core
+        self.space_bytes = (b.activation_kib + b.global_kib) * 1024
+        self.weight_bytes = b.weight_kib * 1024
+        self.meta_bytes = b.meta_kib * 1024
+        self.bias_bytes = b.bias_kib * 1024
+        self.wword_bytes = 16 * self.chains
+        for what, size, word in (("data space", self.space_bytes, ACT_BYTES), ("weight buffer", self.weight_bytes,
+                                  self.wword_bytes), ("meta buffer", self.meta_bytes, ACT_BYTES),
+                                 ("bias buffer", self.bias_bytes, ACT_BYTES)):
+            if size % word or size == 0:
+                raise ValueError(f"the {what} of {size} bytes is not a whole number of the engine's "
+                                 f"{word}-byte words; size it in multiples of {word} bytes")
+        self.act_words = self.space_bytes // ACT_BYTES
+        self.weight_words = self.weight_bytes // self.wword_bytes
+        self.meta_words = self.meta_bytes // ACT_BYTES
+        self.bias_words = self.bias_bytes // ACT_BYTES
+
+    @staticmethod
+    def addr_bits(words: int) -> int:
+        return max(1, (words - 1).bit_length())
+
+
+def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
+    """Cycles from the accepted ``inst`` to ``done`` of a valid instruction: the performance
+    model's formula (tests/test_hw_mpe.py checks it against the RTL: within 15 % + 16 cycles).
+
+    Per (column group, token pair) the slowest of three resources sets the pace:
+    * the data-space read port: ``tokens * (k_blocks * words + prime)`` operand reads (words =
+      4 for a P' block, else 1; prime = 1 per token when a_addr is not 16-byte aligned), plus the
+      writer's reads (one per value with ``accumulate``; requantization parameters 3 per token,
+      pv 1, qk 3 per column), plus the loader's (qk: K blocks; pv: 2 per V row);
+    * the chains: ``k_blocks`` beats (pv: 5 per block);
+    * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads;
+    and, when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
+    or the next chunk's C weight reads, 2C for a row's first, which start when it is swapped in).
+    Sparse: per group 2C + 6 (its N, then 2 weight + 2 meta reads per chain), plus the band's
+    table scan and the block-N prescan. Plus the check cycles, the prescan of the data rules (out != int32: 2 per mantissa, 1 per
+    entry), the first chunk's load and the pipeline drain (chain latency + requantizer).
+    """
+    g = MpeGeometry(config)
+    C = g.chains
+    mode = fields.get("mode", 0)
+    m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
+    out, accumulate = fields.get("out", 0), fields.get("accumulate", 0)
+    wfmt = fields.get("wfmt", 0)
+    blocks = C if wfmt == 0 else 2 * C
+    chunks = -(-kb // blocks)
+    reuse = chunks == 1
+    words = 4 if mode == 2 else 1
+    prime = 1 if fields.get("a_addr", 0) % 16 else 0
+    digits = PV_DIGITS if mode == 2 else 1
+    if mode == 0:
+        load = C * (chunks + 1)
+    elif mode == 1:
+        load = C * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))
+    else:
+        load = 2 * 16 * kb
+    total = 2
+    if fields.get("sparse"):   # the block-N table prescan
+        total += -(-(n // 16 * kb) // 16) + 3
+        load = 2 * C + 4
+    if out:
+        mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
+        total += 2 * mants + (n if mode == 0 else 1) + 2
+    total += load
+    for cg in range(-(-n // C)):
+        cols = min(C, n - cg * C)
+        for tp in range(-(-m // 2)):
+            tokens = min(2, m - 2 * tp)
+            vals = tokens * cols
+            params = 0
+            if out:
+                params = tokens * (1 if mode == 2 else 3) + 3
+                if tp == 0:     # the column group's parameters, held for its other token pairs
+                    params += cols if mode == 0 else (3 * cols + 1 if mode == 1 else 1)
+                elif mode != 0:  # the one entry of qk / pv, read per record
+                    params += 1
+            act = tokens * (kb * words + prime) + (vals if accumulate else 0) + (params if out else 0)
+            if mode != 0 and not (reuse and tp):
+                act += load if (cg or tp) else 0
+            writer = vals * (1 + accumulate) + params
+            if fields.get("sparse"):   # per group: its N, then 2 weight + 2 meta reads per chain
+                beats = kb * (2 * C + 6) + (2 + kb // 16 if cg % max(1, 16 // C) == 0 and tp == 0 else 0)
+            elif reuse:
+                beats = kb * digits + (0 if tp else 1)
+            else:   # a chunk's beats, or its load (which starts when the previous chunk starts)
+                beats = 0
+                for q in range(chunks):
+                    bq = min(blocks, kb - q * blocks)
+                    beats += max(bq * digits + 1, (2 * C if q == 0 else C) + 2)
+            total += max(act, beats, writer)
+    latency = CHAIN_LENGTH + 5 + 3 + 4
+    total += latency + (REQUANT_LATENCY if out else 0)
+    return total
+
+
+def _funnel(lo, hi, offset, nbytes: int):
+    """Bytes [offset, offset + nbytes) of the little-endian byte string lo ++ hi."""
+    return (Cat(lo, hi) >> Cat(Const(0, 3), offset))[:8 * nbytes]
+
+
+class MatrixEngine(wiring.Component):
+    """The matrix engine of one core (see the module docstring for ports, latency, throughput).
+
+    Parameters: ``config`` (an :class:`AcceleratorConfig`; chains_per_core chains of length 16),
+    ``offset_bits`` (the instruction word-offset width of the controller), ``primitive`` (real
+    DSP48E2 in the chains).
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, offset_bits: int = DEFAULT_OFFSET_BITS,
+                 primitive: bool = False):
+        self.geometry = g = MpeGeometry(config)
+        self.config = config
+        self.chains = g.chains
+        self.primitive = bool(primitive)
+        self._inst_layout = unit_layout("mpe", offset_bits)
+        ab = MpeGeometry.addr_bits
+        super().__init__({
+            "inst": In(stream.Signature(self._inst_layout)),
+            "done": Out(1), "fault": Out(1), "busy": Out(1), "error": Out(8),
+            "enable": In(1, init=1),
+            "act_rd": In(ReadPort.Signature(addr_width=ab(g.act_words), shape=unsigned(8 * ACT_BYTES))),
+            "act_wr": In(WritePort.Signature(addr_width=ab(g.act_words), shape=unsigned(8 * ACT_BYTES),
+                                             granularity=8)),
+            "weight_rd": In(ReadPort.Signature(addr_width=ab(g.weight_words), shape=unsigned(8 * g.wword_bytes))),
+            "meta_rd": In(ReadPort.Signature(addr_width=ab(g.meta_words), shape=unsigned(8 * ACT_BYTES))),
+            "bias_rd": In(ReadPort.Signature(addr_width=ab(g.bias_words), shape=unsigned(8 * ACT_BYTES))),
+        })
+
+    # ---- the field and range rules -----------------------------------------------------------
+    def _check(self, m, f, code):
+        """Drive ``code`` with the first broken rule of the latched fields ``f`` (funcsim's order)."""
+        g = self.geometry
+        K = Signal(17)
+        ldo = Signal(17)
+        m.d.comb += [K.eq(f.k_blocks << 4), ldo.eq(Mux(f.ldo == 0, f.n, f.ldo))]
+        linear, qk, pv = f.mode == 0, f.mode == 1, f.mode == 2
+        out_i8 = f.out == 2
+        rows_m = Signal(48)
+        m.d.comb += rows_m.eq(f.m * K)
+        a_bytes = Signal(48)
+        m.d.comb += a_bytes.eq(Mux(pv, (rows_m << 2) + f.m, Mux(linear & f.afmt, rows_m >> 1, rows_m + 3 * f.m)))
+        b_bytes = Signal(48)
+        m.d.comb += b_bytes.eq(Mux(qk, f.n * K + 3 * f.n, f.n * K))
+        elems = Signal(48)
+        m.d.comb += elems.eq((f.m - 1) * ldo + f.n)
+        out_bytes = Signal(48)
+        m.d.comb += out_bytes.eq(Mux(out_i8, elems, elems << 2))
+        w_bytes = Signal(48)
+        m.d.comb += w_bytes.eq(Mux(f.wfmt == 0, f.n * K, (f.n * K) >> 1))
+        entries = Signal(17)
+        m.d.comb += entries.eq(Mux(linear, f.n, 1))
+
+        def overlap(a0, a1, b0, b1):
+            return (a0 < b0 + b1) & (b0 < a0 + a1)
+
+        out_a = overlap(f.out_addr, out_bytes, f.a_addr, a_bytes)
+        out_b = overlap(f.out_addr, out_bytes, f.b_addr, b_bytes)
+        rules = [
+            ((f.m == 0) | (f.n == 0) | (f.k_blocks == 0), MpeError.ZERO_SHAPE),
+            (ldo < f.n, MpeError.PITCH),
+            (f.anormal & ~f.afmt, MpeError.ANORMAL),
+            (f.afmt & (~linear | (f.wfmt != 2) | f.sparse), MpeError.OVP_OPERANDS),
+            (f.bias & (f.out != 1), MpeError.BIAS_OUT),
+            (linear & f.sparse & (f.n[:4] != 0), MpeError.SPARSE_ROWS),
+            (linear & ~f.sparse & (f.meta_addr != 0), MpeError.META_ADDR),
+            (linear & f.normal & (f.wfmt != 2), MpeError.NORMAL),
+            (~linear & (f.sparse | f.bias | (f.wfmt != 0) | f.normal | (f.meta_addr != 0)), MpeError.MODE_FIELDS),
+            (out_a | (~linear & out_b), MpeError.OVERLAP),
+            # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
+            # it writes; the engine writes column group by column group, so a later row's int8 bytes
+            # could land on an earlier row's input not read yet: refused rather than wrong
+            (f.afmt | (pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+             MpeError.NOT_BUILT),
+            ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
+             | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
+             | (~linear & (f.b_addr + b_bytes > g.space_bytes))
+             | (((f.bias_addr + entries) << 4) > g.bias_bytes)
+             | (f.out_addr + out_bytes > g.space_bytes)
+             | (f.accumulate & (f.out_addr + (elems << 2) > g.space_bytes)), MpeError.OUT_OF_RANGE),
+            (((~out_i8 | f.accumulate) & (f.out_addr[:2] != 0)) | (pv & (f.a_addr[:2] != 0)), MpeError.UNALIGNED),
+        ]
+        with m.If(rules[0][0]):
+            m.d.comb += code.eq(rules[0][1])
+        for cond, err in rules[1:]:
+            with m.Elif(cond):
+                m.d.comb += code.eq(err)
+        with m.Else():
+            m.d.comb += code.eq(0)
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        C = self.chains
+        W = g.wword_bytes
+        wlog = (W - 1).bit_length() if W & (W - 1) == 0 else None
+        flayout = self._inst_layout["fields"].shape
+        f = Signal(flayout)
+        K16 = f.k_blocks                      # 16-byte words per A row (K bytes)
+        rb = Signal(17)                       # weight row bytes
+        blocks = Signal(range(2 * C + 1))     # K blocks per weight chunk
+        m.d.comb += [rb.eq(Mux(f.wfmt == 0, f.k_blocks << 4, f.k_blocks << 3)),
+                     blocks.eq(Mux(f.sparse, 1, Mux(f.wfmt == 0, C, 2 * C)))]
+
+        start = Signal()
+        code = Signal(8)
+        self._check(m, f, code)
+        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
+
+        # ---- chains
+        chains = []
+        for c in range(C):
+            ch = SparseDSPChain(CHAIN_LENGTH, GRID_FORMAT, primitive=self.primitive)
+            m.submodules[f"chain{c}"] = ch
+            chains.append(ch)
+
+        # ---- modes and geometry of the latched instruction
+        linear, qk, pv = f.mode == 0, f.mode == 1, f.mode == 2
+        entries = Signal(17)                  # requantization entries read: n (linear) or 1
+        m.d.comb += entries.eq(Mux(linear, f.n, 1))
+        reuse = Signal()                      # one chunk covers K: load it once per column group
+        m.d.comb += reuse.eq(f.k_blocks <= blocks)
+        wpb = Mux(pv, 4, 1)                   # data-space words per A block (P' blocks are int32)
+        row_words = Signal(18)                # data-space words per A row
+        m.d.comb += row_words.eq(Mux(pv, f.k_blocks << 2, f.k_blocks))
+        aw = MpeGeometry.addr_bits(g.act_words)
+        last_word = g.act_words - 1
+
+        # act_rd arbitration: writer > loader (qk / pv operands) > fetcher; the owner of the read
+        # returning this cycle is ``pend_owner`` (1 fetcher, 2 writer, 3 loader)
+        pend_owner = Signal(2)
+        wr_rd_req, ld_rd_req = Signal(), Signal()
+        wr_rd_addr, ld_rd_addr = Signal(aw), Signal(aw)
+        rdata = self.act_rd.data
+        m.d.sync += pend_owner.eq(0)
+
+        # ---- activation fetcher -> afifo (the beat's A blocks of rows 2tp, 2tp+1)
+        m.submodules.afifo = afifo = fifo.SyncFIFO(width=1024, depth=A_FIFO_DEPTH)
+        af_busy = Signal()
+        af_cb = Signal(17)
+        af_t0 = Signal(13)
+        af_kb = Signal(12)
+        af_ph = Signal(2)               # 0 prime row 0, 1 prime row 1, 2 read row 0, 3 read row 1
+        af_w = Signal(2)                # word of the block (P' blocks: 4 words)
+        af_p0, af_p1, af_base = Signal(aw + 2), Signal(aw + 2), Signal(aw + 2)
+        a_off = f.a_addr[:4]
+        af_pair = (af_t0 + 1) < f.m
+        carry0, carry1 = Signal(128), Signal(128)
+        blk0, blk1 = Signal(512), Signal(512)
+        pend_kind, pend_pair, pend_w = Signal(2), Signal(), Signal(2)
+
+        af_req = af_busy & (afifo.level <= A_FIFO_DEPTH - 2) & ~wr_rd_req & ~ld_rd_req
+        with m.If(wr_rd_req):
+            m.d.comb += [self.act_rd.addr.eq(wr_rd_addr), self.act_rd.en.eq(1)]
+            m.d.sync += pend_owner.eq(2)
+        with m.Elif(ld_rd_req):
+            m.d.comb += [self.act_rd.addr.eq(ld_rd_addr), self.act_rd.en.eq(1)]
+            m.d.sync += pend_owner.eq(3)
+        with m.Elif(af_req):
+            m.d.comb += [self.act_rd.addr.eq(Mux(af_ph[0], af_p1, af_p0)), self.act_rd.en.eq(1)]
+            m.d.sync += [pend_owner.eq(1), pend_kind.eq(af_ph), pend_pair.eq(af_pair), pend_w.eq(af_w)]
+            first_ph = Mux(a_off != 0, 0, 2)
+
+            def next_beat():
+                with m.If(af_kb == f.k_blocks - 1):
+                    m.d.sync += af_kb.eq(0)
+                    with m.If(af_t0 + 2 >= f.m):
+                        m.d.sync += [af_t0.eq(0), af_cb.eq(af_cb + C), af_base.eq(f.a_addr >> 4),
+                                     af_p0.eq(f.a_addr >> 4), af_p1.eq((f.a_addr >> 4) + row_words),
+                                     af_ph.eq(first_ph)]
+                        with m.If(af_cb + C >= f.n):
+                            m.d.sync += af_busy.eq(0)
+                    with m.Else():
+                        nb = af_base + (row_words << 1)
+                        m.d.sync += [af_t0.eq(af_t0 + 2), af_base.eq(nb), af_p0.eq(nb), af_p1.eq(nb + row_words),
+                                     af_ph.eq(first_ph)]
+                with m.Else():
+                    m.d.sync += [af_kb.eq(af_kb + 1), af_ph.eq(2)]
+
+            block_end = af_w == wpb - 1
+            with m.Switch(af_ph):
+                with m.Case(0):
+                    m.d.sync += [af_p0.eq(af_p0 + 1), af_ph.eq(Mux(af_pair, 1, 2))]
+                with m.Case(1):
+                    m.d.sync += [af_p1.eq(af_p1 + 1), af_ph.eq(2)]
+                with m.Case(2):
+                    m.d.sync += [af_p0.eq(af_p0 + 1), af_w.eq(Mux(block_end, 0, af_w + 1))]
+                    with m.If(block_end):
+                        with m.If(af_pair):
+                            m.d.sync += af_ph.eq(3)
+                        with m.Else():
+                            next_beat()
+                with m.Case(3):
+                    m.d.sync += [af_p1.eq(af_p1 + 1), af_w.eq(Mux(block_end, 0, af_w + 1))]
+                    with m.If(block_end):
+                        next_beat()
+        with m.If(pend_owner == 1):
+            last_w = pend_w == wpb - 1
+            with m.Switch(pend_kind):
+                with m.Case(0):
+                    m.d.sync += carry0.eq(rdata)
+                with m.Case(1):
+                    m.d.sync += carry1.eq(rdata)
+                with m.Case(2):
+                    word = Mux(a_off == 0, rdata, _funnel(carry0, rdata, a_off, 16))
+                    m.d.sync += carry0.eq(rdata)
+                    full = Signal(512)
+                    m.d.comb += full.eq(blk0)
+                    m.d.comb += full.word_select(pend_w, 128).eq(word)
+                    m.d.sync += blk0.eq(full)
+                    with m.If(last_w & ~pend_pair):
+                        m.d.comb += [afifo.w_data.eq(Cat(full, Const(0, 512))), afifo.w_en.eq(1)]
+                with m.Case(3):
+                    word = Mux(a_off == 0, rdata, _funnel(carry1, rdata, a_off, 16))
+                    m.d.sync += carry1.eq(rdata)
+                    full = Signal(512)
+                    m.d.comb += full.eq(blk1)
+                    m.d.comb += full.word_select(pend_w, 128).eq(word)
+                    m.d.sync += blk1.eq(full)
+                    with m.If(last_w):
+                        m.d.comb += [afifo.w_data.eq(Cat(blk0, full)), afifo.w_en.eq(1)]
+        with m.If(start):
+            m.d.sync += [af_busy.eq(1), af_cb.eq(0), af_t0.eq(0), af_kb.eq(0), af_w.eq(0),
+                         af_ph.eq(Mux(a_off != 0, 0, 2)), af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4),
+                         af_p1.eq((f.a_addr >> 4) + row_words)]
+
+        # ---- weight loader -> wnext (one chunk per chain), double-buffered with wcur
+        #   linear: weight port, one word per chain and chunk (a carry word per chain; 2 for chunk 0)
+        #   qk: the K block rows from the data space, one 16-byte word per block (+1 prime if unaligned)
+        #   pv: the V rows from the data space, two 16-byte words per V row give C columns' bytes
+        wnext = [Signal(8 * W, name=f"wnext{c}") for c in range(C)]
+        wcur = [Signal(8 * W, name=f"wcur{c}") for c in range(C)]
+        wcarry = [Signal(8 * W, name=f"wcarry{c}") for c in range(C)]
+        next_full = Signal()
+        wl_busy, wl_wait = Signal(), Signal()
+        wl_c = Signal(range(C))
+        wl_r = Signal(range(2 * C + 2))         # read of the chain (qk: block; linear: 0 prime, 1)
+        wl_i = Signal(4)                        # pv: V row of the block
+        wl_j = Signal(range(2 * C))             # pv: block of the chunk
+        wl_cb = Signal(17)
+        wl_t0 = Signal(13)
+        wl_qb = Signal(13)
+        wl_cgbase, wl_chunk0, wl_addr = Signal(32), Signal(32), Signal(32)
+        wl_reads = Signal(range(2 * C + 2))     # reads per chain in this chunk
+        chunk_blocks = Signal(range(2 * C + 1))
+        m.d.comb += chunk_blocks.eq(Mux(f.k_blocks - wl_qb < blocks, f.k_blocks - wl_qb, blocks))
+        b_off = f.b_addr[:4]
+        wp_valid, wp_zero, wp_last = Signal(), Signal(), Signal()
+        wp_r = Signal(range(2 * C + 2))
+        wp_c = Signal(range(C))
+        wp_i = Signal(4)
+        wp_j = Signal(range(2 * C))
+        wp_off = Signal(range(W))
+        stash = Signal(8 * W)
+        kcarry = Signal(128)
+        wwa = MpeGeometry.addr_bits(g.weight_words)
+        rowb = Signal(18)                       # byte pitch between the rows of the chains
+        m.d.comb += rowb.eq(Mux(qk, f.k_blocks << 4, Mux(pv, f.n, rb)))
+        m.d.comb += wl_reads.eq(Mux(qk, chunk_blocks + (b_off != 0), Mux(wl_qb == 0, 2, 1)))
+        m.d.sync += wp_valid.eq(0)
+        loading = wl_busy & ~wl_wait
+        with m.If(loading & ~pv & ~f.sparse):
+            row_ok = (wl_cb + wl_c) < f.n
+            m.d.sync += [wp_c.eq(wl_c), wp_r.eq(wl_r), wp_zero.eq(~row_ok), wp_off.eq(wl_addr % W),
+                         wp_last.eq((wl_c == C - 1) & (~row_ok | (wl_r == wl_reads - 1)))]
+
+            def next_chain():
+                m.d.sync += wl_r.eq(0)
+                with m.If(wl_c == C - 1):
+                    m.d.sync += [wl_c.eq(0), wl_wait.eq(1)]
+                with m.Else():
+                    m.d.sync += [wl_c.eq(wl_c + 1), wl_addr.eq(wl_addr + rowb)]
+
+            with m.If(~row_ok):
+                m.d.sync += wp_valid.eq(1)
+                next_chain()
+            with m.Elif(qk):
+                # the prime read (unaligned b_addr) is word 0, block j then word j + 1
+                m.d.comb += [ld_rd_req.eq(1), ld_rd_addr.eq((wl_addr >> 4) + wl_r)]
+                with m.If(~wr_rd_req):
+                    m.d.sync += [wp_valid.eq(1), wl_r.eq(wl_r + 1)]
+                    with m.If(wl_r == wl_reads - 1):
+                        next_chain()
+            with m.Else():
+                w_word = Signal(32)
+                m.d.comb += w_word.eq((wl_addr // W) + Mux(wl_qb == 0, wl_r, 1))
+                m.d.comb += [self.weight_rd.en.eq(1),
+                             self.weight_rd.addr.eq(Mux(w_word < g.weight_words, w_word, g.weight_words - 1)[:wwa])]
+                m.d.sync += [wp_valid.eq(1), wl_r.eq(wl_r + 1)]
+                with m.If(wl_r == wl_reads - 1):
+                    next_chain()
+        with m.If(loading & pv & ~wr_rd_req):
+            word = Signal(32)
+            m.d.comb += word.eq((wl_addr >> 4) + wl_r)
+            m.d.comb += [ld_rd_req.eq(1), ld_rd_addr.eq(Mux(word <= last_word, word, last_word))]
+            m.d.sync += [wp_valid.eq(1), wp_zero.eq(0), wp_r.eq(wl_r), wp_i.eq(wl_i), wp_j.eq(wl_j),
+                         wp_off.eq(wl_addr[:4]),
+                         wp_last.eq(wl_r.bool() & (wl_i == 15) & (wl_j == chunk_blocks - 1)), wl_r.eq(~wl_r[0])]
+            with m.If(wl_r[0]):
+                m.d.sync += [wl_addr.eq(wl_addr + f.n), wl_i.eq(wl_i + 1)]
+                with m.If(wl_i == 15):
+                    m.d.sync += wl_j.eq(wl_j + 1)
+                    with m.If(wl_j == chunk_blocks - 1):
+                        m.d.sync += [wl_j.eq(0), wl_wait.eq(1)]
+        # sparse (N:16, one group per chunk; C <= 16 so a column group lies in one 16-row band):
+        #   at a band's first chunk, scan its row of the block-N table for R = sum N and S = sum of
+        #   the sparse N (its rows' kept values and stored indices); per group read N, then per chain
+        #   two weight words (its N kept values) and two meta words (its N indices, N < 16)
+        sp_band = Signal(13)
+        sp_valid = Signal()
+        sp_R, sp_S = Signal(17), Signal(17)
+        sp_vband, sp_iband = Signal(32), Signal(32)     # kept values / indices before the band
+        sp_pv, sp_pi = Signal(17), Signal(17)           # kept values / indices before the group (row)
+        sp_st = Signal(2)                               # 0 scan, 1 read N, 2 chains
+        sp_w = Signal(13)
+        sp_n = Signal(5)
+        sp_code_next, sp_code_cur = Signal(2), Signal(2)
+        sp_n_next, sp_n_cur = Signal(5), Signal(5)
+        widx_next = [Signal(64, name=f"widx_next{c}") for c in range(C)]
+        widx_cur = [Signal(64, name=f"widx{c}") for c in range(C)]
+        meta_base = Signal(22)
+        m.d.comb += meta_base.eq(f.meta_addr << 4)
+        table_bytes = Signal(28)
+        m.d.comb += table_bytes.eq((f.n >> 4) * f.k_blocks)
+        idx_base = Signal(30)
+        m.d.comb += idx_base.eq(meta_base + (((table_bytes + 15) >> 4) << 4))
+        band = wl_cb >> 4
+        row_addr = Signal(30)                           # the band's table row
+        m.d.comb += row_addr.eq(meta_base + band * f.k_blocks)
+        mwa = MpeGeometry.addr_bits(g.meta_words)
+        sp_pend = Signal(2)                             # 1 scan word, 2 N word, 3 chain read
+        sp_pend_half, sp_pend_c = Signal(), Signal(range(C))
+        sp_pend_voff, sp_pend_ioff = Signal(range(W)), Signal(4)
+        sp_pend_w = Signal(13)
+        sp_half = Signal()
+        m.d.sync += sp_pend.eq(0)
+        rr = (wl_cb[:4] + wl_c)[:4]
+        vptr = Signal(32)
+        m.d.comb += vptr.eq(sp_vband + rr * sp_R + sp_pv)
+        vbyte = Signal(32)
+        m.d.comb += vbyte.eq(f.b_addr + Mux(f.wfmt == 0, vptr, vptr >> 1))
+        iptr = Signal(32)
+        m.d.comb += iptr.eq(sp_iband + rr * sp_S + sp_pi)
+        ibyte = Signal(32)
+        m.d.comb += ibyte.eq(idx_base + (iptr >> 1))
+        with m.If(loading & f.sparse):
+            with m.If((wl_qb == 0) & (wl_c == 0) & (sp_st == 0) & ~sp_half & (sp_w == 0)):
+                m.d.sync += [sp_pv.eq(0), sp_pi.eq(0)]
+            with m.Switch(sp_st):
+                with m.Case(0):
+                    with m.If(sp_valid & (band == sp_band)):
+                        m.d.sync += sp_st.eq(1)
+                    with m.Elif(sp_w == 0):
+                        # a new band: the previous band's totals move into the bases
+                        m.d.sync += [sp_vband.eq(Mux(sp_valid, sp_vband + (sp_R << 4), 0)),
+                                     sp_iband.eq(Mux(sp_valid, sp_iband + (sp_S << 4), 0)),
+                                     sp_R.eq(0), sp_S.eq(0), sp_w.eq(1), sp_pv.eq(0), sp_pi.eq(0)]
+                    with m.Else():
+                        word = (row_addr >> 4) + sp_w - 1
+                        m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq(word[:mwa])]
+                        m.d.sync += [sp_pend.eq(1), sp_pend_w.eq(word)]
+                        with m.If(((word + 1) << 4) >= row_addr + f.k_blocks):
+                            m.d.sync += [sp_w.eq(0), sp_st.eq(1), sp_band.eq(band), sp_valid.eq(1)]
+                        with m.Else():
+                            m.d.sync += sp_w.eq(sp_w + 1)
+                with m.Case(1):
+                    with m.If(sp_pend == 0):
+                        nb = row_addr + wl_qb
+                        m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq((nb >> 4)[:mwa])]
+                        m.d.sync += [sp_pend.eq(2), sp_pend_ioff.eq(nb[:4]), sp_st.eq(2)]
+                with m.Case(2):
+                    with m.If(sp_pend != 2):
+                        wword = (vbyte // W) + sp_half
+                        iword = (ibyte >> 4) + sp_half
+                        m.d.comb += [self.weight_rd.en.eq(1),
+                                     self.weight_rd.addr.eq(Mux(wword < g.weight_words, wword, g.weight_words - 1)[:wwa]),
+                                     self.meta_rd.en.eq(1),
+                                     self.meta_rd.addr.eq(Mux(iword < g.meta_words, iword, g.meta_words - 1)[:mwa])]
+                        m.d.sync += [sp_pend.eq(3), sp_pend_half.eq(sp_half), sp_pend_c.eq(wl_c),
+                                     sp_pend_voff.eq(vbyte % W), sp_pend_ioff.eq(ibyte[:4]), sp_half.eq(~sp_half)]
+                        with m.If(sp_half):
+                            with m.If(wl_c == C - 1):
+                                m.d.sync += [wl_c.eq(0), wl_wait.eq(1), sp_st.eq(0),
+                                             sp_pv.eq(sp_pv + sp_n), sp_pi.eq(sp_pi + Mux(sp_n == 16, 0, sp_n))]
+                            with m.Else():
+                                m.d.sync += wl_c.eq(wl_c + 1)
+        mdata = self.meta_rd.data
+        with m.If(sp_pend == 1):   # scan: add the N of the band's row bytes in this word
+            adds_r, adds_s = [], []
+            for e in range(16):
+                addr_e = (sp_pend_w << 4) + e
+                inside = (addr_e >= row_addr) & (addr_e < row_addr + f.k_blocks)
+                nv = mdata[8 * e: 8 * e + 8]
+                adds_r.append(Mux(inside, nv, 0))
+                adds_s.append(Mux(inside & (nv != 16), nv, 0))
+            m.d.sync += [sp_R.eq(sp_R + sum(adds_r)), sp_S.eq(sp_S + sum(adds_s))]
+        with m.If(sp_pend == 2):
+            nv = mdata.word_select(sp_pend_ioff, 8)
+            m.d.sync += [sp_n.eq(nv), sp_n_next.eq(nv)]
+            m.d.sync += sp_code_next.eq(Mux(nv == 2, 0, Mux(nv == 4, 1, Mux(nv == 8, 2, 3))))
+        with m.If(sp_pend == 3):
+            with m.If(~sp_pend_half):
+                m.d.sync += [stash.eq(self.weight_rd.data), kcarry.eq(mdata)]
+            with m.Else():
+                vals = _funnel(stash, self.weight_rd.data, sp_pend_voff, W)
+                idx = _funnel(kcarry, mdata, sp_pend_ioff, 16)[:64]
+                for c in range(C):
+                    with m.If(sp_pend_c == c):
+                        m.d.sync += [wnext[c].eq(vals), widx_next[c].eq(idx)]
+                with m.If(sp_pend_c == C - 1):
+                    m.d.sync += next_full.eq(1)
+        with m.If(start):
+            m.d.sync += [sp_valid.eq(0), sp_st.eq(0), sp_w.eq(0), sp_half.eq(0), sp_pv.eq(0), sp_pi.eq(0),
+                         sp_vband.eq(0), sp_iband.eq(0), sp_R.eq(0), sp_S.eq(0)]
+
+        # the chunk is loaded and handed over: the next one (the next column group when reused)
+        with m.If(wl_busy & wl_wait & ~next_full & ~wp_valid & (sp_pend == 0)):
+            m.d.sync += wl_wait.eq(0)
+            pv_start = Signal(32)
+            with m.If((wl_qb + blocks >= f.k_blocks)):
+                m.d.sync += wl_qb.eq(0)
+                with m.If((wl_t0 + 2 >= f.m) | reuse):
+                    nb = wl_cgbase + Mux(pv, C, rowb * C)
+                    m.d.sync += [wl_t0.eq(0), wl_cb.eq(wl_cb + C), wl_cgbase.eq(nb), wl_chunk0.eq(nb),
+                                 wl_addr.eq(nb)]
+                    with m.If(wl_cb + C >= f.n):
+                        m.d.sync += wl_busy.eq(0)
+                with m.Else():
+                    m.d.sync += [wl_t0.eq(wl_t0 + 2), wl_chunk0.eq(wl_cgbase), wl_addr.eq(wl_cgbase)]
+            with m.Else():
+                step = Mux(qk, blocks << 4, Mux(pv, (f.n * blocks) << 4, W))
+                m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + step), wl_addr.eq(wl_chunk0 + step)]
+            del pv_start
+        with m.If(wp_valid & ~pv & ~f.sparse):
+            wdata = self.weight_rd.data
+            lin_first = ~qk & (wl_qb == 0) & (wp_r == 0)
+            with m.If(wp_zero):
+                for c in range(C):
+                    with m.If(wp_c == c):
+                        m.d.sync += wnext[c].eq(0)
+            with m.Elif(qk):
+                with m.If((b_off != 0) & (wp_r == 0)):
+                    m.d.sync += kcarry.eq(rdata)
+                with m.Else():
+                    blk = Mux(b_off == 0, rdata, _funnel(kcarry, rdata, b_off, 16))
+                    m.d.sync += kcarry.eq(rdata)
+                    slot = (wp_r - (b_off != 0))[:len(wp_j)]
+                    for c in range(C):
+                        with m.If(wp_c == c):
+                            m.d.sync += wnext[c].word_select(slot, 128).eq(blk)
+            with m.Elif(lin_first):
+                for c in range(C):
+                    with m.If(wp_c == c):
+                        m.d.sync += wcarry[c].eq(wdata)
+            with m.Else():
+                for c in range(C):
+                    with m.If(wp_c == c):
+                        m.d.sync += [wnext[c].eq(_funnel(wcarry[c], wdata, wp_off, W)), wcarry[c].eq(wdata)]
+            with m.If(wp_last):
+                m.d.sync += next_full.eq(1)
+        with m.If(wp_valid & pv):
+            with m.If(~wp_r[0]):
+                m.d.sync += kcarry.eq(rdata)
+            with m.Else():
+                vrow = _funnel(kcarry, rdata, wp_off, 16)
+                for c in range(C):
+                    m.d.sync += wnext[c].word_select(Cat(wp_i, wp_j), 8).eq(vrow[8 * c: 8 * c + 8])
+            with m.If(wp_last):
+                m.d.sync += next_full.eq(1)
+        with m.If(start):
+            m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_r.eq(0), wl_i.eq(0), wl_j.eq(0), wl_c.eq(0), wl_cb.eq(0),
+                         wl_t0.eq(0), wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr),
+                         wl_addr.eq(f.b_addr), next_full.eq(0)]
+
+        # ---- issuer: one beat to every chain (pv: 5 beats per block, one per digit of P)
+        is_busy, is_cur = Signal(), Signal()
+        is_j = Signal(range(2 * C))
+        is_kb = Signal(12)
+        is_cb = Signal(17)
+        is_t0 = Signal(13)
+        is_d = Signal(3)
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "digit": 3, "cb": 17, "t0": 13})
+        m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=32)
+        with m.If(~is_cur & next_full):
+            m.d.sync += is_cur.eq(1), next_full.eq(0)
+            m.d.sync += [sp_code_cur.eq(sp_code_next), sp_n_cur.eq(sp_n_next)]
+            for c in range(C):
+                m.d.sync += [wcur[c].eq(wnext[c]), widx_cur[c].eq(widx_next[c])]
+        can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
+        fire = can_issue & chains[0].i.ready
+        last_digit = ~pv | (is_d == PV_DIGITS - 1)
+        tag = Signal(tag_layout)
+        m.d.comb += [tag.first.eq((is_kb == 0) & (is_d == 0)), tag.last.eq((is_kb == f.k_blocks - 1) & last_digit),
+                     tag.digit.eq(is_d), tag.cb.eq(is_cb), tag.t0.eq(is_t0), tags.w_data.eq(tag),
+                     tags.w_en.eq(fire), afifo.r_en.eq(fire & last_digit)]
+        # the beat's activations: INT8 codes, or digit is_d of the P' values (7-bit digits, the top signed)
+        xs = []
+        for lane in range(2):
+            x = Signal(data.ArrayLayout(signed(8), 16), name=f"x{lane}")
+            for e in range(16):
+                code8 = afifo.r_data[512 * lane + 8 * e: 512 * lane + 8 * e + 8]
+                p = afifo.r_data[512 * lane + 32 * e: 512 * lane + 32 * e + 32]
+                digit = Signal(signed(8), name=f"digit{lane}_{e}")
+                with m.Switch(is_d):
+                    for d in range(PV_DIGITS - 1):
+                        with m.Case(d):
+                            m.d.comb += digit.eq(p[7 * d: 7 * d + 7])
+                    with m.Default():
+                        m.d.comb += digit.eq(p[7 * (PV_DIGITS - 1):].as_signed())
+                m.d.comb += x[e].eq(Mux(pv, digit, code8.as_signed()))
+            xs.append(x)
+        for c, ch in enumerate(chains):
+            blk8 = wcur[c].word_select(is_j, 128)
+            blk4 = wcur[c].word_select(is_j, 64)
+            values = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wvals{c}")
+            for p in range(8):
+                dec = OvpPairDecoder("runtime")
+                m.submodules[f"ovp{c}_{p}"] = dec
+                m.d.comb += [dec.pair.eq(blk4[8 * p: 8 * p + 8]), dec.flint.eq(f.normal)]
+                for d, operand in ((2 * p, dec.even), (2 * p + 1, dec.odd)):
+                    with m.Switch(f.wfmt):
+                        with m.Case(0):
+                            m.d.comb += values[d].eq(blk8[8 * d: 8 * d + 8].as_signed())
+                        with m.Case(1):
+                            m.d.comb += values[d].eq(blk4[4 * d: 4 * d + 4].as_signed())
+                        with m.Default():
+                            m.d.comb += values[d].eq(operand.integer << operand.exponent)
+            masked = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wmasked{c}")
+            for d in range(16):   # sparse: DSPs beyond the group's N kept weights get 0
+                m.d.comb += masked[d].eq(Mux(~f.sparse | (d < sp_n_cur), values[d], 0))
+            m.d.comb += [ch.i.valid.eq(can_issue), ch.i.payload.x0.eq(xs[0]), ch.i.payload.x1.eq(xs[1]),
+                         ch.i.payload.weights.eq(masked), ch.i.payload.index.eq(widx_cur[c]),
+                         ch.i.payload.n_code.eq(Mux(f.sparse, sp_code_cur, n_code(16)))]
+        with m.If(fire):
+            with m.If(~last_digit):
+                m.d.sync += is_d.eq(is_d + 1)
+            with m.Elif(is_kb == f.k_blocks - 1):
+                m.d.sync += [is_kb.eq(0), is_j.eq(0), is_d.eq(0)]
+                with m.If(is_t0 + 2 >= f.m):
+                    m.d.sync += [is_t0.eq(0), is_cb.eq(is_cb + C), is_cur.eq(0)]
+                    with m.If(is_cb + C >= f.n):
+                        m.d.sync += is_busy.eq(0)
+                with m.Else():
+                    m.d.sync += [is_t0.eq(is_t0 + 2), is_cur.eq(reuse)]
+            with m.Else():
+                m.d.sync += [is_kb.eq(is_kb + 1), is_d.eq(0)]
+                with m.If(is_j == blocks - 1):
+                    m.d.sync += [is_j.eq(0), is_cur.eq(0)]
+                with m.Else():
+                    m.d.sync += is_j.eq(is_j + 1)
+        with m.If(start):
+            m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0), is_d.eq(0)]
+
+        # ---- collector: per-chain accumulators; a (cg, tp) result into the result FIFO
+        res_layout = data.StructLayout({"y": data.ArrayLayout(unsigned(32), 2 * C), "cb": 17, "t0": 13})
+        m.submodules.results = results = fifo.SyncFIFO(width=res_layout.size, depth=RESULT_FIFO_DEPTH)
+        otag = Signal(tag_layout)
+        m.d.comb += otag.eq(tags.r_data)
+        take = Signal()
+        ready = results.w_rdy & self.enable
+        m.d.comb += take.eq(chains[0].o.valid & ready)
+        res = Signal(res_layout)
+        for c, ch in enumerate(chains):
+            m.d.comb += ch.o.ready.eq(ready)
+            for lane, y in ((0, ch.o.payload.y0[0]), (1, ch.o.payload.y1[0])):
+                acc = Signal(32, name=f"acc{c}_{lane}")
+                s = Signal(32, name=f"sum{c}_{lane}")
+                # pv: digit d weighs 2**(7d); every sum is mod 2**32, so the total is wrap32(P V)
+                m.d.comb += [s.eq(Mux(otag.first, 0, acc) + (y.as_unsigned() << (otag.digit * 7))[:32]),
+                             res.y[lane * C + c].eq(s)]
+                with m.If(take):
+                    m.d.sync += acc.eq(s)
+        m.d.comb += [res.cb.eq(otag.cb), res.t0.eq(otag.t0), tags.r_en.eq(take),
+                     results.w_data.eq(res), results.w_en.eq(take & otag.last)]
+
+        # ---- writer: per result record, the requantization parameters, then per (token, column)
+        #   [accumulate read] -> add -> int32 write, or -> requantizer -> fixed32 / int8 write
+        requant_on = f.out != 0
+        wr_busy, wr_ph, wr_params = Signal(), Signal(), Signal()
+        wr_l = Signal()
+        wr_c = Signal(range(C))
+        wr = Signal(res_layout)
+        col_cb = Signal(18)                 # column group whose parameters are held (bit 17: none)
+        a_tail = Signal(32)                 # the A block's exponents (then mantissas)
+        k_tail = Signal(32)                 # qk: the K block's exponents (then mantissas)
+        m.d.comb += [a_tail.eq(f.a_addr + Mux(pv, (f.m * f.k_blocks) << 6, (f.m * f.k_blocks) << 4)),
+                     k_tail.eq(f.b_addr + ((f.n * f.k_blocks) << 4))]
+        tok_e = [Signal(signed(8), name=f"tok_e{i}") for i in range(2)]
+        tok_m = [Signal(16, name=f"tok_m{i}") for i in range(2)]
+        col_e = [Signal(signed(8), name=f"col_e{i}") for i in range(C)]
+        col_m = [Signal(16, name=f"col_m{i}") for i in range(C)]
+        ent_layout = data.StructLayout({"bias": signed(32), "mult": unsigned(32), "shift": signed(32)})
+        ents = [Signal(ent_layout, name=f"entry{i}") for i in range(C)]
+        # parameter sequence: phase 0 the two tokens (exponent, mantissa low / high byte words),
+        # phase 1 the columns (qk: K exponent and mantissa; linear: its entry), phase 2 (qk, pv)
+        # the one entry; one read per cycle, captured in the next
+        p_phase = Signal(2)
+        p_idx = Signal(range(max(C, 2)))
+        p_sub = Signal(2)
+        pr_valid, pr_bias = Signal(), Signal()
+        pr_kind = Signal(2)                 # 0 exponent, 1 mantissa low byte, 2 mantissa high byte
+        pr_col = Signal()
+        pr_idx = Signal(range(C))
+        pr_lane = Signal(4)
+        m.d.sync += [pr_valid.eq(0), pr_bias.eq(0)]
+        m.d.comb += results.r_en.eq(~wr_busy)
+        with m.If(~wr_busy & results.r_rdy):
+            m.d.sync += [wr.eq(results.r_data), wr_busy.eq(1), wr_l.eq(0), wr_c.eq(0), wr_ph.eq(0),
+                         wr_params.eq(requant_on), p_phase.eq(0), p_idx.eq(0), p_sub.eq(0)]
+        with m.If(wr_busy & wr_params):
+            tok = wr.t0 + p_idx[0]
+            colp = wr.cb + p_idx
+            ebyte = Mux(p_phase == 0, a_tail + tok, k_tail + colp)
+            mbase = Mux(p_phase == 0, a_tail + f.m + (tok << 1), k_tail + f.n + (colp << 1))
+            paddr = Signal(32)
+            m.d.comb += paddr.eq(Mux(p_sub == 0, ebyte, mbase + (p_sub == 2)))
+
+            def next_item(count):
+                m.d.sync += p_sub.eq(0)
+                with m.If(p_idx == count - 1):
+                    m.d.sync += [p_idx.eq(0), p_phase.eq(p_phase + 1)]
+                with m.Else():
+                    m.d.sync += p_idx.eq(p_idx + 1)
+
+            with m.Switch(p_phase):
+                with m.Case(0):
+                    with m.If(tok >= f.m):
+                        m.d.sync += [p_phase.eq(1), p_idx.eq(0), p_sub.eq(0)]
+                    with m.Else():
+                        m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]
+                        m.d.sync += [pr_valid.eq(1), pr_kind.eq(p_sub), pr_col.eq(0), pr_idx.eq(p_idx),
+                                     pr_lane.eq(paddr[:4])]
+                        with m.If((p_sub == 2) | pv):
+                            next_item(2)
+                        with m.Else():
+                            m.d.sync += p_sub.eq(p_sub + 1)
+                with m.Case(1):
+                    with m.If(~linear & ~qk | (col_cb == wr.cb) | (colp >= f.n)):
+                        m.d.sync += [p_phase.eq(2), p_idx.eq(0), p_sub.eq(0)]
+                    with m.Elif(linear):
+                        m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + colp)]
+                        m.d.sync += [pr_bias.eq(1), pr_idx.eq(p_idx)]
+                        next_item(C)
+                    with m.Else():
+                        m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]
+                        m.d.sync += [pr_valid.eq(1), pr_kind.eq(p_sub), pr_col.eq(1), pr_idx.eq(p_idx),
+                                     pr_lane.eq(paddr[:4])]
+                        with m.If(p_sub == 2):
+                            next_item(C)
+                        with m.Else():
+                            m.d.sync += p_sub.eq(p_sub + 1)
+                with m.Case(2):
+                    with m.If(~linear):
+                        m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr)]
+                        m.d.sync += [pr_bias.eq(1), pr_idx.eq(0)]
+                    m.d.sync += p_phase.eq(3)
+                with m.Default():   # wait for the last capture
+                    with m.If(~pr_valid & ~pr_bias):
+                        m.d.sync += [wr_params.eq(0), col_cb.eq(wr.cb)]
+        with m.If(pr_valid):
+            byte = rdata.word_select(pr_lane, 8)
+            for i in range(2):
+                with m.If(~pr_col & (pr_idx == i)):
+                    with m.Switch(pr_kind):
+                        with m.Case(0):
+                            m.d.sync += tok_e[i].eq(byte)
+                        with m.Case(1):
+                            m.d.sync += tok_m[i][:8].eq(byte)
+                        with m.Case(2):
+                            m.d.sync += tok_m[i][8:].eq(byte)
+            for i in range(C):
+                with m.If(pr_col & (pr_idx == i)):
+                    with m.Switch(pr_kind):
+                        with m.Case(0):
+                            m.d.sync += col_e[i].eq(byte)
+                        with m.Case(1):
+                            m.d.sync += col_m[i][:8].eq(byte)
+                        with m.Case(2):
+                            m.d.sync += col_m[i][8:].eq(byte)
+        with m.If(pr_bias):
+            for i in range(C):
+                with m.If(pr_idx == i):
+                    m.d.sync += ents[i].eq(self.bias_rd.data[:96])
+        with m.If(start):
+            m.d.sync += col_cb.eq(1 << 17)
+
+        t = wr.t0 + wr_l
+        col = wr.cb + wr_c
+        elem = Signal(32)
+        m.d.comb += elem.eq(t * Mux(f.ldo == 0, f.n, f.ldo) + col)
+        addr = Signal(32)                    # where the value goes (int8: one byte per element)
+        acc_addr = Signal(32)                # the accumulate input: always an int32 matrix (funcsim)
+        m.d.comb += [addr.eq(f.out_addr + Mux(f.out == 2, elem, elem << 2)), acc_addr.eq(f.out_addr + (elem << 2))]
+        vsel = Signal(32)
+        m.d.comb += vsel.eq(Mux(wr_l, Cat(*[wr.y[C + i] for i in range(C)]).word_select(wr_c, 32),
+                                Cat(*[wr.y[i] for i in range(C)]).word_select(wr_c, 32)))
+        ok = (t < f.m) & (col < f.n)
+        wval = Signal(32)
+        do_write = Signal()
+        m.submodules.requant = rq = Requantizer()
+        side = data.StructLayout({"addr": 32})
+        m.submodules.rq_addr = rq_addr = fifo.SyncFIFO(width=side.size, depth=32)
+        emit = Signal()                      # the value wval leaves the add stage this cycle
+        can_emit = ~requant_on | (rq.i.ready & rq_addr.w_rdy)
+
+        def advance():
+            m.d.sync += wr_ph.eq(0)
+            with m.If(wr_c == C - 1):
+                m.d.sync += [wr_c.eq(0), wr_l.eq(1)]
+                with m.If(wr_l):
+                    m.d.sync += wr_busy.eq(0)
+            with m.Else():
+                m.d.sync += wr_c.eq(wr_c + 1)
+
+        with m.If(wr_busy & ~wr_params):
+            with m.If(~wr_ph):
+                with m.If(~ok):
+                    advance()
+                with m.Elif(f.accumulate):
+                    m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(acc_addr >> 4)]
+                    m.d.sync += wr_ph.eq(1)
+                with m.Elif(can_emit):
+                    m.d.comb += [wval.eq(vsel), emit.eq(1)]
+                    advance()
+            with m.Else():
+                # the old value is in rdata only in the cycle after its read: hold it if stalled
+                old = Signal(32)
+                m.d.comb += wval.eq(vsel + old)
+                with m.If(can_emit):
+                    m.d.comb += emit.eq(1)
+                    advance()
+        hold_old, old_valid = Signal(32), Signal()
+        if True:
+            old_now = rdata.word_select(acc_addr[2:4], 32)
+            with m.If(wr_busy & ~wr_params & wr_ph):
+                m.d.comb += old.eq(Mux(old_valid, hold_old, old_now))
+                m.d.sync += [hold_old.eq(old), old_valid.eq(~emit)]
+        # per-value requantization inputs
+        csel = Signal(range(C))
+        m.d.comb += csel.eq(Mux(linear, wr_c, 0))
+        ent = Signal(ent_layout)
+        cm, ce = Signal(16), Signal(signed(8))
+        for i in range(C):
+            with m.If(csel == i):
+                m.d.comb += ent.eq(ents[i])
+            with m.If(wr_c == i):
+                m.d.comb += [cm.eq(col_m[i]), ce.eq(col_e[i])]
+        te = Mux(wr_l, tok_e[1], tok_e[0])
+        tm = Mux(wr_l, tok_m[1], tok_m[0])
+        rin = rq.i.payload
+        m.d.comb += [rin.acc.eq(wval), rin.mantissa.eq(Mux(pv, 1, Mux(qk, tm * cm, tm))),
+                     rin.exponent.eq(Mux(qk, te + ce, te)), rin.mult.eq(ent.mult), rin.shift.eq(ent.shift),
+                     rin.bias.eq(ent.bias), rin.add_bias.eq(f.bias), rin.int8.eq(f.out == 2),
+                     rq.i.valid.eq(emit & requant_on), rq_addr.w_en.eq(emit & requant_on),
+                     rq_addr.w_data.eq(addr), rq.o.ready.eq(1), rq_addr.r_en.eq(rq.o.valid)]
+        waddr = Signal(32)
+        m.d.comb += waddr.eq(Mux(requant_on, rq_addr.r_data, addr))
+        m.d.comb += do_write.eq(Mux(requant_on, rq.o.valid, emit))
+        value = Signal(32)                   # (a Mux of signed and unsigned would be 33 bits wide)
+        m.d.comb += value.eq(Mux(requant_on, rq.o.payload.value, wval))
+        with m.If(do_write):
+            with m.If(f.out == 2):
+                m.d.comb += [self.act_wr.addr.eq(waddr >> 4), self.act_wr.data.eq(value[:8].replicate(16)),
+                             self.act_wr.en.eq(Const(1, 16) << waddr[:4])]
+            with m.Else():
+                m.d.comb += [self.act_wr.addr.eq(waddr >> 4), self.act_wr.data.eq(value.replicate(4)),
+                             self.act_wr.en.eq(Const(0xF, 16) << Cat(Const(0, 2), waddr[2:4]))]
+
+        # ---- the data rules, checked before anything is written (out != int32 only): the row
+        #   mantissas of A (and of K for qk) at most 256, then the multipliers' bit 31
+        ps_phase = Signal(3)                 # 0 A mantissas, 1 K mantissas, 2 entries, 3 drain, 4 table
+        ps_i = Signal(17)
+        ps_hi = Signal()
+        ps_lo = Signal(8)
+        ps_pend, ps_pend_hi, ps_pend_bias = Signal(), Signal(), Signal()
+        ps_lane = Signal(4)
+        ps_bad = Signal(8)
+        ps_run = Signal()
+        ps_pend_meta = Signal()
+        ps_mword = Signal(17)
+        ps_kept, ps_sparse = Signal(28), Signal(28)    # sums of the table's N (all / N < 16)
+        m.d.sync += [ps_pend.eq(0), ps_pend_bias.eq(0), ps_pend_meta.eq(0)]
+        ps_addr = Signal(32)
+        m.d.comb += ps_addr.eq(Mux(ps_phase == 0, a_tail + f.m, k_tail + f.n) + (ps_i << 1) + ps_hi)
+        ps_count = Mux(ps_phase == 0, f.m, Mux(ps_phase == 1, f.n, entries))
+        with m.If(ps_run & (ps_bad == 0)):
+            with m.Switch(ps_phase):
+                with m.Case(0, 1):
+                    skip = (ps_phase == 0) & (pv | f.afmt) | (ps_phase == 1) & ~qk
+                    with m.If(skip | (ps_i == ps_count)):
+                        m.d.sync += [ps_phase.eq(ps_phase + 1), ps_i.eq(0), ps_hi.eq(0)]
+                    with m.Else():
+                        m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(ps_addr >> 4)]
+                        m.d.sync += [ps_pend.eq(1), ps_pend_hi.eq(ps_hi), ps_lane.eq(ps_addr[:4]),
+                                     ps_hi.eq(~ps_hi)]
+                        with m.If(ps_hi):
+                            m.d.sync += ps_i.eq(ps_i + 1)
+                with m.Case(2):
+                    with m.If(ps_i == entries):
+                        m.d.sync += ps_phase.eq(3)
+                    with m.Else():
+                        m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + ps_i)]
+                        m.d.sync += [ps_pend_bias.eq(1), ps_i.eq(ps_i + 1)]
+                with m.Case(4):   # sparse: the block-N table, 16 entries per meta word
+                    with m.If((ps_i << 4) >= table_bytes):
+                        m.d.sync += ps_phase.eq(5)
+                    with m.Else():
+                        m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq((f.meta_addr + ps_i)[:mwa])]
+                        m.d.sync += [ps_pend_meta.eq(1), ps_mword.eq(ps_i), ps_i.eq(ps_i + 1)]
+                with m.Case(5):   # the kept values and the index stream they imply lie in their buffers
+                    with m.If(~ps_pend_meta):
+                        vbytes = Mux(f.wfmt == 0, ps_kept << 4, ps_kept << 3)
+                        with m.If((f.b_addr + vbytes > g.weight_bytes) | (idx_base + (ps_sparse << 3) > g.meta_bytes)):
+                            m.d.sync += ps_bad.eq(MpeError.OUT_OF_RANGE)
+                        m.d.sync += [ps_phase.eq(Mux(f.out != 0, 0, 3)), ps_i.eq(0)]
+        with m.If(ps_pend):
+            byte = rdata.word_select(ps_lane, 8)
+            with m.If(~ps_pend_hi):
+                m.d.sync += ps_lo.eq(byte)
+            with m.Elif(Cat(ps_lo, byte) > MAX_MANTISSA):
+                m.d.sync += ps_bad.eq(MpeError.MANTISSA)
+        with m.If(ps_pend_meta):
+            adds_k, adds_s, bad_n = [], [], []
+            for e in range(16):
+                inside = ((ps_mword << 4) + e) < table_bytes
+                nv = mdata[8 * e: 8 * e + 8]
+                bad_n.append(inside & (nv != 2) & (nv != 4) & (nv != 8) & (nv != 16))
+                adds_k.append(Mux(inside, nv, 0))
+                adds_s.append(Mux(inside & (nv != 16), nv, 0))
+            m.d.sync += [ps_kept.eq(ps_kept + sum(adds_k)), ps_sparse.eq(ps_sparse + sum(adds_s))]
+            with m.If(Cat(*bad_n).any()):
+                m.d.sync += ps_bad.eq(MpeError.BLOCK_N)
+        with m.If(ps_pend_bias & self.bias_rd.data[63]):
+            m.d.sync += ps_bad.eq(MpeError.MULTIPLIER)
+        ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias & ~ps_pend_meta
+
+        # ---- control
+        idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy)
+        m.d.comb += self.busy.eq(1)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.inst.ready.eq(1), self.busy.eq(0)]
+                with m.If(self.inst.valid):
+                    m.d.sync += f.eq(self.inst.payload.fields)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(code != 0):
+                    m.d.sync += [self.error.eq(code), self.fault.eq(1)]
+                    m.next = "IDLE"
+                with m.Elif((f.out != 0) | f.sparse):
+                    m.d.sync += [ps_run.eq(1), ps_phase.eq(Mux(f.sparse, 4, 0)), ps_i.eq(0), ps_hi.eq(0),
+                                 ps_bad.eq(0), ps_kept.eq(0), ps_sparse.eq(0)]
+                    m.next = "PRESCAN"
+                with m.Else():
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("PRESCAN"):
+                with m.If(ps_done):
+                    m.d.sync += ps_run.eq(0)
+                    with m.If(ps_bad != 0):
+                        m.d.sync += [self.error.eq(ps_bad), self.fault.eq(1)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.comb += start.eq(1)
+                        m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(idle_all):
+                    m.d.sync += [self.error.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
+        return m
+
+
+@register_unit("mpe")
+def _resource_unit(chains: int = 2, primitive: bool = True):
+    """The matrix engine at the small configuration with ``chains`` chains
+    (``olivine resources mpe --chains 2``)."""
+    from .config import small
+
+    return MatrixEngine(small().replace(chains_per_core=int(chains)), primitive=bool(primitive)), \
+        f"mpe_c{int(chains)}"
+
+
+class MpeHarness(wiring.Component):
+    """The engine with its four buffers as ``Memory`` (for simulation): the data space, weight,
+    meta and bias buffers at the engine's port widths. ``stall=True`` freezes the engine with
+    ``EnableInserter(en)`` as the core does (section 1 of CORE_INTERFACE.md): a frozen cycle
+    performs none of its requests, granted read data is held until the next enabled cycle.
+
+    Ports: ``inst`` (as the engine's, taken only in enabled cycles), ``done``, ``fault``, ``busy``,
+    ``error``, ``en`` (In 1, init 1: the enable). Memories: ``act``, ``weight``, ``meta``, ``bias``.
+    Host port (testbenches without memory access, e.g. cocotb): ``host_we`` writes ``host_data``
+    (the low bits) to word ``host_addr`` of memory ``host_mem`` (0 act, 1 weight, 2 meta, 3 bias);
+    ``host_rd`` reads data-space word ``host_addr`` into ``host_q`` one cycle later. Use it only
+    while the engine is idle.
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, stall: bool = False):
+        self.engine = MatrixEngine(config)
+        self.stall = stall
+        g = self.engine.geometry
+        from amaranth.lib.memory import Memory
+
+        self.act = Memory(shape=unsigned(8 * ACT_BYTES), depth=g.act_words, init=[])
+        self.weight = Memory(shape=unsigned(8 * g.wword_bytes), depth=g.weight_words, init=[])
+        self.meta = Memory(shape=unsigned(8 * ACT_BYTES), depth=g.meta_words, init=[])
+        self.bias = Memory(shape=unsigned(8 * ACT_BYTES), depth=g.bias_words, init=[])
+        super().__init__({
+            "inst": In(stream.Signature(self.engine._inst_layout)),
+            "done": Out(1), "fault": Out(1), "busy": Out(1), "error": Out(8), "en": In(1, init=1),
+            "host_mem": In(2), "host_addr": In(16), "host_data": In(8 * g.wword_bytes), "host_we": In(1),
+            "host_rd": In(1), "host_q": Out(8 * ACT_BYTES),
+        })
+
+    def elaborate(self, platform):
+        from amaranth.hdl import EnableInserter
+
+        m = Module()
+        eng = self.engine
+        en = self.en if self.stall else Const(1, 1)
+        m.submodules.engine = EnableInserter(en)(eng) if self.stall else eng
+        for name in ("act", "weight", "meta", "bias"):
+            m.submodules[name] = getattr(self, name)
+        m.d.comb += [eng.enable.eq(en), eng.inst.payload.eq(self.inst.payload),
+                     eng.inst.valid.eq(self.inst.valid & en), self.inst.ready.eq(eng.inst.ready & en),
+                     self.done.eq(eng.done & en), self.fault.eq(eng.fault & en), self.busy.eq(eng.busy),
+                     self.error.eq(eng.error)]
+        for name, port in (("act", eng.act_rd), ("weight", eng.weight_rd), ("meta", eng.meta_rd),
+                           ("bias", eng.bias_rd)):
+            rp = getattr(self, name).read_port()
+            m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en & en), port.data.eq(rp.data)]
+        wp = self.act.write_port(granularity=8)
+        m.d.comb += [wp.addr.eq(eng.act_wr.addr), wp.data.eq(eng.act_wr.data),
+                     wp.en.eq(eng.act_wr.en & en.replicate(ACT_BYTES))]
+        for k, name in enumerate(("act", "weight", "meta", "bias")):
+            hp = getattr(self, name).write_port()
+            m.d.comb += [hp.addr.eq(self.host_addr), hp.data.eq(self.host_data),
+                         hp.en.eq(self.host_we & (self.host_mem == k))]
+        hr = self.act.read_port()
+        m.d.comb += [hr.addr.eq(self.host_addr), hr.en.eq(self.host_rd), self.host_q.eq(hr.data)]
+        return m

@@ -1,0 +1,251 @@
+"""The matrix engine (hw/mpe.py): MM / MV in Amaranth simulation, byte for byte against FuncSim.
+
+Every case runs ``FuncSim.do_mpe`` (sim/funcsim.py, the executable specification) on the same
+buffer contents; the whole data space after the instruction is compared, so a write outside the
+output range is caught. The configuration is the small one with 2 chains and small buffers
+(sim/mpe_check.py ``test_config``) to keep simulation fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from olivine.hw.mpe import MpeError, MatrixEngine, mpe_cycles
+from olivine.sim import mpe_check as mc
+from tests.helpers import REDUCED, requires_verilator
+
+CONFIG = mc.test_config(2)
+
+
+def _run(cases, **kw):
+    results = mc.run_amaranth(CONFIG, cases, **kw)
+    for case, res in zip(cases, results):
+        assert case.want is not None, f"{case.label}: funcsim rejected the case: {case.why}"
+        assert not res["fault"] and res["error"] == 0, f"{case.label}: fault {MpeError(res['error']).name}"
+        assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} data-space bytes differ from funcsim"
+    return results
+
+
+@pytest.mark.parametrize("wfmt", [0, 1, 2], ids=["int8", "int4", "ovp4"])
+def test_linear_dense_int32_random(wfmt):
+    rng = np.random.default_rng(10 + wfmt)
+    count = 3 if REDUCED else 6
+    cases = [mc.make_linear(CONFIG, rng, wfmt=wfmt) for _ in range(count)]
+    if wfmt == 2:  # both OVP normal types
+        cases += [mc.make_linear(CONFIG, rng, wfmt=2, normal=nm) for nm in (0, 1)]
+    assert all(not np.array_equal(c.want, c.data) for c in cases), "every case must change the data space"
+    _run(cases)
+
+
+def test_linear_edges():
+    rng = np.random.default_rng(5)
+    cases = [
+        mc.make_linear(CONFIG, rng, m=3, n=5, kb=9, wfmt=0, worst=True, accumulate=0, label="int8 -128 x -128, K=144"),
+        mc.make_linear(CONFIG, rng, m=2, n=3, kb=4, wfmt=1, worst=True, accumulate=0, label="int4 -8 x -128"),
+        mc.make_linear(CONFIG, rng, m=1, n=1, kb=1, wfmt=0, accumulate=0, label="k_blocks = 1, one value"),
+        mc.make_linear(CONFIG, rng, m=5, n=4, kb=1, wfmt=0, label="m odd, k_blocks = 1"),
+        mc.make_linear(CONFIG, rng, m=3, n=3, kb=2, ldo_extra=5, label="ldo > n"),
+        mc.make_linear(CONFIG, rng, m=2, n=4, kb=3, wfmt=0, worst=True, accumulate=1, old_fill=0x7F,
+                       label="accumulate wraps past INT32_MAX"),
+        mc.make_linear(CONFIG, rng, m=2, n=5, kb=5, align=16, label="16-byte aligned operands"),
+    ]
+    _run(cases)
+
+
+def test_linear_under_random_enable_pattern():
+    """The core freezes the engine with EnableInserter when it loses arbitration (CORE_INTERFACE.md 1)."""
+    rng = np.random.default_rng(7)
+    cases = [mc.make_linear(CONFIG, rng) for _ in range(4)]
+    free = mc.run_amaranth(CONFIG, cases)
+    stalled = _run(cases, stall=0.4, seed=3)
+    # a frozen cycle is a no-op: the enabled cycles are the same as without stalls
+    assert [r["cycles"] for r in stalled] == [r["cycles"] for r in free]
+
+
+def test_the_engine_needs_chains_of_16_and_a_power_of_two_chains():
+    with pytest.raises(ValueError, match="chain_length"):
+        MatrixEngine(CONFIG.replace(chain_length=8))
+    with pytest.raises(ValueError, match="power of two"):
+        MatrixEngine(CONFIG.replace(chains_per_core=3))
+
+
+def test_qk_random():
+    rng = np.random.default_rng(21)
+    cases = [mc.make_attention(CONFIG, rng, "qk") for _ in range(3 if REDUCED else 5)]
+    cases.append(mc.make_attention(CONFIG, rng, "qk", m=3, n=5, kb=1, label="qk k_blocks = 1, m odd"))
+    _run(cases)
+
+
+def test_pv_random_and_int32_extremes_of_p():
+    """P' is int32: 5 passes of 7-bit digits (top signed) give exactly wrap32(P V) for any P."""
+    rng = np.random.default_rng(22)
+    cases = [mc.make_attention(CONFIG, rng, "pv") for _ in range(2 if REDUCED else 4)]
+    cases += [mc.make_attention(CONFIG, rng, "pv", p_kind="edges", label="pv INT32_MIN/MAX in P"),
+              mc.make_attention(CONFIG, rng, "pv", m=3, n=3, kb=2, ldo_extra=3, accumulate=1, p_kind="edges",
+                                label="pv accumulate, ldo > n")]
+    _run(cases)
+
+
+def test_attention_modes_under_random_enable_pattern():
+    rng = np.random.default_rng(23)
+    cases = [mc.make_attention(CONFIG, rng, "qk", m=3, n=3, kb=3), mc.make_attention(CONFIG, rng, "pv", m=2, n=3, kb=2)]
+    _run(cases, stall=0.35, seed=4)
+
+
+@pytest.mark.parametrize("out", [1, 2], ids=["fixed32", "int8"])
+def test_linear_requantized_outputs(out):
+    """fixed32 (with and without bias) and int8 through hw/requant.py: per-row exponent / mantissa
+    from the A block, per-column (mult, shift, bias) from the bias buffer."""
+    rng = np.random.default_rng(30 + out)
+    cases = [mc.make_linear(CONFIG, rng, out=out) for _ in range(3 if REDUCED else 5)]
+    if out == 1:
+        cases += [mc.make_linear(CONFIG, rng, out=1, bias_flag=b, accumulate=1, label=f"fixed32 bias={b} accumulate")
+                  for b in (0, 1)]
+    else:
+        cases.append(mc.make_linear(CONFIG, rng, out=2, m=3, n=5, kb=2, ldo_extra=3, worst=True, accumulate=0,
+                                    label="int8 saturation, ldo > n"))
+    _run(cases)
+
+
+@pytest.mark.parametrize("mode", ["qk", "pv"])
+def test_attention_requantized(mode):
+    rng = np.random.default_rng(40 + len(mode))
+    cases = [mc.make_attention(CONFIG, rng, mode, out=out) for out in (1, 2, 1)]
+    _run(cases)
+
+
+@pytest.mark.parametrize("bad,code", [("mantissa", MpeError.MANTISSA), ("multiplier", MpeError.MULTIPLIER)])
+def test_data_rules_fault_and_write_nothing(bad, code):
+    rng = np.random.default_rng(50 + len(bad))
+    cases = [mc.make_linear(CONFIG, rng, out=1, bad=bad), mc.make_linear(CONFIG, rng, out=2, bad=bad)]
+    if bad == "mantissa":
+        cases.append(mc.make_attention(CONFIG, rng, "qk", out=1, bad=bad))
+    else:
+        cases.append(mc.make_attention(CONFIG, rng, "pv", out=2, bad=bad))
+    assert all(c.want is None for c in cases), [c.why for c in cases]
+    results = mc.run_amaranth(CONFIG, cases)
+    for case, res in zip(cases, results):
+        assert res["fault"] and res["error"] == code, case.label
+        assert res["mismatches"] == 0, f"{case.label}: the data space changed"
+    # the same rule broken only in an unused value (out = int32) is no fault
+    ok = mc.make_linear(CONFIG, rng, out=0, bad=bad)
+    _run([ok])
+
+
+def test_requantized_under_random_enable_pattern():
+    rng = np.random.default_rng(60)
+    cases = [mc.make_linear(CONFIG, rng, out=1, accumulate=1), mc.make_attention(CONFIG, rng, "qk", out=2),
+             mc.make_linear(CONFIG, rng, out=1, bad="multiplier")]
+    results = mc.run_amaranth(CONFIG, cases, stall=0.4, seed=9)
+    for case, res in zip(cases, results):
+        assert res["fault"] == (case.want is None) and res["mismatches"] == 0, case.label
+
+
+def _mutated(case, **changes):
+    fields = dict(case.fields, **changes)
+    return mc.expected(CONFIG, mc.Case(fields, case.data, case.weight, case.meta, case.bias, f"{changes}"))
+
+
+def test_field_rules_fault_with_their_code_and_write_nothing():
+    rng = np.random.default_rng(70)
+    base = mc.make_linear(CONFIG, rng, m=2, n=3, kb=2, wfmt=0, out=0, accumulate=0, ldo_extra=0)
+    qk = mc.make_attention(CONFIG, rng, "qk", m=2, n=3, kb=2, accumulate=0)
+    g = MatrixEngine(CONFIG).geometry
+    f = base.fields
+    rules = [
+        (_mutated(base, ldo=f["n"] - 1), MpeError.PITCH),
+        (_mutated(base, anormal=1), MpeError.ANORMAL),
+        (_mutated(qk, afmt=1), MpeError.OVP_OPERANDS),
+        (_mutated(base, bias=1), MpeError.BIAS_OUT),
+        (_mutated(base, sparse=1), MpeError.SPARSE_ROWS),
+        (_mutated(base, meta_addr=3), MpeError.META_ADDR),
+        (_mutated(base, normal=1), MpeError.NORMAL),
+        (_mutated(qk, wfmt=1), MpeError.MODE_FIELDS),
+        (_mutated(qk, out_addr=qk.fields["b_addr"] - qk.fields["b_addr"] % 4), MpeError.OVERLAP),
+        (_mutated(base, out_addr=f["a_addr"] - f["a_addr"] % 4), MpeError.OVERLAP),
+        (_mutated(base, a_addr=g.space_bytes - 40, out_addr=0), MpeError.OUT_OF_RANGE),
+        (_mutated(base, b_addr=g.weight_bytes - 40), MpeError.OUT_OF_RANGE),
+        (_mutated(base, bias_addr=g.bias_words - 1), MpeError.OUT_OF_RANGE),
+        (_mutated(base, out_addr=f["out_addr"] + 2 if f["out_addr"] < f["a_addr"] else f["out_addr"] + 2),
+         MpeError.UNALIGNED),
+    ]
+    for case, _ in rules:
+        assert case.want is None, f"{case.label}: funcsim accepted it"
+    # valid but not built: W4A4 on the OVP array
+    ovp = _mutated(base, afmt=1, wfmt=2)
+    rules.append((ovp, MpeError.NOT_BUILT))
+    results = mc.run_amaranth(CONFIG, [c for c, _ in rules] + [base])
+    for (case, code), res in zip(rules, results):
+        assert res["fault"] and res["error"] == code, f"{case.label}: got {MpeError(res['error']).name}"
+        assert res["mismatches"] == 0 if case.want is None else np.array_equal(res["after"], case.data), case.label
+        assert res["cycles"] <= 2, case.label
+    assert not results[-1]["fault"] and results[-1]["error"] == 0 and results[-1]["mismatches"] == 0
+
+
+def test_cycle_formula_matches_the_rtl():
+    """mpe_cycles (the performance model's formula) against the measured cycles: within 15 % + 16."""
+    rng = np.random.default_rng(80)
+    cases = []
+    for out in (0, 1):
+        cases += [mc.make_linear(CONFIG, rng, out=out, accumulate=a) for a in (0, 1)]
+        cases += [mc.make_linear(CONFIG, rng, out=out, m=1, n=8, kb=12, accumulate=0, label="MV, several chunks"),
+                  mc.make_linear(CONFIG, rng, out=out, m=6, n=8, kb=8, accumulate=0, label="MM")]
+        cases += [mc.make_attention(CONFIG, rng, md, out=out) for md in ("qk", "pv")]
+        cases.append(mc.make_sparse(CONFIG, rng, out=out))
+    results = _run(cases)
+    for case, res in zip(cases, results):
+        model = mpe_cycles(case.fields, CONFIG)
+        assert abs(res["cycles"] - model) <= 0.15 * model + 16, f"{case.label}: {res['cycles']} vs {model}"
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_lint_generated_engine():
+    from olivine.hw.export import lint, verilog
+    from olivine.hw.mpe import LINT_WAIVERS
+
+    lint(verilog(MatrixEngine(CONFIG), "mpe_lint_c2"), "mpe_lint_c2", waivers=LINT_WAIVERS)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@requires_verilator
+def test_rtl_verilator_subset():
+    """cocotb + Verilator: a subset (every mode and output, a data-rule fault) on the Verilog of the
+    harness, frozen by a random enable pattern."""
+    from pathlib import Path
+
+    from olivine.hw.export import verilog
+    from olivine.hw.mpe import LINT_WAIVERS, MpeHarness
+    from olivine.sim.rtl import run_cocotb
+
+    rng = np.random.default_rng(90)
+    cases = [mc.make_linear(CONFIG, rng, wfmt=w, out=o) for w, o in ((0, 0), (1, 1), (2, 2))]
+    cases += [mc.make_attention(CONFIG, rng, "qk", out=1), mc.make_attention(CONFIG, rng, "pv", out=0, p_kind="edges"),
+              mc.make_linear(CONFIG, rng, out=1, bad="multiplier")]
+    if REDUCED:
+        cases = cases[::2] + [cases[-1]]
+    enable = [int(v) for v in rng.random(257) >= 0.3]
+    top = "mpe_harness_c2"
+    run_cocotb(verilog(MpeHarness(CONFIG, stall=True), top), top, "tb_mpe",
+               test_dir=Path(__file__).parent / "rtl", vectors=mc.cocotb_vectors(CONFIG, cases, enable),
+               build_args=("-Wno-CASEINCOMPLETE",))
+    del LINT_WAIVERS
+
+
+@pytest.mark.parametrize("wfmt", [0, 1, 2], ids=["int8", "int4", "ovp4"])
+def test_sparse_n16_random(wfmt):
+    """N:16 block sparsity: the block-N table and the index stream from the meta buffer, the kept
+    values in canonical order from the weight buffer; N mixed per block (2, 4, 8, 16)."""
+    rng = np.random.default_rng(100 + wfmt)
+    cases = [mc.make_sparse(CONFIG, rng, wfmt=wfmt, out=o) for o in ((0, 1) if REDUCED else (0, 1, 2))]
+    _run(cases)
+
+
+def test_sparse_block_n_rule_faults_and_writes_nothing():
+    rng = np.random.default_rng(110)
+    cases = [mc.make_sparse(CONFIG, rng, bad_n=True, out=o) for o in (0, 1)]
+    assert all(c.want is None for c in cases)
+    for case, res in zip(cases, mc.run_amaranth(CONFIG, cases)):
+        assert res["fault"] and res["error"] == MpeError.BLOCK_N and res["mismatches"] == 0, case.label
