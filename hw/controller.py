@@ -34,6 +34,8 @@ Ports (see :class:`Controller`):
   status: Out(status_layout): state (0 idle, 1 running, 2 done, 3 error), cause
           (:data:`STATUS_CAUSES`), field (hw.isa.FIELD_NAMES), offset, stuck[4] (valid, offset).
   busy: Out(1) an AXI burst or a unit instruction is still in flight.
+  unit_busy: Out(4) unit u has an instruction in flight; unit_waiting: Out(4) unit u is idle with
+          an instruction at its queue head that waits for a token (the core's stall counters).
   fetch: Out(axi4_read_signature) the program's memory port.
   ld, st, mpe, sfu: Out(stream) payload :func:`unit_layout` of the unit (offset, opcode, the
          format's fields); valid only when the instruction may start (tokens present, unit idle);
@@ -211,6 +213,7 @@ class Controller(wiring.Component):
         members = {
             "start": In(1), "prog_addr": In(addr_width), "prog_words": In(offset_bits),
             "watchdog_limit": In(32), "status": Out(status_layout(offset_bits)), "busy": Out(1),
+            "unit_busy": Out(len(UNIT_NAMES)), "unit_waiting": Out(len(UNIT_NAMES)),
             "fetch": Out(axi4_read_signature(addr_width, data_width, id_width)),
         }
         for u in UNIT_NAMES:
@@ -256,6 +259,7 @@ class Controller(wiring.Component):
                          port.valid.eq(startable[u]), port.p.eq(head),
                          starts[u].eq(port.valid & port.ready),
                          q.r_en.eq(starts[u] | halt)]  # after an error the queues are emptied
+            m.d.comb += self.unit_waiting[u].eq(q.r_rdy & ~busy[u] & ~ok & running & ~halt)
             with m.If(starts[u]):
                 m.d.sync += [busy[u].eq(1), current[u].eq(head.offset), release[u].eq(head.fields.release)]
         for u in range(nu):
@@ -354,7 +358,7 @@ class Controller(wiring.Component):
                 m.d.sync += status.state.eq(STATES.index("done"))
 
         in_flight = busy.any() | fetch.busy | ~all_empty
-        m.d.comb += self.busy.eq(in_flight)
+        m.d.comb += [self.busy.eq(in_flight), self.unit_busy.eq(busy)]
         with m.If(self.start & ~running & ~in_flight):
             m.d.sync += [status.state.eq(STATES.index("running")), status.cause.eq(0),
                          status.offset.eq(0), status.field.eq(0), halt.eq(0), busy.eq(0)]
