@@ -3,7 +3,7 @@
 Structure (one core, one :class:`~olivine.hw.config.AcceleratorConfig`)::
 
   s_axi_control (AXI4-Lite) -> register block (hw/core_regs.py) -> Controller start / status
-  Controller.fetch ----------\\
+  Controller.fetch -> R buffer\\
   TransferGuard -> LoadEngine -+-> channel router -> m_axi_hbm0 .. m_axi_hbm{C-1} (AXI4)
   TransferGuard -> StoreEngine-/
   Controller.sfu -> Sfu (EnableInserter)            \\
@@ -65,7 +65,10 @@ Without one (``mpe=None``) every MM / MV faults (``unit_fault``, unit error
 Latency: controller as hw/controller.py (a dependent instruction starts the cycle after the done
 pulse); LD and ST 3 cycles more (the guard); a buffer read 1 cycle (+ frozen cycles).
 Throughput: LD and ST one beat per cycle each (on different channels; fetch and LD share a
-channel's read side, fetch first when both request an AR); SFU as hw/sfu.py when not frozen.
+channel's read side, fetch first when both request an AR). The fetch reads bursts of
+FETCH_BURST beats into a FETCH_BUFFER-beat buffer and issues an AR only when its beats fit, so it
+always takes its R beats and never holds up an LD's beats behind its own (a program waiting at a
+barrier for an LD on its channel would otherwise deadlock). SFU as hw/sfu.py when not frozen.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from __future__ import annotations
 import enum as py_enum
 
 from amaranth.hdl import Array, Cat, Const, EnableInserter, Module, Mux, Signal
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import core_regs, isa
@@ -91,6 +94,13 @@ from .sfu import Sfu
 
 __all__ = ["OlivineCore", "TransferGuard", "UnitError", "MPE_NOT_BUILT", "LINT_WAIVERS", "VERILATOR_BUILD_ARGS",
            "core_ports"]
+
+#: Program fetch bursts (beats) and the fetch's R buffer (2 bursts): the fetch shares a channel's
+#: read side with LD, and a fetch that stops taking beats (dispatch waits at a barrier for an LD)
+#: must not block the LD's beats behind its own on the R channel, so a fetch AR is issued only when
+#: its beats fit in the buffer.
+FETCH_BURST = 16
+FETCH_BUFFER = 2 * FETCH_BURST
 
 #: unit_error code of an MM / MV when no matrix engine is built into the core.
 MPE_NOT_BUILT = 0xFF
@@ -264,7 +274,7 @@ class OlivineCore(wiring.Component):
 
         ctrl = Controller(data_width=self.data_width, addr_width=64, id_width=1, offset_bits=ob,
                           max_outstanding=self.max_outstanding, queue_depth=self.queue_depth,
-                          token_bits=self.token_bits)
+                          token_bits=self.token_bits, max_burst=FETCH_BURST)
         m.submodules.controller = ctrl
         largest = max(self.buffer_bytes.values())
         engine_bytes = -(-largest // bb) * bb
@@ -460,8 +470,18 @@ class OlivineCore(wiring.Component):
         read_fields = ("araddr", "arlen", "arsize", "arburst", "arlock", "arcache", "arprot", "arqos")
         write_fields = ("awaddr", "awlen", "awsize", "awburst", "awlock", "awcache", "awprot", "awqos",
                         "wdata", "wstrb", "wlast")
+        # the fetch's R beats go through a buffer with credits (FETCH_BUFFER): always accepted
+        m.submodules.fetch_buffer = fbuf = fifo.SyncFIFO(width=self.data_width + 3, depth=FETCH_BUFFER)
+        credit = Signal(range(FETCH_BUFFER + 1))      # beats requested and not yet read out
+        f_ar = fetch.arvalid & fetch.arready
+        f_take = fbuf.r_rdy & fetch.rready
+        m.d.sync += credit.eq(credit + Mux(f_ar, fetch.arlen + 1, 0) - f_take)
+        fits = credit + fetch.arlen + 1 <= FETCH_BUFFER
+        m.d.comb += [fetch.rvalid.eq(fbuf.r_rdy), fetch.rdata.eq(fbuf.r_data[:self.data_width]),
+                     fetch.rresp.eq(fbuf.r_data[self.data_width:self.data_width + 2]),
+                     fetch.rlast.eq(fbuf.r_data[-1]), fbuf.r_en.eq(fetch.rready)]
         for k, port in enumerate(ports):
-            want_f = fetch.arvalid & (prog_channel == k)
+            want_f = fetch.arvalid & fits & (prog_channel == k)
             want_l = ldx.arvalid & (ld_ch == k)
             locked, owner = Signal(name=f"ar{k}_locked"), Signal(name=f"ar{k}_owner")
             grant = Signal(name=f"ar{k}_grant")  # 0 fetch, 1 LD
@@ -481,12 +501,12 @@ class OlivineCore(wiring.Component):
                 m.d.comb += ldx.arready.eq(port.arready)
             r_to_f = port.rvalid & (port.rid == 0) & (prog_channel == k)
             r_to_l = port.rvalid & (port.rid == 1) & (ld_ch == k)
-            m.d.comb += port.rready.eq(Mux(port.rid == 0, fetch.rready & (prog_channel == k),
-                                           ldx.rready & (ld_ch == k)))
-            for master, hit in ((fetch, r_to_f), (ldx, r_to_l)):
-                with m.If(hit):
-                    m.d.comb += [master.rvalid.eq(1), master.rdata.eq(port.rdata), master.rresp.eq(port.rresp),
-                                 master.rlast.eq(port.rlast)]
+            m.d.comb += port.rready.eq(Mux(port.rid == 0, (prog_channel == k), ldx.rready & (ld_ch == k)))
+            with m.If(r_to_f):
+                m.d.comb += [fbuf.w_en.eq(1), fbuf.w_data.eq(Cat(port.rdata, port.rresp, port.rlast))]
+            with m.If(r_to_l):
+                m.d.comb += [ldx.rvalid.eq(1), ldx.rdata.eq(port.rdata), ldx.rresp.eq(port.rresp),
+                             ldx.rlast.eq(port.rlast)]
             # write side: the ST engine alone
             sel = st_ch == k
             m.d.comb += [getattr(port, f).eq(getattr(stx, f)) for f in write_fields]

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from olivine.outputs import output_directory
+from olivine.outputs import check_output_directory, output_directory
 
 from . import core_regs
 from .config import AcceleratorConfig, load_config
@@ -33,6 +33,7 @@ def write_hdl(config: AcceleratorConfig, out: str | Path, *, lint: bool = False)
     from .export import lint as run_lint
     from .export import verilog
 
+    check_output_directory(out, OUTPUT_KIND)  # refuse a bad path before the conversion (minutes at U280 size)
     t0 = time.monotonic()
     core = OlivineCore(config)
     text = verilog(core, TOP)

@@ -103,9 +103,9 @@ async def core_runs_jobs(dut):
                                    int(vec["watchdog"][n]), budget, rams)
         timeout.append(not ok)
         cycles.append(c)
+        regs.append([await host.read_dword(int(a)) for a in vec["reg_addr"]])  # a hung run's too
         if not ok:  # over budget: reset the core (registers; the buffers keep their bytes)
             await _reset(dut)
-        regs.append([await host.read_dword(int(a)) for a in vec["reg_addr"]])
         hbm.append(np.stack([np.frombuffer(rams[k].read(0, channel_bytes), dtype=np.uint8) for k in range(channels)]))
         for k in range(channels):
             rams[k].write(0, bytes(channel_bytes))
