@@ -138,7 +138,8 @@ class TransferGuard(wiring.Component):
     Ports: i (In stream unit_layout(unit)), o (Out stream, the same payload, to the engine),
     fault (Out 1 pulse: the instruction breaks a rule, nothing moved), error (Out 8, UnitError,
     held until the next instruction), channel (Out 6: the channel of the instruction in flight).
-    Latency: 3 cycles from i to o (latch, products, compares). One instruction at a time.
+    Latency: 3 cycles from i to o (latch, products, compares), the fault pulse 4. One instruction
+    at a time.
     """
 
     def __init__(self, unit: str, *, sizes: tuple[int, ...], channels: int, channel_bytes: int,
@@ -154,7 +155,9 @@ class TransferGuard(wiring.Component):
         ld = self.unit == "ld"
         p = Signal.like(self.o.p)
         f = p.fields
-        busy, step, send = Signal(), Signal(2), Signal()
+        busy, step, send, faulted = Signal(), Signal(2), Signal(), Signal()
+        m.d.sync += faulted.eq(0)
+        m.d.comb += self.fault.eq(faulted)
         m.d.comb += [self.o.p.eq(p), self.o.valid.eq(send), self.i.ready.eq(~busy)]
         seg = Signal(48)          # length * n0
         outer = Signal(24)        # n1 * n2
@@ -183,9 +186,8 @@ class TransferGuard(wiring.Component):
             with m.Elif(memory_side & (last > self.channel_bytes)):
                 m.d.comb += code.eq(UnitError.HBM_RANGE)
             m.d.sync += [self.error.eq(code), step.eq(0)]
-            with m.If(code != 0):
-                m.d.comb += self.fault.eq(1)
-                m.d.sync += busy.eq(0)
+            with m.If(code != 0):  # the fault pulse follows, with the code already in ``error``
+                m.d.sync += [faulted.eq(1), busy.eq(0)]
             with m.Else():
                 m.d.sync += send.eq(1)
         with m.If(self.o.valid & self.o.ready):
