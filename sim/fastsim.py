@@ -382,6 +382,8 @@ class FastHarness:
         """One run: ``loads`` (channel, address, bytes) into HBM, reset, ``writes`` (register
         offset, value) in order, ap_start, wait for done or ``budget`` cycles, ``reads`` (name,
         offset), ``after`` (offset, value) writes, ``dumps`` name -> (channel, address, length).
+        When the top has ``interrupt``, gie and ier are set before ``writes`` and the wait watches
+        the pin; otherwise CTRL is polled every ``poll`` cycles.
         Raises :class:`CycleBudgetExceeded` when the budget ran out (``check_budget``)."""
         budget = int(budget)
         if budget < 1:
@@ -410,8 +412,10 @@ class FastHarness:
                 path.write_bytes(bytes(payload))
                 script.append(f"load {int(channel)} {int(address)} {path}")
             script.append(f"reset {RESET_CYCLES}")
-            script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in writes]
             use_interrupt = self.ports.has_interrupt
+            if use_interrupt:  # wait on the interrupt pin: no register traffic while running
+                script += [f"write {core_regs.offset('gie')} 1", f"write {core_regs.offset('ier')} 1"]
+            script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in writes]
             script += ["start", f"wait {budget} {'interrupt' if use_interrupt else 'poll'} {int(poll)}"]
             script += [f"read {name} {int(o)}" for name, o in reads]
             script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in after]
@@ -458,10 +462,7 @@ class FastHarness:
         address = program_address(image, prog_channel)
         loads = [(k, 0, payload) for k, payload in sorted(image.items()) if payload]
         loads.append((prog_channel, address, words.astype("<u4").tobytes()))
-        writes = []
-        if self.ports.has_interrupt:
-            writes += [(core_regs.offset("gie"), 1), (core_regs.offset("ier"), 1)]
-        writes += [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF),
+        writes = [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF),
                    (core_regs.offset("prog_addr_hi"), address >> 32),
                    (core_regs.offset("prog_words"), words.size),
                    (core_regs.offset("prog_channel"), prog_channel),
@@ -512,6 +513,9 @@ class DebugHandle:
             "olv_poke": ([vp, ctypes.c_char_p, ctypes.POINTER(u32), c_int], c_int),
             "olv_run_until": ([vp, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(u64), c_int, u64], i64),
             "olv_signals": ([vp, ctypes.c_char_p, i64], i64),
+            "olv_memory_depth": ([vp, ctypes.c_char_p], c_int),
+            "olv_memory_bits": ([vp, ctypes.c_char_p], c_int),
+            "olv_peek_memory": ([vp, ctypes.c_char_p, c_int, c_int, ctypes.POINTER(u32), c_int], c_int),
         }
         for name, (args, res) in sigs.items():
             fn = getattr(lib, name)
@@ -564,9 +568,10 @@ class DebugHandle:
         self._check(self._lib.olv_reset(self.handle, int(cycles)), "reset")
 
     def run_until(self, conditions: Mapping[str, int], limit: int) -> int:
-        """Step until every ``signal == value`` in ``conditions`` holds after a clock edge; returns
-        the cycles stepped. Raises :class:`CycleBudgetExceeded`-like FastSimError after ``limit``."""
-        names = (ctypes.c_char_p * len(conditions))(*[n.encode() for n in conditions])
+        """Step until every ``signal == value`` in ``conditions`` holds (checked now, then after
+        each clock edge, in C++); returns the cycles stepped (0: it holds already). Raises
+        FastSimError when it has not held within ``limit`` cycles."""
+        names = (ctypes.c_char_p * len(conditions))(*[self._name(n) for n in conditions])
         values = (ctypes.c_uint64 * len(conditions))(*[int(v) for v in conditions.values()])
         got = self._lib.olv_run_until(self.handle, names, values, len(conditions), int(limit))
         if got == -2:
@@ -575,15 +580,17 @@ class DebugHandle:
         return int(got)
 
     # -- signals
-    def signals(self) -> dict[str, int]:
-        """Every public signal: full name -> width in bits (memories: -(word bits))."""
+    def signals(self, internal: bool = False) -> dict[str, int]:
+        """Every public signal: full name -> width in bits (memories: their depth in words,
+        negated). Amaranth's anonymous nets (names with ``$``) only with ``internal=True``."""
         need = self._lib.olv_signals(self.handle, None, 0)
         buf = ctypes.create_string_buffer(int(need))
         self._lib.olv_signals(self.handle, buf, need)
         out = {}
         for line in buf.value.decode().splitlines():
             name, _, bits = line.rpartition(" ")
-            out[name] = int(bits)
+            if internal or "$" not in name:
+                out[name] = int(bits)
         return out
 
     def _name(self, name: str) -> bytes:
@@ -609,14 +616,19 @@ class DebugHandle:
         self._check(self._lib.olv_poke(self.handle, self._name(name), words, n), f"poke({name!r})")
 
     def read_memory(self, name: str, start: int = 0, count: int | None = None) -> list[int]:
-        """Words ``start .. start+count-1`` of a memory (an on-chip buffer), e.g. the copy buffer."""
-        sigs = self.signals()
-        full = self._name(name).decode()
-        depth = None
-        if count is None:
-            depth = sum(1 for s in sigs if s.startswith(full + "["))
-            count = depth - start
-        return [self.peek(f"{full}[{i}]") for i in range(start, start + count)]
+        """Words ``start .. start+count-1`` (default: to the end) of a memory, e.g. an on-chip buffer."""
+        depth = self._lib.olv_memory_depth(self.handle, self._name(name))
+        self._check(depth, f"read_memory({name!r})")
+        count = depth - start if count is None else int(count)
+        if not (0 <= start and start + count <= depth):
+            raise ValueError(f"read_memory({name!r}, {start}, {count}): the memory has {depth} words")
+        bits = self._lib.olv_memory_bits(self.handle, self._name(name))
+        self._check(bits, f"read_memory({name!r})")
+        n = max(1, (bits + 31) // 32)
+        words = (ctypes.c_uint32 * (n * count))()
+        self._check(self._lib.olv_peek_memory(self.handle, self._name(name), start, count, words, n),
+                    f"read_memory({name!r})")
+        return [sum(int(words[i * n + j]) << (32 * j) for j in range(n)) for i in range(count)]
 
     # -- host side
     def write_register(self, offset: int, value: int) -> None:
@@ -633,9 +645,10 @@ class DebugHandle:
         self.write_register(core_regs.offset("ctrl"), 1)
         self._start_cycle = self.cycle
 
-    def wait_done(self, budget: int, poll: int = 256) -> int:
-        """Run until done (interrupt or polled ap_done); returns the cycles since start."""
-        got = self._lib.olv_wait_done(self.handle, self._start_cycle, int(budget), int(self.ports.has_interrupt), int(poll))
+    def wait_done(self, budget: int, poll: int = 16) -> int:
+        """Run until done (CTRL's ap_done, polled every ``poll`` cycles, so it works whether or not
+        interrupts are enabled); returns the cycles since :meth:`start`."""
+        got = self._lib.olv_wait_done(self.handle, self._start_cycle, int(budget), 0, int(poll))
         self._check(got, "wait_done")
         if got == 0:
             raise FastSimError(f"the run did not finish within its cycle budget of {int(budget):,} cycles")

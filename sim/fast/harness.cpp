@@ -729,8 +729,58 @@ int olv_poke(void* handle, const char* name, const uint32_t* words, int nwords) 
     });
 }
 
-// Step until every named signal equals its value (up to 64 bits each), at most `limit` cycles.
-// Returns the cycles stepped, or -1 on error, or -2 when the limit ran out.
+// Verilator 5 reports unpacked arrays as vpiRegArray (older versions: vpiMemory).
+static bool is_memory(vpiHandle sig) {
+    int type = vpi_get(vpiType, sig);
+    return type == vpiRegArray || type == vpiMemory;
+}
+
+static vpiHandle memory_handle(const char* name) {
+    vpiHandle mem = signal_handle(name);
+    if (!is_memory(mem)) throw SimError(std::string("'") + name + "' is not a memory");
+    return mem;
+}
+
+int olv_memory_depth(void* handle, const char* name) {
+    Handle* h = static_cast<Handle*>(handle);
+    int depth = 0;
+    if (guarded(h, [&] { depth = vpi_get(vpiSize, memory_handle(name)); }) != 0) return -1;
+    return depth;
+}
+
+int olv_memory_bits(void* handle, const char* name) {
+    Handle* h = static_cast<Handle*>(handle);
+    int bits = 0;
+    if (guarded(h, [&] {
+            vpiHandle word = vpi_handle_by_index(memory_handle(name), 0);
+            if (!word) throw SimError(std::string("memory '") + name + "' has no word 0");
+            bits = vpi_get(vpiSize, word);
+        }) != 0)
+        return -1;
+    return bits;
+}
+
+// Words start .. start+count-1 of a memory, each as `nwords` little-endian 32-bit words.
+int olv_peek_memory(void* handle, const char* name, int start, int count, uint32_t* out, int nwords) {
+    Handle* h = static_cast<Handle*>(handle);
+    return guarded(h, [&] {
+        vpiHandle mem = memory_handle(name);
+        for (int i = 0; i < count; i++) {
+            vpiHandle word = vpi_handle_by_index(mem, start + i);
+            if (!word) throw SimError(std::string("memory '") + name + "' has no word " + std::to_string(start + i));
+            int bits = vpi_get(vpiSize, word);
+            if ((bits + 31) / 32 > nwords) throw SimError(std::string("memory word buffer too small for ") + name);
+            s_vpi_value value;
+            value.format = vpiVectorVal;
+            vpi_get_value(word, &value);
+            for (int j = 0; j < nwords; j++) out[i * nwords + j] = j < (bits + 31) / 32 ? value.value.vector[j].aval : 0;
+        }
+    });
+}
+
+// Step until every named signal equals its value (up to 64 bits each), at most `limit` cycles;
+// checked before the first step too. Returns the cycles stepped, -1 on error, -2 when the limit
+// ran out.
 int64_t olv_run_until(void* handle, const char** names, const uint64_t* values, int count, uint64_t limit) {
     Handle* h = static_cast<Handle*>(handle);
     int64_t result = -2;
@@ -748,6 +798,7 @@ int64_t olv_run_until(void* handle, const char** names, const uint64_t* values, 
                 }
                 return true;
             };
+            if (matches()) { result = 0; return; }
             for (uint64_t n = 0; n < limit; n++) {
                 h->sim->tick();
                 if (matches()) { result = static_cast<int64_t>(n + 1); return; }
@@ -765,12 +816,13 @@ int64_t olv_signals(void*, char* buf, int64_t len) {
     vpiHandle it = vpi_iterate(vpiModule, nullptr);
     while (vpiHandle mod = it ? vpi_scan(it) : nullptr) modules.push_back(mod);
     for (size_t i = 0; i < modules.size(); i++) {
-        for (int kind : {vpiReg, vpiNet, vpiMemory}) {
+        for (int kind : {vpiReg, vpiNet}) {  // Verilator lists memories with the regs
             vpiHandle sit = vpi_iterate(kind, modules[i]);
             while (vpiHandle sig = sit ? vpi_scan(sit) : nullptr) {
                 text += vpi_get_str(vpiFullName, sig);
                 text += ' ';
-                text += std::to_string(kind == vpiMemory ? -vpi_get(vpiSize, sig) : vpi_get(vpiSize, sig));
+                bool memory = is_memory(sig);
+                text += std::to_string(memory ? -vpi_get(vpiSize, sig) : vpi_get(vpiSize, sig));
                 text += '\n';
             }
         }
