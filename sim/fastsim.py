@@ -54,6 +54,7 @@ from olivine.hw import core_regs
 from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
 
 __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
+           "ProgramRun", "sim",
            "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
 
 HARNESS_SOURCE = Path(__file__).with_name("fast") / "harness.cpp"
@@ -351,9 +352,10 @@ class FastResult:
         return self.run_cycles / self.run_seconds if self.run_seconds > 0 else 0.0
 
 
-def program_address(image: Mapping[int, bytes], channel: int) -> int:
-    """Where the program goes in its channel: after the bytes the image uses there, 4 KiB aligned."""
-    used = len(image.get(channel, b""))
+def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | None = None) -> int:
+    """Where the program goes in its channel: after the bytes used there (``used_bytes``, default
+    the image's length in that channel), 4 KiB aligned (CORE_INTERFACE.md section 4)."""
+    used = len(image.get(channel, b"")) if used_bytes is None else int(used_bytes)
     return -(-used // PROGRAM_ALIGN) * PROGRAM_ALIGN
 
 
@@ -450,16 +452,20 @@ class FastHarness:
     def run_program(self, words, image: Mapping[int, bytes] | None = None, *, prog_channel: int = 0,
                     budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
                     watchdog: int = 0, hbm: HbmParams = HbmParams(), waves=None, poll: int = 256,
-                    check_budget: bool = True) -> FastResult:
+                    check_budget: bool = True, used_bytes: int | None = None) -> FastResult:
         """Section 4's host sequence for one program: ``image`` (channel -> bytes at address 0) and
-        ``words`` (uint32) into HBM (the program after the image's bytes in ``prog_channel``, 4 KiB
-        aligned), the program registers and ``watchdog``, start, wait, the status registers and
-        counters, the ``dumps``."""
+        ``words`` (uint32) into HBM (the program after the ``used_bytes`` of ``prog_channel``,
+        default the image's bytes there, 4 KiB aligned), the program registers and ``watchdog``,
+        start, wait, the status registers and counters, the ``dumps``."""
         image = {int(k): bytes(v) for k, v in (image or {}).items()}
         words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32))
         if words.ndim != 1 or words.size < 1:
             raise FastSimError("the program must be a non-empty 1-D array of 32-bit words")
-        address = program_address(image, prog_channel)
+        address = program_address(image, prog_channel, used_bytes)
+        if address + 4 * words.size > hbm.channel_bytes:
+            raise FastSimError(f"the program ({words.size} words at {address:#x} of channel {prog_channel}) "
+                               f"does not fit the HBM model's {hbm.channel_bytes} bytes per channel: raise "
+                               f"HbmParams.channel_bytes to {address + 4 * words.size} or more")
         loads = [(k, 0, payload) for k, payload in sorted(image.items()) if payload]
         loads.append((prog_channel, address, words.astype("<u4").tobytes()))
         writes = [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF),
@@ -478,6 +484,50 @@ class FastHarness:
                           after=after, hbm=hbm, poll=poll, waves=waves, check_budget=check_budget)
         result.registers["prog_addr"] = address
         return result
+
+
+@dataclass
+class ProgramRun:
+    """One compiled program on the fast harness: ``logits`` (int32 [vocab], the I/O area of
+    channel 0), ``hbm`` (channel -> uint8 array of its used bytes after the run: the next run's
+    starting state, the KV cache included) and the harness' :class:`FastResult`."""
+
+    logits: np.ndarray
+    hbm: dict
+    result: FastResult
+
+    @property
+    def cycles(self) -> int:
+        return self.result.cycles
+
+
+def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes: Sequence[int], io_base: int,
+        vocab: int, budget: int, prog_channel: int = 0, hbm: HbmParams | None = None, watchdog: int = 0,
+        waves=None) -> ProgramRun:
+    """Run one compiled program (its patched ``words``, as sim/runtime.py's Runtime has them) on the
+    fast harness, from the HBM ``state`` (channel -> bytes; the artifact's weight image for the
+    first program, then the previous run's :attr:`ProgramRun.hbm`). ``used_bytes`` (per channel,
+    meta.layout.channel_bytes) says what to carry over; the program goes after them in
+    ``prog_channel``. Returns the logits at ``io_base`` and the cycle counters."""
+    used = [int(u) for u in used_bytes]
+    if len(used) > harness.ports.channels:
+        raise FastSimError(f"the layout uses {len(used)} HBM channels; the core has {harness.ports.channels}")
+    if io_base + 4 * vocab > used[0]:
+        raise FastSimError(f"the logits area ({io_base:#x} + {4 * vocab} bytes) lies outside channel 0's "
+                           f"{used[0]} used bytes")
+    address = program_address({}, prog_channel, used[prog_channel])
+    need = max(used + [address + 4 * int(np.asarray(words).size)])
+    hbm = hbm or HbmParams(channel_bytes=need)
+    if hbm.channel_bytes < need:
+        raise FastSimError(f"HbmParams.channel_bytes {hbm.channel_bytes} is smaller than the {need} bytes the "
+                           f"layout and the program need in one channel")
+    image = {k: bytes(state.get(k, b""))[:used[k]] for k in range(len(used))}
+    dumps = {f"channel{k}": (k, 0, used[k]) for k in range(len(used)) if used[k]}
+    result = harness.run_program(words, image, prog_channel=prog_channel, budget=budget, dumps=dumps,
+                                 watchdog=watchdog, hbm=hbm, waves=waves, used_bytes=used[prog_channel])
+    after = {k: result.dumps.get(f"channel{k}", np.zeros(0, np.uint8)) for k in range(len(used))}
+    logits = after[0][io_base:io_base + 4 * vocab].view("<i4").astype(np.int32)
+    return ProgramRun(logits=logits, hbm=after, result=result)
 
 
 # ---------------------------------------------------------------------------------------------

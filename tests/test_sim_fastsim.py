@@ -199,3 +199,26 @@ def test_waves_variant_records_fst(standin_verilog, harness, tmp_path):
     assert result.cycles == plain.cycles  # tracing observes, it does not change timing
     assert np.array_equal(result.dumps["copy"].view("<u4"), words)
     assert path.stat().st_size > 1000
+
+
+def test_sim_runs_a_program_from_a_state_and_returns_logits_and_the_next_state(harness):
+    # The stand-in copies its program from channel 1 (placed after channel 1's 4096 used bytes) to
+    # the same address of channel 0; with io_base there, the "logits" are the program's words.
+    rng = np.random.default_rng(5)
+    state = {0: rng.integers(0, 256, 16384, dtype=np.uint8).tobytes(),
+             1: rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()}
+    words = random_words(300, seed=9)
+    run = fastsim.sim(harness, words, state, used_bytes=[16384, 4096], io_base=4096, vocab=300,
+                      budget=100_000, prog_channel=1)
+    assert run.result.registers["prog_addr"] == 4096
+    assert np.array_equal(run.logits, words.view("<i4"))
+    assert run.hbm[1].tobytes() == state[1]  # the program itself lies beyond the used bytes
+    assert run.hbm[0][:4096].tobytes() == state[0][:4096]
+    assert run.hbm[0][4096 + 1200:].tobytes() == state[0][4096 + 1200:]
+    assert run.cycles > 0 and run.result.hbm[1]["read_bytes"] == 1200
+    second = fastsim.sim(harness, random_words(10, seed=1), run.hbm, used_bytes=[16384, 4096], io_base=4096,
+                         vocab=300, budget=100_000, prog_channel=1)
+    # the second run starts from the first one's state: its copy overwrote 40 bytes only
+    assert np.array_equal(second.logits[10:], words[10:].view("<i4"))
+    with pytest.raises(FastSimError, match="logits area"):
+        fastsim.sim(harness, words, state, used_bytes=[4096, 4096], io_base=4096, vocab=300, budget=10)
