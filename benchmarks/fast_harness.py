@@ -89,7 +89,7 @@ def route_cocotb(text, top, words, channel_bytes):
         out = Path(tmp) / "out.json"
         result = run_cocotb(text, top, "tb_standin_copy", test_dir=ROOT / "tests" / "rtl",
                             vectors={"words": words, "channel_bytes": channel_bytes},
-                            extra_env={"STANDIN_TB_OUT": str(out)}, build_args=["-Wno-CASEINCOMPLETE"])
+                            extra_env={"STANDIN_TB_OUT": str(out)}, build_args=["-Wno-CASEINCOMPLETE", "-Wno-SYMRSVDWORD"])
         figures = json.loads(out.read_text())
     return {"build_s": result.build_seconds, "cycles": figures["cycles"], "run_s": figures["seconds"]}
 
