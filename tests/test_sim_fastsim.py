@@ -14,7 +14,7 @@ from olivine.hw.export import verilog
 from olivine.sim import fastsim
 from olivine.sim.fastsim import CycleBudgetExceeded, DebugHandle, FastHarness, FastSimError, HbmParams
 from tests.helpers import requires_verilator
-from tests.rtl.standin_core import STANDIN_TOP, StandInCore
+from tests.rtl.standin_core import STANDIN_TOP, STROBE_MASK_OFFSET, StandInCore
 
 pytestmark = [pytest.mark.rtl, requires_verilator]
 
@@ -128,6 +128,20 @@ def test_access_outside_the_channel_answers_slverr(harness):
     assert result.dumps["copied"].tobytes() == source  # the beats inside were copied
 
 
+def test_wstrb_selects_the_bytes_written_and_counted(harness):
+    source = random_words(64, seed=4).tobytes()  # 32 beats
+    old = random_words(64, seed=5).tobytes()
+    result = harness.run(
+        loads=[(0, 0, source), (1, 0, old)],
+        writes=[(core_regs.offset("prog_words"), 64), (STROBE_MASK_OFFSET, 0xF0)],  # low 4 lanes only
+        budget=10_000, dumps={"after": (1, 0, len(old))}, hbm=HbmParams(channel_bytes=CHANNEL))
+    after = result.dumps["after"].reshape(-1, BEAT)
+    assert np.array_equal(after[:, :4], np.frombuffer(source, np.uint8).reshape(-1, BEAT)[:, :4])
+    assert np.array_equal(after[:, 4:], np.frombuffer(old, np.uint8).reshape(-1, BEAT)[:, 4:])
+    assert result.hbm[1]["write_bytes"] == 32 * 4  # the WSTRB bytes, as the core counts them
+    assert result.hbm[0]["read_bytes"] == 32 * BEAT
+
+
 def test_bad_requests_are_named(harness):
     with pytest.raises(FastSimError, match="channel 2 does not exist"):
         harness.run(loads=[(2, 0, b"x")], budget=10)
@@ -135,8 +149,8 @@ def test_bad_requests_are_named(harness):
         harness.run(dumps={"x": (0, CHANNEL - 4, 8)}, budget=10, hbm=HbmParams(channel_bytes=CHANNEL))
     with pytest.raises(ValueError, match="read_latency must be >= 1"):
         HbmParams(read_latency=0)
-    with pytest.raises(FastSimError, match="waves need the traced build"):
-        harness.run(budget=10, waves="x.fst")
+    with pytest.raises(FastSimError, match="name it .fst or .vcd"):
+        harness.run(budget=10, waves="x.wav")
 
 
 def test_build_is_cached(standin_verilog, harness):
@@ -189,36 +203,22 @@ def test_debug_handle_step_peek_poke_and_buffers(standin_verilog):
 
 
 @pytest.mark.slow
-def test_waves_variant_records_fst(standin_verilog, harness, tmp_path):
+@pytest.mark.parametrize("fmt", ["vcd", "fst"])
+def test_waves_are_recorded_without_changing_timing(harness, tmp_path, fmt):
     words = random_words(64)
     plain = harness.run_program(words, budget=10_000, hbm=HbmParams(channel_bytes=CHANNEL))
-    traced = FastHarness(standin_verilog, waves=True)
-    path = tmp_path / "copy.fst"
-    result = traced.run_program(words, budget=10_000, hbm=HbmParams(channel_bytes=CHANNEL), waves=path,
-                                dumps={"copy": (1, 0, 256)})
+    path = tmp_path / f"copy.{fmt}"
+    try:
+        result = harness.run_program(words, budget=10_000, hbm=HbmParams(channel_bytes=CHANNEL), waves=path,
+                                     dumps={"copy": (1, 0, 256)})
+    except fastsim.RtlBuildError as exc:
+        if "liblz4-dev" in str(exc):
+            pytest.skip(str(exc))
+        raise
     assert result.cycles == plain.cycles  # tracing observes, it does not change timing
     assert np.array_equal(result.dumps["copy"].view("<u4"), words)
-    assert path.stat().st_size > 1000
-
-
-def test_sim_runs_a_program_from_a_state_and_returns_logits_and_the_next_state(harness):
-    # The stand-in copies its program from channel 1 (placed after channel 1's 4096 used bytes) to
-    # the same address of channel 0; with io_base there, the "logits" are the program's words.
-    rng = np.random.default_rng(5)
-    state = {0: rng.integers(0, 256, 16384, dtype=np.uint8).tobytes(),
-             1: rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()}
-    words = random_words(300, seed=9)
-    run = fastsim.sim(harness, words, state, used_bytes=[16384, 4096], io_base=4096, vocab=300,
-                      budget=100_000, prog_channel=1)
-    assert run.result.registers["prog_addr"] == 4096
-    assert np.array_equal(run.logits, words.view("<i4"))
-    assert run.hbm[1].tobytes() == state[1]  # the program itself lies beyond the used bytes
-    assert run.hbm[0][:4096].tobytes() == state[0][:4096]
-    assert run.hbm[0][4096 + 1200:].tobytes() == state[0][4096 + 1200:]
-    assert run.cycles > 0 and run.result.hbm[1]["read_bytes"] == 1200
-    second = fastsim.sim(harness, random_words(10, seed=1), run.hbm, used_bytes=[16384, 4096], io_base=4096,
-                         vocab=300, budget=100_000, prog_channel=1)
-    # the second run starts from the first one's state: its copy overwrote 40 bytes only
-    assert np.array_equal(second.logits[10:], words[10:].view("<i4"))
-    with pytest.raises(FastSimError, match="logits area"):
-        fastsim.sim(harness, words, state, used_bytes=[4096, 4096], io_base=4096, vocab=300, budget=10)
+    head = path.read_bytes()[:4096]
+    if fmt == "vcd":
+        assert b"$var" in head and b"m_axi_hbm0__araddr" in head
+    else:
+        assert path.stat().st_size > 1000 and head[0] == 0  # FST starts with its header block (type 0)

@@ -4,6 +4,8 @@
 // ports bound to the Verilated model's members), builds this file with Verilator and runs it:
 //
 //   batch executable (default):  olivine_fastsim SCRIPT      (SCRIPT: one command per line, below)
+//   trace builds (-DOLIVINE_TRACE_FST with --trace-fst, -DOLIVINE_TRACE_VCD with --trace): the
+//   executable plus the `waves` command;
 //   shared library (-DOLIVINE_SHARED, built with --vpi --public-flat-rw): the C API at the end,
 //   called through ctypes by sim/fastsim.py's DebugHandle.
 //
@@ -23,8 +25,8 @@
 //   * a beat any byte of which lies outside the channel answers SLVERR (RRESP = 2, data 0; the
 //     beat is not written and BRESP = 2 for its burst); INCR and FIXED bursts, any AxSIZE up to the
 //     bus width (narrow beats use their byte lanes);
-//   * counters: bytes read and written (beats handshaken x beat bytes; every beat moves a full
-//     beat on the bus), bursts, SLVERR beats.
+//   * counters, as the core counts them (hw/core.py): bytes read = R beats x beat bytes; bytes
+//     written = the WSTRB bytes of the W beats; bursts; SLVERR beats.
 //
 // Script commands (executed in order; numbers decimal or 0x hex):
 //   channel_bytes N | read_latency N | bytes_per_cycle N | outstanding N   (HBM parameters)
@@ -36,7 +38,7 @@
 //   wait BUDGET MODE POLL   run until done (MODE interrupt: the interrupt pin; poll: read CTRL every
 //                           POLL cycles until ap_done) or BUDGET cycles after start
 //   dump K ADDR LEN FILE    write LEN bytes of channel K from ADDR to FILE
-//   waves FILE              (trace builds only) record an FST trace from now on
+//   waves FILE              (trace builds only: FST or VCD as built) record a trace from now on
 //   result FILE             write the JSON result (at the end; also written when a step fails)
 
 #include <verilated.h>
@@ -57,8 +59,14 @@
 #include <utility>
 #include <vector>
 
-#ifdef OLIVINE_TRACE
+#if defined(OLIVINE_TRACE_FST)
 #include <verilated_fst_c.h>
+#define OLIVINE_TRACE 1
+typedef VerilatedFstC TraceFile;
+#elif defined(OLIVINE_TRACE_VCD)
+#include <verilated_vcd_c.h>
+#define OLIVINE_TRACE 1
+typedef VerilatedVcdC TraceFile;
 #endif
 #ifdef OLIVINE_SHARED
 #include <verilated_vpi.h>
@@ -197,7 +205,12 @@ class HbmChannel {
                 for (uint64_t i = lo; i < hi; i++)
                     if (strb[i >> 3] >> (i & 7) & 1) mem_[base + i] = data[i];
             }
-            counters_.write_bytes += beat_bytes_;
+            const uint8_t* strobes = p_.wstrb.bytes();
+            for (uint64_t i = 0; i < (beat_bytes_ + 7) / 8; i++) {
+                uint8_t lanes = strobes[i];
+                if (beat_bytes_ < 8) lanes &= static_cast<uint8_t>((1u << beat_bytes_) - 1);
+                counters_.write_bytes += __builtin_popcount(lanes);
+            }
             wcredit_ -= beat_bytes_;
             if (++b.beat > b.len) {
                 responses_.push_back(Response{b.id, b.error, cycle + 1});
@@ -285,7 +298,7 @@ class Sim {
     void open_trace(const char* path) {
 #ifdef OLIVINE_TRACE
         ctx_->traceEverOn(true);
-        trace_.reset(new VerilatedFstC);
+        trace_.reset(new TraceFile);
         top_->trace(trace_.get(), 99);
         trace_->open(path);
 #else
@@ -417,7 +430,7 @@ class Sim {
     std::unique_ptr<VerilatedContext> ctx_;
     std::unique_ptr<Top> top_;
 #ifdef OLIVINE_TRACE
-    std::unique_ptr<VerilatedFstC> trace_;
+    std::unique_ptr<TraceFile> trace_;
 #endif
     LitePins lite_;
     Pin clk_, rst_, interrupt_;

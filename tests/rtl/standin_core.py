@@ -6,7 +6,8 @@ gie, ier, isr, prog_addr_lo/hi, prog_words, prog_channel, watchdog, state, cycle
 per-channel HBM byte counters, magic), ``interrupt``, and AXI4 masters ``m_axi_hbm0`` ..
 ``m_axi_hbm{C-1}``. Instead of running a program it copies one: on ap_start it DMA-copies
 ``ceil(prog_words * 4 / beat_bytes)`` beats from channel ``prog_channel`` at ``prog_addr`` to the
-same address of channel ``(prog_channel + 1) % C``, then sets ap_done (state 2 "done", or 3
+same address of channel ``(prog_channel + 1) % C`` (W beats with WSTRB = ~ the stand-in-only
+register at ``STROBE_MASK_OFFSET``, default all bytes), then sets ap_done (state 2 "done", or 3
 "error" when an RRESP/BRESP was not OKAY). ``prog_words = 0`` never finishes (state stays 1): the
 hung run the cycle-budget test needs. ``prog_addr`` must be beat aligned.
 
@@ -32,6 +33,9 @@ from olivine.hw.axi import BOUNDARY_BYTES, axi4_signature, check_data_width
 __all__ = ["StandInCore", "axi4_lite_slave_signature", "STANDIN_TOP"]
 
 STANDIN_TOP = "olivine_core"  # same Verilog top name as the real core
+#: Stand-in only (a free offset of hw/core_regs.py): byte lanes NOT written by the copy's W beats
+#: (WSTRB = ~mask), for testing the HBM model's WSTRB.
+STROBE_MASK_OFFSET = 0x24
 
 
 def axi4_lite_slave_signature(addr_width: int = core_regs.ADDRESS_BITS) -> wiring.Signature:
@@ -65,6 +69,7 @@ class StandInCore(wiring.Component):
                                                 "prog_words", "prog_channel", "watchdog")}
         ap_start = Const(0)  # a start is accepted in the cycle it is written
         ap_done, isr = Signal(), Signal()
+        strobe_mask = Signal(D)
         state = Signal(2)  # hw.controller.STATES: idle, running, done, error
         cycles = Signal(64)
         read_bytes = [Signal(32, name=f"read_bytes{k}") for k in range(C)]
@@ -89,6 +94,8 @@ class StandInCore(wiring.Component):
                 for name, reg in regs.items():
                     with m.Case(core_regs.offset(name)):
                         m.d.sync += reg.eq(ctl.wdata)
+                with m.Case(STROBE_MASK_OFFSET):
+                    m.d.sync += strobe_mask.eq(ctl.wdata)
 
         # ---- AXI4-Lite reads: one at a time
         m.d.comb += ctl.arready.eq(~ctl.rvalid)
@@ -144,7 +151,7 @@ class StandInCore(wiring.Component):
             m.d.comb += [port.araddr.eq(addr), port.arlen.eq(burst - 1), port.arsize.eq(shift),
                          port.arburst.eq(1), port.awaddr.eq(addr), port.awlen.eq(burst - 1),
                          port.awsize.eq(shift), port.awburst.eq(1), port.wdata.eq(buf_rd.data),
-                         port.wstrb.eq((1 << D) - 1), port.wlast.eq(index == burst - 1)]
+                         port.wstrb.eq(~strobe_mask), port.wlast.eq(index == burst - 1)]
             with m.If(is_src):
                 m.d.comb += [ar_fire.eq(port.arvalid & port.arready), r_fire.eq(port.rvalid & port.rready),
                              r_data.eq(port.rdata), r_resp.eq(port.rresp), r_last.eq(port.rlast)]
