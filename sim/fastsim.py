@@ -13,7 +13,8 @@ interactive debugging (step, peek, poke, run until a condition, read/write HBM a
     with DebugHandle(verilog_text) as dbg:                 # the debug variant (public signals)
         dbg.reset(); dbg.step(10); dbg.peek("TOP.olivine_core.state"); dbg.poke(...)
 
-Ports are discovered from the Verilog text (the top's ``input``/``output`` declarations): every
+Ports are discovered from the Verilog text (the top's ``input``/``output`` declarations; or from
+the manifest ``olivine hdl`` writes, :meth:`FastHarness.from_hdl`): every
 ``m_axi_hbm<k>`` AXI4 master gets an HBM model (:class:`HbmParams`: channel bytes, read latency,
 bytes per cycle, outstanding bursts; the model is documented at the top of harness.cpp), and
 ``s_axi_control`` the host's AXI4-Lite driver. The host sequence (:meth:`FastHarness.run_program`)
@@ -55,7 +56,7 @@ from olivine.hw import core_regs
 from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
 
 __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
-           "ProgramRun", "sim",
+           "ProgramRun", "sim", "ports_from_manifest",
            "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
 
 HARNESS_SOURCE = Path(__file__).with_name("fast") / "harness.cpp"
@@ -200,6 +201,23 @@ def discover_ports(verilog_text: str, top: str = "olivine_core") -> TopPorts:
 #: Port names Verilator renames to ``__SYM__<name>`` in C++ (its SYMRSVDWORD list; only those the
 #: interface uses: a compile error of the binding would name any other).
 _CXX_RESERVED = {"interrupt"}
+
+
+def ports_from_manifest(manifest: Mapping, verilog_text: str | None = None) -> TopPorts:
+    """The top's ports from the manifest ``olivine hdl`` writes (``top``, ``ports``: name, dir
+    in/out, width); with ``verilog_text``, its SHA-256 must match the manifest's."""
+    import hashlib as _hashlib
+
+    try:
+        top = manifest["top"]
+        ports = {p["name"]: ({"in": "input", "out": "output"}[p["dir"]], int(p["width"]))
+                 for p in manifest["ports"]}
+    except (KeyError, TypeError) as exc:
+        raise FastSimError(f"the manifest lacks the top's ports ({exc}): write it with `olivine hdl`") from None
+    want = manifest.get("verilog_sha256")
+    if verilog_text is not None and want and _hashlib.sha256(verilog_text.encode()).hexdigest() != want:
+        raise FastSimError("the Verilog does not match its manifest (verilog_sha256 differs): rerun `olivine hdl`")
+    return TopPorts(top, ports)
 
 
 def _cxx_name(name: str) -> str:
@@ -381,6 +399,22 @@ class FastHarness:
         self.ports.check()
         self._executables: dict[str, Path] = {}
         self.build_seconds = 0.0  # of the last build this object made (0: all cached)
+
+    @classmethod
+    def from_hdl(cls, directory: str | Path) -> "FastHarness":
+        """The harness for the output of ``olivine hdl DIR`` (the Verilog and its manifest; the
+        ports come from the manifest, checked against the Verilog's declarations)."""
+        directory = Path(directory)
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise FastSimError(f"{directory} has no manifest.json: write it with `olivine hdl -o {directory}`")
+        manifest = json.loads(manifest_path.read_text())
+        text = (directory / f"{manifest.get('top', 'olivine_core')}.v").read_text()
+        declared = ports_from_manifest(manifest, text)
+        harness = cls(text, declared.top)
+        if dict(harness.ports.ports) != dict(declared.ports):
+            raise FastSimError(f"the manifest's ports differ from the Verilog's in {directory}: rerun `olivine hdl`")
+        return harness
 
     def executable_for(self, variant: str = "batch") -> Path:
         if variant not in self._executables:

@@ -56,6 +56,15 @@ def test_ports_are_discovered_from_the_verilog(standin_verilog):
         fastsim.discover_ports(broken, STANDIN_TOP).check()
     with pytest.raises(FastSimError, match="does not define top module 'other'"):
         fastsim.discover_ports(standin_verilog, "other")
+    # the manifest form (olivine hdl): ports listed as name, dir, width
+    import hashlib
+
+    manifest = {"top": STANDIN_TOP, "verilog_sha256": hashlib.sha256(standin_verilog.encode()).hexdigest(),
+                "ports": [{"name": n, "dir": d[:-3] if d == "output" else "in", "width": w}
+                          for n, (d, w) in ports.ports.items()]}
+    assert dict(fastsim.ports_from_manifest(manifest, standin_verilog).ports) == dict(ports.ports)
+    with pytest.raises(FastSimError, match="does not match its manifest"):
+        fastsim.ports_from_manifest(manifest, standin_verilog + "\n")
 
 
 def test_program_copied_counters_equal_bytes_moved(harness):
