@@ -231,3 +231,64 @@ def test_waves_are_recorded_without_changing_timing(harness, tmp_path, fmt):
         assert b"$var" in head and b"m_axi_hbm0__araddr" in head
     else:
         assert path.stat().st_size > 1000 and head[0] == 0  # FST starts with its header block (type 0)
+
+
+# ---- the core (hw/core.py), once merged ---------------------------------------------------------
+
+CORE_CHANNEL_BYTES = 1 << 16
+CORE_SFU_OPS = ("add", "mul", "copy", "silu")
+
+
+@pytest.fixture(scope="module")
+def core_harness():
+    core_rtl = pytest.importorskip("olivine.sim.core_rtl", reason="the core (hw/core.py) is not merged")
+    config = core_rtl.rtl_test_config()
+    text = core_rtl.core_verilog(config, sfu_ops=CORE_SFU_OPS, hbm_channel_bytes=CORE_CHANNEL_BYTES)
+    return config, FastHarness(text)
+
+
+def test_core_programs_match_funcsim_on_the_fast_harness(core_harness):
+    from olivine.hw.controller import STATES
+    from olivine.sim.core_rtl import CoreJob, compare, funcsim_jobs
+    from tests.test_hw_core import _image, _programs
+
+    config, harness = core_harness
+    rng = np.random.default_rng(9)
+    progs = _programs()
+    jobs = [CoreJob(p, {0: _image(rng), 1: _image(rng)}, prog_channel=1 if name == "no_end" else 0)
+            for name, p in progs.items()]
+    want = funcsim_jobs(config, jobs, channel_bytes=CORE_CHANNEL_BYTES)
+    problems = []
+    for name, job, w in zip(progs, jobs, want):
+        result = harness.run_program(job.words(), job.image, prog_channel=job.prog_channel, budget=200_000,
+                                     hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES, read_latency=12),
+                                     dumps={f"hbm{k}": (k, 0, CORE_CHANNEL_BYTES) for k in range(config.hbm_channels)})
+        got = {"regs": result.registers, "timeout": False, "hbm": [result.dumps[f"hbm{k}"] for k in range(config.hbm_channels)]}
+        problems += [f"{name}: {p}" for p in compare(got, w, data=False)]
+        for k in range(config.hbm_channels):
+            if not np.array_equal(got["hbm"][k], w["hbm"][k]):
+                problems.append(f"{name}: HBM channel {k} differs from the functional simulator")
+            # the model's counters and the core's own agree (reads include the program fetch)
+            assert result.hbm[k]["read_bytes"] == result.registers[f"hbm{k}_read_bytes"], (name, k)
+            assert result.hbm[k]["write_bytes"] == result.registers[f"hbm{k}_write_bytes"] == w["hbm_written"][k], (name, k)
+        assert result.registers["state"] == STATES.index("done"), name
+    assert not problems, "\n".join(problems)
+
+
+def test_core_error_and_budget_on_the_fast_harness(core_harness):
+    from olivine.hw import isa
+    from olivine.hw.controller import STATES, STATUS_CAUSES
+
+    _, harness = core_harness
+    copy = isa.encode_program([isa.make("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=4096),
+                               isa.make("ST", source="act", channel=1, hbm_addr=0, buf_addr=0, length=4096,
+                                        wait=0b0001), isa.make("SYS", op="end")])
+    with pytest.raises(CycleBudgetExceeded, match="cycle budget of 100 cycles") as info:
+        harness.run_program(copy, budget=100, hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES))
+    assert info.value.result.registers["state"] == STATES.index("running")
+    # a token wait nobody releases: the core stops with an error instead of hanging
+    stuck = isa.encode_program([isa.make("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=64,
+                                         wait=0b1000), isa.make("SYS", op="end")])
+    result = harness.run_program(stuck, budget=50_000, watchdog=2000, hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES))
+    assert result.registers["state"] == STATES.index("error")
+    assert STATUS_CAUSES[result.registers["cause"]] in ("deadlock", "queue_deadlock", "watchdog")
