@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/fast_harness.py                    # stand-in core, all routes
     .venv/bin/python benchmarks/fast_harness.py --words 1000000 --routes fast debug
-    .venv/bin/python benchmarks/fast_harness.py --design core --config small   # once hw/core.py exists
+    .venv/bin/python benchmarks/fast_harness.py --design core --config test    # the core, RTL-test config
+    .venv/bin/python benchmarks/fast_harness.py --design core --verilog olivine_core.v   # any core Verilog
 
 Design ``standin`` is the test stand-in (tests/rtl/standin_core.py: the core's ports, a DMA copy
 of ``--words`` 32-bit words from HBM channel 0 to channel 1, AXI traffic nearly every cycle).
@@ -13,6 +14,10 @@ Routes, each over the same copy:
 * ``cocotb``: cocotb 2 + cocotbext-axi (AxiLiteMaster, one AxiRam per channel) on Verilator;
 * ``pyverilator``: pyverilator-mm 0.7.6 (if installed) with the two fixes docs/sim.md describes,
   clocking the model from Python with no HBM model at all (an upper bound for that route).
+
+Design ``core`` runs a program on the core (hw/core.py): ``--groups`` repetitions of LD -> SFU
+add -> SFU copy -> ST with tokens (the core tests' first program), on the fast and debug routes.
+``--config test`` is sim/core_rtl.py's cut-down RTL-test configuration, ``small`` the named one.
 
 Builds go to a fresh private cache (``--cache``; default a temporary directory) so the build
 time is a real build; pass ``--cache ~/.cache/olivine`` to reuse the shared cache.
@@ -34,17 +39,57 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.rtl.standin_core
 
 
-def design(name: str, config: str) -> tuple[str, str]:
+CORE_SFU_OPS = ("add", "mul", "copy", "silu")
+CORE_CHANNEL_BYTES = 1 << 16
+
+
+def design(name: str, config: str, verilog_file: str | None) -> tuple[str, str]:
     from olivine.hw.export import verilog
 
+    if verilog_file:
+        return Path(verilog_file).read_text(), "olivine_core"
     if name == "standin":
         from tests.rtl.standin_core import STANDIN_TOP, StandInCore
 
         return verilog(StandInCore(), STANDIN_TOP), STANDIN_TOP
-    from olivine.hw.config import named_config  # the core's named configurations
-    from olivine.hw.core import OlivineCore
+    from olivine.hw.config import load_config
+    from olivine.sim.core_rtl import core_verilog, rtl_test_config
 
-    return verilog(OlivineCore(named_config(config)), "olivine_core"), "olivine_core"
+    cfg = rtl_test_config() if config == "test" else load_config(config)
+    t0 = time.monotonic()
+    text = core_verilog(cfg, sfu_ops=CORE_SFU_OPS, hbm_channel_bytes=CORE_CHANNEL_BYTES)
+    print(f"core Verilog ({config}): {len(text) / 1e6:.1f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return text, "olivine_core"
+
+
+def core_program(groups: int) -> np.ndarray:
+    """``groups`` x (LD act, LD global -> SFU add, copy -> ST), tokens balanced per group."""
+    from olivine.hw import isa
+
+    M = isa.make
+    LDU, STU, SFU = 0b0001, 0b0010, 0b1000
+    group = [M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=256, release=SFU),
+             M("LD", target="global", channel=1, hbm_addr=512, buf_addr=1024, length=256, release=SFU),
+             M("MISC", op="add", src0=0, src1=1024, dst=2048, rows=4, cols=16, wait=LDU),
+             M("MISC", op="copy", src0=2048, dst=4096, rows=4, cols=16, wait=LDU, release=STU),
+             M("ST", source="act", channel=1, hbm_addr=1000, buf_addr=4096, length=256, wait=SFU)]
+    return isa.encode_program(group * groups + [M("SYS", op="end")])
+
+
+def route_core(text, top, groups):
+    from olivine.sim.fastsim import FastHarness, HbmParams
+
+    harness = FastHarness(text, top)
+    t0 = time.monotonic()
+    harness.executable
+    build = time.monotonic() - t0
+    rng = np.random.default_rng(1)
+    image = {k: rng.integers(-(1 << 20), 1 << 20, 4096, dtype=np.int32).tobytes() for k in range(2)}
+    result = harness.run_program(core_program(groups), image, budget=10_000 * groups + 100_000,
+                                 hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES, read_latency=8))
+    assert result.registers["state"] == 2, f"the core program ended in state {result.registers['state']}"
+    return {"build_s": build, "cycles": result.run_cycles, "run_s": result.run_seconds,
+            "instructions": sum(result.registers[f"{u}_instructions"] for u in ("ld", "st", "mpe", "sfu"))}
 
 
 def route_fast(text, top, words, channel_bytes):
@@ -148,7 +193,10 @@ ROUTES = {"fast": route_fast, "debug": route_debug, "cocotb": route_cocotb, "pyv
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--design", choices=("standin", "core"), default="standin")
-    parser.add_argument("--config", default="small", help="the core's named configuration (--design core)")
+    parser.add_argument("--config", default="test", help="the core's configuration (--design core): test "
+                        "(sim/core_rtl.py's RTL-test one), small, or a JSON file")
+    parser.add_argument("--verilog", help="a core Verilog file (top olivine_core) instead of generating one")
+    parser.add_argument("--groups", type=int, default=300, help="program groups (--design core)")
     parser.add_argument("--words", type=int, default=500_000, help="32-bit words copied (fast and debug routes)")
     parser.add_argument("--cocotb-words", type=int, default=10_000, help="words copied on the cocotb route")
     parser.add_argument("--routes", nargs="+", choices=tuple(ROUTES), default=list(ROUTES))
@@ -159,12 +207,20 @@ def main(argv=None) -> int:
         os.environ["OLIVINE_CACHE"] = os.path.expanduser(args.cache)
     else:
         os.environ["OLIVINE_CACHE"] = tempfile.mkdtemp(prefix="olivine-bench-cache-")
-    if args.design == "core" and set(args.routes) - {"fast", "debug"}:
-        parser.error("--design core runs the fast and debug routes only (the copy testbench is the stand-in's)")
-    text, top = design(args.design, args.config)
+    if args.verilog:
+        args.design = "core"
+    text, top = design(args.design, args.config, args.verilog)
     rng = np.random.default_rng(0)
     rows = {}
-    for name in args.routes:
+    routes = ["core"] if args.design == "core" else args.routes
+    for name in routes:
+        if name == "core":
+            rows[name] = row = route_core(text, top, args.groups)
+            row["cycles_per_s"] = row["cycles"] / row["run_s"] if row["run_s"] else 0.0
+            if not args.json:
+                print(f"core fast   build {row['build_s']:6.1f} s   {row['cycles']:>10,} cycles in {row['run_s']:7.2f} s"
+                      f"   {row['cycles_per_s']:>12,.0f} cycles/s, {row['instructions']:,} instructions", flush=True)
+            continue
         count = args.cocotb_words if name == "cocotb" else args.words
         words = rng.integers(0, 2**32, count, dtype=np.uint64).astype(np.uint32)
         channel_bytes = max(1 << 20, 1 << int(np.ceil(np.log2(count * 4 + 4096))))

@@ -448,6 +448,9 @@ class FastHarness:
                 raise FastSimError(f"waves file {str(waves)!r}: name it .fst or .vcd (the trace format)")
         channels = self.ports.channels
         dumps = dict(dumps or {})
+        for name in dumps:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+                raise FastSimError(f"dump name {name!r}: use letters, digits, '_', '.', '-'")
         for what, (channel, address, length) in [(f"load {i}", (c, a, len(b))) for i, (c, a, b) in enumerate(loads)] + \
                 list(dumps.items()):
             if not 0 <= int(channel) < channels:
@@ -461,8 +464,10 @@ class FastHarness:
             script = [f"channel_bytes {hbm.channel_bytes}", f"read_latency {hbm.read_latency}",
                       f"bytes_per_cycle {hbm.bytes_per_cycle}", f"outstanding {hbm.outstanding}",
                       f"result {tmp / 'result.json'}"]
-            if waves is not None:
-                script.append(f"waves {Path(waves).resolve()}")
+            if waves is not None:  # written next to its destination, renamed when complete
+                waves = Path(waves).resolve()
+                partial = waves.with_name(waves.name + ".partial")
+                script.append(f"waves {partial}")
             for i, (channel, address, payload) in enumerate(loads):
                 path = tmp / f"load{i}.bin"
                 path.write_bytes(bytes(payload))
@@ -493,6 +498,8 @@ class FastHarness:
                 path = tmp / f"{name}.bin"
                 if path.is_file():
                     result.dumps[name] = np.fromfile(path, dtype=np.uint8)
+            if waves is not None and partial.is_file():
+                os.replace(partial, waves)
         if raw["status"] == "error":
             raise FastSimError(f"the fast harness failed: {raw['error']}")
         if raw["status"] == "budget_exceeded" and check_budget:

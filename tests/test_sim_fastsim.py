@@ -280,7 +280,8 @@ def test_core_error_and_budget_on_the_fast_harness(core_harness):
     from olivine.hw.controller import STATES, STATUS_CAUSES
 
     _, harness = core_harness
-    copy = isa.encode_program([isa.make("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=4096),
+    copy = isa.encode_program([isa.make("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=4096,
+                                        release=0b0010),
                                isa.make("ST", source="act", channel=1, hbm_addr=0, buf_addr=0, length=4096,
                                         wait=0b0001), isa.make("SYS", op="end")])
     with pytest.raises(CycleBudgetExceeded, match="cycle budget of 100 cycles") as info:
