@@ -16,7 +16,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["MAX_BURST_BEATS", "BOUNDARY_BYTES", "axi4_read_signature", "axi4_write_signature",
-           "axi4_signature", "burst_beats", "burst_beats_reference", "check_data_width"]
+           "axi4_signature", "axi4_lite_signature", "burst_beats", "burst_beats_reference", "check_data_width"]
 
 MAX_BURST_BEATS = 256
 BOUNDARY_BYTES = 4096
@@ -60,6 +60,18 @@ def axi4_signature(addr_width: int = 64, data_width: int = 512, id_width: int = 
     members = dict(axi4_read_signature(addr_width, data_width, id_width).members.items())
     members.update(axi4_write_signature(addr_width, data_width, id_width).members.items())
     return wiring.Signature(members)
+
+
+def axi4_lite_signature(addr_width: int, data_width: int = 32) -> wiring.Signature:
+    """An AXI4-Lite master (the host side of ``s_axi_control``; a slave uses ``In(...)``), the
+    signals Vitis' ap_ctrl_hs block and cocotbext-axi's AxiLiteBus use (no AxPROT)."""
+    return wiring.Signature({
+        "awaddr": Out(addr_width), "awvalid": Out(1), "awready": In(1),
+        "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wvalid": Out(1), "wready": In(1),
+        "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "araddr": Out(addr_width), "arvalid": Out(1), "arready": In(1),
+        "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+    })
 
 
 def burst_beats(addr, remaining, beat_bytes: int):

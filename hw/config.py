@@ -26,6 +26,8 @@ SPARSE_N = (2, 4, 8, 16)  # N of N:16; 16 is dense
 SPARSE_M = 16
 #: Chain lengths the sparse DSP chain generator builds (its N-segments must tile the chain).
 CHAIN_LENGTHS = (2, 4, 8, 16, 32, 48, 64)
+#: AXI4 data widths of the HBM masters (bits); the LD/ST engines move one beat per cycle.
+AXI_DATA_WIDTHS = (64, 128, 256, 512, 1024)
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,9 @@ class AcceleratorConfig:
     act_formats: tuple[str, ...] = ACT_FORMATS
     sparse_n: tuple[int, ...] = SPARSE_N
     sfu_dsp: int = 64  # DSP48E2 per core in the special function unit
+    #: AXI4 data width of the HBM masters (and the LD/ST beat) in bits; 512 matches the U280's HBM
+    #: controllers, a smaller width makes RTL simulation of a small configuration faster.
+    axi_data_width: int = 512
 
     def __post_init__(self):
         self.validate()
@@ -129,6 +134,9 @@ class AcceleratorConfig:
             problems.append("sparse_n must include 16 (dense)")
         if not 1 <= self.hbm_channels <= board.memory.channels:
             problems.append(f"hbm_channels={self.hbm_channels}: {board.name} has {board.memory.channels} memory channels")
+        if self.axi_data_width not in AXI_DATA_WIDTHS:
+            problems.append(f"axi_data_width={self.axi_data_width}: AXI4 data widths are "
+                            f"{', '.join(map(str, AXI_DATA_WIDTHS))} bits (512 matches the HBM controllers)")
         if not 50 <= self.clock_mhz <= 500:
             problems.append(f"clock_mhz={self.clock_mhz}: outside 50-500 MHz")
         if board.slrs is not None and self.cores > board.slrs:

@@ -34,6 +34,8 @@ Ports (see :class:`Controller`):
   status: Out(status_layout): state (0 idle, 1 running, 2 done, 3 error), cause
           (:data:`STATUS_CAUSES`), field (hw.isa.FIELD_NAMES), offset, stuck[4] (valid, offset).
   busy: Out(1) an AXI burst or a unit instruction is still in flight.
+  unit_busy: Out(4) unit u has an instruction in flight; unit_waiting: Out(4) unit u is idle with
+          an instruction at its queue head that waits for a token (the core's stall counters).
   fetch: Out(axi4_read_signature) the program's memory port.
   ld, st, mpe, sfu: Out(stream) payload :func:`unit_layout` of the unit (offset, opcode, the
          format's fields); valid only when the instruction may start (tokens present, unit idle);
@@ -105,17 +107,21 @@ class ProgramFetch(wiring.Component):
     signature), out (Out stream WORD_LAYOUT), busy (Out 1: bursts outstanding or words to
     deliver), delivered (Out 1: every word has been handed out since the last start), bus_error
     (Out 1, sticky: an RRESP other than OKAY).
-    Bursts: beat-aligned INCR, split at 256 beats and 4 KiB, up to ``max_outstanding`` in flight.
+    Bursts: beat-aligned INCR, split at ``max_burst`` (<= 256) beats and 4 KiB, up to
+    ``max_outstanding`` in flight.
     Latency: memory latency + 1 cycle (the beat register) to the first word.
     Throughput: one word per cycle; a beat is accepted in the cycle its last word leaves, so a
     stream of beats runs without bubbles.
     """
 
     def __init__(self, *, data_width: int = 512, addr_width: int = 64, id_width: int = 1,
-                 offset_bits: int = DEFAULT_OFFSET_BITS, max_outstanding: int = 4):
+                 offset_bits: int = DEFAULT_OFFSET_BITS, max_outstanding: int = 4, max_burst: int = 256):
         self.beat_bytes = check_data_width(data_width)
         self.data_width, self.addr_width, self.offset_bits = data_width, addr_width, offset_bits
         self.max_outstanding = max_outstanding
+        if not 1 <= max_burst <= 256:
+            raise ValueError(f"max_burst={max_burst}: AXI4 bursts have 1..256 beats")
+        self.max_burst = max_burst
         super().__init__({
             "start": In(1), "addr": In(addr_width), "words": In(offset_bits), "stop": In(1),
             "axi": Out(axi4_read_signature(addr_width, data_width, id_width)),
@@ -144,7 +150,9 @@ class ProgramFetch(wiring.Component):
             axi.arid.eq(0), axi.arsize.eq(shift), axi.arburst.eq(1), axi.arlock.eq(0),
             axi.arcache.eq(0b0011), axi.arprot.eq(0), axi.arqos.eq(0), axi.araddr.eq(ar_addr),
         ]
-        n = burst_beats(ar_addr, ar_left, bb)
+        n = Signal(9)
+        split = burst_beats(ar_addr, ar_left, bb)
+        m.d.comb += n.eq(Mux(split < self.max_burst, split, self.max_burst))
         m.d.comb += [axi.arlen.eq(n - 1),
                      axi.arvalid.eq((ar_left != 0) & ~aborted & (outstanding < self.max_outstanding))]
         ar_go = axi.arvalid & axi.arready
@@ -200,17 +208,18 @@ class Controller(wiring.Component):
 
     def __init__(self, *, data_width: int = 512, addr_width: int = 64, id_width: int = 1,
                  offset_bits: int = DEFAULT_OFFSET_BITS, max_outstanding: int = 4,
-                 queue_depth: int = 8, token_bits: int = 8):
+                 queue_depth: int = 8, token_bits: int = 8, max_burst: int = 256):
         if queue_depth < 1:
             raise ValueError(f"queue_depth={queue_depth}: every unit needs a queue of at least 1")
         if token_bits < 1:
             raise ValueError(f"token_bits={token_bits} must be at least 1")
         self.fetch_params = dict(data_width=data_width, addr_width=addr_width, id_width=id_width,
-                                 offset_bits=offset_bits, max_outstanding=max_outstanding)
+                                 offset_bits=offset_bits, max_outstanding=max_outstanding, max_burst=max_burst)
         self.offset_bits, self.queue_depth, self.token_bits = offset_bits, queue_depth, token_bits
         members = {
             "start": In(1), "prog_addr": In(addr_width), "prog_words": In(offset_bits),
             "watchdog_limit": In(32), "status": Out(status_layout(offset_bits)), "busy": Out(1),
+            "unit_busy": Out(len(UNIT_NAMES)), "unit_waiting": Out(len(UNIT_NAMES)),
             "fetch": Out(axi4_read_signature(addr_width, data_width, id_width)),
         }
         for u in UNIT_NAMES:
@@ -256,6 +265,7 @@ class Controller(wiring.Component):
                          port.valid.eq(startable[u]), port.p.eq(head),
                          starts[u].eq(port.valid & port.ready),
                          q.r_en.eq(starts[u] | halt)]  # after an error the queues are emptied
+            m.d.comb += self.unit_waiting[u].eq(q.r_rdy & ~busy[u] & ~ok & running & ~halt)
             with m.If(starts[u]):
                 m.d.sync += [busy[u].eq(1), current[u].eq(head.offset), release[u].eq(head.fields.release)]
         for u in range(nu):
@@ -354,7 +364,7 @@ class Controller(wiring.Component):
                 m.d.sync += status.state.eq(STATES.index("done"))
 
         in_flight = busy.any() | fetch.busy | ~all_empty
-        m.d.comb += self.busy.eq(in_flight)
+        m.d.comb += [self.busy.eq(in_flight), self.unit_busy.eq(busy)]
         with m.If(self.start & ~running & ~in_flight):
             m.d.sync += [status.state.eq(STATES.index("running")), status.cause.eq(0),
                          status.offset.eq(0), status.field.eq(0), halt.eq(0), busy.eq(0)]

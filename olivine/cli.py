@@ -160,6 +160,12 @@ def _cmd_diagrams(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hdl(args: argparse.Namespace) -> int:
+    from olivine.hw.hdl import hdl_main
+
+    return hdl_main(board=args.board, config=args.config, out=args.output, lint=args.lint)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from olivine.compiler.compile import compile_main
 
@@ -233,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output directory: new, empty, or an earlier `olivine diagrams` output (replaced whole)")
     p.set_defaults(func=_cmd_diagrams)
+
+    p = sub.add_parser("hdl", help="write the accelerator core's Verilog for a configuration",
+                       description="Write olivine_core.v (the core's top: controller, LD/ST, SFU, buffers, "
+                                   "AXI) and manifest.json (configuration, ports, register map) into a directory.",
+                       lazy_epilog=_boards_help)
+    p.add_argument("--board", default="u280", help="target board (default u280)")
+    p.add_argument("--config", default=None, metavar="NAME|FILE.json",
+                   help="default (sized to the board), small, or a JSON file of AcceleratorConfig fields")
+    p.add_argument("-o", "--output", required=True,
+                   help="output directory: new, empty, or an earlier `olivine hdl` output (replaced whole)")
+    p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the result")
+    p.set_defaults(func=_cmd_hdl)
 
     p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image",
                        description="Quantize a model, compile one program per prompt and context length bucket "
