@@ -17,7 +17,8 @@ Routes, each over the same copy:
 
 Design ``core`` runs a program on the core (hw/core.py), ``--repeats`` times: ``--pairs`` x (LD
 8 KiB from channel 0 into the activation buffer, ST of it to channel 1), token ping-pong, on the
-fast route; the copy is checked. (Longer programs hung the core's first version: docs/sim.md.)
+fast route; the copy is checked. (Programs over ~100 words hung the core's first version,
+docs/sim.md; fixed on the core branch before CORE TOP READY.)
 ``--config test`` is sim/core_rtl.py's cut-down RTL-test configuration, ``small`` the named one.
 
 Builds go to a fresh private cache (``--cache``; default a temporary directory) so the build
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="test", help="the core's configuration (--design core): test "
                         "(sim/core_rtl.py's RTL-test one), small, or a JSON file")
     parser.add_argument("--verilog", help="a core Verilog file (top olivine_core) instead of generating one")
-    parser.add_argument("--pairs", type=int, default=8, help="LD/ST pairs of the core program (--design core)")
-    parser.add_argument("--repeats", type=int, default=20, help="runs of the core program (--design core)")
+    parser.add_argument("--pairs", type=int, default=200, help="LD/ST pairs of the core program (--design core)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the core program (--design core)")
     parser.add_argument("--words", type=int, default=500_000, help="32-bit words copied (fast and debug routes)")
     parser.add_argument("--cocotb-words", type=int, default=10_000, help="words copied on the cocotb route")
     parser.add_argument("--routes", nargs="+", choices=tuple(ROUTES), default=list(ROUTES))

@@ -28,9 +28,9 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from olivine.hw import core_regs
-from olivine.hw.axi import BOUNDARY_BYTES, axi4_signature, check_data_width
+from olivine.hw.axi import BOUNDARY_BYTES, axi4_lite_signature, axi4_signature, check_data_width
 
-__all__ = ["StandInCore", "axi4_lite_slave_signature", "STANDIN_TOP"]
+__all__ = ["StandInCore", "STANDIN_TOP", "STROBE_MASK_OFFSET"]
 
 STANDIN_TOP = "olivine_core"  # same Verilog top name as the real core
 #: Stand-in only (a free offset of hw/core_regs.py): byte lanes NOT written by the copy's W beats
@@ -38,22 +38,11 @@ STANDIN_TOP = "olivine_core"  # same Verilog top name as the real core
 STROBE_MASK_OFFSET = 0x24
 
 
-def axi4_lite_slave_signature(addr_width: int = core_regs.ADDRESS_BITS) -> wiring.Signature:
-    """AXI4-Lite slave, 32-bit data (In = driven by the host)."""
-    return wiring.Signature({
-        "awaddr": In(addr_width), "awvalid": In(1), "awready": Out(1),
-        "wdata": In(32), "wstrb": In(4), "wvalid": In(1), "wready": Out(1),
-        "bresp": Out(2), "bvalid": Out(1), "bready": In(1),
-        "araddr": In(addr_width), "arvalid": In(1), "arready": Out(1),
-        "rdata": Out(32), "rresp": Out(2), "rvalid": Out(1), "rready": In(1),
-    })
-
-
 class StandInCore(wiring.Component):
     def __init__(self, channels: int = 2, data_width: int = 64, id_width: int = 1, max_burst: int = 16):
         self.channels, self.beat_bytes = channels, check_data_width(data_width)
         self.max_burst = max_burst
-        members = {"s_axi_control": Out(axi4_lite_slave_signature()), "interrupt": Out(1)}
+        members = {"s_axi_control": In(axi4_lite_signature(core_regs.ADDRESS_BITS)), "interrupt": Out(1)}
         for k in range(channels):
             members[f"m_axi_hbm{k}"] = Out(axi4_signature(64, data_width, id_width))
         super().__init__(wiring.Signature(members))
