@@ -56,7 +56,7 @@ from olivine.hw import core_regs
 from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
 
 __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
-           "ProgramRun", "sim", "ports_from_manifest",
+           "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
            "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
 
 HARNESS_SOURCE = Path(__file__).with_name("fast") / "harness.cpp"
@@ -594,6 +594,16 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
 # ---------------------------------------------------------------------------------------------
 # the interactive handle
 
+#: Where the core (hw/core.py) hands each unit an instruction: the valid/ready pair of the unit's
+#: instruction stream in the Verilog hierarchy (LD and ST behind their TransferGuard).
+UNIT_STREAMS = {
+    "ld": ("ld_guard.i__valid", "ld_guard.i__ready"),
+    "st": ("st_guard.i__valid", "st_guard.i__ready"),
+    "sfu": ("sfu.instr__valid", "sfu.instr__ready"),
+    "mpe": ("mpe.inst__valid", "mpe.inst__ready"),
+}
+
+
 class DebugHandle:
     """The core in-process for debugging: the same C++ host and HBM model as :class:`FastHarness`,
     built as a shared library with every signal public and called through ctypes.
@@ -685,6 +695,21 @@ class DebugHandle:
             raise FastSimError(f"run_until({dict(conditions)}) did not hold within {limit:,} cycles")
         self._check(got, f"run_until({dict(conditions)})")
         return int(got)
+
+    def run_to_handshake(self, valid: str, ready: str, limit: int) -> int:
+        """Step until ``valid`` and ``ready`` are both high (the handshake happens at the next
+        edge), then through that edge; returns the cycles stepped."""
+        cycles = self.run_until({valid: 1, ready: 1}, limit)
+        self.step(1)
+        return cycles + 1
+
+    def next_instruction(self, unit: str, limit: int = 1_000_000) -> int:
+        """Run until the controller hands ``unit`` (ld, st, sfu, mpe) its next instruction, and
+        through that cycle; returns the cycles stepped (the core's hierarchy: :data:`UNIT_STREAMS`)."""
+        if unit not in UNIT_STREAMS:
+            raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNIT_STREAMS)}")
+        valid, ready = UNIT_STREAMS[unit]
+        return self.run_to_handshake(valid, ready, limit)
 
     # -- signals
     def signals(self, internal: bool = False) -> dict[str, int]:

@@ -6,6 +6,8 @@ model's parameters change its cycle count by amounts the model's definition pred
 are cached (content-addressed) in the shared olivine cache: one batch and one debug build.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -187,8 +189,8 @@ def test_debug_handle_step_peek_poke_and_buffers(standin_verilog):
         dbg.run_until({"m_axi_hbm0__arvalid": 1}, limit=100)
         assert dbg.peek("m_axi_hbm0__araddr") == 0x1000 and dbg.peek("m_axi_hbm0__arlen") == MAX_BURST - 1
         assert dbg.peek("state") == 1
-        # the first R beat comes read_latency cycles after the AR handshake
-        dbg.step(1)
+        # through the AR handshake; the first R beat comes read_latency cycles after it
+        assert dbg.run_to_handshake("m_axi_hbm0__arvalid", "m_axi_hbm0__arready", limit=100) == 1
         waited = dbg.run_until({"m_axi_hbm0__rvalid": 1}, limit=100)
         assert waited == 5
         dbg.wait_done(budget=10_000)
@@ -273,6 +275,19 @@ def test_core_programs_match_funcsim_on_the_fast_harness(core_harness):
             assert result.hbm[k]["write_bytes"] == result.registers[f"hbm{k}_write_bytes"] == w["hbm_written"][k], (name, k)
         assert result.registers["state"] == STATES.index("done"), name
     assert not problems, "\n".join(problems)
+
+
+def test_unit_streams_name_the_cores_instruction_handshakes(core_harness):
+    # DebugHandle.next_instruction runs to these valid/ready pairs: they must exist in the core
+    config, harness = core_harness
+    text = harness.verilog_text
+    for unit, pair in fastsim.UNIT_STREAMS.items():
+        if unit == "mpe" and "module \\olivine_core.mpe " not in text:
+            continue  # no matrix engine built into this core yet
+        for name in pair:
+            instance, signal = name.split(".")
+            header = re.search(rf"module \\olivine_core\.{instance} \(([^)]*)\)", text)
+            assert header and re.search(rf"\b{signal}\b", header.group(1)), (unit, name)
 
 
 def test_core_error_and_budget_on_the_fast_harness(core_harness):
