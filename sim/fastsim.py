@@ -1,6 +1,6 @@
 """The fast harness: the core in Verilator with a plain C++ host and HBM model (no Python per cycle).
 
-:class:`FastHarness` builds ``sim/fast/harness.cpp`` against the Verilog of the core's top (or of
+:class:`FastHarness` builds ``sim/fast_harness.cpp`` against the Verilog of the core's top (or of
 anything with its port naming, CORE_INTERFACE.md section 4), runs it as a subprocess and returns
 numpy arrays and a dict; :class:`DebugHandle` loads the same harness as a shared library for
 interactive debugging (step, peek, poke, run until a condition, read/write HBM and registers)::
@@ -16,7 +16,7 @@ interactive debugging (step, peek, poke, run until a condition, read/write HBM a
 Ports are discovered from the Verilog text (the top's ``input``/``output`` declarations; or from
 the manifest ``olivine hdl`` writes, :meth:`FastHarness.from_hdl`): every
 ``m_axi_hbm<k>`` AXI4 master gets an HBM model (:class:`HbmParams`: channel bytes, read latency,
-bytes per cycle, outstanding bursts; the model is documented at the top of harness.cpp), and
+bytes per cycle, outstanding bursts; the model is documented at the top of fast_harness.cpp), and
 ``s_axi_control`` the host's AXI4-Lite driver. The host sequence (:meth:`FastHarness.run_program`)
 is section 4's: the image and the program into HBM, the program registers, ap_start, the wait
 (``interrupt`` when the top has it, else polling CTRL), the status registers of hw/core_regs.py,
@@ -59,7 +59,7 @@ __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", 
            "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
            "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
 
-HARNESS_SOURCE = Path(__file__).with_name("fast") / "harness.cpp"
+HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (pyproject: *.cpp)
 VARIANTS = ("batch", "fst", "vcd", "debug")
 #: Trace formats of the waves variants, by file suffix.
 WAVE_FORMATS = ("fst", "vcd")
