@@ -66,6 +66,7 @@ __all__ = [
     "VERILATOR_BUILD_WAIVERS",
     "build_directory",
     "cache_root",
+    "cached_build",
     "join_words",
     "load_vectors",
     "run_cocotb",
@@ -268,19 +269,41 @@ def _runner(simulator: str):
         raise SimulatorMissing(f"cocotb cannot start {simulator}: {exc}") from None
 
 
+def cached_build(build_dir: Path, make, *, record: Mapping | None = None) -> float:
+    """Build into ``build_dir`` exactly once across processes; return seconds spent (0: cached).
+
+    ``make(tmp)`` fills a private temporary directory next to ``build_dir``; a per-key file lock
+    serialises builders, and the directory is renamed into place (``os.replace``) with a
+    ``.complete`` record (``record`` plus the build seconds) only when ``make`` returned, so
+    nobody ever sees a half-built model. An exception from ``make`` leaves the temporary
+    directory for inspection (the caller's error names it; stale ones are removed after a day).
+    """
+    root = build_dir.parent
+    root.mkdir(parents=True, exist_ok=True)
+    if (build_dir / ".complete").is_file():
+        return 0.0
+    with open(root / f"{build_dir.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (build_dir / ".complete").is_file():
+            return 0.0  # another process built it while we waited
+        start = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build_dir.name}-", dir=root))
+        make(tmp)
+        seconds = time.monotonic() - start
+        (tmp / ".complete").write_text(json.dumps({**dict(record or {}), "build_seconds": seconds},
+                                                  indent=1))
+        if build_dir.exists():  # an incomplete leftover (a killed builder): replace it
+            shutil.rmtree(build_dir, ignore_errors=True)
+        os.replace(tmp, build_dir)
+        return seconds
+
+
 def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timescale, waves: bool,
            build_dir: Path) -> float:
     """Build into a private directory and rename it to ``build_dir``; return seconds spent."""
     from olivine.hw.export import verilator_env
 
-    rtl_root = build_dir.parent
-    lock_path = rtl_root / f"{build_dir.name}.lock"
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if (build_dir / ".complete").is_file():
-            return 0.0  # another process built it while we waited
-        start = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build_dir.name}-", dir=rtl_root))
+    def make(tmp: Path) -> None:
         source = tmp / f"{top}.v"
         source.write_text(verilog_text)
         log = tmp / "build.log"
@@ -299,14 +322,9 @@ def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timesc
             raise RtlBuildError(
                 f"{simulator} failed to build top module {top!r} ({exc}). Build directory kept "
                 f"at {tmp}. Last lines of {log.name}:\n{_tail(log)}") from None
-        seconds = time.monotonic() - start
-        (tmp / ".complete").write_text(json.dumps(
-            {"top": top, "simulator": simulator, "flags": flags, "build_seconds": seconds,
-             "tools": list(_tool_versions(simulator))}, indent=1))
-        if build_dir.exists():  # an incomplete leftover (a killed builder): replace it
-            shutil.rmtree(build_dir, ignore_errors=True)
-        os.replace(tmp, build_dir)
-        return seconds
+
+    return cached_build(build_dir, make, record={
+        "top": top, "simulator": simulator, "flags": flags, "tools": list(_tool_versions(simulator))})
 
 
 def _remove_stale(rtl_root: Path) -> None:

