@@ -451,19 +451,26 @@ def compile_model(spec: ModelSpec, config: AcceleratorConfig, *, max_prompt: int
 
 # ---- run-time patching -----------------------------------------------------------------------
 
+def patch_value(p: dict, f, env: dict) -> int:
+    """The value of patch ``p`` (field ``f``) for the run-time values ``env``: ``base + scale * env[var]``,
+    checked to fit the field."""
+    try:
+        value = p["base"] + p["scale"] * int(env[p["var"]])
+    except KeyError:
+        raise CompileError(f"patch of {p['mnemonic']}.{p['field']} at word {p['offset']} needs {p['var']!r}, "
+                           "which the run time did not provide") from None
+    if not 0 <= value <= f.max:
+        raise CompileError(f"patched {p['mnemonic']}.{p['field']} = {value} does not fit {f.width} bits "
+                           f"(word {p['offset']})")
+    return value
+
+
 def apply_patches(words: np.ndarray, patches: list[dict], env: dict) -> np.ndarray:
     """A copy of ``words`` with every patched field set to ``base + scale * env[var]``."""
     out = np.array(words, dtype=np.uint32, copy=True)
     for p in patches:
         f = isa.BY_MNEMONIC[p["mnemonic"]].field(p["field"])
-        try:
-            value = p["base"] + p["scale"] * int(env[p["var"]])
-        except KeyError:
-            raise CompileError(f"patch of {p['mnemonic']}.{p['field']} at word {p['offset']} needs {p['var']!r}, "
-                               "which the run time did not provide") from None
-        if not 0 <= value <= f.max:
-            raise CompileError(f"patched {p['mnemonic']}.{p['field']} = {value} does not fit {f.width} bits "
-                               f"(word {p['offset']})")
+        value = patch_value(p, f, env)
         w = p["offset"] + f.word
         out[w] = (int(out[w]) & ~(f.max << f.lsb) & 0xFFFFFFFF) | (value << f.lsb)
     return out

@@ -300,6 +300,8 @@ class OlivineCore(wiring.Component):
         mpe = self.mpe
         if mpe is not None:
             m.submodules.mpe = EnableInserter(en["mpe"])(mpe)
+            if "enable" in mpe.signature.members:  # hw/mpe.py: the chains' backpressure freeze (DSP primitives)
+                m.d.comb += mpe.enable.eq(en["mpe"])
 
         # ---- unit control: done / fault / error ----------------------------------------------------
         done = [Signal(name=f"{u}_done") for u in UNIT_NAMES]

@@ -594,6 +594,11 @@ class Sfu(wiring.Component):
                          vs_elem_m.eq((ins.src1 + ins.cols) >> 2)]
 
         # ---- control FSM
+        def finish_with_error(code):
+            """The instruction ends here with ``code`` latched (nothing of it is written)."""
+            return [status.error.eq(1), status.code.eq(code), status.offset.eq(ins.offset), status.busy.eq(0),
+                    status.done.eq(1), status.cycles.eq(cycles)]
+
         running = Signal()
         err_code = Signal(4)
         # state register with an explicit default branch (RUN), so every case statement the
@@ -647,8 +652,7 @@ class Sfu(wiring.Component):
                 with m.Elif(bad_range):
                     m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
                 with m.If(err_code != 0):
-                    m.d.sync += [status.error.eq(1), status.code.eq(err_code), status.offset.eq(ins.offset),
-                                 status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
+                    m.d.sync += finish_with_error(err_code)
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Else():
                     m.d.sync += [r_row.eq(0), r_pass.eq(0), r_slot.eq(0), r_op1.eq(0), r_done.eq(0),
@@ -694,8 +698,7 @@ class Sfu(wiring.Component):
                     e0_big = (eps_shift < 32) & ((eps_acc >> (eps_shift[:5] + 29)) != 0)
                     bad_eps = eps_mult[31] | (eps_shift > 62) | e0_big   # (a negative int32 shift is > 62 unsigned)
                     with m.If(sqrt_unit.o.valid & bad_eps):
-                        m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_EPS), status.offset.eq(ins.offset),
-                                     status.busy.eq(0), status.done.eq(1), status.cycles.eq(cycles)]
+                        m.d.sync += finish_with_error(SfuError.BAD_EPS)
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Elif(sqrt_unit.o.valid):
                         root, rem = sqrt_unit.o.p.root, sqrt_unit.o.p.remainder
@@ -718,9 +721,7 @@ class Sfu(wiring.Component):
                         m.d.sync += scan_bad.eq(1)
                     with m.If(~scan_issue & ~scan_valid):
                         with m.If(scan_bad):
-                            m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_MULTIPLIER),
-                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
-                                         status.cycles.eq(cycles)]
+                            m.d.sync += finish_with_error(SfuError.BAD_MULTIPLIER)
                             m.d.sync += state.eq(_State.IDLE)
                         with m.Else():
                             m.d.sync += state.eq(_State.RUN)
@@ -739,9 +740,7 @@ class Sfu(wiring.Component):
                 with m.Case(_State.Q_CHECK):
                     total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, q_groups * q_blk, n_elems + 3 * ins.rows))
                     with m.If(q_bad | (ins.dst + total > self.space_bytes)):
-                        m.d.sync += [status.error.eq(1), status.code.eq(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE)),
-                                     status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
-                                     status.cycles.eq(cycles)]
+                        m.d.sync += finish_with_error(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE))
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
                         m.d.sync += [q_base.eq(ins.dst), q_acode.eq(ins.dst), q_h.eq(0), q_t.eq(0), q_tcols.eq(0),
@@ -762,9 +761,7 @@ class Sfu(wiring.Component):
                     with m.Elif(pr_step == 2):
                         m.d.sync += q_ovp_s.eq(clamp_shift(shift_word.as_signed()))
                         with m.If(q_ovp_mult[MULT_BITS]):
-                            m.d.sync += [status.error.eq(1), status.code.eq(SfuError.BAD_MULTIPLIER),
-                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
-                                         status.cycles.eq(cycles)]
+                            m.d.sync += finish_with_error(SfuError.BAD_MULTIPLIER)
                             m.d.sync += state.eq(_State.IDLE)
                         with m.Else():
                             m.d.sync += state.eq(_State.RUN)
@@ -775,9 +772,7 @@ class Sfu(wiring.Component):
                     m.d.comb += [self.rd.addr.eq(rope_setup.rd_addr), self.rd.en.eq(rope_setup.rd_en)]
                     with m.If(rope_setup.done):
                         with m.If(rope_setup.code != 0):
-                            m.d.sync += [status.error.eq(1), status.code.eq(rope_setup.code),
-                                         status.offset.eq(ins.offset), status.busy.eq(0), status.done.eq(1),
-                                         status.cycles.eq(cycles)]
+                            m.d.sync += finish_with_error(rope_setup.code)
                             m.d.sync += state.eq(_State.IDLE)
                         with m.Else():
                             m.d.sync += state.eq(_State.RUN)

@@ -135,15 +135,17 @@ def core_verilog(config: AcceleratorConfig, **core_kwargs) -> str:
 
 def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: int = 1 << 16, pause: float = 0.0,
              max_cycles: int = 200_000, seed: int = 0, sfu_ops: tuple[str, ...] | None = None,
-             waves: bool = False) -> list[dict]:
+             waves: bool = False, mpe=None) -> list[dict]:
     """Run ``jobs`` on the RTL core (one simulation); per job a dict with ``regs`` (name -> value,
     counters as ``<unit>_<counter>`` and ``hbm<k>_<counter>``), ``timeout`` (bool), ``hbm`` (list
-    of channel arrays) and ``buffers`` (name -> array, from the dump program)."""
+    of channel arrays) and ``buffers`` (name -> array, from the dump program). ``mpe``: the matrix
+    engine (a callable ``mpe(config)``, e.g. hw.mpe.MatrixEngine) or None (MM/MV fault)."""
     from olivine.hw.core import VERILATOR_BUILD_ARGS
     from olivine.sim.rtl import run_cocotb
     import tempfile
 
-    text = core_verilog(config, sfu_ops=sfu_ops, hbm_channel_bytes=channel_bytes)
+    extra = {"mpe": mpe} if mpe is not None else {}
+    text = core_verilog(config, sfu_ops=sfu_ops, hbm_channel_bytes=channel_bytes, **extra)
     dump, dump_offsets = dump_program(config)
     words = [j.words() for j in jobs]
     prog_addr = [place_program(j) for j in jobs]

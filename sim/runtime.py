@@ -119,7 +119,7 @@ class Runtime:
         ``apply_patches(words, patches, env)``, and so do the errors: apply_patches' CompileError for a
         missing variable or a value that does not fit, then the decoder's IsaError of each patched
         instruction, in the same order)."""
-        from olivine.compiler.compile import CompileError
+        from olivine.compiler.compile import patch_value
 
         plan = self._idx.get(name)
         if plan is None:
@@ -131,15 +131,7 @@ class Runtime:
         prog = list(self._decoded[name])
         values: dict[int, dict] = {}
         for p, f in fields:  # apply_patches' loop, its checks and messages
-            try:
-                value = p["base"] + p["scale"] * int(env[p["var"]])
-            except KeyError:
-                raise CompileError(f"patch of {p['mnemonic']}.{p['field']} at word {p['offset']} needs {p['var']!r}, "
-                                   "which the run time did not provide") from None
-            if not 0 <= value <= f.max:
-                raise CompileError(f"patched {p['mnemonic']}.{p['field']} = {value} does not fit {f.width} bits "
-                                   f"(word {p['offset']})")
-            values.setdefault(p["offset"], {})[f.name] = value
+            values.setdefault(p["offset"], {})[f.name] = patch_value(p, f, env)
         for off in offsets:  # the decoder's checks of each patched instruction
             k = index[off]
             prog[k] = isa.with_fields(prog[k], values[off], off)

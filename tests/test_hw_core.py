@@ -117,6 +117,51 @@ def test_programs_match_funcsim():
     assert got[1]["regs"]["sfu_stall_memory"] > 0, "no bank conflict between LD and the SFU was exercised"
 
 
+# ---- the matrix engine in the core ----------------------------------------------------------------
+
+def _mpe_programs():
+    """LD weights and INT8 activation blocks, MM / MV on the engine (int32 out: no data rules on the
+    random exponent/mantissa bytes), ST the results; tokens LD -> MPE -> ST."""
+    M = isa.make
+    LDU, STU, MPE = 0b0001, 0b0010, 0b0100
+    return {
+        "mm_int8": [
+            M("LD", target="weight", channel=0, hbm_addr=0, buf_addr=0, length=4 * 32),
+            M("LD", target="act", channel=1, hbm_addr=64, buf_addr=0, length=3 * 32 + 9, release=MPE),
+            M("MM", wfmt="int8", out="int32", k_blocks=2, m=3, n=4, a_addr=0, b_addr=0, out_addr=2048,
+              wait=LDU, release=STU),
+            M("ST", source="act", channel=1, hbm_addr=30000, buf_addr=2048, length=48, wait=MPE),
+            M("SYS", op="end"),
+        ],
+        "mv_int4_accumulate": [
+            M("LD", target="weight", channel=1, hbm_addr=100, buf_addr=512, length=8 * 32),
+            M("LD", target="act", channel=0, hbm_addr=300, buf_addr=1024, length=64 + 3),
+            M("LD", target="act", channel=0, hbm_addr=2000, buf_addr=4096, length=32, release=MPE),
+            M("MV", wfmt="int4", out="int32", accumulate=1, k_blocks=4, m=1, n=8, a_addr=1024, b_addr=512,
+              out_addr=4096, wait=LDU, release=STU),
+            M("ST", source="act", channel=0, hbm_addr=31000, buf_addr=4096, length=32, wait=MPE),
+            M("SYS", op="end"),
+        ],
+    }
+
+
+@requires_verilator
+@pytest.mark.rtl
+def test_matrix_engine_programs_match_funcsim():
+    from olivine.hw.mpe import MatrixEngine
+
+    rng = np.random.default_rng(21)
+    progs = _mpe_programs()
+    jobs = [CoreJob(p, {0: _image(rng), 1: _image(rng)}) for p in progs.values()]
+    cfg = rtl_test_config(chains_per_core=2)  # the engine's smallest build (one chain leaves 0-bit selects)
+    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
+    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    _check(jobs, got, want, list(progs))
+    for name, g in zip(progs, got):
+        assert g["regs"]["state"] == STATES.index("done"), (name, g["regs"])
+        assert g["regs"]["mpe_instructions"] == 1 and g["regs"]["mpe_busy"] > 0, name
+
+
 # ---- error paths ----------------------------------------------------------------------------------
 
 @requires_verilator
