@@ -16,11 +16,10 @@ Build cache
     (``os.replace``) only when complete, so nobody ever sees a half-built model.
 
 Verilator build flags
-    * ``-CFLAGS -O1`` (the C++ optimisation level; Verilator's default is -Os). Measured on a
-      small design, -O1 compiles about as fast as -Os and simulates faster; -O2 costs noticeably
-      more compile time and only pays off for long simulations (whole-program runs). Override
-      with the environment variable ``OLIVINE_VERILATOR_OPT`` (e.g. ``-O2``); it is part of the
-      cache key.
+    * the C++ optimisation level (:data:`DEFAULT_VERILATOR_OPT`) goes to verilated.mk's OPT_FAST and
+      OPT_GLOBAL; the slow-path files (construction, the symbol table) build at -O0
+      (:func:`_make_flags` says why). Override the level with the environment variable
+      ``OLIVINE_VERILATOR_OPT`` (e.g. ``-O2``); it is part of the cache key.
     * ``make -j 2`` (``cocotb_tools.runner.MAX_PARALLEL_BUILD_JOBS``): modest, the CI machines
       have two cores.
     * :data:`VERILATOR_BUILD_WAIVERS`: the warnings Amaranth's Verilog triggers in a Verilator
@@ -196,10 +195,19 @@ def _verilator_opt() -> str:
     return opt
 
 
+def _make_flags() -> str:
+    """MAKEFLAGS of a Verilator build: the PCH fix, and the optimisation level through verilated.mk's
+    OPT_FAST / OPT_GLOBAL (a -CFLAGS level would land after them and also hit the slow-path files).
+    The slow-path files (OPT_SLOW) build at -O0: with cocotb's --public-flat-rw the symbol-table
+    constructor (Vtop__Syms__ctor__*__Slow.cpp) of a large design is thousands of lines that g++ -Os
+    took 20-30 minutes to compile on this 2-core machine, and it runs once."""
+    opt = _verilator_opt()
+    return f"{VERILATOR_MAKE_FIXES} OPT_FAST={opt} OPT_GLOBAL={opt} OPT_SLOW=-O0"
+
+
 def _build_flags(simulator: str, extra: Sequence[str]) -> list[str]:
     if simulator == "verilator":
         flags = [f"-Wno-{code}" for code in sorted(VERILATOR_BUILD_WAIVERS)]
-        flags += ["-CFLAGS", _verilator_opt()]
     else:
         flags = []
     return flags + [str(x) for x in extra]
@@ -254,6 +262,7 @@ def build_directory(verilog_text: str, top: str, simulator: str, flags: Sequence
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(), "top": top,
         "simulator": simulator, "flags": list(flags), "timescale": list(timescale or ()),
         "waves": bool(waves), "tools": list(_tool_versions(simulator)),
+        "make": _make_flags() if simulator == "verilator" else "",
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
     return cache_root() / "rtl" / f"{simulator}-{top}-{key}"
@@ -312,7 +321,7 @@ def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timesc
         try:
             build_env = {k: env[k] for k in ("PATH", "VERILATOR_ROOT")} if env else {}
             if simulator == "verilator":
-                build_env["MAKEFLAGS"] = VERILATOR_MAKE_FIXES
+                build_env["MAKEFLAGS"] = _make_flags()
             with _patched_process(build_env), progress.step(f"building {top} with {simulator} "
                                                             f"(cached in {build_dir})"):
                 runner.build(sources=[source], hdl_toplevel=top, build_args=flags,
