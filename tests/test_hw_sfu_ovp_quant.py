@@ -10,6 +10,8 @@ a 1-lane SFU answering NOT_BUILT; Verilator lint (rtl); Yosys resources (synth).
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -65,8 +67,10 @@ def _rows(rng, normal, kind, rows, cols):
 @pytest.mark.parametrize("normal", OVP_NORMALS)
 @pytest.mark.parametrize("kind", ["random", "ties", "saturate", "zero"])
 def test_core_matches_funcsim_with_backpressure(normal, kind):
-    lanes, rows, cols = 4, 3 if REDUCED else 8, 12
-    rng = np.random.default_rng(hash((normal, kind)) % 1000)
+    # 8 rows also under CI: fewer random rows need not reach an outlier pair (the coverage check below);
+    # a fixed seed per case (str hash() changes from run to run)
+    lanes, rows, cols = 4, 8, 12
+    rng = np.random.default_rng(zlib.crc32(f"{normal}/{kind}".encode()))
     x, mult, shift = _rows(rng, normal, kind, rows, cols)
     want = quantize_rows_ovp4(x, mult, shift, normal)
     dut = OvpQuantCore(lanes)
