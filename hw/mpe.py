@@ -78,6 +78,7 @@ from amaranth.lib.wiring import In, Out
 from .config import AcceleratorConfig
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
+from .mpe_ovp import OvpMatrixPath
 from .ovp_decoder import OvpPairDecoder
 from .requant import REQUANT_LATENCY, Requantizer
 from .resources import register_unit
@@ -320,7 +321,7 @@ class MatrixEngine(wiring.Component):
             # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
             # it writes; the engine writes column group by column group, so a later row's int8 bytes
             # could land on an earlier row's input not read yet: refused rather than wrong
-            (f.afmt | (pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
              MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
              | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
@@ -338,6 +339,25 @@ class MatrixEngine(wiring.Component):
         with m.Else():
             m.d.comb += code.eq(0)
 
+    def _ovp_path(self, m, f, start, wr_rd_req, rdata, results, res_layout):
+        """afmt=ovp4: the OVP array path (hw/mpe_ovp.py) in place of the chains: its A reads below the
+        writer's on act_rd, the weight port (idle otherwise), its records into the result FIFO."""
+        g = self.geometry
+        m.submodules.ovp = ovp = OvpMatrixPath(
+            chains=self.chains, fields_layout=self._inst_layout["fields"].shape, record_layout=res_layout,
+            act_words=g.act_words, weight_words=g.weight_words, weight_word_bytes=g.wword_bytes)
+        grant = ovp.act_req & ~wr_rd_req
+        m.d.comb += [ovp.start.eq(start & f.afmt), ovp.fields.eq(f), ovp.act_grant.eq(grant),
+                     ovp.act_data.eq(rdata), ovp.weight_rd.data.eq(self.weight_rd.data),
+                     ovp.record.ready.eq(results.w_rdy)]
+        with m.If(grant):
+            m.d.comb += [self.act_rd.addr.eq(ovp.act_addr), self.act_rd.en.eq(1)]
+        with m.If(ovp.weight_rd.en):
+            m.d.comb += [self.weight_rd.addr.eq(ovp.weight_rd.addr), self.weight_rd.en.eq(1)]
+        with m.If(f.afmt):
+            m.d.comb += [results.w_data.eq(ovp.record.payload), results.w_en.eq(ovp.record.valid)]
+        return ovp
+
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
@@ -353,6 +373,8 @@ class MatrixEngine(wiring.Component):
                      blocks.eq(Mux(f.sparse, 1, Mux(f.wfmt == 0, C, 2 * C)))]
 
         start = Signal()
+        chain_start = Signal()                # the chains' units start; afmt=ovp4 runs on the OVP path
+        m.d.comb += chain_start.eq(start & ~f.afmt)
         code = Signal(8)
         self._check(m, f, code)
         m.d.sync += [self.done.eq(0), self.fault.eq(0)]
@@ -469,7 +491,7 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += blk1.eq(full)
                     with m.If(last_w):
                         m.d.comb += [afifo.w_data.eq(Cat(blk0, full)), afifo.w_en.eq(1)]
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [af_busy.eq(1), af_cb.eq(0), af_t0.eq(0), af_kb.eq(0), af_w.eq(0),
                          af_ph.eq(Mux(a_off != 0, 0, 2)), af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4),
                          af_p1.eq((f.a_addr >> 4) + row_words)]
@@ -659,7 +681,7 @@ class MatrixEngine(wiring.Component):
                         m.d.sync += [wnext[c].eq(vals), widx_next[c].eq(idx)]
                 with m.If(sp_pend_c == C - 1):
                     m.d.sync += next_full.eq(1)
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [sp_valid.eq(0), sp_st.eq(0), sp_w.eq(0), sp_half.eq(0), sp_pv.eq(0), sp_pi.eq(0),
                          sp_vband.eq(0), sp_iband.eq(0), sp_R.eq(0), sp_S.eq(0)]
 
@@ -717,7 +739,7 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += wnext[c].word_select(Cat(wp_i, wp_j), 8).eq(vrow[8 * c: 8 * c + 8])
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_r.eq(0), wl_i.eq(0), wl_j.eq(0), wl_c.eq(0), wl_cb.eq(0),
                          wl_t0.eq(0), wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr),
                          wl_addr.eq(f.b_addr), next_full.eq(0)]
@@ -798,7 +820,7 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += [is_j.eq(0), is_cur.eq(0)]
                 with m.Else():
                     m.d.sync += is_j.eq(is_j + 1)
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0), is_d.eq(0)]
 
         # ---- collector: per-chain accumulators; a (cg, tp) result into the result FIFO
@@ -874,7 +896,7 @@ class MatrixEngine(wiring.Component):
 
             with m.Switch(p_phase):
                 with m.Case(0):
-                    with m.If(tok >= f.m):
+                    with m.If((tok >= f.m) | f.afmt):   # OVP4 blocks: exponent 0, mantissa 1
                         m.d.sync += [p_phase.eq(1), p_idx.eq(0), p_sub.eq(0)]
                     with m.Else():
                         m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]
@@ -995,8 +1017,8 @@ class MatrixEngine(wiring.Component):
                 m.d.comb += ent.eq(ents[i])
             with m.If(wr_c == i):
                 m.d.comb += [cm.eq(col_m[i]), ce.eq(col_e[i])]
-        te = Mux(wr_l, tok_e[1], tok_e[0])
-        tm = Mux(wr_l, tok_m[1], tok_m[0])
+        te = Mux(f.afmt, 0, Mux(wr_l, tok_e[1], tok_e[0]))
+        tm = Mux(f.afmt, 1, Mux(wr_l, tok_m[1], tok_m[0]))
         rin = rq.i.payload
         m.d.comb += [rin.acc.eq(wval), rin.mantissa.eq(Mux(pv, 1, Mux(qk, tm * cm, tm))),
                      rin.exponent.eq(Mux(qk, te + ce, te)), rin.mult.eq(ent.mult), rin.shift.eq(ent.shift),
@@ -1085,7 +1107,9 @@ class MatrixEngine(wiring.Component):
         ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias & ~ps_pend_meta
 
         # ---- control
-        idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy)
+        ovp = self._ovp_path(m, f, start, wr_rd_req, rdata, results, res_layout)
+        idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy
+                    & ~ovp.busy)
         m.d.comb += self.busy.eq(1)
         with m.FSM():
             with m.State("IDLE"):
