@@ -78,7 +78,7 @@ from amaranth.lib.wiring import In, Out
 from .config import AcceleratorConfig
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
-from .mpe_ovp import OvpMatrixPath
+from .mpe_ovp import OvpMatrixPath, ovp_cycles
 from .ovp_decoder import OvpPairDecoder
 from .requant import REQUANT_LATENCY, Requantizer
 from .resources import register_unit
@@ -189,6 +189,8 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
     entry), the first chunk's load and the pipeline drain (chain latency + requantizer).
     """
     g = MpeGeometry(config)
+    if fields.get("afmt"):   # W4A4 on the OVP array (hw/mpe_ovp.py)
+        return ovp_cycles(fields, g.chains, REQUANT_LATENCY)
     C = g.chains
     mode = fields.get("mode", 0)
     m, n, kb = fields["m"], fields["n"], fields["k_blocks"]

@@ -70,13 +70,29 @@ def _funnel16(lo, hi, offset):
     return (Cat(lo, hi) >> Cat(Const(0, 3), offset))[:128]
 
 
-def ovp_cycles(m: int, n: int, k_blocks: int, chains: int, token_pairs: int = 1) -> tuple[int, int]:
-    """(cycles of one token tile in the array, cycles until the first segment is loaded)."""
+def ovp_cycles(fields: dict, chains: int, requant_latency: int, token_pairs: int = 1) -> int:
+    """Cycles from the accepted ``inst`` to ``done`` of a valid afmt=ovp4 MM / MV (the part of
+    hw.mpe.mpe_cycles for this path; tests/test_hw_mpe_ovp.py checks it against the RTL).
+
+    2 check cycles; with ``out`` != int32 the prescan of the n multipliers (n + 2); the first
+    segment's reads (max(4P, 2C) + 3); per (column group, token tile) the slower of the array's
+    tile (K cycles of pair steps, the flush 2P + C - 1, the 2P drain rows, 2 of hand-over) and the
+    writer's record (2C value slots, + one read per value with ``accumulate``, its parameters);
+    then the last record's writer and the requantizer's latency.
+    """
     P, C = token_pairs, chains
-    pairs = 8 * k_blocks
-    tile = 2 * pairs + (2 * P + C - 1) + 2 * P + 3
-    first = max(4 * P + 3, 2 * C + 3)
-    return tile, first
+    m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
+    out, accumulate = fields.get("out", 0), fields.get("accumulate", 0)
+    tile = 16 * kb + (2 * P + C - 1) + 2 * P + 2
+    total = 2 + (n + 2 if out else 0) + max(4 * P, 2 * C) + 3
+    writer = 0
+    for cg in range(-(-n // C)):
+        cols = min(C, n - cg * C)
+        for t0 in range(0, m, 2):
+            tokens = min(2, m - t0)
+            writer = 2 * C + (tokens * cols if accumulate else 0) + ((3 + (cols if t0 == 0 else 0)) if out else 0)
+            total += max(tile, writer)
+    return total + writer + (requant_latency if out else 0)
 
 
 class OvpMatrixPath(wiring.Component):
