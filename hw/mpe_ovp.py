@@ -187,7 +187,8 @@ class OvpMatrixPath(wiring.Component):
         # W: the 16 bytes at byte w_ptr of the weight buffer: lane L = (w_ptr % W) >> 4 of word
         # w_ptr // W and the following 16-byte lane (lane L + 1, or lane 0 of the next word)
         w_word = Signal(32)
-        m.d.comb += w_word.eq((w_ptr >> wlog) + w_i[0])
+        m.d.comb += [w_word.eq((w_ptr >> wlog) + w_i[0]),
+                     self.weight_rd.en.eq(0)]   # (a ReadPort's en resets to 1: idle unless reading)
         with m.If(loading & (w_i != 2 * C)):
             m.d.comb += [self.weight_rd.en.eq(1),
                          self.weight_rd.addr.eq(Mux(w_word < self.weight_words, w_word, self.weight_words - 1))]
