@@ -55,9 +55,26 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
+from .ovp_array import LINT_WAIVERS as ARRAY_LINT_WAIVERS
+from .ovp_decoder import quiet_rejection
 from .ovp_array import OvpSystolicArray
+from .resources import register_unit
 
-__all__ = ["OvpMatrixPath", "ovp_cycles", "SEGMENT_PAIRS"]
+__all__ = ["LINT_WAIVERS", "OvpMatrixPath", "ovp_cycles", "SEGMENT_PAIRS"]
+
+_ALIAS = ("Amaranth debug alias: a second name (a view field, a stream payload, a FIFO port, a submodule "
+          "port) for a net the logic reads under its first name; the alias itself is never read")
+#: Verilator -Wall findings of the standalone path (``lint(verilog(path), top, waivers=LINT_WAIVERS)``);
+#: inside the engine, hw.mpe.LINT_WAIVERS covers the same aliases.
+LINT_WAIVERS: dict[str, str] = {
+    **ARRAY_LINT_WAIVERS,
+    "UNUSEDSIGNAL:fields*": "the path takes the engine's whole latched instruction and reads only m, n, k_blocks, "
+                            "a_addr, b_addr, normal and anormal; the other fields are unused inputs by design",
+    **{f"UNUSEDSIGNAL:{name}": _ALIAS for name in (
+        "seg*", "head*", "rec*", "otag*", "record__payload*", "results__payload*", "a__payload*", "b__payload*",
+        "r_data", "w_data", "row_bytes", "a_word", "w_word", "a_flint", "b_flint", "tag*", "t0p", "y_even*",
+        "consume", "produce", "b__ready", "r_level", "w_level", "r_port__data")},
+}
 
 #: pair codes of one segment: one 16-byte data-space word per token row
 SEGMENT_PAIRS = 16
@@ -105,6 +122,7 @@ class OvpMatrixPath(wiring.Component):
     the array has 2P rows).
     """
 
+    @quiet_rejection
     def __init__(self, *, chains: int, fields_layout, record_layout, act_words: int, weight_words: int,
                  weight_word_bytes: int, token_pairs: int = 1):
         if chains < 1 or chains & (chains - 1):
@@ -282,3 +300,20 @@ class OvpMatrixPath(wiring.Component):
 
         m.d.comb += self.busy.eq(ld_busy | segs.r_rdy | tags.r_rdy)
         return m
+
+
+@register_unit("mpe_ovp")
+def _resource_unit(chains: int = 2, token_pairs: int = 1):
+    """The matrix engine's afmt=ovp4 path alone (array 2P x C, decoders, loader, FIFOs) at the small
+    configuration's buffers with ``chains`` chains (``olivine resources mpe_ovp --chains 8``)."""
+    from .config import small
+    from .controller import unit_layout
+    from .mpe import MpeGeometry
+
+    chains, token_pairs = int(chains), int(token_pairs)
+    g = MpeGeometry(small().replace(chains_per_core=chains))
+    record = data.StructLayout({"y": data.ArrayLayout(unsigned(32), 2 * chains), "cb": 17, "t0": 13})
+    path = OvpMatrixPath(chains=chains, fields_layout=unit_layout("mpe")["fields"].shape, record_layout=record,
+                         act_words=g.act_words, weight_words=g.weight_words, weight_word_bytes=g.wword_bytes,
+                         token_pairs=token_pairs)
+    return path, f"mpe_ovp_c{chains}_p{token_pairs}"

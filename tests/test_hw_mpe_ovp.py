@@ -16,7 +16,7 @@ import pytest
 
 from olivine.hw.mpe import MpeError, mpe_cycles
 from olivine.sim import mpe_check as mc
-from tests.helpers import REDUCED
+from tests.helpers import REDUCED, requires_verilator
 
 CONFIG = mc.test_config(2)
 
@@ -109,3 +109,28 @@ def test_w4a4_cycle_formula_matches_the_rtl():
     for case, res in zip(cases, _run(cases)):
         model = mpe_cycles(case.fields, CONFIG)
         assert abs(res["cycles"] - model) <= 0.15 * model + 16, f"{case.label}: {res['cycles']} vs {model}"
+
+
+@pytest.mark.rtl
+@requires_verilator
+def test_lint_generated_path():
+    """The standalone path's Verilog lints clean under its waivers (inside the engine,
+    tests/test_hw_mpe.py::test_lint_generated_engine covers it with the engine's)."""
+    from olivine.hw.export import lint, verilog
+    from olivine.hw.mpe_ovp import LINT_WAIVERS, _resource_unit
+
+    path, top = _resource_unit(chains=2)
+    lint(verilog(path, top), top, waivers=LINT_WAIVERS)
+
+
+def test_path_rejects_bad_geometry():
+    from amaranth.lib import data
+
+    from olivine.hw.mpe_ovp import OvpMatrixPath
+
+    record = data.StructLayout({"y": data.ArrayLayout(32, 6), "cb": 17, "t0": 13})
+    kw = dict(fields_layout=data.StructLayout({"m": 12}), record_layout=record, act_words=64, weight_words=64)
+    with pytest.raises(ValueError, match="power of two"):
+        OvpMatrixPath(chains=3, weight_word_bytes=48, **kw)
+    with pytest.raises(ValueError, match="16 bytes per chain"):
+        OvpMatrixPath(chains=2, weight_word_bytes=64, **kw)
