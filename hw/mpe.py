@@ -4,11 +4,12 @@ Executes the decoded MM and MV instructions of docs/isa.md "MM / MV" exactly as
 ``sim.funcsim.FuncSim.do_mpe`` does (the executable specification; golden/contract.py the integer
 contract; tests/test_hw_mpe.py compares the whole data space byte for byte). Built:
 ``mode=linear`` dense with INT8 / INT4 / OVP4 (int4 and flint4 normals) weights, ``mode=qk``,
-``mode=pv``; INT8 activations; ``out`` int32, fixed32 (``bias``) and int8 through the
+``mode=pv``; INT8 activations; W4A4 (``afmt=ovp4`` with ovp4 weights, both normal types of
+both operands) on OliVe's OVP systolic array (hw/mpe_ovp.py, in place of the chains, feeding the
+same writer); ``out`` int32, fixed32 (``bias``) and int8 through the
 requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
 rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
-with ``MpeError.NOT_BUILT``, nothing written): ``afmt=ovp4`` (the OVP array; the ``ovp`` port is
-reserved for it and not present in this revision); ``pv`` or ``sparse`` with more than 16 chains;
+with ``MpeError.NOT_BUILT``, nothing written): ``pv`` or ``sparse`` with more than 16 chains;
 ``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
@@ -55,14 +56,16 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
             so C chains are fed for int8 with C reads per C beats)
   meta_rd   ReadPort, 128 bits (16-byte units): reserved for the sparse tables (not read yet)
   bias_rd   ReadPort, 128 bits: one 16-byte requantization entry per read
-  ovp       reserved (the OVP systolic array, afmt=ovp4): not in this revision
+  (no ``ovp`` port: the OVP array path, submodule ``ovp``, shares act_rd (below the writer),
+  weight_rd, the writer and act_wr with the chains; CORE_INTERFACE.md's reserved slot is internal)
 Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
 carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
 cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
 (8 chains, 256 MACs per cycle) the formula gives, K = 512, n = 512: MV int8 33 %, MV int4 45 %
 (one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 9 %
-(the writer, the digit passes: docs/benchmarks.md).
+(the writer, the digit passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per
+cycle (the 2 x C array; docs/benchmarks.md).
 Field and range faults answer 2 cycles after the handshake.
 """
 
@@ -171,7 +174,7 @@ class MpeGeometry:
         return max(1, (words - 1).bit_length())
 
 
-def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
+def mpe_cycles(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int = 1) -> int:
     """Cycles from the accepted ``inst`` to ``done`` of a valid instruction: the performance
     model's formula (tests/test_hw_mpe.py checks it against the RTL: within 15 % + 16 cycles).
 
@@ -190,7 +193,7 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
     """
     g = MpeGeometry(config)
     if fields.get("afmt"):   # W4A4 on the OVP array (hw/mpe_ovp.py)
-        return ovp_cycles(fields, g.chains, REQUANT_LATENCY)
+        return ovp_cycles(fields, g.chains, REQUANT_LATENCY, ovp_token_pairs)
     C = g.chains
     mode = fields.get("mode", 0)
     m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
@@ -261,7 +264,8 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, *, offset_bits: int = DEFAULT_OFFSET_BITS,
-                 primitive: bool = False):
+                 primitive: bool = False, ovp_token_pairs: int = 1):
+        self.ovp_token_pairs = ovp_token_pairs   # the W4A4 array has 2 x ovp_token_pairs rows (hw/mpe_ovp.py)
         self.geometry = g = MpeGeometry(config)
         self.config = config
         self.chains = g.chains
@@ -347,7 +351,8 @@ class MatrixEngine(wiring.Component):
         g = self.geometry
         m.submodules.ovp = ovp = OvpMatrixPath(
             chains=self.chains, fields_layout=self._inst_layout["fields"].shape, record_layout=res_layout,
-            act_words=g.act_words, weight_words=g.weight_words, weight_word_bytes=g.wword_bytes)
+            act_words=g.act_words, weight_words=g.weight_words, weight_word_bytes=g.wword_bytes,
+            token_pairs=self.ovp_token_pairs)
         grant = ovp.act_req & ~wr_rd_req
         m.d.comb += [ovp.start.eq(start & f.afmt), ovp.fields.eq(f), ovp.act_grant.eq(grant),
                      ovp.act_data.eq(rdata), ovp.weight_rd.data.eq(self.weight_rd.data),
@@ -1170,8 +1175,8 @@ class MpeHarness(wiring.Component):
     while the engine is idle.
     """
 
-    def __init__(self, config: AcceleratorConfig, *, stall: bool = False):
-        self.engine = MatrixEngine(config)
+    def __init__(self, config: AcceleratorConfig, *, stall: bool = False, **engine_kw):
+        self.engine = MatrixEngine(config, **engine_kw)
         self.stall = stall
         g = self.engine.geometry
         from amaranth.lib.memory import Memory

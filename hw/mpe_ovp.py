@@ -94,8 +94,8 @@ def ovp_cycles(fields: dict, chains: int, requant_latency: int, token_pairs: int
     2 check cycles; with ``out`` != int32 the prescan of the n multipliers (n + 2); the first
     segment's reads (max(4P, 2C) + 3); per (column group, token tile) the slower of the array's
     tile (K cycles of pair steps, the flush 2P + C - 1, the 2P drain rows, 2 of hand-over) and the
-    writer's record (2C value slots, + one read per value with ``accumulate``, its parameters);
-    then the last record's writer and the requantizer's latency.
+    writer's P records (each 2C value slots, + one read per value with ``accumulate``, its
+    parameters); then the last tile's writer and the requantizer's latency.
     """
     P, C = token_pairs, chains
     m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
@@ -105,9 +105,11 @@ def ovp_cycles(fields: dict, chains: int, requant_latency: int, token_pairs: int
     writer = 0
     for cg in range(-(-n // C)):
         cols = min(C, n - cg * C)
-        for t0 in range(0, m, 2):
-            tokens = min(2, m - t0)
-            writer = 2 * C + (tokens * cols if accumulate else 0) + ((3 + (cols if t0 == 0 else 0)) if out else 0)
+        for base in range(0, m, 2 * P):      # a tile: its P records (those with a token < m)
+            writer = 0
+            for t0 in range(base, min(m, base + 2 * P), 2):
+                tokens = min(2, m - t0)
+                writer += 2 * C + (tokens * cols if accumulate else 0) + ((3 + (cols if t0 == 0 else 0)) if out else 0)
             total += max(tile, writer)
     return total + writer + (requant_latency if out else 0)
 

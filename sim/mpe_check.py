@@ -167,14 +167,16 @@ def _words(arr: np.ndarray, nbytes: int) -> list[int]:
     return [int.from_bytes(arr[i: i + nbytes].tobytes(), "little") for i in range(0, arr.size, nbytes)]
 
 
-def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0, max_cycles: int = 200_000) -> list[dict]:
-    """Run the cases on an MpeHarness; ``stall`` = probability that a cycle is frozen.
+def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0, max_cycles: int = 200_000,
+                 **engine_kw) -> list[dict]:
+    """Run the cases on an MpeHarness; ``stall`` = probability that a cycle is frozen; ``engine_kw``
+    go to the MatrixEngine (e.g. ``ovp_token_pairs``).
 
     Returns per case {"fault", "error", "cycles" (enabled cycles from inst to done/fault),
     "mismatches" (data-space bytes differing from the expected image)}."""
     from amaranth.sim import Simulator
 
-    dut = MpeHarness(config, stall=stall > 0)
+    dut = MpeHarness(config, stall=stall > 0, **engine_kw)
     g = dut.engine.geometry
     fields_layout = dut.engine._inst_layout["fields"].shape
     rng = np.random.default_rng(seed)
@@ -472,3 +474,29 @@ def make_linear_ovp(config, rng, *, m=None, n=None, kb=None, normal=None, anorma
         requant_data(rng, data, bias, [], fields["bias_addr"], nn, bad)
     return expected(config, Case(fields, data, weight, meta, bias,
                                  label or f"w4a4 m={mm} n={nn} kb={kk} normal={nm} anormal={an} out={out} acc={acc}"))
+
+
+def compiled_w4a4_mms(directory, tokens=(5, 17, 99)) -> list[dict]:
+    """The afmt=ovp4 MM / MV instructions a compiled artifact's prefill of ``tokens`` executes on
+    FuncSim, each with its operands as FuncSim held them just before: ``fields`` (isa names),
+    ``a`` (the m x K/2 activation pair codes the SFU's OVP4 encoder wrote), ``w`` (the n x K/2 ovp4
+    weight tile), ``entries`` (the n 16-byte requantization entries)."""
+    from olivine.sim.runtime import Runtime
+
+    rt = Runtime.from_artifact(directory)
+    sim, caps = rt.sim, []
+    run_mpe = sim.do_mpe
+
+    def capture(i):
+        if i.enum("afmt") == "ovp4":
+            v = dict(i.values)
+            half_k = 8 * v["k_blocks"]
+            sim._flush_weight()   # LD's weight copies are deferred until a reader needs them
+            caps.append({"fields": v, "a": sim.data[v["a_addr"]: v["a_addr"] + v["m"] * half_k].copy(),
+                         "w": sim.buffers["weight"][v["b_addr"]: v["b_addr"] + v["n"] * half_k].copy(),
+                         "entries": sim.buffers["bias"][16 * v["bias_addr"]: 16 * (v["bias_addr"] + v["n"])].copy()})
+        return run_mpe(i)
+
+    sim.do_mpe = capture
+    rt.prefill(list(tokens))
+    return caps

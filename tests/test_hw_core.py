@@ -503,3 +503,60 @@ def test_w4a4_programs_match_funcsim():
     for name, g in zip(jobs, got):
         assert g["regs"]["state"] == STATES.index("done"), (name, g["regs"])
         assert g["regs"]["mpe_instructions"] == 1 and g["regs"]["unit_error"] == 0, name
+
+
+def _compiled_w4a4_job(cap, rows: int) -> CoreJob:
+    """One compiled W4A4 MM with its real operands (calibrated OVP4 activation codes, ovp4 weights,
+    folded requantization multipliers), cut to its first ``rows`` output columns to fit the test
+    configuration's buffers: LD weights / entries / codes, the MM with the compiled fields (addresses
+    moved, ldo = rows), ST of the fixed32 output."""
+    M = isa.make
+    LDU, STU, MPE = 0b0001, 0b0010, 0b0100
+    f = cap["fields"]
+    half_k, m = 8 * f["k_blocks"], f["m"]
+    w, ent, a = cap["w"][: rows * half_k], cap["entries"][: 16 * rows], cap["a"]
+    img0 = bytearray(8192 + len(ent))
+    img0[: len(w)] = w.tobytes()
+    img0[8192:] = ent.tobytes()
+    fields = {k: f[k] for k in ("wfmt", "afmt", "normal", "anormal", "out", "bias", "accumulate", "k_blocks", "m",
+                                "mode", "sparse")}
+    prog = [
+        M("LD", target="weight", channel=0, hbm_addr=0, buf_addr=0, length=len(w)),
+        M("LD", target="bias", channel=0, hbm_addr=8192, buf_addr=0, length=len(ent)),
+        M("LD", target="act", channel=1, hbm_addr=0, buf_addr=0, length=len(a), release=MPE),
+        M("MM", **fields, n=rows, ldo=rows, a_addr=0, b_addr=0, out_addr=8192, bias_addr=0, wait=LDU, release=STU),
+        M("ST", source="act", channel=1, hbm_addr=20000, buf_addr=8192, length=4 * m * rows, wait=MPE),
+        M("SYS", op="end"),
+    ]
+    return CoreJob(prog, {0: bytes(img0), 1: a.tobytes()})
+
+
+@requires_verilator
+@pytest.mark.rtl
+def test_compiled_glassllm_w4a4_mms_match_funcsim(tmp_path):
+    """MMs of a compiled glassllm W4A4 program (``olivine compile --preset w4a4-ovp``): their
+    operands as the compiled prefill left them in FuncSim (real calibrated activation codes of both
+    normal types, real ovp4 weights and multipliers), run through the whole core on the OVP array
+    path; every HBM and buffer byte equal to FuncSim's."""
+    from olivine.compiler.compile import compile_main
+    from olivine.hw.mpe import MatrixEngine
+    from olivine.sim.mpe_check import compiled_w4a4_mms
+
+    out = tmp_path / "w4a4"
+    assert compile_main("glassllm", "u280", preset="w4a4-ovp", out=str(out), config="small", max_context=16,
+                        max_prompt=8, quiet=True) == 0
+    caps = compiled_w4a4_mms(out)
+    assert caps and all(c["fields"]["out"] == 1 for c in caps)  # the compiler's form: fixed32
+    picks = [next(c for c in caps if c["fields"]["anormal"] == 1 and c["fields"]["k_blocks"] == 8),
+             next(c for c in caps if c["fields"]["anormal"] == 0 and c["fields"]["k_blocks"] == 8)]
+    longest = max(caps, key=lambda c: c["fields"]["k_blocks"])
+    jobs = [_compiled_w4a4_job(c, 32) for c in picks] + [_compiled_w4a4_job(longest, 16)]
+    cfg = rtl_test_config(chains_per_core=2)
+    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
+    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    names = ["flint4 acts K=128", "int4 acts K=128", f"K={16 * longest['fields']['k_blocks']}"]
+    _check(jobs, got, want, names)
+    for name, g, w in zip(names, got, want):
+        assert g["regs"]["state"] == STATES.index("done") and g["regs"]["unit_error"] == 0, (name, g["regs"])
+        out_bytes = w["hbm"][1][20000: 20000 + 4 * 32 * 32]
+        assert np.any(out_bytes != 0), f"{name}: the MM wrote zeros only"

@@ -134,3 +134,17 @@ def test_path_rejects_bad_geometry():
         OvpMatrixPath(chains=3, weight_word_bytes=48, **kw)
     with pytest.raises(ValueError, match="16 bytes per chain"):
         OvpMatrixPath(chains=2, weight_word_bytes=64, **kw)
+
+
+def test_w4a4_with_two_token_pairs_per_tile():
+    """ovp_token_pairs=2: a 4 x C array, two writer records per tile (m odd and m < 4 included),
+    frozen at random; the cycle model for that size."""
+    rng = np.random.default_rng(270)
+    cases = [mc.make_linear_ovp(CONFIG, rng, m=mm, n=nn, kb=kk, out=o, accumulate=a)
+             for mm, nn, kk, o, a in ((5, 3, 3, 0, 1), (4, 4, 2, 1, 0), (1, 3, 1, 2, 0), (7, 2, 5, 0, 0))]
+    free = _run(cases, ovp_token_pairs=2)
+    for case, res in zip(cases, free):
+        model = mpe_cycles(case.fields, CONFIG, ovp_token_pairs=2)
+        assert abs(res["cycles"] - model) <= 0.15 * model + 16, f"{case.label}: {res['cycles']} vs {model}"
+    stalled = _run(cases[:2], stall=0.4, seed=8, ovp_token_pairs=2)
+    assert [r["cycles"] for r in stalled] == [r["cycles"] for r in free[:2]]
