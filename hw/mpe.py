@@ -131,7 +131,7 @@ class MpeError(py_enum.IntEnum):
     MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
     OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
     ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
-    NOT_BUILT = 11       # a valid instruction this revision does not execute (afmt=ovp4, ...)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, ...)
     OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
     UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
     MANTISSA = 14        # a row mantissa above 256 (data rule)
