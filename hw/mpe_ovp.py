@@ -41,11 +41,12 @@ read data until its next enabled cycle):
   act_data   In(128) the data of the read granted in the previous (enabled) cycle
   weight_rd  ReadPort(weight words, 16C bytes): the path is its only user during afmt=ovp4
   record     Out(stream.Signature(record_layout)): the engine's result record (y, cb, t0)
-Latency / throughput: a tile of depth K takes K + (2P + C - 1) + 2P + about 4 cycles in the array
+Latency / throughput: a tile of depth K takes K + (2P + C - 1) + 2P + 2 cycles in the array
 (one K element per cycle per PE, 2 cycles per pair transfer), i.e. 2P x C multiply-accumulates per
-cycle; the first segment of an instruction arrives max(4P + 3, 2C + 3) cycles after ``start``; a
-segment's reads (4P data-space words, 2C weight words in parallel) take fewer cycles than the
-array's 32 for it while 2C <= 30. :func:`ovp_cycles` is the model (hw.mpe.mpe_cycles uses it).
+cycle; the first segment of an instruction arrives max(4P, 2C) + 3 cycles after ``start``; a
+segment's reads (4P data-space words, 2C weight words, in parallel) hide behind the array's 32
+cycles for it while C <= 8; from C = 16 the weight reads set the pace (2C + 2 per segment).
+:func:`ovp_cycles` is the model (hw.mpe.mpe_cycles uses it).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 
 from .ovp_array import LINT_WAIVERS as ARRAY_LINT_WAIVERS
-from .ovp_decoder import quiet_rejection
 from .ovp_array import OvpSystolicArray
+from .ovp_decoder import quiet_rejection
 from .resources import register_unit
 
 __all__ = ["LINT_WAIVERS", "OvpMatrixPath", "ovp_cycles", "SEGMENT_PAIRS"]
@@ -93,14 +94,16 @@ def ovp_cycles(fields: dict, chains: int, requant_latency: int, token_pairs: int
 
     2 check cycles; with ``out`` != int32 the prescan of the n multipliers (n + 2); the first
     segment's reads (max(4P, 2C) + 3); per (column group, token tile) the slower of the array's
-    tile (K cycles of pair steps, the flush 2P + C - 1, the 2P drain rows, 2 of hand-over) and the
+    tile (K cycles of pair steps, the flush 2P + C - 1, the 2P drain rows, 2 of hand-over; or its
+    segments' reads, max(4P, 2C) + 2 each, when longer) and the
     writer's P records (each 2C value slots, + one read per value with ``accumulate``, its
     parameters); then the last tile's writer and the requantizer's latency.
     """
     P, C = token_pairs, chains
     m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
     out, accumulate = fields.get("out", 0), fields.get("accumulate", 0)
-    tile = 16 * kb + (2 * P + C - 1) + 2 * P + 2
+    # the array's tile, or the segment loads when the 2C weight reads outlast its 32 cycles per segment
+    tile = max(16 * kb + (2 * P + C - 1) + 2 * P + 2, ((kb + 1) // 2) * (max(4 * P, 2 * C) + 2))
     total = 2 + (n + 2 if out else 0) + max(4 * P, 2 * C) + 3
     writer = 0
     for cg in range(-(-n // C)):
