@@ -79,7 +79,8 @@ def test_w4a4_requantized_outputs(out):
 def test_w4a4_under_random_enable_pattern():
     """Random freezes (EnableInserter, CORE_INTERFACE.md section 1): same bytes, same enabled cycles."""
     rng = np.random.default_rng(230)
-    cases = [mc.make_linear_ovp(CONFIG, rng, out=o, accumulate=a) for o, a in ((0, 1), (1, 0), (2, 0))]
+    forms = ((0, 1), (2, 0)) if REDUCED else ((0, 1), (1, 0), (2, 0))
+    cases = [mc.make_linear_ovp(CONFIG, rng, out=o, accumulate=a) for o, a in forms]
     free = mc.run_amaranth(CONFIG, cases)
     stalled = _run(cases, stall=0.4, seed=5)
     assert [r["cycles"] for r in stalled] == [r["cycles"] for r in free]
