@@ -4,11 +4,12 @@ Executes the decoded MM and MV instructions of docs/isa.md "MM / MV" exactly as
 ``sim.funcsim.FuncSim.do_mpe`` does (the executable specification; golden/contract.py the integer
 contract; tests/test_hw_mpe.py compares the whole data space byte for byte). Built:
 ``mode=linear`` dense with INT8 / INT4 / OVP4 (int4 and flint4 normals) weights, ``mode=qk``,
-``mode=pv``; INT8 activations; ``out`` int32, fixed32 (``bias``) and int8 through the
+``mode=pv``; INT8 activations; W4A4 (``afmt=ovp4`` with ovp4 weights, both normal types of
+both operands) on OliVe's OVP systolic array (hw/mpe_ovp.py, in place of the chains, feeding the
+same writer); ``out`` int32, fixed32 (``bias``) and int8 through the
 requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
 rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
-with ``MpeError.NOT_BUILT``, nothing written): ``afmt=ovp4`` (the OVP array; the ``ovp`` port is
-reserved for it and not present in this revision); ``pv`` or ``sparse`` with more than 16 chains;
+with ``MpeError.NOT_BUILT``, nothing written): ``pv`` or ``sparse`` with more than 16 chains;
 ``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
@@ -55,14 +56,16 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
             so C chains are fed for int8 with C reads per C beats)
   meta_rd   ReadPort, 128 bits (16-byte units): reserved for the sparse tables (not read yet)
   bias_rd   ReadPort, 128 bits: one 16-byte requantization entry per read
-  ovp       reserved (the OVP systolic array, afmt=ovp4): not in this revision
+  (no ``ovp`` port: the OVP array path, submodule ``ovp``, shares act_rd (below the writer),
+  weight_rd, the writer and act_wr with the chains; CORE_INTERFACE.md's reserved slot is internal)
 Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
 carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
 cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
 (8 chains, 256 MACs per cycle) the formula gives, K = 512, n = 512: MV int8 33 %, MV int4 45 %
 (one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 9 %
-(the writer, the digit passes: docs/benchmarks.md).
+(the writer, the digit passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per
+cycle (the 2 x C array; docs/benchmarks.md).
 Field and range faults answer 2 cycles after the handshake.
 """
 
@@ -78,6 +81,7 @@ from amaranth.lib.wiring import In, Out
 from .config import AcceleratorConfig
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
+from .mpe_ovp import OvpMatrixPath, ovp_cycles
 from .ovp_decoder import OvpPairDecoder
 from .requant import REQUANT_LATENCY, Requantizer
 from .resources import register_unit
@@ -127,7 +131,7 @@ class MpeError(py_enum.IntEnum):
     MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
     OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
     ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
-    NOT_BUILT = 11       # a valid instruction this revision does not execute (afmt=ovp4, ...)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, ...)
     OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
     UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
     MANTISSA = 14        # a row mantissa above 256 (data rule)
@@ -170,7 +174,7 @@ class MpeGeometry:
         return max(1, (words - 1).bit_length())
 
 
-def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
+def mpe_cycles(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int = 1) -> int:
     """Cycles from the accepted ``inst`` to ``done`` of a valid instruction: the performance
     model's formula (tests/test_hw_mpe.py checks it against the RTL: within 15 % + 16 cycles).
 
@@ -188,6 +192,8 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig) -> int:
     entry), the first chunk's load and the pipeline drain (chain latency + requantizer).
     """
     g = MpeGeometry(config)
+    if fields.get("afmt"):   # W4A4 on the OVP array (hw/mpe_ovp.py)
+        return ovp_cycles(fields, g.chains, REQUANT_LATENCY, ovp_token_pairs)
     C = g.chains
     mode = fields.get("mode", 0)
     m, n, kb = fields["m"], fields["n"], fields["k_blocks"]
@@ -258,7 +264,8 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, *, offset_bits: int = DEFAULT_OFFSET_BITS,
-                 primitive: bool = False):
+                 primitive: bool = False, ovp_token_pairs: int = 1):
+        self.ovp_token_pairs = ovp_token_pairs   # the W4A4 array has 2 x ovp_token_pairs rows (hw/mpe_ovp.py)
         self.geometry = g = MpeGeometry(config)
         self.config = config
         self.chains = g.chains
@@ -320,7 +327,7 @@ class MatrixEngine(wiring.Component):
             # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
             # it writes; the engine writes column group by column group, so a later row's int8 bytes
             # could land on an earlier row's input not read yet: refused rather than wrong
-            (f.afmt | (pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
              MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
              | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
@@ -338,6 +345,26 @@ class MatrixEngine(wiring.Component):
         with m.Else():
             m.d.comb += code.eq(0)
 
+    def _ovp_path(self, m, f, start, wr_rd_req, rdata, results, res_layout):
+        """afmt=ovp4: the OVP array path (hw/mpe_ovp.py) in place of the chains: its A reads below the
+        writer's on act_rd, the weight port (idle otherwise), its records into the result FIFO."""
+        g = self.geometry
+        m.submodules.ovp = ovp = OvpMatrixPath(
+            chains=self.chains, fields_layout=self._inst_layout["fields"].shape, record_layout=res_layout,
+            act_words=g.act_words, weight_words=g.weight_words, weight_word_bytes=g.wword_bytes,
+            token_pairs=self.ovp_token_pairs)
+        grant = ovp.act_req & ~wr_rd_req
+        m.d.comb += [ovp.start.eq(start & f.afmt), ovp.fields.eq(f), ovp.act_grant.eq(grant),
+                     ovp.act_data.eq(rdata), ovp.weight_rd.data.eq(self.weight_rd.data),
+                     ovp.record.ready.eq(results.w_rdy)]
+        with m.If(grant):
+            m.d.comb += [self.act_rd.addr.eq(ovp.act_addr), self.act_rd.en.eq(1)]
+        with m.If(ovp.weight_rd.en):
+            m.d.comb += [self.weight_rd.addr.eq(ovp.weight_rd.addr), self.weight_rd.en.eq(1)]
+        with m.If(f.afmt):
+            m.d.comb += [results.w_data.eq(ovp.record.payload), results.w_en.eq(ovp.record.valid)]
+        return ovp
+
     def elaborate(self, platform):
         m = Module()
         g = self.geometry
@@ -353,6 +380,8 @@ class MatrixEngine(wiring.Component):
                      blocks.eq(Mux(f.sparse, 1, Mux(f.wfmt == 0, C, 2 * C)))]
 
         start = Signal()
+        chain_start = Signal()                # the chains' units start; afmt=ovp4 runs on the OVP path
+        m.d.comb += chain_start.eq(start & ~f.afmt)
         code = Signal(8)
         self._check(m, f, code)
         m.d.sync += [self.done.eq(0), self.fault.eq(0)]
@@ -469,7 +498,7 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += blk1.eq(full)
                     with m.If(last_w):
                         m.d.comb += [afifo.w_data.eq(Cat(blk0, full)), afifo.w_en.eq(1)]
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [af_busy.eq(1), af_cb.eq(0), af_t0.eq(0), af_kb.eq(0), af_w.eq(0),
                          af_ph.eq(Mux(a_off != 0, 0, 2)), af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4),
                          af_p1.eq((f.a_addr >> 4) + row_words)]
@@ -659,7 +688,7 @@ class MatrixEngine(wiring.Component):
                         m.d.sync += [wnext[c].eq(vals), widx_next[c].eq(idx)]
                 with m.If(sp_pend_c == C - 1):
                     m.d.sync += next_full.eq(1)
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [sp_valid.eq(0), sp_st.eq(0), sp_w.eq(0), sp_half.eq(0), sp_pv.eq(0), sp_pi.eq(0),
                          sp_vband.eq(0), sp_iband.eq(0), sp_R.eq(0), sp_S.eq(0)]
 
@@ -717,7 +746,7 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += wnext[c].word_select(Cat(wp_i, wp_j), 8).eq(vrow[8 * c: 8 * c + 8])
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_r.eq(0), wl_i.eq(0), wl_j.eq(0), wl_c.eq(0), wl_cb.eq(0),
                          wl_t0.eq(0), wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr),
                          wl_addr.eq(f.b_addr), next_full.eq(0)]
@@ -798,7 +827,7 @@ class MatrixEngine(wiring.Component):
                     m.d.sync += [is_j.eq(0), is_cur.eq(0)]
                 with m.Else():
                     m.d.sync += is_j.eq(is_j + 1)
-        with m.If(start):
+        with m.If(chain_start):
             m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0), is_d.eq(0)]
 
         # ---- collector: per-chain accumulators; a (cg, tp) result into the result FIFO
@@ -874,7 +903,7 @@ class MatrixEngine(wiring.Component):
 
             with m.Switch(p_phase):
                 with m.Case(0):
-                    with m.If(tok >= f.m):
+                    with m.If((tok >= f.m) | f.afmt):   # OVP4 blocks: exponent 0, mantissa 1
                         m.d.sync += [p_phase.eq(1), p_idx.eq(0), p_sub.eq(0)]
                     with m.Else():
                         m.d.comb += [wr_rd_req.eq(1), wr_rd_addr.eq(paddr >> 4)]
@@ -995,8 +1024,8 @@ class MatrixEngine(wiring.Component):
                 m.d.comb += ent.eq(ents[i])
             with m.If(wr_c == i):
                 m.d.comb += [cm.eq(col_m[i]), ce.eq(col_e[i])]
-        te = Mux(wr_l, tok_e[1], tok_e[0])
-        tm = Mux(wr_l, tok_m[1], tok_m[0])
+        te = Mux(f.afmt, 0, Mux(wr_l, tok_e[1], tok_e[0]))
+        tm = Mux(f.afmt, 1, Mux(wr_l, tok_m[1], tok_m[0]))
         rin = rq.i.payload
         m.d.comb += [rin.acc.eq(wval), rin.mantissa.eq(Mux(pv, 1, Mux(qk, tm * cm, tm))),
                      rin.exponent.eq(Mux(qk, te + ce, te)), rin.mult.eq(ent.mult), rin.shift.eq(ent.shift),
@@ -1085,7 +1114,9 @@ class MatrixEngine(wiring.Component):
         ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias & ~ps_pend_meta
 
         # ---- control
-        idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy)
+        ovp = self._ovp_path(m, f, start, wr_rd_req, rdata, results, res_layout)
+        idle_all = (~af_busy & ~wl_busy & ~is_busy & ~tags.r_rdy & ~results.r_rdy & ~wr_busy & ~rq_addr.r_rdy
+                    & ~ovp.busy)
         m.d.comb += self.busy.eq(1)
         with m.FSM():
             with m.State("IDLE"):
@@ -1144,8 +1175,8 @@ class MpeHarness(wiring.Component):
     while the engine is idle.
     """
 
-    def __init__(self, config: AcceleratorConfig, *, stall: bool = False):
-        self.engine = MatrixEngine(config)
+    def __init__(self, config: AcceleratorConfig, *, stall: bool = False, **engine_kw):
+        self.engine = MatrixEngine(config, **engine_kw)
         self.stall = stall
         g = self.engine.geometry
         from amaranth.lib.memory import Memory

@@ -167,14 +167,16 @@ def _words(arr: np.ndarray, nbytes: int) -> list[int]:
     return [int.from_bytes(arr[i: i + nbytes].tobytes(), "little") for i in range(0, arr.size, nbytes)]
 
 
-def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0, max_cycles: int = 200_000) -> list[dict]:
-    """Run the cases on an MpeHarness; ``stall`` = probability that a cycle is frozen.
+def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0, max_cycles: int = 200_000,
+                 **engine_kw) -> list[dict]:
+    """Run the cases on an MpeHarness; ``stall`` = probability that a cycle is frozen; ``engine_kw``
+    go to the MatrixEngine (e.g. ``ovp_token_pairs``).
 
     Returns per case {"fault", "error", "cycles" (enabled cycles from inst to done/fault),
     "mismatches" (data-space bytes differing from the expected image)}."""
     from amaranth.sim import Simulator
 
-    dut = MpeHarness(config, stall=stall > 0)
+    dut = MpeHarness(config, stall=stall > 0, **engine_kw)
     g = dut.engine.geometry
     fields_layout = dut.engine._inst_layout["fields"].shape
     rng = np.random.default_rng(seed)
@@ -388,3 +390,113 @@ def make_sparse(config, rng, *, m=None, n=None, kb=None, wfmt=None, out=0, accum
     if out:
         requant_data(rng, data, bias, [(a_addr + mm * K, mm)], fields["bias_addr"], nn)
     return expected(config, Case(fields, data, weight, meta, bias, label or f"sparse m={mm} n={nn} kb={kk} wfmt={wf}"))
+
+
+def ovp_codes(rng, rows: int, cols: int, normal: int, outliers: float = 0.3, raw: bool = False) -> np.ndarray:
+    """OVP4 pair codes [rows, cols / 2] of random grid values (a fraction ``outliers`` of them
+    outliers, the "larger" victim rule applied, golden.ovp.encode), or (``raw``) random bytes, which
+    include the never-produced codes (they decode to 0 in golden and in the decoders)."""
+    import torch
+
+    from olivine.golden import contract, ovp
+    from olivine.golden.ovp_format import get_format
+
+    if raw:
+        return rng.integers(0, 256, (rows, cols // 2), dtype=np.uint8)
+    fmt = get_format(("int4", "flint4")[normal])
+    normals = np.array(fmt.normal_grid)
+    outl = np.array(fmt.outlier_grid)
+    v = np.where(rng.random((rows, cols)) < outliers, rng.choice(outl, (rows, cols)), rng.choice(normals, (rows, cols)))
+    v = contract.apply_victims(torch.from_numpy(v.astype(np.int64)), fmt.normal_max, "larger")
+    return ovp.encode(v, fmt.name).numpy().astype(np.uint8)
+
+
+def make_linear_ovp(config, rng, *, m=None, n=None, kb=None, normal=None, anormal=None, accumulate=None, ldo_extra=None,
+                    out=0, bias_flag=None, outliers=None, raw=False, worst=False, old_fill=None, bad=None,
+                    label="") -> Case:
+    """A random W4A4 MM / MV (afmt=ovp4, wfmt=ovp4): OVP4 activation pair codes at any byte address,
+    ovp4 weights at any byte address, requantization entries when ``out`` != int32. ``worst``: every
+    pair the largest outlier (|acc| = K/2 * max**2)."""
+    from olivine.golden.ovp_format import get_format
+
+    g = MpeGeometry(config)
+    data, weight, meta, bias = _blank(config)
+    for _ in range(1000):
+        mm = int(rng.integers(1, 6)) if m is None else m
+        nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
+        kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+        K = 16 * kk
+        ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+        a_bytes = mm * K // 2
+        out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
+        w_bytes = nn * K // 2
+        if w_bytes + 16 > g.weight_bytes:
+            continue
+        addrs = _place(rng, g.space_bytes, [(a_bytes, 1), (out_bytes, 4 if out != 2 else 1)])
+        if addrs is not None:
+            break
+    else:
+        raise ValueError("no W4A4 case fits the buffers")
+    a_addr, out_addr = addrs
+    b_addr = int(rng.integers(0, g.weight_bytes - w_bytes + 1))
+    nm = int(rng.integers(0, 2)) if normal is None else normal
+    an = int(rng.integers(0, 2)) if anormal is None else anormal
+    frac = float(rng.choice([0.05, 0.3, 0.6])) if outliers is None else outliers
+    data[:] = rng.integers(0, 256, data.size, dtype=np.uint8)
+    weight[:] = rng.integers(0, 256, weight.size, dtype=np.uint8)
+    bias[:] = rng.integers(0, 256, bias.size, dtype=np.uint8)
+    if worst:
+        def top(nrm, rows):   # (largest-magnitude outlier, its victim) in every pair
+            import torch
+
+            from olivine.golden import ovp
+
+            fmt = get_format(("int4", "flint4")[nrm])
+            code = ovp.encode(torch.tensor([[max(fmt.outlier_grid, key=abs), 0]]), fmt.name).numpy()[0, 0]
+            return np.full((rows, K // 2), code, np.uint8)
+        acodes, wcodes = top(an, mm), top(nm, nn)
+    else:
+        acodes = ovp_codes(rng, mm, K, an, frac, raw)
+        wcodes = ovp_codes(rng, nn, K, nm, frac, raw)
+    data[a_addr: a_addr + a_bytes] = acodes.reshape(-1)
+    weight[b_addr: b_addr + w_bytes] = wcodes.reshape(-1)
+    if old_fill is not None:
+        data[out_addr: out_addr + out_bytes] = old_fill
+    acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
+    if acc and (out_addr % 4 or (out == 2 and mm > 1)):
+        acc = 0
+    out, bflag = _out_fields(rng, out, bias_flag)
+    fields = dict(wfmt=2, afmt=1, k_blocks=kk, m=mm, n=nn, ldo=0 if ldo == nn and rng.integers(0, 2) else ldo,
+                  a_addr=a_addr, b_addr=b_addr, out_addr=out_addr, accumulate=acc, normal=nm, anormal=an,
+                  bias_addr=int(rng.integers(0, g.bias_words - nn + 1)) if nn <= g.bias_words else 0,
+                  out=out, bias=bflag, _mv=int(mm == 1 and rng.integers(0, 2)))
+    if out or bad:
+        requant_data(rng, data, bias, [], fields["bias_addr"], nn, bad)
+    return expected(config, Case(fields, data, weight, meta, bias,
+                                 label or f"w4a4 m={mm} n={nn} kb={kk} normal={nm} anormal={an} out={out} acc={acc}"))
+
+
+def compiled_w4a4_mms(directory, tokens=(5, 17, 99)) -> list[dict]:
+    """The afmt=ovp4 MM / MV instructions a compiled artifact's prefill of ``tokens`` executes on
+    FuncSim, each with its operands as FuncSim held them just before: ``fields`` (isa names),
+    ``a`` (the m x K/2 activation pair codes the SFU's OVP4 encoder wrote), ``w`` (the n x K/2 ovp4
+    weight tile), ``entries`` (the n 16-byte requantization entries)."""
+    from olivine.sim.runtime import Runtime
+
+    rt = Runtime.from_artifact(directory)
+    sim, caps = rt.sim, []
+    run_mpe = sim.do_mpe
+
+    def capture(i):
+        if i.enum("afmt") == "ovp4":
+            v = dict(i.values)
+            half_k = 8 * v["k_blocks"]
+            sim._flush_weight()   # LD's weight copies are deferred until a reader needs them
+            caps.append({"fields": v, "a": sim.data[v["a_addr"]: v["a_addr"] + v["m"] * half_k].copy(),
+                         "w": sim.buffers["weight"][v["b_addr"]: v["b_addr"] + v["n"] * half_k].copy(),
+                         "entries": sim.buffers["bias"][16 * v["bias_addr"]: 16 * (v["bias_addr"] + v["n"])].copy()})
+        return run_mpe(i)
+
+    sim.do_mpe = capture
+    rt.prefill(list(tokens))
+    return caps

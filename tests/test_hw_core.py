@@ -422,3 +422,143 @@ def test_core_verilog_is_lint_clean():
 
     lint(core_verilog(_config(), sfu_ops=SFU_OPS, hbm_channel_bytes=CHANNEL_BYTES), "olivine_core",
          waivers=LINT_WAIVERS)
+
+
+# ---- W4A4 (afmt=ovp4) on the matrix engine's OVP array, through the core ------------------------
+
+def _w4a4_image(rng, specs) -> dict[int, bytes]:
+    """Random fixed32 images with, per (channel, address, rows, cols, normal), OVP4 pair codes
+    (outlier-heavy, golden's encoder) and per (channel, address, entries) requantization entries
+    with multipliers below 2**31 (the engine's data rule)."""
+    from olivine.sim import mpe_check as mc
+
+    img = {ch: bytearray(_image(rng)) for ch in (0, 1)}
+    for kind, ch, addr, *rest in specs:
+        if kind == "codes":
+            rows, cols, normal = rest
+            block = mc.ovp_codes(rng, rows, cols, normal, outliers=0.4).tobytes()
+        else:
+            (entries,) = rest
+            ent = np.zeros((entries, 4), np.int64)
+            ent[:, 0] = rng.integers(-(1 << 20), 1 << 20, entries)
+            ent[:, 1] = rng.integers(1 << 30, 1 << 31, entries)
+            ent[:, 2] = rng.integers(30, 46, entries)
+            block = (ent & 0xFFFFFFFF).astype("<u4").tobytes()
+        img[ch][addr: addr + len(block)] = block
+    return {ch: bytes(b) for ch, b in img.items()}
+
+
+def _w4a4_programs(rng):
+    """(program, image) pairs: MM with fixed32 + bias (the compiler's form), MV with int32 accumulate,
+    MM with int8 out; codes at unaligned buffer addresses; both normal types on both operands."""
+    M = isa.make
+    LDU, STU, MPE = 0b0001, 0b0010, 0b0100
+    progs = {}
+    # m=3, n=5, K=48: A 3 x 24 B, W 5 x 24 B
+    progs["mm_w4a4_fixed32_bias"] = ([
+        M("LD", target="weight", channel=0, hbm_addr=0, buf_addr=7, length=5 * 24),
+        M("LD", target="bias", channel=0, hbm_addr=1024, buf_addr=32, length=5 * 16),
+        M("LD", target="act", channel=1, hbm_addr=64, buf_addr=101, length=3 * 24, release=MPE),
+        M("MM", wfmt="ovp4", normal="int4", afmt="ovp4", anormal="flint4", out="fixed32", bias=1, k_blocks=3, m=3,
+          n=5, a_addr=101, b_addr=7, out_addr=2048, bias_addr=2, wait=LDU, release=STU),
+        M("ST", source="act", channel=1, hbm_addr=30000, buf_addr=2048, length=60, wait=MPE),
+        M("SYS", op="end"),
+    ], [("codes", 0, 0, 5, 48, 0), ("entries", 0, 1024, 5), ("codes", 1, 64, 3, 48, 1)])
+    # MV m=1, n=6, K=64, accumulate onto a fixed32 vector
+    progs["mv_w4a4_accumulate"] = ([
+        M("LD", target="weight", channel=1, hbm_addr=100, buf_addr=512, length=6 * 32),
+        M("LD", target="act", channel=0, hbm_addr=300, buf_addr=1030, length=32),
+        M("LD", target="act", channel=0, hbm_addr=2000, buf_addr=4096, length=24, release=MPE),
+        M("MV", wfmt="ovp4", normal="flint4", afmt="ovp4", anormal="int4", out="int32", accumulate=1, k_blocks=4,
+          m=1, n=6, a_addr=1030, b_addr=512, out_addr=4096, wait=LDU, release=STU),
+        M("ST", source="act", channel=0, hbm_addr=31000, buf_addr=4096, length=24, wait=MPE),
+        M("SYS", op="end"),
+    ], [("codes", 1, 100, 6, 64, 1), ("codes", 0, 300, 1, 64, 0)])
+    # MM m=4, n=3, K=16 (one block: a half segment), int8 out
+    progs["mm_w4a4_int8"] = ([
+        M("LD", target="weight", channel=0, hbm_addr=40, buf_addr=0, length=3 * 8),
+        M("LD", target="bias", channel=1, hbm_addr=4000, buf_addr=0, length=3 * 16),
+        M("LD", target="act", channel=1, hbm_addr=200, buf_addr=333, length=4 * 8, release=MPE),
+        M("MM", wfmt="ovp4", normal="flint4", afmt="ovp4", anormal="flint4", out="int8", k_blocks=1, m=4, n=3,
+          a_addr=333, b_addr=0, out_addr=3001, bias_addr=0, wait=LDU, release=STU),
+        M("ST", source="act", channel=0, hbm_addr=32000, buf_addr=3001, length=12, wait=MPE),
+        M("SYS", op="end"),
+    ], [("codes", 0, 40, 3, 16, 1), ("entries", 1, 4000, 3), ("codes", 1, 200, 4, 16, 1)])
+    return {name: CoreJob(p, _w4a4_image(rng, specs)) for name, (p, specs) in progs.items()}
+
+
+@requires_verilator
+@pytest.mark.rtl
+def test_w4a4_programs_match_funcsim():
+    """afmt=ovp4 MM / MV on the matrix engine's OVP array path in the whole core (LD, the engine
+    frozen by the core's arbitration, ST), every HBM and buffer byte against FuncSim."""
+    from olivine.hw.mpe import MatrixEngine
+
+    rng = np.random.default_rng(31)
+    jobs = _w4a4_programs(rng)
+    cfg = rtl_test_config(chains_per_core=2)
+    got = run_jobs(cfg, list(jobs.values()), channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
+    want = funcsim_jobs(cfg, list(jobs.values()), channel_bytes=CHANNEL_BYTES)
+    _check(list(jobs.values()), got, want, list(jobs))
+    for name, g in zip(jobs, got):
+        assert g["regs"]["state"] == STATES.index("done"), (name, g["regs"])
+        assert g["regs"]["mpe_instructions"] == 1 and g["regs"]["unit_error"] == 0, name
+
+
+def _compiled_w4a4_job(cap, rows: int) -> CoreJob:
+    """One compiled W4A4 MM with its real operands (calibrated OVP4 activation codes, ovp4 weights,
+    folded requantization multipliers), cut to its first ``rows`` output columns to fit the test
+    configuration's buffers: LD weights / entries / codes, the MM with the compiled fields (addresses
+    moved, ldo = rows), ST of the fixed32 output."""
+    M = isa.make
+    LDU, STU, MPE = 0b0001, 0b0010, 0b0100
+    f = cap["fields"]
+    half_k, m = 8 * f["k_blocks"], f["m"]
+    w, ent, a = cap["w"][: rows * half_k], cap["entries"][: 16 * rows], cap["a"]
+    img0 = bytearray(8192 + len(ent))
+    img0[: len(w)] = w.tobytes()
+    img0[8192:] = ent.tobytes()
+    fields = {k: f[k] for k in ("wfmt", "afmt", "normal", "anormal", "out", "bias", "accumulate", "k_blocks", "m",
+                                "mode", "sparse")}
+    prog = [
+        M("LD", target="weight", channel=0, hbm_addr=0, buf_addr=0, length=len(w)),
+        M("LD", target="bias", channel=0, hbm_addr=8192, buf_addr=0, length=len(ent)),
+        M("LD", target="act", channel=1, hbm_addr=0, buf_addr=0, length=len(a), release=MPE),
+        M("MM", **fields, n=rows, ldo=rows, a_addr=0, b_addr=0, out_addr=8192, bias_addr=0, wait=LDU, release=STU),
+        M("ST", source="act", channel=1, hbm_addr=20000, buf_addr=8192, length=4 * m * rows, wait=MPE),
+        M("SYS", op="end"),
+    ]
+    return CoreJob(prog, {0: bytes(img0), 1: a.tobytes()})
+
+
+@requires_verilator
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_compiled_glassllm_w4a4_mms_match_funcsim(tmp_path):
+    """MMs of a compiled glassllm W4A4 program (``olivine compile --preset w4a4-ovp``): their
+    operands as the compiled prefill left them in FuncSim (real calibrated activation codes of both
+    normal types, real ovp4 weights and multipliers), run through the whole core on the OVP array
+    path; every HBM and buffer byte equal to FuncSim's."""
+    from olivine.compiler.compile import compile_main
+    from olivine.hw.mpe import MatrixEngine
+    from olivine.sim.mpe_check import compiled_w4a4_mms
+
+    out = tmp_path / "w4a4"
+    assert compile_main("glassllm", "u280", preset="w4a4-ovp", out=str(out), config="small", max_context=16,
+                        max_prompt=8, quiet=True) == 0
+    caps = compiled_w4a4_mms(out)
+    assert caps and all(c["fields"]["out"] == 1 for c in caps)  # the compiler's form: fixed32
+    picks = [next(c for c in caps if c["fields"]["anormal"] == 1 and c["fields"]["k_blocks"] == 8),
+             next(c for c in caps if c["fields"]["anormal"] == 0 and c["fields"]["k_blocks"] == 8)]
+    longest = max(caps, key=lambda c: c["fields"]["k_blocks"])
+    rows = 8 if REDUCED else 32   # output columns of each MM kept (reduced: one in four)
+    jobs = [_compiled_w4a4_job(c, rows) for c in picks] + [_compiled_w4a4_job(longest, rows // 2)]
+    cfg = rtl_test_config(chains_per_core=2)
+    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
+    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    names = ["flint4 acts K=128", "int4 acts K=128", f"K={16 * longest['fields']['k_blocks']}"]
+    _check(jobs, got, want, names)
+    for name, g, w in zip(names, got, want):
+        assert g["regs"]["state"] == STATES.index("done") and g["regs"]["unit_error"] == 0, (name, g["regs"])
+        out_bytes = w["hbm"][1][20000: 20000 + 4 * 32 * rows // 2]
+        assert np.any(out_bytes != 0), f"{name}: the MM wrote zeros only"
