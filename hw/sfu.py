@@ -98,6 +98,7 @@ from .sfu_dequant import DEQUANT_LATENCY, DequantCore, record_words
 from .sfu_softmax import SOFTMAX_LATENCY, Softmax
 from .sfu_rope import ROPE_LATENCY, ROPE_MAX_COLS, ROPE_SETUP_CYCLES, RopeCore, RopeRom, RopeSetup
 from .sfu_vshift import VSHIFT_LATENCY, VSHIFT_MAX_COLS, VshiftCore
+from .sfu_mul import DSP_PER_LANE, MultiplierBank, shift_add_product
 
 NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
 SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
@@ -111,8 +112,6 @@ MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "
 #: Ops the ISA reserves (not emitted by the compiler; the simulator rejects them).
 RESERVED_OPS = ("layernorm", "argmax")
 
-#: DSP48E2 per lane of a 32 x 32 bit multiply (27 x 18 slices).
-DSP_PER_LANE = 4
 
 INSTR_LAYOUT = data.StructLayout({
     "op": 4, "mask": 1, "src0": 24, "src1": 24, "dst": 24, "rows": 12, "cols": 20, "imm": 32,
@@ -178,6 +177,7 @@ class OpCore:
     short_row: int = 0
     setup: int = 0
     tail: int = 0
+    paced: int = 0
 
     @property
     def passes(self) -> int:
@@ -199,6 +199,10 @@ DEQUANT_SCAN_EXTRA = 2
 VSHIFT_ROW_GAP = 1
 VSHIFT_SETUP = 2
 
+#: Beats buffered per operand stream between the read aligner and the core (the read credit; 4
+#: covers the read round trip at full rate): :class:`Sfu`'s default ``fifo_depth``.
+READ_FIFO_DEPTH = 4
+
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
     "add": OpCore(AddCore, operands=2, latency=AddCore.latency),
@@ -206,8 +210,10 @@ OP_CORES: dict[str, OpCore] = {
     "copy": OpCore(CopyCore, latency=CopyCore.latency),
     "silu": OpCore(SiluCore, latency=SiluCore.latency),
     "swiglu": OpCore(SwigluCore, operands=2, latency=SwigluCore.latency),
+    # rmsnorm: its last pass takes a beat per two cycles (two bank products per lane), so the beats
+    # the reader prefetched during the rsqrt wait (up to the FIFO depth) are no longer drained at once
     "rmsnorm": OpCore(RMSNorm, operands=2, src1_per_row=False, src1_extra=2, max_cols=NORM_MAX_DIM,
-                      latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21),
+                      latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21, paced=READ_FIFO_DEPTH),
     "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
     "dequant": OpCore(DequantCore, latency=DEQUANT_LATENCY),
     "quant": OpCore(QuantCore, latency=QUANT_LATENCY, row_gap=QUANT_ROW_GAP, setup=QUANT_SETUP, tail=QUANT_TAIL),
@@ -249,6 +255,8 @@ class OpTiming:
     pair_out: bool = False   # quant's OVP4 mode: cols / 2 code bytes per row, rows back to back
     halves: bool = False      # rope: each pass streams the row's two halves (cols / 2 elements each)
     table_in: bool = False    # vshift: the first row's passes 0 / 1 load V (words covering 3 * cols bytes at src1)
+    paced: int = 0            # rmsnorm: + min(beats - 1, paced) per row (its last pass at a beat per two cycles
+                              # takes the beats prefetched during the row gap, up to the FIFO depth, no faster)
 
     def _record_core_cycles(self, cols: int, lanes: int) -> int:
         """dequant: the core's cycles per record: pass 0 takes its ``ib`` input beats, pass 1
@@ -264,7 +272,7 @@ class OpTiming:
             return -(-cols // lanes) + 1 + self.row_gap
         beats = -(-(cols // 2 if self.halves else cols) // lanes)
         return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
-                + max(0, self.short_row - beats))
+                + max(0, self.short_row - beats) + min(beats - 1, self.paced))
 
     def elements_per_cycle(self, cols: int, lanes: int) -> float:
         return cols / self.cycles_per_row(cols, lanes)
@@ -315,7 +323,7 @@ def _timing(core: OpCore) -> OpTiming:
     return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
                     latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup,
                     tail=core.tail, byte_out=core.cls is QuantCore, record_in=core.cls is DequantCore,
-                    halves=core.cls is RopeCore, table_in=core.cls is VshiftCore)
+                    halves=core.cls is RopeCore, table_in=core.cls is VshiftCore, paced=core.paced)
 
 
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
@@ -421,7 +429,7 @@ class Sfu(wiring.Component):
         compiled model). ``None``: rope is not built (``SfuError.NOT_BUILT``).
     """
 
-    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = 4,
+    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = READ_FIFO_DEPTH,
                  rope: RopeRom | None = None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
@@ -459,13 +467,22 @@ class Sfu(wiring.Component):
         blayout = beat_layout(lanes)
         cores = {}
         for op in self.ops:
-            core = OP_CORES[op].cls(lanes, self.rope) if op == "rope" else OP_CORES[op].cls(lanes)
+            cls = OP_CORES[op].cls
+            core = cls(lanes, self.rope, shared_mul=True) if op == "rope" else cls(lanes, shared_mul=True)
             cores[op] = core
             m.submodules[f"core_{op}"] = core
         # quant's OVP4 mode (imm[17]): its own core beside QuantCore; pairs need two lanes a beat
-        ovp_core = OvpQuantCore(lanes) if "quant" in self.ops and lanes >= 2 else None
+        ovp_core = OvpQuantCore(lanes, shared_mul=True) if "quant" in self.ops and lanes >= 2 else None
         if ovp_core is not None:
             m.submodules.core_quant_ovp4 = ovp_core
+        # every multiply of the unit: one 44 x 35 product per lane (hw/sfu_mul.py), the running op's
+        mul_users = [(op, core) for op, core in cores.items() if getattr(core, "shared_mul", False)]
+        if ovp_core is not None:
+            mul_users.append(("quant_ovp4", ovp_core))
+        if mul_users:
+            m.submodules.mul_bank = mul_bank = MultiplierBank(lanes, len(mul_users))
+            for k, (_, core) in enumerate(mul_users):
+                wiring.connect(m, core.mul, mul_bank.port(k))
 
         ins = Signal(INSTR_LAYOUT)
         elems_total = self.space_bytes // 4
@@ -499,6 +516,17 @@ class Sfu(wiring.Component):
             m.d.comb += q_ovp.eq(op_quant & ins.imm[17])
             with m.If(q_ovp):
                 m.d.comb += op_passes.eq(OvpQuantCore.passes)
+
+        if mul_users:
+            with m.Switch(ins.op):
+                for k, (op, _) in enumerate(mul_users):
+                    if op in MISC_OPS:
+                        with m.Case(MISC_OPS.index(op)):
+                            m.d.comb += mul_bank.sel.eq(k)
+            for k, (op, _) in enumerate(mul_users):
+                if op == "quant_ovp4":
+                    with m.If(q_ovp):
+                        m.d.comb += mul_bank.sel.eq(k)
 
         # ---- geometry of the instruction
         n_elems = Signal(32)          # rows * cols
@@ -611,8 +639,10 @@ class Sfu(wiring.Component):
                     m.d.sync += [ins.eq(self.instr.payload), cycles.eq(1), status.busy.eq(1)]
                     m.d.sync += state.eq(_State.GEOMETRY)
             with m.Case(_State.GEOMETRY):
-                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((rd_cols + mask) >> lb),
-                             last_count.eq(((rd_cols - 1) & mask) + 1), n_src0.eq(ins.rows * rd_stride)]
+                # rows x cols and rows x stride by shift-and-add (the DSP48E2 are the bank's)
+                m.d.sync += [n_elems.eq(shift_add_product(m, ins.cols, ins.rows, name="n_elems")),
+                             beats.eq((rd_cols + mask) >> lb), last_count.eq(((rd_cols - 1) & mask) + 1),
+                             n_src0.eq(shift_add_product(m, rd_stride, ins.rows, name="n_src0"))]
                 m.d.sync += state.eq(_State.CHECK)
             with m.Case(_State.CHECK):
                 src1_elems = Mux(op_rope, 12, Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra))
@@ -733,12 +763,13 @@ class Sfu(wiring.Component):
                 with m.Case(_State.Q_GEOM):
                     with m.If(q_div.o.valid):
                         t_rows = q_div.o.p.quotient
-                        m.d.sync += [q_trows.eq(t_rows), q_tc.eq(t_rows * ins.cols),
-                                     q_blk.eq(((t_rows * (ins.cols + 3)) + 63) & ~63),
+                        m.d.sync += [q_trows.eq(t_rows), q_tc.eq(shift_add_product(m, ins.cols, t_rows, name="q_tc")),
+                                     q_blk.eq((shift_add_product(m, ins.cols + 3, t_rows, name="q_blk") + 63) & ~63),
                                      q_bad.eq((q_div.o.p.remainder != 0) | q_div.o.p.overflow)]
                         m.d.sync += state.eq(_State.Q_CHECK)
                 with m.Case(_State.Q_CHECK):
-                    total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, q_groups * q_blk, n_elems + 3 * ins.rows))
+                    total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, shift_add_product(m, q_blk, q_groups, name="q_total"),
+                                                         n_elems + (ins.rows << 1) + ins.rows))
                     with m.If(q_bad | (ins.dst + total > self.space_bytes)):
                         m.d.sync += finish_with_error(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE))
                         m.d.sync += state.eq(_State.IDLE)
