@@ -39,7 +39,7 @@ from amaranth.hdl import Array, Cat, EnableInserter, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden.contract import OVP_ACT_GUARD_BITS
+from ..golden.contract_constants import OVP_ACT_GUARD_BITS
 from ..golden.ovp_format import NIBBLE_IDENTIFIER, get_format
 from .requant import MULT_BITS, SHIFT_BITS, ApplyMultiplier, apply_latency
 from .sfu_mul import mul_signature, multiplier_port

@@ -15,7 +15,7 @@ Kbit: one RAMB18) read in one cycle, against hw/sfu_arith.py's 29/9/29 radix-4 U
 cycles) hides in the aligner's extra read slot, so a row costs no gap at all, where the divider
 would add ~14 cycles to every row (a 64-element row at 16 lanes: 10 -> 24 cycles); a block RAM
 the SFU otherwise leaves unused is the cheaper resource. The table is generated at elaboration time
-from golden's constants (``contract.INT8_QMAX``, ``contract.RECIP_BITS``), not typed in.
+from golden's constants (``contract_constants.INT8_QMAX``, ``RECIP_BITS``: torch-free), not typed in.
 
 Ports
 -----
@@ -37,7 +37,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..golden.contract import INT8_QMAX, RECIP_BITS
+from ..golden.contract_constants import INT8_QMAX, RECIP_BITS
 from .sfu_arith import bit_length
 from .sfu_core import beat_signature
 from .sfu_mul import mul_signature, multiplier_port
