@@ -39,8 +39,11 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
 block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
-stride ``BAD_RECORD`` in 3; quant's field rules, rope's odd ``cols`` and vshift's query position
-``BAD_FIELD`` in 3; the OVP4 quant record's multiplier ``BAD_MULTIPLIER`` after the record read
+stride ``BAD_RECORD`` in 3; quant's field rules, rope's odd ``cols`` and the query position of
+vshift and of softmax with ``mask = 1`` ``BAD_FIELD`` in 3; the overlap rule (``dst`` partly over
+``src0``, or over ``src1`` of add / mul / swiglu, other than exactly in place; any overlap for quant,
+dequant, vshift: :data:`IN_PLACE_OPS`) ``OVERLAP`` in 3, quant's after its 10-cycle setup (its block
+size is known there); the OVP4 quant record's multiplier ``BAD_MULTIPLIER`` after the record read
 (``status.cycles`` = 14); rope's record ``BAD_DATA`` / ``ROPE_ROM`` after its 14-cycle check; vshift's
 V mantissa above 256 ``BAD_DATA`` at the end of the instruction, whose writes are all suppressed;
 the data rules of docs/isa.md MISC, checked before any write: a
@@ -111,6 +114,11 @@ MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "
             "quant", "dequant", "copy", "argmax", "vshift")
 #: Ops the ISA reserves (not emitted by the compiler; the simulator rejects them).
 RESERVED_OPS = ("layernorm", "argmax")
+#: docs/isa.md Validity, overlap: these ops may write over src0 exactly in place (dst = src0, same
+#: layout, every element read before it is written; sim/funcsim.py _MISC_IN_PLACE); for the others
+#: dst's range must be disjoint from src0's, and from src1's for the two-matrix ops (or equal to it)
+IN_PLACE_OPS = ("add", "mul", "swiglu", "silu", "copy", "rmsnorm", "rope", "softmax")
+SRC1_MATRIX_OPS = ("add", "mul", "swiglu")
 
 
 INSTR_LAYOUT = data.StructLayout({
@@ -157,6 +165,7 @@ class SfuError(py_enum.IntEnum):
     ROPE_ROM = 11        # a valid RoPE record this instance's ROM does not hold (theta, hd, scaling) or a position beyond it
     BAD_MULTIPLIER = 12  # a multiplier with bit 31 set: the quant OVP4 record's, a dequant record's
     BAD_EPS = 13         # rmsnorm: eps multiplier >= 2**31, eps shift outside 0..62 or d * eps * 2**32 >= 2**61
+    OVERLAP = 14         # dst's range meets src0's (or add / mul / swiglu's src1) other than exactly in place
 
 
 @dataclass(frozen=True)
@@ -403,6 +412,20 @@ def sfu_lanes(config: AcceleratorConfig) -> int:
 
 def data_space_bytes(config: AcceleratorConfig) -> int:
     return (config.buffers.activation_kib + config.buffers.global_kib) * 1024
+
+
+def _op_in(op, names) -> object:
+    """``op`` (the 4-bit MISC code) is one of the ops ``names``."""
+    hit = Const(0, 1)
+    for name in names:
+        hit = hit | (op == MISC_OPS.index(name))
+    return hit
+
+
+def _overlaps(a_start, a_len, b_start, b_len):
+    """Byte ranges ``[a_start, a_start + a_len)`` and ``[b_start, b_start + b_len)`` share a byte
+    (sim/funcsim.py ``_overlap``)."""
+    return (a_start < b_start + b_len) & (b_start < a_start + a_len)
 
 
 def _lane_index(value, lane_bits: int):
@@ -662,8 +685,19 @@ class Sfu(wiring.Component):
                 bad_range = bad_range | (op_vshift & ((ins.src1 + (ins.cols << 1) + ins.cols > self.space_bytes)
                                                       | (ins.dst + (n_elems << 2) + ins.rows > self.space_bytes)))
                 vs_period = Mux(ins.imm[16:] == 0, 1, ins.imm[16:])
+                # the query position rule of vshift and of softmax with mask = 1 (docs/isa.md Validity)
+                qpos_beyond = ins.imm[:16] + Mux(ins.rows < vs_period, ins.rows, vs_period) - 1 >= ins.cols
+                op_softmax = ins.op == MISC_OPS.index("softmax")
                 bad_field = (quant_field | (op_rope & ins.cols[0])
-                             | (op_vshift & (ins.imm[:16] + Mux(ins.rows < vs_period, ins.rows, vs_period) - 1 >= ins.cols)))
+                             | ((op_vshift | (op_softmax & ins.mask)) & qpos_beyond))
+                # overlap (docs/isa.md Validity): dst against src0 (and src1 of add / mul / swiglu), byte
+                # ranges; quant's INT8 block size is known in Q_CHECK, where its overlap is checked
+                dst_bytes = Mux(op_vshift, (n_elems << 2) + ins.rows, n_elems << 2)
+                in_place = _op_in(ins.op, IN_PLACE_OPS) & (ins.src0 == ins.dst)
+                bad_overlap = ~op_quant & (
+                    (_overlaps(ins.src0, n_src0 << 2, ins.dst, dst_bytes) & ~in_place)
+                    | (_op_in(ins.op, SRC1_MATRIX_OPS) & _overlaps(ins.src1, n_elems << 2, ins.dst, dst_bytes)
+                       & (ins.src1 != ins.dst)))
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
                 with m.Elif(~op_built | (q_ovp & (ovp_core is None))):
@@ -681,6 +715,8 @@ class Sfu(wiring.Component):
                     m.d.comb += err_code.eq(SfuError.BAD_RECORD)
                 with m.Elif(bad_range):
                     m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
+                with m.Elif(bad_overlap):
+                    m.d.comb += err_code.eq(SfuError.OVERLAP)
                 with m.If(err_code != 0):
                     m.d.sync += finish_with_error(err_code)
                     m.d.sync += state.eq(_State.IDLE)
@@ -770,8 +806,11 @@ class Sfu(wiring.Component):
                 with m.Case(_State.Q_CHECK):
                     total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, shift_add_product(m, q_blk, q_groups, name="q_total"),
                                                          n_elems + (ins.rows << 1) + ins.rows))
-                    with m.If(q_bad | (ins.dst + total > self.space_bytes)):
-                        m.d.sync += finish_with_error(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE))
+                    q_range = ins.dst + total > self.space_bytes
+                    q_overlap = _overlaps(ins.src0, n_elems << 2, ins.dst, total)   # src0: rows x cols int32
+                    with m.If(q_bad | q_range | q_overlap):
+                        m.d.sync += finish_with_error(Mux(q_bad, SfuError.BAD_GROUPS,
+                                                          Mux(q_range, SfuError.OUT_OF_RANGE, SfuError.OVERLAP)))
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
                         m.d.sync += [q_base.eq(ins.dst), q_acode.eq(ins.dst), q_h.eq(0), q_t.eq(0), q_tcols.eq(0),
