@@ -11,8 +11,15 @@ bytes, with the signatures of ``amaranth.lib.memory`` ports (``rd``: ``addr``/``
 in, one cycle read latency; ``wr``: ``addr``/``data``/``en`` out with one enable per byte), so a
 ``Memory`` connects directly (:class:`SfuHarness` does that for tests).
 
-Lanes: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp // 4`` (a 32 x 32 bit
-lane multiply takes 4 DSP48E2): 16 lanes at the default 64 SFU DSPs.
+Lanes and the DSP budget: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp //
+4``: 16 lanes at the default 64 SFU DSPs, 4 at the small configuration's 16. Every DSP48E2 of the
+unit is its shared multiplier bank (hw/sfu_mul.py :class:`~olivine.hw.sfu_mul.MultiplierBank`): one
+signed 44 x 35 product per lane and cycle (4 DSP48E2), used by the op core of the running
+instruction (``sel`` from the op code); every other product (the geometry's rows x cols, the norm's
+d x eps, softmax's d x log2(e), the table interpolations) is shift-and-add in the fabric. So the SFU
+takes ``4 * lanes <= sfu_dsp`` DSP48E2 (measured, docs/benchmarks.md). Ops with two products per
+element (swiglu, rmsnorm's last pass, rope) make them in consecutive cycles on the lane's multiplier,
+at the beat per two cycles their two operand streams already take on the one read port.
 
 Row streaming, no row buffer: every row is read from the data space once per pass of its op core
 (``passes``: 1 for element-wise ops, 2-3 for row reductions), each pass at full rate through an

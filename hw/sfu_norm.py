@@ -13,6 +13,12 @@ Three passes over each row (``passes = 3``), streamed by the SFU top level:
    ``y = saturate32(round_shift(n * gamma (+ beta * 2**24), 24 + frac_gamma - frac_out))``;
    one output beat per input beat.
 
+Products: every lane's products are on its multiplier of the SFU's shared bank (hw/sfu_mul.py,
+``shared_mul=True``; a private bank otherwise): the squares and ``c * G`` from stage S3, ``n *
+gamma`` from S4 in the next cycle, so a multiplying beat never enters right behind a pass-2 beat
+(pass 2 takes a beat per two cycles, as its gains share the read port anyway); ``R * sqrt_mult``
+once per row on lane 0 while no beat multiplies; ``d * eps_mult`` by shift-and-add.
+
 Why three passes and not two: golden aligns each row to a 23-bit mantissa *before* squaring,
 with a shift that depends on the row maximum, so the maximum must be known before the first
 square; two passes would need either one squarer per possible shift (10 for int32 rows) per lane

@@ -28,9 +28,15 @@ def test_op_codes_are_the_isa_ones():
     assert MISC_OPS == isa.MISC_OPS
 
 
-@pytest.mark.parametrize("sfu_dsp,lanes", [(64, 16), (16, 4), (20, 4), (4, 1), (1, 1), (128, 32)])
+@pytest.mark.parametrize("sfu_dsp,lanes", [(64, 16), (16, 4), (20, 4), (4, 1), (7, 1), (128, 32)])
 def test_lanes_follow_the_dsp_budget(sfu_dsp, lanes):
     assert sfu_lanes(CONFIG.replace(sfu_dsp=sfu_dsp)) == lanes
+
+
+def test_a_budget_below_one_lane_is_rejected():
+    from olivine.hw.config import ConfigError
+    with pytest.raises(ConfigError, match="sfu_dsp=3: .* at least 4"):
+        CONFIG.replace(sfu_dsp=3)
 
 
 @pytest.mark.parametrize("op", BUILT)
