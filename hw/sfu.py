@@ -382,6 +382,9 @@ LINT_WAIVERS: dict[str, str] = {
     "UNUSEDSIGNAL:r_data": _ALIAS,       # FIFO ports, read under the parent's names
     "UNUSEDSIGNAL:r_en": _ALIAS,
     "UNUSEDSIGNAL:w_data": _ALIAS,
+    "UNUSEDSIGNAL:mul__*": _ALIAS,       # a core's multiplier-bank port, read under the bank's names
+    "UNUSEDSIGNAL:u*__p": _ALIAS,
+    "UNUSEDSIGNAL:bank_*": _ALIAS,       # the bank's operand / product nets (hw/sfu_mul.py)
     "UNUSEDSIGNAL:consume": _FIFO,
     "UNUSEDSIGNAL:produce": _FIFO,
     "UNUSEDSIGNAL:r_port__data": _FIFO,
@@ -547,7 +550,7 @@ class Sfu(wiring.Component):
             with m.If(q_ovp):
                 m.d.comb += op_passes.eq(OvpQuantCore.passes)
 
-        if mul_users:
+        if len(mul_users) > 1:
             with m.Switch(ins.op):
                 for k, (op, _) in enumerate(mul_users):
                     if op in MISC_OPS:

@@ -24,7 +24,7 @@ registers around it, as they had around their own multipliers.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -54,8 +54,8 @@ class MultiplierBank(wiring.Component):
     """``lanes`` signed 44 x 35 multipliers shared by ``users`` request ports.
 
     Ports: ``u0`` .. ``u{users-1}``: ``In(mul_signature(lanes))`` (``a``, ``b`` in, ``p`` out; every
-    user sees the product of the selected user's operands); ``sel``: In, the user whose operands
-    reach the multipliers. Latency 0 (combinational); one product per lane and cycle.
+    user sees the product of the selected user's operands); ``sel`` (only with ``users > 1``): In,
+    the user whose operands reach the multipliers. Latency 0 (combinational); one product per lane and cycle.
     DSP48E2: ``DSP_PER_LANE * lanes``.
     """
 
@@ -64,7 +64,8 @@ class MultiplierBank(wiring.Component):
             raise ValueError(f"a multiplier bank needs at least one user, got {users}")
         self.lanes, self.users = lanes, users
         members = {f"u{k}": In(mul_signature(lanes)) for k in range(users)}
-        members["sel"] = In(range(users))
+        if users > 1:
+            members["sel"] = In(range(users))
         super().__init__(members)
 
     def port(self, k: int):
@@ -73,7 +74,7 @@ class MultiplierBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for lane in range(self.lanes):
-            a, b = Signal(signed(MUL_A_BITS), name=f"a{lane}"), Signal(signed(MUL_B_BITS), name=f"b{lane}")
+            a, b = Signal(signed(MUL_A_BITS), name=f"bank_a{lane}"), Signal(signed(MUL_B_BITS), name=f"bank_b{lane}")
             if self.users == 1:
                 m.d.comb += [a.eq(self.u0.a[lane]), b.eq(self.u0.b[lane])]
             else:
@@ -81,7 +82,7 @@ class MultiplierBank(wiring.Component):
                     for k in range(self.users):
                         with m.Case(k):
                             m.d.comb += [a.eq(self.port(k).a[lane]), b.eq(self.port(k).b[lane])]
-            p = Signal(signed(MUL_P_BITS), name=f"p{lane}")
+            p = Signal(signed(MUL_P_BITS), name=f"bank_p{lane}")
             m.d.comb += p.eq(a * b)
             for k in range(self.users):
                 m.d.comb += self.port(k).p[lane].eq(p)
@@ -100,7 +101,8 @@ def multiplier_port(m: Module, core, lanes: int):
 def shift_add_product(m: Module, a, b, *, name: str):
     """``a * b`` for an unsigned ``b`` of a few bits, as a balanced adder tree of ``a << i`` terms
     (LUTs and carry chains, no DSP). Exact; the result is signed when ``a`` is."""
-    shape = signed(len(a) + len(b) + 1)
+    # exactly the product's width (no unused bits on the named nodes)
+    shape = signed(len(a) + len(b)) if a.shape().signed else unsigned(len(a) + len(b))
     terms = []
     for i in range(len(b)):
         t = Signal(shape, name=f"{name}_t{i}")
