@@ -40,8 +40,9 @@ params : In(norm_params_layout())  -- ``cols`` (d), ``eps_mult``/``eps_shift``
 Latency: a pass-2 beat leaves 7 cycles after it is accepted; pass-1 beats of a row wait 3
 cycles after the row's last pass-0 beat was accepted (stats), pass-2 beats ``4 + 35 + 2``
 cycles after the last pass-1 beat (squares, rsqrt, G). Throughput one beat (``lanes``
-elements) per cycle in passes 0 and 1, one per two cycles in pass 2 (its two products per lane); per row of ``d`` elements about ``3 * ceil(d / lanes) + 45``
-cycles (measured in tests/test_hw_sfu_norm.py).
+elements) per cycle in passes 0 and 1, one per two cycles in pass 2 (its two products per
+lane); per row of ``d`` elements about ``4 * ceil(d / lanes) + 45`` cycles fed at full rate (the
+SFU feeds pass 2 at a beat per two cycles anyway: its gains share the read port).
 """
 
 from __future__ import annotations
