@@ -456,7 +456,8 @@ class Sfu(wiring.Component):
         ``SfuError.NOT_BUILT``. Small instances keep tests and resource reports per op.
     fifo_depth : int
         Beats buffered between the read aligner and the core (the read credit; 4 covers the
-        read round trip at full rate).
+        read round trip at full rate). :data:`OP_TIMING` is exact at the default
+        (:data:`READ_FIFO_DEPTH`: rmsnorm's paced last pass depends on it).
     rope : RopeRom, optional
         The cos/sin ROM of the rope op (hw/sfu_rope.py; ``RopeRom.from_model_config`` for a
         compiled model). ``None``: rope is not built (``SfuError.NOT_BUILT``).
