@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from . import fixed as _fixed
+from .contract_constants import INT8_QMAX, MULT_BITS, OVP_ACT_GUARD_BITS, RECIP_BITS
 
 __all__ = [
     "ContractError",
@@ -74,10 +75,9 @@ __all__ = [
     "from_fixed",
 ]
 
-INT8_QMAX = 127  # symmetric INT8: -127..127 (-128 is never produced)
+# INT8_QMAX, MULT_BITS, RECIP_BITS, OVP_ACT_GUARD_BITS: golden/contract_constants.py (torch-free, for hw/)
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
-MULT_BITS = 31  # requantization multipliers are unsigned 31-bit mantissas in [2**30, 2**31)
 _EXACT_F64 = 1 << 53
 _EXACT_F32 = 1 << 24
 
@@ -273,8 +273,6 @@ def dynamic_int8_exponent(amax: torch.Tensor) -> torch.Tensor:
     return e
 
 
-#: fractional bits of the per-row reciprocal in quantize_act_dynamic_int8
-RECIP_BITS = 22
 
 
 def quantize_act_dynamic_int8(x: torch.Tensor, frac_bits: int) -> QAct:
@@ -347,8 +345,6 @@ def quantize_act_static_int8(x: torch.Tensor, frac_bits: int, scale: float) -> Q
     return QAct(q.to(torch.int8), torch.zeros(x.shape[:-1] + (1,), dtype=torch.int8), "int8-static", float(scale))
 
 
-#: fractional bits of x / scale before the OVP activation grid rounding (1/256 LSB)
-OVP_ACT_GUARD_BITS = 8
 
 
 def _ovp_format(normal: str):

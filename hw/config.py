@@ -72,7 +72,12 @@ class AcceleratorConfig:
     weight_formats: tuple[str, ...] = WEIGHT_FORMATS
     act_formats: tuple[str, ...] = ACT_FORMATS
     sparse_n: tuple[int, ...] = SPARSE_N
-    sfu_dsp: int = 64  # DSP48E2 per core in the special function unit
+    #: DSP48E2 per core for the special function unit (the SFU's budget, hw/sfu.py). Every DSP of the SFU
+    #: is its shared multiplier bank (hw/sfu_mul.py): one signed 44 x 35 product per lane and cycle,
+    #: 4 DSP48E2 each, so the SFU has ``sfu_lanes`` = the largest power of two <= ``sfu_dsp // 4``
+    #: lanes and takes exactly ``4 * sfu_lanes <= sfu_dsp`` DSP48E2 (Yosys synth_xilinx on the whole
+    #: SFU, docs/benchmarks.md; a budget between powers of two leaves the rest unused). At least 4.
+    sfu_dsp: int = 64
     #: AXI4 data width of the HBM masters (and the LD/ST beat) in bits; 512 matches the U280's HBM
     #: controllers, a smaller width makes RTL simulation of a small configuration faster.
     axi_data_width: int = 512
@@ -137,6 +142,9 @@ class AcceleratorConfig:
         if self.axi_data_width not in AXI_DATA_WIDTHS:
             problems.append(f"axi_data_width={self.axi_data_width}: AXI4 data widths are "
                             f"{', '.join(map(str, AXI_DATA_WIDTHS))} bits (512 matches the HBM controllers)")
+        if self.sfu_dsp < 4:
+            problems.append(f"sfu_dsp={self.sfu_dsp}: the SFU's multiplier bank takes 4 DSP48E2 per lane, "
+                            "so it needs at least 4 (one lane)")
         if not 50 <= self.clock_mhz <= 500:
             problems.append(f"clock_mhz={self.clock_mhz}: outside 50-500 MHz")
         if board.slrs is not None and self.cores > board.slrs:

@@ -192,16 +192,26 @@ class ApplyMultiplier(wiring.Component):
     Latency (``latency``): 2 + product + 3 cycles (limit 1, clamp 1, product 4 for 28..53-bit x,
     3 up to 27 bits, shift 2, round 1): 9 for the requantizer's 49-bit and the SFU's 32-bit x. Throughput: one value per cycle.
     DSP48E2: 2 per 26-bit piece of x (mult splits into 17 + 14 bits): 4 for 49 or 32 bits.
+
+    ``external_product=True`` (the SFU, whose DSP48E2 are all in its shared multiplier bank,
+    hw/sfu_mul.py): the product is not built here but taken from outside, combinationally:
+    ``pa`` (Out, the clamped x) and ``pb`` (Out, mult) go to a multiplier whose exact product comes
+    back on ``pp`` (In, ``x_bits + 32`` bits signed) in the same cycle; it is then registered as
+    many times as the built product's stages, so latency and results are the same. No DSP48E2.
     """
 
-    def __init__(self, x_bits: int, out_bits: int):
+    def __init__(self, x_bits: int, out_bits: int, *, external_product: bool = False):
         if not 2 <= x_bits <= 61 or not 2 <= out_bits <= 62:
             raise ValueError(f"ApplyMultiplier: x_bits={x_bits} must lie in [2, 61] and "
                              f"out_bits={out_bits} in [2, 62]")
-        self.x_bits, self.out_bits = x_bits, out_bits
+        self.x_bits, self.out_bits, self.external_product = x_bits, out_bits, external_product
         self.latency = apply_latency(x_bits)
-        super().__init__({"x": In(signed(x_bits)), "mult": In(unsigned(MULT_BITS)),
-                          "s": In(signed(SHIFT_BITS)), "y": Out(signed(out_bits))})
+        members = {"x": In(signed(x_bits)), "mult": In(unsigned(MULT_BITS)),
+                   "s": In(signed(SHIFT_BITS)), "y": Out(signed(out_bits))}
+        if external_product:
+            members.update({"pa": Out(signed(x_bits)), "pb": Out(unsigned(MULT_BITS)),
+                            "pp": In(signed(x_bits + MULT_BITS + 1))})
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -220,7 +230,12 @@ class ApplyMultiplier(wiring.Component):
         u2 = Signal(6, name="u2", reset_less=True)  # u = s + 1 in [0, 63]
         m.d.sync += u2.eq((s1 + 1).as_unsigned()[:6])
         # ---- stages 3..: the exact product P (x_bits + 31 bits, signed)
-        prod, plat, _ = pipelined_product(m, xc, mult2, name="xm")
+        if self.external_product:
+            plat = product_latency(xb, True, MULT_BITS)
+            m.d.comb += [self.pa.eq(xc), self.pb.eq(mult2)]
+            prod = delay(m, self.pp, plat, name="xm")
+        else:
+            prod, plat, _ = pipelined_product(m, xc, mult2, name="xm")
         u = delay(m, u2, plat, name="u")
         # ---- shifter: Q = (P << 2) >> u in two stages (by 8 * u[3:6], then by u[0:3])
         wide = Signal(signed(xb + MULT_BITS + 2), name="p4")

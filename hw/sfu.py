@@ -11,8 +11,15 @@ bytes, with the signatures of ``amaranth.lib.memory`` ports (``rd``: ``addr``/``
 in, one cycle read latency; ``wr``: ``addr``/``data``/``en`` out with one enable per byte), so a
 ``Memory`` connects directly (:class:`SfuHarness` does that for tests).
 
-Lanes: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp // 4`` (a 32 x 32 bit
-lane multiply takes 4 DSP48E2): 16 lanes at the default 64 SFU DSPs.
+Lanes and the DSP budget: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp //
+4``: 16 lanes at the default 64 SFU DSPs, 4 at the small configuration's 16. Every DSP48E2 of the
+unit is its shared multiplier bank (hw/sfu_mul.py :class:`~olivine.hw.sfu_mul.MultiplierBank`): one
+signed 44 x 35 product per lane and cycle (4 DSP48E2), used by the op core of the running
+instruction (``sel`` from the op code); every other product (the geometry's rows x cols, the norm's
+d x eps, softmax's d x log2(e), the table interpolations) is shift-and-add in the fabric. So the SFU
+takes ``4 * lanes <= sfu_dsp`` DSP48E2 (measured, docs/benchmarks.md). Ops with two products per
+element (swiglu, rmsnorm's last pass, rope) make them in consecutive cycles on the lane's multiplier,
+at the beat per two cycles their two operand streams already take on the one read port.
 
 Row streaming, no row buffer: every row is read from the data space once per pass of its op core
 (``passes``: 1 for element-wise ops, 2-3 for row reductions), each pass at full rate through an
@@ -39,8 +46,11 @@ not built into this instance, zero rows or cols, a row longer than the op's limi
 address or an operand/result outside the data space finish the instruction in 3 cycles with
 ``error`` set, the code and the offset latched, and nothing written (quant's group count and INT8
 block range, ``BAD_GROUPS`` / ``OUT_OF_RANGE``, after its 10-cycle setup; dequant's short record
-stride ``BAD_RECORD`` in 3; quant's field rules, rope's odd ``cols`` and vshift's query position
-``BAD_FIELD`` in 3; the OVP4 quant record's multiplier ``BAD_MULTIPLIER`` after the record read
+stride ``BAD_RECORD`` in 3; quant's field rules, rope's odd ``cols`` and the query position of
+vshift and of softmax with ``mask = 1`` ``BAD_FIELD`` in 3; the overlap rule (``dst`` partly over
+``src0``, or over ``src1`` of add / mul / swiglu, other than exactly in place; any overlap for quant,
+dequant, vshift: :data:`IN_PLACE_OPS`) ``OVERLAP`` in 3, quant's after its 10-cycle setup (its block
+size is known there); the OVP4 quant record's multiplier ``BAD_MULTIPLIER`` after the record read
 (``status.cycles`` = 14); rope's record ``BAD_DATA`` / ``ROPE_ROM`` after its 14-cycle check; vshift's
 V mantissa above 256 ``BAD_DATA`` at the end of the instruction, whose writes are all suppressed;
 the data rules of docs/isa.md MISC, checked before any write: a
@@ -98,6 +108,7 @@ from .sfu_dequant import DEQUANT_LATENCY, DequantCore, record_words
 from .sfu_softmax import SOFTMAX_LATENCY, Softmax
 from .sfu_rope import ROPE_LATENCY, ROPE_MAX_COLS, ROPE_SETUP_CYCLES, RopeCore, RopeRom, RopeSetup
 from .sfu_vshift import VSHIFT_LATENCY, VSHIFT_MAX_COLS, VshiftCore
+from .sfu_mul import DSP_PER_LANE, MultiplierBank, shift_add_product
 
 NORM_MAX_DIM = 1 << 14           # golden sfu.NORM_MAX_DIM (checked by the tests)
 SOFTMAX_MAX_LEN = 1 << 20        # golden sfu.SOFTMAX_MAX_LEN
@@ -110,9 +121,12 @@ MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "
             "quant", "dequant", "copy", "argmax", "vshift")
 #: Ops the ISA reserves (not emitted by the compiler; the simulator rejects them).
 RESERVED_OPS = ("layernorm", "argmax")
+#: docs/isa.md Validity, overlap: these ops may write over src0 exactly in place (dst = src0, same
+#: layout, every element read before it is written; sim/funcsim.py _MISC_IN_PLACE); for the others
+#: dst's range must be disjoint from src0's, and from src1's for the two-matrix ops (or equal to it)
+IN_PLACE_OPS = ("add", "mul", "swiglu", "silu", "copy", "rmsnorm", "rope", "softmax")
+SRC1_MATRIX_OPS = ("add", "mul", "swiglu")
 
-#: DSP48E2 per lane of a 32 x 32 bit multiply (27 x 18 slices).
-DSP_PER_LANE = 4
 
 INSTR_LAYOUT = data.StructLayout({
     "op": 4, "mask": 1, "src0": 24, "src1": 24, "dst": 24, "rows": 12, "cols": 20, "imm": 32,
@@ -158,6 +172,7 @@ class SfuError(py_enum.IntEnum):
     ROPE_ROM = 11        # a valid RoPE record this instance's ROM does not hold (theta, hd, scaling) or a position beyond it
     BAD_MULTIPLIER = 12  # a multiplier with bit 31 set: the quant OVP4 record's, a dequant record's
     BAD_EPS = 13         # rmsnorm: eps multiplier >= 2**31, eps shift outside 0..62 or d * eps * 2**32 >= 2**61
+    OVERLAP = 14         # dst's range meets src0's (or add / mul / swiglu's src1) other than exactly in place
 
 
 @dataclass(frozen=True)
@@ -178,6 +193,7 @@ class OpCore:
     short_row: int = 0
     setup: int = 0
     tail: int = 0
+    paced: int = 0
 
     @property
     def passes(self) -> int:
@@ -199,6 +215,10 @@ DEQUANT_SCAN_EXTRA = 2
 VSHIFT_ROW_GAP = 1
 VSHIFT_SETUP = 2
 
+#: Beats buffered per operand stream between the read aligner and the core (the read credit; 4
+#: covers the read round trip at full rate): :class:`Sfu`'s default ``fifo_depth``.
+READ_FIFO_DEPTH = 4
+
 #: The op cores of this revision, by MISC op name.
 OP_CORES: dict[str, OpCore] = {
     "add": OpCore(AddCore, operands=2, latency=AddCore.latency),
@@ -206,8 +226,10 @@ OP_CORES: dict[str, OpCore] = {
     "copy": OpCore(CopyCore, latency=CopyCore.latency),
     "silu": OpCore(SiluCore, latency=SiluCore.latency),
     "swiglu": OpCore(SwigluCore, operands=2, latency=SwigluCore.latency),
+    # rmsnorm: its last pass takes a beat per two cycles (two bank products per lane), so the beats
+    # the reader prefetched during the rsqrt wait (up to the FIFO depth) are no longer drained at once
     "rmsnorm": OpCore(RMSNorm, operands=2, src1_per_row=False, src1_extra=2, max_cols=NORM_MAX_DIM,
-                      latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21),
+                      latency=NORM_LATENCY, row_gap=35, short_row=5, setup=21, paced=READ_FIFO_DEPTH),
     "softmax": OpCore(Softmax, max_cols=SOFTMAX_MAX_LEN - 1, latency=SOFTMAX_LATENCY, row_gap=24, setup=1),
     "dequant": OpCore(DequantCore, latency=DEQUANT_LATENCY),
     "quant": OpCore(QuantCore, latency=QUANT_LATENCY, row_gap=QUANT_ROW_GAP, setup=QUANT_SETUP, tail=QUANT_TAIL),
@@ -249,6 +271,8 @@ class OpTiming:
     pair_out: bool = False   # quant's OVP4 mode: cols / 2 code bytes per row, rows back to back
     halves: bool = False      # rope: each pass streams the row's two halves (cols / 2 elements each)
     table_in: bool = False    # vshift: the first row's passes 0 / 1 load V (words covering 3 * cols bytes at src1)
+    paced: int = 0            # rmsnorm: + min(beats - 1, paced) per row (its last pass at a beat per two cycles
+                              # takes the beats prefetched during the row gap, up to the FIFO depth, no faster)
 
     def _record_core_cycles(self, cols: int, lanes: int) -> int:
         """dequant: the core's cycles per record: pass 0 takes its ``ib`` input beats, pass 1
@@ -264,7 +288,7 @@ class OpTiming:
             return -(-cols // lanes) + 1 + self.row_gap
         beats = -(-(cols // 2 if self.halves else cols) // lanes)
         return (((self.passes - 1) * self.reads + self.last_reads) * (beats + 1) + self.row_gap
-                + max(0, self.short_row - beats))
+                + max(0, self.short_row - beats) + min(beats - 1, self.paced))
 
     def elements_per_cycle(self, cols: int, lanes: int) -> float:
         return cols / self.cycles_per_row(cols, lanes)
@@ -315,7 +339,7 @@ def _timing(core: OpCore) -> OpTiming:
     return OpTiming(passes=core.passes, reads=2 if two and core.src1_per_row else 1, last_reads=2 if two else 1,
                     latency=core.latency, row_gap=core.row_gap, short_row=core.short_row, setup=core.setup,
                     tail=core.tail, byte_out=core.cls is QuantCore, record_in=core.cls is DequantCore,
-                    halves=core.cls is RopeCore, table_in=core.cls is VshiftCore)
+                    halves=core.cls is RopeCore, table_in=core.cls is VshiftCore, paced=core.paced)
 
 
 #: Measured-against-RTL timing table per op (tests/test_hw_sfu.py checks it on the Amaranth model
@@ -358,6 +382,9 @@ LINT_WAIVERS: dict[str, str] = {
     "UNUSEDSIGNAL:r_data": _ALIAS,       # FIFO ports, read under the parent's names
     "UNUSEDSIGNAL:r_en": _ALIAS,
     "UNUSEDSIGNAL:w_data": _ALIAS,
+    "UNUSEDSIGNAL:mul__*": _ALIAS,       # a core's multiplier-bank port, read under the bank's names
+    "UNUSEDSIGNAL:u*__p": _ALIAS,
+    "UNUSEDSIGNAL:bank_*": _ALIAS,       # the bank's operand / product nets (hw/sfu_mul.py)
     "UNUSEDSIGNAL:consume": _FIFO,
     "UNUSEDSIGNAL:produce": _FIFO,
     "UNUSEDSIGNAL:r_port__data": _FIFO,
@@ -397,6 +424,20 @@ def data_space_bytes(config: AcceleratorConfig) -> int:
     return (config.buffers.activation_kib + config.buffers.global_kib) * 1024
 
 
+def _op_in(op, names) -> object:
+    """``op`` (the 4-bit MISC code) is one of the ops ``names``."""
+    hit = Const(0, 1)
+    for name in names:
+        hit = hit | (op == MISC_OPS.index(name))
+    return hit
+
+
+def _overlaps(a_start, a_len, b_start, b_len):
+    """Byte ranges ``[a_start, a_start + a_len)`` and ``[b_start, b_start + b_len)`` share a byte
+    (sim/funcsim.py ``_overlap``)."""
+    return (a_start < b_start + b_len) & (b_start < a_start + a_len)
+
+
 def _lane_index(value, lane_bits: int):
     """``value mod lanes`` as exactly ``lane_bits`` bits, so a lane multiplexer's case statement
     covers every index."""
@@ -415,13 +456,14 @@ class Sfu(wiring.Component):
         ``SfuError.NOT_BUILT``. Small instances keep tests and resource reports per op.
     fifo_depth : int
         Beats buffered between the read aligner and the core (the read credit; 4 covers the
-        read round trip at full rate).
+        read round trip at full rate). :data:`OP_TIMING` is exact at the default
+        (:data:`READ_FIFO_DEPTH`: rmsnorm's paced last pass depends on it).
     rope : RopeRom, optional
         The cos/sin ROM of the rope op (hw/sfu_rope.py; ``RopeRom.from_model_config`` for a
         compiled model). ``None``: rope is not built (``SfuError.NOT_BUILT``).
     """
 
-    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = 4,
+    def __init__(self, config: AcceleratorConfig, *, ops: tuple[str, ...] | None = None, fifo_depth: int = READ_FIFO_DEPTH,
                  rope: RopeRom | None = None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
@@ -459,13 +501,22 @@ class Sfu(wiring.Component):
         blayout = beat_layout(lanes)
         cores = {}
         for op in self.ops:
-            core = OP_CORES[op].cls(lanes, self.rope) if op == "rope" else OP_CORES[op].cls(lanes)
+            cls = OP_CORES[op].cls
+            core = cls(lanes, self.rope, shared_mul=True) if op == "rope" else cls(lanes, shared_mul=True)
             cores[op] = core
             m.submodules[f"core_{op}"] = core
         # quant's OVP4 mode (imm[17]): its own core beside QuantCore; pairs need two lanes a beat
-        ovp_core = OvpQuantCore(lanes) if "quant" in self.ops and lanes >= 2 else None
+        ovp_core = OvpQuantCore(lanes, shared_mul=True) if "quant" in self.ops and lanes >= 2 else None
         if ovp_core is not None:
             m.submodules.core_quant_ovp4 = ovp_core
+        # every multiply of the unit: one 44 x 35 product per lane (hw/sfu_mul.py), the running op's
+        mul_users = [(op, core) for op, core in cores.items() if getattr(core, "shared_mul", False)]
+        if ovp_core is not None:
+            mul_users.append(("quant_ovp4", ovp_core))
+        if mul_users:
+            m.submodules.mul_bank = mul_bank = MultiplierBank(lanes, len(mul_users))
+            for k, (_, core) in enumerate(mul_users):
+                wiring.connect(m, core.mul, mul_bank.port(k))
 
         ins = Signal(INSTR_LAYOUT)
         elems_total = self.space_bytes // 4
@@ -499,6 +550,17 @@ class Sfu(wiring.Component):
             m.d.comb += q_ovp.eq(op_quant & ins.imm[17])
             with m.If(q_ovp):
                 m.d.comb += op_passes.eq(OvpQuantCore.passes)
+
+        if len(mul_users) > 1:
+            with m.Switch(ins.op):
+                for k, (op, _) in enumerate(mul_users):
+                    if op in MISC_OPS:
+                        with m.Case(MISC_OPS.index(op)):
+                            m.d.comb += mul_bank.sel.eq(k)
+            for k, (op, _) in enumerate(mul_users):
+                if op == "quant_ovp4":
+                    with m.If(q_ovp):
+                        m.d.comb += mul_bank.sel.eq(k)
 
         # ---- geometry of the instruction
         n_elems = Signal(32)          # rows * cols
@@ -611,8 +673,10 @@ class Sfu(wiring.Component):
                     m.d.sync += [ins.eq(self.instr.payload), cycles.eq(1), status.busy.eq(1)]
                     m.d.sync += state.eq(_State.GEOMETRY)
             with m.Case(_State.GEOMETRY):
-                m.d.sync += [n_elems.eq(ins.rows * ins.cols), beats.eq((rd_cols + mask) >> lb),
-                             last_count.eq(((rd_cols - 1) & mask) + 1), n_src0.eq(ins.rows * rd_stride)]
+                # rows x cols and rows x stride by shift-and-add (the DSP48E2 are the bank's)
+                m.d.sync += [n_elems.eq(shift_add_product(m, ins.cols, ins.rows, name="n_elems")),
+                             beats.eq((rd_cols + mask) >> lb), last_count.eq(((rd_cols - 1) & mask) + 1),
+                             n_src0.eq(shift_add_product(m, rd_stride, ins.rows, name="n_src0"))]
                 m.d.sync += state.eq(_State.CHECK)
             with m.Case(_State.CHECK):
                 src1_elems = Mux(op_rope, 12, Mux(op_src1_rows, n_elems, ins.cols + op_src1_extra))
@@ -632,8 +696,19 @@ class Sfu(wiring.Component):
                 bad_range = bad_range | (op_vshift & ((ins.src1 + (ins.cols << 1) + ins.cols > self.space_bytes)
                                                       | (ins.dst + (n_elems << 2) + ins.rows > self.space_bytes)))
                 vs_period = Mux(ins.imm[16:] == 0, 1, ins.imm[16:])
+                # the query position rule of vshift and of softmax with mask = 1 (docs/isa.md Validity)
+                qpos_beyond = ins.imm[:16] + Mux(ins.rows < vs_period, ins.rows, vs_period) - 1 >= ins.cols
+                op_softmax = ins.op == MISC_OPS.index("softmax")
                 bad_field = (quant_field | (op_rope & ins.cols[0])
-                             | (op_vshift & (ins.imm[:16] + Mux(ins.rows < vs_period, ins.rows, vs_period) - 1 >= ins.cols)))
+                             | ((op_vshift | (op_softmax & ins.mask)) & qpos_beyond))
+                # overlap (docs/isa.md Validity): dst against src0 (and src1 of add / mul / swiglu), byte
+                # ranges; quant's INT8 block size is known in Q_CHECK, where its overlap is checked
+                dst_bytes = Mux(op_vshift, (n_elems << 2) + ins.rows, n_elems << 2)
+                in_place = _op_in(ins.op, IN_PLACE_OPS) & (ins.src0 == ins.dst)
+                bad_overlap = ~op_quant & (
+                    (_overlaps(ins.src0, n_src0 << 2, ins.dst, dst_bytes) & ~in_place)
+                    | (_op_in(ins.op, SRC1_MATRIX_OPS) & _overlaps(ins.src1, n_elems << 2, ins.dst, dst_bytes)
+                       & (ins.src1 != ins.dst)))
                 with m.If(op_reserved):
                     m.d.comb += err_code.eq(SfuError.RESERVED_OP)
                 with m.Elif(~op_built | (q_ovp & (ovp_core is None))):
@@ -651,6 +726,8 @@ class Sfu(wiring.Component):
                     m.d.comb += err_code.eq(SfuError.BAD_RECORD)
                 with m.Elif(bad_range):
                     m.d.comb += err_code.eq(SfuError.OUT_OF_RANGE)
+                with m.Elif(bad_overlap):
+                    m.d.comb += err_code.eq(SfuError.OVERLAP)
                 with m.If(err_code != 0):
                     m.d.sync += finish_with_error(err_code)
                     m.d.sync += state.eq(_State.IDLE)
@@ -733,14 +810,18 @@ class Sfu(wiring.Component):
                 with m.Case(_State.Q_GEOM):
                     with m.If(q_div.o.valid):
                         t_rows = q_div.o.p.quotient
-                        m.d.sync += [q_trows.eq(t_rows), q_tc.eq(t_rows * ins.cols),
-                                     q_blk.eq(((t_rows * (ins.cols + 3)) + 63) & ~63),
+                        m.d.sync += [q_trows.eq(t_rows), q_tc.eq(shift_add_product(m, ins.cols, t_rows, name="q_tc")),
+                                     q_blk.eq((shift_add_product(m, ins.cols + 3, t_rows, name="q_blk") + 63) & ~63),
                                      q_bad.eq((q_div.o.p.remainder != 0) | q_div.o.p.overflow)]
                         m.d.sync += state.eq(_State.Q_CHECK)
                 with m.Case(_State.Q_CHECK):
-                    total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, q_groups * q_blk, n_elems + 3 * ins.rows))
-                    with m.If(q_bad | (ins.dst + total > self.space_bytes)):
-                        m.d.sync += finish_with_error(Mux(q_bad, SfuError.BAD_GROUPS, SfuError.OUT_OF_RANGE))
+                    total = Mux(q_ovp, n_elems >> 1, Mux(q_groups > 1, shift_add_product(m, q_blk, q_groups, name="q_total"),
+                                                         n_elems + (ins.rows << 1) + ins.rows))
+                    q_range = ins.dst + total > self.space_bytes
+                    q_overlap = _overlaps(ins.src0, n_elems << 2, ins.dst, total)   # src0: rows x cols int32
+                    with m.If(q_bad | q_range | q_overlap):
+                        m.d.sync += finish_with_error(Mux(q_bad, SfuError.BAD_GROUPS,
+                                                          Mux(q_range, SfuError.OUT_OF_RANGE, SfuError.OVERLAP)))
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
                         m.d.sync += [q_base.eq(ins.dst), q_acode.eq(ins.dst), q_h.eq(0), q_t.eq(0), q_tcols.eq(0),

@@ -36,6 +36,7 @@ from olivine.golden import sfu as golden_sfu
 
 from .ovp_decoder import quiet_rejection
 from .resources import register_unit
+from .sfu_mul import shift_add_product
 
 __all__ = [
     "SfuArithError", "bit_length", "round_shift", "round_shift_signed", "saturate",
@@ -459,8 +460,8 @@ class Exp2Neg(_TablePipeline):
     ``v = T[j] - round_shift((T[j] - T[j+1]) * w, 12)``; ``e = (((v << 9) >> k) + 1) >> 1``.
     One 256 x 23-bit ROM per lane (``amaranth.lib.memory.Memory``, two synchronous read ports
     for T[j] and T[j+1]; T[256] = 2**22 is a constant) and one 15 x 12-bit interpolation
-    multiply per lane (Yosys maps it to one DSP48E2: cheaper than the ~100 LUTs of a fabric
-    multiplier of that size; counts in docs/benchmarks.md).
+    product per lane, a shift-and-add tree in the fabric (hw/sfu_mul.py ``shift_add_product``: the
+    SFU's DSP48E2 are all in its shared multiplier bank; counts in docs/benchmarks.md).
 
     Ports
     -----
@@ -493,7 +494,7 @@ class Exp2Neg(_TablePipeline):
             t1 = Mux(top1, last, hi.data)
             diff = Signal(15, name=f"diff_{lane}")            # T[j] - T[j+1] < 2**15
             m.d.comb += diff.eq(t0 - t1)
-            prod = self._pipe(m, advance, (diff * w1)[:27], f"prod2_{lane}")
+            prod = self._pipe(m, advance, shift_add_product(m, diff, w1, name=f"interp_{lane}")[:27], f"prod2_{lane}")
             t0_2 = self._pipe(m, advance, t0, f"t0_2_{lane}")
             k2 = self._pipe(m, advance, k1, f"k2_{lane}")
             v = Signal(24, name=f"v_{lane}")                   # in [2**22, 2**23]
@@ -511,7 +512,8 @@ class Sigmoid(_TablePipeline):
     Per lane: ``a = round_shift(min(|x|, 16 * 2**frac_in), frac_in - 18)``, ``j = a >> 12``,
     ``w = a & 4095``; ``sig = T[j] + round_shift((T[j+1] - T[j]) * w, 12)`` for ``j < 1024``,
     else ``2**24``; ``x < 0``: ``2**24 - sig``. One 1024 x 24-bit ROM per lane (two synchronous
-    read ports; T[1024] is a constant) and one 17 x 12-bit multiply per lane (one DSP48E2).
+    read ports; T[1024] is a constant) and one 17 x 12-bit product per lane (a shift-and-add tree
+    in the fabric, no DSP48E2: hw/sfu_mul.py ``shift_add_product``).
 
     Ports
     -----
@@ -556,7 +558,7 @@ class Sigmoid(_TablePipeline):
             t1 = Mux(top1, last, hi.data)
             diff = Signal(17, name=f"diff_{lane}")            # T[j+1] - T[j] < 2**17
             m.d.comb += diff.eq(t1 - t0)
-            prod = self._pipe(m, advance, (diff * w1)[:29], f"prod2_{lane}")
+            prod = self._pipe(m, advance, shift_add_product(m, diff, w1, name=f"interp_{lane}")[:29], f"prod2_{lane}")
             t0_2 = self._pipe(m, advance, t0, f"t0_2_{lane}")
             in2 = self._pipe(m, advance, in1, f"in2_{lane}")
             neg2 = self._pipe(m, advance, neg1, f"neg2_{lane}")

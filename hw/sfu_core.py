@@ -103,19 +103,28 @@ class PipelinedElementwise(wiring.Component):
     passes = 1
     operands = 1
     latency = 1
+    #: the core multiplies on the SFU's multiplier bank (hw/sfu_mul.py): ``self.products`` in :meth:`lane`
+    uses_mul = False
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
-        super().__init__(op_core_members(lanes, self.operands))
+    def __init__(self, lanes: int, *, shared_mul: bool = False):
+        from .sfu_mul import mul_signature
+        self.lanes, self.shared_mul = lanes, shared_mul and self.uses_mul
+        members = op_core_members(lanes, self.operands)
+        if self.shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
-    def lane(self, m: Module, a, b, enable):
-        """Build one lane: ``a`` (and ``b``) are the signed 32-bit inputs, ``enable`` advances the
+    def lane(self, m: Module, index: int, a, b, enable):
+        """Build lane ``index``: ``a`` (and ``b``) are the signed 32-bit inputs, ``enable`` advances the
         pipeline; return the signed 32-bit output after exactly ``self.latency`` register stages
-        (each register gated by ``enable``)."""
+        (each register gated by ``enable``). A core with ``uses_mul`` multiplies on
+        ``self.products`` (hw/sfu_mul.py's bank port: drive ``a[index]``, ``b[index]``, read ``p[index]``)."""
         raise NotImplementedError
 
     def elaborate(self, platform):
+        from .sfu_mul import multiplier_port
         m = Module()
+        self.products = multiplier_port(m, self, self.lanes) if self.uses_mul else None
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         take = Signal()
@@ -139,7 +148,7 @@ class PipelinedElementwise(wiring.Component):
                      self.o.p.last.eq(meta.last), self.o.p.pass_.eq(meta.pass_)]
         for lane in range(self.lanes):
             b = self.g.p.data[lane] if self.operands == 2 else None
-            y = self.lane(m, self.i.p.data[lane], b, advance)
+            y = self.lane(m, lane, self.i.p.data[lane], b, advance)
             # lanes at and above count stay zero (the beat contract)
             m.d.comb += self.o.p.data[lane].eq(Mux(lane < meta.count, y, 0))
         return m

@@ -18,23 +18,31 @@ i : In(beat stream)   the record's words, pass 0 then pass 1
 o : Out(beat stream)  ``cols`` fixed32 results per row, ``lanes`` a beat
 params.cols : In(20)  codes per record
 
-Latency 2 cycles from a pass-1 sub-beat to its output beat. Throughput: ``lanes`` results per
-cycle in pass 1 (one 9 x 32 bit multiply per lane); pass 0 takes one input beat per cycle, so a
+The multiply, clamp, rounding shift and saturation are hw/requant.py's :class:`ApplyMultiplier`
+(the requantizer's and the OVP4 encoder's, one implementation of ``contract.apply_multiplier``),
+one per lane, its 8 x 31-bit product on the SFU's multiplier bank (hw/sfu_mul.py).
+
+Latency ``DEQUANT_LATENCY`` = ``apply_latency(8)`` = 8 cycles from a pass-1 sub-beat to its output
+beat. Throughput: ``lanes`` results per cycle in pass 1 (one product per lane); pass 0 takes one input beat per cycle, so a
 row costs about ``cols / lanes + 2 * (cols / (4 * lanes) + 1)`` cycles: output-bound, not
 read-bound.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import EnableInserter, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
-from .sfu_core import INT32_MAX, INT32_MIN, beat_signature
+from .requant import MULT_BITS, ApplyMultiplier, apply_latency, clamp_shift
+from .sfu_core import beat_signature
+from .sfu_mul import mul_signature, multiplier_port
 
 __all__ = ["DequantCore", "DEQUANT_LATENCY", "record_words"]
 
-DEQUANT_LATENCY = 2
+#: the codes are int8: ApplyMultiplier on 8-bit x
+_CODE_BITS = 8
+DEQUANT_LATENCY = apply_latency(_CODE_BITS)
 
 
 def record_words(cols: int) -> int:
@@ -49,11 +57,13 @@ class DequantCore(wiring.Component):
     operands = 1
     latency = DEQUANT_LATENCY
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
-        from amaranth.lib.wiring import Out
-        super().__init__({"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes)),
-                          "params": In(data.StructLayout({"cols": 20}))})
+    def __init__(self, lanes: int, *, shared_mul: bool = False):
+        self.lanes, self.shared_mul = lanes, shared_mul
+        members = {"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes)),
+                   "params": In(data.StructLayout({"cols": 20}))}
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -91,45 +101,39 @@ class DequantCore(wiring.Component):
                 with m.If(idx * lanes + j == mult_word + 1):
                     m.d.sync += shift.eq(self.i.p.data[j])
 
-        # ---- pass 1: stage 1 = clamp and product, stage 2 = rounding shift and saturation
-        s_c = Signal(signed(8))
-        m.d.comb += s_c.eq(Mux(shift < -1, -1, Mux(shift > 62, 62, shift)))
-        lim = Signal(9)
-        m.d.comb += lim.eq(Mux(s_c >= 5, 256, Const(1, 9) << (s_c + 2).as_unsigned()[:3]))
-        lim_s = Signal(signed(10))
-        m.d.comb += lim_s.eq(lim)
+        # ---- pass 1: ApplyMultiplier per lane (clamp, product on the bank, rounding shift, saturation)
+        bank = multiplier_port(m, self, lanes)
+        dp = Module()  # the datapath: every register moves only when the pipeline advances
+        m.submodules.datapath = EnableInserter(advance)(dp)
+        s_c = Signal(signed(7))
+        m.d.comb += s_c.eq(clamp_shift(shift))
         emit = self.i.valid & pass1 & advance & has_out
         meta = data.StructLayout({"count": range(lanes + 1), "first": 1, "last": 1})
-        v1, v2 = Signal(), Signal()
-        meta1, meta2 = Signal(meta), Signal(meta)
-        s1 = Signal(signed(8))
         rest = Signal(23)
         m.d.comb += rest.eq(cols - base)
-        with m.If(advance):
-            m.d.sync += [v1.eq(emit), v2.eq(v1), meta2.eq(meta1), s1.eq(s_c),
-                         meta1.count.eq(Mux(rest >= lanes, lanes, rest)), meta1.first.eq(base == 0),
-                         meta1.last.eq(base + lanes >= cols)]
+        valid, meta_now = Signal(), Signal(meta)
+        m.d.comb += [valid.eq(emit), meta_now.count.eq(Mux(rest >= lanes, lanes, rest)),
+                     meta_now.first.eq(base == 0), meta_now.last.eq(base + lanes >= cols)]
+        for stage in range(DEQUANT_LATENCY):
+            v_next, meta_next = Signal(name=f"valid_s{stage}"), Signal(meta, name=f"meta_s{stage}")
+            with m.If(advance):
+                m.d.sync += [v_next.eq(valid), meta_next.eq(meta_now)]
+            valid, meta_now = v_next, meta_next
         words = self.i.p.data
         for j in range(lanes):
             # code j of sub-beat `sub`: byte (sub * lanes + j) of the beat, i.e. word (sub*lanes+j)//4
-            code = Signal(signed(8), name=f"code{j}")
+            code = Signal(signed(_CODE_BITS), name=f"code{j}")
             with m.Switch(sub):
                 for s in range(4):
                     k = s * lanes + j
                     with m.Case(s):
                         m.d.comb += code.eq(words[k // 4].as_unsigned()[8 * (k % 4): 8 * (k % 4) + 8])
-            x = Signal(signed(10), name=f"xc{j}")
-            m.d.comb += x.eq(Mux(code > lim_s, lim_s, Mux(code < -lim_s, -lim_s, code)))
-            prod = Signal(signed(44), name=f"dq_prod{j}")
-            with m.If(advance):
-                m.d.sync += prod.eq(x * mult)
-            half = Mux(s1 <= 0, 0, Const(1, 64) << (s1 - 1).as_unsigned()[:6])
-            y = Signal(signed(66), name=f"dq_y{j}")
-            m.d.comb += y.eq(Mux(s1 < 0, prod << 1, (prod + half) >> s1.as_unsigned()[:6]))
-            out = Signal(signed(32), name=f"dq_out{j}")
-            with m.If(advance):
-                m.d.sync += out.eq(Mux(y > INT32_MAX, INT32_MAX, Mux(y < INT32_MIN, INT32_MIN, y)))
-            m.d.comb += self.o.p.data[j].eq(Mux(j < meta2.count, out, 0))
-        m.d.comb += [self.o.valid.eq(v2), self.o.p.count.eq(meta2.count), self.o.p.first.eq(meta2.first),
-                     self.o.p.last.eq(meta2.last), self.o.p.pass_.eq(1)]
+            am = ApplyMultiplier(_CODE_BITS, 32, external_product=True)
+            dp.submodules[f"apply{j}"] = am
+            # mult's bit 31 is clear: the multiplier scan faults the instruction before any row otherwise
+            dp.d.comb += [am.x.eq(code), am.mult.eq(mult[:MULT_BITS]), am.s.eq(s_c),
+                          bank.a[j].eq(am.pa), bank.b[j].eq(am.pb), am.pp.eq(bank.p[j])]
+            m.d.comb += self.o.p.data[j].eq(Mux(j < meta_now.count, am.y, 0))
+        m.d.comb += [self.o.valid.eq(valid), self.o.p.count.eq(meta_now.count), self.o.p.first.eq(meta_now.first),
+                     self.o.p.last.eq(meta_now.last), self.o.p.pass_.eq(1)]
         return m

@@ -7,8 +7,8 @@ cycle.
 * :class:`AddCore`: ``saturate32(a + b)``; latency 1 cycle; no DSP.
 * :class:`MulCore`: ``saturate32(round_shift(a * b, frac_a + frac_b - frac_out))`` (16 + 16 - 16 =
   16 for MISC mul); latency 2 cycles (product register, then the rounding shift and saturation).
-  The 32 x 32 signed product maps to DSP48E2 slices (27 x 18 each; Yosys builds it from 4 per lane,
-  see docs/benchmarks.md for the measured count).
+  The 32 x 32 signed product is one lane of the SFU's multiplier bank (hw/sfu_mul.py: 4 DSP48E2
+  per lane, shared by every op; docs/benchmarks.md).
 * :class:`CopyCore`: ``a``; latency 1 cycle.
 * :class:`SiluCore`, :class:`SwigluCore`: golden ``silu`` / ``swiglu`` on sfu-arith's
   :class:`~olivine.hw.sfu_arith.Sigmoid` table pipeline; latency 5 / 7 cycles.
@@ -16,7 +16,7 @@ cycle.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,7 +32,7 @@ class AddCore(PipelinedElementwise):
     operands = 2
     latency = 1
 
-    def lane(self, m, a, b, enable):
+    def lane(self, m, index, a, b, enable):
         y = Signal(signed(32))
         with m.If(enable):
             m.d.sync += y.eq(saturate(a + b))
@@ -45,16 +45,19 @@ class MulCore(PipelinedElementwise):
 
     operands = 2
     latency = 2
+    uses_mul = True
 
-    def __init__(self, lanes: int, shift: int = 16):
+    def __init__(self, lanes: int, shift: int = 16, *, shared_mul: bool = False):
         self.shift = shift
-        super().__init__(lanes)
+        super().__init__(lanes, shared_mul=shared_mul)
 
-    def lane(self, m, a, b, enable):
+    def lane(self, m, index, a, b, enable):
         product = Signal(signed(64))
         y = Signal(signed(32))
+        bank = self.products
+        m.d.comb += [bank.a[index].eq(a), bank.b[index].eq(b)]
         with m.If(enable):
-            m.d.sync += [product.eq(a * b), y.eq(saturate(round_shift(product, self.shift)))]
+            m.d.sync += [product.eq(bank.p[index]), y.eq(saturate(round_shift(product, self.shift)))]
         return y
 
 
@@ -64,7 +67,7 @@ class CopyCore(PipelinedElementwise):
     operands = 1
     latency = 1
 
-    def lane(self, m, a, b, enable):
+    def lane(self, m, index, a, b, enable):
         y = Signal(signed(32))
         with m.If(enable):
             m.d.sync += y.eq(a)
@@ -74,17 +77,29 @@ class CopyCore(PipelinedElementwise):
 class _SigmoidProductCore(wiring.Component):
     """SiLU / SwiGLU: :class:`~olivine.hw.sfu_arith.Sigmoid` (3-stage table pipeline) followed by
     the product stages; the input element (and ``up``) and the beat bookkeeping travel in the
-    Sigmoid's tag. All stages advance together when the output is free."""
+    Sigmoid's tag. All stages after the Sigmoid advance together when the output is free.
+
+    Products on the multiplier bank (hw/sfu_mul.py), one per lane and cycle: ``x * sig`` as a beat
+    leaves the Sigmoid (stage A), SwiGLU's ``silu * up`` from stage A into stage B. A beat leaves the
+    Sigmoid only while stage A is empty, so the two never need the bank in the same cycle (SwiGLU's
+    beats come every other cycle: gate and up share the read port)."""
 
     passes = 1
+    uses_mul = True
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
-        super().__init__(op_core_members(lanes, self.operands))
+    def __init__(self, lanes: int, *, shared_mul: bool = False):
+        from .sfu_mul import mul_signature
+        self.lanes, self.shared_mul = lanes, shared_mul
+        members = op_core_members(lanes, self.operands)
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     def elaborate(self, platform):
+        from .sfu_mul import multiplier_port
         m = Module()
         lanes = self.lanes
+        bank = multiplier_port(m, self, lanes)
         meta_layout = data.StructLayout({"count": range(lanes + 1), "first": 1, "last": 1, "pass_": 2})
         fields = {"meta": meta_layout, "x": data.ArrayLayout(signed(32), lanes)}
         if self.operands == 2:
@@ -101,12 +116,15 @@ class _SigmoidProductCore(wiring.Component):
         else:
             m.d.comb += [sig.i.valid.eq(self.i.valid), self.i.ready.eq(sig.i.ready)]
         advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), sig.o.ready.eq(advance)]
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         tag = data.View(tag_layout, sig.o.p.tag)
-        valid, meta = sig.o.valid, tag.meta
         stages = 4 if self.operands == 2 else 2
+        valids = [Signal(name=f"valid_p{s}") for s in range(stages)]
+        second = valids[0] if self.operands == 2 else Const(0, 1)   # stage A holds a beat: silu * up
+        m.d.comb += sig.o.ready.eq(advance & ~second)
+        valid, meta = sig.o.valid & sig.o.ready, tag.meta
         for s in range(stages):
-            v, mt = Signal(name=f"valid_p{s}"), Signal(meta_layout, name=f"meta_p{s}")
+            v, mt = valids[s], Signal(meta_layout, name=f"meta_p{s}")
             with m.If(advance):
                 m.d.sync += [v.eq(valid), mt.eq(meta)]
             valid, meta = v, mt
@@ -114,18 +132,27 @@ class _SigmoidProductCore(wiring.Component):
                      self.o.p.last.eq(meta.last), self.o.p.pass_.eq(meta.pass_)]
         for lane in range(lanes):
             prod, silu = Signal(signed(58), name=f"xsig{lane}"), Signal(signed(32), name=f"silu{lane}")
+            # silu = sat32(round_shift(x * sig, 24 + frac_in - frac_out)), 32 x 25-bit product
+            m.d.comb += [bank.a[lane].eq(tag.x[lane]), bank.b[lane].eq(sig.o.p.sig[lane])]
             with m.If(advance):
-                # silu = sat32(round_shift(x * sig, 24 + frac_in - frac_out)), 32 x 25-bit product
-                m.d.sync += [prod.eq(tag.x[lane] * sig.o.p.sig[lane]), silu.eq(saturate(round_shift(prod, 24)))]
-            y = silu
+                m.d.sync += prod.eq(bank.p[lane])
             if self.operands == 2:
-                up1, up2 = Signal(signed(32), name=f"up_a{lane}"), Signal(signed(32), name=f"up_b{lane}")
-                p2, out = Signal(signed(64), name=f"su{lane}"), Signal(signed(32), name=f"swiglu{lane}")
+                up1 = Signal(signed(32), name=f"up_a{lane}")
+                silu_a = Signal(signed(32), name=f"silu_a{lane}")
+                p2, out, y = (Signal(signed(64), name=f"su{lane}"), Signal(signed(32), name=f"swiglu{lane}"),
+                              Signal(signed(32), name=f"swiglu_o{lane}"))
+                m.d.comb += silu_a.eq(saturate(round_shift(prod, 24)))
+                with m.If(second):
+                    # mul(silu, up, 16, 16, 16) on the bank while stage A holds the beat
+                    m.d.comb += [bank.a[lane].eq(silu_a), bank.b[lane].eq(up1)]
                 with m.If(advance):
-                    # the up operand waits for the two SiLU stages, then mul(silu, up, 16, 16, 16)
-                    m.d.sync += [up1.eq(tag.up[lane]), up2.eq(up1), p2.eq(silu * up2),
-                                 out.eq(saturate(round_shift(p2, 16)))]
-                y = out
+                    # the up operand travels beside x * sig; the last register keeps the latency
+                    m.d.sync += [up1.eq(tag.up[lane]), p2.eq(bank.p[lane]),
+                                 out.eq(saturate(round_shift(p2, 16))), y.eq(out)]
+            else:
+                with m.If(advance):
+                    m.d.sync += silu.eq(saturate(round_shift(prod, 24)))
+                y = silu
             m.d.comb += self.o.p.data[lane].eq(Mux(lane < meta.count, y, 0))
         return m
 
@@ -134,7 +161,8 @@ class SiluCore(_SigmoidProductCore):
     """``dst = silu(src0)`` (golden ``sfu.silu(x, 16, 16)``). Ports i, o (hw/sfu_core.py beats).
 
     Latency 5 cycles (Sigmoid 3 + product + rounding/saturation); one beat (``lanes`` elements)
-    per cycle. Per lane one 17 x 12 (interpolation) and one 32 x 25 multiply: about 3 DSP48E2.
+    per cycle. Per lane one 32 x 25 product on the multiplier bank (hw/sfu_mul.py; the 17 x 12
+    interpolation is a shift-and-add tree).
     """
 
     operands = 1
@@ -145,9 +173,12 @@ class SwigluCore(_SigmoidProductCore):
     """``dst = swiglu(src0 = gate, src1 = up)`` = ``mul(silu(gate, 16, 16), up, 16, 16, 16)``
     (golden ``sfu.swiglu``, frac_mid = 16). Ports i (gate), g (up), o.
 
-    Latency 7 cycles (SiLU 5 + product + rounding/saturation); one beat per cycle (the SFU top
-    feeds it at half rate: gate and up share the read port). Per lane about 7 DSP48E2.
+    Latency 7 cycles (Sigmoid 3, ``x * sig``, ``silu * up``, rounding/saturation, output register);
+    one beat per two cycles (its two products per lane share the lane's bank multiplier; the SFU
+    top feeds it at that rate anyway: gate and up share the read port).
     """
 
     operands = 2
     latency = Sigmoid.LATENCY + 4
+    #: cycles per beat at most: two products per lane on the lane's bank multiplier
+    beat_interval = 2

@@ -13,6 +13,12 @@ Three passes over each row (``passes = 3``), streamed by the SFU top level:
    ``y = saturate32(round_shift(n * gamma (+ beta * 2**24), 24 + frac_gamma - frac_out))``;
    one output beat per input beat.
 
+Products: every lane's products are on its multiplier of the SFU's shared bank (hw/sfu_mul.py,
+``shared_mul=True``; a private bank otherwise): the squares and ``c * G`` from stage S3, ``n *
+gamma`` from S4 in the next cycle, so a multiplying beat never enters right behind a pass-2 beat
+(pass 2 takes a beat per two cycles, as its gains share the read port anyway); ``R * sqrt_mult``
+once per row on lane 0 while no beat multiplies; ``d * eps_mult`` by shift-and-add.
+
 Why three passes and not two: golden aligns each row to a 23-bit mantissa *before* squaring,
 with a shift that depends on the row maximum, so the maximum must be known before the first
 square; two passes would need either one squarer per possible shift (10 for int32 rows) per lane
@@ -34,8 +40,9 @@ params : In(norm_params_layout())  -- ``cols`` (d), ``eps_mult``/``eps_shift``
 Latency: a pass-2 beat leaves 7 cycles after it is accepted; pass-1 beats of a row wait 3
 cycles after the row's last pass-0 beat was accepted (stats), pass-2 beats ``4 + 35 + 2``
 cycles after the last pass-1 beat (squares, rsqrt, G). Throughput one beat (``lanes``
-elements) per cycle inside a pass; per row of ``d`` elements about ``3 * ceil(d / lanes) + 45``
-cycles (measured in tests/test_hw_sfu_norm.py).
+elements) per cycle in passes 0 and 1, one per two cycles in pass 2 (its two products per
+lane); per row of ``d`` elements about ``4 * ceil(d / lanes) + 45`` cycles fed at full rate (the
+SFU feeds pass 2 at a beat per two cycles anyway: its gains share the read port).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from olivine.golden import sfu as golden_sfu
 from .ovp_decoder import quiet_rejection
 from .resources import register_unit
 from .sfu_core import reduce_tree
+from .sfu_mul import mul_signature, multiplier_port, shift_add_product
 from .sfu_arith import (RsqrtNorm, SfuArithError, bit_length, round_shift, round_shift_signed,
                         row_beat_layout, saturate)
 
@@ -86,7 +94,7 @@ class _NormCore(wiring.Component):
 
     @quiet_rejection
     def __init__(self, lanes: int = 4, frac_in: int = 16, frac_gamma: int = 16,
-                 frac_out: int = 16):
+                 frac_out: int = 16, *, shared_mul: bool = False):
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 256:
             raise SfuArithError(f"lanes={lanes!r} must be an int in [1, 256]")
         for name, f in (("frac_in", frac_in), ("frac_gamma", frac_gamma), ("frac_out", frac_out)):
@@ -102,12 +110,16 @@ class _NormCore(wiring.Component):
         g_layout = beat if not self.centered else data.StructLayout({
             "data": data.ArrayLayout(data.StructLayout({"gamma": signed(32), "beta": signed(32)}), lanes),
             "count": range(lanes + 1), "first": 1, "last": 1, "pass_": 2})
-        super().__init__({
+        self.shared_mul = shared_mul
+        members = {
             "i": In(stream.Signature(beat)),
             "g": In(stream.Signature(g_layout)),
             "o": Out(stream.Signature(beat)),
             "params": In(norm_params_layout()),
-        })
+        }
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     @property
     def latency(self) -> int:
@@ -117,18 +129,24 @@ class _NormCore(wiring.Component):
         m = Module()
         m.submodules.rsqrt = rsqrt = self.rsqrt
         L, P = self.lanes, self.params
+        bank = multiplier_port(m, self, L)
         last_pass = self.passes - 1
         c_bits = 48 if self.centered else 32
 
         # ---------------------------------------------------------------- handshake
         advance = Signal()
         stats_ok, norm_ok = Signal(), Signal()
+        behind_norm = Signal()
         ib = self.i.payload
         is_norm_beat = ib.pass_ == last_pass
         allowed = Mux(ib.pass_ == 0, 1, Mux(ib.pass_ == 1, stats_ok, norm_ok & self.g.valid))
+        # one bank product per lane and cycle: a pass-2 beat multiplies in S3 -> S4 and S4 -> S5, so a
+        # multiplying beat (pass 1 or 2) never enters right behind a pass-2 beat (set after S1 below;
+        # pass-2 beats come every other cycle anyway: the gains share the read port)
+        allowed = allowed & ~(behind_norm & (ib.pass_ != 0))
         m.d.comb += [
             self.i.ready.eq(advance & allowed),
-            self.g.ready.eq(advance & self.i.valid & is_norm_beat & norm_ok),
+            self.g.ready.eq(advance & self.i.valid & is_norm_beat & norm_ok & ~behind_norm),
         ]
         accept = self.i.valid & self.i.ready
         with m.If(accept & (ib.pass_ == 0) & ib.first):
@@ -151,6 +169,7 @@ class _NormCore(wiring.Component):
         # ---------------------------------------------------------------- S1: input registers
         v1 = stage(accept, "v1")
         meta1 = {k: stage(getattr(ib, k), f"{k}1") for k in ("pass_", "count", "first", "last")}
+        m.d.comb += behind_norm.eq(v1 & (meta1["pass_"] == last_pass))
         x1 = [stage(ib.data[l], f"x1_{l}") for l in range(L)]
         mask1 = [stage(ib.count > l, f"mask1_{l}") for l in range(L)]
         if self.centered:
@@ -211,7 +230,8 @@ class _NormCore(wiring.Component):
             e_shift = Signal(signed(9))
             m.d.comb += e_shift.eq(P.eps_shift - 2 * self.frac_in + 2 * row_sh)
             dm = Signal(46)
-            m.d.comb += dm.eq(d * P.eps_mult)
+            # once per row, on the fabric (the bank's lanes may still hold the last row's beats)
+            m.d.comb += dm.eq(shift_add_product(m, P.eps_mult, d, name="eps_d"))
             clamped = Signal(signed(9))
             m.d.comb += clamped.eq(Mux(e_shift > 63, 63, e_shift))
             m.d.sync += [row_e.eq(round_shift_signed(dm, clamped, max_right=63, max_left=63)),
@@ -249,7 +269,8 @@ class _NormCore(wiring.Component):
         v4 = stage(v3, "v4")
         meta4 = {k: stage(v, f"{k}4") for k, v in meta3.items()}
         mask4 = [stage(v, f"mask4_{l}") for l, v in enumerate(mask3)]
-        prod4 = [stage((op_a[l] * op_b[l])[:62].as_signed(), f"p4_{l}") for l in range(L)]
+        # product 1 on the bank, from the S3 operands (squares in pass 1, c * G in pass 2)
+        prod4 = [stage(bank.p[l][:62].as_signed(), f"p4_{l}") for l in range(L)]
         gam4 = [stage(v, f"gamma4_{l}") for l, v in enumerate(gam3)]
         bet4 = [stage(v, f"beta4_{l}") for l, v in enumerate(bet3)] if bet3 else None
         shift4 = stage(shift3, "shift_4")
@@ -273,27 +294,38 @@ class _NormCore(wiring.Component):
         with m.If(rsqrt.o.valid):
             r, u = rsqrt.o.payload.r, rsqrt.o.payload.u
             shift = P.sqrt_shift + 31 + u + row_sh - golden_sfu._G_SHIFT - golden_sfu.NORM_FRAC
-            m.d.sync += [row_g.eq(round_shift(r * P.sqrt_mult, golden_sfu._G_SHIFT)),
+            # R * sqrt_mult on lane 0 of the bank: no beat of the core multiplies now (the row's
+            # squares are summed, its pass 2 and the next row wait for norm_ok)
+            m.d.sync += [row_g.eq(round_shift(bank.p[0][:52].as_unsigned(), golden_sfu._G_SHIFT)),
                          row_shift.eq(shift - row_sh2), norm_ok.eq(1)]
 
-        # ---------------------------------------------------------------- S5: n
+        # ---------------------------------------------------------------- S5: n * gamma (+ beta)
+        # n = round_shift(p, shift) and product 2 on the bank from the S4 values (the beat behind a
+        # pass-2 beat never multiplies, see behind_norm)
         v5 = stage(v4, "v5")
         meta5 = {k: stage(v, f"{k}5") for k, v in meta4.items()}
         mask5 = [stage(v, f"mask5_{l}") for l, v in enumerate(mask4)]
-        n5 = [stage(round_shift_signed(prod4[l], shift4, max_right=63, max_left=31)[:40].as_signed(), f"n5_{l}") for l in range(L)]
-        gam5 = [stage(v, f"gamma5_{l}") for l, v in enumerate(gam4)]
-        bet5 = [stage(v, f"beta5_{l}") for l, v in enumerate(bet4)] if bet4 else None
+        second = v4 & (meta4["pass_"] == last_pass)
+        q5 = []
+        for l in range(L):
+            n4 = Signal(signed(40), name=f"n4_{l}")
+            m.d.comb += n4.eq(round_shift_signed(prod4[l], shift4, max_right=63, max_left=31)[:40].as_signed())
+            with m.If(second):
+                m.d.comb += [bank.a[l].eq(n4), bank.b[l].eq(gam4[l])]
+            with m.Else():
+                m.d.comb += [bank.a[l].eq(op_a[l]), bank.b[l].eq(op_b[l])]
+            q = bank.p[l][:66].as_signed()
+            if bet4:
+                q = q + (bet4[l] << golden_sfu.NORM_FRAC)
+            q5.append(stage(q[:66].as_signed(), f"q5_{l}"))
+        with m.If(rsqrt.o.valid):
+            m.d.comb += [bank.a[0].eq(rsqrt.o.payload.r), bank.b[0].eq(P.sqrt_mult)]
 
-        # ---------------------------------------------------------------- S6: n * gamma (+ beta)
+        # ---------------------------------------------------------------- S6: a register (the latency)
         v6 = stage(v5, "v6")
         meta6 = {k: stage(v, f"{k}6") for k, v in meta5.items()}
         mask6 = [stage(v, f"mask6_{l}") for l, v in enumerate(mask5)]
-        q6 = []
-        for l in range(L):
-            q = n5[l] * gam5[l]
-            if bet5:
-                q = q + (bet5[l] << golden_sfu.NORM_FRAC)
-            q6.append(stage(q[:66].as_signed(), f"q6_{l}"))
+        q6 = [stage(v, f"q6_{l}") for l, v in enumerate(q5)]
 
         # ---------------------------------------------------------------- S7: output
         v7 = stage(v6, "v7")

@@ -29,7 +29,8 @@ params : In  ``mult`` (31 bits, the record's multiplier below 2**31), ``s`` (the
 Latency: ``OVP_QUANT_LATENCY`` = 11 cycles from an accepted beat to its output beat
 (ApplyMultiplier 9, comparators 1, victims and codes 1). Throughput: one beat (``lanes`` elements,
 ``lanes / 2`` code bytes) per cycle; the whole core stalls under output backpressure through one
-clock enable. Needs ``lanes >= 2`` (a pair inside one beat). DSP48E2: 4 per lane (32 x 31 bits).
+clock enable. Needs ``lanes >= 2`` (a pair inside one beat). DSP48E2: none of its own; its 32 x 31-bit
+products are the lanes of the SFU's multiplier bank (hw/sfu_mul.py, 4 DSP48E2 per lane).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from amaranth.hdl import Array, Cat, EnableInserter, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..golden.contract import OVP_ACT_GUARD_BITS
+from ..golden.contract_constants import OVP_ACT_GUARD_BITS
 from ..golden.ovp_format import NIBBLE_IDENTIFIER, get_format
 from .requant import MULT_BITS, SHIFT_BITS, ApplyMultiplier, apply_latency
+from .sfu_mul import mul_signature, multiplier_port
 from .resources import register_unit
 from .sfu_core import beat_signature
 
@@ -88,7 +90,7 @@ class OvpQuantCore(wiring.Component):
     operands = 1
     latency = OVP_QUANT_LATENCY
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, *, shared_mul: bool = False):
         if lanes < 2 or lanes % 2:
             raise ValueError(f"the OVP4 encoder pairs lanes (2k, 2k+1) of a beat: lanes must be even, got {lanes}")
         self.lanes = lanes
@@ -97,10 +99,14 @@ class OvpQuantCore(wiring.Component):
             raise ValueError(f"a midpoint reaches the {T_BITS}-bit saturation of t: widen T_BITS")
         if len({(len(t.positives), t.normals) for t in self.tables.values()}) != 1:
             raise ValueError("int4 and flint4 grids differ in size; one comparator set cannot serve both")
-        super().__init__({
+        self.shared_mul = shared_mul
+        members = {
             "i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes)),
             "params": In(data.StructLayout({"mult": MULT_BITS, "s": signed(SHIFT_BITS), "flint4": 1})),
-        })
+        }
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -126,11 +132,13 @@ class OvpQuantCore(wiring.Component):
         normal_code = flat([t.normal_code for t in tabs], nb)
         outlier_code = flat([t.outlier_code for t in tabs], ob)
 
+        bank = multiplier_port(m, self, lanes)
         signs, indices = [], []
         for j in range(lanes):
-            am = ApplyMultiplier(32, T_BITS)
+            am = ApplyMultiplier(32, T_BITS, external_product=True)   # x * mult on the bank
             dp.submodules[f"apply{j}"] = am
-            dp.d.comb += [am.x.eq(self.i.p.data[j]), am.mult.eq(self.params.mult), am.s.eq(self.params.s)]
+            dp.d.comb += [am.x.eq(self.i.p.data[j]), am.mult.eq(self.params.mult), am.s.eq(self.params.s),
+                          bank.a[j].eq(am.pa), bank.b[j].eq(am.pb), am.pp.eq(bank.p[j])]
             t = am.y
             # comparators: t >= c_i (t >= 0) and t < -c_i (t < 0), a thermometer code each
             # constant comparators per normal type, the type selected after them

@@ -15,7 +15,7 @@ Kbit: one RAMB18) read in one cycle, against hw/sfu_arith.py's 29/9/29 radix-4 U
 cycles) hides in the aligner's extra read slot, so a row costs no gap at all, where the divider
 would add ~14 cycles to every row (a 64-element row at 16 lanes: 10 -> 24 cycles); a block RAM
 the SFU otherwise leaves unused is the cheaper resource. The table is generated at elaboration time
-from golden's constants (``contract.INT8_QMAX``, ``contract.RECIP_BITS``), not typed in.
+from golden's constants (``contract_constants.INT8_QMAX``, ``RECIP_BITS``: torch-free), not typed in.
 
 Ports
 -----
@@ -37,9 +37,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..golden.contract import INT8_QMAX, RECIP_BITS
+from ..golden.contract_constants import INT8_QMAX, RECIP_BITS
 from .sfu_arith import bit_length
 from .sfu_core import beat_signature
+from .sfu_mul import mul_signature, multiplier_port
 
 __all__ = ["QuantCore", "QUANT_LATENCY", "reciprocal_rom"]
 
@@ -58,13 +59,16 @@ class QuantCore(wiring.Component):
     operands = 1
     latency = QUANT_LATENCY
 
-    def __init__(self, lanes: int):
-        self.lanes = lanes
-        super().__init__({
+    def __init__(self, lanes: int, *, shared_mul: bool = False):
+        self.lanes, self.shared_mul = lanes, shared_mul
+        members = {
             "i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes)),
             "row_exp": Out(signed(8)), "row_mant": Out(unsigned(16)),
             "params": In(data.StructLayout({"pow2": 1})),
-        })
+        }
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -143,9 +147,11 @@ class QuantCore(wiring.Component):
                          shift1.eq(Mux(self.params.pow2, e_reg, RECIP_BITS + e_reg))]
             with m.If(take & in_p1 & self.i.p.last):
                 m.d.sync += phase.eq(0)
+        bank = multiplier_port(m, self, lanes)
         for j in range(lanes):
+            m.d.comb += [bank.a[j].eq(self.i.p.data[j]), bank.b[j].eq(r_reg)]    # x * R on the bank
             with m.If(advance):
-                m.d.sync += prods[j].eq(self.i.p.data[j] * r_reg)
+                m.d.sync += prods[j].eq(bank.p[j][:63])
             half = Mux(shift1 == 0, 0, Const(1, 63) << (shift1 - 1).as_unsigned()[:6])
             shifted = Signal(signed(64), name=f"shifted{j}")
             m.d.comb += shifted.eq((prods[j] + half) >> shift1)

@@ -34,11 +34,14 @@ params : In(rope_params_layout()) ``pos_base`` (imm[15:0]), ``per`` (imm[31:16])
     of the row being streamed (rows come in order), sampled with the row's first pass-0 beat
 
 Latency: ``ROPE_LATENCY`` = 3 cycles from an accepted beat to its output (input and ROM read,
-products, rounding and saturation). Throughput: one beat (``lanes`` results) per cycle; the SFU top
-feeds it one beat per two cycles (``i`` and ``g`` share the read port).
+``x * c``, ``z * s`` with rounding and saturation). Throughput: one beat (``lanes`` results) per two
+cycles (both products of a lane on its one bank multiplier), the rate at which the SFU top feeds it
+(``i`` and ``g`` share the read port).
 
-Multipliers: two 32 x 18 signed products per lane (``_products``, the one place they are built),
-2 DSP48E2 each (27 x 18 slices): 4 DSP48E2 per lane.
+Products: two 32 x 18 signed products per lane (``_products``), both on the lane's multiplier of the
+SFU's shared bank (hw/sfu_mul.py, 4 DSP48E2 per lane): ``x * c`` from stage 1, ``z * s`` from stage 2
+in the next cycle, so the core takes a beat only into an empty stage 1 (one per two cycles, the rate
+of its two operand streams on the shared read port).
 
 :class:`RopeSetup` reads and checks the 48-byte RoPE parameter record before the first row (ports
 in its docstring; 14 cycles).
@@ -59,6 +62,7 @@ from amaranth.lib.wiring import In, Out
 from ..golden import sfu as golden_sfu
 from ..golden.fixed import ROPE_TABLE_FRAC, FixedPointValueError
 from .resources import register_unit
+from .sfu_mul import mul_signature, multiplier_port
 from .sfu_core import beat_signature, saturate
 
 __all__ = ["ROM_PRESETS", "ROPE_LATENCY", "ROPE_MAX_COLS", "ROPE_SETUP_CYCLES", "RopeCore", "RopeRom", "RopeSetup",
@@ -177,27 +181,39 @@ class RopeCore(wiring.Component):
     operands = 2
     latency = ROPE_LATENCY
 
-    def __init__(self, lanes: int, rom: RopeRom):
+    def __init__(self, lanes: int, rom: RopeRom, *, shared_mul: bool = False):
         if not isinstance(rom, RopeRom):
             raise TypeError(f"rom must be a RopeRom, got {type(rom).__name__}")
-        self.lanes, self.rom = lanes, rom
+        self.lanes, self.rom, self.shared_mul = lanes, rom, shared_mul
         self.rom_beats = rom.beats(lanes)
-        super().__init__({"i": In(beat_signature(lanes)), "g": In(beat_signature(lanes)),
-                          "o": Out(beat_signature(lanes)), "params": In(rope_params_layout())})
+        members = {"i": In(beat_signature(lanes)), "g": In(beat_signature(lanes)),
+                   "o": Out(beat_signature(lanes)), "params": In(rope_params_layout())}
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
-    def _products(self, m, x, z, c, s, enable):
-        """---- the multipliers of the core (2 per lane, 32 x 18 signed, 2 DSP48E2 each) ----
-        ``x * c`` and ``z * s``, registered when ``enable``."""
-        pc, ps = Signal(signed(50), name=f"pc{len(self._prods)}"), Signal(signed(50), name=f"ps{len(self._prods)}")
+    def _products(self, m, lane, x, z, c, s, enable, second):
+        """---- the products of the core, on lane ``lane`` of the SFU's multiplier bank (hw/sfu_mul.py) ----
+        ``x * c`` from stage 1 (registered into stage 2 when ``enable``) and ``z * s`` from stage 2
+        (``z``, ``s`` registered beside it), the second while ``second`` (stage 2 holds a beat).
+        Returns ``(pc, ps)``: ``pc`` registered, ``ps`` combinational, both of stage 2."""
+        bank = self._bank
+        pc = Signal(signed(50), name=f"pc{lane}")
+        z2, s2 = Signal(signed(32), name=f"z2_{lane}"), Signal(signed(18), name=f"s2_{lane}")
+        ps = Signal(signed(50), name=f"ps{lane}")
+        with m.If(second):
+            m.d.comb += [bank.a[lane].eq(z2), bank.b[lane].eq(s2)]
+        with m.Else():
+            m.d.comb += [bank.a[lane].eq(x), bank.b[lane].eq(c)]
+        m.d.comb += ps.eq(bank.p[lane][:50])
         with m.If(enable):
-            m.d.sync += [pc.eq(x * c), ps.eq(z * s)]
-        self._prods.append((pc, ps))
+            m.d.sync += [pc.eq(bank.p[lane][:50]), z2.eq(z), s2.eq(s)]
         return pc, ps
 
     def elaborate(self, platform):
         m = Module()
         L, P, rom = self.lanes, self.params, self.rom
-        self._prods = []
+        self._bank = multiplier_port(m, self, L)
         words = rom.words(L)
         m.submodules.rom = mem = Memory(shape=unsigned(2 * L * _ENTRY_BITS), depth=len(words), init=words,
                                         attrs={"ram_style": "block", "rom_style": "block"})
@@ -206,8 +222,13 @@ class RopeCore(wiring.Component):
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
         take = Signal()
-        m.d.comb += [take.eq(self.i.valid & self.g.valid & advance),
-                     self.i.ready.eq(self.g.valid & advance), self.g.ready.eq(self.i.valid & advance)]
+        # one bank product per lane and cycle: a beat's x * c (stage 1) and z * s (stage 2) come in
+        # consecutive cycles, so a beat is taken only into an empty stage 1 (one per two cycles, the
+        # rate at which the two halves arrive on the shared read port anyway)
+        v1 = Signal()
+        room = advance & ~v1
+        m.d.comb += [take.eq(self.i.valid & self.g.valid & room),
+                     self.i.ready.eq(self.g.valid & room), self.g.ready.eq(self.i.valid & room)]
         ib = self.i.p
 
         # position of the row: base + r // per, kept incrementally (phase = r mod per)
@@ -238,7 +259,7 @@ class RopeCore(wiring.Component):
 
         # stage 1: operands and bookkeeping (the ROM word arrives with them)
         meta_layout = data.StructLayout({"count": range(L + 1), "first": 1, "last": 1, "pass_": 2})
-        v1, v2, v3 = Signal(), Signal(), Signal()
+        v2, v3 = Signal(), Signal()
         meta1, meta2, meta3 = Signal(meta_layout), Signal(meta_layout), Signal(meta_layout)
         half = rom.head_dim // 2
         a1 = [Signal(signed(32), name=f"a1_{l}") for l in range(L)]
@@ -258,7 +279,7 @@ class RopeCore(wiring.Component):
             c = rd.data[_ENTRY_BITS * l: _ENTRY_BITS * (l + 1)].as_signed()
             s = rd.data[_ENTRY_BITS * (L + l): _ENTRY_BITS * (L + l + 1)].as_signed()
             # pass 0: a*c - b*s; pass 1: b*c + a*s (the sign on the sum: -b never overflows)
-            pc, ps = self._products(m, Mux(p0_1, a1[l], b1[l]), Mux(p0_1, b1[l], a1[l]), c, s, advance)
+            pc, ps = self._products(m, l, Mux(p0_1, a1[l], b1[l]), Mux(p0_1, b1[l], a1[l]), c, s, advance, v2)
             total = Mux(p0_2, pc - ps, pc + ps)
             y = Signal(signed(32), name=f"rope{l}")
             with m.If(advance):

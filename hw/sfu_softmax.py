@@ -32,8 +32,10 @@ stages, Exp2Neg 3, output multiply 1); pass-1 beats wait 1 cycle after the row's
 beat left the first stage, pass-2 beats ``7 + 17 + 1`` cycles after the last pass-1 beat.
 Throughput one beat (``lanes`` elements) per cycle inside a pass; a row of ``L`` scores takes
 about ``3 * ceil(L / lanes) + 30`` cycles (measured in tests/test_hw_sfu_softmax.py).
-Multipliers per lane: ``d * log2e_M`` (22 x 31 bits), the Exp2Neg interpolation (15 x 12) and
-``e * r`` (32 x 32); DSP48E2 counts in docs/benchmarks.md.
+Products per lane: ``e * r`` (32 x 32) on the SFU's multiplier bank (hw/sfu_mul.py, 4 DSP48E2 per
+lane shared by every op); ``d * log2e_M`` (22 bits x the 31-bit constant) as shifted adds of the
+constant's signed digits and the Exp2Neg interpolation (15 x 12) as shift-and-add, in the fabric;
+counts in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from .ovp_decoder import quiet_rejection
 from .resources import register_unit
 from .sfu_arith import DIVIDER_USES, Exp2Neg, SfuArithError, UnsignedDivider, row_beat_layout
 from .sfu_core import reduce_tree
+from .sfu_mul import const_product, mul_signature, multiplier_port
 
 __all__ = ["Softmax", "softmax_params_layout", "SOFTMAX_LATENCY"]
 
@@ -67,7 +70,7 @@ class Softmax(wiring.Component):
     passes = 3
 
     @quiet_rejection
-    def __init__(self, lanes: int = 4, frac_in: int = 16, frac_out: int = 16):
+    def __init__(self, lanes: int = 4, frac_in: int = 16, frac_out: int = 16, *, shared_mul: bool = False):
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 256:
             raise SfuArithError(f"lanes={lanes!r} must be an int in [1, 256]")
         for name, f in (("frac_in", frac_in), ("frac_out", frac_out)):
@@ -84,12 +87,16 @@ class Softmax(wiring.Component):
         self.exp = Exp2Neg(lanes, tag_bits=self.tag_bits)
         self.divider = UnsignedDivider(*DIVIDER_USES["softmax"], bits_per_cycle=2)
         beat = row_beat_layout(lanes)
-        super().__init__({
+        self.shared_mul = shared_mul
+        members = {
             "i": In(stream.Signature(beat)),
             "g": In(stream.Signature(beat)),
             "o": Out(stream.Signature(beat)),
             "params": In(softmax_params_layout()),
-        })
+        }
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     @property
     def latency(self) -> int:
@@ -101,6 +108,7 @@ class Softmax(wiring.Component):
         m.submodules.divider = div = self.divider
         L, P = self.lanes, self.params
         last_pass = self.passes - 1
+        bank = multiplier_port(m, self, L)
         m.d.comb += self.g.ready.eq(0)
 
         advance = Signal()                          # front stages S1..S3
@@ -177,8 +185,10 @@ class Softmax(wiring.Component):
         v3 = stage(v2, "v3")
         meta3 = {k: stage(v, f"{k}3") for k, v in meta2.items()}
         inrow3 = [stage(v, f"inrow3_{l}") for l, v in enumerate(inrow2)]
-        t3 = [stage(((d2[l] * golden_sfu._LOG2E_M + (1 << (self.t_shift - 1))) >> self.t_shift)
-                    [:golden_sfu.EXP_FRAC + 6], f"t3_{l}") for l in range(L)]
+        # d * log2e_M by the constant's signed digits in the fabric (hw/sfu_mul.py const_product):
+        # the bank's one product per lane is e * r below, so both passes keep one beat per cycle
+        t3 = [stage(((const_product(m, d2[l], golden_sfu._LOG2E_M, name=f"dlog2e_{l}") + (1 << (self.t_shift - 1)))
+                     >> self.t_shift)[:golden_sfu.EXP_FRAC + 6], f"t3_{l}") for l in range(L)]
         r3 = stage(r2, "r3")
         m.d.comb += advance.eq(~v3 | exp.i.ready)
 
@@ -206,7 +216,9 @@ class Softmax(wiring.Component):
         vo = stage(fire_e, "vo", out_advance)
         meta_o = {k: stage(v, f"{k}_o", out_advance) for k, v in fields.items()}
         sh = 62 - self.frac_out
-        p_o = [stage(Mux(inrow_e[l], (exp.o.payload.e[l] * r_e + (1 << (sh - 1))) >> sh, 0)[:32],
+        for l in range(L):
+            m.d.comb += [bank.a[l].eq(exp.o.payload.e[l]), bank.b[l].eq(r_e)]   # e * r on the bank
+        p_o = [stage(Mux(inrow_e[l], (bank.p[l][:64].as_unsigned() + (1 << (sh - 1))) >> sh, 0)[:32],
                      f"p_o_{l}", out_advance) for l in range(L)]
         m.d.comb += [
             self.o.valid.eq(vo & (meta_o["pass_"] == last_pass)),

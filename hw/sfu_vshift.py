@@ -50,6 +50,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .resources import register_unit
+from .sfu_mul import mul_signature, multiplier_port
 from .sfu_core import beat_signature
 
 __all__ = ["VSHIFT_LATENCY", "VSHIFT_MAX_COLS", "VSHIFT_MAX_MANTISSA", "VshiftCore", "vshift_params_layout"]
@@ -88,22 +89,28 @@ class VshiftCore(wiring.Component):
     operands = 1
     latency = VSHIFT_LATENCY
 
-    def __init__(self, lanes: int, max_cols: int = VSHIFT_MAX_COLS):
+    def __init__(self, lanes: int, max_cols: int = VSHIFT_MAX_COLS, *, shared_mul: bool = False):
         if isinstance(max_cols, bool) or not isinstance(max_cols, int) or max_cols < 1:
             raise ValueError(f"max_cols={max_cols!r} must be a positive int")
-        self.lanes, self.max_cols = lanes, max_cols
-        super().__init__({"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes)),
-                          "row_exp": Out(signed(8)), "error": Out(1), "params": In(vshift_params_layout())})
+        self.lanes, self.max_cols, self.shared_mul = lanes, max_cols, shared_mul
+        members = {"i": In(beat_signature(lanes)), "o": Out(beat_signature(lanes)),
+                   "row_exp": Out(signed(8)), "error": Out(1), "params": In(vshift_params_layout())}
+        if shared_mul:
+            members["mul"] = Out(mul_signature(lanes))
+        super().__init__(members)
 
     def _product(self, m, p, mv, enable, lane):
-        """---- the multiplier of the core: ``p * mv`` (32 x 9 bits), registered when ``enable`` ----"""
+        """---- the product of the core: ``p * mv`` (32 x 9 bits) on lane ``lane`` of the SFU's
+        multiplier bank (hw/sfu_mul.py), registered when ``enable`` ----"""
         prod = Signal(signed(42), name=f"prod{lane}")
+        m.d.comb += [self._bank.a[lane].eq(p), self._bank.b[lane].eq(mv)]
         with m.If(enable):
-            m.d.sync += prod.eq(p * mv)
+            m.d.sync += prod.eq(self._bank.p[lane][:42])
         return prod
 
     def elaborate(self, platform):
         m = Module()
+        self._bank = multiplier_port(m, self, self.lanes)
         L, P = self.lanes, self.params
         lb = L.bit_length() - 1
         cw = 4 * L                                   # bytes per beat = exponents per vbuf chunk

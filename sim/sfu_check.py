@@ -301,7 +301,42 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
         cases.append(Case(MISC_OPS[fields["op"]] if fields["op"] < len(MISC_OPS) else "op15", fields,
                           base.image, want=None, want_code=int(code), label=label))
     cases += _data_rule_cases(config, cases, rng)
+    cases += _overlap_cases(config, cases, rng)
     return cases
+
+
+def _overlap_cases(config, cases: list[Case], rng) -> list[Case]:
+    """docs/isa.md MISC Validity, overlap and softmax's query position: per op, dst partly over
+    src0 (OVERLAP), dst = src0 where the op changes the layout (quant, dequant, vshift: OVERLAP) or
+    runs in place (bit-exact), dst partly over / equal to src1 of add, mul, swiglu; softmax with
+    mask = 1 and the query position at cols (BAD_FIELD). funcsim rejects the same instructions."""
+    from olivine.hw.sfu import IN_PLACE_OPS, SRC1_MATRIX_OPS
+
+    out = []
+    seen = set()
+    for case in cases:
+        if case.want_code or case.op in seen or case.fields["rows"] * case.fields["cols"] > 64:
+            continue
+        seen.add(case.op)
+        f = case.fields
+
+        def add(label, code, **change):
+            fields = dict(f, **change, offset=int(rng.integers(0, 1 << 20)))
+            new = Case(case.op, fields, case.image, want_code=int(code), label=f"{case.op} {label}")
+            new.want = expected_image(config, case.image, fields) if code == 0 else None
+            out.append(new)
+
+        add("dst 4 bytes past src0", SfuError.OVERLAP, dst=f["src0"] + 4)
+        if case.op in IN_PLACE_OPS:
+            add("in place (dst = src0)", 0, dst=f["src0"])
+        else:
+            add("dst = src0", SfuError.OVERLAP, dst=f["src0"])
+        if case.op in SRC1_MATRIX_OPS:
+            add("dst 4 bytes past src1", SfuError.OVERLAP, dst=f["src1"] + 4)
+            add("in place over src1 (dst = src1)", 0, dst=f["src1"])
+        if case.op == "softmax":
+            add("mask query position at cols", SfuError.BAD_FIELD, mask=1, imm=f["cols"])
+    return out
 
 
 def _data_rule_cases(config, cases: list[Case], rng) -> list[Case]:

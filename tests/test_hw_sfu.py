@@ -28,9 +28,15 @@ def test_op_codes_are_the_isa_ones():
     assert MISC_OPS == isa.MISC_OPS
 
 
-@pytest.mark.parametrize("sfu_dsp,lanes", [(64, 16), (16, 4), (20, 4), (4, 1), (1, 1), (128, 32)])
+@pytest.mark.parametrize("sfu_dsp,lanes", [(64, 16), (16, 4), (20, 4), (4, 1), (7, 1), (128, 32)])
 def test_lanes_follow_the_dsp_budget(sfu_dsp, lanes):
     assert sfu_lanes(CONFIG.replace(sfu_dsp=sfu_dsp)) == lanes
+
+
+def test_a_budget_below_one_lane_is_rejected():
+    from olivine.hw.config import ConfigError
+    with pytest.raises(ConfigError, match="sfu_dsp=3: .* at least 4"):
+        CONFIG.replace(sfu_dsp=3)
 
 
 @pytest.mark.parametrize("op", BUILT)
@@ -288,3 +294,36 @@ def test_data_rules_answer_an_error_and_write_nothing():
             assert res["offset"] == f["offset"], case.label
         else:
             assert res["cycles"] == OP_TIMING[case.op].instruction_cycles(f["rows"], f["cols"], 4, f["dst"], f["imm"])
+
+
+def test_overlap_and_query_position_rules_fault_as_funcsim_does():
+    """docs/isa.md MISC Validity: dst partly over src0 (every op), dst = src0 for the layout-changing
+    quant / dequant / vshift, dst partly over src1 of add / mul / swiglu: OVERLAP; softmax with
+    mask = 1 and its query position at cols: BAD_FIELD; each answered with the offset and nothing
+    written, and rejected by the simulator too. Exactly in place (dst = src0, add's dst = src1)
+    runs bit-exact in the cycles of the timing model."""
+    from olivine.sim.funcsim import SimError
+
+    ops = ("add", "silu", "softmax", "quant", "dequant", "vshift", "rope")
+    cases = [c for c in sfu_check.make_cases(CONFIG, ops, reduced=True, seed=4)
+             if "place" in c.label or "past" in c.label or "dst = src0" in c.label or "query position" in c.label]
+    codes = {c.label: c.want_code for c in cases}
+    assert sorted(k for k, v in codes.items() if v == SfuError.OVERLAP) == sorted(
+        [f"{op} dst 4 bytes past src0" for op in ops] + [f"{op} dst = src0" for op in ("quant", "dequant", "vshift")]
+        + ["add dst 4 bytes past src1"])
+    assert codes["softmax mask query position at cols"] == SfuError.BAD_FIELD
+    assert sum(v == 0 for v in codes.values()) == 5   # add, silu, softmax, rope in place; add over src1
+    for case in cases:
+        if case.want_code:
+            with pytest.raises(SimError):
+                sfu_check.expected_image(CONFIG, case.image, case.fields)
+    results = sfu_check.run_amaranth(CONFIG, ops, cases)
+    for case, res in zip(cases, results):
+        f = case.fields
+        assert res["code"] == case.want_code and res["mismatches"] == 0, case.label
+        assert res["error"] == int(case.want_code != 0), case.label
+        if case.want_code:
+            assert res["offset"] == f["offset"], case.label
+        else:
+            assert res["cycles"] == op_timing(case.op, f["imm"]).instruction_cycles(
+                f["rows"], f["cols"], 4, f["dst"], f["imm"], src1=f["src1"]), case.label

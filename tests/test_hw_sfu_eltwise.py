@@ -24,7 +24,7 @@ GOLDEN = {
 }
 
 
-def stream_core(core, a_rows, b_rows, *, offer=1.0, ready=1.0, seed=0):
+def stream_core(core, a_rows, b_rows, *, offer=1.0, ready=1.0, seed=0, every=1, taken=None):
     """Feed rows (lists of int arrays) beat by beat; return the output rows, the beats' flags and
     the cycles between an input beat's acceptance and its output (full-rate runs)."""
     lanes = core.lanes
@@ -36,12 +36,13 @@ def stream_core(core, a_rows, b_rows, *, offer=1.0, ready=1.0, seed=0):
             cnt = min(lanes, n - s)
             beats.append((list(a[s:s + cnt]) + [0] * (lanes - cnt), list(b[s:s + cnt]) + [0] * (lanes - cnt),
                           cnt, s == 0, s + lanes >= n))
-    out, flags, taken_at, out_at = [], [], [], []
+    out, flags, out_at = [], [], []
+    taken_at = [] if taken is None else taken
 
     async def bench(ctx):
         k, cycle = 0, 0
         while len(out) < len(beats):
-            give = k < len(beats) and rng.random() < offer
+            give = k < len(beats) and rng.random() < offer and cycle % every == 0
             ctx.set(core.i.valid, give)
             if core.operands == 2:
                 ctx.set(core.g.valid, give)
@@ -101,8 +102,24 @@ def test_core_bit_exact_with_golden_under_backpressure(cls):
 
 @pytest.mark.parametrize("cls", list(GOLDEN))
 def test_core_latency_and_full_rate(cls):
-    lat = check(cls, [(30, "act"), (12, "edges")], lanes=4)
+    """Fed one beat every ``beat_interval`` cycles (1; SwiGLU 2: its two products per lane share the
+    lane's bank multiplier), every beat leaves exactly ``latency`` cycles after it was taken."""
+    lat = check(cls, [(30, "act"), (12, "edges")], lanes=4, every=getattr(cls, "beat_interval", 1))
     assert set(lat) == {cls.latency}
+
+
+def test_swiglu_takes_a_beat_every_two_cycles():
+    """Offered a beat every cycle, SwiGLU takes one every other cycle (never two products of a lane
+    in one cycle) and stays bit-exact."""
+    core = SwigluCore(4)
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(-(20 << 16), 20 << 16, 64), rng.integers(-(8 << 16), 8 << 16, 64)
+    taken = []
+    out, flags, lat, beats = stream_core(core, [a], [b], taken=taken)
+    assert [v for beat, f in zip(out, flags) for v in beat[:f[0]]] == golden.swiglu(
+        torch.tensor(a), torch.tensor(b), 16, 16, 16).tolist()
+    # the Sigmoid pipeline takes its first beats back to back, then one every two cycles
+    assert len(taken) == 16 and set(np.diff(taken)[4:]) == {2}
 
 
 def test_silu_covers_the_table_and_its_symmetry():
