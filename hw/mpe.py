@@ -45,9 +45,8 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
   busy      Out(1)
   error     Out(8)  :class:`MpeError` of the last instruction (0 after a good one)
   enable    In(1, init=1)  the core's enable of this unit (the one it gives ``EnableInserter``):
-            also gates the chains' ``o.ready``. (With DSP48E2 primitives a chain whose output
-            register is empty still advances while o.ready is low; a freeze input on the chain
-            would close that gap. Simulation uses primitive=False, frozen by EnableInserter.)
+            also drives the chains' ``freeze`` (inverted), so DSP48E2 primitives, which
+            EnableInserter does not reach, hold exactly as the Amaranth model does.
   act_rd    ReadPort, 128 bits: 16-byte words of the data space (operands, accumulate input,
             requantization row parameters)
   act_wr    WritePort, 128 bits, byte enables (16): the output (4 bytes or 1 byte per cycle)
@@ -811,7 +810,8 @@ class MatrixEngine(wiring.Component):
         m.d.comb += take.eq(chains[0].o.valid & ready)
         res = Signal(res_layout)
         for c, ch in enumerate(chains):
-            m.d.comb += ch.o.ready.eq(ready)
+            # freeze: a primitive build's DSP48E2 do not see the core's EnableInserter
+            m.d.comb += [ch.o.ready.eq(ready), ch.freeze.eq(~self.enable)]
             for lane, y in ((0, ch.o.payload.y0[0]), (1, ch.o.payload.y1[0])):
                 acc = Signal(32, name=f"acc{c}_{lane}")
                 s = Signal(32, name=f"sum{c}_{lane}")

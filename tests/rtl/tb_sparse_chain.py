@@ -34,6 +34,7 @@ async def chain_matches_model(dut):
     dut.i__valid.value = 0
     dut.o__ready.value = 0
     dut.i__payload.value = 0
+    dut.freeze.value = 0
     await RisingEdge(dut.clk)
     await RisingEdge(dut.clk)
     await FallingEdge(dut.clk)
