@@ -46,9 +46,8 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
   busy      Out(1)
   error     Out(8)  :class:`MpeError` of the last instruction (0 after a good one)
   enable    In(1, init=1)  the core's enable of this unit (the one it gives ``EnableInserter``):
-            also gates the chains' ``o.ready``. (With DSP48E2 primitives a chain whose output
-            register is empty still advances while o.ready is low; a freeze input on the chain
-            would close that gap. Simulation uses primitive=False, frozen by EnableInserter.)
+            also drives the chains' ``freeze`` (inverted), so DSP48E2 primitives, which
+            EnableInserter does not reach, hold exactly as the Amaranth model does.
   act_rd    ReadPort, 128 bits: 16-byte words of the data space (operands, accumulate input,
             requantization row parameters)
   act_wr    WritePort, 128 bits, byte enables (16): the output (4 bytes or 1 byte per cycle)
@@ -62,10 +61,10 @@ Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to `
 carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
 cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
-(8 chains, 256 MACs per cycle) the formula gives, K = 512, n = 512: MV int8 33 %, MV int4 45 %
-(one token uses half of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 9 %
-(the writer, the digit passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per
-cycle (the 2 x C array; docs/benchmarks.md).
+(8 chains, 256 MACs per cycle), K = 512, n = 512: MV int8 30 %, MV int4 43 % (one token uses half
+of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 10 % (the writer, the digit
+passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per cycle (the 2 x C array;
+docs/benchmarks.md).
 Field and range faults answer 2 cycles after the handshake.
 """
 
@@ -88,7 +87,8 @@ from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
 from .weight_decode import GRID_BITS, GRID_FORMAT
 
-__all__ = ["LINT_WAIVERS", "MpeError", "MpeHarness", "MatrixEngine", "MpeGeometry", "mpe_cycles", "ACT_BYTES", "CHAIN_LENGTH"]
+__all__ = ["LINT_WAIVERS", "MpeError", "MpeHarness", "MatrixEngine", "MpeGeometry", "mpe_cycles", "mpe_cycles_estimate",
+           "ACT_BYTES", "CHAIN_LENGTH"]
 
 #: bytes of one data-space / meta / bias word of the engine's ports
 ACT_BYTES = 16
@@ -98,6 +98,8 @@ CHAIN_LENGTH = 16
 A_FIFO_DEPTH = 4
 #: results (2C sums) buffered between the collector and the writer
 RESULT_FIFO_DEPTH = 2
+#: beat tags in flight in the chains (a chain holds at most its latency of beats)
+TAG_FIFO_DEPTH = 32
 #: pv: P' (int32) enters the chains' 8-bit activation port as 5 digits, 7 bits each with the top
 #: (bits 28..31) signed: 4 * 7 + 4 = 32, and no fewer 8-bit signed digits cover every int32
 PV_DIGITS = 5
@@ -175,8 +177,26 @@ class MpeGeometry:
 
 
 def mpe_cycles(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int = 1) -> int:
-    """Cycles from the accepted ``inst`` to ``done`` of a valid instruction: the performance
-    model's formula (tests/test_hw_mpe.py checks it against the RTL: within 15 % + 16 cycles).
+    """Cycles from the accepted ``inst`` to ``done`` of a valid instruction, exactly: the
+    cycle-by-cycle model of the engine's control path in hw/mpe_timing.py (tests/test_hw_mpe.py
+    asserts equality with the RTL on every case it runs, stalled or not: a frozen cycle does not
+    count). ``afmt=ovp4`` (W4A4 on the OVP array, hw/mpe_ovp.py) gets its own model, ``ovp_cycles``
+    (within 2 % of the RTL on the tests' cases).
+    """
+    if fields.get("afmt"):
+        return ovp_cycles(fields, MpeGeometry(config).chains, REQUANT_LATENCY, ovp_token_pairs)
+    from .mpe_timing import engine_cycles
+    from .sparse_chain import SparseDSPChain
+
+    g = MpeGeometry(config)
+    return engine_cycles(fields, g.chains, chain_latency=SparseDSPChain(CHAIN_LENGTH, GRID_FORMAT).latency,
+                         requant_latency=REQUANT_LATENCY, a_fifo_depth=A_FIFO_DEPTH,
+                         result_fifo_depth=RESULT_FIFO_DEPTH, tag_fifo_depth=TAG_FIFO_DEPTH, pv_digits=PV_DIGITS)
+
+
+def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int = 1) -> int:
+    """The closed-form estimate of :func:`mpe_cycles` (within 15 % + 16 cycles of the RTL on the
+    tests' cases; cheap for any shape). Its terms say where the time goes:
 
     Per (column group, token pair) the slowest of three resources sets the pace:
     * the data-space read port: ``tokens * (k_blocks * words + prime)`` operand reads (words =
@@ -759,7 +779,7 @@ class MatrixEngine(wiring.Component):
         is_t0 = Signal(13)
         is_d = Signal(3)
         tag_layout = data.StructLayout({"first": 1, "last": 1, "digit": 3, "cb": 17, "t0": 13})
-        m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=32)
+        m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=TAG_FIFO_DEPTH)
         with m.If(~is_cur & next_full):
             m.d.sync += is_cur.eq(1), next_full.eq(0)
             m.d.sync += [sp_code_cur.eq(sp_code_next), sp_n_cur.eq(sp_n_next)]
@@ -840,7 +860,8 @@ class MatrixEngine(wiring.Component):
         m.d.comb += take.eq(chains[0].o.valid & ready)
         res = Signal(res_layout)
         for c, ch in enumerate(chains):
-            m.d.comb += ch.o.ready.eq(ready)
+            # freeze: a primitive build's DSP48E2 do not see the core's EnableInserter
+            m.d.comb += [ch.o.ready.eq(ready), ch.freeze.eq(~self.enable)]
             for lane, y in ((0, ch.o.payload.y0[0]), (1, ch.o.payload.y1[0])):
                 acc = Signal(32, name=f"acc{c}_{lane}")
                 s = Signal(32, name=f"sum{c}_{lane}")

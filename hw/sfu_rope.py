@@ -59,8 +59,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..golden import sfu as golden_sfu
-from ..golden.fixed import ROPE_TABLE_FRAC, FixedPointValueError
+from ..golden import sfu_tables as golden_sfu
+from ..golden.fixed_scalar import ROPE_TABLE_FRAC, FixedPointValueError
 from .resources import register_unit
 from .sfu_mul import mul_signature, multiplier_port
 from .sfu_core import beat_signature, saturate

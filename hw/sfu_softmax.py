@@ -44,7 +44,7 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from olivine.golden import sfu as golden_sfu
+from olivine.golden import sfu_tables as golden_sfu
 
 from .ovp_decoder import quiet_rejection
 from .resources import register_unit

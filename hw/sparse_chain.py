@@ -43,9 +43,15 @@ Ports (``lib.stream``, valid/ready):
 Latency: ``L + 5 + log2(min(L, 16) / 2)`` cycles from an accepted input beat to its output
 beat (input skew + DSP pipeline 4 + tap deskew: L + 3; extraction 1; reduction stages; output
 register 1). L = 2, 4, 8, 16, 32: 7, 10, 15, 24, 40 cycles.
+  freeze: In(1) (default 0): holds the whole chain for the cycle, whatever o.valid / o.ready say
+     (no input accepted, no output taken, every register and DSP held).
 Throughput: one beat per cycle (2L multiply-accumulates per cycle; dense INT8 = 2 MACs per DSP
 per cycle). Backpressure: a stalled output (valid & ~ready) freezes the whole pipeline through
-the clock enables (DSP CE* pins included); ``i.ready`` = ``~o.valid | o.ready``.
+the clock enables (DSP CE* pins included); ``advance`` = ``~freeze & (~o.valid | o.ready)``,
+``i.ready`` = ``advance``. ``freeze`` exists for the core's stall (CORE_INTERFACE.md section 1):
+``EnableInserter`` does not reach DSP48E2 primitives, and o.ready low alone lets a chain whose
+output register is empty advance (bubbles collapse); driving ``freeze`` with the inverted enable
+makes a primitive build stop exactly as the Amaranth model under ``EnableInserter`` does.
 ``primitive=True`` instantiates real DSP48E2 primitives (exactly L, PCOUT->PCIN linked).
 """
 
@@ -217,7 +223,8 @@ class SparseDSPChain(wiring.Component):
     ("int8", "int4", "ovp4", or "grid": signed 9-bit values decoded upstream),
     ``ovp_normal`` ("int4", "flint4", "runtime"; ovp4 only), ``primitive`` (real DSP48E2).
     Ports: ``i`` = In(stream.Signature(chain_input_layout)), ``o`` =
-    Out(stream.Signature(chain_output_layout)). Latency ``self.latency`` =
+    Out(stream.Signature(chain_output_layout)), ``freeze`` = In(1) (holds the chain for the cycle).
+    Latency ``self.latency`` =
     L + 5 + log2(min(L, 16) / 2) cycles; throughput one beat (2L MACs) per cycle.
     """
 
@@ -240,6 +247,7 @@ class SparseDSPChain(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(chain_input_layout(length, weight_format, ovp_normal))),
             "o": Out(stream.Signature(chain_output_layout(length))),
+            "freeze": In(1),
         })
 
     def _run_length(self, code: int) -> int:
@@ -253,7 +261,7 @@ class SparseDSPChain(wiring.Component):
         beat = self.i.payload
 
         advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        m.d.comb += [advance.eq(~self.freeze & (~self.o.valid | self.o.ready)), self.i.ready.eq(advance)]
 
         def delay(value, stages, name):
             """``stages`` pipeline registers (clock-enabled by advance, no reset: SRL-friendly)."""

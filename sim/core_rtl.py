@@ -179,19 +179,12 @@ def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: i
             "dump_bytes": sum(sizes.values()), "reg_addr": addrs, "max_cycles": max_cycles, "pause": pause,
             "seed": seed, "channels": config.hbm_channels, "channel_bytes": channel_bytes,
         }
-        # -O0 unless the user chose a level: cocotb makes every signal public (--public-flat-rw), and
-        # the whole core's VPI symbol table is one constructor of ~4000 lines that g++ -Os took more
-        # than 20 minutes to compile on the shared 2-core machine; the Python AXI models dominate
-        # the cocotb run time anyway (the fast C++ harness is the one to optimise)
-        saved = os.environ.get("OLIVINE_VERILATOR_OPT")
-        os.environ.setdefault("OLIVINE_VERILATOR_OPT", "-O0")
-        try:
-            run_cocotb(text, TOP, "tb_core", test_dir=TB_DIR, vectors=vectors,
-                       build_args=list(VERILATOR_BUILD_ARGS), extra_env={"OLIVINE_CORE_TB_OUT": str(out)},
-                       waves=waves)
-        finally:
-            if saved is None:
-                os.environ.pop("OLIVINE_VERILATOR_OPT", None)
+        # -O0 (unless OLIVINE_VERILATOR_OPT says otherwise): cocotb makes every signal public
+        # (--public-flat-rw), and the whole core's VPI symbol table is one constructor of ~4000 lines
+        # that g++ -Os took more than 20 minutes to compile on the shared 2-core machine; the Python
+        # AXI models dominate the cocotb run time anyway (the fast C++ harness is the one to optimise)
+        run_cocotb(text, TOP, "tb_core", test_dir=TB_DIR, vectors=vectors, build_args=list(VERILATOR_BUILD_ARGS),
+                   extra_env={"OLIVINE_CORE_TB_OUT": str(out)}, waves=waves, opt="-O0")
         got = np.load(out)
         results = []
         for n in range(len(jobs)):

@@ -18,8 +18,10 @@ Build cache
 Verilator build flags
     * the C++ optimisation level (:data:`DEFAULT_VERILATOR_OPT`) goes to verilated.mk's OPT_FAST and
       OPT_GLOBAL; the slow-path files (construction, the symbol table) build at -O0
-      (:func:`_make_flags` says why). Override the level with the environment variable
-      ``OLIVINE_VERILATOR_OPT`` (e.g. ``-O2``); it is part of the cache key.
+      (:func:`_make_flags` says why). A caller picks its level with ``run_cocotb(..., opt="-O0")``
+      (e.g. a large design that runs few cycles, where compile time dominates); the environment
+      variable ``OLIVINE_VERILATOR_OPT`` (e.g. ``-O2``), when set, overrides both. The level is
+      part of the cache key.
     * ``make -j 2`` (``cocotb_tools.runner.MAX_PARALLEL_BUILD_JOBS``): modest, the CI machines
       have two cores.
     * :data:`VERILATOR_BUILD_WAIVERS`: the warnings Amaranth's Verilog triggers in a Verilator
@@ -187,22 +189,28 @@ def _tool_versions(simulator: str) -> tuple[str, ...]:
     return common + (_first_line(["iverilog", "-V"]),)
 
 
-def _verilator_opt() -> str:
-    opt = os.environ.get("OLIVINE_VERILATOR_OPT", DEFAULT_VERILATOR_OPT).strip()
-    if not re.fullmatch(r"-O[0-3sg]", opt):
-        raise ValueError(f"OLIVINE_VERILATOR_OPT={opt!r} is not a C++ optimisation flag "
+def _verilator_opt(opt: str | None = None) -> str:
+    """The C++ optimisation level: ``OLIVINE_VERILATOR_OPT`` if set, else ``opt`` (the caller's
+    choice), else :data:`DEFAULT_VERILATOR_OPT`."""
+    env = os.environ.get("OLIVINE_VERILATOR_OPT")
+    if env is not None:
+        level, source = env.strip(), "OLIVINE_VERILATOR_OPT"
+    else:
+        level, source = (DEFAULT_VERILATOR_OPT if opt is None else str(opt).strip()), "opt"
+    if not re.fullmatch(r"-O[0-3sg]", level):
+        raise ValueError(f"{source}={level!r} is not a C++ optimisation flag "
                          f"(-O0, -O1, -O2, -O3, -Os or -Og)")
-    return opt
+    return level
 
 
-def _make_flags() -> str:
+def _make_flags(opt: str | None = None) -> str:
     """MAKEFLAGS of a Verilator build: the PCH fix, and the optimisation level through verilated.mk's
     OPT_FAST / OPT_GLOBAL (a -CFLAGS level would land after them and also hit the slow-path files).
     The slow-path files (OPT_SLOW) build at -O0: with cocotb's --public-flat-rw the symbol-table
     constructor (Vtop__Syms__ctor__*__Slow.cpp) of a large design is thousands of lines that g++ -Os
     took 20-30 minutes to compile on this 2-core machine, and it runs once."""
-    opt = _verilator_opt()
-    return f"{VERILATOR_MAKE_FIXES} OPT_FAST={opt} OPT_GLOBAL={opt} OPT_SLOW=-O0"
+    level = _verilator_opt(opt)
+    return f"{VERILATOR_MAKE_FIXES} OPT_FAST={level} OPT_GLOBAL={level} OPT_SLOW=-O0"
 
 
 def _build_flags(simulator: str, extra: Sequence[str]) -> list[str]:
@@ -254,15 +262,15 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 # build
 
 def build_directory(verilog_text: str, top: str, simulator: str, flags: Sequence[str],
-                    timescale=("1ns", "1ps"), waves: bool = False) -> Path:
+                    timescale=("1ns", "1ps"), waves: bool = False, opt: str | None = None) -> Path:
     """Cache directory of a model: ``<cache>/rtl/<simulator>-<top>-<key>``, where the key hashes
     everything that changes the compiled model (text, top, simulator, flags, timescale, waves,
-    tool versions)."""
+    tool versions, the optimisation level of :func:`_verilator_opt`)."""
     key_material = json.dumps({
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(), "top": top,
         "simulator": simulator, "flags": list(flags), "timescale": list(timescale or ()),
         "waves": bool(waves), "tools": list(_tool_versions(simulator)),
-        "make": _make_flags() if simulator == "verilator" else "",
+        "make": _make_flags(opt) if simulator == "verilator" else "",
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
     return cache_root() / "rtl" / f"{simulator}-{top}-{key}"
@@ -308,7 +316,7 @@ def cached_build(build_dir: Path, make, *, record: Mapping | None = None) -> flo
 
 
 def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timescale, waves: bool,
-           build_dir: Path) -> float:
+           build_dir: Path, opt: str | None = None) -> float:
     """Build into a private directory and rename it to ``build_dir``; return seconds spent."""
     from olivine.hw.export import verilator_env
 
@@ -321,7 +329,7 @@ def _build(verilog_text: str, top: str, simulator: str, flags: list[str], timesc
         try:
             build_env = {k: env[k] for k in ("PATH", "VERILATOR_ROOT")} if env else {}
             if simulator == "verilator":
-                build_env["MAKEFLAGS"] = _make_flags()
+                build_env["MAKEFLAGS"] = _make_flags(opt)
             with _patched_process(build_env), progress.step(f"building {top} with {simulator} "
                                                             f"(cached in {build_dir})"):
                 runner.build(sources=[source], hdl_toplevel=top, build_args=flags,
@@ -431,7 +439,7 @@ def run_cocotb(verilog_text: str, top: str, test_module: str, *, test_dir: str |
                simulator: str = "verilator", vectors: dict | None = None,
                testcase: str | None = None, extra_env: dict | None = None,
                timescale=("1ns", "1ps"), build_args: Sequence[str] = (),
-               waves: bool = False) -> CocotbResult:
+               waves: bool = False, opt: str | None = None) -> CocotbResult:
     """Build (or reuse) the model of ``verilog_text`` and run the cocotb ``test_module``.
 
     ``test_module`` is a module name found in ``test_dir`` (e.g. ``tb_ovp_decoder`` in
@@ -439,7 +447,9 @@ def run_cocotb(verilog_text: str, top: str, test_module: str, *, test_dir: str |
     :func:`load_vectors`. ``testcase`` restricts the run to one cocotb test; ``extra_env`` adds
     environment variables for the testbench; ``build_args`` adds simulator flags (part of the
     cache key); ``waves`` records a trace (VCD for Verilator, FST for Icarus) in the run
-    directory. Raises :class:`RtlTestFailure` when a cocotb test fails.
+    directory; ``opt`` the Verilator C++ optimisation level (``-O0`` .. ``-O3``, ``-Os``, ``-Og``;
+    default :data:`DEFAULT_VERILATOR_OPT`; the environment variable ``OLIVINE_VERILATOR_OPT``
+    overrides it; part of the cache key). Raises :class:`RtlTestFailure` when a cocotb test fails.
     """
     if simulator not in SIMULATORS:
         raise ValueError(f"unknown simulator {simulator!r}; choose one of {', '.join(SIMULATORS)}")
@@ -458,14 +468,14 @@ def run_cocotb(verilog_text: str, top: str, test_module: str, *, test_dir: str |
 
     arrays = _vector_arrays(vectors) if vectors is not None else None
     flags = _build_flags(simulator, build_args)
-    build_dir = build_directory(verilog_text, top, simulator, flags, timescale, waves)
+    build_dir = build_directory(verilog_text, top, simulator, flags, timescale, waves, opt)
     rtl_root = build_dir.parent
     rtl_root.mkdir(parents=True, exist_ok=True)
     _remove_stale(rtl_root)
 
     built, build_seconds = False, 0.0
     if not (build_dir / ".complete").is_file():
-        build_seconds = _build(verilog_text, top, simulator, flags, timescale, waves, build_dir)
+        build_seconds = _build(verilog_text, top, simulator, flags, timescale, waves, build_dir, opt)
         built = build_seconds > 0.0
 
     runs = rtl_root / "runs"

@@ -19,7 +19,6 @@ The same cases run in Amaranth simulation (:func:`run_amaranth`), which the unit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -499,16 +498,11 @@ def run_verilator(config, ops, cases: list[Case]) -> list[dict]:
         # The check runs a few thousand cycles: compile time dominates, so the model is built at
         # -O0 unless OLIVINE_VERILATOR_OPT says otherwise (the full SFU at -Os took > 25 min of
         # g++ on the loaded 2-core machine).
-        saved_opt = os.environ.get("OLIVINE_VERILATOR_OPT")
-        os.environ.setdefault("OLIVINE_VERILATOR_OPT", "-O0")
         try:
             run_cocotb(text, top, "tb_sfu", test_dir=TB_DIR, vectors=vectors, build_args=VERILATOR_BUILD_ARGS,
-                       extra_env={"OLIVINE_SFU_RESULTS": str(out)})
+                       extra_env={"OLIVINE_SFU_RESULTS": str(out)}, opt="-O0")
         except RtlTestFailure as exc:
             failure = exc
-        finally:
-            if saved_opt is None:
-                os.environ.pop("OLIVINE_VERILATOR_OPT", None)
         if not out.is_file():
             raise failure or RuntimeError("the SFU testbench wrote no results")
         with np.load(out) as res:

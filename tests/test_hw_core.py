@@ -162,6 +162,94 @@ def test_matrix_engine_programs_match_funcsim():
         assert g["regs"]["mpe_instructions"] == 1 and g["regs"]["mpe_busy"] > 0, name
 
 
+def _mpe_config():
+    return rtl_test_config(chains_per_core=2)  # the engine's smallest build (one chain leaves 0-bit selects)
+
+
+def _case_job(case) -> CoreJob:
+    """A program of the compiler's shape around one engine case (sim/mpe_check.py: its buffers and
+    MM fields): LD the data space from channel 0, LD the weight tile, the meta tables and the
+    requantization entries from channel 1 (the last releases MPE), MM / MV waiting for LD and
+    releasing ST, ST of the output rows to channel 1, SYS end. Every byte of every buffer and
+    channel is then compared with FuncSim."""
+    M = isa.make
+    LDU, STU, MPE = 0b0001, 0b0010, 0b0100
+    f = {k: v for k, v in case.fields.items() if not k.startswith("_")}
+    ldo = f.get("ldo") or f["n"]
+    elem = 1 if f.get("out") == 2 else 4
+    out_bytes = elem * ((f["m"] - 1) * ldo + f["n"])
+    weight, meta, bias = case.weight.tobytes(), case.meta.tobytes(), case.bias.tobytes()
+    prog = [
+        M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=case.data.size),
+        M("LD", target="weight", channel=1, hbm_addr=0, buf_addr=0, length=len(weight)),
+        M("LD", target="meta", channel=1, hbm_addr=len(weight), buf_addr=0, length=len(meta)),
+        M("LD", target="bias", channel=1, hbm_addr=len(weight) + len(meta), buf_addr=0, length=len(bias),
+          release=MPE),
+        M("MV" if f["m"] == 1 else "MM", **f, wait=LDU, release=STU),
+        M("ST", source="act", channel=1, hbm_addr=IMAGE_BYTES - out_bytes - 7, buf_addr=f["out_addr"],
+          length=out_bytes, wait=MPE),
+        M("SYS", op="end"),
+    ]
+    return CoreJob(prog, {0: case.data.tobytes(), 1: weight + meta + bias})
+
+
+def _mode_cases(rng, config):
+    """Every engine mode the compiler emits (and the rest), at the core's configuration."""
+    from olivine.sim import mpe_check as mc
+
+    lin, att, sp = mc.make_linear, mc.make_attention, mc.make_sparse
+    cases = [
+        lin(config, rng, m=1, n=5, kb=4, wfmt=0, out=1, bias_flag=1, accumulate=0, label="MV int8 fixed32 + bias"),
+        lin(config, rng, m=3, n=6, kb=5, wfmt=0, out=1, bias_flag=0, accumulate=1, label="MM int8 fixed32 accumulate"),
+        lin(config, rng, m=4, n=5, kb=3, wfmt=1, out=2, accumulate=0, label="MM int4 int8 out"),
+        lin(config, rng, m=1, n=7, kb=6, wfmt=1, out=2, accumulate=1, label="MV int4 int8 out accumulate"),
+        lin(config, rng, m=2, n=5, kb=4, wfmt=2, normal=0, out=1, bias_flag=1, label="MM ovp4 (int4 normals) fixed32"),
+        lin(config, rng, m=1, n=4, kb=2, wfmt=2, normal=1, out=0, accumulate=0, label="MV ovp4 (flint4 normals) int32"),
+        lin(config, rng, m=3, n=3, kb=2, wfmt=0, out=0, ldo_extra=5, accumulate=1, worst=True,
+            label="MM int8 -128 x -128, ldo > n, accumulate"),
+        att(config, rng, "qk", m=2, n=16, kb=2, out=1, accumulate=0, ldo_extra=0, label="qk fixed32 (R=2, S=16)"),
+        att(config, rng, "qk", m=3, n=5, kb=3, out=2, label="qk int8 out"),
+        att(config, rng, "pv", m=2, n=16, kb=1, out=1, ldo_extra=16, p_kind="edges",
+            label="pv fixed32, ldo = 2 n, INT32 extremes in P'"),
+        att(config, rng, "pv", m=1, n=5, kb=2, out=0, accumulate=1, label="pv MV int32 accumulate"),
+        sp(config, rng, wfmt=0, out=1, label="sparse N:16 int8 fixed32"),
+        sp(config, rng, wfmt=1, out=0, label="sparse N:16 int4 int32"),
+        sp(config, rng, wfmt=2, out=2, m=1, label="sparse N:16 ovp4 int8 out"),
+        lin(config, rng, m=2, n=3, kb=2, out=1, bad="multiplier", label="data rule: multiplier bit 31"),
+    ]
+    if REDUCED:
+        cases = cases[0::2] + [cases[-1]]
+    return cases
+
+
+@requires_verilator
+@pytest.mark.rtl
+def test_matrix_engine_modes_match_funcsim():
+    """qk, pv, fixed32 / int8 requantized outputs, bias, accumulate, N:16 sparse, OVP4 / INT4 / INT8
+    weights, MV and MM, a data-rule fault: each case a whole program through the core."""
+    from olivine.hw.mpe import MatrixEngine, MpeError
+
+    cfg = _mpe_config()
+    rng = np.random.default_rng(31)
+    cases = _mode_cases(rng, cfg)
+    for case in cases:
+        assert (case.want is None) == (case.label.startswith("data rule")), f"{case.label}: {case.why}"
+    jobs = [_case_job(c) for c in cases]
+    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2, seed=8)
+    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    problems = []
+    for case, job, g, w in zip(cases, jobs, got, want):
+        problems += [f"{case.label}: {p}" for p in compare(g, w)]
+        if case.want is None:
+            assert w["state"] == STATES.index("error"), case.label
+            assert g["regs"]["unit_error"] == isa.UNITS.index("mpe") | MpeError.MULTIPLIER << 8, case.label
+        else:
+            assert w["state"] == STATES.index("done"), (case.label, w["message"])
+            # the engine's output equals the standalone funcsim image (sim/mpe_check.py) too
+            assert np.array_equal(g["buffers"]["data"], case.want), case.label
+    assert not problems, "\n".join(problems)
+
+
 # ---- error paths ----------------------------------------------------------------------------------
 
 @requires_verilator
@@ -208,16 +296,38 @@ def test_error_paths_report_what_funcsim_reports():
 
 # ---- differential: random programs ---------------------------------------------------------------
 
+#: Parameter area at the top of every channel's image (random_jobs writes it; ST never writes it):
+#: row exponents, mantissas (valid: 1..256) and requantization entries (multipliers below 2**31),
+#: which an MM / MV with out != int32 loads into its tails and the bias buffer first, as the
+#: compiler's programs do (the data rules hold, so the engine computes instead of faulting).
+PARAM_BASE = IMAGE_BYTES - 4096
+PARAM_EXP, PARAM_MANT, PARAM_ENT = PARAM_BASE, PARAM_BASE + 1024, PARAM_BASE + 3072
+
+
+def _param_area(rng) -> bytes:
+    exps = rng.integers(-6, 7, 1024).astype(np.int8).view(np.uint8)
+    mants = rng.integers(1, 257, 1024).astype("<u2").view(np.uint8)
+    ent = np.zeros((64, 4), dtype=np.int64)
+    ent[:, 0] = rng.integers(-(1 << 20), 1 << 20, 64)
+    ent[:, 1] = rng.integers(1 << 30, 1 << 31, 64)
+    ent[:, 2] = rng.integers(30, 53, 64)
+    ent[rng.random(64) < 0.15, 2] = int(rng.choice([-3, 0, 63, 100]))
+    entries = (ent & 0xFFFFFFFF).astype("<u4").view(np.uint8)
+    return exps.tobytes() + mants.tobytes() + entries.tobytes()
+
+
 class _Gen:
-    """Random valid programs: LD / ST / MISC / SYS with operands inside the buffers and tokens
+    """Random valid programs: LD / ST / MISC / SYS (and, with ``mpe``, MM / MV) with operands
+    inside the buffers and tokens
     derived from the data dependencies (every conflicting pair of instructions on different units is
     ordered by a token path or a barrier; releases pair with waits in program order, so no
     deadlock), plus random extra orderings."""
 
     BUFS = {"weight": 4096, "meta": 1024, "bias": 1024, "data": DATA}
 
-    def __init__(self, rng):
+    def __init__(self, rng, mpe: bool = False):
         self.rng = rng
+        self.mpe = mpe
         self.prog, self.units, self.access, self.before = [], [], [], []
 
     def _range(self, size, n):
@@ -257,7 +367,7 @@ class _Gen:
             n0, total = 1, length
         ch = int(r.integers(0, 2))
         span = length + (n0 - 1) * stride
-        hbm = self._range(IMAGE_BYTES, span)
+        hbm = self._range(PARAM_BASE if self.mpe else IMAGE_BYTES, span)
         buf_addr = self._range(self.BUFS[buf], total)
         inst = isa.make("ST", source=source, channel=ch, hbm_addr=hbm, buf_addr=buf_addr, length=length, n0=n0,
                         hbm_stride0=stride)
@@ -278,6 +388,75 @@ class _Gen:
             fields["src1"] = src1
         reads = [("data", s, s + n) for s in srcs]
         return "sfu", isa.make("MISC", **fields), reads, [("data", dst, dst + n)]
+
+    def _param_ld(self, target, buf_addr, src, length, align=1):
+        """An LD of ``length`` bytes of the parameter area at ``src`` + a random offset."""
+        r = self.rng
+        span = {PARAM_EXP: 1024, PARAM_MANT: 2048, PARAM_ENT: 1024}[src]
+        offset = int(r.integers(0, (span - length) // align + 1)) * align
+        ch = int(r.integers(0, 2))
+        buf = "data" if target == "act" else target
+        inst = isa.make("LD", target=target, channel=ch, hbm_addr=src + offset, buf_addr=buf_addr, length=length)
+        return "ld", inst, [(("hbm", ch), src + offset, src + offset + length)], [(buf, buf_addr, buf_addr + length)]
+
+    def mm(self) -> list:
+        """An MM / MV of a random mode (linear INT8 / INT4 / OVP4, qk, pv), output (int32, fixed32
+        with or without bias, int8), accumulate, shape and addresses; with out != int32 preceded
+        by the LDs of its row parameters and entries from the parameter area. Returns the items."""
+        r = self.rng
+        while True:
+            mode = int(r.choice([0, 0, 0, 1, 2]))
+            m, n, kb = int(r.integers(1, 5)), int(r.integers(1, 11)), int(r.integers(1, 5))
+            K = 16 * kb
+            out = int(r.integers(0, 3))
+            acc = int(r.random() < 0.3) if not (out == 2 and m > 1) else 0
+            ldo = n + int(r.integers(0, 4)) if r.random() < 0.4 else n
+            elems = (m - 1) * ldo + n
+            out_bytes = elems if out == 2 else 4 * elems
+            a_bytes = {0: m * K + 3 * m, 1: m * K + 3 * m, 2: 4 * m * K + m}[mode]
+            a_addr = self._range(DATA, a_bytes)
+            if mode == 2:
+                a_addr -= a_addr % 4
+            out_align = 4 if out != 2 or acc else 1
+            out_addr = self._range(DATA, max(out_bytes, 4 * elems if acc else 0))
+            out_addr -= out_addr % out_align
+            reads = [("data", a_addr, a_addr + a_bytes)]
+            if acc:
+                reads.append(("data", out_addr, out_addr + 4 * elems))
+            fields = dict(mode=mode, m=m, n=n, k_blocks=kb, ldo=ldo if ldo != n or r.random() < 0.5 else 0,
+                          a_addr=a_addr, out_addr=out_addr, out=out, accumulate=acc)
+            if mode == 0:
+                wfmt = int(r.integers(0, 3))
+                w_bytes = n * K if wfmt == 0 else n * K // 2
+                fields.update(wfmt=wfmt, b_addr=self._range(self.BUFS["weight"], w_bytes),
+                              normal=int(r.integers(0, 2)) if wfmt == 2 else 0, bias=int(out == 1 and r.random() < 0.5))
+                reads.append(("weight", fields["b_addr"], fields["b_addr"] + w_bytes))
+                b_range = None
+            else:
+                b_bytes = n * K + 3 * n if mode == 1 else K * n
+                fields["b_addr"] = self._range(DATA, b_bytes)
+                b_range = ("data", fields["b_addr"], fields["b_addr"] + b_bytes)
+                reads.append(b_range)
+            entries = n if mode == 0 else 1
+            fields["bias_addr"] = int(r.integers(0, 64 - entries + 1))
+            reads.append(("bias", 16 * fields["bias_addr"], 16 * (fields["bias_addr"] + entries)))
+            write = ("data", out_addr, out_addr + out_bytes)
+            if any(x[0] == write[0] and x[1] < write[2] and write[1] < x[2] for x in (reads[0], b_range) if x):
+                continue   # the output may overlap neither operand (the OVERLAP rule)
+            break
+        items = []
+        if out:
+            tails = [] if mode == 2 else [(a_addr + m * K, m)]
+            if mode == 1:
+                tails.append((fields["b_addr"] + n * K, n))
+            for base, rows in tails:
+                items.append(self._param_ld("act", base, PARAM_EXP, rows))
+                items.append(self._param_ld("act", base + rows, PARAM_MANT, 2 * rows, align=2))
+            if mode == 2:
+                items.append(self._param_ld("act", a_addr + 4 * m * K, PARAM_EXP, m))
+            items.append(self._param_ld("bias", 16 * fields["bias_addr"], PARAM_ENT, 16 * entries, align=16))
+        items.append(("mpe", isa.make("MV" if m == 1 else "MM", **fields), reads, [write]))
+        return items
 
     @staticmethod
     def _conflict(a, b):
@@ -302,28 +481,40 @@ class _Gen:
             if r < 0.07 and entries:
                 entries.append(dict(unit="sys", inst=None, access=([], []), before=set(range(j))))
                 continue
-            unit, inst, reads, writes = (self.ld() if r < 0.45 else self.st() if r < 0.7 else self.misc())
-            last_sys = max([i for i, e in enumerate(entries) if e["unit"] == "sys"], default=-1)
-            before = set(range(last_sys + 1))
-            for i, e in enumerate(entries):
-                if e["unit"] == unit:
-                    before |= {i} | e["before"]
-            wait = 0
-            for v in ("ld", "st", "sfu"):
-                mine = [i for i, e in enumerate(entries) if e["unit"] == v and i > last_sys]
-                if v == unit or not mine:
-                    continue
-                need = any(i not in before and self._conflict(entries[i]["access"], (reads, writes)) for i in mine)
-                latest = mine[-1]
-                if latest in before or not (need or self.rng.random() < 0.2):
-                    continue
-                # the latest instruction of v releases no token to this unit yet: a release it made
-                # earlier paired with an earlier instruction of this unit, which would order it before us
-                assert not entries[latest]["release"] >> unit_index[unit] & 1
-                entries[latest]["release"] |= 1 << unit_index[unit]
-                wait |= 1 << unit_index[v]
-                before |= {latest} | entries[latest]["before"]
-            entries.append(dict(unit=unit, inst=inst, access=(reads, writes), before=before, wait=wait, release=0))
+            if self.mpe and r > 0.72:
+                items = self.mm()
+            else:
+                st_below = 0.62 if self.mpe else 0.7
+                items = [self.ld() if r < 0.45 else self.st() if r < st_below else self.misc()]
+            for item in items:
+                self._append(entries, unit_index, *item)
+        return self._program(entries)
+
+    def _append(self, entries, unit_index, unit, inst, reads, writes):
+        """Append an instruction, ordered after every earlier one it conflicts with (tokens)."""
+        last_sys = max([i for i, e in enumerate(entries) if e["unit"] == "sys"], default=-1)
+        before = set(range(last_sys + 1))
+        for i, e in enumerate(entries):
+            if e["unit"] == unit:
+                before |= {i} | e["before"]
+        wait = 0
+        for v in ("ld", "st", "mpe", "sfu"):
+            mine = [i for i, e in enumerate(entries) if e["unit"] == v and i > last_sys]
+            if v == unit or not mine:
+                continue
+            need = any(i not in before and self._conflict(entries[i]["access"], (reads, writes)) for i in mine)
+            latest = mine[-1]
+            if latest in before or not (need or self.rng.random() < 0.2):
+                continue
+            # the latest instruction of v releases no token to this unit yet: a release it made
+            # earlier paired with an earlier instruction of this unit, which would order it before us
+            assert not entries[latest]["release"] >> unit_index[unit] & 1
+            entries[latest]["release"] |= 1 << unit_index[unit]
+            wait |= 1 << unit_index[v]
+            before |= {latest} | entries[latest]["before"]
+        entries.append(dict(unit=unit, inst=inst, access=(reads, writes), before=before, wait=wait, release=0))
+
+    def _program(self, entries) -> list:
         prog = [isa.make("SYS", op="barrier") if e["unit"] == "sys" else
                 isa.make(e["inst"].mnemonic, **{**{k: v for k, v in e["inst"].values.items() if k != "opcode"},
                                                   "wait": e["wait"], "release": e["release"]})
@@ -333,15 +524,29 @@ class _Gen:
         return prog
 
 
-def random_jobs(seed: int, count: int, length: int = 8) -> list[CoreJob]:
+def random_jobs(seed: int, count: int, length: int = 8, *, mpe: bool = False) -> list[CoreJob]:
+    """``count`` random programs with their images; ``mpe``: MM / MV among them (the images then
+    carry the parameter area at PARAM_BASE)."""
     rng = np.random.default_rng(seed)
-    return [CoreJob(_Gen(rng).build(int(rng.integers(2, length + 1))), {0: _image(rng), 1: _image(rng)})
-            for _ in range(count)]
+    jobs = []
+    for _ in range(count):
+        prog = _Gen(rng, mpe).build(int(rng.integers(2, length + 1)))
+        images = {}
+        for ch in (0, 1):
+            image = _image(rng)
+            images[ch] = image[:PARAM_BASE] + _param_area(rng) if mpe else image
+        jobs.append(CoreJob(prog, images))
+    return jobs
 
 
 def _differential(seed: int, count: int):
-    jobs = random_jobs(seed, count)
-    got, want = _run(jobs, pause=0.25, seed=seed)
+    """Random programs with MM / MV through the core with the matrix engine, against FuncSim."""
+    from olivine.hw.mpe import MatrixEngine
+
+    jobs = random_jobs(seed, count, mpe=True)
+    cfg = _mpe_config()
+    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.25, seed=seed)
+    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
     names = [f"random program {k} (seed {seed}): " + "; ".join(isa.disassemble(j.program)) if hasattr(isa, "disassemble")
              else f"random program {k} (seed {seed})" for k, j in enumerate(jobs)]
     for w, j in zip(want, jobs):

@@ -215,6 +215,87 @@ def test_weight_formats_every_n(weight_format, normal, length):
     check_against_model(dut, beats, outputs)
 
 
+def _frozen_trace(length, beats, pattern, *, through_freeze):
+    """Run ``beats`` under a fixed (valid, ready, enable) pattern; the chain is held either by its
+    ``freeze`` input alone (what the DSP48E2 primitives see) or, as the core's Amaranth model,
+    by ``EnableInserter(enable)`` around it. Handshakes count only in enabled cycles (the core
+    gates them). Returns the per-cycle trace of (accepted, output taken, payload) and how many
+    frozen cycles had an empty output register."""
+    from amaranth.hdl import EnableInserter, Module, Signal
+
+    chain = SparseDSPChain(length, "int8")
+    layout = chain_input_layout(length, "int8")
+    en = Signal(init=1)
+    top = Module()
+    if through_freeze:
+        top.submodules.chain = chain
+        top.d.comb += chain.freeze.eq(~en)
+    else:
+        top.submodules.chain = EnableInserter(en)(chain)
+    trace, empty_frozen = [], [0]
+
+    async def bench(ctx):
+        pending = list(beats)
+        for valid, ready, enable in pattern:
+            ctx.set(en, enable)
+            ctx.set(chain.i.valid, int(valid and bool(pending)))
+            if pending:
+                ctx.set(chain.i.payload, layout.const(pending[0]))
+            ctx.set(chain.o.ready, ready)
+            _, _, i_valid, i_ready, o_valid, o_ready, payload = await ctx.tick().sample(
+                chain.i.valid, chain.i.ready, chain.o.valid, chain.o.ready, chain.o.payload)
+            took = bool(i_valid and i_ready and enable)
+            out = bool(o_valid and o_ready and enable)
+            if took:
+                pending.pop(0)
+            empty_frozen[0] += int(not enable and not o_valid)
+            trace.append((took, out, ([payload.y0[i] for i in range(length // 2)],
+                                      [payload.y1[i] for i in range(length // 2)]) if out else None))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return trace, empty_frozen[0]
+
+
+def test_freeze_holds_the_chain_as_enable_inserter_does():
+    """The core freezes the engine with EnableInserter, which does not reach DSP48E2 primitives:
+    the chain's ``freeze`` input alone (the DSP clock enables, primitive=False here) must give the
+    same cycle-by-cycle behaviour, including frozen cycles with an empty output register (where
+    o.ready low alone would let the pipeline advance)."""
+    rng = random.Random(42)
+    length = 4
+    beats = [random_beat(rng, length, "int8", n=N_VALUES[i % 4]) for i in range(24)]
+    pattern = [(rng.random() < 0.8, int(rng.random() < 0.7), int(rng.random() >= 0.4)) for _ in range(400)]
+    by_freeze, empty = _frozen_trace(length, beats, pattern, through_freeze=True)
+    by_inserter, _ = _frozen_trace(length, beats, pattern, through_freeze=False)
+    assert empty > 20, "the pattern must freeze the chain while its output register is empty"
+    assert by_freeze == by_inserter
+    outputs = [(y0, y1, beat["n_code"]) for beat, (y0, y1) in zip(beats, [t[2] for t in by_freeze if t[1]])]
+    assert len(outputs) == len(beats)
+    dut = SparseDSPChain(length, "int8")
+    check_against_model(dut, beats, outputs)
+    # without freeze, o.ready low does not hold a chain whose output register is empty: the
+    # DSPs would advance while the core's fabric registers hold (the gap freeze closes)
+    chain = SparseDSPChain(length, "int8")
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(chain.o.ready, 0)
+        ctx.set(chain.i.valid, 1)
+        seen.append(ctx.get(chain.i.ready))
+        ctx.set(chain.freeze, 1)
+        seen.append(ctx.get(chain.i.ready))
+        await ctx.tick()
+
+    sim = Simulator(chain)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [1, 0]
+
+
 def test_length_48_three_dense_segments():
     """A multiple of 16 that is not a power of two: 3 dense rows, 24 N = 2 rows per beat."""
     rng = random.Random(48)

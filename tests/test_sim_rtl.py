@@ -130,6 +130,22 @@ def test_cache_key_follows_text_flags_and_simulator(mac_verilog):
     assert len({base, *variants}) == 5
 
 
+@requires_verilator
+def test_optimisation_level_parameter_enters_the_key_and_the_environment_overrides_it(mac_verilog, monkeypatch):
+    monkeypatch.delenv("OLIVINE_VERILATOR_OPT", raising=False)
+    default = build_directory(mac_verilog, TOP, "verilator", [])
+    assert build_directory(mac_verilog, TOP, "verilator", [], opt=rtl.DEFAULT_VERILATOR_OPT) == default
+    o0 = build_directory(mac_verilog, TOP, "verilator", [], opt="-O0")
+    assert o0 != default
+    assert "OPT_FAST=-O0 OPT_GLOBAL=-O0" in rtl._make_flags("-O0")
+    with pytest.raises(ValueError, match="opt='-O9'"):
+        rtl._make_flags("-O9")
+    monkeypatch.setenv("OLIVINE_VERILATOR_OPT", "-O2")
+    assert build_directory(mac_verilog, TOP, "verilator", [], opt="-O0") == \
+        build_directory(mac_verilog, TOP, "verilator", [], opt="-Os")
+    assert "OPT_FAST=-O2" in rtl._make_flags("-O0")
+
+
 CONCURRENT_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})

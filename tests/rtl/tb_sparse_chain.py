@@ -24,7 +24,7 @@ async def chain_matches_model(dut):
     beats = [join_words(row) for row in vec["in_words"]]
     want = [join_words(row) for row in vec["out_words"]]
     valid, ready = [int(v) for v in vec["valid"]], [int(v) for v in vec["ready"]]
-    await clock_and_reset(dut, {"i__valid": 0, "o__ready": 0, "i__payload": 0})
+    await clock_and_reset(dut, {"i__valid": 0, "o__ready": 0, "i__payload": 0, "freeze": 0})
     run = await drive_stream(dut, beats, len(want), valid, ready)
     # While nothing stalls (the patterns start with a run of ones), latency is exact.
     check_stream(run, want, len(valid), int(vec["latency"]), what="beats")
