@@ -204,7 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from olivine.sim.runtime import run_main
 
     return run_main(args.directory, args.prompt, max_new_tokens=args.max_new_tokens, backend=args.backend,
-                    ignore_eos=args.ignore_eos)
+                    ignore_eos=args.ignore_eos, as_json=args.json, trace=args.trace, waves=args.waves,
+                    waves_step=args.waves_step, budget=args.budget)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,14 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="generate text from a compiled artifact",
-                       description="Greedy generation from a compiled artifact on a backend.")
+                       description="Greedy generation from a compiled artifact on a backend: isa (the functional "
+                                   "simulator) or rtl (the RTL core, hw/core.py with the matrix engine, in the fast "
+                                   "Verilator harness; built once per configuration and cached; prints cycles per "
+                                   "prefill and decode step, per-unit busy / stalled cycles, HBM bytes per channel "
+                                   "and tokens/s at the configured clock).")
     p.add_argument("directory", help="artifact directory written by `olivine compile`")
-    p.add_argument("--backend", default="isa", choices=("isa",), help="isa: the functional simulator")
+    p.add_argument("--backend", default="isa", choices=("isa", "rtl"),
+                   help="isa: the functional simulator (default); rtl: the RTL core in Verilator")
     p.add_argument("--prompt", required=True, help="text to continue (must not be empty)")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="tokens to generate at most (>= 1; prompt + tokens must fit the artifact's context)")
     p.add_argument("--ignore-eos", action="store_true",
                    help="keep generating after the model's end-of-sequence token")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object at the end instead of streaming text (tokens, text, stopped, seconds; "
+                        "cycles, per-unit counters and HBM bytes with --backend rtl)")
+    p.add_argument("--trace", default=None, metavar="FILE.json",
+                   help="rtl: write a per-instruction timeline (start/end cycle of every instruction per unit, from "
+                        "the RTL) as Chrome trace JSON (open in Perfetto) and FILE.png beside it")
+    p.add_argument("--waves", default=None, metavar="FILE.fst|FILE.vcd",
+                   help="rtl: dump the core's signals of one program run (see --waves-step) as FST or VCD")
+    p.add_argument("--waves-step", type=int, default=0, metavar="K",
+                   help="rtl: the program run --waves records: 0 the prefill (default), K the K-th decode step")
+    p.add_argument("--budget", type=_positive_int, default=None, metavar="CYCLES",
+                   help="rtl: cycles one program may take before the run stops with an error (default 50,000,000)")
     p.set_defaults(func=_cmd_run)
     return parser
 
