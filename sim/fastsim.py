@@ -623,7 +623,8 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
         raise FastSimError(f"the logits area ({io_base:#x} + {4 * vocab} bytes) lies outside channel 0's "
                            f"{used[0]} used bytes")
     address = program_address({}, prog_channel, used[prog_channel])
-    need = max(used + [address + 4 * int(np.asarray(words).size)])
+    # the program fetch reads whole bursts, past the program's last word: round up with room for one
+    need = -(-max(used + [address + 4 * int(np.asarray(words).size)]) // PROGRAM_ALIGN) * PROGRAM_ALIGN + PROGRAM_ALIGN
     hbm = hbm or HbmParams(channel_bytes=need)
     if hbm.channel_bytes < need:
         raise FastSimError(f"HbmParams.channel_bytes {hbm.channel_bytes} is smaller than the {need} bytes the "

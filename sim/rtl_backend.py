@@ -339,3 +339,74 @@ def check_rtl(model: str = "glassllm", preset: str = "w4a8-ovp", prompt: str = "
     out["cycles"] = rt.cycle_figures()
     out["text"] = loaded.tokenizer.decode(rtl_toks)
     return out
+
+
+def locate_divergence(config, harness, words, state: dict, used_bytes, *, budget: int = DEFAULT_BUDGET,
+                      buffers: tuple[str, ...] = ("data",)) -> dict | None:
+    """The first instruction after which the RTL core's on-chip buffers differ from the functional
+    simulator's, for one (patched) program run from the HBM ``state``.
+
+    A prefix of the program (its first k instructions) is followed by a barrier and an ST of each
+    buffer in ``buffers`` ("data" = the data space, "weight", "bias", "meta") into HBM after the
+    used bytes, and run on both; a bisection finds the smallest k whose buffers differ (the
+    program's tokens point forward, so every prefix runs as it does inside the whole program).
+    Returns None when the whole program's buffers agree, else {"index", "offset", "instruction"
+    (disassembly), "buffer", "first_byte", "bytes_differing", "rtl", "isa" (16 bytes around the
+    first difference)}."""
+    from olivine.compiler.asm import disassemble_one
+
+    from .fastsim import HbmParams
+    from .funcsim import FuncSim
+
+    prog = isa.decode_program(words)
+    b = config.buffers
+    sizes = {"data": (b.activation_kib + b.global_kib) * 1024, "weight": b.weight_kib * 1024,
+             "bias": b.bias_kib * 1024, "meta": b.meta_kib * 1024}
+    source = {"data": "act", "weight": "weight", "bias": "bias", "meta": "meta"}
+    used = [int(u) for u in used_bytes]
+    scratch = -(-used[0] // 4096) * 4096
+    dump_at, at = {}, scratch
+    for name in buffers:
+        dump_at[name] = at
+        at += sizes[name]
+    channel_bytes = -(-(at + 4 * len(words) + 8192) // 4096) * 4096
+
+    def run_both(k: int):
+        head = list(prog[:k]) + [isa.make("SYS", op="barrier")]
+        head += [isa.make("ST", source=source[n], channel=0, hbm_addr=dump_at[n], buf_addr=0, length=sizes[n])
+                 for n in buffers]
+        head.append(isa.make("SYS", op="end"))
+        w = isa.encode_program(head)
+        image = {c: bytes(state.get(c, b""))[:used[c]] for c in range(len(used))}
+        fs = FuncSim(config, [channel_bytes] * config.hbm_channels, image)
+        fs.run(w)
+        want = {n: (fs.data if n == "data" else fs.buffers[n]).copy() for n in buffers}
+        res = harness.run_program(w, image, budget=budget, hbm=HbmParams(channel_bytes=channel_bytes),
+                                  used_bytes=at, dumps={n: (0, dump_at[n], sizes[n]) for n in buffers})
+        got = {n: res.dumps[n] for n in buffers}
+        return got, want
+
+    def differs(k: int):
+        got, want = run_both(k)
+        for n in buffers:
+            bad = np.nonzero(got[n] != want[n])[0]
+            if bad.size:
+                lo = max(0, int(bad[0]) - 4)
+                return {"buffer": n, "first_byte": int(bad[0]), "bytes_differing": int(bad.size),
+                        "rtl": got[n][lo:lo + 16].tolist(), "isa": want[n][lo:lo + 16].tolist()}
+        return None
+
+    n = sum(1 for i in prog if i.mnemonic != "SYS" or i.enum("op") != "end")
+    if differs(n) is None:
+        return None
+    lo, hi = 0, n  # prefix lo agrees (the empty prefix does), prefix hi differs
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if differs(mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    found = differs(hi)
+    inst = prog[hi - 1]
+    return {"index": hi - 1, "offset": isa.program_offsets(prog)[hi - 1], "instruction": disassemble_one(inst),
+            **found}
