@@ -285,8 +285,9 @@ class RtlRuntime(Runtime):
 
 def check_rtl(model: str = "glassllm", preset: str = "w4a8-ovp", prompt: str = "Once upon a time",
               max_new_tokens: int = 32, config: str = "tiny", max_context: int = 48, max_prompt: int = 16,
-              budget: int | None = None, golden: bool = True) -> dict:
-    """Compile ``model`` for the named configuration, generate greedily on the isa backend, the rtl
+              prefill_step: int = 16, budget: int | None = None, golden: bool = True) -> dict:
+    """Compile ``model`` for the named configuration (prefill buckets of ``prefill_step`` tokens:
+    the RTL runs a whole bucket), generate greedily on the isa backend, the rtl
     backend and (``golden``) golden's QLlama, and compare: ``tokens_equal`` / ``logits_equal``
     (rtl against isa and golden, every int32 logit of every step), ``first_diff`` (the first step
     whose logits differ, with the number of differing logits), the tokens, the rtl cycle figures and
@@ -308,7 +309,7 @@ def check_rtl(model: str = "glassllm", preset: str = "w4a8-ovp", prompt: str = "
     qcfg = QuantConfig.preset(preset)
     q = quantize_cached(loaded, qcfg, calibration_tokens(loaded) if qcfg.needs_calibration() else None)
     comp = compile_model(spec_from_qllama(q, model), load_config(config), max_context=max_context,
-                         max_prompt=max_prompt)
+                         max_prompt=max_prompt, prefill_step=prefill_step)
     ids = loaded.tokenizer.encode(prompt)
     out: dict = {"preset": preset, "prompt_tokens": len(ids), "max_new_tokens": max_new_tokens}
     t0 = time.perf_counter()
