@@ -89,11 +89,22 @@ def test_fault_reports_the_functional_simulators_instruction(harness):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    from olivine.compiler.compile import compile_main
+    """glassllm w8a8 for the tiny core, prefill buckets of 16 tokens (olivine compile's are 128: the
+    RTL runs a whole bucket, 8.7M cycles), context 32."""
+    from olivine.compiler.artifact import write_artifact
+    from olivine.compiler.compile import compile_model, to_artifact
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qcache import quantize_cached
 
+    loaded = load_model("glassllm")
+    comp = compile_model(spec_from_qllama(quantize_cached(loaded, "w8a8"), "glassllm"), load_config("tiny"),
+                         max_context=32, max_prompt=16, prefill_step=16)
+    art = to_artifact(comp)
+    art.meta["model"]["load"] = "glassllm"
+    art.meta["model"]["eos_id"] = int(loaded.tokenizer.eos_id)
     out = tmp_path_factory.mktemp("rtl") / "glass"
-    assert compile_main("glassllm", preset="w8a8", out=str(out), config="tiny", max_context=32, max_prompt=16,
-                        quiet=True) == 0
+    write_artifact(str(out), art)
     return str(out)
 
 
