@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                        lazy_epilog=_boards_help)
     p.add_argument("--board", default="u280", help="target board (default u280)")
     p.add_argument("--config", default=None, metavar="NAME|FILE.json",
-                   help="default (sized to the board), small, or a JSON file of AcceleratorConfig fields")
+                   help="default (sized to the board), small, tiny, or a JSON file of AcceleratorConfig fields")
     p.add_argument("-o", "--output", required=True,
                    help="output directory: new, empty, or an earlier `olivine hdl` output (replaced whole)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the result")
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target board (u280, u55c, u50, u250, vhk158); default: the --config file's board, else u280")
     p.add_argument("--config", default=None, metavar="NAME|FILE.json",
                    help="hardware configuration: 'default' (sized to the board), 'small' (1 core, 8 chains, "
-                        "buffers for glassllm) or a JSON file of AcceleratorConfig fields with a nested 'buffers' "
+                        "buffers for glassllm), 'tiny' (small's buffers, 2 chains: for --backend rtl) or a JSON file of AcceleratorConfig fields with a nested 'buffers' "
                         "object (docs/compiler.md)")
     p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp; listed below)")
     p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"), help="override the preset's weight precision")

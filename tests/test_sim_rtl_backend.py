@@ -17,7 +17,10 @@ from olivine.hw import isa
 from olivine.hw.config import load_config
 from tests.helpers import requires_verilator
 
-pytestmark = [requires_verilator, pytest.mark.rtl]
+
+def rtl(fn):
+    return requires_verilator(pytest.mark.rtl(fn))
+
 
 REDUCED = os.environ.get("OLIVINE_REDUCED") == "1"
 FULL_PRESETS = ("w4a8-ovp", "w4a8-int4", "w8a8", "w4a8-ovp-8:16")
@@ -48,12 +51,14 @@ def _check(res):
         assert c["instructions"] > 0 and 0 < c["busy"] <= cyc["total"], (unit, c)
 
 
+@rtl
 def test_glassllm_rtl_equals_isa_and_golden_reduced(harness):
     from olivine.sim.rtl_backend import check_rtl
 
     _check(check_rtl(preset="w8a8", prompt="Once", max_new_tokens=3))
 
 
+@rtl
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", FULL_PRESETS[:1] if REDUCED else FULL_PRESETS)
 def test_glassllm_rtl_equals_isa_and_golden_32_tokens(harness, preset):
@@ -69,6 +74,7 @@ def _fault_program():
             M("SYS", op="end")]
 
 
+@rtl
 def test_fault_reports_the_functional_simulators_instruction(harness):
     from olivine.sim.fastsim import sim
     from olivine.sim.funcsim import FuncSim, SimError
@@ -108,6 +114,7 @@ def artifact(tmp_path_factory):
     return str(out)
 
 
+@rtl
 def test_budget_overrun_stops_with_a_clear_message(harness, artifact):
     from olivine.sim.funcsim import SimError
     from olivine.sim.rtl_backend import RtlRuntime
@@ -118,6 +125,7 @@ def test_budget_overrun_stops_with_a_clear_message(harness, artifact):
         rt.prefill([1, 2, 3])
 
 
+@rtl
 def test_cli_json_and_trace(harness, artifact, tmp_path, capsys):
     from olivine.cli import main
 
@@ -149,3 +157,21 @@ def test_trace_is_refused_on_isa(artifact):
 
     with pytest.raises(RunError, match="has no schedule"):
         run_main(artifact, "Once", 2, trace="t.json")
+
+
+def test_probed_top_passes_ports_through_and_adds_probes():
+    from olivine.sim.fastsim import discover_ports, parse_timeline, port_binding
+    from olivine.sim.rtl_backend import PROBED_TOP, UNIT_PROBES, probed_top
+    from tests.rtl.standin_core import STANDIN_TOP, StandInCore
+    from olivine.hw.export import verilog
+
+    core = verilog(StandInCore(), STANDIN_TOP)
+    inner, outer = discover_ports(core, STANDIN_TOP), discover_ports(probed_top(core, STANDIN_TOP), PROBED_TOP)
+    assert outer.probe_units == list(UNIT_PROBES) and inner.probe_units == []
+    assert {k: v for k, v in outer.ports.items() if not k.startswith("probe_")} == dict(inner.ports)
+    assert outer.ports["probe_mpe_offset"] == ("output", 24)
+    binding = port_binding(outer)
+    assert "#define OLIVINE_PROBES 4" in binding and "probes[3].end = Pin{(void*)&top->probe_sfu_end, 1};" in binding
+    # each unit's ends pair with its starts in order; one still running has no end
+    got = parse_timeline("S mpe 10 7\nS ld 11 3\nE ld 20\nS ld 21 5\nE mpe 30\n")
+    assert got == [("mpe", 7, 10, 30), ("ld", 3, 11, 20), ("ld", 5, 21, None)]
