@@ -11,8 +11,7 @@ run, and every run's cycles, per-unit counters and HBM bytes are kept (:class:`P
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,8 +21,8 @@ from olivine.hw import core_regs, isa
 from .funcsim import SimError
 from .runtime import RunError, Runtime
 
-__all__ = ["backend_verilog", "probed_top", "PROBED_TOP", "RtlRuntime", "ProgramFigures", "DEFAULT_BUDGET",
-           "fault_message", "UNIT_PROBES"]
+__all__ = ["backend_verilog", "backend_harness", "probed_top", "PROBED_TOP", "RtlRuntime", "ProgramFigures",
+           "DEFAULT_BUDGET", "fault_message", "locate_divergence", "check_rtl", "UNIT_PROBES"]
 
 #: Top module of the probed wrapper.
 PROBED_TOP = "olivine_core_probed"
