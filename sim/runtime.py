@@ -388,6 +388,8 @@ def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str
         reason = f"stopped after --max-new-tokens {max_new_tokens}"
         stopped = "max_new_tokens"
     written = rt.write_trace(trace) if trace is not None else []
+    if waves is not None:
+        written.append(waves)
     if as_json:
         record = {"backend": rt.backend, "prompt": prompt, "prompt_tokens": ids, "tokens": out, "text": text,
                   "stopped": stopped, "seconds": round(dt, 3), "tokens_per_s": len(out) / dt if dt else 0.0,
