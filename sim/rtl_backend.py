@@ -96,9 +96,16 @@ def backend_harness(config, model_config: dict | None = None):
     are cached on disk by sim/fastsim.py)."""
     from .fastsim import FastHarness
 
+    from olivine import progress
+
     key = (config.digest(), repr(sorted((model_config or {}).items())))
     if key not in _PROBED_HARNESSES:
-        _PROBED_HARNESSES[key] = FastHarness(probed_top(backend_verilog(config, model_config)), PROBED_TOP)
+        label = (f"the RTL core for this configuration ({config.chains_per_core} chains, {config.hbm_channels} HBM "
+                 f"channels, {config.axi_data_width}-bit AXI; cached after the first time, 'tiny' converts in about "
+                 "1.5 min, larger ones take far longer)")
+        with progress.step(f"converting {label}"):
+            text = backend_verilog(config, model_config)
+        _PROBED_HARNESSES[key] = FastHarness(probed_top(text), PROBED_TOP)
     return _PROBED_HARNESSES[key]
 
 
