@@ -266,11 +266,24 @@ def small(board: str = "u280") -> AcceleratorConfig:
                              hbm_channels=4)
 
 
+def tiny(board: str = "u280") -> AcceleratorConfig:
+    """The smallest core that runs glassllm end to end in RTL simulation (``olivine run --backend rtl``).
+
+    :func:`small`'s buffers (glassllm's prefill in chunks of 32 tokens at its full context of 128)
+    with the datapath cut down so the Verilog converts and Verilator builds in minutes: 2 chains of
+    16, 4 SFU lanes (16 DSP48E2), 128-bit AXI, 2 HBM channels. The compiled programs depend on the
+    buffers and channels only, so they run on this core as on any core with the same buffers.
+    """
+    return small(board).replace(chains_per_core=2, sfu_dsp=16, axi_data_width=128, hbm_channels=2)
+
+
 #: Named configurations: name -> (builder taking the board name, one-line description).
 CONFIGS = {
     "default": (for_board, "sized to the board: up to 3 cores (one per SLR), ~70% of the DSPs in chains of 16, "
                 "all HBM channels, 1 MiB weight + 1.5 MiB activation + 512 KiB global buffer per core"),
     "small": (small, "1 core, 8 chains of 16, buffers sized for glassllm, 4 HBM channels (for RTL simulation)"),
+    "tiny": (tiny, "small's buffers, 2 chains of 16, 4 SFU lanes, 128-bit AXI, 2 HBM channels (fast RTL "
+             "simulation: olivine run --backend rtl)"),
 }
 
 

@@ -229,13 +229,14 @@ class OlivineCore(wiring.Component):
 
     Parameters: ``config`` (AcceleratorConfig), ``mpe`` (matrix engine component or a callable
     ``mpe(config)``; None: MM/MV fault), ``sfu_ops`` (the SFU's ops, default all; a subset keeps
-    simulation models small), ``hbm_channel_bytes`` (bytes per channel for the LD/ST range checks;
+    simulation models small), ``rope`` (the SFU's RoPE cos/sin ROM, hw/sfu_rope.py RopeRom; None:
+    no rope op), ``hbm_channel_bytes`` (bytes per channel for the LD/ST range checks;
     default the board's), ``data_banks`` (banks of the data space), ``queue_depth`` /
     ``token_bits`` (controller), ``max_outstanding`` (bursts in flight per AXI master).
     """
 
     def __init__(self, config: AcceleratorConfig, mpe=None, *, sfu_ops: tuple[str, ...] | None = None,
-                 hbm_channel_bytes: int | None = None, data_banks: int = 2, queue_depth: int = 8,
+                 rope=None, hbm_channel_bytes: int | None = None, data_banks: int = 2, queue_depth: int = 8,
                  token_bits: int = 8, max_outstanding: int = 4):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
@@ -252,7 +253,7 @@ class OlivineCore(wiring.Component):
         if mpe is not None and not isinstance(mpe, wiring.Component) and callable(mpe):
             mpe = mpe(config)
         self.mpe = mpe
-        self.sfu = Sfu(config, ops=sfu_ops)
+        self.sfu = Sfu(config, ops=sfu_ops, rope=rope)
         b = config.buffers
         self.buffer_bytes = {"weight": b.weight_kib * 1024, "meta": b.meta_kib * 1024, "bias": b.bias_kib * 1024,
                              "data": (b.activation_kib + b.global_kib) * 1024}

@@ -204,7 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from olivine.sim.runtime import run_main
 
     return run_main(args.directory, args.prompt, max_new_tokens=args.max_new_tokens, backend=args.backend,
-                    ignore_eos=args.ignore_eos)
+                    ignore_eos=args.ignore_eos, as_json=args.json, trace=args.trace, waves=args.waves,
+                    waves_step=args.waves_step, budget=args.budget)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                        lazy_epilog=_boards_help)
     p.add_argument("--board", default="u280", help="target board (default u280)")
     p.add_argument("--config", default=None, metavar="NAME|FILE.json",
-                   help="default (sized to the board), small, or a JSON file of AcceleratorConfig fields")
+                   help="default (sized to the board), small, tiny, or a JSON file of AcceleratorConfig fields")
     p.add_argument("-o", "--output", required=True,
                    help="output directory: new, empty, or an earlier `olivine hdl` output (replaced whole)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the result")
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target board (u280, u55c, u50, u250, vhk158); default: the --config file's board, else u280")
     p.add_argument("--config", default=None, metavar="NAME|FILE.json",
                    help="hardware configuration: 'default' (sized to the board), 'small' (1 core, 8 chains, "
-                        "buffers for glassllm) or a JSON file of AcceleratorConfig fields with a nested 'buffers' "
+                        "buffers for glassllm), 'tiny' (small's buffers, 2 chains: for --backend rtl) or a JSON file of AcceleratorConfig fields with a nested 'buffers' "
                         "object (docs/compiler.md)")
     p.add_argument("--preset", default=None, help="precision preset (default w4a8-ovp; listed below)")
     p.add_argument("--weights", default=None, choices=("ovp4", "int4", "int8"), help="override the preset's weight precision")
@@ -312,14 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="generate text from a compiled artifact",
-                       description="Greedy generation from a compiled artifact on a backend.")
+                       description="Greedy generation from a compiled artifact on a backend: isa (the functional "
+                                   "simulator) or rtl (the RTL core, hw/core.py with the matrix engine, in the fast "
+                                   "Verilator harness; built once per configuration and cached; prints cycles per "
+                                   "prefill and decode step, per-unit busy / stalled cycles, HBM bytes per channel "
+                                   "and tokens/s at the configured clock).")
     p.add_argument("directory", help="artifact directory written by `olivine compile`")
-    p.add_argument("--backend", default="isa", choices=("isa",), help="isa: the functional simulator")
+    p.add_argument("--backend", default="isa", choices=("isa", "rtl"),
+                   help="isa: the functional simulator (default); rtl: the RTL core in Verilator")
     p.add_argument("--prompt", required=True, help="text to continue (must not be empty)")
     p.add_argument("--max-new-tokens", type=int, default=32,
                    help="tokens to generate at most (>= 1; prompt + tokens must fit the artifact's context)")
     p.add_argument("--ignore-eos", action="store_true",
                    help="keep generating after the model's end-of-sequence token")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object at the end instead of streaming text (tokens, text, stopped, seconds; "
+                        "cycles, per-unit counters and HBM bytes with --backend rtl)")
+    p.add_argument("--trace", default=None, metavar="FILE.json",
+                   help="rtl: write a per-instruction timeline (start/end cycle of every instruction per unit, from "
+                        "the RTL) as Chrome trace JSON (open in Perfetto) and FILE.png beside it")
+    p.add_argument("--waves", default=None, metavar="FILE.fst|FILE.vcd",
+                   help="rtl: dump the core's signals of one program run (see --waves-step) as FST or VCD")
+    p.add_argument("--waves-step", type=int, default=0, metavar="K",
+                   help="rtl: the program run --waves records: 0 the prefill (default), K the K-th decode step")
+    p.add_argument("--budget", type=_positive_int, default=None, metavar="CYCLES",
+                   help="rtl: cycles one program may take before the run stops with an error (default 50,000,000)")
     p.set_defaults(func=_cmd_run)
     return parser
 

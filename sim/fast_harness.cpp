@@ -39,6 +39,10 @@
 //                           POLL cycles until ap_done) or BUDGET cycles after start
 //   dump K ADDR LEN FILE    write LEN bytes of channel K from ADDR to FILE
 //   waves FILE              (trace builds only: FST or VCD as built) record a trace from now on
+//   timeline FILE           (tops with probe ports) record every unit's instruction starts and ends:
+//                           lines `S UNIT CYCLE OFFSET` (the controller hands UNIT the instruction at
+//                           word OFFSET at this clock edge) and `E UNIT CYCLE` (UNIT's done or fault
+//                           pulse), CYCLE counted from the last `start`
 //   result FILE             write the JSON result (at the end; also written when a step fails)
 
 #include <verilated.h>
@@ -117,7 +121,12 @@ struct LitePins {  // the AXI4-Lite slave s_axi_control (the harness is the mast
     Pin araddr, arvalid, arready, rdata, rresp, rvalid, rready;
 };
 
-#include "olivine_ports.h"  // generated: `Top`, OLIVINE_CHANNELS, bind_ports(Top*, LitePins&, AxiPins*, Pin& clk, Pin& rst, Pin& interrupt)
+struct ProbePins {  // one unit's instruction probes (optional ports probe_<unit>_start/_end/_offset)
+    Pin start, end, offset;
+};
+
+#include "olivine_ports.h"  // generated: `Top`, OLIVINE_CHANNELS, bind_ports(Top*, LitePins&, AxiPins*, Pin& clk, Pin& rst, Pin& interrupt),
+                            // OLIVINE_PROBES, PROBE_UNITS, bind_probes(Top*, ProbePins*)
 
 static const uint64_t RESP_OKAY = 0, RESP_SLVERR = 2;
 
@@ -282,6 +291,7 @@ class Sim {
         top_.reset(new Top(ctx_.get(), "TOP"));
         AxiPins axi[OLIVINE_CHANNELS > 0 ? OLIVINE_CHANNELS : 1];
         bind_ports(top_.get(), lite_, axi, clk_, rst_, interrupt_);
+        bind_probes(top_.get(), probes_);
         for (int k = 0; k < OLIVINE_CHANNELS; k++) channels_.emplace_back(axi[k], params);
         lite_idle();
         clk_.set(0);
@@ -292,8 +302,17 @@ class Sim {
 #ifdef OLIVINE_TRACE
         if (trace_) trace_->close();
 #endif
+        if (timeline_) std::fclose(timeline_);
         top_->final();
     }
+
+    void open_timeline(const char* path) {
+        if (OLIVINE_PROBES == 0) throw SimError("this top has no probe ports (probe_<unit>_start/_end/_offset): no timeline");
+        if (timeline_) std::fclose(timeline_);
+        timeline_ = std::fopen(path, "w");
+        if (!timeline_) throw SimError(std::string("cannot write the timeline file ") + path);
+    }
+    void mark_start() { origin_ = cycle_; }
 
     void open_trace(const char* path) {
 #ifdef OLIVINE_TRACE
@@ -326,6 +345,7 @@ class Sim {
         top_->eval();
         for (auto& ch : channels_) ch.sample(cycle_);
         lite_sample();
+        if (timeline_) record_probes();
 #ifdef OLIVINE_TRACE
         if (trace_) trace_->dump(2 * cycle_);
 #endif
@@ -408,6 +428,14 @@ class Sim {
     }
 
    private:
+    void record_probes() {  // sampled before the edge, like the handshakes: they happen at this edge
+        for (int u = 0; u < OLIVINE_PROBES; u++) {
+            const ProbePins& p = probes_[u];
+            if (p.start.get())
+                std::fprintf(timeline_, "S %s %" PRId64 " %" PRIu64 "\n", PROBE_UNITS[u], static_cast<int64_t>(cycle_ - origin_), p.offset.get());
+            if (p.end.get()) std::fprintf(timeline_, "E %s %" PRId64 "\n", PROBE_UNITS[u], static_cast<int64_t>(cycle_ - origin_));
+        }
+    }
     void lite_idle() {
         lite_.awvalid.set(0);
         lite_.wvalid.set(0);
@@ -433,6 +461,9 @@ class Sim {
     std::unique_ptr<TraceFile> trace_;
 #endif
     LitePins lite_;
+    ProbePins probes_[OLIVINE_PROBES > 0 ? OLIVINE_PROBES : 1];
+    std::FILE* timeline_ = nullptr;
+    uint64_t origin_ = 0;
     Pin clk_, rst_, interrupt_;
     std::vector<HbmChannel> channels_;
     uint64_t cycle_ = 0;
@@ -535,6 +566,10 @@ int main(int argc, char** argv) {
                 need(1);
                 ensure_sim();
                 sim->open_trace(cmd[1].c_str());
+            } else if (op == "timeline") {
+                need(1);
+                ensure_sim();
+                sim->open_timeline(cmd[1].c_str());
             } else if (op == "load") {
                 need(3);
                 ensure_sim();
@@ -556,6 +591,7 @@ int main(int argc, char** argv) {
                 ensure_sim();
                 sim->lite_write(0x00, 1);
                 start_cycle = sim->cycle();
+                sim->mark_start();
             } else if (op == "wait") {
                 need(3);
                 ensure_sim();

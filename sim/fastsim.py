@@ -57,7 +57,7 @@ from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_b
 
 __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
            "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
-           "FastSimError", "discover_ports", "program_address", "VARIANTS", "STATUS_REGISTERS"]
+           "FastSimError", "discover_ports", "program_address", "parse_timeline", "VARIANTS", "STATUS_REGISTERS"]
 
 HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (pyproject: *.cpp)
 VARIANTS = ("batch", "fst", "vcd", "debug")
@@ -151,6 +151,15 @@ class TopPorts:
     @property
     def beat_bytes(self) -> int:
         return self.ports["m_axi_hbm0__rdata"][1] // 8 if self.channels else 0
+
+    @property
+    def probe_units(self) -> list[str]:
+        """Units with instruction probes (output ports ``probe_<unit>_start``, ``_end``, ``_offset``:
+        the handshake that starts an instruction, its done / fault pulse, its word offset), which
+        the harness' ``timeline`` records (sim/rtl_backend.py's probed top has them)."""
+        found = [m.group(1) for name in self.ports if (m := re.fullmatch(r"probe_(\w+?)_start", name))]
+        return [u for u in found if all(self.ports.get(f"probe_{u}_{s}", ("", 0))[0] == "output"
+                                        for s in ("start", "end", "offset"))]
 
     @property
     def has_interrupt(self) -> bool:
@@ -261,7 +270,14 @@ def port_binding(ports: TopPorts) -> str:
     lines += [f"    lite.{m} = {_pin(ports, 's_axi_control__' + m)};" for m in _LITE_MEMBERS]
     for k, prefix in enumerate(ports.channel_prefixes):
         lines += [f"    axi[{k}].{m} = {_pin(ports, prefix + '__' + m)};" for m in _AXI_MEMBERS]
-    lines += ["    (void)top;", "}", ""]
+    lines += ["    (void)top;", "}"]
+    units = ports.probe_units
+    lines += [f"#define OLIVINE_PROBES {len(units)}",
+              "static const char* const PROBE_UNITS[] = {" + ", ".join(f'"{u}"' for u in units or [""]) + "};",
+              "static void bind_probes(Top* top, ProbePins* probes) {"]
+    for k, u in enumerate(units):
+        lines += [f"    probes[{k}].{s} = {_pin(ports, f'probe_{u}_{s}')};" for s in ("start", "end", "offset")]
+    lines += ["    (void)top; (void)probes;", "}", ""]
     return "\n".join(lines)
 
 
@@ -372,6 +388,9 @@ class FastResult:
     run_seconds: float = 0.0
     build_seconds: float = 0.0
     waves: Path | None = None
+    #: with ``timeline=True``: (unit, word offset, start cycle, end cycle or None) per instruction,
+    #: cycles from ap_start, in start order (the probed top's handshakes and done / fault pulses)
+    timeline: list | None = None
 
     @property
     def cycles(self) -> int:
@@ -381,6 +400,23 @@ class FastResult:
     @property
     def cycles_per_second(self) -> float:
         return self.run_cycles / self.run_seconds if self.run_seconds > 0 else 0.0
+
+
+def parse_timeline(text: str) -> list[tuple[str, int, int, int | None]]:
+    """The harness' ``timeline`` lines as (unit, word offset, start, end) per instruction: each
+    unit's ends pair with its starts in order (end None: it had not finished when the run ended)."""
+    out: list[list] = []
+    open_: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "S":
+            open_.setdefault(parts[1], []).append(len(out))
+            out.append([parts[1], int(parts[3]), int(parts[2]), None])
+        elif parts[0] == "E" and open_.get(parts[1]):
+            out[open_[parts[1]].pop(0)][3] = int(parts[2])
+    return [tuple(e) for e in out]
 
 
 def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | None = None) -> int:
@@ -430,13 +466,14 @@ class FastHarness:
             budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
             reads: Sequence[tuple[str, int]] = (), after: Sequence[tuple[int, int]] = (),
             hbm: HbmParams = HbmParams(), poll: int = 256, waves: str | Path | None = None,
-            check_budget: bool = True) -> FastResult:
+            check_budget: bool = True, timeline: bool = False) -> FastResult:
         """One run: ``loads`` (channel, address, bytes) into HBM, reset, ``writes`` (register
         offset, value) in order, ap_start, wait for done or ``budget`` cycles, ``reads`` (name,
         offset), ``after`` (offset, value) writes, ``dumps`` name -> (channel, address, length).
         When the top has ``interrupt``, gie and ier are set before ``writes`` and the wait watches
         the pin; otherwise CTRL is polled every ``poll`` cycles.
         ``waves`` (a .fst or .vcd path) records a trace of the whole run with the traced build.
+        ``timeline``: record each unit's instructions (a top with probe ports, TopPorts.probe_units).
         Raises :class:`CycleBudgetExceeded` when the budget ran out (``check_budget``)."""
         budget = int(budget)
         if budget < 1:
@@ -458,6 +495,9 @@ class FastHarness:
             if int(address) < 0 or int(address) + int(length) > hbm.channel_bytes:
                 raise FastSimError(f"{what}: {length} bytes at {address:#x} lie outside the channel's "
                                    f"{hbm.channel_bytes} bytes (HbmParams.channel_bytes)")
+        if timeline and not self.ports.probe_units:
+            raise FastSimError(f"top {self.top!r} has no probe ports (probe_<unit>_start/_end/_offset): "
+                               "no timeline; use sim.rtl_backend.probed_top")
         executable = self.executable_for(variant)
         with tempfile.TemporaryDirectory(prefix="olivine-fast-") as tmp:
             tmp = Path(tmp)
@@ -468,6 +508,8 @@ class FastHarness:
                 waves = Path(waves).resolve()
                 partial = waves.with_name(waves.name + ".partial")
                 script.append(f"waves {partial}")
+            if timeline:
+                script.append(f"timeline {tmp / 'timeline.txt'}")
             for i, (channel, address, payload) in enumerate(loads):
                 path = tmp / f"load{i}.bin"
                 path.write_bytes(bytes(payload))
@@ -500,6 +542,8 @@ class FastHarness:
                     result.dumps[name] = np.fromfile(path, dtype=np.uint8)
             if waves is not None and partial.is_file():
                 os.replace(partial, waves)
+            if timeline and (tmp / "timeline.txt").is_file():
+                result.timeline = parse_timeline((tmp / "timeline.txt").read_text())
         if raw["status"] == "error":
             raise FastSimError(f"the fast harness failed: {raw['error']}")
         if raw["status"] == "budget_exceeded" and check_budget:
@@ -513,7 +557,7 @@ class FastHarness:
     def run_program(self, words, image: Mapping[int, bytes] | None = None, *, prog_channel: int = 0,
                     budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
                     watchdog: int = 0, hbm: HbmParams = HbmParams(), waves=None, poll: int = 256,
-                    check_budget: bool = True, used_bytes: int | None = None) -> FastResult:
+                    check_budget: bool = True, used_bytes: int | None = None, timeline: bool = False) -> FastResult:
         """Section 4's host sequence for one program: ``image`` (channel -> bytes at address 0) and
         ``words`` (uint32) into HBM (the program after the ``used_bytes`` of ``prog_channel``,
         default the image's bytes there, 4 KiB aligned), the program registers and ``watchdog``,
@@ -542,7 +586,8 @@ class FastHarness:
         reads.append(("ctrl", core_regs.offset("ctrl")))  # clears ap_done
         after = [(core_regs.offset("isr"), 1)] if self.ports.has_interrupt else []
         result = self.run(loads=loads, writes=writes, budget=budget, dumps=dumps, reads=reads,
-                          after=after, hbm=hbm, poll=poll, waves=waves, check_budget=check_budget)
+                          after=after, hbm=hbm, poll=poll, waves=waves, check_budget=check_budget,
+                          timeline=timeline)
         result.registers["prog_addr"] = address
         return result
 
@@ -564,12 +609,13 @@ class ProgramRun:
 
 def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes: Sequence[int], io_base: int,
         vocab: int, budget: int, prog_channel: int = 0, hbm: HbmParams | None = None, watchdog: int = 0,
-        waves=None) -> ProgramRun:
+        waves=None, timeline: bool = False) -> ProgramRun:
     """Run one compiled program (its patched ``words``, as sim/runtime.py's Runtime has them) on the
     fast harness, from the HBM ``state`` (channel -> bytes; the artifact's weight image for the
     first program, then the previous run's :attr:`ProgramRun.hbm`). ``used_bytes`` (per channel,
     meta.layout.channel_bytes) says what to carry over; the program goes after them in
-    ``prog_channel``. Returns the logits at ``io_base`` and the cycle counters."""
+    ``prog_channel``. Returns the logits at ``io_base`` and the cycle counters (``timeline``: and
+    each instruction's start and end cycle, FastResult.timeline)."""
     used = [int(u) for u in used_bytes]
     if len(used) > harness.ports.channels:
         raise FastSimError(f"the layout uses {len(used)} HBM channels; the core has {harness.ports.channels}")
@@ -577,7 +623,8 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
         raise FastSimError(f"the logits area ({io_base:#x} + {4 * vocab} bytes) lies outside channel 0's "
                            f"{used[0]} used bytes")
     address = program_address({}, prog_channel, used[prog_channel])
-    need = max(used + [address + 4 * int(np.asarray(words).size)])
+    # the program fetch reads whole bursts, past the program's last word: round up with room for one
+    need = -(-max(used + [address + 4 * int(np.asarray(words).size)]) // PROGRAM_ALIGN) * PROGRAM_ALIGN + PROGRAM_ALIGN
     hbm = hbm or HbmParams(channel_bytes=need)
     if hbm.channel_bytes < need:
         raise FastSimError(f"HbmParams.channel_bytes {hbm.channel_bytes} is smaller than the {need} bytes the "
@@ -585,7 +632,8 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
     image = {k: bytes(state.get(k, b""))[:used[k]] for k in range(len(used))}
     dumps = {f"channel{k}": (k, 0, used[k]) for k in range(len(used)) if used[k]}
     result = harness.run_program(words, image, prog_channel=prog_channel, budget=budget, dumps=dumps,
-                                 watchdog=watchdog, hbm=hbm, waves=waves, used_bytes=used[prog_channel])
+                                 watchdog=watchdog, hbm=hbm, waves=waves, used_bytes=used[prog_channel],
+                                 timeline=timeline)
     after = {k: result.dumps.get(f"channel{k}", np.zeros(0, np.uint8)) for k in range(len(used))}
     logits = after[0][io_base:io_base + 4 * vocab].view("<i4").astype(np.int32)
     return ProgramRun(logits=logits, hbm=after, result=result)

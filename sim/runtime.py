@@ -1,4 +1,5 @@
-"""The runtime: runs a compiled artifact on a backend (isa = the functional simulator; rtl and xrt later).
+"""The runtime: runs a compiled artifact on a backend (isa = the functional simulator; rtl = the RTL
+core in the fast Verilator harness, sim/rtl_backend.py; xrt later).
 
 :class:`Runtime` picks the length bucket, patches the program's run-time fields, executes it and
 reads the logits; :func:`run_main` is ``olivine run``: it checks the prompt and the number of new
@@ -24,7 +25,7 @@ __all__ = ["Runtime", "RunError", "greedy_loop", "golden_generate", "check_again
            "BACKENDS"]
 
 #: Backends of ``olivine run`` provided today.
-BACKENDS = ("isa",)
+BACKENDS = ("isa", "rtl")
 
 
 class RunError(ValueError):
@@ -38,7 +39,10 @@ class Runtime:
     artifact directory (:meth:`from_artifact`).
     """
 
-    def __init__(self, config, meta: dict, programs: dict[str, np.ndarray], image: dict[int, bytes]):
+    #: the backend's name (``olivine run --backend``)
+    backend = "isa"
+
+    def __init__(self, config, meta: dict, programs: dict[str, np.ndarray], image: dict[int, bytes], **options):
         self.config, self.meta = config, meta
         lay = meta["layout"]
         self.channels = lay["channels"]
@@ -46,25 +50,29 @@ class Runtime:
         self.vocab = meta["model"]["config"]["vocab_size"]
         self.programs = programs
         self.info = meta["programs"]
-        self.sim = FuncSim(config, lay["channel_bytes"], image)
         self._decoded: dict[str, list] = {}  # program name -> decoded template (patched per run: _patched)
         self._idx: dict[str, tuple] = {}  # program name -> patch plan (offset -> index, fields, offsets)
         self.length = 0
         self.last_stats: SimStats | None = None
+        self._start(image, **options)
+
+    def _start(self, image: dict[int, bytes]) -> None:
+        """The backend's machine, loaded with the weight image (isa: a FuncSim)."""
+        self.sim = FuncSim(self.config, self.meta["layout"]["channel_bytes"], image)
 
     @classmethod
-    def from_compiled(cls, comp) -> "Runtime":
+    def from_compiled(cls, comp, **options) -> "Runtime":
         from olivine.compiler.compile import to_artifact
 
         art = to_artifact(comp)
-        return cls(art.config, art.meta, art.programs, art.weights)
+        return cls(art.config, art.meta, art.programs, art.weights, **options)
 
     @classmethod
-    def from_artifact(cls, directory, expect_config=None) -> "Runtime":
+    def from_artifact(cls, directory, expect_config=None, **options) -> "Runtime":
         from olivine.compiler.artifact import read_artifact
 
         art = read_artifact(directory, expect_config)
-        return cls(art.config, art.meta, art.programs, art.weights)
+        return cls(art.config, art.meta, art.programs, art.weights, **options)
 
     def _buckets(self, kind: str) -> list[tuple[int, str]]:
         return sorted((v["bucket"], n) for n, v in self.info.items() if v["kind"] == kind)
@@ -136,6 +144,27 @@ class Runtime:
             k = index[off]
             prog[k] = isa.with_fields(prog[k], values[off], off)
         return prog
+
+    # ---- what olivine run prints of the backend (overridden by the rtl backend)
+    def describe(self) -> str:
+        return "isa functional simulator"
+
+    def figures_dict(self) -> dict:
+        """The backend's figures for ``--json``: isa counts instructions and HBM bytes (no cycles)."""
+        st = self.sim.stats
+        return {"instructions": dict(st.instructions), "hbm_read_bytes": {str(k): v for k, v in st.hbm_read.items()},
+                "hbm_written_bytes": {str(k): v for k, v in st.hbm_written.items()}}
+
+    def figures_text(self) -> str:
+        st = self.sim.stats
+        return (f"instructions {st.instructions}; HBM read {sum(st.hbm_read.values()) / 1e6:.2f} MB, "
+                f"written {sum(st.hbm_written.values()) / 1e6:.3f} MB")
+
+    def figures_detail(self) -> list[str]:
+        return []
+
+    def write_trace(self, path) -> list:
+        raise RunError("the isa backend has no schedule to trace; use --backend rtl")
 
     def prefill(self, tokens) -> torch.Tensor:
         """Run the prompt (fresh cache); int32 logits (16 fractional bits) of its last token."""
@@ -236,7 +265,7 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
 def _check_run_options(prompt, max_new_tokens, backend) -> None:
     if backend not in BACKENDS:
         raise RunError(f"--backend {backend!r} is not available; choose one of {', '.join(BACKENDS)} "
-                       "(isa: the functional simulator)")
+                       "(isa: the functional simulator; rtl: the RTL core in the fast Verilator harness)")
     if not isinstance(prompt, str) or prompt == "":
         raise RunError("the prompt is empty; give the text to continue with --prompt \"...\"")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -258,17 +287,59 @@ def check_lengths(rt: Runtime, n_prompt: int, max_new_tokens: int, directory: st
                        f"{directory} ({rt.max_context} tokens): at most --max-new-tokens {room} fits; {fix}")
 
 
+def _runtime_class(backend: str):
+    if backend == "rtl":
+        from .rtl_backend import RtlRuntime
+
+        return RtlRuntime
+    return Runtime
+
+
+def _check_outputs(backend: str, trace, waves, budget) -> None:
+    """Refuse, before any work, output options the backend cannot honour."""
+    if trace is not None:
+        if backend == "isa":
+            raise RunError("--trace needs cycles, and the isa backend (the functional simulator) has no schedule: it "
+                           "runs each unit ahead as far as its tokens allow, untimed; use --backend rtl for a "
+                           "per-instruction timeline")
+        if not str(trace).endswith(".json"):
+            raise RunError(f"--trace {trace}: name the Chrome trace file .json (the timeline picture goes next to "
+                           "it as .png)")
+    if waves is not None:
+        if backend != "rtl":
+            raise RunError(f"--waves records the RTL's signals: it needs --backend rtl (not {backend})")
+        if not str(waves).endswith((".fst", ".vcd")):
+            raise RunError(f"--waves {waves}: name the file .fst or .vcd (the trace format)")
+    if budget is not None and backend != "rtl":
+        raise RunError(f"--budget is a cycle budget of the RTL backend; the {backend} backend counts no cycles")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise RunError(f"--budget {budget}: give a positive number of cycles")
+
+
 def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str = "isa",
-             ignore_eos: bool = False) -> int:
-    """``olivine run DIR --backend isa --prompt ... --max-new-tokens N [--ignore-eos]``: generate text.
+             ignore_eos: bool = False, as_json: bool = False, trace: str | None = None,
+             waves: str | None = None, waves_step: int = 0, budget: int | None = None) -> int:
+    """``olivine run DIR --backend isa|rtl --prompt ... --max-new-tokens N [--ignore-eos] [--json]
+    [--trace FILE.json] [--waves FILE.fst|.vcd [--waves-step K]] [--budget CYCLES]``: generate text.
 
     The text is streamed to stdout as it is generated; if generation fails midway, what was generated
     stays printed and the error follows. Stops at the end-of-sequence token unless ``ignore_eos``.
+    ``as_json``: nothing is streamed; one JSON object is printed at the end (``tokens``, ``text``,
+    ``stopped``, ``seconds``, ``tokens_per_s`` and the backend's figures, ``cycles`` for rtl).
+    rtl only: ``trace`` writes a per-instruction timeline (Chrome trace JSON + a PNG next to it),
+    ``waves`` the signals of one program run (``waves_step`` 0: the prefill, k: decode step k),
+    ``budget`` the cycles one program may take (sim/rtl_backend.py).
     """
+    import json
+
     from olivine.golden.loaders import load_tokenizer
 
     _check_run_options(prompt, max_new_tokens, backend)
-    rt = Runtime.from_artifact(directory)
+    _check_outputs(backend, trace, waves, budget)
+    options = {}
+    if backend == "rtl":
+        options = {"budget": budget, "timeline": trace is not None, "waves": waves, "waves_step": waves_step}
+    rt = _runtime_class(backend).from_artifact(directory, **options)
     src = rt.meta["model"].get("load") or rt.meta["model"].get("source")
     tok = load_tokenizer(src)
     if tok is None:
@@ -282,9 +353,12 @@ def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str
 
     out: list[int] = []
     shown = [""]
+    stream = not as_json
 
     def emit(token: int) -> None:
         out.append(token)
+        if not stream:
+            return
         text = tok.decode([t for t in out if t not in stop])
         # print only the new suffix, once it is whole (an incomplete UTF-8 byte piece decodes to U+FFFD)
         if text.startswith(shown[0]) and not text.endswith("\ufffd"):
@@ -292,30 +366,47 @@ def run_main(directory: str, prompt: str, max_new_tokens: int = 32, backend: str
             shown[0] = text
         sys.stdout.flush()
 
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
+    if stream:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
     t0 = time.perf_counter()
     try:
         rt.generate(ids, max_new_tokens, stop=stop, on_token=emit)
     except BaseException:
-        rest = tok.decode([t for t in out if t not in stop])
-        sys.stdout.write((rest[len(shown[0]):] if rest.startswith(shown[0]) else "") + "\n")
-        sys.stdout.flush()
+        if stream:
+            rest = tok.decode([t for t in out if t not in stop])
+            sys.stdout.write((rest[len(shown[0]):] if rest.startswith(shown[0]) else "") + "\n")
+            sys.stdout.flush()
         print(f"olivine run: generation stopped after {len(out)} of {max_new_tokens} tokens:", file=sys.stderr)
         raise
     dt = time.perf_counter() - t0
     text = tok.decode([t for t in out if t not in stop])
+    if stop and out and out[-1] in stop:
+        reason = f"stopped at the end-of-sequence token {tok.decode([out[-1]])!r} (--ignore-eos to continue)"
+        stopped = "eos"
+    else:
+        reason = f"stopped after --max-new-tokens {max_new_tokens}"
+        stopped = "max_new_tokens"
+    written = rt.write_trace(trace) if trace is not None else []
+    if waves is not None:
+        written.append(waves)
+    if as_json:
+        record = {"backend": rt.backend, "prompt": prompt, "prompt_tokens": ids, "tokens": out, "text": text,
+                  "stopped": stopped, "seconds": round(dt, 3), "tokens_per_s": len(out) / dt if dt else 0.0,
+                  **rt.figures_dict()}
+        if written:
+            record["trace_files"] = [str(p) for p in written]
+        sys.stdout.write(json.dumps(record) + "\n")
+        return 0
     if text.startswith(shown[0]):
         sys.stdout.write(text[len(shown[0]):])
     else:  # the decoded text was revised: print the final form
         sys.stdout.write("\n" + prompt + text)
     sys.stdout.write("\n")
-    if stop and out and out[-1] in stop:
-        reason = f"stopped at the end-of-sequence token {tok.decode([out[-1]])!r} (--ignore-eos to continue)"
-    else:
-        reason = f"stopped after --max-new-tokens {max_new_tokens}"
-    st = rt.sim.stats
-    print(f"[isa functional simulator] {len(out)} token{'s' if len(out) != 1 else ''} in {dt:.2f} s = {len(out) / dt:.2f} tokens/s, {reason}; "
-          f"instructions {st.instructions}; HBM read {sum(st.hbm_read.values()) / 1e6:.2f} MB, "
-          f"written {sum(st.hbm_written.values()) / 1e6:.3f} MB")
+    print(f"[{rt.describe()}] {len(out)} token{'s' if len(out) != 1 else ''} in {dt:.2f} s = "
+          f"{len(out) / dt:.2f} tokens/s, {reason}; {rt.figures_text()}")
+    for line in rt.figures_detail():
+        print(line)
+    for path in written:
+        print(f"wrote {path}")
     return 0

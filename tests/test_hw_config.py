@@ -50,7 +50,7 @@ def test_digest_roundtrip_and_sensitivity():
 
 import json  # noqa: E402
 
-from olivine.hw.config import CONFIGS, load_config, small  # noqa: E402
+from olivine.hw.config import CONFIGS, load_config, small, tiny  # noqa: E402
 
 
 def test_named_configs_are_registered_and_small_is_one_small_core():
@@ -61,6 +61,12 @@ def test_named_configs_are_registered_and_small_is_one_small_core():
     assert (cfg.cores, cfg.chains_per_core, cfg.chain_length) == (1, 8, 16)
     assert cfg.dsp_count == 8 * 16 + cfg.sfu_dsp
     assert load_config("small", board="u55c").board == "u55c"
+
+
+def test_tiny_is_small_with_a_cut_down_datapath():
+    cfg = load_config("tiny")
+    assert cfg == tiny() and cfg.buffers == small().buffers  # the same programs as small with 2 channels
+    assert (cfg.chains_per_core, cfg.sfu_dsp, cfg.axi_data_width, cfg.hbm_channels) == (2, 16, 128, 2)
 
 
 def _write(tmp_path, data, name="hw.json"):

@@ -126,8 +126,8 @@ def test_greedy_loop_stops_on_a_stop_token_and_streams():
 
 
 def test_unknown_backend_is_refused(artifact):
-    with pytest.raises(RunError, match="--backend 'rtl'"):
-        run_main(artifact, PROMPT, 2, backend="rtl")
+    with pytest.raises(RunError, match="--backend 'xrt'"):
+        run_main(artifact, PROMPT, 2, backend="xrt")
 
 
 def test_command_line_run_with_ignore_eos(artifact, reference, monkeypatch, capsys):

@@ -1,0 +1,177 @@
+"""olivine run --backend rtl (sim/rtl_backend.py): glassllm through the RTL core, bit for bit.
+
+The core is the ``tiny`` configuration (hw/config.py) with the matrix engine and glassllm's RoPE
+ROM; its Verilog conversion and Verilator build are cached on disk (~1.5 min + several minutes the
+first time). Under CI (OLIVINE_REDUCED=1) the end-to-end case runs one preset, a short prompt and
+few tokens; the full proof (4 presets, 32 tokens) is ``slow``.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from olivine.hw import isa
+from olivine.hw.config import load_config
+from tests.helpers import requires_verilator
+
+
+def rtl(fn):
+    return requires_verilator(pytest.mark.rtl(fn))
+
+
+REDUCED = os.environ.get("OLIVINE_REDUCED") == "1"
+FULL_PRESETS = ("w4a8-ovp", "w4a8-int4", "w8a8", "w4a8-ovp-8:16")
+
+
+@pytest.fixture(scope="module")
+def glass_config():
+    from olivine.golden.loaders import load_model_config
+
+    return dataclasses.asdict(load_model_config("glassllm"))
+
+
+@pytest.fixture(scope="module")
+def harness(glass_config):
+    from olivine.sim.rtl_backend import backend_harness
+
+    return backend_harness(load_config("tiny"), glass_config)
+
+
+def _check(res):
+    assert res["tokens_equal_isa"] and res["logits_equal_isa"], (res["first_diff_isa"], res["tokens"], res["isa_tokens"])
+    assert res["tokens_equal_golden"] and res["logits_equal_golden"], (res["first_diff_golden"], res["tokens"],
+                                                                        res["golden_tokens"])
+    cyc = res["cycles"]
+    assert cyc["prefill"] > 0 and len(cyc["decode"]) == res["max_new_tokens"] - 1 and all(c > 0 for c in cyc["decode"])
+    # every unit did work, and its busy cycles fit in the run
+    for unit, c in cyc["units"].items():
+        assert c["instructions"] > 0 and 0 < c["busy"] <= cyc["total"], (unit, c)
+
+
+@rtl
+def test_glassllm_rtl_equals_isa_and_golden_reduced(harness):
+    from olivine.sim.rtl_backend import check_rtl
+
+    _check(check_rtl(preset="w8a8", prompt="Once", max_new_tokens=3))
+
+
+@rtl
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", FULL_PRESETS[:1] if REDUCED else FULL_PRESETS)
+def test_glassllm_rtl_equals_isa_and_golden_32_tokens(harness, preset):
+    from olivine.sim.rtl_backend import check_rtl
+
+    _check(check_rtl(preset=preset, prompt="Once upon a time", max_new_tokens=4 if REDUCED else 32))
+
+
+def _fault_program():
+    M = isa.make
+    return [M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=64, release=0b1000),
+            M("MISC", op="add", src0=2, src1=0, dst=512, rows=1, cols=4, wait=0b0001),
+            M("SYS", op="end")]
+
+
+@rtl
+def test_fault_reports_the_functional_simulators_instruction(harness):
+    from olivine.sim.fastsim import sim
+    from olivine.sim.funcsim import FuncSim, SimError
+    from olivine.sim.rtl_backend import fault_message
+
+    prog = _fault_program()
+    words = isa.encode_program(prog)
+    rng = np.random.default_rng(3)
+    image = {k: rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for k in range(2)}
+    with pytest.raises(SimError) as want:
+        FuncSim(load_config("tiny"), [4096, 4096], image).run(words)
+    run = sim(harness, words, image, used_bytes=[4096, 4096], io_base=0, vocab=16, budget=100_000)
+    got = fault_message(run.result.registers, isa.decode_program(words))
+    where = str(want.value).split("): ")[0] + ")"
+    assert where.startswith("instruction 1 at word ") and got.startswith(where + ": "), (got, str(want.value))
+    assert "SFU unit faulted with error 5 (UNALIGNED)" in got
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """glassllm w8a8 for the tiny core, prefill buckets of 16 tokens (olivine compile's are 128: the
+    RTL runs a whole bucket, 8.7M cycles), context 32."""
+    from olivine.compiler.artifact import write_artifact
+    from olivine.compiler.compile import compile_model, to_artifact
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qcache import quantize_cached
+
+    loaded = load_model("glassllm")
+    comp = compile_model(spec_from_qllama(quantize_cached(loaded, "w8a8"), "glassllm"), load_config("tiny"),
+                         max_context=32, max_prompt=16, prefill_step=16)
+    art = to_artifact(comp)
+    art.meta["model"]["load"] = "glassllm"
+    art.meta["model"]["eos_id"] = int(loaded.tokenizer.eos_id)
+    out = tmp_path_factory.mktemp("rtl") / "glass"
+    write_artifact(str(out), art)
+    return str(out)
+
+
+@rtl
+def test_budget_overrun_stops_with_a_clear_message(harness, artifact):
+    from olivine.sim.funcsim import SimError
+    from olivine.sim.rtl_backend import RtlRuntime
+
+    rt = RtlRuntime.from_artifact(artifact, budget=5_000, harness=harness)
+    with pytest.raises(SimError, match=r"program prefill_\d+ did not finish within the cycle budget of 5,000 "
+                                       r"cycles on the RTL core .*--budget CYCLES"):
+        rt.prefill([1, 2, 3])
+
+
+@rtl
+def test_cli_json_and_trace(harness, artifact, tmp_path, capsys):
+    from olivine.cli import main
+
+    assert main(["run", artifact, "--prompt", "Once", "--max-new-tokens", "2", "--json"]) == 0
+    isa_run = json.loads(capsys.readouterr().out)
+    trace = tmp_path / "run.json"
+    assert main(["run", artifact, "--backend", "rtl", "--prompt", "Once", "--max-new-tokens", "2", "--json",
+                 "--trace", str(trace)]) == 0
+    rtl_run = json.loads(capsys.readouterr().out)
+    assert rtl_run["tokens"] == isa_run["tokens"] and len(rtl_run["tokens"]) == 2
+    assert rtl_run["text"] == isa_run["text"] and "cycles" in rtl_run and "cycles" not in isa_run
+    cyc = rtl_run["cycles"]
+    assert cyc["total"] == cyc["prefill"] + sum(cyc["decode"]) and len(cyc["decode"]) == 1
+    assert cyc["tokens_per_s_at_clock"] == pytest.approx(2 / (cyc["total"] / 225e6))
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert (tmp_path / "run.png").stat().st_size > 1000
+    spans = [e for e in events if e.get("ph") == "X" and e["cat"] in isa.UNITS]
+    for unit in isa.UNITS:  # one span per instruction the core counted, inside the run
+        mine = [e for e in spans if e["cat"] == unit]
+        assert len(mine) == cyc["units"][unit]["instructions"], unit
+        assert all(0 <= e["args"]["start_cycle"] < e["args"]["end_cycle"] for e in mine)
+        # a unit is busy from the handshake to its done pulse: the spans' cycles are its busy counter
+        assert sum(e["args"]["cycles"] for e in mine) == pytest.approx(cyc["units"][unit]["busy"],
+                                                                         abs=len(mine)), unit
+
+
+def test_trace_is_refused_on_isa(artifact):
+    from olivine.sim.runtime import RunError, run_main
+
+    with pytest.raises(RunError, match="has no schedule"):
+        run_main(artifact, "Once", 2, trace="t.json")
+
+
+def test_probed_top_passes_ports_through_and_adds_probes():
+    from olivine.sim.fastsim import discover_ports, parse_timeline, port_binding
+    from olivine.sim.rtl_backend import PROBED_TOP, UNIT_PROBES, probed_top
+    from tests.rtl.standin_core import STANDIN_TOP, StandInCore
+    from olivine.hw.export import verilog
+
+    core = verilog(StandInCore(), STANDIN_TOP)
+    inner, outer = discover_ports(core, STANDIN_TOP), discover_ports(probed_top(core, STANDIN_TOP), PROBED_TOP)
+    assert outer.probe_units == list(UNIT_PROBES) and inner.probe_units == []
+    assert {k: v for k, v in outer.ports.items() if not k.startswith("probe_")} == dict(inner.ports)
+    assert outer.ports["probe_mpe_offset"] == ("output", 24)
+    binding = port_binding(outer)
+    assert "#define OLIVINE_PROBES 4" in binding and "probes[3].end = Pin{(void*)&top->probe_sfu_end, 1};" in binding
+    # each unit's ends pair with its starts in order; one still running has no end
+    got = parse_timeline("S mpe 10 7\nS ld 11 3\nE ld 20\nS ld 21 5\nE mpe 30\n")
+    assert got == [("mpe", 7, 10, 30), ("ld", 3, 11, 20), ("ld", 5, 21, None)]
