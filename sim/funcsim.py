@@ -70,6 +70,8 @@ ROPE_MAX_HEAD_DIM = 256
 ROPE_POSITIONS = 1 << 16
 
 
+_UNSET = object()  # an instruction whose run key is not computed yet
+
 #: the units named by each 4-bit wait / release mask
 _MASK_UNITS = tuple(tuple(v for v in range(4) if mask >> v & 1) for mask in range(16))
 
@@ -272,6 +274,35 @@ def quantize_rows_ovp4(x: np.ndarray, mult: int, shift: int, normal: str) -> np.
     return ovp.encode(v, normal).numpy()
 
 
+def _block_pitch(rows: int, cols: int, groups: int) -> int:
+    """Bytes from one head block of a MISC quant result to the next (64-aligned; one block: its size)."""
+    t = rows // groups
+    return -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else t * cols + 3 * t
+
+
+def _head_blocks(codes: np.ndarray, exps: np.ndarray, mants: np.ndarray, groups: int) -> np.ndarray:
+    """The bytes of each head block of a MISC quant result, uint8 [groups, t * cols + 3t]: input row
+    t * groups + h is row t of block h (codes, then t int8 exponents, then t uint16 mantissas)."""
+    rows, cols = codes.shape
+    t = rows // groups
+    if groups == 1:
+        return np.concatenate([codes.reshape(-1).view(np.uint8), exps.view(np.uint8), mants.view(np.uint8)]
+                              ).reshape(1, -1)
+    c = codes.reshape(t, groups, cols).transpose(1, 0, 2).reshape(groups, t * cols).view(np.uint8)
+    e = np.ascontiguousarray(exps.reshape(t, groups).T).view(np.uint8)
+    m = np.ascontiguousarray(mants.reshape(t, groups).T).view(np.uint8)
+    return np.concatenate([c, e, m], axis=1)
+
+
+def _rows_view(buf: np.ndarray, addr: int, shape: tuple[int, int], pitch: int) -> np.ndarray:
+    """A writable view of ``shape[0]`` rows of ``shape[1]`` bytes at ``addr``, ``pitch`` bytes apart
+    (the caller has checked that the last row ends inside ``buf``)."""
+    rows, width = shape
+    if rows == 1 or pitch == width:
+        return buf[addr: addr + rows * width].reshape(rows, width)
+    return np.lib.stride_tricks.as_strided(buf[addr:], (rows, width), (pitch, 1))
+
+
 class FuncSim:
     """One accelerator core with its HBM. ``channel_bytes`` sizes each channel; ``image`` preloads them."""
 
@@ -302,6 +333,8 @@ class FuncSim:
         # decode, an ST from it), before an ST overwrites their HBM source, and when a run ends
         self._deferred: list[list[int]] = []
         self._defer = False  # only inside run(): a handler called on its own leaves its bytes in place
+        #: execute runs of independent same-kind instructions together (False: strictly one by one)
+        self.run_together = True
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -671,9 +704,19 @@ class FuncSim:
             ent = self.entries(v["bias_addr"], 1)
         if v["accumulate"]:
             acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
+        y = self._mpe_output(mode, out_fmt, acc, ent, exp, mant, mant_parts, bias)
+        if y.dtype == np.int32:
+            self.put_i32(v["out_addr"], y, ldo, "MM output")
+        else:
+            dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
+            for r in range(m):
+                dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+
+    def _mpe_output(self, mode: str, out_fmt: str, acc, ent, exp, mant, mant_parts, bias) -> np.ndarray:
+        """The MPE's output rows from the int32 accumulators: int32 as they are (out=int32), else
+        requantized with the entries ``ent`` (fixed32: int32 plus the saturating bias; int8: int8)."""
         if out_fmt == "int32":
-            self.put_i32(v["out_addr"], np.ascontiguousarray(acc, dtype=np.int32), ldo, "MM output")
-            return
+            return np.ascontiguousarray(acc, dtype=np.int32)
         # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
             self._check_mantissas(part, what)
@@ -684,12 +727,8 @@ class FuncSim:
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
                 y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
-            self.put_i32(v["out_addr"], y.astype(np.int32), ldo, "MM output")
-        else:
-            y = y.astype(np.int8)
-            dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
-            for r in range(m):
-                dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+            return y.astype(np.int32)
+        return y.astype(np.int8)
 
     #: MISC ops that read src1 / use imm / may write in place over src0 (dst == src0, same layout)
     _MISC_SRC1 = ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift")
@@ -809,22 +848,8 @@ class FuncSim:
             self.put_i32(dst, sfu_np.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
             x = self.i32_np(s0, rows, cols)
-            if s1 % 8:
-                raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
-            rec = self._slice(self.data, s1, 48, "RoPE parameters")
-            theta = float(rec[:8].view("<f8")[0])
-            if not (math.isfinite(theta) and theta > 1):
-                raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
-            hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
-            flag = int(rec[12:16].view("<u4")[0])
-            if flag not in (0, 1):
-                raise SimError(f"RoPE record scaling flag {flag} must be 0 (none) or 1 (LLaMA-3)")
-            scaling = tuple(rec[16:48].view("<f8").tolist()) if flag == 1 else None
-            if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
-                raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
-            per = max(1, imm >> 16)
-            pos = (imm & 0xFFFF) + np.arange(rows) // per
-            self.put_i32(dst, rope_padded_np(x, pos, theta, hd, scaling))
+            theta, hd, scaling = self._rope_record(s1, cols)
+            self.put_i32(dst, rope_padded_np(x, self._rope_positions(rows, imm), theta, hd, scaling))
         elif op == "softmax":
             sc = self.i32_np(s0, rows, cols)
             mask = None
@@ -834,22 +859,10 @@ class FuncSim:
             self.put_i32(dst, sfu_np.softmax(sc, F, mask, F))
         elif op == "vshift":
             p = self.i32_np(s0, rows, cols).astype(np.int64)
-            raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
-            ev = raw[:cols].view(np.int8).astype(np.int64)
-            mv = raw[cols:].copy().view("<u2").astype(np.int64)
-            self._check_mantissas(mv, "V mantissas")
-            qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
-            e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
-            shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
-            # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
-            if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
-                p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
-            else:
-                p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
-                                >> np.minimum(shift, 62))
-            self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
+            p_sh, e_ref = self._vshift(p.reshape(1, rows, cols), s1, rows, cols, imm)
+            self.put_i32(dst, p_sh[0])
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
-            out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
+            out[:] = e_ref.view(np.uint8)
         elif op == "quant" and imm & QUANT_OVP4:
             x = self.i32_np(s0, rows, cols)
             rec = self._slice(self.data, s1, OVP_QUANT_RECORD, "OVP4 quant parameters").view("<i4")
@@ -859,20 +872,11 @@ class FuncSim:
             codes = quantize_rows_ovp4(x, mult, int(rec[1]), "flint4" if imm & QUANT_FLINT4 else "int4")
             self._slice(self.data, dst, rows * cols // 2, "OVP4 quant result")[:] = codes.reshape(-1)
         elif op == "quant":
-            x = self.i32(s0, rows, cols).numpy()
+            x = self.i32_np(s0, rows, cols)
             groups = max(1, imm & 0xFFFF)
             out = self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
-            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm & QUANT_POW2))
-            t = rows // groups
-            blk = -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else 0
-            n = t * cols
-            # input row t*G + h -> row t of block h (G = 1: one block)
-            codes, exps, mants = codes.reshape(t, groups, cols), exps.reshape(t, groups), mants.reshape(t, groups)
-            for g in range(groups):
-                o = g * blk
-                out[o: o + n] = codes[:, g].reshape(-1).view(np.uint8)
-                out[o + n: o + n + t] = exps[:, g].view(np.uint8)
-                out[o + n + t: o + n + 3 * t] = np.ascontiguousarray(mants[:, g]).view(np.uint8)
+            blocks = _head_blocks(*quantize_rows_exact(x, pow2=bool(imm & QUANT_POW2)), groups)
+            _rows_view(out, 0, blocks.shape, _block_pitch(rows, cols, groups))[:] = blocks
         else:  # dequant
             rec = imm
             raw = self._slice(self.data, s0, rows * rec, "embedding records").reshape(rows, rec)
@@ -882,6 +886,217 @@ class FuncSim:
             mult = self._multipliers(mm[:, 0], mm[:, 1], "embedding record")
             mult = contract.Multiplier(mult.mult.reshape(rows, 1), mult.shift.reshape(rows, 1))
             self.put_i32(dst, contract.apply_multiplier(codes, mult).to(torch.int32))
+
+    def _rope_record(self, s1: int, cols: int) -> tuple[float, int, tuple | None]:
+        """(theta, true head_dim, LLaMA-3 scaling or None) of the RoPE record at ``s1``, checked."""
+        if s1 % 8:
+            raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
+        rec = self._slice(self.data, s1, 48, "RoPE parameters")
+        theta = float(rec[:8].view("<f8")[0])
+        if not (math.isfinite(theta) and theta > 1):
+            raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
+        hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
+        flag = int(rec[12:16].view("<u4")[0])
+        if flag not in (0, 1):
+            raise SimError(f"RoPE record scaling flag {flag} must be 0 (none) or 1 (LLaMA-3)")
+        scaling = tuple(rec[16:48].view("<f8").tolist()) if flag == 1 else None
+        if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
+            raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
+        return theta, hd, scaling
+
+    @staticmethod
+    def _rope_positions(rows: int, imm: int) -> np.ndarray:
+        """Row r of a RoPE instruction sits at position imm[15:0] + r // imm[31:16] (period 0 = 1)."""
+        return (imm & 0xFFFF) + np.arange(rows) // max(1, imm >> 16)
+
+    def _vshift(self, p: np.ndarray, s1: int, rows: int, cols: int, imm: int) -> tuple[np.ndarray, np.ndarray]:
+        """MISC vshift of P' rows ``p`` (int64 [B, rows, cols]: B instructions sharing V's exponents and
+        mantissas at ``s1`` and ``imm``): (shifted int32 [B, rows, cols], reference exponents int8 [rows])."""
+        raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
+        ev = raw[:cols].view(np.int8).astype(np.int64)
+        mv = raw[cols:].copy().view("<u2").astype(np.int64)
+        self._check_mantissas(mv, "V mantissas")
+        qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+        e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
+        shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
+        # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
+        if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
+            p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
+        else:
+            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                            >> np.minimum(shift, 62))
+        return p_sh.astype(np.int32), e_ref.reshape(-1).astype(np.int8)
+
+    # ---- runs of independent same-kind instructions, executed together -----------------------------
+    # A decode step issues ~900 small attention instructions (per head: Q.K^T MV, V shift, P'.V MV) whose
+    # numpy calls cost more than their arithmetic. The scheduler hands a run of consecutive instructions
+    # of one unit that it would execute back to back anyway (each one's tokens are there) to one numpy
+    # pass when they are of one kind sharing their second operand (``_run_key``) and none reads what an
+    # earlier one of the run writes. The pass reads every operand and checks every rule before it writes
+    # anything; if any instruction of the run would fault, nothing is written and the scheduler executes
+    # the run one by one, so state and errors are exactly the one-by-one execution's.
+
+    def _run_key(self, i) -> tuple | None:
+        """What instructions executed together share (None: ``i`` is executed on its own)."""
+        v = i.values
+        mnemonic = i.fmt.mnemonic
+        if mnemonic in ("MV", "MM"):
+            mode = v["mode"]
+            if mode == 0 or v["accumulate"]:  # linear tiles: one GEMM each; accumulate reads the output
+                return None
+            return (mnemonic, mode, v["m"], v["n"], v["k_blocks"], v["b_addr"], v["bias_addr"], v["out"], v["ldo"])
+        if mnemonic != "MISC":
+            return None
+        op = i.enum("op")
+        if op == "vshift":
+            return (op, v["rows"], v["cols"], v["src1"], v["imm"])
+        if op == "rope":
+            return (op, v["cols"], v["src1"])
+        if op == "quant" and not v["imm"] & QUANT_OVP4:
+            return (op, v["cols"], v["imm"] & QUANT_POW2)
+        return None
+
+    def _run_regions(self, i) -> tuple[tuple, tuple]:
+        """(data-space byte ranges (start, length) ``i`` reads, ranges it writes), for a run's RAW test."""
+        v = i.values
+        if i.fmt.mnemonic != "MISC":
+            m, n, k, ldo = v["m"], v["n"], 16 * v["k_blocks"], v["ldo"] or v["n"]
+            out = (v["out_addr"], (m - 1) * ldo + n if i.enum("out") == "int8" else 4 * ((m - 1) * ldo + n))
+            if i.enum("mode") == "qk":
+                return ((v["a_addr"], m * k + 3 * m), (v["b_addr"], n * k + 3 * n)), (out,)
+            return ((v["a_addr"], 4 * m * k + m), (v["b_addr"], k * n)), (out,)
+        op, rows, cols = i.enum("op"), v["rows"], v["cols"]
+        src0 = (v["src0"], 4 * rows * cols)
+        if op == "vshift":
+            return (src0, (v["src1"], 3 * cols)), ((v["dst"], 4 * rows * cols + rows),)
+        if op == "rope":
+            return (src0, (v["src1"], 48)), ((v["dst"], 4 * rows * cols),)
+        return (src0,), ((v["dst"], self._quant_bytes(rows, cols, max(1, v["imm"] & 0xFFFF))),)
+
+    def _independent(self, insts: list) -> bool:
+        """Whether no instruction of the run reads bytes that an earlier one writes (computing all of them
+        from the state before the run, then writing in order, then equals executing them in order)."""
+        written = []
+        for i in insts:
+            reads, writes = self._run_regions(i)
+            if any(_overlap(r, w) for r in reads for w in written):
+                return False
+            written.extend(writes)
+        return True
+
+    def _pending(self, addr: int, rows: np.ndarray, pitch: int, what: str, int32: bool) -> tuple:
+        """A write of uint8 ``rows`` [r, width] at ``addr`` (``pitch`` bytes apart), checked as the
+        one-by-one path checks it (int32 alignment, bounds) but not done yet."""
+        if int32 and addr % 4:
+            raise SimError(f"{what}: int32 data at unaligned address {addr}")
+        self._slice(self.data, addr, (rows.shape[0] - 1) * pitch + rows.shape[1], what)
+        return addr, pitch, rows
+
+    def _run_writes(self, insts: list) -> list[tuple]:
+        """Every write of the run (a list of :meth:`_pending`), computed from the state before it."""
+        for i in insts:
+            self._checked_once(i, self.check_mpe if i.fmt.mnemonic != "MISC" else self.check_misc)
+        v = insts[0].values
+        if insts[0].fmt.mnemonic != "MISC":
+            return self._run_mpe(insts, v)
+        op = insts[0].enum("op")
+        if op == "vshift":
+            rows, cols = v["rows"], v["cols"]
+            p = np.stack([self.i32_np(i.values["src0"], rows, cols) for i in insts]).astype(np.int64)
+            p_sh, e_ref = self._vshift(p, v["src1"], rows, cols, v["imm"])
+            e_bytes = e_ref.view(np.uint8).reshape(1, rows)
+            out = []
+            for i, y in zip(insts, p_sh):
+                d = i.values["dst"]
+                out.append(self._pending(d, y.view(np.uint8).reshape(1, -1), 4 * rows * cols, "MISC result", True))
+                out.append(self._pending(d + 4 * rows * cols, e_bytes, rows, "vshift exponents", False))
+            return out
+        cols = v["cols"]
+        xs = [self.i32_np(i.values["src0"], i.values["rows"], cols) for i in insts]
+        bounds = np.cumsum([0] + [x.shape[0] for x in xs]).tolist()
+        if op == "rope":
+            theta, hd, scaling = self._rope_record(v["src1"], cols)
+            pos = np.concatenate([self._rope_positions(i.values["rows"], i.values["imm"]) for i in insts])
+            y = rope_padded_np(np.concatenate(xs), pos, theta, hd, scaling)
+            return [self._pending(i.values["dst"], y[a:b].view(np.uint8).reshape(1, -1), 4 * (b - a) * cols,
+                                  "MISC result", True) for i, a, b in zip(insts, bounds, bounds[1:])]
+        codes, exps, mants = quantize_rows_exact(np.concatenate(xs), pow2=bool(v["imm"] & QUANT_POW2))
+        out = []
+        for i, a, b in zip(insts, bounds, bounds[1:]):
+            rows, groups = b - a, max(1, i.values["imm"] & 0xFFFF)
+            blocks = _head_blocks(codes[a:b], exps[a:b], mants[a:b], groups)
+            out.append(self._pending(i.values["dst"], blocks, _block_pitch(rows, cols, groups), "quant result", False))
+        return out
+
+    def _run_mpe(self, insts: list, v: dict) -> list[tuple]:
+        """:meth:`_run_writes` of MV/MM qk or pv instructions sharing the second operand (K or V block)
+        and the requantization entry: their rows stacked into one product."""
+        mode, out_fmt = insts[0].enum("mode"), insts[0].enum("out")
+        m, n, k = v["m"], v["n"], 16 * v["k_blocks"]
+        ldo = v["ldo"] or n
+        if mode == "qk":
+            parts = [self.qblock_np(i.values["a_addr"], m, k, "Q block") for i in insts]
+            b, eb, mb = self.qblock_np(v["b_addr"], n, k, "K block")
+            a = np.concatenate([p[0] for p in parts])
+            ea, ma = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+            acc = _int_matmul_np(a, b, 128)
+            y = self._mpe_output(mode, out_fmt, acc, self.entries(v["bias_addr"], 1), ea + eb.reshape(1, n),
+                                 ma * mb.reshape(1, n), (ma, mb), None)
+        else:
+            ps, es = [], []
+            for i in insts:
+                a_addr = i.values["a_addr"]
+                ps.append(self.i32_np(a_addr, m, k, what="P' block"))
+                es.append(self._slice(self.data, a_addr + 4 * m * k, m, "P' exponents").view(np.int8))
+            vq = self._slice(self.data, v["b_addr"], k * n, "V block").view(np.int8).reshape(k, n)
+            acc = _int_matmul_np(np.concatenate(ps), vq.T, None)
+            exp = np.concatenate(es).astype(np.int64).reshape(-1, 1)
+            y = self._mpe_output(mode, out_fmt, acc, self.entries(v["bias_addr"], 1), exp, None, (), None)
+        int32 = y.dtype == np.int32
+        width, pitch = (4 * n, 4 * ldo) if int32 else (n, ldo)
+        y8 = y.view(np.uint8).reshape(len(insts), m, width)
+        return [self._pending(i.values["out_addr"], rows, pitch, "MM output" if int32 else "MM int8 output", int32)
+                for i, rows in zip(insts, y8)]
+
+    def _run_end(self, prog: list, queue: list, h: int, key: tuple, into_u: list, u: int) -> int:
+        """The end of the run of instructions from queue position ``h`` with run key ``key`` that the unit
+        would execute back to back now: each one's tokens are there once the earlier ones have taken
+        theirs (and given their own unit any it releases to itself)."""
+        tokens = list(into_u)
+        end, n = h, len(queue)
+        while end < n:
+            inst = prog[queue[end]]
+            if end > h:
+                k = inst.__dict__.get("_sim_run_key", _UNSET)
+                if k is _UNSET:
+                    k = self._run_key(inst)
+                    object.__setattr__(inst, "_sim_run_key", k)
+                if k != key:
+                    break
+            values = inst.values
+            need = _MASK_UNITS[values["wait"]]
+            if any(tokens[v] < 1 for v in need):
+                break
+            for v in need:
+                tokens[v] -= 1
+            if values["release"] >> u & 1:
+                tokens[u] += 1
+            end += 1
+        return end
+
+    def _execute_run(self, insts: list) -> bool:
+        """Execute ``insts`` together; False (nothing written) when they are not independent or one of them
+        would fault (the caller then executes them one by one, which raises that fault at its instruction)."""
+        if not self._independent(insts):
+            return False
+        try:
+            writes = self._run_writes(insts)
+        except Exception:  # noqa: BLE001 - nothing is written: the one-by-one execution gives the error
+            return False
+        data = self.data
+        for addr, pitch, rows in writes:
+            _rows_view(data, addr, rows.shape, pitch)[:] = rows
+        return True
 
     # ---- the unit queues ---------------------------------------------------------------------
     def run(self, words, program: list | None = None) -> SimStats:
@@ -913,6 +1128,8 @@ class FuncSim:
         into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
         handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
         counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
+        batching = self.run_together
+        no_run_before = [0, 0, 0, 0]  # per unit: queue position before which a run failed (one by one there)
         while not all(done):
             progress = False
             at_sys = 0  # units whose next instruction is a SYS
@@ -929,6 +1146,27 @@ class FuncSim:
                         at_sys += 1
                         break
                     values = inst.values
+                    if batching and h + 1 < n:
+                        key = inst.__dict__.get("_sim_run_key", _UNSET)
+                        if key is _UNSET:
+                            key = self._run_key(inst)
+                            object.__setattr__(inst, "_sim_run_key", key)
+                        if key is not None and h >= no_run_before[u]:
+                            end = self._run_end(prog, queue, h, key, into_u, u)
+                            if end - h > 1:
+                                if self._execute_run([prog[j] for j in queue[h:end]]):
+                                    for j in queue[h:end]:  # each one's tokens and counts, as one by one
+                                        values = prog[j].values
+                                        for v in _MASK_UNITS[values["wait"]]:
+                                            into_u[v] -= 1
+                                        for w in _MASK_UNITS[values["release"]]:
+                                            into[w][u] += 1
+                                    counts[unit_name] += end - h
+                                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + end - h
+                                    h = head[u] = end
+                                    progress = True
+                                    continue
+                                no_run_before[u] = end  # one by one: the run faults or is not independent
                     wait = values["wait"]
                     if wait:
                         need = _MASK_UNITS[wait]
