@@ -172,6 +172,56 @@ def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.n
     return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
 
 
+@dataclass
+class LinearEntries:
+    """A linear tile's requantization entries as int64 vectors [n], with the bounds the one-product
+    requantization needs, and (shift - exponent, rounding half) per activation exponent met so far."""
+
+    mult: np.ndarray
+    shift: np.ndarray
+    bias: np.ndarray
+    shift_lo: int
+    shift_hi: int
+    mult_max: int
+    bias_max: int
+    by_exponent: dict
+
+
+def _requantize_row(acc: np.ndarray, p: LinearEntries, exponent: int, mantissa: int | None, int8: bool,
+                    with_bias: bool) -> np.ndarray | None:
+    """:func:`requantize_exact` (plus the saturating bias of fixed32) of one linear output row from its
+    cached entries, or None where :func:`_requantize_direct`'s one-product rule does not apply. The
+    same integers: round_shift(acc * mantissa * mult, shift - exponent) in one int64 product, the
+    output clamp (and the bias's) applied unless the bound ``(max|x| * max(mult) >> min(s)) + 1`` of
+    every result shows it cannot act."""
+    s_lo, s_hi = p.shift_lo - exponent, p.shift_hi - exponent
+    if s_lo < 0 or s_hi > 62:
+        return None
+    x = acc.astype(np.int64)
+    if mantissa is not None:
+        x *= mantissa
+    amax = int(np.abs(x).max())
+    if amax > 1 << min(s_lo + 2, 61) or amax * p.mult_max >= 1 << 62:
+        return None
+    sh = p.by_exponent.get(exponent)
+    if sh is None:
+        s = p.shift - exponent
+        sh = p.by_exponent[exponent] = (s, (np.int64(1) << s) >> 1)
+    x *= p.mult
+    x += sh[1]
+    x >>= sh[0]
+    bound = ((amax * p.mult_max) >> s_lo) + 1  # |(x * mult + half) >> s| <= (max|x * mult| >> min s) + 1
+    lim = contract.INT8_QMAX if int8 else contract.INT32_MAX
+    if bound > lim:
+        np.clip(x, -lim if int8 else contract.INT32_MIN, lim, out=x)
+        bound = lim + 1
+    if with_bias:
+        x += p.bias
+        if bound + p.bias_max > contract.INT32_MAX:
+            np.clip(x, contract.INT32_MIN, contract.INT32_MAX, out=x)
+    return x.astype(np.int8 if int8 else np.int32)
+
+
 def _requantize_direct(x: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, lo: int, hi: int):
     """:func:`requantize_exact` of ``x = acc * mantissa`` (int64) in one product, or None where it does
     not apply: when every shift s = shift - exponent lies in [0, 62] (no clamp of s acts), max|x| is at
@@ -320,10 +370,13 @@ class FuncSim:
                         "bias": np.zeros(b.bias_kib * 1024, dtype=np.uint8)}
         self.stats = SimStats()
         # ((channel, hbm address, bytes) of the weights, same of the meta or None, format, normal, n, k)
-        #   -> decoded tile (dense: (grid, float64 grid, max); sparse: SparseTile)
+        #   -> decoded tile (dense: DenseTile; sparse: SparseTile); ("entries", source of the bias-buffer
+        #   LD, n) -> LinearEntries (a linear tile's requantization entries)
         self._wcache: dict = {}
-        # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD
-        self._src: dict = {"weight": {}, "meta": {}}
+        # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD (None: a zero fill, a
+        # multi-burst LD, or an ST changed those HBM bytes since: the buffer no longer equals them)
+        self._src: dict = {"weight": {}, "meta": {}, "bias": {}}
+        self._src_span: dict[int, list[int]] = {}  # per HBM channel: [lo, hi) covering every source recorded
         # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
         # of them clears the cache)
         self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
@@ -434,6 +487,12 @@ class FuncSim:
         for a in [a for a in src if a < addr + nbytes and a + (src[a][2] if src[a] else 1) > addr]:
             del src[a]
         src[addr] = source
+        if source is not None:
+            span = self._src_span.get(source[0])
+            if span is None:
+                self._src_span[source[0]] = [source[1], source[1] + source[2]]
+            else:
+                span[0], span[1] = min(span[0], source[1]), max(span[1], source[1] + source[2])
 
     def _flush_weight(self) -> None:
         """Copy the deferred weight-buffer bytes (the buffer then holds what every LD wrote)."""
@@ -513,6 +572,12 @@ class FuncSim:
         if any(a < hi and lo < b for a, b in self._cached_hbm.get(ch, ())):  # a cached tile's source changed
             self._wcache.clear()
             self._cached_hbm.clear()
+        span = self._src_span.get(ch)
+        if span is not None and span[0] < hi and lo < span[1]:
+            for src in self._src.values():  # buffer bytes loaded from these HBM bytes no longer equal them:
+                for a in [a for a, hs in src.items()
+                          if hs is not None and hs[0] == ch and hs[1] < hi and lo < hs[1] + hs[2]]:
+                    src[a] = None  # nothing decoded from them may be cached under that source (a later LD)
         self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
 
     def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
@@ -659,7 +724,7 @@ class FuncSim:
         out_fmt = i.enum("out")
         # per mode: acc (int32 [m, n]), requantization entries (n for linear, 1 otherwise), exponent,
         # mantissa, bias; numpy throughout (per-instruction torch calls cost more than the arithmetic)
-        bias = None
+        bias = fast = None
         if mode == "linear":
             if v["afmt"]:  # OVP4 block: pair codes only (static per-tensor scale: exponent 0, mantissa 1)
                 codes = self._slice(self.data, v["a_addr"], m * k // 2, "MM OVP4 activations").reshape(m, k // 2)
@@ -683,7 +748,10 @@ class FuncSim:
                         if hs is not None:
                             self._cached_hbm.setdefault(hs[0], []).append((hs[1], hs[1] + hs[2]))
             ent = self.entries(v["bias_addr"], n)
-            if v["bias"]:
+            esrc = self._src["bias"].get(16 * v["bias_addr"])
+            if esrc is not None and esrc[2] >= 16 * n and m == 1 and out_fmt != "int32":
+                fast = ("entries", esrc, n)  # the entries as their LD brought them: decoded once
+            elif v["bias"]:
                 bias = ent[:, 0].astype(np.int64)
             acc = (tile.matmul_grid(torch.from_numpy(a)) if v["afmt"] else tile.matmul(torch.from_numpy(a))).numpy()
         elif mode == "qk":
@@ -704,13 +772,36 @@ class FuncSim:
             ent = self.entries(v["bias_addr"], 1)
         if v["accumulate"]:
             acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
-        y = self._mpe_output(mode, out_fmt, acc, ent, exp, mant, mant_parts, bias)
+        y = None
+        if fast is not None:
+            if mant is not None:
+                self._check_mantissas(mant, "activation block")
+            y = _requantize_row(acc, self._linear_entries(fast, ent), int(exp[0, 0]),
+                                None if mant is None else int(mant[0, 0]), out_fmt == "int8", v["bias"])
+            if y is None and v["bias"]:
+                bias = ent[:, 0].astype(np.int64)
+        if y is None:
+            y = self._mpe_output(mode, out_fmt, acc, ent, exp, mant, mant_parts, bias)
         if y.dtype == np.int32:
             self.put_i32(v["out_addr"], y, ldo, "MM output")
         else:
             dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
             for r in range(m):
                 dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+
+    def _linear_entries(self, key: tuple, ent: np.ndarray) -> "LinearEntries":
+        """The requantization entries ``ent`` of a linear tile, decoded once per HBM source of their LD
+        (cached with the weight tiles: an ST into that source clears both). A multiplier with bit 31
+        raises each time (it is never cached)."""
+        p = self._wcache.get(key)
+        if p is None:
+            mult, shift = self._multipliers_np(ent[:, 1], ent[:, 2], "requantization entry")
+            bias = ent[:, 0].astype(np.int64)
+            p = self._wcache[key] = LinearEntries(mult, shift, bias, int(shift.min()), int(shift.max()),
+                                                  int(mult.max()), int(np.abs(bias).max()), {})
+            ch, h, nbytes = key[1]
+            self._cached_hbm.setdefault(ch, []).append((h, h + nbytes))
+        return p
 
     def _mpe_output(self, mode: str, out_fmt: str, acc, ent, exp, mant, mant_parts, bias) -> np.ndarray:
         """The MPE's output rows from the int32 accumulators: int32 as they are (out=int32), else
