@@ -11,7 +11,11 @@ is read (data rules); no other exception escapes.
 
 Scheduling: each unit runs ahead as far as its tokens allow (LD first), which exposes a missing
 token as a wrong result or a deadlock; a deadlock raises :class:`DeadlockError` naming the
-instruction each unit is stuck on. Statistics: instructions per unit and mnemonic, bytes read
+instruction each unit is stuck on. A run of consecutive instructions a unit executes back to back
+(its tokens there) that are of one kind sharing their second operand (the Q.K^T or P'.V MVs of a
+kv group, V shifts, RoPEs, INT8 quants) and do not read what an earlier one of them writes is
+executed in one numpy pass, with exactly the one-by-one result; if one of them would fault, nothing
+is written and they run one by one, raising that fault (``run_together = False``: always one by one). Statistics: instructions per unit and mnemonic, bytes read
 and written per HBM channel.
 """
 
@@ -380,6 +384,7 @@ class FuncSim:
         # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
         # of them clears the cache)
         self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
+        self._cached_span: dict[int, list[int]] = {}  # per channel: [lo, hi) covering its _cached_hbm ranges
         # weight-buffer bytes an LD wrote but that are not copied yet, as disjoint pieces
         # [buffer lo, buffer hi, channel, hbm address]: a decode step streams ~70 MB of weights whose
         # decoded tiles are cached, so the bytes are copied only when something reads the buffer (a tile
@@ -576,9 +581,12 @@ class FuncSim:
             a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
         lo, hi = i["hbm_addr"], last + length
-        if any(a < hi and lo < b for a, b in self._cached_hbm.get(ch, ())):  # a cached tile's source changed
+        span = self._cached_span.get(ch)
+        if span is not None and span[0] < hi and lo < span[1] and \
+                any(a < hi and lo < b for a, b in self._cached_hbm[ch]):  # a cached tile's source changed
             self._wcache.clear()
             self._cached_hbm.clear()
+            self._cached_span.clear()
         span = self._src_span.get(ch)
         if span is not None and span[0] < hi and lo < span[1]:
             for src in self._src.values():  # buffer bytes loaded from these HBM bytes no longer equal them:
@@ -753,7 +761,7 @@ class FuncSim:
                     self._wcache[key] = tile
                     for hs in key[:2]:
                         if hs is not None:
-                            self._cached_hbm.setdefault(hs[0], []).append((hs[1], hs[1] + hs[2]))
+                            self._note_cached(hs[0], hs[1], hs[1] + hs[2])
             ent = self.entries(v["bias_addr"], n)
             esrc = self._src["bias"].get(16 * v["bias_addr"])
             if esrc is not None and esrc[2] >= 16 * n and m == 1 and out_fmt != "int32":
@@ -796,6 +804,15 @@ class FuncSim:
             for r in range(m):
                 dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
 
+    def _note_cached(self, ch: int, lo: int, hi: int) -> None:
+        """Something cached was decoded from HBM bytes [lo, hi) of channel ch (an ST into them clears the cache)."""
+        self._cached_hbm.setdefault(ch, []).append((lo, hi))
+        span = self._cached_span.get(ch)
+        if span is None:
+            self._cached_span[ch] = [lo, hi]
+        else:
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
+
     def _linear_entries(self, key: tuple, ent: np.ndarray) -> "LinearEntries":
         """The requantization entries ``ent`` of a linear tile, decoded once per HBM source of their LD
         (cached with the weight tiles: an ST into that source clears both). A multiplier with bit 31
@@ -807,7 +824,7 @@ class FuncSim:
             p = self._wcache[key] = LinearEntries(mult, shift, bias, int(shift.min()), int(shift.max()),
                                                   int(mult.max()), int(np.abs(bias).max()), {})
             ch, h, nbytes = key[1]
-            self._cached_hbm.setdefault(ch, []).append((h, h + nbytes))
+            self._note_cached(ch, h, h + nbytes)
         return p
 
     def _mpe_output(self, mode: str, out_fmt: str, acc, ent, exp, mant, mant_parts, bias) -> np.ndarray:
@@ -1160,7 +1177,7 @@ class FuncSim:
         """The end of the run of instructions from queue position ``h`` with run key ``key`` that the unit
         would execute back to back now: each one's tokens are there once the earlier ones have taken
         theirs (and given their own unit any it releases to itself)."""
-        tokens = list(into_u)
+        tokens = into_u[:]
         end, n = h, len(queue)
         while end < n:
             inst = prog[queue[end]]
@@ -1173,8 +1190,9 @@ class FuncSim:
                     break
             values = inst.values
             need = _MASK_UNITS[values["wait"]]
-            if any(tokens[v] < 1 for v in need):
-                break
+            for v in need:
+                if tokens[v] < 1:
+                    return end
             for v in need:
                 tokens[v] -= 1
             if values["release"] >> u & 1:
@@ -1250,7 +1268,12 @@ class FuncSim:
                             key = self._run_key(inst)
                             object.__setattr__(inst, "_sim_run_key", key)
                         if key is not None and h >= no_run_before[u]:
-                            end = self._run_end(prog, queue, h, key, into_u, u)
+                            nxt = prog[queue[h + 1]]  # most keyed instructions have no partner: look first
+                            nkey = nxt.__dict__.get("_sim_run_key", _UNSET)
+                            if nkey is _UNSET:
+                                nkey = self._run_key(nxt)
+                                object.__setattr__(nxt, "_sim_run_key", nkey)
+                            end = self._run_end(prog, queue, h, key, into_u, u) if nkey == key else h
                             if end - h > 1:
                                 if self._execute_run([prog[j] for j in queue[h:end]]):
                                     for j in queue[h:end]:  # each one's tokens and counts, as one by one
