@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only [--cache /tmp/olivine-bench]
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only --artifact DIR   (an `olivine compile -o DIR`)
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only --baseline OLD_FUNCSIM_PY
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --sample     (where a step's CPU goes)
 
 Default: compiles the model, prefills a short prompt and decodes greedily on the simulator and on
 golden's QLlama; prints tokens/s of the simulator, whether tokens and int32 logits are identical, and
@@ -101,12 +102,15 @@ def decode_only(args) -> None:
         return interleaved(args, rt, _baseline_runtime(args.baseline, art), ids)
     logits = rt.prefill(ids)
     tokens, all_logits = [], [logits]
+    sampler = Sampler() if args.sample else None
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.tokens):
         tokens.append(int(torch.argmax(logits)))
         logits = rt.decode(tokens[-1])
         all_logits.append(logits)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if sampler is not None:
+        sampler.report(cpu / args.tokens)
     print(f"{args.model} {args.preset}: {args.tokens} decode steps after a {len(ids)}-token prompt: "
           f"{args.tokens / wall:.2f} tokens/s wall ({wall:.2f} s), {args.tokens / cpu:.2f} tokens/s of CPU "
           f"({cpu / args.tokens * 1e3:.0f} ms CPU per step)")
@@ -119,6 +123,45 @@ def decode_only(args) -> None:
     else:
         np.savez(ref, tokens=np.asarray(tokens), logits=got)
         print(f"reference tokens and logits saved to {ref}")
+
+
+class Sampler:
+    """A sampling profile of the decode steps: every 0.5 ms of CPU (SIGPROF) the Python stack is attributed
+    to the simulator's handler on it (do_mpe / do_misc with the instruction's mode / op, an executed run
+    with its kind, do_ld, do_st, the runtime's patching) or to the scheduler loop. Timing every handler
+    call instead inflates the many small ones (the timer calls cost as much as a small instruction)."""
+
+    HANDLERS = ("do_mpe", "do_misc", "do_ld", "do_st", "_execute_run", "_run_end", "_patched", "_run")
+
+    def __init__(self, interval: float = 5e-4):
+        import collections
+        import signal
+
+        self.counts = collections.Counter()
+        signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, interval, interval)
+
+    def _sample(self, signum, frame) -> None:
+        f = frame
+        while f is not None and f.f_code.co_name not in self.HANDLERS:
+            f = f.f_back
+        if f is None:
+            self.counts["(outside the simulator)"] += 1
+            return
+        name, loc = f.f_code.co_name, f.f_locals
+        inst = loc.get("insts", [None])[0] if name == "_execute_run" else loc.get("i")
+        if name in ("do_mpe", "do_misc", "_execute_run") and inst is not None:
+            name += " " + (inst.enum("op") if inst.fmt.mnemonic == "MISC" else inst.enum("mode"))
+        self.counts["scheduler loop" if name == "_run" else name] += 1
+
+    def report(self, cpu_per_step: float) -> None:
+        import signal
+
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        total = sum(self.counts.values())
+        print(f"sampled profile ({total} samples):")
+        for name, n in self.counts.most_common(20):
+            print(f"  {name:28s} {100 * n / total:5.1f} %  {cpu_per_step * 1e3 * n / total:5.1f} ms per step")
 
 
 def _baseline_runtime(path: str, art):
@@ -173,6 +216,7 @@ def main() -> None:
                     "(olivine compile -o DIR) instead of compiling --model / --preset")
     ap.add_argument("--baseline", default=None, help="--decode-only: also run the FuncSim of this funcsim.py "
                     "(e.g. git show REV:sim/funcsim.py > FILE), step for step in the same process")
+    ap.add_argument("--sample", action="store_true", help="--decode-only: print a sampled profile of the decode steps")
     ap.add_argument("--reset", action="store_true", help="recompile and re-save the reference (--decode-only)")
     args = ap.parse_args()
     (decode_only if args.decode_only else full_check)(args)
