@@ -75,6 +75,7 @@ ROPE_POSITIONS = 1 << 16
 
 
 _UNSET = object()  # an instruction whose run key is not computed yet
+_RUN_MNEMONICS = frozenset(("MV", "MM", "MISC"))  # the instructions that may form runs (FuncSim._run_key)
 
 #: the units named by each 4-bit wait / release mask
 _MASK_UNITS = tuple(tuple(v for v in range(4) if mask >> v & 1) for mask in range(16))
@@ -1262,7 +1263,7 @@ class FuncSim:
                         at_sys += 1
                         break
                     values = inst.values
-                    if batching and h + 1 < n:
+                    if batching and h + 1 < n and mnemonic in _RUN_MNEMONICS:
                         key = inst.__dict__.get("_sim_run_key", _UNSET)
                         if key is _UNSET:
                             key = self._run_key(inst)
