@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_funcsim.py [--model smollm2] [--preset w4a8-int4] [--tokens 32]
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only [--cache /tmp/olivine-bench]
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only --artifact DIR   (an `olivine compile -o DIR`)
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --baseline OLD_FUNCSIM_PY
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --sample     (where a step's CPU goes)
 
 Default: compiles the model, prefills a short prompt and decodes greedily on the simulator and on
 golden's QLlama; prints tokens/s of the simulator, whether tokens and int32 logits are identical, and
@@ -14,12 +16,16 @@ seconds of this process (the CPU figure is the one to compare on a shared machin
 tokens and int32 logits against the first run's, saved next to the artifact (``--reset`` redoes it).
 With ``--artifact DIR`` the artifact is one written by ``olivine compile`` (e.g. the default compile,
 ``olivine compile --model smollm2 -o DIR``); the reference is kept in ``--cache`` under DIR's name.
+``--baseline FILE`` runs a second simulator (the FuncSim of another funcsim.py) on the same artifact,
+alternating decode steps with this one in one process: on a shared machine the load changes from one
+run to the next, so the ratio of the two CPU figures is the comparable speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -92,14 +98,19 @@ def decode_only(args) -> None:
             shutil.rmtree(folder)
         art, ids = _artifact(args, folder / "artifact")
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
+    if args.baseline:
+        return interleaved(args, rt, _baseline_runtime(args.baseline, art), ids)
     logits = rt.prefill(ids)
     tokens, all_logits = [], [logits]
+    sampler = Sampler() if args.sample else None
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.tokens):
         tokens.append(int(torch.argmax(logits)))
         logits = rt.decode(tokens[-1])
         all_logits.append(logits)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if sampler is not None:
+        sampler.report(cpu / args.tokens)
     print(f"{args.model} {args.preset}: {args.tokens} decode steps after a {len(ids)}-token prompt: "
           f"{args.tokens / wall:.2f} tokens/s wall ({wall:.2f} s), {args.tokens / cpu:.2f} tokens/s of CPU "
           f"({cpu / args.tokens * 1e3:.0f} ms CPU per step)")
@@ -114,6 +125,86 @@ def decode_only(args) -> None:
         print(f"reference tokens and logits saved to {ref}")
 
 
+class Sampler:
+    """A sampling profile of the decode steps: every 0.5 ms of CPU (SIGPROF) the Python stack is attributed
+    to the simulator's handler on it (do_mpe / do_misc with the instruction's mode / op, an executed run
+    with its kind, do_ld, do_st, the runtime's patching) or to the scheduler loop. Timing every handler
+    call instead inflates the many small ones (the timer calls cost as much as a small instruction)."""
+
+    HANDLERS = ("do_mpe", "do_misc", "do_ld", "do_st", "_execute_run", "_run_end", "_patched", "_run")
+
+    def __init__(self, interval: float = 5e-4):
+        import collections
+        import signal
+
+        self.counts = collections.Counter()
+        signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, interval, interval)
+
+    def _sample(self, signum, frame) -> None:
+        f = frame
+        while f is not None and f.f_code.co_name not in self.HANDLERS:
+            f = f.f_back
+        if f is None:
+            self.counts["(outside the simulator)"] += 1
+            return
+        name, loc = f.f_code.co_name, f.f_locals
+        inst = loc.get("insts", [None])[0] if name == "_execute_run" else loc.get("i")
+        if name in ("do_mpe", "do_misc", "_execute_run") and inst is not None:
+            name += " " + (inst.enum("op") if inst.fmt.mnemonic == "MISC" else inst.enum("mode"))
+        self.counts["scheduler loop" if name == "_run" else name] += 1
+
+    def report(self, cpu_per_step: float) -> None:
+        import signal
+
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        total = sum(self.counts.values())
+        print(f"sampled profile ({total} samples):")
+        for name, n in self.counts.most_common(20):
+            print(f"  {name:28s} {100 * n / total:5.1f} %  {cpu_per_step * 1e3 * n / total:5.1f} ms per step")
+
+
+def _baseline_runtime(path: str, art):
+    """A Runtime whose simulator is the FuncSim of the funcsim.py at ``path`` (another tree's, e.g. a
+    ``git show REV:sim/funcsim.py``), imported next to this olivine's (its relative imports resolve here)."""
+    import importlib.util
+
+    from olivine.sim.funcsim import Runtime
+
+    spec = importlib.util.spec_from_file_location("olivine.sim._baseline_funcsim", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    rt = Runtime(art.config, art.meta, art.programs, art.weights)
+    rt.sim = module.FuncSim(art.config, art.meta["layout"]["channel_bytes"], art.weights)
+    return rt
+
+
+def interleaved(args, rt, base, ids) -> None:
+    """Decode steps of this simulator and of the baseline, alternately in one process (which runs first
+    alternates too), so that both see the same machine load; CPU seconds per step of each, and the int32
+    logits compared at every step."""
+    logits, logits_b = rt.prefill(ids), base.prefill(ids)
+    equal = torch.equal(logits, logits_b)
+    cpu = {"this": [], "baseline": []}
+    for step in range(args.tokens):
+        token = int(torch.argmax(logits))
+        for who in (("this", "baseline") if step % 2 == 0 else ("baseline", "this")):
+            t = time.process_time()
+            if who == "this":
+                logits = rt.decode(token)
+            else:
+                logits_b = base.decode(token)
+            cpu[who].append(time.process_time() - t)
+        equal = equal and torch.equal(logits, logits_b)
+    for who, times in cpu.items():
+        print(f"{who:8s}: {args.tokens / sum(times):.2f} tokens/s of CPU ({sum(times) / len(times) * 1e3:.0f} ms CPU "
+              f"per step; median {sorted(times)[len(times) // 2] * 1e3:.0f} ms, fastest {min(times) * 1e3:.0f} ms)")
+    ratio = [b / t for t, b in zip(cpu["this"], cpu["baseline"])]
+    print(f"CPU per step, baseline / this: {sum(cpu['baseline']) / sum(cpu['this']):.2f} in total, median of the "
+          f"step pairs {sorted(ratio)[len(ratio) // 2]:.2f}; int32 logits equal at every step: {equal}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
@@ -124,6 +215,9 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/olivine-bench", help="where --decode-only keeps the artifact")
     ap.add_argument("--artifact", default=None, help="--decode-only on this compiled artifact directory "
                     "(olivine compile -o DIR) instead of compiling --model / --preset")
+    ap.add_argument("--baseline", default=None, help="--decode-only: also run the FuncSim of this funcsim.py "
+                    "(e.g. git show REV:sim/funcsim.py > FILE), step for step in the same process")
+    ap.add_argument("--sample", action="store_true", help="--decode-only: print a sampled profile of the decode steps")
     ap.add_argument("--reset", action="store_true", help="recompile and re-save the reference (--decode-only)")
     args = ap.parse_args()
     (decode_only if args.decode_only else full_check)(args)

@@ -11,7 +11,11 @@ is read (data rules); no other exception escapes.
 
 Scheduling: each unit runs ahead as far as its tokens allow (LD first), which exposes a missing
 token as a wrong result or a deadlock; a deadlock raises :class:`DeadlockError` naming the
-instruction each unit is stuck on. Statistics: instructions per unit and mnemonic, bytes read
+instruction each unit is stuck on. A run of consecutive instructions a unit executes back to back
+(its tokens there) that are of one kind sharing their second operand (the Q.K^T or P'.V MVs of a
+kv group, V shifts, RoPEs, INT8 quants) and do not read what an earlier one of them writes is
+executed in one numpy pass, with exactly the one-by-one result; if one of them would fault, nothing
+is written and they run one by one, raising that fault (``run_together = False``: always one by one). Statistics: instructions per unit and mnemonic, bytes read
 and written per HBM channel.
 """
 
@@ -69,6 +73,9 @@ MAX_MANTISSA = 256
 ROPE_MAX_HEAD_DIM = 256
 ROPE_POSITIONS = 1 << 16
 
+
+_UNSET = object()  # an instruction whose run key is not computed yet
+_RUN_MNEMONICS = frozenset(("MV", "MM", "MISC"))  # the instructions that may form runs (FuncSim._run_key)
 
 #: the units named by each 4-bit wait / release mask
 _MASK_UNITS = tuple(tuple(v for v in range(4) if mask >> v & 1) for mask in range(16))
@@ -168,6 +175,56 @@ def _int_matmul_np(a: np.ndarray, w: np.ndarray, amax_bound: int | None) -> np.n
     if amax * wmax * kdim < 1 << 53:
         return _wrap32(np.rint(a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int64))
     return _wrap32(a.astype(np.int64) @ w.astype(np.int64).T)
+
+
+@dataclass
+class LinearEntries:
+    """A linear tile's requantization entries as int64 vectors [n], with the bounds the one-product
+    requantization needs, and (shift - exponent, rounding half) per activation exponent met so far."""
+
+    mult: np.ndarray
+    shift: np.ndarray
+    bias: np.ndarray
+    shift_lo: int
+    shift_hi: int
+    mult_max: int
+    bias_max: int
+    by_exponent: dict
+
+
+def _requantize_row(acc: np.ndarray, p: LinearEntries, exponent: int, mantissa: int | None, int8: bool,
+                    with_bias: bool) -> np.ndarray | None:
+    """:func:`requantize_exact` (plus the saturating bias of fixed32) of one linear output row from its
+    cached entries, or None where :func:`_requantize_direct`'s one-product rule does not apply. The
+    same integers: round_shift(acc * mantissa * mult, shift - exponent) in one int64 product, the
+    output clamp (and the bias's) applied unless the bound ``(max|x| * max(mult) >> min(s)) + 1`` of
+    every result shows it cannot act."""
+    s_lo, s_hi = p.shift_lo - exponent, p.shift_hi - exponent
+    if s_lo < 0 or s_hi > 62:
+        return None
+    x = acc.astype(np.int64)
+    if mantissa is not None:
+        x *= mantissa
+    amax = int(np.abs(x).max())
+    if amax > 1 << min(s_lo + 2, 61) or amax * p.mult_max >= 1 << 62:
+        return None
+    sh = p.by_exponent.get(exponent)
+    if sh is None:
+        s = p.shift - exponent
+        sh = p.by_exponent[exponent] = (s, (np.int64(1) << s) >> 1)
+    x *= p.mult
+    x += sh[1]
+    x >>= sh[0]
+    bound = ((amax * p.mult_max) >> s_lo) + 1  # |(x * mult + half) >> s| <= (max|x * mult| >> min s) + 1
+    lim = contract.INT8_QMAX if int8 else contract.INT32_MAX
+    if bound > lim:
+        np.clip(x, -lim if int8 else contract.INT32_MIN, lim, out=x)
+        bound = lim + 1
+    if with_bias:
+        x += p.bias
+        if bound + p.bias_max > contract.INT32_MAX:
+            np.clip(x, contract.INT32_MIN, contract.INT32_MAX, out=x)
+    return x.astype(np.int8 if int8 else np.int32)
 
 
 def _requantize_direct(x: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, lo: int, hi: int):
@@ -272,6 +329,35 @@ def quantize_rows_ovp4(x: np.ndarray, mult: int, shift: int, normal: str) -> np.
     return ovp.encode(v, normal).numpy()
 
 
+def _block_pitch(rows: int, cols: int, groups: int) -> int:
+    """Bytes from one head block of a MISC quant result to the next (64-aligned; one block: its size)."""
+    t = rows // groups
+    return -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else t * cols + 3 * t
+
+
+def _head_blocks(codes: np.ndarray, exps: np.ndarray, mants: np.ndarray, groups: int) -> np.ndarray:
+    """The bytes of each head block of a MISC quant result, uint8 [groups, t * cols + 3t]: input row
+    t * groups + h is row t of block h (codes, then t int8 exponents, then t uint16 mantissas)."""
+    rows, cols = codes.shape
+    t = rows // groups
+    if groups == 1:
+        return np.concatenate([codes.reshape(-1).view(np.uint8), exps.view(np.uint8), mants.view(np.uint8)]
+                              ).reshape(1, -1)
+    c = codes.reshape(t, groups, cols).transpose(1, 0, 2).reshape(groups, t * cols).view(np.uint8)
+    e = np.ascontiguousarray(exps.reshape(t, groups).T).view(np.uint8)
+    m = np.ascontiguousarray(mants.reshape(t, groups).T).view(np.uint8)
+    return np.concatenate([c, e, m], axis=1)
+
+
+def _rows_view(buf: np.ndarray, addr: int, shape: tuple[int, int], pitch: int) -> np.ndarray:
+    """A writable view of ``shape[0]`` rows of ``shape[1]`` bytes at ``addr``, ``pitch`` bytes apart
+    (the caller has checked that the last row ends inside ``buf``)."""
+    rows, width = shape
+    if rows == 1 or pitch == width:
+        return buf[addr: addr + rows * width].reshape(rows, width)
+    return np.lib.stride_tricks.as_strided(buf[addr:], (rows, width), (pitch, 1))
+
+
 class FuncSim:
     """One accelerator core with its HBM. ``channel_bytes`` sizes each channel; ``image`` preloads them."""
 
@@ -289,19 +375,25 @@ class FuncSim:
                         "bias": np.zeros(b.bias_kib * 1024, dtype=np.uint8)}
         self.stats = SimStats()
         # ((channel, hbm address, bytes) of the weights, same of the meta or None, format, normal, n, k)
-        #   -> decoded tile (dense: (grid, float64 grid, max); sparse: SparseTile)
+        #   -> decoded tile (dense: DenseTile; sparse: SparseTile); ("entries", source of the bias-buffer
+        #   LD, n) -> LinearEntries (a linear tile's requantization entries)
         self._wcache: dict = {}
-        # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD
-        self._src: dict = {"weight": {}, "meta": {}}
+        # per buffer: buffer address -> (channel, hbm address, bytes) of its last LD (None: a zero fill, a
+        # multi-burst LD, or an ST changed those HBM bytes since: the buffer no longer equals them)
+        self._src: dict = {"weight": {}, "meta": {}, "bias": {}}
+        self._src_span: dict[int, list[int]] = {}  # per HBM channel: [lo, hi) covering every source recorded
         # per HBM channel: the byte ranges [lo, hi) that cached tiles were decoded from (an ST into one
         # of them clears the cache)
         self._cached_hbm: dict[int, list[tuple[int, int]]] = {}
+        self._cached_span: dict[int, list[int]] = {}  # per channel: [lo, hi) covering its _cached_hbm ranges
         # weight-buffer bytes an LD wrote but that are not copied yet, as disjoint pieces
         # [buffer lo, buffer hi, channel, hbm address]: a decode step streams ~70 MB of weights whose
         # decoded tiles are cached, so the bytes are copied only when something reads the buffer (a tile
         # decode, an ST from it), before an ST overwrites their HBM source, and when a run ends
         self._deferred: list[list[int]] = []
         self._defer = False  # only inside run(): a handler called on its own leaves its bytes in place
+        #: execute runs of independent same-kind instructions together (False: strictly one by one)
+        self.run_together = True
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -401,6 +493,12 @@ class FuncSim:
         for a in [a for a in src if a < addr + nbytes and a + (src[a][2] if src[a] else 1) > addr]:
             del src[a]
         src[addr] = source
+        if source is not None:
+            span = self._src_span.get(source[0])
+            if span is None:
+                self._src_span[source[0]] = [source[1], source[1] + source[2]]
+            else:
+                span[0], span[1] = min(span[0], source[1]), max(span[1], source[1] + source[2])
 
     def _flush_weight(self) -> None:
         """Copy the deferred weight-buffer bytes (the buffer then holds what every LD wrote)."""
@@ -425,6 +523,11 @@ class FuncSim:
         return out
 
     def do_ld(self, i):
+        plan = i.__dict__.get("_sim_ld_plan")
+        if plan is not None and plan[0] is self:  # a data-space LD this core executed before: same bytes
+            plan[1][:] = plan[2]
+            self.stats.hbm_read[plan[3]] = self.stats.hbm_read.get(plan[3], 0) + plan[1].size
+            return
         target = i.enum("target")
         length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
         total = length * n0 * n1 * n2
@@ -455,6 +558,8 @@ class FuncSim:
                 return
         if single:
             dst[:] = mem[start: start + length]
+            if target not in self._src and target != "weight":  # nothing but the bytes to remember: its views
+                object.__setattr__(i, "_sim_ld_plan", (self, dst, mem[start: start + length], ch))
         else:
             starts = self._bursts(i)
             idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
@@ -477,9 +582,18 @@ class FuncSim:
             a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
         lo, hi = i["hbm_addr"], last + length
-        if any(a < hi and lo < b for a, b in self._cached_hbm.get(ch, ())):  # a cached tile's source changed
+        span = self._cached_span.get(ch)
+        if span is not None and span[0] < hi and lo < span[1] and \
+                any(a < hi and lo < b for a, b in self._cached_hbm[ch]):  # a cached tile's source changed
             self._wcache.clear()
             self._cached_hbm.clear()
+            self._cached_span.clear()
+        span = self._src_span.get(ch)
+        if span is not None and span[0] < hi and lo < span[1]:
+            for src in self._src.values():  # buffer bytes loaded from these HBM bytes no longer equal them:
+                for a in [a for a, hs in src.items()
+                          if hs is not None and hs[0] == ch and hs[1] < hi and lo < hs[1] + hs[2]]:
+                    src[a] = None  # nothing decoded from them may be cached under that source (a later LD)
         self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
 
     def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
@@ -626,7 +740,7 @@ class FuncSim:
         out_fmt = i.enum("out")
         # per mode: acc (int32 [m, n]), requantization entries (n for linear, 1 otherwise), exponent,
         # mantissa, bias; numpy throughout (per-instruction torch calls cost more than the arithmetic)
-        bias = None
+        bias = fast = None
         if mode == "linear":
             if v["afmt"]:  # OVP4 block: pair codes only (static per-tensor scale: exponent 0, mantissa 1)
                 codes = self._slice(self.data, v["a_addr"], m * k // 2, "MM OVP4 activations").reshape(m, k // 2)
@@ -648,9 +762,12 @@ class FuncSim:
                     self._wcache[key] = tile
                     for hs in key[:2]:
                         if hs is not None:
-                            self._cached_hbm.setdefault(hs[0], []).append((hs[1], hs[1] + hs[2]))
+                            self._note_cached(hs[0], hs[1], hs[1] + hs[2])
             ent = self.entries(v["bias_addr"], n)
-            if v["bias"]:
+            esrc = self._src["bias"].get(16 * v["bias_addr"])
+            if esrc is not None and esrc[2] >= 16 * n and m == 1 and out_fmt != "int32":
+                fast = ("entries", esrc, n)  # the entries as their LD brought them: decoded once
+            elif v["bias"]:
                 bias = ent[:, 0].astype(np.int64)
             acc = (tile.matmul_grid(torch.from_numpy(a)) if v["afmt"] else tile.matmul(torch.from_numpy(a))).numpy()
         elif mode == "qk":
@@ -671,9 +788,51 @@ class FuncSim:
             ent = self.entries(v["bias_addr"], 1)
         if v["accumulate"]:
             acc = _wrap32(acc.astype(np.int64) + self.i32_np(v["out_addr"], m, n, ldo))
+        y = None
+        if fast is not None:
+            if mant is not None:
+                self._check_mantissas(mant, "activation block")
+            y = _requantize_row(acc, self._linear_entries(fast, ent), int(exp[0, 0]),
+                                None if mant is None else int(mant[0, 0]), out_fmt == "int8", v["bias"])
+            if y is None and v["bias"]:
+                bias = ent[:, 0].astype(np.int64)
+        if y is None:
+            y = self._mpe_output(mode, out_fmt, acc, ent, exp, mant, mant_parts, bias)
+        if y.dtype == np.int32:
+            self.put_i32(v["out_addr"], y, ldo, "MM output")
+        else:
+            dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
+            for r in range(m):
+                dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+
+    def _note_cached(self, ch: int, lo: int, hi: int) -> None:
+        """Something cached was decoded from HBM bytes [lo, hi) of channel ch (an ST into them clears the cache)."""
+        self._cached_hbm.setdefault(ch, []).append((lo, hi))
+        span = self._cached_span.get(ch)
+        if span is None:
+            self._cached_span[ch] = [lo, hi]
+        else:
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
+
+    def _linear_entries(self, key: tuple, ent: np.ndarray) -> "LinearEntries":
+        """The requantization entries ``ent`` of a linear tile, decoded once per HBM source of their LD
+        (cached with the weight tiles: an ST into that source clears both). A multiplier with bit 31
+        raises each time (it is never cached)."""
+        p = self._wcache.get(key)
+        if p is None:
+            mult, shift = self._multipliers_np(ent[:, 1], ent[:, 2], "requantization entry")
+            bias = ent[:, 0].astype(np.int64)
+            p = self._wcache[key] = LinearEntries(mult, shift, bias, int(shift.min()), int(shift.max()),
+                                                  int(mult.max()), int(np.abs(bias).max()), {})
+            ch, h, nbytes = key[1]
+            self._note_cached(ch, h, h + nbytes)
+        return p
+
+    def _mpe_output(self, mode: str, out_fmt: str, acc, ent, exp, mant, mant_parts, bias) -> np.ndarray:
+        """The MPE's output rows from the int32 accumulators: int32 as they are (out=int32), else
+        requantized with the entries ``ent`` (fixed32: int32 plus the saturating bias; int8: int8)."""
         if out_fmt == "int32":
-            self.put_i32(v["out_addr"], np.ascontiguousarray(acc, dtype=np.int32), ldo, "MM output")
-            return
+            return np.ascontiguousarray(acc, dtype=np.int32)
         # the requantizer's inputs: mantissas of 9 bits, multipliers below 2**31 (checked only when used)
         for part, what in zip(mant_parts, ("activation block" if mode == "linear" else "Q block", "K block")):
             self._check_mantissas(part, what)
@@ -684,12 +843,8 @@ class FuncSim:
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
                 y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
-            self.put_i32(v["out_addr"], y.astype(np.int32), ldo, "MM output")
-        else:
-            y = y.astype(np.int8)
-            dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
-            for r in range(m):
-                dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+            return y.astype(np.int32)
+        return y.astype(np.int8)
 
     #: MISC ops that read src1 / use imm / may write in place over src0 (dst == src0, same layout)
     _MISC_SRC1 = ("add", "mul", "swiglu", "rmsnorm", "rope", "vshift")
@@ -809,22 +964,8 @@ class FuncSim:
             self.put_i32(dst, sfu_np.rmsnorm(x, F, gamma, F, eps, F))
         elif op == "rope":
             x = self.i32_np(s0, rows, cols)
-            if s1 % 8:
-                raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
-            rec = self._slice(self.data, s1, 48, "RoPE parameters")
-            theta = float(rec[:8].view("<f8")[0])
-            if not (math.isfinite(theta) and theta > 1):
-                raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
-            hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
-            flag = int(rec[12:16].view("<u4")[0])
-            if flag not in (0, 1):
-                raise SimError(f"RoPE record scaling flag {flag} must be 0 (none) or 1 (LLaMA-3)")
-            scaling = tuple(rec[16:48].view("<f8").tolist()) if flag == 1 else None
-            if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
-                raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
-            per = max(1, imm >> 16)
-            pos = (imm & 0xFFFF) + np.arange(rows) // per
-            self.put_i32(dst, rope_padded_np(x, pos, theta, hd, scaling))
+            theta, hd, scaling = self._rope_record(s1, cols)
+            self.put_i32(dst, rope_padded_np(x, self._rope_positions(rows, imm), theta, hd, scaling))
         elif op == "softmax":
             sc = self.i32_np(s0, rows, cols)
             mask = None
@@ -834,22 +975,10 @@ class FuncSim:
             self.put_i32(dst, sfu_np.softmax(sc, F, mask, F))
         elif op == "vshift":
             p = self.i32_np(s0, rows, cols).astype(np.int64)
-            raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
-            ev = raw[:cols].view(np.int8).astype(np.int64)
-            mv = raw[cols:].copy().view("<u2").astype(np.int64)
-            self._check_mantissas(mv, "V mantissas")
-            qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
-            e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
-            shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
-            # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
-            if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
-                p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
-            else:
-                p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
-                                >> np.minimum(shift, 62))
-            self.put_i32(dst, torch.from_numpy(p_sh.astype(np.int32)))
+            p_sh, e_ref = self._vshift(p.reshape(1, rows, cols), s1, rows, cols, imm)
+            self.put_i32(dst, p_sh[0])
             out = self._slice(self.data, dst + 4 * rows * cols, rows, "vshift exponents")
-            out[:] = e_ref.reshape(-1).astype(np.int8).view(np.uint8)
+            out[:] = e_ref.view(np.uint8)
         elif op == "quant" and imm & QUANT_OVP4:
             x = self.i32_np(s0, rows, cols)
             rec = self._slice(self.data, s1, OVP_QUANT_RECORD, "OVP4 quant parameters").view("<i4")
@@ -859,20 +988,11 @@ class FuncSim:
             codes = quantize_rows_ovp4(x, mult, int(rec[1]), "flint4" if imm & QUANT_FLINT4 else "int4")
             self._slice(self.data, dst, rows * cols // 2, "OVP4 quant result")[:] = codes.reshape(-1)
         elif op == "quant":
-            x = self.i32(s0, rows, cols).numpy()
+            x = self.i32_np(s0, rows, cols)
             groups = max(1, imm & 0xFFFF)
             out = self._slice(self.data, dst, self._quant_bytes(rows, cols, groups), "quant result")
-            codes, exps, mants = quantize_rows_exact(x, pow2=bool(imm & QUANT_POW2))
-            t = rows // groups
-            blk = -(-(t * cols + 3 * t) // 64) * 64 if groups > 1 else 0
-            n = t * cols
-            # input row t*G + h -> row t of block h (G = 1: one block)
-            codes, exps, mants = codes.reshape(t, groups, cols), exps.reshape(t, groups), mants.reshape(t, groups)
-            for g in range(groups):
-                o = g * blk
-                out[o: o + n] = codes[:, g].reshape(-1).view(np.uint8)
-                out[o + n: o + n + t] = exps[:, g].view(np.uint8)
-                out[o + n + t: o + n + 3 * t] = np.ascontiguousarray(mants[:, g]).view(np.uint8)
+            blocks = _head_blocks(*quantize_rows_exact(x, pow2=bool(imm & QUANT_POW2)), groups)
+            _rows_view(out, 0, blocks.shape, _block_pitch(rows, cols, groups))[:] = blocks
         else:  # dequant
             rec = imm
             raw = self._slice(self.data, s0, rows * rec, "embedding records").reshape(rows, rec)
@@ -882,6 +1002,218 @@ class FuncSim:
             mult = self._multipliers(mm[:, 0], mm[:, 1], "embedding record")
             mult = contract.Multiplier(mult.mult.reshape(rows, 1), mult.shift.reshape(rows, 1))
             self.put_i32(dst, contract.apply_multiplier(codes, mult).to(torch.int32))
+
+    def _rope_record(self, s1: int, cols: int) -> tuple[float, int, tuple | None]:
+        """(theta, true head_dim, LLaMA-3 scaling or None) of the RoPE record at ``s1``, checked."""
+        if s1 % 8:
+            raise SimError(f"RoPE parameters: float64 record at unaligned address {s1}")
+        rec = self._slice(self.data, s1, 48, "RoPE parameters")
+        theta = float(rec[:8].view("<f8")[0])
+        if not (math.isfinite(theta) and theta > 1):
+            raise SimError(f"RoPE theta {theta!r} must be a finite number > 1")
+        hd = int(rec[8:12].view("<u4")[0]) or cols  # the true head_dim; 0: the row width
+        flag = int(rec[12:16].view("<u4")[0])
+        if flag not in (0, 1):
+            raise SimError(f"RoPE record scaling flag {flag} must be 0 (none) or 1 (LLaMA-3)")
+        scaling = tuple(rec[16:48].view("<f8").tolist()) if flag == 1 else None
+        if scaling is not None and not all(math.isfinite(v) and v > 0 for v in scaling):
+            raise SimError(f"RoPE record LLaMA-3 scaling parameters {scaling} must be finite and positive")
+        return theta, hd, scaling
+
+    @staticmethod
+    def _rope_positions(rows: int, imm: int) -> np.ndarray:
+        """Row r of a RoPE instruction sits at position imm[15:0] + r // imm[31:16] (period 0 = 1)."""
+        return (imm & 0xFFFF) + np.arange(rows) // max(1, imm >> 16)
+
+    def _vshift(self, p: np.ndarray, s1: int, rows: int, cols: int, imm: int) -> tuple[np.ndarray, np.ndarray]:
+        """MISC vshift of P' rows ``p`` (int64 [B, rows, cols]: B instructions sharing V's exponents and
+        mantissas at ``s1`` and ``imm``): (shifted int32 [B, rows, cols], reference exponents int8 [rows])."""
+        raw = self._slice(self.data, s1, 3 * cols, "V exponents and mantissas")
+        ev = raw[:cols].view(np.int8).astype(np.int64)
+        mv = raw[cols:].copy().view("<u2").astype(np.int64)
+        self._check_mantissas(mv, "V mantissas")
+        qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+        e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
+        shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
+        # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
+        if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
+            p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
+        else:
+            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                            >> np.minimum(shift, 62))
+        return p_sh.astype(np.int32), e_ref.reshape(-1).astype(np.int8)
+
+    # ---- runs of independent same-kind instructions, executed together -----------------------------
+    # A decode step issues ~900 small attention instructions (per head: Q.K^T MV, V shift, P'.V MV) whose
+    # numpy calls cost more than their arithmetic. The scheduler hands a run of consecutive instructions
+    # of one unit that it would execute back to back anyway (each one's tokens are there) to one numpy
+    # pass when they are of one kind sharing their second operand (``_run_key``) and none reads what an
+    # earlier one of the run writes. The pass reads every operand and checks every rule before it writes
+    # anything; if any instruction of the run would fault, nothing is written and the scheduler executes
+    # the run one by one, so state and errors are exactly the one-by-one execution's.
+
+    def _run_key(self, i) -> tuple | None:
+        """What instructions executed together share (None: ``i`` is executed on its own)."""
+        v = i.values
+        mnemonic = i.fmt.mnemonic
+        if mnemonic in ("MV", "MM"):
+            mode = v["mode"]
+            if mode == 0 or v["accumulate"]:  # linear tiles: one GEMM each; accumulate reads the output
+                return None
+            return (mnemonic, mode, v["m"], v["n"], v["k_blocks"], v["b_addr"], v["bias_addr"], v["out"], v["ldo"])
+        if mnemonic != "MISC":
+            return None
+        op = i.enum("op")
+        if op == "vshift":
+            return (op, v["rows"], v["cols"], v["src1"], v["imm"])
+        if op == "rope":
+            return (op, v["cols"], v["src1"])
+        if op == "quant" and not v["imm"] & QUANT_OVP4:
+            return (op, v["cols"], v["imm"] & QUANT_POW2)
+        return None
+
+    def _run_regions(self, i) -> tuple[tuple, tuple]:
+        """(data-space byte ranges (start, length) ``i`` reads, ranges it writes), for a run's RAW test."""
+        v = i.values
+        if i.fmt.mnemonic != "MISC":
+            m, n, k, ldo = v["m"], v["n"], 16 * v["k_blocks"], v["ldo"] or v["n"]
+            out = (v["out_addr"], (m - 1) * ldo + n if i.enum("out") == "int8" else 4 * ((m - 1) * ldo + n))
+            if i.enum("mode") == "qk":
+                return ((v["a_addr"], m * k + 3 * m), (v["b_addr"], n * k + 3 * n)), (out,)
+            return ((v["a_addr"], 4 * m * k + m), (v["b_addr"], k * n)), (out,)
+        op, rows, cols = i.enum("op"), v["rows"], v["cols"]
+        src0 = (v["src0"], 4 * rows * cols)
+        if op == "vshift":
+            return (src0, (v["src1"], 3 * cols)), ((v["dst"], 4 * rows * cols + rows),)
+        if op == "rope":
+            return (src0, (v["src1"], 48)), ((v["dst"], 4 * rows * cols),)
+        return (src0,), ((v["dst"], self._quant_bytes(rows, cols, max(1, v["imm"] & 0xFFFF))),)
+
+    def _independent(self, insts: list) -> bool:
+        """Whether no instruction of the run reads bytes that an earlier one writes (computing all of them
+        from the state before the run, then writing in order, then equals executing them in order)."""
+        written = []
+        for i in insts:
+            reads, writes = self._run_regions(i)
+            if any(_overlap(r, w) for r in reads for w in written):
+                return False
+            written.extend(writes)
+        return True
+
+    def _pending(self, addr: int, rows: np.ndarray, pitch: int, what: str, int32: bool) -> tuple:
+        """A write of uint8 ``rows`` [r, width] at ``addr`` (``pitch`` bytes apart), checked as the
+        one-by-one path checks it (int32 alignment, bounds) but not done yet."""
+        if int32 and addr % 4:
+            raise SimError(f"{what}: int32 data at unaligned address {addr}")
+        self._slice(self.data, addr, (rows.shape[0] - 1) * pitch + rows.shape[1], what)
+        return addr, pitch, rows
+
+    def _run_writes(self, insts: list) -> list[tuple]:
+        """Every write of the run (a list of :meth:`_pending`), computed from the state before it."""
+        for i in insts:
+            self._checked_once(i, self.check_mpe if i.fmt.mnemonic != "MISC" else self.check_misc)
+        v = insts[0].values
+        if insts[0].fmt.mnemonic != "MISC":
+            return self._run_mpe(insts, v)
+        op = insts[0].enum("op")
+        if op == "vshift":
+            rows, cols = v["rows"], v["cols"]
+            p = np.stack([self.i32_np(i.values["src0"], rows, cols) for i in insts]).astype(np.int64)
+            p_sh, e_ref = self._vshift(p, v["src1"], rows, cols, v["imm"])
+            e_bytes = e_ref.view(np.uint8).reshape(1, rows)
+            out = []
+            for i, y in zip(insts, p_sh):
+                d = i.values["dst"]
+                out.append(self._pending(d, y.view(np.uint8).reshape(1, -1), 4 * rows * cols, "MISC result", True))
+                out.append(self._pending(d + 4 * rows * cols, e_bytes, rows, "vshift exponents", False))
+            return out
+        cols = v["cols"]
+        xs = [self.i32_np(i.values["src0"], i.values["rows"], cols) for i in insts]
+        bounds = np.cumsum([0] + [x.shape[0] for x in xs]).tolist()
+        if op == "rope":
+            theta, hd, scaling = self._rope_record(v["src1"], cols)
+            pos = np.concatenate([self._rope_positions(i.values["rows"], i.values["imm"]) for i in insts])
+            y = rope_padded_np(np.concatenate(xs), pos, theta, hd, scaling)
+            return [self._pending(i.values["dst"], y[a:b].view(np.uint8).reshape(1, -1), 4 * (b - a) * cols,
+                                  "MISC result", True) for i, a, b in zip(insts, bounds, bounds[1:])]
+        codes, exps, mants = quantize_rows_exact(np.concatenate(xs), pow2=bool(v["imm"] & QUANT_POW2))
+        out = []
+        for i, a, b in zip(insts, bounds, bounds[1:]):
+            rows, groups = b - a, max(1, i.values["imm"] & 0xFFFF)
+            blocks = _head_blocks(codes[a:b], exps[a:b], mants[a:b], groups)
+            out.append(self._pending(i.values["dst"], blocks, _block_pitch(rows, cols, groups), "quant result", False))
+        return out
+
+    def _run_mpe(self, insts: list, v: dict) -> list[tuple]:
+        """:meth:`_run_writes` of MV/MM qk or pv instructions sharing the second operand (K or V block)
+        and the requantization entry: their rows stacked into one product."""
+        mode, out_fmt = insts[0].enum("mode"), insts[0].enum("out")
+        m, n, k = v["m"], v["n"], 16 * v["k_blocks"]
+        ldo = v["ldo"] or n
+        if mode == "qk":
+            parts = [self.qblock_np(i.values["a_addr"], m, k, "Q block") for i in insts]
+            b, eb, mb = self.qblock_np(v["b_addr"], n, k, "K block")
+            a = np.concatenate([p[0] for p in parts])
+            ea, ma = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+            acc = _int_matmul_np(a, b, 128)
+            y = self._mpe_output(mode, out_fmt, acc, self.entries(v["bias_addr"], 1), ea + eb.reshape(1, n),
+                                 ma * mb.reshape(1, n), (ma, mb), None)
+        else:
+            ps, es = [], []
+            for i in insts:
+                a_addr = i.values["a_addr"]
+                ps.append(self.i32_np(a_addr, m, k, what="P' block"))
+                es.append(self._slice(self.data, a_addr + 4 * m * k, m, "P' exponents").view(np.int8))
+            vq = self._slice(self.data, v["b_addr"], k * n, "V block").view(np.int8).reshape(k, n)
+            acc = _int_matmul_np(np.concatenate(ps), vq.T, None)
+            exp = np.concatenate(es).astype(np.int64).reshape(-1, 1)
+            y = self._mpe_output(mode, out_fmt, acc, self.entries(v["bias_addr"], 1), exp, None, (), None)
+        int32 = y.dtype == np.int32
+        width, pitch = (4 * n, 4 * ldo) if int32 else (n, ldo)
+        y8 = y.view(np.uint8).reshape(len(insts), m, width)
+        return [self._pending(i.values["out_addr"], rows, pitch, "MM output" if int32 else "MM int8 output", int32)
+                for i, rows in zip(insts, y8)]
+
+    def _run_end(self, prog: list, queue: list, h: int, key: tuple, into_u: list, u: int) -> int:
+        """The end of the run of instructions from queue position ``h`` with run key ``key`` that the unit
+        would execute back to back now: each one's tokens are there once the earlier ones have taken
+        theirs (and given their own unit any it releases to itself)."""
+        tokens = into_u[:]
+        end, n = h, len(queue)
+        while end < n:
+            inst = prog[queue[end]]
+            if end > h:
+                k = inst.__dict__.get("_sim_run_key", _UNSET)
+                if k is _UNSET:
+                    k = self._run_key(inst)
+                    object.__setattr__(inst, "_sim_run_key", k)
+                if k != key:
+                    break
+            values = inst.values
+            need = _MASK_UNITS[values["wait"]]
+            for v in need:
+                if tokens[v] < 1:
+                    return end
+            for v in need:
+                tokens[v] -= 1
+            if values["release"] >> u & 1:
+                tokens[u] += 1
+            end += 1
+        return end
+
+    def _execute_run(self, insts: list) -> bool:
+        """Execute ``insts`` together; False (nothing written) when they are not independent or one of them
+        would fault (the caller then executes them one by one, which raises that fault at its instruction)."""
+        if not self._independent(insts):
+            return False
+        try:
+            writes = self._run_writes(insts)
+        except Exception:  # noqa: BLE001 - nothing is written: the one-by-one execution gives the error
+            return False
+        data = self.data
+        for addr, pitch, rows in writes:
+            _rows_view(data, addr, rows.shape, pitch)[:] = rows
+        return True
 
     # ---- the unit queues ---------------------------------------------------------------------
     def run(self, words, program: list | None = None) -> SimStats:
@@ -913,6 +1245,8 @@ class FuncSim:
         into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
         handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
         counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
+        batching = self.run_together
+        no_run_before = [0, 0, 0, 0]  # per unit: queue position before which a run failed (one by one there)
         while not all(done):
             progress = False
             at_sys = 0  # units whose next instruction is a SYS
@@ -929,6 +1263,32 @@ class FuncSim:
                         at_sys += 1
                         break
                     values = inst.values
+                    if batching and h + 1 < n and mnemonic in _RUN_MNEMONICS:
+                        key = inst.__dict__.get("_sim_run_key", _UNSET)
+                        if key is _UNSET:
+                            key = self._run_key(inst)
+                            object.__setattr__(inst, "_sim_run_key", key)
+                        if key is not None and h >= no_run_before[u]:
+                            nxt = prog[queue[h + 1]]  # most keyed instructions have no partner: look first
+                            nkey = nxt.__dict__.get("_sim_run_key", _UNSET)
+                            if nkey is _UNSET:
+                                nkey = self._run_key(nxt)
+                                object.__setattr__(nxt, "_sim_run_key", nkey)
+                            end = self._run_end(prog, queue, h, key, into_u, u) if nkey == key else h
+                            if end - h > 1:
+                                if self._execute_run([prog[j] for j in queue[h:end]]):
+                                    for j in queue[h:end]:  # each one's tokens and counts, as one by one
+                                        values = prog[j].values
+                                        for v in _MASK_UNITS[values["wait"]]:
+                                            into_u[v] -= 1
+                                        for w in _MASK_UNITS[values["release"]]:
+                                            into[w][u] += 1
+                                    counts[unit_name] += end - h
+                                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + end - h
+                                    h = head[u] = end
+                                    progress = True
+                                    continue
+                                no_run_before[u] = end  # one by one: the run faults or is not independent
                     wait = values["wait"]
                     if wait:
                         need = _MASK_UNITS[wait]

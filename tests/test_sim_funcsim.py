@@ -568,3 +568,49 @@ def test_an_ld_executed_on_its_own_writes_the_weight_buffer_at_once():
     s.hbm[0][:64] = np.arange(64, dtype=np.uint8)
     s.do_ld(assemble("LD target=weight buf_addr=128 length=64")[0])
     assert np.array_equal(s.buffers["weight"][128:192], np.arange(64, dtype=np.uint8)) and not s._deferred
+
+
+def test_a_tile_or_entries_decoded_after_an_st_changed_their_source_are_not_reused():
+    """Decoded weight tiles and requantization entries are cached per HBM source of their LD. An MV
+    after an ST overwrote that source reads the buffer's (older) bytes; a later LD of the same source
+    brings the new bytes, and the MV after it must use them, not what was decoded in between."""
+    rng = np.random.default_rng(5)
+    n, k = 16, 16
+    old_w, new_w = (rng.integers(-127, 128, size=(n, k)).astype(np.int8) for _ in range(2))
+    ent = np.zeros((2, n, 4), dtype=np.int64)
+    ent[:, :, 0] = rng.integers(-5000, 5000, size=(2, n))  # bias
+    ent[:, :, 1] = rng.integers(1 << 30, 1 << 31, size=(2, n))  # multipliers
+    ent[:, :, 2] = rng.integers(36, 44, size=(2, n))  # shifts
+    old_e, new_e = ((e & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1) for e in ent)
+    a = torch.from_numpy(rng.integers(-127, 128, size=(1, k)).astype(np.int8))
+
+    def fresh(w, e):
+        s = sim(channels=1)
+        s.hbm[0][:256], s.hbm[0][4096:4096 + 16 * n] = w.view(np.uint8).reshape(-1), e
+        s.put_qblock(0, a, torch.tensor([[3]], dtype=torch.int8), torch.tensor([[200]]))
+        s.data[1024:1024 + 256], s.data[2048:2048 + 16 * n] = new_w.view(np.uint8).reshape(-1), new_e
+        return s
+
+    mv = "MV wfmt=int8 out=fixed32 bias=1 k_blocks=1 n=16 a_addr=0 b_addr=0 out_addr={out} bias_addr=2"
+    s = fresh(old_w, old_e)
+    run(s, f"""LD target=weight length=256
+LD target=bias hbm_addr=4096 buf_addr=32 length=256 release=st
+ST wait=ld source=act buf_addr=1024 length=256
+ST source=act hbm_addr=4096 buf_addr=2048 length=256 release=mpe
+{mv.format(out=8192)} wait=st release=ld
+LD wait=mpe target=weight length=256
+LD target=bias hbm_addr=4096 buf_addr=32 length=256 release=mpe
+{mv.format(out=12288)} wait=ld""")
+    want = []
+    for w, e in ((old_w, old_e), (new_w, new_e)):
+        ref = fresh(w, e)
+        run(ref, f"LD target=weight length=256\nLD target=bias hbm_addr=4096 buf_addr=32 length=256 release=mpe\n"
+                 f"{mv.format(out=8192)} wait=ld")
+        want.append(ref.i32(8192, 1, n))
+    assert not torch.equal(want[0], want[1])
+    assert torch.equal(s.i32(8192, 1, n), want[0]) and torch.equal(s.i32(12288, 1, n), want[1])
+    # and against golden's formula (the cached-entries requantization of one row)
+    lin = contract.requantize(contract.int_matmul(a.to(torch.int64), torch.from_numpy(new_w.astype(np.int64))),
+                              contract.Multiplier(torch.from_numpy(ent[1, :, 1]), torch.from_numpy(ent[1, :, 2])),
+                              torch.tensor([[3]]), mantissa=torch.tensor([[200]]))
+    assert torch.equal(want[1], (lin + torch.from_numpy(ent[1, :, 0])).clamp(-2**31, 2**31 - 1).to(torch.int32))

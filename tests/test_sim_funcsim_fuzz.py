@@ -442,3 +442,63 @@ def test_requantize_direct_path_is_taken_with_ties():
                              contract.INT32_MIN, contract.INT32_MAX)
     assert got is not None and np.array_equal(got, want)
     assert want.tolist() == [[2, -1, 3, -2, 1, 0, 0, 4]]
+
+
+@fuzz_settings(300)
+@given(st.integers(1, 64), st.sampled_from(["fixed32", "int8"]), st.booleans(), st.booleans(),
+       st.randoms(use_true_random=False))
+def test_requantize_row_from_cached_entries_equals_contract(n, out, with_mantissa, with_bias, rng):
+    """One linear output row requantized from its cached entries (funcsim._requantize_row: the output
+    and bias clamps skipped where a bound shows they cannot act) gives contract.requantize's integers
+    plus the saturating bias, or declines (None) where the one-product rule does not hold; results at
+    the saturation limits included."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import LinearEntries, _requantize_row
+
+    bits = rng.choice([4, 12, 20, 31])
+    acc = torch.tensor([[rng.randint(-(1 << bits), (1 << bits) - 1) for _ in range(n)]],
+                       dtype=torch.int64).clamp(contract.INT32_MIN, contract.INT32_MAX).to(torch.int32)
+    mult = torch.tensor([rng.choice([1 << 30, (1 << 31) - 1, 0, 1, rng.randint(1 << 30, (1 << 31) - 1)])
+                         for _ in range(n)], dtype=torch.int64)
+    shift = torch.tensor([rng.randint(rng.choice([0, 20, 30]), 62) for _ in range(n)], dtype=torch.int64)
+    big = rng.random() < 0.3
+    bias = torch.tensor([rng.choice([contract.INT32_MAX, contract.INT32_MIN, 0]) if big and rng.random() < 0.5
+                         else rng.randint(-(1 << 20), 1 << 20) for _ in range(n)], dtype=torch.int64)
+    e = rng.randint(-8, 12)
+    mt = rng.randint(1, 256) if with_mantissa else None
+    want = contract.requantize(acc, contract.Multiplier(mult, shift), torch.tensor([[e]]),
+                               mantissa=None if mt is None else torch.tensor([[mt]]),
+                               out="int8" if out == "int8" else "int32").to(torch.int64)
+    with_bias = with_bias and out == "fixed32"
+    if with_bias:
+        want = (want + bias).clamp(contract.INT32_MIN, contract.INT32_MAX)
+    p = LinearEntries(mult.numpy(), shift.numpy(), bias.numpy(), int(shift.min()), int(shift.max()),
+                      int(mult.max()), int(bias.abs().max()), {})
+    for _ in range(2):  # the second call reuses the (shift - exponent, half) cached for e
+        got = _requantize_row(acc.numpy(), p, e, mt, out == "int8", with_bias)
+        x = acc.numpy().astype(np.int64) * (1 if mt is None else mt)
+        amax, s_lo = int(np.abs(x).max()), int(shift.min()) - e
+        applies = s_lo >= 0 and int(shift.max()) - e <= 62 and amax <= 1 << min(s_lo + 2, 61) \
+            and amax * int(mult.max()) < 1 << 62
+        assert (got is not None) == applies
+        if got is not None:
+            assert got.dtype == (np.int8 if out == "int8" else np.int32)
+            assert np.array_equal(got.astype(np.int64), want.numpy())
+
+
+def test_requantize_row_saturates_one_past_the_limit():
+    """Results one past int32's / int8's limit (4 * 2**30 >> 1 = 2**31; 254 * 2**30 >> 31 = 127 rounds
+    up to 128) are clamped by the cached-entries path exactly as by the contract."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import LinearEntries, _requantize_row
+
+    for acc, shift, int8, want in (([4, -4, 3], 1, False, [contract.INT32_MAX, -(1 << 31), 3 << 29]),
+                                   ([255, -255, 253], 31, True, [127, -127, 127])):
+        a = np.array([acc], dtype=np.int32)
+        mult = np.full(3, 1 << 30, dtype=np.int64)
+        sh = np.full(3, shift, dtype=np.int64)
+        p = LinearEntries(mult, sh, np.zeros(3, dtype=np.int64), shift, shift, 1 << 30, 0, {})
+        got = _requantize_row(a, p, 0, None, int8, False)
+        ref = contract.requantize(torch.from_numpy(a), contract.Multiplier(torch.from_numpy(mult), torch.from_numpy(sh)),
+                                  torch.zeros(1, 1, dtype=torch.int64), out="int8" if int8 else "int32")
+        assert got.tolist() == [want] == ref.tolist()

@@ -1,0 +1,328 @@
+"""Runs of independent same-kind instructions executed together (sim/funcsim.py ``FuncSim._execute_run``).
+
+The scheduler hands a run of Q.K^T / P'.V MVs sharing their K or V block, of V shifts, RoPEs or INT8
+quants to one numpy pass. Every test runs the same program from the same state twice: with runs
+(``run_together = True``, the default) and strictly one by one; the buffers, the HBM, the statistics
+and any error must be identical. A spy on ``_execute_run`` shows that the run path (or its refusal)
+was really taken.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from olivine.compiler import isa
+from olivine.compiler.asm import assemble
+from olivine.golden import contract, fixed
+from olivine.hw.config import for_board
+from olivine.sim.funcsim import FuncSim, SimError
+
+CFG = for_board("u280")
+
+# ---- a decode step's attention for one kv group, as the compiler emits it --------------------
+HD, S, POS = 64, 32, 20  # head width, keys, the query's position
+QB = 128  # stride of the per-head Q blocks
+RQ, RK, QQ, KQ = 0x1000, 0x1400, 0x2000, 0x2400  # q rows, k row, Q blocks, k block
+KB, VB = 0x4000, 0x6000  # K and V blocks (codes, then exponents and mantissas)
+SC, PB, AT, REC = 0x8000, 0x9000, 0xA000, 0xB000  # scores, shifted P' blocks, attention out, RoPE record
+PBLK = 4 * S + 64  # stride of the P' blocks
+IMM = POS | (1 << 16)
+
+ATTENTION = [
+    ("rope_q", f"MISC op=rope src0={RQ} dst={RQ} rows=3 cols={HD} src1={REC} imm={POS | (3 << 16)}"),
+    ("rope_k", f"MISC op=rope src0={RK} dst={RK} rows=1 cols={HD} src1={REC} imm={IMM}"),
+    ("quant_q", f"MISC op=quant src0={RQ} dst={QQ} rows=3 cols={HD} imm=3 release=mpe"),
+    ("quant_k", f"MISC op=quant src0={RK} dst={KQ} rows=1 cols={HD} imm=1"),
+    *[(f"qk{j}", f"MV mode=qk out=fixed32 k_blocks={HD // 16} n={S} ldo={S} a_addr={QQ + j * QB} b_addr={KB} "
+                 f"out_addr={SC + 4 * j * S} bias_addr=0" + (" wait=sfu" if j == 0 else "")
+                 + (" release=sfu" if j == 2 else "")) for j in range(3)],
+    ("softmax", f"MISC op=softmax wait=mpe mask=1 src0={SC} dst={SC} rows=3 cols={S} imm={IMM}"),
+    *[(f"vshift{j}", f"MISC op=vshift release=mpe src0={SC + 4 * j * S} src1={VB + S * HD} dst={PB + j * PBLK} "
+                     f"rows=1 cols={S} imm={IMM}") for j in range(3)],
+    *[(f"pv{j}", f"MV mode=pv wait=sfu out=fixed32 k_blocks={S // 16} n={HD} ldo={3 * HD} a_addr={PB + j * PBLK} "
+                 f"b_addr={VB} out_addr={AT + 4 * j * HD} bias_addr=1") for j in range(3)],
+]
+
+
+def program(lines, **changes) -> np.ndarray:
+    """The words of ``lines`` ([(name, text)]) with fields changed: ``name={"field": value}``."""
+    out = []
+    for name, text in lines:
+        for f, val in changes.get(name, {}).items():
+            text, hit = re.subn(rf"\b{f}=\S+", f"{f}={val}", text)
+            if not hit:
+                text += f" {f}={val}"
+        out.append(text)
+    return isa.encode_program(assemble("\n".join(out) + "\nSYS op=end"))
+
+
+def _fixed(shape, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    return fixed.to_fixed(torch.randn(*shape, generator=g, dtype=torch.float64) * scale, 16)
+
+
+def attention_sim(seed: int = 0) -> FuncSim:
+    """A core holding the q and k rows, the K and V blocks, the RoPE record and the two multipliers."""
+    s = FuncSim(CFG, [1 << 12])
+    s.put_i32(RQ, _fixed((3, HD), 2.0, seed))
+    s.put_i32(RK, _fixed((1, HD), 2.0, seed + 1))
+    for addr, sd in ((KB, seed + 2), (VB, seed + 3)):
+        qa = contract.quantize_act_dynamic_int8(_fixed((S, HD), 2.0, sd), 16)
+        s.put_qblock(addr, qa.values, qa.exponent, qa.mantissa)
+    rec = np.zeros(6, dtype="<f8")
+    rec[0] = 10000.0
+    s.data[REC: REC + 48] = rec.view(np.uint8)  # theta, head_dim 0 (= cols), no scaling
+    ent = np.zeros((2, 4), dtype=np.int64)
+    for r, scale in enumerate((2.0 ** -16 / math.sqrt(HD) / 127**2, 2.0 ** (8 - 16) / 127)):
+        m = contract.quantize_multiplier(torch.tensor(scale))
+        ent[r, 1:3] = int(m.mult), int(m.shift)
+    s.buffers["bias"][:32] = (ent & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1)
+    return s
+
+
+def _state(s: FuncSim):
+    return (s.data.copy(), {k: b.copy() for k, b in s.buffers.items()}, [h.copy() for h in s.hbm],
+            dict(s.stats.instructions), dict(s.stats.by_mnemonic), dict(s.stats.hbm_read), dict(s.stats.hbm_written))
+
+
+def _assert_same_state(a, b):
+    assert np.array_equal(a[0], b[0]), "data space differs"
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1]), "a buffer differs"
+    assert all(np.array_equal(x, y) for x, y in zip(a[2], b[2])), "HBM differs"
+    assert a[3:] == b[3:], "statistics differ"
+
+
+def both_ways(make_sim, words):
+    """Run ``words`` with runs and one by one from equal states: (error text or None, state, runs taken
+    [(first instruction's key, length, executed together)])."""
+    results = []
+    for together in (True, False):
+        s = make_sim()
+        s.run_together = together
+        taken = []
+        inner = s._execute_run
+
+        def spy(insts, inner=inner, taken=taken, s=s):
+            ok = inner(insts)
+            taken.append((s._run_key(insts[0])[:2], len(insts), ok))
+            return ok
+
+        s._execute_run = spy
+        err = None
+        try:
+            s.run(words)
+        except SimError as exc:
+            err = str(exc)
+        results.append((err, _state(s), taken))
+    (err_t, st_t, taken), (err_1, st_1, taken_1) = results
+    assert taken_1 == []  # one by one: no run is attempted
+    assert err_t == err_1
+    _assert_same_state(st_t, st_1)
+    return err_t, st_t, taken
+
+
+def test_attention_runs_equal_one_by_one_and_are_taken():
+    err, st, taken = both_ways(attention_sim, program(ATTENTION))
+    assert err is None
+    kinds = {(k, n) for k, n, ok in taken if ok}
+    # Q.K^T and P'.V (MV, modes 1 and 2), the three V shifts, the two RoPEs, the q and k quants
+    assert kinds == {(("MV", 1), 3), (("MV", 2), 3), (("vshift", 1), 3), (("rope", HD), 2), (("quant", HD), 2)}, kinds
+    data = st[0]
+    assert data[AT: AT + 4 * 3 * HD].any() and data[PB: PB + 3 * PBLK].any()  # the results are not empty
+
+
+def test_a_qk_run_equals_golden():
+    """The run path against golden directly (not only against the one-by-one path)."""
+    s = attention_sim(3)
+    q = _fixed((3, HD), 2.0, 40)
+    qa = contract.quantize_act_dynamic_int8(q, 16)
+    for j in range(3):
+        s.put_qblock(QQ + j * QB, qa.values[j:j + 1], qa.exponent[j:j + 1], qa.mantissa[j:j + 1])
+    s.run(program([(n, t.replace(" wait=sfu", "")) for n, t in ATTENTION[4:7]]))
+    codes, ek, mk = s.qblock(KB, S, HD)
+    acc = contract.int_matmul(qa.values, codes)
+    mult = contract.Multiplier(torch.from_numpy(s.entries(0, 1)[:, 1].astype(np.int64)),
+                               torch.from_numpy(s.entries(0, 1)[:, 2].astype(np.int64)))
+    want = contract.requantize(acc, mult, qa.exponent.to(torch.int64) + ek.to(torch.int64).reshape(1, S),
+                               mantissa=qa.mantissa.to(torch.int64) * mk.reshape(1, S))
+    assert torch.equal(s.i32(SC, 3, S), want.to(torch.int32))
+
+
+BIG = (CFG.buffers.activation_kib + CFG.buffers.global_kib) * 1024  # the first byte past the data space
+
+
+BAD_Q = 0xC000  # a Q block with a mantissa of 300 (beyond what the quant writes)
+
+
+def _bad_q_mantissa(s):
+    s.data[BAD_Q + HD + 1: BAD_Q + HD + 3] = np.array([300], dtype="<u2").view(np.uint8)
+
+
+def _bad_v_mantissa(s):
+    s.data[VB + S * HD + S + 6: VB + S * HD + S + 8] = np.array([257], dtype="<u2").view(np.uint8)
+
+
+def _bad_multiplier(s):
+    s.buffers["bias"][4:8] = np.array([1 << 31], dtype="<u4").view(np.uint8)
+
+
+def _bad_theta(s):
+    s.data[REC: REC + 8] = np.array([0.5], dtype="<f8").view(np.uint8)
+
+
+# (what, field changes, data change, expected error text, or "refused" / "together": no fault expected)
+FAULTS = [
+    ("2nd Q block beyond the data space", {"qk1": {"a_addr": BIG - 8}}, None, "outside a buffer"),
+    ("2nd Q block mantissa 300", {"qk1": {"a_addr": BAD_Q}}, _bad_q_mantissa, "a row mantissa is 300"),
+    ("shared multiplier with bit 31", {}, _bad_multiplier, "bit 31 set"),
+    ("3rd P'.V output misaligned", {"pv2": {"out_addr": AT + 4 * 2 * HD + 2}}, None, "unaligned address"),
+    ("2nd P'.V with a bias", {"pv1": {"bias": 1}}, None, "bias must be 0 in mode=pv"),
+    ("3rd P'.V output beyond the data space", {"pv2": {"out_addr": BIG - 64}}, None, "outside a buffer"),
+    ("shared V mantissa 257", {}, _bad_v_mantissa, "mantissa is 257"),
+    ("2nd V shift beyond the data space", {"vshift1": {"dst": BIG - 4 * S}}, None, "outside a buffer"),
+    ("3rd V shift input misaligned", {"vshift2": {"src0": SC + 4 * 2 * S + 2}}, None, "unaligned address"),
+    ("bad RoPE theta", {}, _bad_theta, "theta"),
+    ("2nd RoPE output misaligned", {"rope_k": {"dst": RK + 2, "src0": RK + 2}}, None, "unaligned address"),
+    ("2nd quant rows not divisible", {"quant_k": {"rows": 3, "imm": 2}}, None, "divisible"),
+    ("2nd quant beyond the data space", {"quant_k": {"dst": BIG - 16}}, None, "outside a buffer"),
+    # not a fault: the 2nd Q.K^T reads the scores the 1st writes, so the run is not independent
+    ("2nd Q.K^T reads the 1st's output", {"qk1": {"a_addr": SC}}, None, "refused"),
+    # the 2nd P'.V overwrites part of the 1st's output: independent (the writes keep their order)
+    ("P'.V outputs overlap", {"pv1": {"out_addr": AT + 4 * 8}}, None, "together"),
+]
+
+
+@pytest.mark.parametrize("what,changes,damage,message", FAULTS, ids=[f[0] for f in FAULTS])
+def test_a_faulting_or_dependent_run_gives_the_one_by_one_result(what, changes, damage, message):
+    def make():
+        s = attention_sim(7)
+        if damage is not None:
+            damage(s)
+        return s
+
+    err, _, taken = both_ways(make, program(ATTENTION, **changes))
+    if message == "together":
+        assert err is None and all(ok for _, _, ok in taken) and len(taken) == 5
+        return
+    assert any(not ok for _, _, ok in taken), "the run was not refused"
+    if message != "refused":
+        assert err is not None and message in err, err
+        assert re.match(r"instruction \d+ at word \d+ \(", err)
+
+
+def test_a_run_stops_where_a_token_is_missing():
+    # the 2nd Q.K^T waits for a token the SFU gives only after the 1st Q.K^T's token reached it
+    qk = [t.replace(" wait=sfu", "").replace(" release=sfu", "") for n, t in ATTENTION if n.startswith("qk")]
+    quant_q = dict(ATTENTION)["quant_q"]
+    lines = [("quant_q", quant_q), ("qk0", qk[0] + " release=sfu"),
+             ("copy", f"MISC op=copy wait=mpe release=mpe src0={RQ} dst={RQ + 0x200} rows=1 cols=4"),
+             ("qk1", qk[1] + " wait=sfu"), ("qk2", qk[2])]
+    err, _, taken = both_ways(attention_sim, program(lines))
+    assert err is None
+    assert taken == [(("MV", 1), 2, True)]  # qk1 with qk2 once the token is there, never qk0 with qk1
+
+
+def test_a_run_counts_the_tokens_its_instructions_take():
+    # one SFU token is there when the MPE reaches qk0; qk1 needs a second one, which the SFU gives only
+    # after rewriting qk1's Q block: qk1 must read the rewritten block
+    qk = [t.replace(" wait=sfu", "").replace(" release=sfu", "") for n, t in ATTENTION if n.startswith("qk")]
+    lines = [("quant_q", dict(ATTENTION)["quant_q"]), ("qk0", qk[0] + " wait=sfu release=sfu"),
+             ("copy", f"MISC op=copy wait=mpe release=mpe src0={SC + 0x400} dst={QQ + QB} rows=1 cols=16"),
+             ("qk1", qk[1] + " wait=sfu"), ("qk2", qk[2])]
+
+    def make():
+        s = attention_sim(5)
+        s.data[SC + 0x400: SC + 0x440] = 0  # a zero Q block (exponent 0, mantissa 0): zero scores
+        return s
+
+    err, st, taken = both_ways(make, program(lines))
+    assert err is None and (("MV", 1), 2, True) in taken
+    scores = st[0][SC: SC + 4 * 3 * S].view("<i4").reshape(3, S)
+    assert scores[0].any() and not scores[1].any() and scores[2].any()
+
+
+# ---- random runs on random memory -------------------------------------------------------------
+SLOT = 0x200
+
+
+def _random_sim(seed: int) -> FuncSim:
+    """A core whose data space holds, in slots of 512 bytes, valid blocks of every kind the runs read
+    (Q rows, K / V blocks of 16 x 16, score rows, P' rows, int32 rows), with a few damaged values."""
+    rng = np.random.default_rng(seed)
+    s = FuncSim(CFG, [1 << 12])
+    for j in range(48):
+        base = j * SLOT
+        kind = j % 4
+        if kind == 0:  # an INT8 block of 16 rows x 16 (K or V; Q when read as one row)
+            codes = rng.integers(-127, 128, (16, 16))
+            exps = rng.integers(-3, 8, 16)
+            mants = rng.integers(1, 257 + (rng.random() < 0.1) * 100, 16)
+            s.put_qblock(base, torch.from_numpy(codes).to(torch.int8), torch.from_numpy(exps).to(torch.int8),
+                         torch.from_numpy(mants))
+            one = base + 304
+            s.put_qblock(one, torch.from_numpy(codes[:1]).to(torch.int8), torch.from_numpy(exps[:1]).to(torch.int8),
+                         torch.from_numpy(mants[:1]))
+        elif kind == 1:  # probabilities / shifted P' rows, then exponents
+            s.put_i32(base, rng.integers(0, 1 << 16, (4, 16)).astype(np.int32))
+            s.data[base + 256: base + 260] = rng.integers(-3, 8, 4).astype(np.int8).view(np.uint8)
+        else:  # int32 fixed-point rows (scores, RoPE / quant inputs), some at the int32 extremes
+            hi = (1 << 31) - 1 if rng.random() < 0.2 else 1 << 20
+            s.put_i32(base, rng.integers(-hi, hi, (SLOT // 64, 16)).astype(np.int32))
+    rec = np.zeros(6, dtype="<f8")
+    rec[0] = 10000.0 if seed % 7 else 0.9
+    s.data[0x7F00: 0x7F30] = rec.view(np.uint8)
+    ent = np.zeros((3, 4), dtype=np.int64)
+    ent[0, 1:3] = 1 << 30, 40 + seed % 5
+    ent[1, 1:3] = 1 << 30, 38
+    ent[2, 1:3] = (1 << 31) + 5, 30  # bit 31: a faulting entry
+    s.buffers["bias"][:48] = (ent & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1)
+    return s
+
+
+def _random_run(rng: random.Random) -> list[str]:
+    """1..4 instructions of one kind sharing what a run shares, with likely (and some unlikely) operands."""
+    slot = lambda kind=None: (rng.choice(range(kind, 48, 4)) if kind is not None and rng.random() < 0.9
+                              else rng.randrange(48)) * SLOT
+    kind = rng.choice(["qk", "pv", "vshift", "rope", "quant"])
+    n = rng.randint(1, 4)
+    out, kb, bias = [], slot(0), rng.choice([0, 0, 0, 1, 1, 2])
+    rows, imm = rng.choice([1, 1, 2, 4]), rng.choice([0, 3, 15, 16, 3 | (2 << 16)])
+    for _ in range(n):
+        o = slot(rng.choice([1, 2, 3])) + rng.choice([0] * 8 + [64, 2])
+        if kind == "qk":
+            out.append(f"MV mode=qk out={rng.choice(['fixed32', 'fixed32', 'int8', 'int32'])} k_blocks=1 n=16 "
+                       f"a_addr={slot(0) + 304} b_addr={kb} out_addr={o} bias_addr={bias}")
+        elif kind == "pv":
+            out.append(f"MV mode=pv out=fixed32 k_blocks=1 n=16 ldo={rng.choice([0, 16, 32])} "
+                       f"a_addr={slot(1) + rng.choice([0, 0, 64])} b_addr={kb} out_addr={o} bias_addr={bias}")
+        elif kind == "vshift":
+            out.append(f"MISC op=vshift src0={slot(1)} src1={kb + 256} dst={o} rows={rows} cols=16 "
+                       f"imm={imm if imm < 16 else 0}")
+        elif kind == "rope":
+            out.append(f"MISC op=rope src0={(s0 := slot(2))} dst={rng.choice([s0, o])} rows={rng.choice([1, 2, 4])} "
+                       f"cols=16 src1={0x7F00} imm={rng.randrange(100) | (rng.choice([0, 1, 2]) << 16)}")
+        else:
+            g = rng.choice([1, 1, 2])
+            out.append(f"MISC op=quant src0={slot(2)} dst={o} rows={g * rng.choice([1, 2])} cols=16 "
+                       f"imm={g | (rng.random() < 0.3) << 16}")
+    return out
+
+
+def test_random_runs_equal_one_by_one():
+    rng = random.Random(1)
+    together = refused = faults = 0
+    for case in range(80):
+        text = [line for _ in range(rng.randint(1, 3)) for line in _random_run(rng)]
+        words = isa.encode_program(assemble("\n".join(text) + "\nSYS op=end"))
+        err, _, taken = both_ways(lambda: _random_sim(case), words)
+        together += sum(ok for _, _, ok in taken)
+        refused += sum(not ok for _, _, ok in taken)
+        faults += err is not None
+    # the campaign reaches both paths and both outcomes
+    assert together >= 40 and refused >= 10 and 15 <= faults <= 60, (together, refused, faults)
