@@ -637,8 +637,12 @@ def check_budget_options(budget_bits, preset, weights, sparsity, shape) -> float
 def compile_main(model: str = "glassllm", board: str | None = None, weights: str | None = None,
                  sparsity: str | None = None, preset: str | None = None, out: str = "build/olivine",
                  max_context: int | None = None, max_prompt: int | None = None, quiet: bool = False,
-                 config: str | None = None, budget_bits: float | None = None) -> int:
+                 config: str | None = None, budget_bits: float | None = None, prefill_step: int = 128,
+                 decode_step: int = 16) -> int:
     """``olivine compile``: quantize ``model``, compile all buckets, write the artifact to ``out``.
+
+    ``prefill_step`` / ``decode_step``: the bucket widths (multiples of 16). A prompt runs the whole
+    prefill bucket it falls in, so small steps mean less padding (fewer cycles in RTL) and more programs.
 
     ``budget_bits``: mixed precision instead of a preset: golden.mixed measures every linear's
     sensitivity (cached), assigns each its choice under that average of weight bits and the
@@ -674,7 +678,7 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         qcfg, pattern, wfmt = None, None, "int8"
     sparse_n_of(pattern)
     plan = plan_lengths(spec_from_shapes(shape, wfmt, sparsity=pattern), hw, max_prompt=max_prompt,
-                        max_context=max_context)
+                        max_context=max_context, prefill_step=prefill_step, decode_step=decode_step)
     for note in plan.notes:
         print(f"olivine compile: {note}", file=sys.stderr)
     # ---- the slow part
@@ -700,7 +704,8 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         calib = calibration_tokens(loaded)
     q = quantize_cached(loaded, qcfg, calib)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
-    comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt)
+    comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt,
+                         prefill_step=prefill_step, decode_step=decode_step)
     art = to_artifact(comp)
     art.meta["model"]["load"] = str(model)
     if assignment is not None:  # which format every linear got, and what it was predicted to cost

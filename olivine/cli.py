@@ -91,6 +91,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bucket_step(text: str) -> int:
+    value = _positive_int(text)
+    if value % 16:
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of 16 (the hardware's token tile); try "
+                                         f"{max(16, value // 16 * 16)}")
+    return value
+
+
 def _preset_list(text: str) -> str:
     from olivine.demo import parse_presets
     from olivine.golden.qconfig import QuantConfigError
@@ -197,7 +205,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     return compile_main(model=args.model, board=args.board, weights=args.weights, sparsity=args.sparsity,
                         preset=args.preset, out=args.output, max_context=args.max_context,
-                        max_prompt=args.max_prompt, config=args.config, budget_bits=args.budget_bits)
+                        max_prompt=args.max_prompt, config=args.config, budget_bits=args.budget_bits,
+                        prefill_step=args.prefill_step, decode_step=args.decode_step)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -309,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration's on-chip buffers, at most the model's context")
     p.add_argument("--max-prompt", type=int, default=None,
                    help="largest prompt (prefill bucket); default: the context, at most 1024")
+    p.add_argument("--prefill-step", type=_bucket_step, default=128, metavar="N",
+                   help="width of the prefill length buckets, a multiple of 16 (default 128); a prompt runs "
+                        "its whole bucket, so a small step saves cycles on short prompts (e.g. 16 for "
+                        "--backend rtl) at the cost of more programs")
+    p.add_argument("--decode-step", type=_bucket_step, default=16, metavar="N",
+                   help="width of the decode context buckets, a multiple of 16 (default 16)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write atomically: new, empty, or an earlier artifact (replaced)")
     p.set_defaults(func=_cmd_compile)
 

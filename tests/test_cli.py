@@ -46,6 +46,20 @@ def test_compile_then_run_through_the_command_line(tmp_path, capsys):
     assert printed.count("Once upon a time") == 1 and "tokens/s" in printed
 
 
+def test_compile_bucket_steps(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "glass16"
+    assert cli.main(["compile", "--model", "glassllm", "--preset", "w8a8", "--max-context", "64",
+                     "--max-prompt", "32", "--prefill-step", "16", "--decode-step", "32", "-o", str(out)]) == 0
+    meta = json.loads((out / "manifest.json").read_text())["meta"]
+    assert meta["prefill_step"] == 16 and meta["decode_step"] == 32
+    assert sorted(name for name in meta["programs"] if name.startswith("prefill")) == ["prefill_00016", "prefill_00032"]
+    with pytest.raises(SystemExit):
+        cli.main(["compile", "--prefill-step", "24", "-o", str(tmp_path / "x")])
+    assert "not a multiple of 16" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_run_on_a_missing_artifact_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "nothing"), "--prompt", "x"]) == 1
     assert "no such compiled artifact" in capsys.readouterr().err
