@@ -387,6 +387,9 @@ class MatrixEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # A ReadPort's en starts at 1: idle ports must say so, or the core would count an idle engine's
+        # ports as requests and freeze the SFU on every bank conflict with them.
+        m.d.comb += [p.en.eq(0) for p in (self.act_rd, self.weight_rd, self.meta_rd, self.bias_rd)]
         g = self.geometry
         C = self.chains
         W = g.wword_bytes
