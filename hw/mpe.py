@@ -127,7 +127,7 @@ class MpeError(py_enum.IntEnum):
     MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
     OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
     ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
-    NOT_BUILT = 11       # a valid instruction this revision does not execute (afmt=ovp4, ...)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (afmt=ovp4, wgroup, ...)
     OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
     UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
     MANTISSA = 14        # a row mantissa above 256 (data rule)
@@ -320,7 +320,9 @@ class MatrixEngine(wiring.Component):
             # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
             # it writes; the engine writes column group by column group, so a later row's int8 bytes
             # could land on an earlier row's input not read yet: refused rather than wrong
-            (f.afmt | (pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+            # wgroup (per-group weight multipliers, docs/contract.md 2a): the per-K-group scaling of the
+            # chains' partial sums is not built in this revision; refused rather than computed without it
+            (f.afmt | (pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1) | (f.wgroup != 0),
              MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
              | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
