@@ -9,7 +9,8 @@ requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every fiel
 rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
 with ``MpeError.NOT_BUILT``, nothing written): ``afmt=ovp4`` (the OVP array; the ``ovp`` port is
 reserved for it and not present in this revision); ``pv`` or ``sparse`` with more than 16 chains;
-``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
+``out=int8`` with ``accumulate`` and m > 1; ``wgroup`` (per-group weight multipliers: the scaling
+of each row's per-K-group partial sums, docs/contract.md 2a) (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
 cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
