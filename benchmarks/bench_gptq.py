@@ -49,7 +49,12 @@ VARIANTS = {
     "ovp-gptq-mult4-g128": ("ovp4", {"group": 128, "group_factors": "mult4"}),
     "ovp-gptq-mult4-g64": ("ovp4", {"group": 64, "group_factors": "mult4"}),
     "ovp-gptq-mult8-g128": ("ovp4", {"group": 128, "group_factors": "mult8"}),
+    "ovp-rtn-pow2-g128": ("ovp4", {"rtn": True, "group": 128, "group_factors": "pow2"}),
+    "ovp-rtn-pow2-g64": ("ovp4", {"rtn": True, "group": 64, "group_factors": "pow2"}),
+    "ovp-rtn-mult4-g128": ("ovp4", {"rtn": True, "group": 128, "group_factors": "mult4"}),
+    "ovp-rtn-mult4-g64": ("ovp4", {"rtn": True, "group": 64, "group_factors": "mult4"}),
     "int4-rtn": ("int4", None),
+    "int4-rtn-mult4-g128": ("int4", {"rtn": True, "group": 128, "group_factors": "mult4"}),
     "int4-gptq": ("int4", {}),
     "int4-gptq-mult4-g128": ("int4", {"group": 128, "group_factors": "mult4"}),
 }
@@ -74,14 +79,24 @@ def dequantized_weights(loaded, hs, kind, options):
         if n == "lm_head":
             continue
         w = loaded.weights.linear(n).detach().float()
+        k = w.shape[1]
+        if kind == "ovp4" and k % 2:  # OVP pairs need an even K: a zero column (dead in H), cropped after
+            w = torch.nn.functional.pad(w, (0, 1))
+        h = None if hs is None or n not in hs else hs[n]
+        if h is not None and h.shape[0] != w.shape[1]:
+            h = torch.nn.functional.pad(h, (0, 1, 0, 1))
         if options is None and kind == "ovp4":
             out[n] = _rtn_ovp(n, w).dequantize()  # = quantize_weight(w, "ovp4").dequantize()
         elif options is None:
             out[n] = quantize_weight(w, kind).dequantize()
+        elif options.get("rtn"):  # round-to-nearest with group factors
+            out[n] = gptq.rtn_grouped(w, kind, options["group"], options["group_factors"],
+                                      rtn=_rtn_ovp(n, w) if kind == "ovp4" else None).dequantize()
         elif kind == "ovp4":
-            out[n] = gptq.gptq_ovp(w, hs[n], rtn=_rtn_ovp(n, w), **options).dequantize()
+            out[n] = gptq.gptq_ovp(w, h, rtn=_rtn_ovp(n, w), **options).dequantize()
         else:
-            out[n] = gptq.gptq_int4(w, hs[n], **options).dequantize()
+            out[n] = gptq.gptq_int4(w, h, **options).dequantize()
+        out[n] = out[n][:, :k]
     return out
 
 
@@ -123,7 +138,7 @@ def main(argv=None) -> int:
           f"{'+'.join(args.calib_corpora)} tokens [{args.calib_offset}, {args.calib_offset + args.n_calib}), loaded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     hs = None
-    if any(VARIANTS[v][1] is not None for v in args.variants):
+    if any(VARIANTS[v][1] is not None and not VARIANTS[v][1].get("rtn") for v in args.variants):
         t1 = time.perf_counter()
         names = [n for n, _ in loaded.weights.named_linears(include_lm_head=False)]
         hs = gptq.collect_hessians(cfg, loaded.weights, calib, names)
@@ -140,7 +155,7 @@ def main(argv=None) -> int:
     for v in args.variants:
         t1 = time.perf_counter()
         kind, options = VARIANTS[v]
-        if options is not None:
+        if options is not None and not options.get("rtn"):
             options = {"damp": args.damp, **options}
         model = ref if kind is None else FakeQuantLlama(cfg, loaded.weights, dequantized_weights(loaded, hs, kind, options))
         report(v, evaluate(model, ref, texts, prompts, args.greedy_n), time.perf_counter() - t1)

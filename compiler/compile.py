@@ -594,7 +594,8 @@ def _check_quant_compilable(qcfg, config) -> None:
     for name, lq in qcfg.resolve(names).items():
         short = name.rsplit(".", 1)[-1]
         rows_padded, cols_padded = head_padding(config, short) if name != "lm_head" else (False, False)
-        reason = quant_refusal(QuantFacts(lq.weights, lq.acts, lq.sparsity is not None, rows_padded, cols_padded))
+        reason = quant_refusal(QuantFacts(lq.weights, lq.acts, lq.sparsity is not None, rows_padded, cols_padded,
+                                          lq.group is not None))
         if reason is not None:
             raise CompileError(f"{name} ({qcfg.name!r}: {lq.describe()}): {reason}")
 

@@ -171,7 +171,7 @@ class Lowering:
             self.op(mn, reads, [("data", out_a, out_a + 4 * ((m - 1) * ldo + t.n))], (), name,
                     mode="linear", wfmt=lin.wfmt, normal=lin.normal if lin.wfmt == "ovp4" else "int4",
                     out="fixed32", k_blocks=lin.k // 16, m=m, n=t.n, ldo=ldo, a_addr=a, b_addr=wbuf,
-                    out_addr=out_a, bias_addr=bent, **sparse, **afmt)
+                    out_addr=out_a, bias_addr=bent, wgroup=lin.wgroup, **sparse, **afmt)
 
     def rmsnorm(self, name, x, rows, dst):
         d = self.c.dim

@@ -37,7 +37,8 @@ from olivine.golden import fixed
 from olivine.golden.model import LINEAR_NAMES, LlamaConfig
 
 __all__ = ["CompileError", "UnsupportedModelError", "LinearSpec", "ModelSpec", "spec_from_qllama",
-           "spec_from_shapes", "spec_from_hf", "pad16", "QuantFacts", "QUANT_RULES", "quant_refusal", "head_padding", "head_pad", "head_index", "weight_row_bytes", "sparse_n_of"]
+           "spec_from_shapes", "spec_from_hf", "pad16", "QuantFacts", "QUANT_RULES", "quant_refusal", "head_padding", "head_pad", "head_index", "weight_row_bytes", "sparse_n_of",
+           "group_row_bytes", "pack_group_mult", "unpack_group_mult"]
 
 
 class CompileError(ValueError):
@@ -72,6 +73,28 @@ def head_index(n_heads: int, head_dim: int) -> np.ndarray | None:
 
 def weight_row_bytes(wfmt: str, k: int) -> int:
     return k if wfmt == "int8" else k // 2
+
+
+def group_row_bytes(group: int | None, k: int) -> int:
+    """Bytes of one row's packed 4-bit group multipliers (ceil(K / group) nibbles; 0 without groups)."""
+    return 0 if not group else -(-(-(-k // group)) // 2)
+
+
+def pack_group_mult(group_mult: np.ndarray) -> np.ndarray:
+    """uint8 [n, groups] multipliers (1..15) -> [n, group_row_bytes] bytes: group 2j in the low nibble
+    of byte j, group 2j+1 in the high nibble (the INT4 packing order); an odd count leaves a 0 nibble."""
+    gm = np.asarray(group_mult, dtype=np.uint8)
+    if gm.shape[1] % 2:
+        gm = np.pad(gm, ((0, 0), (0, 1)))
+    return (gm[:, 0::2] | (gm[:, 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_group_mult(packed: np.ndarray, groups: int) -> np.ndarray:
+    """Inverse of :func:`pack_group_mult`: [n, bytes] -> uint8 [n, groups]."""
+    p = np.asarray(packed, dtype=np.uint8)
+    out = np.empty((p.shape[0], 2 * p.shape[1]), dtype=np.uint8)
+    out[:, 0::2], out[:, 1::2] = p & 0xF, p >> 4
+    return out[:, :groups]
 
 
 def align16(x: int) -> int:
@@ -114,16 +137,25 @@ class LinearSpec:
     block_n: np.ndarray | None = None
     values: np.ndarray | None = None
     indices: np.ndarray | None = None
+    # per-group weight multipliers (golden.contract 2a; dense int4/ovp4): group size along K (64 / 128) and
+    # the packed 4-bit multipliers uint8 [n, group_row_bytes] (pack_group_mult), stored after the tile's values
+    group: int | None = None
+    group_bytes: np.ndarray | None = None
 
     @property
     def sparse(self) -> bool:
         return self.block_n is not None
 
     @property
+    def wgroup(self) -> str:
+        """The MM/MV ``wgroup`` field of this linear."""
+        return "none" if not self.group else f"g{self.group}"
+
+    @property
     def row_bytes(self) -> int:
-        """Weight bytes of the longest row (dense: every row)."""
+        """Weight bytes of the longest row (dense: every row, values then its group multipliers)."""
         if not self.sparse:
-            return weight_row_bytes(self.wfmt, self.k)
+            return weight_row_bytes(self.wfmt, self.k) + group_row_bytes(self.group, self.k)
         return int(self.block_n.astype(np.int64).sum(axis=1).max()) * self.value_bits // 8
 
     @property
@@ -141,7 +173,7 @@ class LinearSpec:
     def weight_bytes(self, n0: int, n: int) -> int:
         """Bytes of rows n0 .. n0+n-1 in the weight buffer (n0, n multiples of 16 when sparse)."""
         if not self.sparse:
-            return n * weight_row_bytes(self.wfmt, self.k)
+            return n * self.row_bytes
         w, _ = self._band_sums()
         return int(w[(n0 + n) // 16] - w[n0 // 16])
 
@@ -162,6 +194,8 @@ class LinearSpec:
     def tile_weight_bytes(self, n0: int, n: int) -> np.ndarray:
         """The weight-buffer bytes of rows n0 .. n0+n-1 (materialized specs)."""
         if not self.sparse:
+            if self.group:  # the n rows' values, then the n rows' packed group multipliers
+                return np.concatenate([self.rows[n0:n0 + n].reshape(-1), self.group_bytes[n0:n0 + n].reshape(-1)])
             return self.rows[n0:n0 + n]
         w, _ = self._band_sums()
         return self.values[w[n0 // 16]: w[(n0 + n) // 16]]
@@ -258,6 +292,7 @@ class QuantFacts:
     sparse: bool = False
     rows_padded: bool = False  # output rows padded inside each head (wq/wk/wv with head_dim % 16)
     cols_padded: bool = False  # input columns padded inside each head (wo with head_dim % 16)
+    grouped: bool = False  # per-group weight multipliers (LayerQuant.group)
 
 
 QUANT_RULES: tuple[tuple, ...] = (
@@ -275,6 +310,12 @@ QUANT_RULES: tuple[tuple, ...] = (
     (lambda q: q.sparse and (q.rows_padded or q.cols_padded),
      "N:16 sparsity with head_dim not a multiple of 16 is not supported (padding inside each head would split "
      "the 16-wide sparsity groups); compile this model dense"),
+    (lambda q: q.grouped and (q.acts != "int8" and q.acts != "int8-pow2" or q.weights not in ("int4", "ovp4")),
+     "per-group weight multipliers are compiled for {weights} weights with per-token INT8 activations only, not "
+     "activations {acts!r}; drop the group or use a w4a8 preset"),
+    (lambda q: q.grouped and q.cols_padded,
+     "per-group weight multipliers with a head_dim that is not a multiple of 16 are not supported (the zero "
+     "padding inside each head would move the K groups); use a preset without groups for this model"),
 )
 
 
@@ -299,7 +340,7 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int, rows=None, cols
     w = lin.weight
     is_float = w is None or lin.act == "fp32" or lin.mult is None
     facts = QuantFacts("fp32" if is_float else w.kind, lin.act, not is_float and w.block_n is not None,
-                       rows is not None, cols is not None)
+                       rows is not None, cols is not None, not is_float and w.group_mult is not None)
     reason = quant_refusal(facts)
     if reason is not None:
         raise UnsupportedModelError(f"{name}: {reason}")
@@ -322,6 +363,17 @@ def _linear_from_qlinear(name: str, lin, n_pad: int, k_pad: int, rows=None, cols
     mult, shift = _multipliers(lin, n_pad, rows)
     spec = LinearSpec(name, n_pad, k_pad, n_true, k_true, w.kind, w.normal or "int4", rows_bytes,
                       mult.numpy(), shift.numpy(), lin.act)
+    if w.group_mult is not None:
+        groups = -(-k_pad // w.group)
+        if groups != w.group_mult.shape[1]:  # cannot happen: the group is a multiple of 16 (contract.GROUP_SIZES)
+            raise CompileError(f"{name}: {w.group_mult.shape[1]} weight groups in golden, {groups} after padding")
+        # padded rows: multiplier 1 on zero weights (any value in 1..15 gives the same zero sums)
+        gm = _scatter(w.group_mult.to(torch.int64)[:n_true], n_pad, groups, rows, None)
+        if rows is not None or n_pad > n_true:
+            filled = torch.zeros(n_pad, dtype=torch.bool)
+            filled[torch.arange(n_true) if rows is None else torch.as_tensor(rows)] = True
+            gm[~filled] = 1
+        spec.group, spec.group_bytes = w.group, pack_group_mult(gm.numpy().astype(np.uint8))
     if lin.act == "ovp4":
         _ovp_activation(spec, lin)
     return spec
@@ -421,10 +473,11 @@ def spec_from_qllama(q, source: str = "") -> ModelSpec:
 
 
 def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "int8", preset: str = "shapes",
-                     sparsity=None) -> ModelSpec:
+                     sparsity=None, group: int | None = None) -> ModelSpec:
     """A spec with shapes and precisions only (nothing materialized): for instruction counts and sizes.
 
     ``sparsity`` ("8:16", "4:16", "2:16", "2:4"): uniform N:16 on every decoder linear (lm_head dense).
+    ``group`` (64 / 128): per-group weight multipliers on every dense int4/ovp4 decoder linear.
     """
     n_sp = sparse_n_of(sparsity)
     check_config(config)
@@ -436,6 +489,8 @@ def spec_from_shapes(config: LlamaConfig, weights: str = "ovp4", head: str = "in
         for n in LINEAR_NAMES:
             name = f"layers.{i}.{n}"
             linears[name] = LinearSpec(name, *dims[n], *true[n], weights)
+            if group and n_sp is None and weights in ("int4", "ovp4"):
+                linears[name].group = group
             if n_sp is not None:
                 linears[name].block_n = np.full((dims[n][0] // 16, dims[n][1] // 16), n_sp, dtype=np.uint8)
     linears["lm_head"] = LinearSpec("lm_head", pad16(c.vocab_size), c.dim, c.vocab_size, c.dim, head)

@@ -62,6 +62,12 @@ __all__ = [
     "fake_quant_act_ovp4",
     "QWeight",
     "quantize_weight",
+    "GROUP_SIZES",
+    "GROUP_MULT_BITS",
+    "GROUP_MULT_SHIFT",
+    "expand_group_mult",
+    "grouped_values",
+    "int_matmul_grouped",
     "int_matmul",
     "int_matmul_operands",
     "int_matmul_exact_float",
@@ -78,6 +84,12 @@ __all__ = [
 # INT8_QMAX, MULT_BITS, RECIP_BITS, OVP_ACT_GUARD_BITS: golden/contract_constants.py (torch-free, for hw/)
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
+#: Per-group weight scales (docs/contract.md section 2a): a K group of GROUP_SIZES elements of one
+#: row carries an unsigned GROUP_MULT_BITS-bit multiplier m in 1..15; the group's weights are worth
+#: m / 2**GROUP_MULT_SHIFT of the row scale (the 2**-3 is folded into the row's requantization multiplier)
+GROUP_SIZES = (64, 128)
+GROUP_MULT_BITS = 4
+GROUP_MULT_SHIFT = 3
 _EXACT_F64 = 1 << 53
 _EXACT_F32 = 1 << 24
 
@@ -460,6 +472,10 @@ class QWeight:
     codes:    the packed OVP bytes (torch.uint8 [N, K/2]) for "ovp4" (dense) else None
     block_n:  N:16 per 16x16 block ([N/16, K/16] long) when sparse, else None
     sparse:   the golden.sparsity compressed form (SparseWeight/SparseOvpWeight) when sparse
+    group, group_mult: per-group scales (dense int4/ovp4 only, docs/contract.md 2a): group size
+              (64 or 128 along K) and torch.uint8 [N, ceil(K/group)] multipliers in 1..15; then
+              ``scale`` is the scale of one unit of ``values * group_mult``: real[c, k] =
+              values[c, k] * group_mult[c, k // group] * scale[c] (None, None: one scale per row)
     """
 
     kind: str
@@ -471,9 +487,18 @@ class QWeight:
     codes: torch.Tensor | None = None
     block_n: torch.Tensor | None = None
     sparse: object | None = field(default=None, repr=False)
+    group: int | None = None
+    group_mult: torch.Tensor | None = None
+
+    def effective_values(self) -> torch.Tensor:
+        """The integer each weight contributes to the accumulator per unit of activation: the
+        grid values, times their group's multiplier when the weight has group scales (int16)."""
+        if self.group_mult is None:
+            return self.values
+        return grouped_values(self.values, self.group_mult, self.group)
 
     def dequantize(self) -> torch.Tensor:
-        return (self.values.to(torch.float64) * self.scale[:, None]).to(torch.float32)
+        return (self.effective_values().to(torch.float64) * self.scale[:, None]).to(torch.float32)
 
     @property
     def out_features(self) -> int:
@@ -482,6 +507,50 @@ class QWeight:
     @property
     def in_features(self) -> int:
         return self.values.shape[1]
+
+
+def _check_groups(group_mult: torch.Tensor, group: int, n: int, k: int) -> None:
+    if group not in GROUP_SIZES:
+        raise ContractError(f"group size {group} is not one of {GROUP_SIZES}")
+    ng = -(-k // group)
+    if tuple(group_mult.shape) != (n, ng):
+        raise ContractError(f"group multipliers have shape {tuple(group_mult.shape)}; a [{n}, {k}] weight with "
+                            f"groups of {group} needs [{n}, {ng}]")
+    gm = group_mult.to(torch.int64)
+    if gm.numel() and (int(gm.min()) < 1 or int(gm.max()) > (1 << GROUP_MULT_BITS) - 1):
+        raise ContractError(f"group multipliers must lie in 1..{(1 << GROUP_MULT_BITS) - 1}")
+
+
+def expand_group_mult(group_mult: torch.Tensor, group: int, k: int) -> torch.Tensor:
+    """int64 [N, K]: the multiplier of every element (group_mult [N, ceil(K/group)])."""
+    return group_mult.to(torch.int64).repeat_interleave(group, dim=1)[:, :k]
+
+
+def grouped_values(values: torch.Tensor, group_mult: torch.Tensor, group: int) -> torch.Tensor:
+    """values[c, k] * group_mult[c, k // group] (int16: |v| <= 192 * 15 = 2880)."""
+    n, k = values.shape
+    _check_groups(group_mult, group, n, k)
+    return (values.to(torch.int64) * expand_group_mult(group_mult, group, k)).to(torch.int16)
+
+
+def int_matmul_grouped(a: torch.Tensor, values: torch.Tensor, group_mult: torch.Tensor, group: int) -> torch.Tensor:
+    """acc[t, c] = wrap32(sum_g group_mult[c, g] * P[t, c, g]), P[t, c, g] = sum_{k in group g}
+    a[t, k] * values[c, k]: the per-group partial sums the engine forms (its 16-element K blocks,
+    group / 16 of them per group) scaled by the group's 4-bit multiplier, then summed in the INT32
+    accumulator. Reference form (int64, every step exact, one wrap at the end, which equals wrapping
+    after every addition); equal to ``int_matmul(a, grouped_values(...))`` (tested)."""
+    _require_int(a, "a")
+    _require_int(values, "values")
+    n, k = values.shape
+    if a.shape[-1] != k:
+        raise ContractError(f"reduction sizes differ: activations K={a.shape[-1]}, weights K={k}")
+    _check_groups(group_mult, group, n, k)
+    a64, w64, gm = a.to(torch.int64), values.to(torch.int64), group_mult.to(torch.int64)
+    acc = torch.zeros(*a.shape[:-1], n, dtype=torch.int64)
+    for g in range(gm.shape[1]):
+        part = a64[..., g * group:(g + 1) * group] @ w64[:, g * group:(g + 1) * group].T
+        acc += part * gm[:, g]
+    return wrap_int32(acc)
 
 
 def _absmax_per_row(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -529,7 +598,8 @@ def _sparsity_block_n(w: torch.Tensor, sparsity) -> tuple[torch.Tensor | None, t
     raise ContractError(f"sparsity must be None, 'N:16', '2:4' or a density float, got {sparsity!r}")
 
 
-def quantize_weight(w: torch.Tensor, kind: str, *, sparsity=None, normal: str = "auto", victim: str = "larger") -> QWeight:
+def quantize_weight(w: torch.Tensor, kind: str, *, sparsity=None, normal: str = "auto", victim: str = "larger",
+                    group: int | None = None) -> QWeight:
     """Quantize a float weight [N, K] per output row (compile time).
 
     - "int8"/"int4": symmetric absmax per row: scale = max|w_row| / qmax (qmax 127 / 7),
@@ -539,12 +609,22 @@ def quantize_weight(w: torch.Tensor, kind: str, *, sparsity=None, normal: str = 
     - sparsity (N:16 per 16x16 block, "2:4" or a density): the weight is pruned by magnitude
       first (golden.sparsity) and only kept values are quantized (OVP pairs are formed among the
       kept values, as the sparse DSP chain stores them). N and K must be multiples of 16.
+    - group (64 or 128, dense "int4"/"ovp4" only): per-group 4-bit multipliers on the row scale
+      (section 2a of docs/contract.md), chosen per group by the least round-to-nearest squared
+      error, then every weight rounded at its group's scale (golden.gptq.rtn_grouped).
     """
     if kind not in ("int8", "int4", "ovp4"):
         raise ContractError(f"weight kind must be one of ('int8', 'int4', 'ovp4'), got {kind!r}")
     if w.dim() != 2:
         raise ContractError(f"weights must be 2-D [out, in], got shape {tuple(w.shape)}")
     w = w.detach().to(torch.float32)
+    if group is not None:
+        if sparsity is not None or kind not in ("int4", "ovp4") or group not in GROUP_SIZES:
+            raise ContractError(f"group scales (group={group!r}) are for dense int4/ovp4 weights with groups of "
+                                f"{GROUP_SIZES}, not {kind} sparsity={sparsity!r}")
+        from . import gptq
+
+        return gptq.to_qweight(gptq.rtn_grouped(w, kind, group, "mult4", normal=normal))
     block_n, mask = _sparsity_block_n(w, sparsity)
     if block_n is not None:
         from . import sparsity as sp
@@ -881,8 +961,9 @@ class QLinear:
         qa = self.quantize_input(x)
         e = qa.exponent.to(torch.int64)
         if self._w_cache is None:
-            self._w_cache = (self.weight.values.to(torch.float64), int(self.weight.values.abs().max()))
-        acc = int_matmul(qa.values, self.weight.values, w_f64=self._w_cache[0], w_max=self._w_cache[1])
+            wv = self.weight.effective_values()  # grid values x group multipliers (group scales: 2a)
+            self._w_cache = (wv, wv.to(torch.float64), int(wv.abs().max()))
+        acc = int_matmul(qa.values, self._w_cache[0], w_f64=self._w_cache[1], w_max=self._w_cache[2])
         y = requantize(acc, self.mult, e, mantissa=qa.mantissa)
         if self.bias_q is not None:
             y = (y.to(torch.int64) + self.bias_q.to(torch.int64)).clamp(INT32_MIN, INT32_MAX).to(torch.int32)
@@ -952,6 +1033,7 @@ def compile_linear(
     act_normal: str = "auto",
     name: str = "linear",
     qweight: "QWeight | None" = None,
+    group: int | None = None,
 ) -> QLinear:
     """Compile a float linear (w [N, K] nn.Linear layout, optional bias [N]) to a QLinear.
 
@@ -959,6 +1041,7 @@ def compile_linear(
     activations [.., K]); "ovp4" needs ``calib`` or ``act_alpha`` (+ ``act_normal``).
     ``qweight``: an already quantized weight of kind ``weights`` (e.g. golden.gptq's choice of
     grid values) used instead of quantize_weight's round-to-nearest; shape = the padded [N, K].
+    ``group``: per-group weight scales (64 or 128; dense int4/ovp4; docs/contract.md 2a).
     """
     if weights not in WEIGHT_KINDS:
         raise ContractError(f"{name}: weights must be one of {WEIGHT_KINDS}, got {weights!r}")
@@ -974,12 +1057,13 @@ def compile_linear(
         calib = torch.nn.functional.pad(calib.detach().to(torch.float32), (0, pad_k))
     qw = None
     if qweight is not None:
-        if qweight.kind != weights or tuple(qweight.values.shape) != tuple(w.shape) or sparsity is not None:
-            raise ContractError(f"{name}: qweight is {qweight.kind} {tuple(qweight.values.shape)}, the layer needs "
-                                f"dense {weights} {tuple(w.shape)} (after padding)")
+        if (qweight.kind != weights or tuple(qweight.values.shape) != tuple(w.shape) or sparsity is not None
+                or qweight.group != group):
+            raise ContractError(f"{name}: qweight is {qweight.kind} {tuple(qweight.values.shape)} group {qweight.group}, "
+                                f"the layer needs dense {weights} {tuple(w.shape)} group {group} (after padding)")
         qw = qweight
     elif weights != "fp32":
-        qw = quantize_weight(w, weights, sparsity=sparsity)
+        qw = quantize_weight(w, weights, sparsity=sparsity, group=group)
     elif sparsity is not None:
         from . import sparsity as sp
 

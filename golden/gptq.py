@@ -27,8 +27,9 @@ rounded and running GPTQ again (``"refit"``).
 ``act_order=True`` processes pairs by decreasing H diagonal (the pair's two columns stay
 adjacent), the usual GPTQ ordering that quantizes the most sensitive inputs first.
 
-Group scales (``group_factors``): an [N, K/g] factor per row and K-group multiplies the row scale
-(measurement of finer scales in float; the integer contract has one scale per row).
+Group scales (``group_factors``): an [N, K/g] factor per row and K-group multiplies the row scale.
+"mult4" (m / 8, m = 1..15) has an integer form (:func:`to_qweight`: the contract's group
+multipliers, docs/contract.md 2a); "pow2" and "mult8" are float measurements only.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from .ovp_format import get_format
 
 __all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "gptq_ovp", "gptq_int4", "to_qweight",
            "quantize_linears",
-           "rtn_ovp_values", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES", "SCALE_MODES"]
+           "rtn_ovp_values", "rtn_grouped", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES",
+           "SCALE_MODES"]
 
 PAIR_CHOICES = ("rule", "error")
 SCALE_MODES = ("rtn", "refit")
@@ -379,6 +381,31 @@ def choose_group_factors(w: torch.Tensor, scale: torch.Tensor, group: int | None
     return best
 
 
+def rtn_grouped(w: torch.Tensor, kind: str, group: int, group_factors: str, *, normal: str = "auto",
+                rtn=None) -> GptqWeight:
+    """Round-to-nearest with per-group factors (no second-order compensation): the row scale of
+    golden.ovp's RTN search (``kind="ovp4"``; ``rtn`` reuses a computed search) or the INT4 absmax
+    scale (``"int4"``), the group factors of :func:`choose_group_factors`, then every weight
+    rounded to the nearest grid value at its group's scale."""
+    from . import ovp
+
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        raise GptqError(f"weights must be a float [N, K] tensor, got {getattr(w, 'shape', type(w))}")
+    w = w.detach().to(torch.float32)
+    n, k = w.shape
+    if kind == "ovp4":
+        t = rtn if rtn is not None else ovp.quantize(w, bits=4, normal=normal, granularity="row")
+        scale, norm = _safe(t.scale.reshape(n).to(torch.float32)), t.normal
+    elif kind == "int4":
+        scale, norm = _safe(w.abs().amax(1) / 7), None
+    else:
+        raise GptqError(f"rtn_grouped quantizes 'ovp4' or 'int4', not {kind!r}")
+    factors = choose_group_factors(w, scale, group, group_factors, norm)
+    x = w / _expand(scale, factors, group, n, k)
+    values = rtn_ovp_values(x, norm) if norm else torch.floor(x + 0.5).clamp(-7, 7)
+    return GptqWeight(kind, values.to(torch.int32), scale, norm, factors, group)
+
+
 # ---------------------------------------------------------------------------------------------
 # Onto the integer contract
 # ---------------------------------------------------------------------------------------------
@@ -390,31 +417,49 @@ def to_qweight(gw: GptqWeight):
     from . import ovp
     from .contract import QWeight, grid_to_operands
 
-    if gw.factors is not None:
-        raise GptqError("group scale factors have no integer form in the contract (one scale per row)")
+    from .contract import GROUP_MULT_BITS, GROUP_MULT_SHIFT, GROUP_SIZES
+
     values = gw.values.to(torch.int16)
     scale = gw.scale.to(torch.float64)
+    group = group_mult = None
+    if gw.factors is not None:
+        # only the 4-bit multiplier m / 2**3 (kind "mult4") is in the contract; check it is one
+        m = gw.factors.to(torch.float64) * 2**GROUP_MULT_SHIFT
+        mi = torch.floor(m + 0.5)
+        if gw.group not in GROUP_SIZES or not torch.equal(m, mi) or float(mi.min()) < 1 \
+                or float(mi.max()) > 2**GROUP_MULT_BITS - 1:
+            raise GptqError(f"group factors (group {gw.group}) are not the contract's 4-bit multipliers m/8, "
+                            f"m = 1..15, in groups of {GROUP_SIZES}; use group_factors='mult4'")
+        group, group_mult = gw.group, mi.to(torch.uint8)
+        scale = scale / 2**GROUP_MULT_SHIFT  # the scale of one unit of value x multiplier
     if gw.kind == "int4":
-        return QWeight("int4", values, scale, torch.zeros_like(values, dtype=torch.int8), values.to(torch.int8))
+        return QWeight("int4", values, scale, torch.zeros_like(values, dtype=torch.int8), values.to(torch.int8),
+                       group=group, group_mult=group_mult)
     codes = ovp.encode(gw.values, gw.normal)
     exp, integer = grid_to_operands(values, gw.normal)
-    return QWeight("ovp4", values, scale, exp, integer, normal=gw.normal, codes=codes)
+    return QWeight("ovp4", values, scale, exp, integer, normal=gw.normal, codes=codes, group=group,
+                   group_mult=group_mult)
 
 
-def quantize_linears(config: LlamaConfig, weights: LlamaWeights, calib_tokens, kinds: dict[str, str], **options):
+def quantize_linears(config: LlamaConfig, weights: LlamaWeights, calib_tokens, kinds: dict[str, str],
+                     groups: dict[str, int | None] | None = None, **options):
     """QWeight per linear name in ``kinds`` (name -> "ovp4" | "int4"), chosen by GPTQ with the
-    Hessians of ``calib_tokens`` (float-model inputs). ``options`` go to gptq_ovp / gptq_int4."""
+    Hessians of ``calib_tokens`` (float-model inputs). ``groups``: name -> group size for the
+    contract's 4-bit group multipliers (absent / None: row scales only). ``options`` go to
+    gptq_ovp / gptq_int4."""
     hs = collect_hessians(config, weights, calib_tokens, list(kinds))
     out = {}
     for name, kind in kinds.items():
         w, h = weights.linear(name).detach().to(torch.float32), hs[name]
+        group = (groups or {}).get(name)
+        opts = dict(options, group=group, group_factors="mult4") if group else options
         if kind == "ovp4":
             if w.shape[1] % 2:  # the zero column compile_linear adds; its input is dead in H
                 w = torch.nn.functional.pad(w, (0, 1))
                 h = torch.nn.functional.pad(h, (0, 1, 0, 1))
-            out[name] = to_qweight(gptq_ovp(w, h, **options))
+            out[name] = to_qweight(gptq_ovp(w, h, **opts))
         elif kind == "int4":
-            out[name] = to_qweight(gptq_int4(w, h, **options))
+            out[name] = to_qweight(gptq_int4(w, h, **opts))
         else:
             raise GptqError(f"{name}: GPTQ quantizes ovp4 or int4 weights, not {kind!r}")
     return out

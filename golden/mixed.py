@@ -32,7 +32,8 @@ What "bits" counts (:func:`storage_bytes`), per decoder linear, as the compiler 
 values of an N:16 linear), one 16-byte requantization entry per output row (bias, multiplier,
 shift: the per-row scale), and for N:16 the block-N table (1 byte per 16x16 block, padded to
 16 bytes as one tile would) and the packed 4-bit in-group index of every kept value of a sparse
-block. Not counted: the 64-byte alignment between tiles and the extra table padding of a
+block; with per-group weight multipliers (LayerQuant.group) their packed 4-bit values,
+ceil(ceil(K / group) / 2) bytes per row. Not counted: the 64-byte alignment between tiles and the extra table padding of a
 linear split into several tiles (< 0.1 %), lm_head and the embedding table (INT8 in every
 configuration, the same for all). Average bits = 8 * bytes / (true weights of the decoder
 linears).
@@ -89,8 +90,9 @@ def storage_bytes(n: int, k: int, lq: LayerQuant) -> int:
     """Bytes a linear of true shape [n, k] occupies in the weight image (see the module docstring)."""
     n_p, k_p = _pad16(n), _pad16(k)
     bits = 8 if lq.weights == "int8" else 4
-    if lq.sparsity is None:
-        return n_p * (k_p * bits // 8 + _ENTRY)
+    if lq.sparsity is None:  # + the packed 4-bit group multipliers of each row (contract 2a)
+        groups = -(-k_p // lq.group) if lq.group else 0
+        return n_p * (k_p * bits // 8 + -(-groups // 2) + _ENTRY)
     if not (isinstance(lq.sparsity, str) and lq.sparsity.endswith(":16")):
         raise MixedPrecisionError(f"storage of sparsity {lq.sparsity!r} is not modelled; use an N:16 pattern")
     keep = int(lq.sparsity.split(":")[0])

@@ -24,6 +24,12 @@ w4a8-ovp-gptq      w4a8-ovp with the OVP4 grid values chosen by GPTQ (golden/gpt
                    integer format and per-row scales. Needs calibration tokens.
 w4a8-int4-gptq     w4a8-int4 with GPTQ-chosen INT4 values (the equal-bits comparison).
                    Needs calibration tokens.
+w4a8-ovp-g128      w4a8-ovp with a 4-bit multiplier (m/8, m = 1..15) per 128 weights along K
+                   on the row scale (docs/contract.md 2a: per-group partial sums x m);
+                   +4 bits per 128 weights
+w4a8-ovp-gptq-g128 w4a8-ovp-g128 with GPTQ-chosen grid values. Needs calibration tokens.
+w4a8-int4-g128     w4a8-int4 with the same group multipliers (equal-bits comparison)
+w4a8-int4-gptq-g128  w4a8-int4-gptq with the same group multipliers. Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -39,6 +45,8 @@ __all__ = ["QuantConfigError", "LayerQuant", "QuantConfig", "PRESETS", "WEIGHT_C
 WEIGHT_CHOICES = ("ovp4", "int4", "int8", "fp32")
 ACT_CHOICES = ("int8", "int8-pow2", "int8-static", "ovp4", "fp32")
 SPARSITY_CHOICES = (None, "8:16", "4:16", "2:16", "2:4")
+#: group sizes of the per-group weight multipliers (golden.contract.GROUP_SIZES)
+GROUP_CHOICES = (64, 128)
 #: how grid values are chosen: "rtn" round-to-nearest, "gptq" second-order error compensation
 METHOD_CHOICES = ("rtn", "gptq")
 
@@ -63,12 +71,15 @@ class LayerQuant:
               16x16 block by golden.sparsity.choose_block_n)
     method:   "rtn" (round to nearest) | "gptq" (golden/gptq.py; dense ovp4/int4 weights only;
               needs calibration tokens)
+    group:    None (one scale per output row) | 64 | 128: a 4-bit multiplier per group of that
+              many weights along K on top of the row scale (docs/contract.md 2a; dense ovp4/int4)
     """
 
     weights: str = "int8"
     acts: str = "int8"
     sparsity: str | float | None = None
     method: str = "rtn"
+    group: int | None = None
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_CHOICES:
@@ -87,12 +98,18 @@ class LayerQuant:
             raise QuantConfigError(f"GPTQ is offered for dense ovp4/int4 weights only, got weights={self.weights!r} "
                                    f"sparsity={sp!r}; use method='rtn'")
 
+        if self.group is not None and (isinstance(self.group, bool) or self.group not in GROUP_CHOICES
+                                       or self.weights not in ("ovp4", "int4") or sp is not None):
+            raise QuantConfigError(f"LayerQuant.group={self.group!r} with weights={self.weights!r} sparsity={sp!r}: "
+                                   f"group scales take a group size in {GROUP_CHOICES} and dense ovp4/int4 weights")
+
     @property
     def is_float(self) -> bool:
         return self.weights == "fp32" and self.acts == "fp32"
 
     def describe(self) -> str:
         s = f"W{self.weights}/A{self.acts}" + (" gptq" if self.method == "gptq" else "")
+        s += f" g{self.group}" if self.group is not None else ""
         return s + (f" sparse {self.sparsity}" if self.sparsity is not None else "")
 
 
@@ -109,6 +126,10 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-ovp-4:16": (LayerQuant("ovp4", "int8", "4:16"), {"lm_head": _W8A8}),
     "w4a8-ovp-gptq": (LayerQuant("ovp4", "int8", method="gptq"), {"lm_head": _W8A8}),
     "w4a8-int4-gptq": (LayerQuant("int4", "int8", method="gptq"), {"lm_head": _W8A8}),
+    "w4a8-ovp-g128": (LayerQuant("ovp4", "int8", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-g128": (LayerQuant("int4", "int8", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-gptq-g128": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
 }
 
 

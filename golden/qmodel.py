@@ -419,7 +419,8 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             raise ContractError(f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...); pass calib_tokens")
         from . import gptq
 
-        gptq_w = gptq.quantize_linears(config, weights, calib_tokens, {n: lq[n].weights for n in gptq_names})
+        gptq_w = gptq.quantize_linears(config, weights, calib_tokens, {n: lq[n].weights for n in gptq_names},
+                                       groups={n: lq[n].group for n in gptq_names})
     linears = {}
     # progress per decoder layer (its 7 linears) and the head
     with progress.track(f"quantizing {config.name} ({qcfg.name})", config.n_layers + 1, "layer",
@@ -430,7 +431,7 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             q = lq[n]
             linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f,
                                         out_frac=out_f, sparsity=q.sparsity, calib=calib.get(n), name=n,
-                                        qweight=gptq_w.get(n))
+                                        qweight=gptq_w.get(n), group=q.group)
             if n == "lm_head" or short == LINEAR_NAMES[-1]:
                 bar.advance(n.rsplit(".", 1)[0] if n != "lm_head" else n)
     head = linears["lm_head"].weight

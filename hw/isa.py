@@ -39,6 +39,10 @@ MISC_OPS = ("add", "mul", "softmax", "layernorm", "rmsnorm", "silu", "swiglu", "
             "quant", "dequant", "copy", "argmax", "vshift")
 MPE_MODES = ("linear", "qk", "pv")
 OVP_NORMALS = ("int4", "flint4")
+#: MM/MV ``wgroup``: per-group weight multipliers (docs/isa.md "Semantics"): none, or one unsigned 4-bit
+#: multiplier per 64 / 128 weights of a row along K, packed after the tile's weight values
+WEIGHT_GROUPS = ("none", "g64", "g128")
+WEIGHT_GROUP_SIZE = {"none": None, "g64": 64, "g128": 128}
 #: MISC quant ``imm`` bits above the head-block count imm[15:0] (docs/isa.md "MISC"): power-of-two INT8
 #: scale, OVP4 mode (the static OVP activation encoder, parameter record at src1), its flint4 normal type
 QUANT_POW2, QUANT_OVP4, QUANT_FLINT4 = 1 << 16, 1 << 17, 1 << 18
@@ -166,6 +170,7 @@ FORMATS: tuple[Format, ...] = (
         F("out_addr", 5, 0, 24, "u", "output buffer byte address"),
         F("meta_addr", 6, 0, 16, "u", "meta buffer address of sparse indices / block N (16-byte units)"),
         F("bias_addr", 6, 16, 16, "u", "bias buffer address of bias and requant parameters (16-byte units)"),
+        F("wgroup", 0, 24, 2, WEIGHT_GROUPS, "per-group 4-bit weight multipliers after the weight values"),
     ), doc) for mn, op, doc in (
         ("MM", 3, "Matrix-matrix product (prefill): out[m, n] = A[m, K] x W[n, K]^T."),
         ("MV", 4, "Matrix-vector product (decode): as MM with m = 1."),

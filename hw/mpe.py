@@ -10,7 +10,8 @@ same writer); ``out`` int32, fixed32 (``bias``) and int8 through the
 requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
 rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
 with ``MpeError.NOT_BUILT``, nothing written): ``pv`` or ``sparse`` with more than 16 chains;
-``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
+``out=int8`` with ``accumulate`` and m > 1; ``wgroup`` (per-group weight multipliers: the scaling
+of each row's per-K-group partial sums, docs/contract.md 2a) (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
 cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
@@ -133,7 +134,7 @@ class MpeError(py_enum.IntEnum):
     MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
     OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
     ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
-    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, ...)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, wgroup, ...)
     OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
     UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
     MANTISSA = 14        # a row mantissa above 256 (data rule)
@@ -347,7 +348,9 @@ class MatrixEngine(wiring.Component):
             # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
             # it writes; the engine writes column group by column group, so a later row's int8 bytes
             # could land on an earlier row's input not read yet: refused rather than wrong
-            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+            # wgroup (per-group weight multipliers, docs/contract.md 2a): the per-K-group scaling of the
+            # chains' partial sums is not built in this revision; refused rather than computed without it
+            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1) | (f.wgroup != 0),
              MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
              | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))

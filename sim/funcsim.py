@@ -30,6 +30,7 @@ import torch
 
 from olivine.hw import isa
 from olivine.compiler.asm import disassemble_one
+from olivine.compiler.spec import group_row_bytes, unpack_group_mult
 from olivine.golden import contract, fixed, ovp, sfu
 from olivine.golden.ovp_format import get_format
 
@@ -646,7 +647,10 @@ class FuncSim:
         return SparseTile(torch.from_numpy(col_m), torch.from_numpy(val_m), int(np.abs(vals).max()) if kept else 0)
 
     def weights(self, i, n: int, k: int) -> torch.Tensor:
-        """Decode the weight tile at b_addr into integer grid values [n, k] (int16)."""
+        """Decode the weight tile at b_addr into integer grid values [n, k] (int16). With ``wgroup``
+        (per-group multipliers: n rows of packed 4-bit multipliers after the n rows of values) the
+        values are multiplied by their group's multiplier: the sum of the per-group partial sums
+        times the multiplier is the same integer (golden.contract.int_matmul_grouped)."""
         self._flush_weight()
         wfmt = i.enum("wfmt")
         row = k if wfmt == "int8" else k // 2
@@ -660,8 +664,18 @@ class FuncSim:
             v = np.empty((n, k), dtype=np.int16)
             v[:, 0::2] = np.where(lo > 7, lo - 16, lo)
             v[:, 1::2] = np.where(hi > 7, hi - 16, hi)
-            return torch.from_numpy(v)
-        return ovp.unpack(torch.from_numpy(b.copy()), i.enum("normal")).to(torch.int16)
+            values = torch.from_numpy(v)
+        else:
+            values = ovp.unpack(torch.from_numpy(b.copy()), i.enum("normal")).to(torch.int16)
+        group = isa.WEIGHT_GROUP_SIZE[i.enum("wgroup")]
+        if group is None:
+            return values
+        groups, gbytes = -(-k // group), group_row_bytes(group, k)
+        packed = self._slice(self.buffers["weight"], i["b_addr"] + n * row, n * gbytes, "MM group multipliers")
+        gm = unpack_group_mult(packed.reshape(n, gbytes), groups)
+        if int(gm.min()) < 1:
+            raise SimError("a per-group weight multiplier is 0; multipliers are 1..15 (docs/contract.md 2a)")
+        return contract.grouped_values(values, torch.from_numpy(gm.copy()), group)
 
     @staticmethod
     def _check_mantissas(mant, what: str) -> None:
@@ -699,6 +713,10 @@ class FuncSim:
         if i["bias"] and i.enum("out") != "fixed32":
             raise SimError(f"bias=1 needs out=fixed32 (the bias is added to the requantized value), "
                            f"not out={i.enum('out')}")
+        if i.enum("wgroup") != "none" and (mode != "linear" or i["sparse"] or ovp_act or i.enum("wfmt") == "int8"):
+            raise SimError(f"wgroup={i.enum('wgroup')} (per-group weight multipliers) needs mode=linear, sparse=0, "
+                           f"afmt=int8 and wfmt=int4 or ovp4, not mode={mode}, sparse={i['sparse']}, "
+                           f"afmt={i.enum('afmt')}, wfmt={i.enum('wfmt')}")
         if mode == "linear":
             if i["sparse"] and n % 16:
                 raise SimError(f"a sparse tile has n={n} rows, not a multiple of 16 (one N per 16x16 block)")
@@ -750,11 +768,11 @@ class FuncSim:
             else:
                 a, exp, mant = self.qblock_np(v["a_addr"], m, k, "MM activations")
                 mant_parts = (mant,)
-            row = k if v["wfmt"] == 0 else k // 2
+            row = (k if v["wfmt"] == 0 else k // 2) + group_row_bytes(isa.WEIGHT_GROUP_SIZE[i.enum("wgroup")], k)
             src = self._src["weight"].get(v["b_addr"])
             msrc = self._src["meta"].get(16 * v["meta_addr"]) if v["sparse"] else None
             key = None if src is None or (v["sparse"] and msrc is None) or (not v["sparse"] and src[2] < n * row) \
-                else (src, msrc, v["wfmt"], v["normal"], n, k)
+                else (src, msrc, v["wfmt"], v["normal"], v["wgroup"], n, k)
             tile = self._wcache.get(key) if key is not None else None
             if tile is None:
                 tile = self.sparse_weights(i, n, k) if v["sparse"] else DenseTile(self.weights(i, n, k))

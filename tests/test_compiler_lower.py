@@ -515,3 +515,51 @@ def test_compile_main_budget_bits_records_the_assignment_and_runs_bit_exact(tmp_
         compile_main("glassllm", "u280", out=str(tmp_path / "x"), budget_bits=2.5)
     with pytest.raises(CompileError, match="drop --preset"):
         compile_main("glassllm", "u280", out=str(tmp_path / "x"), preset="w8a8", budget_bits=4.5)
+
+
+def test_group_scale_presets_compile_and_run_bit_exact(tmp_path):
+    """Per-group weight multipliers: the w4a8-ovp-g128 preset through compile_main, and one model mixing
+    OVP4 / INT4 at groups of 64 and 128 (one GPTQ linear) with ungrouped linears: every MV of a grouped
+    linear carries its wgroup, its tiles hold the packed multipliers after the values, and the simulator
+    gives golden's tokens and int32 logits."""
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qconfig import LayerQuant, QuantConfig
+    from olivine.golden.qmodel import quantize_model
+
+    out = tmp_path / "g128"
+    assert compile_main("glassllm", "u280", preset="w4a8-ovp-g128", out=str(out), max_context=48, quiet=True) == 0
+    m = load_model("glassllm")
+    q = quantize_model(m.config, m.weights, "w4a8-ovp-g128")
+    rt = Runtime.from_artifact(out, for_board("u280"))
+    ids = m.tokenizer.encode("Once upon a time")
+    toks, logits = rt.generate(ids, 4)
+    g_toks, g_logits = golden_generate(q, ids, 4)
+    assert toks == g_toks and all(torch.equal(a, b) for a, b in zip(logits, g_logits))
+
+    w8 = LayerQuant("int8", "int8")
+    qcfg = QuantConfig(LayerQuant("ovp4", "int8", group=64), {
+        "layers.*.w_up": LayerQuant("int4", "int8", group=128), "layers.2.wq": LayerQuant("int4", "int8", group=64),
+        "layers.1.w_down": LayerQuant("ovp4", "int8", method="gptq", group=128),
+        "layers.3.wk": LayerQuant("ovp4", "int8"), "lm_head": w8}, name="groups")
+    q = quantize_model(m.config, m.weights, qcfg, model_calibration_tokens(m), show_progress=False)
+    spec = spec_from_qllama(q)
+    assert spec.linears["layers.1.w_down"].group == 128 and spec.linears["layers.3.wk"].group is None
+    d = spec.linears["layers.0.w_down"]  # K = 352 after padding: 6 groups of 64, 3 bytes per row
+    assert d.k == 352 and d.row_bytes == 176 + 3
+    comp = compile_model(spec, CFG, max_context=48, max_prompt=32, prefill_step=16)
+    prog = isa.decode_program(comp.programs["decode_00048"].words)
+    formats = {(i.enum("wfmt"), i.enum("wgroup")) for i in prog if i.mnemonic == "MV" and i.enum("mode") == "linear"}
+    assert formats == {("ovp4", "g64"), ("ovp4", "g128"), ("int4", "g64"), ("int4", "g128"), ("ovp4", "none"),
+                       ("int8", "none")}
+    toks, logits = Runtime.from_compiled(comp).generate(ids, 4)
+    g_toks, g_logits = golden_generate(q, ids, 4)
+    assert toks == g_toks and all(torch.equal(a, b) for a, b in zip(logits, g_logits))
+
+
+def test_group_scales_refused_where_not_compiled():
+    from olivine.compiler.spec import QuantFacts, quant_refusal
+
+    assert quant_refusal(QuantFacts("ovp4", "int8", grouped=True)) is None
+    assert "per-group" in quant_refusal(QuantFacts("ovp4", "ovp4", grouped=True))
+    assert "head_dim" in quant_refusal(QuantFacts("ovp4", "int8", cols_padded=True, grouped=True))

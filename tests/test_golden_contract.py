@@ -466,3 +466,75 @@ def test_dynamic_int8_float_path_equals_int64_rule(seed):
     r = (127 << C.RECIP_BITS) // m
     ref = C.round_shift(xi * r, C.RECIP_BITS + e).clamp(-127, 127)
     assert torch.equal(qa.values.long(), ref) and torch.equal(qa.exponent.long(), e) and torch.equal(qa.mantissa.long(), m)
+
+
+# ------------------------------------------------------------------ per-group weight multipliers (2a)
+
+
+def _py_grouped_acc(a_row, w_row, mults, group) -> int:
+    """Python-integer form of docs/contract.md 2a: per-group partial sums x multiplier, summed, wrapped."""
+    acc = 0
+    for g, m in enumerate(mults):
+        part = sum(int(a) * int(w) for a, w in zip(a_row[g * group:(g + 1) * group], w_row[g * group:(g + 1) * group]))
+        acc += int(m) * part
+    return (acc + 2**31) % 2**32 - 2**31
+
+
+@pytest.mark.parametrize("kind,group", [("ovp4", 64), ("ovp4", 128), ("int4", 64), ("int4", 128)])
+def test_grouped_qlinear_equals_python_integer_reference(kind, group):
+    """A grouped layer (K = 200: a partial last group) against the per-group integer pipeline:
+    dynamic INT8 codes, per-group partial sums x the 4-bit multiplier, the row multiplier."""
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(6, 200, generator=g) * torch.linspace(0.2, 3.0, 200)  # scale varies along K
+    x = C.to_fixed(torch.randn(3, 200, generator=g) * 2, 16)
+    lin = C.compile_linear(w, None, weights=kind, acts="int8", group=group)
+    qw = lin.weight
+    assert qw.group == group and qw.group_mult.shape == (6, -(-200 // group)) and qw.group_mult.dtype == torch.uint8
+    assert 1 <= int(qw.group_mult.min()) and int(qw.group_mult.max()) <= 15
+    assert len(set(qw.group_mult.reshape(-1).tolist())) > 1  # the groups did take different multipliers
+    y = lin(x)
+    qa = C.quantize_act_dynamic_int8(x, 16)
+    for i in range(3):
+        e, mnt = int(qa.exponent[i, 0]), int(qa.mantissa[i, 0])
+        for j in range(6):
+            acc = _py_grouped_acc(qa.values[i].tolist(), qw.values[j].tolist(), qw.group_mult[j].tolist(), group)
+            ref = _py_round_shift(acc * mnt * int(lin.mult.mult[j]), int(lin.mult.shift[j]) - e)
+            assert int(y[i, j]) == max(-(2**31), min(2**31 - 1, ref))
+    # the scale of one unit of value x multiplier: real weight = values * m * scale
+    real = qw.values.double() * C.expand_group_mult(qw.group_mult, group, 200).double() * qw.scale[:, None]
+    assert torch.allclose(qw.dequantize().double(), real, rtol=1e-6)
+    # finer scales lower the weight error against one scale per row
+    row = C.quantize_weight(w, kind)
+    assert float((qw.dequantize() - w).square().sum()) < float((row.dequantize() - w).square().sum())
+
+
+def test_int_matmul_grouped_equals_flat_form_and_wraps():
+    g = torch.Generator().manual_seed(12)
+    values = torch.randint(-192, 193, (5, 256), generator=g).to(torch.int16)
+    mults = torch.randint(1, 16, (5, 2), generator=g).to(torch.uint8)
+    a = torch.randint(-127, 128, (4, 256), generator=g).to(torch.int8)
+    ref = C.int_matmul_grouped(a, values, mults, 128)
+    assert torch.equal(ref, C.int_matmul(a, C.grouped_values(values, mults, 128)))
+    assert int(ref[1, 2]) == _py_grouped_acc(a[1].tolist(), values[2].tolist(), mults[2].tolist(), 128)
+    # the INT32 register wraps: all-127 codes x 192 x 15 over K = 8192 exceeds 2**31
+    big_a = torch.full((1, 8192), 127, dtype=torch.int8)
+    big_w = torch.full((1, 8192), 192, dtype=torch.int16)
+    big_m = torch.full((1, 64), 15, dtype=torch.uint8)
+    exact = 127 * 192 * 15 * 8192
+    assert exact > 2**31
+    assert int(C.int_matmul_grouped(big_a, big_w, big_m, 128)[0, 0]) == (exact + 2**31) % 2**32 - 2**31
+
+
+def test_group_scale_errors():
+    w = torch.randn(4, 128)
+    with pytest.raises(C.ContractError, match="group"):
+        C.quantize_weight(w, "int8", group=128)
+    with pytest.raises(C.ContractError, match="group"):
+        C.quantize_weight(w, "ovp4", group=32)
+    with pytest.raises(C.ContractError, match="group"):
+        C.quantize_weight(torch.randn(16, 128), "ovp4", sparsity="8:16", group=128)
+    values = torch.zeros(4, 128, dtype=torch.int16)
+    with pytest.raises(C.ContractError, match="1..15"):
+        C.grouped_values(values, torch.zeros(4, 1, dtype=torch.uint8), 128)
+    with pytest.raises(C.ContractError, match="shape"):
+        C.grouped_values(values, torch.ones(4, 2, dtype=torch.uint8), 128)

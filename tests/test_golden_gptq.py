@@ -99,8 +99,38 @@ def test_group_factors(kind):
     assert set(g.factors.unique().tolist()) <= set(gptq.group_factor_candidates(kind).tolist())
     _assert_valid_ovp(g.values, g.normal)
     assert _out_err(x, w, g.dequantize()) < _out_err(x, w, plain.dequantize())
-    with pytest.raises(gptq.GptqError, match="no integer form"):
-        gptq.to_qweight(g)
+    if kind == "pow2":  # 2**s, s in -2..1, is a float measurement: 2.0 x 8 = 16 does not fit 4 bits
+        with pytest.raises(gptq.GptqError, match="4-bit multipliers"):
+            gptq.to_qweight(g)
+        return
+    qw = gptq.to_qweight(g)  # the contract's form: m = 8 x factor, row scale / 8
+    assert qw.group == 64 and torch.equal(qw.group_mult.to(torch.float32), g.factors * 8)
+    assert torch.allclose(qw.scale, g.scale.double() / 8)
+    assert torch.allclose(qw.dequantize(), g.dequantize(), rtol=1e-6, atol=1e-9)
+    assert torch.equal(ovp.unpack(qw.codes, qw.normal), g.values)
+
+
+@pytest.mark.parametrize("kind", ["ovp4", "int4"])
+def test_rtn_grouped_beats_row_scales(kind):
+    """Round-to-nearest with group multipliers: valid grid values, every group's factor the
+    candidate of least squared error, and a weight error no larger than one scale per row."""
+    w, _ = _layer(seed=6, k=320)
+    g = gptq.rtn_grouped(w, kind, 128, "mult4")
+    assert g.factors.shape == (w.shape[0], 3)
+    if kind == "ovp4":
+        _assert_valid_ovp(g.values, g.normal)
+    else:
+        assert int(g.values.abs().max()) <= 7
+    row = quantize_weight(w, kind)
+    e_group, e_row = float((g.dequantize() - w).square().sum()), float((row.dequantize() - w).square().sum())
+    assert e_group < e_row
+    qw = quantize_weight(w, kind, group=128)  # the contract's entry point gives the same integers
+    assert torch.equal(qw.values.to(torch.int32), g.values) and qw.group == 128
+    assert torch.equal(qw.group_mult.to(torch.float32), g.factors * 8)
+    # factor 1 (m = 8) is a candidate: the group's choice never does worse than the row scale alone there
+    s = (g.scale.reshape(-1, 1) * g.factors.repeat_interleave(128, 1)[:, :320])
+    assert torch.equal(g.values.float(), (gptq.rtn_ovp_values(w / s, g.normal) if kind == "ovp4"
+                                          else torch.floor(w / s + 0.5).clamp(-7, 7)))
 
 
 def test_errors():
@@ -116,6 +146,13 @@ def test_errors():
         LayerQuant("int8", "int8", method="gptq")
     with pytest.raises(QuantConfigError, match="method"):
         LayerQuant("ovp4", "int8", method="awq")
+    with pytest.raises(QuantConfigError, match="group"):
+        LayerQuant("int8", "int8", group=128)
+    with pytest.raises(QuantConfigError, match="group"):
+        LayerQuant("ovp4", "int8", group=96)
+    with pytest.raises(QuantConfigError, match="group"):
+        LayerQuant("ovp4", "int8", "8:16", group=128)
+    assert LayerQuant("ovp4", "int8", method="gptq", group=128).describe() == "Wovp4/Aint8 gptq g128"
 
 
 def test_gptq_presets_on_glassllm():

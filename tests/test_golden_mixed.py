@@ -153,3 +153,26 @@ def test_too_little_calibration_is_refused():
     m, _ = glass()
     with pytest.raises(mixed.MixedPrecisionError, match="too few"):
         mixed.measure_sensitivity(m.config, m.weights, torch.arange(8), ("int8",))
+
+
+def test_storage_bytes_count_group_multipliers_like_the_compiler():
+    """Per-group multipliers add ceil(ceil(K/g)/2) bytes per row, as the compiler's image lays them out."""
+    from olivine.compiler.layout import ENTRY
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.qconfig import QuantConfig
+    from olivine.golden.qmodel import quantize_model
+
+    assert mixed.storage_bytes(32, 576, LayerQuant("ovp4", group=128)) == 32 * (288 + 3 + 16)  # 5 groups
+    assert mixed.storage_bytes(32, 1536, LayerQuant("int4", group=64)) == 32 * (768 + 12 + 16)  # 24 groups
+    config = LlamaConfig(vocab_size=64, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=200)
+    from tests.test_compiler_lower import random_llama
+
+    lq = {"layers.0.w_down": LayerQuant("ovp4", "int8", group=64), "layers.0.w_up": LayerQuant("int4", "int8", group=128)}
+    q = quantize_model(config, random_llama(config), QuantConfig(LayerQuant("ovp4", "int8", group=128), lq))
+    spec = spec_from_qllama(q)
+    shapes = mixed.decoder_linear_shapes(config)
+    for name in shapes:
+        lin = spec.linears[name]
+        assert lin.group == (64 if name.endswith("w_down") else 128)
+        want = mixed.storage_bytes(*shapes[name], lq.get(name, LayerQuant("ovp4", "int8", group=128)))
+        assert lin.weight_bytes(0, lin.n) + ENTRY * lin.n == want, name

@@ -47,9 +47,12 @@ def _same(a, b):
         assert torch.equal(lin.w_float, other.w_float), name
         for f in ("values", "exponent", "integer", "scale"):
             assert torch.equal(getattr(lin.weight, f), getattr(other.weight, f)), (name, f)
+        assert lin.weight.group == other.weight.group, name
+        if lin.weight.group_mult is not None:
+            assert torch.equal(lin.weight.group_mult, other.weight.group_mult), name
 
 
-@pytest.mark.parametrize("preset", ["w4a8-ovp", "w8a8", "w4a8-ovp-8:16"])
+@pytest.mark.parametrize("preset", ["w4a8-ovp", "w8a8", "w4a8-ovp-8:16", "w4a8-int4-g128"])
 def test_second_call_loads_the_same_model(glass, cache_dir, builds, preset):
     first = qcache.quantize_cached(glass, preset)
     assert len(builds) == 1 and len(list(cache_dir.glob("*.qmodel"))) == 1

@@ -44,7 +44,7 @@ def mutate(words: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         i, lsb = rng.integers(len(words)), int(rng.integers(0, 29))
         words[i] |= np.uint32(0xF << lsb)
     else:
-        words = words[: rng.integers(1, len(words))]
+        words = words[: rng.integers(1, max(len(words), 2))]  # a one-word stream stays whole
     return words
 
 

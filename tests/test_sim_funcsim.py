@@ -69,6 +69,52 @@ def test_quant_then_linear_equals_golden_qlinear(wkind):
     assert torch.equal(mants, qa.mantissa.to(torch.int64))
 
 
+@pytest.mark.parametrize("wkind,group", [("ovp4", 64), ("ovp4", 128), ("int4", 64), ("int4", 128)])
+def test_grouped_linear_equals_golden_qlinear(wkind, group):
+    """Per-group weight multipliers (wgroup): the tile's values then its rows' packed 4-bit multipliers;
+    the MM output equals golden's grouped QLinear (K = 192: a partial last group of 128)."""
+    from olivine.compiler.spec import unpack_group_mult
+
+    g = torch.Generator().manual_seed(21)
+    n, k, m = 32, 192, 3
+    w = torch.randn(n, k, generator=g) * torch.linspace(0.02, 0.3, k)
+    lin = contract.compile_linear(w, weights=wkind, acts="int8", name="t", group=group)
+    spec = _linear_from_qlinear("t", lin, n, k)
+    assert spec.group == group and spec.wgroup == f"g{group}"
+    groups = -(-k // group)
+    assert spec.row_bytes == k // 2 + -(-groups // 2)
+    tile = spec.tile_weight_bytes(0, n)
+    assert tile.size == spec.weight_bytes(0, n) == n * spec.row_bytes
+    gm = unpack_group_mult(tile[n * k // 2:].reshape(n, -1), groups)
+    assert torch.equal(torch.from_numpy(gm.astype(np.int64)), lin.weight.group_mult.to(torch.int64))
+    x = rand_fixed((m, k), seed=22)
+    s = sim()
+    put_i32(s, 0, x)
+    s.buffers["weight"][:tile.size] = tile
+    s.buffers["bias"][32:32 + 16 * n] = spec.requant_table().view(np.uint8).reshape(-1)
+    mm = (f"MM wait=sfu wfmt={wkind} normal={spec.normal} mode=linear out=fixed32 k_blocks={k // 16} m={m} n={n} "
+          f"a_addr=4096 b_addr=0 out_addr=8192 bias_addr=2")
+    run(s, f"MISC op=quant src0=0 dst=4096 rows={m} cols={k} imm=1 release=mpe\n{mm} wgroup=g{group}")
+    assert torch.equal(s.i32(8192, m, n), lin(x))
+    run(s, f"MISC op=quant src0=0 dst=4096 rows={m} cols={k} imm=1 release=mpe\n{mm}")  # without wgroup
+    assert not torch.equal(s.i32(8192, m, n), lin(x))  # the multipliers matter
+
+
+def test_grouped_linear_errors_are_named():
+    s = sim()
+    base = "out=int32 k_blocks=8 m=1 n=16 a_addr=4096 b_addr=0 out_addr=8192"
+    with pytest.raises(SimError, match="wgroup=g128 .* wfmt=int8"):
+        run(s, f"MV wfmt=int8 wgroup=g128 {base}")
+    with pytest.raises(SimError, match="wgroup=g64 .* mode=qk"):
+        run(s, f"MV mode=qk wgroup=g64 {base}")
+    with pytest.raises(SimError, match="wgroup=g64 .* sparse=1"):
+        run(s, f"MV wfmt=int4 sparse=1 wgroup=g64 {base}")
+    s.buffers["weight"][:16 * 64] = 0x11  # int4 values 1
+    s.buffers["weight"][16 * 64:16 * 64 + 16] = 0x01  # per row: group 0 multiplier 1, group 1 multiplier 0
+    with pytest.raises(SimError, match="multiplier is 0"):
+        run(s, f"MV wfmt=int4 wgroup=g64 {base}")
+
+
 def test_linear_output_pitch_and_raw_accumulator():
     g = torch.Generator().manual_seed(3)
     w = torch.randint(-127, 128, (16, 32), generator=g, dtype=torch.int64)
@@ -552,7 +598,7 @@ MV wait=ld wfmt=int8 out=int32 k_blocks=1 n=16 a_addr=8192 b_addr=4096 out_addr=
     assert s.stats.hbm_read == {0: 1024 + 1024 + 512 + 128, 1: 256}
 
 
-@pytest.mark.parametrize("preset", ["w8a8", "w4a8-ovp", "w4a8-ovp-down8", "w4a8-int4-gptq"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8-ovp", "w4a8-ovp-down8", "w4a8-int4-gptq", "w4a8-ovp-g128"])
 def test_glassllm_presets_bit_exact(preset):
     """glassllm compiled with each preset and run on the simulator (its numpy SFU ports, one-product
     requantization, lazily copied weight loads, runtime-patched programs) gives golden QLlama's tokens
