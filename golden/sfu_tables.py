@@ -13,7 +13,7 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
-from .fixed_scalar import ROPE_TABLE_FRAC, FixedPointValueError, check_frac_bits
+from .fixed_scalar import ROPE_TABLE_FRAC, FixedPointValueError, check_frac_bits, quantize_multiplier
 
 __all__ = [
     "EXP_INDEX_BITS", "EXP_INTERP_BITS", "EXP_FRAC", "EXP_VALUE_BITS", "EXP_OUT_EXTRA_BITS",
@@ -60,6 +60,8 @@ NORM_MAX_DIM = 1 << 14
 RSQRT_NUM_BITS = 62
 _RSQRT_T_BITS = 23          # T' is normalized to bit length 23 or 24
 _G_SHIFT = 24               # G = round_shift(R * sqrt_d_mult, 24)
+#: softmax's d * log2(e) multiplier (M, S): t = round_shift(d * M, S + frac_in - EXP_FRAC)
+_LOG2E_M, _LOG2E_S = quantize_multiplier(1.0 / math.log(2.0))
 
 # ----------------------------------------------------------------------------- tables
 

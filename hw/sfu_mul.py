@@ -29,6 +29,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .resources import register_unit
+from .sfu_core import reduce_tree
 
 __all__ = ["DSP_PER_LANE", "MUL_A_BITS", "MUL_B_BITS", "MUL_P_BITS", "MultiplierBank", "const_product",
            "csd_digits", "mul_signature", "multiplier_port", "shift_add_product"]
@@ -108,17 +109,7 @@ def shift_add_product(m: Module, a, b, *, name: str):
         t = Signal(shape, name=f"{name}_t{i}")
         m.d.comb += t.eq(Mux(b[i], a << i, 0))
         terms.append(t)
-    level = 0
-    while len(terms) > 1:
-        nxt = []
-        for k in range(0, len(terms) - 1, 2):
-            s = Signal(shape, name=f"{name}_s{level}_{k // 2}")
-            m.d.comb += s.eq(terms[k] + terms[k + 1])
-            nxt.append(s)
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms, level = nxt, level + 1
-    return terms[0]
+    return reduce_tree(m, terms, lambda a, b: a + b, shape, f"{name}_s")
 
 
 def csd_digits(c: int) -> list[tuple[int, int]]:
@@ -149,17 +140,7 @@ def const_product(m: Module, x, c: int, *, name: str):
         t = Signal(shape, name=f"{name}_t{k}")
         m.d.comb += t.eq((x << s) if d > 0 else -(x << s))
         terms.append(t)
-    level = 0
-    while len(terms) > 1:
-        nxt = []
-        for k in range(0, len(terms) - 1, 2):
-            s = Signal(shape, name=f"{name}_s{level}_{k // 2}")
-            m.d.comb += s.eq(terms[k] + terms[k + 1])
-            nxt.append(s)
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms, level = nxt, level + 1
-    return terms[0]
+    return reduce_tree(m, terms, lambda a, b: a + b, shape, f"{name}_s")
 
 
 @register_unit("sfu_mul_bank")
