@@ -272,14 +272,25 @@ class RopeCore(wiring.Component):
             for l in range(L):
                 m.d.sync += [a1[l].eq(ib.data[l]), b1[l].eq(self.g.p.data[l]),
                              hd1[l].eq((k_now * L + l < half) & (l < ib.count))]
+        # the first half's input beats of pass 0, for pass 1: in place (dst = src0) pass 0 has
+        # written a' over a by the time pass 1 reads it (issue 8), so pass 1 takes a from here and
+        # ignores the a it reads. Only the beats of the head's half (the ROM's beats) are kept: the
+        # lanes past hd/2 become 0 anyway. Read like the ROM: address with the input beat, data in stage 1.
+        m.submodules.a_hold = hold = Memory(shape=unsigned(32 * L), depth=self.rom_beats, init=[])
+        hold_wr, hold_rd = hold.write_port(), hold.read_port()
+        hold_addr = k_now[:rb] if rb else Const(0, 1)
+        m.d.comb += [hold_wr.addr.eq(hold_addr), hold_wr.data.eq(ib.data.as_value()),
+                     hold_wr.en.eq(take & (ib.pass_ == 0) & ((k_now >> rb) == 0)),
+                     hold_rd.addr.eq(hold_addr), hold_rd.en.eq(advance)]
         p0_1 = meta1.pass_ == 0
         p0_2 = meta2.pass_ == 0
         outs = []
         for l in range(L):
             c = rd.data[_ENTRY_BITS * l: _ENTRY_BITS * (l + 1)].as_signed()
             s = rd.data[_ENTRY_BITS * (L + l): _ENTRY_BITS * (L + l + 1)].as_signed()
+            a = Mux(p0_1, a1[l], hold_rd.data[32 * l: 32 * (l + 1)].as_signed())
             # pass 0: a*c - b*s; pass 1: b*c + a*s (the sign on the sum: -b never overflows)
-            pc, ps = self._products(m, l, Mux(p0_1, a1[l], b1[l]), Mux(p0_1, b1[l], a1[l]), c, s, advance, v2)
+            pc, ps = self._products(m, l, Mux(p0_1, a, b1[l]), Mux(p0_1, b1[l], a), c, s, advance, v2)
             total = Mux(p0_2, pc - ps, pc + ps)
             y = Signal(signed(32), name=f"rope{l}")
             with m.If(advance):
