@@ -23,11 +23,17 @@ Why two passes over the row instead of a row buffer: the SFU top streams the hal
 ``b`` as two operands (``i`` = ``a``, ``g`` = ``b``, ``cols/2`` elements each, interleaved on the
 read port) and the core writes ``a'`` in pass 0 and ``b'`` in pass 1, which land contiguously at
 the row's destination; the cost is reading the row twice (``lanes / 2`` elements per cycle, as a two-operand op), the
-gain no buffer and no output reordering. RoPE is a small part of a layer (Q and K heads only).
+gain no row buffer and no output reordering. RoPE is a small part of a layer (Q and K heads only).
+
+In place (``dst = src0``, docs/isa.md) pass 0 has written ``a'`` over ``a`` before pass 1 reads the
+first half again (issue 8), so pass 1 ignores the ``a`` it reads and takes pass 0's input beats
+from a hold buffer (``a_hold``: ``rom_beats`` words of ``lanes`` x 32 bits, the head's half only,
+since lanes past ``hd/2`` become 0; glassllm 4 x 128 bits at 4 lanes, SmolLM2 2 x 512 at 16). The
+reads, the timing and every out-of-place result are unchanged.
 
 Ports
 -----
-i : In(beat stream)   the first half ``a`` of the row, twice (pass 0, pass 1)
+i : In(beat stream)   the first half ``a`` of the row, twice (pass 0; pass 1, whose data is not used)
 g : In(beat stream)   the second half ``b``, beat for beat with ``i``
 o : Out(beat stream)  ``a'`` beats (pass 0) then ``b'`` beats (pass 1), ``count``/``first``/``last`` of the input
 params : In(rope_params_layout()) ``pos_base`` (imm[15:0]), ``per`` (imm[31:16]), ``row``: the index

@@ -255,6 +255,14 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
                        else [(9, CHECK_ROPE.head_dim, "random"), (16, 2 * CHECK_ROPE.head_dim, "edges")])
         for rows, cols, kind in shapes:
             cases.append(_fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}"))
+        if op == "rope":  # in place over many rows, full and padded heads (issue 8's race, pass 1 reading back
+            # pass 0's a', needs halves of 4+ beats, more than this ROM's hd 12: tests/test_hw_sfu_rope.py has those)
+            hd = CHECK_ROPE.head_dim
+            for rows, cols, kind in [(16, hd, "random"), (12, hd + 4, "edges")]:
+                case = _fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind} in place")
+                case.fields["dst"] = case.fields["src0"]
+                case.want = expected_image(config, case.image, case.fields)
+                cases.append(case)
     # bad input: a defined error, nothing written
     base = cases[0]
     op0 = MISC_OPS.index(ops[0])
