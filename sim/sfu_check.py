@@ -259,7 +259,7 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
             # pass 0's a', needs halves of 4+ beats, more than this ROM's hd 12: tests/test_hw_sfu_rope.py has those)
             hd = CHECK_ROPE.head_dim
             for rows, cols, kind in [(16, hd, "random"), (12, hd + 4, "edges")]:
-                case = _fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind} in place")
+                case = _fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}, dst at src0")
                 case.fields["dst"] = case.fields["src0"]
                 case.want = expected_image(config, case.image, case.fields)
                 cases.append(case)
