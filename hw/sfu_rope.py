@@ -23,11 +23,17 @@ Why two passes over the row instead of a row buffer: the SFU top streams the hal
 ``b`` as two operands (``i`` = ``a``, ``g`` = ``b``, ``cols/2`` elements each, interleaved on the
 read port) and the core writes ``a'`` in pass 0 and ``b'`` in pass 1, which land contiguously at
 the row's destination; the cost is reading the row twice (``lanes / 2`` elements per cycle, as a two-operand op), the
-gain no buffer and no output reordering. RoPE is a small part of a layer (Q and K heads only).
+gain no row buffer and no output reordering. RoPE is a small part of a layer (Q and K heads only).
+
+In place (``dst = src0``, docs/isa.md) pass 0 has written ``a'`` over ``a`` before pass 1 reads the
+first half again (issue 8), so pass 1 ignores the ``a`` it reads and takes pass 0's input beats
+from a hold buffer (``a_hold``: ``rom_beats`` words of ``lanes`` x 32 bits, the head's half only,
+since lanes past ``hd/2`` become 0; glassllm 4 x 128 bits at 4 lanes, SmolLM2 2 x 512 at 16). The
+reads, the timing and every out-of-place result are unchanged.
 
 Ports
 -----
-i : In(beat stream)   the first half ``a`` of the row, twice (pass 0, pass 1)
+i : In(beat stream)   the first half ``a`` of the row, twice (pass 0; pass 1, whose data is not used)
 g : In(beat stream)   the second half ``b``, beat for beat with ``i``
 o : Out(beat stream)  ``a'`` beats (pass 0) then ``b'`` beats (pass 1), ``count``/``first``/``last`` of the input
 params : In(rope_params_layout()) ``pos_base`` (imm[15:0]), ``per`` (imm[31:16]), ``row``: the index
@@ -272,14 +278,25 @@ class RopeCore(wiring.Component):
             for l in range(L):
                 m.d.sync += [a1[l].eq(ib.data[l]), b1[l].eq(self.g.p.data[l]),
                              hd1[l].eq((k_now * L + l < half) & (l < ib.count))]
+        # the first half's input beats of pass 0, for pass 1: in place (dst = src0) pass 0 has
+        # written a' over a by the time pass 1 reads it (issue 8), so pass 1 takes a from here and
+        # ignores the a it reads. Only the beats of the head's half (the ROM's beats) are kept: the
+        # lanes past hd/2 become 0 anyway. Read like the ROM: address with the input beat, data in stage 1.
+        m.submodules.a_hold = hold = Memory(shape=unsigned(32 * L), depth=self.rom_beats, init=[])
+        hold_wr, hold_rd = hold.write_port(), hold.read_port()
+        hold_addr = k_now[:rb] if rb else Const(0, 1)
+        m.d.comb += [hold_wr.addr.eq(hold_addr), hold_wr.data.eq(ib.data.as_value()),
+                     hold_wr.en.eq(take & (ib.pass_ == 0) & ((k_now >> rb) == 0)),
+                     hold_rd.addr.eq(hold_addr), hold_rd.en.eq(advance)]
         p0_1 = meta1.pass_ == 0
         p0_2 = meta2.pass_ == 0
         outs = []
         for l in range(L):
             c = rd.data[_ENTRY_BITS * l: _ENTRY_BITS * (l + 1)].as_signed()
             s = rd.data[_ENTRY_BITS * (L + l): _ENTRY_BITS * (L + l + 1)].as_signed()
+            a = Mux(p0_1, a1[l], hold_rd.data[32 * l: 32 * (l + 1)].as_signed())
             # pass 0: a*c - b*s; pass 1: b*c + a*s (the sign on the sum: -b never overflows)
-            pc, ps = self._products(m, l, Mux(p0_1, a1[l], b1[l]), Mux(p0_1, b1[l], a1[l]), c, s, advance, v2)
+            pc, ps = self._products(m, l, Mux(p0_1, a, b1[l]), Mux(p0_1, b1[l], a), c, s, advance, v2)
             total = Mux(p0_2, pc - ps, pc + ps)
             y = Signal(signed(32), name=f"rope{l}")
             with m.If(advance):

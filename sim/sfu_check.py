@@ -255,6 +255,14 @@ def make_cases(config, ops, *, reduced: bool = False, seed: int = 0) -> list[Cas
                        else [(9, CHECK_ROPE.head_dim, "random"), (16, 2 * CHECK_ROPE.head_dim, "edges")])
         for rows, cols, kind in shapes:
             cases.append(_fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}"))
+        if op == "rope":  # in place over many rows (issue 8: pass 1 read back pass 0's a' once a half is
+            # longer than the write latency, 4+ beats: the padded rows here; tests/test_hw_sfu_rope.py: hd 32, 64)
+            hd = CHECK_ROPE.head_dim
+            for rows, cols, kind in [(16, hd, "random"), (5, 4 * hd, "edges"), (4, 4 * hd + 6, "random")]:
+                case = _fixed_case(config, rng, op, rows, cols, kind, lanes, f"{op} {rows}x{cols} {kind}, dst at src0")
+                case.fields["dst"] = case.fields["src0"]
+                case.want = expected_image(config, case.image, case.fields)
+                cases.append(case)
     # bad input: a defined error, nothing written
     base = cases[0]
     op0 = MISC_OPS.index(ops[0])

@@ -229,3 +229,39 @@ def test_rom_presets_are_the_models_configs(name):
     from olivine.hw.sfu_rope import preset_rom
 
     assert preset_rom(name) == RopeRom.from_model_config(load_model_config(name))
+
+
+def _in_place_case(rng, rom, rows, cols, per, src0, kind="random"):
+    """rope with dst = src0 (docs/isa.md allows it) on ``rows`` heads of ``cols`` (the ROM's head, or
+    padded to ``cols``), the record after the rows; expected image from funcsim."""
+    space = (CONFIG.buffers.activation_kib + CONFIG.buffers.global_kib) * 1024
+    image = np.zeros(space, dtype=np.uint8)
+    n = rows * cols
+    image[src0: src0 + 4 * n] = sfu_check._values(rng, n, kind).astype("<i4").view(np.uint8)
+    src1 = (src0 + 4 * n + 64) // 8 * 8
+    words = rom.record_words()
+    if cols == rom.head_dim:
+        words[2] = 0      # hd 0: the head fills the row
+    image[src1: src1 + 48] = np.array(words, dtype="<u4").view(np.uint8)
+    base = int(rng.integers(0, rom.positions - (rows - 1) // max(1, per)))
+    f = dict(op=MISC_OPS.index("rope"), mask=0, src0=src0, src1=src1, dst=src0, rows=rows, cols=cols,
+             imm=base | per << 16, offset=int(rng.integers(0, 1 << 20)))
+    case = sfu_check.Case("rope", f, image, label=f"rope in place {rows}x{cols} hd {rom.head_dim} per {per} @{src0}")
+    case.want = sfu_check.expected_image(CONFIG, image, f)
+    assert np.any(case.want != image)
+    return case
+
+
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_in_place_rope_many_rows_bit_exact(head_dim):
+    """Issue 8: rope with dst = src0 over many rows (the compiler's Q/K heads: ``rows = R * heads``
+    at ``per = heads`` rows a position, or one row a position), the head filling the row or padded
+    (hd 24 / 48 in rows of 32 / 64), lane-aligned and not: every row exact, the timing of out of place."""
+    rng = np.random.default_rng(26 + head_dim)
+    full = RopeRom(10000.0, head_dim, 128)
+    padded = RopeRom(10000.0, head_dim * 3 // 4, 128)
+    rows = 2048 // head_dim        # 64 rows of 32 (glassllm's failing instruction) or 32 of 64
+    cases = [_in_place_case(rng, full, rows, head_dim, 4, 0), _in_place_case(rng, full, rows // 2, head_dim, 0, 4, "edges")]
+    _assert_exact(cases, _run(full, cases))
+    cases = [_in_place_case(rng, padded, rows, head_dim, 2, 8)]
+    _assert_exact(cases, _run(padded, cases))
