@@ -49,7 +49,7 @@ from .axi import RESP_OKAY, axi4_read_signature, axi4_write_signature, burst_bea
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
 from .resources import register_unit
-from .shifters import rotate_left, shift_right
+from .bitops import rotate_left, shift_right
 
 __all__ = ["LoadEngine", "StoreEngine", "buffer_write_signature", "buffer_read_signature"]
 
