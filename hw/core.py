@@ -81,6 +81,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import core_regs, isa
 from .axi import RESP_OKAY, axi4_lite_signature, axi4_signature
+from .bitops import popcount, shift_right
 from .buffers import RAM_STYLES, bank_plan
 from .config import AcceleratorConfig
 from .controller import LINT_WAIVERS as CONTROLLER_LINT_WAIVERS
@@ -229,13 +230,14 @@ class OlivineCore(wiring.Component):
 
     Parameters: ``config`` (AcceleratorConfig), ``mpe`` (matrix engine component or a callable
     ``mpe(config)``; None: MM/MV fault), ``sfu_ops`` (the SFU's ops, default all; a subset keeps
-    simulation models small), ``hbm_channel_bytes`` (bytes per channel for the LD/ST range checks;
+    simulation models small), ``rope`` (the SFU's RoPE cos/sin ROM, a hw.sfu_rope.RopeRom; None: no
+    rope op), ``hbm_channel_bytes`` (bytes per channel for the LD/ST range checks;
     default the board's), ``data_banks`` (banks of the data space), ``queue_depth`` /
     ``token_bits`` (controller), ``max_outstanding`` (bursts in flight per AXI master).
     """
 
     def __init__(self, config: AcceleratorConfig, mpe=None, *, sfu_ops: tuple[str, ...] | None = None,
-                 hbm_channel_bytes: int | None = None, data_banks: int = 2, queue_depth: int = 8,
+                 rope=None, hbm_channel_bytes: int | None = None, data_banks: int = 2, queue_depth: int = 8,
                  token_bits: int = 8, max_outstanding: int = 4):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
@@ -252,7 +254,7 @@ class OlivineCore(wiring.Component):
         if mpe is not None and not isinstance(mpe, wiring.Component) and callable(mpe):
             mpe = mpe(config)
         self.mpe = mpe
-        self.sfu = Sfu(config, ops=sfu_ops)
+        self.sfu = Sfu(config, ops=sfu_ops, rope=rope)
         b = config.buffers
         self.buffer_bytes = {"weight": b.weight_kib * 1024, "meta": b.meta_kib * 1024, "bias": b.bias_kib * 1024,
                              "data": (b.activation_kib + b.global_kib) * 1024}
@@ -454,14 +456,15 @@ class OlivineCore(wiring.Component):
             granted = r["want"] if r["unit"] is None else r["want"] & en[r["unit"]]
             pending = Signal(name=f"{r['tag']}_pending")
             bank_q = Signal(max(buf.bank_bits, 1), name=f"{r['tag']}_bank")
-            lane_q = Signal(len(r["lane"]), name=f"{r['tag']}_lane")
+            lane_q = Signal(len(r["lane"]), name=f"{r['tag']}_slice")
             hold = Signal(8 * r["bytes"], name=f"{r['tag']}_hold")
             m.d.sync += pending.eq(granted)
             with m.If(granted):
                 m.d.sync += [bank_q.eq(r["bank"]), lane_q.eq(r["lane"])]
             words = Signal(8 * buf.word_bytes, name=f"{r['tag']}_word")
             m.d.comb += words.eq(Array(p.data for p in buf.rd)[bank_q] if buf.banks > 1 else buf.rd[0].data)
-            fresh = words.word_select(lane_q, 8 * r["bytes"]) if buf.word_bytes > r["bytes"] else words
+            fresh = (shift_right(m, words, lane_q, step=8 * r["bytes"], width=8 * r["bytes"], name=f"{r['tag']}_slice")
+                     if buf.word_bytes > r["bytes"] else words)
             m.d.comb += r["sink"].eq(Mux(pending, fresh, hold))
             with m.If(pending):
                 m.d.sync += hold.eq(fresh)
@@ -548,6 +551,7 @@ class OlivineCore(wiring.Component):
         idle = ~ap_start & ~running & ~ctrl.busy
         ended = Signal()   # ap_done raised for this run already
         finish = terminal & ~ended & (~ctrl.busy | (status.cause == STATUS_CAUSES.index("watchdog")))
+        strobes = [popcount(m, port.wstrb, name=f"hbm{k}_wstrb_ones") for k, port in enumerate(ports)]
         with m.If(accept):
             m.d.sync += [ap_start.eq(0), ended.eq(0), unit_error.eq(0), cycles.eq(0),
                          prog_channel.eq(prog_ch_reg)]
@@ -570,7 +574,7 @@ class OlivineCore(wiring.Component):
                 with m.If(port.rvalid & port.rready):
                     m.d.sync += hbm[k][0].eq(hbm[k][0] + self.beat_bytes)
                 with m.If(port.wvalid & port.wready):
-                    m.d.sync += hbm[k][1].eq(hbm[k][1] + sum(port.wstrb[i] for i in range(len(port.wstrb))))
+                    m.d.sync += hbm[k][1].eq(hbm[k][1] + strobes[k])
         # the first fault of a run names its unit and code
         with m.If(running & (unit_error == 0)):
             for u in reversed(range(nu)):
