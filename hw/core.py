@@ -103,6 +103,9 @@ __all__ = ["OlivineCore", "TransferGuard", "UnitError", "MPE_NOT_BUILT", "LINT_W
 FETCH_BURST = 16
 FETCH_BUFFER = 2 * FETCH_BURST
 
+#: The matrix engine's buffer ports and their buffers.
+_MPE_BUFFER_PORTS = {"act_rd": "data", "act_wr": "data", "weight_rd": "weight", "meta_rd": "meta", "bias_rd": "bias"}
+
 #: unit_error code of an MM / MV when no matrix engine is built into the core.
 MPE_NOT_BUILT = 0xFF
 
@@ -269,6 +272,19 @@ class OlivineCore(wiring.Component):
         bb = self.buffer_bytes
         return tuple(bb[t] if t in bb else bb["data"] for t in isa.TARGET_BUFFERS)
 
+    def buffer_geometry(self) -> dict[str, tuple[int, int, int, str]]:
+        """name -> (bytes, word bytes, banks, primitive) of the core's buffers: a word is as wide
+        as the widest unit port on the buffer (the AXI beat, the SFU's, the engine's)."""
+        bb = self.beat_bytes
+        widths = {"weight": [bb], "meta": [bb], "bias": [bb], "data": [bb, len(self.sfu.rd.data) // 8]}
+        if self.mpe is not None:
+            for port, buf in _MPE_BUFFER_PORTS.items():
+                widths[buf].append(len(getattr(self.mpe, port).data) // 8)
+        primitive = {s.name.rstrip("0123456789"): s.primitive for s in self.plan}
+        banks = {"weight": 2, "meta": 1, "bias": 1, "data": self.data_banks}
+        return {name: (self.buffer_bytes[name], max(widths[name]), banks[name], primitive[name])
+                for name in ("weight", "meta", "bias", "data")}
+
     def elaborate(self, platform):
         m = Module()
         cfg, nu, C = self.config, len(UNIT_NAMES), self.channels
@@ -336,21 +352,9 @@ class OlivineCore(wiring.Component):
 
         # ---- buffers and their arbitration ----------------------------------------------------------
         sfu_bytes = len(sfu.rd.data) // 8
-        widths = {"weight": [bb], "meta": [bb], "bias": [bb], "data": [bb, sfu_bytes]}
-        mpe_ports = {}
-        if mpe is not None:
-            for port, buf in (("act_rd", "data"), ("act_wr", "data"), ("weight_rd", "weight"),
-                              ("meta_rd", "meta"), ("bias_rd", "bias")):
-                mpe_ports[port] = getattr(mpe, port)
-                widths[buf].append(len(mpe_ports[port].data) // 8)
-        primitive = {s.name.rstrip("0123456789"): s.primitive for s in self.plan}
-        buffers = {
-            "weight": _Buffer(m, "weight", self.buffer_bytes["weight"], max(widths["weight"]), 2, primitive["weight"]),
-            "meta": _Buffer(m, "meta", self.buffer_bytes["meta"], max(widths["meta"]), 1, primitive["meta"]),
-            "bias": _Buffer(m, "bias", self.buffer_bytes["bias"], max(widths["bias"]), 1, primitive["bias"]),
-            "data": _Buffer(m, "data", self.buffer_bytes["data"], max(widths["data"]), self.data_banks,
-                            primitive["data"]),
-        }
+        mpe_ports = {} if mpe is None else {port: getattr(mpe, port) for port in _MPE_BUFFER_PORTS}
+        buffers = {name: _Buffer(m, name, nbytes, word, banks, primitive)
+                   for name, (nbytes, word, banks, primitive) in self.buffer_geometry().items()}
         # the weight buffer's halves: bank = the top address bit (double buffering), not interleaved
         wbuf = buffers["weight"]
 
@@ -388,7 +392,7 @@ class OlivineCore(wiring.Component):
         requests.append(dict(buf="data", kind="w", unit="sfu", addr=sfu.wr.addr, bytes=sfu_bytes, en=sfu.wr.en,
                              data=sfu.wr.data, tag="sfu_wr"))
         for port, p in mpe_ports.items():
-            buf = {"act_rd": "data", "act_wr": "data", "weight_rd": "weight", "meta_rd": "meta", "bias_rd": "bias"}[port]
+            buf = _MPE_BUFFER_PORTS[port]
             wbytes = len(p.data) // 8
             if port == "act_wr":
                 requests.append(dict(buf=buf, kind="w", unit="mpe", addr=p.addr, bytes=wbytes, en=p.en, data=p.data,
@@ -678,18 +682,31 @@ def core_ports(core: OlivineCore) -> list[dict]:
     return out
 
 
+@register_unit("transfer_guard")
+def _guard_unit(unit: str = "ld", config: str = "small"):
+    """The LD / ST range check in front of its engine, with the buffer sizes of ``config``."""
+    from .config import load_config
+
+    core = OlivineCore(load_config(str(config)), sfu_ops=("add",))
+    return TransferGuard(str(unit), sizes=core._target_sizes(), channels=core.channels,
+                         channel_bytes=core.channel_bytes), f"olivine_{unit}_guard"
+
+
 @register_unit("core")
-def _core_unit(config: str = "small", sfu_ops: str = "", axi_data_width: int = 0):
-    """The accelerator core's top (controller, LD/ST, SFU, buffers, AXI; no matrix engine yet).
+def _core_unit(config: str = "small", sfu_ops: str = "", axi_data_width: int = 0, mpe: int = 1):
+    """The whole accelerator core (hw.hdl.core_for: controller, LD/ST, matrix engine with DSP48E2
+    primitives, SFU, buffers, AXI).
 
     ``config``: a named configuration (small, default) or a JSON file; ``sfu_ops``: a comma
-    list to build a smaller SFU; ``axi_data_width``: override the HBM data width (bits)."""
+    list to build a smaller SFU; ``axi_data_width``: override the HBM data width (bits);
+    ``mpe``: 0 leaves the engine out."""
     from .config import load_config
+    from .hdl import core_for
 
     cfg = load_config(str(config))
     if int(axi_data_width):
         cfg = cfg.replace(axi_data_width=int(axi_data_width))
     ops = tuple(o for o in str(sfu_ops).split(",") if o) or None
-    core = OlivineCore(cfg, sfu_ops=ops)
-    tag = "_".join(ops) if ops else "all"
+    core = core_for(cfg, sfu_ops=ops, mpe=None if int(mpe) else False, primitive=True)
+    tag = ("_".join(ops) if ops else "all") + ("" if core.mpe is not None else "_nompe")
     return core, f"olivine_core_{config}_{cfg.axi_data_width}b_{tag}".replace("/", "_").replace(".", "_")

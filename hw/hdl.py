@@ -49,17 +49,17 @@ class ArtifactConfigError(ValueError):
 
 def engine_problem(config: AcceleratorConfig) -> str | None:
     """Why hw.mpe.MatrixEngine cannot be built for ``config`` (None: it can)."""
-    from .mpe import MatrixEngine
+    from .mpe import MpeGeometry   # the engine's checks, without building an elaboratable
 
     try:
-        MatrixEngine(config)
+        MpeGeometry(config)
     except ValueError as exc:
         return str(exc)
     return None
 
 
 def core_for(config: AcceleratorConfig, model_config=None, positions: int | None = None, *,
-             mpe: bool | None = None, **kw):
+             mpe: bool | None = None, primitive: bool = False, **kw):
     """The whole core (hw.core.OlivineCore) for ``config``.
 
     ``model_config``: the compiled model's config (artifact ``meta["model"]["config"]`` or a
@@ -69,6 +69,7 @@ def core_for(config: AcceleratorConfig, model_config=None, positions: int | None
     ``mpe``: True builds hw.mpe.MatrixEngine(config) and raises its reason when it cannot be
     built; None (default) builds it when it can and otherwise leaves the slot empty (MM / MV fault
     with MPE_NOT_BUILT; ``core.mpe_problem`` says why); False leaves it empty.
+    ``primitive``: the engine's chains as DSP48E2 primitives (synthesis; simulation needs False).
     ``kw``: OlivineCore's keyword parameters (sfu_ops, hbm_channel_bytes, data_banks, ...).
     """
     from .core import OlivineCore
@@ -88,7 +89,7 @@ def core_for(config: AcceleratorConfig, model_config=None, positions: int | None
         rope = RopeRom.from_model_config(model_config, positions)
     elif positions is not None:
         raise ValueError("positions= sizes the RoPE ROM of a model: give model_config= too")
-    core = OlivineCore(config, MatrixEngine(config) if problem is None else None, rope=rope, **kw)
+    core = OlivineCore(config, MatrixEngine(config, primitive=primitive) if problem is None else None, rope=rope, **kw)
     core.mpe_problem = problem
     return core
 
