@@ -1,4 +1,5 @@
-"""Log-depth shifters and rotators built of 2:1 multiplexer stages, bound to named signals.
+"""Log-depth shifters and rotators built of 2:1 multiplexer stages, bound to named signals; a
+balanced popcount.
 
 Why not ``value << amount`` / ``value.word_select(amount, w)`` on wide data: Amaranth's netlist
 treats every output bit of a variable shift or part-select as depending on every input bit, so
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Mux, Signal, Value
 
-__all__ = ["rotate_left", "shift_right"]
+__all__ = ["popcount", "rotate_left", "shift_right"]
 
 
 def rotate_left(m, value, amount, *, step: int = 1, name: str = "rot"):
@@ -57,4 +58,17 @@ def shift_right(m, value, amount, *, step: int = 1, width: int | None = None, na
         stage = nxt
     out = Signal(width, name=name)
     m.d.comb += out.eq(stage[:width] if len(stage) >= width else stage)
+    return out
+
+
+def popcount(m, bits, *, name: str = "ones"):
+    """The number of set bits of ``bits`` as a Signal of ``len(bits).bit_length()`` bits, summed as
+    a balanced tree (a running ``sum()`` widens by a bit per term: quadratic in adder bits)."""
+    bits = Value.cast(bits)
+    terms = [bits[i] for i in range(len(bits))] or [Const(0, 1)]
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    out = Signal(max(len(bits).bit_length(), 1), name=name)
+    m.d.comb += out.eq(terms[0])
     return out
