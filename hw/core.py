@@ -81,6 +81,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import core_regs, isa
 from .axi import RESP_OKAY, axi4_lite_signature, axi4_signature
+from .bitops import popcount, shift_right
 from .buffers import RAM_STYLES, bank_plan
 from .config import AcceleratorConfig
 from .controller import LINT_WAIVERS as CONTROLLER_LINT_WAIVERS
@@ -101,6 +102,9 @@ __all__ = ["OlivineCore", "TransferGuard", "UnitError", "MPE_NOT_BUILT", "LINT_W
 #: its beats fit in the buffer.
 FETCH_BURST = 16
 FETCH_BUFFER = 2 * FETCH_BURST
+
+#: The matrix engine's buffer ports and their buffers.
+_MPE_BUFFER_PORTS = {"act_rd": "data", "act_wr": "data", "weight_rd": "weight", "meta_rd": "meta", "bias_rd": "bias"}
 
 #: unit_error code of an MM / MV when no matrix engine is built into the core.
 MPE_NOT_BUILT = 0xFF
@@ -229,8 +233,8 @@ class OlivineCore(wiring.Component):
 
     Parameters: ``config`` (AcceleratorConfig), ``mpe`` (matrix engine component or a callable
     ``mpe(config)``; None: MM/MV fault), ``sfu_ops`` (the SFU's ops, default all; a subset keeps
-    simulation models small), ``rope`` (the SFU's RoPE cos/sin ROM, hw/sfu_rope.py RopeRom; None:
-    no rope op), ``hbm_channel_bytes`` (bytes per channel for the LD/ST range checks;
+    simulation models small), ``rope`` (the SFU's RoPE cos/sin ROM, a hw.sfu_rope.RopeRom; None: no
+    rope op), ``hbm_channel_bytes`` (bytes per channel for the LD/ST range checks;
     default the board's), ``data_banks`` (banks of the data space), ``queue_depth`` /
     ``token_bits`` (controller), ``max_outstanding`` (bursts in flight per AXI master).
     """
@@ -267,6 +271,19 @@ class OlivineCore(wiring.Component):
         """Byte size of each hw.isa.TARGET_BUFFERS entry (act / global / kv: the data space)."""
         bb = self.buffer_bytes
         return tuple(bb[t] if t in bb else bb["data"] for t in isa.TARGET_BUFFERS)
+
+    def buffer_geometry(self) -> dict[str, tuple[int, int, int, str]]:
+        """name -> (bytes, word bytes, banks, primitive) of the core's buffers: a word is as wide
+        as the widest unit port on the buffer (the AXI beat, the SFU's, the engine's)."""
+        bb = self.beat_bytes
+        widths = {"weight": [bb], "meta": [bb], "bias": [bb], "data": [bb, len(self.sfu.rd.data) // 8]}
+        if self.mpe is not None:
+            for port, buf in _MPE_BUFFER_PORTS.items():
+                widths[buf].append(len(getattr(self.mpe, port).data) // 8)
+        primitive = {s.name.rstrip("0123456789"): s.primitive for s in self.plan}
+        banks = {"weight": 2, "meta": 1, "bias": 1, "data": self.data_banks}
+        return {name: (self.buffer_bytes[name], max(widths[name]), banks[name], primitive[name])
+                for name in ("weight", "meta", "bias", "data")}
 
     def elaborate(self, platform):
         m = Module()
@@ -335,21 +352,9 @@ class OlivineCore(wiring.Component):
 
         # ---- buffers and their arbitration ----------------------------------------------------------
         sfu_bytes = len(sfu.rd.data) // 8
-        widths = {"weight": [bb], "meta": [bb], "bias": [bb], "data": [bb, sfu_bytes]}
-        mpe_ports = {}
-        if mpe is not None:
-            for port, buf in (("act_rd", "data"), ("act_wr", "data"), ("weight_rd", "weight"),
-                              ("meta_rd", "meta"), ("bias_rd", "bias")):
-                mpe_ports[port] = getattr(mpe, port)
-                widths[buf].append(len(mpe_ports[port].data) // 8)
-        primitive = {s.name.rstrip("0123456789"): s.primitive for s in self.plan}
-        buffers = {
-            "weight": _Buffer(m, "weight", self.buffer_bytes["weight"], max(widths["weight"]), 2, primitive["weight"]),
-            "meta": _Buffer(m, "meta", self.buffer_bytes["meta"], max(widths["meta"]), 1, primitive["meta"]),
-            "bias": _Buffer(m, "bias", self.buffer_bytes["bias"], max(widths["bias"]), 1, primitive["bias"]),
-            "data": _Buffer(m, "data", self.buffer_bytes["data"], max(widths["data"]), self.data_banks,
-                            primitive["data"]),
-        }
+        mpe_ports = {} if mpe is None else {port: getattr(mpe, port) for port in _MPE_BUFFER_PORTS}
+        buffers = {name: _Buffer(m, name, nbytes, word, banks, primitive)
+                   for name, (nbytes, word, banks, primitive) in self.buffer_geometry().items()}
         # the weight buffer's halves: bank = the top address bit (double buffering), not interleaved
         wbuf = buffers["weight"]
 
@@ -387,7 +392,7 @@ class OlivineCore(wiring.Component):
         requests.append(dict(buf="data", kind="w", unit="sfu", addr=sfu.wr.addr, bytes=sfu_bytes, en=sfu.wr.en,
                              data=sfu.wr.data, tag="sfu_wr"))
         for port, p in mpe_ports.items():
-            buf = {"act_rd": "data", "act_wr": "data", "weight_rd": "weight", "meta_rd": "meta", "bias_rd": "bias"}[port]
+            buf = _MPE_BUFFER_PORTS[port]
             wbytes = len(p.data) // 8
             if port == "act_wr":
                 requests.append(dict(buf=buf, kind="w", unit="mpe", addr=p.addr, bytes=wbytes, en=p.en, data=p.data,
@@ -455,14 +460,15 @@ class OlivineCore(wiring.Component):
             granted = r["want"] if r["unit"] is None else r["want"] & en[r["unit"]]
             pending = Signal(name=f"{r['tag']}_pending")
             bank_q = Signal(max(buf.bank_bits, 1), name=f"{r['tag']}_bank")
-            lane_q = Signal(len(r["lane"]), name=f"{r['tag']}_lane")
+            lane_q = Signal(len(r["lane"]), name=f"{r['tag']}_slice")
             hold = Signal(8 * r["bytes"], name=f"{r['tag']}_hold")
             m.d.sync += pending.eq(granted)
             with m.If(granted):
                 m.d.sync += [bank_q.eq(r["bank"]), lane_q.eq(r["lane"])]
             words = Signal(8 * buf.word_bytes, name=f"{r['tag']}_word")
             m.d.comb += words.eq(Array(p.data for p in buf.rd)[bank_q] if buf.banks > 1 else buf.rd[0].data)
-            fresh = words.word_select(lane_q, 8 * r["bytes"]) if buf.word_bytes > r["bytes"] else words
+            fresh = (shift_right(m, words, lane_q, step=8 * r["bytes"], width=8 * r["bytes"], name=f"{r['tag']}_slice")
+                     if buf.word_bytes > r["bytes"] else words)
             m.d.comb += r["sink"].eq(Mux(pending, fresh, hold))
             with m.If(pending):
                 m.d.sync += hold.eq(fresh)
@@ -549,6 +555,7 @@ class OlivineCore(wiring.Component):
         idle = ~ap_start & ~running & ~ctrl.busy
         ended = Signal()   # ap_done raised for this run already
         finish = terminal & ~ended & (~ctrl.busy | (status.cause == STATUS_CAUSES.index("watchdog")))
+        strobes = [popcount(m, port.wstrb, name=f"hbm{k}_wstrb_ones") for k, port in enumerate(ports)]
         with m.If(accept):
             m.d.sync += [ap_start.eq(0), ended.eq(0), unit_error.eq(0), cycles.eq(0),
                          prog_channel.eq(prog_ch_reg)]
@@ -571,7 +578,7 @@ class OlivineCore(wiring.Component):
                 with m.If(port.rvalid & port.rready):
                     m.d.sync += hbm[k][0].eq(hbm[k][0] + self.beat_bytes)
                 with m.If(port.wvalid & port.wready):
-                    m.d.sync += hbm[k][1].eq(hbm[k][1] + sum(port.wstrb[i] for i in range(len(port.wstrb))))
+                    m.d.sync += hbm[k][1].eq(hbm[k][1] + strobes[k])
         # the first fault of a run names its unit and code
         with m.If(running & (unit_error == 0)):
             for u in reversed(range(nu)):
@@ -675,18 +682,31 @@ def core_ports(core: OlivineCore) -> list[dict]:
     return out
 
 
+@register_unit("transfer_guard")
+def _guard_unit(unit: str = "ld", config: str = "small"):
+    """The LD / ST range check in front of its engine, with the buffer sizes of ``config``."""
+    from .config import load_config
+
+    core = OlivineCore(load_config(str(config)), sfu_ops=("add",))
+    return TransferGuard(str(unit), sizes=core._target_sizes(), channels=core.channels,
+                         channel_bytes=core.channel_bytes), f"olivine_{unit}_guard"
+
+
 @register_unit("core")
-def _core_unit(config: str = "small", sfu_ops: str = "", axi_data_width: int = 0):
-    """The accelerator core's top (controller, LD/ST, SFU, buffers, AXI; no matrix engine yet).
+def _core_unit(config: str = "small", sfu_ops: str = "", axi_data_width: int = 0, mpe: int = 1):
+    """The whole accelerator core (hw.hdl.core_for: controller, LD/ST, matrix engine with DSP48E2
+    primitives, SFU, buffers, AXI).
 
     ``config``: a named configuration (small, default) or a JSON file; ``sfu_ops``: a comma
-    list to build a smaller SFU; ``axi_data_width``: override the HBM data width (bits)."""
+    list to build a smaller SFU; ``axi_data_width``: override the HBM data width (bits);
+    ``mpe``: 0 leaves the engine out."""
     from .config import load_config
+    from .hdl import core_for
 
     cfg = load_config(str(config))
     if int(axi_data_width):
         cfg = cfg.replace(axi_data_width=int(axi_data_width))
     ops = tuple(o for o in str(sfu_ops).split(",") if o) or None
-    core = OlivineCore(cfg, sfu_ops=ops)
-    tag = "_".join(ops) if ops else "all"
+    core = core_for(cfg, sfu_ops=ops, mpe=None if int(mpe) else False, primitive=True)
+    tag = ("_".join(ops) if ops else "all") + ("" if core.mpe is not None else "_nompe")
     return core, f"olivine_core_{config}_{cfg.axi_data_width}b_{tag}".replace("/", "_").replace(".", "_")

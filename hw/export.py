@@ -37,6 +37,7 @@ __all__ = [
     "verilator_executable",
     "verilator_version",
     "verilog",
+    "drop_zero_memory_init",
 ]
 
 #: Warnings that Amaranth's Verilog backend produces on correct designs; waived in every lint.
@@ -105,7 +106,44 @@ def verilog(component, name: str) -> str:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"top module name {name!r} is not a plain Verilog identifier "
                          f"(letters, digits, '_', not starting with a digit)")
-    return amaranth_verilog.convert(component, name=name, emit_src=False)
+    from amaranth.back import rtlil
+
+    rtlil_text = drop_zero_memory_init(rtlil.convert(component, name=name, emit_src=False))
+    # the Yosys step of amaranth.back.verilog.convert (read_rtlil; proc; memory_collect; write_verilog)
+    return amaranth_verilog._convert_rtlil_text(rtlil_text)
+
+
+_MEMINIT_DATA_RE = re.compile(r"^    connect \\DATA \d+'(0*)$")
+
+
+def drop_zero_memory_init(rtlil_text: str) -> str:
+    """``rtlil_text`` without the ``$meminit_v2`` cells whose data is all zeros.
+
+    Amaranth writes every memory's initial contents, zeros included, and Yosys turns them into an
+    ``initial`` block of one line per word (about 50,000 lines for the U280 buffers, most of the
+    Verilog). A memory without an initialiser starts at zero wherever this Verilog runs: Verilator
+    sets unset state to 0 (``--x-initial`` without ``+verilator+rand+reset``), Vivado configures
+    BRAM to 0 and UltraRAM (which takes no initial contents) powers up at 0, and Yosys' synthesis
+    needs no init to map a RAM. Memories with any non-zero word (ROMs) keep their init.
+    """
+    lines = rtlil_text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("  cell $meminit_v2 "):
+            end = i + 1
+            while lines[end] != "  end":
+                end += 1
+            zero = any(_MEMINIT_DATA_RE.match(x) for x in lines[i + 1:end])
+            if zero:
+                while out and out[-1].startswith("  attribute "):   # the cell's own attributes
+                    out.pop()
+                i = end + 1
+                continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
 
 
 def _package_root() -> Path:

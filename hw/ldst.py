@@ -49,6 +49,7 @@ from .axi import RESP_OKAY, axi4_read_signature, axi4_write_signature, burst_bea
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
 from .resources import register_unit
+from .bitops import rotate_left, shift_right
 
 __all__ = ["LoadEngine", "StoreEngine", "buffer_write_signature", "buffer_read_signature"]
 
@@ -64,10 +65,9 @@ def buffer_read_signature(data_width: int, addr_bits: int) -> wiring.Signature:
     return wiring.Signature({"addr": Out(addr_bits), "en": Out(1), "data": In(data_width), "source": Out(3)})
 
 
-def _rotate_bytes(value, amount, nbytes: int):
-    """Byte j of ``value`` moves to lane (j + amount) mod nbytes."""
-    doubled = Cat(value, value)
-    return (doubled << (amount * 8)).word_select(1, 8 * nbytes) if nbytes > 1 else value
+def _rotate_bytes(m, value, amount, name: str):
+    """Byte j of ``value`` moves to lane (j + amount) mod nbytes (a Signal: log-depth rotator)."""
+    return rotate_left(m, value, amount, step=8, name=name)
 
 
 class _Engine(wiring.Component):
@@ -184,7 +184,7 @@ class LoadEngine(_Engine):
         # the gearbox: pending word (lanes below q filled) + this beat's bytes rotated to lane q
         q = p[:sh]
         rot = (q - lo)[:sh] if sh else 0
-        rotated = _rotate_bytes(beat_data, rot, bb)
+        rotated = _rotate_bytes(m, beat_data, rot, "r_rotated") if sh else beat_data
         end = q + take_n              # one past the last lane written (may exceed bb)
         in_first = Signal(bb)         # lanes of this beat that belong to the pending word
         in_next = Signal(bb)          # lanes that spill into the next word
@@ -193,9 +193,10 @@ class LoadEngine(_Engine):
             m.d.comb += [in_first[j].eq(at_or_after_q & (j < end)), in_next[j].eq(j + bb < end)]
         pend_data = Signal(self.data_width)
         pend_en = Signal(bb)
-        merged_data = Cat(*(Mux(in_first[j], rotated.word_select(j, 8), pend_data.word_select(j, 8))
-                            for j in range(bb)))
-        merged_en = pend_en | in_first
+        merged_data, merged_en = Signal(self.data_width), Signal(bb)   # signals: each is used twice
+        m.d.comb += [merged_data.eq(Cat(*(Mux(in_first[j], rotated.word_select(j, 8), pend_data.word_select(j, 8))
+                                          for j in range(bb)))),
+                     merged_en.eq(pend_en | in_first)]
         wr = Signal()
         wr_addr = Signal(p.shape().width - sh)
         wr_data = Signal(self.data_width)
@@ -325,8 +326,8 @@ class StoreEngine(_Engine):
         sq = sp[:sh]
         spans = sq + take_n > bb                   # the beat's bytes reach into the next word
         window = Cat(cur, nxt)
-        source_bytes = (window >> (sq * 8))[:self.data_width]   # bytes sp.. at lanes 0..
-        m.d.comb += axi.wdata.eq(_rotate_bytes(source_bytes, lo, bb))
+        source_bytes = shift_right(m, window, sq, step=8, width=self.data_width, name="w_source")  # bytes sp..
+        m.d.comb += axi.wdata.eq(_rotate_bytes(m, source_bytes, lo, "w_rotated") if sh else source_bytes)
         strb = Signal(bb)
         end = lo + take_n
         for j in range(bb):

@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import enum as py_enum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -84,6 +84,7 @@ from .decode import DEFAULT_OFFSET_BITS
 from .mpe_ovp import OvpMatrixPath, ovp_cycles
 from .ovp_decoder import OvpPairDecoder
 from .requant import REQUANT_LATENCY, Requantizer
+from .bitops import shift_right
 from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
 from .weight_decode import GRID_BITS, GRID_FORMAT
@@ -271,9 +272,11 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     return total
 
 
-def _funnel(lo, hi, offset, nbytes: int):
-    """Bytes [offset, offset + nbytes) of the little-endian byte string lo ++ hi."""
-    return (Cat(lo, hi) >> Cat(Const(0, 3), offset))[:8 * nbytes]
+def _funnel(fm, lo, hi, offset, nbytes: int, name: str):
+    """Bytes [offset, offset + nbytes) of the little-endian byte string lo ++ hi: a log-depth shifter
+    (hw/bitops.py) whose stages go into ``fm``, a submodule without conditions (call sites sit in
+    m.If blocks; the stages must not)."""
+    return shift_right(fm, Cat(lo, hi), offset, step=8, width=8 * nbytes, name=name)
 
 
 class MatrixEngine(wiring.Component):
@@ -393,6 +396,7 @@ class MatrixEngine(wiring.Component):
         # A ReadPort's en starts at 1: idle ports must say so, or the core would count an idle engine's
         # ports as requests and freeze the SFU on every bank conflict with them.
         m.d.comb += [p.en.eq(0) for p in (self.act_rd, self.weight_rd, self.meta_rd, self.bias_rd)]
+        m.submodules.funnels = fm = Module()   # the byte funnels and block selects (unconditional)
         g = self.geometry
         C = self.chains
         W = g.wword_bytes
@@ -507,7 +511,7 @@ class MatrixEngine(wiring.Component):
                 with m.Case(1):
                     m.d.sync += carry1.eq(rdata)
                 with m.Case(2):
-                    word = Mux(a_off == 0, rdata, _funnel(carry0, rdata, a_off, 16))
+                    word = Mux(a_off == 0, rdata, _funnel(fm, carry0, rdata, a_off, 16, "a_funnel0"))
                     m.d.sync += carry0.eq(rdata)
                     full = Signal(512)
                     m.d.comb += full.eq(blk0)
@@ -516,7 +520,7 @@ class MatrixEngine(wiring.Component):
                     with m.If(last_w & ~pend_pair):
                         m.d.comb += [afifo.w_data.eq(Cat(full, Const(0, 512))), afifo.w_en.eq(1)]
                 with m.Case(3):
-                    word = Mux(a_off == 0, rdata, _funnel(carry1, rdata, a_off, 16))
+                    word = Mux(a_off == 0, rdata, _funnel(fm, carry1, rdata, a_off, 16, "a_funnel1"))
                     m.d.sync += carry1.eq(rdata)
                     full = Signal(512)
                     m.d.comb += full.eq(blk1)
@@ -707,8 +711,8 @@ class MatrixEngine(wiring.Component):
             with m.If(~sp_pend_half):
                 m.d.sync += [stash.eq(self.weight_rd.data), kcarry.eq(mdata)]
             with m.Else():
-                vals = _funnel(stash, self.weight_rd.data, sp_pend_voff, W)
-                idx = _funnel(kcarry, mdata, sp_pend_ioff, 16)[:64]
+                vals = _funnel(fm, stash, self.weight_rd.data, sp_pend_voff, W, "sp_vals")
+                idx = _funnel(fm, kcarry, mdata, sp_pend_ioff, 16, "sp_idx")[:64]
                 for c in range(C):
                     with m.If(sp_pend_c == c):
                         m.d.sync += [wnext[c].eq(vals), widx_next[c].eq(idx)]
@@ -747,7 +751,7 @@ class MatrixEngine(wiring.Component):
                 with m.If((b_off != 0) & (wp_r == 0)):
                     m.d.sync += kcarry.eq(rdata)
                 with m.Else():
-                    blk = Mux(b_off == 0, rdata, _funnel(kcarry, rdata, b_off, 16))
+                    blk = Mux(b_off == 0, rdata, _funnel(fm, kcarry, rdata, b_off, 16, "k_funnel"))
                     m.d.sync += kcarry.eq(rdata)
                     slot = (wp_r - (b_off != 0))[:len(wp_j)]
                     for c in range(C):
@@ -758,16 +762,20 @@ class MatrixEngine(wiring.Component):
                     with m.If(wp_c == c):
                         m.d.sync += wcarry[c].eq(wdata)
             with m.Else():
+                # one funnel for all chains: the chain's carry word selected by wp_c
+                carry = Signal(8 * W, name="wcarry_sel")
+                fm.d.comb += carry.eq(Array(wcarry)[wp_c])
+                chunk = _funnel(fm, carry, wdata, wp_off, W, "w_funnel")
                 for c in range(C):
                     with m.If(wp_c == c):
-                        m.d.sync += [wnext[c].eq(_funnel(wcarry[c], wdata, wp_off, W)), wcarry[c].eq(wdata)]
+                        m.d.sync += [wnext[c].eq(chunk), wcarry[c].eq(wdata)]
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(wp_valid & pv):
             with m.If(~wp_r[0]):
                 m.d.sync += kcarry.eq(rdata)
             with m.Else():
-                vrow = _funnel(kcarry, rdata, wp_off, 16)
+                vrow = _funnel(fm, kcarry, rdata, wp_off, 16, "v_funnel")
                 for c in range(C):
                     m.d.sync += wnext[c].word_select(Cat(wp_i, wp_j), 8).eq(vrow[8 * c: 8 * c + 8])
             with m.If(wp_last):
@@ -815,8 +823,8 @@ class MatrixEngine(wiring.Component):
                 m.d.comb += x[e].eq(Mux(pv, digit, code8.as_signed()))
             xs.append(x)
         for c, ch in enumerate(chains):
-            blk8 = wcur[c].word_select(is_j, 128)
-            blk4 = wcur[c].word_select(is_j, 64)
+            blk8 = shift_right(fm, wcur[c], is_j, step=128, width=128, name=f"blk8_{c}")
+            blk4 = shift_right(fm, wcur[c], is_j, step=64, width=64, name=f"blk4_{c}")
             values = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wvals{c}")
             for p in range(8):
                 dec = OvpPairDecoder("runtime")

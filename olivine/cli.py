@@ -191,7 +191,7 @@ def _cmd_diagrams(args: argparse.Namespace) -> int:
 def _cmd_hdl(args: argparse.Namespace) -> int:
     from olivine.hw.hdl import hdl_main
 
-    return hdl_main(board=args.board, config=args.config, out=args.output, lint=args.lint)
+    return hdl_main(board=args.board, config=args.config, out=args.output, lint=args.lint, artifact=args.artifact)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -282,12 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_diagrams)
 
     p = sub.add_parser("hdl", help="write the accelerator core's Verilog for a configuration",
-                       description="Write olivine_core.v (the core's top: controller, LD/ST, SFU, buffers, "
-                                   "AXI) and manifest.json (configuration, ports, register map) into a directory.",
+                       description="Write olivine_core.v (the whole core: controller, LD/ST, matrix engine, SFU, "
+                                   "buffers, AXI) and manifest.json (configuration, ports, register map) into a "
+                                   "directory. With --artifact the configuration and the SFU's RoPE ROM come from "
+                                   "a compiled model.",
                        lazy_epilog=_boards_help)
-    p.add_argument("--board", default="u280", help="target board (default u280)")
+    p.add_argument("--board", default=None, help="target board (default u280, or the artifact's)")
     p.add_argument("--config", default=None, metavar="NAME|FILE.json",
-                   help="default (sized to the board), small, tiny, or a JSON file of AcceleratorConfig fields")
+                   help="a named configuration (default: sized to the board; small; tiny) or a JSON file of "
+                        "AcceleratorConfig fields")
+    p.add_argument("--artifact", default=None, metavar="DIR",
+                   help="a compiled artifact (`olivine compile`): its configuration, and the RoPE ROM of its model "
+                        "sized to its longest context")
     p.add_argument("-o", "--output", required=True,
                    help="output directory: new, empty, or an earlier `olivine hdl` output (replaced whole)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the result")

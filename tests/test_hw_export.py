@@ -114,3 +114,37 @@ def test_lint_reports_syntax_errors():
     with pytest.raises(LintError) as info:
         lint("module broken(input wire a);\n  assign = a;\nendmodule\n", "broken")
     assert any(p.severity == "Error" for p in info.value.problems)
+
+
+class RamAndRom(wiring.Component):
+    """A zero-initialised RAM (written and read) next to a ROM with contents."""
+
+    addr: In(4)
+    wdata: In(16)
+    we: In(1)
+    ram_q: Out(16)
+    rom_q: Out(16)
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+
+        m = Module()
+        m.submodules.ram = ram = Memory(shape=16, depth=16, init=[])
+        m.submodules.rom = rom = Memory(shape=16, depth=16, init=[0x1234 + i for i in range(16)])
+        w, r, q = ram.write_port(), ram.read_port(), rom.read_port()
+        m.d.comb += [w.addr.eq(self.addr), w.data.eq(self.wdata), w.en.eq(self.we), r.addr.eq(self.addr),
+                     q.addr.eq(self.addr), self.ram_q.eq(r.data), self.rom_q.eq(q.data)]
+        return m
+
+
+def test_verilog_drops_zero_memory_initialisers_and_keeps_rom_contents():
+    from amaranth.back import verilog as amaranth_verilog
+
+    text = verilog(RamAndRom(), "ramrom")
+    full = amaranth_verilog.convert(RamAndRom(), name="ramrom", emit_src=False)
+    assert full.count("initial begin") == 2 and text.count("initial begin") == 1
+    assert "16'h1234" in text and "16'h1243" in text          # the ROM's words survive
+    assert not re.search(r"ram\[\d+\] = ", text)               # the RAM's zeros do not
+    # nothing else changes
+    stripped = re.sub(r"  initial begin\n(?:    ram\[\d+\] = 16'h0000;\n)+  end\n", "", full)
+    assert stripped == text

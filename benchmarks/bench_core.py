@@ -1,0 +1,133 @@
+"""The whole core's Verilog conversion time and size, and its Yosys synth_xilinx resources by part.
+
+    python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
+    python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
+
+``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
+write_verilog) and prints seconds (wall and CPU) and the Verilog's size. ``resources`` synthesises
+each part of the core as the core builds it (controller, LD, ST, the two transfer guards, the
+buffers, the matrix engine with DSP48E2 primitives, the SFU) and the whole core, each with
+hw.resources.synthesize (cached), and prints the cells with the fraction of one U280 SLR and of
+the board (docs/benchmarks.md records the figures). Run it niced: Yosys takes long on the whole core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from olivine.boards import get_board
+from olivine.hw.buffers import BufferBank
+from olivine.hw.config import load_config
+from olivine.hw.controller import Controller
+from olivine.hw.core import FETCH_BURST, TransferGuard
+from olivine.hw.decode import DEFAULT_OFFSET_BITS
+from olivine.hw.export import verilog
+from olivine.hw.hdl import core_for
+from olivine.hw.ldst import LoadEngine, StoreEngine
+from olivine.hw.resources import synthesize
+
+
+class CoreBuffers(wiring.Component):
+    """The core's buffer banks (hw.core.OlivineCore.buffer_geometry) with their ports on the top,
+    so synthesis keeps every bank; ports ``<bank>_w_addr`` ... as hw.buffers.BufferBank."""
+
+    def __init__(self, geometry: dict):
+        self.banks = {}
+        members = {}
+        for name, (nbytes, word, banks, primitive) in geometry.items():
+            for b in range(banks):
+                bank = BufferBank(nbytes // banks, 8 * word, primitive)
+                self.banks[f"{name}{b}"] = bank
+                for port, member in bank.signature.members.items():
+                    members[f"{name}{b}_{port}"] = member
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        for key, bank in self.banks.items():
+            m.submodules[key] = bank
+            for port, member in bank.signature.members.items():
+                outer, inner = getattr(self, f"{key}_{port}"), getattr(bank, port)
+                m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+        return m
+
+
+def parts(config) -> dict:
+    """name -> component: the core's parts, built with the parameters the core gives them."""
+    core = core_for(config, primitive=True)
+    bb = core.beat_bytes
+    largest = max(core.buffer_bytes.values())
+    engine_bytes = -(-largest // bb) * bb
+    out = {
+        "controller": Controller(data_width=core.data_width, addr_width=64, id_width=1, offset_bits=DEFAULT_OFFSET_BITS,
+                                 max_outstanding=core.max_outstanding, queue_depth=core.queue_depth,
+                                 token_bits=core.token_bits, max_burst=FETCH_BURST),
+        "ld": LoadEngine(data_width=core.data_width, max_outstanding=core.max_outstanding, buffer_bytes=engine_bytes),
+        "st": StoreEngine(data_width=core.data_width, max_outstanding=core.max_outstanding, buffer_bytes=engine_bytes),
+        "ld_guard": TransferGuard("ld", sizes=core._target_sizes(), channels=core.channels,
+                                  channel_bytes=core.channel_bytes),
+        "st_guard": TransferGuard("st", sizes=core._target_sizes(), channels=core.channels,
+                                  channel_bytes=core.channel_bytes),
+        "buffers": CoreBuffers(core.buffer_geometry()),
+        "sfu": core.sfu,
+    }
+    if core.mpe is not None:
+        out["mpe"] = core.mpe
+    out["core"] = core
+    return out
+
+
+KINDS = ("lut", "ff", "dsp", "bram36", "bram18", "uram", "carry", "lutram", "srl", "muxf")
+
+
+def _row(name: str, report, board) -> dict:
+    d = report.to_dict()
+    row = {"part": name, **{k: d[k] for k in KINDS}, "seconds": d["seconds"], "cached": d["cached"]}
+    slrs = board.slrs or 1
+    for k, total in (("lut", board.luts), ("dsp", board.dsp48e2), ("bram36", board.bram36), ("uram", board.uram)):
+        if total:
+            row[f"{k}_board_pct"] = round(100 * row[k] / total, 2)
+            row[f"{k}_slr_pct"] = round(100 * row[k] * slrs / total, 2)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=("convert", "resources"))
+    ap.add_argument("--config", default="small")
+    ap.add_argument("--board", default="u280")
+    ap.add_argument("--no-mpe", action="store_true")
+    ap.add_argument("--parts", default="", help="comma list (default: every part, then the whole core)")
+    ap.add_argument("--timeout", type=float, default=6 * 3600)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.board)
+    if args.what == "convert":
+        wall, cpu = time.monotonic(), time.process_time()
+        core = core_for(cfg, mpe=False if args.no_mpe else None)
+        text = verilog(core, "olivine_core")
+        print(json.dumps({"config": args.config, "digest": cfg.digest(), "matrix_engine": core.mpe is not None,
+                          "engine_problem": core.mpe_problem, "wall_seconds": round(time.monotonic() - wall, 1),
+                          "cpu_seconds": round(time.process_time() - cpu, 1),
+                          "verilog_mb": round(len(text.encode()) / 1e6, 2), "lines": text.count("\n")}), flush=True)
+        return 0
+    board = get_board(args.board)
+    todo = parts(cfg)
+    names = [p for p in args.parts.split(",") if p] or list(todo)
+    for name in names:
+        t0 = time.monotonic()
+        report = synthesize(todo[name], f"olivine_{name}_{args.config}", timeout=args.timeout)
+        row = _row(name, report, board)
+        row["wall_seconds"] = round(time.monotonic() - t0, 1)
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
