@@ -36,8 +36,8 @@ def backend_verilog(config, model_config: dict | None = None) -> str:
     """The Verilog of the core that runs artifacts compiled for ``config`` (top ``olivine_core``):
     OlivineCore with hw.mpe.MatrixEngine and, given the artifact's ``meta.model.config``, the
     SFU's RoPE ROM for its rope_theta / head_dim / max_seq_len. Cached on disk by the hw sources
-    and these parameters (sim/core_rtl.core_verilog). The one function to switch to
-    ``hw.hdl.core_for`` once that exists."""
+    and these parameters (sim/core_rtl.core_verilog). The same core as ``hw.hdl.core_for(config,
+    model_config)`` (``olivine hdl --artifact``), whose ROM covers the model's max_seq_len too."""
     from olivine.hw.mpe import MatrixEngine
     from olivine.hw.sfu_rope import RopeRom
 
