@@ -29,6 +29,7 @@ from .fixed import (ACT_FRAC, GAMMA_FRAC, INT32_MAX, INT32_MIN, MAX_FRAC_BITS, N
 from .sfu_tables import (EXP_FRAC, EXP_INDEX_BITS, EXP_INTERP_BITS, EXP_OUT_EXTRA_BITS, EXP_VALUE_BITS,
                          NORM_FRAC, NORM_MANT_BITS, NORM_MAX_DIM, RSQRT_NUM_BITS, SIG_FRAC, SIG_INTERP_BITS,
                          SIG_RANGE, SIG_STEP_BITS, SIG_VALUE_BITS, SOFTMAX_MAX_LEN, _EXP_MAX_DIFF, _G_SHIFT,
+                         _LOG2E_M, _LOG2E_S,
                          _MASKED, _RSQRT_T_BITS, _rope_tables_np, check_rope_scaling, exp_table,
                          llama3_inv_freq, rope_tables, sigmoid_table, silu_table)  # noqa: F401 (re-exported)
 
@@ -165,9 +166,6 @@ def _sig_table_t() -> torch.Tensor:
 def _rope_tables_t(max_pos, head_dim, theta, frac, scaling=None):
     c, s = _rope_tables_np(max_pos, head_dim, theta, frac, scaling)
     return torch.from_numpy(c.copy()), torch.from_numpy(s.copy())
-
-
-_LOG2E_M, _LOG2E_S = quantize_multiplier(1.0 / _LN2)
 
 
 # ----------------------------------------------------------------------------- primitives

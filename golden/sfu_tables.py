@@ -13,7 +13,7 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
-from .fixed_scalar import ROPE_TABLE_FRAC, FixedPointValueError, check_frac_bits
+from .fixed_scalar import ROPE_TABLE_FRAC, FixedPointValueError, check_frac_bits, quantize_multiplier
 
 __all__ = [
     "EXP_INDEX_BITS", "EXP_INTERP_BITS", "EXP_FRAC", "EXP_VALUE_BITS", "EXP_OUT_EXTRA_BITS",
@@ -37,6 +37,8 @@ EXP_OUT_EXTRA_BITS = 8
 #: differences beyond 40 (real units) give 2**31 * exp(-40) < 1e-8, i.e. e = 0 exactly as
 #: without the clamp (e is already 0 beyond 22.2); clamping keeps t < 2**26 and k <= 57.
 _EXP_MAX_DIFF = 40
+#: log2(e) as a multiplier (mantissa, shift): softmax's d * log2(e) (golden/sfu.py and hw/sfu_softmax.py)
+_LOG2E_M, _LOG2E_S = quantize_multiplier(1.0 / math.log(2.0))
 #: masked scores are replaced by this (below any int32 score) before the row maximum
 _MASKED = -(1 << 40)
 #: longest softmax row: Z = sum(e) <= 2**31 * 2**20 stays far below 2**62
