@@ -1,12 +1,14 @@
-"""glassllm end to end through the RTL core (``olivine run --backend rtl``), against isa and golden.
+"""A model (default glassllm) end to end through the RTL core (``olivine run --backend rtl``), against isa and golden.
 
-Per preset: compile glassllm for the ``tiny`` configuration (hw/config.py), generate greedily on the
+Per preset: compile the model (``--layers N``: its first N decoder layers) for the ``tiny`` configuration (hw/config.py), generate greedily on the
 functional simulator, on the RTL core in the fast Verilator harness and on golden's QLlama, and
 print whether tokens and every int32 logit agree, the cycles per prefill and decode step, the
 harness' wall time and simulated cycles/s, and tokens/s at the configured clock.
 
     .venv/bin/python benchmarks/bench_rtl_e2e.py [--presets w4a8-ovp,w4a8-int4,w8a8,w4a8-ovp-8:16]
         [--prompt "Once upon a time"] [--tokens 32] [--json FILE]
+    .venv/bin/python benchmarks/bench_rtl_e2e.py --model smollm2 --layers 1 --presets w4a8-ovp \
+        --prompt "The capital of France is" --tokens 2 --max-context 32
 
 The first run builds the core (Verilog conversion ~1.5 min, Verilator build several minutes;
 both cached in ~/.cache/olivine).
@@ -27,12 +29,16 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", default="Once upon a time")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--config", default="tiny")
+    ap.add_argument("--model", default="glassllm")
+    ap.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
+    ap.add_argument("--max-context", type=int, default=48)
     ap.add_argument("--json", default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
     rows, ok = [], True
     for preset in args.presets.split(","):
         t0 = time.perf_counter()
-        res = check_rtl(preset=preset, prompt=args.prompt, max_new_tokens=args.tokens, config=args.config)
+        res = check_rtl(model=args.model, preset=preset, prompt=args.prompt, max_new_tokens=args.tokens,
+                        config=args.config, max_context=args.max_context, layers=args.layers)
         res["wall_seconds"] = time.perf_counter() - t0
         rows.append(res)
         c = res["cycles"]

@@ -291,13 +291,20 @@ class RtlRuntime(Runtime):
 
 def check_rtl(model: str = "glassllm", preset: str = "w4a8-ovp", prompt: str = "Once upon a time",
               max_new_tokens: int = 32, config: str = "tiny", max_context: int = 48, max_prompt: int = 16,
-              prefill_step: int = 16, budget: int | None = None, golden: bool = True) -> dict:
+              prefill_step: int = 16, budget: int | None = None, golden: bool = True,
+              layers: int | None = None) -> dict:
     """Compile ``model`` for the named configuration (prefill buckets of ``prefill_step`` tokens:
     the RTL runs a whole bucket), generate greedily on the isa backend, the rtl
     backend and (``golden``) golden's QLlama, and compare: ``tokens_equal`` / ``logits_equal``
     (rtl against isa and golden, every int32 logit of every step), ``first_diff`` (the first step
     whose logits differ, with the number of differing logits), the tokens, the rtl cycle figures and
-    the wall times of each side."""
+    the wall times of each side.
+
+    ``layers``: keep only the model's first ``layers`` decoder layers (its real shapes, embedding
+    and head), with ``max_seq_len`` cut to ``max_context`` so the core's RoPE ROM holds only the
+    positions the programs use (the table values per position are unchanged); quantized without
+    the on-disk cache (its key is the whole model's)."""
+    import dataclasses
     import time
 
     import torch
@@ -313,11 +320,24 @@ def check_rtl(model: str = "glassllm", preset: str = "w4a8-ovp", prompt: str = "
 
     loaded = load_model(model)
     qcfg = QuantConfig.preset(preset)
-    q = quantize_cached(loaded, qcfg, calibration_tokens(loaded) if qcfg.needs_calibration() else None)
+    calib = calibration_tokens(loaded) if qcfg.needs_calibration() else None
+    if layers is None:
+        q = quantize_cached(loaded, qcfg, calib)
+    else:
+        from olivine.golden.qmodel import quantize_model
+
+        if not 1 <= layers <= loaded.config.n_layers:
+            raise ValueError(f"layers={layers}: {model} has {loaded.config.n_layers} decoder layers")
+        cut = dataclasses.replace(loaded.config, n_layers=layers,
+                                  max_seq_len=min(max_context, loaded.config.max_seq_len),
+                                  name=f"{loaded.config.name}-{layers}layer{'s' if layers > 1 else ''}")
+        q = quantize_model(cut, dataclasses.replace(loaded.weights, layers=loaded.weights.layers[:layers]), qcfg, calib,
+                           show_progress=False)
     comp = compile_model(spec_from_qllama(q, model), load_config(config), max_context=max_context,
                          max_prompt=max_prompt, prefill_step=prefill_step)
     ids = loaded.tokenizer.encode(prompt)
-    out: dict = {"preset": preset, "prompt_tokens": len(ids), "max_new_tokens": max_new_tokens}
+    out: dict = {"preset": preset, "prompt_tokens": len(ids), "max_new_tokens": max_new_tokens,
+                 "n_layers": q.config.n_layers}
     t0 = time.perf_counter()
     isa_toks, isa_logits = Runtime.from_compiled(comp).generate(ids, max_new_tokens)
     out["isa_seconds"] = time.perf_counter() - t0
