@@ -26,18 +26,14 @@ from .fixed import (ACT_FRAC, GAMMA_FRAC, INT32_MAX, INT32_MIN, MAX_FRAC_BITS, N
                     apply_multiplier, bit_length, check_frac_bits, isqrt, quantize_multiplier,
                     round_shift)
 # the constants and ROMs: torch-free, shared with hw/
+from . import sfu_tables
 from .sfu_tables import (EXP_FRAC, EXP_INDEX_BITS, EXP_INTERP_BITS, EXP_OUT_EXTRA_BITS, EXP_VALUE_BITS,
                          NORM_FRAC, NORM_MANT_BITS, NORM_MAX_DIM, RSQRT_NUM_BITS, SIG_FRAC, SIG_INTERP_BITS,
                          SIG_RANGE, SIG_STEP_BITS, SIG_VALUE_BITS, SOFTMAX_MAX_LEN, _EXP_MAX_DIFF, _G_SHIFT, _LOG2E_M,
                          _LOG2E_S, _MASKED, _RSQRT_T_BITS, _rope_tables_np, check_rope_scaling, exp_table,
                          llama3_inv_freq, rope_tables, sigmoid_table, silu_table)  # noqa: F401 (re-exported)
 
-__all__ = [
-    "EXP_INDEX_BITS", "EXP_INTERP_BITS", "EXP_FRAC", "EXP_VALUE_BITS", "EXP_OUT_EXTRA_BITS",
-    "SOFTMAX_MAX_LEN",
-    "SIG_RANGE", "SIG_STEP_BITS", "SIG_INTERP_BITS", "SIG_FRAC", "SIG_VALUE_BITS",
-    "NORM_FRAC", "NORM_MANT_BITS", "NORM_MAX_DIM", "RSQRT_NUM_BITS",
-    "exp_table", "sigmoid_table", "silu_table", "rope_tables", "llama3_inv_freq", "check_rope_scaling",
+__all__ = [*sfu_tables.__all__,
     "exp2_neg", "rsqrt_norm",
     "rmsnorm", "layernorm", "softmax", "silu", "swiglu", "rope", "add", "mul", "requantize",
     "rmsnorm_float", "layernorm_float", "softmax_float", "silu_float", "swiglu_float",

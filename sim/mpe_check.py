@@ -101,18 +101,29 @@ def _out_fields(rng, out, bias_flag):
     return out, b
 
 
+def _draw_shape(rng, g, m=None, n=None, kb=None) -> tuple[int, int, int]:
+    """(m, n, k_blocks) of a random case: the given ones kept, the others drawn (in this order)."""
+    mm = int(rng.integers(1, 6)) if m is None else m
+    nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
+    kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+    return mm, nn, kk
+
+
+def _draw_ldo(rng, n: int, ldo_extra=None) -> int:
+    """An output row stride of at least ``n`` (``ldo_extra`` more, or 0-3 drawn)."""
+    return n + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+
+
 def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None, accumulate=None, ldo_extra=None,
                 worst=False, label="", align=None, old_fill=None, out=0, bias_flag=None, bad=None) -> Case:
     """A random dense linear int32 MM / MV that fits the buffers (addresses random, unaligned allowed)."""
     g = MpeGeometry(config)
     data, weight, meta, bias = _blank(config)
     for _ in range(1000):
-        mm = int(rng.integers(1, 6)) if m is None else m
-        nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
-        kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+        mm, nn, kk = _draw_shape(rng, g, m, n, kb)
         wf = int(rng.integers(0, 3)) if wfmt is None else wfmt
         K = 16 * kk
-        ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+        ldo = _draw_ldo(rng, nn, ldo_extra)
         a_bytes = mm * K + 3 * mm
         out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
         w_bytes = nn * K if wf == 0 else nn * K // 2
@@ -262,11 +273,9 @@ def make_attention(config, rng, mode: str, *, m=None, n=None, kb=None, accumulat
     g = MpeGeometry(config)
     data, weight, meta, bias = _blank(config)
     for _ in range(1000):
-        mm = int(rng.integers(1, 6)) if m is None else m
-        nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
-        kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+        mm, nn, kk = _draw_shape(rng, g, m, n, kb)
         K = 16 * kk
-        ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+        ldo = _draw_ldo(rng, nn, ldo_extra)
         a_bytes = mm * K + 3 * mm if mode == "qk" else 4 * mm * K + mm
         b_bytes = nn * K + 3 * nn if mode == "qk" else K * nn
         out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
@@ -422,11 +431,9 @@ def make_linear_ovp(config, rng, *, m=None, n=None, kb=None, normal=None, anorma
     g = MpeGeometry(config)
     data, weight, meta, bias = _blank(config)
     for _ in range(1000):
-        mm = int(rng.integers(1, 6)) if m is None else m
-        nn = int(rng.integers(1, 3 * g.chains + 2)) if n is None else n
-        kk = int(rng.integers(1, 2 * g.chains + 3)) if kb is None else kb
+        mm, nn, kk = _draw_shape(rng, g, m, n, kb)
         K = 16 * kk
-        ldo = nn + (int(rng.integers(0, 4)) if ldo_extra is None else ldo_extra)
+        ldo = _draw_ldo(rng, nn, ldo_extra)
         a_bytes = mm * K // 2
         out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
         w_bytes = nn * K // 2
