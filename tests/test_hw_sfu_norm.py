@@ -212,7 +212,8 @@ def test_layernorm_matches_golden(lanes, d, eps):
 
 @pytest.mark.slow
 def test_rmsnorm_long_rows():
-    """Rows of a few thousand elements (SmolLM2's 576 under CI): one beat per cycle per pass."""
+    """Rows of a few thousand elements (SmolLM2's 576 under CI): one beat per cycle in passes 0 and 1,
+    one per two cycles in pass 2 (its two products per lane share the lane's multiplier bank)."""
     rng = random.Random(12)
     d = 576 if REDUCED else 4096
     lanes = 16
@@ -224,8 +225,8 @@ def test_rmsnorm_long_rows():
     assert got == _golden_rms(rows, gamma, _eps_of(params))
     beats = d // lanes
     per_row = stats["row_cycles"][1] - stats["row_cycles"][0]
-    # three passes of one beat per cycle plus the fixed row overhead (stats + rsqrt + pipeline)
-    assert 3 * beats <= per_row <= 3 * beats + 60, per_row
+    # 1 + 1 + 2 cycles per beat over the three passes plus the fixed row overhead (stats + rsqrt + pipeline)
+    assert 4 * beats <= per_row <= 4 * beats + 60, per_row
 
 
 def test_bad_configuration():
