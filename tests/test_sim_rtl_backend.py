@@ -3,7 +3,7 @@
 The core is the ``tiny`` configuration (hw/config.py) with the matrix engine and glassllm's RoPE
 ROM; its Verilog conversion and Verilator build are cached on disk (~1.5 min + several minutes the
 first time). Under CI (OLIVINE_REDUCED=1) the end-to-end case runs one preset, a short prompt and
-few tokens; the full proof (4 presets, 32 tokens) is ``slow``. SmolLM2-135M cut to one decoder
+few tokens; the full proof (4 presets and W4A4, 32 tokens) is ``slow``. SmolLM2-135M cut to one decoder
 layer (real shapes and head, its own core) runs its prefill and a decode step, unreduced only.
 """
 
@@ -64,6 +64,20 @@ def test_glassllm_rtl_equals_isa_and_golden_32_tokens(harness, preset):
     from olivine.sim.rtl_backend import check_rtl
 
     _check(check_rtl(preset=preset, prompt="Once upon a time", max_new_tokens=4 if REDUCED else 32))
+
+
+@rtl
+@pytest.mark.slow
+def test_glassllm_w4a4_rtl_equals_isa_and_golden(harness):
+    """W4A4 (``w4a4-ovp``): every decoder linear's input OVP4-encoded by the SFU's quant op and
+    multiplied with afmt=ovp4 on the matrix engine's OVP array (hw/mpe_ovp.py); lm_head W8A8. The
+    same core as the other presets (glassllm's RoPE ROM). Its prefill is 3.2M cycles (the OVP
+    array's schedule), so CI (reduced) generates 2 tokens, the full run 32."""
+    from olivine.sim.rtl_backend import check_rtl
+
+    res = check_rtl(preset="w4a4-ovp", prompt="Once upon a time", max_new_tokens=2 if REDUCED else 32)
+    _check(res)
+    assert res["cycles"]["units"]["mpe"]["instructions"] > 0
 
 
 @rtl
