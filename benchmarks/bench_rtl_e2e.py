@@ -5,7 +5,7 @@ functional simulator, on the RTL core in the fast Verilator harness and on golde
 print whether tokens and every int32 logit agree, the cycles per prefill and decode step, the
 harness' wall time and simulated cycles/s, and tokens/s at the configured clock.
 
-    .venv/bin/python benchmarks/bench_rtl_e2e.py [--presets w4a8-ovp,w4a8-int4,w8a8,w4a8-ovp-8:16]
+    .venv/bin/python benchmarks/bench_rtl_e2e.py [--presets w4a8-ovp,w4a8-int4,w8a8,w4a8-ovp-8:16,w4a4-ovp]
         [--prompt "Once upon a time"] [--tokens 32] [--json FILE]
     .venv/bin/python benchmarks/bench_rtl_e2e.py --model smollm2 --layers 1 --presets w4a8-ovp \
         --prompt "The capital of France is" --tokens 2 --max-context 32
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     from olivine.sim.rtl_backend import check_rtl
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--presets", default="w4a8-ovp,w4a8-int4,w8a8,w4a8-ovp-8:16")
+    ap.add_argument("--presets", default="w4a8-ovp,w4a8-int4,w8a8,w4a8-ovp-8:16,w4a4-ovp")
     ap.add_argument("--prompt", default="Once upon a time")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--config", default="tiny")

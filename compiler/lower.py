@@ -267,16 +267,14 @@ class Lowering:
             self.linear(pre + "wk", hq, R, k, Hkv * hd)
             self.quant_shared(pre + "wv", h, R, d, hq)
             self.linear(pre + "wv", hq, R, v, Hkv * hd)
-            # RoPE out of place (Q into the attention output, free until PV writes it; K into Q's
-            # space): the SFU's two passes over a row (hw/sfu_rope.py) re-read the first half after
-            # the first pass wrote it, so an in-place rope is wrong whenever half a row spans more
-            # than a beat or two (4 lanes with head_dim 32: docs/sim.md "RoPE in place")
-            for src, dst, heads in ((q, att, Hq), (k, q, Hkv)):
-                self.misc("rope", src, 4 * R * heads * hd, dst, 4 * R * heads * hd, R * heads, hd,
+            # RoPE in place (docs/isa.md allows dst = src0: the SFU holds pass 0's first-half results
+            # until pass 1 has read the first half, hw/sfu_rope.py)
+            for src, heads in ((q, Hq), (k, Hkv)):
+                self.misc("rope", src, 4 * R * heads * hd, src, 4 * R * heads * hd, R * heads, hd,
                           src1=self.rope_rec, src1_len=ROPE_RECORD, imm=p0 | (heads << 16),
                           patches=pp("imm", heads << 16))
-            self.quant(att, R * Hq, hd, qq, Hq)
-            self.quant(q, R * Hkv, hd, kq, Hkv)
+            self.quant(q, R * Hq, hd, qq, Hq)
+            self.quant(k, R * Hkv, hd, kq, Hkv)
             self.quant(v, R * Hkv, hd, vq, Hkv)
             kp = L.kv_parts
             for gi in range(Hkv):

@@ -23,12 +23,16 @@ Errors stop dispatch (instructions already running finish) and set ``status``:
   further ahead on one unit than ``queue_depth`` allows), ``watchdog`` (running, not deadlocked,
   no progress for ``watchdog_limit`` cycles: a unit or the memory hangs), ``token_overflow`` (a
   release would overflow a ``token_bits`` counter), ``fetch_bus`` (RRESP not OKAY),
-  ``unit_fault`` (a unit raised ``fault``). ``status.stuck[u]`` holds, for deadlocks and the
-  watchdog, the word offset of the instruction unit u is on (the one in flight, else its queue
-  head, else the SYS that dispatch holds), ``valid`` = 0 when u has nothing pending.
+  ``unit_fault`` (a unit raised ``fault``), ``prog_channel`` (``prog_error`` with ``start``: the
+  program's channel does not exist; nothing is fetched). ``status.stuck[u]`` holds, for deadlocks
+  and the watchdog, the word offset of the instruction unit u is on (the one in flight, else its
+  queue head, else the SYS that dispatch holds), ``valid`` = 0 when u has nothing pending; a run
+  that ends done leaves every ``valid`` 0.
 
 Ports (see :class:`Controller`):
   start: In(1) pulse, accepted when not running and nothing is in flight.
+  prog_error: In(1) with an accepted start: the program's location is invalid (the core's
+          ``prog_channel`` beyond its channels); the run ends at once, state error, cause prog_channel.
   prog_addr: In(addr_width) byte address of the program (4-byte aligned); prog_words: In(offset_bits).
   watchdog_limit: In(32) cycles without progress before the watchdog fires (0: never).
   status: Out(status_layout): state (0 idle, 1 running, 2 done, 3 error), cause
@@ -69,7 +73,7 @@ __all__ = ["STATES", "STATUS_CAUSES", "UNIT_NAMES", "Controller", "ProgramFetch"
 UNIT_NAMES = isa.UNITS  # ("ld", "st", "mpe", "sfu"): bit i of a mask is unit i
 STATES = ("idle", "running", "done", "error")
 STATUS_CAUSES = isa.DECODE_CAUSES + ("deadlock", "queue_deadlock", "watchdog", "token_overflow",
-                                     "fetch_bus", "unit_fault")
+                                     "fetch_bus", "unit_fault", "prog_channel")
 CAUSE_BITS = (len(STATUS_CAUSES) - 1).bit_length()
 
 #: -Wall waivers of the controller's Verilog (the decoder's, plus hierarchy aliases).
@@ -217,7 +221,7 @@ class Controller(wiring.Component):
                                  offset_bits=offset_bits, max_outstanding=max_outstanding, max_burst=max_burst)
         self.offset_bits, self.queue_depth, self.token_bits = offset_bits, queue_depth, token_bits
         members = {
-            "start": In(1), "prog_addr": In(addr_width), "prog_words": In(offset_bits),
+            "start": In(1), "prog_error": In(1), "prog_addr": In(addr_width), "prog_words": In(offset_bits),
             "watchdog_limit": In(32), "status": Out(status_layout(offset_bits)), "busy": Out(1),
             "unit_busy": Out(len(UNIT_NAMES)), "unit_waiting": Out(len(UNIT_NAMES)),
             "fetch": Out(axi4_read_signature(addr_width, data_width, id_width)),
@@ -362,14 +366,20 @@ class Controller(wiring.Component):
                 fail("watchdog")
             with m.Elif(end | program_over & drained):
                 m.d.sync += status.state.eq(STATES.index("done"))
+                m.d.sync += [status.stuck[u].valid.eq(0) for u in range(nu)]  # nothing is stuck
 
         in_flight = busy.any() | fetch.busy | ~all_empty
         m.d.comb += [self.busy.eq(in_flight), self.unit_busy.eq(busy)]
         with m.If(self.start & ~running & ~in_flight):
-            m.d.sync += [status.state.eq(STATES.index("running")), status.cause.eq(0),
-                         status.offset.eq(0), status.field.eq(0), halt.eq(0), busy.eq(0)]
+            m.d.sync += [status.cause.eq(0), status.offset.eq(0), status.field.eq(0), busy.eq(0)]
+            m.d.sync += [status.stuck[u].valid.eq(0) for u in range(nu)]
             m.d.sync += [t.eq(0) for row in tokens for t in row]
-            m.d.comb += [fetch.start.eq(1), dec.restart.eq(1)]
+            with m.If(self.prog_error):
+                m.d.sync += [status.state.eq(STATES.index("error")), halt.eq(1),
+                             status.cause.eq(STATUS_CAUSES.index("prog_channel"))]
+            with m.Else():
+                m.d.sync += [status.state.eq(STATES.index("running")), halt.eq(0)]
+                m.d.comb += [fetch.start.eq(1), dec.restart.eq(1)]
         m.d.comb += [fetch.addr.eq(self.prog_addr), fetch.words.eq(self.prog_words)]
         return m
 

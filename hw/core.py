@@ -45,16 +45,18 @@ word. Each bank has one write and one read port (simple dual port). A memory wor
 the widest unit port on it (``axi_data_width``, the SFU's ``4 * lanes`` bytes, the engine's ports);
 narrower ports select a slice on read and shift data and byte enables on write.
 
-Arbitration, per bank and port: LD (writes) and ST (reads) always win; they are never frozen
-because their AXI handshakes cannot pause mid-beat. The SFU and the matrix engine contend for the
+Arbitration, per bank and port: LD (writes) and ST (reads) win in the data space; they are never
+frozen because their AXI handshakes cannot pause mid-beat. The SFU and the matrix engine contend for the
 rest; when both want the same port of the same bank, a round-robin bit decides (it flips after
 each such conflict). A unit that loses any of its requests in a cycle is frozen for the cycle
 (``EnableInserter``: none of its requests is performed, every register holds) and the core holds
 the read data of its last granted read until its next enabled cycle. Cost: a lost cycle per
 conflict; the SFU and the engine lose nothing to each other when they work in different banks
-(word w lives in bank w mod data_banks), and the weight/meta/bias reads of the engine contend only
-with an ST from those buffers. The controller's instruction handshake and the units' done/fault
-pulses are gated with the same enable.
+(word w lives in bank w mod data_banks). The engine's weight/meta/bias reads are never frozen
+(CORE_INTERFACE.md): an ST reading one of those buffers (as test dumps do) waits for the port
+instead (StoreEngine ``buf.busy``; its words go to a queue, so its AXI side only sees a later
+beat). The controller's instruction handshake and the units' done/fault pulses are gated with
+the same enable.
 
 Matrix engine slot: ``mpe`` is a component with the signature of CORE_INTERFACE.md section 3
 (``inst``, ``done``, ``fault``, ``busy``, ``error``, ``act_rd``, ``act_wr``, ``weight_rd``,
@@ -409,8 +411,11 @@ class OlivineCore(wiring.Component):
         def same_bank(a, b):
             return a["want"] & b["want"] & (a["bank"] == b["bank"])
 
-        # conflicts: against LD/ST (always lose), and between the SFU and the engine (round robin)
+        # conflicts: against LD/ST (always lose), and between the SFU and the engine (round robin);
+        # on the weight, meta and bias read ports the engine wins over an ST, whose read waits (its
+        # words go to a queue, not straight to the bus), so only LD / ST in the data space freeze it
         lost = {u: [] for u in en}
+        refused = {id(r): [] for r in requests}
         mutual = []
         for i, a in enumerate(requests):
             for b in requests[i + 1:]:
@@ -419,10 +424,21 @@ class OlivineCore(wiring.Component):
                 if a["unit"] is None and b["unit"] is None:
                     continue  # LD's per-target writes / ST's per-buffer reads: one at a time
                 if a["unit"] is None or b["unit"] is None:
-                    loser = b if a["unit"] is None else a
-                    lost[loser["unit"]].append(same_bank(a, b))
+                    ldst, unit = (a, b) if a["unit"] is None else (b, a)
+                    if ldst["kind"] == "r" and ldst["buf"] in ("weight", "meta", "bias"):
+                        refused[id(ldst)].append(same_bank(a, b))
+                    else:
+                        lost[unit["unit"]].append(same_bank(a, b))
                 else:
                     mutual.append(same_bank(a, b))
+        st_busy = []
+        for r in requests:
+            r["granted"] = r["want"]
+            if refused[id(r)]:
+                r["granted"] = Signal(name=f"{r['tag']}_granted")
+                m.d.comb += r["granted"].eq(r["want"] & ~Cat(*refused[id(r)]).any())
+                st_busy.append(r["want"] & ~r["granted"])
+        m.d.comb += st.buf.busy.eq(Cat(*st_busy).any() if st_busy else 0)
         prio_mpe = Signal()  # who wins the next SFU / engine conflict
         conflict = Signal()
         m.d.comb += conflict.eq(Cat(*mutual).any() if mutual else 0)
@@ -441,7 +457,7 @@ class OlivineCore(wiring.Component):
                 for r in requests:
                     if r["buf"] != name:
                         continue
-                    granted = r["want"] & (r["bank"] == bank)
+                    granted = r["granted"] & (r["bank"] == bank)
                     if r["unit"] is not None:
                         granted = granted & en[r["unit"]]
                     ratio = buf.word_bytes // r["bytes"]
@@ -457,7 +473,7 @@ class OlivineCore(wiring.Component):
             if r["kind"] != "r":
                 continue
             buf = buffers[r["buf"]]
-            granted = r["want"] if r["unit"] is None else r["want"] & en[r["unit"]]
+            granted = r["granted"] if r["unit"] is None else r["want"] & en[r["unit"]]
             pending = Signal(name=f"{r['tag']}_pending")
             bank_q = Signal(max(buf.bank_bits, 1), name=f"{r['tag']}_bank")
             lane_q = Signal(len(r["lane"]), name=f"{r['tag']}_slice")
@@ -549,7 +565,10 @@ class OlivineCore(wiring.Component):
         hbm = [[Signal(32, name=f"hbm{k}_{c}") for c in core_regs.HBM_COUNTERS] for k in range(C)]
 
         accept = Signal()
+        # a prog_channel beyond the channels is refused (state error, cause prog_channel), not
+        # truncated to the channel its low bits name
         m.d.comb += [accept.eq(ap_start & ~running & ~ctrl.busy), ctrl.start.eq(accept),
+                     ctrl.prog_error.eq(prog_ch_reg >= C),
                      ctrl.prog_addr.eq(prog_addr), ctrl.prog_words.eq(prog_words),
                      ctrl.watchdog_limit.eq(watchdog)]
         idle = ~ap_start & ~running & ~ctrl.busy

@@ -50,7 +50,7 @@ REGISTERS: tuple[Register, ...] = (
     Register("prog_addr_lo", 0x10, "rw", "program byte address in its HBM channel, low word (4-byte aligned)"),
     Register("prog_addr_hi", 0x14, "rw", "program byte address, high word"),
     Register("prog_words", 0x18, "rw", "program length in 32-bit words (>= 1)"),
-    Register("prog_channel", 0x1C, "rw", "HBM channel holding the program"),
+    Register("prog_channel", 0x1C, "rw", "HBM channel holding the program (one beyond the channels: error, cause prog_channel)"),
     Register("watchdog", 0x20, "rw", "cycles without progress before the watchdog fires (0: never)"),
     Register("state", 0x28, "ro", "0 idle, 1 running, 2 done, 3 error (hw.controller.STATES)"),
     Register("cause", 0x2C, "ro", "error cause, index into hw.controller.STATUS_CAUSES"),
@@ -59,7 +59,7 @@ REGISTERS: tuple[Register, ...] = (
     Register("unit_error", 0x38, "ro", "unit_fault: bits [3:0] the unit (hw.isa.UNITS index), bits [15:8] its own error code"),
     Register("cycles_lo", 0x40, "ro", "cycles from start to done, low word"),
     Register("cycles_hi", 0x44, "ro", "cycles from start to done, high word"),
-    *(Register(f"stuck_{u}", 0x90 + 4 * i, "ro", f"deadlock/watchdog: bit31 valid, bits [23:0] word offset unit {u} is on")
+    *(Register(f"stuck_{u}", 0x90 + 4 * i, "ro", f"deadlock/watchdog: bit31 valid (0 after a run ends done), bits [23:0] word offset unit {u} is on")
       for i, u in enumerate(("ld", "st", "mpe", "sfu"))),
     Register("magic", 0xF0, "ro", "0x4F4C564E ('OLVN')"),
     Register("version", 0xF4, "ro", "register map version (1)"),

@@ -7,7 +7,9 @@ rotated to their HBM lanes, with WSTRB marking the unaligned first and last beat
 LD; up to ``max_outstanding`` bursts await their B response. Ports: inst (unit_layout("st")),
 done, fault (the source range exceeds ``buffer_bytes``: checked before anything is written; or
 BRESP not OKAY), busy, axi (axi4_write_signature), buf (``addr`` Out, ``en`` Out, ``data`` In:
-a synchronous read port, data valid the cycle after ``en``; ``source`` Out).
+a synchronous read port, data valid the cycle after ``en``; ``source`` Out; ``busy`` In: the
+read is refused this cycle and asked again, the core's way of giving the matrix engine the weight,
+meta and bias ports first).
 Latency: 3 cycles from the start to the first W beat; done when the last B response arrives.
 Throughput: one beat per cycle.
 
@@ -62,7 +64,10 @@ def buffer_write_signature(data_width: int, addr_bits: int) -> wiring.Signature:
 
 
 def buffer_read_signature(data_width: int, addr_bits: int) -> wiring.Signature:
-    return wiring.Signature({"addr": Out(addr_bits), "en": Out(1), "data": In(data_width), "source": Out(3)})
+    """A synchronous read port: ``en`` requests word ``addr``, ``data`` follows a cycle later;
+    ``busy`` (In) refuses the request this cycle (the port is another unit's: the engine asks again)."""
+    return wiring.Signature({"addr": Out(addr_bits), "en": Out(1), "data": In(data_width), "source": Out(3),
+                             "busy": In(1)})
 
 
 def _rotate_bytes(m, value, amount, name: str):
@@ -307,9 +312,10 @@ class StoreEngine(_Engine):
 
         # ---- buffer reads -> word queue -> window ----
         rd = active & ~bad & rd_more & (wq.level + inflight < 3)
+        rd_go = rd & ~self.buf.busy
         m.d.comb += [self.buf.addr.eq(rd_next), self.buf.en.eq(rd)]
-        m.d.sync += inflight.eq(rd)
-        with m.If(rd):
+        m.d.sync += inflight.eq(rd_go)
+        with m.If(rd_go):
             m.d.sync += [rd_next.eq(rd_next + 1), rd_more.eq(rd_next != rd_last)]
         m.d.comb += [wq.w_data.eq(self.buf.data), wq.w_en.eq(inflight)]
 

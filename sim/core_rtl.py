@@ -135,11 +135,16 @@ def core_verilog(config: AcceleratorConfig, **core_kwargs) -> str:
 
 def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: int = 1 << 16, pause: float = 0.0,
              max_cycles: int = 200_000, seed: int = 0, sfu_ops: tuple[str, ...] | None = None,
-             waves: bool = False, mpe=None) -> list[dict]:
+             waves: bool = False, mpe=None, read_latency: int = 0,
+             slverr: tuple[tuple[int, int, int], ...] = ()) -> list[dict]:
     """Run ``jobs`` on the RTL core (one simulation); per job a dict with ``regs`` (name -> value,
     counters as ``<unit>_<counter>`` and ``hbm<k>_<counter>``), ``timeout`` (bool), ``hbm`` (list
     of channel arrays) and ``buffers`` (name -> array, from the dump program). ``mpe``: the matrix
-    engine (a callable ``mpe(config)``, e.g. hw.mpe.MatrixEngine) or None (MM/MV fault)."""
+    engine (a callable ``mpe(config)``, e.g. hw.mpe.MatrixEngine) or None (MM/MV fault). The HBM
+    models (sim/tb_core.py HbmChannel): ``read_latency`` cycles from AR to the first R beat at
+    least (0: the model's own), ``slverr`` (channel, first byte, end byte) windows answering
+    SLVERR (keep them off the clear / dump programs' bytes: channel 0's top 4 KiB, its first
+    dump_bytes)."""
     from olivine.hw.core import VERILATOR_BUILD_ARGS
     from olivine.sim.rtl import run_cocotb
     import tempfile
@@ -178,6 +183,7 @@ def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: i
             "watchdog": [j.watchdog for j in jobs], "clear": clear_program(config), "dump": dump,
             "dump_bytes": sum(sizes.values()), "reg_addr": addrs, "max_cycles": max_cycles, "pause": pause,
             "seed": seed, "channels": config.hbm_channels, "channel_bytes": channel_bytes,
+            "read_latency": int(read_latency), "slverr": np.asarray(slverr, dtype=np.int64).reshape(-1, 3),
         }
         # -O0 (unless OLIVINE_VERILATOR_OPT says otherwise): cocotb makes every signal public
         # (--public-flat-rw), and the whole core's VPI symbol table is one constructor of ~4000 lines

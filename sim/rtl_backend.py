@@ -145,6 +145,9 @@ def fault_message(regs: dict, program: list) -> str:
         code = regs["unit_error"] >> 8 & 0xFF
         return (f"{where(regs['offset'])}: the {unit.upper()} unit faulted with error {code} "
                 f"({_unit_error_name(unit, code)}) [RTL: state error, cause unit_fault, offset {regs['offset']}]")
+    if cause == "prog_channel":
+        return ("the program's channel (register prog_channel) is not one of the core's HBM channels: "
+                "nothing ran; place the program in a channel below hbm_channels [RTL: state error, cause prog_channel]")
     if cause in isa.DECODE_CAUSES:
         fld = isa.FIELD_NAMES[regs["field"]] if regs.get("field", 0) < len(isa.FIELD_NAMES) else regs.get("field")
         return f"{where(regs['offset'])}: decode error {cause} in field {fld} [RTL: state error, offset {regs['offset']}]"

@@ -310,6 +310,11 @@ def _check_outputs(backend: str, trace, waves, budget) -> None:
             raise RunError(f"--waves records the RTL's signals: it needs --backend rtl (not {backend})")
         if not str(waves).endswith((".fst", ".vcd")):
             raise RunError(f"--waves {waves}: name the file .fst or .vcd (the trace format)")
+        if str(waves).endswith(".fst"):
+            from . import fastsim
+
+            if not fastsim.have_lz4_header():
+                raise RunError(f"--waves {waves}: {fastsim.FST_NEEDS_LZ4}")
     if budget is not None and backend != "rtl":
         raise RunError(f"--budget is a cycle budget of the RTL backend; the {backend} backend counts no cycles")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):

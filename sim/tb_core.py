@@ -1,10 +1,13 @@
 """cocotb testbench of the whole core (top olivine_core), run by sim/core_rtl.py run_jobs.
 
 DUT ports: s_axi_control__* (AXI4-Lite, cocotbext-axi AxiLiteMaster), interrupt,
-m_axi_hbm<k>__* (AXI4, one cocotbext-axi AxiRam per channel with random pauses), clk, rst.
+m_axi_hbm<k>__* (AXI4, one :class:`HbmChannel` per channel: cocotbext-axi's RAM with random
+pauses, a read latency and SLVERR windows), clk, rst.
 Vectors: images [jobs, channels, channel_bytes], prog_words (all jobs' words back to back) with
 prog_len / prog_addr / prog_channel / watchdog per job, clear and dump (programs run before and
-after each job), dump_bytes, reg_addr (registers read after each job), max_cycles, pause, seed.
+after each job), dump_bytes, reg_addr (registers read after each job), max_cycles, pause, seed,
+read_latency (cycles from an AR handshake to its first R beat at least; 0: the model's own few),
+slverr [n, 3] (channel, first byte, end byte: beats touching the window answer SLVERR).
 Results (npz at $OLIVINE_CORE_TB_OUT): regs [jobs, registers], timeout [jobs], cycles [jobs]
 (harness clock cycles from CTRL write to interrupt), hbm [jobs, channels, bytes] (before the
 dump), dumps [jobs, dump_bytes].
@@ -17,12 +20,76 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
+from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
+from cocotbext.axi.memory import Memory
 
 from olivine.hw import core_regs
 from olivine.sim.rtl import load_vectors
 
 R = core_regs.offset
+
+
+class SlverrWindow(Exception):
+    """Raised by the channel model for a beat in an SLVERR window: cocotbext-axi answers SLVERR."""
+
+
+class _WindowRead(AxiRamRead):
+    def __init__(self, *args, windows=(), **kwargs):
+        self.windows = windows
+        super().__init__(*args, **kwargs)
+
+    async def _read(self, address, length):
+        if any(lo < address + length and address < hi for lo, hi in self.windows):
+            raise SlverrWindow(f"read of {length} bytes at {address:#x}")
+        return await super()._read(address, length)
+
+
+class _WindowWrite(AxiRamWrite):
+    def __init__(self, *args, windows=(), **kwargs):
+        self.windows = windows
+        super().__init__(*args, **kwargs)
+
+    async def _write(self, address, data):
+        if any(lo < address + len(data) and address < hi for lo, hi in self.windows):
+            raise SlverrWindow(f"write of {len(data)} bytes at {address:#x}")
+        await super()._write(address, data)
+
+
+class HbmChannel(Memory):
+    """One HBM channel: cocotbext-axi's AXI4 RAM (``size`` bytes) whose beats touching a
+    ``windows`` byte range [lo, hi) answer SLVERR (RRESP = 2 with zero data; the burst's BRESP = 2,
+    the beat not written), and whose first R beat of a burst comes ``read_latency`` cycles after
+    the burst's AR handshake at the earliest (bursts stay pipelined: the wait counts from each
+    AR's own handshake, recorded on the bus as the model's AR sink samples it)."""
+
+    def __init__(self, bus, clock, reset, size: int, *, read_latency: int = 0, windows=()):
+        super().__init__(size)
+        self.write_if = _WindowWrite(bus.write, clock, reset, mem=self.mem, windows=tuple(windows))
+        self.read_if = _WindowRead(bus.read, clock, reset, mem=self.mem, windows=tuple(windows))
+        self.read_latency, self.clock, self.cycle = int(read_latency), clock, 0
+        if self.read_latency:
+            ar = self.read_if.ar_channel
+            self._handshakes = []
+            cocotb.start_soon(self._count_cycles(ar, reset))
+            take = ar.recv
+
+            async def delayed_recv():
+                item = await take()
+                due = self._handshakes.pop(0) + self.read_latency
+                if self.cycle < due:
+                    await ClockCycles(self.clock, due - self.cycle)
+                return item
+            ar.recv = delayed_recv
+
+    async def _count_cycles(self, ar, reset):
+        while True:
+            await RisingEdge(self.clock)
+            self.cycle += 1
+            if reset is not None and reset.value:
+                self._handshakes.clear()  # the AR sink drops its queue too
+            elif ar.valid.value and ar.ready.value:
+                self._handshakes.append(self.cycle)
 
 
 async def _reset(dut):
@@ -69,9 +136,12 @@ async def core_runs_jobs(dut):
     Clock(dut.clk, 10, unit="ns").start()
     dut.rst.value = 1
     host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control_"), dut.clk, dut.rst)
+    latency = int(vec["read_latency"]) if "read_latency" in vec else 0
+    windows = [tuple(int(x) for x in row) for row in vec["slverr"]] if "slverr" in vec else []
     rams = []
     for k in range(channels):
-        ram = AxiRam(AxiBus.from_prefix(dut, f"m_axi_hbm{k}_"), dut.clk, dut.rst, size=channel_bytes)
+        ram = HbmChannel(AxiBus.from_prefix(dut, f"m_axi_hbm{k}_"), dut.clk, dut.rst, channel_bytes,
+                         read_latency=latency, windows=[(lo, hi) for ch, lo, hi in windows if ch == k])
         if pause:
             for ch in (ram.read_if.ar_channel, ram.read_if.r_channel, ram.write_if.aw_channel,
                        ram.write_if.w_channel, ram.write_if.b_channel):

@@ -767,3 +767,40 @@ def test_compiled_glassllm_w4a4_mms_match_funcsim(tmp_path):
         assert g["regs"]["state"] == STATES.index("done") and g["regs"]["unit_error"] == 0, (name, g["regs"])
         out_bytes = w["hbm"][1][20000: 20000 + 4 * 32 * rows // 2]
         assert np.any(out_bytes != 0), f"{name}: the MM wrote zeros only"
+
+
+# ---- the cocotb HBM model's read latency and SLVERR windows (sim/tb_core.py HbmChannel) -----------
+
+@requires_verilator
+@pytest.mark.rtl
+def test_axi_slverr_faults_the_ld_or_st_with_the_bus_code_and_read_latency_holds():
+    """An SLVERR window in channel 1 (sim/tb_core.py HbmChannel): an LD reading it and an ST writing
+    it fault with UnitError.BUS (unit_error = unit | 4 << 8, cause unit_fault, offset = the
+    instruction's word), the other jobs of the run unaffected; with a read latency of 40 cycles an
+    LD of one beat is busy at least 40 cycles and loads what FuncSim loads."""
+    from olivine.hw.core import UnitError
+
+    M = isa.make
+    rng = np.random.default_rng(11)
+    window = (1, 36864, 36864 + 256)
+    jobs = {
+        "ld_slverr": CoreJob([M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=64),
+                              M("LD", target="act", channel=1, hbm_addr=36800, buf_addr=256, length=128),
+                              M("SYS", op="end")], {0: _image(rng), 1: _image(rng)}),
+        "st_slverr": CoreJob([M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=64, release=0b0010),
+                              M("ST", source="act", channel=1, hbm_addr=36900, buf_addr=0, length=64, wait=0b0001),
+                              M("SYS", op="end")], {0: _image(rng), 1: _image(rng)}),
+        "latency": CoreJob([M("LD", target="act", channel=1, hbm_addr=48, buf_addr=32, length=16),
+                            M("SYS", op="end")], {0: _image(rng), 1: _image(rng)}),
+    }
+    got = run_jobs(_config(), list(jobs.values()), channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS,
+                   read_latency=40, slverr=(window,))
+    res = dict(zip(jobs, got))
+    for name, unit, k in (("ld_slverr", "ld", 1), ("st_slverr", "st", 1)):
+        regs = res[name]["regs"]
+        offset = isa.program_offsets(jobs[name].program)[k]
+        assert regs["state"] == STATES.index("error") and regs["cause"] == STATUS_CAUSES.index("unit_fault"), (name, regs)
+        assert regs["unit_error"] == isa.UNITS.index(unit) | UnitError.BUS << 8 and regs["offset"] == offset, (name, regs)
+    want = funcsim_jobs(_config(), [jobs["latency"]], channel_bytes=CHANNEL_BYTES)
+    _check([jobs["latency"]], [res["latency"]], want, ["latency"])
+    assert res["latency"]["regs"]["ld_busy"] >= 40, res["latency"]["regs"]["ld_busy"]
