@@ -179,3 +179,53 @@ def test_gptq_presets_on_glassllm():
     assert torch.equal(q.forward_int(ev), q.forward_int(ev))
     fp = perplexity(quantize_model(m.config, m.weights, "fp32"), ev)
     assert abs(perplexity(q, ev) / fp - 1) < 0.2
+
+
+def test_sequential_gptq_calibrates_on_the_quantized_models_inputs():
+    """Each linear's Hessian is that of the INT8 fake-quantized inputs it gets when every earlier
+    linear (earlier layers, earlier stages of its layer) runs with its quantized weights: rebuilt
+    here by hand for layers.0.wq (float embedding -> norm) and layers.0.wo (after quantized q/k/v)."""
+    from olivine.golden.contract import fake_quant_act_dynamic_int8
+    from olivine.golden.loaders import load_model
+    from olivine.golden.model import FloatLlama
+
+    m = load_model("glassllm")
+    cfg, wts = m.config, m.weights
+    ids = torch.as_tensor(m.tokenizer.encode("The little dog ran to the park and played with a red ball "
+                                             "while the children sang about the sea."))[:24]
+    kinds = {n: "ovp4" for n in ("layers.0.wq", "layers.0.wk", "layers.0.wv", "layers.0.wo", "layers.1.wq")}
+    seq = gptq.quantize_linears_sequential(cfg, wts, ids, kinds, groups={"layers.0.wo": 64})
+    par = gptq.quantize_linears(cfg, wts, ids, kinds)
+
+    deq = {n: q.dequantize() for n, q in seq.items()}
+    seen = {}
+
+    class ByHand(FloatLlama):
+        def linear(self, name, x, weight):
+            if name in deq:
+                x = fake_quant_act_dynamic_int8(x)
+                seen.setdefault(name, x.reshape(-1, x.shape[-1]).double())
+                weight = deq[name]
+            return torch.matmul(x, weight.t())
+
+    ByHand(cfg, wts).forward(ids)
+    for name, group in (("layers.0.wq", None), ("layers.0.wo", 64), ("layers.1.wq", None)):
+        x = seen[name]
+        h = x.T @ x / x.shape[0]
+        opts = {"group": group, "group_factors": "mult4"} if group else {}
+        want = gptq.gptq_ovp(wts.linear(name), h, **opts)
+        assert torch.equal(seq[name].values, want.values.to(torch.int16)), name
+        _assert_valid_ovp(seq[name].values, seq[name].normal)
+    assert seq["layers.0.wo"].group == 64 and seq["layers.0.wq"].group is None
+    # the first linear's input differs from the float model's only by the INT8 rounding, a later
+    # layer's also by the quantized layers before it: GPTQ picks other values there
+    assert not torch.equal(seq["layers.1.wq"].values, par["layers.1.wq"].values)
+    with pytest.raises(gptq.GptqError, match="decoder linears"):
+        gptq.quantize_linears_sequential(cfg, wts, ids, {"lm_head": "ovp4"})
+
+
+def test_gptq_seq_method_and_preset():
+    assert LayerQuant("ovp4", "int8", method="gptq-seq", group=128).describe() == "Wovp4/Aint8 gptq-seq g128"
+    with pytest.raises(QuantConfigError, match="GPTQ"):
+        LayerQuant("int8", "int8", method="gptq-seq")
+    assert QuantConfig(LayerQuant("ovp4", "int8", method="gptq-seq")).needs_calibration()
