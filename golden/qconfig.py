@@ -30,6 +30,10 @@ w4a8-ovp-g128      w4a8-ovp with a 4-bit multiplier (m/8, m = 1..15) per 128 wei
 w4a8-ovp-gptq-g128 w4a8-ovp-g128 with GPTQ-chosen grid values. Needs calibration tokens.
 w4a8-int4-g128     w4a8-int4 with the same group multipliers (equal-bits comparison)
 w4a8-int4-gptq-g128  w4a8-int4-gptq with the same group multipliers. Needs calibration tokens.
+w4a8-ovp-gptqseq-g128  w4a8-ovp-gptq-g128 with sequential GPTQ: layer by layer, each linear's
+                   Hessian from the INT8 inputs the already-quantized model feeds it
+                   (golden.gptq.quantize_linears_sequential). Needs calibration tokens.
+w4a8-int4-gptqseq-g128  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -135,6 +139,8 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-ovp-gptq-g128": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-g128": (LayerQuant("int4", "int8", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptqseq-g128": (LayerQuant("ovp4", "int8", method="gptq-seq", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-gptqseq-g128": (LayerQuant("int4", "int8", method="gptq-seq", group=128), {"lm_head": _W8A8}),
 }
 
 

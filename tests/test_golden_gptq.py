@@ -229,3 +229,8 @@ def test_gptq_seq_method_and_preset():
     with pytest.raises(QuantConfigError, match="GPTQ"):
         LayerQuant("int8", "int8", method="gptq-seq")
     assert QuantConfig(LayerQuant("ovp4", "int8", method="gptq-seq")).needs_calibration()
+    for name, kind in (("w4a8-ovp-gptqseq-g128", "ovp4"), ("w4a8-int4-gptqseq-g128", "int4")):
+        cfg = QuantConfig.preset(name)
+        assert cfg.default == LayerQuant(kind, "int8", method="gptq-seq", group=128)
+        assert cfg.for_layer("lm_head") == LayerQuant("int8", "int8") and cfg.needs_calibration()
+
