@@ -234,3 +234,23 @@ def test_gptq_seq_method_and_preset():
         assert cfg.default == LayerQuant(kind, "int8", method="gptq-seq", group=128)
         assert cfg.for_layer("lm_head") == LayerQuant("int8", "int8") and cfg.needs_calibration()
 
+
+
+def test_rtndown_preset_is_gptq_but_w_down_round_to_nearest():
+    """w4a8-ovp-gptq-g128-rtndown: w_down holds exactly w4a8-ovp-g128's round-to-nearest grouped
+    values, every other decoder linear exactly w4a8-ovp-gptq-g128's GPTQ values."""
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    m = load_model("glassllm")
+    calib = model_calibration_tokens(m)
+    q = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128-rtndown", calib, show_progress=False)
+    g = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", calib, show_progress=False)
+    r = quantize_model(m.config, m.weights, "w4a8-ovp-g128", show_progress=False)
+    for name, lin in q.linears.items():
+        ref = (r if name.endswith("w_down") else g).linears[name].weight
+        assert torch.equal(lin.weight.values, ref.values), name
+        if lin.weight.group_mult is not None:
+            assert torch.equal(lin.weight.group_mult, ref.group_mult), name
+    assert not torch.equal(q.linears["layers.0.w_down"].weight.values, g.linears["layers.0.w_down"].weight.values)
