@@ -27,6 +27,11 @@ rounded and running GPTQ again (``"refit"``).
 ``act_order=True`` processes pairs by decreasing H diagonal (the pair's two columns stay
 adjacent), the usual GPTQ ordering that quantizes the most sensitive inputs first.
 
+Sequential calibration (:func:`quantize_linears_sequential`, method ``"gptq-seq"``): the layers
+are quantized in order and each linear's Hessian is built from the INT8 fake-quantized inputs the
+already-quantized model (earlier layers, earlier stages of its own layer) feeds it, instead of
+the float model's inputs (:func:`quantize_linears`, method ``"gptq"``).
+
 Group scales (``group_factors``): an [N, K/g] factor per row and K-group multiplies the row scale.
 "mult4" (m / 8, m = 1..15) has an integer form (:func:`to_qweight`: the contract's group
 multipliers, docs/contract.md 2a); "pow2" and "mult8" are float measurements only.

@@ -74,7 +74,7 @@ from .contract import (
     to_fixed,
 )
 from .model import LINEAR_NAMES, FloatLlama, LlamaConfig, LlamaWeights
-from .qconfig import LayerQuant, QuantConfig
+from .qconfig import GPTQ_METHODS, LayerQuant, QuantConfig
 
 __all__ = ["QLlama", "QKVCache", "quantize_model", "collect_linear_inputs", "LOGIT_FRAC"]
 
@@ -413,7 +413,7 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
         calib = collect_linear_inputs(config, weights, calib_tokens, static)
     gptq_w = {}
-    gptq_names = [n for n in names if lq[n].method in ("gptq", "gptq-seq")]
+    gptq_names = [n for n in names if lq[n].method in GPTQ_METHODS]
     if gptq_names:
         if calib_tokens is None:
             raise ContractError(f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...); pass calib_tokens")
