@@ -467,7 +467,7 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown"])
-def test_compile_main_sequential_gptq_preset_runs_bit_exact(tmp_path, preset):
+def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     """w4a8-ovp-gptqseq-g128 (sequential GPTQ) and w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
     round-to-nearest), group multipliers, on glassllm: other w_down grid values than the one-pass
     GPTQ preset, still valid OVP codes, and the functional simulator reproduces golden's integer
