@@ -57,6 +57,10 @@ VARIANTS = {
     "int4-rtn-mult4-g128": ("int4", {"rtn": True, "group": 128, "group_factors": "mult4"}),
     "int4-gptq": ("int4", {}),
     "int4-gptq-mult4-g128": ("int4", {"group": 128, "group_factors": "mult4"}),
+    # sequential GPTQ (golden.gptq.quantize_linears_sequential): Hessians of the inputs the
+    # already-quantized layers produce, with INT8 fake-quantized activations
+    "ovp-gptqseq-mult4-g128": ("ovp4", {"sequential": True, "group": 128}),
+    "int4-gptqseq-mult4-g128": ("int4", {"sequential": True, "group": 128}),
 }
 DEFAULT_VARIANTS = ("fp32", "ovp-rtn", "ovp-gptq", "int4-rtn", "int4-gptq", "ovp-gptq-pow2-g128",
                     "ovp-gptq-mult4-g128", "ovp-gptq-pow2-g64", "ovp-gptq-mult4-g64")
@@ -72,9 +76,16 @@ def _rtn_ovp(name, w):
     return _RTN_CACHE[name]
 
 
-def dequantized_weights(loaded, hs, kind, options):
+def dequantized_weights(loaded, hs, kind, options, calib=None):
     names = [n for n, _ in loaded.weights.named_linears(include_lm_head=True)]
     out = {"lm_head": quantize_weight(loaded.weights.linear("lm_head"), "int8").dequantize()}  # W8A8 head
+    if options is not None and options.get("sequential"):
+        dec = [n for n in names if n != "lm_head"]
+        opts = {k: v for k, v in options.items() if k not in ("sequential", "group")}
+        qw = gptq.quantize_linears_sequential(loaded.config, loaded.weights, calib, {n: kind for n in dec},
+                                              groups={n: options["group"] for n in dec}, **opts)
+        out.update({n: q.dequantize()[:, : loaded.weights.linear(n).shape[1]] for n, q in qw.items()})
+        return out
     for n in names:
         if n == "lm_head":
             continue
@@ -138,7 +149,8 @@ def main(argv=None) -> int:
           f"{'+'.join(args.calib_corpora)} tokens [{args.calib_offset}, {args.calib_offset + args.n_calib}), loaded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     hs = None
-    if any(VARIANTS[v][1] is not None and not VARIANTS[v][1].get("rtn") for v in args.variants):
+    if any(VARIANTS[v][1] is not None and not VARIANTS[v][1].get("rtn") and not VARIANTS[v][1].get("sequential")
+           for v in args.variants):
         t1 = time.perf_counter()
         names = [n for n, _ in loaded.weights.named_linears(include_lm_head=False)]
         hs = gptq.collect_hessians(cfg, loaded.weights, calib, names)
@@ -157,7 +169,7 @@ def main(argv=None) -> int:
         kind, options = VARIANTS[v]
         if options is not None and not options.get("rtn"):
             options = {"damp": args.damp, **options}
-        model = ref if kind is None else FakeQuantLlama(cfg, loaded.weights, dequantized_weights(loaded, hs, kind, options))
+        model = ref if kind is None else FakeQuantLlama(cfg, loaded.weights, dequantized_weights(loaded, hs, kind, options, calib))
         report(v, evaluate(model, ref, texts, prompts, args.greedy_n), time.perf_counter() - t1)
     if args.integer:
         short = {f"{c}@{args.integer}": corpus_tokens(c, tok, args.integer) for c in args.corpora}

@@ -27,6 +27,11 @@ rounded and running GPTQ again (``"refit"``).
 ``act_order=True`` processes pairs by decreasing H diagonal (the pair's two columns stay
 adjacent), the usual GPTQ ordering that quantizes the most sensitive inputs first.
 
+Sequential calibration (:func:`quantize_linears_sequential`, method ``"gptq-seq"``): the layers
+are quantized in order and each linear's Hessian is built from the INT8 fake-quantized inputs the
+already-quantized model (earlier layers, earlier stages of its own layer) feeds it, instead of
+the float model's inputs (:func:`quantize_linears`, method ``"gptq"``).
+
 Group scales (``group_factors``): an [N, K/g] factor per row and K-group multiplies the row scale.
 "mult4" (m / 8, m = 1..15) has an integer form (:func:`to_qweight`: the contract's group
 multipliers, docs/contract.md 2a); "pow2" and "mult8" are float measurements only.
@@ -38,11 +43,13 @@ from dataclasses import dataclass
 
 import torch
 
+from olivine import progress
+
 from .model import FloatLlama, LlamaConfig, LlamaWeights
 from .ovp_format import get_format
 
 __all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "gptq_ovp", "gptq_int4", "to_qweight",
-           "quantize_linears",
+           "quantize_linears", "quantize_linears_sequential",
            "rtn_ovp_values", "rtn_grouped", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES",
            "SCALE_MODES"]
 
@@ -441,6 +448,20 @@ def to_qweight(gw: GptqWeight):
                    group_mult=group_mult)
 
 
+def _quantize_one(name: str, kind: str, w: torch.Tensor, h: torch.Tensor, group: int | None, options: dict):
+    """The contract's QWeight of one linear by GPTQ (``group``: 4-bit multipliers per group)."""
+    w = w.detach().to(torch.float32)
+    opts = dict(options, group=group, group_factors="mult4") if group else options
+    if kind == "ovp4":
+        if w.shape[1] % 2:  # the zero column compile_linear adds; its input is dead in H
+            w = torch.nn.functional.pad(w, (0, 1))
+            h = torch.nn.functional.pad(h, (0, 1, 0, 1))
+        return to_qweight(gptq_ovp(w, h, **opts))
+    if kind == "int4":
+        return to_qweight(gptq_int4(w, h, **opts))
+    raise GptqError(f"{name}: GPTQ quantizes ovp4 or int4 weights, not {kind!r}")
+
+
 def quantize_linears(config: LlamaConfig, weights: LlamaWeights, calib_tokens, kinds: dict[str, str],
                      groups: dict[str, int | None] | None = None, **options):
     """QWeight per linear name in ``kinds`` (name -> "ovp4" | "int4"), chosen by GPTQ with the
@@ -448,18 +469,116 @@ def quantize_linears(config: LlamaConfig, weights: LlamaWeights, calib_tokens, k
     contract's 4-bit group multipliers (absent / None: row scales only). ``options`` go to
     gptq_ovp / gptq_int4."""
     hs = collect_hessians(config, weights, calib_tokens, list(kinds))
+    return {name: _quantize_one(name, kind, weights.linear(name), hs[name], (groups or {}).get(name), options)
+            for name, kind in kinds.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequential GPTQ: each layer calibrated on the inputs the already-quantized layers produce
+# ---------------------------------------------------------------------------------------------
+
+#: the order of the linears inside a decoder layer: each stage's input depends on the earlier stages
+_STAGES = (("wq", "wk", "wv"), ("wo",), ("w_gate", "w_up"), ("w_down",))
+
+
+class _SequentialRecorder(FloatLlama):
+    """FloatLlama whose quantized linears (``self.quantized``: name -> dequantized weight [N, K])
+    take per-token INT8 fake-quantized inputs (what the integer matmul multiplies, to within the
+    contract's 8-bit-mantissa row scale) and whose ``recording`` linears accumulate X^T X of those
+    same quantized inputs."""
+
+    def __init__(self, config, weights, act_quant):
+        super().__init__(config, weights)
+        self.act_quant = act_quant
+        self.quantized: dict[str, torch.Tensor] = {}
+        self.recording: set[str] = set()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+        self._last: tuple | None = None
+
+    def linear(self, name, x, weight):
+        from .contract import fake_quant_act_dynamic_int8
+
+        if name not in self.quantized and name not in self.recording:
+            return super().linear(name, x, weight)
+        if self._last is None or self._last[0] is not x:  # wq/wk/wv (w_gate/w_up) share one input
+            self._last = [x, fake_quant_act_dynamic_int8(x) if self.act_quant(name) else x, None]
+        xq = self._last[1]
+        if name in self.recording:
+            x2 = xq.reshape(-1, xq.shape[-1]).to(torch.float64)
+            if self._last[2] is None:
+                self._last[2] = x2.T @ x2
+            self.sums[name] = self.sums.get(name, 0) + self._last[2]
+            self.rows[name] = self.rows.get(name, 0) + x2.shape[0]
+        return torch.matmul(xq, self.quantized.get(name, weight).t())
+
+
+def _calibration_windows(config: LlamaConfig, tokens) -> list[torch.Tensor]:
+    """``tokens`` ([T] or [B, T]) as batches [b, t] of equal-length windows of <= max_seq_len."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() == 1:
+        tokens = tokens.unsqueeze(0)
+    by_len: dict[int, list[torch.Tensor]] = {}
+    for row in tokens:
+        for start in range(0, row.numel(), config.max_seq_len):
+            w = row[start : start + config.max_seq_len]
+            by_len.setdefault(w.numel(), []).append(w)
+    return [torch.stack(ws) for ws in by_len.values()]
+
+
+def quantize_linears_sequential(config: LlamaConfig, weights: LlamaWeights, calib_tokens, kinds: dict[str, str],
+                                groups: dict[str, int | None] | None = None, act_quant=None,
+                                fixed: dict[str, torch.Tensor] | None = None, show_progress: bool = False,
+                                **options):
+    """As :func:`quantize_linears`, but sequential: the decoder layers are quantized in order and
+    each linear's Hessian comes from the inputs it receives when every linear before it (earlier
+    layers, and the earlier stages of its own layer: q/k/v, then o, then gate/up, then down) runs
+    with its quantized weights and per-token INT8 fake-quantized inputs, as the integer model
+    sees them. GPTQ then compensates the error the quantized network actually feeds it, not the
+    float network's.
+
+    act_quant: name -> bool, whether that linear's inputs are INT8-quantized (default: all).
+    fixed: name -> dequantized weight of linears quantized by another method (RTN, INT8), used as
+    such when the calibration reaches them; linears in neither dict run float."""
+    act_quant = act_quant or (lambda name: True)
+    rec = _SequentialRecorder(config, weights, act_quant)
+    rec.quantized.update({n: w.to(torch.float32) for n, w in (fixed or {}).items()})
+    names = list(kinds)
+    unknown = [n for n in names if not n.startswith("layers.") or n.split(".")[-1] not in sum(_STAGES, ())]
+    if unknown:
+        raise GptqError(f"sequential GPTQ quantizes decoder linears (layers.<i>.<linear>), not {unknown[:3]}")
     out = {}
-    for name, kind in kinds.items():
-        w, h = weights.linear(name).detach().to(torch.float32), hs[name]
-        group = (groups or {}).get(name)
-        opts = dict(options, group=group, group_factors="mult4") if group else options
-        if kind == "ovp4":
-            if w.shape[1] % 2:  # the zero column compile_linear adds; its input is dead in H
-                w = torch.nn.functional.pad(w, (0, 1))
-                h = torch.nn.functional.pad(h, (0, 1, 0, 1))
-            out[name] = to_qweight(gptq_ovp(w, h, **opts))
-        elif kind == "int4":
-            out[name] = to_qweight(gptq_int4(w, h, **opts))
-        else:
-            raise GptqError(f"{name}: GPTQ quantizes ovp4 or int4 weights, not {kind!r}")
+    batches = _calibration_windows(config, calib_tokens)
+    with torch.no_grad():
+        xs = [rec.embed(b) for b in batches]
+        with progress.track(f"sequential GPTQ ({config.name})", config.n_layers, "layer",
+                            delay=None if show_progress else float("inf")) as bar:
+            for layer in range(config.n_layers):
+                hs = [None] * len(xs)  # residual after the attention sub-block, once its linears are final
+                for stage in _STAGES:
+                    wanted = [f"layers.{layer}.{s}" for s in stage if f"layers.{layer}.{s}" in kinds]
+                    if not wanted:
+                        continue
+                    rec.recording, rec.sums, rec.rows = set(wanted), {}, {}
+                    for i, x in enumerate(xs):
+                        rec._last = None
+                        if stage[0] in ("wq", "wo"):
+                            rec.attn_block(layer, x, None, 0)
+                        else:
+                            if hs[i] is None:
+                                hs[i] = rec.attn_block(layer, x, None, 0)
+                            rec.ffn_block(layer, hs[i])
+                    rec.recording = set()
+                    for n in wanted:
+                        q = _quantize_one(n, kinds[n], weights.linear(n), rec.sums[n] / rec.rows[n],
+                                          (groups or {}).get(n), options)
+                        out[n] = q
+                        rec.quantized[n] = q.dequantize()[:, : weights.linear(n).shape[1]]
+                    if stage[0] in ("wq", "wk", "wv", "wo"):
+                        hs = [None] * len(xs)
+                for i, x in enumerate(xs):
+                    rec._last = None
+                    h = hs[i] if hs[i] is not None else rec.attn_block(layer, x, None, 0)
+                    xs[i] = rec.ffn_block(layer, h)
+                bar.advance(f"layers.{layer}")
     return out

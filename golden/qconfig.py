@@ -30,6 +30,14 @@ w4a8-ovp-g128      w4a8-ovp with a 4-bit multiplier (m/8, m = 1..15) per 128 wei
 w4a8-ovp-gptq-g128 w4a8-ovp-g128 with GPTQ-chosen grid values. Needs calibration tokens.
 w4a8-int4-g128     w4a8-int4 with the same group multipliers (equal-bits comparison)
 w4a8-int4-gptq-g128  w4a8-int4-gptq with the same group multipliers. Needs calibration tokens.
+w4a8-ovp-gptqseq-g128  w4a8-ovp-gptq-g128 with sequential GPTQ: layer by layer, each linear's
+                   Hessian from the INT8 inputs the already-quantized model feeds it
+                   (golden.gptq.quantize_linears_sequential). Needs calibration tokens.
+w4a8-int4-gptqseq-g128  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
+w4a8-ovp-gptq-g128-rtndown  w4a8-ovp-gptq-g128 with every w_down rounded to nearest (same grid and
+                   group multipliers): GPTQ on 2 x 1,024 calibration tokens overfits w_down's
+                   outlier-channel inputs (SmolLM2 float path, N = 1,024: Lee 1.36x -> 1.32x,
+                   Shakespeare 1.26x -> 1.24x; docs/benchmarks.md). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -40,15 +48,19 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = ["QuantConfigError", "LayerQuant", "QuantConfig", "PRESETS", "WEIGHT_CHOICES", "ACT_CHOICES",
-           "SPARSITY_CHOICES", "METHOD_CHOICES", "NAME_PATTERN"]
+           "SPARSITY_CHOICES", "METHOD_CHOICES", "GPTQ_METHODS", "NAME_PATTERN"]
 
 WEIGHT_CHOICES = ("ovp4", "int4", "int8", "fp32")
 ACT_CHOICES = ("int8", "int8-pow2", "int8-static", "ovp4", "fp32")
 SPARSITY_CHOICES = (None, "8:16", "4:16", "2:16", "2:4")
 #: group sizes of the per-group weight multipliers (golden.contract.GROUP_SIZES)
 GROUP_CHOICES = (64, 128)
-#: how grid values are chosen: "rtn" round-to-nearest, "gptq" second-order error compensation
-METHOD_CHOICES = ("rtn", "gptq")
+#: how grid values are chosen: "rtn" round-to-nearest, "gptq" second-order error compensation on
+#: the float model's inputs, "gptq-seq" the same calibrated layer by layer on the inputs the
+#: already-quantized layers produce (golden.gptq.quantize_linears_sequential)
+METHOD_CHOICES = ("rtn", "gptq", "gptq-seq")
+#: the methods that need calibration tokens and dense ovp4/int4 weights
+GPTQ_METHODS = ("gptq", "gptq-seq")
 
 #: Every linear name a pattern may target (after glob expansion): layers.<i>.<linear> or lm_head.
 _LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -70,7 +82,8 @@ class LayerQuant:
     sparsity: None | "8:16" | "4:16" | "2:16" | "2:4" | a density in (0, 1] (N chosen per
               16x16 block by golden.sparsity.choose_block_n)
     method:   "rtn" (round to nearest) | "gptq" (golden/gptq.py; dense ovp4/int4 weights only;
-              needs calibration tokens)
+              needs calibration tokens) | "gptq-seq" (GPTQ calibrated layer by layer on the
+              quantized model's own INT8 inputs; same needs)
     group:    None (one scale per output row) | 64 | 128: a 4-bit multiplier per group of that
               many weights along K on top of the row scale (docs/contract.md 2a; dense ovp4/int4)
     """
@@ -94,7 +107,7 @@ class LayerQuant:
             raise QuantConfigError("2:4 sparsity is not offered with OVP4 weights (OVP pairs are formed in 16-groups); use '8:16'")
         if self.method not in METHOD_CHOICES:
             raise QuantConfigError(f"LayerQuant.method={self.method!r}; expected one of {METHOD_CHOICES}")
-        if self.method == "gptq" and (self.weights not in ("ovp4", "int4") or sp is not None):
+        if self.method in GPTQ_METHODS and (self.weights not in ("ovp4", "int4") or sp is not None):
             raise QuantConfigError(f"GPTQ is offered for dense ovp4/int4 weights only, got weights={self.weights!r} "
                                    f"sparsity={sp!r}; use method='rtn'")
 
@@ -108,7 +121,7 @@ class LayerQuant:
         return self.weights == "fp32" and self.acts == "fp32"
 
     def describe(self) -> str:
-        s = f"W{self.weights}/A{self.acts}" + (" gptq" if self.method == "gptq" else "")
+        s = f"W{self.weights}/A{self.acts}" + (f" {self.method}" if self.method in GPTQ_METHODS else "")
         s += f" g{self.group}" if self.group is not None else ""
         return s + (f" sparse {self.sparsity}" if self.sparsity is not None else "")
 
@@ -130,6 +143,10 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-ovp-gptq-g128": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-g128": (LayerQuant("int4", "int8", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptqseq-g128": (LayerQuant("ovp4", "int8", method="gptq-seq", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-gptqseq-g128": (LayerQuant("int4", "int8", method="gptq-seq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128-rtndown": (LayerQuant("ovp4", "int8", method="gptq", group=128),
+                                   {"layers.*.w_down": LayerQuant("ovp4", "int8", group=128), "lm_head": _W8A8}),
 }
 
 
@@ -192,5 +209,5 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return any(lq.acts in ("ovp4", "int8-static") or lq.method == "gptq"
+        return any(lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS
                    for lq in [self.default, *self.overrides.values()])

@@ -74,7 +74,7 @@ from .contract import (
     to_fixed,
 )
 from .model import LINEAR_NAMES, FloatLlama, LlamaConfig, LlamaWeights
-from .qconfig import LayerQuant, QuantConfig
+from .qconfig import GPTQ_METHODS, LayerQuant, QuantConfig
 
 __all__ = ["QLlama", "QKVCache", "quantize_model", "collect_linear_inputs", "LOGIT_FRAC"]
 
@@ -413,14 +413,21 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
         calib = collect_linear_inputs(config, weights, calib_tokens, static)
     gptq_w = {}
-    gptq_names = [n for n in names if lq[n].method == "gptq"]
+    gptq_names = [n for n in names if lq[n].method in GPTQ_METHODS]
     if gptq_names:
         if calib_tokens is None:
             raise ContractError(f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...); pass calib_tokens")
         from . import gptq
 
-        gptq_w = gptq.quantize_linears(config, weights, calib_tokens, {n: lq[n].weights for n in gptq_names},
-                                       groups={n: lq[n].group for n in gptq_names})
+        par = [n for n in gptq_names if lq[n].method == "gptq"]
+        seq = [n for n in gptq_names if lq[n].method == "gptq-seq"]
+        if par:
+            gptq_w.update(gptq.quantize_linears(config, weights, calib_tokens, {n: lq[n].weights for n in par},
+                                                groups={n: lq[n].group for n in par}))
+        if seq:  # the other linears run float during this calibration (the presets make them all gptq-seq)
+            gptq_w.update(gptq.quantize_linears_sequential(
+                config, weights, calib_tokens, {n: lq[n].weights for n in seq}, groups={n: lq[n].group for n in seq},
+                act_quant=lambda n: lq[n].acts != "fp32", show_progress=show_progress))
     linears = {}
     # progress per decoder layer (its 7 linears) and the head
     with progress.track(f"quantizing {config.name} ({qcfg.name})", config.n_layers + 1, "layer",

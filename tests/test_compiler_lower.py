@@ -466,6 +466,33 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
     assert toks == golden_generate(q, ids, 6)[0]
 
 
+@pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown"])
+def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
+    """w4a8-ovp-gptqseq-g128 (sequential GPTQ) and w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
+    round-to-nearest), group multipliers, on glassllm: other w_down grid values than the one-pass
+    GPTQ preset, still valid OVP codes, and the functional simulator reproduces golden's integer
+    model bit for bit (tokens and every logit)."""
+    from olivine.golden import ovp
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    m = load_model("glassllm")
+    calib = model_calibration_tokens(m)
+    q = quantize_model(m.config, m.weights, preset, calib, show_progress=False)
+    one = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", calib, show_progress=False)
+    w = q.linears["layers.3.w_down"].weight
+    assert w.kind == "ovp4" and w.group == 128 and q.linears["lm_head"].weight.kind == "int8"
+    assert torch.equal(ovp.unpack(w.codes, w.normal), w.values.to(torch.int32))
+    assert not torch.equal(w.values, one.linears["layers.3.w_down"].weight.values)
+    out = tmp_path / "seq"
+    assert compile_main("glassllm", "u280", preset=preset, out=str(out), max_context=48, quiet=True) == 0
+    ids = m.tokenizer.encode("Once upon a time")
+    toks, logits = Runtime.from_artifact(out, for_board("u280")).generate(ids, 4)
+    g_toks, g_logits = golden_generate(q, ids, 4)
+    assert toks == g_toks and all(torch.equal(a, b) for a, b in zip(logits, g_logits))
+
+
 def test_mixed_precision_every_choice_compiles_bit_exact():
     """One model holding every mixed-precision choice (INT8, 4-bit grids with RTN and GPTQ, N:16 INT8 and
     OVP4): each MM/MV takes its linear's format and the simulator reproduces golden's integer model."""

@@ -179,3 +179,78 @@ def test_gptq_presets_on_glassllm():
     assert torch.equal(q.forward_int(ev), q.forward_int(ev))
     fp = perplexity(quantize_model(m.config, m.weights, "fp32"), ev)
     assert abs(perplexity(q, ev) / fp - 1) < 0.2
+
+
+def test_sequential_gptq_calibrates_on_the_quantized_models_inputs():
+    """Each linear's Hessian is that of the INT8 fake-quantized inputs it gets when every earlier
+    linear (earlier layers, earlier stages of its layer) runs with its quantized weights: rebuilt
+    here by hand for layers.0.wq (float embedding -> norm) and layers.0.wo (after quantized q/k/v)."""
+    from olivine.golden.contract import fake_quant_act_dynamic_int8
+    from olivine.golden.loaders import load_model
+    from olivine.golden.model import FloatLlama
+
+    m = load_model("glassllm")
+    cfg, wts = m.config, m.weights
+    ids = torch.as_tensor(m.tokenizer.encode("The little dog ran to the park and played with a red ball "
+                                             "while the children sang about the sea."))[:24]
+    kinds = {n: "ovp4" for n in ("layers.0.wq", "layers.0.wk", "layers.0.wv", "layers.0.wo", "layers.1.wq")}
+    seq = gptq.quantize_linears_sequential(cfg, wts, ids, kinds, groups={"layers.0.wo": 64})
+    par = gptq.quantize_linears(cfg, wts, ids, kinds)
+
+    deq = {n: q.dequantize() for n, q in seq.items()}
+    seen = {}
+
+    class ByHand(FloatLlama):
+        def linear(self, name, x, weight):
+            if name in deq:
+                x = fake_quant_act_dynamic_int8(x)
+                seen.setdefault(name, x.reshape(-1, x.shape[-1]).double())
+                weight = deq[name]
+            return torch.matmul(x, weight.t())
+
+    ByHand(cfg, wts).forward(ids)
+    for name, group in (("layers.0.wq", None), ("layers.0.wo", 64), ("layers.1.wq", None)):
+        x = seen[name]
+        h = x.T @ x / x.shape[0]
+        opts = {"group": group, "group_factors": "mult4"} if group else {}
+        want = gptq.gptq_ovp(wts.linear(name), h, **opts)
+        assert torch.equal(seq[name].values, want.values.to(torch.int16)), name
+        _assert_valid_ovp(seq[name].values, seq[name].normal)
+    assert seq["layers.0.wo"].group == 64 and seq["layers.0.wq"].group is None
+    # the first linear's input differs from the float model's only by the INT8 rounding, a later
+    # layer's also by the quantized layers before it: GPTQ picks other values there
+    assert not torch.equal(seq["layers.1.wq"].values, par["layers.1.wq"].values)
+    with pytest.raises(gptq.GptqError, match="decoder linears"):
+        gptq.quantize_linears_sequential(cfg, wts, ids, {"lm_head": "ovp4"})
+
+
+def test_gptq_seq_method_and_preset():
+    assert LayerQuant("ovp4", "int8", method="gptq-seq", group=128).describe() == "Wovp4/Aint8 gptq-seq g128"
+    with pytest.raises(QuantConfigError, match="GPTQ"):
+        LayerQuant("int8", "int8", method="gptq-seq")
+    assert QuantConfig(LayerQuant("ovp4", "int8", method="gptq-seq")).needs_calibration()
+    for name, kind in (("w4a8-ovp-gptqseq-g128", "ovp4"), ("w4a8-int4-gptqseq-g128", "int4")):
+        cfg = QuantConfig.preset(name)
+        assert cfg.default == LayerQuant(kind, "int8", method="gptq-seq", group=128)
+        assert cfg.for_layer("lm_head") == LayerQuant("int8", "int8") and cfg.needs_calibration()
+
+
+
+def test_rtndown_preset_is_gptq_but_w_down_round_to_nearest():
+    """w4a8-ovp-gptq-g128-rtndown: w_down holds exactly w4a8-ovp-g128's round-to-nearest grouped
+    values, every other decoder linear exactly w4a8-ovp-gptq-g128's GPTQ values."""
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    m = load_model("glassllm")
+    calib = model_calibration_tokens(m)
+    q = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128-rtndown", calib, show_progress=False)
+    g = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", calib, show_progress=False)
+    r = quantize_model(m.config, m.weights, "w4a8-ovp-g128", show_progress=False)
+    for name, lin in q.linears.items():
+        ref = (r if name.endswith("w_down") else g).linears[name].weight
+        assert torch.equal(lin.weight.values, ref.values), name
+        if lin.weight.group_mult is not None:
+            assert torch.equal(lin.weight.group_mult, ref.group_mult), name
+    assert not torch.equal(q.linears["layers.0.w_down"].weight.values, g.linears["layers.0.w_down"].weight.values)
