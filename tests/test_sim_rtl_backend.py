@@ -7,7 +7,6 @@ few tokens; the full proof (4 presets, 32 tokens) is ``slow``. SmolLM2-135M cut 
 layer (real shapes and head, its own core) runs its prefill and a decode step, unreduced only.
 """
 
-import dataclasses
 import json
 
 import numpy as np
@@ -15,28 +14,20 @@ import pytest
 
 from olivine.hw import isa
 from olivine.hw.config import load_config
-from tests.helpers import REDUCED, requires_verilator
+from tests.helpers import REDUCED, TINY_CORE_GROUP, requires_verilator, tiny_core_harness
 
 
 def rtl(fn):
-    return requires_verilator(pytest.mark.rtl(fn))
+    """An RTL test on the tiny core: in its xdist group (one worker builds the core, tests/helpers.py)."""
+    return requires_verilator(pytest.mark.rtl(pytest.mark.xdist_group(TINY_CORE_GROUP)(fn)))
 
 
 FULL_PRESETS = ("w4a8-ovp", "w4a8-int4", "w8a8", "w4a8-ovp-8:16")
 
 
 @pytest.fixture(scope="module")
-def glass_config():
-    from olivine.golden.loaders import load_model_config
-
-    return dataclasses.asdict(load_model_config("glassllm"))
-
-
-@pytest.fixture(scope="module")
-def harness(glass_config):
-    from olivine.sim.rtl_backend import backend_harness
-
-    return backend_harness(load_config("tiny"), glass_config)
+def harness():
+    return tiny_core_harness()[1]
 
 
 def _check(res):
