@@ -44,6 +44,14 @@ def _run(jobs, **kw):
     return got, want
 
 
+#: xdist group of the tests on the cocotb core (rtl_test_config(), SFU_OPS): one worker builds it
+COCOTB_CORE_GROUP = "core_cocotb"
+
+
+def on_cocotb_core(fn):
+    return requires_verilator(pytest.mark.rtl(pytest.mark.xdist_group(COCOTB_CORE_GROUP)(fn)))
+
+
 #: HBM bytes per channel of the matrix-engine jobs (the tiny core's data space is 252 KiB)
 MPE_CHANNEL_BYTES = 1 << 19
 
@@ -117,8 +125,7 @@ def _programs():
     return progs
 
 
-@requires_verilator
-@pytest.mark.rtl
+@on_cocotb_core
 def test_programs_match_funcsim():
     rng = np.random.default_rng(9)
     progs = _programs()
@@ -270,8 +277,7 @@ def test_matrix_engine_modes_match_funcsim(tiny_core):
 
 # ---- error paths ----------------------------------------------------------------------------------
 
-@requires_verilator
-@pytest.mark.rtl
+@on_cocotb_core
 def test_error_paths_report_what_funcsim_reports():
     M = isa.make
     rng = np.random.default_rng(4)
@@ -632,6 +638,7 @@ def test_hdl_bad_config_is_a_usage_message(tmp_path, capsys):
 
 
 @requires_verilator
+@pytest.mark.xdist_group(COCOTB_CORE_GROUP)
 def test_core_verilog_is_lint_clean():
     from olivine.hw.core import LINT_WAIVERS
     from olivine.hw.export import lint
