@@ -67,11 +67,11 @@ def test_smollm2_one_layer_prefill_and_decode_rtl_equals_isa_and_golden():
     every int32 logit (7.1M cycles; 1.7-2.3 min on the loaded 2-core machine, most of it the RTL).
 It needs its own core (SmolLM2's RoPE ROM, 32 positions): about 6 min of Verilator build the first
 time, cached in ~/.cache/olivine; so CI (reduced) skips it."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
-    if REDUCED:
+    if REDUCED:  # before the imports: transformers alone takes 5-40 s to import
         pytest.skip("reduced run: the SmolLM2 core's first Verilator build (~6 min) plus the ~2 min run exceed "
                     "CI's budget; run with OLIVINE_REDUCED=0")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
     from olivine.sim.rtl_backend import check_rtl
 
     res = check_rtl(model="smollm2", layers=1, preset="w4a8-ovp", prompt="The capital of France is",
