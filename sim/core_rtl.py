@@ -14,7 +14,8 @@ The host sequence of CORE_INTERFACE.md section 4, per job (sim/tb_core.py drives
 4. a dump program (ST of the weight, meta, bias buffers and the data space into channel 0) makes
    the buffers' bytes visible through the core's own datapath.
 
-:func:`run_jobs` returns per job the registers, the HBM snapshot and the buffers;
+:func:`run_jobs` returns per job the registers, the HBM snapshot and the buffers
+(:func:`run_jobs_fast`: the same on the fast C++ harness, sim/fastsim.py, ~100x cheaper a job);
 :func:`funcsim_jobs` the same facts from FuncSim on the same image and program; :func:`compare`
 names every difference. One Verilator build per (configuration, core parameters): the Verilog is
 cached on disk by a hash of hw/*.py and the parameters, the model by sim/rtl.py.
@@ -156,7 +157,7 @@ def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: i
     from olivine.sim.rtl import run_cocotb
     import tempfile
 
-    text = core_verilog(config, mpe=bool(mpe) or False, sfu_ops=sfu_ops, hbm_channel_bytes=channel_bytes)
+    text = core_verilog(config, mpe=bool(mpe), sfu_ops=sfu_ops, hbm_channel_bytes=channel_bytes)
     dump, dump_offsets = dump_program(config)
     words = [j.words() for j in jobs]
     prog_addr = [place_program(j) for j in jobs]
