@@ -7,7 +7,7 @@ Two RTL hosts (sim/core_rtl.py): the hand-written and error-path programs run in
 one); the matrix-engine programs (modes, W4A4, random differential) run on the fast C++ harness
 (sim/fastsim.py, its HBM model pausing every AXI channel at random the same way) on the ``tiny``
 core that ``olivine run --backend rtl`` runs glassllm on (tests/helpers.py tiny_core_harness):
-one Verilator build shared with tests/test_sim_rtl_backend.py, and jobs ~100x cheaper than in cocotb.
+one Verilator build shared with tests/test_sim_rtl_backend.py, and jobs about 10x cheaper than in cocotb.
 """
 
 from __future__ import annotations
