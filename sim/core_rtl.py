@@ -14,7 +14,8 @@ The host sequence of CORE_INTERFACE.md section 4, per job (sim/tb_core.py drives
 4. a dump program (ST of the weight, meta, bias buffers and the data space into channel 0) makes
    the buffers' bytes visible through the core's own datapath.
 
-:func:`run_jobs` returns per job the registers, the HBM snapshot and the buffers;
+:func:`run_jobs` returns per job the registers, the HBM snapshot and the buffers
+(:func:`run_jobs_fast`: the same on the fast C++ harness, sim/fastsim.py, about 10x cheaper a job);
 :func:`funcsim_jobs` the same facts from FuncSim on the same image and program; :func:`compare`
 names every difference. One Verilator build per (configuration, core parameters): the Verilog is
 cached on disk by a hash of hw/*.py and the parameters, the model by sim/rtl.py.
@@ -34,8 +35,8 @@ import numpy as np
 from olivine.hw import core_regs, isa
 from olivine.hw.config import AcceleratorConfig, BufferConfig
 
-__all__ = ["CoreJob", "rtl_test_config", "core_verilog", "run_jobs", "funcsim_jobs", "compare", "place_program",
-           "BUFFER_ORDER"]
+__all__ = ["CoreJob", "rtl_test_config", "core_verilog", "run_jobs", "run_jobs_fast", "funcsim_jobs", "compare",
+           "place_program", "BUFFER_ORDER"]
 
 TB_DIR = Path(__file__).parent
 TOP = "olivine_core"
@@ -112,20 +113,32 @@ def _hw_source_digest() -> str:
     return h.hexdigest()
 
 
-def core_verilog(config: AcceleratorConfig, **core_kwargs) -> str:
-    """The core's Verilog (top ``olivine_core``), cached on disk by the hw sources and parameters
-    (Amaranth takes ~20 s to convert the test configuration)."""
+def core_verilog(config: AcceleratorConfig, model_config=None, positions: int | None = None, *,
+                 mpe: bool | None = False, **core_kwargs) -> str:
+    """The Verilog (top ``olivine_core``) of ``hw.hdl.core_for(config, model_config, positions,
+    mpe=mpe, **core_kwargs)``, the one place the core is put together: ``model_config`` /
+    ``positions`` give the SFU's RoPE ROM, ``mpe`` the matrix engine (False, the default here:
+    none, MM / MV fault; True: built, or the reason it cannot be; None: built when it can),
+    ``core_kwargs`` OlivineCore's parameters (sfu_ops, hbm_channel_bytes, ...).
+
+    Cached on disk (Amaranth takes ~20 s to convert the test configuration, ~1.5 min ``tiny``) by
+    the hw sources, the configuration, the parameters and what the RoPE ROM holds (theta, head
+    dim, positions, scaling), so model configs that give the same ROM share the Verilog."""
+    from olivine.hw.sfu_rope import RopeRom
     from olivine.sim.rtl import cache_root
 
-    key = hashlib.sha256(json.dumps([_hw_source_digest(), config.to_dict(), repr(sorted(core_kwargs.items()))],
-                                    sort_keys=True).encode()).hexdigest()[:24]
+    rope = None if model_config is None else RopeRom.from_model_config(model_config, positions)
+    rom = None if rope is None else [rope.theta, rope.head_dim, rope.positions,
+                                     None if rope.scaling is None else list(rope.scaling)]
+    key = hashlib.sha256(json.dumps([_hw_source_digest(), config.to_dict(), rom, mpe,
+                                     repr(sorted(core_kwargs.items()))], sort_keys=True).encode()).hexdigest()[:24]
     path = cache_root() / "verilog" / f"{TOP}-{key}.v"
     if path.is_file():
         return path.read_text()
-    from olivine.hw.core import OlivineCore
     from olivine.hw.export import verilog
+    from olivine.hw.hdl import core_for
 
-    text = verilog(OlivineCore(config, **core_kwargs), TOP)
+    text = verilog(core_for(config, model_config, positions, mpe=mpe, **core_kwargs), TOP)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -135,12 +148,12 @@ def core_verilog(config: AcceleratorConfig, **core_kwargs) -> str:
 
 def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: int = 1 << 16, pause: float = 0.0,
              max_cycles: int = 200_000, seed: int = 0, sfu_ops: tuple[str, ...] | None = None,
-             waves: bool = False, mpe=None, read_latency: int = 0,
+             waves: bool = False, mpe: bool = False, read_latency: int = 0,
              slverr: tuple[tuple[int, int, int], ...] = ()) -> list[dict]:
     """Run ``jobs`` on the RTL core (one simulation); per job a dict with ``regs`` (name -> value,
     counters as ``<unit>_<counter>`` and ``hbm<k>_<counter>``), ``timeout`` (bool), ``hbm`` (list
-    of channel arrays) and ``buffers`` (name -> array, from the dump program). ``mpe``: the matrix
-    engine (a callable ``mpe(config)``, e.g. hw.mpe.MatrixEngine) or None (MM/MV fault). The HBM
+    of channel arrays) and ``buffers`` (name -> array, from the dump program). ``mpe``: build the
+    matrix engine (hw.mpe.MatrixEngine; False: MM / MV fault). The HBM
     models (sim/tb_core.py HbmChannel): ``read_latency`` cycles from AR to the first R beat at
     least (0: the model's own), ``slverr`` (channel, first byte, end byte) windows answering
     SLVERR (keep them off the clear / dump programs' bytes: channel 0's top 4 KiB, its first
@@ -149,8 +162,7 @@ def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: i
     from olivine.sim.rtl import run_cocotb
     import tempfile
 
-    extra = {"mpe": mpe} if mpe is not None else {}
-    text = core_verilog(config, sfu_ops=sfu_ops, hbm_channel_bytes=channel_bytes, **extra)
+    text = core_verilog(config, mpe=bool(mpe), sfu_ops=sfu_ops, hbm_channel_bytes=channel_bytes)
     dump, dump_offsets = dump_program(config)
     words = [j.words() for j in jobs]
     prog_addr = [place_program(j) for j in jobs]
@@ -199,6 +211,53 @@ def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: i
             bufs = {b: dumped[dump_offsets[b]: dump_offsets[b] + sizes[b]] for b in BUFFER_ORDER}
             results.append({"regs": regs, "timeout": bool(got["timeout"][n]), "hbm": list(got["hbm"][n]),
                             "buffers": bufs, "harness_cycles": int(got["cycles"][n])})
+    return results
+
+
+def run_jobs_fast(harness, config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: int = 1 << 16,
+                  pause: float = 0.0, max_cycles: int = 200_000, seed: int = 0) -> list[dict]:
+    """:func:`run_jobs` on the fast C++ harness (sim/fastsim.py ``harness``, a core built for
+    ``config``; e.g. sim/rtl_backend.backend_harness): the same host sequence and results (``regs``,
+    ``timeout``, ``hbm``, ``buffers``), at C++ speed (about 10x cheaper a job than cocotb). Each
+    job runs in a fresh simulation, so its buffers start zeroed as the clear program leaves them
+    in the cocotb testbench; the dump program
+    follows in the same simulation (sim.fastsim.FollowUp). The HBM model pauses each AXI channel
+    with probability ``pause`` (HbmParams.pause, seeded by ``seed`` and the job), the backpressure
+    of the cocotb testbench's AxiRam models. The HBM model holds ``channel_bytes`` per channel plus
+    room for the dump; ``hbm`` is the first ``channel_bytes`` of each channel after the job."""
+    from .fastsim import FollowUp, HbmParams
+
+    sizes = _buffer_sizes(config)
+    dump, dump_offsets = dump_program(config)
+    dump_bytes = sum(sizes.values())
+    dump_at = -(-max(channel_bytes, dump_bytes) // 4096) * 4096
+    model_bytes = dump_at + 4096 * (2 + -(-4 * len(dump) // 4096))  # the fetch reads whole bursts past the end
+    results = []
+    for n, job in enumerate(jobs):
+        words = job.words()
+        address = place_program(job)
+        if address + 4 * len(words) > channel_bytes:
+            raise ValueError(f"the program ({len(words)} words at {address}) does not fit channel {job.prog_channel} "
+                             f"of {channel_bytes} bytes")
+        image = {int(ch): bytes(data) for ch, data in job.image.items()}
+        for ch, data in image.items():
+            if len(data) > channel_bytes:
+                raise ValueError(f"job {n}: the image of channel {ch} ({len(data)} bytes) exceeds {channel_bytes}")
+        snapshots = {f"hbm{k}": (k, 0, channel_bytes) for k in range(config.hbm_channels)}
+        then = [FollowUp("dump", dump, 0, dump_at, max_cycles, {"dumped": (0, 0, dump_bytes)})]
+        res = harness.run_program(words, image, prog_channel=job.prog_channel, budget=max_cycles, dumps=snapshots,
+                                  watchdog=job.watchdog, check_budget=False, then=then,
+                                  hbm=HbmParams(channel_bytes=model_bytes, pause=pause, seed=seed * 7919 + n))
+        from olivine.hw.controller import STATES
+
+        regs = dict(res.registers)
+        timeout = regs["state"] not in (STATES.index("done"), STATES.index("error"))
+        if not timeout and regs["dump_state"] != STATES.index("done"):
+            raise RuntimeError(f"job {n}: the dump program did not finish (state register {regs['dump_state']})")
+        dumped = res.dumps["dumped"]
+        results.append({"regs": regs, "timeout": timeout,
+                        "hbm": [res.dumps[f"hbm{k}"] for k in range(config.hbm_channels)],
+                        "buffers": {b: dumped[dump_offsets[b]: dump_offsets[b] + sizes[b]] for b in BUFFER_ORDER}})
     return results
 
 

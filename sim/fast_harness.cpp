@@ -25,11 +25,17 @@
 //   * a beat any byte of which lies outside the channel answers SLVERR (RRESP = 2, data 0; the
 //     beat is not written and BRESP = 2 for its burst); INCR and FIXED bursts, any AxSIZE up to the
 //     bus width (narrow beats use their byte lanes);
+//   * pauses (`pause_permille` P > 0): every cycle each of the five channels (AR, R, AW, W, B) is
+//     paused with probability P / 1000, drawn from a generator seeded by `seed` and the channel
+//     number (the same script gives the same pauses): a paused ARREADY / AWREADY / WREADY is low,
+//     a paused RVALID / BVALID is not raised (one already raised stays until its handshake, as
+//     AXI requires). This is the backpressure the cocotb testbench's AxiRam pause generators give;
 //   * counters, as the core counts them (hw/core.py): bytes read = R beats x beat bytes; bytes
 //     written = the WSTRB bytes of the W beats; bursts; SLVERR beats.
 //
 // Script commands (executed in order; numbers decimal or 0x hex):
-//   channel_bytes N | read_latency N | bytes_per_cycle N | outstanding N   (HBM parameters)
+//   channel_bytes N | read_latency N | bytes_per_cycle N | outstanding N | pause_permille N | seed N
+//                           (HBM parameters)
 //   load K ADDR FILE        copy FILE's bytes into channel K at ADDR
 //   reset N                 hold rst for N cycles
 //   write OFFSET VALUE      AXI4-Lite write
@@ -135,6 +141,8 @@ struct HbmParams {
     uint64_t read_latency = 8;
     uint64_t bytes_per_cycle = 0;  // 0: one beat per cycle
     uint64_t outstanding = 8;
+    uint64_t pause_permille = 0;  // 0: never paused
+    uint64_t seed = 0;
 };
 
 struct HbmCounters {
@@ -143,8 +151,10 @@ struct HbmCounters {
 
 class HbmChannel {
    public:
-    HbmChannel(const AxiPins& pins, HbmParams params)
+    HbmChannel(const AxiPins& pins, HbmParams params, uint64_t index = 0)
         : p_(pins), params_(params), beat_bytes_(pins.rdata.bits / 8), mem_(params.channel_bytes, 0) {
+        rng_ = (params_.seed + 1) * 0x9E3779B97F4A7C15ull ^ (index + 1) * 0xBF58476D1CE4E5B9ull;
+        if (params_.pause_permille > 1000) params_.pause_permille = 1000;
         if (params_.bytes_per_cycle == 0) params_.bytes_per_cycle = beat_bytes_;
         if (params_.read_latency < 1) params_.read_latency = 1;
         if (params_.outstanding < 1) params_.outstanding = 1;
@@ -157,8 +167,10 @@ class HbmChannel {
 
     // Before the clock edge: present the slave's outputs for this cycle (depend on state only).
     void drive(uint64_t cycle) {
-        p_.arready.set(reads_.size() < params_.outstanding);
-        bool rv = !reads_.empty() && reads_.front().ready_cycle <= cycle && rcredit_ >= beat_bytes_;
+        bool pause_ar = paused(), pause_r = paused(), pause_aw = paused(), pause_w = paused(), pause_b = paused();
+        p_.arready.set(!pause_ar && reads_.size() < params_.outstanding);
+        bool rv = !reads_.empty() && reads_.front().ready_cycle <= cycle && rcredit_ >= beat_bytes_ &&
+                  (r_raised_ || !pause_r);
         p_.rvalid.set(rv);
         if (rv) {
             Burst& b = reads_.front();
@@ -172,9 +184,9 @@ class HbmChannel {
             if (!bad) std::memcpy(data + lo, &mem_[beat_addr(b)], hi - lo);
             p_.rresp.set(bad ? RESP_SLVERR : RESP_OKAY);
         }
-        p_.awready.set(writes_.size() + responses_.size() < params_.outstanding);
-        p_.wready.set(!writes_.empty() && wcredit_ >= beat_bytes_);
-        bool bv = !responses_.empty() && responses_.front().ready_cycle <= cycle;
+        p_.awready.set(!pause_aw && writes_.size() + responses_.size() < params_.outstanding);
+        p_.wready.set(!pause_w && !writes_.empty() && wcredit_ >= beat_bytes_);
+        bool bv = !responses_.empty() && responses_.front().ready_cycle <= cycle && (b_raised_ || !pause_b);
         p_.bvalid.set(bv);
         if (bv) {
             p_.bid.set(responses_.front().id);
@@ -186,6 +198,8 @@ class HbmChannel {
     void sample(uint64_t cycle) {
         bool r_fire = p_.rvalid.get() && p_.rready.get();
         bool w_fire = p_.wready.get() && p_.wvalid.get();
+        r_raised_ = p_.rvalid.get() && !r_fire;  // a raised RVALID / BVALID waits for its handshake
+        b_raised_ = p_.bvalid.get() && !p_.bready.get();
         if (p_.arvalid.get() && p_.arready.get()) {
             reads_.push_back(take_burst(p_.arid, p_.araddr, p_.arlen, p_.arsize, p_.arburst,
                                         cycle + params_.read_latency));
@@ -270,8 +284,18 @@ class HbmChannel {
         return a >= mem_.size() || hi - lo > mem_.size() - a;
     }
 
+    bool paused() {  // one draw per channel per cycle (xorshift64*)
+        if (!params_.pause_permille) return false;
+        rng_ ^= rng_ >> 12;
+        rng_ ^= rng_ << 25;
+        rng_ ^= rng_ >> 27;
+        return (rng_ * 0x2545F4914F6CDD1Dull >> 32) % 1000 < params_.pause_permille;
+    }
+
     AxiPins p_;
     HbmParams params_;
+    uint64_t rng_ = 0;
+    bool r_raised_ = false, b_raised_ = false;
     uint64_t beat_bytes_;
     std::vector<uint8_t> mem_;
     std::deque<Burst> reads_, writes_;
@@ -292,7 +316,7 @@ class Sim {
         AxiPins axi[OLIVINE_CHANNELS > 0 ? OLIVINE_CHANNELS : 1];
         bind_ports(top_.get(), lite_, axi, clk_, rst_, interrupt_);
         bind_probes(top_.get(), probes_);
-        for (int k = 0; k < OLIVINE_CHANNELS; k++) channels_.emplace_back(axi[k], params);
+        for (int k = 0; k < OLIVINE_CHANNELS; k++) channels_.emplace_back(axi[k], params, k);
         lite_idle();
         clk_.set(0);
         top_->eval();
@@ -553,12 +577,14 @@ int main(int argc, char** argv) {
             auto need = [&](size_t n) {
                 if (cmd.size() != n + 1) throw SimError("script command '" + op + "' takes " + std::to_string(n) + " arguments");
             };
-            if (op == "channel_bytes" || op == "read_latency" || op == "bytes_per_cycle" || op == "outstanding") {
+            if (op == "channel_bytes" || op == "read_latency" || op == "bytes_per_cycle" || op == "outstanding" ||
+                op == "pause_permille" || op == "seed") {
                 need(1);
                 if (sim) throw SimError("HBM parameters must come before the first load/reset/write");
                 uint64_t v = number(cmd[1]);
                 (op == "channel_bytes" ? params.channel_bytes : op == "read_latency" ? params.read_latency
-                 : op == "bytes_per_cycle" ? params.bytes_per_cycle : params.outstanding) = v;
+                 : op == "bytes_per_cycle" ? params.bytes_per_cycle : op == "outstanding" ? params.outstanding
+                 : op == "pause_permille" ? params.pause_permille : params.seed) = v;
             } else if (op == "result") {
                 need(1);
                 result_path = cmd[1];

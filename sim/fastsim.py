@@ -55,7 +55,7 @@ from olivine.hw import core_regs
 
 from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
 
-__all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "DebugHandle", "CycleBudgetExceeded",
+__all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "FollowUp", "DebugHandle", "CycleBudgetExceeded",
            "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
            "FastSimError", "discover_ports", "program_address", "parse_timeline", "VARIANTS", "STATUS_REGISTERS",
            "have_lz4_header", "FST_NEEDS_LZ4"]
@@ -116,12 +116,18 @@ class HbmParams:
     ``read_latency``: cycles from an AR handshake to the first R beat (>= 1).
     ``bytes_per_cycle``: a channel's bandwidth per direction (0: one beat per cycle).
     ``outstanding``: read bursts accepted, and write bursts awaiting B, at most.
+    ``pause``: probability (0 <= pause < 1, in steps of 1/1000) that each of a channel's AR, R, AW,
+    W and B channels is paused in a cycle (ready low; a valid not raised, one raised stays), drawn
+    from a generator seeded by ``seed`` and the channel: the random backpressure of the cocotb
+    testbench's AxiRam pause generators, reproducible.
     """
 
     channel_bytes: int = 1 << 24
     read_latency: int = 8
     bytes_per_cycle: int = 0
     outstanding: int = 8
+    pause: float = 0.0
+    seed: int = 0
 
     def __post_init__(self):
         for name in ("channel_bytes", "read_latency", "outstanding"):
@@ -130,6 +136,10 @@ class HbmParams:
         if int(self.bytes_per_cycle) < 0:
             raise ValueError(f"HbmParams.bytes_per_cycle must be >= 0 (0: one beat per cycle), "
                              f"got {self.bytes_per_cycle}")
+        if not 0 <= float(self.pause) < 1:
+            raise ValueError(f"HbmParams.pause is a probability below 1, got {self.pause}")
+        if int(self.seed) < 0:
+            raise ValueError(f"HbmParams.seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -417,6 +427,21 @@ class FastResult:
         return self.run_cycles / self.run_seconds if self.run_seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A program run after the main one in the same simulation, so the core keeps its on-chip
+    buffers (e.g. a program that stores them into HBM): ``words`` go to ``channel`` at ``address``,
+    it starts after the main run's reads and dumps, and its status registers are read as
+    ``<name>_<register>``, its ``dumps`` (name -> (channel, address, length)) after it."""
+
+    name: str
+    words: np.ndarray
+    channel: int
+    address: int
+    budget: int
+    dumps: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+
+
 def parse_timeline(text: str) -> list[tuple[str, int, int, int | None]]:
     """The harness' ``timeline`` lines as (unit, word offset, start, end) per instruction: each
     unit's ends pair with its starts in order (end None: it had not finished when the run ended)."""
@@ -481,7 +506,7 @@ class FastHarness:
             budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
             reads: Sequence[tuple[str, int]] = (), after: Sequence[tuple[int, int]] = (),
             hbm: HbmParams = HbmParams(), poll: int = 256, waves: str | Path | None = None,
-            check_budget: bool = True, timeline: bool = False) -> FastResult:
+            check_budget: bool = True, timeline: bool = False, then: Sequence[FollowUp] = ()) -> FastResult:
         """One run: ``loads`` (channel, address, bytes) into HBM, reset, ``writes`` (register
         offset, value) in order, ap_start, wait for done or ``budget`` cycles, ``reads`` (name,
         offset), ``after`` (offset, value) writes, ``dumps`` name -> (channel, address, length).
@@ -489,7 +514,8 @@ class FastHarness:
         the pin; otherwise CTRL is polled every ``poll`` cycles.
         ``waves`` (a .fst or .vcd path) records a trace of the whole run with the traced build.
         ``timeline``: record each unit's instructions (a top with probe ports, TopPorts.probe_units).
-        Raises :class:`CycleBudgetExceeded` when the budget ran out (``check_budget``)."""
+        ``then``: :class:`FollowUp` programs run afterwards without a reset (their budgets are checked
+        like the main one's). Raises :class:`CycleBudgetExceeded` when the budget ran out (``check_budget``)."""
         budget = int(budget)
         if budget < 1:
             raise ValueError(f"the cycle budget must be >= 1, got {budget}")
@@ -500,6 +526,11 @@ class FastHarness:
                 raise FastSimError(f"waves file {str(waves)!r}: name it .fst or .vcd (the trace format)")
         channels = self.ports.channels
         dumps = dict(dumps or {})
+        for follow in then:
+            clash = set(follow.dumps) & set(dumps)
+            if clash:
+                raise FastSimError(f"dump names {sorted(clash)} are given twice (follow-up {follow.name!r})")
+            dumps.update(follow.dumps)
         for name in dumps:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
                 raise FastSimError(f"dump name {name!r}: use letters, digits, '_', '.', '-'")
@@ -518,6 +549,7 @@ class FastHarness:
             tmp = Path(tmp)
             script = [f"channel_bytes {hbm.channel_bytes}", f"read_latency {hbm.read_latency}",
                       f"bytes_per_cycle {hbm.bytes_per_cycle}", f"outstanding {hbm.outstanding}",
+                      f"pause_permille {round(float(hbm.pause) * 1000)}", f"seed {int(hbm.seed)}",
                       f"result {tmp / 'result.json'}"]
             if waves is not None:  # written next to its destination, renamed when complete
                 waves = Path(waves).resolve()
@@ -537,8 +569,24 @@ class FastHarness:
             script += ["start", f"wait {budget} {'interrupt' if use_interrupt else 'poll'} {int(poll)}"]
             script += [f"read {name} {int(o)}" for name, o in reads]
             script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in after]
+            follow_names = {n for f in then for n in f.dumps}
             for name, (channel, address, length) in dumps.items():
-                script.append(f"dump {int(channel)} {int(address)} {int(length)} {tmp / (name + '.bin')}")
+                if name not in follow_names:
+                    script.append(f"dump {int(channel)} {int(address)} {int(length)} {tmp / (name + '.bin')}")
+            for k, follow in enumerate(then):
+                path = tmp / f"then{k}.bin"
+                path.write_bytes(np.ascontiguousarray(np.asarray(follow.words, dtype="<u4")).tobytes())
+                script.append(f"load {int(follow.channel)} {int(follow.address)} {path}")
+                script += [f"write {core_regs.offset(reg)} {value}" for reg, value in (
+                    ("prog_addr_lo", int(follow.address) & 0xFFFFFFFF), ("prog_addr_hi", int(follow.address) >> 32),
+                    ("prog_words", int(np.asarray(follow.words).size)), ("prog_channel", int(follow.channel)),
+                    ("watchdog", 0))]
+                script += ["start", f"wait {int(follow.budget)} {'interrupt' if use_interrupt else 'poll'} {int(poll)}"]
+                script += [f"read {follow.name}_{name} {core_regs.offset(name)}" for name in STATUS_REGISTERS]
+                script += [f"read {follow.name}_ctrl {core_regs.offset('ctrl')}"]
+                script += [f"write {int(o)} {int(v) & 0xFFFFFFFF}" for o, v in after]
+                for name, (channel, address, length) in follow.dumps.items():
+                    script.append(f"dump {int(channel)} {int(address)} {int(length)} {tmp / (name + '.bin')}")
             (tmp / "script.txt").write_text("\n".join(script) + "\n")
             proc = subprocess.run([str(executable), str(tmp / "script.txt")], capture_output=True,
                                   text=True, check=False)
@@ -572,11 +620,13 @@ class FastHarness:
     def run_program(self, words, image: Mapping[int, bytes] | None = None, *, prog_channel: int = 0,
                     budget: int, dumps: Mapping[str, tuple[int, int, int]] | None = None,
                     watchdog: int = 0, hbm: HbmParams = HbmParams(), waves=None, poll: int = 256,
-                    check_budget: bool = True, used_bytes: int | None = None, timeline: bool = False) -> FastResult:
+                    check_budget: bool = True, used_bytes: int | None = None, timeline: bool = False,
+                    then: Sequence[FollowUp] = ()) -> FastResult:
         """Section 4's host sequence for one program: ``image`` (channel -> bytes at address 0) and
         ``words`` (uint32) into HBM (the program after the ``used_bytes`` of ``prog_channel``,
         default the image's bytes there, 4 KiB aligned), the program registers and ``watchdog``,
-        start, wait, the status registers and counters, the ``dumps``."""
+        start, wait, the status registers and counters, the ``dumps``; then the ``then`` programs
+        (:class:`FollowUp`)."""
         image = {int(k): bytes(v) for k, v in (image or {}).items()}
         words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32))
         if words.ndim != 1 or words.size < 1:
@@ -602,7 +652,7 @@ class FastHarness:
         after = [(core_regs.offset("isr"), 1)] if self.ports.has_interrupt else []
         result = self.run(loads=loads, writes=writes, budget=budget, dumps=dumps, reads=reads,
                           after=after, hbm=hbm, poll=poll, waves=waves, check_budget=check_budget,
-                          timeline=timeline)
+                          timeline=timeline, then=then)
         result.registers["prog_addr"] = address
         return result
 

@@ -34,19 +34,13 @@ UNIT_PROBES = tuple(isa.UNITS)
 
 def backend_verilog(config, model_config: dict | None = None) -> str:
     """The Verilog of the core that runs artifacts compiled for ``config`` (top ``olivine_core``):
+    ``hw.hdl.core_for(config, model_config, mpe=True)`` (the core ``olivine hdl`` writes), i.e.
     OlivineCore with hw.mpe.MatrixEngine and, given the artifact's ``meta.model.config``, the
     SFU's RoPE ROM for its rope_theta / head_dim / max_seq_len. Cached on disk by the hw sources
-    and these parameters (sim/core_rtl.core_verilog). The same core as ``hw.hdl.core_for(config,
-    model_config)`` (``olivine hdl --artifact``), whose ROM covers the model's max_seq_len too."""
-    from olivine.hw.mpe import MatrixEngine
-    from olivine.hw.sfu_rope import RopeRom
-
+    and these parameters (sim/core_rtl.core_verilog)."""
     from .core_rtl import core_verilog
 
-    kwargs = {"mpe": MatrixEngine}
-    if model_config is not None:
-        kwargs["rope"] = RopeRom.from_model_config(model_config)
-    return core_verilog(config, **kwargs)
+    return core_verilog(config, model_config, mpe=True)
 
 
 def _offset_slice(unit: str) -> tuple[int, int]:

@@ -25,3 +25,14 @@ def _seed():
     except ImportError:  # pragma: no cover - torch is a hard dependency
         return
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    """``-n N`` (pytest-xdist) schedules with ``--dist loadgroup`` unless told otherwise: tests
+    marked ``xdist_group`` (those sharing one Verilator build, tests/helpers.py) run on one worker,
+    so the other never idles on the build lock, and xdist sends the largest groups first, so the long
+    builds start at once. Ungrouped tests are balanced as with ``--dist load``."""
+    if hasattr(config, "workerinput"):  # a worker: it runs what the controller sends
+        return
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"

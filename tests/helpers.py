@@ -26,3 +26,23 @@ requires_icarus = _pytest.mark.skipif(
 #: pytest.param list of the available-or-skipped simulators, for @pytest.mark.parametrize.
 SIMULATOR_PARAMS = [_pytest.param("verilator", marks=requires_verilator, id="verilator"),
                     _pytest.param("icarus", marks=requires_icarus, id="icarus")]
+
+
+# --- the tiny core on the fast harness (shared by the RTL backend's and the core's tests) ---------
+#: xdist group of the tests that run on :func:`tiny_core_harness`: one worker builds the core once
+#: and runs them all (the other never waits on the build lock); tests/conftest.py schedules groups.
+TINY_CORE_GROUP = "tiny_core"
+
+
+def tiny_core_harness():
+    """(config, harness): the ``tiny`` configuration's core with the matrix engine and glassllm's
+    RoPE ROM, probed, on the fast C++ harness (sim/rtl_backend.backend_harness: the core ``olivine
+    run --backend rtl`` runs glassllm on). One Verilator build, cached on disk and per process."""
+    import dataclasses
+
+    from olivine.golden.loaders import load_model_config
+    from olivine.hw.config import load_config
+    from olivine.sim.rtl_backend import backend_harness
+
+    config = load_config("tiny")
+    return config, backend_harness(config, dataclasses.asdict(load_model_config("glassllm")))

@@ -1,7 +1,14 @@
 """The core's top (hw/core.py OlivineCore) against sim/funcsim.py: the same image and program run on
-the RTL (cocotb + Verilator, sim/core_rtl.py, cocotbext-axi HBM models with random pauses) and on
-FuncSim; every HBM byte and every buffer byte (through the core's own ST) compared afterwards, and
-the status registers against what the functional simulator reports for bad programs."""
+the RTL and on FuncSim; every HBM byte and every buffer byte (through the core's own ST) compared
+afterwards, and the status registers against what the functional simulator reports for bad programs.
+
+Two RTL hosts (sim/core_rtl.py): the hand-written and error-path programs run in cocotb + Verilator
+(cocotbext-axi HBM and AXI4-Lite models with random pauses, an HBM model independent of the C++
+one); the matrix-engine programs (modes, W4A4, random differential) run on the fast C++ harness
+(sim/fastsim.py, its HBM model pausing every AXI channel at random the same way) on the ``tiny``
+core that ``olivine run --backend rtl`` runs glassllm on (tests/helpers.py tiny_core_harness):
+one Verilator build shared with tests/test_sim_rtl_backend.py, and jobs about 10x cheaper than in cocotb.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,8 @@ import pytest
 
 from olivine.hw import core_regs, isa
 from olivine.hw.controller import STATES, STATUS_CAUSES
-from olivine.sim.core_rtl import CoreJob, compare, funcsim_jobs, rtl_test_config, run_jobs
-from tests.helpers import REDUCED, requires_verilator
+from olivine.sim.core_rtl import CoreJob, compare, funcsim_jobs, rtl_test_config, run_jobs, run_jobs_fast
+from tests.helpers import REDUCED, TINY_CORE_GROUP, requires_verilator, tiny_core_harness
 
 CHANNEL_BYTES = 1 << 16
 SFU_OPS = ("add", "mul", "copy", "silu")
@@ -34,6 +41,36 @@ def _run(jobs, **kw):
     cfg = _config()
     got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, **kw)
     want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    return got, want
+
+
+#: xdist group of the tests on the cocotb core (rtl_test_config(), SFU_OPS): one worker builds it
+COCOTB_CORE_GROUP = "core_cocotb"
+
+
+def on_cocotb_core(fn):
+    return requires_verilator(pytest.mark.rtl(pytest.mark.xdist_group(COCOTB_CORE_GROUP)(fn)))
+
+
+#: HBM bytes per channel of the matrix-engine jobs (the tiny core's data space is 252 KiB)
+MPE_CHANNEL_BYTES = 1 << 19
+
+
+def on_tiny_core(fn):
+    """A matrix-engine test on the tiny core's fast harness (in the xdist group that builds it)."""
+    return requires_verilator(pytest.mark.rtl(pytest.mark.xdist_group(TINY_CORE_GROUP)(fn)))
+
+
+@pytest.fixture(scope="module")
+def tiny_core():
+    return tiny_core_harness()
+
+
+def _run_mpe(tiny_core, jobs, *, pause=0.2, seed=0):
+    """The jobs on the tiny core (fast harness, random AXI pauses) and on FuncSim."""
+    config, harness = tiny_core
+    got = run_jobs_fast(harness, config, jobs, channel_bytes=MPE_CHANNEL_BYTES, pause=pause, seed=seed)
+    want = funcsim_jobs(config, jobs, channel_bytes=MPE_CHANNEL_BYTES)
     return got, want
 
 
@@ -88,8 +125,7 @@ def _programs():
     return progs
 
 
-@requires_verilator
-@pytest.mark.rtl
+@on_cocotb_core
 def test_programs_match_funcsim():
     rng = np.random.default_rng(9)
     progs = _programs()
@@ -145,25 +181,16 @@ def _mpe_programs():
     }
 
 
-@requires_verilator
-@pytest.mark.rtl
-def test_matrix_engine_programs_match_funcsim():
-    from olivine.hw.mpe import MatrixEngine
-
+@on_tiny_core
+def test_matrix_engine_programs_match_funcsim(tiny_core):
     rng = np.random.default_rng(21)
     progs = _mpe_programs()
     jobs = [CoreJob(p, {0: _image(rng), 1: _image(rng)}) for p in progs.values()]
-    cfg = rtl_test_config(chains_per_core=2)  # the engine's smallest build (one chain leaves 0-bit selects)
-    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
-    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    got, want = _run_mpe(tiny_core, jobs, seed=1)
     _check(jobs, got, want, list(progs))
     for name, g in zip(progs, got):
         assert g["regs"]["state"] == STATES.index("done"), (name, g["regs"])
         assert g["regs"]["mpe_instructions"] == 1 and g["regs"]["mpe_busy"] > 0, name
-
-
-def _mpe_config():
-    return rtl_test_config(chains_per_core=2)  # the engine's smallest build (one chain leaves 0-bit selects)
 
 
 def _case_job(case) -> CoreJob:
@@ -186,7 +213,7 @@ def _case_job(case) -> CoreJob:
         M("LD", target="bias", channel=1, hbm_addr=len(weight) + len(meta), buf_addr=0, length=len(bias),
           release=MPE),
         M("MV" if f["m"] == 1 else "MM", **f, wait=LDU, release=STU),
-        M("ST", source="act", channel=1, hbm_addr=IMAGE_BYTES - out_bytes - 7, buf_addr=f["out_addr"],
+        M("ST", source="act", channel=1, hbm_addr=len(weight + meta + bias) + 4096 - 7, buf_addr=f["out_addr"],
           length=out_bytes, wait=MPE),
         M("SYS", op="end"),
     ]
@@ -222,21 +249,19 @@ def _mode_cases(rng, config):
     return cases
 
 
-@requires_verilator
-@pytest.mark.rtl
-def test_matrix_engine_modes_match_funcsim():
+@on_tiny_core
+def test_matrix_engine_modes_match_funcsim(tiny_core):
     """qk, pv, fixed32 / int8 requantized outputs, bias, accumulate, N:16 sparse, OVP4 / INT4 / INT8
     weights, MV and MM, a data-rule fault: each case a whole program through the core."""
-    from olivine.hw.mpe import MatrixEngine, MpeError
+    from olivine.hw.mpe import MpeError
 
-    cfg = _mpe_config()
+    cfg = tiny_core[0]
     rng = np.random.default_rng(31)
     cases = _mode_cases(rng, cfg)
     for case in cases:
         assert (case.want is None) == (case.label.startswith("data rule")), f"{case.label}: {case.why}"
     jobs = [_case_job(c) for c in cases]
-    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2, seed=8)
-    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    got, want = _run_mpe(tiny_core, jobs, seed=8)
     problems = []
     for case, job, g, w in zip(cases, jobs, got, want):
         problems += [f"{case.label}: {p}" for p in compare(g, w)]
@@ -252,8 +277,7 @@ def test_matrix_engine_modes_match_funcsim():
 
 # ---- error paths ----------------------------------------------------------------------------------
 
-@requires_verilator
-@pytest.mark.rtl
+@on_cocotb_core
 def test_error_paths_report_what_funcsim_reports():
     M = isa.make
     rng = np.random.default_rng(4)
@@ -539,14 +563,10 @@ def random_jobs(seed: int, count: int, length: int = 8, *, mpe: bool = False) ->
     return jobs
 
 
-def _differential(seed: int, count: int):
+def _differential(tiny_core, seed: int, count: int):
     """Random programs with MM / MV through the core with the matrix engine, against FuncSim."""
-    from olivine.hw.mpe import MatrixEngine
-
     jobs = random_jobs(seed, count, mpe=True)
-    cfg = _mpe_config()
-    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.25, seed=seed)
-    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    got, want = _run_mpe(tiny_core, jobs, pause=0.25, seed=seed)
     names = [f"random program {k} (seed {seed}): " + "; ".join(isa.disassemble(j.program)) if hasattr(isa, "disassemble")
              else f"random program {k} (seed {seed})" for k, j in enumerate(jobs)]
     for w, j in zip(want, jobs):
@@ -554,9 +574,8 @@ def _differential(seed: int, count: int):
     _check(jobs, got, want, names)
 
 
-@requires_verilator
-@pytest.mark.rtl
-def test_random_programs_match_funcsim():
+@on_tiny_core
+def test_random_programs_match_funcsim(tiny_core):
     """Hypothesis draws the seeds; every example's programs run in one simulation (one build)."""
     from hypothesis import given, settings, strategies as st
 
@@ -569,15 +588,14 @@ def test_random_programs_match_funcsim():
 
     collect()
     for seed in seeds:
-        _differential(seed, 4 if REDUCED else 8)
+        _differential(tiny_core, seed, 4 if REDUCED else 8)
 
 
-@requires_verilator
-@pytest.mark.rtl
+@on_tiny_core
 @pytest.mark.slow
-def test_random_programs_match_funcsim_long():
+def test_random_programs_match_funcsim_long(tiny_core):
     for seed in range(2 if REDUCED else 10):
-        _differential(1000 + seed, 10 if REDUCED else 25)
+        _differential(tiny_core, 1000 + seed, 10 if REDUCED else 25)
 
 
 # ---- olivine hdl ------------------------------------------------------------------------------------
@@ -620,6 +638,7 @@ def test_hdl_bad_config_is_a_usage_message(tmp_path, capsys):
 
 
 @requires_verilator
+@pytest.mark.xdist_group(COCOTB_CORE_GROUP)
 def test_core_verilog_is_lint_clean():
     from olivine.hw.core import LINT_WAIVERS
     from olivine.hw.export import lint
@@ -692,18 +711,13 @@ def _w4a4_programs(rng):
     return {name: CoreJob(p, _w4a4_image(rng, specs)) for name, (p, specs) in progs.items()}
 
 
-@requires_verilator
-@pytest.mark.rtl
-def test_w4a4_programs_match_funcsim():
+@on_tiny_core
+def test_w4a4_programs_match_funcsim(tiny_core):
     """afmt=ovp4 MM / MV on the matrix engine's OVP array path in the whole core (LD, the engine
     frozen by the core's arbitration, ST), every HBM and buffer byte against FuncSim."""
-    from olivine.hw.mpe import MatrixEngine
-
     rng = np.random.default_rng(31)
     jobs = _w4a4_programs(rng)
-    cfg = rtl_test_config(chains_per_core=2)
-    got = run_jobs(cfg, list(jobs.values()), channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
-    want = funcsim_jobs(cfg, list(jobs.values()), channel_bytes=CHANNEL_BYTES)
+    got, want = _run_mpe(tiny_core, list(jobs.values()), seed=2)
     _check(list(jobs.values()), got, want, list(jobs))
     for name, g in zip(jobs, got):
         assert g["regs"]["state"] == STATES.index("done"), (name, g["regs"])
@@ -736,16 +750,14 @@ def _compiled_w4a4_job(cap, rows: int) -> CoreJob:
     return CoreJob(prog, {0: bytes(img0), 1: a.tobytes()})
 
 
-@requires_verilator
-@pytest.mark.rtl
+@on_tiny_core
 @pytest.mark.slow
-def test_compiled_glassllm_w4a4_mms_match_funcsim(tmp_path):
+def test_compiled_glassllm_w4a4_mms_match_funcsim(tiny_core, tmp_path):
     """MMs of a compiled glassllm W4A4 program (``olivine compile --preset w4a4-ovp``): their
     operands as the compiled prefill left them in FuncSim (real calibrated activation codes of both
     normal types, real ovp4 weights and multipliers), run through the whole core on the OVP array
     path; every HBM and buffer byte equal to FuncSim's."""
     from olivine.compiler.compile import compile_main
-    from olivine.hw.mpe import MatrixEngine
     from olivine.sim.mpe_check import compiled_w4a4_mms
 
     out = tmp_path / "w4a4"
@@ -758,9 +770,7 @@ def test_compiled_glassllm_w4a4_mms_match_funcsim(tmp_path):
     longest = max(caps, key=lambda c: c["fields"]["k_blocks"])
     rows = 8 if REDUCED else 32   # output columns of each MM kept (reduced: one in four)
     jobs = [_compiled_w4a4_job(c, rows) for c in picks] + [_compiled_w4a4_job(longest, rows // 2)]
-    cfg = rtl_test_config(chains_per_core=2)
-    got = run_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES, sfu_ops=SFU_OPS, mpe=MatrixEngine, pause=0.2)
-    want = funcsim_jobs(cfg, jobs, channel_bytes=CHANNEL_BYTES)
+    got, want = _run_mpe(tiny_core, jobs, seed=3)
     names = ["flint4 acts K=128", "int4 acts K=128", f"K={16 * longest['fields']['k_blocks']}"]
     _check(jobs, got, want, names)
     for name, g, w in zip(names, got, want):

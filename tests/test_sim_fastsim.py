@@ -115,6 +115,29 @@ def test_latency_and_bandwidth_change_cycles_as_the_model_says(harness):
     assert cycles(read_latency=4, bytes_per_cycle=4 * BEAT) == base
 
 
+def test_random_pauses_slow_the_run_but_move_the_same_bytes(harness):
+    """HbmParams.pause: every AXI channel paused at random (the cocotb AxiRam's backpressure), the
+    same seed giving the same run; the copy and the counters unchanged."""
+    words = random_words(700)
+    image = {0: bytes(range(256)) * 8}
+
+    def run(**params):
+        return harness.run_program(words, image, prog_channel=0, budget=200_000,
+                                   hbm=HbmParams(channel_bytes=CHANNEL, read_latency=4, **params),
+                                   dumps={"copy": (1, 4096, words.size * 4)})
+
+    base, paused, again, other = run(), run(pause=0.3, seed=5), run(pause=0.3, seed=5), run(pause=0.3, seed=6)
+    for r in (base, paused, other):
+        assert r.registers["state"] == 2 and np.array_equal(r.dumps["copy"].view("<u4"), words)
+        assert r.hbm == base.hbm  # the same bursts, beats and bytes, only later
+    beats = -(-words.size * 4 // BEAT)
+    # each R and W handshake waits for a valid / ready not paused (p = 0.3: ~0.4 cycles a beat)
+    assert paused.cycles > base.cycles + beats // 5, (base.cycles, paused.cycles)
+    assert again.cycles == paused.cycles and other.cycles != paused.cycles
+    with pytest.raises(ValueError, match="pause is a probability below 1"):
+        HbmParams(pause=1.0)
+
+
 def test_cycle_budget_stops_a_hung_run_with_a_clear_message(harness):
     # prog_words = 0 makes the stand-in run forever
     with pytest.raises(CycleBudgetExceeded, match=r"cycle budget of 5,000 cycles") as info:
@@ -249,6 +272,7 @@ def core_harness():
     return config, FastHarness(text)
 
 
+@pytest.mark.xdist_group("core_fast")  # one worker builds the core (tests/conftest.py)
 def test_core_programs_match_funcsim_on_the_fast_harness(core_harness):
     from olivine.hw.controller import STATES
     from olivine.sim.core_rtl import CoreJob, compare, funcsim_jobs
@@ -277,6 +301,7 @@ def test_core_programs_match_funcsim_on_the_fast_harness(core_harness):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.xdist_group("core_fast")  # one worker builds the core (tests/conftest.py)
 def test_unit_streams_name_the_cores_instruction_handshakes(core_harness):
     # DebugHandle.next_instruction runs to these valid/ready pairs: they must exist in the core
     config, harness = core_harness
@@ -290,6 +315,7 @@ def test_unit_streams_name_the_cores_instruction_handshakes(core_harness):
             assert header and re.search(rf"\b{signal}\b", header.group(1)), (unit, name)
 
 
+@pytest.mark.xdist_group("core_fast")  # one worker builds the core (tests/conftest.py)
 def test_core_error_and_budget_on_the_fast_harness(core_harness):
     from olivine.hw import isa
     from olivine.hw.controller import STATES, STATUS_CAUSES

@@ -7,7 +7,6 @@ few tokens; the full proof (4 presets and W4A4, 32 tokens) is ``slow``. SmolLM2-
 layer (real shapes and head, its own core) runs its prefill and a decode step, unreduced only.
 """
 
-import dataclasses
 import json
 
 import numpy as np
@@ -15,28 +14,20 @@ import pytest
 
 from olivine.hw import isa
 from olivine.hw.config import load_config
-from tests.helpers import REDUCED, requires_verilator
+from tests.helpers import REDUCED, TINY_CORE_GROUP, requires_verilator, tiny_core_harness
 
 
 def rtl(fn):
-    return requires_verilator(pytest.mark.rtl(fn))
+    """An RTL test on the tiny core: in its xdist group (one worker builds the core, tests/helpers.py)."""
+    return requires_verilator(pytest.mark.rtl(pytest.mark.xdist_group(TINY_CORE_GROUP)(fn)))
 
 
 FULL_PRESETS = ("w4a8-ovp", "w4a8-int4", "w8a8", "w4a8-ovp-8:16")
 
 
 @pytest.fixture(scope="module")
-def glass_config():
-    from olivine.golden.loaders import load_model_config
-
-    return dataclasses.asdict(load_model_config("glassllm"))
-
-
-@pytest.fixture(scope="module")
-def harness(glass_config):
-    from olivine.sim.rtl_backend import backend_harness
-
-    return backend_harness(load_config("tiny"), glass_config)
+def harness():
+    return tiny_core_harness()[1]
 
 
 def _check(res):
@@ -90,11 +81,11 @@ def test_smollm2_one_layer_prefill_and_decode_rtl_equals_isa_and_golden():
     every int32 logit (7.1M cycles; 1.7-2.3 min on the loaded 2-core machine, most of it the RTL).
 It needs its own core (SmolLM2's RoPE ROM, 32 positions): about 6 min of Verilator build the first
 time, cached in ~/.cache/olivine; so CI (reduced) skips it."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
-    if REDUCED:
+    if REDUCED:  # before the imports: transformers alone takes 5-40 s to import
         pytest.skip("reduced run: the SmolLM2 core's first Verilator build (~6 min) plus the ~2 min run exceed "
                     "CI's budget; run with OLIVINE_REDUCED=0")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
     from olivine.sim.rtl_backend import check_rtl
 
     res = check_rtl(model="smollm2", layers=1, preset="w4a8-ovp", prompt="The capital of France is",
