@@ -781,8 +781,7 @@ def test_compiled_glassllm_w4a4_mms_match_funcsim(tiny_core, tmp_path):
 
 # ---- the cocotb HBM model's read latency and SLVERR windows (sim/tb_core.py HbmChannel) -----------
 
-@requires_verilator
-@pytest.mark.rtl
+@on_cocotb_core
 def test_axi_slverr_faults_the_ld_or_st_with_the_bus_code_and_read_latency_holds():
     """An SLVERR window in channel 1 (sim/tb_core.py HbmChannel): an LD reading it and an ST writing
     it fault with UnitError.BUS (unit_error = unit | 4 << 8, cause unit_fault, offset = the
