@@ -219,12 +219,12 @@ def _requantize_row(acc: np.ndarray, p: LinearEntries, exponent: int, mantissa: 
     bound = ((amax * p.mult_max) >> s_lo) + 1  # |(x * mult + half) >> s| <= (max|x * mult| >> min s) + 1
     lim = contract.INT8_QMAX if int8 else contract.INT32_MAX
     if bound > lim:
-        np.clip(x, -lim if int8 else contract.INT32_MIN, lim, out=x)
+        np.minimum(np.maximum(x, -lim if int8 else contract.INT32_MIN, out=x), lim, out=x)
         bound = lim + 1
     if with_bias:
         x += p.bias
         if bound + p.bias_max > contract.INT32_MAX:
-            np.clip(x, contract.INT32_MIN, contract.INT32_MAX, out=x)
+            np.minimum(np.maximum(x, contract.INT32_MIN, out=x), contract.INT32_MAX, out=x)
     return x.astype(np.int8 if int8 else np.int32)
 
 
@@ -395,6 +395,7 @@ class FuncSim:
         self._defer = False  # only inside run(): a handler called on its own leaves its bytes in place
         #: execute runs of independent same-kind instructions together (False: strictly one by one)
         self.run_together = True
+        self._plans: dict = {}  # schedule key -> _Plan (run(schedule_key=...))
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -860,7 +861,7 @@ class FuncSim:
         y = requantize_exact(acc, mult, shift, exp, mant, lo, hi)
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
-                y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
+                y = np.minimum(np.maximum(y + bias, contract.INT32_MIN), contract.INT32_MAX)
             return y.astype(np.int32)
         return y.astype(np.int8)
 
@@ -1234,131 +1235,37 @@ class FuncSim:
         return True
 
     # ---- the unit queues ---------------------------------------------------------------------
-    def run(self, words, program: list | None = None) -> SimStats:
+    # The order in which the units execute a program depends only on its schedule fields (each
+    # instruction's unit, wait and release masks, the SYS ops), never on data: :meth:`_plan` works it
+    # out once by moving the tokens alone, and :meth:`_replay` executes that order. A caller that runs
+    # programs differing only in other fields (the runtime patches addresses and immediates) passes a
+    # ``schedule_key`` so the order is worked out once per key.
+
+    def run(self, words, program: list | None = None, schedule_key=None) -> SimStats:
         """Execute a whole program (uint32 words, or ``program``: its decoded instructions); returns this
-        run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote."""
+        run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote.
+
+        ``schedule_key``: programs run with the same key must have the same length and the same schedule
+        fields (every instruction's format, wait and release masks, the SYS ops); their execution order
+        is then computed once (the runtime's patched programs of one compiled program)."""
         self._defer = True
         try:
-            return self._run(words, program)
+            return self._run(words, program, schedule_key)
         finally:
             self._defer = False
             self._flush_weight()
 
-    def _run(self, words, program: list | None) -> SimStats:
+    def _run(self, words, program: list | None, schedule_key) -> SimStats:
         t0 = time.perf_counter()
         before = SimStats()
         before.add(self.stats)
         prog = program if program is not None else isa.decode_program(words)
-        queues = [[], [], [], []]
-        unit_of = {name: k for k, name in enumerate(isa.UNITS)}
-        for idx, inst in enumerate(prog):
-            unit = inst.fmt.unit
-            if unit == "all":
-                for q in queues:
-                    q.append(idx)
-            else:
-                queues[unit_of[unit]].append(idx)
-        head = [0, 0, 0, 0]
-        done = [False] * 4
-        into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
-        handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
-        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
-        batching = self.run_together
-        no_run_before = [0, 0, 0, 0]  # per unit: queue position before which a run failed (one by one there)
-        while not all(done):
-            progress = False
-            at_sys = 0  # units whose next instruction is a SYS
-            for u in range(4):
-                if done[u]:
-                    continue
-                queue, unit_name = queues[u], isa.UNITS[u]
-                into_u, h, n = into[u], head[u], len(queue)
-                while h < n:  # the unit runs ahead as far as its tokens allow
-                    idx = queue[h]
-                    inst = prog[idx]
-                    mnemonic = inst.fmt.mnemonic
-                    if mnemonic == "SYS":
-                        at_sys += 1
-                        break
-                    values = inst.values
-                    if batching and h + 1 < n and mnemonic in _RUN_MNEMONICS:
-                        key = inst.__dict__.get("_sim_run_key", _UNSET)
-                        if key is _UNSET:
-                            key = self._run_key(inst)
-                            object.__setattr__(inst, "_sim_run_key", key)
-                        if key is not None and h >= no_run_before[u]:
-                            nxt = prog[queue[h + 1]]  # most keyed instructions have no partner: look first
-                            nkey = nxt.__dict__.get("_sim_run_key", _UNSET)
-                            if nkey is _UNSET:
-                                nkey = self._run_key(nxt)
-                                object.__setattr__(nxt, "_sim_run_key", nkey)
-                            end = self._run_end(prog, queue, h, key, into_u, u) if nkey == key else h
-                            if end - h > 1:
-                                if self._execute_run([prog[j] for j in queue[h:end]]):
-                                    for j in queue[h:end]:  # each one's tokens and counts, as one by one
-                                        values = prog[j].values
-                                        for v in _MASK_UNITS[values["wait"]]:
-                                            into_u[v] -= 1
-                                        for w in _MASK_UNITS[values["release"]]:
-                                            into[w][u] += 1
-                                    counts[unit_name] += end - h
-                                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + end - h
-                                    h = head[u] = end
-                                    progress = True
-                                    continue
-                                no_run_before[u] = end  # one by one: the run faults or is not independent
-                    wait = values["wait"]
-                    if wait:
-                        need = _MASK_UNITS[wait]
-                        blocked = False
-                        for v in need:
-                            if into_u[v] < 1:
-                                blocked = True
-                                break
-                        if blocked:
-                            break
-                        for v in need:
-                            into_u[v] -= 1
-                    try:
-                        handlers[mnemonic](inst)
-                    except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
-                        offsets = isa.program_offsets(prog)
-                        raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
-                            from None
-                    release = values["release"]
-                    if release:
-                        for w in _MASK_UNITS[release]:
-                            into[w][u] += 1
-                    counts[unit_name] += 1
-                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
-                    h += 1
-                    head[u] = h
-                    progress = True
-                if head[u] >= len(queue):
-                    done[u] = True
-            # SYS: all four units must sit on the same SYS instruction
-            at = [queues[u][head[u]] if not done[u] else None for u in range(4)] if at_sys == 4 else ()
-            live = [a for a in at if a is not None]
-            if live and all(a is not None for a in at) and len(set(live)) == 1 and prog[live[0]].mnemonic == "SYS":
-                sys_inst = prog[live[0]]
-                self.stats.by_mnemonic["SYS"] = self.stats.by_mnemonic.get("SYS", 0) + 1
-                if sys_inst.enum("op") == "end":
-                    break
-                for u in range(4):
-                    head[u] += 1
-                progress = True
-            if not progress and not all(done):  # a program may end on a barrier: every queue drained
-                lines = []
-                for u in range(4):
-                    if done[u]:
-                        continue
-                    idx = queues[u][head[u]]
-                    inst = prog[idx]
-                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and into[u][v] < 1]
-                    why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
-                    lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {isa.program_offsets(prog)[idx]} "
-                                 f"({disassemble_one(inst)}) {why}")
-                raise DeadlockError("deadlock: no unit can proceed\n" + "\n".join(lines))
+        plan = self._plans.get(schedule_key) if schedule_key is not None else None
+        if plan is None or plan.length != len(prog) or plan.batching != self.run_together:
+            plan = self._plan(prog, self.run_together)
+            if schedule_key is not None:
+                self._plans[schedule_key] = plan
+        self._replay(prog, plan)
         run = SimStats()
         for k in self.stats.instructions:
             run.instructions[k] = self.stats.instructions[k] - before.instructions.get(k, 0)
@@ -1372,6 +1279,157 @@ class FuncSim:
         run.seconds = time.perf_counter() - t0
         self.stats.seconds += run.seconds
         return run
+
+    def _cached_run_key(self, inst):
+        key = inst.__dict__.get("_sim_run_key", _UNSET)
+        if key is _UNSET:
+            key = self._run_key(inst)
+            object.__setattr__(inst, "_sim_run_key", key)
+        return key
+
+    def _plan(self, prog: list, batching: bool) -> "_Plan":
+        """The order in which the units execute ``prog``: each unit runs ahead as far as its tokens allow
+        (LD first), a run of same-kind instructions it would execute back to back is one step, SYS is a
+        barrier of all four units; moves the tokens only (nothing is executed). Ends at SYS op=end, when
+        every queue is drained, or at a deadlock (recorded: the replay raises it where it happens)."""
+        queues = [[], [], [], []]
+        unit_of = {name: k for k, name in enumerate(isa.UNITS)}
+        for idx, inst in enumerate(prog):
+            unit = inst.fmt.unit
+            if unit == "all":
+                for q in queues:
+                    q.append(idx)
+            else:
+                queues[unit_of[unit]].append(idx)
+        steps = []  # (idx, unit) one instruction; (tuple of idx, unit, run key) a run; None a SYS barrier
+        head = [0, 0, 0, 0]
+        done = [False] * 4
+        into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
+        deadlock = None
+        while not all(done):
+            progress = False
+            at_sys = 0  # units whose next instruction is a SYS
+            for u in range(4):
+                if done[u]:
+                    continue
+                queue = queues[u]
+                into_u, h, n = into[u], head[u], len(queue)
+                while h < n:  # the unit runs ahead as far as its tokens allow
+                    inst = prog[queue[h]]
+                    mnemonic = inst.fmt.mnemonic
+                    if mnemonic == "SYS":
+                        at_sys += 1
+                        break
+                    values = inst.values
+                    if batching and h + 1 < n and mnemonic in _RUN_MNEMONICS:
+                        key = self._cached_run_key(inst)
+                        if key is not None and self._cached_run_key(prog[queue[h + 1]]) == key:
+                            end = self._run_end(prog, queue, h, key, into_u, u)
+                            if end - h > 1:
+                                for j in queue[h:end]:  # each one's tokens, as one by one
+                                    values = prog[j].values
+                                    for v in _MASK_UNITS[values["wait"]]:
+                                        into_u[v] -= 1
+                                    for w in _MASK_UNITS[values["release"]]:
+                                        into[w][u] += 1
+                                steps.append((tuple(queue[h:end]), u, key))
+                                h = head[u] = end
+                                progress = True
+                                continue
+                    wait = values["wait"]
+                    if wait:
+                        need = _MASK_UNITS[wait]
+                        blocked = False
+                        for v in need:
+                            if into_u[v] < 1:
+                                blocked = True
+                                break
+                        if blocked:
+                            break
+                        for v in need:
+                            into_u[v] -= 1
+                    steps.append((queue[h], u))
+                    release = values["release"]
+                    if release:
+                        for w in _MASK_UNITS[release]:
+                            into[w][u] += 1
+                    h += 1
+                    head[u] = h
+                    progress = True
+                if head[u] >= len(queue):
+                    done[u] = True
+            # SYS: all four units must sit on the same SYS instruction
+            at = [queues[u][head[u]] if not done[u] else None for u in range(4)] if at_sys == 4 else ()
+            live = [a for a in at if a is not None]
+            if live and all(a is not None for a in at) and len(set(live)) == 1 and prog[live[0]].mnemonic == "SYS":
+                steps.append(None)
+                if prog[live[0]].enum("op") == "end":
+                    break
+                for u in range(4):
+                    head[u] += 1
+                progress = True
+            if not progress and not all(done):  # a program may end on a barrier: every queue drained
+                deadlock = [(u, queues[u][head[u]], [v for v in range(4) if into[u][v] < 1]) for u in range(4)
+                            if not done[u]]
+                break
+        return _Plan(len(prog), batching, steps, deadlock)
+
+    def _replay(self, prog: list, plan: "_Plan") -> None:
+        """Execute ``prog`` in the order of ``plan`` (:meth:`_plan`); a run that is not independent or
+        would fault executes one by one, which raises that fault at its instruction."""
+        handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
+        execute_run = self._execute_run
+        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
+        units = isa.UNITS
+        for step in plan.steps:
+            if step is None:
+                by_mn["SYS"] = by_mn.get("SYS", 0) + 1
+                continue
+            first = step[0]
+            if type(first) is tuple:
+                insts = [prog[j] for j in first]
+                key = step[2]
+                # the plan's run key holds for these instructions (a patched field may change a key)
+                if all(self._cached_run_key(i) == key for i in insts) and execute_run(insts):
+                    unit_name, mnemonic = units[step[1]], insts[0].fmt.mnemonic
+                    counts[unit_name] += len(insts)
+                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + len(insts)
+                    continue
+                members = first  # one by one
+            else:
+                members = (first,)
+            for idx in members:
+                inst = prog[idx]
+                mnemonic = inst.fmt.mnemonic
+                try:
+                    handlers[mnemonic](inst)
+                except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
+                    offsets = isa.program_offsets(prog)
+                    raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
+                        from None
+                counts[units[step[1]]] += 1
+                by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
+        if plan.deadlock is not None:
+            offsets = isa.program_offsets(prog)
+            lines = []
+            for u, idx, empty in plan.deadlock:
+                inst = prog[idx]
+                waiting = [isa.UNITS[v] for v in empty if inst["wait"] >> v & 1]
+                why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
+                lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {offsets[idx]} "
+                             f"({disassemble_one(inst)}) {why}")
+            raise DeadlockError("deadlock: no unit can proceed\n" + "\n".join(lines))
+
+
+@dataclass
+class _Plan:
+    """A program's execution order (:meth:`FuncSim._plan`): its length, whether runs were formed, the
+    steps, and the deadlock it ends in ([(unit, instruction, units with no token for it)]) or None."""
+
+    length: int
+    batching: bool
+    steps: list
+    deadlock: list | None
 
 
 def rope_padded_np(x: np.ndarray, pos: np.ndarray, theta: float, head_dim: int, scaling=None) -> np.ndarray:
