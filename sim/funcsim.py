@@ -751,6 +751,13 @@ class FuncSim:
             object.__setattr__(i, "_sim_fields_valid", True)
 
     def do_mpe(self, i):
+        prep = i.__dict__.get("_sim_prepared")
+        if prep is None:
+            self._checked_once(i, self.check_mpe)
+            prep = (self, self._prepare_linear(i))
+            object.__setattr__(i, "_sim_prepared", prep)
+        if prep[0] is self and prep[1] is not None and prep[1]():
+            return
         self._checked_once(i, self.check_mpe)
         v = i.values
         mode = i.enum("mode")
@@ -823,6 +830,50 @@ class FuncSim:
             dst = self._slice(self.data, v["out_addr"], (m - 1) * ldo + n, "MM int8 output")
             for r in range(m):
                 dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
+
+    def _prepare_linear(self, i):
+        """A linear MV's common case compiled once per instruction (its fields are checked): one INT8
+        activation row, dense weights, requantized output (int8 or fixed32) at a 4-aligned address, every
+        operand inside its buffer. The returned function executes it from views of the buffers made
+        here, when the weight tile and the requantization entries are cached under the sources of the
+        buffers' last LDs, and returns True; it returns False, having changed nothing, where the general
+        path of do_mpe must run (a miss of either cache, a mantissa above 256 or a requantization outside
+        the one-product rule: that path decodes and caches, or raises the error). None: not this case."""
+        v = i.values
+        n, k, out_fmt = v["n"], 16 * v["k_blocks"], i.enum("out")
+        if (v["mode"] or v["afmt"] or v["sparse"] or v["m"] != 1 or v["accumulate"] or out_fmt == "int32"
+                or _INT_MM is None or v["out_addr"] % 4):
+            return None
+        data, a_addr, out_addr = self.data, v["a_addr"], v["out_addr"]
+        width = n if out_fmt == "int8" else 4 * n
+        if a_addr + k + 3 > len(data) or out_addr + width > len(data) or 16 * (v["bias_addr"] + n) > \
+                len(self.buffers["bias"]):
+            return None
+        codes = torch.from_numpy(data[a_addr: a_addr + k].view(np.int8).reshape(1, k))
+        exp_byte, mant_bytes = data[a_addr + k: a_addr + k + 1].view(np.int8), data[a_addr + k + 1: a_addr + k + 3]
+        out = data[out_addr: out_addr + width].view(np.int8 if out_fmt == "int8" else "<i4")
+        int8, with_bias = out_fmt == "int8", bool(v["bias"])
+        row = (k if v["wfmt"] == 0 else k // 2) + group_row_bytes(isa.WEIGHT_GROUP_SIZE[i.enum("wgroup")], k)
+        b_addr, e_addr, tile_rest = v["b_addr"], 16 * v["bias_addr"], (v["wfmt"], v["normal"], v["wgroup"], n, k)
+        wsrc, bsrc, cache = self._src["weight"], self._src["bias"], self._wcache
+
+        def execute() -> bool:
+            src = wsrc.get(b_addr)
+            esrc = bsrc.get(e_addr)
+            if src is None or src[2] < n * row or esrc is None or esrc[2] < 16 * n:
+                return False
+            tile = cache.get((src, None) + tile_rest)
+            entries = cache.get(("entries", esrc, n))
+            mant = int(mant_bytes[0]) | int(mant_bytes[1]) << 8
+            if tile is None or entries is None or mant > MAX_MANTISSA:
+                return False
+            y = _requantize_row(tile.matmul(codes).numpy(), entries, int(exp_byte[0]), mant, int8, with_bias)
+            if y is None:
+                return False
+            out[:] = y.reshape(-1)
+            return True
+
+        return execute
 
     def _note_cached(self, ch: int, lo: int, hi: int) -> None:
         """Something cached was decoded from HBM bytes [lo, hi) of channel ch (an ST into them clears the cache)."""
