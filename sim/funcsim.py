@@ -743,11 +743,22 @@ class FuncSim:
                 raise SimError(f"the output [{out[0]}, {out[0] + out[1]}) overlaps the {what} "
                                f"[{region[0]}, {region[0] + region[1]})")
 
-    @staticmethod
-    def _checked_once(i, check) -> None:
-        """Run a field-rule check once per (immutable) instruction object: programs run many times."""
+    #: the field values (name, value pairs) of instructions that passed their field rules: the runtime's
+    #: patched instructions are new objects every step, mostly with values met before
+    _valid_fields: set = set()
+    _VALID_FIELDS_MAX = 1 << 16
+
+    @classmethod
+    def _checked_once(cls, i, check) -> None:
+        """Run a field-rule check once per (immutable) instruction object, and once per set of field
+        values (the rules are a function of the values alone): programs run many times."""
         if not i.__dict__.get("_sim_fields_valid"):
-            check(i)
+            key = tuple(i.values.items())
+            if key not in cls._valid_fields:
+                check(i)
+                if len(cls._valid_fields) >= cls._VALID_FIELDS_MAX:
+                    cls._valid_fields.clear()
+                cls._valid_fields.add(key)
             object.__setattr__(i, "_sim_fields_valid", True)
 
     def do_mpe(self, i):
@@ -1274,7 +1285,14 @@ class FuncSim:
     def _execute_run(self, insts: list) -> bool:
         """Execute ``insts`` together; False (nothing written) when they are not independent or one of them
         would fault (the caller then executes them one by one, which raises that fault at its instruction)."""
-        if not self._independent(insts):
+        first = insts[0]
+        known = first.__dict__.get("_sim_independent")  # (the other instructions, whether independent)
+        if known is not None and len(known[0]) == len(insts) - 1 and all(a is b for a, b in zip(known[0], insts[1:])):
+            independent = known[1]
+        else:
+            independent = self._independent(insts)
+            object.__setattr__(first, "_sim_independent", (tuple(insts[1:]), independent))
+        if not independent:
             return False
         try:
             writes = self._run_writes(insts)
@@ -1352,7 +1370,7 @@ class FuncSim:
                     q.append(idx)
             else:
                 queues[unit_of[unit]].append(idx)
-        steps = []  # (idx, unit) one instruction; (tuple of idx, unit, run key) a run; None a SYS barrier
+        steps = []  # (idx, unit) one instruction; (tuple of idx, unit) a run; None a SYS barrier
         head = [0, 0, 0, 0]
         done = [False] * 4
         into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
@@ -1383,7 +1401,7 @@ class FuncSim:
                                         into_u[v] -= 1
                                     for w in _MASK_UNITS[values["release"]]:
                                         into[w][u] += 1
-                                steps.append((tuple(queue[h:end]), u, key))
+                                steps.append((tuple(queue[h:end]), u))
                                 h = head[u] = end
                                 progress = True
                                 continue
@@ -1439,9 +1457,10 @@ class FuncSim:
             first = step[0]
             if type(first) is tuple:
                 insts = [prog[j] for j in first]
-                key = step[2]
-                # the plan's run key holds for these instructions (a patched field may change a key)
-                if all(self._cached_run_key(i) == key for i in insts) and execute_run(insts):
+                # they still share a run key (a patched field may change keys: then one by one)
+                key = self._cached_run_key(insts[0])
+                if key is not None and all(self._cached_run_key(i) == key for i in insts[1:]) \
+                        and execute_run(insts):
                     unit_name, mnemonic = units[step[1]], insts[0].fmt.mnemonic
                     counts[unit_name] += len(insts)
                     by_mn[mnemonic] = by_mn.get(mnemonic, 0) + len(insts)
