@@ -1255,6 +1255,71 @@ class FuncSim:
         return [self._pending(i.values["out_addr"], rows, pitch, "MM output" if int32 else "MM int8 output", int32)
                 for i, rows in zip(insts, y8)]
 
+    def _prepare_mpe_run(self, insts: list):
+        """:meth:`_run_mpe` of a run of one-row Q.K^T or P'.V MVs (requantized output) compiled once for
+        these instructions (independent, fields checked): the operands and outputs as views of the data
+        space made here (every one inside it, int32 data aligned), so a pass gathers the rows, multiplies,
+        requantizes and writes. The returned function returns True when done, or False, having written
+        nothing, where a rule breaks (a mantissa above 256, a multiplier with bit 31): the general path
+        then finds the fault. None: not this case."""
+        if insts[0].fmt.mnemonic != "MV":
+            return None
+        for i in insts:
+            self._checked_once(i, self.check_mpe)
+        v = insts[0].values
+        mode, out_fmt = insts[0].enum("mode"), insts[0].enum("out")
+        m, n, k = v["m"], v["n"], 16 * v["k_blocks"]
+        if mode not in ("qk", "pv") or out_fmt == "int32" or m != 1:
+            return None
+        data, size = self.data, len(self.data)
+        width = n if out_fmt == "int8" else 4 * n
+        a_addrs = np.array([i.values["a_addr"] for i in insts], dtype=np.int64)
+        outs = [i.values["out_addr"] for i in insts]
+        b_addr, a_bytes = v["b_addr"], (k + 3 if mode == "qk" else 4 * k + 1)
+        b_bytes = n * k + 3 * n if mode == "qk" else k * n
+        if int(a_addrs.max()) + a_bytes > size or b_addr + b_bytes > size or max(outs) + width > size or \
+                16 * (v["bias_addr"] + 1) > len(self.buffers["bias"]) or \
+                (out_fmt != "int8" and any(o % 4 for o in outs)) or (mode == "pv" and (a_addrs % 4).any()):
+            return None
+        out_views = [data[o: o + width].view(np.int8 if out_fmt == "int8" else "<i4") for o in outs]
+        ent = self.entries(v["bias_addr"], 1)
+        mpe_output = self._mpe_output
+        if mode == "qk":
+            rows = a_addrs[:, None] + np.arange(k)[None, :]  # gather indices of the Q rows
+            exp_at, mant_at = a_addrs + k, a_addrs + k + 1
+            kb = data[b_addr: b_addr + n * k].view(np.int8).reshape(n, k)
+            eb = data[b_addr + n * k: b_addr + n * k + n].view(np.int8)
+            mb = data[b_addr + n * k + n: b_addr + b_bytes].view("<u2")
+
+            def product():
+                ea = data[exp_at].view(np.int8).astype(np.int64).reshape(-1, 1)
+                ma = (data[mant_at].astype(np.int64) | data[mant_at + 1].astype(np.int64) << 8).reshape(-1, 1)
+                mbn = mb.astype(np.int64)
+                acc = _int_matmul_np(data[rows].view(np.int8), kb, 128)
+                return mpe_output(mode, out_fmt, acc, ent, ea + eb.astype(np.int64).reshape(1, n),
+                                  ma * mbn.reshape(1, n), (ma, mbn.reshape(n, 1)), None)
+        else:
+            rows = (a_addrs // 4)[:, None] + np.arange(k)[None, :]  # int32 elements of the P' rows
+            data32 = data[: size - size % 4].view("<i4")
+            exp_at = a_addrs + 4 * k
+            vq = data[b_addr: b_addr + k * n].view(np.int8).reshape(k, n)
+
+            def product():
+                exp = data[exp_at].view(np.int8).astype(np.int64).reshape(-1, 1)
+                acc = _int_matmul_np(data32[rows], vq.T, None)
+                return mpe_output(mode, out_fmt, acc, ent, exp, None, (), None)
+
+        def execute() -> bool:
+            try:
+                y = product()
+            except SimError:
+                return False
+            for out, row in zip(out_views, y):
+                out[:] = row
+            return True
+
+        return execute
+
     def _run_end(self, prog: list, queue: list, h: int, key: tuple, into_u: list, u: int) -> int:
         """The end of the run of instructions from queue position ``h`` with run key ``key`` that the unit
         would execute back to back now: each one's tokens are there once the earlier ones have taken
@@ -1286,14 +1351,23 @@ class FuncSim:
         """Execute ``insts`` together; False (nothing written) when they are not independent or one of them
         would fault (the caller then executes them one by one, which raises that fault at its instruction)."""
         first = insts[0]
-        known = first.__dict__.get("_sim_independent")  # (the other instructions, whether independent)
-        if known is not None and len(known[0]) == len(insts) - 1 and all(a is b for a, b in zip(known[0], insts[1:])):
-            independent = known[1]
+        # (this core, the other instructions, whether independent, the prepared pass or None), kept with the
+        # first instruction: the unpatched instructions of a program are the same objects every run
+        known = first.__dict__.get("_sim_run_prepared")
+        if known is not None and known[0] is self and len(known[1]) == len(insts) - 1 and \
+                all(a is b for a, b in zip(known[1], insts[1:])):
+            independent, prepared = known[2], known[3]
         else:
             independent = self._independent(insts)
-            object.__setattr__(first, "_sim_independent", (tuple(insts[1:]), independent))
+            try:
+                prepared = self._prepare_mpe_run(insts) if independent else None
+            except SimError:  # a field rule breaks: the general path below finds it
+                prepared = None
+            object.__setattr__(first, "_sim_run_prepared", (self, tuple(insts[1:]), independent, prepared))
         if not independent:
             return False
+        if prepared is not None and prepared():
+            return True
         try:
             writes = self._run_writes(insts)
         except Exception:  # noqa: BLE001 - nothing is written: the one-by-one execution gives the error
