@@ -526,9 +526,20 @@ class FuncSim:
 
     def do_ld(self, i):
         plan = i.__dict__.get("_sim_ld_plan")
-        if plan is not None and plan[0] is self:  # a data-space LD this core executed before: same bytes
-            plan[1][:] = plan[2]
-            self.stats.hbm_read[plan[3]] = self.stats.hbm_read.get(plan[3], 0) + plan[1].size
+        if plan is not None and plan[0] is self:  # a one-burst LD this core executed before: same views
+            _, dst, src, ch, target, buf_addr, start = plan
+            total = dst.size
+            if target is not None:  # a buffer whose source is recorded (weight, meta, bias)
+                self._forget_source(target, buf_addr, total, (ch, start, total))
+                if target == "weight":
+                    if self._deferred:
+                        self._deferred = self._trim_deferred(buf_addr, buf_addr + total)
+                    if self._defer:
+                        self._deferred.append([buf_addr, buf_addr + total, ch, start])
+                        self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
+                        return
+            dst[:] = src
+            self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
             return
         target = i.enum("target")
         length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
@@ -551,6 +562,9 @@ class FuncSim:
         # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
         if target in self._src:
             self._forget_source(target, i["buf_addr"], total, (ch, start, total) if single else None)
+        if single:  # its checked views, for the next execution (the target's source record is kept there too)
+            object.__setattr__(i, "_sim_ld_plan", (self, dst, mem[start: start + length], ch,
+                                                   target if target in self._src else None, i["buf_addr"], start))
         if target == "weight":
             if self._deferred:
                 self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
@@ -560,8 +574,6 @@ class FuncSim:
                 return
         if single:
             dst[:] = mem[start: start + length]
-            if target not in self._src and target != "weight":  # nothing but the bytes to remember: its views
-                object.__setattr__(i, "_sim_ld_plan", (self, dst, mem[start: start + length], ch))
         else:
             starts = self._bursts(i)
             idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
