@@ -1025,6 +1025,14 @@ class FuncSim:
         return self._slice(self.data, addr, nbytes, what)
 
     def do_misc(self, i):
+        prep = i.__dict__.get("_sim_prepared")
+        if prep is None:
+            self._checked_once(i, self.check_misc)
+            prep = (self, self._prepare_quant_row(i))
+            object.__setattr__(i, "_sim_prepared", prep)
+        if prep[0] is self and prep[1] is not None:
+            prep[1]()
+            return
         self._checked_once(i, self.check_misc)
         op = i.enum("op")
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
@@ -1095,6 +1103,30 @@ class FuncSim:
             mult = self._multipliers(mm[:, 0], mm[:, 1], "embedding record")
             mult = contract.Multiplier(mult.mult.reshape(rows, 1), mult.shift.reshape(rows, 1))
             self.put_i32(dst, contract.apply_multiplier(codes, mult).to(torch.int32))
+
+    def _prepare_quant_row(self, i):
+        """MISC quant (INT8, one head block) of one int32 row compiled once per instruction (its fields are
+        checked): the row and the result (codes, exponent, mantissa) as views of the data space made here,
+        when both lie inside it and the row is aligned. None: not this case (do_misc's general path)."""
+        v = i.values
+        if i.enum("op") != "quant" or v["rows"] != 1 or v["imm"] & ~(QUANT_POW2 | 1) or v["src0"] % 4:
+            return None
+        cols, s0, d = v["cols"], v["src0"], v["dst"]
+        data = self.data
+        if s0 + 4 * cols > len(data) or d + cols + 3 > len(data):
+            return None
+        row = data[s0: s0 + 4 * cols].view("<i4").reshape(1, cols)
+        codes, exp, mant = data[d: d + cols].view(np.int8), data[d + cols: d + cols + 1].view(np.int8), \
+            data[d + cols + 1: d + cols + 3]
+        pow2 = bool(v["imm"] & QUANT_POW2)
+
+        def execute() -> None:
+            q, e, m = quantize_rows_exact(row, pow2)  # reads the row (an int64 copy) before writing
+            codes[:] = q.reshape(-1)
+            exp[:] = e
+            mant[:] = m.view(np.uint8)
+
+        return execute
 
     def _rope_record(self, s1: int, cols: int) -> tuple[float, int, tuple | None]:
         """(theta, true head_dim, LLaMA-3 scaling or None) of the RoPE record at ``s1``, checked."""

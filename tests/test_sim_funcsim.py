@@ -731,3 +731,32 @@ def test_a_prepared_linear_mv_reads_each_execution_s_weights_entries_and_activat
     # source 1 first seen: decoded (general path); source 0 again: cached; after the ST: decoded again;
     # then cached (mantissa 256, the largest); a mantissa of 300: refused, the general path raises
     assert calls == ["wrapped", False, True, False, True, False], calls
+
+
+@pytest.mark.parametrize("imm", [0, 1, 1 << 16])
+def test_a_prepared_one_row_quant_executed_again_reads_the_new_row(imm):
+    """MISC quant of one row (its views prepared at the first execution) run again on new rows, the int32
+    extremes and a zero row included: every result equals golden's quantizer (power-of-two scale for
+    imm[16]) and do_misc's general path on a fresh core."""
+    cols = 64
+    prog = isa.decode_program(isa.encode_program(assemble(
+        f"MISC op=quant src0=256 dst=4096 rows=1 cols={cols} imm={imm}\nSYS op=end")))
+    s = sim()
+    g = torch.Generator().manual_seed(9)
+    rows = [rand_fixed((1, cols), seed=j) for j in range(3)] + [
+        torch.full((1, cols), -2**31, dtype=torch.int64), torch.zeros(1, cols, dtype=torch.int64),
+        torch.randint(-2**31, 2**31, (1, cols), generator=g)]
+    for x in rows:
+        put_i32(s, 256, x)
+        s.run(None, prog)
+        assert prog[0].__dict__["_sim_prepared"][1] is not None  # the prepared path
+        quant = contract.quantize_act_pow2_int8 if imm >> 16 else contract.quantize_act_dynamic_int8
+        qa = quant(x.to(torch.int32), 16)
+        codes, exps, mants = s.qblock(4096, 1, cols)
+        assert torch.equal(codes, qa.values) and torch.equal(exps, qa.exponent.to(torch.int8))
+        assert torch.equal(mants, torch.ones_like(mants) if imm >> 16 else qa.mantissa.to(torch.int64))
+        fresh = sim()
+        fresh._prepare_quant_row = lambda i: None  # do_misc's general path
+        put_i32(fresh, 256, x)
+        run(fresh, f"MISC op=quant src0=256 dst=4096 rows=1 cols={cols} imm={imm}")
+        assert np.array_equal(fresh.data, s.data)
