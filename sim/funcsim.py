@@ -15,8 +15,14 @@ instruction each unit is stuck on. A run of consecutive instructions a unit exec
 (its tokens there) that are of one kind sharing their second operand (the Q.K^T or P'.V MVs of a
 kv group, V shifts, RoPEs, INT8 quants) and do not read what an earlier one of them writes is
 executed in one numpy pass, with exactly the one-by-one result; if one of them would fault, nothing
-is written and they run one by one, raising that fault (``run_together = False``: always one by one). Statistics: instructions per unit and mnemonic, bytes read
-and written per HBM channel.
+is written and they run one by one, raising that fault (``run_together = False``: always one by one).
+The order depends on the schedule fields alone (units, wait / release masks, SYS), so it is worked out
+once per program (per ``schedule_key`` for the runtime's patched programs) and replayed. Instructions
+executed again (the unpatched ones of a program run every decode step) keep what their first execution
+prepared: checked views of their operands (LDs, one-row linear MVs, one-row INT8 quants, runs of
+Q.K^T / P'.V MVs); a prepared path that meets a cache miss or a broken data rule writes nothing and
+hands over to the general path, which decodes, caches or raises as before. Statistics: instructions
+per unit and mnemonic, bytes read and written per HBM channel.
 """
 
 from __future__ import annotations

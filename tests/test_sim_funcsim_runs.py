@@ -381,3 +381,24 @@ def test_a_run_executed_again_reads_the_new_operands_and_finds_their_faults():
     assert errors[0] is not None and "K block: a row mantissa is 300" in errors[0]
     # steps 1 and 2 took both prepared passes; step 3's Q.K^T pass refused the mantissa (nothing written)
     assert done == [("qk", True), ("pv", True)] * 2 + [("qk", False)], done
+
+
+def test_programs_sharing_a_schedule_key_differ_in_other_fields():
+    """The runtime's patched programs share one execution order (schedule_key): a second program with other
+    immediates (one V shift at another query position, so its run key no longer matches its partners')
+    executes with the first one's plan exactly as a core without the key executes it one by one."""
+    a, b = program(ATTENTION), program(ATTENTION, vshift1={"imm": (POS + 1) | (1 << 16)},
+                                        softmax={"imm": (POS + 1) | (1 << 16)})
+    s, ref = attention_sim(4), attention_sim(4)
+    ref.run_together = False
+    taken = []
+    inner = s._execute_run
+    s._execute_run = lambda insts: taken.append(len(insts)) or inner(insts)
+    for words in (a, b, a):
+        taken.clear()
+        s.run(None, isa.decode_program(words), schedule_key="step")
+        ref.run(words)
+        _assert_same_state(_state(s), _state(ref))
+        # program b: the three V shifts no longer share a key, so their planned run is not attempted
+        assert sorted(taken) == ([2, 2, 3, 3] if words is b else [2, 2, 3, 3, 3]), taken
+    assert len(s._plans) == 1
