@@ -168,6 +168,7 @@ def _baseline_runtime(path: str, art):
     """A Runtime whose simulator is the FuncSim of the funcsim.py at ``path`` (another tree's, e.g. a
     ``git show REV:sim/funcsim.py``), imported next to this olivine's (its relative imports resolve here)."""
     import importlib.util
+    import inspect
 
     from olivine.sim.funcsim import Runtime
 
@@ -177,6 +178,9 @@ def _baseline_runtime(path: str, art):
     spec.loader.exec_module(module)
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
     rt.sim = module.FuncSim(art.config, art.meta["layout"]["channel_bytes"], art.weights)
+    if "schedule_key" not in inspect.signature(rt.sim.run).parameters:  # a simulator from before the key
+        run = rt.sim.run
+        rt.sim.run = lambda words, program=None, schedule_key=None: run(words, program)
     return rt
 
 

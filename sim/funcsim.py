@@ -15,8 +15,14 @@ instruction each unit is stuck on. A run of consecutive instructions a unit exec
 (its tokens there) that are of one kind sharing their second operand (the Q.K^T or P'.V MVs of a
 kv group, V shifts, RoPEs, INT8 quants) and do not read what an earlier one of them writes is
 executed in one numpy pass, with exactly the one-by-one result; if one of them would fault, nothing
-is written and they run one by one, raising that fault (``run_together = False``: always one by one). Statistics: instructions per unit and mnemonic, bytes read
-and written per HBM channel.
+is written and they run one by one, raising that fault (``run_together = False``: always one by one).
+The order depends on the schedule fields alone (units, wait / release masks, SYS), so it is worked out
+once per program (per ``schedule_key`` for the runtime's patched programs) and replayed. Instructions
+executed again (the unpatched ones of a program run every decode step) keep what their first execution
+prepared: checked views of their operands (LDs, one-row linear MVs, one-row INT8 quants, runs of
+Q.K^T / P'.V MVs); a prepared path that meets a cache miss or a broken data rule writes nothing and
+hands over to the general path, which decodes, caches or raises as before. Statistics: instructions
+per unit and mnemonic, bytes read and written per HBM channel.
 """
 
 from __future__ import annotations
@@ -219,12 +225,12 @@ def _requantize_row(acc: np.ndarray, p: LinearEntries, exponent: int, mantissa: 
     bound = ((amax * p.mult_max) >> s_lo) + 1  # |(x * mult + half) >> s| <= (max|x * mult| >> min s) + 1
     lim = contract.INT8_QMAX if int8 else contract.INT32_MAX
     if bound > lim:
-        np.clip(x, -lim if int8 else contract.INT32_MIN, lim, out=x)
+        np.minimum(np.maximum(x, -lim if int8 else contract.INT32_MIN, out=x), lim, out=x)
         bound = lim + 1
     if with_bias:
         x += p.bias
         if bound + p.bias_max > contract.INT32_MAX:
-            np.clip(x, contract.INT32_MIN, contract.INT32_MAX, out=x)
+            np.minimum(np.maximum(x, contract.INT32_MIN, out=x), contract.INT32_MAX, out=x)
     return x.astype(np.int8 if int8 else np.int32)
 
 
@@ -395,6 +401,7 @@ class FuncSim:
         self._defer = False  # only inside run(): a handler called on its own leaves its bytes in place
         #: execute runs of independent same-kind instructions together (False: strictly one by one)
         self.run_together = True
+        self._plans: dict = {}  # schedule key -> _Plan (run(schedule_key=...))
 
     # ---- memory helpers ----------------------------------------------------------------------
     def _space(self, target: str) -> np.ndarray:
@@ -525,9 +532,20 @@ class FuncSim:
 
     def do_ld(self, i):
         plan = i.__dict__.get("_sim_ld_plan")
-        if plan is not None and plan[0] is self:  # a data-space LD this core executed before: same bytes
-            plan[1][:] = plan[2]
-            self.stats.hbm_read[plan[3]] = self.stats.hbm_read.get(plan[3], 0) + plan[1].size
+        if plan is not None and plan[0] is self:  # a one-burst LD this core executed before: same views
+            _, dst, src, ch, target, buf_addr, start = plan
+            total = dst.size
+            if target is not None:  # a buffer whose source is recorded (weight, meta, bias)
+                self._forget_source(target, buf_addr, total, (ch, start, total))
+                if target == "weight":
+                    if self._deferred:
+                        self._deferred = self._trim_deferred(buf_addr, buf_addr + total)
+                    if self._defer:
+                        self._deferred.append([buf_addr, buf_addr + total, ch, start])
+                        self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
+                        return
+            dst[:] = src
+            self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
             return
         target = i.enum("target")
         length, n0, n1, n2 = i["length"], i["n0"], i["n1"], i["n2"]
@@ -550,6 +568,9 @@ class FuncSim:
         # remember where the weight / meta bytes came from: decoded tiles are cached per HBM source
         if target in self._src:
             self._forget_source(target, i["buf_addr"], total, (ch, start, total) if single else None)
+        if single:  # its checked views, for the next execution (the target's source record is kept there too)
+            object.__setattr__(i, "_sim_ld_plan", (self, dst, mem[start: start + length], ch,
+                                                   target if target in self._src else None, i["buf_addr"], start))
         if target == "weight":
             if self._deferred:
                 self._deferred = self._trim_deferred(i["buf_addr"], i["buf_addr"] + total)
@@ -559,8 +580,6 @@ class FuncSim:
                 return
         if single:
             dst[:] = mem[start: start + length]
-            if target not in self._src and target != "weight":  # nothing but the bytes to remember: its views
-                object.__setattr__(i, "_sim_ld_plan", (self, dst, mem[start: start + length], ch))
         else:
             starts = self._bursts(i)
             idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
@@ -742,14 +761,32 @@ class FuncSim:
                 raise SimError(f"the output [{out[0]}, {out[0] + out[1]}) overlaps the {what} "
                                f"[{region[0]}, {region[0] + region[1]})")
 
-    @staticmethod
-    def _checked_once(i, check) -> None:
-        """Run a field-rule check once per (immutable) instruction object: programs run many times."""
+    #: the field values (name, value pairs) of instructions that passed their field rules: the runtime's
+    #: patched instructions are new objects every step, mostly with values met before
+    _valid_fields: set = set()
+    _VALID_FIELDS_MAX = 1 << 16
+
+    @classmethod
+    def _checked_once(cls, i, check) -> None:
+        """Run a field-rule check once per (immutable) instruction object, and once per set of field
+        values (the rules are a function of the values alone): programs run many times."""
         if not i.__dict__.get("_sim_fields_valid"):
-            check(i)
+            key = tuple(i.values.items())
+            if key not in cls._valid_fields:
+                check(i)
+                if len(cls._valid_fields) >= cls._VALID_FIELDS_MAX:
+                    cls._valid_fields.clear()
+                cls._valid_fields.add(key)
             object.__setattr__(i, "_sim_fields_valid", True)
 
     def do_mpe(self, i):
+        prep = i.__dict__.get("_sim_prepared")
+        if prep is None:
+            self._checked_once(i, self.check_mpe)
+            prep = (self, self._prepare_linear(i))
+            object.__setattr__(i, "_sim_prepared", prep)
+        if prep[0] is self and prep[1] is not None and prep[1]():
+            return
         self._checked_once(i, self.check_mpe)
         v = i.values
         mode = i.enum("mode")
@@ -823,6 +860,50 @@ class FuncSim:
             for r in range(m):
                 dst[r * ldo: r * ldo + n] = y[r].view(np.uint8)
 
+    def _prepare_linear(self, i):
+        """A linear MV's common case compiled once per instruction (its fields are checked): one INT8
+        activation row, dense weights, requantized output (int8 or fixed32) at a 4-aligned address, every
+        operand inside its buffer. The returned function executes it from views of the buffers made
+        here, when the weight tile and the requantization entries are cached under the sources of the
+        buffers' last LDs, and returns True; it returns False, having changed nothing, where the general
+        path of do_mpe must run (a miss of either cache, a mantissa above 256 or a requantization outside
+        the one-product rule: that path decodes and caches, or raises the error). None: not this case."""
+        v = i.values
+        n, k, out_fmt = v["n"], 16 * v["k_blocks"], i.enum("out")
+        if (v["mode"] or v["afmt"] or v["sparse"] or v["m"] != 1 or v["accumulate"] or out_fmt == "int32"
+                or _INT_MM is None or v["out_addr"] % 4):
+            return None
+        data, a_addr, out_addr = self.data, v["a_addr"], v["out_addr"]
+        width = n if out_fmt == "int8" else 4 * n
+        if a_addr + k + 3 > len(data) or out_addr + width > len(data) or 16 * (v["bias_addr"] + n) > \
+                len(self.buffers["bias"]):
+            return None
+        codes = torch.from_numpy(data[a_addr: a_addr + k].view(np.int8).reshape(1, k))
+        exp_byte, mant_bytes = data[a_addr + k: a_addr + k + 1].view(np.int8), data[a_addr + k + 1: a_addr + k + 3]
+        out = data[out_addr: out_addr + width].view(np.int8 if out_fmt == "int8" else "<i4")
+        int8, with_bias = out_fmt == "int8", bool(v["bias"])
+        row = (k if v["wfmt"] == 0 else k // 2) + group_row_bytes(isa.WEIGHT_GROUP_SIZE[i.enum("wgroup")], k)
+        b_addr, e_addr, tile_rest = v["b_addr"], 16 * v["bias_addr"], (v["wfmt"], v["normal"], v["wgroup"], n, k)
+        wsrc, bsrc, cache = self._src["weight"], self._src["bias"], self._wcache
+
+        def execute() -> bool:
+            src = wsrc.get(b_addr)
+            esrc = bsrc.get(e_addr)
+            if src is None or src[2] < n * row or esrc is None or esrc[2] < 16 * n:
+                return False
+            tile = cache.get((src, None) + tile_rest)
+            entries = cache.get(("entries", esrc, n))
+            mant = int(mant_bytes[0]) | int(mant_bytes[1]) << 8
+            if tile is None or entries is None or mant > MAX_MANTISSA:
+                return False
+            y = _requantize_row(tile.matmul(codes).numpy(), entries, int(exp_byte[0]), mant, int8, with_bias)
+            if y is None:
+                return False
+            out[:] = y.reshape(-1)
+            return True
+
+        return execute
+
     def _note_cached(self, ch: int, lo: int, hi: int) -> None:
         """Something cached was decoded from HBM bytes [lo, hi) of channel ch (an ST into them clears the cache)."""
         self._cached_hbm.setdefault(ch, []).append((lo, hi))
@@ -860,7 +941,7 @@ class FuncSim:
         y = requantize_exact(acc, mult, shift, exp, mant, lo, hi)
         if out_fmt == "fixed32":
             if bias is not None:  # the bias is in the output format, added with saturation
-                y = np.clip(y + bias, contract.INT32_MIN, contract.INT32_MAX)
+                y = np.minimum(np.maximum(y + bias, contract.INT32_MIN), contract.INT32_MAX)
             return y.astype(np.int32)
         return y.astype(np.int8)
 
@@ -950,6 +1031,14 @@ class FuncSim:
         return self._slice(self.data, addr, nbytes, what)
 
     def do_misc(self, i):
+        prep = i.__dict__.get("_sim_prepared")
+        if prep is None:
+            self._checked_once(i, self.check_misc)
+            prep = (self, self._prepare_quant_row(i))
+            object.__setattr__(i, "_sim_prepared", prep)
+        if prep[0] is self and prep[1] is not None:
+            prep[1]()
+            return
         self._checked_once(i, self.check_misc)
         op = i.enum("op")
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
@@ -1020,6 +1109,30 @@ class FuncSim:
             mult = self._multipliers(mm[:, 0], mm[:, 1], "embedding record")
             mult = contract.Multiplier(mult.mult.reshape(rows, 1), mult.shift.reshape(rows, 1))
             self.put_i32(dst, contract.apply_multiplier(codes, mult).to(torch.int32))
+
+    def _prepare_quant_row(self, i):
+        """MISC quant (INT8, one head block) of one int32 row compiled once per instruction (its fields are
+        checked): the row and the result (codes, exponent, mantissa) as views of the data space made here,
+        when both lie inside it and the row is aligned. None: not this case (do_misc's general path)."""
+        v = i.values
+        if i.enum("op") != "quant" or v["rows"] != 1 or v["imm"] & ~(QUANT_POW2 | 1) or v["src0"] % 4:
+            return None
+        cols, s0, d = v["cols"], v["src0"], v["dst"]
+        data = self.data
+        if s0 + 4 * cols > len(data) or d + cols + 3 > len(data):
+            return None
+        row = data[s0: s0 + 4 * cols].view("<i4").reshape(1, cols)
+        codes, exp, mant = data[d: d + cols].view(np.int8), data[d + cols: d + cols + 1].view(np.int8), \
+            data[d + cols + 1: d + cols + 3]
+        pow2 = bool(v["imm"] & QUANT_POW2)
+
+        def execute() -> None:
+            q, e, m = quantize_rows_exact(row, pow2)  # reads the row (an int64 copy) before writing
+            codes[:] = q.reshape(-1)
+            exp[:] = e
+            mant[:] = m.view(np.uint8)
+
+        return execute
 
     def _rope_record(self, s1: int, cols: int) -> tuple[float, int, tuple | None]:
         """(theta, true head_dim, LLaMA-3 scaling or None) of the RoPE record at ``s1``, checked."""
@@ -1192,6 +1305,71 @@ class FuncSim:
         return [self._pending(i.values["out_addr"], rows, pitch, "MM output" if int32 else "MM int8 output", int32)
                 for i, rows in zip(insts, y8)]
 
+    def _prepare_mpe_run(self, insts: list):
+        """:meth:`_run_mpe` of a run of one-row Q.K^T or P'.V MVs (requantized output) compiled once for
+        these instructions (independent, fields checked): the operands and outputs as views of the data
+        space made here (every one inside it, int32 data aligned), so a pass gathers the rows, multiplies,
+        requantizes and writes. The returned function returns True when done, or False, having written
+        nothing, where a rule breaks (a mantissa above 256, a multiplier with bit 31): the general path
+        then finds the fault. None: not this case."""
+        if insts[0].fmt.mnemonic != "MV":
+            return None
+        for i in insts:
+            self._checked_once(i, self.check_mpe)
+        v = insts[0].values
+        mode, out_fmt = insts[0].enum("mode"), insts[0].enum("out")
+        m, n, k = v["m"], v["n"], 16 * v["k_blocks"]
+        if mode not in ("qk", "pv") or out_fmt == "int32" or m != 1:
+            return None
+        data, size = self.data, len(self.data)
+        width = n if out_fmt == "int8" else 4 * n
+        a_addrs = np.array([i.values["a_addr"] for i in insts], dtype=np.int64)
+        outs = [i.values["out_addr"] for i in insts]
+        b_addr, a_bytes = v["b_addr"], (k + 3 if mode == "qk" else 4 * k + 1)
+        b_bytes = n * k + 3 * n if mode == "qk" else k * n
+        if int(a_addrs.max()) + a_bytes > size or b_addr + b_bytes > size or max(outs) + width > size or \
+                16 * (v["bias_addr"] + 1) > len(self.buffers["bias"]) or \
+                (out_fmt != "int8" and any(o % 4 for o in outs)) or (mode == "pv" and (a_addrs % 4).any()):
+            return None
+        out_views = [data[o: o + width].view(np.int8 if out_fmt == "int8" else "<i4") for o in outs]
+        ent = self.entries(v["bias_addr"], 1)
+        mpe_output = self._mpe_output
+        if mode == "qk":
+            rows = a_addrs[:, None] + np.arange(k)[None, :]  # gather indices of the Q rows
+            exp_at, mant_at = a_addrs + k, a_addrs + k + 1
+            kb = data[b_addr: b_addr + n * k].view(np.int8).reshape(n, k)
+            eb = data[b_addr + n * k: b_addr + n * k + n].view(np.int8)
+            mb = data[b_addr + n * k + n: b_addr + b_bytes].view("<u2")
+
+            def product():
+                ea = data[exp_at].view(np.int8).astype(np.int64).reshape(-1, 1)
+                ma = (data[mant_at].astype(np.int64) | data[mant_at + 1].astype(np.int64) << 8).reshape(-1, 1)
+                mbn = mb.astype(np.int64)
+                acc = _int_matmul_np(data[rows].view(np.int8), kb, 128)
+                return mpe_output(mode, out_fmt, acc, ent, ea + eb.astype(np.int64).reshape(1, n),
+                                  ma * mbn.reshape(1, n), (ma, mbn.reshape(n, 1)), None)
+        else:
+            rows = (a_addrs // 4)[:, None] + np.arange(k)[None, :]  # int32 elements of the P' rows
+            data32 = data[: size - size % 4].view("<i4")
+            exp_at = a_addrs + 4 * k
+            vq = data[b_addr: b_addr + k * n].view(np.int8).reshape(k, n)
+
+            def product():
+                exp = data[exp_at].view(np.int8).astype(np.int64).reshape(-1, 1)
+                acc = _int_matmul_np(data32[rows], vq.T, None)
+                return mpe_output(mode, out_fmt, acc, ent, exp, None, (), None)
+
+        def execute() -> bool:
+            try:
+                y = product()
+            except SimError:
+                return False
+            for out, row in zip(out_views, y):
+                out[:] = row
+            return True
+
+        return execute
+
     def _run_end(self, prog: list, queue: list, h: int, key: tuple, into_u: list, u: int) -> int:
         """The end of the run of instructions from queue position ``h`` with run key ``key`` that the unit
         would execute back to back now: each one's tokens are there once the earlier ones have taken
@@ -1222,8 +1400,24 @@ class FuncSim:
     def _execute_run(self, insts: list) -> bool:
         """Execute ``insts`` together; False (nothing written) when they are not independent or one of them
         would fault (the caller then executes them one by one, which raises that fault at its instruction)."""
-        if not self._independent(insts):
+        first = insts[0]
+        # (this core, the other instructions, whether independent, the prepared pass or None), kept with the
+        # first instruction: the unpatched instructions of a program are the same objects every run
+        known = first.__dict__.get("_sim_run_prepared")
+        if known is not None and known[0] is self and len(known[1]) == len(insts) - 1 and \
+                all(a is b for a, b in zip(known[1], insts[1:])):
+            independent, prepared = known[2], known[3]
+        else:
+            independent = self._independent(insts)
+            try:
+                prepared = self._prepare_mpe_run(insts) if independent else None
+            except SimError:  # a field rule breaks: the general path below finds it
+                prepared = None
+            object.__setattr__(first, "_sim_run_prepared", (self, tuple(insts[1:]), independent, prepared))
+        if not independent:
             return False
+        if prepared is not None and prepared():
+            return True
         try:
             writes = self._run_writes(insts)
         except Exception:  # noqa: BLE001 - nothing is written: the one-by-one execution gives the error
@@ -1234,131 +1428,37 @@ class FuncSim:
         return True
 
     # ---- the unit queues ---------------------------------------------------------------------
-    def run(self, words, program: list | None = None) -> SimStats:
+    # The order in which the units execute a program depends only on its schedule fields (each
+    # instruction's unit, wait and release masks, the SYS ops), never on data: :meth:`_plan` works it
+    # out once by moving the tokens alone, and :meth:`_replay` executes that order. A caller that runs
+    # programs differing only in other fields (the runtime patches addresses and immediates) passes a
+    # ``schedule_key`` so the order is worked out once per key.
+
+    def run(self, words, program: list | None = None, schedule_key=None) -> SimStats:
         """Execute a whole program (uint32 words, or ``program``: its decoded instructions); returns this
-        run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote."""
+        run's statistics. When it returns or raises, every buffer holds what the executed instructions wrote.
+
+        ``schedule_key``: programs run with the same key must have the same length and the same schedule
+        fields (every instruction's format, wait and release masks, the SYS ops); their execution order
+        is then computed once (the runtime's patched programs of one compiled program)."""
         self._defer = True
         try:
-            return self._run(words, program)
+            return self._run(words, program, schedule_key)
         finally:
             self._defer = False
             self._flush_weight()
 
-    def _run(self, words, program: list | None) -> SimStats:
+    def _run(self, words, program: list | None, schedule_key) -> SimStats:
         t0 = time.perf_counter()
         before = SimStats()
         before.add(self.stats)
         prog = program if program is not None else isa.decode_program(words)
-        queues = [[], [], [], []]
-        unit_of = {name: k for k, name in enumerate(isa.UNITS)}
-        for idx, inst in enumerate(prog):
-            unit = inst.fmt.unit
-            if unit == "all":
-                for q in queues:
-                    q.append(idx)
-            else:
-                queues[unit_of[unit]].append(idx)
-        head = [0, 0, 0, 0]
-        done = [False] * 4
-        into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
-        handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
-        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
-        batching = self.run_together
-        no_run_before = [0, 0, 0, 0]  # per unit: queue position before which a run failed (one by one there)
-        while not all(done):
-            progress = False
-            at_sys = 0  # units whose next instruction is a SYS
-            for u in range(4):
-                if done[u]:
-                    continue
-                queue, unit_name = queues[u], isa.UNITS[u]
-                into_u, h, n = into[u], head[u], len(queue)
-                while h < n:  # the unit runs ahead as far as its tokens allow
-                    idx = queue[h]
-                    inst = prog[idx]
-                    mnemonic = inst.fmt.mnemonic
-                    if mnemonic == "SYS":
-                        at_sys += 1
-                        break
-                    values = inst.values
-                    if batching and h + 1 < n and mnemonic in _RUN_MNEMONICS:
-                        key = inst.__dict__.get("_sim_run_key", _UNSET)
-                        if key is _UNSET:
-                            key = self._run_key(inst)
-                            object.__setattr__(inst, "_sim_run_key", key)
-                        if key is not None and h >= no_run_before[u]:
-                            nxt = prog[queue[h + 1]]  # most keyed instructions have no partner: look first
-                            nkey = nxt.__dict__.get("_sim_run_key", _UNSET)
-                            if nkey is _UNSET:
-                                nkey = self._run_key(nxt)
-                                object.__setattr__(nxt, "_sim_run_key", nkey)
-                            end = self._run_end(prog, queue, h, key, into_u, u) if nkey == key else h
-                            if end - h > 1:
-                                if self._execute_run([prog[j] for j in queue[h:end]]):
-                                    for j in queue[h:end]:  # each one's tokens and counts, as one by one
-                                        values = prog[j].values
-                                        for v in _MASK_UNITS[values["wait"]]:
-                                            into_u[v] -= 1
-                                        for w in _MASK_UNITS[values["release"]]:
-                                            into[w][u] += 1
-                                    counts[unit_name] += end - h
-                                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + end - h
-                                    h = head[u] = end
-                                    progress = True
-                                    continue
-                                no_run_before[u] = end  # one by one: the run faults or is not independent
-                    wait = values["wait"]
-                    if wait:
-                        need = _MASK_UNITS[wait]
-                        blocked = False
-                        for v in need:
-                            if into_u[v] < 1:
-                                blocked = True
-                                break
-                        if blocked:
-                            break
-                        for v in need:
-                            into_u[v] -= 1
-                    try:
-                        handlers[mnemonic](inst)
-                    except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
-                        offsets = isa.program_offsets(prog)
-                        raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
-                            from None
-                    release = values["release"]
-                    if release:
-                        for w in _MASK_UNITS[release]:
-                            into[w][u] += 1
-                    counts[unit_name] += 1
-                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
-                    h += 1
-                    head[u] = h
-                    progress = True
-                if head[u] >= len(queue):
-                    done[u] = True
-            # SYS: all four units must sit on the same SYS instruction
-            at = [queues[u][head[u]] if not done[u] else None for u in range(4)] if at_sys == 4 else ()
-            live = [a for a in at if a is not None]
-            if live and all(a is not None for a in at) and len(set(live)) == 1 and prog[live[0]].mnemonic == "SYS":
-                sys_inst = prog[live[0]]
-                self.stats.by_mnemonic["SYS"] = self.stats.by_mnemonic.get("SYS", 0) + 1
-                if sys_inst.enum("op") == "end":
-                    break
-                for u in range(4):
-                    head[u] += 1
-                progress = True
-            if not progress and not all(done):  # a program may end on a barrier: every queue drained
-                lines = []
-                for u in range(4):
-                    if done[u]:
-                        continue
-                    idx = queues[u][head[u]]
-                    inst = prog[idx]
-                    waiting = [isa.UNITS[v] for v in range(4) if inst["wait"] >> v & 1 and into[u][v] < 1]
-                    why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
-                    lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {isa.program_offsets(prog)[idx]} "
-                                 f"({disassemble_one(inst)}) {why}")
-                raise DeadlockError("deadlock: no unit can proceed\n" + "\n".join(lines))
+        plan = self._plans.get(schedule_key) if schedule_key is not None else None
+        if plan is None or plan.length != len(prog) or plan.batching != self.run_together:
+            plan = self._plan(prog, self.run_together)
+            if schedule_key is not None:
+                self._plans[schedule_key] = plan
+        self._replay(prog, plan)
         run = SimStats()
         for k in self.stats.instructions:
             run.instructions[k] = self.stats.instructions[k] - before.instructions.get(k, 0)
@@ -1372,6 +1472,158 @@ class FuncSim:
         run.seconds = time.perf_counter() - t0
         self.stats.seconds += run.seconds
         return run
+
+    def _cached_run_key(self, inst):
+        key = inst.__dict__.get("_sim_run_key", _UNSET)
+        if key is _UNSET:
+            key = self._run_key(inst)
+            object.__setattr__(inst, "_sim_run_key", key)
+        return key
+
+    def _plan(self, prog: list, batching: bool) -> "_Plan":
+        """The order in which the units execute ``prog``: each unit runs ahead as far as its tokens allow
+        (LD first), a run of same-kind instructions it would execute back to back is one step, SYS is a
+        barrier of all four units; moves the tokens only (nothing is executed). Ends at SYS op=end, when
+        every queue is drained, or at a deadlock (recorded: the replay raises it where it happens)."""
+        queues = [[], [], [], []]
+        unit_of = {name: k for k, name in enumerate(isa.UNITS)}
+        for idx, inst in enumerate(prog):
+            unit = inst.fmt.unit
+            if unit == "all":
+                for q in queues:
+                    q.append(idx)
+            else:
+                queues[unit_of[unit]].append(idx)
+        steps = []  # (idx, unit) one instruction; (tuple of idx, unit) a run; None a SYS barrier
+        head = [0, 0, 0, 0]
+        done = [False] * 4
+        into = [[0] * 4 for _ in range(4)]  # [to][from]: the tokens waiting at each unit
+        deadlock = None
+        while not all(done):
+            progress = False
+            at_sys = 0  # units whose next instruction is a SYS
+            for u in range(4):
+                if done[u]:
+                    continue
+                queue = queues[u]
+                into_u, h, n = into[u], head[u], len(queue)
+                while h < n:  # the unit runs ahead as far as its tokens allow
+                    inst = prog[queue[h]]
+                    mnemonic = inst.fmt.mnemonic
+                    if mnemonic == "SYS":
+                        at_sys += 1
+                        break
+                    values = inst.values
+                    if batching and h + 1 < n and mnemonic in _RUN_MNEMONICS:
+                        key = self._cached_run_key(inst)
+                        if key is not None and self._cached_run_key(prog[queue[h + 1]]) == key:
+                            end = self._run_end(prog, queue, h, key, into_u, u)
+                            if end - h > 1:
+                                for j in queue[h:end]:  # each one's tokens, as one by one
+                                    values = prog[j].values
+                                    for v in _MASK_UNITS[values["wait"]]:
+                                        into_u[v] -= 1
+                                    for w in _MASK_UNITS[values["release"]]:
+                                        into[w][u] += 1
+                                steps.append((tuple(queue[h:end]), u))
+                                h = head[u] = end
+                                progress = True
+                                continue
+                    wait = values["wait"]
+                    if wait:
+                        need = _MASK_UNITS[wait]
+                        blocked = False
+                        for v in need:
+                            if into_u[v] < 1:
+                                blocked = True
+                                break
+                        if blocked:
+                            break
+                        for v in need:
+                            into_u[v] -= 1
+                    steps.append((queue[h], u))
+                    release = values["release"]
+                    if release:
+                        for w in _MASK_UNITS[release]:
+                            into[w][u] += 1
+                    h += 1
+                    head[u] = h
+                    progress = True
+                if head[u] >= len(queue):
+                    done[u] = True
+            # SYS: all four units must sit on the same SYS instruction
+            at = [queues[u][head[u]] if not done[u] else None for u in range(4)] if at_sys == 4 else ()
+            live = [a for a in at if a is not None]
+            if live and all(a is not None for a in at) and len(set(live)) == 1 and prog[live[0]].mnemonic == "SYS":
+                steps.append(None)
+                if prog[live[0]].enum("op") == "end":
+                    break
+                for u in range(4):
+                    head[u] += 1
+                progress = True
+            if not progress and not all(done):  # a program may end on a barrier: every queue drained
+                deadlock = [(u, queues[u][head[u]], [v for v in range(4) if into[u][v] < 1]) for u in range(4)
+                            if not done[u]]
+                break
+        return _Plan(len(prog), batching, steps, deadlock)
+
+    def _replay(self, prog: list, plan: "_Plan") -> None:
+        """Execute ``prog`` in the order of ``plan`` (:meth:`_plan`); a run that is not independent or
+        would fault executes one by one, which raises that fault at its instruction."""
+        handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
+        execute_run = self._execute_run
+        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
+        units = isa.UNITS
+        for step in plan.steps:
+            if step is None:
+                by_mn["SYS"] = by_mn.get("SYS", 0) + 1
+                continue
+            first = step[0]
+            if type(first) is tuple:
+                insts = [prog[j] for j in first]
+                # they still share a run key (a patched field may change keys: then one by one)
+                key = self._cached_run_key(insts[0])
+                if key is not None and all(self._cached_run_key(i) == key for i in insts[1:]) \
+                        and execute_run(insts):
+                    unit_name, mnemonic = units[step[1]], insts[0].fmt.mnemonic
+                    counts[unit_name] += len(insts)
+                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + len(insts)
+                    continue
+                members = first  # one by one
+            else:
+                members = (first,)
+            for idx in members:
+                inst = prog[idx]
+                mnemonic = inst.fmt.mnemonic
+                try:
+                    handlers[mnemonic](inst)
+                except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
+                    offsets = isa.program_offsets(prog)
+                    raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
+                        from None
+                counts[units[step[1]]] += 1
+                by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
+        if plan.deadlock is not None:
+            offsets = isa.program_offsets(prog)
+            lines = []
+            for u, idx, empty in plan.deadlock:
+                inst = prog[idx]
+                waiting = [isa.UNITS[v] for v in empty if inst["wait"] >> v & 1]
+                why = f"waits for a token from {', '.join(waiting)}" if waiting else "waits at SYS for the other units"
+                lines.append(f"  {isa.UNITS[u]}: instruction {idx} at word {offsets[idx]} "
+                             f"({disassemble_one(inst)}) {why}")
+            raise DeadlockError("deadlock: no unit can proceed\n" + "\n".join(lines))
+
+
+@dataclass
+class _Plan:
+    """A program's execution order (:meth:`FuncSim._plan`): its length, whether runs were formed, the
+    steps, and the deadlock it ends in ([(unit, instruction, units with no token for it)]) or None."""
+
+    length: int
+    batching: bool
+    steps: list
+    deadlock: list | None
 
 
 def rope_padded_np(x: np.ndarray, pos: np.ndarray, theta: float, head_dim: int, scaling=None) -> np.ndarray:

@@ -52,6 +52,7 @@ class Runtime:
         self.info = meta["programs"]
         self._decoded: dict[str, list] = {}  # program name -> decoded template (patched per run: _patched)
         self._idx: dict[str, tuple] = {}  # program name -> patch plan (offset -> index, fields, offsets)
+        self._schedule_keys: dict[str, tuple | None] = {}  # program name -> FuncSim.run's schedule_key
         self.length = 0
         self.last_stats: SimStats | None = None
         self._start(image, **options)
@@ -115,11 +116,22 @@ class Runtime:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # per-instruction tensors are small: intra-op threads only add overhead
         try:
-            self.last_stats = self.sim.run(None, prog)
+            self.last_stats = self.sim.run(None, prog, schedule_key=self._schedule_key(name, patches))
         finally:
             torch.set_num_threads(threads)
         raw = self.sim.hbm[0][self.io_base: self.io_base + 4 * self.vocab]
         return torch.from_numpy(raw.view("<i4").astype(np.int32).copy())
+
+    #: the fields that decide the order in which the units execute a program (FuncSim.run's schedule_key)
+    _SCHEDULE_FIELDS = frozenset(("wait", "release", "opcode"))
+
+    def _schedule_key(self, name: str, patches: list[dict]):
+        """The program's name when no patch touches a schedule field (wait, release, a SYS instruction):
+        then every patched program of it executes in the same order, worked out once; else None."""
+        if name not in self._schedule_keys:
+            self._schedule_keys[name] = None if any(p["field"] in self._SCHEDULE_FIELDS or p["mnemonic"] == "SYS"
+                                                    for p in patches) else ("program", name)
+        return self._schedule_keys[name]
 
     def _patched(self, name: str, patches: list[dict], env: dict) -> list:
         """The decoded program with its run-time fields set from ``env``: the decoded template's values

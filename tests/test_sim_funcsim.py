@@ -660,3 +660,103 @@ LD target=bias hbm_addr=4096 buf_addr=32 length=256 release=mpe
                               contract.Multiplier(torch.from_numpy(ent[1, :, 1]), torch.from_numpy(ent[1, :, 2])),
                               torch.tensor([[3]]), mantissa=torch.tensor([[200]]))
     assert torch.equal(want[1], (lin + torch.from_numpy(ent[1, :, 0])).clamp(-2**31, 2**31 - 1).to(torch.int32))
+
+
+def test_a_prepared_linear_mv_reads_each_execution_s_weights_entries_and_activations():
+    """One MV instruction object (its prepared views made at its first execution) runs after LDs of two
+    different weight / entry sources, after an ST rewrote one source, and on an activation whose mantissa
+    breaks the rule; a fresh core with freshly decoded instructions gives the same bytes and errors, and
+    the prepared path is taken where both caches hold the tile and the entries."""
+    rng = np.random.default_rng(7)
+    n, k = 32, 32
+    ws = [rng.integers(-127, 128, size=(n, k)).astype(np.int8) for _ in range(3)]
+    ents = []
+    for _ in range(3):
+        e = np.zeros((n, 4), dtype=np.int64)
+        e[:, 0] = rng.integers(-5000, 5000, size=n)
+        e[:, 1] = rng.integers(1 << 30, 1 << 31, size=n)
+        e[:, 2] = rng.integers(36, 44, size=n)
+        ents.append((e & 0xFFFFFFFF).astype(np.uint32).view(np.uint8).reshape(-1))
+
+    def core():
+        s = sim(channels=1)
+        for j in range(2):  # sources j: weights at 4096 j, entries at 16384 + 4096 j
+            s.hbm[0][4096 * j: 4096 * j + n * k] = ws[j].view(np.uint8).reshape(-1)
+            s.hbm[0][16384 + 4096 * j: 16384 + 4096 * j + 16 * n] = ents[j]
+        s.data[1024: 1024 + n * k], s.data[2048: 2048 + 16 * n] = ws[2].view(np.uint8).reshape(-1), ents[2]
+        return s
+
+    mv = (f"MV wait=ld wfmt=int8 out=fixed32 bias=1 k_blocks={k // 16} n={n} a_addr=0 b_addr=0 out_addr=8192 "
+          "bias_addr=2")
+    loads = ["LD target=weight hbm_addr={w} length=1024\nLD target=bias hbm_addr={e} buf_addr=32 length=512 "
+             "release=mpe".format(w=4096 * j, e=16384 + 4096 * j) for j in range(2)]
+    rewrite = "ST source=act hbm_addr=0 buf_addr=1024 length=1024\nST source=act hbm_addr=16384 buf_addr=2048 length=512"
+
+    def text(j):
+        return f"{loads[j]}\n{mv}\nSYS op=end"
+
+    shared = {j: isa.decode_program(isa.encode_program(assemble(text(j)))) for j in range(2)}
+    mv_inst = shared[0][2]
+    shared[1][2] = mv_inst  # the same MV object after either source's loads
+    s, ref = core(), core()
+    calls = []
+    # (source, ST the third weights / entries into source 0 first, activation mantissa)
+    for j, st, mant in ((0, False, 200), (1, False, 17), (0, False, 255), (0, True, 99), (0, False, 256),
+                          (0, False, 300)):
+        a = torch.from_numpy(rng.integers(-127, 128, size=(1, k)).astype(np.int8))
+        exp = torch.tensor([[int(rng.integers(-3, 4))]], dtype=torch.int8)
+        errors = []
+        for c in (s, ref):
+            c.put_qblock(0, a, exp, torch.tensor([[mant]]))
+            if st:
+                run(c, rewrite)
+            try:
+                c.run(None, shared[j] if c is s else isa.decode_program(isa.encode_program(assemble(text(j)))))
+                errors.append(None)
+            except SimError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1]
+        assert np.array_equal(s.data, ref.data) and all(np.array_equal(s.buffers[b], ref.buffers[b]) for b in s.buffers)
+        if not calls:  # after the first execution: wrap the prepared function to see it taken
+            owner, prepared = mv_inst.__dict__["_sim_prepared"]
+            assert owner is s and prepared is not None
+
+            def counted(prepared=prepared):
+                calls.append(prepared())
+                return calls[-1]
+
+            object.__setattr__(mv_inst, "_sim_prepared", (owner, counted))
+            calls.append("wrapped")
+    assert errors[0] is not None and "activation block: a row mantissa is 300" in errors[0]
+    # source 1 first seen: decoded (general path); source 0 again: cached; after the ST: decoded again;
+    # then cached (mantissa 256, the largest); a mantissa of 300: refused, the general path raises
+    assert calls == ["wrapped", False, True, False, True, False], calls
+
+
+@pytest.mark.parametrize("imm", [0, 1, 1 << 16])
+def test_a_prepared_one_row_quant_executed_again_reads_the_new_row(imm):
+    """MISC quant of one row (its views prepared at the first execution) run again on new rows, the int32
+    extremes and a zero row included: every result equals golden's quantizer (power-of-two scale for
+    imm[16]) and do_misc's general path on a fresh core."""
+    cols = 64
+    prog = isa.decode_program(isa.encode_program(assemble(
+        f"MISC op=quant src0=256 dst=4096 rows=1 cols={cols} imm={imm}\nSYS op=end")))
+    s = sim()
+    g = torch.Generator().manual_seed(9)
+    rows = [rand_fixed((1, cols), seed=j) for j in range(3)] + [
+        torch.full((1, cols), -2**31, dtype=torch.int64), torch.zeros(1, cols, dtype=torch.int64),
+        torch.randint(-2**31, 2**31, (1, cols), generator=g)]
+    for x in rows:
+        put_i32(s, 256, x)
+        s.run(None, prog)
+        assert prog[0].__dict__["_sim_prepared"][1] is not None  # the prepared path
+        quant = contract.quantize_act_pow2_int8 if imm >> 16 else contract.quantize_act_dynamic_int8
+        qa = quant(x.to(torch.int32), 16)
+        codes, exps, mants = s.qblock(4096, 1, cols)
+        assert torch.equal(codes, qa.values) and torch.equal(exps, qa.exponent.to(torch.int8))
+        assert torch.equal(mants, torch.ones_like(mants) if imm >> 16 else qa.mantissa.to(torch.int64))
+        fresh = sim()
+        fresh._prepare_quant_row = lambda i: None  # do_misc's general path
+        put_i32(fresh, 256, x)
+        run(fresh, f"MISC op=quant src0=256 dst=4096 rows=1 cols={cols} imm={imm}")
+        assert np.array_equal(fresh.data, s.data)

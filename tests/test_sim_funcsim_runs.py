@@ -326,3 +326,79 @@ def test_random_runs_equal_one_by_one():
         faults += err is not None
     # the campaign reaches both paths and both outcomes
     assert together >= 40 and refused >= 10 and 15 <= faults <= 60, (together, refused, faults)
+
+
+# ---- a run executed again: its prepared pass (views made once) reads each execution's operands ------
+
+def _attention_operands(s: FuncSim, seed: int, k_mantissa: int | None = None) -> None:
+    """New q / k rows and K / V blocks, as a decode step's loads bring them (optionally one K mantissa)."""
+    s.put_i32(RQ, _fixed((3, HD), 2.0, seed))
+    s.put_i32(RK, _fixed((1, HD), 2.0, seed + 1))
+    for addr, sd in ((KB, seed + 2), (VB, seed + 3)):
+        qa = contract.quantize_act_dynamic_int8(_fixed((S, HD), 2.0, sd), 16)
+        s.put_qblock(addr, qa.values, qa.exponent, qa.mantissa)
+    if k_mantissa is not None:
+        s.data[KB + S * HD + S + 6: KB + S * HD + S + 8] = np.array([k_mantissa], dtype="<u2").view(np.uint8)
+
+
+def test_a_run_executed_again_reads_the_new_operands_and_finds_their_faults():
+    """The same decoded program (its instruction objects, so the prepared Q.K^T / P'.V passes and the
+    cached plan) runs four times on one core with new operands each time; a core that decodes the
+    program afresh every time and executes one by one gives the same bytes, statistics and errors."""
+    words = program(ATTENTION)
+    prog = isa.decode_program(words)
+    qk0 = next(i for i in prog if i.fmt.mnemonic == "MV" and i.enum("mode") == "qk")
+    pv0 = next(i for i in prog if i.fmt.mnemonic == "MV" and i.enum("mode") == "pv")
+    s, ref = attention_sim(0), attention_sim(0)
+    ref.run_together = False
+    done = []
+    for step, (seed, mant) in enumerate(((0, None), (10, None), (20, None), (30, 300))):
+        if step:
+            _attention_operands(s, seed, mant)
+            _attention_operands(ref, seed, mant)
+        errors = []
+        for core, p in ((s, prog), (ref, isa.decode_program(words))):
+            try:
+                core.run(None, p, schedule_key="attention" if core is s else None)
+                errors.append(None)
+            except SimError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1]
+        _assert_same_state(_state(s), _state(ref))
+        if step == 0:  # wrap the prepared passes (made at the first execution) to see them taken
+            for first in (qk0, pv0):
+                core, others, independent, prepared = first.__dict__["_sim_run_prepared"]
+                assert core is s and independent and prepared is not None
+
+                def counted(prepared=prepared, first=first):
+                    ok = prepared()
+                    done.append((first.enum("mode"), ok))
+                    return ok
+
+                object.__setattr__(first, "_sim_run_prepared", (core, others, independent, counted))
+        if step == 1:
+            assert not np.array_equal(s.data[AT: AT + 4 * 3 * HD], attention_sim(0).data[AT: AT + 4 * 3 * HD])
+    assert errors[0] is not None and "K block: a row mantissa is 300" in errors[0]
+    # steps 1 and 2 took both prepared passes; step 3's Q.K^T pass refused the mantissa (nothing written)
+    assert done == [("qk", True), ("pv", True)] * 2 + [("qk", False)], done
+
+
+def test_programs_sharing_a_schedule_key_differ_in_other_fields():
+    """The runtime's patched programs share one execution order (schedule_key): a second program with other
+    immediates (one V shift at another query position, so its run key no longer matches its partners')
+    executes with the first one's plan exactly as a core without the key executes it one by one."""
+    a, b = program(ATTENTION), program(ATTENTION, vshift1={"imm": (POS + 1) | (1 << 16)},
+                                        softmax={"imm": (POS + 1) | (1 << 16)})
+    s, ref = attention_sim(4), attention_sim(4)
+    ref.run_together = False
+    taken = []
+    inner = s._execute_run
+    s._execute_run = lambda insts: taken.append(len(insts)) or inner(insts)
+    for words in (a, b, a):
+        taken.clear()
+        s.run(None, isa.decode_program(words), schedule_key="step")
+        ref.run(words)
+        _assert_same_state(_state(s), _state(ref))
+        # program b: the three V shifts no longer share a key, so their planned run is not attempted
+        assert sorted(taken) == ([2, 2, 3, 3] if words is b else [2, 2, 3, 3, 3]), taken
+    assert len(s._plans) == 1
