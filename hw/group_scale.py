@@ -52,13 +52,14 @@ class GroupScaler(wiring.Component):
     """``lanes`` group partial sums times their 4-bit multiplier (or power-of-two shift) per cycle;
     see the module docstring for ports, latency (1 cycle) and throughput (1 beat per cycle)."""
 
-    def __init__(self, lanes: int = 16, width: int = 23, kind: str = "mult4"):
+    def __init__(self, lanes: int = 16, width: int = 23, kind: str = "mult4", *, registered: bool = True):
         if kind not in GROUP_SCALE_KINDS:
             raise ValueError(f"kind must be one of {GROUP_SCALE_KINDS}, got {kind!r}")
         if lanes < 1 or width < 2:
             raise ValueError(f"lanes ({lanes}) must be >= 1 and width ({width}) >= 2")
         self.lanes, self.width, self.kind = lanes, width, kind
-        self.latency = 1
+        self.registered = bool(registered)
+        self.latency = 1 if self.registered else 0
         super().__init__({
             "psum": In(lanes * width),
             "mult": In(lanes * 4),
@@ -69,20 +70,21 @@ class GroupScaler(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        dom = m.d.sync if self.registered else m.d.comb
         for i in range(self.lanes):
             wi, wo = self.width, self.width + 4
             p = self.psum[i * wi:(i + 1) * wi].as_signed()
             k = self.mult[4 * i:4 * i + 4]
             o = self.out[i * wo:(i + 1) * wo]
             if self.kind == "mult4-dsp":
-                m.d.sync += o.eq(p * k)
+                dom += o.eq(p * k)
             elif self.kind == "mult4":
                 # shift-and-add: the sum of P << j over the set bits j of m (fabric adders, no DSP)
                 t = [Mux(k[j], p << j, 0) for j in range(4)]
-                m.d.sync += o.eq((t[0] + t[1]) + (t[2] + t[3]))
+                dom += o.eq((t[0] + t[1]) + (t[2] + t[3]))
             else:
-                m.d.sync += o.eq(Mux(k[1], Mux(k[0], p << 3, p << 2), Mux(k[0], p << 1, p)))
-        m.d.sync += self.out_valid.eq(self.valid)
+                dom += o.eq(Mux(k[1], Mux(k[0], p << 3, p << 2), Mux(k[0], p << 1, p)))
+        dom += self.out_valid.eq(self.valid)
         return m
 
 
