@@ -232,8 +232,10 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     words = 4 if mode == 2 else 1
     prime = 1 if fields.get("a_addr", 0) % 16 else 0
     digits = PV_DIGITS if mode == 2 else 1
+    wgroup = fields.get("wgroup", 0)
+    mreads = C if wgroup else 0          # wgroup: one multiplier word per chain and chunk (2 if straddling)
     if mode == 0:
-        load = C * (chunks + 1)
+        load = C * (chunks + 1) + mreads * chunks
     elif mode == 1:
         load = C * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))
     else:
@@ -242,6 +244,9 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     if fields.get("sparse"):   # the block-N table prescan
         total += -(-(n // 16 * kb) // 16) + 3
         load = 2 * C + 4
+    if wgroup:   # the multiplier prescan: one byte per cycle
+        gbytes = (-(-kb // (4 if wgroup == 1 else 8)) + 1) >> 1
+        total += n * gbytes + (0 if out else 2)
     if out:
         mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
         total += 2 * mants + (n if mode == 0 else 1) + 2
@@ -270,7 +275,7 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
                 beats = 0
                 for q in range(chunks):
                     bq = min(blocks, kb - q * blocks)
-                    beats += max(bq * digits + 1, (2 * C if q == 0 else C) + 2)
+                    beats += max(bq * digits + 1, (2 * C if q == 0 else C) + mreads + 2)
             total += max(act, beats, writer)
     latency = CHAIN_LENGTH + 5 + 3 + 4
     total += latency + (REQUANT_LATENCY if out else 0)
