@@ -12,7 +12,7 @@ Two kinds, the candidates of the per-group scale study (docs/benchmarks.md, "Per
 :class:`GroupScaler` scales ``lanes`` partial sums per cycle, one group multiplier (or shift) per
 lane (each lane is one output row of the engine).
 
-Ports (flat vectors, lane i at bits [i*w, (i+1)*w); all outputs registered):
+Ports (flat vectors, lane i at bits [i*w, (i+1)*w); outputs registered unless ``registered=False``):
     psum  In  lanes x width           the group partial sums P, two's complement
     mult  In  lanes x 4               ("mult4") the multipliers m, unsigned; ("pow2") bits [1:0] the shift s
     valid In  1                       the inputs hold a group's sums this cycle
@@ -21,11 +21,14 @@ Ports (flat vectors, lane i at bits [i*w, (i+1)*w); all outputs registered):
 (flat rather than ArrayLayout ports: Yosys 0.49's ABC9 reintegration asserts on the per-element
 ``out[i]`` aliases Amaranth writes for array ports)
 
-Latency 1 cycle (registered), throughput one set of ``lanes`` partial sums per cycle. In the
-matrix engine a group of G weights spans G / 16 K blocks, so each lane needs the scaler once every
-G / 16 beats and one scaler can be shared by G / 16 lanes.
+Latency 1 cycle (registered; 0 with ``registered=False``, combinational), throughput one set of
+``lanes`` partial sums per cycle. In the matrix engine a group of G weights spans G / 16 K blocks,
+so each lane needs the scaler once every G / 16 beats and one scaler could be shared by G / 16 lanes.
 
-Not yet wired into hw/mpe.py (the engine refuses ``wgroup`` with ``MpeError.NOT_BUILT``).
+Wired into hw/mpe.py's collector (``wgroup`` MM / MV): ``GroupScaler(2C, 20, "mult4",
+registered=False)`` scales every beat's block sum of the 2C lanes by its group's multiplier before
+the accumulator (no added latency, so the engine's cycle model is unchanged by it; per beat rather
+than per group, which needs no per-group partial registers and no sharing multiplexers).
 """
 
 from __future__ import annotations

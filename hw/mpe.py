@@ -6,12 +6,13 @@ contract; tests/test_hw_mpe.py compares the whole data space byte for byte). Bui
 ``mode=linear`` dense with INT8 / INT4 / OVP4 (int4 and flint4 normals) weights, ``mode=qk``,
 ``mode=pv``; INT8 activations; W4A4 (``afmt=ovp4`` with ovp4 weights, both normal types of
 both operands) on OliVe's OVP systolic array (hw/mpe_ovp.py, in place of the chains, feeding the
-same writer); ``out`` int32, fixed32 (``bias``) and int8 through the
+same writer); ``wgroup`` g64 / g128 (per-group 4-bit weight multipliers, docs/contract.md 2a)
+with dense int4 and ovp4 weights (all funcsim accepts: ``mode=linear``, ``sparse=0``, INT8
+activations); ``out`` int32, fixed32 (``bias``) and int8 through the
 requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
 rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
 with ``MpeError.NOT_BUILT``, nothing written): ``pv`` or ``sparse`` with more than 16 chains;
-``out=int8`` with ``accumulate`` and m > 1; ``wgroup`` (per-group weight multipliers: the scaling
-of each row's per-K-group partial sums, docs/contract.md 2a) (see :meth:`MatrixEngine._check`).
+``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
 cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
@@ -19,7 +20,9 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
       beat = (A[2tp, kb], A[2tp+1, kb]) broadcast, chain c's weights W[cb + c, kb], kb = qB + j
   * Weight loader -> wnext (double buffer: loads chunk q+1 while chunk q's beats run):
     linear: one 16C-byte weight word per chain and chunk (a carry word per chain cuts the chunk
-    out at any byte offset; a row's first chunk takes 2 reads); qk: the K block rows from the data
+    out at any byte offset; a row's first chunk takes 2 reads; ``wgroup``: then the chunk's
+    multipliers, NMAX = max(1, C/2) nibbles of the row's multiplier bytes (a chunk of 2C blocks is
+    group-aligned or inside one group), 1 read, 2 when they straddle a word); qk: the K block rows from the data
     space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per V row give the
     C columns' bytes of that row (a transposing gather). When k_blocks fits one chunk, the chunk
     is loaded once per column group and reused by all its token pairs.
@@ -32,13 +35,21 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     4 * 7 + 4 = 32 and four signed 8-bit digits cannot reach 2**31 - 1 (4 x 8 = 32 bits would need
     unsigned low digits, which the INT8 port cannot carry).
   * Collector: per chain two 32-bit accumulators (wrapping); the last block of a (cg, tp) pushes the
-    2C sums into a 2-deep result FIFO (full: the chains freeze through ``o.ready``).
+    2C sums into a 2-deep result FIFO (full: the chains freeze through ``o.ready``). ``wgroup``: each
+    beat's block sum y (|y| < 2**19) is first multiplied by its group's multiplier m (carried with
+    the beat's tag; hw/group_scale.py GroupScaler "mult4", combinational shift-and-add, no DSP):
+    sum_blocks m_g(b) y_b = sum_g m_g P_g, so acc = wrap32(sum_g m[c, g] P[t, c, g]) exactly
+    (funcsim's grouped values give the same integer). Pre-multiplying the weights instead would
+    not fit the chains' 9-bit grid port for OVP (|W| <= 192, 192 * 15 needs 13 bits), and would
+    cost 16C small multipliers where the collector needs 2C.
   * Writer: per result, the requantization parameters (per-row exponent / mantissa from the A
     block, qk also per-column ones from the K block; per-column entries from the bias buffer,
     held for the column group), then per (token, column): [``accumulate``: one read of the int32
     input] -> add -> int32 write, or -> Requantizer -> fixed32 / int8 write (one per cycle).
   * Data rules (out != int32): before anything runs, a prescan reads every row mantissa (A; qk: K)
-    and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults.
+    and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults. ``wgroup``
+    (any out, first, funcsim's order): every multiplier byte, one per cycle through the weight port;
+    a 0 multiplier (not the padding nibble of an odd group count) faults with ``GROUP_MULT``.
 
 Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read latency):
   inst      In(stream.Signature(unit_layout("mpe")))  (MM / MV; the handshake starts it)
@@ -61,7 +72,8 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
 Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
 carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
-cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
+cycles (``wgroup``: max(B + 1, 2C + 2), the multiplier reads; plus the prescan's n * ceil(groups / 2)
+cycles); the writer takes one cycle per value (two with accumulate). At the small configuration
 (8 chains, 256 MACs per cycle), K = 512, n = 512: MV int8 30 %, MV int4 43 % (one token uses half
 of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 10 % (the writer, the digit
 passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per cycle (the 2 x C array;

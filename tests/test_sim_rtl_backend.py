@@ -67,6 +67,31 @@ def test_glassllm_rtl_equals_isa_and_golden_32_tokens(harness, preset):
 
 
 @rtl
+@pytest.mark.slow
+def test_glassllm_per_group_multipliers_rtl_equals_isa_and_golden(harness):
+    """w4a8-ovp-g128 (one 4-bit multiplier per 128 weights of a row, docs/contract.md 2a): the
+    compiled MM / MV carry ``wgroup=g128`` (the down projection's K = 341 ends in a partial group)
+    and the RTL core's matrix engine scales each block sum by its group's multiplier; tokens and
+    every int32 logit equal the functional simulator's and golden's. Same tiny core as the other
+    glassllm cases (no extra build); under CI a short prompt and 3 tokens."""
+    from olivine.compiler.compile import compile_model
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qcache import quantize_cached
+    from olivine.sim.rtl_backend import check_rtl
+
+    preset = "w4a8-ovp-g128"
+    comp = compile_model(spec_from_qllama(quantize_cached(load_model("glassllm"), preset), "glassllm"),
+                         load_config("tiny"), max_context=48, max_prompt=16, prefill_step=16)
+    grouped = [i for prog in comp.programs.values() for i in isa.decode_program(prog.words)
+               if i.mnemonic in ("MM", "MV") and i.enum("wgroup") == "g128"]
+    assert grouped, "the preset's linears must compile to wgroup=g128 MM / MV"
+    res = check_rtl(preset=preset, prompt="Once" if REDUCED else "Once upon a time",
+                    max_new_tokens=3 if REDUCED else 16)
+    _check(res)
+
+
+@rtl
 @pytest.mark.models
 @pytest.mark.slow
 def test_smollm2_one_layer_prefill_and_decode_rtl_equals_isa_and_golden():
