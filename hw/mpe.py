@@ -611,7 +611,7 @@ class MatrixEngine(wiring.Component):
         m_off = Signal(range(MNIB))
         m_str = Signal()                        # its NMAX nibbles straddle two words
         m.d.comb += [m_nib.eq((wl_maddr << 1) + (wl_qb >> gs)), m_off.eq(m_nib % MNIB),
-                     m_str.eq(m_off > MNIB - NMAX)]
+                     m_str.eq(m_off > MNIB - NMAX if NMAX > 1 else 0)]   # one nibble never straddles
         m.d.comb += wl_reads.eq(Mux(qk, chunk_blocks + (b_off != 0), wl_vreads + Mux(wg_on, 1 + m_str, 0)))
         wp_moff = Signal(range(MNIB))
         wp_mstr = Signal()
