@@ -13,7 +13,8 @@ repeats, then the repeating column groups are skipped (exact: the control path d
 group's base only through comparisons with n; sparse instructions, whose band walk depends on the
 absolute group, step every cycle): an MV of n = 2048, K = 2048 at 8 chains takes 0.06 s instead of
 0.7 s. Results are cached per (fields, geometry). tests/test_hw_mpe_timing.py checks the
-fast-forward against stepping every cycle.
+fast-forward against stepping every cycle. ``wgroup`` instructions are stepped every cycle too
+(whether a chunk's multipliers straddle two weight words depends on the absolute row).
 """
 
 from __future__ import annotations
