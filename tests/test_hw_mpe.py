@@ -305,7 +305,6 @@ def test_wgroup_extremes_wrap_and_stalls():
                             label="int4 -8 x -128, m = 15"),
              mc.make_linear(CONFIG, rng, wfmt=2, wgroup=2, m=2, n=4, kb=10, worst=False, accumulate=1,
                             old_fill=0x7F, label="ovp4 g128 accumulate wraps")]
-    assert int(np.frombuffer(cases[0].want.tobytes(), np.uint8).size)  # a real data space
     _run(cases, stall=0.35, seed=5)
 
 
