@@ -3,7 +3,8 @@
 The core is the ``tiny`` configuration (hw/config.py) with the matrix engine and glassllm's RoPE
 ROM; its Verilog conversion and Verilator build are cached on disk (~1.5 min + several minutes the
 first time). Under CI (OLIVINE_REDUCED=1) the end-to-end case runs one preset, a short prompt and
-few tokens; the full proof (4 presets, 32 tokens) is ``slow``. SmolLM2-135M cut to one decoder
+few tokens; the full proof (4 presets, 32 tokens) is ``slow``; so is w4a8-ovp-g128 (per-group
+weight multipliers, ``wgroup``; reduced: 3 tokens). SmolLM2-135M cut to one decoder
 layer (real shapes and head, its own core) runs its prefill and a decode step, unreduced only.
 """
 
