@@ -12,7 +12,7 @@ Two kinds, the candidates of the per-group scale study (docs/benchmarks.md, "Per
 :class:`GroupScaler` scales ``lanes`` partial sums per cycle, one group multiplier (or shift) per
 lane (each lane is one output row of the engine).
 
-Ports (flat vectors, lane i at bits [i*w, (i+1)*w); all outputs registered):
+Ports (flat vectors, lane i at bits [i*w, (i+1)*w); outputs registered unless ``registered=False``):
     psum  In  lanes x width           the group partial sums P, two's complement
     mult  In  lanes x 4               ("mult4") the multipliers m, unsigned; ("pow2") bits [1:0] the shift s
     valid In  1                       the inputs hold a group's sums this cycle
@@ -21,11 +21,14 @@ Ports (flat vectors, lane i at bits [i*w, (i+1)*w); all outputs registered):
 (flat rather than ArrayLayout ports: Yosys 0.49's ABC9 reintegration asserts on the per-element
 ``out[i]`` aliases Amaranth writes for array ports)
 
-Latency 1 cycle (registered), throughput one set of ``lanes`` partial sums per cycle. In the
-matrix engine a group of G weights spans G / 16 K blocks, so each lane needs the scaler once every
-G / 16 beats and one scaler can be shared by G / 16 lanes.
+Latency 1 cycle (registered; 0 with ``registered=False``, combinational), throughput one set of
+``lanes`` partial sums per cycle. In the matrix engine a group of G weights spans G / 16 K blocks,
+so each lane needs the scaler once every G / 16 beats and one scaler could be shared by G / 16 lanes.
 
-Not yet wired into hw/mpe.py (the engine refuses ``wgroup`` with ``MpeError.NOT_BUILT``).
+Wired into hw/mpe.py's collector (``wgroup`` MM / MV): ``GroupScaler(2C, 20, "mult4",
+registered=False)`` scales every beat's block sum of the 2C lanes by its group's multiplier before
+the accumulator (no added latency, so the engine's cycle model is unchanged by it; per beat rather
+than per group, which needs no per-group partial registers and no sharing multiplexers).
 """
 
 from __future__ import annotations
@@ -52,13 +55,14 @@ class GroupScaler(wiring.Component):
     """``lanes`` group partial sums times their 4-bit multiplier (or power-of-two shift) per cycle;
     see the module docstring for ports, latency (1 cycle) and throughput (1 beat per cycle)."""
 
-    def __init__(self, lanes: int = 16, width: int = 23, kind: str = "mult4"):
+    def __init__(self, lanes: int = 16, width: int = 23, kind: str = "mult4", *, registered: bool = True):
         if kind not in GROUP_SCALE_KINDS:
             raise ValueError(f"kind must be one of {GROUP_SCALE_KINDS}, got {kind!r}")
         if lanes < 1 or width < 2:
             raise ValueError(f"lanes ({lanes}) must be >= 1 and width ({width}) >= 2")
         self.lanes, self.width, self.kind = lanes, width, kind
-        self.latency = 1
+        self.registered = bool(registered)
+        self.latency = 1 if self.registered else 0
         super().__init__({
             "psum": In(lanes * width),
             "mult": In(lanes * 4),
@@ -69,20 +73,21 @@ class GroupScaler(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        dom = m.d.sync if self.registered else m.d.comb
         for i in range(self.lanes):
             wi, wo = self.width, self.width + 4
             p = self.psum[i * wi:(i + 1) * wi].as_signed()
             k = self.mult[4 * i:4 * i + 4]
             o = self.out[i * wo:(i + 1) * wo]
             if self.kind == "mult4-dsp":
-                m.d.sync += o.eq(p * k)
+                dom += o.eq(p * k)
             elif self.kind == "mult4":
                 # shift-and-add: the sum of P << j over the set bits j of m (fabric adders, no DSP)
                 t = [Mux(k[j], p << j, 0) for j in range(4)]
-                m.d.sync += o.eq((t[0] + t[1]) + (t[2] + t[3]))
+                dom += o.eq((t[0] + t[1]) + (t[2] + t[3]))
             else:
-                m.d.sync += o.eq(Mux(k[1], Mux(k[0], p << 3, p << 2), Mux(k[0], p << 1, p)))
-        m.d.sync += self.out_valid.eq(self.valid)
+                dom += o.eq(Mux(k[1], Mux(k[0], p << 3, p << 2), Mux(k[0], p << 1, p)))
+        dom += self.out_valid.eq(self.valid)
         return m
 
 

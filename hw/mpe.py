@@ -6,12 +6,13 @@ contract; tests/test_hw_mpe.py compares the whole data space byte for byte). Bui
 ``mode=linear`` dense with INT8 / INT4 / OVP4 (int4 and flint4 normals) weights, ``mode=qk``,
 ``mode=pv``; INT8 activations; W4A4 (``afmt=ovp4`` with ovp4 weights, both normal types of
 both operands) on OliVe's OVP systolic array (hw/mpe_ovp.py, in place of the chains, feeding the
-same writer); ``out`` int32, fixed32 (``bias``) and int8 through the
+same writer); ``wgroup`` g64 / g128 (per-group 4-bit weight multipliers, docs/contract.md 2a)
+with dense int4 and ovp4 weights (all funcsim accepts: ``mode=linear``, ``sparse=0``, INT8
+activations); ``out`` int32, fixed32 (``bias``) and int8 through the
 requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
 rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
 with ``MpeError.NOT_BUILT``, nothing written): ``pv`` or ``sparse`` with more than 16 chains;
-``out=int8`` with ``accumulate`` and m > 1; ``wgroup`` (per-group weight multipliers: the scaling
-of each row's per-K-group partial sums, docs/contract.md 2a) (see :meth:`MatrixEngine._check`).
+``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
 cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
@@ -19,7 +20,9 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
       beat = (A[2tp, kb], A[2tp+1, kb]) broadcast, chain c's weights W[cb + c, kb], kb = qB + j
   * Weight loader -> wnext (double buffer: loads chunk q+1 while chunk q's beats run):
     linear: one 16C-byte weight word per chain and chunk (a carry word per chain cuts the chunk
-    out at any byte offset; a row's first chunk takes 2 reads); qk: the K block rows from the data
+    out at any byte offset; a row's first chunk takes 2 reads; ``wgroup``: then the chunk's
+    multipliers, NMAX = max(1, C/2) nibbles of the row's multiplier bytes (a chunk of 2C blocks is
+    group-aligned or inside one group), 1 read, 2 when they straddle a word); qk: the K block rows from the data
     space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per V row give the
     C columns' bytes of that row (a transposing gather). When k_blocks fits one chunk, the chunk
     is loaded once per column group and reused by all its token pairs.
@@ -32,13 +35,21 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     4 * 7 + 4 = 32 and four signed 8-bit digits cannot reach 2**31 - 1 (4 x 8 = 32 bits would need
     unsigned low digits, which the INT8 port cannot carry).
   * Collector: per chain two 32-bit accumulators (wrapping); the last block of a (cg, tp) pushes the
-    2C sums into a 2-deep result FIFO (full: the chains freeze through ``o.ready``).
+    2C sums into a 2-deep result FIFO (full: the chains freeze through ``o.ready``). ``wgroup``: each
+    beat's block sum y (|y| < 2**19) is first multiplied by its group's multiplier m (carried with
+    the beat's tag; hw/group_scale.py GroupScaler "mult4", combinational shift-and-add, no DSP):
+    sum_blocks m_g(b) y_b = sum_g m_g P_g, so acc = wrap32(sum_g m[c, g] P[t, c, g]) exactly
+    (funcsim's grouped values give the same integer). Pre-multiplying the weights instead would
+    not fit the chains' 9-bit grid port for OVP (|W| <= 192, 192 * 15 needs 13 bits), and would
+    cost 16C small multipliers where the collector needs 2C.
   * Writer: per result, the requantization parameters (per-row exponent / mantissa from the A
     block, qk also per-column ones from the K block; per-column entries from the bias buffer,
     held for the column group), then per (token, column): [``accumulate``: one read of the int32
     input] -> add -> int32 write, or -> Requantizer -> fixed32 / int8 write (one per cycle).
   * Data rules (out != int32): before anything runs, a prescan reads every row mantissa (A; qk: K)
-    and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults.
+    and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults. ``wgroup``
+    (any out, first, funcsim's order): every multiplier byte, one per cycle through the weight port;
+    a 0 multiplier (not the padding nibble of an odd group count) faults with ``GROUP_MULT``.
 
 Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read latency):
   inst      In(stream.Signature(unit_layout("mpe")))  (MM / MV; the handshake starts it)
@@ -61,7 +72,8 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
 Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
 carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
-cycles; the writer takes one cycle per value (two with accumulate). At the small configuration
+cycles (``wgroup``: max(B + 1, 2C + 2), the multiplier reads; plus the prescan's n * ceil(groups / 2)
+cycles); the writer takes one cycle per value (two with accumulate). At the small configuration
 (8 chains, 256 MACs per cycle), K = 512, n = 512: MV int8 30 %, MV int4 43 % (one token uses half
 of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 10 % (the writer, the digit
 passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per cycle (the 2 x C array;
@@ -85,6 +97,7 @@ from .mpe_ovp import OvpMatrixPath, ovp_cycles
 from .ovp_decoder import OvpPairDecoder
 from .requant import REQUANT_LATENCY, Requantizer
 from .bitops import shift_right
+from .group_scale import GroupScaler
 from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
 from .weight_decode import GRID_BITS, GRID_FORMAT
@@ -105,6 +118,8 @@ TAG_FIFO_DEPTH = 32
 #: pv: P' (int32) enters the chains' 8-bit activation port as 5 digits, 7 bits each with the top
 #: (bits 28..31) signed: 4 * 7 + 4 = 32, and no fewer 8-bit signed digits cover every int32
 PV_DIGITS = 5
+#: bits of a chain's block sum (16 products of int8 x |W| <= 192: |y| < 2**19) the wgroup scaler takes
+GROUP_SUM_BITS = 20
 #: largest row mantissa of an INT8 block (docs/isa.md data rule: 9 bits)
 MAX_MANTISSA = 256
 
@@ -135,12 +150,14 @@ class MpeError(py_enum.IntEnum):
     MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
     OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
     ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
-    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, wgroup, ...)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, ...)
     OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
     UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
     MANTISSA = 14        # a row mantissa above 256 (data rule)
     MULTIPLIER = 15      # a requantization multiplier with bit 31 set (data rule)
     BLOCK_N = 16         # a sparse block N not in {2, 4, 8, 16} (data rule)
+    GROUP_MULT = 17      # a per-group weight multiplier (wgroup) of 0 (data rule)
+    WGROUP_FIELDS = 18   # wgroup without mode = linear, sparse = 0, afmt = int8, wfmt = int4 / ovp4
 
 
 class MpeGeometry:
@@ -227,8 +244,10 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     words = 4 if mode == 2 else 1
     prime = 1 if fields.get("a_addr", 0) % 16 else 0
     digits = PV_DIGITS if mode == 2 else 1
+    wgroup = fields.get("wgroup", 0)
+    mreads = C if wgroup else 0          # wgroup: one multiplier word per chain and chunk (2 if straddling)
     if mode == 0:
-        load = C * (chunks + 1)
+        load = C * (chunks + 1) + mreads * chunks
     elif mode == 1:
         load = C * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))
     else:
@@ -237,6 +256,9 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     if fields.get("sparse"):   # the block-N table prescan
         total += -(-(n // 16 * kb) // 16) + 3
         load = 2 * C + 4
+    if wgroup:   # the multiplier prescan: one byte per cycle
+        gbytes = (-(-kb // (4 if wgroup == 1 else 8)) + 1) >> 1
+        total += n * gbytes + (0 if out else 2)
     if out:
         mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
         total += 2 * mants + (n if mode == 0 else 1) + 2
@@ -265,7 +287,7 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
                 beats = 0
                 for q in range(chunks):
                     bq = min(blocks, kb - q * blocks)
-                    beats += max(bq * digits + 1, (2 * C if q == 0 else C) + 2)
+                    beats += max(bq * digits + 1, (2 * C if q == 0 else C) + mreads + 2)
             total += max(act, beats, writer)
     latency = CHAIN_LENGTH + 5 + 3 + 4
     total += latency + (REQUANT_LATENCY if out else 0)
@@ -309,8 +331,9 @@ class MatrixEngine(wiring.Component):
         })
 
     # ---- the field and range rules -----------------------------------------------------------
-    def _check(self, m, f, code):
-        """Drive ``code`` with the first broken rule of the latched fields ``f`` (funcsim's order)."""
+    def _check(self, m, f, code, w_bytes):
+        """Drive ``code`` with the first broken rule of the latched fields ``f`` (funcsim's order);
+        ``w_bytes``: the linear weight tile's bytes (values, then the wgroup multipliers)."""
         g = self.geometry
         K = Signal(17)
         ldo = Signal(17)
@@ -327,8 +350,6 @@ class MatrixEngine(wiring.Component):
         m.d.comb += elems.eq((f.m - 1) * ldo + f.n)
         out_bytes = Signal(48)
         m.d.comb += out_bytes.eq(Mux(out_i8, elems, elems << 2))
-        w_bytes = Signal(48)
-        m.d.comb += w_bytes.eq(Mux(f.wfmt == 0, f.n * K, (f.n * K) >> 1))
         entries = Signal(17)
         m.d.comb += entries.eq(Mux(linear, f.n, 1))
 
@@ -343,6 +364,7 @@ class MatrixEngine(wiring.Component):
             (f.anormal & ~f.afmt, MpeError.ANORMAL),
             (f.afmt & (~linear | (f.wfmt != 2) | f.sparse), MpeError.OVP_OPERANDS),
             (f.bias & (f.out != 1), MpeError.BIAS_OUT),
+            ((f.wgroup != 0) & (~linear | f.sparse | f.afmt | (f.wfmt == 0)), MpeError.WGROUP_FIELDS),
             (linear & f.sparse & (f.n[:4] != 0), MpeError.SPARSE_ROWS),
             (linear & ~f.sparse & (f.meta_addr != 0), MpeError.META_ADDR),
             (linear & f.normal & (f.wfmt != 2), MpeError.NORMAL),
@@ -351,9 +373,7 @@ class MatrixEngine(wiring.Component):
             # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
             # it writes; the engine writes column group by column group, so a later row's int8 bytes
             # could land on an earlier row's input not read yet: refused rather than wrong
-            # wgroup (per-group weight multipliers, docs/contract.md 2a): the per-K-group scaling of the
-            # chains' partial sums is not built in this revision; refused rather than computed without it
-            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1) | (f.wgroup != 0),
+            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
              MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
              | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
@@ -412,8 +432,21 @@ class MatrixEngine(wiring.Component):
         start = Signal()
         chain_start = Signal()                # the chains' units start; afmt=ovp4 runs on the OVP path
         m.d.comb += chain_start.eq(start & ~f.afmt)
+        # wgroup (docs/contract.md 2a): G / 16 = 2**gs K blocks per group; the n rows of packed
+        # multipliers (gbytes each, group 2j in the low nibble of byte j) follow the n rows of values
+        wg_on = Signal()
+        gs = Signal(2)
+        g_groups = Signal(13)
+        gbytes = Signal(12)
+        v_bytes = Signal(48)                  # the tile's value bytes (= the multipliers' offset)
+        w_bytes = Signal(48)
+        mult_base = Signal(32)
+        m.d.comb += [wg_on.eq(f.wgroup != 0), gs.eq(Mux(f.wgroup == 1, 2, 3)),
+                     g_groups.eq((f.k_blocks + Mux(f.wgroup == 1, 3, 7)) >> gs), gbytes.eq((g_groups + 1) >> 1),
+                     v_bytes.eq(Mux(f.wfmt == 0, f.n * (f.k_blocks << 4), (f.n * (f.k_blocks << 4)) >> 1)),
+                     w_bytes.eq(v_bytes + Mux(wg_on, f.n * gbytes, 0)), mult_base.eq(f.b_addr + v_bytes)]
         code = Signal(8)
-        self._check(m, f, code)
+        self._check(m, f, code, w_bytes)
         m.d.sync += [self.done.eq(0), self.fault.eq(0)]
 
         # ---- chains
@@ -540,22 +573,30 @@ class MatrixEngine(wiring.Component):
         wnext = [Signal(8 * W, name=f"wnext{c}") for c in range(C)]
         wcur = [Signal(8 * W, name=f"wcur{c}") for c in range(C)]
         wcarry = [Signal(8 * W, name=f"wcarry{c}") for c in range(C)]
+        # wgroup: a chunk's multipliers per chain (at most NMAX groups: 2C K blocks of 2**gs), read after
+        #   its values (1 word, 2 when they straddle a word) and handed over with them
+        NMAX = max(1, C // 2)
+        MNIB = 2 * W                            # nibbles per weight word
+        mnext = [Signal(4 * NMAX, name=f"mnext{c}") for c in range(C)]
+        mcur = [Signal(4 * NMAX, name=f"mcur{c}") for c in range(C)]
+        mstash = Signal(4 * NMAX)               # the first word's top NMAX nibbles (straddling)
+        wl_mcg, wl_maddr = Signal(32), Signal(32)   # multiplier bytes of the column group / of the chain's row
         next_full = Signal()
         wl_busy, wl_wait = Signal(), Signal()
         wl_c = Signal(range(C))
-        wl_r = Signal(range(2 * C + 2))         # read of the chain (qk: block; linear: 0 prime, 1)
+        wl_r = Signal(range(2 * C + 4))         # read of the chain (qk: block; linear: 0 prime, 1; multipliers)
         wl_i = Signal(4)                        # pv: V row of the block
         wl_j = Signal(range(2 * C))             # pv: block of the chunk
         wl_cb = Signal(17)
         wl_t0 = Signal(13)
         wl_qb = Signal(13)
         wl_cgbase, wl_chunk0, wl_addr = Signal(32), Signal(32), Signal(32)
-        wl_reads = Signal(range(2 * C + 2))     # reads per chain in this chunk
+        wl_reads = Signal(range(2 * C + 4))     # reads per chain in this chunk
         chunk_blocks = Signal(range(2 * C + 1))
         m.d.comb += chunk_blocks.eq(Mux(f.k_blocks - wl_qb < blocks, f.k_blocks - wl_qb, blocks))
         b_off = f.b_addr[:4]
         wp_valid, wp_zero, wp_last = Signal(), Signal(), Signal()
-        wp_r = Signal(range(2 * C + 2))
+        wp_r = Signal(range(2 * C + 4))
         wp_c = Signal(range(C))
         wp_i = Signal(4)
         wp_j = Signal(range(2 * C))
@@ -565,20 +606,29 @@ class MatrixEngine(wiring.Component):
         wwa = MpeGeometry.addr_bits(g.weight_words)
         rowb = Signal(18)                       # byte pitch between the rows of the chains
         m.d.comb += rowb.eq(Mux(qk, f.k_blocks << 4, Mux(pv, f.n, rb)))
-        m.d.comb += wl_reads.eq(Mux(qk, chunk_blocks + (b_off != 0), Mux(wl_qb == 0, 2, 1)))
+        wl_vreads = Mux(wl_qb == 0, 2, 1)     # linear: the value reads of a chain's chunk
+        m_nib = Signal(33)                      # the chunk's first multiplier nibble of the chain's row
+        m_off = Signal(range(MNIB))
+        m_str = Signal()                        # its NMAX nibbles straddle two words
+        m.d.comb += [m_nib.eq((wl_maddr << 1) + (wl_qb >> gs)), m_off.eq(m_nib % MNIB),
+                     m_str.eq(m_off > MNIB - NMAX if NMAX > 1 else 0)]   # one nibble never straddles
+        m.d.comb += wl_reads.eq(Mux(qk, chunk_blocks + (b_off != 0), wl_vreads + Mux(wg_on, 1 + m_str, 0)))
+        wp_moff = Signal(range(MNIB))
+        wp_mstr = Signal()
         m.d.sync += wp_valid.eq(0)
         loading = wl_busy & ~wl_wait
         with m.If(loading & ~pv & ~f.sparse):
             row_ok = (wl_cb + wl_c) < f.n
             m.d.sync += [wp_c.eq(wl_c), wp_r.eq(wl_r), wp_zero.eq(~row_ok), wp_off.eq(wl_addr % W),
-                         wp_last.eq((wl_c == C - 1) & (~row_ok | (wl_r == wl_reads - 1)))]
+                         wp_last.eq((wl_c == C - 1) & (~row_ok | (wl_r == wl_reads - 1))),
+                         wp_moff.eq(m_off), wp_mstr.eq(m_str)]
 
             def next_chain():
                 m.d.sync += wl_r.eq(0)
                 with m.If(wl_c == C - 1):
                     m.d.sync += [wl_c.eq(0), wl_wait.eq(1)]
                 with m.Else():
-                    m.d.sync += [wl_c.eq(wl_c + 1), wl_addr.eq(wl_addr + rowb)]
+                    m.d.sync += [wl_c.eq(wl_c + 1), wl_addr.eq(wl_addr + rowb), wl_maddr.eq(wl_maddr + gbytes)]
 
             with m.If(~row_ok):
                 m.d.sync += wp_valid.eq(1)
@@ -591,8 +641,9 @@ class MatrixEngine(wiring.Component):
                     with m.If(wl_r == wl_reads - 1):
                         next_chain()
             with m.Else():
-                w_word = Signal(32)
-                m.d.comb += w_word.eq((wl_addr // W) + Mux(wl_qb == 0, wl_r, 1))
+                w_word = Signal(33)
+                m.d.comb += w_word.eq(Mux(wl_r >= wl_vreads, (m_nib // MNIB) + (wl_r - wl_vreads),
+                                          (wl_addr // W) + Mux(wl_qb == 0, wl_r, 1)))
                 m.d.comb += [self.weight_rd.en.eq(1),
                              self.weight_rd.addr.eq(Mux(w_word < g.weight_words, w_word, g.weight_words - 1)[:wwa])]
                 m.d.sync += [wp_valid.eq(1), wl_r.eq(wl_r + 1)]
@@ -730,15 +781,18 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += wl_qb.eq(0)
                 with m.If((wl_t0 + 2 >= f.m) | reuse):
                     nb = wl_cgbase + Mux(pv, C, rowb * C)
+                    nm = wl_mcg + gbytes * C
                     m.d.sync += [wl_t0.eq(0), wl_cb.eq(wl_cb + C), wl_cgbase.eq(nb), wl_chunk0.eq(nb),
-                                 wl_addr.eq(nb)]
+                                 wl_addr.eq(nb), wl_mcg.eq(nm), wl_maddr.eq(nm)]
                     with m.If(wl_cb + C >= f.n):
                         m.d.sync += wl_busy.eq(0)
                 with m.Else():
-                    m.d.sync += [wl_t0.eq(wl_t0 + 2), wl_chunk0.eq(wl_cgbase), wl_addr.eq(wl_cgbase)]
+                    m.d.sync += [wl_t0.eq(wl_t0 + 2), wl_chunk0.eq(wl_cgbase), wl_addr.eq(wl_cgbase),
+                                 wl_maddr.eq(wl_mcg)]
             with m.Else():
                 step = Mux(qk, blocks << 4, Mux(pv, (f.n * blocks) << 4, W))
-                m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + step), wl_addr.eq(wl_chunk0 + step)]
+                m.d.sync += [wl_qb.eq(wl_qb + blocks), wl_chunk0.eq(wl_chunk0 + step), wl_addr.eq(wl_chunk0 + step),
+                             wl_maddr.eq(wl_mcg)]
             del pv_start
         with m.If(wp_valid & ~pv & ~f.sparse):
             wdata = self.weight_rd.data
@@ -757,6 +811,22 @@ class MatrixEngine(wiring.Component):
                     for c in range(C):
                         with m.If(wp_c == c):
                             m.d.sync += wnext[c].word_select(slot, 128).eq(blk)
+            with m.Elif(~qk & wg_on & (wp_r >= wl_vreads)):
+                # the chunk's multipliers: NMAX nibbles from nibble wp_moff (of this word, or of the
+                # previous word's top NMAX nibbles and this one's low NMAX when they straddle)
+                with m.If(wp_mstr & (wp_r == wl_vreads)):
+                    m.d.sync += mstash.eq(wdata[8 * W - 4 * NMAX:])
+                with m.Else():
+                    one = shift_right(fm, wdata, wp_moff, step=4, width=4 * NMAX, name="m_funnel")
+                    if NMAX > 1:
+                        two = shift_right(fm, Cat(mstash, wdata[:4 * NMAX]), (wp_moff - (MNIB - NMAX))[:len(wp_moff)],
+                                          step=4, width=4 * NMAX, name="m_funnel2")
+                        sel = Mux(wp_mstr, two, one)
+                    else:
+                        sel = one
+                    for c in range(C):
+                        with m.If(wp_c == c):
+                            m.d.sync += mnext[c].eq(sel)
             with m.Elif(lin_first):
                 for c in range(C):
                     with m.If(wp_c == c):
@@ -783,7 +853,7 @@ class MatrixEngine(wiring.Component):
         with m.If(chain_start):
             m.d.sync += [wl_busy.eq(1), wl_wait.eq(0), wl_r.eq(0), wl_i.eq(0), wl_j.eq(0), wl_c.eq(0), wl_cb.eq(0),
                          wl_t0.eq(0), wl_qb.eq(0), wl_cgbase.eq(f.b_addr), wl_chunk0.eq(f.b_addr),
-                         wl_addr.eq(f.b_addr), next_full.eq(0)]
+                         wl_addr.eq(f.b_addr), next_full.eq(0), wl_mcg.eq(mult_base), wl_maddr.eq(mult_base)]
 
         # ---- issuer: one beat to every chain (pv: 5 beats per block, one per digit of P)
         is_busy, is_cur = Signal(), Signal()
@@ -792,19 +862,24 @@ class MatrixEngine(wiring.Component):
         is_cb = Signal(17)
         is_t0 = Signal(13)
         is_d = Signal(3)
-        tag_layout = data.StructLayout({"first": 1, "last": 1, "digit": 3, "cb": 17, "t0": 13})
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "digit": 3, "cb": 17, "t0": 13, "mult": 4 * C})
         m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=TAG_FIFO_DEPTH)
         with m.If(~is_cur & next_full):
             m.d.sync += is_cur.eq(1), next_full.eq(0)
             m.d.sync += [sp_code_cur.eq(sp_code_next), sp_n_cur.eq(sp_n_next)]
             for c in range(C):
-                m.d.sync += [wcur[c].eq(wnext[c]), widx_cur[c].eq(widx_next[c])]
+                m.d.sync += [wcur[c].eq(wnext[c]), widx_cur[c].eq(widx_next[c]), mcur[c].eq(mnext[c])]
         can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
         fire = can_issue & chains[0].i.ready
         last_digit = ~pv | (is_d == PV_DIGITS - 1)
         tag = Signal(tag_layout)
         m.d.comb += [tag.first.eq((is_kb == 0) & (is_d == 0)), tag.last.eq((is_kb == f.k_blocks - 1) & last_digit),
                      tag.digit.eq(is_d), tag.cb.eq(is_cb), tag.t0.eq(is_t0), tags.w_data.eq(tag),
+                     # wgroup: each chain's multiplier of block is_j's group (the chunk is group aligned,
+                     # or lies in one group); 1 otherwise
+                     tag.mult.eq(Cat(*[Mux(wg_on, mcur[c] if NMAX == 1 else mcur[c].word_select(
+                         Mux(f.wgroup == 1, is_j >> 2, is_j >> 3)[:(NMAX - 1).bit_length()], 4), 1)
+                         for c in range(C)])),
                      tags.w_en.eq(fire), afifo.r_en.eq(fire & last_digit)]
         # the beat's activations: INT8 codes, or digit is_d of the P' values (7-bit digits, the top signed)
         xs = []
@@ -873,14 +948,23 @@ class MatrixEngine(wiring.Component):
         ready = results.w_rdy & self.enable
         m.d.comb += take.eq(chains[0].o.valid & ready)
         res = Signal(res_layout)
+        # wgroup: each beat's block sum times its group's multiplier (shift-and-add, hw/group_scale.py,
+        # combinational): sum_b m_g(b) y_b = sum_g m_g P_g exactly, mod 2**32 as the accumulators
+        m.submodules.group_scale = gsc = GroupScaler(2 * C, GROUP_SUM_BITS, "mult4", registered=False)
+        gw = GROUP_SUM_BITS + 4
         for c, ch in enumerate(chains):
             # freeze: a primitive build's DSP48E2 do not see the core's EnableInserter
             m.d.comb += [ch.o.ready.eq(ready), ch.freeze.eq(~self.enable)]
             for lane, y in ((0, ch.o.payload.y0[0]), (1, ch.o.payload.y1[0])):
                 acc = Signal(32, name=f"acc{c}_{lane}")
                 s = Signal(32, name=f"sum{c}_{lane}")
+                yv = Signal(signed(32), name=f"ys{c}_{lane}")
+                i = lane * C + c
+                m.d.comb += [gsc.psum[i * GROUP_SUM_BITS:(i + 1) * GROUP_SUM_BITS].eq(y[:GROUP_SUM_BITS]),
+                             gsc.mult[4 * i:4 * i + 4].eq(otag.mult[4 * c:4 * c + 4]),
+                             yv.eq(Mux(wg_on, gsc.out[i * gw:(i + 1) * gw].as_signed(), y))]
                 # pv: digit d weighs 2**(7d); every sum is mod 2**32, so the total is wrap32(P V)
-                m.d.comb += [s.eq(Mux(otag.first, 0, acc) + (y.as_unsigned() << (otag.digit * 7))[:32]),
+                m.d.comb += [s.eq(Mux(otag.first, 0, acc) + (yv.as_unsigned() << (otag.digit * 7))[:32]),
                              res.y[lane * C + c].eq(s)]
                 with m.If(take):
                     m.d.sync += acc.eq(s)
@@ -1082,7 +1166,7 @@ class MatrixEngine(wiring.Component):
 
         # ---- the data rules, checked before anything is written (out != int32 only): the row
         #   mantissas of A (and of K for qk) at most 256, then the multipliers' bit 31
-        ps_phase = Signal(3)                 # 0 A mantissas, 1 K mantissas, 2 entries, 3 drain, 4 table
+        ps_phase = Signal(3)                 # 0 A mantissas, 1 K mantissas, 2 entries, 3 drain, 4 table, 6 wgroup
         ps_i = Signal(17)
         ps_hi = Signal()
         ps_lo = Signal(8)
@@ -1091,6 +1175,13 @@ class MatrixEngine(wiring.Component):
         ps_bad = Signal(8)
         ps_run = Signal()
         ps_pend_meta = Signal()
+        # wgroup: every multiplier byte, one per cycle through the weight port (the last high nibble of
+        # a row with an odd group count is padding, not a multiplier)
+        ps_gb = Signal(12)                   # byte of the row
+        ps_gaddr = Signal(33)
+        ps_pend_g, ps_g_pad = Signal(), Signal()
+        ps_g_lane = Signal(range(W))
+        m.d.sync += ps_pend_g.eq(0)
         ps_mword = Signal(17)
         ps_kept, ps_sparse = Signal(28), Signal(28)    # sums of the table's N (all / N < 16)
         m.d.sync += [ps_pend.eq(0), ps_pend_bias.eq(0), ps_pend_meta.eq(0)]
@@ -1115,6 +1206,19 @@ class MatrixEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + ps_i)]
                         m.d.sync += [ps_pend_bias.eq(1), ps_i.eq(ps_i + 1)]
+                with m.Case(6):   # wgroup: the multiplier bytes, row by row
+                    with m.If(ps_i == f.n):
+                        m.d.sync += [ps_phase.eq(Mux(f.out != 0, 0, 3)), ps_i.eq(0), ps_hi.eq(0)]
+                    with m.Else():
+                        gword = ps_gaddr // W
+                        m.d.comb += [self.weight_rd.en.eq(1),
+                                     self.weight_rd.addr.eq(Mux(gword < g.weight_words, gword, g.weight_words - 1)[:wwa])]
+                        m.d.sync += [ps_pend_g.eq(1), ps_g_lane.eq(ps_gaddr % W), ps_gaddr.eq(ps_gaddr + 1),
+                                     ps_g_pad.eq(g_groups[0] & (ps_gb == gbytes - 1))]
+                        with m.If(ps_gb == gbytes - 1):
+                            m.d.sync += [ps_gb.eq(0), ps_i.eq(ps_i + 1)]
+                        with m.Else():
+                            m.d.sync += ps_gb.eq(ps_gb + 1)
                 with m.Case(4):   # sparse: the block-N table, 16 entries per meta word
                     with m.If((ps_i << 4) >= table_bytes):
                         m.d.sync += ps_phase.eq(5)
@@ -1144,9 +1248,12 @@ class MatrixEngine(wiring.Component):
             m.d.sync += [ps_kept.eq(ps_kept + sum(adds_k)), ps_sparse.eq(ps_sparse + sum(adds_s))]
             with m.If(Cat(*bad_n).any()):
                 m.d.sync += ps_bad.eq(MpeError.BLOCK_N)
+        gbyte = shift_right(fm, self.weight_rd.data, ps_g_lane, step=8, width=8, name="g_byte")
+        with m.If(ps_pend_g & ((gbyte[:4] == 0) | (gbyte[4:] == 0) & ~ps_g_pad)):
+            m.d.sync += ps_bad.eq(MpeError.GROUP_MULT)
         with m.If(ps_pend_bias & self.bias_rd.data[63]):
             m.d.sync += ps_bad.eq(MpeError.MULTIPLIER)
-        ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias & ~ps_pend_meta
+        ps_done = ps_run & ((ps_bad != 0) | (ps_phase == 3)) & ~ps_pend & ~ps_pend_bias & ~ps_pend_meta & ~ps_pend_g
 
         # ---- control
         ovp = self._ovp_path(m, f, start, wr_rd_req, rdata, results, res_layout)
@@ -1163,9 +1270,9 @@ class MatrixEngine(wiring.Component):
                 with m.If(code != 0):
                     m.d.sync += [self.error.eq(code), self.fault.eq(1)]
                     m.next = "IDLE"
-                with m.Elif((f.out != 0) | f.sparse):
-                    m.d.sync += [ps_run.eq(1), ps_phase.eq(Mux(f.sparse, 4, 0)), ps_i.eq(0), ps_hi.eq(0),
-                                 ps_bad.eq(0), ps_kept.eq(0), ps_sparse.eq(0)]
+                with m.Elif((f.out != 0) | f.sparse | wg_on):
+                    m.d.sync += [ps_run.eq(1), ps_phase.eq(Mux(f.sparse, 4, Mux(wg_on, 6, 0))), ps_i.eq(0), ps_hi.eq(0),
+                                 ps_bad.eq(0), ps_kept.eq(0), ps_sparse.eq(0), ps_gb.eq(0), ps_gaddr.eq(mult_base)]
                     m.next = "PRESCAN"
                 with m.Else():
                     m.d.comb += start.eq(1)

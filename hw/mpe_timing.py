@@ -13,7 +13,8 @@ repeats, then the repeating column groups are skipped (exact: the control path d
 group's base only through comparisons with n; sparse instructions, whose band walk depends on the
 absolute group, step every cycle): an MV of n = 2048, K = 2048 at 8 chains takes 0.06 s instead of
 0.7 s. Results are cached per (fields, geometry). tests/test_hw_mpe_timing.py checks the
-fast-forward against stepping every cycle.
+fast-forward against stepping every cycle. ``wgroup`` instructions are stepped every cycle too
+(whether a chunk's multipliers straddle two weight words depends on the absolute row).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def engine_cycles(fields: dict, chains: int, *, chain_latency: int, requant_late
     skip repeating column groups (exact; see the fast-forward in the loop); False steps every
     cycle (the tests compare both)."""
     keys = ("mode", "m", "n", "k_blocks", "out", "accumulate", "wfmt", "sparse", "afmt", "a_addr", "b_addr",
-            "meta_addr")
+            "meta_addr", "wgroup")
     key = tuple(int(fields.get(k, 0)) for k in keys)
     return _cycles(key, chains, chain_latency, requant_latency, a_fifo_depth, result_fifo_depth, tag_fifo_depth,
                    pv_digits, bool(fast))
@@ -39,7 +40,7 @@ def engine_cycles(fields: dict, chains: int, *, chain_latency: int, requant_late
 
 @lru_cache(maxsize=4096)
 def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
-    mode, m, n, kb, out, acc, wfmt, sparse, afmt, a_addr, b_addr, meta_addr = key
+    mode, m, n, kb, out, acc, wfmt, sparse, afmt, a_addr, b_addr, meta_addr, wgroup = key
     linear, qk, pv = mode == 0, mode == 1, mode == 2
     requant_on = out != 0
     blocks = 1 if sparse else (C if wfmt == 0 else 2 * C)
@@ -48,17 +49,40 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
     a_off, b_off = a_addr % 16, b_addr % 16
     entries = n if linear else 1
     fast = fast and not sparse       # sparse: the band walk depends on the absolute column group
+    # wgroup: a group is 2**gs K blocks; row r's multipliers (gbytes) start at mult_base + r * gbytes; a
+    # chain's chunk reads them after its values, 1 word or 2 when its NMAX nibbles straddle a word (which
+    # depends on the absolute row: no fast-forward)
+    gs = 2 if wgroup == 1 else 3
+    groups = -(-kb // (1 << gs))
+    gbytes = (groups + 1) >> 1
+    mult_base = b_addr + (n * kb * 16 if wfmt == 0 else n * kb * 8)
+    NMAX, MNIB = max(1, C // 2), 32 * C
+    fast = fast and not wgroup
+
+    def mult_reads(row: int, qb: int) -> int:
+        off = (2 * (mult_base + row * gbytes) + (qb >> gs)) % MNIB
+        return 1 + (off > MNIB - NMAX)
 
     # ---- CHECK (cycle 1), then the prescan of the data rules / the sparse table
     start = 1
-    if out or sparse:
-        phase, i, hi = (4 if sparse else 0), 0, 0
-        pend = pend_bias = pend_meta = 0
+    if out or sparse or wgroup:
+        phase, i, hi = (4 if sparse else 6 if wgroup else 0), 0, 0
+        pend = pend_bias = pend_meta = pend_g = 0
+        gb = 0
         table_bytes = (n >> 4) * kb
         t = 2
-        while not (phase == 3 and not pend and not pend_bias and not pend_meta):
-            npend = npb = npm = 0
-            if phase in (0, 1):
+        while not (phase == 3 and not pend and not pend_bias and not pend_meta and not pend_g):
+            npend = npb = npm = npg = 0
+            if phase == 6:   # the multiplier bytes, one per cycle
+                if i == n:
+                    phase, i, hi = (0 if out else 3), 0, 0
+                else:
+                    npg = 1
+                    if gb == gbytes - 1:
+                        gb, i = 0, i + 1
+                    else:
+                        gb += 1
+            elif phase in (0, 1):
                 skip = (phase == 0 and (pv or afmt)) or (phase == 1 and not qk)
                 if skip or i == (m if phase == 0 else n):
                     phase, i, hi = phase + 1, 0, 0
@@ -80,7 +104,7 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
             elif phase == 5:
                 if not pend_meta:
                     phase, i = (0 if out else 3), 0
-            pend, pend_bias, pend_meta = npend, npb, npm
+            pend, pend_bias, pend_meta, pend_g = npend, npb, npm, npg
             t += 1
         start = t
 
@@ -225,6 +249,8 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
         n_wl = dict(r=wl_r, c=wl_c, wait=wl_wait, i=wl_i, j=wl_j)
         if loading and not pv and not sparse:
             reads = (chunk_blocks + (1 if b_off else 0)) if qk else (2 if wl_qb == 0 else 1)
+            if wgroup and row_ok:
+                reads += mult_reads(wl_cb + wl_c, wl_qb)
             wp_last = (wl_c == C - 1) and (not row_ok or wl_r == reads - 1)
 
             def next_chain():

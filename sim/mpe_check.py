@@ -115,19 +115,24 @@ def _draw_ldo(rng, n: int, ldo_extra=None) -> int:
 
 
 def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None, accumulate=None, ldo_extra=None,
-                worst=False, label="", align=None, old_fill=None, out=0, bias_flag=None, bad=None) -> Case:
-    """A random dense linear int32 MM / MV that fits the buffers (addresses random, unaligned allowed)."""
+                worst=False, label="", align=None, old_fill=None, out=0, bias_flag=None, bad=None, wgroup=0) -> Case:
+    """A random dense linear int32 MM / MV that fits the buffers (addresses random, unaligned allowed).
+    ``wgroup`` (1 g64, 2 g128; int4 / ovp4): random multipliers 1..15 after the values (``bad="group_mult"``:
+    one of them 0)."""
+    from olivine.compiler.spec import group_row_bytes, pack_group_mult
     g = MpeGeometry(config)
     data, weight, meta, bias = _blank(config)
     for _ in range(1000):
         mm, nn, kk = _draw_shape(rng, g, m, n, kb)
-        wf = int(rng.integers(0, 3)) if wfmt is None else wfmt
+        wf = (int(rng.integers(1, 3)) if wgroup else int(rng.integers(0, 3))) if wfmt is None else wfmt
         K = 16 * kk
+        gsize = isa.WEIGHT_GROUP_SIZE[isa.WEIGHT_GROUPS[wgroup]]
+        g_bytes = nn * group_row_bytes(gsize, K)
         ldo = _draw_ldo(rng, nn, ldo_extra)
         a_bytes = mm * K + 3 * mm
         out_bytes = 4 * ((mm - 1) * ldo + nn) if out != 2 else (mm - 1) * ldo + nn
         w_bytes = nn * K if wf == 0 else nn * K // 2
-        if a_bytes + out_bytes + 64 > g.space_bytes or w_bytes + 64 > g.weight_bytes:
+        if a_bytes + out_bytes + 64 > g.space_bytes or w_bytes + g_bytes + 64 > g.weight_bytes:
             continue
         a_addr = int(rng.integers(0, g.space_bytes - a_bytes - out_bytes - 32))
         if align is not None:
@@ -143,7 +148,7 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
             if out_bytes + 4 + a_bytes <= g.space_bytes:
                 out_addr = int(rng.integers(0, 2)) * (4 if out != 2 else 3)
                 a_addr = int(rng.integers(out_addr + out_bytes, g.space_bytes - a_bytes + 1))
-        b_addr = int(rng.integers(0, g.weight_bytes - w_bytes + 1))
+        b_addr = int(rng.integers(0, g.weight_bytes - w_bytes - g_bytes + 1))
         if align is not None:
             b_addr -= b_addr % align
         break
@@ -158,6 +163,14 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
             weight[b_addr: b_addr + w_bytes] = 0x80
         elif wf == 1:
             weight[b_addr: b_addr + w_bytes] = 0x88
+    if wgroup:
+        groups = -(-K // gsize)
+        gm = rng.integers(1, 16, (nn, groups), dtype=np.uint8)
+        if worst:
+            gm[:] = 15
+        if bad == "group_mult":
+            gm[rng.integers(0, nn), rng.integers(0, groups)] = 0
+        weight[b_addr + w_bytes: b_addr + w_bytes + g_bytes] = pack_group_mult(gm).reshape(-1)
     if old_fill is not None:  # the accumulate input (e.g. 0x7f: near INT32_MAX, so the sum wraps)
         data[out_addr: out_addr + out_bytes] = old_fill
     acc = int(rng.integers(0, 2)) if accumulate is None else accumulate
@@ -168,10 +181,12 @@ def make_linear(config, rng, *, m=None, n=None, kb=None, wfmt=None, normal=None,
     fields = dict(wfmt=wf, k_blocks=kk, m=mm, n=nn, ldo=0 if ldo == nn and rng.integers(0, 2) else ldo,
                   a_addr=a_addr, b_addr=b_addr, out_addr=out_addr, accumulate=acc, normal=nm if wf == 2 else 0,
                   bias_addr=int(rng.integers(0, g.bias_words - nn + 1)) if nn <= g.bias_words else 0,
-                  out=out, bias=bflag)
-    if out or bad:
-        requant_data(rng, data, bias, [(a_addr + mm * K, mm)], fields["bias_addr"], nn, bad)
-    return expected(config, Case(fields, data, weight, meta, bias, label or f"linear m={mm} n={nn} kb={kk} wfmt={wf}"))
+                  out=out, bias=bflag, wgroup=wgroup)
+    if out or bad not in (None, "group_mult"):
+        requant_data(rng, data, bias, [(a_addr + mm * K, mm)], fields["bias_addr"], nn,
+                     None if bad == "group_mult" else bad)
+    return expected(config, Case(fields, data, weight, meta, bias,
+                                 label or f"linear m={mm} n={nn} kb={kk} wfmt={wf} wgroup={wgroup}"))
 
 
 def _words(arr: np.ndarray, nbytes: int) -> list[int]:

@@ -46,6 +46,33 @@ def test_group_scaler_is_exact_with_one_cycle_latency(kind):
     assert got[0][0] == (lo << 3 if kind == "pow2" else lo * 15)
 
 
+def test_combinational_group_scaler_is_exact_with_no_latency():
+    """registered=False (the matrix engine's collector form): out follows psum / mult in the same cycle."""
+    lanes, width = 3, 20
+    dut = GroupScaler(lanes, width, "mult4", registered=False)
+    assert dut.latency == 0
+    rng = random.Random(11)
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    cases = [[(lo, 15), (hi, 15), (-1, 1)]] + [[(rng.randint(lo, hi), rng.randint(1, 15)) for _ in range(lanes)]
+                                              for _ in range(30)]
+    got = []
+
+    async def bench(ctx):
+        wo = width + 4
+        for case in cases:
+            ctx.set(dut.psum, sum((p & ((1 << width) - 1)) << (i * width) for i, (p, _) in enumerate(case)))
+            ctx.set(dut.mult, sum(m << (4 * i) for i, (_, m) in enumerate(case)))
+            await ctx.delay(1e-9)
+            flat = ctx.get(dut.out)
+            lanes_out = [(flat >> (i * wo)) & ((1 << wo) - 1) for i in range(lanes)]
+            got.append([v - (1 << wo) if v >> (wo - 1) else v for v in lanes_out])
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [[p * m for p, m in case] for case in cases]
+
+
 def test_group_scaler_rejects_bad_parameters():
     with pytest.raises(ValueError, match="kind"):
         GroupScaler(kind="mult8")

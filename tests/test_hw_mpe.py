@@ -172,10 +172,12 @@ def test_field_rules_fault_with_their_code_and_write_nothing():
         (_mutated(base, out_addr=f["out_addr"] + 2 if f["out_addr"] < f["a_addr"] else f["out_addr"] + 2),
          MpeError.UNALIGNED),
     ]
+    rules += [(_mutated(base, wgroup=2), MpeError.WGROUP_FIELDS),          # wgroup with int8 weights
+              (_mutated(qk, wgroup=1), MpeError.WGROUP_FIELDS)]
     for case, _ in rules:
         assert case.want is None, f"{case.label}: funcsim accepted it"
-    # valid but not built: per-group weight multipliers (the scaler of hw/group_scale.py is not wired in)
-    rules.append((_mutated(base, wfmt=1, wgroup=2), MpeError.NOT_BUILT))
+    # valid but not built: an int8 output over an int32 accumulate input with m > 1
+    rules.append((_mutated(base, out=2, accumulate=1), MpeError.NOT_BUILT))
     results = mc.run_amaranth(CONFIG, [c for c, _ in rules] + [base])
     for (case, code), res in zip(rules, results):
         assert res["fault"] and res["error"] == code, f"{case.label}: got {MpeError(res['error']).name}"
@@ -266,3 +268,84 @@ def test_sparse_block_n_rule_faults_and_writes_nothing():
     assert all(c.want is None for c in cases)
     for case, res in zip(cases, mc.run_amaranth(CONFIG, cases)):
         assert res["fault"] and res["error"] == MpeError.BLOCK_N and res["mismatches"] == 0, case.label
+
+
+# ---- wgroup: per-group 4-bit weight multipliers (docs/contract.md 2a)
+
+def _wgroup_cases(rng, wfmt: int, wgroup: int) -> list:
+    blocks = 4 if wgroup == 1 else 8            # K blocks per group
+    return [
+        mc.make_linear(CONFIG, rng, wfmt=wfmt, wgroup=wgroup, m=1, kb=3 * blocks + 1, out=0,
+                       label="MV, several chunks, a partial last group of 1 block"),
+        mc.make_linear(CONFIG, rng, wfmt=wfmt, wgroup=wgroup, m=3, kb=blocks + blocks // 2, out=1, accumulate=1,
+                       label="MM fixed32, accumulate, a partial last group"),
+        mc.make_linear(CONFIG, rng, wfmt=wfmt, wgroup=wgroup, m=2, n=5, kb=2 * blocks, out=2, accumulate=0,
+                       label="MM int8, whole groups"),
+        mc.make_linear(CONFIG, rng, wfmt=wfmt, wgroup=wgroup, m=1, n=3, kb=2, out=0, accumulate=1,
+                       label="one partial group (an odd count: the padding nibble is 0)"),
+    ]
+
+
+@pytest.mark.parametrize("wgroup", [1, 2], ids=["g64", "g128"])
+@pytest.mark.parametrize("wfmt", [1, 2], ids=["int4", "ovp4"])
+def test_wgroup_linear_mv_mm(wfmt, wgroup):
+    """acc = wrap32(sum_g m[c, g] P[t, c, g]): every byte against funcsim, the cycles against mpe_cycles."""
+    rng = np.random.default_rng(200 + 10 * wfmt + wgroup)
+    cases = _wgroup_cases(rng, wfmt, wgroup)
+    if REDUCED:
+        cases = cases[:2]
+    _run(cases)
+
+
+def test_wgroup_extremes_wrap_and_stalls():
+    """The largest products times m = 15 (int4 -8 x -128), an accumulate that wraps past INT32_MAX,
+    and the engine frozen by a random enable pattern."""
+    rng = np.random.default_rng(210)
+    cases = [mc.make_linear(CONFIG, rng, wfmt=1, wgroup=1, m=2, n=3, kb=9, worst=True, accumulate=0,
+                            label="int4 -8 x -128, m = 15"),
+             mc.make_linear(CONFIG, rng, wfmt=2, wgroup=2, m=2, n=4, kb=10, worst=False, accumulate=1,
+                            old_fill=0x7F, label="ovp4 g128 accumulate wraps")]
+    _run(cases, stall=0.35, seed=5)
+
+
+def test_wgroup_zero_multiplier_faults_and_writes_nothing():
+    rng = np.random.default_rng(220)
+    cases = [mc.make_linear(CONFIG, rng, wfmt=w, wgroup=g, out=o, bad="group_mult")
+             for w, g, o in ((1, 1, 0), (2, 2, 1))]
+    assert all(c.want is None and "multiplier is 0" in c.why for c in cases), [c.why for c in cases]
+    for case, res in zip(cases, mc.run_amaranth(CONFIG, cases)):
+        assert res["fault"] and res["error"] == MpeError.GROUP_MULT, f"{case.label}: {MpeError(res['error']).name}"
+        assert res["mismatches"] == 0, f"{case.label}: the data space changed"
+
+
+def _straddles(case, chains: int) -> bool:
+    """Some chain's chunk of multipliers straddles two weight words (the loader's 2-read path)."""
+    f = case.fields
+    gs = 2 if f["wgroup"] == 1 else 3
+    gbytes = (-(-f["k_blocks"] // (1 << gs)) + 1) >> 1
+    base = f["b_addr"] + f["n"] * f["k_blocks"] * 8
+    nmax, nib = max(1, chains // 2), 32 * chains
+    return any((2 * (base + r * gbytes) + (qb >> gs)) % nib > nib - nmax
+               for r in range(f["n"]) for qb in range(0, f["k_blocks"], 2 * chains))
+
+
+def test_wgroup_at_8_chains_with_straddling_multipliers():
+    """8 chains: a chunk holds 4 groups of 64 (2 of 128); rows whose multipliers straddle two weight
+    words; the cycles exact there too, and the estimate within 15 % + 16 cycles."""
+    config = mc.test_config(8)
+    rng = np.random.default_rng(230)
+    cases = []
+    for wg in (1, 2):
+        for _ in range(400):
+            case = mc.make_linear(config, rng, wfmt=int(rng.integers(1, 3)), wgroup=wg, m=1,
+                                  n=int(rng.integers(9, 25)), kb=int(rng.integers(17, 33)), out=0)
+            if _straddles(case, 8):
+                cases.append(case)
+                break
+        else:
+            raise AssertionError("no straddling case drawn")
+    for case, res in zip(cases, mc.run_amaranth(config, cases)):
+        assert not res["fault"] and res["mismatches"] == 0, f"{case.label}: {MpeError(res['error']).name}"
+        assert res["cycles"] == mpe_cycles(case.fields, config), f"{case.label}: RTL {res['cycles']} cycles"
+        estimate = mpe_cycles_estimate(case.fields, config)
+        assert abs(res["cycles"] - estimate) <= 0.15 * estimate + 16, f"{case.label}: {res['cycles']} vs {estimate}"

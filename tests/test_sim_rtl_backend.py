@@ -3,7 +3,8 @@
 The core is the ``tiny`` configuration (hw/config.py) with the matrix engine and glassllm's RoPE
 ROM; its Verilog conversion and Verilator build are cached on disk (~1.5 min + several minutes the
 first time). Under CI (OLIVINE_REDUCED=1) the end-to-end case runs one preset, a short prompt and
-few tokens; the full proof (4 presets and W4A4, 32 tokens) is ``slow``. SmolLM2-135M cut to one decoder
+few tokens; the full proof (4 presets and W4A4, 32 tokens) is ``slow``; so is w4a8-ovp-g128 (per-group
+weight multipliers, ``wgroup``; reduced: 3 tokens). SmolLM2-135M cut to one decoder
 layer (real shapes and head, its own core) runs its prefill and a decode step, unreduced only.
 """
 
@@ -69,6 +70,31 @@ def test_glassllm_w4a4_rtl_equals_isa_and_golden(harness):
     res = check_rtl(preset="w4a4-ovp", prompt="Once upon a time", max_new_tokens=2 if REDUCED else 32)
     _check(res)
     assert res["cycles"]["units"]["mpe"]["instructions"] > 0
+
+
+@rtl
+@pytest.mark.slow
+def test_glassllm_per_group_multipliers_rtl_equals_isa_and_golden(harness):
+    """w4a8-ovp-g128 (one 4-bit multiplier per 128 weights of a row, docs/contract.md 2a): the
+    compiled MM / MV carry ``wgroup=g128`` (the down projection's K = 341 ends in a partial group)
+    and the RTL core's matrix engine scales each block sum by its group's multiplier; tokens and
+    every int32 logit equal the functional simulator's and golden's. Same tiny core as the other
+    glassllm cases (no extra build); under CI a short prompt and 3 tokens."""
+    from olivine.compiler.compile import compile_model
+    from olivine.compiler.spec import spec_from_qllama
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qcache import quantize_cached
+    from olivine.sim.rtl_backend import check_rtl
+
+    preset = "w4a8-ovp-g128"
+    comp = compile_model(spec_from_qllama(quantize_cached(load_model("glassllm"), preset), "glassllm"),
+                         load_config("tiny"), max_context=48, max_prompt=16, prefill_step=16)
+    grouped = [i for prog in comp.programs.values() for i in isa.decode_program(prog.words)
+               if i.mnemonic in ("MM", "MV") and i.enum("wgroup") == "g128"]
+    assert grouped, "the preset's linears must compile to wgroup=g128 MM / MV"
+    res = check_rtl(preset=preset, prompt="Once" if REDUCED else "Once upon a time",
+                    max_new_tokens=3 if REDUCED else 16)
+    _check(res)
 
 
 @rtl
