@@ -210,7 +210,9 @@ def default_chains(dsp48e2: int, cores: int, chain_length: int = 16, sfu_dsp: in
     """Chains per core of the default configuration: a power of two (the matrix engine's weight word
     is 16 bytes per chain, hw/mpe.py), the one nearest to ``DSP_BUDGET`` of the board's DSPs
     (``DSP_BUDGET * dsp48e2 / cores - sfu_dsp`` DSPs per core in chains of ``chain_length``; a tie
-    takes the smaller), halved while ``cores x (chains x chain_length + sfu_dsp)`` exceeds the board.
+    takes the smaller), halved while ``cores x (chains x chain_length + sfu_dsp)`` exceeds the board
+    (at 70 % rounding up never does: it adds at most a third to the budget; only a board too small
+    for one chain gets 1, which the configuration's validation then refuses with the reason).
     U280 / U55C: budget 127.6 -> 128 chains (3 x (128 x 16 + 64) = 6,336 DSP48E2, FlightLLM's 6,345);
     U50 (2 cores): 126.2 -> 128 (4,224 of 5,952); U250 (3 cores): 175.2 -> 128 (6,336 of 12,288).
     """
