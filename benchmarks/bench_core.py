@@ -2,6 +2,7 @@
 
     python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
     python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
+    python benchmarks/bench_core.py resources --config default --parts weight_buffer   (one buffer alone)
 
 ``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
 write_verilog) and prints seconds (wall and CPU) and the Verilog's size. ``resources`` synthesises
@@ -59,28 +60,64 @@ class CoreBuffers(wiring.Component):
         return m
 
 
+class CoreBuffer(wiring.Component):
+    """One buffer exactly as OlivineCore builds it (hw.core._Buffer: its banks of lib.memory with the
+    primitive's ram_style, the word as wide as the widest unit port, e.g. the engine's 16 bytes per
+    chain), each bank's ports on the top as ``b<bank>_w_addr`` ... (hw.buffers.BufferBank's names)."""
+
+    def __init__(self, name: str, geometry: tuple[int, int, int, str]):
+        self.name = name
+        self.nbytes, self.word, self.nbanks, self.primitive = geometry
+        depth = self.nbytes // (self.word * self.nbanks)
+        ab = max(1, (depth - 1).bit_length())
+        members = {}
+        for b in range(self.nbanks):
+            members.update({f"b{b}_w_addr": In(ab), f"b{b}_w_data": In(8 * self.word), f"b{b}_w_en": In(self.word),
+                            f"b{b}_r_addr": In(ab), f"b{b}_r_en": In(1), f"b{b}_r_data": Out(8 * self.word)})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        from olivine.hw.core import _Buffer
+
+        m = Module()
+        buf = _Buffer(m, self.name, self.nbytes, self.word, self.nbanks, self.primitive)
+        for b in range(self.nbanks):
+            wr, rd = buf.wr[b], buf.rd[b]
+            m.d.comb += [wr.addr.eq(getattr(self, f"b{b}_w_addr")), wr.data.eq(getattr(self, f"b{b}_w_data")),
+                         wr.en.eq(getattr(self, f"b{b}_w_en")), rd.addr.eq(getattr(self, f"b{b}_r_addr")),
+                         rd.en.eq(getattr(self, f"b{b}_r_en")), getattr(self, f"b{b}_r_data").eq(rd.data)]
+        return m
+
+
 def parts(config) -> dict:
-    """name -> component: the core's parts, built with the parameters the core gives them."""
+    """name -> factory of the component: the core's parts, built with the parameters the core gives
+    them (``<buffer>_buffer``: one buffer as the core builds it, e.g. the engine's wide weight word)."""
     core = core_for(config, primitive=True)
     bb = core.beat_bytes
     largest = max(core.buffer_bytes.values())
     engine_bytes = -(-largest // bb) * bb
+    geometry = core.buffer_geometry()
     out = {
-        "controller": Controller(data_width=core.data_width, addr_width=64, id_width=1, offset_bits=DEFAULT_OFFSET_BITS,
-                                 max_outstanding=core.max_outstanding, queue_depth=core.queue_depth,
-                                 token_bits=core.token_bits, max_burst=FETCH_BURST),
-        "ld": LoadEngine(data_width=core.data_width, max_outstanding=core.max_outstanding, buffer_bytes=engine_bytes),
-        "st": StoreEngine(data_width=core.data_width, max_outstanding=core.max_outstanding, buffer_bytes=engine_bytes),
-        "ld_guard": TransferGuard("ld", sizes=core._target_sizes(), channels=core.channels,
-                                  channel_bytes=core.channel_bytes),
-        "st_guard": TransferGuard("st", sizes=core._target_sizes(), channels=core.channels,
-                                  channel_bytes=core.channel_bytes),
-        "buffers": CoreBuffers(core.buffer_geometry()),
-        "sfu": core.sfu,
+        "controller": lambda: Controller(data_width=core.data_width, addr_width=64, id_width=1,
+                                         offset_bits=DEFAULT_OFFSET_BITS, max_outstanding=core.max_outstanding,
+                                         queue_depth=core.queue_depth, token_bits=core.token_bits,
+                                         max_burst=FETCH_BURST),
+        "ld": lambda: LoadEngine(data_width=core.data_width, max_outstanding=core.max_outstanding,
+                                 buffer_bytes=engine_bytes),
+        "st": lambda: StoreEngine(data_width=core.data_width, max_outstanding=core.max_outstanding,
+                                  buffer_bytes=engine_bytes),
+        "ld_guard": lambda: TransferGuard("ld", sizes=core._target_sizes(), channels=core.channels,
+                                          channel_bytes=core.channel_bytes),
+        "st_guard": lambda: TransferGuard("st", sizes=core._target_sizes(), channels=core.channels,
+                                          channel_bytes=core.channel_bytes),
+        "buffers": lambda: CoreBuffers(geometry),
+        "sfu": lambda: core.sfu,
     }
+    for name in geometry:
+        out[f"{name}_buffer"] = lambda name=name: CoreBuffer(name, geometry[name])
     if core.mpe is not None:
-        out["mpe"] = core.mpe
-    out["core"] = core
+        out["mpe"] = lambda: core.mpe
+    out["core"] = lambda: core
     return out
 
 
@@ -119,10 +156,10 @@ def main(argv=None) -> int:
         return 0
     board = get_board(args.board)
     todo = parts(cfg)
-    names = [p for p in args.parts.split(",") if p] or list(todo)
+    names = [p for p in args.parts.split(",") if p] or [p for p in todo if not p.endswith("_buffer")]
     for name in names:
         t0 = time.monotonic()
-        report = synthesize(todo[name], f"olivine_{name}_{args.config}", timeout=args.timeout)
+        report = synthesize(todo[name](), f"olivine_{name}_{args.config}", timeout=args.timeout)
         row = _row(name, report, board)
         row["wall_seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(row), flush=True)
