@@ -236,7 +236,7 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     if mode == 0:
         load = C * (chunks + 1)
     elif mode == 1:
-        load = C * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))
+        load = min(C, n) * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))   # K rows: live chains only
     else:
         load = (C // 16 + 1 if C > 16 else 2) * 16 * kb   # the V rows, C // 16 + 1 reads each (2 for C <= 16)
     slots = max(1, C // 16)     # sparse: bands per column group
@@ -262,7 +262,7 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
                     params += 1
             act = tokens * (kb * words + prime) + (vals if accumulate else 0) + (params if out else 0)
             if mode != 0 and not (reuse and tp):
-                act += load if (cg or tp) else 0
+                act += (load if mode == 2 else cols * (load // min(C, n))) if (cg or tp) else 0
             writer = vals * (1 + accumulate) + params
             if fields.get("sparse"):   # per group: each band's N, then 2 weight + 2 meta reads per chain
                 beats = kb * (2 * C + 5 + slots) + (slots * (3 + kb // 16) - 1
@@ -275,6 +275,9 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
                     bq = min(blocks, kb - q * blocks)
                     beats += max(bq * digits + 1, (2 * C if q == 0 else C) + 2)
             total += max(act, beats, writer)
+    # the last record's writer overlaps nothing (earlier ones overlap the next group's loads and
+    # beats): it shows with many columns per group, e.g. pv / qk at 32 chains
+    total += writer if C > 16 else 0
     latency = CHAIN_LENGTH + 5 + 3 + 4
     total += latency + (REQUANT_LATENCY if out else 0)
     return total

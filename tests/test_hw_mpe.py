@@ -282,9 +282,9 @@ def _sparse_32(rng, config, *, m, n, kb, wfmt, out=0, label=""):
 
 
 CONFIG32 = mc.test_config(32)
-#: 32 chains with a 40 KiB data space (shapes beyond one 32-block chunk)
-CONFIG32_WIDE = CONFIG32.replace(buffers=BufferConfig(weight_kib=8, activation_kib=32, global_kib=8, meta_kib=1,
-                                                      bias_kib=1))
+#: 32 chains with a 40 KiB data space and 4 KiB meta / bias buffers (shapes beyond one 32-block chunk)
+CONFIG32_WIDE = CONFIG32.replace(buffers=BufferConfig(weight_kib=8, activation_kib=32, global_kib=8, meta_kib=4,
+                                                      bias_kib=4))
 
 
 def test_pv_and_sparse_at_32_chains():
