@@ -2,7 +2,7 @@
 
     python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
     python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
-    python benchmarks/bench_core.py resources --config default --parts weight_buffer   (one buffer alone)
+    python benchmarks/bench_core.py resources --config default --parts weight_buffer [--slice 64] [--primitive bram]
 
 ``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
 write_verilog) and prints seconds (wall and CPU) and the Verilog's size. ``resources`` synthesises
@@ -89,9 +89,11 @@ class CoreBuffer(wiring.Component):
         return m
 
 
-def parts(config) -> dict:
+def parts(config, *, buffer_slice: int = 0, buffer_primitive: str = "") -> dict:
     """name -> factory of the component: the core's parts, built with the parameters the core gives
-    them (``<buffer>_buffer``: one buffer as the core builds it, e.g. the engine's wide weight word)."""
+    them (``<buffer>_buffer``: one buffer as the core builds it, e.g. the engine's wide weight word;
+    ``buffer_slice``: only that many bytes of its word, same depth and banks (Yosys cannot read the
+    U280's 2 KiB-wide weight word); ``buffer_primitive``: "uram" / "bram" instead of the plan's)."""
     core = core_for(config, primitive=True)
     bb = core.beat_bytes
     largest = max(core.buffer_bytes.values())
@@ -113,8 +115,14 @@ def parts(config) -> dict:
         "buffers": lambda: CoreBuffers(geometry),
         "sfu": lambda: core.sfu,
     }
+    def one_buffer(name):
+        nbytes, word, banks, primitive = geometry[name]
+        if buffer_slice:
+            nbytes, word = nbytes // word * buffer_slice, buffer_slice
+        return CoreBuffer(name, (nbytes, word, banks, buffer_primitive or primitive))
+
     for name in geometry:
-        out[f"{name}_buffer"] = lambda name=name: CoreBuffer(name, geometry[name])
+        out[f"{name}_buffer"] = lambda name=name: one_buffer(name)
     if core.mpe is not None:
         out["mpe"] = lambda: core.mpe
     out["core"] = lambda: core
@@ -143,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-mpe", action="store_true")
     ap.add_argument("--parts", default="", help="comma list (default: every part, then the whole core)")
     ap.add_argument("--timeout", type=float, default=6 * 3600)
+    ap.add_argument("--slice", type=int, default=0, help="<buffer>_buffer parts: this many bytes of the word")
+    ap.add_argument("--primitive", default="", choices=("", "uram", "bram"), help="<buffer>_buffer parts")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.board)
     if args.what == "convert":
@@ -155,11 +165,12 @@ def main(argv=None) -> int:
                           "verilog_mb": round(len(text.encode()) / 1e6, 2), "lines": text.count("\n")}), flush=True)
         return 0
     board = get_board(args.board)
-    todo = parts(cfg)
+    todo = parts(cfg, buffer_slice=args.slice, buffer_primitive=args.primitive)
     names = [p for p in args.parts.split(",") if p] or [p for p in todo if not p.endswith("_buffer")]
     for name in names:
         t0 = time.monotonic()
-        report = synthesize(todo[name](), f"olivine_{name}_{args.config}", timeout=args.timeout)
+        tag = f"_s{args.slice}{args.primitive}" if args.slice or args.primitive else ""
+        report = synthesize(todo[name](), f"olivine_{name}_{args.config}{tag}", timeout=args.timeout)
         row = _row(name, report, board)
         row["wall_seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(row), flush=True)
