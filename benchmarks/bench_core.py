@@ -2,6 +2,7 @@
 
     python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
     python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
+    python benchmarks/bench_core.py resources --config default --parts weight_buffer [--slice 64] [--primitive bram]
 
 ``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
 write_verilog) and prints seconds (wall and CPU) and the Verilog's size. ``resources`` synthesises
@@ -59,28 +60,72 @@ class CoreBuffers(wiring.Component):
         return m
 
 
-def parts(config) -> dict:
-    """name -> component: the core's parts, built with the parameters the core gives them."""
+class CoreBuffer(wiring.Component):
+    """One buffer exactly as OlivineCore builds it (hw.core._Buffer: its banks of lib.memory with the
+    primitive's ram_style, the word as wide as the widest unit port, e.g. the engine's 16 bytes per
+    chain), each bank's ports on the top as ``b<bank>_w_addr`` ... (hw.buffers.BufferBank's names)."""
+
+    def __init__(self, name: str, geometry: tuple[int, int, int, str]):
+        self.name = name
+        self.nbytes, self.word, self.nbanks, self.primitive = geometry
+        depth = self.nbytes // (self.word * self.nbanks)
+        ab = max(1, (depth - 1).bit_length())
+        members = {}
+        for b in range(self.nbanks):
+            members.update({f"b{b}_w_addr": In(ab), f"b{b}_w_data": In(8 * self.word), f"b{b}_w_en": In(self.word),
+                            f"b{b}_r_addr": In(ab), f"b{b}_r_en": In(1), f"b{b}_r_data": Out(8 * self.word)})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        from olivine.hw.core import _Buffer
+
+        m = Module()
+        buf = _Buffer(m, self.name, self.nbytes, self.word, self.nbanks, self.primitive)
+        for b in range(self.nbanks):
+            wr, rd = buf.wr[b], buf.rd[b]
+            m.d.comb += [wr.addr.eq(getattr(self, f"b{b}_w_addr")), wr.data.eq(getattr(self, f"b{b}_w_data")),
+                         wr.en.eq(getattr(self, f"b{b}_w_en")), rd.addr.eq(getattr(self, f"b{b}_r_addr")),
+                         rd.en.eq(getattr(self, f"b{b}_r_en")), getattr(self, f"b{b}_r_data").eq(rd.data)]
+        return m
+
+
+def parts(config, *, buffer_slice: int = 0, buffer_primitive: str = "") -> dict:
+    """name -> factory of the component: the core's parts, built with the parameters the core gives
+    them (``<buffer>_buffer``: one buffer as the core builds it, e.g. the engine's wide weight word;
+    ``buffer_slice``: only that many bytes of its word, same depth and banks (Yosys cannot read the
+    U280's 2 KiB-wide weight word); ``buffer_primitive``: "uram" / "bram" instead of the plan's)."""
     core = core_for(config, primitive=True)
     bb = core.beat_bytes
     largest = max(core.buffer_bytes.values())
     engine_bytes = -(-largest // bb) * bb
+    geometry = core.buffer_geometry()
     out = {
-        "controller": Controller(data_width=core.data_width, addr_width=64, id_width=1, offset_bits=DEFAULT_OFFSET_BITS,
-                                 max_outstanding=core.max_outstanding, queue_depth=core.queue_depth,
-                                 token_bits=core.token_bits, max_burst=FETCH_BURST),
-        "ld": LoadEngine(data_width=core.data_width, max_outstanding=core.max_outstanding, buffer_bytes=engine_bytes),
-        "st": StoreEngine(data_width=core.data_width, max_outstanding=core.max_outstanding, buffer_bytes=engine_bytes),
-        "ld_guard": TransferGuard("ld", sizes=core._target_sizes(), channels=core.channels,
-                                  channel_bytes=core.channel_bytes),
-        "st_guard": TransferGuard("st", sizes=core._target_sizes(), channels=core.channels,
-                                  channel_bytes=core.channel_bytes),
-        "buffers": CoreBuffers(core.buffer_geometry()),
-        "sfu": core.sfu,
+        "controller": lambda: Controller(data_width=core.data_width, addr_width=64, id_width=1,
+                                         offset_bits=DEFAULT_OFFSET_BITS, max_outstanding=core.max_outstanding,
+                                         queue_depth=core.queue_depth, token_bits=core.token_bits,
+                                         max_burst=FETCH_BURST),
+        "ld": lambda: LoadEngine(data_width=core.data_width, max_outstanding=core.max_outstanding,
+                                 buffer_bytes=engine_bytes),
+        "st": lambda: StoreEngine(data_width=core.data_width, max_outstanding=core.max_outstanding,
+                                  buffer_bytes=engine_bytes),
+        "ld_guard": lambda: TransferGuard("ld", sizes=core._target_sizes(), channels=core.channels,
+                                          channel_bytes=core.channel_bytes),
+        "st_guard": lambda: TransferGuard("st", sizes=core._target_sizes(), channels=core.channels,
+                                          channel_bytes=core.channel_bytes),
+        "buffers": lambda: CoreBuffers(geometry),
+        "sfu": lambda: core.sfu,
     }
+    def one_buffer(name):
+        nbytes, word, banks, primitive = geometry[name]
+        if buffer_slice:
+            nbytes, word = nbytes // word * buffer_slice, buffer_slice
+        return CoreBuffer(name, (nbytes, word, banks, buffer_primitive or primitive))
+
+    for name in geometry:
+        out[f"{name}_buffer"] = lambda name=name: one_buffer(name)
     if core.mpe is not None:
-        out["mpe"] = core.mpe
-    out["core"] = core
+        out["mpe"] = lambda: core.mpe
+    out["core"] = lambda: core
     return out
 
 
@@ -106,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-mpe", action="store_true")
     ap.add_argument("--parts", default="", help="comma list (default: every part, then the whole core)")
     ap.add_argument("--timeout", type=float, default=6 * 3600)
+    ap.add_argument("--slice", type=int, default=0, help="<buffer>_buffer parts: this many bytes of the word")
+    ap.add_argument("--primitive", default="", choices=("", "uram", "bram"), help="<buffer>_buffer parts")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.board)
     if args.what == "convert":
@@ -118,11 +165,12 @@ def main(argv=None) -> int:
                           "verilog_mb": round(len(text.encode()) / 1e6, 2), "lines": text.count("\n")}), flush=True)
         return 0
     board = get_board(args.board)
-    todo = parts(cfg)
-    names = [p for p in args.parts.split(",") if p] or list(todo)
+    todo = parts(cfg, buffer_slice=args.slice, buffer_primitive=args.primitive)
+    names = [p for p in args.parts.split(",") if p] or [p for p in todo if not p.endswith("_buffer")]
     for name in names:
         t0 = time.monotonic()
-        report = synthesize(todo[name], f"olivine_{name}_{args.config}", timeout=args.timeout)
+        tag = f"_s{args.slice}{args.primitive}" if args.slice or args.primitive else ""
+        report = synthesize(todo[name](), f"olivine_{name}_{args.config}{tag}", timeout=args.timeout)
         row = _row(name, report, board)
         row["wall_seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(row), flush=True)

@@ -201,16 +201,39 @@ class AcceleratorConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: Share of a board's DSP48E2 the default configuration aims to put in its chains and SFUs (FlightLLM
+#: uses 6,345 of the U280's 9,024, 70 %).
+DSP_BUDGET = 0.70
+
+
+def default_chains(dsp48e2: int, cores: int, chain_length: int = 16, sfu_dsp: int = 64) -> int:
+    """Chains per core of the default configuration: a power of two (the matrix engine's weight word
+    is 16 bytes per chain, hw/mpe.py), the one nearest to ``DSP_BUDGET`` of the board's DSPs
+    (``DSP_BUDGET * dsp48e2 / cores - sfu_dsp`` DSPs per core in chains of ``chain_length``; a tie
+    takes the smaller), halved while ``cores x (chains x chain_length + sfu_dsp)`` exceeds the board
+    (at 70 % rounding up never does: it adds at most a third to the budget; only a board too small
+    for one chain gets 1, which the configuration's validation then refuses with the reason).
+    U280 / U55C: budget 127.6 -> 128 chains (3 x (128 x 16 + 64) = 6,336 DSP48E2, FlightLLM's 6,345);
+    U50 (2 cores): 126.2 -> 128 (4,224 of 5,952); U250 (3 cores): 175.2 -> 128 (6,336 of 12,288).
+    """
+    budget = max(1.0, (DSP_BUDGET * dsp48e2 / cores - sfu_dsp) / chain_length)
+    low = 1 << (int(budget).bit_length() - 1)         # the power of two at or below the budget
+    chains = low if budget - low <= 2 * low - budget else 2 * low
+    while chains > 1 and cores * (chains * chain_length + sfu_dsp) > dsp48e2:
+        chains //= 2
+    return chains
+
+
 def for_board(name: str, **overrides) -> AcceleratorConfig:
-    """The default configuration for a board, sized to fit it (overrides are validated)."""
+    """The default configuration for a board, sized to fit it (overrides are validated): up to 3
+    cores (one per SLR), :func:`default_chains` chains of 16 per core (a power of two near 70 % of
+    the DSPs), every HBM channel."""
     board = get_board(name)
     defaults: dict = {"board": board.name}
     if board.slrs is not None:
         defaults["cores"] = min(3, board.slrs)
     if board.dsp48e2 is not None:
-        # About 70% of the DSPs in chains, as FlightLLM does on the U280 (6,345 of 9,024).
-        per_core = int(0.70 * board.dsp48e2 / defaults.get("cores", 1)) - 64
-        defaults["chains_per_core"] = max(1, per_core // 16)
+        defaults["chains_per_core"] = default_chains(board.dsp48e2, defaults.get("cores", 1))
     if board.memory.channels:
         defaults["hbm_channels"] = board.memory.channels
     defaults.update(overrides)
@@ -279,7 +302,8 @@ def tiny(board: str = "u280") -> AcceleratorConfig:
 
 #: Named configurations: name -> (builder taking the board name, one-line description).
 CONFIGS = {
-    "default": (for_board, "sized to the board: up to 3 cores (one per SLR), ~70% of the DSPs in chains of 16, "
+    "default": (for_board, "sized to the board: up to 3 cores (one per SLR), the power of two of chains of 16 "
+                "nearest to ~70% of the DSPs, "
                 "all HBM channels, 1 MiB weight + 1.5 MiB activation + 512 KiB global buffer per core"),
     "small": (small, "1 core, 8 chains of 16, buffers sized for glassllm, 4 HBM channels (for RTL simulation)"),
     "tiny": (tiny, "small's buffers, 2 chains of 16, 4 SFU lanes, 128-bit AXI, 2 HBM channels (fast RTL "

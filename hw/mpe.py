@@ -10,9 +10,9 @@ same writer); ``wgroup`` g64 / g128 (per-group 4-bit weight multipliers, docs/co
 with dense int4 and ovp4 weights (all funcsim accepts: ``mode=linear``, ``sparse=0``, INT8
 activations); ``out`` int32, fixed32 (``bias``) and int8 through the
 requantizer (hw/requant.py); ``accumulate``; any m, n, k_blocks, ldo; every field rule and data
-rule answered with ``fault`` and an :class:`MpeError`, nothing written. Not built yet (``fault``
-with ``MpeError.NOT_BUILT``, nothing written): ``pv`` or ``sparse`` with more than 16 chains;
-``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
+rule answered with ``fault`` and an :class:`MpeError`, nothing written; any power of two of
+chains (the U280 default: 128). Not built yet (``fault`` with ``MpeError.NOT_BUILT``, nothing
+written): ``out=int8`` with ``accumulate`` and m > 1 (see :meth:`MatrixEngine._check`).
 
 Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; chain c on column
 cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
@@ -22,10 +22,14 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     linear: one 16C-byte weight word per chain and chunk (a carry word per chain cuts the chunk
     out at any byte offset; a row's first chunk takes 2 reads; ``wgroup``: then the chunk's
     multipliers, NMAX = max(1, C/2) nibbles of the row's multiplier bytes (a chunk of 2C blocks is
-    group-aligned or inside one group), 1 read, 2 when they straddle a word); qk: the K block rows from the data
-    space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per V row give the
-    C columns' bytes of that row (a transposing gather). When k_blocks fits one chunk, the chunk
-    is loaded once per column group and reused by all its token pairs.
+    group-aligned or inside one group), 1 read, 2 when they straddle a word); qk: the K block rows
+    from the data space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per
+    V row (C / 16 + 1 for C > 16: an unaligned C-byte slice) give the C columns' bytes of that row
+    (a transposing gather). qk and pv shift their blocks / bytes into the chains' words in K order
+    (no indexed writes: the word is 16C bytes). When k_blocks fits one chunk, the chunk is loaded
+    once per column group and reused by all its token pairs.
+  * Sparse: one K block per chunk; a column group of C > 16 chains spans C / 16 bands of 16 rows,
+    each with its own N per block (per band: the table scan, the N read, the chains' N codes).
   * Activation fetcher -> 4-beat FIFO: one 16-byte data-space read per token and block (P' blocks:
     4), a carry word per row for an unaligned a_addr.
   * pv: P' is int32 but the chains take 8-bit activations, so each block is issued in 5 passes,
@@ -150,7 +154,7 @@ class MpeError(py_enum.IntEnum):
     MODE_FIELDS = 8      # qk / pv with sparse, bias, wfmt, normal or meta_addr set
     OVERLAP = 9          # the output overlaps the A operand or (qk, pv) the b_addr operand
     ZERO_SHAPE = 10      # m, n or k_blocks = 0 (the decoder rejects these; never a hang)
-    NOT_BUILT = 11       # a valid instruction this revision does not execute (pv / sparse on > 16 chains, ...)
+    NOT_BUILT = 11       # a valid instruction this revision does not execute (int8 out + accumulate, m > 1)
     OUT_OF_RANGE = 12    # an operand, entry or the output beyond its buffer
     UNALIGNED = 13       # an int32 operand / output not 4-byte aligned
     MANTISSA = 14        # a row mantissa above 256 (data rule)
@@ -221,14 +225,16 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     * the data-space read port: ``tokens * (k_blocks * words + prime)`` operand reads (words =
       4 for a P' block, else 1; prime = 1 per token when a_addr is not 16-byte aligned), plus the
       writer's reads (one per value with ``accumulate``; requantization parameters 3 per token,
-      pv 1, qk 3 per column), plus the loader's (qk: K blocks; pv: 2 per V row);
+      pv 1, qk 3 per column), plus the loader's (qk: K blocks; pv: 2 per V row, C / 16 + 1 for
+      C > 16);
     * the chains: ``k_blocks`` beats (pv: 5 per block);
     * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads;
     and, when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
     or the next chunk's C weight reads, 2C for a row's first, which start when it is swapped in).
-    Sparse: per group 2C + 6 (its N, then 2 weight + 2 meta reads per chain), plus the band's
-    table scan and the block-N prescan. Plus the check cycles, the prescan of the data rules (out != int32: 2 per mantissa, 1 per
-    entry), the first chunk's load and the pipeline drain (chain latency + requantizer).
+    Sparse: per group 2C + 5 + C / 16 (each band's N, then 2 weight + 2 meta reads per chain),
+    plus the bands' table scans and the block-N prescan. Plus the check cycles, the prescan of the
+    data rules (out != int32: 2 per mantissa, 1 per entry), the first chunk's load and the
+    pipeline drain (chain latency + requantizer).
     """
     g = MpeGeometry(config)
     if fields.get("afmt"):   # W4A4 on the OVP array (hw/mpe_ovp.py)
@@ -249,9 +255,10 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     if mode == 0:
         load = C * (chunks + 1) + mreads * chunks
     elif mode == 1:
-        load = C * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))
+        load = min(C, n) * (kb + (1 if fields.get("b_addr", 0) % 16 else 0))   # K rows: live chains only
     else:
-        load = 2 * 16 * kb
+        load = (C // 16 + 1 if C > 16 else 2) * 16 * kb   # the V rows, C // 16 + 1 reads each (2 for C <= 16)
+    slots = max(1, C // 16)     # sparse: bands per column group
     total = 2
     if fields.get("sparse"):   # the block-N table prescan
         total += -(-(n // 16 * kb) // 16) + 3
@@ -277,10 +284,11 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
                     params += 1
             act = tokens * (kb * words + prime) + (vals if accumulate else 0) + (params if out else 0)
             if mode != 0 and not (reuse and tp):
-                act += load if (cg or tp) else 0
+                act += (load if mode == 2 else cols * (load // min(C, n))) if (cg or tp) else 0
             writer = vals * (1 + accumulate) + params
-            if fields.get("sparse"):   # per group: its N, then 2 weight + 2 meta reads per chain
-                beats = kb * (2 * C + 6) + (2 + kb // 16 if cg % max(1, 16 // C) == 0 and tp == 0 else 0)
+            if fields.get("sparse"):   # per group: each band's N, then 2 weight + 2 meta reads per chain
+                beats = kb * (2 * C + 5 + slots) + (slots * (3 + kb // 16) - 1
+                                                    if cg % max(1, 16 // C) == 0 and tp == 0 else 0)
             elif reuse:
                 beats = kb * digits + (0 if tp else 1)
             else:   # a chunk's beats, or its load (which starts when the previous chunk starts)
@@ -289,6 +297,9 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
                     bq = min(blocks, kb - q * blocks)
                     beats += max(bq * digits + 1, (2 * C if q == 0 else C) + mreads + 2)
             total += max(act, beats, writer)
+    # the last record's writer overlaps nothing (earlier ones overlap the next group's loads and
+    # beats): it shows with many columns per group, e.g. pv / qk at 32 chains
+    total += writer if C > 16 else 0
     latency = CHAIN_LENGTH + 5 + 3 + 4
     total += latency + (REQUANT_LATENCY if out else 0)
     return total
@@ -373,7 +384,7 @@ class MatrixEngine(wiring.Component):
             # int8 output over an int32 accumulate input with m > 1: funcsim reads every input before
             # it writes; the engine writes column group by column group, so a later row's int8 bytes
             # could land on an earlier row's input not read yet: refused rather than wrong
-            ((pv | f.sparse) & (self.chains > 16) | out_i8 & f.accumulate & (f.m > 1),
+            (out_i8 & f.accumulate & (f.m > 1),
              MpeError.NOT_BUILT),
             ((f.a_addr + a_bytes > g.space_bytes) | (linear & ~f.sparse & (f.b_addr + w_bytes > g.weight_bytes))
              | (f.sparse & ((f.meta_addr << 4) + (f.n >> 4) * f.k_blocks > g.meta_bytes))
@@ -569,7 +580,10 @@ class MatrixEngine(wiring.Component):
         # ---- weight loader -> wnext (one chunk per chain), double-buffered with wcur
         #   linear: weight port, one word per chain and chunk (a carry word per chain; 2 for chunk 0)
         #   qk: the K block rows from the data space, one 16-byte word per block (+1 prime if unaligned)
-        #   pv: the V rows from the data space, two 16-byte words per V row give C columns' bytes
+        #   pv: the V rows from the data space, PV_READS 16-byte words per V row give C columns' bytes
+        #   qk and pv shift their blocks / bytes in at the top of wnext (in K order), so a chunk of
+        #   chunk_blocks < blocks sits in blocks [blocks - chunk_blocks, blocks): the issuer's is_skip
+        PV_READS = C // 16 + 1 if C > 16 else 2
         wnext = [Signal(8 * W, name=f"wnext{c}") for c in range(C)]
         wcur = [Signal(8 * W, name=f"wcur{c}") for c in range(C)]
         wcarry = [Signal(8 * W, name=f"wcarry{c}") for c in range(C)]
@@ -598,8 +612,6 @@ class MatrixEngine(wiring.Component):
         wp_valid, wp_zero, wp_last = Signal(), Signal(), Signal()
         wp_r = Signal(range(2 * C + 4))
         wp_c = Signal(range(C))
-        wp_i = Signal(4)
-        wp_j = Signal(range(2 * C))
         wp_off = Signal(range(W))
         stash = Signal(8 * W)
         kcarry = Signal(128)
@@ -653,29 +665,41 @@ class MatrixEngine(wiring.Component):
             word = Signal(32)
             m.d.comb += word.eq((wl_addr >> 4) + wl_r)
             m.d.comb += [ld_rd_req.eq(1), ld_rd_addr.eq(Mux(word <= last_word, word, last_word))]
-            m.d.sync += [wp_valid.eq(1), wp_zero.eq(0), wp_r.eq(wl_r), wp_i.eq(wl_i), wp_j.eq(wl_j),
+            row_end = wl_r == PV_READS - 1
+            m.d.sync += [wp_valid.eq(1), wp_zero.eq(0), wp_r.eq(wl_r),
                          wp_off.eq(wl_addr[:4]),
-                         wp_last.eq(wl_r.bool() & (wl_i == 15) & (wl_j == chunk_blocks - 1)), wl_r.eq(~wl_r[0])]
-            with m.If(wl_r[0]):
+                         wp_last.eq(row_end & (wl_i == 15) & (wl_j == chunk_blocks - 1)),
+                         wl_r.eq(Mux(row_end, 0, wl_r + 1))]
+            with m.If(row_end):
                 m.d.sync += [wl_addr.eq(wl_addr + f.n), wl_i.eq(wl_i + 1)]
                 with m.If(wl_i == 15):
                     m.d.sync += wl_j.eq(wl_j + 1)
                     with m.If(wl_j == chunk_blocks - 1):
                         m.d.sync += [wl_j.eq(0), wl_wait.eq(1)]
-        # sparse (N:16, one group per chunk; C <= 16 so a column group lies in one 16-row band):
-        #   at a band's first chunk, scan its row of the block-N table for R = sum N and S = sum of
-        #   the sparse N (its rows' kept values and stored indices); per group read N, then per chain
-        #   two weight words (its N kept values) and two meta words (its N indices, N < 16)
+        # sparse (N:16, one group per chunk): a column group of C <= 16 chains lies in one 16-row band;
+        #   of C > 16 chains it spans SL = C / 16 bands, one per slot (chains 16s .. 16s + 15), each with
+        #   its own N per K block. At a column group's first chunk (C < 16: a band's), scan each live
+        #   slot's row of the block-N table for R = sum N and S = sum of the sparse N (its rows' kept
+        #   values and stored indices); per group read each live slot's N, then per chain two weight
+        #   words (its N kept values) and two meta words (its N indices, N < 16). A slot past the
+        #   last band (n not a multiple of C) is neither scanned nor read: its columns are not written.
+        SL = max(1, C // 16)
         sp_band = Signal(13)
         sp_valid = Signal()
-        sp_R, sp_S = Signal(17), Signal(17)
-        sp_vband, sp_iband = Signal(32), Signal(32)     # kept values / indices before the band
-        sp_pv, sp_pi = Signal(17), Signal(17)           # kept values / indices before the group (row)
+        sp_s = Signal(range(max(2, SL)))                # the slot being scanned / whose N is read
+        sp_R = [Signal(17, name=f"sp_R{i}") for i in range(SL)]
+        sp_S = [Signal(17, name=f"sp_S{i}") for i in range(SL)]
+        sp_vband = [Signal(32, name=f"sp_vband{i}") for i in range(SL)]  # kept values / indices before the band
+        sp_iband = [Signal(32, name=f"sp_iband{i}") for i in range(SL)]
+        sp_pv = [Signal(17, name=f"sp_pv{i}") for i in range(SL)]  # kept values / indices before the group (row)
+        sp_pi = [Signal(17, name=f"sp_pi{i}") for i in range(SL)]
         sp_st = Signal(2)                               # 0 scan, 1 read N, 2 chains
         sp_w = Signal(13)
-        sp_n = Signal(5)
-        sp_code_next, sp_code_cur = Signal(2), Signal(2)
-        sp_n_next, sp_n_cur = Signal(5), Signal(5)
+        sp_n = [Signal(5, name=f"sp_n{i}") for i in range(SL)]
+        sp_code_next = [Signal(2, name=f"sp_code_next{i}") for i in range(SL)]
+        sp_code_cur = [Signal(2, name=f"sp_code{i}") for i in range(SL)]
+        sp_n_next = [Signal(5, name=f"sp_n_next{i}") for i in range(SL)]
+        sp_n_cur = [Signal(5, name=f"sp_n_cur{i}") for i in range(SL)]
         widx_next = [Signal(64, name=f"widx_next{c}") for c in range(C)]
         widx_cur = [Signal(64, name=f"widx{c}") for c in range(C)]
         meta_base = Signal(22)
@@ -684,50 +708,77 @@ class MatrixEngine(wiring.Component):
         m.d.comb += table_bytes.eq((f.n >> 4) * f.k_blocks)
         idx_base = Signal(30)
         m.d.comb += idx_base.eq(meta_base + (((table_bytes + 15) >> 4) << 4))
-        band = wl_cb >> 4
-        row_addr = Signal(30)                           # the band's table row
+        band0 = wl_cb >> 4                              # the column group's first band
+        band = Signal(13)                               # slot sp_s's band
+        m.d.comb += band.eq(band0 + sp_s)
+        row_addr = Signal(30)                           # its table row
         m.d.comb += row_addr.eq(meta_base + band * f.k_blocks)
+        live_last = Signal(range(max(2, SL)))           # the last slot with rows below n
+        bands_left = Signal(13)
+        m.d.comb += [bands_left.eq((f.n >> 4) - band0),
+                     live_last.eq(Mux(bands_left >= SL, SL - 1, bands_left - 1))]
         mwa = MpeGeometry.addr_bits(g.meta_words)
         sp_pend = Signal(2)                             # 1 scan word, 2 N word, 3 chain read
         sp_pend_half, sp_pend_c = Signal(), Signal(range(C))
         sp_pend_voff, sp_pend_ioff = Signal(range(W)), Signal(4)
         sp_pend_w = Signal(13)
+        sp_pend_s = Signal(range(max(2, SL)))
+        sp_pend_row = Signal(30)
         sp_half = Signal()
         m.d.sync += sp_pend.eq(0)
         rr = (wl_cb[:4] + wl_c)[:4]
+        lslot = wl_c >> 4 if C > 16 else Const(0, 1)    # the loading chain's slot
         vptr = Signal(32)
-        m.d.comb += vptr.eq(sp_vband + rr * sp_R + sp_pv)
+        m.d.comb += vptr.eq(Array(sp_vband)[lslot] + rr * Array(sp_R)[lslot] + Array(sp_pv)[lslot])
         vbyte = Signal(32)
         m.d.comb += vbyte.eq(f.b_addr + Mux(f.wfmt == 0, vptr, vptr >> 1))
         iptr = Signal(32)
-        m.d.comb += iptr.eq(sp_iband + rr * sp_S + sp_pi)
+        m.d.comb += iptr.eq(Array(sp_iband)[lslot] + rr * Array(sp_S)[lslot] + Array(sp_pi)[lslot])
         ibyte = Signal(32)
         m.d.comb += ibyte.eq(idx_base + (iptr >> 1))
         with m.If(loading & f.sparse):
             with m.If((wl_qb == 0) & (wl_c == 0) & (sp_st == 0) & ~sp_half & (sp_w == 0)):
-                m.d.sync += [sp_pv.eq(0), sp_pi.eq(0)]
+                m.d.sync += [r.eq(0) for r in sp_pv + sp_pi]
             with m.Switch(sp_st):
                 with m.Case(0):
-                    with m.If(sp_valid & (band == sp_band)):
+                    with m.If(sp_valid & (band0 == sp_band)):
                         m.d.sync += sp_st.eq(1)
                     with m.Elif(sp_w == 0):
-                        # a new band: the previous band's totals move into the bases
-                        m.d.sync += [sp_vband.eq(Mux(sp_valid, sp_vband + (sp_R << 4), 0)),
-                                     sp_iband.eq(Mux(sp_valid, sp_iband + (sp_S << 4), 0)),
-                                     sp_R.eq(0), sp_S.eq(0), sp_w.eq(1), sp_pv.eq(0), sp_pi.eq(0)]
+                        # a new band: the previous band's totals (the previous slot's, complete once its
+                        # last scan word is in) move into the bases
+                        with m.If(sp_pend == 0):
+                            for i in range(SL):
+                                with m.If(sp_s == i):
+                                    if i == 0:
+                                        pv_base = Mux(sp_valid, sp_vband[SL - 1] + (sp_R[SL - 1] << 4), 0)
+                                        pi_base = Mux(sp_valid, sp_iband[SL - 1] + (sp_S[SL - 1] << 4), 0)
+                                    else:
+                                        pv_base = sp_vband[i - 1] + (sp_R[i - 1] << 4)
+                                        pi_base = sp_iband[i - 1] + (sp_S[i - 1] << 4)
+                                    m.d.sync += [sp_vband[i].eq(pv_base), sp_iband[i].eq(pi_base), sp_R[i].eq(0),
+                                                 sp_S[i].eq(0), sp_pv[i].eq(0), sp_pi[i].eq(0)]
+                            m.d.sync += sp_w.eq(1)
                     with m.Else():
                         word = (row_addr >> 4) + sp_w - 1
                         m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq(word[:mwa])]
-                        m.d.sync += [sp_pend.eq(1), sp_pend_w.eq(word)]
+                        m.d.sync += [sp_pend.eq(1), sp_pend_w.eq(word), sp_pend_s.eq(sp_s), sp_pend_row.eq(row_addr)]
                         with m.If(((word + 1) << 4) >= row_addr + f.k_blocks):
-                            m.d.sync += [sp_w.eq(0), sp_st.eq(1), sp_band.eq(band), sp_valid.eq(1)]
+                            m.d.sync += sp_w.eq(0)
+                            with m.If(sp_s == live_last):
+                                m.d.sync += [sp_st.eq(1), sp_band.eq(band0), sp_valid.eq(1), sp_s.eq(0)]
+                            with m.Else():
+                                m.d.sync += sp_s.eq(sp_s + 1)
                         with m.Else():
                             m.d.sync += sp_w.eq(sp_w + 1)
                 with m.Case(1):
-                    with m.If(sp_pend == 0):
+                    with m.If(sp_pend != 1):
                         nb = row_addr + wl_qb
                         m.d.comb += [self.meta_rd.en.eq(1), self.meta_rd.addr.eq((nb >> 4)[:mwa])]
-                        m.d.sync += [sp_pend.eq(2), sp_pend_ioff.eq(nb[:4]), sp_st.eq(2)]
+                        m.d.sync += [sp_pend.eq(2), sp_pend_ioff.eq(nb[:4]), sp_pend_s.eq(sp_s)]
+                        with m.If(sp_s == live_last):
+                            m.d.sync += [sp_st.eq(2), sp_s.eq(0)]
+                        with m.Else():
+                            m.d.sync += sp_s.eq(sp_s + 1)
                 with m.Case(2):
                     with m.If(sp_pend != 2):
                         wword = (vbyte // W) + sp_half
@@ -740,8 +791,10 @@ class MatrixEngine(wiring.Component):
                                      sp_pend_voff.eq(vbyte % W), sp_pend_ioff.eq(ibyte[:4]), sp_half.eq(~sp_half)]
                         with m.If(sp_half):
                             with m.If(wl_c == C - 1):
-                                m.d.sync += [wl_c.eq(0), wl_wait.eq(1), sp_st.eq(0),
-                                             sp_pv.eq(sp_pv + sp_n), sp_pi.eq(sp_pi + Mux(sp_n == 16, 0, sp_n))]
+                                m.d.sync += [wl_c.eq(0), wl_wait.eq(1), sp_st.eq(0)]
+                                for i in range(SL):
+                                    m.d.sync += [sp_pv[i].eq(sp_pv[i] + sp_n[i]),
+                                                 sp_pi[i].eq(sp_pi[i] + Mux(sp_n[i] == 16, 0, sp_n[i]))]
                             with m.Else():
                                 m.d.sync += wl_c.eq(wl_c + 1)
         mdata = self.meta_rd.data
@@ -749,15 +802,19 @@ class MatrixEngine(wiring.Component):
             adds_r, adds_s = [], []
             for e in range(16):
                 addr_e = (sp_pend_w << 4) + e
-                inside = (addr_e >= row_addr) & (addr_e < row_addr + f.k_blocks)
+                inside = (addr_e >= sp_pend_row) & (addr_e < sp_pend_row + f.k_blocks)
                 nv = mdata[8 * e: 8 * e + 8]
                 adds_r.append(Mux(inside, nv, 0))
                 adds_s.append(Mux(inside & (nv != 16), nv, 0))
-            m.d.sync += [sp_R.eq(sp_R + sum(adds_r)), sp_S.eq(sp_S + sum(adds_s))]
+            for i in range(SL):
+                with m.If(sp_pend_s == i):
+                    m.d.sync += [sp_R[i].eq(sp_R[i] + sum(adds_r)), sp_S[i].eq(sp_S[i] + sum(adds_s))]
         with m.If(sp_pend == 2):
             nv = mdata.word_select(sp_pend_ioff, 8)
-            m.d.sync += [sp_n.eq(nv), sp_n_next.eq(nv)]
-            m.d.sync += sp_code_next.eq(Mux(nv == 2, 0, Mux(nv == 4, 1, Mux(nv == 8, 2, 3))))
+            for i in range(SL):
+                with m.If(sp_pend_s == i):
+                    m.d.sync += [sp_n[i].eq(nv), sp_n_next[i].eq(nv),
+                                 sp_code_next[i].eq(Mux(nv == 2, 0, Mux(nv == 4, 1, Mux(nv == 8, 2, 3))))]
         with m.If(sp_pend == 3):
             with m.If(~sp_pend_half):
                 m.d.sync += [stash.eq(self.weight_rd.data), kcarry.eq(mdata)]
@@ -770,8 +827,8 @@ class MatrixEngine(wiring.Component):
                 with m.If(sp_pend_c == C - 1):
                     m.d.sync += next_full.eq(1)
         with m.If(chain_start):
-            m.d.sync += [sp_valid.eq(0), sp_st.eq(0), sp_w.eq(0), sp_half.eq(0), sp_pv.eq(0), sp_pi.eq(0),
-                         sp_vband.eq(0), sp_iband.eq(0), sp_R.eq(0), sp_S.eq(0)]
+            m.d.sync += [sp_valid.eq(0), sp_st.eq(0), sp_w.eq(0), sp_half.eq(0), sp_s.eq(0)]
+            m.d.sync += [r.eq(0) for r in sp_pv + sp_pi + sp_vband + sp_iband + sp_R + sp_S]
 
         # the chunk is loaded and handed over: the next one (the next column group when reused)
         with m.If(wl_busy & wl_wait & ~next_full & ~wp_valid & (sp_pend == 0)):
@@ -807,10 +864,9 @@ class MatrixEngine(wiring.Component):
                 with m.Else():
                     blk = Mux(b_off == 0, rdata, _funnel(fm, kcarry, rdata, b_off, 16, "k_funnel"))
                     m.d.sync += kcarry.eq(rdata)
-                    slot = (wp_r - (b_off != 0))[:len(wp_j)]
                     for c in range(C):
                         with m.If(wp_c == c):
-                            m.d.sync += wnext[c].word_select(slot, 128).eq(blk)
+                            m.d.sync += wnext[c].eq(Cat(wnext[c][128:], blk))
             with m.Elif(~qk & wg_on & (wp_r >= wl_vreads)):
                 # the chunk's multipliers: NMAX nibbles from nibble wp_moff (of this word, or of the
                 # previous word's top NMAX nibbles and this one's low NMAX when they straddle)
@@ -842,12 +898,15 @@ class MatrixEngine(wiring.Component):
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(wp_valid & pv):
-            with m.If(~wp_r[0]):
-                m.d.sync += kcarry.eq(rdata)
-            with m.Else():
+            m.d.sync += kcarry.eq(rdata)
+            with m.If(wp_r != 0):
+                # read r >= 1 of a V row: its bytes 16(r - 1) .. 16r - 1 go to chains 16(r - 1) + e
                 vrow = _funnel(fm, kcarry, rdata, wp_off, 16, "v_funnel")
-                for c in range(C):
-                    m.d.sync += wnext[c].word_select(Cat(wp_i, wp_j), 8).eq(vrow[8 * c: 8 * c + 8])
+                for sl in range(PV_READS - 1):
+                    with m.If(wp_r == sl + 1):
+                        for e in range(min(16, C)):
+                            c = 16 * sl + e
+                            m.d.sync += wnext[c].eq(Cat(wnext[c][8:], vrow[8 * e: 8 * e + 8]))
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(chain_start):
@@ -858,6 +917,9 @@ class MatrixEngine(wiring.Component):
         # ---- issuer: one beat to every chain (pv: 5 beats per block, one per digit of P)
         is_busy, is_cur = Signal(), Signal()
         is_j = Signal(range(2 * C))
+        is_skip = Signal(range(2 * C))        # qk / pv: the chunk's first block in wcur (see the loader)
+        is_blk = Signal(range(2 * C))
+        m.d.comb += is_blk.eq(is_j + is_skip)
         is_kb = Signal(12)
         is_cb = Signal(17)
         is_t0 = Signal(13)
@@ -866,7 +928,8 @@ class MatrixEngine(wiring.Component):
         m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=TAG_FIFO_DEPTH)
         with m.If(~is_cur & next_full):
             m.d.sync += is_cur.eq(1), next_full.eq(0)
-            m.d.sync += [sp_code_cur.eq(sp_code_next), sp_n_cur.eq(sp_n_next)]
+            m.d.sync += [is_skip.eq(Mux(qk | pv, blocks - chunk_blocks, 0))]
+            m.d.sync += [cur.eq(nxt) for cur, nxt in zip(sp_code_cur + sp_n_cur, sp_code_next + sp_n_next)]
             for c in range(C):
                 m.d.sync += [wcur[c].eq(wnext[c]), widx_cur[c].eq(widx_next[c]), mcur[c].eq(mnext[c])]
         can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
@@ -898,8 +961,8 @@ class MatrixEngine(wiring.Component):
                 m.d.comb += x[e].eq(Mux(pv, digit, code8.as_signed()))
             xs.append(x)
         for c, ch in enumerate(chains):
-            blk8 = shift_right(fm, wcur[c], is_j, step=128, width=128, name=f"blk8_{c}")
-            blk4 = shift_right(fm, wcur[c], is_j, step=64, width=64, name=f"blk4_{c}")
+            blk8 = shift_right(fm, wcur[c], is_blk, step=128, width=128, name=f"blk8_{c}")
+            blk4 = shift_right(fm, wcur[c], is_blk, step=64, width=64, name=f"blk4_{c}")
             values = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wvals{c}")
             for p in range(8):
                 dec = OvpPairDecoder("runtime")
@@ -914,11 +977,12 @@ class MatrixEngine(wiring.Component):
                         with m.Default():
                             m.d.comb += values[d].eq(operand.integer << operand.exponent)
             masked = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wmasked{c}")
+            slot = c // 16 if C > 16 else 0   # the chain's band in its column group (sparse)
             for d in range(16):   # sparse: DSPs beyond the group's N kept weights get 0
-                m.d.comb += masked[d].eq(Mux(~f.sparse | (d < sp_n_cur), values[d], 0))
+                m.d.comb += masked[d].eq(Mux(~f.sparse | (d < sp_n_cur[slot]), values[d], 0))
             m.d.comb += [ch.i.valid.eq(can_issue), ch.i.payload.x0.eq(xs[0]), ch.i.payload.x1.eq(xs[1]),
                          ch.i.payload.weights.eq(masked), ch.i.payload.index.eq(widx_cur[c]),
-                         ch.i.payload.n_code.eq(Mux(f.sparse, sp_code_cur, n_code(16)))]
+                         ch.i.payload.n_code.eq(Mux(f.sparse, sp_code_cur[slot], n_code(16)))]
         with m.If(fire):
             with m.If(~last_digit):
                 m.d.sync += is_d.eq(is_d + 1)

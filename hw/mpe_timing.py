@@ -62,6 +62,8 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
     def mult_reads(row: int, qb: int) -> int:
         off = (2 * (mult_base + row * gbytes) + (qb >> gs)) % MNIB
         return 1 + (off > MNIB - NMAX)
+    pv_reads = C // 16 + 1 if C > 16 else 2   # data-space reads per V row (pv)
+    slots = max(1, C // 16)          # sparse: 16-row bands per column group
 
     # ---- CHECK (cycle 1), then the prescan of the data rules / the sparse table
     start = 1
@@ -114,7 +116,7 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
     afifo = 0
     wl_busy, wl_wait, wl_r, wl_i, wl_j, wl_c, wl_cb, wl_t0, wl_qb = 1, 0, 0, 0, 0, 0, 0, 0, 0
     next_full, wp_valid, wp_last = 0, 0, 0
-    sp_valid, sp_st, sp_w, sp_half, sp_band, sp_pend = 0, 0, 0, 0, -1, 0
+    sp_valid, sp_st, sp_w, sp_half, sp_band, sp_pend, sp_s = 0, 0, 0, 0, -1, 0, 0
     sp_pend_half, sp_pend_c = 0, 0
     is_busy, is_cur, is_j, is_kb, is_cb, is_t0, is_d = 1, 0, 0, 0, 0, 0, 0
     pipe = deque([0] * D)            # pipe[-1]: the chains' output register (o.valid)
@@ -270,33 +272,44 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
                     next_chain()
         if loading and pv and not wr_rd_req:
             n_wp_valid = 1
-            wp_last = wl_r == 1 and wl_i == 15 and wl_j == chunk_blocks - 1
-            n_wl["r"] = 1 - (wl_r & 1)
-            if wl_r:
+            row_end = wl_r == pv_reads - 1
+            wp_last = row_end and wl_i == 15 and wl_j == chunk_blocks - 1
+            n_wl["r"] = 0 if row_end else wl_r + 1
+            if row_end:
                 n_wl["i"] = (wl_i + 1) & 15
                 if wl_i == 15:
                     n_wl["j"] = wl_j + 1
                     if wl_j == chunk_blocks - 1:
                         n_wl.update(j=0, wait=1)
-        n_sp = dict(st=sp_st, w=sp_w, half=sp_half, band=sp_band, valid=sp_valid)
+        n_sp = dict(st=sp_st, w=sp_w, half=sp_half, band=sp_band, valid=sp_valid, s=sp_s)
         if loading and sparse:
-            band = wl_cb >> 4
-            row_addr = meta_base + band * kb
+            band0 = wl_cb >> 4
+            live_last = min(slots - 1, (n >> 4) - band0 - 1)
+            row_addr = meta_base + (band0 + sp_s) * kb
             if sp_st == 0:
-                if sp_valid and band == sp_band:
+                if sp_valid and band0 == sp_band:
                     n_sp["st"] = 1
                 elif sp_w == 0:
-                    n_sp["w"] = 1
+                    if sp_pend == 0:
+                        n_sp["w"] = 1
                 else:
                     word = (row_addr >> 4) + sp_w - 1
                     n_sp_pend = 1
                     if (word + 1) << 4 >= row_addr + kb:
-                        n_sp.update(w=0, st=1, band=band, valid=1)
+                        n_sp["w"] = 0
+                        if sp_s == live_last:
+                            n_sp.update(st=1, band=band0, valid=1, s=0)
+                        else:
+                            n_sp["s"] = sp_s + 1
                     else:
                         n_sp["w"] = sp_w + 1
             elif sp_st == 1:
-                if sp_pend == 0:
-                    n_sp_pend, n_sp["st"] = 2, 2
+                if sp_pend != 1:
+                    n_sp_pend = 2
+                    if sp_s == live_last:
+                        n_sp.update(st=2, s=0)
+                    else:
+                        n_sp["s"] = sp_s + 1
             elif sp_pend != 2:
                 n_sp_pend = 3
                 sp_pend_half, sp_pend_c = sp_half, wl_c
@@ -322,7 +335,7 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
             else:
                 n_qb = wl_qb + blocks
         wl_r, wl_c, wl_wait, wl_i, wl_j = (n_wl[k] for k in ("r", "c", "wait", "i", "j"))
-        sp_st, sp_w, sp_half, sp_band, sp_valid = (n_sp[k] for k in ("st", "w", "half", "band", "valid"))
+        sp_st, sp_w, sp_half, sp_band, sp_valid, sp_s = (n_sp[k] for k in ("st", "w", "half", "band", "valid", "s"))
         wl_busy, wl_cb, wl_t0, wl_qb = n_wl_busy, n_cb, n_t0, n_qb
         wp_valid, sp_pend = n_wp_valid, n_sp_pend
 

@@ -252,6 +252,11 @@ def run_amaranth(config, cases: list[Case], *, stall: float = 0.0, seed: int = 0
             results.append({"fault": finished == "fault", "error": int(ctx.get(dut.error)), "cycles": cycles,
                             "mismatches": int((after != want).sum()), "after": after})
 
+    # pysim compiles a memory write port's enable, replicated over the word, as one Python expression
+    # of one term per bit: the weight word (16 bytes per chain) needs a deeper compiler recursion
+    import sys
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 8 * g.wword_bytes + 1000))
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)

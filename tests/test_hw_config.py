@@ -1,6 +1,6 @@
 import pytest
 
-from olivine.hw.config import AcceleratorConfig, BufferConfig, ConfigError, for_board
+from olivine.hw.config import AcceleratorConfig, BufferConfig, ConfigError, default_chains, for_board
 
 
 def test_u280_default_fits_and_matches_flightllm_scale():
@@ -16,6 +16,20 @@ def test_u280_default_fits_and_matches_flightllm_scale():
 def test_every_board_has_a_buildable_default(board):
     cfg = for_board(board)
     assert cfg.board == board
+    # the matrix engine's chains come in powers of two (hw/mpe.py MpeGeometry)
+    assert cfg.chains_per_core & (cfg.chains_per_core - 1) == 0
+
+
+def test_default_chains_are_the_power_of_two_nearest_the_budget_that_fits():
+    # U280 / U55C: 0.7 * 9024 / 3 - 64 = 2041.6 DSPs = 127.6 chains -> 128: 3 x (2048 + 64) = 6,336
+    # (FlightLLM: 6,345); U50 (2 cores): 126.2 -> 128; U250 (3 of 4 SLRs): 175.2 -> 128, not 256
+    assert [for_board(b).chains_per_core for b in ("u280", "u55c", "u50", "u250")] == [128, 128, 128, 128]
+    assert for_board("u280").dsp_count == 6336
+    assert default_chains(6000, 1) == 256          # 258.5 -> 256 (4,160 DSPs)
+    assert default_chains(12000, 1) == 512         # 521 -> 512
+    assert default_chains(1000, 1) == 32           # 39.75: 32 is nearer than 64
+    assert default_chains(3200, 3) == 32           # 42.7 -> 32
+    assert default_chains(100, 3) == 1             # no room for a chain: 1 (the config's validation says why)
 
 
 @pytest.mark.parametrize("changes, reason", [

@@ -50,6 +50,19 @@ def test_core_for_builds_the_engine_and_the_rope_rom_of_the_model():
     assert core_for(cfg, mpe=False, sfu_ops=("add",)).mpe is None
 
 
+@pytest.mark.parametrize("board", ["u280", "u55c", "u50", "u250"])
+def test_the_default_core_of_every_board_has_its_matrix_engine(board):
+    """The boards' defaults have a power of two of chains (128), so the engine is built: MM / MV
+    run there (pv and sparse at any power of two, tests/test_hw_mpe.py at 32 chains)."""
+    from olivine.hw.config import for_board
+
+    cfg = for_board(board)
+    core = core_for(cfg, mpe=True)
+    assert isinstance(core.mpe, MatrixEngine) and core.mpe_problem is None
+    assert core.mpe.chains == cfg.chains_per_core == 128
+    assert core.mpe.geometry.wword_bytes == 16 * 128      # the 2 KiB weight word
+
+
 def test_core_for_leaves_the_slot_empty_when_the_engine_cannot_be_built():
     cfg = rtl_test_config(chains_per_core=3)           # the engine needs a power of two
     core = core_for(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from olivine.hw.config import BufferConfig
 from olivine.hw.mpe import MpeError, MatrixEngine, mpe_cycles, mpe_cycles_estimate
 from olivine.sim import mpe_check as mc
 from tests.helpers import REDUCED, requires_verilator
@@ -18,14 +19,14 @@ from tests.helpers import REDUCED, requires_verilator
 CONFIG = mc.test_config(2)
 
 
-def _run(cases, **kw):
-    results = mc.run_amaranth(CONFIG, cases, **kw)
+def _run(cases, config=CONFIG, **kw):
+    results = mc.run_amaranth(config, cases, **kw)
     for case, res in zip(cases, results):
         assert case.want is not None, f"{case.label}: funcsim rejected the case: {case.why}"
         assert not res["fault"] and res["error"] == 0, f"{case.label}: fault {MpeError(res['error']).name}"
         assert res["mismatches"] == 0, f"{case.label}: {res['mismatches']} data-space bytes differ from funcsim"
         # the performance model's cycle count is exact (frozen cycles are not counted)
-        assert res["cycles"] == mpe_cycles(case.fields, CONFIG), f"{case.label}: RTL {res['cycles']} cycles"
+        assert res["cycles"] == mpe_cycles(case.fields, config), f"{case.label}: RTL {res['cycles']} cycles"
     return results
 
 
@@ -349,3 +350,55 @@ def test_wgroup_at_8_chains_with_straddling_multipliers():
         assert res["cycles"] == mpe_cycles(case.fields, config), f"{case.label}: RTL {res['cycles']} cycles"
         estimate = mpe_cycles_estimate(case.fields, config)
         assert abs(res["cycles"] - estimate) <= 0.15 * estimate + 16, f"{case.label}: {res['cycles']} vs {estimate}"
+def _sparse_32(rng, config, *, m, n, kb, wfmt, out=0, label=""):
+    """A sparse case at 32 chains whose block-N table holds every N of 2, 4, 8, 16 in each band of the
+    first column group (so the two bands of a group differ block by block)."""
+    for _ in range(200):
+        case = mc.make_sparse(config, rng, m=m, n=n, kb=kb, wfmt=wfmt, out=out, label=label)
+        base = 16 * case.fields["meta_addr"]
+        table = case.meta[base: base + (n // 16) * kb].reshape(n // 16, kb)
+        if kb == 1 or len(set(table[:2].reshape(-1).tolist())) >= min(4, 2 * kb) and (table[0] != table[1]).any():
+            return case
+    raise AssertionError("no sparse case with mixed N per band")
+
+
+CONFIG32 = mc.test_config(32)
+#: 32 chains with a 40 KiB data space and 4 KiB meta / bias buffers (shapes beyond one 32-block chunk)
+CONFIG32_WIDE = CONFIG32.replace(buffers=BufferConfig(weight_kib=8, activation_kib=32, global_kib=8, meta_kib=4,
+                                                      bias_kib=4))
+
+
+def test_pv_and_sparse_at_32_chains():
+    """32 chains: pv's V gather of 3 reads per V row (an unaligned 32-byte slice) and sparse column
+    groups over two 16-row bands, each with its own N per K block (N in 2, 4, 8, 16; int8 / int4 /
+    ovp4 kept values), bit-exact with funcsim and cycle-exact with mpe_cycles. n = 48 leaves the
+    second column group half past n (one live band); one simulation for every case (a 32-chain
+    engine takes minutes to elaborate)."""
+    rng = np.random.default_rng(120)
+    cases = [mc.make_attention(CONFIG32, rng, "pv", m=2, n=48, kb=2, out=0, label="pv n=48 kb=2 (2 groups)"),
+             _sparse_32(rng, CONFIG32, m=2, n=48, kb=2, wfmt=0, label="sparse int8 n=48 kb=2"),
+             _sparse_32(rng, CONFIG32, m=1, n=32, kb=3, wfmt=1, out=1, label="sparse int4 MV n=32 kb=3 fixed32")]
+    if not REDUCED:
+        cases += [mc.make_attention(CONFIG32, rng, "pv", m=3, n=32, kb=1, out=2, accumulate=0,
+                                    label="pv int8 out m=3 kb=1"),
+                  _sparse_32(rng, CONFIG32, m=3, n=64, kb=2, wfmt=2, label="sparse ovp4 n=64 kb=2 (2 full groups)")]
+    results = _run(cases, CONFIG32)
+    for case, res in zip(cases, results):
+        estimate = mpe_cycles_estimate(case.fields, CONFIG32)
+        assert abs(res["cycles"] - estimate) <= 0.15 * estimate + 16, f"{case.label}: {res['cycles']} vs {estimate}"
+
+
+@pytest.mark.slow
+def test_pv_and_sparse_at_32_chains_larger_shapes():
+    """Several chunks and token pairs at 32 chains: pv with k_blocks beyond one chunk (40 > 32 blocks:
+    a partial second chunk shifted in at the top of the chains' words) and sparse over three bands'
+    worth of column groups; reduced under CI to one of each."""
+    rng = np.random.default_rng(121)
+    config = CONFIG32_WIDE
+    cases = [mc.make_attention(config, rng, "pv", m=2, n=40, kb=34, out=0, accumulate=1,
+                               label="pv kb=34 (two chunks), accumulate"),
+             _sparse_32(rng, config, m=3, n=96, kb=3, wfmt=0, out=2, label="sparse int8 n=96 kb=3 int8 out")]
+    if not REDUCED:
+        cases += [mc.make_attention(config, rng, "qk", m=3, n=40, kb=34, out=1, label="qk kb=34 (two chunks)"),
+                  _sparse_32(rng, config, m=2, n=80, kb=3, wfmt=1, out=1, label="sparse int4 n=80 kb=3")]
+    _run(cases, config)
