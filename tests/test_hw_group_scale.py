@@ -12,6 +12,18 @@ from olivine.hw.group_scale import GroupScaler, reference
 from tests.helpers import requires_verilator
 
 
+def _drive(ctx, dut, case, width: int) -> None:
+    """Set the flat psum / mult ports from [(psum, mult)] per lane."""
+    ctx.set(dut.psum, sum((p & ((1 << width) - 1)) << (i * width) for i, (p, _) in enumerate(case)))
+    ctx.set(dut.mult, sum(m << (4 * i) for i, (_, m) in enumerate(case)))
+
+
+def _lanes(flat: int, lanes: int, wo: int) -> list[int]:
+    """The flat out vector as signed per-lane values."""
+    vals = [(flat >> (i * wo)) & ((1 << wo) - 1) for i in range(lanes)]
+    return [v - (1 << wo) if v >> (wo - 1) else v for v in vals]
+
+
 @pytest.mark.parametrize("kind", ["mult4", "mult4-dsp", "pow2"])
 def test_group_scaler_is_exact_with_one_cycle_latency(kind):
     lanes, width = 4, 23
@@ -23,16 +35,12 @@ def test_group_scaler_is_exact_with_one_cycle_latency(kind):
     got = []
 
     async def bench(ctx):
-        wo = width + 4
         for case in cases:
-            ctx.set(dut.psum, sum((p & ((1 << width) - 1)) << (i * width) for i, (p, _) in enumerate(case)))
-            ctx.set(dut.mult, sum(m << (4 * i) for i, (_, m) in enumerate(case)))
+            _drive(ctx, dut, case, width)
             ctx.set(dut.valid, 1)
             await ctx.tick()
             assert ctx.get(dut.out_valid) == 1
-            flat = ctx.get(dut.out)
-            lanes_out = [(flat >> (i * wo)) & ((1 << wo) - 1) for i in range(lanes)]
-            got.append([v - (1 << wo) if v >> (wo - 1) else v for v in lanes_out])
+            got.append(_lanes(ctx.get(dut.out), lanes, width + 4))
         ctx.set(dut.valid, 0)
         await ctx.tick()
         assert ctx.get(dut.out_valid) == 0
@@ -58,14 +66,10 @@ def test_combinational_group_scaler_is_exact_with_no_latency():
     got = []
 
     async def bench(ctx):
-        wo = width + 4
         for case in cases:
-            ctx.set(dut.psum, sum((p & ((1 << width) - 1)) << (i * width) for i, (p, _) in enumerate(case)))
-            ctx.set(dut.mult, sum(m << (4 * i) for i, (_, m) in enumerate(case)))
+            _drive(ctx, dut, case, width)
             await ctx.delay(1e-9)
-            flat = ctx.get(dut.out)
-            lanes_out = [(flat >> (i * wo)) & ((1 << wo) - 1) for i in range(lanes)]
-            got.append([v - (1 << wo) if v >> (wo - 1) else v for v in lanes_out])
+            got.append(_lanes(ctx.get(dut.out), lanes, width + 4))
 
     sim = Simulator(dut)
     sim.add_testbench(bench)
