@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -165,6 +166,12 @@ def write_hdl(config: AcceleratorConfig, out: str | Path, *, lint: bool = False,
     check_output_directory(out, OUTPUT_KIND)  # refuse a bad path before the conversion (minutes at U280 size)
     t0 = time.monotonic()
     core = core_for(config, model_config, positions)
+    if core.mpe is not None and config.chains_per_core > 16:
+        # the engine's per-chain chunk registers grow as chains**2 (docs/benchmarks.md, "Core top"):
+        # say so before a conversion that runs for a long time
+        print(f"converting the core with its {config.chains_per_core}-chain matrix engine: the conversion grows "
+              f"with the square of the chains (32 chains: about 5 min of CPU; 128 chains: expect over an hour)",
+              file=sys.stderr, flush=True)
     text = verilog(core, TOP)
     seconds = time.monotonic() - t0
     if lint:
