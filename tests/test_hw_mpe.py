@@ -395,8 +395,11 @@ def test_pv_and_sparse_at_32_chains_larger_shapes():
     worth of column groups; reduced under CI to one of each."""
     rng = np.random.default_rng(121)
     config = CONFIG32_WIDE
-    cases = [mc.make_attention(config, rng, "pv", m=2, n=40, kb=34, out=0, accumulate=1,
-                               label="pv kb=34 (two chunks), accumulate"),
+    # under CI one token and one column group (33 blocks: still a partial second chunk), the
+    # full form two tokens over two column groups
+    cases = [mc.make_attention(config, rng, "pv", m=1 if REDUCED else 2, n=20 if REDUCED else 40,
+                               kb=33 if REDUCED else 34, out=0, accumulate=1,
+                               label="pv, two chunks (the second partial), accumulate"),
              _sparse_32(rng, config, m=3, n=96, kb=3, wfmt=0, out=2, label="sparse int8 n=96 kb=3 int8 out")]
     if not REDUCED:
         cases += [mc.make_attention(config, rng, "qk", m=3, n=40, kb=34, out=1, label="qk kb=34 (two chunks)"),
