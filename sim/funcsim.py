@@ -93,6 +93,16 @@ def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
 
 
+def _anchor(i, args: frozenset):
+    """The instruction a prepared form of ``i`` is kept on: ``i`` itself, or for an instruction the runtime
+    patched (``_sim_template`` = (decoded template, patched field names)) the template when every patched
+    field is one the prepared form takes per execution (``args``); else None (nothing is kept)."""
+    t = i.__dict__.get("_sim_template")
+    if t is None:
+        return i
+    return t[0] if t[1] <= args else None
+
+
 def _u32(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32).astype(np.int64)
 
@@ -365,6 +375,20 @@ def _rows_view(buf: np.ndarray, addr: int, shape: tuple[int, int], pitch: int) -
     return np.lib.stride_tricks.as_strided(buf[addr:], (rows, width), (pitch, 1))
 
 
+def _vshift_rows(p: np.ndarray, ev: np.ndarray, mv: np.ndarray, rows: int, cols: int, imm: int):
+    """:meth:`FuncSim._vshift` from V's exponents ``ev`` and (checked) mantissas ``mv`` (int64 [cols])."""
+    qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
+    e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
+    shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
+    # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
+    if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
+        p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
+    else:
+        p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
+                        >> np.minimum(shift, 62))
+    return p_sh.astype(np.int32), e_ref.reshape(-1).astype(np.int8)
+
+
 class FuncSim:
     """One accelerator core with its HBM. ``channel_bytes`` sizes each channel; ``image`` preloads them."""
 
@@ -586,7 +610,20 @@ class FuncSim:
             dst[:] = mem[idx]
         self.stats.hbm_read[ch] = self.stats.hbm_read.get(ch, 0) + total
 
+    #: fields a prepared ST takes per execution (the runtime patches a KV append's HBM address every step)
+    _ST_ARGS = frozenset(("hbm_addr", "channel"))
+
     def do_st(self, i):
+        anchor = _anchor(i, self._ST_ARGS)
+        if anchor is not None:  # one-burst STs keep their checked source view on the (template) instruction
+            plan = anchor.__dict__.get("_sim_st_plan")
+            if plan is None or plan[0] is not self:
+                plan = (self, self._prepare_st(anchor))
+                object.__setattr__(anchor, "_sim_st_plan", plan)
+            if plan[1] is not None:
+                v = i.values
+                plan[1](v["channel"], v["hbm_addr"])
+                return
         source = i.enum("source")
         length, n0, stride = i["length"], i["n0"], i["hbm_stride0"]
         src = self._slice(self._space(source), i["buf_addr"], length * n0, f"ST from {source}")
@@ -595,13 +632,19 @@ class FuncSim:
         last = i["hbm_addr"] + (n0 - 1) * stride
         if last + length > len(mem):  # checked before any byte is written
             raise SimError(f"ST writes bytes up to {last + length} of HBM channel {ch} ({len(mem)} bytes)")
-        if self._deferred and (source == "weight" or any(
-                c == ch and h < last + length and i["hbm_addr"] < h + b - a for a, b, c, h in self._deferred)):
+        if self._deferred and (source == "weight" or self._deferred_from(ch, i["hbm_addr"], last + length)):
             self._flush_weight()  # the ST reads the weight buffer, or overwrites a deferred piece's source
         for k in range(n0):
             a = i["hbm_addr"] + k * stride
             mem[a: a + length] = src[k * length: (k + 1) * length]
-        lo, hi = i["hbm_addr"], last + length
+        self._st_written(ch, i["hbm_addr"], last + length, length * n0)
+
+    def _deferred_from(self, ch: int, lo: int, hi: int) -> bool:
+        """Whether a deferred weight-buffer piece comes from HBM bytes [lo, hi) of channel ch."""
+        return any(c == ch and h < hi and lo < h + b - a for a, b, c, h in self._deferred)
+
+    def _st_written(self, ch: int, lo: int, hi: int, nbytes: int) -> None:
+        """After an ST wrote HBM bytes [lo, hi) of channel ch: drop what was decoded or recorded from them."""
         span = self._cached_span.get(ch)
         if span is not None and span[0] < hi and lo < span[1] and \
                 any(a < hi and lo < b for a, b in self._cached_hbm[ch]):  # a cached tile's source changed
@@ -614,7 +657,34 @@ class FuncSim:
                 for a in [a for a, hs in src.items()
                           if hs is not None and hs[0] == ch and hs[1] < hi and lo < hs[1] + hs[2]]:
                     src[a] = None  # nothing decoded from them may be cached under that source (a later LD)
-        self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + length * n0
+        self.stats.hbm_written[ch] = self.stats.hbm_written.get(ch, 0) + nbytes
+
+    def _prepare_st(self, i):
+        """A one-burst ST compiled once per (template) instruction: its source view, checked here. The
+        returned function executes it to HBM channel / address given per execution (the fields the
+        runtime patches), with do_st's checks and effects in its order. None: not this case."""
+        source = i.enum("source")
+        length, n0 = i["length"], i["n0"]
+        space = self._space(source)
+        if n0 != 1 or i["buf_addr"] + length > len(space):
+            return None
+        src = space[i["buf_addr"]: i["buf_addr"] + length]
+        from_weight = source == "weight"
+        hbm = self.hbm
+
+        def execute(ch: int, a: int) -> None:
+            if ch >= len(hbm):
+                raise SimError(f"HBM channel {ch} does not exist ({len(hbm)} channels)")
+            mem = hbm[ch]
+            hi = a + length
+            if hi > len(mem):
+                raise SimError(f"ST writes bytes up to {hi} of HBM channel {ch} ({len(mem)} bytes)")
+            if self._deferred and (from_weight or self._deferred_from(ch, a, hi)):
+                self._flush_weight()
+            mem[a: hi] = src
+            self._st_written(ch, a, hi, length)
+
+        return execute
 
     def sparse_weights(self, i, n: int, k: int) -> "SparseTile":
         """Decode an N:16 sparse tile: block-N table and index stream from the meta buffer at
@@ -1030,15 +1100,22 @@ class FuncSim:
             raise SimError(f"{what}: int32 data at unaligned address {addr}")
         return self._slice(self.data, addr, nbytes, what)
 
+    #: MISC ops whose prepared form takes imm per execution (the runtime patches their query / RoPE position
+    #: every step; their other field rules and the byte ranges they touch do not depend on imm)
+    _IMM_OPS = frozenset(("softmax", "vshift", "rope"))
+    _IMM_ARGS = frozenset(("imm",))
+    _NO_ARGS = frozenset()
+
     def do_misc(self, i):
-        prep = i.__dict__.get("_sim_prepared")
-        if prep is None:
-            self._checked_once(i, self.check_misc)
-            prep = (self, self._prepare_quant_row(i))
-            object.__setattr__(i, "_sim_prepared", prep)
-        if prep[0] is self and prep[1] is not None:
-            prep[1]()
-            return
+        anchor = _anchor(i, self._IMM_ARGS if i.enum("op") in self._IMM_OPS else self._NO_ARGS)
+        if anchor is not None:
+            prep = anchor.__dict__.get("_sim_prepared")
+            if prep is None or prep[0] is not self:
+                self._checked_once(i, self.check_misc)
+                prep = (self, self._prepare_misc(i))
+                object.__setattr__(anchor, "_sim_prepared", prep)
+            if prep[1] is not None and prep[1]((i,)):
+                return
         self._checked_once(i, self.check_misc)
         op = i.enum("op")
         rows, cols, imm = i["rows"], i["cols"], i["imm"]
@@ -1126,13 +1203,154 @@ class FuncSim:
             data[d + cols + 1: d + cols + 3]
         pow2 = bool(v["imm"] & QUANT_POW2)
 
-        def execute() -> None:
+        def execute(insts) -> bool:
             q, e, m = quantize_rows_exact(row, pow2)  # reads the row (an int64 copy) before writing
             codes[:] = q.reshape(-1)
             exp[:] = e
             mant[:] = m.view(np.uint8)
+            return True
 
         return execute
+
+    def _prepare_misc(self, i):
+        """do_misc's prepared form of ``i`` (fields checked): a one-row quant (:meth:`_prepare_quant_row`),
+        or a one-instruction :meth:`_prepare_misc_run`. None: the general path."""
+        op, v = i.enum("op"), i.values
+        if op == "quant" and v["rows"] == 1 and not v["imm"] & ~(QUANT_POW2 | 1):
+            return self._prepare_quant_row(i)
+        if op == "softmax":
+            return self._prepare_softmax(i)
+        return self._prepare_misc_run([i])
+
+    def _prepare_softmax(self, i):
+        """MISC softmax compiled once per (template) instruction: views of its rows and result (aligned,
+        inside the data space), the mask built from each execution's imm, whose field rule (the last query
+        position below cols) is checked here; the returned function returns False, having written nothing,
+        where it breaks (the general path raises it). None: not this case."""
+        v = i.values
+        rows, cols, s0, d = v["rows"], v["cols"], v["src0"], v["dst"]
+        n = 4 * rows * cols
+        if s0 % 4 or d % 4 or s0 + n > len(self.data) or d + n > len(self.data):
+            return None
+        x = self.data[s0: s0 + n].view("<i4").reshape(rows, cols)
+        out = self.data[d: d + n].view("<i4").reshape(rows, cols)
+        masked = bool(v["mask"])
+        row_ids, col_ids = np.arange(rows), np.arange(cols)[None, :]
+
+        def execute(insts) -> bool:
+            imm = insts[0].values["imm"]
+            mask = None
+            if masked:
+                per, first = max(1, imm >> 16), imm & 0xFFFF
+                if first + min(rows, per) - 1 >= cols:
+                    return False
+                mask = col_ids <= (first + row_ids % per)[:, None] if per < rows else col_ids <= first + row_ids[:, None]
+            elif imm:
+                return False
+            out[:] = sfu_np.softmax(x, F, mask, F)  # reads the rows (an int64 copy) before writing
+            return True
+
+        return execute
+
+    def _prepare_misc_run(self, insts: list):
+        """MISC vshift, RoPE or INT8 quant of ``insts`` (one instruction, or a run: independent, one run key)
+        compiled once for these (template) instructions, their fields checked: gather indices of their
+        int32 rows and views of their results (every one aligned and inside the data space). The returned
+        function computes every result from each execution's imm (the position the runtime patches; its
+        field rule is checked there) before writing any, and returns True; or False, having written
+        nothing, where a rule breaks or an operand faults (the general path then raises it). None: not
+        this case."""
+        first = insts[0]
+        op, v = first.enum("op"), first.values
+        if op not in ("vshift", "rope") and (op != "quant" or v["imm"] & QUANT_OVP4):
+            return None
+        for i in insts:
+            self._checked_once(i, self.check_misc)
+        data, size = self.data, len(self.data)
+        data32 = data[: size - size % 4].view("<i4")
+        cols = v["cols"]
+        rows = [i.values["rows"] for i in insts]
+        src0 = [i.values["src0"] for i in insts]
+        dsts = [i.values["dst"] for i in insts]
+        if any(a % 4 or a + 4 * r * cols > size for a, r in zip(src0, rows)):
+            return None
+        idx = np.concatenate([a // 4 + np.arange(r * cols) for a, r in zip(src0, rows)])
+        total = sum(rows)
+        bounds = np.cumsum([0] + rows).tolist()
+        if op == "vshift":
+            r, s1 = rows[0], v["src1"]
+            if s1 + 3 * cols > size or any(d % 4 or d + 4 * r * cols + r > size for d in dsts):
+                return None
+            ev = data[s1: s1 + cols].view(np.int8)
+            mv = data[s1 + cols: s1 + 3 * cols].view("<u2")
+            outs = [(data[d: d + 4 * r * cols].view("<i4"), data[d + 4 * r * cols: d + 4 * r * cols + r])
+                    for d in dsts]
+            b = len(insts)
+
+            def execute(run) -> bool:
+                imm = run[0].values["imm"]  # one run key: one imm
+                if (imm & 0xFFFF) + min(r, max(1, imm >> 16)) - 1 >= cols:
+                    return False
+                mvv = mv.astype(np.int64)
+                if int(mvv.max()) > MAX_MANTISSA:
+                    return False
+                p_sh, e_ref = _vshift_rows(data32[idx].astype(np.int64).reshape(b, r, cols), ev.astype(np.int64),
+                                           mvv, r, cols, imm)
+                e_bytes = e_ref.view(np.uint8)
+                for (o32, oe), y in zip(outs, p_sh):
+                    o32[:] = y.reshape(-1)
+                    oe[:] = e_bytes
+                return True
+
+            return execute
+        if op == "rope":
+            s1 = v["src1"]
+            if s1 % 8 or s1 + 48 > size or any(d % 4 or d + 4 * r * cols > size for d, r in zip(dsts, rows)):
+                return None
+            record = data[s1: s1 + 48]
+            outs = [data[d: d + 4 * r * cols].view("<i4") for d, r in zip(dsts, rows)]
+            row_ids = [np.arange(r) for r in rows]
+            records: dict = {}  # the record's bytes -> (theta, head_dim, scaling)
+
+            def execute(run) -> bool:
+                pos = []
+                for i, ids, r in zip(run, row_ids, rows):
+                    imm = i.values["imm"]
+                    per, first_pos = max(1, imm >> 16), imm & 0xFFFF
+                    if first_pos + (r - 1) // per >= ROPE_POSITIONS:
+                        return False
+                    pos.append(first_pos + (ids // per if per > 1 else ids))
+                key = record.tobytes()
+                rec = records.get(key)
+                try:
+                    if rec is None:
+                        rec = records[key] = self._rope_record(s1, cols)
+                    y = rope_padded_np(data32[idx].reshape(total, cols), np.concatenate(pos) if len(pos) > 1
+                                       else pos[0], *rec)
+                except (SimError, fixed.FixedPointValueError):
+                    return False
+                for o, a, c in zip(outs, bounds, bounds[1:]):
+                    o[:] = y[a:c].reshape(-1)
+                return True
+
+            return execute
+        if op == "quant":
+            pow2 = bool(v["imm"] & QUANT_POW2)
+            views = []
+            for i, d, r in zip(insts, dsts, rows):
+                groups = max(1, i.values["imm"] & 0xFFFF)
+                if d + self._quant_bytes(r, cols, groups) > size:
+                    return None
+                t = r // groups
+                views.append((groups, _rows_view(data, d, (groups, t * cols + 3 * t), _block_pitch(r, cols, groups))))
+
+            def execute(run) -> bool:
+                codes, exps, mants = quantize_rows_exact(data32[idx].reshape(total, cols), pow2)
+                for (groups, view), a, c in zip(views, bounds, bounds[1:]):
+                    view[:] = _head_blocks(codes[a:c], exps[a:c], mants[a:c], groups)
+                return True
+
+            return execute
 
     def _rope_record(self, s1: int, cols: int) -> tuple[float, int, tuple | None]:
         """(theta, true head_dim, LLaMA-3 scaling or None) of the RoPE record at ``s1``, checked."""
@@ -1163,16 +1381,7 @@ class FuncSim:
         ev = raw[:cols].view(np.int8).astype(np.int64)
         mv = raw[cols:].copy().view("<u2").astype(np.int64)
         self._check_mantissas(mv, "V mantissas")
-        qpos = (imm & 0xFFFF) + np.arange(rows) % max(1, imm >> 16)
-        e_ref = np.maximum.accumulate(ev)[qpos].reshape(rows, 1)
-        shift = np.maximum(8 + e_ref - ev.reshape(1, cols), 8)  # >= 8: a rounding right shift
-        # contract.round_shift: (x + 2**(s-1)) >> s, and 0 for s > 62; |p * mv| < 2**48
-        if int(shift.max()) <= 62:  # the usual case: no shift reaches the zero result
-            p_sh = (p * mv.reshape(1, cols) + ((np.int64(1) << shift) >> 1)) >> shift
-        else:
-            p_sh = np.where(shift > 62, 0, (p * mv.reshape(1, cols) + (np.int64(1) << (np.minimum(shift, 62) - 1)))
-                            >> np.minimum(shift, 62))
-        return p_sh.astype(np.int32), e_ref.reshape(-1).astype(np.int8)
+        return _vshift_rows(p, ev, mv, rows, cols, imm)
 
     # ---- runs of independent same-kind instructions, executed together -----------------------------
     # A decode step issues ~900 small attention instructions (per head: Q.K^T MV, V shift, P'.V MV) whose
@@ -1359,7 +1568,7 @@ class FuncSim:
                 acc = _int_matmul_np(data32[rows], vq.T, None)
                 return mpe_output(mode, out_fmt, acc, ent, exp, None, (), None)
 
-        def execute() -> bool:
+        def execute(insts) -> bool:
             try:
                 y = product()
             except SimError:
@@ -1402,21 +1611,29 @@ class FuncSim:
         would fault (the caller then executes them one by one, which raises that fault at its instruction)."""
         first = insts[0]
         # (this core, the other instructions, whether independent, the prepared pass or None), kept with the
-        # first instruction: the unpatched instructions of a program are the same objects every run
-        known = first.__dict__.get("_sim_run_prepared")
+        # first instruction: the unpatched instructions of a program are the same objects every run; for
+        # V shifts and RoPEs whose imm the runtime patches, with their templates (the byte ranges a run
+        # touches do not depend on imm, and the prepared pass takes each execution's imm)
+        args = self._IMM_ARGS if first.fmt.mnemonic == "MISC" and first.enum("op") in ("vshift", "rope") \
+            else self._NO_ARGS
+        anchors = [_anchor(i, args) for i in insts]
+        keep = None not in anchors
+        known = anchors[0].__dict__.get("_sim_run_prepared") if keep else None
         if known is not None and known[0] is self and len(known[1]) == len(insts) - 1 and \
-                all(a is b for a, b in zip(known[1], insts[1:])):
+                all(a is b for a, b in zip(known[1], anchors[1:])):
             independent, prepared = known[2], known[3]
         else:
             independent = self._independent(insts)
             try:
-                prepared = self._prepare_mpe_run(insts) if independent else None
+                prepared = None if not independent else (
+                    self._prepare_mpe_run(insts) if first.fmt.mnemonic != "MISC" else self._prepare_misc_run(insts))
             except SimError:  # a field rule breaks: the general path below finds it
                 prepared = None
-            object.__setattr__(first, "_sim_run_prepared", (self, tuple(insts[1:]), independent, prepared))
+            if keep:
+                object.__setattr__(anchors[0], "_sim_run_prepared", (self, tuple(anchors[1:]), independent, prepared))
         if not independent:
             return False
-        if prepared is not None and prepared():
+        if prepared is not None and prepared(insts):
             return True
         try:
             writes = self._run_writes(insts)

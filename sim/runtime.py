@@ -10,6 +10,7 @@ time) unless told to ignore it, and never discards what was generated when it st
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 
@@ -112,6 +113,12 @@ class Runtime:
         patches = self.info[name]["patches"]
         if name not in self._decoded:
             self._decoded[name] = isa.decode_program(words)
+            # the decoded program, the machine and everything the process holds before them (torch's and
+            # numpy's objects: ~300k) live as long as this runtime: moved out of the cyclic collector's
+            # view, whose full collections over them took ~160 ms of CPU once every ~16 decode steps (each
+            # step leaves ~3k short-lived objects: its patched instructions). Frozen objects are still
+            # freed when their last reference goes; only reference cycles among them are kept.
+            gc.freeze()
         prog = self._patched(name, patches, env) if patches else self._decoded[name]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # per-instruction tensors are small: intra-op threads only add overhead
@@ -138,24 +145,81 @@ class Runtime:
         patched in place of re-decoding the words (the result equals ``isa.decode_program`` of
         ``apply_patches(words, patches, env)``, and so do the errors: apply_patches' CompileError for a
         missing variable or a value that does not fit, then the decoder's IsaError of each patched
-        instruction, in the same order)."""
-        from olivine.compiler.compile import patch_value
+        instruction, in the same order).
 
+        Every patched value is ``base + scale * env[var]`` and the decoder's rules of a patched field are
+        a range (0..max, count >= 1, enum < its size), so the values of each variable for which every one
+        of its patches passes form one interval, worked out once per program: a step whose variables lie
+        in their intervals builds the instructions without checking each field (none can fail), any other
+        step takes the checking path, which raises the exact error. Each patched instruction carries
+        ``_sim_template`` = (the decoded template, the names of the patched fields): FuncSim keeps what
+        it prepares for an instruction whose immediates change every step on the template."""
         plan = self._idx.get(name)
         if plan is None:
-            prog = self._decoded[name]
-            index = {off: k for k, off in enumerate(isa.program_offsets(prog))}
-            fields = [(p, isa.BY_MNEMONIC[p["mnemonic"]].field(p["field"])) for p in patches]
-            plan = self._idx[name] = (index, fields, list({p["offset"] for p in patches}))
-        index, fields, offsets = plan
+            plan = self._idx[name] = self._patch_plan(self._decoded[name], patches)
+        index, fields, offsets, ranges, per_offset = plan
+        if ranges is not None:
+            try:
+                x = {var: int(env[var]) for var in ranges}
+            except (KeyError, TypeError, ValueError):
+                x = None
+            if x is not None and all(lo <= x[var] <= hi for var, (lo, hi) in ranges.items()):
+                prog = list(self._decoded[name])
+                for k, template, names, sets in per_offset:
+                    values = dict(template.values)
+                    for field_name, var, base, scale in sets:
+                        values[field_name] = base + scale * x[var]
+                    inst = isa.Instruction(template.fmt, values)
+                    object.__setattr__(inst, "_sim_template", (template, names))
+                    prog[k] = inst
+                return prog
+        from olivine.compiler.compile import patch_value
+
         prog = list(self._decoded[name])
         values: dict[int, dict] = {}
         for p, f in fields:  # apply_patches' loop, its checks and messages
             values.setdefault(p["offset"], {})[f.name] = patch_value(p, f, env)
         for off in offsets:  # the decoder's checks of each patched instruction
             k = index[off]
-            prog[k] = isa.with_fields(prog[k], values[off], off)
+            template = prog[k]
+            prog[k] = isa.with_fields(template, values[off], off)
+            object.__setattr__(prog[k], "_sim_template", (template, frozenset(values[off])))
         return prog
+
+    @staticmethod
+    def _patch_plan(prog: list, patches: list[dict]) -> tuple:
+        """(offset -> index, (patch, field) in order, patched offsets, per variable the interval of its
+        values for which no patch can fail (None: some patch has no such interval, e.g. it patches the
+        opcode or MV's row count, whose rules are not ranges), per patched instruction (index, template,
+        patched field names, (field, var, base, scale) in patch order))."""
+        index = {off: k for k, off in enumerate(isa.program_offsets(prog))}
+        fields = [(p, isa.BY_MNEMONIC[p["mnemonic"]].field(p["field"])) for p in patches]
+        offsets = list({p["offset"] for p in patches})
+        ranges: dict | None = {}
+        for p, f in fields:
+            lo, hi = (1 if f.kind == "count" else 0), f.max
+            if isinstance(f.kind, tuple):
+                hi = min(hi, len(f.kind) - 1)
+            base, scale = int(p["base"]), int(p["scale"])
+            if f.name == "opcode" or (p["mnemonic"] == "MV" and f.name == "m") or p["offset"] not in index or \
+                    prog[index[p["offset"]]].fmt.mnemonic != p["mnemonic"]:
+                ranges = None
+                break
+            if scale == 0:
+                x_lo, x_hi = (-(1 << 62), 1 << 62) if lo <= base <= hi else (1, 0)
+            elif scale > 0:
+                x_lo, x_hi = -((base - lo) // scale), (hi - base) // scale  # ceil((lo - base) / scale), floor
+            else:
+                x_lo, x_hi = -((hi - base) // -scale), (base - lo) // -scale
+            r = ranges.get(p["var"])
+            ranges[p["var"]] = (x_lo, x_hi) if r is None else (max(r[0], x_lo), min(r[1], x_hi))
+        by_offset: dict[int, list] = {}
+        for p, f in fields:
+            by_offset.setdefault(p["offset"], []).append((f.name, p["var"], int(p["base"]), int(p["scale"])))
+        per_offset = [] if ranges is None else \
+            [(index[off], prog[index[off]], frozenset(s[0] for s in by_offset[off]), tuple(by_offset[off]))
+             for off in offsets]
+        return index, fields, offsets, ranges, per_offset
 
     # ---- what olivine run prints of the backend (overridden by the rtl backend)
     def describe(self) -> str:

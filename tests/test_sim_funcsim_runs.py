@@ -370,8 +370,8 @@ def test_a_run_executed_again_reads_the_new_operands_and_finds_their_faults():
                 core, others, independent, prepared = first.__dict__["_sim_run_prepared"]
                 assert core is s and independent and prepared is not None
 
-                def counted(prepared=prepared, first=first):
-                    ok = prepared()
+                def counted(insts, prepared=prepared, first=first):
+                    ok = prepared(insts)
                     done.append((first.enum("mode"), ok))
                     return ok
 
