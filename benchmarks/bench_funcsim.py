@@ -99,16 +99,18 @@ def decode_only(args) -> None:
         art, ids = _artifact(args, folder / "artifact")
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
     if args.baseline:
-        return interleaved(args, rt, _baseline_runtime(args.baseline, art), ids)
+        return interleaved(args, rt, _baseline_runtime(args.baseline, art, args.baseline_runtime), ids)
     logits = rt.prefill(ids)
     tokens, all_logits = [], [logits]
     sampler = Sampler() if args.sample else None
+    meter = GcMeter()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.tokens):
         tokens.append(int(torch.argmax(logits)))
         logits = rt.decode(tokens[-1])
         all_logits.append(logits)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    meter.report(args.tokens)
     if sampler is not None:
         sampler.report(cpu / args.tokens)
     print(f"{args.model} {args.preset}: {args.tokens} decode steps after a {len(ids)}-token prompt: "
@@ -123,6 +125,31 @@ def decode_only(args) -> None:
     else:
         np.savez(ref, tokens=np.asarray(tokens), logits=got)
         print(f"reference tokens and logits saved to {ref}")
+
+
+class GcMeter:
+    """The cyclic garbage collector's collections during the decode steps (per generation) and the CPU they
+    took (gc.callbacks): a full collection walks every object of the process, torch's included."""
+
+    def __init__(self):
+        import gc
+
+        self.count, self.cpu, self._t = [0, 0, 0], 0.0, 0.0
+        gc.callbacks.append(self._event)
+
+    def _event(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.process_time()
+        else:
+            self.count[info["generation"]] += 1
+            self.cpu += time.process_time() - self._t
+
+    def report(self, steps: int) -> None:
+        import gc
+
+        gc.callbacks.remove(self._event)
+        print(f"cyclic GC during the decode steps: {self.count[0]} / {self.count[1]} / {self.count[2]} collections "
+              f"of generation 0 / 1 / 2, {self.cpu / steps * 1e3:.1f} ms CPU per step")
 
 
 class Sampler:
@@ -164,18 +191,28 @@ class Sampler:
             print(f"  {name:28s} {100 * n / total:5.1f} %  {cpu_per_step * 1e3 * n / total:5.1f} ms per step")
 
 
-def _baseline_runtime(path: str, art):
-    """A Runtime whose simulator is the FuncSim of the funcsim.py at ``path`` (another tree's, e.g. a
-    ``git show REV:sim/funcsim.py``), imported next to this olivine's (its relative imports resolve here)."""
+def _load_module(name: str, path: str):
+    """The module at ``path`` imported as olivine.sim.``name`` (its relative imports resolve to this olivine)."""
     import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"olivine.sim.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _baseline_runtime(path: str, art, runtime_path: str | None = None):
+    """A Runtime whose simulator is the FuncSim of the funcsim.py at ``path`` (another tree's, e.g. a
+    ``git show REV:sim/funcsim.py``), imported next to this olivine's (its relative imports resolve here);
+    with ``runtime_path`` the Runtime class too is that runtime.py's (its patching)."""
     import inspect
 
     from olivine.sim.funcsim import Runtime
 
-    spec = importlib.util.spec_from_file_location("olivine.sim._baseline_funcsim", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = _load_module("_baseline_funcsim", path)
+    if runtime_path:
+        Runtime = _load_module("_baseline_runtime", runtime_path).Runtime  # noqa: N806
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
     rt.sim = module.FuncSim(art.config, art.meta["layout"]["channel_bytes"], art.weights)
     if "schedule_key" not in inspect.signature(rt.sim.run).parameters:  # a simulator from before the key
@@ -221,6 +258,8 @@ def main() -> None:
                     "(olivine compile -o DIR) instead of compiling --model / --preset")
     ap.add_argument("--baseline", default=None, help="--decode-only: also run the FuncSim of this funcsim.py "
                     "(e.g. git show REV:sim/funcsim.py > FILE), step for step in the same process")
+    ap.add_argument("--baseline-runtime", default=None, help="--baseline: the baseline's Runtime from this "
+                    "runtime.py (e.g. git show REV:sim/runtime.py > FILE), so its patching is the old one too")
     ap.add_argument("--sample", action="store_true", help="--decode-only: print a sampled profile of the decode steps")
     ap.add_argument("--reset", action="store_true", help="recompile and re-save the reference (--decode-only)")
     args = ap.parse_args()

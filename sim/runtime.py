@@ -52,6 +52,7 @@ class Runtime:
         self.programs = programs
         self.info = meta["programs"]
         self._decoded: dict[str, list] = {}  # program name -> decoded template (patched per run: _patched)
+        self._by_encoding: dict[bytes, object] = {}  # an instruction's words -> its Instruction (_decode)
         self._idx: dict[str, tuple] = {}  # program name -> patch plan (offset -> index, fields, offsets)
         self._schedule_keys: dict[str, tuple | None] = {}  # program name -> FuncSim.run's schedule_key
         self.length = 0
@@ -112,7 +113,7 @@ class Runtime:
         words = self.programs[name]
         patches = self.info[name]["patches"]
         if name not in self._decoded:
-            self._decoded[name] = isa.decode_program(words)
+            self._decoded[name] = self._decode(words)
             # the decoded program, the machine and everything the process holds before them (torch's and
             # numpy's objects: ~300k) live as long as this runtime: moved out of the cyclic collector's
             # view, whose full collections over them took ~160 ms of CPU once every ~16 decode steps (each
@@ -128,6 +129,26 @@ class Runtime:
             torch.set_num_threads(threads)
         raw = self.sim.hbm[0][self.io_base: self.io_base + 4 * self.vocab]
         return torch.from_numpy(raw.view("<i4").astype(np.int32).copy())
+
+    def _decode(self, words) -> list:
+        """``isa.decode_program(words)`` (the same instructions, the same errors), with one Instruction object
+        per distinct encoding across this runtime's programs: the length buckets of a model repeat most of
+        their instructions, and the simulator keeps what it prepares for an instruction on the object, so
+        a bucket's first step reuses what the buckets before it prepared."""
+        words = np.asarray(words, dtype=np.uint32)
+        raw, n = words.tobytes(), len(words)
+        prog, off = [], 0
+        while off < n:
+            fmt = isa.BY_OPCODE.get(int(words[off]) & 0xF)
+            if fmt is None or off + fmt.words > n:
+                isa.decode_one(words, off)  # raises the decoder's error
+            key = raw[4 * off: 4 * (off + fmt.words)]
+            inst = self._by_encoding.get(key)
+            if inst is None:
+                inst = self._by_encoding[key] = isa.decode_one(words, off)
+            prog.append(inst)
+            off += fmt.words
+        return prog
 
     #: the fields that decide the order in which the units execute a program (FuncSim.run's schedule_key)
     _SCHEDULE_FIELDS = frozenset(("wait", "release", "opcode"))
