@@ -260,6 +260,34 @@ def _requantize_direct(x: np.ndarray, mult: np.ndarray, shift: np.ndarray, expon
     return np.minimum(np.maximum((x * mult + ((np.int64(1) << s) >> 1)) >> s, lo), hi)
 
 
+def _requantize_one_entry(acc: np.ndarray, ent: np.ndarray, exponent: np.ndarray, mantissa: np.ndarray | None,
+                          int8: bool) -> np.ndarray | None:
+    """:func:`requantize_exact` of an attention product with its one requantization entry ``ent`` (int32
+    [1, 4]: bias, multiplier, shift), in the one-product rule of :func:`_requantize_direct` with the entry as
+    Python ints, the output clamp skipped where the bound ``(max|x| * mult >> min(s)) + 1`` shows it cannot
+    act; None where the rule does not apply or the multiplier has bit 31 (the general path decides)."""
+    mult, shift = int(ent[0, 1]) & 0xFFFFFFFF, int(ent[0, 2])
+    if mult >> 31:
+        return None
+    s_lo, s_hi = shift - int(exponent.max()), shift - int(exponent.min())
+    if s_lo < 0 or s_hi > 62:
+        return None
+    x = acc.astype(np.int64)
+    if mantissa is not None:
+        x *= mantissa
+    amax = max(int(x.max()), -int(x.min()))
+    if amax > 1 << min(s_lo + 2, 61) or amax * mult >= 1 << 62:
+        return None
+    s = shift - exponent
+    x *= mult
+    x += (np.int64(1) << s) >> 1
+    x >>= s
+    lim = contract.INT8_QMAX if int8 else contract.INT32_MAX
+    if ((amax * mult) >> s_lo) + 1 > lim:
+        np.minimum(np.maximum(x, -lim if int8 else contract.INT32_MIN, out=x), lim, out=x)
+    return x.astype(np.int8 if int8 else np.int32)
+
+
 def requantize_exact(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, exponent, mantissa,
                      lo: int, hi: int) -> np.ndarray:
     """``contract.requantize`` in numpy int64 (the same integers; tests/test_sim_funcsim_fuzz.py compares them).
@@ -296,6 +324,8 @@ def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarr
     bit lengths come from frexp, exact for amax <= 2**31 < 2**53.
     """
     xi = x.astype(np.int64)
+    if not pow2 and xi.shape[-1]:
+        return _quantize_rows_dynamic(xi)
     amax = np.abs(xi).max(axis=-1, keepdims=True) if xi.shape[-1] else np.zeros((xi.shape[0], 1), np.int64)
     if pow2:
         bl = np.frexp(amax.astype(np.float64))[1].astype(np.int64)  # bit_length (0 -> 0)
@@ -303,23 +333,41 @@ def quantize_rows_exact(x: np.ndarray, pow2: bool) -> tuple[np.ndarray, np.ndarr
         e = e0 + (((amax + ((np.int64(1) << e0) >> 1)) >> e0) > contract.INT8_QMAX)  # round_shift(amax, e0) > 127
         q = np.where(e > 0, (xi + ((np.int64(1) << e) >> 1)) >> e, xi)
         m = np.ones_like(amax)
-    else:  # the per-row scale in Python ints (rows are few: a decode step quantizes one token)
-        e_l, m_l, r_l, s_l = [], [], [], []
-        for a in amax.reshape(-1).tolist():
-            e1 = max(a.bit_length() - 8, 0)
-            m1 = max((a + (1 << e1) - 1) >> e1, 1)
-            e_l.append(e1)
-            m_l.append(m1)
-            r_l.append((contract.INT8_QMAX << contract.RECIP_BITS) // m1)
-            s_l.append(contract.RECIP_BITS + e1)
-        e, m = np.array(e_l, dtype=np.int64), np.array(m_l, dtype=np.int64)
-        if len(r_l) == 1:
-            q = (xi * r_l[0] + (1 << (s_l[0] - 1))) >> s_l[0]
-        else:
-            r, sh = np.array(r_l, dtype=np.int64).reshape(-1, 1), np.array(s_l, dtype=np.int64).reshape(-1, 1)
-            q = (xi * r + (np.int64(1) << (sh - 1))) >> sh
+    else:  # rows of no element: exponent 0, mantissa 1
+        q, e, m = xi, np.zeros(xi.shape[0], dtype=np.int64), np.ones(xi.shape[0], dtype=np.int64)
     q = np.minimum(np.maximum(q, -contract.INT8_QMAX), contract.INT8_QMAX)
     return q.astype(np.int8), e.reshape(-1).astype(np.int8), m.reshape(-1).astype("<u2")
+
+
+def _quantize_rows_dynamic(xi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`quantize_rows_exact`'s dynamic INT8 rule on int64 rows ``xi`` [rows, cols >= 1] (overwritten),
+    its per-row scale in Python ints. No clamp: with m = ceil(amax / 2**e) (so amax <= m * 2**e) and
+    R = floor(127 * 2**RB / m), |x * R| <= amax * R <= 127 * 2**(RB + e) = 127 * 2**s, so
+    round_shift(x * R, s) = floor((x * R + 2**(s-1)) / 2**s) lies in [floor(-126.5), floor(127.5)]
+    = [-127, 127]: the saturation to +-127 never acts."""
+    rb = contract.RECIP_BITS
+    if xi.shape[0] == 1:
+        a = max(int(xi.max()), -int(xi.min()))
+        e1 = max(a.bit_length() - 8, 0)
+        m1 = max((a + (1 << e1) - 1) >> e1, 1)
+        s1 = rb + e1
+        xi *= (contract.INT8_QMAX << rb) // m1
+        xi += 1 << (s1 - 1)
+        xi >>= s1
+        return xi.astype(np.int8), np.array([e1], dtype=np.int8), np.array([m1], dtype="<u2")
+    e_l, m_l, r_l, s_l = [], [], [], []
+    for a in np.maximum(xi.max(axis=-1), -xi.min(axis=-1)).tolist():
+        e1 = max(a.bit_length() - 8, 0)
+        m1 = max((a + (1 << e1) - 1) >> e1, 1)
+        e_l.append(e1)
+        m_l.append(m1)
+        r_l.append((contract.INT8_QMAX << rb) // m1)
+        s_l.append(rb + e1)
+    sh = np.array(s_l, dtype=np.int64).reshape(-1, 1)
+    xi *= np.array(r_l, dtype=np.int64).reshape(-1, 1)
+    xi += (np.int64(1) << (sh - 1))
+    xi >>= sh
+    return xi.astype(np.int8), np.array(e_l, dtype=np.int8), np.array(m_l, dtype="<u2")
 
 
 #: quant imm bits: [16] power-of-two INT8 scale, [17] OVP4 mode, [18] OVP4 normal type flint4
@@ -1541,6 +1589,7 @@ class FuncSim:
                 (out_fmt != "int8" and any(o % 4 for o in outs)) or (mode == "pv" and (a_addrs % 4).any()):
             return None
         out_views = [data[o: o + width].view(np.int8 if out_fmt == "int8" else "<i4") for o in outs]
+        int8 = out_fmt == "int8"
         ent = self.entries(v["bias_addr"], 1)
         mpe_output = self._mpe_output
         if mode == "qk":
@@ -1555,8 +1604,11 @@ class FuncSim:
                 ma = (data[mant_at].astype(np.int64) | data[mant_at + 1].astype(np.int64) << 8).reshape(-1, 1)
                 mbn = mb.astype(np.int64)
                 acc = _int_matmul_np(data[rows].view(np.int8), kb, 128)
-                return mpe_output(mode, out_fmt, acc, ent, ea + eb.astype(np.int64).reshape(1, n),
-                                  ma * mbn.reshape(1, n), (ma, mbn.reshape(n, 1)), None)
+                exp, mant = ea + eb.astype(np.int64).reshape(1, n), ma * mbn.reshape(1, n)
+                y = _requantize_one_entry(acc, ent, exp, mant, int8) \
+                    if int(ma.max()) <= MAX_MANTISSA and int(mbn.max()) <= MAX_MANTISSA else None
+                return y if y is not None else \
+                    mpe_output(mode, out_fmt, acc, ent, exp, mant, (ma, mbn.reshape(n, 1)), None)
         else:
             rows = (a_addrs // 4)[:, None] + np.arange(k)[None, :]  # int32 elements of the P' rows
             data32 = data[: size - size % 4].view("<i4")
@@ -1566,7 +1618,8 @@ class FuncSim:
             def product():
                 exp = data[exp_at].view(np.int8).astype(np.int64).reshape(-1, 1)
                 acc = _int_matmul_np(data32[rows], vq.T, None)
-                return mpe_output(mode, out_fmt, acc, ent, exp, None, (), None)
+                y = _requantize_one_entry(acc, ent, exp, None, int8)
+                return y if y is not None else mpe_output(mode, out_fmt, acc, ent, exp, None, (), None)
 
         def execute(insts) -> bool:
             try:

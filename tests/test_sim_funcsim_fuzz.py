@@ -486,6 +486,42 @@ def test_requantize_row_from_cached_entries_equals_contract(n, out, with_mantiss
             assert np.array_equal(got.astype(np.int64), want.numpy())
 
 
+@fuzz_settings(300)
+@given(st.integers(1, 4), st.integers(1, 48), st.sampled_from(["fixed32", "int8"]), st.booleans(),
+       st.randoms(use_true_random=False))
+def test_requantize_with_one_entry_equals_contract(m, n, out, qk, rng):
+    """An attention product requantized with its one entry (funcsim._requantize_one_entry: the entry as Python
+    ints, per-element exponents and mantissas as Q.K^T has them, per-row exponents as P'.V; the output clamp
+    skipped where a bound shows it cannot act) gives contract.requantize's integers, or declines (None)
+    exactly where the one-product rule does not hold or the multiplier has bit 31; limits and ties included."""
+    from olivine.golden import contract
+    from olivine.sim.funcsim import _requantize_one_entry
+
+    bits = rng.choice([4, 12, 20, 31])
+    acc = torch.tensor([rng.choice([contract.INT32_MAX, contract.INT32_MIN]) if rng.random() < 0.05
+                        else rng.randint(-(1 << bits), (1 << bits) - 1) for _ in range(m * n)],
+                       dtype=torch.int64).reshape(m, n).clamp(contract.INT32_MIN, contract.INT32_MAX).to(torch.int32)
+    mult = rng.choice([1 << 30, (1 << 31) - 1, 0, 1, 1 << 31, rng.randint(1 << 30, (1 << 31) - 1)])
+    shift = rng.randint(rng.choice([-3, 0, 20, 30]), rng.choice([40, 62, 70]))
+    exp = torch.tensor([rng.randint(-8, 12) for _ in range(m * (n if qk else 1))],
+                       dtype=torch.int64).reshape(m, n if qk else 1)
+    mant = torch.tensor([rng.randint(1, 256) * rng.randint(1, 256) for _ in range(m * n)],
+                        dtype=torch.int64).reshape(m, n) if qk else None
+    ent = np.array([[0, mult if mult < 1 << 31 else mult - (1 << 32), shift, 0]], dtype=np.int32)
+    got = _requantize_one_entry(acc.numpy(), ent, exp.numpy(), None if mant is None else mant.numpy(), out == "int8")
+    x = acc.numpy().astype(np.int64) * (1 if mant is None else mant.numpy())
+    s = shift - exp.numpy()
+    amax = int(np.abs(x).max())
+    applies = mult < 1 << 31 and s.min() >= 0 and s.max() <= 62 and amax <= 1 << min(int(s.min()) + 2, 61) \
+        and amax * mult < 1 << 62
+    assert (got is not None) == applies
+    if got is not None:
+        want = contract.requantize(acc, contract.Multiplier(torch.tensor([mult]), torch.tensor([shift])), exp,
+                                   mantissa=mant, out="int8" if out == "int8" else "int32")
+        assert got.dtype == (np.int8 if out == "int8" else np.int32)
+        assert np.array_equal(got.astype(np.int64), want.to(torch.int64).numpy())
+
+
 def test_requantize_row_saturates_one_past_the_limit():
     """Results one past int32's / int8's limit (4 * 2**30 >> 1 = 2**31; 254 * 2**30 >> 31 = 127 rounds
     up to 128) are clamped by the cached-entries path exactly as by the contract."""
