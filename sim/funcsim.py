@@ -1014,7 +1014,8 @@ class FuncSim:
             mant = int(mant_bytes[0]) | int(mant_bytes[1]) << 8
             if tile is None or entries is None or mant > MAX_MANTISSA:
                 return False
-            y = _requantize_row(tile.matmul(codes).numpy(), entries, int(exp_byte[0]), mant, int8, with_bias)
+            acc = _INT_MM(codes, tile.i8) if type(tile) is DenseTile and tile.i8 is not None else tile.matmul(codes)
+            y = _requantize_row(acc.numpy(), entries, int(exp_byte[0]), mant, int8, with_bias)
             if y is None:
                 return False
             out[:] = y.reshape(-1)
@@ -1837,42 +1838,70 @@ class FuncSim:
                 break
         return _Plan(len(prog), batching, steps, deadlock)
 
-    def _replay(self, prog: list, plan: "_Plan") -> None:
-        """Execute ``prog`` in the order of ``plan`` (:meth:`_plan`); a run that is not independent or
-        would fault executes one by one, which raises that fault at its instruction."""
-        handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
-        execute_run = self._execute_run
-        counts, by_mn = self.stats.instructions, self.stats.by_mnemonic
-        units = isa.UNITS
-        for step in plan.steps:
+    @staticmethod
+    def _step_counts(prog: list, steps: list) -> tuple[dict, dict]:
+        """(instructions per unit, per mnemonic) of the plan steps ``steps`` (SYS barriers count as SYS)."""
+        units, by_mn = {}, {}
+        for step in steps:
             if step is None:
                 by_mn["SYS"] = by_mn.get("SYS", 0) + 1
                 continue
-            first = step[0]
-            if type(first) is tuple:
-                insts = [prog[j] for j in first]
-                # they still share a run key (a patched field may change keys: then one by one)
-                key = self._cached_run_key(insts[0])
-                if key is not None and all(self._cached_run_key(i) == key for i in insts[1:]) \
-                        and execute_run(insts):
-                    unit_name, mnemonic = units[step[1]], insts[0].fmt.mnemonic
-                    counts[unit_name] += len(insts)
-                    by_mn[mnemonic] = by_mn.get(mnemonic, 0) + len(insts)
-                    continue
-                members = first  # one by one
-            else:
-                members = (first,)
-            for idx in members:
-                inst = prog[idx]
-                mnemonic = inst.fmt.mnemonic
-                try:
-                    handlers[mnemonic](inst)
-                except (SimError, contract.ContractError, fixed.FixedPointValueError) as exc:
-                    offsets = isa.program_offsets(prog)
-                    raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(inst)}): {exc}") \
-                        from None
-                counts[units[step[1]]] += 1
+            members = step[0] if type(step[0]) is tuple else (step[0],)
+            unit = isa.UNITS[step[1]]
+            units[unit] = units.get(unit, 0) + len(members)
+            for j in members:
+                mnemonic = prog[j].fmt.mnemonic
                 by_mn[mnemonic] = by_mn.get(mnemonic, 0) + 1
+        return units, by_mn
+
+    def _add_counts(self, prog: list, steps: list) -> None:
+        for d, t in zip((self.stats.instructions, self.stats.by_mnemonic), self._step_counts(prog, steps)):
+            for name, n in t.items():
+                d[name] = d.get(name, 0) + n
+
+    def _replay(self, prog: list, plan: "_Plan") -> None:
+        """Execute ``prog`` in the order of ``plan`` (:meth:`_plan`); a run that is not independent or
+        would fault executes one by one, which raises that fault at its instruction. The instruction
+        counts are added once at the end (the plan's totals), or up to the faulting instruction."""
+        handlers = {"LD": self.do_ld, "ST": self.do_st, "MM": self.do_mpe, "MV": self.do_mpe, "MISC": self.do_misc}
+        execute_run = self._execute_run
+        run_key = self._cached_run_key
+        steps = plan.steps
+        k, idx = 0, None  # the step and the instruction being executed
+        try:
+            for k, step in enumerate(steps):
+                if step is None:
+                    continue
+                first = step[0]
+                if type(first) is tuple:
+                    insts = [prog[j] for j in first]
+                    # they still share a run key (a patched field may change keys: then one by one)
+                    key = run_key(insts[0])
+                    if key is not None and all(run_key(i) == key for i in insts[1:]) and execute_run(insts):
+                        continue
+                    for idx in first:
+                        inst = prog[idx]
+                        handlers[inst.fmt.mnemonic](inst)
+                    idx = None
+                else:
+                    idx = first
+                    inst = prog[first]
+                    handlers[inst.fmt.mnemonic](inst)
+                    idx = None
+        except BaseException as exc:
+            step = steps[k]
+            self._add_counts(prog, steps[:k] + ([(step[0][:step[0].index(idx)], step[1])]
+                                                if idx is not None and type(step[0]) is tuple else []))
+            if idx is not None and isinstance(exc, (SimError, contract.ContractError, fixed.FixedPointValueError)):
+                offsets = isa.program_offsets(prog)
+                raise SimError(f"instruction {idx} at word {offsets[idx]} ({disassemble_one(prog[idx])}): {exc}") \
+                    from None
+            raise
+        if plan.totals is None:
+            plan.totals = self._step_counts(prog, steps)
+        for d, t in zip((self.stats.instructions, self.stats.by_mnemonic), plan.totals):
+            for name, n in t.items():
+                d[name] = d.get(name, 0) + n
         if plan.deadlock is not None:
             offsets = isa.program_offsets(prog)
             lines = []
@@ -1888,12 +1917,15 @@ class FuncSim:
 @dataclass
 class _Plan:
     """A program's execution order (:meth:`FuncSim._plan`): its length, whether runs were formed, the
-    steps, and the deadlock it ends in ([(unit, instruction, units with no token for it)]) or None."""
+    steps, the deadlock it ends in ([(unit, instruction, units with no token for it)]) or None, and the
+    instruction counts of all its steps (per unit, per mnemonic; the programs of one schedule key have the
+    same formats), worked out at the first replay."""
 
     length: int
     batching: bool
     steps: list
     deadlock: list | None
+    totals: tuple | None = None
 
 
 def rope_padded_np(x: np.ndarray, pos: np.ndarray, theta: float, head_dim: int, scaling=None) -> np.ndarray:
