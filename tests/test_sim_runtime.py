@@ -197,3 +197,122 @@ def test_patch_errors_equal_apply_patches_and_the_decoder(artifact):
     with pytest.raises(isa.IsaError) as got:
         rt._patched(name, zeroing, env)
     assert str(got.value) == str(want.value) and got.value.cause == want.value.cause == "count"
+
+
+def _fresh_core(rt, art_dir):
+    """A FuncSim with the artifact's weights that decodes every program afresh and runs it one by one."""
+    from olivine.compiler.artifact import read_artifact
+
+    art = read_artifact(art_dir)
+    core = funcsim.FuncSim(art.config, art.meta["layout"]["channel_bytes"], art.weights)
+    core.run_together = False
+    return core
+
+
+def _same_machine(a, b):
+    import numpy as np
+
+    assert np.array_equal(a.data, b.data)
+    assert all(np.array_equal(a.buffers[k], b.buffers[k]) for k in a.buffers)
+    assert all(np.array_equal(x, y) for x, y in zip(a.hbm, b.hbm))
+    assert (a.stats.instructions, a.stats.by_mnemonic, a.stats.hbm_read, a.stats.hbm_written) == \
+        (b.stats.instructions, b.stats.by_mnemonic, b.stats.hbm_read, b.stats.hbm_written)
+
+
+def test_patched_steps_read_each_steps_values_and_find_their_faults(artifact):
+    """Decode steps whose patched instructions (KV-append STs, softmax / V-shift / RoPE positions) run on
+    the forms the simulator prepared on their templates: after every step (across a bucket change) the
+    data space, buffers, HBM and statistics equal a core that decodes the patched words afresh and runs
+    them one by one; then a patched position that breaks a field rule and a patched KV address beyond its
+    channel raise the fresh core's errors."""
+    from olivine.compiler.compile import apply_patches, patch_env_decode, patch_env_prefill
+
+    rt = Runtime.from_artifact(artifact)
+    ref = _fresh_core(rt, artifact)
+    ids = load_model("glassllm").tokenizer.encode(PROMPT)
+    name = rt._pick("prefill", len(ids))
+    env = patch_env_prefill(ids, rt.info[name]["bucket"], rt.meta["prefill_rows"], rt.channels)
+    logits = rt.prefill(ids)
+    ref.run(apply_patches(rt.programs[name], rt.info[name]["patches"], env))
+    _same_machine(rt.sim, ref)
+
+    def step(token):
+        name = rt._pick("decode", rt.length + 1)
+        words = apply_patches(rt.programs[name], rt.info[name]["patches"], patch_env_decode(token, rt.length,
+                                                                                          rt.channels))
+        errors = []
+        for run in (lambda: rt.decode(token), lambda: ref.run(words)):
+            try:
+                errors.append(run())
+            except SimError as exc:
+                errors.append(str(exc))
+        return name, errors
+
+    names = set()
+    for _ in range(13):  # lengths 6..18: buckets 16 and 32
+        name, (logits, _) = step(int(torch.argmax(logits)))
+        names.add(name)
+        _same_machine(rt.sim, ref)
+    assert len(names) == 2
+    # the prepared forms were taken: kept on the templates of patched instructions
+    prog = rt._decoded[name]
+    patched = {rt._idx[name][0][p["offset"]]: p for p in rt.info[name]["patches"]}
+    in_runs = {id(i) for first in prog if first.__dict__.get("_sim_run_prepared", (None,) * 4)[3] is not None
+               for i in (first, *first.__dict__["_sim_run_prepared"][1])}
+    kinds = set()
+    for k, p in patched.items():
+        t = prog[k]
+        if p["mnemonic"] == "ST":
+            assert t.__dict__["_sim_st_plan"][1] is not None
+            kinds.add("ST")
+        elif p["mnemonic"] != "MISC":
+            continue
+        elif t.enum("op") == "softmax":
+            assert t.__dict__["_sim_prepared"][1] is not None
+            kinds.add("softmax")
+        elif t.enum("op") in ("vshift", "rope"):  # on its own, or in a run executed together
+            assert (t.__dict__.get("_sim_prepared") or (None, None))[1] is not None or id(t) in in_runs
+            kinds.add(t.enum("op"))
+    assert kinds == {"ST", "softmax", "vshift", "rope"}
+    # a softmax query position at the key count (imm[15:0] = cols: the field rule), then a KV append beyond
+    # its channel: the same errors as the fresh core's, and the same machine after them
+    soft = next(p for k, p in patched.items() if p["mnemonic"] == "MISC" and prog[k].enum("op") == "softmax")
+    st = next(p for p in rt.info[name]["patches"] if p["mnemonic"] == "ST")
+    cols = prog[rt._idx[name][0][soft["offset"]]]["cols"]
+    for p, base in ((soft, (soft["base"] & ~0xFFFF) + cols - rt.length), (st, len(rt.sim.hbm[0]) * 4)):
+        saved = p["base"]
+        p["base"] = base
+        rt._idx.clear()
+        _, errors = step(int(torch.argmax(logits)))
+        p["base"] = saved
+        rt._idx.clear()
+        assert isinstance(errors[0], str) and errors[0] == errors[1], errors
+        assert ("query position" in errors[0]) if p is soft else ("ST writes bytes up to" in errors[0])
+        _same_machine(rt.sim, ref)
+
+
+def test_decoding_shares_one_instruction_per_encoding_and_keeps_the_decoders_errors(artifact):
+    """Runtime._decode gives isa.decode_program's instructions for every program, one object per distinct
+    encoding across the buckets (what the simulator prepared for it carries over), and the decoder's
+    error for a malformed word."""
+    import numpy as np
+
+    from olivine.compiler import isa
+
+    rt = Runtime.from_artifact(artifact)
+    progs = {name: rt._decode(words) for name, words in rt.programs.items()}
+    for name, prog in progs.items():
+        assert [(i.fmt, i.values) for i in prog] == [(i.fmt, i.values) for i in isa.decode_program(rt.programs[name])]
+    a, b = (progs[n] for n in sorted(n for n in progs if rt.info[n]["kind"] == "decode")[:2])
+    shared = {id(i) for i in a} & {id(i) for i in b}
+    assert len(shared) > len(a) // 2  # the buckets repeat most instructions: the same objects
+    words = np.array(rt.programs[sorted(progs)[0]], dtype=np.uint32)
+    second = isa.program_offsets(progs[sorted(progs)[0]])[1]
+    invalid = next(op for op in range(16) if op not in isa.BY_OPCODE)
+    assert second > 1  # the first instruction has several words: cut inside it
+    for bad in (words[:second - 1], np.concatenate([words[:second], np.array([invalid], dtype=np.uint32)])):
+        with pytest.raises(isa.IsaError) as want:
+            isa.decode_program(bad)
+        with pytest.raises(isa.IsaError) as got:
+            rt._decode(bad)
+        assert str(got.value) == str(want.value)
