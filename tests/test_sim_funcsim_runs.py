@@ -402,3 +402,28 @@ def test_programs_sharing_a_schedule_key_differ_in_other_fields():
         # program b: the three V shifts no longer share a key, so their planned run is not attempted
         assert sorted(taken) == ([2, 2, 3, 3] if words is b else [2, 2, 3, 3, 3]), taken
     assert len(s._plans) == 1
+
+
+def test_statistics_after_a_fault_count_the_instructions_executed_before_it():
+    """The instruction counts are added per replay from the plan's totals, or up to the faulting
+    instruction: a program whose fourth instruction (the second of a run of V shifts) faults counts the
+    three before it, for the run executed together, one by one and again on the same decoded program."""
+    words = isa.encode_program(assemble("\n".join([
+        f"LD target=act length=64 buf_addr={SC} release=sfu",
+        f"MISC wait=ld op=copy src0={SC} dst={SC + 0x100} cols=16",
+        f"MISC op=vshift src0={SC} src1={KB} dst={PB} cols={S} imm={IMM}",
+        f"MISC op=vshift src0={SC} src1={KB} dst={PB + PBLK} cols={S} imm={IMM + S}",  # position beyond the keys
+        f"MISC op=vshift src0={SC} src1={KB} dst={PB + 2 * PBLK} cols={S} imm={IMM}",
+        "SYS op=end"])))
+    prog = isa.decode_program(words)
+    for together in (True, False):
+        s = FuncSim(CFG, [1 << 20])
+        s.run_together = together
+        for _ in range(2):
+            before = dict(s.stats.instructions), dict(s.stats.by_mnemonic)
+            with pytest.raises(SimError, match="instruction 3 at word .* query position"):
+                s.run(None, prog, schedule_key="faulting")
+            assert {k: v - before[0].get(k, 0) for k, v in s.stats.instructions.items()} == \
+                {"ld": 1, "st": 0, "mpe": 0, "sfu": 2}
+            assert {k: v - before[1].get(k, 0) for k, v in s.stats.by_mnemonic.items() if v - before[1].get(k, 0)} \
+                == {"LD": 1, "MISC": 2}
