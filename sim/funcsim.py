@@ -1269,7 +1269,56 @@ class FuncSim:
             return self._prepare_quant_row(i)
         if op == "softmax":
             return self._prepare_softmax(i)
+        if op in ("add", "swiglu", "rmsnorm"):
+            return self._prepare_elementwise(i)
         return self._prepare_misc_run([i])
+
+    def _prepare_elementwise(self, i):
+        """MISC add / swiglu / rmsnorm compiled once per instruction (fields checked): views of its int32
+        rows, its second operand (rows, or the norm's gamma + eps record) and its result (aligned, inside
+        the data space). The functions read their operands (int64 copies) before the result is written,
+        so dst = src0 in place is as one by one. rmsnorm's eps record is read and checked at each
+        execution; where it breaks a rule the function returns False, having written nothing (the general
+        path raises it). None: not this case."""
+        op, v = i.enum("op"), i.values
+        rows, cols, s0, s1, d = v["rows"], v["cols"], v["src0"], v["src1"], v["dst"]
+        n, size = 4 * rows * cols, len(self.data)
+        n1 = 4 * cols + 16 if op == "rmsnorm" else n
+        if s0 % 4 or s1 % 4 or d % 4 or max(s0 + n, s1 + n1, d + n) > size:
+            return None
+        x = self.data[s0: s0 + n].view("<i4").reshape(rows, cols)
+        out = self.data[d: d + n].view("<i4").reshape(rows, cols)
+        if op != "rmsnorm":
+            y = self.data[s1: s1 + n].view("<i4").reshape(rows, cols)
+            if op == "add":
+                def execute(insts) -> bool:
+                    out[:] = sfu_np.add(x, y)
+                    return True
+            else:
+                def execute(insts) -> bool:
+                    out[:] = sfu_np.swiglu(x, y, F, F, F)
+                    return True
+            return execute
+        tab = self.data[s1: s1 + n1].view("<i4")
+        gamma, em_word = tab[:cols], tab[cols:cols + 1].view(np.uint32)
+        eps_known: dict = {}  # (eps multiplier, shift) -> eps, once its rules held
+
+        def execute(insts) -> bool:
+            key = (int(em_word[0]), int(tab[cols + 1]))
+            eps = eps_known.get(key)
+            if eps is None:
+                em, es = key
+                if em >= 1 << 31 or not 0 <= es <= 62:
+                    return False
+                s = es - 2 * F
+                e0 = cols * em << -s if s <= 0 else (cols * em + (1 << (s - 1))) >> s
+                if e0 >= 1 << 61:
+                    return False
+                eps = eps_known[key] = math.ldexp(float(em), -es)
+            out[:] = sfu_np.rmsnorm(x, F, gamma, F, eps, F)
+            return True
+
+        return execute
 
     def _prepare_softmax(self, i):
         """MISC softmax compiled once per (template) instruction: views of its rows and result (aligned,

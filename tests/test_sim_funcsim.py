@@ -760,3 +760,46 @@ def test_a_prepared_one_row_quant_executed_again_reads_the_new_row(imm):
         put_i32(fresh, 256, x)
         run(fresh, f"MISC op=quant src0=256 dst=4096 rows=1 cols={cols} imm={imm}")
         assert np.array_equal(fresh.data, s.data)
+
+
+def test_prepared_add_swiglu_rmsnorm_read_each_executions_rows_and_eps_record():
+    """MISC add / swiglu / rmsnorm (and an add in place) prepared at their first execution and run again on
+    new rows, gamma and eps records: every result equals golden's function and do_misc's general path;
+    an eps record that breaks the norm unit's rule raises the general path's error, and a valid one
+    afterwards is used again."""
+    rows, cols = 1, 96
+    text = (f"MISC op=add src0=0 src1=2048 dst=16384 rows={rows} cols={cols}\n"
+            f"MISC op=swiglu src0=0 src1=2048 dst=24576 rows={rows} cols={cols}\n"
+            f"MISC op=rmsnorm src0=0 src1=8192 dst=32768 rows={rows} cols={cols}\n"
+            f"MISC op=add src0=2048 src1=0 dst=2048 rows={rows} cols={cols}\nSYS op=end")
+    prog = isa.decode_program(isa.encode_program(assemble(text)))
+    s, ref = sim(), sim()
+    ref._prepare_misc = lambda i: None  # do_misc's general path
+    for seed, eps in ((0, 1e-6), (1, 1e-3), (2, None), (3, 1e-5)):
+        x, y, gamma = rand_fixed((rows, cols), 4.0, seed), rand_fixed((rows, cols), 2.0, seed + 10), \
+            rand_fixed((cols,), 1.0, seed + 20)
+        em, es = fixed.quantize_multiplier(eps) if eps is not None else ((1 << 31) - 1, 0)  # eps too large
+        for core in (s, ref):
+            put_i32(core, 0, x)
+            put_i32(core, 2048, y)
+            tab = np.zeros(cols + 4, dtype=np.int64)
+            tab[:cols], tab[cols:cols + 2] = gamma.numpy(), (em, es)
+            core.data[8192:8192 + 4 * (cols + 4)] = (tab & 0xFFFFFFFF).astype(np.uint32).view(np.uint8)
+        errors = []
+        for core, p in ((s, prog), (ref, isa.decode_program(isa.encode_program(assemble(text))))):
+            try:
+                core.run(None, p)
+                errors.append(None)
+            except SimError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1]
+        assert np.array_equal(s.data, ref.data)
+        assert all(i.__dict__["_sim_prepared"][1] is not None for i in prog[:3])
+        if eps is None:
+            assert errors[0] is not None and "norm eps multiplier" in errors[0]
+            continue
+        assert errors[0] is None
+        assert torch.equal(s.i32(16384, rows, cols), sfu.add(x, y))
+        assert torch.equal(s.i32(24576, rows, cols), sfu.swiglu(x, y, 16, 16, 16))
+        assert torch.equal(s.i32(32768, rows, cols), sfu.rmsnorm(x, 16, gamma, 16, eps, 16))
+        assert torch.equal(s.i32(2048, rows, cols), sfu.add(y, x))
