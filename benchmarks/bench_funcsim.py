@@ -98,6 +98,7 @@ def decode_only(args) -> None:
             shutil.rmtree(folder)
         art, ids = _artifact(args, folder / "artifact")
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
+    rt.freeze_gc = args.freeze_gc  # Runtime.freeze_gc (off by default, as for every runtime)
     if args.baseline:
         return interleaved(args, rt, _baseline_runtime(args.baseline, art, args.baseline_runtime), ids)
     logits = rt.prefill(ids)
@@ -260,6 +261,8 @@ def main() -> None:
                     "(e.g. git show REV:sim/funcsim.py > FILE), step for step in the same process")
     ap.add_argument("--baseline-runtime", default=None, help="--baseline: the baseline's Runtime from this "
                     "runtime.py (e.g. git show REV:sim/runtime.py > FILE), so its patching is the old one too")
+    ap.add_argument("--freeze-gc", action="store_true", help="--decode-only: the runtime freezes the process's "
+                    "long-lived objects out of the cyclic garbage collector's view (Runtime.freeze_gc)")
     ap.add_argument("--sample", action="store_true", help="--decode-only: print a sampled profile of the decode steps")
     ap.add_argument("--reset", action="store_true", help="recompile and re-save the reference (--decode-only)")
     args = ap.parse_args()

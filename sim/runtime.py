@@ -42,6 +42,13 @@ class Runtime:
 
     #: the backend's name (``olivine run --backend``)
     backend = "isa"
+    #: move every object the process holds out of the cyclic garbage collector's view (``gc.freeze``) when
+    #: a program is first decoded. The decoded programs, the machine and what the process held before them
+    #: (torch's and numpy's objects, ~300k) live as long as the runtime, and the collector's full
+    #: collections over them took ~160 ms of CPU once every ~16 SmolLM2 decode steps (each step leaves ~3k
+    #: short-lived objects: its patched instructions). Process-wide, and frozen objects that later become
+    #: cyclic garbage are never collected, so it is off unless the caller's process only generates.
+    freeze_gc = False
 
     def __init__(self, config, meta: dict, programs: dict[str, np.ndarray], image: dict[int, bytes], **options):
         self.config, self.meta = config, meta
@@ -114,12 +121,8 @@ class Runtime:
         patches = self.info[name]["patches"]
         if name not in self._decoded:
             self._decoded[name] = self._decode(words)
-            # the decoded program, the machine and everything the process holds before them (torch's and
-            # numpy's objects: ~300k) live as long as this runtime: moved out of the cyclic collector's
-            # view, whose full collections over them took ~160 ms of CPU once every ~16 decode steps (each
-            # step leaves ~3k short-lived objects: its patched instructions). Frozen objects are still
-            # freed when their last reference goes; only reference cycles among them are kept.
-            gc.freeze()
+            if self.freeze_gc:
+                gc.freeze()
         prog = self._patched(name, patches, env) if patches else self._decoded[name]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # per-instruction tensors are small: intra-op threads only add overhead
@@ -186,12 +189,13 @@ class Runtime:
                 x = None
             if x is not None and all(lo <= x[var] <= hi for var, (lo, hi) in ranges.items()):
                 prog = list(self._decoded[name])
-                for k, template, names, sets in per_offset:
+                for k, link, sets in per_offset:
+                    template = link[0]
                     values = dict(template.values)
                     for field_name, var, base, scale in sets:
                         values[field_name] = base + scale * x[var]
                     inst = isa.Instruction(template.fmt, values)
-                    object.__setattr__(inst, "_sim_template", (template, names))
+                    object.__setattr__(inst, "_sim_template", link)
                     prog[k] = inst
                 return prog
         from olivine.compiler.compile import patch_value
@@ -211,8 +215,8 @@ class Runtime:
     def _patch_plan(prog: list, patches: list[dict]) -> tuple:
         """(offset -> index, (patch, field) in order, patched offsets, per variable the interval of its
         values for which no patch can fail (None: some patch has no such interval, e.g. it patches the
-        opcode or MV's row count, whose rules are not ranges), per patched instruction (index, template,
-        patched field names, (field, var, base, scale) in patch order))."""
+        opcode or MV's row count, whose rules are not ranges), per patched instruction (index, (template,
+        patched field names) for its ``_sim_template``, (field, var, base, scale) in patch order))."""
         index = {off: k for k, off in enumerate(isa.program_offsets(prog))}
         fields = [(p, isa.BY_MNEMONIC[p["mnemonic"]].field(p["field"])) for p in patches]
         offsets = list({p["offset"] for p in patches})
@@ -238,7 +242,7 @@ class Runtime:
         for p, f in fields:
             by_offset.setdefault(p["offset"], []).append((f.name, p["var"], int(p["base"]), int(p["scale"])))
         per_offset = [] if ranges is None else \
-            [(index[off], prog[index[off]], frozenset(s[0] for s in by_offset[off]), tuple(by_offset[off]))
+            [(index[off], (prog[index[off]], frozenset(s[0] for s in by_offset[off])), tuple(by_offset[off]))
              for off in offsets]
         return index, fields, offsets, ranges, per_offset
 
