@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_funcsim.py [--model smollm2] [--preset w4a8-int4] [--tokens 32]
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only [--cache /tmp/olivine-bench]
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only --artifact DIR   (an `olivine compile -o DIR`)
-    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --baseline OLD_FUNCSIM_PY
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --baseline OLD_FUNCSIM_PY [--baseline-runtime OLD_RUNTIME_PY]
+    .venv/bin/python benchmarks/bench_funcsim.py --decode-only --freeze-gc  (Runtime.freeze_gc)
     .venv/bin/python benchmarks/bench_funcsim.py --decode-only --sample     (where a step's CPU goes)
 
 Default: compiles the model, prefills a short prompt and decodes greedily on the simulator and on
@@ -18,7 +19,9 @@ With ``--artifact DIR`` the artifact is one written by ``olivine compile`` (e.g.
 ``olivine compile --model smollm2 -o DIR``); the reference is kept in ``--cache`` under DIR's name.
 ``--baseline FILE`` runs a second simulator (the FuncSim of another funcsim.py) on the same artifact,
 alternating decode steps with this one in one process: on a shared machine the load changes from one
-run to the next, so the ratio of the two CPU figures is the comparable speed-up.
+run to the next, so the ratio of the two CPU figures is the comparable speed-up; ``--baseline-runtime FILE``
+makes the baseline's Runtime that runtime.py's (its patching). The decode steps' cyclic garbage collections
+and their CPU are printed too (a full collection walks every object of the process).
 """
 
 from __future__ import annotations
