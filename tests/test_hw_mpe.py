@@ -363,8 +363,8 @@ def _sparse_32(rng, config, *, m, n, kb, wfmt, out=0, label=""):
 
 
 #: 32 chains with a 40 KiB data space and 4 KiB meta / bias buffers (shapes beyond one 32-block chunk)
-CONFIG32_WIDE = mc.test_config(32).replace(buffers=BufferConfig(weight_kib=8, activation_kib=32, global_kib=8, meta_kib=4,
-                                                      bias_kib=4))
+CONFIG32_WIDE = mc.test_config(32).replace(buffers=BufferConfig(weight_kib=8, activation_kib=32, global_kib=8,
+                                                                meta_kib=4, bias_kib=4))
 
 
 @pytest.mark.slow
