@@ -46,3 +46,38 @@ def tiny_core_harness():
 
     config = load_config("tiny")
     return config, backend_harness(config, dataclasses.asdict(load_model_config("glassllm")))
+
+
+# --- combinational logic in the Amaranth simulator (tests of hw/bitops, hw/sfu_arith) -------------
+def evaluate_comb(build, shapes, cases):
+    """Build a combinational circuit once and read its output for every case.
+
+    ``build(m, *signals)`` receives a fresh Module and one input Signal per entry of ``shapes``
+    (Amaranth shapes or widths) and returns the output: a Signal it drove in ``m`` or any Value
+    (then driven onto a Signal of its shape). ``cases`` holds one tuple of input integers per
+    evaluation; returns the output integers in the same order.
+    """
+    from amaranth.hdl import Module, Signal, Value
+    from amaranth.sim import Simulator
+
+    m = Module()
+    inputs = [Signal(shape, name=f"in{k}") for k, shape in enumerate(shapes)]
+    out = build(m, *inputs)
+    if not isinstance(out, Signal):
+        value = Value.cast(out)
+        out = Signal(value.shape(), name="out")
+        m.d.comb += out.eq(value)
+    results = []
+
+    async def bench(ctx):
+        for case in cases:
+            if len(case) != len(inputs):
+                raise ValueError(f"case {case!r} has {len(case)} values for {len(inputs)} inputs")
+            for signal, value in zip(inputs, case):
+                ctx.set(signal, value)
+            results.append(ctx.get(out))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return results

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import signed, unsigned
 from amaranth.sim import Simulator
 
 from olivine.golden import fixed, sfu
 from olivine.hw.sfu_arith import (DIVIDER_USES, Exp2Neg, Isqrt, RsqrtNorm, SfuArithError, Sigmoid,
                                   UnsignedDivider, bit_length, round_shift, saturate)
-from tests.helpers import REDUCED, requires_verilator
+from tests.helpers import REDUCED, evaluate_comb, requires_verilator
 
 RTL_DIR = Path(__file__).parent / "rtl"
 
@@ -82,38 +82,16 @@ def run_stream(dut, items, read, *, ready_pattern=None, valid_pattern=None, max_
     return outputs, accepted, emitted
 
 
-def eval_comb(build, inputs):
-    """Evaluate a combinational expression: build(m, *signals) -> value, for each input tuple."""
-    results = []
-    sigs, out, m = None, None, Module()
-    first = inputs[0]
-    sigs = [Signal(shape, name=f"in{k}") for k, (shape, _) in enumerate(first)]
-    expr = build(*sigs)
-    out = Signal(expr.shape(), name="out")
-    m.d.comb += out.eq(expr)
-
-    async def bench(ctx):
-        for row in inputs:
-            for s, (_, v) in zip(sigs, row):
-                ctx.set(s, v)
-            results.append(ctx.get(out))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
-    return results
-
-
 # --------------------------------------------------------------------------- helpers
 
 
 def test_bit_length_exhaustive_small_and_random_wide():
     vals = list(range(1 << 10))
-    got = eval_comb(lambda x: bit_length(x), [[(unsigned(10), v)] for v in vals])
+    got = evaluate_comb(lambda m, x: bit_length(x), [unsigned(10)], [(v,) for v in vals])
     assert got == [v.bit_length() for v in vals]
     rng = random.Random(1)
     wide = [0, 1, (1 << 62) - 1, 1 << 61] + [rng.getrandbits(rng.randint(1, 62)) for _ in range(500)]
-    got = eval_comb(lambda x: bit_length(x), [[(unsigned(62), v)] for v in wide])
+    got = evaluate_comb(lambda m, x: bit_length(x), [unsigned(62)], [(v,) for v in wide])
     assert got == [v.bit_length() for v in wide]
     # agrees with golden's tensor version
     assert got == fixed.bit_length(torch.tensor(wide)).tolist()
@@ -122,29 +100,27 @@ def test_bit_length_exhaustive_small_and_random_wide():
 @pytest.mark.parametrize("s", [-3, 0, 1, 2, 5])
 def test_round_shift_constant_exhaustive_8bit(s):
     vals = list(range(-128, 128))
-    got = eval_comb(lambda x: round_shift(x, s), [[(signed(8), v)] for v in vals])
+    got = evaluate_comb(lambda m, x: round_shift(x, s), [signed(8)], [(v,) for v in vals])
     assert got == [fixed.round_shift(v, s) for v in vals]
 
 
 def test_round_shift_variable_exhaustive_small():
-    rows = [[(signed(8), v), (unsigned(3), s)] for v in range(-128, 128) for s in range(8)]
-    got = eval_comb(lambda x, s: round_shift(x, s), rows)
-    assert got == [fixed.round_shift(r[0][1], r[1][1]) for r in rows]
+    rows = [(v, s) for v in range(-128, 128) for s in range(8)]
+    got = evaluate_comb(lambda m, x, s: round_shift(x, s), [signed(8), unsigned(3)], rows)
+    assert got == [fixed.round_shift(v, s) for v, s in rows]
 
 
 def test_round_shift_variable_wide_random():
     rng = random.Random(2)
-    rows = [[(signed(63), rng.randint(-(1 << 62), (1 << 62) - 1)), (unsigned(6), rng.randint(0, 63))]
-            for _ in range(400)]
-    rows += [[(signed(63), v), (unsigned(6), s)] for v in (-(1 << 62), (1 << 62) - 1, -1, 1)
-             for s in (0, 1, 62, 63)]
-    got = eval_comb(lambda x, s: round_shift(x, s, max_shift=63), rows)
-    assert got == [fixed.round_shift(r[0][1], r[1][1]) for r in rows]
+    rows = [(rng.randint(-(1 << 62), (1 << 62) - 1), rng.randint(0, 63)) for _ in range(400)]
+    rows += [(v, s) for v in (-(1 << 62), (1 << 62) - 1, -1, 1) for s in (0, 1, 62, 63)]
+    got = evaluate_comb(lambda m, x, s: round_shift(x, s, max_shift=63), [signed(63), unsigned(6)], rows)
+    assert got == [fixed.round_shift(v, s) for v, s in rows]
 
 
 def test_saturate_exhaustive_10_to_6_bits():
     vals = list(range(-512, 512))
-    got = eval_comb(lambda x: saturate(x, 6), [[(signed(10), v)] for v in vals])
+    got = evaluate_comb(lambda m, x: saturate(x, 6), [signed(10)], [(v,) for v in vals])
     assert got == [fixed.saturate(v, 6) for v in vals]
 
 
