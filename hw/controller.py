@@ -27,7 +27,7 @@ Errors stop dispatch (instructions already running finish) and set ``status``:
   program's channel does not exist; nothing is fetched). ``status.stuck[u]`` holds, for deadlocks
   and the watchdog, the word offset of the instruction unit u is on (the one in flight, else its
   queue head, else the SYS that dispatch holds), ``valid`` = 0 when u has nothing pending; a run
-  that ends done leaves every ``valid`` 0.
+  that ends done leaves every ``stuck[u]`` 0 (valid and offset).
 
 Ports (see :class:`Controller`):
   start: In(1) pulse, accepted when not running and nothing is in flight.
@@ -366,7 +366,7 @@ class Controller(wiring.Component):
                 fail("watchdog")
             with m.Elif(end | program_over & drained):
                 m.d.sync += status.state.eq(STATES.index("done"))
-                m.d.sync += [status.stuck[u].valid.eq(0) for u in range(nu)]  # nothing is stuck
+                m.d.sync += [status.stuck[u].eq(0) for u in range(nu)]  # nothing is stuck: the registers read 0
 
         in_flight = busy.any() | fetch.busy | ~all_empty
         m.d.comb += [self.busy.eq(in_flight), self.unit_busy.eq(busy)]
