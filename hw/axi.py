@@ -6,17 +6,19 @@ member ``m_axi`` appears in Verilog as ``m_axi__araddr`` and cocotbext-axi binds
 default, a 1-bit AxLOCK, ID signals on every channel, QOS/CACHE/PROT present (driven constant).
 
 Bursts are INCR, full-width beats (AxSIZE = log2(data bytes)), at most 256 beats and never crossing
-a 4 KiB boundary (AXI4 A3.4.1); :func:`burst_beats` computes the length of the next burst.
+a 4 KiB boundary (AXI4 A3.4.1); :func:`burst_beats` computes the length of the next burst and
+:class:`BurstIssuer` (the program fetch's AR, LD's AR, ST's AW and ST's W-side burst count) turns a
+transfer into those bursts.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, unsigned
-from amaranth.lib import wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["MAX_BURST_BEATS", "BOUNDARY_BYTES", "axi4_read_signature", "axi4_write_signature",
-           "axi4_signature", "axi4_lite_signature", "burst_beats", "burst_beats_reference", "check_data_width"]
+           "axi4_signature", "axi4_lite_signature", "burst_beats", "burst_beats_reference", "check_data_width", "BurstIssuer", "burst_layout"]
 
 MAX_BURST_BEATS = 256
 BOUNDARY_BYTES = 4096
@@ -88,3 +90,70 @@ def burst_beats_reference(addr: int, remaining: int, beat_bytes: int) -> int:
     """Python twin of :func:`burst_beats` (the tests' model)."""
     to_boundary = (BOUNDARY_BYTES - addr % BOUNDARY_BYTES) // beat_bytes
     return min(remaining, MAX_BURST_BEATS, to_boundary)
+
+
+def burst_layout(addr_width: int = 64) -> data.StructLayout:
+    """One burst's address channel: ``addr`` (AxADDR, beat-aligned) and ``len`` (AxLEN = beats - 1)."""
+    return data.StructLayout({"addr": unsigned(addr_width), "len": unsigned(8)})
+
+
+class BurstIssuer(wiring.Component):
+    """Splits a transfer of ``bytes`` bytes at byte address ``addr`` into AXI4 INCR bursts of full
+    beats: the beats that hold those bytes, at most ``max_burst`` beats each and never across 4 KiB.
+
+    Ports:
+      load: In(1) starts a transfer (addr, bytes sampled); it replaces whatever was left.
+      addr: In(addr_width) byte address, any alignment (the first burst starts at its beat).
+      bytes: In(bytes_bits) bytes of the transfer, >= 1.
+      hold: In(1) offer no burst this cycle (``burst.valid`` low).
+      burst: Out(stream burst_layout): the next burst; the handshake issues it (AR / AW).
+      burst_done: In(1) a burst ended (last R beat, B response): frees a slot of ``max_outstanding``.
+      idle: Out(1) every burst of the transfer has been issued (nothing left to offer).
+      outstanding: Out(range(max_outstanding + 1)) bursts issued and not yet done.
+    With ``max_outstanding=None`` nothing is counted (``burst_done`` unused, ``outstanding`` 0):
+    a splitter of a stream whose bursts are followed elsewhere (ST's W side counts its beats).
+    Latency: the first burst is offered the cycle after ``load``; the next the cycle after a
+    handshake. Throughput: one burst per cycle while fewer than ``max_outstanding`` are in flight.
+    Registers: the next burst's address and the beats left; ``burst.p.len`` is combinational from them.
+    """
+
+    def __init__(self, *, data_width: int = 512, addr_width: int = 64, bytes_bits: int = 24,
+                 max_burst: int = MAX_BURST_BEATS, max_outstanding: int | None = 4):
+        self.beat_bytes = check_data_width(data_width)
+        if not 1 <= max_burst <= MAX_BURST_BEATS:
+            raise ValueError(f"max_burst={max_burst}: AXI4 bursts have 1..{MAX_BURST_BEATS} beats")
+        if max_outstanding is not None and max_outstanding < 1:
+            raise ValueError(f"max_outstanding={max_outstanding}: at least one burst in flight (or None)")
+        self.addr_width, self.bytes_bits = addr_width, bytes_bits
+        self.max_burst, self.max_outstanding = max_burst, max_outstanding
+        super().__init__({
+            "load": In(1), "addr": In(addr_width), "bytes": In(bytes_bits), "hold": In(1),
+            "burst": Out(stream.Signature(burst_layout(addr_width))), "burst_done": In(1),
+            "idle": Out(1), "outstanding": Out(range((max_outstanding or 0) + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bb = self.beat_bytes
+        sh = bb.bit_length() - 1
+        addr = Signal(self.addr_width)              # the next burst's beat-aligned address
+        left = Signal(self.bytes_bits - sh + 2)     # beats still to issue
+        split = burst_beats(addr, left, bb)
+        n = Signal(9)                               # beats of the next burst
+        m.d.comb += n.eq(split if self.max_burst == MAX_BURST_BEATS else
+                         Mux(split < self.max_burst, split, self.max_burst))
+        room = Const(1) if self.max_outstanding is None else self.outstanding < self.max_outstanding
+        m.d.comb += [self.burst.p.addr.eq(addr), self.burst.p.len.eq(n - 1),
+                     self.burst.valid.eq((left != 0) & ~self.hold & room), self.idle.eq(left == 0)]
+        go = self.burst.valid & self.burst.ready
+        with m.If(go):
+            m.d.sync += [addr.eq(addr + (n << sh)), left.eq(left - n)]
+        if self.max_outstanding is not None:
+            with m.If(go & ~self.burst_done):
+                m.d.sync += self.outstanding.eq(self.outstanding + 1)
+            with m.Elif(self.burst_done & ~go):
+                m.d.sync += self.outstanding.eq(self.outstanding - 1)
+        with m.If(self.load):  # after the handshake's update: a load wins
+            m.d.sync += [addr.eq(Cat(Const(0, sh), self.addr[sh:])),
+                         left.eq((self.addr[:sh] + self.bytes + bb - 1) >> sh)]
+        return m

@@ -1,18 +1,39 @@
-"""On-chip buffers of one core (a sketch of the banking; the core does not instantiate it yet).
+"""On-chip buffers of one core: the bank plan, the memory primitive of each bank, the fit check.
 
-From ``BufferConfig`` (KiB per buffer, hw/config.py) and the buffer word width (the AXI beat,
-``data_width`` bits):
+From ``BufferConfig`` (KiB per buffer, hw/config.py) and each buffer's word width (the widest unit
+port on it: the AXI beat, the SFU's ``4 * lanes`` bytes, the matrix engine's ports, e.g. its weight
+port of 16 bytes per chain):
 
-* weight: two halves of ``weight_kib / 2`` (double buffering: LD fills one while the matrix
-  engine reads the other), URAM;
-* meta (sparse indices, block N) and bias (bias and requantization entries): one bank each, BRAM;
+* weight: ONE memory of ``weight_kib`` (double buffering is by address: LD fills one half while
+  the matrix engine reads the other, one write and one read port per cycle, which one simple-dual-
+  port memory serves; two half-depth memories would waste half of every primitive's depth);
+* meta (sparse indices, block N) and bias (bias and requantization entries): one bank each;
 * data space (activation buffer followed by the global buffer, one byte address space):
-  ``data_banks`` banks interleaved by word (word w in bank w mod data_banks), URAM, so that the
+  ``data_banks`` banks interleaved by word (word w in bank w mod data_banks), so that the
   matrix engine and the SFU reading consecutive words hit different banks every cycle.
 
-Each bank is a :class:`BufferBank`: one write port with byte enables and one synchronous read
-port, the memory primitive forced with Vivado's and Yosys's ``ram_style`` attribute ("ultra" for
-URAM, "block" for BRAM: without it Yosys maps even large memories to BRAM, measured).
+The primitive of a bank follows from its shape, :func:`choose_primitive` (depth x width):
+
+* A URAM288 is 4,096 words x 72 bits (9 bytes, a write enable each) and has no other aspect
+  ratio, so a memory shallower than 4,096 words leaves part of every URAM288 of it empty (the
+  U280's weight buffer, 512 words of 2 KiB, would fill 1/8 of 228 URAM288).
+* A RAMB36 is 512 x 72 at its widest (and 1K x 36, 2K x 18, 4K x 9), with a write enable per 9
+  bits (a byte and its parity bit), so it holds 32 Kib of byte-enabled data and any depth of at
+  least 512 words fills it.
+* So: URAM when the bank is at least 4,096 words deep (then it fills whole URAM288, each holding
+  the data of 9 RAMB36, and keeps the BRAM for the shallow buffers), else BRAM.
+
+:func:`primitive_count` counts the primitives of a bank as Yosys synth_xilinx maps it (measured,
+docs/benchmarks.md "Buffers at the U280 sizes"): BRAM ``ceil(depth x width / 32 Kib)`` (at least
+one per 64-bit column); URAM 9-byte columns, ``ceil(depth / 4096)`` deep, with the bytes left over
+(width mod 72 bits) of all the depth segments packed into shared URAM288. :func:`check_fit`
+refuses a configuration whose buffers, on all its cores, need more URAM or BRAM than the board has,
+naming each buffer's share.
+
+Each bank is a :class:`BufferBank` (or, inside the core, hw/core.py's ``_Buffer``): one write port
+with byte enables and one synchronous read port, the primitive forced with Vivado's and Yosys's
+``ram_style`` attribute ("ultra" for URAM, "block" for BRAM: without it Yosys maps even large
+memories to BRAM, measured).
 
 Ports of BufferBank: w_addr, w_data, w_en (one bit per byte) in; r_addr, r_en in; r_data out.
 Latency: read data 1 cycle after r_en; a write is visible to a read of the next cycle.
@@ -28,32 +49,133 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .axi import check_data_width
-from .config import BufferConfig
+from .config import BufferConfig, ConfigError
 from .resources import register_unit
 
-__all__ = ["BankSpec", "BufferBank", "bank_plan", "RAM_STYLES"]
+__all__ = ["BankSpec", "BufferBank", "bank_plan", "choose_primitive", "primitive_count", "check_fit",
+           "RAM_STYLES", "URAM_DEPTH", "URAM_COLUMN_BITS", "BRAM36_BITS"]
 
 RAM_STYLES = {"uram": "ultra", "bram": "block"}
+
+#: URAM288: 4,096 words of 72 bits, 9 byte lanes with a write enable each.
+URAM_DEPTH = 4096
+URAM_COLUMN_BITS = 72
+#: RAMB36 data bits (32 Kib; the parity bits carry no data here: byte enables need 8 + 1 per byte).
+BRAM36_BITS = 32 * 1024
+#: The widest RAMB36 aspect (512 x 72, 64 data bits with byte enables).
+BRAM36_MIN_DEPTH = 512
+
+
+def choose_primitive(depth: int, width_bits: int) -> str:
+    """"uram" when a bank of ``depth`` words is deep enough to fill URAM288 columns (at least
+    URAM_DEPTH words), else "bram" (see the module docstring for the reasoning)."""
+    if depth < 1 or width_bits < 1:
+        raise ValueError(f"a bank of {depth} words x {width_bits} bits: both must be positive")
+    return "uram" if depth >= URAM_DEPTH else "bram"
+
+
+def primitive_count(depth: int, width_bits: int, primitive: str) -> int:
+    """URAM288 or RAMB36 of one bank of ``depth`` words of ``width_bits`` (a whole number of bytes)
+    with byte write enables, as Yosys synth_xilinx maps it (module docstring; measured):
+    URAM ``(width // 72) x segments + ceil((width mod 72) x segments / 72)`` with ``segments =
+    ceil(depth / 4096)`` (e.g. 16K x 512 bits: 7 x 4 + 1 = 29); BRAM ``ceil(width / 64)`` up to 512
+    words, else ``ceil(depth x width / 32 Kib)`` (the deeper aspects trade width for depth)."""
+    if width_bits % 8:
+        raise ValueError(f"a bank {width_bits} bits wide: byte write enables need whole bytes")
+    if primitive == "uram":
+        segments = -(-depth // URAM_DEPTH)
+        full, rest = divmod(width_bits, URAM_COLUMN_BITS)
+        return full * segments + -(-rest * segments // URAM_COLUMN_BITS)
+    if primitive == "bram":
+        if depth <= BRAM36_MIN_DEPTH:
+            return -(-width_bits // 64)
+        return -(-depth * width_bits // BRAM36_BITS)
+    raise ValueError(f"primitive {primitive!r}: choose one of {', '.join(RAM_STYLES)}")
 
 
 @dataclass(frozen=True)
 class BankSpec:
+    """One memory of a buffer: ``bytes`` in words of ``word_bytes``, on ``primitive``."""
+
     name: str
     bytes: int
+    word_bytes: int
     primitive: str  # "uram" or "bram"
 
+    @property
+    def depth(self) -> int:
+        return self.bytes // self.word_bytes
 
-def bank_plan(buffers: BufferConfig, data_banks: int = 2) -> list[BankSpec]:
-    """The banks of one core's buffers (see the module docstring)."""
+    @property
+    def buffer(self) -> str:
+        """The buffer the bank belongs to ("data" for data0, data1, ...)."""
+        return self.name.rstrip("0123456789")
+
+    @property
+    def count(self) -> int:
+        """URAM288 or RAMB36 of the bank (:func:`primitive_count`)."""
+        return primitive_count(self.depth, 8 * self.word_bytes, self.primitive)
+
+
+#: The buffers of a core, in plan order.
+BUFFER_NAMES = ("weight", "meta", "bias", "data")
+
+
+def bank_plan(buffers: BufferConfig, data_banks: int = 2, word_bytes: dict[str, int] | None = None) -> list[BankSpec]:
+    """The banks of one core's buffers (see the module docstring). ``word_bytes``: buffer name ->
+    its word in bytes (the widest unit port on it; hw/core.py OlivineCore.buffer_geometry gives
+    the core's), default 64 (the U280's 512-bit AXI beat) for any buffer not named."""
+    words = {name: 64 for name in BUFFER_NAMES}
+    if word_bytes:
+        unknown = sorted(set(word_bytes) - set(words))
+        if unknown:
+            raise ValueError(f"word_bytes names unknown buffers {unknown}; the buffers are {', '.join(BUFFER_NAMES)}")
+        words.update(word_bytes)
     if buffers.weight_kib % 2:
         raise ValueError(f"weight_kib={buffers.weight_kib} must be even: the weight buffer is double-buffered")
     data_bytes = (buffers.activation_kib + buffers.global_kib) * 1024
+    sizes = {"weight": buffers.weight_kib * 1024, "meta": buffers.meta_kib * 1024, "bias": buffers.bias_kib * 1024}
     if data_bytes % data_banks:
         raise ValueError(f"the data space ({data_bytes} B) does not split into {data_banks} equal banks")
-    plan = [BankSpec("weight0", buffers.weight_kib * 512, "uram"), BankSpec("weight1", buffers.weight_kib * 512, "uram"),
-            BankSpec("meta", buffers.meta_kib * 1024, "bram"), BankSpec("bias", buffers.bias_kib * 1024, "bram")]
-    plan += [BankSpec(f"data{i}", data_bytes // data_banks, "uram") for i in range(data_banks)]
+    banks = [(name, name, size) for name, size in sizes.items()]
+    banks += [(f"data{i}", "data", data_bytes // data_banks) for i in range(data_banks)]
+    plan = []
+    for name, buf, size in banks:
+        word = words[buf]
+        if word < 1 or size % word:
+            raise ValueError(f"the {buf} buffer's bank {name} of {size} B is not a whole number of its "
+                             f"{word}-byte words")
+        plan.append(BankSpec(name, size, word, choose_primitive(size // word, 8 * word)))
     return plan
+
+
+def plan_totals(plan: list[BankSpec]) -> dict[str, int]:
+    """URAM288 and RAMB36 of one core's plan: {"uram": n, "bram": n}."""
+    totals = {"uram": 0, "bram": 0}
+    for bank in plan:
+        totals[bank.primitive] += bank.count
+    return totals
+
+
+def check_fit(plan: list[BankSpec], board, cores: int) -> dict[str, int]:
+    """The plan's URAM288 and RAMB36 on ``cores`` cores (returned) against ``board``
+    (olivine.boards.Board); ConfigError naming every buffer's share when they do not fit. Only the
+    buffers are counted: FIFOs, ROMs and the engine's own memories come on top."""
+    totals = {k: cores * v for k, v in plan_totals(plan).items()}
+    have = {"uram": board.uram, "bram": board.bram36}
+    label = {"uram": "URAM288", "bram": "RAMB36"}
+    problems = []
+    for kind in ("uram", "bram"):
+        if have[kind] is not None and totals[kind] > have[kind]:
+            shares = ", ".join(f"{b.name} {b.count} ({b.depth} x {8 * b.word_bytes} bits)"
+                               for b in plan if b.primitive == kind)
+            problems.append(f"{totals[kind]} {label[kind]} for the buffers of {cores} cores but {board.name} has "
+                            f"{have[kind]}; per core: {shares}")
+    if problems:
+        raise ConfigError("the on-chip buffers do not fit the board: " + "; ".join(problems) +
+                          ". Shrink the buffers named (BufferConfig), use fewer cores or fewer chains "
+                          "(the weight word is 16 bytes per chain)")
+    return totals
 
 
 class BufferBank(wiring.Component):

@@ -27,7 +27,7 @@ Errors stop dispatch (instructions already running finish) and set ``status``:
   program's channel does not exist; nothing is fetched). ``status.stuck[u]`` holds, for deadlocks
   and the watchdog, the word offset of the instruction unit u is on (the one in flight, else its
   queue head, else the SYS that dispatch holds), ``valid`` = 0 when u has nothing pending; a run
-  that ends done leaves every ``valid`` 0.
+  that ends done leaves every ``stuck[u]`` 0 (valid and offset).
 
 Ports (see :class:`Controller`):
   start: In(1) pulse, accepted when not running and nothing is in flight.
@@ -57,12 +57,12 @@ SYS 1); one instruction start per unit every latency + 1 cycles.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
-from .axi import RESP_OKAY, axi4_read_signature, burst_beats, check_data_width
+from .axi import RESP_OKAY, BurstIssuer, axi4_read_signature, check_data_width
 from .decode import LINT_WAIVERS as DECODER_LINT_WAIVERS
 from .decode import DEFAULT_OFFSET_BITS, FIELD_BITS, WORD_LAYOUT, InstructionDecoder, format_layout, unit_formats
 from .resources import register_unit
@@ -112,7 +112,7 @@ class ProgramFetch(wiring.Component):
     deliver), delivered (Out 1: every word has been handed out since the last start), bus_error
     (Out 1, sticky: an RRESP other than OKAY).
     Bursts: beat-aligned INCR, split at ``max_burst`` (<= 256) beats and 4 KiB, up to
-    ``max_outstanding`` in flight.
+    ``max_outstanding`` in flight (hw.axi.BurstIssuer).
     Latency: memory latency + 1 cycle (the beat register) to the first word.
     Throughput: one word per cycle; a beat is accepted in the cycle its last word leaves, so a
     stream of beats runs without bubbles.
@@ -139,11 +139,10 @@ class ProgramFetch(wiring.Component):
         wpb = bb // 4
         shift = bb.bit_length() - 1
         axi = self.axi
-        beat_bits = ob + 3  # enough for words / wpb + 1 (offset_bits counts words)
 
-        ar_addr = Signal(self.addr_width)
-        ar_left = Signal(beat_bits)            # beats still to request
-        outstanding = Signal(range(self.max_outstanding + 1))
+        m.submodules.bursts = bursts = BurstIssuer(data_width=self.data_width, addr_width=self.addr_width,
+                                                   bytes_bits=ob + 2, max_burst=self.max_burst,
+                                                   max_outstanding=self.max_outstanding)
         aborted = Signal()
         left = Signal(ob + 1)                  # words still to deliver
         beat = Signal(self.data_width)
@@ -152,22 +151,13 @@ class ProgramFetch(wiring.Component):
 
         m.d.comb += [
             axi.arid.eq(0), axi.arsize.eq(shift), axi.arburst.eq(1), axi.arlock.eq(0),
-            axi.arcache.eq(0b0011), axi.arprot.eq(0), axi.arqos.eq(0), axi.araddr.eq(ar_addr),
+            axi.arcache.eq(0b0011), axi.arprot.eq(0), axi.arqos.eq(0), axi.araddr.eq(bursts.burst.p.addr),
+            axi.arlen.eq(bursts.burst.p.len), axi.arvalid.eq(bursts.burst.valid), bursts.burst.ready.eq(axi.arready),
+            bursts.hold.eq(aborted), bursts.load.eq(self.start), bursts.addr.eq(self.addr),
+            bursts.bytes.eq(self.words << 2),
         ]
-        n = Signal(9)
-        split = burst_beats(ar_addr, ar_left, bb)
-        m.d.comb += n.eq(Mux(split < self.max_burst, split, self.max_burst))
-        m.d.comb += [axi.arlen.eq(n - 1),
-                     axi.arvalid.eq((ar_left != 0) & ~aborted & (outstanding < self.max_outstanding))]
-        ar_go = axi.arvalid & axi.arready
         r_go = axi.rvalid & axi.rready
-        r_end = r_go & axi.rlast
-        with m.If(ar_go):
-            m.d.sync += [ar_addr.eq(ar_addr + (n << shift)), ar_left.eq(ar_left - n)]
-        with m.If(ar_go & ~r_end):
-            m.d.sync += outstanding.eq(outstanding + 1)
-        with m.Elif(r_end & ~ar_go):
-            m.d.sync += outstanding.eq(outstanding - 1)
+        m.d.comb += bursts.burst_done.eq(r_go & axi.rlast)
         with m.If(r_go & (axi.rresp != RESP_OKAY)):
             m.d.sync += self.bus_error.eq(1)
 
@@ -189,16 +179,13 @@ class ProgramFetch(wiring.Component):
             with m.If(have):
                 m.d.sync += idx.eq(0)
 
-        m.d.comb += [self.busy.eq((outstanding != 0) | (ar_left != 0) & ~aborted | have & ~aborted & (left != 0)),
+        m.d.comb += [self.busy.eq((bursts.outstanding != 0) | ~bursts.idle & ~aborted | have & ~aborted & (left != 0)),
                      self.delivered.eq(left == 0)]
         with m.If(self.stop):
             m.d.sync += aborted.eq(1)
         with m.If(self.start):
             first = self.addr[:shift] >> 2
-            total_bytes = (self.addr[:shift] + (self.words << 2))
-            m.d.sync += [ar_addr.eq(Cat(Const(0, shift), self.addr[shift:])),
-                         ar_left.eq((total_bytes + bb - 1) >> shift), left.eq(self.words),
-                         aborted.eq(0), self.bus_error.eq(0), idx.eq(first if wpb > 1 else 0)]
+            m.d.sync += [left.eq(self.words), aborted.eq(0), self.bus_error.eq(0), idx.eq(first if wpb > 1 else 0)]
         return m
 
 
@@ -366,7 +353,7 @@ class Controller(wiring.Component):
                 fail("watchdog")
             with m.Elif(end | program_over & drained):
                 m.d.sync += status.state.eq(STATES.index("done"))
-                m.d.sync += [status.stuck[u].valid.eq(0) for u in range(nu)]  # nothing is stuck
+                m.d.sync += [status.stuck[u].eq(0) for u in range(nu)]  # nothing is stuck: the registers read 0
 
         in_flight = busy.any() | fetch.busy | ~all_empty
         m.d.comb += [self.busy.eq(in_flight), self.unit_busy.eq(busy)]

@@ -39,11 +39,15 @@ products, compare); it faults with :class:`UnitError`. A read or write response 
 faults the instruction too (``BUS``; the bytes before it have moved).
 
 Buffers (hw/buffers.py bank_plan, ``amaranth.lib.memory`` with Vivado's / Yosys's ``ram_style``):
-weight (two halves, URAM), meta and bias (BRAM), written by LD and read by the matrix engine (and
-by ST); the data space (activation + global, URAM) in ``data_banks`` banks interleaved by memory
-word. Each bank has one write and one read port (simple dual port). A memory word is as wide as
-the widest unit port on it (``axi_data_width``, the SFU's ``4 * lanes`` bytes, the engine's ports);
-narrower ports select a slice on read and shift data and byte enables on write.
+weight (one memory: its double buffering is by address, LD writing one half while the engine
+reads the other), meta and bias, written by LD and read by the matrix engine (and by ST); the data
+space (activation + global) in ``data_banks`` banks interleaved by memory word. Each bank has one
+write and one read port (simple dual port). A memory word is as wide as the widest unit port on it
+(``axi_data_width``, the SFU's ``4 * lanes`` bytes, the engine's ports); narrower ports select a
+slice on read and shift data and byte enables on write. Each bank's primitive (URAM / BRAM) follows
+from its depth x width (hw.buffers.choose_primitive), and the core refuses (ConfigError, naming the
+buffers) a configuration whose banks on ``config.cores`` cores exceed the board's URAM or BRAM
+(hw.buffers.check_fit; ``buffer_primitives`` holds the totals).
 
 Arbitration, per bank and port: LD (writes) and ST (reads) win in the data space; they are never
 frozen because their AXI handshakes cannot pause mid-beat. The SFU and the matrix engine contend for the
@@ -54,7 +58,7 @@ the read data of its last granted read until its next enabled cycle. Cost: a los
 conflict; the SFU and the engine lose nothing to each other when they work in different banks
 (word w lives in bank w mod data_banks). The engine's weight/meta/bias reads are never frozen
 (CORE_INTERFACE.md): an ST reading one of those buffers (as test dumps do) waits for the port
-instead (StoreEngine ``buf.busy``; its words go to a queue, so its AXI side only sees a later
+while the engine reads it (either half of the weight buffer: one read port) (StoreEngine ``buf.busy``; its words go to a queue, so its AXI side only sees a later
 beat). The controller's instruction handshake and the units' done/fault pulses are gated with
 the same enable.
 
@@ -84,7 +88,7 @@ from amaranth.lib.wiring import In, Out
 from . import core_regs, isa
 from .axi import RESP_OKAY, axi4_lite_signature, axi4_signature
 from .bitops import popcount, shift_right
-from .buffers import RAM_STYLES, bank_plan
+from .buffers import RAM_STYLES, bank_plan, check_fit
 from .config import AcceleratorConfig
 from .controller import LINT_WAIVERS as CONTROLLER_LINT_WAIVERS
 from .controller import STATES, STATUS_CAUSES, UNIT_NAMES, Controller, unit_layout
@@ -253,7 +257,6 @@ class OlivineCore(wiring.Component):
         self.channel_bytes = hbm_channel_bytes or config.board_facts.memory.channel_bytes
         if not 0 < self.channel_bytes <= 1 << 48:
             raise ValueError(f"hbm_channel_bytes={self.channel_bytes}: give a positive size up to 2**48")
-        self.plan = bank_plan(config.buffers, data_banks)
         self.data_banks = data_banks
         self.queue_depth, self.token_bits, self.max_outstanding = queue_depth, token_bits, max_outstanding
         if mpe is not None and not isinstance(mpe, wiring.Component) and callable(mpe):
@@ -263,6 +266,13 @@ class OlivineCore(wiring.Component):
         b = config.buffers
         self.buffer_bytes = {"weight": b.weight_kib * 1024, "meta": b.meta_kib * 1024, "bias": b.bias_kib * 1024,
                              "data": (b.activation_kib + b.global_kib) * 1024}
+        # the banks as built (word = the widest port on the buffer) and their fit on the board's cores
+        self.plan = bank_plan(config.buffers, data_banks, self._word_bytes())
+        self.buffer_primitives = check_fit(self.plan, config.board_facts, config.cores)
+        self._geometry = {}
+        for bank in self.plan:
+            word, banks, _ = self._geometry.get(bank.buffer, (bank.word_bytes, 0, bank.primitive))
+            self._geometry[bank.buffer] = (word, banks + 1, bank.primitive)
         members = {"s_axi_control": In(axi4_lite_signature(core_regs.ADDRESS_BITS, 32)), "interrupt": Out(1)}
         for k in range(self.channels):
             members[f"m_axi_hbm{k}"] = Out(axi4_signature(64, self.data_width, 1))
@@ -276,16 +286,17 @@ class OlivineCore(wiring.Component):
 
     def buffer_geometry(self) -> dict[str, tuple[int, int, int, str]]:
         """name -> (bytes, word bytes, banks, primitive) of the core's buffers: a word is as wide
-        as the widest unit port on the buffer (the AXI beat, the SFU's, the engine's)."""
+        as the widest unit port on the buffer (the AXI beat, the SFU's, the engine's); the primitive
+        is hw/buffers.py's choice for the bank's depth x width."""
+        return {name: (self.buffer_bytes[name], *self._geometry[name]) for name in self._geometry}
+
+    def _word_bytes(self) -> dict[str, int]:
         bb = self.beat_bytes
         widths = {"weight": [bb], "meta": [bb], "bias": [bb], "data": [bb, len(self.sfu.rd.data) // 8]}
         if self.mpe is not None:
             for port, buf in _MPE_BUFFER_PORTS.items():
                 widths[buf].append(len(getattr(self.mpe, port).data) // 8)
-        primitive = {s.name.rstrip("0123456789"): s.primitive for s in self.plan}
-        banks = {"weight": 2, "meta": 1, "bias": 1, "data": self.data_banks}
-        return {name: (self.buffer_bytes[name], max(widths[name]), banks[name], primitive[name])
-                for name in ("weight", "meta", "bias", "data")}
+        return {name: max(w) for name, w in widths.items()}
 
     def elaborate(self, platform):
         m = Module()
@@ -357,16 +368,6 @@ class OlivineCore(wiring.Component):
         mpe_ports = {} if mpe is None else {port: getattr(mpe, port) for port in _MPE_BUFFER_PORTS}
         buffers = {name: _Buffer(m, name, nbytes, word, banks, primitive)
                    for name, (nbytes, word, banks, primitive) in self.buffer_geometry().items()}
-        # the weight buffer's halves: bank = the top address bit (double buffering), not interleaved
-        wbuf = buffers["weight"]
-
-        def weight_bank_row(addr, unit_bytes):
-            rb = _log2(wbuf.word_bytes // unit_bytes)
-            word = addr >> rb
-            lane = addr[:rb] if rb else Const(0, 1)
-            return (word >= wbuf.depth), Mux(word >= wbuf.depth, word - wbuf.depth, word), lane
-        wbuf.bank_row = weight_bank_row
-
         # requests: (buffer, kind, unit (None: LD/ST, never frozen), addr, unit_bytes, en, data, sink)
         requests = []
         target_of = {t: ("data" if t in ("act", "global", "kv") else t) for t in isa.TARGET_BUFFERS}

@@ -21,7 +21,7 @@ i1*hbm_stride1 + i0*hbm_stride0`` is read; the segments land back to back from `
 
 Structure: a loop generator pushes segments (address, length) into two small queues; the AR side
 turns each into beat-aligned INCR bursts (at most 256 beats, never across 4 KiB), up to
-``max_outstanding`` in flight; the R side walks the same segments, takes the valid bytes of each
+``max_outstanding`` in flight (hw.axi.BurstIssuer, as ST's AW and W sides and the program fetch); the R side walks the same segments, takes the valid bytes of each
 beat (unaligned starts and ends), rotates them to their buffer lanes and merges them into a
 pending buffer word that is written (with byte enables) once complete, so one buffer word is
 written per beat at most and unaligned buffer addresses need no read-modify-write.
@@ -42,12 +42,12 @@ Throughput: one beat (data_width / 8 bytes) per cycle when the memory streams.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
-from .axi import RESP_OKAY, axi4_read_signature, axi4_write_signature, burst_beats, check_data_width
+from .axi import RESP_OKAY, BurstIssuer, axi4_read_signature, axi4_write_signature, check_data_width
 from .controller import unit_layout
 from .decode import DEFAULT_OFFSET_BITS
 from .resources import register_unit
@@ -148,26 +148,16 @@ class LoadEngine(_Engine):
 
         # ---- AR side ------------------------------------------------------------------------
         ar_seg = data.View(SEGMENT_LAYOUT, ar_q.r_data)
-        ar_addr = Signal(64)
-        ar_left = Signal(24 - sh + 2)  # beats of the current segment still to request
-        outstanding = Signal(range(self.max_outstanding + 1))
-        m.d.comb += ar_q.r_en.eq(ar_left == 0)
-        with m.If(ar_q.r_rdy & (ar_left == 0)):
-            m.d.sync += [ar_addr.eq(Cat(Const(0, sh), ar_seg.addr[sh:])),
-                         ar_left.eq((ar_seg.addr[:sh] + ar_seg.length + bb - 1) >> sh)]
-        n = burst_beats(ar_addr, ar_left, bb)
+        m.submodules.ar_bursts = ar = BurstIssuer(data_width=self.data_width, addr_width=64, bytes_bits=24,
+                                                  max_outstanding=self.max_outstanding)
+        m.d.comb += [ar_q.r_en.eq(ar.idle), ar.load.eq(ar_q.r_rdy & ar.idle), ar.addr.eq(ar_seg.addr),
+                     ar.bytes.eq(ar_seg.length)]
         m.d.comb += [axi.arid.eq(0), axi.arsize.eq(sh), axi.arburst.eq(1), axi.arlock.eq(0),
                      axi.arcache.eq(0b0011), axi.arprot.eq(0), axi.arqos.eq(0),
-                     axi.araddr.eq(ar_addr), axi.arlen.eq(n - 1),
-                     axi.arvalid.eq((ar_left != 0) & (outstanding < self.max_outstanding))]
-        ar_go = axi.arvalid & axi.arready
-        r_end = axi.rvalid & axi.rready & axi.rlast
-        with m.If(ar_go):
-            m.d.sync += [ar_addr.eq(ar_addr + (n << sh)), ar_left.eq(ar_left - n)]
-        with m.If(ar_go & ~r_end):
-            m.d.sync += outstanding.eq(outstanding + 1)
-        with m.Elif(r_end & ~ar_go):
-            m.d.sync += outstanding.eq(outstanding - 1)
+                     axi.araddr.eq(ar.burst.p.addr), axi.arlen.eq(ar.burst.p.len),
+                     axi.arvalid.eq(ar.burst.valid), ar.burst.ready.eq(axi.arready),
+                     ar.burst_done.eq(axi.rvalid & axi.rready & axi.rlast)]
+        outstanding = ar.outstanding
 
         # ---- R side: bytes of each beat -> buffer lanes ---------------------------------------
         r_seg = data.View(SEGMENT_LAYOUT, r_q.r_data)
@@ -218,7 +208,7 @@ class LoadEngine(_Engine):
         # finish: every segment generated and taken, nothing outstanding; flush the pending word
         finishing = Signal()
         all_taken = active & ~generating & ~r_q.r_rdy & (r_left == 0) & ~push & (outstanding == 0) \
-            & (ar_left == 0) & ~ar_q.r_rdy
+            & ar.idle & ~ar_q.r_rdy
         with m.If(all_taken & ~wr & ~finishing):
             m.d.sync += finishing.eq(1)
             with m.If(pend_en != 0):
@@ -259,12 +249,10 @@ class StoreEngine(_Engine):
         s0 = Signal(32)
         # AW side: segment counter and address; W side: its own walk over the same segments
         aw_seg, aw_seg_addr = Signal(8), Signal(64)
-        aw_addr, aw_left = Signal(64), Signal(24 - sh + 2)
         w_seg, w_seg_addr = Signal(8), Signal(64)
         w_addr, w_left = Signal(64), Signal(25)     # byte address / bytes left in the segment
-        w_baddr, w_beats_left, w_burst_left = Signal(64), Signal(24 - sh + 2), Signal(9)
+        w_burst_left = Signal(9)                   # W beats of the current burst still to send
         aw_more, w_more = Signal(), Signal()       # segments still to start on each side
-        outstanding = Signal(range(self.max_outstanding + 1))
         bad = Signal()       # the source range exceeds the buffer: nothing is transferred
         resp_bad = Signal()  # a BRESP error, reported at the end (announced bursts still get their data)
         # source side: sequential word reads into a 4-entry queue, then a two-word window
@@ -281,32 +269,27 @@ class StoreEngine(_Engine):
         m.d.comb += total.eq(f.buf_addr + f.length * f.n0)
         with m.If(self.inst.valid & self.inst.ready):
             m.d.sync += [active.eq(1), length.eq(f.length), n0.eq(f.n0), s0.eq(f.hbm_stride0),
-                         aw_seg.eq(0), aw_seg_addr.eq(f.hbm_addr), aw_left.eq(0), aw_more.eq(1),
+                         aw_seg.eq(0), aw_seg_addr.eq(f.hbm_addr), aw_more.eq(1),
                          w_seg.eq(0), w_seg_addr.eq(f.hbm_addr), w_left.eq(0), w_more.eq(1),
                          w_burst_left.eq(0), sp.eq(f.buf_addr), rd_next.eq(f.buf_addr >> sh),
                          rd_last.eq((total - 1) >> sh), rd_more.eq(1), cur_ok.eq(0), nxt_ok.eq(0),
                          bad.eq(total > self.buffer_bytes), resp_bad.eq(0), self.buf.source.eq(f.source)]
 
         # ---- AW ----
-        with m.If(active & ~bad & aw_more & (aw_left == 0)):
-            m.d.sync += [aw_addr.eq(Cat(Const(0, sh), aw_seg_addr[sh:])),
-                         aw_left.eq((aw_seg_addr[:sh] + length + bb - 1) >> sh),
-                         aw_seg_addr.eq(aw_seg_addr + s0), aw_seg.eq(aw_seg + 1),
-                         aw_more.eq(aw_seg + 1 < n0)]
-        n = burst_beats(aw_addr, aw_left, bb)
+        m.submodules.aw_bursts = aw = BurstIssuer(data_width=self.data_width, addr_width=64, bytes_bits=24,
+                                                  max_outstanding=self.max_outstanding)
+        aw_start = active & ~bad & aw_more & aw.idle
+        m.d.comb += [aw.load.eq(aw_start), aw.addr.eq(aw_seg_addr), aw.bytes.eq(length)]
+        with m.If(aw_start):
+            m.d.sync += [aw_seg_addr.eq(aw_seg_addr + s0), aw_seg.eq(aw_seg + 1), aw_more.eq(aw_seg + 1 < n0)]
         m.d.comb += [axi.awid.eq(0), axi.awsize.eq(sh), axi.awburst.eq(1), axi.awlock.eq(0),
                      axi.awcache.eq(0b0011), axi.awprot.eq(0), axi.awqos.eq(0),
-                     axi.awaddr.eq(aw_addr), axi.awlen.eq(n - 1),
-                     axi.awvalid.eq((aw_left != 0) & (outstanding < self.max_outstanding))]
+                     axi.awaddr.eq(aw.burst.p.addr), axi.awlen.eq(aw.burst.p.len),
+                     axi.awvalid.eq(aw.burst.valid), aw.burst.ready.eq(axi.awready)]
         aw_go = axi.awvalid & axi.awready
         b_go = axi.bvalid & axi.bready
-        m.d.comb += axi.bready.eq(1)
-        with m.If(aw_go):
-            m.d.sync += [aw_addr.eq(aw_addr + (n << sh)), aw_left.eq(aw_left - n)]
-        with m.If(aw_go & ~b_go):
-            m.d.sync += outstanding.eq(outstanding + 1)
-        with m.Elif(b_go & ~aw_go):
-            m.d.sync += outstanding.eq(outstanding - 1)
+        m.d.comb += [axi.bready.eq(1), aw.burst_done.eq(b_go)]
+        outstanding = aw.outstanding
         with m.If(b_go & (axi.bresp != RESP_OKAY)):
             m.d.sync += resp_bad.eq(1)
 
@@ -320,10 +303,14 @@ class StoreEngine(_Engine):
         m.d.comb += [wq.w_data.eq(self.buf.data), wq.w_en.eq(inflight)]
 
         # ---- W ----
-        with m.If(active & ~bad & w_more & (w_left == 0)):
+        # the W side splits each segment into the same bursts as AW (its own issuer: W beats may run
+        # ahead of their AW), for WLAST; a burst is "issued" by its last W beat
+        m.submodules.w_bursts = wb = BurstIssuer(data_width=self.data_width, addr_width=64, bytes_bits=24,
+                                                 max_outstanding=None)
+        w_start = active & ~bad & w_more & (w_left == 0)
+        m.d.comb += [wb.load.eq(w_start), wb.addr.eq(w_seg_addr), wb.bytes.eq(length)]
+        with m.If(w_start):
             m.d.sync += [w_addr.eq(w_seg_addr), w_left.eq(length),
-                         w_baddr.eq(Cat(Const(0, sh), w_seg_addr[sh:])),
-                         w_beats_left.eq((w_seg_addr[:sh] + length + bb - 1) >> sh),
                          w_seg_addr.eq(w_seg_addr + s0), w_seg.eq(w_seg + 1), w_more.eq(w_seg + 1 < n0)]
         lo = w_addr[:sh]
         room = bb - lo
@@ -339,15 +326,15 @@ class StoreEngine(_Engine):
         for j in range(bb):
             at_or_after_lo = (lo <= j) if j < bb - 1 else 1
             m.d.comb += strb[j].eq(at_or_after_lo & (j < end))
-        burst_n = burst_beats(w_baddr, w_beats_left, bb)
+        burst_n = wb.burst.p.len + 1
         m.d.comb += [axi.wstrb.eq(strb),
                      axi.wlast.eq(Mux(w_burst_left == 0, burst_n, w_burst_left) == 1),
                      axi.wvalid.eq(active & ~bad & (w_left != 0) & cur_ok & (~spans | nxt_ok))]
         w_go = axi.wvalid & axi.wready
+        m.d.comb += wb.burst.ready.eq(w_go & axi.wlast)
         consumed = w_go & (sq + take_n >= bb)      # the beat used the rest of the current word
         with m.If(w_go):
             m.d.sync += [w_addr.eq(w_addr + take_n), w_left.eq(w_left - take_n), sp.eq(sp + take_n),
-                         w_baddr.eq(w_baddr + bb), w_beats_left.eq(w_beats_left - 1),
                          w_burst_left.eq(Mux(w_burst_left == 0, burst_n, w_burst_left) - 1)]
         # window refill: cur <- nxt on consumption; empty slots fill from the queue
         take_q = Signal()
@@ -368,7 +355,7 @@ class StoreEngine(_Engine):
         m.d.comb += wq.r_en.eq(take_q)
 
         # ---- finish ----
-        finished = active & (bad | ~aw_more & (aw_left == 0) & ~w_more & (w_left == 0)) & (outstanding == 0) \
+        finished = active & (bad | ~aw_more & aw.idle & ~w_more & (w_left == 0)) & (outstanding == 0) \
             & ~aw_go
         drain = Signal()
         with m.If(finished & ~drain):

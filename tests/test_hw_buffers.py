@@ -1,22 +1,77 @@
 """hw/buffers.py: the bank plan from BufferConfig, a bank's ports in Amaranth simulation, and
 (synth) the memory primitive Yosys infers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from olivine.hw.buffers import BufferBank, bank_plan
-from olivine.hw.config import BufferConfig
+from olivine.boards import get_board
+from olivine.hw.buffers import BufferBank, bank_plan, check_fit, choose_primitive, primitive_count
+from olivine.hw.config import BufferConfig, ConfigError, for_board
 
 
 def test_bank_plan_covers_every_buffer():
     cfg = BufferConfig()
     plan = {b.name: b for b in bank_plan(cfg, data_banks=2)}
-    assert plan["weight0"].bytes + plan["weight1"].bytes == cfg.weight_kib * 1024
+    assert plan["weight"].bytes == cfg.weight_kib * 1024  # one memory: the halves are by address
     assert plan["data0"].bytes + plan["data1"].bytes == (cfg.activation_kib + cfg.global_kib) * 1024
-    assert (plan["meta"].primitive, plan["bias"].primitive, plan["weight0"].primitive) == ("bram", "bram", "uram")
+    # 64-byte words: weight 16,384 deep, data banks 16,384, meta 2,048, bias 1,024
+    assert (plan["meta"].primitive, plan["bias"].primitive, plan["weight"].primitive) == ("bram", "bram", "uram")
     with pytest.raises(ValueError, match="double-buffered"):
         bank_plan(BufferConfig(weight_kib=3))
+    with pytest.raises(ValueError, match="unknown buffers"):
+        bank_plan(cfg, word_bytes={"weights": 64})
+
+
+def test_primitive_follows_the_shape():
+    """URAM from 4,096 words (one URAM288's depth) on, BRAM below; the counts Yosys synth_xilinx
+    gives (docs/benchmarks.md "Buffers at the U280 sizes"): URAM288 4K x 9 byte lanes, RAMB36
+    32 Kib of byte-enabled data."""
+    assert choose_primitive(4095, 512) == "bram" and choose_primitive(4096, 64) == "uram"
+    assert primitive_count(512, 16384, "bram") == 256      # 2 KiB word: 32 x the 8 RAMB36 of a 64-byte slice
+    assert primitive_count(512, 16384, "uram") == 228      # ... or 228 9-byte URAM288 columns filled to 1/8
+    assert primitive_count(2048, 512, "bram") == 32        # 2K x 512 = 1 Mib (measured: 32)
+    assert primitive_count(16384, 512, "uram") == 29       # 7 columns x 4 deep + 1 for the 64th bytes (measured: 2 x 29)
+    assert primitive_count(16384, 256, "uram") == 15       # 3 x 4 + 3 (measured: 2 x 15)
+    assert primitive_count(16384, 64, "uram") == 4         # (measured: 2 x 4)
+    assert primitive_count(64, 128, "bram") == 2           # shallow: one RAMB36 per 64-bit column
+    with pytest.raises(ValueError, match="choose one of"):
+        primitive_count(512, 64, "lutram")
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")  # the refused core's parts
+def test_u280_buffers_fit_and_a_larger_weight_buffer_is_refused():
+    """The U280 default (3 cores, 128 chains: 2 KiB weight words) fits: per core 256 + 32 + 16
+    RAMB36 (weight, meta, bias) and 2 x 29 URAM288 (data banks); 4 MiB of weights per core would
+    need 3 x 1,024 RAMB36 and is refused by name, by the config's core."""
+    cfg = for_board("u280")
+    words = {"weight": 16 * cfg.chains_per_core, "meta": 64, "bias": 64, "data": 64}
+    plan = bank_plan(cfg.buffers, 2, words)
+    assert check_fit(plan, get_board("u280"), cfg.cores) == {"uram": 3 * 58, "bram": 3 * (256 + 32 + 16)}
+    big = cfg.replace(buffers=dataclasses.replace(cfg.buffers, weight_kib=4096))
+    with pytest.raises(ConfigError, match=r"3216 RAMB36 .* u280 has 2016; per core: weight 1024 \(2048 x 16384 bits\)"):
+        check_fit(bank_plan(big.buffers, 2, words), get_board("u280"), big.cores)
+    from olivine.hw.hdl import core_for
+
+    with pytest.raises(ConfigError, match="weight 1024"):
+        core_for(big)
+    assert core_for(cfg).buffer_primitives == {"uram": 174, "bram": 912}
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_olivine_hdl_refuses_buffers_beyond_the_board(tmp_path, capsys):
+    import json
+
+    from olivine.cli import main
+
+    bad = tmp_path / "big.json"
+    bad.write_text(json.dumps({"buffers": {"weight_kib": 4096}}))
+    assert main(["hdl", "--config", str(bad), "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("olivine hdl: ") and "RAMB36" in err and "weight 1024" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_bank_byte_enables_and_read_latency():
@@ -54,3 +109,13 @@ def test_bank_infers_uram():
 
     report = synthesize(BufferBank(32 * 1024, data_width=64, primitive="uram"), "olivine_bank")
     assert (report.uram, report.bram36, report.lutram, report.ff) == (1, 0, 0, 0), report
+
+
+@pytest.mark.synth
+def test_u280_bram_column_maps_as_counted():
+    """One 8-byte column of the U280 meta bank (2,048 words, BRAM): Yosys gives the RAMB36 that
+    primitive_count counts and no LUTRAM or FF (the whole banks: docs/benchmarks.md)."""
+    from olivine.hw.resources import synthesize
+
+    report = synthesize(BufferBank(2048 * 8, data_width=64, primitive="bram"), "olivine_meta_column")
+    assert (report.bram36, report.uram, report.lutram, report.ff) == (primitive_count(2048, 64, "bram"), 0, 0, 0), report

@@ -154,6 +154,7 @@ def run_rtl(programs, latencies, tmp_path, *, watchdog=0, max_cycles=20000, seed
         results.append({"state": STATES[r["state"][p]], "cause": STATUS_CAUSES[r["cause"][p]],
                         "field": int(r["field"][p]), "offset": int(r["offset"][p]),
                         "stuck": [int(o) if v else None for v, o in zip(r["stuck_valid"][p], r["stuck_offset"][p])],
+                        "stuck_raw": [(int(v), int(o)) for v, o in zip(r["stuck_valid"][p], r["stuck_offset"][p])],
                         "cycles": int(r["cycles"][p]), "events": events})
     return results
 
@@ -255,6 +256,7 @@ def test_errors_watchdog_overflow_and_throughput(tmp_path):
     assert (res[2]["state"], res[2]["cause"]) == ("error", "token_overflow")
     assert res[2]["offset"] == 255 * 6  # the 256th release finds the 8-bit counter full
     assert res[3]["state"] == "done" and len(res[3]["events"]) == 64
+    assert res[3]["stuck_raw"] == [(0, 0)] * 4  # after done: no stale offset (the SYS end's) behind valid = 0
     assert (res[4]["state"], res[4]["cause"], res[4]["stuck"]) == ("error", "queue_deadlock", [None, None, 0, None])
     starts = sorted(s for _, s, _ in res[3]["events"].values())
     print(f"64 independent 1-cycle instructions (4 units): first start {starts[0]}, last start "
