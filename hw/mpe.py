@@ -220,7 +220,8 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int 
 
 def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int = 1) -> int:
     """The closed-form estimate of :func:`mpe_cycles` (within 15 % + 16 cycles of the RTL on the
-    tests' cases; cheap for any shape). Its terms say where the time goes:
+    tests' cases and on tests/test_hw_mpe.py's random cases at 2 and 8 chains; cheap for any shape).
+    Its terms say where the time goes:
 
     Per (column group, token pair) the slowest of three resources sets the pace:
     * the data-space read port: ``tokens * (k_blocks * words + prime)`` operand reads (words =
@@ -229,11 +230,15 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
       pv 1, qk 3 per column), plus the loader's (qk: K blocks; pv: 2 per V row, C / 16 + 1 for
       C > 16);
     * the chains: ``k_blocks`` beats (pv: 5 per block);
-    * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads;
-    and, when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
+    * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads (qk: at
+      least 2C + 1, the collector takes each token pair's record of all C chains);
+    a linear column group after the first that fits the reuse waits for its 2C weight reads; and,
+    when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
     or the next chunk's C weight reads, 2C for a row's first, which start when it is swapped in).
     Sparse: per group 2C + 5 + C / 16 (each band's N, then 2 weight + 2 meta reads per chain),
-    plus the bands' table scans and the block-N prescan. Plus the check cycles, the prescan of the
+    plus the bands' table scans and the block-N prescan; with one K block the group's kept weights
+    are loaded once and serve all its token pairs, whose records (writer + 1 each, a lone token's
+    as long as a pair's) overlap that load. Plus the check cycles, the prescan of the
     data rules (out != int32: 2 per mantissa, 1 per entry), the first chunk's load and the
     pipeline drain (chain latency + requantizer).
     """
@@ -272,8 +277,10 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
         mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
         total += 2 * mants + (n if mode == 0 else 1) + 2
     total += load
+    sparse_reuse = fields.get("sparse") and kb == 1   # one K block: a column group's kept weights serve every token pair
     for cg in range(-(-n // C)):
         cols = min(C, n - cg * C)
+        group_load = group_rest = 0
         for tp in range(-(-m // 2)):
             tokens = min(2, m - 2 * tp)
             vals = tokens * cols
@@ -288,17 +295,26 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
             if mode != 0 and not (reuse and tp):
                 act += (load if mode == 2 else cols * (load // min(C, n))) if (cg or tp) else 0
             writer = vals * (1 + accumulate) + params
+            if mode == 1:   # qk: the collector takes a token pair's record of all C chains, live or not
+                writer = max(writer, 2 * C + 1)
             if fields.get("sparse"):   # per group: each band's N, then 2 weight + 2 meta reads per chain
                 beats = kb * (2 * C + 5 + slots) + (slots * (3 + kb // 16) - 1
                                                     if cg % max(1, 16 // C) == 0 and tp == 0 else 0)
-            elif reuse:
+                if sparse_reuse:   # the group's load once, overlapped by its token pairs' records (a lone
+                    group_load = max(group_load, beats)       # token's takes a pair's time)
+                    group_rest += max(act, writer + 1 + (cols * (1 + accumulate) if tokens == 1 else 0))
+                    continue
+            elif reuse:   # a linear column group after the first waits for its rows' 2C weight reads
                 beats = kb * digits + (0 if tp else 1)
+                if mode == 0 and cg and not tp:
+                    beats = max(beats, 2 * C + mreads + 2)
             else:   # a chunk's beats, or its load (which starts when the previous chunk starts)
                 beats = 0
                 for q in range(chunks):
                     bq = min(blocks, kb - q * blocks)
                     beats += max(bq * digits + 1, (2 * C if q == 0 else C) + mreads + 2)
             total += max(act, beats, writer)
+        total += max(group_load, group_rest)
     # the last record's writer overlaps nothing (earlier ones overlap the next group's loads and
     # beats): it shows with many columns per group, e.g. pv / qk at 32 chains
     total += writer if C > 16 else 0
