@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
               f"{c['prefill']:,}, decode {sum(dec) / max(len(dec), 1):,.0f} per step (min {min(dec, default=0):,}, "
               f"max {max(dec, default=0):,}), total {c['total']:,}")
         print(f"{'':>16}rtl wall {res['rtl_seconds']:.1f} s (build {res['build_seconds']:.0f} s) = "
-              f"{c['simulated_cycles_per_s'] / 1e3:,.0f}k cycles/s; isa wall {res['isa_seconds']:.1f} s; "
+              f"{c['simulated_cycles_per_s'] / 1e3:,.0f}k cycles/s ({c['simulated_cycles_per_cpu_s'] / 1e3:,.1f}k per "
+              f"CPU-second of the harness process, load average {os.getloadavg()[0]:.1f}); isa wall {res['isa_seconds']:.1f} s; "
               f"{c['tokens_per_s_at_clock']:.1f} tok/s at {c['clock_mhz']:g} MHz "
               f"(decode {c['decode_tokens_per_s_at_clock']:.1f} tok/s)")
         u = c["units"]

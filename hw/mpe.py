@@ -52,8 +52,9 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     input] -> add -> int32 write, or -> Requantizer -> fixed32 / int8 write (one per cycle).
   * Data rules (out != int32): before anything runs, a prescan reads every row mantissa (A; qk: K)
     and every entry's multiplier; a mantissa > 256 or a multiplier with bit 31 faults. ``wgroup``
-    (any out, first, funcsim's order): every multiplier byte, one per cycle through the weight port;
-    a 0 multiplier (not the padding nibble of an odd group count) faults with ``GROUP_MULT``.
+    (any out, first, funcsim's order): every multiplier, one weight word (16C bytes, all the rows'
+    multipliers in it) per cycle through the weight port; a 0 multiplier (not the padding nibble of
+    an odd group count) faults with ``GROUP_MULT``.
 
 Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read latency):
   inst      In(stream.Signature(unit_layout("mpe")))  (MM / MV; the handshake starts it)
@@ -76,8 +77,8 @@ Ports (CORE_INTERFACE.md sections 1-3; every read port has one cycle of read lat
 Latency / throughput: :func:`mpe_cycles` (cycles from the accepted ``inst`` to ``done``). A beat
 carries 2 x 16 x C MACs; it issues at one per cycle for one token (MV) and one per two cycles for
 a token pair (two data-space reads); a chunk that does not fit the reuse takes max(B + 1, C + 2)
-cycles (``wgroup``: max(B + 1, 2C + 2), the multiplier reads; plus the prescan's n * ceil(groups / 2)
-cycles); the writer takes one cycle per value (two with accumulate). At the small configuration
+cycles (``wgroup``: max(B + 1, 2C + 2), the multiplier reads; plus the prescan's one cycle per
+weight word holding the n * ceil(groups / 2) multiplier bytes); the writer takes one cycle per value (two with accumulate). At the small configuration
 (8 chains, 256 MACs per cycle), K = 512, n = 512: MV int8 30 %, MV int4 43 % (one token uses half
 of each beat), MM m = 32 int8 / int4 50 % of the peak; qk 13 %, pv 10 % (the writer, the digit
 passes: docs/benchmarks.md). W4A4: hw/mpe_ovp.ovp_cycles, 2C MACs per cycle (the 2 x C array;
@@ -219,7 +220,8 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int 
 
 def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int = 1) -> int:
     """The closed-form estimate of :func:`mpe_cycles` (within 15 % + 16 cycles of the RTL on the
-    tests' cases; cheap for any shape). Its terms say where the time goes:
+    tests' cases and on tests/test_hw_mpe.py's random cases at 2 and 8 chains; cheap for any shape).
+    Its terms say where the time goes:
 
     Per (column group, token pair) the slowest of three resources sets the pace:
     * the data-space read port: ``tokens * (k_blocks * words + prime)`` operand reads (words =
@@ -228,11 +230,15 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
       pv 1, qk 3 per column), plus the loader's (qk: K blocks; pv: 2 per V row, C / 16 + 1 for
       C > 16);
     * the chains: ``k_blocks`` beats (pv: 5 per block);
-    * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads;
-    and, when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
+    * the writer: one cycle per value (+1 with ``accumulate``) plus its parameter reads (qk: at
+      least 2C + 1, the collector takes each token pair's record of all C chains);
+    a linear column group after the first that fits the reuse waits for its 2C weight reads; and,
+    when a row needs several chunks, per chunk ``max(B + 1, C + 2)`` (its beats and the swap,
     or the next chunk's C weight reads, 2C for a row's first, which start when it is swapped in).
     Sparse: per group 2C + 5 + C / 16 (each band's N, then 2 weight + 2 meta reads per chain),
-    plus the bands' table scans and the block-N prescan. Plus the check cycles, the prescan of the
+    plus the bands' table scans and the block-N prescan; with one K block the group's kept weights
+    are loaded once and serve all its token pairs, whose records (writer + 1 each, a lone token's
+    as long as a pair's) overlap that load. Plus the check cycles, the prescan of the
     data rules (out != int32: 2 per mantissa, 1 per entry), the first chunk's load and the
     pipeline drain (chain latency + requantizer).
     """
@@ -263,15 +269,18 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
     if fields.get("sparse"):   # the block-N table prescan
         total += -(-(n // 16 * kb) // 16) + 3
         load = 2 * C + 4
-    if wgroup:   # the multiplier prescan: one byte per cycle
+    if wgroup:   # the multiplier prescan: one weight word per cycle
         gbytes = (-(-kb // (4 if wgroup == 1 else 8)) + 1) >> 1
-        total += n * gbytes + (0 if out else 2)
+        mult_base = fields.get("b_addr", 0) + n * kb * (16 if wfmt == 0 else 8)
+        total += (mult_base + n * gbytes - 1) // g.wword_bytes - mult_base // g.wword_bytes + 1 + (0 if out else 2)
     if out:
         mants = (m if mode != 2 else 0) + (n if mode == 1 else 0)
         total += 2 * mants + (n if mode == 0 else 1) + 2
     total += load
+    sparse_reuse = fields.get("sparse") and kb == 1   # one K block: a column group's kept weights serve every token pair
     for cg in range(-(-n // C)):
         cols = min(C, n - cg * C)
+        group_load = group_rest = 0
         for tp in range(-(-m // 2)):
             tokens = min(2, m - 2 * tp)
             vals = tokens * cols
@@ -286,23 +295,41 @@ def mpe_cycles_estimate(fields: dict, config: AcceleratorConfig, *, ovp_token_pa
             if mode != 0 and not (reuse and tp):
                 act += (load if mode == 2 else cols * (load // min(C, n))) if (cg or tp) else 0
             writer = vals * (1 + accumulate) + params
+            if mode == 1:   # qk: the collector takes a token pair's record of all C chains, live or not
+                writer = max(writer, 2 * C + 1)
             if fields.get("sparse"):   # per group: each band's N, then 2 weight + 2 meta reads per chain
                 beats = kb * (2 * C + 5 + slots) + (slots * (3 + kb // 16) - 1
                                                     if cg % max(1, 16 // C) == 0 and tp == 0 else 0)
-            elif reuse:
+                if sparse_reuse:   # the group's load once, overlapped by its token pairs' records (a lone
+                    group_load = max(group_load, beats)       # token's takes a pair's time)
+                    group_rest += max(act, writer + 1 + (cols * (1 + accumulate) if tokens == 1 else 0))
+                    continue
+            elif reuse:   # a linear column group after the first waits for its rows' 2C weight reads
                 beats = kb * digits + (0 if tp else 1)
+                if mode == 0 and cg and not tp:
+                    beats = max(beats, 2 * C + mreads + 2)
             else:   # a chunk's beats, or its load (which starts when the previous chunk starts)
                 beats = 0
                 for q in range(chunks):
                     bq = min(blocks, kb - q * blocks)
                     beats += max(bq * digits + 1, (2 * C if q == 0 else C) + mreads + 2)
             total += max(act, beats, writer)
+        total += max(group_load, group_rest)
     # the last record's writer overlaps nothing (earlier ones overlap the next group's loads and
     # beats): it shows with many columns per group, e.g. pv / qk at 32 chains
     total += writer if C > 16 else 0
     latency = CHAIN_LENGTH + 5 + 3 + 4
     total += latency + (REQUANT_LATENCY if out else 0)
     return total
+
+
+def _highest_set(value):
+    """The index of the highest set bit of ``value`` (0 when none), as a log-depth tree of muxes."""
+    if len(value) == 1:
+        return Const(0, 1)
+    half = 1 << ((len(value) - 1).bit_length() - 1)
+    lo, hi = value[:half], value[half:]
+    return Mux(hi.any(), half + _highest_set(hi), _highest_set(lo))
 
 
 def _funnel(fm, lo, hi, offset, nbytes: int, name: str):
@@ -1239,19 +1266,40 @@ class MatrixEngine(wiring.Component):
         ps_bad = Signal(8)
         ps_run = Signal()
         ps_pend_meta = Signal()
-        # wgroup: every multiplier byte, one per cycle through the weight port (the last high nibble of
-        # a row with an odd group count is padding, not a multiplier)
-        ps_gb = Signal(12)                   # byte of the row
-        ps_gaddr = Signal(33)
-        ps_pend_g, ps_g_pad = Signal(), Signal()
-        ps_g_lane = Signal(range(W))
+        # wgroup: the multipliers (bytes [mult_base, mult_end) of the weight buffer), one weight word per
+        # cycle through the weight port: every nibble of the word's bytes inside that range must be
+        # non-zero, except each row's last high nibble when the group count is odd (padding). The row
+        # ends in a word are the lanes e0, e0 + gbytes, ... (e0: the first row end at or after the
+        # word's lane 0): ``g_period`` (bit j: gbytes divides j) shifted up by e0; the next word's e0
+        # follows from the word's last row end (a log-depth priority encoder), or e0 - W without one.
+        ps_gaddr = Signal(33)                # the next byte to check (word aligned after the first word)
+        ps_g_e0 = Signal(range(W + (1 << 12)))
+        ps_pend_g = Signal()
+        ps_g_lo_ok, ps_g_hi_ok = Signal(W), Signal(W)   # per lane of the word read: check its low / high nibble
         m.d.sync += ps_pend_g.eq(0)
+        mult_end = Signal(49)
+        g_period = Signal(W)
+        g_eq = [None] + [gbytes == d for d in range(1, W)]
+        m.d.comb += [mult_end.eq(f.b_addr + w_bytes),
+                     g_period.eq(Cat(Const(1, 1), *[Cat(*[g_eq[d] for d in range(1, j + 1) if j % d == 0]).any()
+                                                    for j in range(1, W)]))]
         ps_mword = Signal(17)
         ps_kept, ps_sparse = Signal(28), Signal(28)    # sums of the table's N (all / N < 16)
         m.d.sync += [ps_pend.eq(0), ps_pend_bias.eq(0), ps_pend_meta.eq(0)]
         ps_addr = Signal(32)
         m.d.comb += ps_addr.eq(Mux(ps_phase == 0, a_tail + f.m, k_tail + f.n) + (ps_i << 1) + ps_hi)
         ps_count = Mux(ps_phase == 0, f.m, Mux(ps_phase == 1, f.n, entries))
+        # the word at ps_gaddr: its lanes inside [ps_gaddr, mult_end), its row ends, the next word's e0
+        g_lane0 = ps_gaddr % W
+        g_left = mult_end - (ps_gaddr - g_lane0)            # bytes from the word's lane 0 to the end
+        g_inside = Signal(W)
+        g_ends = Signal(W)
+        g_near = ps_g_e0 < W
+        m.d.comb += [g_inside.eq((Const((1 << W) - 1, W) << g_lane0)[:W] &
+                                 Mux(g_left >= W, Const((1 << W) - 1, W), (Const(1, W + 1) << g_left[:(W).bit_length()]) - 1)),
+                     g_ends.eq(Mux(g_near, (g_period << ps_g_e0[:max(1, (W - 1).bit_length())])[:W], 0))]
+        g_pad = Mux(g_groups[0], g_ends, 0)
+        g_e0_next = Mux(g_near, _highest_set(g_ends) + gbytes - W, ps_g_e0 - W)
         with m.If(ps_run & (ps_bad == 0)):
             with m.Switch(ps_phase):
                 with m.Case(0, 1):
@@ -1270,19 +1318,15 @@ class MatrixEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += [self.bias_rd.en.eq(1), self.bias_rd.addr.eq(f.bias_addr + ps_i)]
                         m.d.sync += [ps_pend_bias.eq(1), ps_i.eq(ps_i + 1)]
-                with m.Case(6):   # wgroup: the multiplier bytes, row by row
-                    with m.If(ps_i == f.n):
+                with m.Case(6):   # wgroup: the multipliers, one weight word per cycle
+                    with m.If(ps_gaddr >= mult_end):
                         m.d.sync += [ps_phase.eq(Mux(f.out != 0, 0, 3)), ps_i.eq(0), ps_hi.eq(0)]
                     with m.Else():
                         gword = ps_gaddr // W
                         m.d.comb += [self.weight_rd.en.eq(1),
                                      self.weight_rd.addr.eq(Mux(gword < g.weight_words, gword, g.weight_words - 1)[:wwa])]
-                        m.d.sync += [ps_pend_g.eq(1), ps_g_lane.eq(ps_gaddr % W), ps_gaddr.eq(ps_gaddr + 1),
-                                     ps_g_pad.eq(g_groups[0] & (ps_gb == gbytes - 1))]
-                        with m.If(ps_gb == gbytes - 1):
-                            m.d.sync += [ps_gb.eq(0), ps_i.eq(ps_i + 1)]
-                        with m.Else():
-                            m.d.sync += ps_gb.eq(ps_gb + 1)
+                        m.d.sync += [ps_pend_g.eq(1), ps_g_lo_ok.eq(g_inside), ps_g_hi_ok.eq(g_inside & ~g_pad),
+                                     ps_gaddr.eq((gword + 1) * W), ps_g_e0.eq(g_e0_next)]
                 with m.Case(4):   # sparse: the block-N table, 16 entries per meta word
                     with m.If((ps_i << 4) >= table_bytes):
                         m.d.sync += ps_phase.eq(5)
@@ -1312,8 +1356,9 @@ class MatrixEngine(wiring.Component):
             m.d.sync += [ps_kept.eq(ps_kept + sum(adds_k)), ps_sparse.eq(ps_sparse + sum(adds_s))]
             with m.If(Cat(*bad_n).any()):
                 m.d.sync += ps_bad.eq(MpeError.BLOCK_N)
-        gbyte = shift_right(fm, self.weight_rd.data, ps_g_lane, step=8, width=8, name="g_byte")
-        with m.If(ps_pend_g & ((gbyte[:4] == 0) | (gbyte[4:] == 0) & ~ps_g_pad)):
+        wdata = self.weight_rd.data
+        with m.If(ps_pend_g & Cat(*[ps_g_lo_ok[l] & (wdata[8 * l: 8 * l + 4] == 0) |
+                                    ps_g_hi_ok[l] & (wdata[8 * l + 4: 8 * l + 8] == 0) for l in range(W)]).any()):
             m.d.sync += ps_bad.eq(MpeError.GROUP_MULT)
         with m.If(ps_pend_bias & self.bias_rd.data[63]):
             m.d.sync += ps_bad.eq(MpeError.MULTIPLIER)
@@ -1336,7 +1381,8 @@ class MatrixEngine(wiring.Component):
                     m.next = "IDLE"
                 with m.Elif((f.out != 0) | f.sparse | wg_on):
                     m.d.sync += [ps_run.eq(1), ps_phase.eq(Mux(f.sparse, 4, Mux(wg_on, 6, 0))), ps_i.eq(0), ps_hi.eq(0),
-                                 ps_bad.eq(0), ps_kept.eq(0), ps_sparse.eq(0), ps_gb.eq(0), ps_gaddr.eq(mult_base)]
+                                 ps_bad.eq(0), ps_kept.eq(0), ps_sparse.eq(0), ps_gaddr.eq(mult_base),
+                                 ps_g_e0.eq((mult_base % W) + gbytes - 1)]
                     m.next = "PRESCAN"
                 with m.Else():
                     m.d.comb += start.eq(1)

@@ -57,6 +57,7 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
     gbytes = (groups + 1) >> 1
     mult_base = b_addr + (n * kb * 16 if wfmt == 0 else n * kb * 8)
     NMAX, MNIB = max(1, C // 2), 32 * C
+    mult_words = (mult_base + n * gbytes - 1) // (16 * C) - mult_base // (16 * C) + 1   # the prescan's reads
     fast = fast and not wgroup
 
     def mult_reads(row: int, qb: int) -> int:
@@ -70,20 +71,15 @@ def _cycles(key, C, D, RQ, A_DEPTH, R_DEPTH, T_DEPTH, DIGITS, fast) -> int:
     if out or sparse or wgroup:
         phase, i, hi = (4 if sparse else 6 if wgroup else 0), 0, 0
         pend = pend_bias = pend_meta = pend_g = 0
-        gb = 0
         table_bytes = (n >> 4) * kb
         t = 2
         while not (phase == 3 and not pend and not pend_bias and not pend_meta and not pend_g):
             npend = npb = npm = npg = 0
-            if phase == 6:   # the multiplier bytes, one per cycle
-                if i == n:
+            if phase == 6:   # the multipliers, one weight word per cycle
+                if i == mult_words:
                     phase, i, hi = (0 if out else 3), 0, 0
                 else:
-                    npg = 1
-                    if gb == gbytes - 1:
-                        gb, i = 0, i + 1
-                    else:
-                        gb += 1
+                    npg, i = 1, i + 1
             elif phase in (0, 1):
                 skip = (phase == 0 and (pv or afmt)) or (phase == 1 and not qk)
                 if skip or i == (m if phase == 0 else n):

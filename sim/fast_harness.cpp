@@ -37,7 +37,8 @@
 //   channel_bytes N | read_latency N | bytes_per_cycle N | outstanding N | pause_permille N | seed N
 //                           (HBM parameters)
 //   load K ADDR FILE        copy FILE's bytes into channel K at ADDR
-//   reset N                 hold rst for N cycles
+//   reset N                 hold rst for N cycles, then step OLIVINE_RESET_LATENCY cycles (the cycles
+//                           a top that registers rst takes to leave reset; olivine_ports.h)
 //   write OFFSET VALUE      AXI4-Lite write
 //   read NAME OFFSET        AXI4-Lite read, reported under NAME in the result
 //   start                   write CTRL = 1 (ap_start) and start counting run cycles
@@ -388,6 +389,7 @@ class Sim {
         step(n);
         rst_.set(0);
         top_->eval();
+        step(OLIVINE_RESET_LATENCY);
     }
 
     // AXI4-Lite master: blocking, `limit` cycles at most per access.

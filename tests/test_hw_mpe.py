@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from olivine.hw.config import BufferConfig
-from olivine.hw.mpe import MpeError, MatrixEngine, mpe_cycles, mpe_cycles_estimate
+from olivine.hw.mpe import MatrixEngine, MpeError, MpeGeometry, mpe_cycles, mpe_cycles_estimate
 from olivine.sim import mpe_check as mc
 from tests.helpers import REDUCED, requires_verilator
 
@@ -317,6 +317,85 @@ def test_wgroup_zero_multiplier_faults_and_writes_nothing():
     for case, res in zip(cases, mc.run_amaranth(CONFIG, cases)):
         assert res["fault"] and res["error"] == MpeError.GROUP_MULT, f"{case.label}: {MpeError(res['error']).name}"
         assert res["mismatches"] == 0, f"{case.label}: the data space changed"
+
+
+@pytest.mark.parametrize("chains", [2, 8])
+def test_cycle_estimate_within_its_bound_over_random_cases(chains):
+    """mpe_cycles_estimate stays within 15 % + 16 cycles of mpe_cycles (the RTL's count, asserted by
+    every test above) on random cases of every mode: dense, qk, pv, sparse, wgroup, out int32 and
+    requantized. Among them the sparse one-K-block MM whose later token pairs reuse the column
+    group's kept weights (it was estimated 78 % high: the group's load charged per token pair)."""
+    config = mc.test_config(chains)
+    cases = [mc.make_sparse(config, np.random.default_rng(1), m=m, n=32, kb=1, wfmt=2, out=out, accumulate=0,
+                            label=f"sparse m={m} n=32 kb=1 out={out}") for m in (3, 4, 7) for out in (0, 1)]
+    for seed in range(8 if REDUCED else 30):
+        rng = np.random.default_rng(seed)
+        for out in (0, 1):
+            cases += [mc.make_linear(config, rng, out=out, accumulate=a) for a in (0, 1)]
+            cases += [mc.make_attention(config, rng, md, out=out) for md in ("qk", "pv")]
+            cases += [mc.make_sparse(config, rng, out=out),
+                      mc.make_linear(config, rng, wfmt=int(rng.integers(1, 3)), wgroup=int(rng.integers(1, 3)), out=out)]
+    worst = []
+    for case in cases:
+        exact, estimate = mpe_cycles(case.fields, config), mpe_cycles_estimate(case.fields, config)
+        if abs(exact - estimate) > 0.15 * estimate + 16:
+            worst.append(f"{case.label}: {exact} cycles, estimate {estimate}")
+    assert not worst, worst
+
+
+def _mult_region(case) -> tuple[int, int, int]:
+    """(first byte, end, bytes per row) of a wgroup case's multipliers in the weight buffer."""
+    f = case.fields
+    gbytes = (-(-f["k_blocks"] // (4 if f["wgroup"] == 1 else 8)) + 1) >> 1
+    start = f["b_addr"] + f["n"] * f["k_blocks"] * 8
+    return start, start + f["n"] * gbytes, gbytes
+
+
+def _mutated_weight(case, addr: int, keep: int, label: str):
+    """``case`` with weight byte ``addr`` masked by ``keep`` (0xF0 zeroes its low nibble, 0x0F its high)."""
+    weight = case.weight.copy()
+    weight[addr] &= keep
+    return mc.expected(CONFIG, mc.Case(dict(case.fields), case.data.copy(), weight, case.meta.copy(),
+                                       case.bias.copy(), label))
+
+
+def test_wgroup_prescan_checks_a_whole_word_per_cycle():
+    """The prescan reads one weight word (16C bytes) per cycle: a zero multiplier in the first, a
+    middle or the last byte of a word, in the region's first or last byte, or in a row that straddles
+    two words faults with GROUP_MULT and writes nothing; a zero padding nibble (odd group count),
+    a non-zero one, and zero bytes just outside the region do not fault (bit- and cycle-exact)."""
+    rng = np.random.default_rng(240)
+    W = MpeGeometry(CONFIG).wword_bytes
+    # g64, K = 18 blocks: 5 groups, 3 bytes per row (rows straddle the 32-byte words), padding nibbles
+    base = mc.make_linear(CONFIG, rng, wfmt=1, wgroup=1, m=1, n=30, kb=18, out=0, accumulate=0, label="g64 n=30")
+    start, end, gbytes = _mult_region(base)
+    assert gbytes == 3 and end - start == 90 and base.want is not None
+    first_word = -(-start // W) * W
+    spots = {"the region's first byte": start, "a word's first byte": first_word,
+             "a word's middle byte": first_word + W // 2, "a word's last byte": first_word + W - 1,
+             "the region's last byte (padding high nibble)": end - 1}
+    straddle = next(r for r in range(base.fields["n"]) if (start + r * gbytes) // W != (start + r * gbytes + 2) // W)
+    spots["a straddling row's first byte"] = start + straddle * gbytes
+    spots["a straddling row's last byte"] = start + straddle * gbytes + 2
+    bad = [_mutated_weight(base, a, 0xF0, f"low nibble 0 at {what}") for what, a in spots.items()]
+    bad += [_mutated_weight(base, a, 0x0F, f"high nibble 0 at {what}") for what, a in spots.items()
+            if (a - start) % gbytes != gbytes - 1]   # a row's last high nibble is padding: not a fault
+    assert all(c.want is None and "multiplier is 0" in c.why for c in bad), [(c.label, c.why) for c in bad]
+    for case, res in zip(bad, mc.run_amaranth(CONFIG, bad)):
+        assert res["fault"] and res["error"] == MpeError.GROUP_MULT, f"{case.label}: {MpeError(res['error']).name}"
+        assert res["mismatches"] == 0, f"{case.label}: the data space changed"
+    # allowed: every padding nibble non-zero, or zero; zero bytes next to the region (a value byte before it)
+    padded = mc.Case(dict(base.fields), base.data.copy(), base.weight.copy(), base.meta.copy(), base.bias.copy(),
+                     "padding nibbles 15")
+    padded.weight[start + gbytes - 1: end: gbytes] |= 0xF0
+    good = [base, mc.expected(CONFIG, padded), _mutated_weight(base, end - 1, 0x0F, "padding nibble 0 in the last byte")]
+    if end < MpeGeometry(CONFIG).weight_bytes:
+        good.append(_mutated_weight(base, end, 0x00, "a zero byte after the region"))
+    good.append(_mutated_weight(base, start - 1, 0x00, "a zero value byte before the region"))
+    # g128 with one group per row (1 byte, all padding) over several words, at an unaligned start
+    good.append(mc.make_linear(CONFIG, rng, wfmt=2, wgroup=2, m=1, n=40, kb=4, out=0, accumulate=0,
+                               label="g128 one group per row, 40 rows"))
+    _run(good)
 
 
 def _straddles(case, chains: int) -> bool:
