@@ -236,20 +236,22 @@ def test_gptq_seq_method_and_preset():
 
 
 
-def test_rtndown_preset_is_gptq_but_w_down_round_to_nearest():
-    """w4a8-ovp-gptq-g128-rtndown: w_down holds exactly w4a8-ovp-g128's round-to-nearest grouped
-    values, every other decoder linear exactly w4a8-ovp-gptq-g128's GPTQ values."""
+@pytest.mark.parametrize("kind", ["ovp", "int4"])
+def test_rtndown_preset_is_gptq_but_w_down_round_to_nearest(kind):
+    """w4a8-{ovp,int4}-gptq-g128-rtndown: w_down holds exactly w4a8-{kind}-g128's round-to-nearest
+    grouped values, every other decoder linear exactly w4a8-{kind}-gptq-g128's GPTQ values."""
     from olivine.golden.data import model_calibration_tokens
     from olivine.golden.loaders import load_model
     from olivine.golden.qmodel import quantize_model
 
     m = load_model("glassllm")
     calib = model_calibration_tokens(m)
-    q = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128-rtndown", calib, show_progress=False)
-    g = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", calib, show_progress=False)
-    r = quantize_model(m.config, m.weights, "w4a8-ovp-g128", show_progress=False)
+    q = quantize_model(m.config, m.weights, f"w4a8-{kind}-gptq-g128-rtndown", calib, show_progress=False)
+    g = quantize_model(m.config, m.weights, f"w4a8-{kind}-gptq-g128", calib, show_progress=False)
+    r = quantize_model(m.config, m.weights, f"w4a8-{kind}-g128", show_progress=False)
     for name, lin in q.linears.items():
         ref = (r if name.endswith("w_down") else g).linears[name].weight
+        assert lin.weight.kind == ref.kind == ("int8" if name == "lm_head" else "ovp4" if kind == "ovp" else "int4")
         assert torch.equal(lin.weight.values, ref.values), name
         if lin.weight.group_mult is not None:
             assert torch.equal(lin.weight.group_mult, ref.group_mult), name
