@@ -38,7 +38,9 @@ from olivine.golden.contract import quantize_weight  # noqa: E402
 from olivine.golden.data import calibration_tokens, calibration_offset, corpus_tokens  # noqa: E402
 from olivine.golden.fakequant import FakeQuantLlama  # noqa: E402
 from olivine.golden.loaders import load_model  # noqa: E402
+from olivine.golden.mixed import storage_bytes  # noqa: E402
 from olivine.golden.model import FloatLlama  # noqa: E402
+from olivine.golden.qconfig import LayerQuant  # noqa: E402
 
 #: the linear whose input H stands for the others (they share one input)
 _SHARED = {"wk": "wq", "wv": "wq", "w_up": "w_gate"}
@@ -110,8 +112,9 @@ def quantize_variant(loaded, v: dict, hs: dict, names):
             d = q.dequantize().to(torch.float32)
             wbits = 8
         elif short in v["rtn"]:
-            q = gptq.rtn_grouped(w, v["kind"], 128, "mult4")
-            d = q.dequantize()
+            odd = v["kind"] == "ovp4" and w.shape[1] % 2  # OVP pairs: one zero column, as compile_linear adds
+            q = gptq.rtn_grouped(torch.nn.functional.pad(w, (0, 1)) if odd else w, v["kind"], 128, "mult4")
+            d = q.dequantize()[:, : w.shape[1]]
             wbits = 4
         else:
             ww, hh = w, h
@@ -127,8 +130,9 @@ def quantize_variant(loaded, v: dict, hs: dict, names):
         if short == "w_up" and f"{layer}.w_down" in scales:
             d = d * scales[f"{layer}.w_down"].reshape(-1, 1)
         deq[n] = d.to(torch.float32)
-        nn_, kk = w.shape
-        bits_num += nn_ * kk * wbits + nn_ * 128 + (nn_ * -(-kk // 128) * 4 if wbits == 4 else 0)
+        nn_, kk = w.shape  # bits as the compiler stores them (golden.mixed.storage_bytes)
+        bits_num += 8 * storage_bytes(nn_, kk, LayerQuant(v["kind"] if wbits == 4 else "int8", "int8",
+                                                          group=128 if wbits == 4 else None))
         bits_den += nn_ * kk
     return deq, bits_num / bits_den
 
