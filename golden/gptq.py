@@ -48,7 +48,7 @@ from olivine import progress
 from .model import FloatLlama, LlamaConfig, LlamaWeights
 from .ovp_format import get_format
 
-__all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "gptq_ovp", "gptq_int4", "to_qweight",
+__all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "CALIBRATION_WINDOW", "gptq_ovp", "gptq_int4", "to_qweight",
            "quantize_linears", "quantize_linears_sequential",
            "rtn_ovp_values", "rtn_grouped", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES",
            "SCALE_MODES"]
@@ -122,20 +122,36 @@ class _HessianRecorder(FloatLlama):
         return super().linear(name, x, weight)
 
 
-def collect_hessians(config: LlamaConfig, weights: LlamaWeights, tokens, names) -> dict[str, torch.Tensor]:
+#: calibration text runs in windows of at most this many tokens: the Hessians are sums over
+#: windows, so memory stays flat however much calibration text there is (attention of one
+#: 4,096-token window of SmolLM2 alone is 0.6 GB per layer in float32)
+CALIBRATION_WINDOW = 1024
+
+
+def collect_hessians(config: LlamaConfig, weights: LlamaWeights, tokens, names,
+                     window: int = CALIBRATION_WINDOW) -> dict[str, torch.Tensor]:
     """H = X^T X / n per named linear, X its input when the FLOAT model runs ``tokens`` ([T] or
-    [B, T]; cut into max_seq_len windows). Float inputs for every layer (one pass, not GPTQ's
-    layer-by-layer quantized inputs)."""
+    [B, T]; cut into windows of min(window, max_seq_len) tokens, X^T X summed over them). Float
+    inputs for every layer (one pass, not GPTQ's layer-by-layer quantized inputs)."""
     rec = _HessianRecorder(config, weights, names)
     tokens = torch.as_tensor(tokens)
     if tokens.dim() == 1:
         tokens = tokens.unsqueeze(0)
-    step = config.max_seq_len
+    if window < 1:
+        raise GptqError(f"calibration window must be >= 1 token, got {window}")
+    step = min(window, config.max_seq_len)
+    layers = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
+    last = max(layers, default=-1)  # no need to run the layers after the last wanted one
     with torch.no_grad():
         for row in tokens:
             for start in range(0, row.numel(), step):
                 rec._last = None
-                rec.forward(row[start : start + step])
+                if "lm_head" in rec.wanted:
+                    rec.forward(row[start : start + step])
+                    continue
+                x = rec.embed(rec.check_tokens(row[start : start + step])[0])
+                for layer in range(last + 1):
+                    x = rec.ffn_block(layer, rec.attn_block(layer, x, None, 0))
     missing = [n for n in names if n not in rec.sums]
     if missing:
         raise GptqError(f"no calibration inputs reached {missing[:3]}; check the linear names")
@@ -179,12 +195,34 @@ class _Grid:
         self.outliers = torch.tensor(sorted(f.outlier_grid), dtype=torch.float32)
         self._nm = (self.normals[1:] + self.normals[:-1]) / 2
         self._om = (self.outliers[1:] + self.outliers[:-1]) / 2
+        self._normal_lut = _HalfStepLookup(self.normals, self._nm)
+        self._outlier_lut = _HalfStepLookup(self.outliers, self._om)
 
     def nearest_normal(self, x):
-        return self.normals[torch.bucketize(x.contiguous(), self._nm)]
+        return self._normal_lut(x)
 
     def nearest_outlier(self, x):
-        return self.outliers[torch.bucketize(x.contiguous(), self._om)]
+        return self._outlier_lut(x)
+
+
+class _HalfStepLookup:
+    """Nearest grid value, ties to the lower one: ``grid[bucketize(x, mids)]``, computed by a table
+    lookup of ceil(2x). Exact because every midpoint m is a multiple of 1/2 (integer grids):
+    x <= m  <=>  ceil(2x) <= 2m. Several times faster than torch.bucketize (GPTQ's group-factor
+    search rounds every weight 15 times)."""
+
+    def __init__(self, grid: torch.Tensor, mids: torch.Tensor):
+        twice = mids * 2
+        if not torch.equal(twice, torch.round(twice)):
+            raise GptqError("grid midpoints must be multiples of 1/2 for the lookup")
+        self.lo, hi = int(twice[0]), int(twice[-1])
+        steps = torch.arange(self.lo, hi + 2, dtype=torch.float32) / 2  # ceil(2x)/2 in range, one past
+        self.table = grid[torch.bucketize(steps, mids)]  # below lo/2: grid[0] as at lo/2
+        self.top = hi - self.lo + 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.ceil(x * 2).sub_(self.lo).clamp_(0, self.top).to(torch.int64)
+        return self.table[idx]
 
 
 def _rule_structure(x0, x1, g: _Grid) -> torch.Tensor:
@@ -514,14 +552,16 @@ class _SequentialRecorder(FloatLlama):
 
 
 def _calibration_windows(config: LlamaConfig, tokens) -> list[torch.Tensor]:
-    """``tokens`` ([T] or [B, T]) as batches [b, t] of equal-length windows of <= max_seq_len."""
+    """``tokens`` ([T] or [B, T]) as batches [b, t] of equal-length windows of <= min(max_seq_len,
+    CALIBRATION_WINDOW) tokens."""
     tokens = torch.as_tensor(tokens)
     if tokens.dim() == 1:
         tokens = tokens.unsqueeze(0)
+    step = min(CALIBRATION_WINDOW, config.max_seq_len)
     by_len: dict[int, list[torch.Tensor]] = {}
     for row in tokens:
-        for start in range(0, row.numel(), config.max_seq_len):
-            w = row[start : start + config.max_seq_len]
+        for start in range(0, row.numel(), step):
+            w = row[start : start + step]
             by_len.setdefault(w.numel(), []).append(w)
     return [torch.stack(ws) for ws in by_len.values()]
 

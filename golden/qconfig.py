@@ -38,6 +38,7 @@ w4a8-ovp-gptq-g128-rtndown  w4a8-ovp-gptq-g128 with every w_down rounded to near
                    group multipliers): GPTQ on 2 x 1,024 calibration tokens overfits w_down's
                    outlier-channel inputs (SmolLM2 float path, N = 1,024: Lee 1.36x -> 1.32x,
                    Shakespeare 1.26x -> 1.24x; docs/benchmarks.md). Needs calibration tokens.
+w4a8-int4-gptq-g128-rtndown  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -147,6 +148,8 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-int4-gptqseq-g128": (LayerQuant("int4", "int8", method="gptq-seq", group=128), {"lm_head": _W8A8}),
     "w4a8-ovp-gptq-g128-rtndown": (LayerQuant("ovp4", "int8", method="gptq", group=128),
                                    {"layers.*.w_down": LayerQuant("ovp4", "int8", group=128), "lm_head": _W8A8}),
+    "w4a8-int4-gptq-g128-rtndown": (LayerQuant("int4", "int8", method="gptq", group=128),
+                                    {"layers.*.w_down": LayerQuant("int4", "int8", group=128), "lm_head": _W8A8}),
 }
 
 

@@ -466,12 +466,14 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
     assert toks == golden_generate(q, ids, 6)[0]
 
 
-@pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown"])
+@pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown",
+                                    "w4a8-int4-gptq-g128-rtndown"])
 def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
-    """w4a8-ovp-gptqseq-g128 (sequential GPTQ) and w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
-    round-to-nearest), group multipliers, on glassllm: other w_down grid values than the one-pass
-    GPTQ preset, still valid OVP codes, and the functional simulator reproduces golden's integer
-    model bit for bit (tokens and every logit)."""
+    """w4a8-ovp-gptqseq-g128 (sequential GPTQ), w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
+    round-to-nearest) and its INT4 counterpart, group multipliers, on glassllm: other w_down grid
+    values than the one-pass GPTQ preset of the same grid, still valid OVP codes (INT4 in -7..7),
+    and the functional simulator reproduces golden's integer model bit for bit (tokens and every
+    logit)."""
     from olivine.golden import ovp
     from olivine.golden.data import model_calibration_tokens
     from olivine.golden.loaders import load_model
@@ -480,10 +482,15 @@ def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     m = load_model("glassllm")
     calib = model_calibration_tokens(m)
     q = quantize_model(m.config, m.weights, preset, calib, show_progress=False)
-    one = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", calib, show_progress=False)
+    kind = "int4" if "int4" in preset else "ovp4"
+    one_pass = "w4a8-int4-gptq-g128" if kind == "int4" else "w4a8-ovp-gptq-g128"
+    one = quantize_model(m.config, m.weights, one_pass, calib, show_progress=False)
     w = q.linears["layers.3.w_down"].weight
-    assert w.kind == "ovp4" and w.group == 128 and q.linears["lm_head"].weight.kind == "int8"
-    assert torch.equal(ovp.unpack(w.codes, w.normal), w.values.to(torch.int32))
+    assert w.kind == kind and w.group == 128 and q.linears["lm_head"].weight.kind == "int8"
+    if kind == "ovp4":
+        assert torch.equal(ovp.unpack(w.codes, w.normal), w.values.to(torch.int32))
+    else:
+        assert int(w.values.abs().max()) <= 7
     assert not torch.equal(w.values, one.linears["layers.3.w_down"].weight.values)
     out = tmp_path / "seq"
     assert compile_main("glassllm", "u280", preset=preset, out=str(out), max_context=48, quiet=True) == 0

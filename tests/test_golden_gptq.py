@@ -236,21 +236,67 @@ def test_gptq_seq_method_and_preset():
 
 
 
-def test_rtndown_preset_is_gptq_but_w_down_round_to_nearest():
-    """w4a8-ovp-gptq-g128-rtndown: w_down holds exactly w4a8-ovp-g128's round-to-nearest grouped
-    values, every other decoder linear exactly w4a8-ovp-gptq-g128's GPTQ values."""
+@pytest.mark.parametrize("kind", ["ovp", "int4"])
+def test_rtndown_preset_is_gptq_but_w_down_round_to_nearest(kind):
+    """w4a8-{ovp,int4}-gptq-g128-rtndown: w_down holds exactly w4a8-{kind}-g128's round-to-nearest
+    grouped values, every other decoder linear exactly w4a8-{kind}-gptq-g128's GPTQ values."""
     from olivine.golden.data import model_calibration_tokens
     from olivine.golden.loaders import load_model
     from olivine.golden.qmodel import quantize_model
 
     m = load_model("glassllm")
     calib = model_calibration_tokens(m)
-    q = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128-rtndown", calib, show_progress=False)
-    g = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", calib, show_progress=False)
-    r = quantize_model(m.config, m.weights, "w4a8-ovp-g128", show_progress=False)
+    q = quantize_model(m.config, m.weights, f"w4a8-{kind}-gptq-g128-rtndown", calib, show_progress=False)
+    g = quantize_model(m.config, m.weights, f"w4a8-{kind}-gptq-g128", calib, show_progress=False)
+    r = quantize_model(m.config, m.weights, f"w4a8-{kind}-g128", show_progress=False)
     for name, lin in q.linears.items():
         ref = (r if name.endswith("w_down") else g).linears[name].weight
+        assert lin.weight.kind == ref.kind == ("int8" if name == "lm_head" else "ovp4" if kind == "ovp" else "int4")
         assert torch.equal(lin.weight.values, ref.values), name
         if lin.weight.group_mult is not None:
             assert torch.equal(lin.weight.group_mult, ref.group_mult), name
     assert not torch.equal(q.linears["layers.0.w_down"].weight.values, g.linears["layers.0.w_down"].weight.values)
+
+
+@pytest.mark.parametrize("normal", ["int4", "flint4"])
+def test_grid_lookup_is_bucketize_with_ties_to_the_lower_value(normal):
+    """The table lookup of ceil(2x) picks what grid[bucketize(x, midpoints)] picks, midpoints and
+    values beyond the grid included."""
+    g = gptq._Grid(normal)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(20000, generator=gen) * 40, torch.arange(-300.0, 300.0, 0.25),
+                   torch.arange(-300.0, 300.0, 0.5) + 1e-4, torch.tensor([1e9, -1e9, 0.0, -0.0])])
+    for grid, mids, nearest in ((g.normals, g._nm, g.nearest_normal), (g.outliers, g._om, g.nearest_outlier)):
+        assert torch.equal(nearest(x), grid[torch.bucketize(x, mids)])
+        assert torch.equal(nearest(mids), grid[:-1])  # a tie keeps the lower value
+
+
+def test_hessians_sum_over_calibration_windows():
+    """collect_hessians cuts long calibration rows into windows and averages X^T X over all of
+    them: the same as each window run alone through the float model."""
+    from olivine.golden.loaders import load_model
+    from olivine.golden.model import FloatLlama
+
+    m = load_model("glassllm")
+    ids = torch.as_tensor(m.tokenizer.encode("The little dog ran to the park and played with a red ball. "
+                                             "Then the sun went down and the children walked home.") * 2)[:60]
+    names = ["layers.0.wq", "layers.1.w_down"]
+    hs = gptq.collect_hessians(m.config, m.weights, ids.reshape(2, 30), names, window=16)
+    seen = {n: [] for n in names}
+
+    class Inputs(FloatLlama):
+        def linear(self, name, x, weight):
+            if name in seen:
+                seen[name].append(x.reshape(-1, x.shape[-1]).double())
+            return super().linear(name, x, weight)
+
+    rec = Inputs(m.config, m.weights)
+    for row in ids.reshape(2, 30):
+        for start in (0, 16):
+            rec.forward(row[start : start + 16])
+    for n in names:
+        x = torch.cat(seen[n])
+        assert x.shape[0] == 60
+        assert torch.allclose(hs[n], x.T @ x / 60, rtol=1e-12, atol=1e-12), n
+    with pytest.raises(gptq.GptqError, match="window"):
+        gptq.collect_hessians(m.config, m.weights, ids, names, window=0)
