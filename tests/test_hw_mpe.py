@@ -390,9 +390,9 @@ def test_pv_and_sparse_at_32_chains():
 
 @pytest.mark.slow
 def test_pv_and_sparse_at_32_chains_larger_shapes():
-    """Several chunks and token pairs at 32 chains: pv with k_blocks beyond one chunk (40 > 32 blocks:
-    a partial second chunk shifted in at the top of the chains' words) and sparse over three bands'
-    worth of column groups; reduced under CI to one of each."""
+    """Several chunks and token pairs at 32 chains: pv with k_blocks beyond one chunk (34 > 32 blocks:
+    a partial second chunk in the chunk banks' other half) and sparse over three bands' worth of
+    column groups; reduced under CI to one of each."""
     rng = np.random.default_rng(121)
     config = CONFIG32_WIDE
     # under CI one token and one column group (33 blocks: still a partial second chunk), the
