@@ -13,9 +13,11 @@ hw.resources.synthesize (cached), and prints the cells with the fraction of one 
 the board (docs/benchmarks.md records the figures). Run it niced: Yosys takes long on the whole core.
 ``engine`` converts the matrix engine alone (hw.mpe.MatrixEngine of the configuration with
 ``--chains`` chains, behavioural DSP models) and prints the conversion's seconds and size; ``--ffs``
-counts its flip-flop bits with a quick generic Yosys pass (``proc; flatten; synth -run :fine``:
-coarse cells, memories kept as memories, then the bit widths of every flip-flop cell summed), and
-the memory bits; ``--lint`` runs ``verilator --lint-only -Wall`` with the engine's waivers.
+counts the flip-flop bits the design declares (the WIDTH of every ``$dff`` cell of Amaranth's
+RTLIL, each module instantiated once) and its memories' bits; ``--yosys`` counts them after a quick
+generic Yosys pass (``proc; flatten; synth -run :fine``: coarse cells, memories kept as memories,
+the widths of every flip-flop cell summed; slow at 8 chains under load); ``--lint`` runs
+``verilator --lint-only -Wall`` with the engine's waivers.
 """
 
 from __future__ import annotations
@@ -160,6 +162,14 @@ tee -q -o {stat} stat -json -width
 """
 
 
+def declared_state(rtlil_text: str) -> dict:
+    """Flip-flop bits (``$dff`` cells' WIDTH) and memory bits (``memory`` WIDTH x SIZE) of an RTLIL
+    text from Amaranth (one module per instance, so the sums are the design's)."""
+    ffs = sum(int(w) for w in re.findall(r"cell \$a?dff \S+\n\s+parameter \\WIDTH (\d+)", rtlil_text))
+    mems = re.findall(r"^\s*memory width (\d+) size (\d+)", rtlil_text, re.M)
+    return {"ff_bits": ffs, "memories": len(mems), "memory_bits": sum(int(w) * int(n) for w, n in mems)}
+
+
 def engine_flip_flops(text: str, top: str, timeout: float) -> dict:
     """Flip-flop bits and memory bits of the Verilog ``text`` after Yosys's coarse synthesis."""
     import tempfile
@@ -192,7 +202,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("convert", "resources", "engine"))
     ap.add_argument("--chains", type=int, default=8, help="engine: chains_per_core")
-    ap.add_argument("--ffs", action="store_true", help="engine: count flip-flops (quick Yosys pass)")
+    ap.add_argument("--ffs", action="store_true", help="engine: count the declared flip-flops and memory bits")
+    ap.add_argument("--yosys", action="store_true", help="engine: count flip-flops after a quick Yosys pass")
     ap.add_argument("--lint", action="store_true", help="engine: verilator --lint-only -Wall")
     ap.add_argument("--out", default="", help="engine: write the Verilog here")
     ap.add_argument("--config", default="small")
@@ -214,19 +225,28 @@ def main(argv=None) -> int:
                           "verilog_mb": round(len(text.encode()) / 1e6, 2), "lines": text.count("\n")}), flush=True)
         return 0
     if args.what == "engine":
+        from amaranth.back import rtlil
+        from amaranth.back import verilog as amaranth_verilog
+
+        from olivine.hw.export import drop_zero_memory_init
         from olivine.hw.mpe import LINT_WAIVERS, MatrixEngine
 
         cfg = cfg.replace(chains_per_core=args.chains)
+        # hw.export.verilog's two steps, timed together; the RTLIL also gives the declared state
         wall, cpu = time.monotonic(), time.process_time()
-        text = verilog(MatrixEngine(cfg), "olivine_mpe")
+        rtlil_text = rtlil.convert(MatrixEngine(cfg), name="olivine_mpe", emit_src=False)
+        text = amaranth_verilog._convert_rtlil_text(drop_zero_memory_init(rtlil_text))
         row = {"config": args.config, "chains": args.chains, "wall_seconds": round(time.monotonic() - wall, 1),
                "cpu_seconds": round(time.process_time() - cpu, 1), "verilog_mb": round(len(text.encode()) / 1e6, 2),
                "lines": text.count("\n")}
+        if args.ffs:
+            row.update(declared_state(rtlil_text))
+        del rtlil_text
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "w") as fh:
                 fh.write(text)
-        if args.ffs:
+        if args.yosys:
             print(json.dumps({"chains": args.chains, **engine_flip_flops(text, "olivine_mpe", args.timeout)}),
                   flush=True)
         if args.lint:
