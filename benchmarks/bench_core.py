@@ -3,6 +3,7 @@
     python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
     python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
     python benchmarks/bench_core.py resources --config default --parts weight_buffer [--slice 64] [--primitive bram]
+    python benchmarks/bench_core.py engine --chains 8 [--config default] [--ffs] [--lint] [--out engine.v]
 
 ``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
 write_verilog) and prints seconds (wall and CPU) and the Verilog's size. ``resources`` synthesises
@@ -10,12 +11,20 @@ each part of the core as the core builds it (controller, LD, ST, the two transfe
 buffers, the matrix engine with DSP48E2 primitives, the SFU) and the whole core, each with
 hw.resources.synthesize (cached), and prints the cells with the fraction of one U280 SLR and of
 the board (docs/benchmarks.md records the figures). Run it niced: Yosys takes long on the whole core.
+``engine`` converts the matrix engine alone (hw.mpe.MatrixEngine of the configuration with
+``--chains`` chains, behavioural DSP models) and prints the conversion's seconds and size; ``--ffs``
+counts the flip-flop bits the design declares (the WIDTH of every ``$dff`` cell of Amaranth's
+RTLIL, each module instantiated once) and its memories' bits; ``--yosys`` counts them after a quick
+generic Yosys pass (``proc; flatten; synth -run :fine``: coarse cells, memories kept as memories,
+the widths of every flip-flop cell summed; slow at 8 chains under load); ``--lint`` runs
+``verilator --lint-only -Wall`` with the engine's waivers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -143,9 +152,60 @@ def _row(name: str, report, board) -> dict:
     return row
 
 
+_FF_COUNT_SCRIPT = """\
+read_verilog -sv {source}
+hierarchy -top {top}
+proc
+flatten
+synth -top {top} -run :fine
+tee -q -o {stat} stat -json -width
+"""
+
+
+def declared_state(rtlil_text: str) -> dict:
+    """Flip-flop bits (``$dff`` cells' WIDTH) and memory bits (``memory`` WIDTH x SIZE) of an RTLIL
+    text from Amaranth (one module per instance, so the sums are the design's)."""
+    ffs = sum(int(w) for w in re.findall(r"cell \$a?dff \S+\n\s+parameter \\WIDTH (\d+)", rtlil_text))
+    mems = re.findall(r"^\s*memory width (\d+) size (\d+)", rtlil_text, re.M)
+    return {"ff_bits": ffs, "memories": len(mems), "memory_bits": sum(int(w) * int(n) for w, n in mems)}
+
+
+def engine_flip_flops(text: str, top: str, timeout: float) -> dict:
+    """Flip-flop bits and memory bits of the Verilog ``text`` after Yosys's coarse synthesis."""
+    import tempfile
+    from pathlib import Path
+
+    from olivine.hw.resources import _run_yosys
+
+    with tempfile.TemporaryDirectory(prefix="olivine-ffs-") as tmp:
+        work = Path(tmp)
+        (work / f"{top}.v").write_text(text)
+        t0 = time.monotonic()
+        _run_yosys(_FF_COUNT_SCRIPT.format(source=f"{top}.v", top=top, stat="stat.json"), work, timeout)
+        seconds = time.monotonic() - t0
+        stat = json.loads((work / "stat.json").read_text())
+        # the flattened top's cells; `stat -width` names them "$dff_<width>"
+        module = stat.get("design") or next(iter(stat["modules"].values()))
+        cells = module.get("num_cells_by_type", {})
+    ffs = 0
+    for name, count in cells.items():
+        hit = re.fullmatch(r"\$[a-z]*dff[a-z]*_(\d+)", name)
+        if hit:
+            ffs += int(hit.group(1)) * count
+    mems = [int(x) for x in re.findall(r"\$mem_v2_(\d+)", " ".join(cells))]
+    return {"ff_bits": ffs, "cells": {k: v for k, v in cells.items() if "mem" in k or "dff" in k},
+            "memories": sum(cells.get(f"$mem_v2_{w}", 0) for w in set(mems)), "yosys_seconds": round(seconds, 1),
+            "memory_bits": module.get("num_memory_bits")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("convert", "resources"))
+    ap.add_argument("what", choices=("convert", "resources", "engine"))
+    ap.add_argument("--chains", type=int, default=8, help="engine: chains_per_core")
+    ap.add_argument("--ffs", action="store_true", help="engine: count the declared flip-flops and memory bits")
+    ap.add_argument("--yosys", action="store_true", help="engine: count flip-flops after a quick Yosys pass")
+    ap.add_argument("--lint", action="store_true", help="engine: verilator --lint-only -Wall")
+    ap.add_argument("--out", default="", help="engine: write the Verilog here")
     ap.add_argument("--config", default="small")
     ap.add_argument("--board", default="u280")
     ap.add_argument("--no-mpe", action="store_true")
@@ -163,6 +223,39 @@ def main(argv=None) -> int:
                           "engine_problem": core.mpe_problem, "wall_seconds": round(time.monotonic() - wall, 1),
                           "cpu_seconds": round(time.process_time() - cpu, 1),
                           "verilog_mb": round(len(text.encode()) / 1e6, 2), "lines": text.count("\n")}), flush=True)
+        return 0
+    if args.what == "engine":
+        from amaranth.back import rtlil
+        from amaranth.back import verilog as amaranth_verilog
+
+        from olivine.hw.export import drop_zero_memory_init
+        from olivine.hw.mpe import LINT_WAIVERS, MatrixEngine
+
+        cfg = cfg.replace(chains_per_core=args.chains)
+        # hw.export.verilog's two steps, timed together; the RTLIL also gives the declared state
+        wall, cpu = time.monotonic(), time.process_time()
+        rtlil_text = rtlil.convert(MatrixEngine(cfg), name="olivine_mpe", emit_src=False)
+        text = amaranth_verilog._convert_rtlil_text(drop_zero_memory_init(rtlil_text))
+        row = {"config": args.config, "chains": args.chains, "wall_seconds": round(time.monotonic() - wall, 1),
+               "cpu_seconds": round(time.process_time() - cpu, 1), "verilog_mb": round(len(text.encode()) / 1e6, 2),
+               "lines": text.count("\n")}
+        if args.ffs:
+            row.update(declared_state(rtlil_text))
+        del rtlil_text
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text)
+        if args.yosys:
+            print(json.dumps({"chains": args.chains, **engine_flip_flops(text, "olivine_mpe", args.timeout)}),
+                  flush=True)
+        if args.lint:
+            from olivine.hw.export import lint
+
+            t0 = time.monotonic()
+            lint(text, "olivine_mpe", waivers=LINT_WAIVERS)
+            print(json.dumps({"chains": args.chains, "lint": "clean", "lint_seconds": round(time.monotonic() - t0, 1)}),
+                  flush=True)
         return 0
     board = get_board(args.board)
     todo = parts(cfg, buffer_slice=args.slice, buffer_primitive=args.primitive)

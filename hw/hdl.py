@@ -167,10 +167,10 @@ def write_hdl(config: AcceleratorConfig, out: str | Path, *, lint: bool = False,
     t0 = time.monotonic()
     core = core_for(config, model_config, positions)
     if core.mpe is not None and config.chains_per_core > 16:
-        # the engine's per-chain chunk registers grow as chains**2 (docs/benchmarks.md, "Core top"):
-        # say so before a conversion that runs for a long time
+        # the engine's conversion grows about linearly with its chains (docs/benchmarks.md, "The chains'
+        # chunks in skewed RAM banks"): say so before a conversion that runs for a long time
         print(f"converting the core with its {config.chains_per_core}-chain matrix engine: the conversion grows "
-              f"with the square of the chains (32 chains: about 5 min of CPU; 128 chains: expect over an hour)",
+              f"with the chains (the engine alone: about 2 min of CPU at 32 chains, minutes more at 128)",
               file=sys.stderr, flush=True)
     text = verilog(core, TOP)
     seconds = time.monotonic() - t0

@@ -18,16 +18,39 @@ Data flow (C = chains, each 16 DSPs = one K block of 16 per beat, dense N = 16; 
 cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharing the weights):
   for column group cg, token pair tp, chunk q (B = C K blocks int8, 2C int4 / ovp4), block j:
       beat = (A[2tp, kb], A[2tp+1, kb]) broadcast, chain c's weights W[cb + c, kb], kb = qB + j
-  * Weight loader -> wnext (double buffer: loads chunk q+1 while chunk q's beats run):
+  * Weight loader -> the chunk banks' next half (double buffer: loads chunk q+1 while chunk q's
+    beats run; "Chunk storage" below):
     linear: one 16C-byte weight word per chain and chunk (a carry word per chain cuts the chunk
     out at any byte offset; a row's first chunk takes 2 reads; ``wgroup``: then the chunk's
     multipliers, NMAX = max(1, C/2) nibbles of the row's multiplier bytes (a chunk of 2C blocks is
     group-aligned or inside one group), 1 read, 2 when they straddle a word); qk: the K block rows
     from the data space, one 16-byte word per block; pv: V [K, n] row-major, two 16-byte reads per
     V row (C / 16 + 1 for C > 16: an unaligned C-byte slice) give the C columns' bytes of that row
-    (a transposing gather). qk and pv shift their blocks / bytes into the chains' words in K order
-    (no indexed writes: the word is 16C bytes). When k_blocks fits one chunk, the chunk is loaded
-    once per column group and reused by all its token pairs.
+    (a transposing gather). qk writes each block into its bank, pv each V row's byte lane into the
+    banks of block j of every chain. When k_blocks fits one chunk, the chunk is loaded once per
+    column group and reused by all its token pairs.
+  * Chunk storage: C skewed banks (submodules ``wbank<b>``, lib.memory, 128 bits x 2C words, byte
+    write enables; ``ram_style`` distributed up to 32 chains, block above). Unit u of chain c's
+    chunk (16 bytes: one int8 K block, two int4 / ovp4 blocks) lives in bank (u + c) mod C at
+    address h * C + c, h the half: the issuer reads half ``cur_half``, the loader writes the other,
+    and the swap flips the bit (no copy). A linear chunk (one 16C-byte word per chain) is one write
+    to every bank at address c, the word rotated by c units (one shared rotator); a beat, which
+    needs unit u of every chain, reads bank b at (b - u) mod C and rotates the C outputs by u (a
+    second rotator): chain c gets its unit from bank (u + c) mod C (int4 / ovp4: then the 64-bit
+    half of the block). qk writes one bank per block (address c); pv one byte lane (the V row) in
+    every bank, bank b for chain (b - j) mod C. The banks are read one cycle ahead, at the
+    issuer's next block, so beats issue at the rate and on the cycles registers gave (mpe_cycles
+    unchanged). The carry words are a second memory (``wcarry``: one 16C-byte word per chain,
+    depth C), read with the chain's weight read and transparent to its write (a row's first
+    chunk writes it at read 0 and reads it at read 1). Why: in registers a chain's chunk would be
+    held three times (next, current, carry: 384 C**2 flip-flops, 6.3 M at the U280's 128 chains
+    where the board has 2.6 M) and selected by a C:1 mux of 128 bits per chain (C**2 logic, and a
+    conversion of hours); the banks hold the 384 C**2 bits as RAM, with O(C log C) rotator logic.
+    The skew is what makes both accesses single-cycle: unskewed per-unit banks (unit u of every
+    chain in bank u) would need C reads of one bank per beat, per-chain memories C writes (one per
+    unit) per chunk. Dropping the carry (two weight reads per chunk) would make an int8 chunk's
+    load 2C + 2 cycles for its C beats. Still registers, small: the sparse indices (64 bits per
+    chain) and the wgroup multipliers (2 x 2C bits per chain: 4 C**2, 64 Ki FFs at 128 chains).
   * Sparse: one K block per chunk; a column group of C > 16 chains spans C / 16 bands of 16 rows,
     each with its own N per block (per band: the table scan, the N read, the chains' N codes).
   * Activation fetcher -> 4-beat FIFO: one 16-byte data-space read per token and block (P' blocks:
@@ -92,7 +115,7 @@ import enum as py_enum
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
-from amaranth.lib.memory import ReadPort, WritePort
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from .config import AcceleratorConfig
@@ -101,7 +124,7 @@ from .decode import DEFAULT_OFFSET_BITS
 from .mpe_ovp import OvpMatrixPath, ovp_cycles
 from .ovp_decoder import OvpPairDecoder
 from .requant import REQUANT_LATENCY, Requantizer
-from .bitops import shift_right
+from .bitops import rotate_left, shift_right
 from .group_scale import GroupScaler
 from .resources import register_unit
 from .sparse_chain import SparseDSPChain, n_code
@@ -604,16 +627,46 @@ class MatrixEngine(wiring.Component):
                          af_ph.eq(Mux(a_off != 0, 0, 2)), af_base.eq(f.a_addr >> 4), af_p0.eq(f.a_addr >> 4),
                          af_p1.eq((f.a_addr >> 4) + row_words)]
 
-        # ---- weight loader -> wnext (one chunk per chain), double-buffered with wcur
+        # ---- weight loader -> the next half of the chunk banks (one chunk per chain), double-buffered
         #   linear: weight port, one word per chain and chunk (a carry word per chain; 2 for chunk 0)
         #   qk: the K block rows from the data space, one 16-byte word per block (+1 prime if unaligned)
         #   pv: the V rows from the data space, PV_READS 16-byte words per V row give C columns' bytes
-        #   qk and pv shift their blocks / bytes in at the top of wnext (in K order), so a chunk of
-        #   chunk_blocks < blocks sits in blocks [blocks - chunk_blocks, blocks): the issuer's is_skip
+        #   Storage (module docstring, "Chunk storage"): C banks of 2C x 128 bits; unit u (16 bytes:
+        #   an int8 block, two int4 blocks) of chain c's chunk in bank (u + c) mod C at address
+        #   half * C + c. A write rotates its C units by ``bw_rot`` (bank b takes unit (b - rot) mod C).
         PV_READS = C // 16 + 1 if C > 16 else 2
-        wnext = [Signal(8 * W, name=f"wnext{c}") for c in range(C)]
-        wcur = [Signal(8 * W, name=f"wcur{c}") for c in range(C)]
-        wcarry = [Signal(8 * W, name=f"wcarry{c}") for c in range(C)]
+        cl = (C - 1).bit_length()               # bits of a chain / unit / bank index
+        ram_style = "distributed" if 2 * C <= 64 else "block"
+        banks = [Memory(shape=unsigned(128), depth=2 * C, init=[], attrs={"ram_style": ram_style})
+                 for _ in range(C)]
+        bank_wr = [bk.write_port(granularity=8) for bk in banks]
+        bank_rd = [bk.read_port() for bk in banks]
+        for b, bk in enumerate(banks):
+            m.submodules[f"wbank{b}"] = bk
+        cur_half, cur_half_n = Signal(), Signal()   # the issuer's half; the loader writes the other
+        m.d.comb += cur_half_n.eq(cur_half)
+        m.d.sync += cur_half.eq(cur_half_n)
+        # the raw word of chain c's row read last (linear: the funnel's low word), one memory word
+        # per chain: written with the chunk, read when the chain's next word is requested
+        carry_mem = Memory(shape=unsigned(8 * W), depth=C, init=[],
+                           attrs={"ram_style": "distributed" if C <= 64 else "block"})
+        m.submodules.wcarry = carry_mem
+        carry_wr = carry_mem.write_port()
+        carry_rd = carry_mem.read_port(transparent_for=(carry_wr,))   # a row's first chunk: read r=0, then r=1
+        bw_we = Signal()                        # a bank write this cycle
+        bw_units = Signal(8 * W)                # the C units before the rotation
+        bw_en = Signal(16 * C)                  # their byte enables
+        bw_rot = Signal(max(1, cl))             # the rotation (a chunk write: the chain; pv: the block)
+        bw_chain = Signal(max(1, cl))           # the address in the half (pv: per bank, see below)
+        bw_pv, bw_pv_j = Signal(), Signal(max(1, cl))
+        rot_units = rotate_left(fm, bw_units, bw_rot[:cl], step=128, name="bw_rot_units") if cl else bw_units
+        rot_en = rotate_left(fm, bw_en, bw_rot[:cl], step=16, name="bw_rot_en") if cl else bw_en
+        for b in range(C):
+            pv_addr = Const(b, max(1, cl)) - bw_pv_j   # pv: bank b holds chain (b - j) mod C's block j
+            row = Mux(bw_pv, pv_addr[:cl], bw_chain[:cl]) if cl else Const(0, 1)
+            m.d.comb += [bank_wr[b].addr.eq(Cat(row[:cl], ~cur_half) if cl else ~cur_half),
+                         bank_wr[b].data.eq(rot_units[128 * b: 128 * b + 128]),
+                         bank_wr[b].en.eq(Mux(bw_we, rot_en[16 * b: 16 * b + 16], 0))]
         # wgroup: a chunk's multipliers per chain (at most NMAX groups: 2C K blocks of 2**gs), read after
         #   its values (1 word, 2 when they straddle a word) and handed over with them
         NMAX = max(1, C // 2)
@@ -640,6 +693,8 @@ class MatrixEngine(wiring.Component):
         wp_r = Signal(range(2 * C + 4))
         wp_c = Signal(range(C))
         wp_off = Signal(range(W))
+        wp_i, wp_j = Signal(4), Signal(max(1, cl))   # pv: the V row and the block of the read
+        m.d.comb += carry_rd.addr.eq(wl_c)      # with the chain's weight read: returns with its data
         stash = Signal(8 * W)
         kcarry = Signal(128)
         wwa = MpeGeometry.addr_bits(g.weight_words)
@@ -693,7 +748,7 @@ class MatrixEngine(wiring.Component):
             m.d.comb += word.eq((wl_addr >> 4) + wl_r)
             m.d.comb += [ld_rd_req.eq(1), ld_rd_addr.eq(Mux(word <= last_word, word, last_word))]
             row_end = wl_r == PV_READS - 1
-            m.d.sync += [wp_valid.eq(1), wp_zero.eq(0), wp_r.eq(wl_r),
+            m.d.sync += [wp_valid.eq(1), wp_zero.eq(0), wp_r.eq(wl_r), wp_i.eq(wl_i), wp_j.eq(wl_j),
                          wp_off.eq(wl_addr[:4]),
                          wp_last.eq(row_end & (wl_i == 15) & (wl_j == chunk_blocks - 1)),
                          wl_r.eq(Mux(row_end, 0, wl_r + 1))]
@@ -848,9 +903,11 @@ class MatrixEngine(wiring.Component):
             with m.Else():
                 vals = _funnel(fm, stash, self.weight_rd.data, sp_pend_voff, W, "sp_vals")
                 idx = _funnel(fm, kcarry, mdata, sp_pend_ioff, 16, "sp_idx")[:64]
+                m.d.comb += [bw_we.eq(1), bw_units.eq(vals), bw_en.eq(Const(-1, 16 * C)),
+                             bw_rot.eq(sp_pend_c), bw_chain.eq(sp_pend_c)]
                 for c in range(C):
                     with m.If(sp_pend_c == c):
-                        m.d.sync += [wnext[c].eq(vals), widx_next[c].eq(idx)]
+                        m.d.sync += widx_next[c].eq(idx)
                 with m.If(sp_pend_c == C - 1):
                     m.d.sync += next_full.eq(1)
         with m.If(chain_start):
@@ -881,19 +938,20 @@ class MatrixEngine(wiring.Component):
         with m.If(wp_valid & ~pv & ~f.sparse):
             wdata = self.weight_rd.data
             lin_first = ~qk & (wl_qb == 0) & (wp_r == 0)
+            m.d.comb += [bw_rot.eq(wp_c), bw_chain.eq(wp_c)]
             with m.If(wp_zero):
-                for c in range(C):
-                    with m.If(wp_c == c):
-                        m.d.sync += wnext[c].eq(0)
+                m.d.comb += [bw_we.eq(1), bw_units.eq(0), bw_en.eq(Const(-1, 16 * C))]
             with m.Elif(qk):
                 with m.If((b_off != 0) & (wp_r == 0)):
                     m.d.sync += kcarry.eq(rdata)
                 with m.Else():
                     blk = Mux(b_off == 0, rdata, _funnel(fm, kcarry, rdata, b_off, 16, "k_funnel"))
                     m.d.sync += kcarry.eq(rdata)
-                    for c in range(C):
-                        with m.If(wp_c == c):
-                            m.d.sync += wnext[c].eq(Cat(wnext[c][128:], blk))
+                    # block wp_r - prime of the chunk: its unit alone (bank (unit + chain) mod C)
+                    unit = (wp_r - (b_off != 0))[:max(1, cl)]
+                    m.d.comb += [bw_we.eq(1), bw_units.eq(Cat(*[blk] * C)),
+                                 bw_en.eq(Cat(*[Mux(unit[:cl] == u, 0xFFFF, 0) for u in range(C)])
+                                          if cl else 0xFFFF)]
             with m.Elif(~qk & wg_on & (wp_r >= wl_vreads)):
                 # the chunk's multipliers: NMAX nibbles from nibble wp_moff (of this word, or of the
                 # previous word's top NMAX nibbles and this one's low NMAX when they straddle)
@@ -911,29 +969,27 @@ class MatrixEngine(wiring.Component):
                         with m.If(wp_c == c):
                             m.d.sync += mnext[c].eq(sel)
             with m.Elif(lin_first):
-                for c in range(C):
-                    with m.If(wp_c == c):
-                        m.d.sync += wcarry[c].eq(wdata)
+                m.d.comb += [carry_wr.addr.eq(wp_c), carry_wr.data.eq(wdata), carry_wr.en.eq(1)]
             with m.Else():
-                # one funnel for all chains: the chain's carry word selected by wp_c
-                carry = Signal(8 * W, name="wcarry_sel")
-                fm.d.comb += carry.eq(Array(wcarry)[wp_c])
-                chunk = _funnel(fm, carry, wdata, wp_off, W, "w_funnel")
-                for c in range(C):
-                    with m.If(wp_c == c):
-                        m.d.sync += [wnext[c].eq(chunk), wcarry[c].eq(wdata)]
+                # one funnel for all chains: the chain's carry word, read with its weight word
+                chunk = _funnel(fm, carry_rd.data, wdata, wp_off, W, "w_funnel")
+                m.d.comb += [bw_we.eq(1), bw_units.eq(chunk), bw_en.eq(Const(-1, 16 * C)),
+                             carry_wr.addr.eq(wp_c), carry_wr.data.eq(wdata), carry_wr.en.eq(1)]
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(wp_valid & pv):
             m.d.sync += kcarry.eq(rdata)
             with m.If(wp_r != 0):
-                # read r >= 1 of a V row: its bytes 16(r - 1) .. 16r - 1 go to chains 16(r - 1) + e
+                # read r >= 1 of a V row (row wp_i of block wp_j): its bytes 16(r - 1) .. 16r - 1 are
+                # byte wp_i of block wp_j of chains 16(r - 1) + e: one byte lane in each of their banks
                 vrow = _funnel(fm, kcarry, rdata, wp_off, 16, "v_funnel")
-                for sl in range(PV_READS - 1):
-                    with m.If(wp_r == sl + 1):
-                        for e in range(min(16, C)):
-                            c = 16 * sl + e
-                            m.d.sync += wnext[c].eq(Cat(wnext[c][8:], vrow[8 * e: 8 * e + 8]))
+                lane = Signal(16 * C)
+                for c in range(C):
+                    on = (wp_r == c // 16 + 1) if C > 16 else Const(1, 1)
+                    m.d.comb += lane[16 * c: 16 * c + 16].eq(Mux(on, Const(1, 16) << wp_i, 0))
+                m.d.comb += [bw_we.eq(1), bw_pv.eq(1), bw_pv_j.eq(wp_j), bw_rot.eq(wp_j), bw_en.eq(lane),
+                             bw_units.eq(Cat(*[Cat(*[vrow[8 * (c % 16): 8 * (c % 16) + 8]] * 16)
+                                              for c in range(C)]))]
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(chain_start):
@@ -943,10 +999,10 @@ class MatrixEngine(wiring.Component):
 
         # ---- issuer: one beat to every chain (pv: 5 beats per block, one per digit of P)
         is_busy, is_cur = Signal(), Signal()
-        is_j = Signal(range(2 * C))
-        is_skip = Signal(range(2 * C))        # qk / pv: the chunk's first block in wcur (see the loader)
-        is_blk = Signal(range(2 * C))
-        m.d.comb += is_blk.eq(is_j + is_skip)
+        is_j = Signal(range(2 * C))           # the beat's block of the chunk
+        is_j_n = Signal.like(is_j)            # its next value: the banks are read a cycle ahead
+        m.d.comb += is_j_n.eq(is_j)
+        m.d.sync += is_j.eq(is_j_n)
         is_kb = Signal(12)
         is_cb = Signal(17)
         is_t0 = Signal(13)
@@ -955,10 +1011,10 @@ class MatrixEngine(wiring.Component):
         m.submodules.tags = tags = fifo.SyncFIFO(width=tag_layout.size, depth=TAG_FIFO_DEPTH)
         with m.If(~is_cur & next_full):
             m.d.sync += is_cur.eq(1), next_full.eq(0)
-            m.d.sync += [is_skip.eq(Mux(qk | pv, blocks - chunk_blocks, 0))]
+            m.d.comb += cur_half_n.eq(~cur_half)   # the loaded half becomes the issuer's
             m.d.sync += [cur.eq(nxt) for cur, nxt in zip(sp_code_cur + sp_n_cur, sp_code_next + sp_n_next)]
             for c in range(C):
-                m.d.sync += [wcur[c].eq(wnext[c]), widx_cur[c].eq(widx_next[c]), mcur[c].eq(mnext[c])]
+                m.d.sync += [widx_cur[c].eq(widx_next[c]), mcur[c].eq(mnext[c])]
         can_issue = is_busy & is_cur & afifo.r_rdy & tags.w_rdy
         fire = can_issue & chains[0].i.ready
         last_digit = ~pv | (is_d == PV_DIGITS - 1)
@@ -987,9 +1043,20 @@ class MatrixEngine(wiring.Component):
                         m.d.comb += digit.eq(p[7 * (PV_DIGITS - 1):].as_signed())
                 m.d.comb += x[e].eq(Mux(pv, digit, code8.as_signed()))
             xs.append(x)
+        # the chunk banks, read a cycle ahead: bank b at (half, (b - u) mod C) for the next beat's unit
+        # u, so the registered outputs rotated by the beat's u give chain c its unit u (bank (u + c) mod C)
+        four = f.wfmt != 0
+        u_n = Mux(four, is_j_n >> 1, is_j_n)
+        u_now = Mux(four, is_j >> 1, is_j)
+        for b in range(C):
+            row = (Const(b, max(1, cl)) - u_n)[:cl] if cl else Const(0, 1)
+            m.d.comb += bank_rd[b].addr.eq(Cat(row[:cl], cur_half_n) if cl else cur_half_n)
+        bank_out = Cat(*[rd.data for rd in bank_rd])
+        chain_units = (rotate_left(fm, bank_out, (Const(0, cl) - u_now)[:cl], step=128, name="chain_units")
+                       if cl else bank_out)
         for c, ch in enumerate(chains):
-            blk8 = shift_right(fm, wcur[c], is_blk, step=128, width=128, name=f"blk8_{c}")
-            blk4 = shift_right(fm, wcur[c], is_blk, step=64, width=64, name=f"blk4_{c}")
+            blk8 = chain_units[128 * c: 128 * c + 128]
+            blk4 = Mux(is_j[0], blk8[64:], blk8[:64])
             values = Signal(data.ArrayLayout(signed(GRID_BITS), 16), name=f"wvals{c}")
             for p in range(8):
                 dec = OvpPairDecoder("runtime")
@@ -1014,7 +1081,8 @@ class MatrixEngine(wiring.Component):
             with m.If(~last_digit):
                 m.d.sync += is_d.eq(is_d + 1)
             with m.Elif(is_kb == f.k_blocks - 1):
-                m.d.sync += [is_kb.eq(0), is_j.eq(0), is_d.eq(0)]
+                m.d.sync += [is_kb.eq(0), is_d.eq(0)]
+                m.d.comb += is_j_n.eq(0)
                 with m.If(is_t0 + 2 >= f.m):
                     m.d.sync += [is_t0.eq(0), is_cb.eq(is_cb + C), is_cur.eq(0)]
                     with m.If(is_cb + C >= f.n):
@@ -1024,11 +1092,13 @@ class MatrixEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [is_kb.eq(is_kb + 1), is_d.eq(0)]
                 with m.If(is_j == blocks - 1):
-                    m.d.sync += [is_j.eq(0), is_cur.eq(0)]
+                    m.d.sync += is_cur.eq(0)
+                    m.d.comb += is_j_n.eq(0)
                 with m.Else():
-                    m.d.sync += is_j.eq(is_j + 1)
+                    m.d.comb += is_j_n.eq(is_j + 1)
         with m.If(chain_start):
-            m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_j.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0), is_d.eq(0)]
+            m.d.sync += [is_busy.eq(1), is_cur.eq(0), is_kb.eq(0), is_cb.eq(0), is_t0.eq(0), is_d.eq(0)]
+            m.d.comb += is_j_n.eq(0)
 
         # ---- collector: per-chain accumulators; a (cg, tp) result into the result FIFO
         res_layout = data.StructLayout({"y": data.ArrayLayout(unsigned(32), 2 * C), "cb": 17, "t0": 13})

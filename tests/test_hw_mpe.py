@@ -452,7 +452,7 @@ def test_pv_and_sparse_at_32_chains():
     pv's V gather of 3 reads per V row (an unaligned 32-byte slice); sparse column groups over two
     16-row bands, each with its own N per K block (N in 2, 4, 8, 16; int8 / int4 / ovp4 kept values),
     n = 48 leaving the second column group half past n (one live band); pv with k_blocks beyond one
-    chunk (a partial second chunk shifted in at the top of the chains' words, accumulating) and sparse
+    chunk (a partial second chunk in the chunk banks' other half, accumulating) and sparse
     over three column groups (40 KiB data space, 4 KiB meta / bias). One simulation runs every case: a
     32-chain engine takes minutes to elaborate and compile. Under CI one token for the two-chunk pv
     and no int8-output pv, ovp4 sparse, two-chunk qk or int4 sparse over 80 columns."""
