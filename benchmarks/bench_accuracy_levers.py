@@ -85,17 +85,23 @@ def hessians(loaded, n_calib: int, names, cache_dir: str):
     return out
 
 
-def quantize_variant(loaded, v: dict, hs: dict, names):
-    """name -> dequantized weight [N, K] of variant v; and the stored bits per weight."""
-    w_all = {n: loaded.weights.linear(n).to(torch.float32) for n in names}
+def down_scales(v: dict, hs: dict, names) -> dict:
+    """w_down name -> its per-input-channel scale rms**v["scale"] (geometric mean 1), from the
+    calibration Hessian's diagonal; empty when the variant does not scale."""
     scales = {}
     if v["scale"]:
         for n in names:
             if n.endswith(".w_down"):
                 rms = torch.diagonal(hs[n]).clamp(min=1e-12).sqrt().to(torch.float32)
                 s = rms.pow(v["scale"])
-                s = s / s.log().mean().exp()
-                scales[n] = s
+                scales[n] = s / s.log().mean().exp()
+    return scales
+
+
+def quantize_variant(loaded, v: dict, hs: dict, names):
+    """name -> dequantized weight [N, K] of variant v; and the stored bits per weight."""
+    w_all = {n: loaded.weights.linear(n).to(torch.float32) for n in names}
+    scales = down_scales(v, hs, names)
     deq, bits_num, bits_den = {}, 0, 0
     for n in names:
         short = n.split(".")[-1]
@@ -184,13 +190,7 @@ def main(argv=None) -> int:
         deq, bits = quantize_variant(loaded, v, hs, names)
         tq = time.perf_counter() - t0
         deq["lm_head"] = head
-        scales = {}
-        if v["scale"]:
-            for n in names:
-                if n.endswith(".w_down"):
-                    rms = torch.diagonal(hs[n]).clamp(min=1e-12).sqrt().to(torch.float32)
-                    s = rms.pow(v["scale"])
-                    scales[n] = s / s.log().mean().exp()
+        scales = down_scales(v, hs, names)
         model = _ScaledInputs(cfg, loaded.weights, deq, scales)
         res = {c: perplexity(model, ids) for c, ids in texts.items()}
         g = (sum(greedy_agreement(ref, model, p, args.greedy_n) for p in prompts) / len(prompts)) \
