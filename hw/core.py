@@ -58,8 +58,8 @@ the read data of its last granted read until its next enabled cycle. Cost: a los
 conflict; the SFU and the engine lose nothing to each other when they work in different banks
 (word w lives in bank w mod data_banks). The engine's weight/meta/bias reads are never frozen
 (CORE_INTERFACE.md): an ST reading one of those buffers (as test dumps do) waits for the port
-while the engine reads it (either half of the weight buffer: one read port) (StoreEngine ``buf.busy``; its words go to a queue, so its AXI side only sees a later
-beat). The controller's instruction handshake and the units' done/fault pulses are gated with
+while the engine reads it, in either half of the weight buffer, which has one read port
+(StoreEngine ``buf.busy``; its words go to a queue, so its AXI side only sees a later beat). The controller's instruction handshake and the units' done/fault pulses are gated with
 the same enable.
 
 Matrix engine slot: ``mpe`` is a component with the signature of CORE_INTERFACE.md section 3
