@@ -1824,41 +1824,47 @@ class FuncSim:
         return None
 
     def _chains(self, prog: list, steps: list) -> dict:
-        """Plan step index -> number of steps of the attention chain starting there (3: Q.K^T, softmax,
-        V shift; 4: with the P'.V step), found from the kinds of the steps of ``prog`` (each execution's
-        instructions are checked again by :meth:`_prepare_chain`)."""
+        """Plan step index -> the instruction indices of each step of the attention chain starting there
+        (3 steps: Q.K^T, softmax, V shift; 4: with the P'.V step), found from the kinds of the steps of
+        ``prog`` (each execution's instructions are checked again by :meth:`_prepare_chain`)."""
         kinds = [self._chain_kind(prog, st) for st in steps]
         chains = {}
         for k in range(len(steps) - 2):
             if kinds[k] == "qk" and kinds[k + 1] == "softmax" and kinds[k + 2] == "vshift":
-                chains[k] = 4 if k + 3 < len(steps) and kinds[k + 3] == "pv" else 3
+                n = 4 if k + 3 < len(steps) and kinds[k + 3] == "pv" else 3
+                chains[k] = [st[0] if type(st[0]) is tuple else (st[0],) for st in steps[k: k + n]]
         return chains
 
     def _execute_chain(self, groups: list) -> bool:
         """Execute the attention chain whose steps hold the instruction lists ``groups`` as one; False,
         having written nothing, when the steps are not such a chain or one of them would fault (the
         caller then executes them one by one)."""
-        anchors = []
+        flat = []  # the instructions' anchors (the patched softmax / V shifts: their templates)
         for insts in groups:
             args = self._IMM_ARGS if insts[0].fmt.mnemonic == "MISC" else self._NO_ARGS
-            anchors.append(tuple(_anchor(i, args) for i in insts))
-        flat = [a for step in anchors for a in step]
-        if None in flat:
-            return False
-        key = (self, *map(id, flat[1:]))
+            for i in insts:
+                t = i.__dict__.get("_sim_template")
+                if t is not None:
+                    if not t[1] <= args:
+                        return False
+                    i = t[0]
+                flat.append(i)
+        # kept with the first anchor, keyed by the identities of the others: the entry holds them, so while
+        # it exists no other object can have their ids, and an equal key means the same instructions
+        key = (self, len(groups), *map(id, flat))
         known = flat[0].__dict__.get("_sim_chains")
         if known is None:
             known = {}
             object.__setattr__(flat[0], "_sim_chains", known)
         entry = known.get(key)
-        if entry is None or not all(a is b for a, b in zip(entry[0], flat[1:])):
+        if entry is None:
             try:
                 prepared = self._prepare_chain(groups)
             except SimError:  # a field rule breaks: the one-by-one execution finds it
                 prepared = None
             if len(known) >= 64:
                 known.clear()
-            entry = known[key] = (tuple(flat[1:]), prepared)
+            entry = known[key] = (flat, prepared)
         return entry[1] is not None and entry[1](groups)
 
     def _prepare_chain(self, groups: list):
@@ -2125,13 +2131,11 @@ class FuncSim:
                     continue
                 first = step[0]
                 if chains and k in chains:
-                    n = chains[k]
-                    groups = [[prog[j] for j in (st[0] if type(st[0]) is tuple else (st[0],))]
-                              for st in steps[k: k + n]]
+                    groups = [[prog[j] for j in members] for members in chains[k]]
                     if self._execute_chain(groups):
-                        resume = k + n
+                        resume = k + len(groups)
                         continue
-                    if n == 4 and self._execute_chain(groups[:3]):  # the P'.V step not part of it
+                    if len(groups) == 4 and self._execute_chain(groups[:3]):  # the P'.V step not part of it
                         resume = k + 3
                         continue
                 if type(first) is tuple:
