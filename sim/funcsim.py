@@ -1819,7 +1819,7 @@ class FuncSim:
             return mode if mode in ("qk", "pv") else None
         if mnemonic == "MISC":
             op = inst.enum("op")
-            if op == "softmax" and type(step[0]) is not tuple or op == "vshift":
+            if (op == "softmax" and type(step[0]) is not tuple) or op == "vshift":
                 return op
         return None
 
