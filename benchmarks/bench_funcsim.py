@@ -164,8 +164,9 @@ class GcMeter:
 class Sampler:
     """A sampling profile of the decode steps: every 0.5 ms of CPU (SIGPROF) the Python stack is attributed
     to the simulator's handler on it (do_mpe / do_misc with the instruction's mode / op, an executed run
-    with its kind, an attention chain, do_ld, do_st, the runtime's patching) or to the scheduler loop. Timing every handler
-    call instead inflates the many small ones (the timer calls cost as much as a small instruction)."""
+    with its kind, an attention chain, do_ld, do_st, the runtime's patching) or to the scheduler loop.
+    Timing every handler call instead inflates the many small ones (the timer calls cost as much as a
+    small instruction)."""
 
     HANDLERS = ("do_mpe", "do_misc", "do_ld", "do_st", "_execute_chain", "_execute_run", "_run_end", "_patched",
                 "_run")
