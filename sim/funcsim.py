@@ -1927,6 +1927,10 @@ class FuncSim:
         pv_step = steps[2] if pv is not None else None
 
         def execute(groups) -> bool:
+            shifts = groups[2]
+            imm = shifts[0].values["imm"]
+            if any(i.values["imm"] != imm for i in shifts):  # patched apart: no longer one run key
+                return False
             try:
                 y = score_step.compute()
                 p = softmax.compute(groups[1], y)

@@ -505,6 +505,37 @@ def test_an_attention_chain_is_taken_only_where_its_data_flow_holds(what, change
     assert [(n, ok) for k, n, ok in taken if k == "chain"] == chains
 
 
+def _patched_attention(prog, imms: dict) -> tuple:
+    """(words, instructions) of ATTENTION with the imm of each named instruction in ``imms``, decoded as the
+    runtime patches: new objects for the patched softmax / V shifts, with their template in ``prog``."""
+    words = program(ATTENTION, **{name: {"imm": imm} for name, imm in imms.items()})
+    patched = isa.decode_program(words)
+    for j, (i, t) in enumerate(zip(patched, prog)):
+        if i.fmt.mnemonic == "MISC" and i.enum("op") in ("softmax", "vshift"):
+            object.__setattr__(i, "_sim_template", (t, frozenset({"imm"})))
+        else:
+            patched[j] = t
+    return words, patched
+
+
+def test_an_attention_chain_refuses_v_shifts_patched_to_different_positions():
+    """The chain is prepared on the templates while its V shifts share one position; an execution whose
+    patch gives one V shift another position (no longer one run key) refuses the chain and equals a
+    fresh core one by one; the next execution with one position takes it again."""
+    s, ref = attention_sim(2), attention_sim(2)
+    ref.run_together = False
+    taken = []
+    inner = s._execute_chain
+    s._execute_chain = lambda groups: taken.append(inner(groups)) or taken[-1]
+    prog = isa.decode_program(program(ATTENTION))
+    for other in (IMM, (POS - 3) | (1 << 16), IMM):
+        words, patched = _patched_attention(prog, {"softmax": IMM, "vshift0": IMM, "vshift1": other, "vshift2": IMM})
+        s.run(None, patched, schedule_key="attention")
+        ref.run(words)
+        _assert_same_state(_state(s), _state(ref))
+    assert taken == [True, False, False, True], taken  # the refused 4-step chain is retried without P'.V
+
+
 def test_an_attention_chain_executed_again_reads_the_new_operands_and_finds_their_faults():
     """One decoded program four times on one core with new operands each time (its patched form: a new
     query position each time, so the softmax and V shifts take the position per execution), the last with
@@ -518,13 +549,7 @@ def test_an_attention_chain_executed_again_reads_the_new_operands_and_finds_thei
     prog = isa.decode_program(program(ATTENTION))
     for step, (seed, mant) in enumerate(((0, None), (10, None), (20, None), (30, 300))):
         imm = (POS - step) | (1 << 16)
-        words = program(ATTENTION, softmax={"imm": imm}, **{f"vshift{j}": {"imm": imm} for j in range(3)})
-        patched = isa.decode_program(words)
-        for j, (i, t) in enumerate(zip(patched, prog)):  # as the runtime patches: new objects for the patched
-            if i.fmt.mnemonic == "MISC" and i.enum("op") in ("softmax", "vshift"):  # ones, with their template
-                object.__setattr__(i, "_sim_template", (t, frozenset({"imm"})))
-            else:
-                patched[j] = t
+        words, patched = _patched_attention(prog, {"softmax": imm, **{f"vshift{j}": imm for j in range(3)}})
         if step:
             _attention_operands(s, seed, mant)
             _attention_operands(ref, seed, mant)
