@@ -1688,7 +1688,7 @@ class FuncSim:
             exp_at = a_addrs + 4 * k
             vq = data[b_addr: b_addr + k * n].view(np.int8).reshape(k, n)
 
-            def product(p=None, p_exp=None):  # P' rows int32 [R, k] and exponents int8 [R] (default: read)
+            def product(p=None, p_exp=None):  # P' rows int32 [R, k], exponent bytes [R] (default: read them)
                 exp = (data[exp_at] if p_exp is None else p_exp).view(np.int8).astype(np.int64).reshape(-1, 1)
                 acc = _int_matmul_np(data32[rows] if p is None else p, vq.T, None)
                 y = _requantize_one_entry(acc, ent, exp, None, int8)
@@ -1753,7 +1753,7 @@ class FuncSim:
                                       all(a is b for a, b in zip(known[1], anchors[1:]))):
             # another run starting at the same (shared) instruction: runs of one program that differ only in
             # a later member's token masks alternate here, so every run seen from this anchor is kept too
-            known = anchors[0].__dict__["_sim_runs_prepared"].get((self, *map(id, anchors[1:])))
+            known = anchors[0].__dict__.get("_sim_runs_prepared", {}).get((self, *map(id, anchors[1:])))
             if known is not None and all(a is b for a, b in zip(known[1], anchors[1:])):
                 object.__setattr__(anchors[0], "_sim_run_prepared", known)
             else:
