@@ -102,6 +102,11 @@ def decode_only(args) -> None:
         art, ids = _artifact(args, folder / "artifact")
     rt = Runtime(art.config, art.meta, art.programs, art.weights)
     rt.freeze_gc = args.freeze_gc  # Runtime.freeze_gc (off by default, as for every runtime)
+    if args.unfused_baseline:  # the same simulator with each kv group's attention executed step by step
+        base = Runtime(art.config, art.meta, art.programs, art.weights)
+        base.freeze_gc = args.freeze_gc
+        base.sim.fuse_attention = False
+        return interleaved(args, rt, base, ids)
     if args.baseline:
         return interleaved(args, rt, _baseline_runtime(args.baseline, art, args.baseline_runtime), ids)
     logits = rt.prefill(ids)
@@ -159,10 +164,12 @@ class GcMeter:
 class Sampler:
     """A sampling profile of the decode steps: every 0.5 ms of CPU (SIGPROF) the Python stack is attributed
     to the simulator's handler on it (do_mpe / do_misc with the instruction's mode / op, an executed run
-    with its kind, do_ld, do_st, the runtime's patching) or to the scheduler loop. Timing every handler
-    call instead inflates the many small ones (the timer calls cost as much as a small instruction)."""
+    with its kind, an attention chain, do_ld, do_st, the runtime's patching) or to the scheduler loop.
+    Timing every handler call instead inflates the many small ones (the timer calls cost as much as a
+    small instruction)."""
 
-    HANDLERS = ("do_mpe", "do_misc", "do_ld", "do_st", "_execute_run", "_run_end", "_patched", "_run")
+    HANDLERS = ("do_mpe", "do_misc", "do_ld", "do_st", "_execute_chain", "_execute_run", "_run_end", "_patched",
+                "_run")
 
     def __init__(self, interval: float = 5e-4):
         import collections
@@ -264,6 +271,8 @@ def main() -> None:
                     "(e.g. git show REV:sim/funcsim.py > FILE), step for step in the same process")
     ap.add_argument("--baseline-runtime", default=None, help="--baseline: the baseline's Runtime from this "
                     "runtime.py (e.g. git show REV:sim/runtime.py > FILE), so its patching is the old one too")
+    ap.add_argument("--unfused-baseline", action="store_true", help="--decode-only: the baseline is this "
+                    "simulator with FuncSim.fuse_attention off (interleaved as --baseline)")
     ap.add_argument("--freeze-gc", action="store_true", help="--decode-only: the runtime freezes the process's "
                     "long-lived objects out of the cyclic garbage collector's view (Runtime.freeze_gc)")
     ap.add_argument("--sample", action="store_true", help="--decode-only: print a sampled profile of the decode steps")

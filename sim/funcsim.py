@@ -1335,19 +1335,30 @@ class FuncSim:
         masked = bool(v["mask"])
         row_ids, col_ids = np.arange(rows), np.arange(cols)[None, :]
 
-        def execute(insts) -> bool:
+        def compute(insts, rows_in=x):
+            """The result rows (int32) from ``rows_in`` (default: the src0 rows in the data space), or None."""
             imm = insts[0].values["imm"]
             mask = None
             if masked:
                 per, first = max(1, imm >> 16), imm & 0xFFFF
                 if first + min(rows, per) - 1 >= cols:
-                    return False
+                    return None
                 mask = col_ids <= (first + row_ids % per)[:, None] if per < rows else col_ids <= first + row_ids[:, None]
             elif imm:
+                return None
+            return sfu_np.softmax(rows_in, F, mask, F)  # reads the rows (an int64 copy) before writing
+
+        def execute(insts) -> bool:
+            y = compute(insts)
+            if y is None:
                 return False
-            out[:] = sfu_np.softmax(x, F, mask, F)  # reads the rows (an int64 copy) before writing
+            out[:] = y
             return True
 
+        def write(y) -> None:
+            out[:] = y
+
+        execute.compute, execute.write = compute, write
         return execute
 
     def _prepare_misc_run(self, insts: list):
@@ -1385,21 +1396,33 @@ class FuncSim:
                     for d in dsts]
             b = len(insts)
 
-            def execute(run) -> bool:
+            def compute(run, p=None):
+                """(shifted int32 [b, r, cols], exponent bytes [r]) from the P' rows ``p`` (int [b * r, cols];
+                default: the src0 rows in the data space), or None where a rule breaks."""
                 imm = run[0].values["imm"]  # one run key: one imm
                 if (imm & 0xFFFF) + min(r, max(1, imm >> 16)) - 1 >= cols:
-                    return False
+                    return None
                 mvv = mv.astype(np.int64)
                 if int(mvv.max()) > MAX_MANTISSA:
-                    return False
-                p_sh, e_ref = _vshift_rows(data32[idx].astype(np.int64).reshape(b, r, cols), ev.astype(np.int64),
-                                           mvv, r, cols, imm)
-                e_bytes = e_ref.view(np.uint8)
+                    return None
+                p_sh, e_ref = _vshift_rows((data32[idx] if p is None else p).astype(np.int64).reshape(b, r, cols),
+                                           ev.astype(np.int64), mvv, r, cols, imm)
+                return p_sh, e_ref.view(np.uint8)
+
+            def write(result) -> None:
+                p_sh, e_bytes = result
                 for (o32, oe), y in zip(outs, p_sh):
                     o32[:] = y.reshape(-1)
                     oe[:] = e_bytes
+
+            def execute(run) -> bool:
+                result = compute(run)
+                if result is None:
+                    return False
+                write(result)
                 return True
 
+            execute.compute, execute.write = compute, write
             return execute
         if op == "rope":
             s1 = v["src1"]
@@ -1665,21 +1688,25 @@ class FuncSim:
             exp_at = a_addrs + 4 * k
             vq = data[b_addr: b_addr + k * n].view(np.int8).reshape(k, n)
 
-            def product():
-                exp = data[exp_at].view(np.int8).astype(np.int64).reshape(-1, 1)
-                acc = _int_matmul_np(data32[rows], vq.T, None)
+            def product(p=None, p_exp=None):  # P' rows int32 [R, k], exponent bytes [R] (default: read them)
+                exp = (data[exp_at] if p_exp is None else p_exp).view(np.int8).astype(np.int64).reshape(-1, 1)
+                acc = _int_matmul_np(data32[rows] if p is None else p, vq.T, None)
                 y = _requantize_one_entry(acc, ent, exp, None, int8)
                 return y if y is not None else mpe_output(mode, out_fmt, acc, ent, exp, None, (), None)
+
+        def write(y) -> None:
+            for out, row in zip(out_views, y):
+                out[:] = row
 
         def execute(insts) -> bool:
             try:
                 y = product()
             except SimError:
                 return False
-            for out, row in zip(out_views, y):
-                out[:] = row
+            write(y)
             return True
 
+        execute.compute, execute.write = product, write
         return execute
 
     def _run_end(self, prog: list, queue: list, h: int, key: tuple, into_u: list, u: int) -> int:
@@ -1722,8 +1749,16 @@ class FuncSim:
         anchors = [_anchor(i, args) for i in insts]
         keep = None not in anchors
         known = anchors[0].__dict__.get("_sim_run_prepared") if keep else None
-        if known is not None and known[0] is self and len(known[1]) == len(insts) - 1 and \
-                all(a is b for a, b in zip(known[1], anchors[1:])):
+        if known is not None and not (known[0] is self and len(known[1]) == len(insts) - 1 and
+                                      all(a is b for a, b in zip(known[1], anchors[1:]))):
+            # another run starting at the same (shared) instruction: runs of one program that differ only in
+            # a later member's token masks alternate here, so every run seen from this anchor is kept too
+            known = anchors[0].__dict__.get("_sim_runs_prepared", {}).get((self, *map(id, anchors[1:])))
+            if known is not None and all(a is b for a, b in zip(known[1], anchors[1:])):
+                object.__setattr__(anchors[0], "_sim_run_prepared", known)
+            else:
+                known = None
+        if known is not None:
             independent, prepared = known[2], known[3]
         else:
             independent = self._independent(insts)
@@ -1733,7 +1768,15 @@ class FuncSim:
             except SimError:  # a field rule breaks: the general path below finds it
                 prepared = None
             if keep:
-                object.__setattr__(anchors[0], "_sim_run_prepared", (self, tuple(anchors[1:]), independent, prepared))
+                known = (self, tuple(anchors[1:]), independent, prepared)
+                object.__setattr__(anchors[0], "_sim_run_prepared", known)
+                runs = anchors[0].__dict__.get("_sim_runs_prepared")
+                if runs is None:
+                    runs = {}
+                    object.__setattr__(anchors[0], "_sim_runs_prepared", runs)
+                if len(runs) >= 64:  # bounded: a program whose patches change the members each run
+                    runs.clear()
+                runs[(self, *map(id, anchors[1:]))] = known
         if not independent:
             return False
         if prepared is not None and prepared(insts):
@@ -1746,6 +1789,169 @@ class FuncSim:
         for addr, pitch, rows in writes:
             _rows_view(data, addr, rows.shape, pitch)[:] = rows
         return True
+
+    # ---- a kv group's attention, executed as one step ---------------------------------------------
+    # A decode step's attention is, per kv group, four consecutive plan steps: the Q.K^T MVs (a run),
+    # the masked softmax of their score rows, the V shifts of the probability rows (a run) and the P'.V
+    # MVs (a run). Executed one after the other, each step reads back from the data space what the one
+    # before it wrote. :meth:`_execute_chain` executes such consecutive steps as one: it hands each step's
+    # result to the next as an array and writes every step's results afterwards, in step order. That is
+    # the consecutive execution's state exactly when each step reads exactly the bytes the step before
+    # wrote (score rows = the Q.K^T outputs, V-shift rows inside the softmax result, P' blocks = the V
+    # shifts' outputs) and every other operand of a later step (V's exponents and mantissas, the V
+    # block) lies outside what the chain writes, so the data space still holds it when the chain starts.
+    # Both are checked from the instructions' fields when the chain is prepared (the runtime patches only
+    # the softmax / V-shift imm, which the prepared steps take per execution). As for runs, every rule is
+    # checked before anything is written: if a step would fault, nothing is written and the steps execute
+    # one by one, which raise that fault at its instruction.
+
+    #: execute consecutive Q.K^T, softmax, V-shift (and P'.V) steps as one (False: each step on its own)
+    fuse_attention = True
+
+    def _chain_kind(self, prog: list, step) -> str | None:
+        """The attention step kind of plan step ``step`` ("qk", "softmax", "vshift", "pv") or None."""
+        if step is None:
+            return None
+        inst = prog[step[0][0] if type(step[0]) is tuple else step[0]]
+        mnemonic = inst.fmt.mnemonic
+        if mnemonic == "MV":
+            mode = inst.enum("mode")
+            return mode if mode in ("qk", "pv") else None
+        if mnemonic == "MISC":
+            op = inst.enum("op")
+            if (op == "softmax" and type(step[0]) is not tuple) or op == "vshift":
+                return op
+        return None
+
+    def _chains(self, prog: list, steps: list) -> dict:
+        """Plan step index -> the instruction indices of each step of the attention chain starting there
+        (3 steps: Q.K^T, softmax, V shift; 4: with the P'.V step), found from the kinds of the steps of
+        ``prog`` (each execution's instructions are checked again by :meth:`_prepare_chain`)."""
+        kinds = [self._chain_kind(prog, st) for st in steps]
+        chains = {}
+        for k in range(len(steps) - 2):
+            if kinds[k] == "qk" and kinds[k + 1] == "softmax" and kinds[k + 2] == "vshift":
+                n = 4 if k + 3 < len(steps) and kinds[k + 3] == "pv" else 3
+                chains[k] = [st[0] if type(st[0]) is tuple else (st[0],) for st in steps[k: k + n]]
+        return chains
+
+    def _execute_chain(self, groups: list) -> bool:
+        """Execute the attention chain whose steps hold the instruction lists ``groups`` as one; False,
+        having written nothing, when the steps are not such a chain or one of them would fault (the
+        caller then executes them one by one)."""
+        flat = []  # the instructions' anchors (the patched softmax / V shifts: their templates)
+        for insts in groups:
+            args = self._IMM_ARGS if insts[0].fmt.mnemonic == "MISC" else self._NO_ARGS
+            for i in insts:
+                t = i.__dict__.get("_sim_template")
+                if t is not None:
+                    if not t[1] <= args:
+                        return False
+                    i = t[0]
+                flat.append(i)
+        # kept with the first anchor, keyed by the identities of the others: the entry holds them, so while
+        # it exists no other object can have their ids, and an equal key means the same instructions
+        key = (self, len(groups), *map(id, flat))
+        known = flat[0].__dict__.get("_sim_chains")
+        if known is None:
+            known = {}
+            object.__setattr__(flat[0], "_sim_chains", known)
+        entry = known.get(key)
+        if entry is None:
+            try:
+                prepared = self._prepare_chain(groups)
+            except SimError:  # a field rule breaks: the one-by-one execution finds it
+                prepared = None
+            if len(known) >= 64:
+                known.clear()
+            entry = known[key] = (flat, prepared)
+        return entry[1] is not None and entry[1](groups)
+
+    def _prepare_chain(self, groups: list):
+        """The function executing the attention chain ``groups`` (see above) from its steps' prepared
+        forms, or None where the steps are not such a chain (then each step executes on its own)."""
+        qk, (sm,), vs = groups[0], groups[1], groups[2]
+        pv = groups[3] if len(groups) > 3 else None
+        if sm.fmt.mnemonic != "MISC" or sm.enum("op") != "softmax" or vs[0].fmt.mnemonic != "MISC" or \
+                any(i.enum("op") != "vshift" for i in vs) or any(i.fmt.mnemonic != "MV" for i in qk) or \
+                (pv is not None and any(i.fmt.mnemonic != "MV" for i in pv)):
+            return None
+        for run in (qk, vs, pv):
+            if run is not None and len(run) > 1 and (self._run_key(run[0]) is None or
+                                                     any(self._run_key(i) != self._run_key(run[0]) for i in run)):
+                return None
+        for i in groups[1]:
+            self._checked_once(i, self.check_misc)
+        # Q.K^T: one-row MVs with int32 (fixed32) outputs that are the softmax's rows, in order
+        qv, smv = qk[0].values, sm.values
+        n, rows, s0, d = qv["n"], smv["rows"], smv["src0"], smv["dst"]
+        if any(i.enum("mode") != "qk" or i.enum("out") != "fixed32" for i in qk) or rows != len(qk) or \
+                smv["cols"] != n or [i.values["out_addr"] for i in qk] != [s0 + 4 * n * j for j in range(rows)]:
+            return None
+        scores = (s0, 4 * n * rows)
+        probs = (d, 4 * n * rows)
+        # V shifts: rows of the softmax result; V's exponents and mantissas outside what the chain wrote
+        vv = vs[0].values
+        r, v_src1 = vv["rows"], vv["src1"]
+        offsets = [(i.values["src0"] - d) // (4 * n) for i in vs]
+        if vv["cols"] != n or any(i.values["src0"] != d + 4 * n * o or not 0 <= o <= rows - r
+                                  for i, o in zip(vs, offsets)):
+            return None
+        shifted = [(i.values["dst"], 4 * r * n + r) for i in vs]
+        if any(_overlap((v_src1, 3 * n), w) for w in (scores, probs)) or \
+                any(_overlap(a, b) for j, a in enumerate(shifted) for b in shifted[j + 1:]):
+            return None
+        order = np.concatenate([np.arange(o, o + r) for o in offsets])
+        # P'.V: one-row MVs whose P' blocks are the V shifts' outputs; the V block outside the chain's writes
+        if pv is not None:
+            pvv = pv[0].values
+            at = {a: j for j, (a, _) in enumerate(shifted)}
+            if r != 1 or any(i.enum("mode") != "pv" or i.values["a_addr"] not in at for i in pv) or \
+                    16 * pvv["k_blocks"] != n or \
+                    any(_overlap((pvv["b_addr"], 16 * pvv["k_blocks"] * pvv["n"]), w)
+                        for w in (scores, probs, *shifted)):
+                return None
+            p_rows = np.array([at[i.values["a_addr"]] for i in pv])
+        steps = []
+        for run in (qk, vs) + ((pv,) if pv is not None else ()):
+            if not self._independent(run):
+                return None
+            prepared = self._prepare_mpe_run(run) if run[0].fmt.mnemonic == "MV" else self._prepare_misc_run(run)
+            if prepared is None:
+                return None
+            steps.append(prepared)
+        softmax = self._prepare_softmax(sm)
+        if softmax is None:
+            return None
+        score_step, shift_step = steps[0], steps[1]
+        pv_step = steps[2] if pv is not None else None
+
+        def execute(groups) -> bool:
+            shifts = groups[2]
+            imm = shifts[0].values["imm"]
+            if any(i.values["imm"] != imm for i in shifts):  # patched apart: no longer one run key
+                return False
+            try:
+                y = score_step.compute()
+                p = softmax.compute(groups[1], y)
+                if p is None:
+                    return False
+                shifted_rows = shift_step.compute(groups[2], p[order])
+                if shifted_rows is None:
+                    return False
+                if pv_step is not None:
+                    p_sh, e_bytes = shifted_rows
+                    z = pv_step.compute(p_sh.reshape(-1, n)[p_rows], np.repeat(e_bytes, len(p_rows)))
+            except (SimError, fixed.FixedPointValueError):
+                return False
+            score_step.write(y)
+            softmax.write(p)
+            shift_step.write(shifted_rows)
+            if pv_step is not None:
+                pv_step.write(z)
+            return True
+
+        return execute
 
     # ---- the unit queues ---------------------------------------------------------------------
     # The order in which the units execute a program depends only on its schedule fields (each
@@ -1916,12 +2122,26 @@ class FuncSim:
         execute_run = self._execute_run
         run_key = self._cached_run_key
         steps = plan.steps
+        chains = None
+        if self.fuse_attention and self.run_together:
+            if plan.chains is None:
+                plan.chains = self._chains(prog, steps)
+            chains = plan.chains
+        resume = 0  # the step after the last chain executed as one
         k, idx = 0, None  # the step and the instruction being executed
         try:
             for k, step in enumerate(steps):
-                if step is None:
+                if step is None or k < resume:
                     continue
                 first = step[0]
+                if chains and k in chains:
+                    groups = [[prog[j] for j in members] for members in chains[k]]
+                    if self._execute_chain(groups):
+                        resume = k + len(groups)
+                        continue
+                    if len(groups) == 4 and self._execute_chain(groups[:3]):  # the P'.V step not part of it
+                        resume = k + 3
+                        continue
                 if type(first) is tuple:
                     insts = [prog[j] for j in first]
                     # they still share a run key (a patched field may change keys: then one by one)
@@ -1975,6 +2195,7 @@ class _Plan:
     steps: list
     deadlock: list | None
     totals: tuple | None = None
+    chains: dict | None = None  # FuncSim._chains of the steps, found at the first replay with fuse_attention
 
 
 def rope_padded_np(x: np.ndarray, pos: np.ndarray, theta: float, head_dim: int, scaling=None) -> np.ndarray:

@@ -98,22 +98,29 @@ def _assert_same_state(a, b):
     assert a[3:] == b[3:], "statistics differ"
 
 
-def both_ways(make_sim, words):
+def both_ways(make_sim, words, fuse=False):
     """Run ``words`` with runs and one by one from equal states: (error text or None, state, runs taken
-    [(first instruction's key, length, executed together)])."""
+    [(first instruction's key, length, executed together)]). ``fuse``: attention chains executed as one
+    too (FuncSim.fuse_attention; the chains taken are then in the list as ("chain", steps, executed))."""
     results = []
     for together in (True, False):
         s = make_sim()
         s.run_together = together
+        s.fuse_attention = fuse
         taken = []
-        inner = s._execute_run
+        inner, inner_chain = s._execute_run, s._execute_chain
 
         def spy(insts, inner=inner, taken=taken, s=s):
             ok = inner(insts)
             taken.append((s._run_key(insts[0])[:2], len(insts), ok))
             return ok
 
-        s._execute_run = spy
+        def spy_chain(groups, inner=inner_chain, taken=taken):
+            ok = inner(groups)
+            taken.append(("chain", len(groups), ok))
+            return ok
+
+        s._execute_run, s._execute_chain = spy, spy_chain
         err = None
         try:
             s.run(words)
@@ -350,6 +357,7 @@ def test_a_run_executed_again_reads_the_new_operands_and_finds_their_faults():
     qk0 = next(i for i in prog if i.fmt.mnemonic == "MV" and i.enum("mode") == "qk")
     pv0 = next(i for i in prog if i.fmt.mnemonic == "MV" and i.enum("mode") == "pv")
     s, ref = attention_sim(0), attention_sim(0)
+    s.fuse_attention = False  # the run path (the chain's: test_an_attention_chain_executed_again_...)
     ref.run_together = False
     done = []
     for step, (seed, mant) in enumerate(((0, None), (10, None), (20, None), (30, 300))):
@@ -390,6 +398,7 @@ def test_programs_sharing_a_schedule_key_differ_in_other_fields():
     a, b = program(ATTENTION), program(ATTENTION, vshift1={"imm": (POS + 1) | (1 << 16)},
                                         softmax={"imm": (POS + 1) | (1 << 16)})
     s, ref = attention_sim(4), attention_sim(4)
+    s.fuse_attention = False
     ref.run_together = False
     taken = []
     inner = s._execute_run
@@ -427,3 +436,131 @@ def test_statistics_after_a_fault_count_the_instructions_executed_before_it():
                 {"ld": 1, "st": 0, "mpe": 0, "sfu": 2}
             assert {k: v - before[1].get(k, 0) for k, v in s.stats.by_mnemonic.items() if v - before[1].get(k, 0)} \
                 == {"LD": 1, "MISC": 2}
+
+
+# ---- a kv group's attention executed as one chain (FuncSim._execute_chain) ----------------------
+
+def test_an_attention_chain_equals_the_steps_one_by_one_and_is_taken():
+    err, st, taken = both_ways(attention_sim, program(ATTENTION), fuse=True)
+    assert err is None
+    assert ("chain", 4, True) in taken
+    # the Q.K^T, softmax, V-shift and P'.V steps no longer go through the run path: RoPE and quant runs do
+    assert {(k, n) for k, n, ok in taken if ok and k != "chain"} == {(("rope", HD), 2), (("quant", HD), 2)}
+    _, st_runs, _ = both_ways(attention_sim, program(ATTENTION))  # runs, no chain: the same machine
+    _assert_same_state(st, st_runs)
+    data = st[0]
+    assert data[AT: AT + 4 * 3 * HD].any() and data[PB: PB + 3 * PBLK].any() and data[SC: SC + 12 * S].any()
+
+
+@pytest.mark.parametrize("what,changes,damage,message", FAULTS, ids=[f[0] for f in FAULTS])
+def test_a_faulting_attention_chain_gives_the_one_by_one_result(what, changes, damage, message):
+    """Every fault of the run tests with the chain on: the same error and machine as one by one; a fault in
+    one of the chain's steps makes the chain refuse (nothing written), which then executes step by step."""
+    def make():
+        s = attention_sim(7)
+        if damage is not None:
+            damage(s)
+        return s
+
+    err, _, taken = both_ways(make, program(ATTENTION, **changes), fuse=True)
+    chains = [(n, ok) for k, n, ok in taken if k == "chain"]
+    if message == "together":
+        assert err is None and chains == [(4, True)]
+    elif any(w in what for w in ("RoPE", "quant")):  # before the attention: no chain reached
+        assert chains == []
+    elif "P'.V" in what:  # the chain without its P'.V step executes, then the P'.V step faults
+        assert chains == [(4, False), (3, True)], chains
+    else:
+        assert chains and not any(ok for _, ok in chains), chains
+    if message not in ("refused", "together"):
+        assert err is not None and message in err, err
+
+
+SC2 = SC + 0x400  # a second score area (the softmax not in place)
+
+# (what, field changes, the chains attempted and whether each was executed)
+CHAIN_SHAPES = [
+    ("softmax not in place", {"softmax": {"dst": SC2}, **{f"vshift{j}": {"src0": SC2 + 4 * j * S} for j in range(3)}},
+     [(4, True)]),
+    ("softmax rows beside the scores", {"softmax": {"src0": SC + 4 * S, "dst": SC + 4 * S},
+                                        **{f"vshift{j}": {"src0": SC + 4 * (j + 1) * S} for j in range(3)}},
+     [(4, False), (3, False)]),
+    ("V shifts in reverse order", {f"vshift{j}": {"src0": SC + 4 * (2 - j) * S} for j in range(3)}, [(4, True)]),
+    # (the scores read as V mantissas are above 256: the V shift faults, at its instruction)
+    ("V exponents in the scores", {f"vshift{j}": {"src1": SC} for j in range(3)}, [(4, False), (3, False)]),
+    ("a P' block not a V shift's output", {"pv1": {"a_addr": PB + 3 * PBLK}}, [(4, False), (3, True)]),
+    ("the V block over a V shift's output", {f"pv{j}": {"b_addr": PB} for j in range(3)}, [(4, False), (3, True)]),
+    ("two P'.V of one V shift", {"pv2": {"a_addr": PB}}, [(4, True)]),
+    ("V shift outputs overlap", {"vshift1": {"dst": PB + 8}}, [(4, False), (3, False)]),
+]
+
+
+@pytest.mark.parametrize("what,changes,chains", CHAIN_SHAPES, ids=[c[0] for c in CHAIN_SHAPES])
+def test_an_attention_chain_is_taken_only_where_its_data_flow_holds(what, changes, chains):
+    """Programs with the chain's step kinds whose operands do (or do not) connect as the chain needs: the
+    chain executes exactly where each step reads what the one before wrote and nothing else it reads is
+    written inside the chain; every program gives the one-by-one machine."""
+    err, _, taken = both_ways(lambda: attention_sim(5), program(ATTENTION, **changes), fuse=True)
+    assert err is None or (what == "V exponents in the scores" and "V mantissas: a row mantissa" in err), err
+    assert [(n, ok) for k, n, ok in taken if k == "chain"] == chains
+
+
+def _patched_attention(prog, imms: dict) -> tuple:
+    """(words, instructions) of ATTENTION with the imm of each named instruction in ``imms``, decoded as the
+    runtime patches: new objects for the patched softmax / V shifts, with their template in ``prog``."""
+    words = program(ATTENTION, **{name: {"imm": imm} for name, imm in imms.items()})
+    patched = isa.decode_program(words)
+    for j, (i, t) in enumerate(zip(patched, prog)):
+        if i.fmt.mnemonic == "MISC" and i.enum("op") in ("softmax", "vshift"):
+            object.__setattr__(i, "_sim_template", (t, frozenset({"imm"})))
+        else:
+            patched[j] = t
+    return words, patched
+
+
+def test_an_attention_chain_refuses_v_shifts_patched_to_different_positions():
+    """The chain is prepared on the templates while its V shifts share one position; an execution whose
+    patch gives one V shift another position (no longer one run key) refuses the chain and equals a
+    fresh core one by one; the next execution with one position takes it again."""
+    s, ref = attention_sim(2), attention_sim(2)
+    ref.run_together = False
+    taken = []
+    inner = s._execute_chain
+    s._execute_chain = lambda groups: taken.append(inner(groups)) or taken[-1]
+    prog = isa.decode_program(program(ATTENTION))
+    for other in (IMM, (POS - 3) | (1 << 16), IMM):
+        words, patched = _patched_attention(prog, {"softmax": IMM, "vshift0": IMM, "vshift1": other, "vshift2": IMM})
+        s.run(None, patched, schedule_key="attention")
+        ref.run(words)
+        _assert_same_state(_state(s), _state(ref))
+    assert taken == [True, False, False, True], taken  # the refused 4-step chain is retried without P'.V
+
+
+def test_an_attention_chain_executed_again_reads_the_new_operands_and_finds_their_faults():
+    """One decoded program four times on one core with new operands each time (its patched form: a new
+    query position each time, so the softmax and V shifts take the position per execution), the last with
+    a K mantissa of 300: the same bytes, statistics and errors as a core decoding afresh and executing one
+    by one; the prepared chain is seen taken three times, then refusing."""
+    s, ref = attention_sim(0), attention_sim(0)
+    ref.run_together = False
+    taken = []
+    inner = s._execute_chain
+    s._execute_chain = lambda groups: taken.append(inner(groups)) or taken[-1]
+    prog = isa.decode_program(program(ATTENTION))
+    for step, (seed, mant) in enumerate(((0, None), (10, None), (20, None), (30, 300))):
+        imm = (POS - step) | (1 << 16)
+        words, patched = _patched_attention(prog, {"softmax": imm, **{f"vshift{j}": imm for j in range(3)}})
+        if step:
+            _attention_operands(s, seed, mant)
+            _attention_operands(ref, seed, mant)
+        errors = []
+        for core, p in ((s, patched), (ref, isa.decode_program(words))):
+            try:
+                core.run(None, p, schedule_key="attention" if core is s else None)
+                errors.append(None)
+            except SimError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1]
+        _assert_same_state(_state(s), _state(ref))
+    assert errors[0] is not None and "K block: a row mantissa is 300" in errors[0]
+    assert taken[:3] == [True] * 3 and not any(taken[3:]), taken

@@ -219,15 +219,21 @@ def _same_machine(a, b):
         (b.stats.instructions, b.stats.by_mnemonic, b.stats.hbm_read, b.stats.hbm_written)
 
 
-def test_patched_steps_read_each_steps_values_and_find_their_faults(artifact):
+@pytest.mark.parametrize("fuse", [False, True], ids=["steps", "fused attention"])
+def test_patched_steps_read_each_steps_values_and_find_their_faults(artifact, fuse):
     """Decode steps whose patched instructions (KV-append STs, softmax / V-shift / RoPE positions) run on
-    the forms the simulator prepared on their templates: after every step (across a bucket change) the
-    data space, buffers, HBM and statistics equal a core that decodes the patched words afresh and runs
-    them one by one; then a patched position that breaks a field rule and a patched KV address beyond its
-    channel raise the fresh core's errors."""
+    the forms the simulator prepared on their templates (``fuse``: each kv group's attention steps
+    executed as one, FuncSim.fuse_attention): after every step (across a bucket change) the data space,
+    buffers, HBM and statistics equal a core that decodes the patched words afresh and runs them one by
+    one; then a patched position that breaks a field rule and a patched KV address beyond its channel
+    raise the fresh core's errors."""
     from olivine.compiler.compile import apply_patches, patch_env_decode, patch_env_prefill
 
     rt = Runtime.from_artifact(artifact)
+    rt.sim.fuse_attention = fuse
+    chains = []
+    execute_chain = rt.sim._execute_chain
+    rt.sim._execute_chain = lambda groups: chains.append((len(groups), execute_chain(groups))) or chains[-1][1]
     ref = _fresh_core(rt, artifact)
     ids = load_model("glassllm").tokenizer.encode(PROMPT)
     name = rt._pick("prefill", len(ids))
@@ -235,6 +241,7 @@ def test_patched_steps_read_each_steps_values_and_find_their_faults(artifact):
     logits = rt.prefill(ids)
     ref.run(apply_patches(rt.programs[name], rt.info[name]["patches"], env))
     _same_machine(rt.sim, ref)
+    chains.clear()
 
     def step(token):
         name = rt._pick("decode", rt.length + 1)
@@ -254,9 +261,36 @@ def test_patched_steps_read_each_steps_values_and_find_their_faults(artifact):
         names.add(name)
         _same_machine(rt.sim, ref)
     assert len(names) == 2
-    # the prepared forms were taken: kept on the templates of patched instructions
     prog = rt._decoded[name]
     patched = {rt._idx[name][0][p["offset"]]: p for p in rt.info[name]["patches"]}
+    if fuse:  # every kv group's attention of every decode step (the prefill has none of one-row MVs)
+        groups = sum(1 for i in prog if i.fmt.mnemonic == "MISC" and i.enum("op") == "softmax")
+        assert chains.count((4, True)) + chains.count((3, True)) == 13 * groups and groups > 0, chains
+    else:
+        assert chains == []
+        _prepared_on_templates(prog, patched)
+    # a softmax query position at the key count (imm[15:0] = cols: the field rule), then a KV append beyond
+    # its channel: the same errors as the fresh core's, and the same machine after them
+    soft = next(p for k, p in patched.items() if p["mnemonic"] == "MISC" and prog[k].enum("op") == "softmax")
+    st = next(p for p in rt.info[name]["patches"] if p["mnemonic"] == "ST")
+    cols = prog[rt._idx[name][0][soft["offset"]]]["cols"]
+    for p, base in ((soft, (soft["base"] & ~0xFFFF) + cols - rt.length), (st, len(rt.sim.hbm[0]) * 4)):
+        saved = p["base"]
+        p["base"] = base
+        rt._idx.clear()
+        chains.clear()
+        _, errors = step(int(torch.argmax(logits)))
+        p["base"] = saved
+        rt._idx.clear()
+        assert isinstance(errors[0], str) and errors[0] == errors[1], errors
+        assert ("query position" in errors[0]) if p is soft else ("ST writes bytes up to" in errors[0])
+        if fuse and p is soft:  # the chain with the faulting softmax refused it, writing nothing
+            assert chains and not chains[-1][1], chains
+        _same_machine(rt.sim, ref)
+
+
+def _prepared_on_templates(prog, patched):
+    """The prepared forms were taken: kept on the templates of patched instructions."""
     in_runs = {id(i) for first in prog if first.__dict__.get("_sim_run_prepared", (None,) * 4)[3] is not None
                for i in (first, *first.__dict__["_sim_run_prepared"][1])}
     kinds = set()
@@ -274,21 +308,6 @@ def test_patched_steps_read_each_steps_values_and_find_their_faults(artifact):
             assert (t.__dict__.get("_sim_prepared") or (None, None))[1] is not None or id(t) in in_runs
             kinds.add(t.enum("op"))
     assert kinds == {"ST", "softmax", "vshift", "rope"}
-    # a softmax query position at the key count (imm[15:0] = cols: the field rule), then a KV append beyond
-    # its channel: the same errors as the fresh core's, and the same machine after them
-    soft = next(p for k, p in patched.items() if p["mnemonic"] == "MISC" and prog[k].enum("op") == "softmax")
-    st = next(p for p in rt.info[name]["patches"] if p["mnemonic"] == "ST")
-    cols = prog[rt._idx[name][0][soft["offset"]]]["cols"]
-    for p, base in ((soft, (soft["base"] & ~0xFFFF) + cols - rt.length), (st, len(rt.sim.hbm[0]) * 4)):
-        saved = p["base"]
-        p["base"] = base
-        rt._idx.clear()
-        _, errors = step(int(torch.argmax(logits)))
-        p["base"] = saved
-        rt._idx.clear()
-        assert isinstance(errors[0], str) and errors[0] == errors[1], errors
-        assert ("query position" in errors[0]) if p is soft else ("ST writes bytes up to" in errors[0])
-        _same_machine(rt.sim, ref)
 
 
 def test_decoding_shares_one_instruction_per_encoding_and_keeps_the_decoders_errors(artifact):
