@@ -198,43 +198,6 @@ def engine_flip_flops(text: str, top: str, timeout: float) -> dict:
             "memory_bits": module.get("num_memory_bits")}
 
 
-_HIER_SCRIPT = """\
-read_verilog -sv {source}
-synth_xilinx -family xcup -top {top} -noiopad -noclkbuf
-tee -q -o {stat} stat -json -top {top}
-"""
-
-
-def engine_synth_by_module(text: str, top: str, timeout: float, workdir: str = "") -> dict:
-    """Yosys ``synth_xilinx -family xcup`` of the Verilog ``text`` WITHOUT -flatten (so each Amaranth
-    submodule stays a module: the chains, the funnels/rotators module, the OVP path, the FIFOs, the
-    requantizer, the chunk banks' wrappers), then ``stat -json -top``: the cells of every module and
-    the design's totals (each module times its instances). Hierarchy costs a little optimisation
-    across module borders against the flattened run of hw.resources.synthesize; it shows where the
-    cells are."""
-    import tempfile
-    from pathlib import Path
-
-    from olivine.hw.resources import _run_yosys, classify_cells
-
-    with tempfile.TemporaryDirectory(prefix="olivine-hier-", dir=workdir or None) as tmp:
-        work = Path(tmp)
-        (work / f"{top}.v").write_text(text)
-        t0 = time.monotonic()
-        _run_yosys(_HIER_SCRIPT.format(source=f"{top}.v", top=top, stat="stat.json"), work, timeout)
-        seconds = time.monotonic() - t0
-        stat = json.loads((work / "stat.json").read_text())
-
-    def summary(cells):
-        d = classify_cells(cells, top, "xcup").to_dict()
-        return {k: d[k] for k in KINDS if d[k]} | ({"other": d["other_cells"]} if d["other_cells"] else {})
-
-    modules = {name.lstrip("\\"): summary(mod.get("num_cells_by_type", {}))
-               for name, mod in stat.get("modules", {}).items()}
-    total = summary((stat.get("design") or {}).get("num_cells_by_type", {}))
-    return {"yosys_seconds": round(seconds, 1), "total": total, "modules": modules}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("convert", "resources", "engine"))
@@ -242,8 +205,6 @@ def main(argv=None) -> int:
     ap.add_argument("--ffs", action="store_true", help="engine: count the declared flip-flops and memory bits")
     ap.add_argument("--yosys", action="store_true", help="engine: count flip-flops after a quick Yosys pass")
     ap.add_argument("--lint", action="store_true", help="engine: verilator --lint-only -Wall")
-    ap.add_argument("--synth", action="store_true",
-                    help="engine: DSP48E2 primitives, Yosys synth_xilinx without -flatten, cells per module")
     ap.add_argument("--out", default="", help="engine: write the Verilog here")
     ap.add_argument("--config", default="small")
     ap.add_argument("--board", default="u280")
@@ -273,7 +234,7 @@ def main(argv=None) -> int:
         cfg = cfg.replace(chains_per_core=args.chains)
         # hw.export.verilog's two steps, timed together; the RTLIL also gives the declared state
         wall, cpu = time.monotonic(), time.process_time()
-        rtlil_text = rtlil.convert(MatrixEngine(cfg, primitive=args.synth), name="olivine_mpe", emit_src=False)
+        rtlil_text = rtlil.convert(MatrixEngine(cfg), name="olivine_mpe", emit_src=False)
         text = amaranth_verilog._convert_rtlil_text(drop_zero_memory_init(rtlil_text))
         row = {"config": args.config, "chains": args.chains, "wall_seconds": round(time.monotonic() - wall, 1),
                "cpu_seconds": round(time.process_time() - cpu, 1), "verilog_mb": round(len(text.encode()) / 1e6, 2),
@@ -287,9 +248,6 @@ def main(argv=None) -> int:
                 fh.write(text)
         if args.yosys:
             print(json.dumps({"chains": args.chains, **engine_flip_flops(text, "olivine_mpe", args.timeout)}),
-                  flush=True)
-        if args.synth:
-            print(json.dumps({"chains": args.chains, **engine_synth_by_module(text, "olivine_mpe", args.timeout)}),
                   flush=True)
         if args.lint:
             from olivine.hw.export import lint

@@ -30,7 +30,7 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     banks of block j of every chain. When k_blocks fits one chunk, the chunk is loaded once per
     column group and reused by all its token pairs.
   * Chunk storage: C skewed banks (submodules ``wbank<b>``, lib.memory, 128 bits x 2C words, byte
-    write enables; ``ram_style`` distributed up to 32 chains, block above). Unit u of chain c's
+    write enables; ``ram_style`` distributed up to 32 chains, block above: :meth:`memory_styles`). Unit u of chain c's
     chunk (16 bytes: one int8 K block, two int4 / ovp4 blocks) lives in bank (u + c) mod C at
     address h * C + c, h the half: the issuer reads half ``cur_half``, the loader writes the other,
     and the swap flips the bit (no copy). A linear chunk (one 16C-byte word per chain) is one write
@@ -42,7 +42,7 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     every bank, bank b for chain (b - j) mod C. The banks are read one cycle ahead, at the
     issuer's next block, so beats issue at the rate and on the cycles registers gave (mpe_cycles
     unchanged). The carry words are a second memory (``wcarry``: one 16C-byte word per chain,
-    depth C), read with the chain's weight read and transparent to its write (a row's first
+    depth C; LUTRAM up to 64 chains, UltraRAM above), read with the chain's weight read and transparent to its write (a row's first
     chunk writes it at read 0 and reads it at read 1). Placing a chunk (bytes [off, off + W) of
     the chain's previous word and the one read now, W = 16C, rotated by 16c bytes into bank
     order): the word read is rotated by r = (16c - off) mod W bytes, the carry memory keeps that
@@ -420,6 +420,33 @@ class MatrixEngine(wiring.Component):
             "bias_rd": In(ReadPort.Signature(addr_width=ab(g.bias_words), shape=unsigned(8 * ACT_BYTES))),
         })
 
+    def memory_styles(self) -> dict[str, str]:
+        """``ram_style`` of the engine's two large memories (docs/benchmarks.md "Matrix engine: fit
+        at 128 chains", measured with Yosys): the C chunk banks ``wbank`` (2C x 128 bits, byte
+        enables) in LUTRAM up to 32 chains, in block RAM above (2 RAMB36 per bank; as LUTRAM a
+        256-deep bank would cost about 1,000 LUTs); the carry memory ``wcarry`` (C x 16C bytes) in
+        LUTRAM up to 64 chains, in UltraRAM above: it is width-bound (C words of 128C bits), 228
+        RAMB36 or URAM288 at 128 chains, or about 54 k LUTs as LUTRAM, and the URAM is what the
+        board has spare (the buffers take 58 of the 320 per SLR), where three cores' buffers and
+        chunk banks already take 1,680 of the 2,016 RAMB36."""
+        C = self.chains
+        return {"wbank": "distributed" if C <= 32 else "block", "wcarry": "distributed" if C <= 64 else "ultra"}
+
+    def memory_primitives(self) -> dict[str, tuple[str, int]]:
+        """name -> (primitive, count) of the engine's memories that map to block RAM or UltraRAM
+        (hw.buffers.primitive_count's rule; for hw.buffers.check_fit): ``wbank`` the C chunk banks,
+        ``wcarry`` the carry memory; LUTRAM ones are left out."""
+        from .buffers import primitive_count
+
+        C = self.chains
+        kinds = {"block": "bram", "ultra": "uram"}
+        out = {}
+        for name, (depth, width, copies) in {"wbank": (2 * C, 128, C), "wcarry": (C, 128 * C, 1)}.items():
+            style = self.memory_styles()[name]
+            if style in kinds:
+                out[name] = (kinds[style], copies * primitive_count(depth, width, kinds[style]))
+        return out
+
     # ---- the field and range rules -----------------------------------------------------------
     def _check(self, m, f, code, w_bytes):
         """Drive ``code`` with the first broken rule of the latched fields ``f`` (funcsim's order);
@@ -665,8 +692,8 @@ class MatrixEngine(wiring.Component):
         #   half * C + c. A write rotates its C units by ``bw_rot`` (bank b takes unit (b - rot) mod C).
         PV_READS = C // 16 + 1 if C > 16 else 2
         cl = (C - 1).bit_length()               # bits of a chain / unit / bank index
-        ram_style = "distributed" if 2 * C <= 64 else "block"
-        banks = [Memory(shape=unsigned(128), depth=2 * C, init=[], attrs={"ram_style": ram_style})
+        styles = self.memory_styles()
+        banks = [Memory(shape=unsigned(128), depth=2 * C, init=[], attrs={"ram_style": styles["wbank"]})
                  for _ in range(C)]
         bank_wr = [bk.write_port(granularity=8) for bk in banks]
         bank_rd = [bk.read_port() for bk in banks]
@@ -677,8 +704,7 @@ class MatrixEngine(wiring.Component):
         m.d.sync += cur_half.eq(cur_half_n)
         # chain c's row word read last, rotated as _chunk_in_bank_order gives it (the chunk's low
         # part), one memory word per chain: written with the chunk, read when the chain's next word is requested
-        carry_mem = Memory(shape=unsigned(8 * W), depth=C, init=[],
-                           attrs={"ram_style": "distributed" if C <= 64 else "block"})
+        carry_mem = Memory(shape=unsigned(8 * W), depth=C, init=[], attrs={"ram_style": styles["wcarry"]})
         m.submodules.wcarry = carry_mem
         carry_wr = carry_mem.write_port()
         carry_rd = carry_mem.read_port(transparent_for=(carry_wr,))   # a row's first chunk: read r=0, then r=1
