@@ -384,7 +384,7 @@ def _chunk_in_bank_order(fm, word, lo, chain, off, W: int):
     fm.d.comb += amount.eq((chain << 4) - off)
     rot = rotate_left(fm, word, amount, step=8, name="w_rot")
     thermo = Signal(W, name="w_lo_thermo")
-    fm.d.comb += thermo.eq(Cat(*[off <= j for j in range(W)]))
+    fm.d.comb += thermo.eq(Cat(*[off <= j for j in range(W - 1)], Const(1, 1)))   # off <= W - 1 always
     from_lo = rotate_left(fm, thermo, amount, step=1, name="w_lo_mask")
     chunk = Signal(8 * W, name="w_chunk")
     fm.d.comb += chunk.eq(Cat(*[Mux(from_lo[i], lo[8 * i: 8 * i + 8], rot[8 * i: 8 * i + 8]) for i in range(W)]))
