@@ -29,26 +29,25 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     (a transposing gather). qk writes each block into its bank, pv each V row's byte lane into the
     banks of block j of every chain. When k_blocks fits one chunk, the chunk is loaded once per
     column group and reused by all its token pairs.
-  * Chunk storage: C skewed banks (submodules ``wbank<b>``, lib.memory, 128 bits x 2C words, byte
-    write enables; ``ram_style`` distributed up to 32 chains, block above: :meth:`memory_styles`). Unit u of chain c's
-    chunk (16 bytes: one int8 K block, two int4 / ovp4 blocks) lives in bank (u + c) mod C at
-    address h * C + c, h the half: the issuer reads half ``cur_half``, the loader writes the other,
-    and the swap flips the bit (no copy). A linear chunk (one 16C-byte word per chain) is one write
-    to every bank at address c, the chunk rotated by c units (placed by one shared byte rotator of
-    the weight word, below); a beat, which
-    needs unit u of every chain, reads bank b at (b - u) mod C and rotates the C outputs by u (a
-    second rotator): chain c gets its unit from bank (u + c) mod C (int4 / ovp4: then the 64-bit
-    half of the block). qk writes one bank per block (address c); pv one byte lane (the V row) in
-    every bank, bank b for chain (b - j) mod C. The banks are read one cycle ahead, at the
-    issuer's next block, so beats issue at the rate and on the cycles registers gave (mpe_cycles
-    unchanged). The carry words are a second memory (``wcarry``: one 16C-byte word per chain,
-    depth C; LUTRAM up to 64 chains, UltraRAM above), read with the chain's weight read and transparent to its write (a row's first
-    chunk writes it at read 0 and reads it at read 1). Placing a chunk (bytes [off, off + W) of
-    the chain's previous word and the one read now, W = 16C, rotated by 16c bytes into bank
-    order): the word read is rotated by r = (16c - off) mod W bytes, the carry memory keeps that
-    rotated word, and each byte of the chunk is the carry's or the new word's (a thermometer
-    rotated by r; ``_chunk_in_bank_order``); r is constant along a chain's row.
-    One W-byte rotator (log2 W stages) thus replaces a 2W -> W funnel in series with a unit
+  * Chunk storage: C skewed banks (submodules ``wbank<b>``, lib.memory, 128 bits x 2C words, byte write
+    enables; ``ram_style`` distributed up to 32 chains, block above:
+    :meth:`MatrixEngine.memory_styles`). Unit u of chain c's chunk (16 bytes: one int8 K block, two int4
+    / ovp4 blocks) lives in bank (u + c) mod C at address h * C + c, h the half: the issuer reads half
+    ``cur_half``, the loader writes the other, and the swap flips the bit (no copy). A linear chunk (one
+    16C-byte word per chain) is one write to every bank at address c, the chunk rotated by c units
+    (placed by one shared byte rotator of the weight word, below); a beat, which needs unit u of every
+    chain, reads bank b at (b - u) mod C and rotates the C outputs by u (a second rotator): chain c gets
+    its unit from bank (u + c) mod C (int4 / ovp4: then the 64-bit half of the block). qk writes one
+    bank per block (address c); pv one byte lane (the V row) in every bank, bank b for chain (b - j) mod
+    C. The banks are read one cycle ahead, at the issuer's next block, so beats issue at the rate and on
+    the cycles registers gave (mpe_cycles unchanged). The carry words are a second memory (``wcarry``:
+    one 16C-byte word per chain, depth C; LUTRAM up to 64 chains, UltraRAM above), read with the chain's
+    weight read and transparent to its write (a row's first chunk writes it at read 0 and reads it at
+    read 1). Placing a chunk (bytes [off, off + W) of the chain's previous word and the one read now, W
+    = 16C, rotated by 16c bytes into bank order): the word read is rotated by r = (16c - off) mod W
+    bytes, the carry memory keeps that rotated word, and each byte of the chunk is the carry's or the
+    new word's (a thermometer rotated by r; ``_chunk_in_bank_order``); r is constant along a chain's
+    row. One W-byte rotator (log2 W stages) thus replaces a 2W -> W funnel in series with a unit
     rotator, and the sparse path's kept values use the same one (their first word in ``stash``,
     rotated). Why: in registers a chain's chunk would be
     held three times (next, current, carry: 384 C**2 flip-flops, 6.3 M at the U280's 128 chains
@@ -371,14 +370,15 @@ def _funnel(fm, lo, hi, offset, nbytes: int, name: str):
 
 
 def _chunk_in_bank_order(fm, word, lo, chain, off, W: int):
-    """A chunk cut out of two weight words and placed in bank order in one step (no funnel and
-    unit rotator in series): ``rot`` = ``word`` rotated left by r = (16 chain - off) mod W bytes,
-    and the chunk ``lo[off:] ++ word[:off]`` rotated by the chain's 16 chain bytes is, byte by byte,
-    ``lo`` where the chunk byte comes from the first word and ``rot`` elsewhere, provided ``lo`` is
-    the chain's previous word rotated by the same r (W = 16C, the weight word's bytes; the carry
-    memory and the sparse stash hold ``rot``; r is constant for a chain's row). Byte i is ``lo``'s when ((i - r) mod W) >= off: the
-    thermometer (j >= off) rotated by r. One byte rotator of log2(W) stages replaces a 2W -> W
-    funnel (log2(W) stages of up to 2W bytes) plus a unit rotator (log2(C) stages of W bytes)."""
+    """A chunk cut out of two weight words and placed in bank order in one step (no funnel and unit
+    rotator in series): ``rot`` = ``word`` rotated left by r = (16 chain - off) mod W bytes, and the
+    chunk ``lo[off:] ++ word[:off]`` rotated by the chain's 16 chain bytes is, byte by byte, ``lo``
+    where the chunk byte comes from the first word and ``rot`` elsewhere, provided ``lo`` is the
+    chain's previous word rotated by the same r (W = 16C, the weight word's bytes; the carry memory
+    and the sparse stash hold ``rot``; r is constant for a chain's row). Byte i is ``lo``'s when ((i
+    - r) mod W) >= off: the thermometer (j >= off) rotated by r. One byte rotator of log2(W) stages
+    replaces a 2W -> W funnel (log2(W) stages of up to 2W bytes) plus a unit rotator (log2(C) stages
+    of W bytes)."""
     wlog = (W - 1).bit_length()
     amount = Signal(wlog, name="w_rot_amount")
     fm.d.comb += amount.eq((chain << 4) - off)
@@ -689,7 +689,7 @@ class MatrixEngine(wiring.Component):
         #   pv: the V rows from the data space, PV_READS 16-byte words per V row give C columns' bytes
         #   Storage (module docstring, "Chunk storage"): C banks of 2C x 128 bits; unit u (16 bytes:
         #   an int8 block, two int4 blocks) of chain c's chunk in bank (u + c) mod C at address
-        #   half * C + c. A write rotates its C units by ``bw_rot`` (bank b takes unit (b - rot) mod C).
+        #   half * C + c. A write's data come in bank order; its byte enables are rotated by ``bw_rot``.
         PV_READS = C // 16 + 1 if C > 16 else 2
         cl = (C - 1).bit_length()               # bits of a chain / unit / bank index
         styles = self.memory_styles()
@@ -703,7 +703,8 @@ class MatrixEngine(wiring.Component):
         m.d.comb += cur_half_n.eq(cur_half)
         m.d.sync += cur_half.eq(cur_half_n)
         # chain c's row word read last, rotated as _chunk_in_bank_order gives it (the chunk's low
-        # part), one memory word per chain: written with the chunk, read when the chain's next word is requested
+        # part), one memory word per chain: written with the chunk, read when the chain's next word
+        # is requested
         carry_mem = Memory(shape=unsigned(8 * W), depth=C, init=[], attrs={"ram_style": styles["wcarry"]})
         m.submodules.wcarry = carry_mem
         carry_wr = carry_mem.write_port()
