@@ -157,19 +157,27 @@ def plan_totals(plan: list[BankSpec]) -> dict[str, int]:
     return totals
 
 
-def check_fit(plan: list[BankSpec], board, cores: int) -> dict[str, int]:
+def check_fit(plan: list[BankSpec], board, cores: int, engine: dict[str, tuple[str, int]] | None = None) -> dict[str, int]:
     """The plan's URAM288 and RAMB36 on ``cores`` cores (returned) against ``board``
-    (olivine.boards.Board); ConfigError naming every buffer's share when they do not fit. Only the
-    buffers are counted: FIFOs, ROMs and the engine's own memories come on top."""
-    totals = {k: cores * v for k, v in plan_totals(plan).items()}
+    (olivine.boards.Board); ConfigError naming every buffer's share when they do not fit.
+    ``engine``: the matrix engine's own block / Ultra RAMs per core (hw.mpe.MatrixEngine.
+    memory_primitives: name -> (primitive, count), e.g. its chunk banks and carry memory), counted
+    with the buffers. FIFOs and ROMs come on top."""
+    per_core = plan_totals(plan)
+    for kind, count in (engine or {}).values():
+        per_core[kind] += count
+    totals = {k: cores * v for k, v in per_core.items()}
     have = {"uram": board.uram, "bram": board.bram36}
     label = {"uram": "URAM288", "bram": "RAMB36"}
     problems = []
     for kind in ("uram", "bram"):
         if have[kind] is not None and totals[kind] > have[kind]:
-            shares = ", ".join(f"{b.name} {b.count} ({b.depth} x {8 * b.word_bytes} bits)"
-                               for b in plan if b.primitive == kind)
-            problems.append(f"{totals[kind]} {label[kind]} for the buffers of {cores} cores but {board.name} has "
+            shares = ", ".join([f"{b.name} {b.count} ({b.depth} x {8 * b.word_bytes} bits)"
+                                for b in plan if b.primitive == kind] +
+                               [f"matrix engine {name} {count}" for name, (k, count) in (engine or {}).items()
+                                if k == kind])
+            what = "the buffers and the matrix engine's memories" if engine else "the buffers"
+            problems.append(f"{totals[kind]} {label[kind]} for {what} of {cores} cores but {board.name} has "
                             f"{have[kind]}; per core: {shares}")
     if problems:
         raise ConfigError("the on-chip buffers do not fit the board: " + "; ".join(problems) +

@@ -47,7 +47,8 @@ write and one read port (simple dual port). A memory word is as wide as the wide
 slice on read and shift data and byte enables on write. Each bank's primitive (URAM / BRAM) follows
 from its depth x width (hw.buffers.choose_primitive), and the core refuses (ConfigError, naming the
 buffers) a configuration whose banks on ``config.cores`` cores exceed the board's URAM or BRAM
-(hw.buffers.check_fit; ``buffer_primitives`` holds the totals).
+(hw.buffers.check_fit, with the matrix engine's chunk banks and carry memory,
+hw.mpe.MatrixEngine.memory_primitives; ``buffer_primitives`` holds the totals).
 
 Arbitration, per bank and port: LD (writes) and ST (reads) win in the data space; they are never
 frozen because their AXI handshakes cannot pause mid-beat. The SFU and the matrix engine contend for the
@@ -268,7 +269,9 @@ class OlivineCore(wiring.Component):
                              "data": (b.activation_kib + b.global_kib) * 1024}
         # the banks as built (word = the widest port on the buffer) and their fit on the board's cores
         self.plan = bank_plan(config.buffers, data_banks, self._word_bytes())
-        self.buffer_primitives = check_fit(self.plan, config.board_facts, config.cores)
+        engine_memories = getattr(self.mpe, "memory_primitives", None)
+        self.buffer_primitives = check_fit(self.plan, config.board_facts, config.cores,
+                                           engine_memories() if engine_memories else None)
         self._geometry = {}
         for bank in self.plan:
             word, banks, _ = self._geometry.get(bank.buffer, (bank.word_bytes, 0, bank.primitive))

@@ -29,20 +29,27 @@ cb + c of a column group, the beat's x0 / x1 lanes = tokens 2tp, 2tp + 1, sharin
     (a transposing gather). qk writes each block into its bank, pv each V row's byte lane into the
     banks of block j of every chain. When k_blocks fits one chunk, the chunk is loaded once per
     column group and reused by all its token pairs.
-  * Chunk storage: C skewed banks (submodules ``wbank<b>``, lib.memory, 128 bits x 2C words, byte
-    write enables; ``ram_style`` distributed up to 32 chains, block above). Unit u of chain c's
-    chunk (16 bytes: one int8 K block, two int4 / ovp4 blocks) lives in bank (u + c) mod C at
-    address h * C + c, h the half: the issuer reads half ``cur_half``, the loader writes the other,
-    and the swap flips the bit (no copy). A linear chunk (one 16C-byte word per chain) is one write
-    to every bank at address c, the word rotated by c units (one shared rotator); a beat, which
-    needs unit u of every chain, reads bank b at (b - u) mod C and rotates the C outputs by u (a
-    second rotator): chain c gets its unit from bank (u + c) mod C (int4 / ovp4: then the 64-bit
-    half of the block). qk writes one bank per block (address c); pv one byte lane (the V row) in
-    every bank, bank b for chain (b - j) mod C. The banks are read one cycle ahead, at the
-    issuer's next block, so beats issue at the rate and on the cycles registers gave (mpe_cycles
-    unchanged). The carry words are a second memory (``wcarry``: one 16C-byte word per chain,
-    depth C), read with the chain's weight read and transparent to its write (a row's first
-    chunk writes it at read 0 and reads it at read 1). Why: in registers a chain's chunk would be
+  * Chunk storage: C skewed banks (submodules ``wbank<b>``, lib.memory, 128 bits x 2C words, byte write
+    enables; ``ram_style`` distributed up to 32 chains, block above:
+    :meth:`MatrixEngine.memory_styles`). Unit u of chain c's chunk (16 bytes: one int8 K block, two int4
+    / ovp4 blocks) lives in bank (u + c) mod C at address h * C + c, h the half: the issuer reads half
+    ``cur_half``, the loader writes the other, and the swap flips the bit (no copy). A linear chunk (one
+    16C-byte word per chain) is one write to every bank at address c, the chunk rotated by c units
+    (placed by one shared byte rotator of the weight word, below); a beat, which needs unit u of every
+    chain, reads bank b at (b - u) mod C and rotates the C outputs by u (a second rotator): chain c gets
+    its unit from bank (u + c) mod C (int4 / ovp4: then the 64-bit half of the block). qk writes one
+    bank per block (address c); pv one byte lane (the V row) in every bank, bank b for chain (b - j) mod
+    C. The banks are read one cycle ahead, at the issuer's next block, so beats issue at the rate and on
+    the cycles registers gave (mpe_cycles unchanged). The carry words are a second memory (``wcarry``:
+    one 16C-byte word per chain, depth C; LUTRAM up to 64 chains, UltraRAM above), read with the chain's
+    weight read and transparent to its write (a row's first chunk writes it at read 0 and reads it at
+    read 1). Placing a chunk (bytes [off, off + W) of the chain's previous word and the one read now, W
+    = 16C, rotated by 16c bytes into bank order): the word read is rotated by r = (16c - off) mod W
+    bytes, the carry memory keeps that rotated word, and each byte of the chunk is the carry's or the
+    new word's (a thermometer rotated by r; ``_chunk_in_bank_order``); r is constant along a chain's
+    row. One W-byte rotator (log2 W stages) thus replaces a 2W -> W funnel in series with a unit
+    rotator, and the sparse path's kept values use the same one (their first word in ``stash``,
+    rotated). Why: in registers a chain's chunk would be
     held three times (next, current, carry: 384 C**2 flip-flops, 6.3 M at the U280's 128 chains
     where the board has 2.6 M) and selected by a C:1 mux of 128 bits per chain (C**2 logic, and a
     conversion of hours); the banks hold the 384 C**2 bits as RAM, with O(C log C) rotator logic.
@@ -362,6 +369,28 @@ def _funnel(fm, lo, hi, offset, nbytes: int, name: str):
     return shift_right(fm, Cat(lo, hi), offset, step=8, width=8 * nbytes, name=name)
 
 
+def _chunk_in_bank_order(fm, word, lo, chain, off, W: int):
+    """A chunk cut out of two weight words and placed in bank order in one step (no funnel and unit
+    rotator in series): ``rot`` = ``word`` rotated left by r = (16 chain - off) mod W bytes, and the
+    chunk ``lo[off:] ++ word[:off]`` rotated by the chain's 16 chain bytes is, byte by byte, ``lo``
+    where the chunk byte comes from the first word and ``rot`` elsewhere, provided ``lo`` is the
+    chain's previous word rotated by the same r (W = 16C, the weight word's bytes; the carry memory
+    and the sparse stash hold ``rot``; r is constant for a chain's row). Byte i is ``lo``'s when ((i
+    - r) mod W) >= off: the thermometer (j >= off) rotated by r. One byte rotator of log2(W) stages
+    replaces a 2W -> W funnel (log2(W) stages of up to 2W bytes) plus a unit rotator (log2(C) stages
+    of W bytes)."""
+    wlog = (W - 1).bit_length()
+    amount = Signal(wlog, name="w_rot_amount")
+    fm.d.comb += amount.eq((chain << 4) - off)
+    rot = rotate_left(fm, word, amount, step=8, name="w_rot")
+    thermo = Signal(W, name="w_lo_thermo")
+    fm.d.comb += thermo.eq(Cat(*[off <= j for j in range(W - 1)], Const(1, 1)))   # off <= W - 1 always
+    from_lo = rotate_left(fm, thermo, amount, step=1, name="w_lo_mask")
+    chunk = Signal(8 * W, name="w_chunk")
+    fm.d.comb += chunk.eq(Cat(*[Mux(from_lo[i], lo[8 * i: 8 * i + 8], rot[8 * i: 8 * i + 8]) for i in range(W)]))
+    return rot, chunk
+
+
 class MatrixEngine(wiring.Component):
     """The matrix engine of one core (see the module docstring for ports, latency, throughput).
 
@@ -390,6 +419,33 @@ class MatrixEngine(wiring.Component):
             "meta_rd": In(ReadPort.Signature(addr_width=ab(g.meta_words), shape=unsigned(8 * ACT_BYTES))),
             "bias_rd": In(ReadPort.Signature(addr_width=ab(g.bias_words), shape=unsigned(8 * ACT_BYTES))),
         })
+
+    def memory_styles(self) -> dict[str, str]:
+        """``ram_style`` of the engine's two large memories (docs/benchmarks.md "Matrix engine: fit
+        at 128 chains", measured with Yosys): the C chunk banks ``wbank`` (2C x 128 bits, byte
+        enables) in LUTRAM up to 32 chains, in block RAM above (2 RAMB36 per bank; as LUTRAM a
+        256-deep bank would cost about 1,000 LUTs); the carry memory ``wcarry`` (C x 16C bytes) in
+        LUTRAM up to 64 chains, in UltraRAM above: it is width-bound (C words of 128C bits), 228
+        RAMB36 or URAM288 at 128 chains, or about 54 k LUTs as LUTRAM, and the URAM is what the
+        board has spare (the buffers take 58 of the 320 per SLR), where three cores' buffers and
+        chunk banks already take 1,680 of the 2,016 RAMB36."""
+        C = self.chains
+        return {"wbank": "distributed" if C <= 32 else "block", "wcarry": "distributed" if C <= 64 else "ultra"}
+
+    def memory_primitives(self) -> dict[str, tuple[str, int]]:
+        """name -> (primitive, count) of the engine's memories that map to block RAM or UltraRAM
+        (hw.buffers.primitive_count's rule; for hw.buffers.check_fit): ``wbank`` the C chunk banks,
+        ``wcarry`` the carry memory; LUTRAM ones are left out."""
+        from .buffers import primitive_count
+
+        C = self.chains
+        kinds = {"block": "bram", "ultra": "uram"}
+        out = {}
+        for name, (depth, width, copies) in {"wbank": (2 * C, 128, C), "wcarry": (C, 128 * C, 1)}.items():
+            style = self.memory_styles()[name]
+            if style in kinds:
+                out[name] = (kinds[style], copies * primitive_count(depth, width, kinds[style]))
+        return out
 
     # ---- the field and range rules -----------------------------------------------------------
     def _check(self, m, f, code, w_bytes):
@@ -633,11 +689,11 @@ class MatrixEngine(wiring.Component):
         #   pv: the V rows from the data space, PV_READS 16-byte words per V row give C columns' bytes
         #   Storage (module docstring, "Chunk storage"): C banks of 2C x 128 bits; unit u (16 bytes:
         #   an int8 block, two int4 blocks) of chain c's chunk in bank (u + c) mod C at address
-        #   half * C + c. A write rotates its C units by ``bw_rot`` (bank b takes unit (b - rot) mod C).
+        #   half * C + c. A write's data come in bank order; its byte enables are rotated by ``bw_rot``.
         PV_READS = C // 16 + 1 if C > 16 else 2
         cl = (C - 1).bit_length()               # bits of a chain / unit / bank index
-        ram_style = "distributed" if 2 * C <= 64 else "block"
-        banks = [Memory(shape=unsigned(128), depth=2 * C, init=[], attrs={"ram_style": ram_style})
+        styles = self.memory_styles()
+        banks = [Memory(shape=unsigned(128), depth=2 * C, init=[], attrs={"ram_style": styles["wbank"]})
                  for _ in range(C)]
         bank_wr = [bk.write_port(granularity=8) for bk in banks]
         bank_rd = [bk.read_port() for bk in banks]
@@ -646,26 +702,27 @@ class MatrixEngine(wiring.Component):
         cur_half, cur_half_n = Signal(), Signal()   # the issuer's half; the loader writes the other
         m.d.comb += cur_half_n.eq(cur_half)
         m.d.sync += cur_half.eq(cur_half_n)
-        # the raw word of chain c's row read last (linear: the funnel's low word), one memory word
-        # per chain: written with the chunk, read when the chain's next word is requested
-        carry_mem = Memory(shape=unsigned(8 * W), depth=C, init=[],
-                           attrs={"ram_style": "distributed" if C <= 64 else "block"})
+        # chain c's row word read last, rotated as _chunk_in_bank_order gives it (the chunk's low
+        # part), one memory word per chain: written with the chunk, read when the chain's next word
+        # is requested
+        carry_mem = Memory(shape=unsigned(8 * W), depth=C, init=[], attrs={"ram_style": styles["wcarry"]})
         m.submodules.wcarry = carry_mem
         carry_wr = carry_mem.write_port()
         carry_rd = carry_mem.read_port(transparent_for=(carry_wr,))   # a row's first chunk: read r=0, then r=1
         bw_we = Signal()                        # a bank write this cycle
-        bw_units = Signal(8 * W)                # the C units before the rotation
+        bw_units = Signal(8 * W)                # the C units in bank order (unit b to bank b)
         bw_en = Signal(16 * C)                  # their byte enables
         bw_rot = Signal(max(1, cl))             # the rotation (a chunk write: the chain; pv: the block)
         bw_chain = Signal(max(1, cl))           # the address in the half (pv: per bank, see below)
         bw_pv, bw_pv_j = Signal(), Signal(max(1, cl))
-        rot_units = rotate_left(fm, bw_units, bw_rot[:cl], step=128, name="bw_rot_units") if cl else bw_units
+        # the data arrive in bank order (the weight word's byte rotator below places a chunk's bytes, pv
+        # rotates its 16-byte V row); only the byte enables (qk's one unit, pv's lane) are rotated here
         rot_en = rotate_left(fm, bw_en, bw_rot[:cl], step=16, name="bw_rot_en") if cl else bw_en
         for b in range(C):
             pv_addr = Const(b, max(1, cl)) - bw_pv_j   # pv: bank b holds chain (b - j) mod C's block j
             row = Mux(bw_pv, pv_addr[:cl], bw_chain[:cl]) if cl else Const(0, 1)
             m.d.comb += [bank_wr[b].addr.eq(Cat(row[:cl], ~cur_half) if cl else ~cur_half),
-                         bank_wr[b].data.eq(rot_units[128 * b: 128 * b + 128]),
+                         bank_wr[b].data.eq(bw_units[128 * b: 128 * b + 128]),
                          bank_wr[b].en.eq(Mux(bw_we, rot_en[16 * b: 16 * b + 16], 0))]
         # wgroup: a chunk's multipliers per chain (at most NMAX groups: 2C K blocks of 2**gs), read after
         #   its values (1 word, 2 when they straddle a word) and handed over with them
@@ -696,6 +753,15 @@ class MatrixEngine(wiring.Component):
         wp_i, wp_j = Signal(4), Signal(max(1, cl))   # pv: the V row and the block of the read
         m.d.comb += carry_rd.addr.eq(wl_c)      # with the chain's weight read: returns with its data
         stash = Signal(8 * W)
+        # ONE byte rotator places a chunk cut out of two weight words in bank order, for both paths
+        # that need it (they never run together: f.sparse is latched): linear, the chain's carry word
+        # and the word read now at the row's offset; sparse, the group's first word (``stash``) and its
+        # second at the kept values' offset. It is log2(16C) stages of 128C muxes, the largest
+        # shared logic of the engine, so a second copy would cost as much again.
+        wf_lo = Signal(8 * W)
+        wf_off = Signal(range(W))
+        wf_chain = Signal(max(1, cl))
+        w_rot, w_chunk = _chunk_in_bank_order(fm, self.weight_rd.data, wf_lo, wf_chain, wf_off, W)
         kcarry = Signal(128)
         wwa = MpeGeometry.addr_bits(g.weight_words)
         rowb = Signal(18)                       # byte pitch between the rows of the chains
@@ -879,6 +945,8 @@ class MatrixEngine(wiring.Component):
                                                  sp_pi[i].eq(sp_pi[i] + Mux(sp_n[i] == 16, 0, sp_n[i]))]
                             with m.Else():
                                 m.d.sync += wl_c.eq(wl_c + 1)
+        m.d.comb += [wf_lo.eq(Mux(f.sparse, stash, carry_rd.data)), wf_off.eq(Mux(f.sparse, sp_pend_voff, wp_off)),
+                     wf_chain.eq(Mux(f.sparse, sp_pend_c, wp_c))]
         mdata = self.meta_rd.data
         with m.If(sp_pend == 1):   # scan: add the N of the band's row bytes in this word
             adds_r, adds_s = [], []
@@ -899,9 +967,9 @@ class MatrixEngine(wiring.Component):
                                  sp_code_next[i].eq(Mux(nv == 2, 0, Mux(nv == 4, 1, Mux(nv == 8, 2, 3))))]
         with m.If(sp_pend == 3):
             with m.If(~sp_pend_half):
-                m.d.sync += [stash.eq(self.weight_rd.data), kcarry.eq(mdata)]
+                m.d.sync += [stash.eq(w_rot), kcarry.eq(mdata)]
             with m.Else():
-                vals = _funnel(fm, stash, self.weight_rd.data, sp_pend_voff, W, "sp_vals")
+                vals = w_chunk
                 idx = _funnel(fm, kcarry, mdata, sp_pend_ioff, 16, "sp_idx")[:64]
                 m.d.comb += [bw_we.eq(1), bw_units.eq(vals), bw_en.eq(Const(-1, 16 * C)),
                              bw_rot.eq(sp_pend_c), bw_chain.eq(sp_pend_c)]
@@ -969,12 +1037,12 @@ class MatrixEngine(wiring.Component):
                         with m.If(wp_c == c):
                             m.d.sync += mnext[c].eq(sel)
             with m.Elif(lin_first):
-                m.d.comb += [carry_wr.addr.eq(wp_c), carry_wr.data.eq(wdata), carry_wr.en.eq(1)]
+                m.d.comb += [carry_wr.addr.eq(wp_c), carry_wr.data.eq(w_rot), carry_wr.en.eq(1)]
             with m.Else():
-                # one funnel for all chains: the chain's carry word, read with its weight word
-                chunk = _funnel(fm, carry_rd.data, wdata, wp_off, W, "w_funnel")
+                # the chain's carry word (read with its weight word) and the word, in bank order
+                chunk = w_chunk
                 m.d.comb += [bw_we.eq(1), bw_units.eq(chunk), bw_en.eq(Const(-1, 16 * C)),
-                             carry_wr.addr.eq(wp_c), carry_wr.data.eq(wdata), carry_wr.en.eq(1)]
+                             carry_wr.addr.eq(wp_c), carry_wr.data.eq(w_rot), carry_wr.en.eq(1)]
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(wp_valid & pv):
@@ -983,13 +1051,18 @@ class MatrixEngine(wiring.Component):
                 # read r >= 1 of a V row (row wp_i of block wp_j): its bytes 16(r - 1) .. 16r - 1 are
                 # byte wp_i of block wp_j of chains 16(r - 1) + e: one byte lane in each of their banks
                 vrow = _funnel(fm, kcarry, rdata, wp_off, 16, "v_funnel")
+                # in bank order: bank b holds chain (b - j) mod C's block j, whose byte is V-row byte
+                # ((b - j) mod C) mod 16 = the row's first vp = min(C, 16) bytes rotated by j, at b mod vp
+                vp = min(C, 16)
+                vl = (vp - 1).bit_length()
+                vbank = rotate_left(fm, vrow[:8 * vp], wp_j[:vl], step=8, name="v_bank") if vl else vrow[:8]
                 lane = Signal(16 * C)
                 for c in range(C):
                     on = (wp_r == c // 16 + 1) if C > 16 else Const(1, 1)
                     m.d.comb += lane[16 * c: 16 * c + 16].eq(Mux(on, Const(1, 16) << wp_i, 0))
                 m.d.comb += [bw_we.eq(1), bw_pv.eq(1), bw_pv_j.eq(wp_j), bw_rot.eq(wp_j), bw_en.eq(lane),
-                             bw_units.eq(Cat(*[Cat(*[vrow[8 * (c % 16): 8 * (c % 16) + 8]] * 16)
-                                              for c in range(C)]))]
+                             bw_units.eq(Cat(*[Cat(*[vbank[8 * (b % vp): 8 * (b % vp) + 8]] * 16)
+                                              for b in range(C)]))]
             with m.If(wp_last):
                 m.d.sync += next_full.eq(1)
         with m.If(chain_start):

@@ -57,7 +57,30 @@ def test_u280_buffers_fit_and_a_larger_weight_buffer_is_refused():
 
     with pytest.raises(ConfigError, match="weight 1024"):
         core_for(big)
-    assert core_for(cfg).buffer_primitives == {"uram": 174, "bram": 912}
+    # the core counts its matrix engine's memories too: per core 256 RAMB36 of chunk banks (128 banks of
+    # 256 x 128 bits) and 228 URAM288 of carry (128 x 16,384 bits): 3 x (304 + 256), 3 x (58 + 228)
+    assert core_for(cfg).buffer_primitives == {"uram": 3 * (58 + 228), "bram": 3 * (304 + 256)}
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_the_engines_memories_count_in_the_fit():
+    """hw.mpe.MatrixEngine.memory_primitives: the chunk banks in BRAM above 32 chains, the carry in
+    URAM above 64 (docs/benchmarks.md "Matrix engine: fit at 128 chains"); with them four U280 cores of
+    128 chains need 4 x 560 RAMB36 (the buffers alone: 4 x 304, which would pass) and are refused,
+    naming the engine's banks."""
+    from olivine.hw.mpe import MatrixEngine
+
+    cfg = for_board("u280")
+    assert MatrixEngine(cfg.replace(chains_per_core=32)).memory_primitives() == {}
+    assert MatrixEngine(cfg.replace(chains_per_core=64)).memory_primitives() == {"wbank": ("bram", 128)}
+    engine = MatrixEngine(cfg).memory_primitives()
+    assert engine == {"wbank": ("bram", 256), "wcarry": ("uram", 228)}
+    words = {"weight": 16 * cfg.chains_per_core, "meta": 64, "bias": 64, "data": 64}
+    plan = bank_plan(cfg.buffers, 2, words)
+    assert check_fit(plan, get_board("u280"), 4) == {"uram": 4 * 58, "bram": 4 * 304}
+    with pytest.raises(ConfigError, match=r"2240 RAMB36 for the buffers and the matrix engine's memories of 4 cores "
+                                          r"but u280 has 2016; .*matrix engine wbank 256"):
+        check_fit(plan, get_board("u280"), 4, engine)
 
 
 @pytest.mark.filterwarnings("ignore:.*created but never used")
