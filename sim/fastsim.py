@@ -413,7 +413,7 @@ def _profile_flags(options: BuildOptions, obj: Path, build_dir: Path) -> list[st
         return ["-CFLAGS", f"{where} -fprofile-prefix-path={obj} -fprofile-update=single", "-LDFLAGS", where]
     if options.profile_use:
         return ["-CFLAGS", f"-fprofile-use={Path(options.profile_use).resolve()} -fprofile-prefix-path={obj} "
-                "-fprofile-partial-training -Wno-missing-profile"]
+                "-fprofile-partial-training"]
     return []
 
 

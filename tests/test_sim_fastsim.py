@@ -7,6 +7,7 @@ are cached (content-addressed) in the shared olivine cache: one batch and one de
 """
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -191,6 +192,63 @@ def test_build_is_cached(standin_verilog, harness):
     harness.executable  # built (or found) by the fixture's first use
     again = FastHarness(standin_verilog)
     assert again.executable == harness.executable and again.build_seconds == 0.0
+
+
+def _build_dir(standin_verilog, options):
+    """Where a build with ``options`` would be cached (computed, nothing built)."""
+    calls = []
+    real = fastsim.cached_build
+    try:
+        fastsim.cached_build = lambda build_dir, make, record=None: calls.append((build_dir, record)) or 0.0
+        fastsim.build(standin_verilog, STANDIN_TOP, "batch", options=options)
+    finally:
+        fastsim.cached_build = real
+    return calls[0]
+
+
+def test_every_build_option_enters_the_build_hash(standin_verilog, monkeypatch, tmp_path):
+    BuildOptions = fastsim.BuildOptions
+    default_dir, _ = _build_dir(standin_verilog, BuildOptions())
+    assert _build_dir(standin_verilog, None)[0] == default_dir == _build_dir(standin_verilog, fastsim.default_build_options())[0]
+    variants = [BuildOptions(cxx_opt="-O3"), BuildOptions(verilator_flags=("--x-initial", "fast")),
+                BuildOptions(verilator_flags=("--output-split", "5000")), BuildOptions(cxx_flags=("-march=native",)),
+                BuildOptions(profile_generate=True)]
+    dirs = {default_dir} | {_build_dir(standin_verilog, o)[0] for o in variants}
+    assert len(dirs) == 1 + len(variants)
+    # -march=native is hashed as what it resolves to on this machine: another CPU, another model
+    native = BuildOptions(cxx_flags=("-march=native",))
+    here, record = _build_dir(standin_verilog, native)
+    assert record["options"]["native_target"] == fastsim.native_target()
+    monkeypatch.setattr(fastsim, "native_target", lambda: "another cpu")
+    assert _build_dir(standin_verilog, native)[0] != here
+    # a profile is hashed by content
+    (tmp_path / "harness.gcda").write_bytes(b"one")
+    first = _build_dir(standin_verilog, BuildOptions(profile_use=str(tmp_path)))[0]
+    (tmp_path / "harness.gcda").write_bytes(b"two")
+    assert _build_dir(standin_verilog, BuildOptions(profile_use=str(tmp_path)))[0] not in (first, default_dir)
+    with pytest.raises(ValueError, match="choose -O1, -O2 or -O3"):
+        BuildOptions(cxx_opt="-Ofast")
+    with pytest.raises(FastSimError, match="holds no .gcda profile"):
+        BuildOptions(profile_use=str(tmp_path / "none"))
+
+
+def test_profile_guided_build_round_trip(standin_verilog):
+    """An instrumented build writes its profile where its build lives; a build using that profile
+    finds every object's profile (gcc names none missing) and copies the same bytes in the same cycles."""
+    words = random_words(300)
+    plain = FastHarness(standin_verilog).run_program(words, budget=100_000, hbm=HbmParams(channel_bytes=CHANNEL),
+                                                     dumps={"copy": (1, 0, words.size * 4)})
+    trained = FastHarness(standin_verilog, options=fastsim.BuildOptions(profile_generate=True))
+    profile = trained.executable.parent / "profile"
+    shutil.rmtree(profile, ignore_errors=True)  # one training run, not every earlier one's counts too
+    trained.run_program(words, budget=100_000, hbm=HbmParams(channel_bytes=CHANNEL))
+    assert sorted(p.name for p in profile.glob("*.gcda"))  # one per object, named relative to obj/
+    tuned = FastHarness(standin_verilog, options=fastsim.BuildOptions(profile_use=str(profile)))
+    got = tuned.run_program(words, budget=100_000, hbm=HbmParams(channel_bytes=CHANNEL),
+                            dumps={"copy": (1, 0, words.size * 4)})
+    log = (tuned.executable.parent / "build.log").read_text()
+    assert "-fprofile-use=" in log and "profile count data file not found" not in log
+    assert got.cycles == plain.cycles and np.array_equal(got.dumps["copy"].view("<u4"), words)
 
 
 def test_debug_handle_step_peek_poke_and_buffers(standin_verilog):
