@@ -5,9 +5,9 @@ Three steps; DIR holds a capture (the probed core's Verilog and every harness ru
 
     .venv/bin/python benchmarks/bench_fast_build.py capture DIR [--preset w8a8] [--prompt "Once upon a time"] [--tokens 32]
     .venv/bin/python benchmarks/bench_fast_build.py build DIR --options default,O3,... [--train TRAIN_DIR]
-    .venv/bin/python benchmarks/bench_fast_build.py replay DIR --options default,O3,... [--reps 3]
+    .venv/bin/python benchmarks/bench_fast_build.py replay DIR --options default,O3,... [--reps 3] [--runs N]
 
-``build`` builds the core once per named option set (cached by hash in ~/.cache/olivine/fast) and
+``build`` (the same DIR as ``replay``: a PGO profile is kept there) builds the core once per named option set (cached by hash in ~/.cache/olivine/fast) and
 prints its CPU time (user + system of Verilator, make and g++); ``pgo`` first builds the
 instrumented model, trains it on the runs of TRAIN_DIR (a different capture, so the measured
 replay is not its own training set) and then builds with the profile. ``replay`` runs every
@@ -110,10 +110,10 @@ def _build(folder: Path, options) -> tuple[Path, float, float]:
     return exe, (_cpu_children() - cpu0) if seconds else 0.0, seconds
 
 
-def _replay_all(folder: Path, exe: Path, check: bool = True) -> tuple[float, int, list[str]]:
-    """Every captured run through ``exe``; (user CPU s, cycles, mismatches)."""
+def _replay_all(folder: Path, exe: Path, check: bool = True, runs: int | None = None) -> tuple[float, int, list[str]]:
+    """The captured runs (the first ``runs``; None: all) through ``exe``; (user CPU s, cycles, mismatches)."""
     cpu, cycles, bad = 0.0, 0, []
-    for run_dir in sorted((folder / "runs").iterdir()):
+    for run_dir in sorted((folder / "runs").iterdir())[:runs]:
         with tempfile.TemporaryDirectory(prefix="olivine-replay-") as tmp:
             tmp = Path(tmp)
             for f in run_dir.glob("*.bin"):
@@ -190,7 +190,7 @@ def replay_cmd(args) -> int:
     for rep in range(args.reps):
         for n in names:
             load = os.getloadavg()[0]
-            cpu, cycles, bad = _replay_all(folder, exes[n], check=True)
+            cpu, cycles, bad = _replay_all(folder, exes[n], check=True, runs=args.runs)
             totals[n][0] += cpu
             totals[n][1] += cycles
             ok &= not bad
@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     r.add_argument("dir")
     r.add_argument("--options", default="default")
     r.add_argument("--reps", type=int, default=3)
+    r.add_argument("--runs", type=int, default=None, help="replay only the first N runs (the prefill, then decode steps)")
     args = ap.parse_args(argv)
     return {"capture": capture, "build": build_cmd, "replay": replay_cmd}[args.cmd](args)
 

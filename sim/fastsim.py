@@ -544,6 +544,14 @@ def parse_timeline(text: str) -> list[tuple[str, int, int, int | None]]:
     return [tuple(e) for e in out]
 
 
+def program_registers(address: int, words: int, channel: int, watchdog: int = 0) -> list[tuple[int, int]]:
+    """The register writes (offset, value) that point the core at a program of ``words`` words at
+    ``address`` of ``channel`` (CORE_INTERFACE.md section 4), in order."""
+    return [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF), (core_regs.offset("prog_addr_hi"), address >> 32),
+            (core_regs.offset("prog_words"), int(words)), (core_regs.offset("prog_channel"), int(channel)),
+            (core_regs.offset("watchdog"), int(watchdog))]
+
+
 def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | None = None) -> int:
     """Where the program goes in its channel: after the bytes used there (``used_bytes``, default
     the image's length in that channel), 4 KiB aligned (CORE_INTERFACE.md section 4)."""
@@ -732,11 +740,7 @@ class FastHarness:
                                f"HbmParams.channel_bytes to {address + 4 * words.size} or more")
         loads = [(k, 0, payload) for k, payload in sorted(image.items()) if payload]
         loads.append((prog_channel, address, words.astype("<u4").tobytes()))
-        writes = [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF),
-                   (core_regs.offset("prog_addr_hi"), address >> 32),
-                   (core_regs.offset("prog_words"), words.size),
-                   (core_regs.offset("prog_channel"), prog_channel),
-                   (core_regs.offset("watchdog"), watchdog)]
+        writes = program_registers(address, words.size, prog_channel, watchdog)
         reads = [(name, core_regs.offset(name)) for name in STATUS_REGISTERS]
         reads += [(f"{unit}_{counter}", core_regs.unit_offset(u, counter))
                   for u, unit in enumerate(("ld", "st", "mpe", "sfu")) for counter in core_regs.UNIT_COUNTERS]
@@ -801,14 +805,11 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
 # ---------------------------------------------------------------------------------------------
 # the interactive handle
 
-#: Where the core (hw/core.py) hands each unit an instruction: the valid/ready pair of the unit's
-#: instruction stream in the Verilog hierarchy (LD and ST behind their TransferGuard).
-UNIT_STREAMS = {
-    "ld": ("ld_guard.i__valid", "ld_guard.i__ready"),
-    "st": ("st_guard.i__valid", "st_guard.i__ready"),
-    "sfu": ("sfu.instr__valid", "sfu.instr__ready"),
-    "mpe": ("mpe.inst__valid", "mpe.inst__ready"),
-}
+#: Where the core (hw/core.py) hands each unit an instruction: the valid/ready pair of the
+#: controller's stream to the unit in the core's top module (what sim/rtl_backend.py's probes time).
+#: Not the units' own ports: the SFU's and MPE's are gated by their enables, so valid and ready
+#: can both be high there in a cycle without a handshake.
+UNIT_STREAMS = {unit: (f"{unit}__valid", f"{unit}__ready") for unit in ("ld", "st", "mpe", "sfu")}
 
 
 class DebugHandle:
@@ -979,6 +980,28 @@ class DebugHandle:
         out = ctypes.c_uint32()
         self._check(self._lib.olv_lite_read(self.handle, int(offset), ctypes.byref(out)), f"register read {offset:#x}")
         return int(out.value)
+
+    def load_program(self, words, image: Mapping[int, bytes] | None = None, *, prog_channel: int = 0,
+                     used_bytes: int | None = None, watchdog: int = 0) -> int:
+        """:meth:`FastHarness.run_program`'s host sequence up to the start: ``image`` (channel ->
+        bytes at address 0) and the program ``words`` into HBM (after the image's bytes in
+        ``prog_channel``, or ``used_bytes``, 4 KiB aligned) and the program registers; returns the
+        program's address. Then :meth:`start`, and step, :meth:`next_instruction` or :meth:`wait_done`."""
+        image = {int(k): bytes(v) for k, v in (image or {}).items()}
+        words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32))
+        if words.ndim != 1 or words.size < 1:
+            raise FastSimError("the program must be a non-empty 1-D array of 32-bit words")
+        address = program_address(image, prog_channel, used_bytes)
+        if address + 4 * words.size > self.hbm_params.channel_bytes:
+            raise FastSimError(f"the program ({words.size} words at {address:#x}) does not fit the HBM model's "
+                               f"{self.hbm_params.channel_bytes} bytes per channel (HbmParams.channel_bytes)")
+        for channel, payload in sorted(image.items()):
+            if payload:
+                self.hbm_write(channel, 0, payload)
+        self.hbm_write(prog_channel, address, words.astype("<u4").tobytes())
+        for offset, value in program_registers(address, words.size, prog_channel, watchdog):
+            self.write_register(offset, value)
+        return address
 
     def start(self) -> None:
         """ap_start (CTRL bit 0); counts the cycles of :meth:`wait_done` from here."""
