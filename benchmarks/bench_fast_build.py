@@ -4,8 +4,8 @@ Three steps; DIR holds a capture (the probed core's Verilog and every harness ru
 ``check_rtl``: the host script, its HBM images and, from the default build, its outputs):
 
     .venv/bin/python benchmarks/bench_fast_build.py capture DIR [--preset w8a8] [--prompt "Once upon a time"] [--tokens 32]
-    .venv/bin/python benchmarks/bench_fast_build.py build DIR --options default,O3,... [--train TRAIN_DIR]
-    .venv/bin/python benchmarks/bench_fast_build.py replay DIR --options default,O3,... [--reps 3] [--runs N]
+    .venv/bin/python benchmarks/bench_fast_build.py build DIR --options O2,O3,... [--train TRAIN_DIR]
+    .venv/bin/python benchmarks/bench_fast_build.py replay DIR --options O2,O3,... [--reps 3] [--runs N]
 
 ``build`` (the same DIR as ``replay``: a PGO profile is kept there) builds the core once per named option set (cached by hash in ~/.cache/olivine/fast) and
 prints its CPU time (user + system of Verilator, make and g++); ``pgo`` first builds the
@@ -35,6 +35,7 @@ import numpy as np
 #: The option sets this benchmark knows (sim/fastsim.py BuildOptions fields).
 OPTION_SETS = {
     "default": {},
+    "O2": {"cxx_opt": "-O2"},
     "O3": {"cxx_opt": "-O3"},
     "O1": {"cxx_opt": "-O1"},
     "xinit-fast": {"verilator_flags": ("--x-initial", "fast")},

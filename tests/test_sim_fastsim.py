@@ -210,7 +210,8 @@ def test_every_build_option_enters_the_build_hash(standin_verilog, monkeypatch, 
     BuildOptions = fastsim.BuildOptions
     default_dir, _ = _build_dir(standin_verilog, BuildOptions())
     assert _build_dir(standin_verilog, None)[0] == default_dir == _build_dir(standin_verilog, fastsim.default_build_options())[0]
-    variants = [BuildOptions(cxx_opt="-O3"), BuildOptions(verilator_flags=("--x-initial", "fast")),
+    assert _build_dir(standin_verilog, BuildOptions(cxx_opt=fastsim.DEFAULT_OPT))[0] == default_dir
+    variants = [BuildOptions(cxx_opt="-O1"), BuildOptions(verilator_flags=("--x-initial", "fast")),
                 BuildOptions(verilator_flags=("--output-split", "5000")), BuildOptions(cxx_flags=("-march=native",)),
                 BuildOptions(profile_generate=True)]
     dirs = {default_dir} | {_build_dir(standin_verilog, o)[0] for o in variants}
