@@ -361,9 +361,11 @@ class BuildOptions:
                                    "profile_generate build first (benchmarks/bench_fast_build.py)")
 
     def key(self) -> dict:
-        """What of these options the build hash holds (the profile by content; -march=native as resolved)."""
-        out = {"cxx_opt": self.cxx_opt or _opt(), "verilator_flags": list(self.verilator_flags),
-               "cxx_flags": list(self.cxx_flags), "profile_generate": self.profile_generate}
+        """What the build hash holds of these options beyond the command line (which holds the
+        level and the flags): the profile by content, -march=native as resolved, instrumentation."""
+        out = {}
+        if self.profile_generate:
+            out["profile_generate"] = True
         if any(f.startswith(("-march=native", "-mtune=native", "-mcpu=native")) for f in self.cxx_flags):
             out["native_target"] = native_target()
         if self.profile_use is not None:
@@ -448,8 +450,9 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
         "harness": hashlib.sha256(harness.encode()).hexdigest(),
         "binding": binding, "flags": flags, "variant": variant, "tools": list(_tools()),
-        # options equal to the default's leave the hash as it was before options existed
-        **({"options": options.key()} if options.key() != BuildOptions().key() else {}),
+        # the command line (flags) holds the level and the extra flags; a build with nothing beyond
+        # it hashes as it did before options existed
+        **({"options": options.key()} if options.key() else {}),
     }, sort_keys=True).encode()).hexdigest()[:20]
     build_dir = cache_root() / "fast" / f"{top}-{variant}-{key}"
     artifact = build_dir / _artifact_name(variant)
