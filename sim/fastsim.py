@@ -30,8 +30,8 @@ publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``bat
 executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
 run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
 ``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
-``-O3`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3; :class:`BuildOptions` sets it and other
-flags per build), Verilator's own optimiser at ``-O3``.
+``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3, e.g. -O3 for long runs; :class:`BuildOptions`
+sets it and other flags per build), Verilator's own optimiser at ``-O3``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (p
 VARIANTS = ("batch", "fst", "vcd", "debug")
 #: Trace formats of the waves variants, by file suffix.
 WAVE_FORMATS = ("fst", "vcd")
-#: C++ level of every fast-harness build (benchmarks/bench_fast_build.py, docs/benchmarks.md "Fast
-#: harness build options": -O3 ran the tiny core 1.3x faster per CPU-second than -O2)
-DEFAULT_OPT = "-O3"
+#: C++ level of a fast-harness build that names none. -O3 runs the tiny core ~1.15x faster per
+#: CPU-second but costs ~40 % more build CPU (docs/benchmarks.md "Fast harness build options"), and
+#: CI builds cold: long runs ask for it (OLIVINE_FAST_OPT=-O3 or BuildOptions(cxx_opt="-O3")).
+DEFAULT_OPT = "-O2"
 BUILD_JOBS = 2
 #: Warnings Amaranth's Verilog raises in a Verilator build (which treats them as fatal), with reasons.
 BUILD_WAIVERS = {
