@@ -66,7 +66,7 @@ HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (p
 VARIANTS = ("batch", "fst", "vcd", "debug")
 #: Trace formats of the waves variants, by file suffix.
 WAVE_FORMATS = ("fst", "vcd")
-#: C++ level of a fast-harness build that names none. -O3 runs the tiny core ~1.15x faster per
+#: C++ level of a fast-harness build that names none. -O3 runs the tiny core ~1.1x faster per
 #: CPU-second but costs ~40 % more build CPU (docs/benchmarks.md "Fast harness build options"), and
 #: CI builds cold: long runs ask for it (OLIVINE_FAST_OPT=-O3 or BuildOptions(cxx_opt="-O3")).
 DEFAULT_OPT = "-O2"
