@@ -454,27 +454,20 @@ def test_pv_and_sparse_at_32_chains():
     n = 48 leaving the second column group half past n (one live band); pv with k_blocks beyond one
     chunk (a partial second chunk in the chunk banks' other half, accumulating) and sparse
     over three column groups (40 KiB data space, 4 KiB meta / bias). One simulation runs every case: a
-    32-chain engine takes minutes to elaborate and compile, and pysim about 55 ms CPU a cycle. Under
-    CI one token for the two-chunk pv; one int8 sparse case, n = 80 over three column groups (the
-    last with one live band) and two token pairs, in place of n = 48 (a half-live second group) and
-    n = 96 (three full groups) with kb = 3 (3,808 engine cycles instead of 4,644); no int8-output
-    pv, ovp4 sparse, two-chunk qk or int4 sparse over 80 columns."""
+    32-chain engine takes minutes to elaborate and compile. Under CI one token for the two-chunk pv
+    and no int8-output pv, ovp4 sparse, two-chunk qk or int4 sparse over 80 columns."""
     rng = np.random.default_rng(120)
     config = CONFIG32_WIDE
-    cases = [mc.make_attention(config, rng, "pv", m=2, n=48, kb=2, out=0, label="pv n=48 kb=2 (2 groups)")]
+    cases = [mc.make_attention(config, rng, "pv", m=2, n=48, kb=2, out=0, label="pv n=48 kb=2 (2 groups)"),
+             _sparse_32(rng, config, m=2, n=48, kb=2, wfmt=0, label="sparse int8 n=48 kb=2"),
+             _sparse_32(rng, config, m=1, n=32, kb=3, wfmt=1, out=1, label="sparse int4 MV n=32 kb=3 fixed32"),
+             # one token, one column group under CI (33 blocks: still a partial second chunk); the full
+             # form two tokens over two column groups
+             mc.make_attention(config, rng, "pv", m=1 if REDUCED else 2, n=20 if REDUCED else 40,
+                               kb=33 if REDUCED else 34, out=0, accumulate=1,
+                               label="pv, two chunks (the second partial), accumulate"),
+             _sparse_32(rng, config, m=3, n=96, kb=3, wfmt=0, out=2, label="sparse int8 n=96 kb=3 int8 out")]
     if not REDUCED:
-        cases.append(_sparse_32(rng, config, m=2, n=48, kb=2, wfmt=0, label="sparse int8 n=48 kb=2"))
-    cases += [_sparse_32(rng, config, m=1, n=32, kb=3, wfmt=1, out=1, label="sparse int4 MV n=32 kb=3 fixed32"),
-              # one token, one column group under CI (33 blocks: still a partial second chunk); the full
-              # form two tokens over two column groups
-              mc.make_attention(config, rng, "pv", m=1 if REDUCED else 2, n=20 if REDUCED else 40,
-                                kb=33 if REDUCED else 34, out=0, accumulate=1,
-                                label="pv, two chunks (the second partial), accumulate")]
-    if REDUCED:
-        cases.append(_sparse_32(rng, config, m=3, n=80, kb=2, wfmt=0, out=2,
-                                label="sparse int8 n=80 kb=2 int8 out (3 groups, the last half live)"))
-    else:
-        cases.append(_sparse_32(rng, config, m=3, n=96, kb=3, wfmt=0, out=2, label="sparse int8 n=96 kb=3 int8 out"))
         cases += [mc.make_attention(config, rng, "pv", m=3, n=32, kb=1, out=2, accumulate=0,
                                     label="pv int8 out m=3 kb=1"),
                   _sparse_32(rng, config, m=3, n=64, kb=2, wfmt=2, label="sparse ovp4 n=64 kb=2 (2 full groups)"),
