@@ -52,7 +52,7 @@ from .axi import check_data_width
 from .config import BufferConfig, ConfigError
 from .resources import register_unit
 
-__all__ = ["BankSpec", "BufferBank", "bank_plan", "choose_primitive", "primitive_count", "check_fit",
+__all__ = ["BankSpec", "BufferBank", "bank_plan", "buffer_sizes", "plan_geometry", "choose_primitive", "primitive_count", "check_fit",
            "RAM_STYLES", "URAM_DEPTH", "URAM_COLUMN_BITS", "BRAM36_BITS"]
 
 RAM_STYLES = {"uram": "ultra", "bram": "block"}
@@ -121,6 +121,13 @@ class BankSpec:
 BUFFER_NAMES = ("weight", "meta", "bias", "data")
 
 
+def buffer_sizes(buffers: BufferConfig) -> dict[str, int]:
+    """Bytes of each buffer, in :data:`BUFFER_NAMES` order: weight, meta, bias and the data space
+    (activation + global), from ``BufferConfig``'s KiB."""
+    return {"weight": buffers.weight_kib * 1024, "meta": buffers.meta_kib * 1024, "bias": buffers.bias_kib * 1024,
+            "data": (buffers.activation_kib + buffers.global_kib) * 1024}
+
+
 def bank_plan(buffers: BufferConfig, data_banks: int = 2, word_bytes: dict[str, int] | None = None) -> list[BankSpec]:
     """The banks of one core's buffers (see the module docstring). ``word_bytes``: buffer name ->
     its word in bytes (the widest unit port on it; hw/core.py OlivineCore.buffer_geometry gives
@@ -133,8 +140,8 @@ def bank_plan(buffers: BufferConfig, data_banks: int = 2, word_bytes: dict[str, 
         words.update(word_bytes)
     if buffers.weight_kib % 2:
         raise ValueError(f"weight_kib={buffers.weight_kib} must be even: the weight buffer is double-buffered")
-    data_bytes = (buffers.activation_kib + buffers.global_kib) * 1024
-    sizes = {"weight": buffers.weight_kib * 1024, "meta": buffers.meta_kib * 1024, "bias": buffers.bias_kib * 1024}
+    sizes = buffer_sizes(buffers)
+    data_bytes = sizes.pop("data")
     if data_bytes % data_banks:
         raise ValueError(f"the data space ({data_bytes} B) does not split into {data_banks} equal banks")
     banks = [(name, name, size) for name, size in sizes.items()]
@@ -147,6 +154,16 @@ def bank_plan(buffers: BufferConfig, data_banks: int = 2, word_bytes: dict[str, 
                              f"{word}-byte words")
         plan.append(BankSpec(name, size, word, choose_primitive(size // word, 8 * word)))
     return plan
+
+
+def plan_geometry(plan: list[BankSpec]) -> dict[str, tuple[int, int, int, str]]:
+    """Buffer name -> (bytes, word bytes, banks, primitive) of a plan, in plan order (the banks of
+    one buffer share their word and primitive)."""
+    geometry = {}
+    for bank in plan:
+        nbytes, word, banks, primitive = geometry.get(bank.buffer, (0, bank.word_bytes, 0, bank.primitive))
+        geometry[bank.buffer] = (nbytes + bank.bytes, word, banks + 1, primitive)
+    return geometry
 
 
 def plan_totals(plan: list[BankSpec]) -> dict[str, int]:

@@ -89,7 +89,7 @@ from amaranth.lib.wiring import In, Out
 from . import core_regs, isa
 from .axi import RESP_OKAY, axi4_lite_signature, axi4_signature
 from .bitops import popcount, shift_right
-from .buffers import RAM_STYLES, bank_plan, check_fit
+from .buffers import RAM_STYLES, bank_plan, check_fit, plan_geometry
 from .config import AcceleratorConfig
 from .controller import LINT_WAIVERS as CONTROLLER_LINT_WAIVERS
 from .controller import STATES, STATUS_CAUSES, UNIT_NAMES, Controller, unit_layout
@@ -264,18 +264,14 @@ class OlivineCore(wiring.Component):
             mpe = mpe(config)
         self.mpe = mpe
         self.sfu = Sfu(config, ops=sfu_ops, rope=rope)
-        b = config.buffers
-        self.buffer_bytes = {"weight": b.weight_kib * 1024, "meta": b.meta_kib * 1024, "bias": b.bias_kib * 1024,
-                             "data": (b.activation_kib + b.global_kib) * 1024}
-        # the banks as built (word = the widest port on the buffer) and their fit on the board's cores
+        # the banks as built (word = the widest port on the buffer, so after the SFU and the engine)
+        # and their fit on the board's cores; the buffers' sizes (LD / ST range checks) are the plan's
         self.plan = bank_plan(config.buffers, data_banks, self._word_bytes())
         engine_memories = getattr(self.mpe, "memory_primitives", None)
         self.buffer_primitives = check_fit(self.plan, config.board_facts, config.cores,
                                            engine_memories() if engine_memories else None)
-        self._geometry = {}
-        for bank in self.plan:
-            word, banks, _ = self._geometry.get(bank.buffer, (bank.word_bytes, 0, bank.primitive))
-            self._geometry[bank.buffer] = (word, banks + 1, bank.primitive)
+        self._geometry = plan_geometry(self.plan)
+        self.buffer_bytes = {name: g[0] for name, g in self._geometry.items()}
         members = {"s_axi_control": In(axi4_lite_signature(core_regs.ADDRESS_BITS, 32)), "interrupt": Out(1)}
         for k in range(self.channels):
             members[f"m_axi_hbm{k}"] = Out(axi4_signature(64, self.data_width, 1))
@@ -291,7 +287,7 @@ class OlivineCore(wiring.Component):
         """name -> (bytes, word bytes, banks, primitive) of the core's buffers: a word is as wide
         as the widest unit port on the buffer (the AXI beat, the SFU's, the engine's); the primitive
         is hw/buffers.py's choice for the bank's depth x width."""
-        return {name: (self.buffer_bytes[name], *self._geometry[name]) for name in self._geometry}
+        return dict(self._geometry)
 
     def _word_bytes(self) -> dict[str, int]:
         bb = self.beat_bytes

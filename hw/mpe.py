@@ -240,10 +240,9 @@ def mpe_cycles(fields: dict, config: AcceleratorConfig, *, ovp_token_pairs: int 
     if fields.get("afmt"):
         return ovp_cycles(fields, MpeGeometry(config).chains, REQUANT_LATENCY, ovp_token_pairs)
     from .mpe_timing import engine_cycles
-    from .sparse_chain import SparseDSPChain
 
     g = MpeGeometry(config)
-    return engine_cycles(fields, g.chains, chain_latency=SparseDSPChain(CHAIN_LENGTH, GRID_FORMAT).latency,
+    return engine_cycles(fields, g.chains, chain_latency=SparseDSPChain.latency_of(CHAIN_LENGTH),
                          requant_latency=REQUANT_LATENCY, a_fifo_depth=A_FIFO_DEPTH,
                          result_fifo_depth=RESULT_FIFO_DEPTH, tag_fifo_depth=TAG_FIFO_DEPTH, pv_digits=PV_DIGITS)
 

@@ -224,7 +224,7 @@ class SparseDSPChain(wiring.Component):
     ``ovp_normal`` ("int4", "flint4", "runtime"; ovp4 only), ``primitive`` (real DSP48E2).
     Ports: ``i`` = In(stream.Signature(chain_input_layout)), ``o`` =
     Out(stream.Signature(chain_output_layout)), ``freeze`` = In(1) (holds the chain for the cycle).
-    Latency ``self.latency`` =
+    Latency ``self.latency`` = :meth:`latency_of` ``(L)`` =
     L + 5 + log2(min(L, 16) / 2) cycles; throughput one beat (2L MACs) per cycle.
     """
 
@@ -240,15 +240,27 @@ class SparseDSPChain(wiring.Component):
         self.ovp_normal = ovp_normal
         self.primitive = bool(primitive)
         self.run = lane_run(weight_format, ovp_normal, length)
-        # the longest segment is min(L, 16) DSPs = min(L, 16) / 2 taps
-        self.reduction_stages = (min(length, CANDIDATES) // 2).bit_length() - 1
+        self.reduction_stages = self._reduction_stages(length)
         self.sum_bits = segment_sum_bits(length, weight_format, ovp_normal)
-        self.latency = length + 5 + self.reduction_stages
+        self.latency = self.latency_of(length)
         super().__init__({
             "i": In(stream.Signature(chain_input_layout(length, weight_format, ovp_normal))),
             "o": Out(stream.Signature(chain_output_layout(length))),
             "freeze": In(1),
         })
+
+    @staticmethod
+    def _reduction_stages(length: int) -> int:
+        # the longest segment is min(L, 16) DSPs = min(L, 16) / 2 taps
+        return (min(length, CANDIDATES) // 2).bit_length() - 1
+
+    @classmethod
+    def latency_of(cls, length: int) -> int:
+        """The latency in cycles of a chain of ``length`` DSPs (any weight format) without building
+        one (an unelaborated chain draws Amaranth's UnusedElaboratable warning): L + 5 + the
+        reduction stages, log2(min(L, 16) / 2). The chain's pipeline is this deep (``self.latency``)."""
+        _check_length(length)
+        return length + 5 + cls._reduction_stages(length)
 
     def _run_length(self, code: int) -> int:
         """DSPs per cascaded run for n_code: min(N, L, lane run)."""

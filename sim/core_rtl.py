@@ -80,9 +80,9 @@ def place_program(job: CoreJob) -> int:
 
 
 def _buffer_sizes(config: AcceleratorConfig) -> dict[str, int]:
-    b = config.buffers
-    return {"weight": b.weight_kib * 1024, "meta": b.meta_kib * 1024, "bias": b.bias_kib * 1024,
-            "data": (b.activation_kib + b.global_kib) * 1024}
+    from olivine.hw.buffers import buffer_sizes
+
+    return buffer_sizes(config.buffers)
 
 
 def clear_program(config: AcceleratorConfig) -> np.ndarray:

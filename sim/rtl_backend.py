@@ -17,6 +17,7 @@ import numpy as np
 
 from olivine.compiler.compile import apply_patches
 from olivine.hw import core_regs, isa
+from olivine.hw.buffers import buffer_sizes
 
 from .funcsim import SimError
 from .runtime import RunError, Runtime
@@ -397,9 +398,7 @@ def locate_divergence(config, harness, words, state: dict, used_bytes, *, budget
     from .funcsim import FuncSim
 
     prog = isa.decode_program(words)
-    b = config.buffers
-    sizes = {"data": (b.activation_kib + b.global_kib) * 1024, "weight": b.weight_kib * 1024,
-             "bias": b.bias_kib * 1024, "meta": b.meta_kib * 1024}
+    sizes = buffer_sizes(config.buffers)
     source = {"data": "act", "weight": "weight", "bias": "bias", "meta": "meta"}
     used = [int(u) for u in used_bytes]
     scratch = -(-used[0] // 4096) * 4096

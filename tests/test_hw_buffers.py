@@ -8,7 +8,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from olivine.boards import get_board
-from olivine.hw.buffers import BufferBank, bank_plan, check_fit, choose_primitive, primitive_count
+from olivine.hw.buffers import (BufferBank, bank_plan, buffer_sizes, check_fit, choose_primitive, plan_geometry,
+                                primitive_count)
 from olivine.hw.config import BufferConfig, ConfigError, for_board
 
 
@@ -19,6 +20,11 @@ def test_bank_plan_covers_every_buffer():
     assert plan["data0"].bytes + plan["data1"].bytes == (cfg.activation_kib + cfg.global_kib) * 1024
     # 64-byte words: weight 16,384 deep, data banks 16,384, meta 2,048, bias 1,024
     assert (plan["meta"].primitive, plan["bias"].primitive, plan["weight"].primitive) == ("bram", "bram", "uram")
+    # the plan's geometry per buffer: the banks' bytes add up to the buffer's, words and primitive shared
+    geometry = plan_geometry(list(plan.values()))
+    assert {name: g[0] for name, g in geometry.items()} == buffer_sizes(cfg)
+    assert geometry["data"] == (plan["data0"].bytes * 2, 64, 2, plan["data0"].primitive)
+    assert geometry["weight"] == (cfg.weight_kib * 1024, 64, 1, "uram")
     with pytest.raises(ValueError, match="double-buffered"):
         bank_plan(BufferConfig(weight_kib=3))
     with pytest.raises(ValueError, match="unknown buffers"):

@@ -193,6 +193,53 @@ def test_matrix_engine_programs_match_funcsim(tiny_core):
         assert g["regs"]["mpe_instructions"] == 1 and g["regs"]["mpe_busy"] > 0, name
 
 
+def _weight_st_jobs(config, rng) -> dict[str, CoreJob]:
+    """An MM reading half 0 of the weight buffer and an ST of the weight buffer (half 1, or half 0),
+    issued while the engine reads (both wait for the LDs only) or after it (the ST waits for the MM).
+    The weight buffer has one read port and the engine's reads are never frozen (hw/core.py
+    "Arbitration"), so the concurrent ST's reads wait whichever half it reads."""
+    M = isa.make
+    LDU, STU, MPE = 0b0001, 0b0010, 0b0100
+    half = config.buffers.weight_kib * 1024 // 2
+    kb, m, n = 16, 4, 32
+    w_bytes, st_bytes = n * kb * 16, 4096
+
+    def job(st_half: int, after_mm: bool) -> CoreJob:
+        prog = [
+            M("LD", target="weight", channel=1, hbm_addr=0, buf_addr=0, length=w_bytes),
+            M("LD", target="weight", channel=1, hbm_addr=w_bytes, buf_addr=half, length=st_bytes),
+            M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=m * kb * 16, release=MPE | STU),
+            M("MM", wfmt="int8", out="int32", k_blocks=kb, m=m, n=n, a_addr=0, b_addr=0, out_addr=8192, wait=LDU,
+              release=STU),
+            M("ST", source="weight", channel=0, hbm_addr=20000, buf_addr=st_half * half + 64, length=st_bytes - 64,
+              wait=LDU | (MPE if after_mm else 0)),
+            M("ST", source="act", channel=0, hbm_addr=30000, buf_addr=8192, length=4 * m * n,
+              wait=0 if after_mm else MPE),  # STs run in order: after the MM either way
+            M("SYS", op="end"),
+        ]
+        return CoreJob(prog, {0: _image(rng), 1: _image(rng)})
+
+    return {"other half, during the MM": job(1, False), "other half, after the MM": job(1, True),
+            "same half, during the MM": job(0, False), "same half, after the MM": job(0, True)}
+
+
+@on_tiny_core
+def test_weight_st_waits_for_the_engines_weight_reads_in_either_half(tiny_core):
+    """An ST of the weight buffer while the engine reads it: bit-exact with FuncSim (so the two never
+    shared the read port in one cycle) and the ST took longer than the same ST after the MM (it waited)."""
+    config = tiny_core[0]
+    jobs = _weight_st_jobs(config, np.random.default_rng(41))
+    got, want = _run_mpe(tiny_core, list(jobs.values()), pause=0.0)   # no AXI pauses: cycle counts repeat
+    _check(list(jobs.values()), got, want, list(jobs))
+    regs = dict(zip(jobs, (g["regs"] for g in got)))
+    for name, r in regs.items():
+        assert r["state"] == STATES.index("done") and r["mpe_instructions"] == 1 and r["st_instructions"] == 2, name
+    for where in ("other half", "same half"):
+        during, after = regs[f"{where}, during the MM"], regs[f"{where}, after the MM"]
+        # ST busy cycles: both STs of the job; the second (the MM's output) is the same in both jobs
+        assert during["st_busy"] > after["st_busy"] + 64, (where, during["st_busy"], after["st_busy"])
+
+
 def _case_job(case) -> CoreJob:
     """A program of the compiler's shape around one engine case (sim/mpe_check.py: its buffers and
     MM fields): LD the data space from channel 0, LD the weight tile, the meta tables and the

@@ -346,16 +346,19 @@ def test_ovp4_all_outliers_longest_run():
     check_against_model(dut, beats, outputs)
 
 
-@pytest.mark.parametrize("length", [2, 8])
+@pytest.mark.parametrize("length", [2, 8, 16])
 def test_latency_and_full_throughput(length):
-    """Back to back with ready held high: one beat per cycle, first output after `latency`."""
+    """Back to back with ready held high: one beat per cycle, first output after `latency`, which
+    SparseDSPChain.latency_of gives without building a chain (hw/mpe.py's cycle model uses it; 16 is
+    the engine's chain length)."""
     rng = random.Random(11)
     dut = SparseDSPChain(length, "int8")
-    assert dut.latency == {2: 7, 8: 15}[length]
+    assert dut.latency == {2: 7, 8: 15, 16: 24}[length]
+    assert SparseDSPChain.latency_of(length) == dut.latency
     beats = [random_beat(rng, length, "int8") for _ in range(10)]
     outputs, accepted, emitted = simulate(dut, beats, p_valid=1.0, p_ready=1.0)
     assert accepted == list(range(1, 11))
-    assert emitted == [c + dut.latency for c in accepted]
+    assert emitted == [c + SparseDSPChain.latency_of(length) for c in accepted]
     check_against_model(dut, beats, outputs)
 
 
