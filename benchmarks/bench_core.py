@@ -213,6 +213,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=6 * 3600)
     ap.add_argument("--slice", type=int, default=0, help="<buffer>_buffer parts: this many bytes of the word")
     ap.add_argument("--primitive", default="", choices=("", "uram", "bram"), help="<buffer>_buffer parts")
+    ap.add_argument("--hierarchical", action="store_true",
+                    help="resources: synth_xilinx without -flatten (per module; prints each module's counts)")
+    ap.add_argument("--report", default="", help="resources --hierarchical: write the last report's JSON here")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.board)
     if args.what == "convert":
@@ -263,11 +266,39 @@ def main(argv=None) -> int:
     for name in names:
         t0 = time.monotonic()
         tag = f"_s{args.slice}{args.primitive}" if args.slice or args.primitive else ""
-        report = synthesize(todo[name](), f"olivine_{name}_{args.config}{tag}", timeout=args.timeout)
+        report = synthesize(todo[name](), f"olivine_{name}_{args.config}{tag}", timeout=args.timeout,
+                            flatten=not args.hierarchical)
         row = _row(name, report, board)
         row["wall_seconds"] = round(time.monotonic() - t0, 1)
+        if args.hierarchical:
+            row["hierarchical"] = True
+            if board.luts:  # UltraScale+ CLBs hold two flip-flops per LUT (U280: 2,607K FF)
+                row["ff_board_pct"] = round(100 * row["ff"] / (2 * board.luts), 2)
+                row["ff_slr_pct"] = round(100 * row["ff"] * (board.slrs or 1) / (2 * board.luts), 2)
+            print_modules(report)
+            if args.report:
+                write_report(args.report, report)
         print(json.dumps(row), flush=True)
     return 0
+
+
+def print_modules(report) -> None:
+    """One JSON line per module of a hierarchical report, largest subtree (by LUT) first."""
+    for module, data in sorted(report.modules.items(), key=lambda kv: -kv[1]["total"]["lut"]):
+        print(json.dumps({"module": module, "instances": data["instances"], "total": data["total"],
+                          "own": data["own"]}), flush=True)
+
+
+def write_report(path: str, report) -> None:
+    """The report's JSON, written atomically."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(report.to_json())
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
