@@ -3,6 +3,7 @@
     python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
     python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
     python benchmarks/bench_core.py resources --config default --parts weight_buffer [--slice 64] [--primitive bram]
+    python benchmarks/bench_core.py resources --config small --parts core --hierarchical [--report core.json]
     python benchmarks/bench_core.py engine --chains 8 [--config default] [--ffs] [--lint] [--out engine.v]
 
 ``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
@@ -11,6 +12,9 @@ each part of the core as the core builds it (controller, LD, ST, the two transfe
 buffers, the matrix engine with DSP48E2 primitives, the SFU) and the whole core, each with
 hw.resources.synthesize (cached), and prints the cells with the fraction of one U280 SLR and of
 the board (docs/benchmarks.md records the figures). Run it niced: Yosys takes long on the whole core.
+``--hierarchical`` synthesises without ``-flatten`` (hw.resources.synthesize(flatten=False): one
+module at a time, so the whole core fits YoWASP's 4 GiB) and prints one line per module (instances,
+its subtree's and its own cells, largest first) before the total; ``--report`` keeps the JSON.
 ``engine`` converts the matrix engine alone (hw.mpe.MatrixEngine of the configuration with
 ``--chains`` chains, behavioural DSP models) and prints the conversion's seconds and size; ``--ffs``
 counts the flip-flop bits the design declares (the WIDTH of every ``$dff`` cell of Amaranth's

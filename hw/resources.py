@@ -15,6 +15,12 @@ dedicated cascade input: PCOUT->PCIN, ACOUT->ACIN, BCOUT->BCIN, CARRYCASCOUT->CA
 MULTSIGNOUT->MULTSIGNIN). IO and clock buffers are left out (-noiopad -noclkbuf): a unit is a
 piece of a larger design, not a chip.
 
+``synthesize(..., flatten=False)`` drops ``-flatten`` (script ``_HIERARCHICAL_SCRIPT``): every
+module is mapped on its own, so ABC9's peak memory is that of the largest module, which lets a
+design too big to flatten inside YoWASP's 4 GiB (the whole core at ``small``) finish. The counts are
+the whole design's (:func:`hierarchy_cells`: each module's own cells times its instances under the
+top) and ``ResourceReport.modules`` lists every module's instances, own and subtree counts.
+
 Yosys has no simulation model of DSP48E2 but knows its ports as a black box, so a design that
 instantiates ``Instance("DSP48E2", ...)`` synthesises with each primitive counted as one DSP.
 
@@ -56,6 +62,7 @@ __all__ = [
     "UnitError",
     "build_unit",
     "cli",
+    "hierarchy_cells",
     "main",
     "parse_param_args",
     "register_unit",
