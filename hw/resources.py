@@ -15,7 +15,8 @@ dedicated cascade input: PCOUT->PCIN, ACOUT->ACIN, BCOUT->BCIN, CARRYCASCOUT->CA
 MULTSIGNOUT->MULTSIGNIN). IO and clock buffers are left out (-noiopad -noclkbuf): a unit is a
 piece of a larger design, not a chip.
 
-``synthesize(..., flatten=False)`` drops ``-flatten`` (script ``_HIERARCHICAL_SCRIPT``): every
+``synthesize(..., flatten=False)`` drops ``-flatten`` (script ``_HIERARCHICAL_SCRIPT``, whose LUT
+mapping is the classic ``abc``: ABC9 trips an assertion of this Yosys on a kept hierarchy): every
 module is mapped on its own, so ABC9's peak memory is that of the largest module, which lets a
 design too big to flatten inside YoWASP's 4 GiB (the whole core at ``small``) finish. The counts are
 the whole design's (:func:`hierarchy_cells`: each module's own cells times its instances under the
@@ -96,10 +97,21 @@ write_json -selected {netlist}
 #: ``synthesize(..., flatten=False)``: the module hierarchy kept, so ABC9 maps one module at a time
 #: (peak memory that of the largest module, not of the whole design); ``stat -top`` sums the
 #: hierarchy. Only the DSP cells go to the netlist (all the cascade count needs; a whole core's
-#: full netlist is hundreds of MB).
+#: full netlist is hundreds of MB). LUT mapping by the classic ``abc`` (synth_xilinx's map_luts
+#: step with ``abc`` for ``abc9``, the rest of synth_xilinx as is): ABC9 on the kept hierarchy fails
+#: an internal assertion of this Yosys (``count_id(wire->name) == 0``, rtlil.cc, in
+#: ABC_OPS_REINTEGRATE) on the core's ``mpe.chain0.decode`` module, and this Yosys has no -noabc9.
 _HIERARCHICAL_SCRIPT = """\
 read_verilog -sv {source}
-synth_xilinx -family {family} -top {top} -noiopad -noclkbuf
+synth_xilinx -family {family} -top {top} -noiopad -noclkbuf -run :map_luts
+opt_expr -mux_undef -noclkinv
+abc -luts 2:2,3,6:5,10,20
+clean
+xilinx_srl -fixed -minlen 3
+techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6
+xilinx_dffopt
+opt_lut_ins -tech xilinx
+synth_xilinx -family {family} -top {top} -noiopad -noclkbuf -run finalize:
 tee -q -o {stat} stat -json -top {top}
 select t:DSP48*
 write_json -selected {netlist}
