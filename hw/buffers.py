@@ -26,8 +26,8 @@ The primitive of a bank follows from its shape, :func:`choose_primitive` (depth 
 :func:`primitive_count` counts the primitives of a bank as Yosys synth_xilinx maps it (measured,
 docs/benchmarks.md "Buffers at the U280 sizes"): BRAM the fewest RAMB36 of one aspect (512 x 64
 ... 4K x 8 data bits) tiling depth x width, which is ``ceil(depth x width / 32 Kib)`` only when the
-depth is a power of two of at least 512 (at least one per 64-bit column); URAM 9-byte columns, ``ceil(depth / 4096)`` deep, with the bytes left over
-(width mod 72 bits) of all the depth segments packed into shared URAM288. :func:`check_fit`
+depth is a power of two of at least 512 (at least one per 64-bit column); URAM 9-byte columns,
+``ceil(depth / 4096)`` deep, with the bytes left over (width mod 72 bits) of all the depth segments packed into shared URAM288. :func:`check_fit`
 refuses a configuration whose buffers, on all its cores, need more URAM or BRAM than the board has,
 naming each buffer's share.
 
