@@ -390,7 +390,8 @@ def synthesize(component_or_verilog, top: str, *, family: str = "xcup",
     of no optimisation across module boundaries (constants on ports are not propagated into a
     module). The report's counts are then the whole design's (each module's cells times its
     instance count) and ``report.modules`` gives every module's own and subtree counts; cascade
-    links are counted inside each module (times its instances).
+    links are counted inside each module (times its instances): a link whose DSPs sit in two
+    modules (a port between them) is not seen.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown Xilinx family {family!r}; synth_xilinx accepts: "
