@@ -3,6 +3,7 @@
     python benchmarks/bench_core.py convert [--config small|default] [--no-mpe]
     python benchmarks/bench_core.py resources [--config small] [--parts controller,ld,...] [--timeout S]
     python benchmarks/bench_core.py resources --config default --parts weight_buffer [--slice 64] [--primitive bram]
+    python benchmarks/bench_core.py resources --config small --parts core --hierarchical [--report core.json]
     python benchmarks/bench_core.py engine --chains 8 [--config default] [--ffs] [--lint] [--out engine.v]
 
 ``convert`` times hw.export.verilog(hw.hdl.core_for(config)) (elaboration, netlist, RTLIL, Yosys
@@ -11,6 +12,9 @@ each part of the core as the core builds it (controller, LD, ST, the two transfe
 buffers, the matrix engine with DSP48E2 primitives, the SFU) and the whole core, each with
 hw.resources.synthesize (cached), and prints the cells with the fraction of one U280 SLR and of
 the board (docs/benchmarks.md records the figures). Run it niced: Yosys takes long on the whole core.
+``--hierarchical`` synthesises without ``-flatten`` (hw.resources.synthesize(flatten=False): one
+module at a time, so the whole core fits YoWASP's 4 GiB) and prints one line per module (instances,
+its subtree's and its own cells, largest first) before the total; ``--report`` keeps the JSON.
 ``engine`` converts the matrix engine alone (hw.mpe.MatrixEngine of the configuration with
 ``--chains`` chains, behavioural DSP models) and prints the conversion's seconds and size; ``--ffs``
 counts the flip-flop bits the design declares (the WIDTH of every ``$dff`` cell of Amaranth's
@@ -213,6 +217,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=6 * 3600)
     ap.add_argument("--slice", type=int, default=0, help="<buffer>_buffer parts: this many bytes of the word")
     ap.add_argument("--primitive", default="", choices=("", "uram", "bram"), help="<buffer>_buffer parts")
+    ap.add_argument("--hierarchical", action="store_true",
+                    help="resources: synth_xilinx without -flatten (per module; prints each module's counts)")
+    ap.add_argument("--report", default="", help="resources --hierarchical: write the last report's JSON here")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.board)
     if args.what == "convert":
@@ -263,11 +270,39 @@ def main(argv=None) -> int:
     for name in names:
         t0 = time.monotonic()
         tag = f"_s{args.slice}{args.primitive}" if args.slice or args.primitive else ""
-        report = synthesize(todo[name](), f"olivine_{name}_{args.config}{tag}", timeout=args.timeout)
+        report = synthesize(todo[name](), f"olivine_{name}_{args.config}{tag}", timeout=args.timeout,
+                            flatten=not args.hierarchical)
         row = _row(name, report, board)
         row["wall_seconds"] = round(time.monotonic() - t0, 1)
+        if args.hierarchical:
+            row["hierarchical"] = True
+            if board.luts:  # UltraScale+ CLBs hold two flip-flops per LUT (U280: 2,607K FF)
+                row["ff_board_pct"] = round(100 * row["ff"] / (2 * board.luts), 2)
+                row["ff_slr_pct"] = round(100 * row["ff"] * (board.slrs or 1) / (2 * board.luts), 2)
+            print_modules(report)
+            if args.report:
+                write_report(args.report, report)
         print(json.dumps(row), flush=True)
     return 0
+
+
+def print_modules(report) -> None:
+    """One JSON line per module of a hierarchical report, largest subtree (by LUT) first."""
+    for module, data in sorted(report.modules.items(), key=lambda kv: -kv[1]["total"]["lut"]):
+        print(json.dumps({"module": module, "instances": data["instances"], "total": data["total"],
+                          "own": data["own"]}), flush=True)
+
+
+def write_report(path: str, report) -> None:
+    """The report's JSON, written atomically."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(report.to_json())
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,16 @@ The primitive of a bank follows from its shape, :func:`choose_primitive` (depth 
   ratio, so a memory shallower than 4,096 words leaves part of every URAM288 of it empty (the
   U280's weight buffer, 512 words of 2 KiB, would fill 1/8 of 228 URAM288).
 * A RAMB36 is 512 x 72 at its widest (and 1K x 36, 2K x 18, 4K x 9), with a write enable per 9
-  bits (a byte and its parity bit), so it holds 32 Kib of byte-enabled data and any depth of at
-  least 512 words fills it.
+  bits (a byte and its parity bit), so it holds 32 Kib of byte-enabled data and a depth of 512,
+  1K, 2K or 4K words fills it (a depth in between does not: 576 words take the primitives of 1K).
 * So: URAM when the bank is at least 4,096 words deep (then it fills whole URAM288, each holding
   the data of 9 RAMB36, and keeps the BRAM for the shallow buffers), else BRAM.
 
 :func:`primitive_count` counts the primitives of a bank as Yosys synth_xilinx maps it (measured,
-docs/benchmarks.md "Buffers at the U280 sizes"): BRAM ``ceil(depth x width / 32 Kib)`` (at least
-one per 64-bit column); URAM 9-byte columns, ``ceil(depth / 4096)`` deep, with the bytes left over
-(width mod 72 bits) of all the depth segments packed into shared URAM288. :func:`check_fit`
+docs/benchmarks.md "Buffers at the U280 sizes"): BRAM the fewest RAMB36 of one aspect (512 x 64
+... 4K x 8 data bits) tiling depth x width, which is ``ceil(depth x width / 32 Kib)`` only when the
+depth is a power of two of at least 512 (at least one per 64-bit column); URAM 9-byte columns,
+``ceil(depth / 4096)`` deep, with the bytes left over (width mod 72 bits) of all the depth segments packed into shared URAM288. :func:`check_fit`
 refuses a configuration whose buffers, on all its cores, need more URAM or BRAM than the board has,
 naming each buffer's share.
 
@@ -64,6 +65,8 @@ URAM_COLUMN_BITS = 72
 BRAM36_BITS = 32 * 1024
 #: The widest RAMB36 aspect (512 x 72, 64 data bits with byte enables).
 BRAM36_MIN_DEPTH = 512
+#: RAMB36 aspects with byte write enables (depth, data bits): 512 x 72, 1K x 36, 2K x 18, 4K x 9.
+BRAM36_ASPECTS = ((512, 64), (1024, 32), (2048, 16), (4096, 8))
 
 
 def choose_primitive(depth: int, width_bits: int) -> str:
@@ -79,7 +82,9 @@ def primitive_count(depth: int, width_bits: int, primitive: str) -> int:
     with byte write enables, as Yosys synth_xilinx maps it (module docstring; measured):
     URAM ``(width // 72) x segments + ceil((width mod 72) x segments / 72)`` with ``segments =
     ceil(depth / 4096)`` (e.g. 16K x 512 bits: 7 x 4 + 1 = 29); BRAM ``ceil(width / 64)`` up to 512
-    words, else ``ceil(depth x width / 32 Kib)`` (the deeper aspects trade width for depth)."""
+    words, else the fewest over the aspects 512 x 64, 1K x 32, 2K x 16, 4K x 8 data bits of
+    ``ceil(depth / aspect depth) x ceil(width / aspect width)`` (a depth between two aspects fills
+    no primitive: 576 x 1024 bits takes 32, not 18, measured)."""
     if width_bits % 8:
         raise ValueError(f"a bank {width_bits} bits wide: byte write enables need whole bytes")
     if primitive == "uram":
@@ -87,9 +92,7 @@ def primitive_count(depth: int, width_bits: int, primitive: str) -> int:
         full, rest = divmod(width_bits, URAM_COLUMN_BITS)
         return full * segments + -(-rest * segments // URAM_COLUMN_BITS)
     if primitive == "bram":
-        if depth <= BRAM36_MIN_DEPTH:
-            return -(-width_bits // 64)
-        return -(-depth * width_bits // BRAM36_BITS)
+        return min(-(-depth // rows) * -(-width_bits // bits) for rows, bits in BRAM36_ASPECTS)
     raise ValueError(f"primitive {primitive!r}: choose one of {', '.join(RAM_STYLES)}")
 
 

@@ -15,6 +15,13 @@ dedicated cascade input: PCOUT->PCIN, ACOUT->ACIN, BCOUT->BCIN, CARRYCASCOUT->CA
 MULTSIGNOUT->MULTSIGNIN). IO and clock buffers are left out (-noiopad -noclkbuf): a unit is a
 piece of a larger design, not a chip.
 
+``synthesize(..., flatten=False)`` drops ``-flatten`` (script ``_HIERARCHICAL_SCRIPT``, whose LUT
+mapping is the classic ``abc``: ABC9 trips an assertion of this Yosys on a kept hierarchy): every
+module is mapped on its own, so ABC9's peak memory is that of the largest module, which lets a
+design too big to flatten inside YoWASP's 4 GiB (the whole core at ``small``) finish. The counts are
+the whole design's (:func:`hierarchy_cells`: each module's own cells times its instances under the
+top) and ``ResourceReport.modules`` lists every module's instances, own and subtree counts.
+
 Yosys has no simulation model of DSP48E2 but knows its ports as a black box, so a design that
 instantiates ``Instance("DSP48E2", ...)`` synthesises with each primitive counted as one DSP.
 
@@ -56,6 +63,7 @@ __all__ = [
     "UnitError",
     "build_unit",
     "cli",
+    "hierarchy_cells",
     "main",
     "parse_param_args",
     "register_unit",
@@ -83,6 +91,29 @@ read_verilog -sv {source}
 synth_xilinx -family {family} -top {top} -flatten -noiopad -noclkbuf
 tee -q -o {stat} stat -json -top {top}
 select -module {top}
+write_json -selected {netlist}
+"""
+
+#: ``synthesize(..., flatten=False)``: the module hierarchy kept, so ABC9 maps one module at a time
+#: (peak memory that of the largest module, not of the whole design); ``stat -top`` sums the
+#: hierarchy. Only the DSP cells go to the netlist (all the cascade count needs; a whole core's
+#: full netlist is hundreds of MB). LUT mapping by the classic ``abc`` (synth_xilinx's map_luts
+#: step with ``abc`` for ``abc9``, the rest of synth_xilinx as is): ABC9 on the kept hierarchy fails
+#: an internal assertion of this Yosys (``count_id(wire->name) == 0``, rtlil.cc, in
+#: ABC_OPS_REINTEGRATE) on the core's ``mpe.chain0.decode`` module, and this Yosys has no -noabc9.
+_HIERARCHICAL_SCRIPT = """\
+read_verilog -sv {source}
+synth_xilinx -family {family} -top {top} -noiopad -noclkbuf -run :map_luts
+opt_expr -mux_undef -noclkinv
+abc -luts 2:2,3,6:5,10,20
+clean
+xilinx_srl -fixed -minlen 3
+techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6
+xilinx_dffopt
+opt_lut_ins -tech xilinx
+synth_xilinx -family {family} -top {top} -noiopad -noclkbuf -run finalize:
+tee -q -o {stat} stat -json -top {top}
+select t:DSP48*
 write_json -selected {netlist}
 """
 
@@ -131,6 +162,10 @@ class ResourceReport:
     yosys_version: str = ""
     seconds: float = 0.0
     cached: bool = False
+    #: hierarchical synthesis (``flatten=False``): module -> {"instances": n, "own": {kind: cells},
+    #: "total": {kind: cells of one instance with its submodules}}; empty when flattened.
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hierarchical: bool = False
 
     @property
     def cascade_total(self) -> int:
@@ -187,6 +222,86 @@ def classify_cells(cells_by_type: dict[str, int], top: str, family: str) -> Reso
     return report
 
 
+#: The ResourceReport counts a hierarchical report gives per module.
+MODULE_KINDS = ("lut", "ff", "carry", "lutram", "dsp", "bram36", "bram18", "uram", "srl", "muxf")
+
+
+def _strip(name: str) -> str:
+    return name[1:] if name.startswith("\\") else name
+
+
+def hierarchy_cells(stat_modules: dict[str, dict], top: str) -> tuple[dict[str, int], dict[str, int],
+                                                                     dict[str, dict[str, int]]]:
+    """Sum a hierarchical ``stat -json`` over the module tree under ``top``.
+
+    Returns (cells_by_type of the whole design, instances of each module under ``top``, each
+    module's own primitive cells). A module's cells count once per instance: a cell whose type is
+    another module of ``stat_modules`` is an instance of it, not a primitive.
+    """
+    own: dict[str, dict[str, int]] = {}
+    children: dict[str, dict[str, int]] = {}
+    for name, data in stat_modules.items():
+        mod = _strip(name)
+        own[mod], children[mod] = {}, {}
+        for cell, count in data.get("num_cells_by_type", {}).items():
+            cell = _strip(cell)
+            target = children[mod] if ("\\" + cell in stat_modules or cell in stat_modules) else own[mod]
+            target[cell] = target.get(cell, 0) + count
+    top = _strip(top)
+    if top not in own:
+        raise SynthesisError(f"stat has no module {top!r} (modules: {sorted(own)[:10]})")
+    order: list[str] = []  # post-order: every module after all of its submodules
+    state: dict[str, int] = {}
+
+    def visit(mod: str) -> None:
+        if state.get(mod) == 2:
+            return
+        if state.get(mod) == 1:
+            raise SynthesisError(f"module {mod!r} instantiates itself (recursive hierarchy)")
+        state[mod] = 1
+        for child in children[mod]:
+            visit(child)
+        state[mod] = 2
+        order.append(mod)
+
+    visit(top)
+    instances = {mod: 0 for mod in order}
+    instances[top] = 1
+    for mod in reversed(order):  # parents before children
+        for child, count in children[mod].items():
+            instances[child] += instances[mod] * count
+    total: dict[str, int] = {}
+    for mod in order:
+        for cell, count in own[mod].items():
+            total[cell] = total.get(cell, 0) + count * instances[mod]
+    return total, instances, {mod: own[mod] for mod in order}
+
+
+def _kinds(report: "ResourceReport") -> dict[str, int]:
+    return {kind: getattr(report, kind) for kind in MODULE_KINDS}
+
+
+def _module_table(stat_modules: dict[str, dict], top: str, family: str):
+    """(whole-design report without cascades, per-module table) of a hierarchical ``stat``."""
+    total, instances, own = hierarchy_cells(stat_modules, top)
+    report = classify_cells(total, top, family)
+    own_kinds = {mod: _kinds(classify_cells(cells, mod, family)) for mod, cells in own.items()}
+    children = {_strip(name): {_strip(c): n for c, n in data.get("num_cells_by_type", {}).items()
+                               if _strip(c) in own}
+                for name, data in stat_modules.items() if _strip(name) in own}
+    subtree: dict[str, dict[str, int]] = {}
+    for mod in own:  # post-order (hierarchy_cells' order): children first
+        sums = dict(own_kinds[mod])
+        for child, count in children[mod].items():
+            for kind, value in subtree[child].items():
+                sums[kind] += count * value
+        subtree[mod] = sums
+    report.modules = {mod: {"instances": instances[mod], "own": own_kinds[mod], "total": subtree[mod]}
+                      for mod in own}
+    report.hierarchical = True
+    return report, instances
+
+
 def count_cascade_links(netlist: dict, top: str) -> dict[str, int]:
     """Count DSP-to-DSP cascade links in a Yosys JSON netlist (``write_json``) of ``top``.
 
@@ -212,6 +327,18 @@ def count_cascade_links(netlist: dict, top: str) -> dict[str, int]:
                 if isinstance(bit, int):
                     pairs.update((name, other) for other in receivers.get(bit, ()) if other != name)
         links[f"{out_port}->{in_port}"] = len(pairs)
+    return links
+
+
+def _hierarchical_cascade_links(netlist: dict, instances: dict[str, int]) -> dict[str, int]:
+    """Cascade links of every module of a hierarchical netlist, each times its instance count
+    (a module without DSP cells is absent from the DSP-only netlist: no links)."""
+    links = {f"{out_port}->{in_port}": 0 for out_port, in_port in CASCADE_PORTS}
+    for name in netlist.get("modules", {}):
+        count = instances.get(_strip(name), 0)
+        if count:
+            for key, value in count_cascade_links(netlist, name).items():
+                links[key] += count * value
     return links
 
 
@@ -252,11 +379,19 @@ def _run_yosys(script: str, workdir: Path, timeout: float) -> None:
 
 
 def synthesize(component_or_verilog, top: str, *, family: str = "xcup",
-               timeout: float = 1800.0) -> ResourceReport:
+               timeout: float = 1800.0, flatten: bool = True) -> ResourceReport:
     """Synthesise with ``synth_xilinx -family family`` and count the cells (cached).
 
     ``component_or_verilog`` is Verilog text or an Amaranth ``wiring.Component`` (exported with
     :func:`olivine.hw.export.verilog` under the module name ``top``).
+
+    ``flatten=False`` keeps the module hierarchy (no ``-flatten``): Yosys maps each module on its
+    own, so a design too large to flatten within YoWASP's 4 GiB still synthesises, at the price
+    of no optimisation across module boundaries (constants on ports are not propagated into a
+    module). The report's counts are then the whole design's (each module's cells times its
+    instance count) and ``report.modules`` gives every module's own and subtree counts; cascade
+    links are counted inside each module (times its instances): a link whose DSPs sit in two
+    modules (a port between them) is not seen.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown Xilinx family {family!r}; synth_xilinx accepts: "
@@ -270,11 +405,12 @@ def synthesize(component_or_verilog, top: str, *, family: str = "xcup",
     if not re.search(rf"module\s+\\?{re.escape(top)}\b", text):
         raise ValueError(f"the Verilog does not define top module {top!r}")
 
+    script = _SCRIPT if flatten else _HIERARCHICAL_SCRIPT
     key = hashlib.sha256(json.dumps(
-        {"verilog": text, "top": top, "family": family, "script": _SCRIPT,
+        {"verilog": text, "top": top, "family": family, "script": script,
          "yosys": yosys_version()}, sort_keys=True).encode()).hexdigest()[:24]
     cache = _cache_dir()
-    cached_file = cache / f"{top}-{family}-{key}.json"
+    cached_file = cache / f"{top}-{family}{'' if flatten else '-hier'}-{key}.json"
     if cached_file.is_file():
         report = ResourceReport.from_dict(json.loads(cached_file.read_text()))
         report.cached = True
@@ -284,17 +420,21 @@ def synthesize(component_or_verilog, top: str, *, family: str = "xcup",
     with tempfile.TemporaryDirectory(prefix="olivine-synth-") as tmp:
         work = Path(tmp)
         (work / f"{top}.v").write_text(text)
-        _run_yosys(_SCRIPT.format(source=f"{top}.v", family=family, top=top,
-                                  stat="stat.json", netlist="netlist.json"), work, timeout)
+        _run_yosys(script.format(source=f"{top}.v", family=family, top=top,
+                                 stat="stat.json", netlist="netlist.json"), work, timeout)
         stat = json.loads((work / "stat.json").read_text())
         netlist = json.loads((work / "netlist.json").read_text())
-    design = stat.get("design") or {}
-    cells = design.get("num_cells_by_type")
-    if cells is None:  # older stat -json layouts: take the top module
-        module = stat.get("modules", {}).get("\\" + top) or stat.get("modules", {}).get(top, {})
-        cells = module.get("num_cells_by_type", {})
-    report = classify_cells(cells, top, family)
-    report.cascade_links = count_cascade_links(netlist, top)
+    if flatten:
+        design = stat.get("design") or {}
+        cells = design.get("num_cells_by_type")
+        if cells is None:  # older stat -json layouts: take the top module
+            module = stat.get("modules", {}).get("\\" + top) or stat.get("modules", {}).get(top, {})
+            cells = module.get("num_cells_by_type", {})
+        report = classify_cells(cells, top, family)
+        report.cascade_links = count_cascade_links(netlist, top)
+    else:
+        report, instances = _module_table(stat.get("modules", {}), top, family)
+        report.cascade_links = _hierarchical_cascade_links(netlist, instances)
     report.yosys_version = yosys_version()
     report.seconds = round(time.monotonic() - start, 2)
 

@@ -43,6 +43,8 @@ def test_primitive_follows_the_shape():
     assert primitive_count(16384, 256, "uram") == 15       # 3 x 4 + 3 (measured: 2 x 15)
     assert primitive_count(16384, 64, "uram") == 4         # (measured: 2 x 4)
     assert primitive_count(64, 128, "bram") == 2           # shallow: one RAMB36 per 64-bit column
+    assert primitive_count(576, 1024, "bram") == 32        # small's weight buffer: 1K x 32 aspect (measured: 32)
+    assert primitive_count(1536, 64, "bram") == 3          # three 512 x 64 deep beats two 1K x 32 x 2
     with pytest.raises(ValueError, match="choose one of"):
         primitive_count(512, 64, "lutram")
 

@@ -12,8 +12,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from olivine.hw import resources
-from olivine.hw.resources import (ResourceReport, UnitError, build_unit, classify_cells,
-                                  count_cascade_links, register_unit, synthesize)
+from olivine.hw.resources import (ResourceReport, SynthesisError, UnitError, build_unit, classify_cells,
+                                  count_cascade_links, hierarchy_cells, register_unit, synthesize)
 
 
 class RegisteredMultiplier(wiring.Component):
@@ -107,6 +107,71 @@ def test_cascade_links_follow_port_bits():
     assert links["PCOUT->PCIN"] == 2
     assert links["ACOUT->ACIN"] == 1
     assert links["BCOUT->BCIN"] == 0
+
+
+#: A hierarchy with shared modules: top has two ``pair`` (each two ``counter``, 8-bit q <= q + a:
+#: 8 flip-flops) and two ``cascade`` (two DSP48E2, PCOUT -> PCIN). Every instance has its own
+#: inputs, so flattening merges nothing and must give the same flip-flops, DSPs and links.
+HIERARCHY_VERILOG = """
+module counter(input clk, input [7:0] a, output reg [7:0] q);
+  always @(posedge clk) q <= q + a;
+endmodule
+module pair(input clk, input [7:0] a, input [7:0] b, output [7:0] qa, output [7:0] qb);
+  counter ca(.clk(clk), .a(a), .q(qa));
+  counter cb(.clk(clk), .a(b), .q(qb));
+endmodule
+module cascade(input clk, input [29:0] a, input [17:0] b, output [47:0] p);
+  wire [47:0] pc;
+  DSP48E2 #(.USE_MULT("MULTIPLY")) first(.CLK(clk), .A(a), .B(b), .ALUMODE(4'd0),
+                                         .OPMODE(9'b000000101), .PCOUT(pc));
+  DSP48E2 #(.USE_MULT("MULTIPLY")) second(.CLK(clk), .A(a), .B(b), .ALUMODE(4'd0),
+                                          .OPMODE(9'b000010101), .PCIN(pc), .P(p));
+endmodule
+module hier_top(input clk, input [7:0] a0, b0, a1, b1, input [29:0] x0, x1, input [17:0] y0, y1,
+                output [7:0] q0, q1, q2, q3, output [47:0] p0, p1);
+  pair u0(.clk(clk), .a(a0), .b(b0), .qa(q0), .qb(q1));
+  pair u1(.clk(clk), .a(a1), .b(b1), .qa(q2), .qb(q3));
+  cascade c0(.clk(clk), .a(x0), .b(y0), .p(p0));
+  cascade c1(.clk(clk), .a(x1), .b(y1), .p(p1));
+endmodule
+"""
+
+
+def test_hierarchy_cells_counts_each_module_once_per_instance():
+    stat = {"\\top": {"num_cells_by_type": {"mid": 2, "leaf": 1, "LUT2": 1}},
+            "\\mid": {"num_cells_by_type": {"\\leaf": 3, "FDRE": 2}},
+            "\\leaf": {"num_cells_by_type": {"LUT2": 5, "DSP48E2": 1}},
+            "\\unused": {"num_cells_by_type": {"LUT6": 100}}}
+    total, instances, own = hierarchy_cells(stat, "top")
+    assert instances == {"leaf": 7, "mid": 2, "top": 1}  # 2 x 3 under the mids + 1 directly
+    assert total == {"LUT2": 1 + 7 * 5, "FDRE": 2 * 2, "DSP48E2": 7}
+    assert own["mid"] == {"FDRE": 2}
+    with pytest.raises(SynthesisError, match="no module 'nope'"):
+        hierarchy_cells(stat, "nope")
+    with pytest.raises(SynthesisError, match="itself"):
+        hierarchy_cells({"\\a": {"num_cells_by_type": {"b": 1}},
+                         "\\b": {"num_cells_by_type": {"a": 1}}}, "a")
+
+
+@pytest.mark.synth
+def test_hierarchical_synthesis_sums_modules_times_instances():
+    report = synthesize(HIERARCHY_VERILOG, "hier_top", flatten=False)
+    assert report.hierarchical
+    mods = report.modules
+    assert {m: d["instances"] for m, d in mods.items()} == \
+        {"counter": 4, "pair": 2, "cascade": 2, "hier_top": 1}
+    assert report.ff == 4 * 8 and mods["counter"]["own"]["ff"] == 8
+    assert report.dsp48e2 == 4 and mods["cascade"]["own"]["dsp"] == 2
+    assert report.cascade_links["PCOUT->PCIN"] == 2
+    assert report.lut == 4 * mods["counter"]["own"]["lut"] > 0
+    assert mods["pair"]["total"]["ff"] == 16 and mods["hier_top"]["total"]["ff"] == report.ff
+    assert mods["hier_top"]["total"]["dsp"] == report.dsp
+    flat = synthesize(HIERARCHY_VERILOG, "hier_top")
+    assert not flat.hierarchical and flat.modules == {}
+    assert (flat.ff, flat.dsp48e2, flat.carry, flat.cascade_total) == \
+        (report.ff, report.dsp48e2, report.carry, report.cascade_total)
+    again = synthesize(HIERARCHY_VERILOG, "hier_top", flatten=False)
+    assert again.cached and again.to_dict() | {"cached": False} == report.to_dict()
 
 
 def test_report_round_trips_through_json():
