@@ -79,8 +79,9 @@ def hessians(loaded, n_calib: int, names, cache_dir: str):
         shared = gptq.collect_hessians(cfg, loaded.weights, calib, own)
         print(f"Hessians of {2 * n_calib} tokens in {time.perf_counter() - t0:.0f} s", flush=True)
         os.makedirs(cache_dir, exist_ok=True)
-        torch.save(shared, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        tmp = f"{path}.{os.getpid()}.tmp"  # two runs may write the same cache entry at once
+        torch.save(shared, tmp)
+        os.replace(tmp, path)
     out = {}
     for n in names:
         layer, short = n.rsplit(".", 1)
