@@ -13,6 +13,8 @@ Variant syntax, comma-separated key=value (defaults in brackets):
   calib=N [1024]  damp=F [0.01]  order=act|none [act]  kind=ovp4|int4 [ovp4]
   rtn=KINDS [-] (linear kinds rounded to nearest, "+"-separated, e.g. rtn=w_down+w_up)
   scale=ALPHA [0] (w_down input scaling s = rms(x)**ALPHA folded into w_up's rows)
+  nscale=ALPHA [0] (the same for the q/k/v and gate/up inputs, 1/s folded into the RMSNorm gammas)
+  group=64|128 [128] (4-bit multipliers per that many weights)
   int8=NAMES [-] ("+"-separated globs kept at INT8, e.g. int8=layers.2?.w_down)
 
     .venv/bin/python benchmarks/bench_accuracy_levers.py --variants calib=1024,rtn=w_down calib=4096,rtn=w_down
@@ -47,16 +49,17 @@ _SHARED = {"wk": "wq", "wv": "wq", "w_up": "w_gate"}
 
 
 def parse_variant(text: str) -> dict:
-    v = {"calib": 1024, "damp": gptq.DAMP, "order": "act", "kind": "ovp4", "rtn": (), "scale": 0.0, "int8": ()}
+    v = {"calib": 1024, "damp": gptq.DAMP, "order": "act", "kind": "ovp4", "rtn": (), "scale": 0.0, "int8": (), "nscale": 0.0,
+         "group": 128}
     for part in filter(None, text.split(",")):
         key, _, val = part.partition("=")
         if key not in v:
             raise SystemExit(f"unknown variant key {key!r} in {text!r}; keys: {', '.join(v)}")
         if key in ("rtn", "int8"):
             v[key] = tuple(val.split("+"))
-        elif key in ("calib",):
+        elif key in ("calib", "group"):
             v[key] = int(val)
-        elif key in ("damp", "scale"):
+        elif key in ("damp", "scale", "nscale"):
             v[key] = float(val)
         else:
             v[key] = val
@@ -76,8 +79,9 @@ def hessians(loaded, n_calib: int, names, cache_dir: str):
         shared = gptq.collect_hessians(cfg, loaded.weights, calib, own)
         print(f"Hessians of {2 * n_calib} tokens in {time.perf_counter() - t0:.0f} s", flush=True)
         os.makedirs(cache_dir, exist_ok=True)
-        torch.save(shared, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        tmp = f"{path}.{os.getpid()}.tmp"  # two runs may write the same cache entry at once
+        torch.save(shared, tmp)
+        os.replace(tmp, path)
     out = {}
     for n in names:
         layer, short = n.rsplit(".", 1)
@@ -85,67 +89,68 @@ def hessians(loaded, n_calib: int, names, cache_dir: str):
     return out
 
 
-def down_scales(v: dict, hs: dict, names) -> dict:
-    """w_down name -> its per-input-channel scale rms**v["scale"] (geometric mean 1), from the
-    calibration Hessian's diagonal; empty when the variant does not scale."""
+def input_scales(v: dict, hs: dict, names) -> dict:
+    """linear name -> the per-input-channel scale s of its input (the linear runs x / s with
+    weight w * s; golden.gptq.smoothing_scales of the calibration Hessian): w_down's with
+    v["scale"] (1/s folded into w_up's rows), q/k/v's and gate/up's with v["nscale"] (1/s folded
+    into the RMSNorm gamma before them, shared by the linears of one input); empty when neither."""
     scales = {}
-    if v["scale"]:
-        for n in names:
-            if n.endswith(".w_down"):
-                rms = torch.diagonal(hs[n]).clamp(min=1e-12).sqrt().to(torch.float32)
-                s = rms.pow(v["scale"])
-                scales[n] = s / s.log().mean().exp()
+    for n in names:
+        short = n.split(".")[-1]
+        alpha = v["scale"] if short == "w_down" else v["nscale"] if short in ("wq", "wk", "wv", "w_gate", "w_up") else 0
+        if alpha:
+            scales[n] = gptq.smoothing_scales(hs[n], alpha)
     return scales
 
 
 def quantize_variant(loaded, v: dict, hs: dict, names):
-    """name -> dequantized weight [N, K] of variant v; and the stored bits per weight."""
+    """name -> dequantized weight [N, K] of variant v (in the variant's own input scaling: the
+    model runs x / s, see input_scales); and the stored bits per weight."""
     w_all = {n: loaded.weights.linear(n).to(torch.float32) for n in names}
-    scales = down_scales(v, hs, names)
+    scales = input_scales(v, hs, names)
     deq, bits_num, bits_den = {}, 0, 0
+    group = v["group"]
     for n in names:
         short = n.split(".")[-1]
         layer = n.rsplit(".", 1)[0]
         w, h = w_all[n], hs[n]
-        if short == "w_down" and n in scales:
+        if n in scales:
             s = scales[n]
             w = w * s
             h = h / s.double().reshape(-1, 1) / s.double().reshape(1, -1)
-        if short == "w_up" and f"{layer}.w_down" in scales:
-            w = w / scales[f"{layer}.w_down"].reshape(-1, 1)
+        row = scales.get(f"{layer}.w_down") if short == "w_up" and v["scale"] else None
+        if row is not None:
+            w = w / row.reshape(-1, 1)
         if any(fnmatch.fnmatchcase(n, p) for p in v["int8"]):
             q = quantize_weight(w, "int8")
             d = q.dequantize().to(torch.float32)
             wbits = 8
         elif short in v["rtn"]:
             odd = v["kind"] == "ovp4" and w.shape[1] % 2  # OVP pairs: one zero column, as compile_linear adds
-            q = gptq.rtn_grouped(torch.nn.functional.pad(w, (0, 1)) if odd else w, v["kind"], 128, "mult4")
+            q = gptq.rtn_grouped(torch.nn.functional.pad(w, (0, 1)) if odd else w, v["kind"], group, "mult4")
             d = q.dequantize()[:, : w.shape[1]]
             wbits = 4
         else:
             ww, hh = w, h
             if v["kind"] == "ovp4" and w.shape[1] % 2:
                 ww, hh = torch.nn.functional.pad(w, (0, 1)), torch.nn.functional.pad(h, (0, 1, 0, 1))
-            opts = dict(act_order=v["order"] == "act", damp=v["damp"], group=128, group_factors="mult4")
+            opts = dict(act_order=v["order"] == "act", damp=v["damp"], group=group, group_factors="mult4")
             q = gptq.gptq_ovp(ww, hh, **opts) if v["kind"] == "ovp4" else gptq.gptq_int4(ww, hh, **opts)
             d = q.dequantize()[:, : w.shape[1]]
             wbits = 4
-        # undo the folding so the fake-quant model runs the original input x: w_down' x/s = (w_down' / s) x
-        if short == "w_down" and n in scales:
-            d = d / scales[n]
-        if short == "w_up" and f"{layer}.w_down" in scales:
-            d = d * scales[f"{layer}.w_down"].reshape(-1, 1)
+        if row is not None:  # w_up's output back on the original scale (the folded 1/s is w_down's)
+            d = d * row.reshape(-1, 1)
         deq[n] = d.to(torch.float32)
         nn_, kk = w.shape  # bits as the compiler stores them (golden.mixed.storage_bytes)
         bits_num += 8 * storage_bytes(nn_, kk, LayerQuant(v["kind"] if wbits == 4 else "int8", "int8",
-                                                          group=128 if wbits == 4 else None))
+                                                          group=group if wbits == 4 else None))
         bits_den += nn_ * kk
     return deq, bits_num / bits_den
 
 
 class _ScaledInputs(FakeQuantLlama):
-    """FakeQuantLlama whose w_down takes INT8 fake-quantized x / s (the folded form's input) with
-    weight w_down' = deq * s: identical to the integer form up to the per-token rounding."""
+    """FakeQuantLlama whose scaled linears take INT8 fake-quantized x / s (the folded form's input)
+    with their quantized weight of w * s: the integer form up to the per-token rounding."""
 
     def __init__(self, config, weights, deq, scales):
         super().__init__(config, weights, deq)
@@ -157,7 +162,7 @@ class _ScaledInputs(FakeQuantLlama):
             return super().linear(name, x, weight)
         from olivine.golden.contract import fake_quant_act_dynamic_int8
 
-        return torch.matmul(fake_quant_act_dynamic_int8(x / s), (self.dequantized[name] * s).t())
+        return torch.matmul(fake_quant_act_dynamic_int8(x / s), self.dequantized[name].t())
 
 
 def main(argv=None) -> int:
@@ -190,7 +195,7 @@ def main(argv=None) -> int:
         deq, bits = quantize_variant(loaded, v, hs, names)
         tq = time.perf_counter() - t0
         deq["lm_head"] = head
-        scales = down_scales(v, hs, names)
+        scales = input_scales(v, hs, names)
         model = _ScaledInputs(cfg, loaded.weights, deq, scales)
         res = {c: perplexity(model, ids) for c, ids in texts.items()}
         g = (sum(greedy_agreement(ref, model, p, args.greedy_n) for p in prompts) / len(prompts)) \

@@ -543,14 +543,16 @@ def storage_report(comp: Compiled) -> dict:
             "weight_image": {**comp.layout.image_parts, "total": sum(comp.layout.image_parts.values())}}
 
 
-def calibration_tokens(loaded):
+def calibration_tokens(loaded, qcfg=None):
     """The calibration token ids of ``loaded`` (a golden.loaders model): golden.data's one rule
     (Lee + Tiny Shakespeare after the default evaluation tokens), the tokens golden.accuracy
-    calibrates with at its default length, so a compiled model equals the one it measures."""
-    from olivine.golden.data import model_calibration_tokens
+    calibrates with at its default length, so a compiled model equals the one it measures.
+    ``qcfg``: the QuantConfig they are for (its GPTQ may take more tokens per corpus)."""
+    from olivine.golden.data import CALIBRATION_TOKENS, model_calibration_tokens
 
+    n = CALIBRATION_TOKENS if qcfg is None else qcfg.calibration_length(CALIBRATION_TOKENS)
     try:
-        return model_calibration_tokens(loaded)
+        return model_calibration_tokens(loaded, n_tokens=n)
     except ValueError as err:
         raise CompileError(str(err)) from None
 
@@ -702,7 +704,7 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
             print(f"olivine compile: budget {budget:g} bits -> {assignment.average_bits:.3f} bits per weight "
                   f"({', '.join(f'{c} x{n}' for c, n in assignment.counts.items())})", file=sys.stderr)
     elif qcfg.needs_calibration():  # static activation scales, GPTQ Hessians: golden's one rule
-        calib = calibration_tokens(loaded)
+        calib = calibration_tokens(loaded, qcfg)
     q = quantize_cached(loaded, qcfg, calib)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))
     comp = compile_model(spec, hw, max_context=plan.max_context, max_prompt=plan.max_prompt,

@@ -297,12 +297,16 @@ def accuracy_table(model_name: str, presets: Iterable[str] = DEFAULT_PRESETS,
                 bar.advance(f"{preset}: skipped", 2 + len(corpora))
                 continue
             say(f"{cfg.name}: quantizing {preset}")
+            c_tokens = calib
+            if getattr(qcfg, "gptq_tokens", None):  # its GPTQ takes more calibration text (same first tokens)
+                c_tokens = calibration_tokens(tok, qcfg.calibration_length(calib.shape[-1]), max_seq_len=cfg.max_seq_len,
+                                              n_eval=n_tokens)
             if quantize is _quantize_model():
                 from .qcache import quantize_cached  # the same model, kept on disk between runs
 
-                model = quantize_cached(loaded, qcfg, calib, progress=say)
+                model = quantize_cached(loaded, qcfg, c_tokens, progress=say)
             else:
-                model = quantize(cfg, loaded.weights, qcfg, calib)
+                model = quantize(cfg, loaded.weights, qcfg, c_tokens)
             bar.advance(f"{preset}: quantized")
         for name, ids in texts.items():
             say(f"{cfg.name} {preset}: perplexity on {name}")

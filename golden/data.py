@@ -131,14 +131,17 @@ def calibration_tokens(tokenizer: TextTokenizer, n_tokens: int = CALIBRATION_TOK
     return torch.stack([corpus_tokens(c, tokenizer, n_tokens, offset_tokens=offset) for c in CALIBRATION_CORPORA])
 
 
-def model_calibration_tokens(loaded, n_eval: int | None = None, held_out: bool = False) -> torch.Tensor:
+def model_calibration_tokens(loaded, n_eval: int | None = None, held_out: bool = False,
+                             n_tokens: int = CALIBRATION_TOKENS) -> torch.Tensor:
     """:func:`calibration_tokens` of a golden.loaders model (its tokenizer and context); the tokens
     ``olivine compile`` and the accuracy table (at its default length) both calibrate with.
     ``held_out``: the next CALIBRATION_TOKENS of the same corpora instead (text that neither the
     calibration nor the evaluation sees: golden.mixed scores GPTQ's choices on it, which would
-    look better than they are on the very tokens GPTQ fitted)."""
+    look better than they are on the very tokens GPTQ fitted). ``n_tokens``: tokens per corpus
+    (more for a configuration whose GPTQ takes more, QuantConfig.calibration_length; their first
+    CALIBRATION_TOKENS are the default's)."""
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.config.name}: calibration needs text, but the checkpoint has no tokenizer; "
                          "choose a configuration without static activations, GPTQ or a budget (e.g. w4a8-ovp)")
     offset = calibration_offset(loaded.config.max_seq_len, n_eval) + (CALIBRATION_TOKENS if held_out else 0)
-    return calibration_tokens(loaded.tokenizer, offset_tokens=offset)
+    return calibration_tokens(loaded.tokenizer, n_tokens, offset_tokens=offset)

@@ -49,7 +49,7 @@ from .model import FloatLlama, LlamaConfig, LlamaWeights
 from .ovp_format import get_format
 
 __all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "CALIBRATION_WINDOW", "gptq_ovp", "gptq_int4", "to_qweight",
-           "quantize_linears", "quantize_linears_sequential",
+           "quantize_linears", "quantize_linears_sequential", "smoothing_scales", "smooth_down_inputs",
            "rtn_ovp_values", "rtn_grouped", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES",
            "SCALE_MODES"]
 
@@ -501,14 +501,51 @@ def _quantize_one(name: str, kind: str, w: torch.Tensor, h: torch.Tensor, group:
 
 
 def quantize_linears(config: LlamaConfig, weights: LlamaWeights, calib_tokens, kinds: dict[str, str],
-                     groups: dict[str, int | None] | None = None, **options):
+                     groups: dict[str, int | None] | None = None, *, hessians: dict[str, torch.Tensor] | None = None,
+                     float_weights: dict[str, torch.Tensor] | None = None, **options):
     """QWeight per linear name in ``kinds`` (name -> "ovp4" | "int4"), chosen by GPTQ with the
     Hessians of ``calib_tokens`` (float-model inputs). ``groups``: name -> group size for the
-    contract's 4-bit group multipliers (absent / None: row scales only). ``options`` go to
-    gptq_ovp / gptq_int4."""
-    hs = collect_hessians(config, weights, calib_tokens, list(kinds))
-    return {name: _quantize_one(name, kind, weights.linear(name), hs[name], (groups or {}).get(name), options)
+    contract's 4-bit group multipliers (absent / None: row scales only). ``hessians``: name -> H
+    already collected (then ``calib_tokens`` is not run); ``float_weights``: name -> the float
+    weight to quantize instead of ``weights.linear(name)`` (a re-parametrized one, e.g.
+    :func:`smooth_down_inputs`). ``options`` go to gptq_ovp / gptq_int4."""
+    hs = hessians if hessians is not None else collect_hessians(config, weights, calib_tokens, list(kinds))
+    fw = float_weights or {}
+    return {name: _quantize_one(name, kind, fw.get(name, weights.linear(name)), hs[name], (groups or {}).get(name), options)
             for name, kind in kinds.items()}
+
+
+def smoothing_scales(h: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-input-channel scales s_j = rms_j**alpha (float32 [K], geometric mean 1 over the live
+    channels; a channel with no calibration energy keeps s = 1), rms_j = sqrt(H_jj) of the
+    calibration Hessian H = X^T X / n. Multiplying a linear's column j by s_j and its input by 1/s_j
+    leaves the product unchanged and moves the input's outlier channels into the weight."""
+    d = torch.diagonal(h).to(torch.float64)
+    live = d > 0
+    s = torch.ones_like(d)
+    if bool(live.any()):
+        s[live] = d[live].sqrt().pow(alpha)
+        s[live] = s[live] / s[live].log().mean().exp()
+    return s.to(torch.float32)
+
+
+def smooth_down_inputs(weights: LlamaWeights, hessians: dict[str, torch.Tensor], alpha: float, layers) -> tuple[dict, dict]:
+    """Weight re-parametrization of every listed decoder layer's FFN, exact in float: w_up's row j
+    x 1/s_j and w_down's column j x s_j (s = :func:`smoothing_scales` of w_down's Hessian), since
+    w_down (silu(g) * u) = (w_down diag(s)) (silu(g) * u / s). Returns (name -> rescaled float
+    weight, name -> w_down's Hessian of the rescaled input, H / (s s^T)); ``hessians`` must hold
+    each layer's ``layers.<i>.w_down``."""
+    new_w, new_h = {}, {}
+    for i in layers:
+        down, up = f"layers.{i}.w_down", f"layers.{i}.w_up"
+        if down not in hessians:
+            raise GptqError(f"smoothing w_down's input needs its calibration Hessian; {down} has none")
+        s = smoothing_scales(hessians[down], alpha)
+        new_w[down] = weights.linear(down).to(torch.float32) * s
+        new_w[up] = weights.linear(up).to(torch.float32) / s.reshape(-1, 1)
+        sd = s.to(torch.float64)
+        new_h[down] = hessians[down].to(torch.float64) / sd.reshape(-1, 1) / sd.reshape(1, -1)
+    return new_w, new_h
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ linear names as :meth:`olivine.golden.model.LlamaWeights.named_linears` spells t
 ``"layers.3.wq"``, ``"layers.*.w_down"``, ``"lm_head"``. When several patterns match a name the
 one inserted LAST wins (like later rules in a style sheet), so put general patterns first.
 
+Besides the per-linear choices a QuantConfig carries two whole-model options (PRESET_OPTIONS):
+``gptq_tokens`` (calibration tokens per corpus for GPTQ's Hessians; None: all the calibration
+tokens given) and ``smooth_down`` (alpha of the w_down input smoothing s = rms(x)**alpha folded
+into w_up's rows; 0: none).
+
 Presets (``QuantConfig.preset(name)``; lm_head is the sensitive layer everywhere: its weight is the
 (tied) embedding table and its output is the logits, so it stays INT8 weights x INT8 activations):
 
@@ -39,6 +44,14 @@ w4a8-ovp-gptq-g128-rtndown  w4a8-ovp-gptq-g128 with every w_down rounded to near
                    outlier-channel inputs (SmolLM2 float path, N = 1,024: Lee 1.36x -> 1.32x,
                    Shakespeare 1.26x -> 1.24x; docs/benchmarks.md). Needs calibration tokens.
 w4a8-int4-gptq-g128-rtndown  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
+w4a8-ovp-gptq-g128-cal4k-smooth  w4a8-ovp-gptq-g128 (GPTQ on every linear, w_down included) with
+                   GPTQ's Hessians from 4,096 calibration tokens per corpus (static scales keep
+                   golden.data.CALIBRATION_TOKENS) and w_down's input channels smoothed: w_up's
+                   row j x 1/s_j, w_down's column j x s_j, s = rms(x)**0.5 of the calibration
+                   inputs (exact in float; weights only, same contract). SmolLM2 integer model,
+                   N = 1,024: Lee 1.27x, Shakespeare 1.18x fp32 (docs/benchmarks.md). Needs
+                   calibration tokens.
+w4a8-int4-gptq-g128-cal4k-smooth  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -49,7 +62,7 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = ["QuantConfigError", "LayerQuant", "QuantConfig", "PRESETS", "WEIGHT_CHOICES", "ACT_CHOICES",
-           "SPARSITY_CHOICES", "METHOD_CHOICES", "GPTQ_METHODS", "NAME_PATTERN"]
+           "SPARSITY_CHOICES", "METHOD_CHOICES", "GPTQ_METHODS", "NAME_PATTERN", "PRESET_OPTIONS"]
 
 WEIGHT_CHOICES = ("ovp4", "int4", "int8", "fp32")
 ACT_CHOICES = ("int8", "int8-pow2", "int8-static", "ovp4", "fp32")
@@ -150,16 +163,30 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
                                    {"layers.*.w_down": LayerQuant("ovp4", "int8", group=128), "lm_head": _W8A8}),
     "w4a8-int4-gptq-g128-rtndown": (LayerQuant("int4", "int8", method="gptq", group=128),
                                     {"layers.*.w_down": LayerQuant("int4", "int8", group=128), "lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128-cal4k-smooth": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-gptq-g128-cal4k-smooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+}
+
+#: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down)
+PRESET_OPTIONS: dict[str, dict] = {
+    "w4a8-ovp-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
+    "w4a8-int4-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
 }
 
 
 @dataclass
 class QuantConfig:
-    """Default LayerQuant plus glob-pattern overrides (last matching pattern wins)."""
+    """Default LayerQuant plus glob-pattern overrides (last matching pattern wins), and two
+    whole-model options: ``gptq_tokens``, the calibration tokens per corpus (row) GPTQ's Hessians
+    use (None: every calibration token given; else the caller passes at least that many, and
+    static activation scales keep the first golden.data.CALIBRATION_TOKENS), ``smooth_down``,
+    alpha of the w_down input smoothing (golden.gptq.smoothing_scales; 0: none)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
     overrides: dict[str, LayerQuant] = field(default_factory=dict)
     name: str = "custom"
+    gptq_tokens: int | None = None
+    smooth_down: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerQuant):
@@ -171,6 +198,12 @@ class QuantConfig:
                     f"'layers.*.w_down' or 'lm_head' (linears: {', '.join(_LINEARS)})")
             if not isinstance(lq, LayerQuant):
                 raise QuantConfigError(f"override {pat!r} must map to a LayerQuant, got {type(lq).__name__}")
+        g = self.gptq_tokens
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 16):
+            raise QuantConfigError(f"QuantConfig.gptq_tokens={g!r}; expected None or a token count >= 16 per corpus")
+        a = self.smooth_down
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+            raise QuantConfigError(f"QuantConfig.smooth_down={a!r}; expected an exponent alpha in [0, 1] (0: no smoothing)")
 
     @classmethod
     def preset(cls, name: str) -> "QuantConfig":
@@ -178,7 +211,7 @@ class QuantConfig:
         if name not in PRESETS:
             raise QuantConfigError(f"unknown quantization preset {name!r}; expected one of {tuple(PRESETS)}")
         default, overrides = PRESETS[name]
-        return cls(default, dict(overrides), name=name)
+        return cls(default, dict(overrides), name=name, **PRESET_OPTIONS.get(name, {}))
 
     def with_overrides(self, overrides: dict[str, LayerQuant]) -> "QuantConfig":
         """A copy with more overrides appended (they win over the existing ones)."""
@@ -186,7 +219,8 @@ class QuantConfig:
         for k, v in overrides.items():
             merged.pop(k, None)
             merged[k] = v
-        return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}")
+        return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}",
+                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down)
 
     def for_layer(self, name: str) -> LayerQuant:
         """The LayerQuant of linear ``name`` (last matching override, else the default)."""
@@ -212,5 +246,15 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return any(lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS
-                   for lq in [self.default, *self.overrides.values()])
+        return self.smooth_down > 0 or any(lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS
+                                           for lq in [self.default, *self.overrides.values()])
+
+    def calibration_length(self, default: int) -> int:
+        """Calibration tokens per corpus this configuration needs when static scales take ``default``."""
+        return max(default, self.gptq_tokens or 0)
+
+    def describe_options(self) -> str:
+        """The whole-model options as text ("" when there are none)."""
+        parts = ([f"GPTQ on {self.gptq_tokens} calibration tokens per corpus"] if self.gptq_tokens else []) + \
+                ([f"w_down input smoothed by rms^{self.smooth_down:g}"] if self.smooth_down else [])
+        return "; ".join(parts)

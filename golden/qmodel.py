@@ -407,26 +407,52 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
     if qcfg.is_float:
         return QLlama(config, weights, qcfg, {}, None, lq)
     calib: dict[str, torch.Tensor] = {}
+    static_tokens = gptq_tokens = calib_tokens
+    if qcfg.gptq_tokens is not None and calib_tokens is not None:
+        # GPTQ's Hessians take gptq_tokens per corpus; static scales keep the rule's first tokens
+        from .data import CALIBRATION_TOKENS
+
+        ct = torch.as_tensor(calib_tokens)
+        if ct.shape[-1] < qcfg.gptq_tokens:
+            raise ContractError(f"{qcfg.name} calibrates GPTQ on {qcfg.gptq_tokens} tokens per corpus but calib_tokens "
+                                f"holds {ct.shape[-1]}; pass golden.data.model_calibration_tokens(loaded, "
+                                f"n_tokens={qcfg.gptq_tokens}) (or calibration_tokens(..., n_tokens=...))")
+        static_tokens, gptq_tokens = ct[..., :CALIBRATION_TOKENS], ct[..., : qcfg.gptq_tokens]
     static = [n for n in names if lq[n].acts in ("ovp4", "int8-static")]
     if static:
         if calib_tokens is None:
             raise ContractError(f"{len(static)} linears use static activations ({static[0]}, ...); pass calib_tokens")
-        calib = collect_linear_inputs(config, weights, calib_tokens, static)
+        calib = collect_linear_inputs(config, weights, static_tokens, static)
     gptq_w = {}
+    float_w: dict[str, torch.Tensor] = {}  # re-parametrized float weights (w_down input smoothing)
     gptq_names = [n for n in names if lq[n].method in GPTQ_METHODS]
-    if gptq_names:
+    if gptq_names or qcfg.smooth_down:
         if calib_tokens is None:
-            raise ContractError(f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...); pass calib_tokens")
+            what = f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...)" if gptq_names else \
+                "w_down input smoothing needs calibration inputs"
+            raise ContractError(f"{what}; pass calib_tokens")
         from . import gptq
 
         par = [n for n in gptq_names if lq[n].method == "gptq"]
         seq = [n for n in gptq_names if lq[n].method == "gptq-seq"]
+        if seq and qcfg.smooth_down:
+            raise ContractError(f"{qcfg.name}: w_down input smoothing is offered with one-pass GPTQ or round-to-nearest, "
+                                "not sequential GPTQ (gptq-seq); use method='gptq'")
+        downs = [f"layers.{i}.w_down" for i in range(config.n_layers)] if qcfg.smooth_down else []
+        hs = gptq.collect_hessians(config, weights, gptq_tokens, list(dict.fromkeys(par + downs))) \
+            if par or downs else {}
+        if downs:
+            # w_up's rows x 1/s, w_down's columns x s: the same function in float; only w_down's grid
+            # and its per-token INT8 input see the change (w_up's per-row scale absorbs 1/s)
+            float_w, smoothed_h = gptq.smooth_down_inputs(weights, hs, qcfg.smooth_down, range(config.n_layers))
+            hs.update(smoothed_h)
         if par:
-            gptq_w.update(gptq.quantize_linears(config, weights, calib_tokens, {n: lq[n].weights for n in par},
-                                                groups={n: lq[n].group for n in par}))
+            gptq_w.update(gptq.quantize_linears(config, weights, None, {n: lq[n].weights for n in par},
+                                                groups={n: lq[n].group for n in par}, hessians=hs,
+                                                float_weights=float_w))
         if seq:  # the other linears run float during this calibration (the presets make them all gptq-seq)
             gptq_w.update(gptq.quantize_linears_sequential(
-                config, weights, calib_tokens, {n: lq[n].weights for n in seq}, groups={n: lq[n].group for n in seq},
+                config, weights, gptq_tokens, {n: lq[n].weights for n in seq}, groups={n: lq[n].group for n in seq},
                 act_quant=lambda n: lq[n].acts != "fp32", show_progress=show_progress))
     linears = {}
     # progress per decoder layer (its 7 linears) and the head
@@ -436,7 +462,7 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             short = n.split(".")[-1]
             in_f, out_f = _IN_OUT_FRAC[short]
             q = lq[n]
-            linears[n] = compile_linear(weights.linear(n), None, weights=q.weights, acts=q.acts, in_frac=in_f,
+            linears[n] = compile_linear(float_w.get(n, weights.linear(n)), None, weights=q.weights, acts=q.acts, in_frac=in_f,
                                         out_frac=out_f, sparsity=q.sparsity, calib=calib.get(n), name=n,
                                         qweight=gptq_w.get(n), group=q.group)
             if n == "lm_head" or short == LINEAR_NAMES[-1]:

@@ -38,12 +38,13 @@ class _Parser(argparse.ArgumentParser):
 # ---- help texts computed from the rooms' own tables ------------------------------------------------
 
 def _presets_help() -> str:
-    from olivine.golden.qconfig import PRESETS
+    from olivine.golden.qconfig import PRESETS, QuantConfig
 
     lines = ["precision presets (weights/activations; overrides by layer pattern):"]
     for name, (default, overrides) in PRESETS.items():
         extra = "".join(f", {pattern} {lq.describe()}" for pattern, lq in overrides.items())
-        lines.append(f"  {name:<16} {default.describe()}{extra}")
+        options = QuantConfig.preset(name).describe_options()
+        lines.append(f"  {name:<16} {default.describe()}{extra}" + (f"; {options}" if options else ""))
     lines.append("  (ovp4 = OliVe outlier-victim pairs, 4-bit; N:16 = block sparsity; details in golden/qconfig.py)")
     return "\n".join(lines)
 

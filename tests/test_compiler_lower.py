@@ -467,24 +467,27 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown",
-                                    "w4a8-int4-gptq-g128-rtndown"])
+                                    "w4a8-int4-gptq-g128-rtndown", "w4a8-ovp-gptq-g128-cal4k-smooth",
+                                    "w4a8-int4-gptq-g128-cal4k-smooth"])
 def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     """w4a8-ovp-gptqseq-g128 (sequential GPTQ), w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
-    round-to-nearest) and its INT4 counterpart, group multipliers, on glassllm: other w_down grid
-    values than the one-pass GPTQ preset of the same grid, still valid OVP codes (INT4 in -7..7),
-    and the functional simulator reproduces golden's integer model bit for bit (tokens and every
-    logit)."""
+    round-to-nearest), w4a8-ovp-gptq-g128-cal4k-smooth (GPTQ on 4,096 calibration tokens per
+    corpus, w_down's input smoothed into w_up's rows) and their INT4 counterparts, group
+    multipliers, on glassllm: other w_down grid values than the one-pass GPTQ preset of the same
+    grid, still valid OVP codes (INT4 in -7..7), and the functional simulator reproduces golden's
+    integer model bit for bit (tokens and every logit)."""
     from olivine.golden import ovp
-    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.data import CALIBRATION_TOKENS, model_calibration_tokens
     from olivine.golden.loaders import load_model
+    from olivine.golden.qconfig import QuantConfig
     from olivine.golden.qmodel import quantize_model
 
     m = load_model("glassllm")
-    calib = model_calibration_tokens(m)
+    calib = model_calibration_tokens(m, n_tokens=QuantConfig.preset(preset).calibration_length(CALIBRATION_TOKENS))
     q = quantize_model(m.config, m.weights, preset, calib, show_progress=False)
     kind = "int4" if "int4" in preset else "ovp4"
     one_pass = "w4a8-int4-gptq-g128" if kind == "int4" else "w4a8-ovp-gptq-g128"
-    one = quantize_model(m.config, m.weights, one_pass, calib, show_progress=False)
+    one = quantize_model(m.config, m.weights, one_pass, calib[:, :CALIBRATION_TOKENS], show_progress=False)
     w = q.linears["layers.3.w_down"].weight
     assert w.kind == kind and w.group == 128 and q.linears["lm_head"].weight.kind == "int8"
     if kind == "ovp4":

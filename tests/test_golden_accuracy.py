@@ -193,3 +193,22 @@ def test_accuracy_budget_rows_through_the_command_line(capsys):
                        show_progress=False)
     want = perplexity(q, corpus_tokens("lee", m.tokenizer, 300), window=m.config.max_seq_len)
     assert report["results"][1]["perplexity"]["lee"] == pytest.approx(want, rel=1e-9)
+
+
+def test_accuracy_row_of_a_preset_with_its_own_gptq_calibration_length():
+    """w4a8-ovp-gptq-g128-cal4k-smooth's GPTQ takes 4,096 calibration tokens per corpus: the table
+    passes them (the rule's text from the same offset) and its row is the integer model that
+    quantize_model builds from exactly those tokens."""
+    from olivine.golden.accuracy import perplexity
+    from olivine.golden.data import calibration_tokens, corpus_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    preset = "w4a8-ovp-gptq-g128-cal4k-smooth"
+    (row,) = accuracy_table("glassllm", [preset], corpora=("shakespeare",), n_tokens=300, greedy_n=4)
+    assert row.status == "ok"
+    m = load_model("glassllm")
+    calib = calibration_tokens(m.tokenizer, 4096, max_seq_len=m.config.max_seq_len, n_eval=300)
+    q = quantize_model(m.config, m.weights, preset, calib, show_progress=False)
+    ids = corpus_tokens("shakespeare", m.tokenizer, 300)
+    assert row.perplexity["shakespeare"] == perplexity(q, ids, window=min(m.config.max_seq_len, 299))

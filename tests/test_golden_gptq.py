@@ -300,3 +300,93 @@ def test_hessians_sum_over_calibration_windows():
         assert torch.allclose(hs[n], x.T @ x / 60, rtol=1e-12, atol=1e-12), n
     with pytest.raises(gptq.GptqError, match="window"):
         gptq.collect_hessians(m.config, m.weights, ids, names, window=0)
+
+
+def test_smoothing_scales_are_rms_powers_with_unit_geometric_mean():
+    """s_j = rms_j**alpha rescaled to geometric mean 1 over the live channels; a channel the
+    calibration never excites keeps s = 1 (rather than a huge 1/s in w_up's row)."""
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * torch.tensor(
+        [1.0, 4.0, 0.25, 9.0, 1.0, 0.0], dtype=torch.float64)
+    h = x.T @ x / x.shape[0]
+    s = gptq.smoothing_scales(h, 0.5)
+    rms = torch.diagonal(h)[:5].sqrt()
+    want = rms.pow(0.5) / rms.pow(0.5).log().mean().exp()
+    assert torch.allclose(s[:5].double(), want, rtol=1e-6) and float(s[5]) == 1.0
+    assert abs(float(s[:5].double().log().mean())) < 1e-6
+    assert float(s[3]) > float(s[0]) > float(s[2])  # outlier channels get the largest scales
+
+
+def test_smooth_down_inputs_is_exact_in_float():
+    """w_up's rows x 1/s and w_down's columns x s leave the float model's function unchanged
+    (SwiGLU is linear in u), so the smoothing is a weight re-parametrization only."""
+    import dataclasses
+
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.model import FloatLlama
+
+    m = load_model("glassllm")
+    downs = [f"layers.{i}.w_down" for i in range(m.config.n_layers)]
+    hs = gptq.collect_hessians(m.config, m.weights, model_calibration_tokens(m)[:, :128], downs)
+    new_w, new_h = gptq.smooth_down_inputs(m.weights, hs, 0.5, range(m.config.n_layers))
+    s = gptq.smoothing_scales(hs["layers.0.w_down"], 0.5)
+    assert float(s.max() / s.min()) > 2  # a real rescaling, not ~1
+    assert torch.allclose(new_h["layers.0.w_down"], hs["layers.0.w_down"] / torch.outer(s, s).double())
+    layers = [dataclasses.replace(lw, w_up=new_w[f"layers.{i}.w_up"], w_down=new_w[f"layers.{i}.w_down"])
+              for i, lw in enumerate(m.weights.layers)]
+    ids = torch.as_tensor(m.tokenizer.encode("Once upon a time there was a little girl who"))
+    ref = FloatLlama(m.config, m.weights)(ids)
+    out = FloatLlama(m.config, dataclasses.replace(m.weights, layers=layers))(ids)
+    assert not torch.equal(new_w["layers.0.w_up"], m.weights.linear("layers.0.w_up").float())
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_cal4k_smooth_preset_gptq_tokens_and_smoothing():
+    """w4a8-ovp-gptq-g128-cal4k-smooth: GPTQ's Hessians from the first 4,096 calibration tokens
+    per corpus (more given are ignored, fewer refused), the linears the smoothing leaves alone
+    exactly w4a8-ovp-gptq-g128's on those tokens, w_up / w_down other values; the integer model
+    of the same smoothing on W8A8 stays as close to fp32 as W8A8 itself."""
+    import dataclasses
+
+    from olivine.golden import qcache
+    from olivine.golden.accuracy import perplexity
+    from olivine.golden.contract import ContractError
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    m = load_model("glassllm")
+    name = "w4a8-ovp-gptq-g128-cal4k-smooth"
+    cfg = QuantConfig.preset(name)
+    assert (cfg.gptq_tokens, cfg.smooth_down, cfg.calibration_length(1024)) == (4096, 0.5, 4096)
+    assert cfg.default == LayerQuant("ovp4", "int8", method="gptq", group=128)
+    short = model_calibration_tokens(m)
+    with pytest.raises(ContractError, match="n_tokens=4096"):
+        quantize_model(m.config, m.weights, name, short, show_progress=False)
+    long = model_calibration_tokens(m, n_tokens=4200)
+    assert torch.equal(long[:, :1024], short)
+    q = quantize_model(m.config, m.weights, name, long, show_progress=False)
+    g = quantize_model(m.config, m.weights, "w4a8-ovp-gptq-g128", long[:, :4096], show_progress=False)
+    for n in ("layers.0.wq", "layers.1.wo", "layers.2.w_gate"):
+        assert torch.equal(q.linears[n].weight.values, g.linears[n].weight.values), n
+    # w_up's rows x 1/s: the same grid values, row scales x 1/s (scale-invariant search); w_down new values
+    up_q, up_g = q.linears["layers.0.w_up"].weight, g.linears["layers.0.w_up"].weight
+    hs = gptq.collect_hessians(m.config, m.weights, long[:, :4096], ["layers.0.w_down"])
+    s = gptq.smoothing_scales(hs["layers.0.w_down"], 0.5).double()
+    assert torch.equal(up_q.values, up_g.values)
+    assert torch.allclose(up_q.scale.reshape(-1) * s, up_g.scale.reshape(-1), rtol=1e-5)
+    assert not torch.equal(q.linears["layers.0.w_down"].weight.values, g.linears["layers.0.w_down"].weight.values)
+    assert qcache.cache_key(m, cfg, long) != qcache.cache_key(m, dataclasses.replace(cfg, gptq_tokens=2048), long)
+    assert qcache.cache_key(m, cfg, long) != qcache.cache_key(m, dataclasses.replace(cfg, smooth_down=0.25), long)
+    with pytest.raises(QuantConfigError, match="smooth_down"):
+        QuantConfig(smooth_down=2.0)
+    with pytest.raises(QuantConfigError, match="gptq_tokens"):
+        QuantConfig(gptq_tokens=4)
+    # the integer path: w_up's per-row scale absorbs 1/s; SwiGLU and w_down's INT8 input run as before
+    ev = torch.as_tensor(m.tokenizer.encode("The little dog ran to the park and played with a red ball. "
+                                            "Then the sun went down and the children walked home."))
+    fp = perplexity(quantize_model(m.config, m.weights, "fp32"), ev)
+    w8 = perplexity(quantize_model(m.config, m.weights, "w8a8"), ev)
+    sm = QuantConfig(LayerQuant("int8", "int8"), {"lm_head": LayerQuant("int8", "int8")}, smooth_down=0.5)
+    w8s = perplexity(quantize_model(m.config, m.weights, sm, short, show_progress=False), ev)
+    assert abs(w8s / fp - 1) < max(0.02, 2 * abs(w8 / fp - 1)), (fp, w8, w8s)
