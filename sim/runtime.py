@@ -338,7 +338,8 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
     from olivine.hw.config import for_board
 
     loaded = load_model(model)
-    calib = calibration_tokens(loaded) if QuantConfig.preset(preset).needs_calibration() else None
+    qcfg = QuantConfig.preset(preset)
+    calib = calibration_tokens(loaded, qcfg) if qcfg.needs_calibration() else None
     q = quantize_model(loaded.config, loaded.weights, preset, calib)
     ids = loaded.tokenizer.encode(prompt) if loaded.tokenizer is not None else [1, 2, 3]
     need = len(ids) + max_new_tokens

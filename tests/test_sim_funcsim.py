@@ -286,6 +286,13 @@ def test_glassllm_ovp_weights_bit_exact():
     assert rep["tokens_equal"] and rep["logits_equal"]
 
 
+def test_check_against_golden_gives_a_preset_its_own_calibration_length():
+    # the cal4k presets calibrate GPTQ on 4,096 tokens; asked for the default 1,024, quantize_model refused
+    rep = check_against_golden("glassllm", "w4a8-ovp-gptq-g128-cal4k-smooth", prompt="Once", max_new_tokens=2)
+    assert rep["tokens_equal"] and rep["logits_equal"] and rep["max_logit_diff"] == 0
+    assert len(rep["golden_tokens"]) == 2
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_smollm2_bit_exact():
