@@ -98,6 +98,21 @@ def _assert_same_state(a, b):
     assert a[3:] == b[3:], "statistics differ"
 
 
+def _run_side_by_side(s, prog, ref, ref_prog):
+    """``prog`` on ``s`` (scheduled as "attention") and ``ref_prog`` on ``ref``: the same error (or none)
+    and the same state afterwards; returns the error message or None."""
+    errors = []
+    for core, p in ((s, prog), (ref, ref_prog)):
+        try:
+            core.run(None, p, schedule_key="attention" if core is s else None)
+            errors.append(None)
+        except SimError as exc:
+            errors.append(str(exc))
+    assert errors[0] == errors[1]
+    _assert_same_state(_state(s), _state(ref))
+    return errors[0]
+
+
 def both_ways(make_sim, words, fuse=False):
     """Run ``words`` with runs and one by one from equal states: (error text or None, state, runs taken
     [(first instruction's key, length, executed together)]). ``fuse``: attention chains executed as one
@@ -364,15 +379,7 @@ def test_a_run_executed_again_reads_the_new_operands_and_finds_their_faults():
         if step:
             _attention_operands(s, seed, mant)
             _attention_operands(ref, seed, mant)
-        errors = []
-        for core, p in ((s, prog), (ref, isa.decode_program(words))):
-            try:
-                core.run(None, p, schedule_key="attention" if core is s else None)
-                errors.append(None)
-            except SimError as exc:
-                errors.append(str(exc))
-        assert errors[0] == errors[1]
-        _assert_same_state(_state(s), _state(ref))
+        error = _run_side_by_side(s, prog, ref, isa.decode_program(words))
         if step == 0:  # wrap the prepared passes (made at the first execution) to see them taken
             for first in (qk0, pv0):
                 core, others, independent, prepared = first.__dict__["_sim_run_prepared"]
@@ -386,7 +393,7 @@ def test_a_run_executed_again_reads_the_new_operands_and_finds_their_faults():
                 object.__setattr__(first, "_sim_run_prepared", (core, others, independent, counted))
         if step == 1:
             assert not np.array_equal(s.data[AT: AT + 4 * 3 * HD], attention_sim(0).data[AT: AT + 4 * 3 * HD])
-    assert errors[0] is not None and "K block: a row mantissa is 300" in errors[0]
+    assert error is not None and "K block: a row mantissa is 300" in error
     # steps 1 and 2 took both prepared passes; step 3's Q.K^T pass refused the mantissa (nothing written)
     assert done == [("qk", True), ("pv", True)] * 2 + [("qk", False)], done
 
@@ -553,14 +560,6 @@ def test_an_attention_chain_executed_again_reads_the_new_operands_and_finds_thei
         if step:
             _attention_operands(s, seed, mant)
             _attention_operands(ref, seed, mant)
-        errors = []
-        for core, p in ((s, patched), (ref, isa.decode_program(words))):
-            try:
-                core.run(None, p, schedule_key="attention" if core is s else None)
-                errors.append(None)
-            except SimError as exc:
-                errors.append(str(exc))
-        assert errors[0] == errors[1]
-        _assert_same_state(_state(s), _state(ref))
-    assert errors[0] is not None and "K block: a row mantissa is 300" in errors[0]
+        error = _run_side_by_side(s, patched, ref, isa.decode_program(words))
+    assert error is not None and "K block: a row mantissa is 300" in error
     assert taken[:3] == [True] * 3 and not any(taken[3:]), taken
