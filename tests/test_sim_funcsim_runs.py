@@ -525,16 +525,22 @@ def _patched_attention(prog, imms: dict) -> tuple:
     return words, patched
 
 
-def test_an_attention_chain_refuses_v_shifts_patched_to_different_positions():
-    """The chain is prepared on the templates while its V shifts share one position; an execution whose
-    patch gives one V shift another position (no longer one run key) refuses the chain and equals a
-    fresh core one by one; the next execution with one position takes it again."""
-    s, ref = attention_sim(2), attention_sim(2)
+def _watched_chain_pair(seed):
+    """(core, reference core executing one by one, list of the core's chain outcomes as they happen,
+    the decoded attention program)."""
+    s, ref = attention_sim(seed), attention_sim(seed)
     ref.run_together = False
     taken = []
     inner = s._execute_chain
     s._execute_chain = lambda groups: taken.append(inner(groups)) or taken[-1]
-    prog = isa.decode_program(program(ATTENTION))
+    return s, ref, taken, isa.decode_program(program(ATTENTION))
+
+
+def test_an_attention_chain_refuses_v_shifts_patched_to_different_positions():
+    """The chain is prepared on the templates while its V shifts share one position; an execution whose
+    patch gives one V shift another position (no longer one run key) refuses the chain and equals a
+    fresh core one by one; the next execution with one position takes it again."""
+    s, ref, taken, prog = _watched_chain_pair(2)
     for other in (IMM, (POS - 3) | (1 << 16), IMM):
         words, patched = _patched_attention(prog, {"softmax": IMM, "vshift0": IMM, "vshift1": other, "vshift2": IMM})
         s.run(None, patched, schedule_key="attention")
@@ -548,12 +554,7 @@ def test_an_attention_chain_executed_again_reads_the_new_operands_and_finds_thei
     query position each time, so the softmax and V shifts take the position per execution), the last with
     a K mantissa of 300: the same bytes, statistics and errors as a core decoding afresh and executing one
     by one; the prepared chain is seen taken three times, then refusing."""
-    s, ref = attention_sim(0), attention_sim(0)
-    ref.run_together = False
-    taken = []
-    inner = s._execute_chain
-    s._execute_chain = lambda groups: taken.append(inner(groups)) or taken[-1]
-    prog = isa.decode_program(program(ATTENTION))
+    s, ref, taken, prog = _watched_chain_pair(0)
     for step, (seed, mant) in enumerate(((0, None), (10, None), (20, None), (30, 300))):
         imm = (POS - step) | (1 << 16)
         words, patched = _patched_attention(prog, {"softmax": imm, **{f"vshift{j}": imm for j in range(3)}})
