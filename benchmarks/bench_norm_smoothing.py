@@ -3,7 +3,10 @@ attn_norm's gamma_j / s_j with wq/wk/wv's column j x s_j, ffn_norm's gamma_j / s
 column j x s_j (s = golden.gptq.smoothing_scales of that input's calibration Hessian, alpha
 ``--alpha``), exact in float; the folded float weights then go through an unchanged preset of
 golden.qmodel.quantize_model (its own GPTQ Hessians see the scaled inputs). Hessians come from
-bench_accuracy_levers' cache (build/levers-hessians-<model>-<calib>.pt) or are collected.
+bench_accuracy_levers' cache (build/levers-hessians-<model>-<calib>.pt) or are collected. The fold
+is golden.gptq.fold_norm_scales, what QuantConfig.smooth_norm (preset
+w4a8-ovp-gptq-g128-cal4k-nsmooth) does inside quantize_model; this script keeps other alphas and
+presets open.
 
     .venv/bin/python benchmarks/bench_norm_smoothing.py --preset w4a8-ovp-gptq-g128-cal4k-smooth
 """
@@ -11,7 +14,6 @@ bench_accuracy_levers' cache (build/levers-hessians-<model>-<calib>.pt) or are c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -26,18 +28,6 @@ from olivine.golden.data import CALIBRATION_TOKENS, corpus_tokens, model_calibra
 from olivine.golden.loaders import load_model  # noqa: E402
 from olivine.golden.qconfig import QuantConfig  # noqa: E402
 from olivine.golden.qmodel import quantize_model  # noqa: E402
-
-
-def fold_norm_smoothing(weights, hs: dict, alpha: float):
-    """LlamaWeights with each layer's norms divided by s and the linears they feed scaled by s."""
-    layers = []
-    for i, lw in enumerate(weights.layers):
-        sa = gptq.smoothing_scales(hs[f"layers.{i}.wq"], alpha)
-        sf = gptq.smoothing_scales(hs[f"layers.{i}.w_gate"], alpha)
-        layers.append(dataclasses.replace(
-            lw, attn_norm=lw.attn_norm / sa, wq=lw.wq * sa, wk=lw.wk * sa, wv=lw.wv * sa,
-            ffn_norm=lw.ffn_norm / sf, w_gate=lw.w_gate * sf, w_up=lw.w_up * sf))
-    return dataclasses.replace(weights, layers=layers)
 
 
 def main(argv=None) -> int:
@@ -59,7 +49,7 @@ def main(argv=None) -> int:
         hs = torch.load(path)
     else:
         hs = gptq.collect_hessians(cfg, loaded.weights, model_calibration_tokens(loaded, n_tokens=args.calib), names)
-    folded = fold_norm_smoothing(loaded.weights, hs, args.alpha)
+    folded = gptq.fold_norm_scales(loaded.weights, gptq.norm_smoothing_scales(hs, args.alpha, range(cfg.n_layers)))
     qcfg = QuantConfig.preset(args.preset)
     calib = model_calibration_tokens(loaded, n_tokens=qcfg.calibration_length(CALIBRATION_TOKENS))
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ multipliers, docs/contract.md 2a); "pow2" and "mult8" are float measurements onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -50,6 +50,7 @@ from .ovp_format import get_format
 
 __all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "CALIBRATION_WINDOW", "gptq_ovp", "gptq_int4", "to_qweight",
            "quantize_linears", "quantize_linears_sequential", "smoothing_scales", "smooth_down_inputs",
+           "norm_smoothing_scales", "fold_norm_scales",
            "rtn_ovp_values", "rtn_grouped", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES",
            "SCALE_MODES"]
 
@@ -546,6 +547,45 @@ def smooth_down_inputs(weights: LlamaWeights, hessians: dict[str, torch.Tensor],
         sd = s.to(torch.float64)
         new_h[down] = hessians[down].to(torch.float64) / sd.reshape(-1, 1) / sd.reshape(1, -1)
     return new_w, new_h
+
+
+#: each decoder layer's RMSNorm and the linears its output feeds (they share one input)
+NORM_LINEARS = {"attn_norm": ("wq", "wk", "wv"), "ffn_norm": ("w_gate", "w_up")}
+
+
+def norm_smoothing_scales(hessians: dict[str, torch.Tensor], alpha: float, layers) -> dict[str, torch.Tensor]:
+    """``"layers.<i>.attn_norm"`` / ``"layers.<i>.ffn_norm"`` -> s (:func:`smoothing_scales` of the
+    calibration Hessian of that norm's output, read from its first linear: ``hessians`` must hold
+    each listed layer's ``layers.<i>.wq`` and ``layers.<i>.w_gate``)."""
+    scales = {}
+    for i in layers:
+        for norm, feeds in NORM_LINEARS.items():
+            first = f"layers.{i}.{feeds[0]}"
+            if first not in hessians:
+                raise GptqError(f"smoothing {norm}'s output needs the calibration Hessian of {first}; it has none")
+            scales[f"layers.{i}.{norm}"] = smoothing_scales(hessians[first], alpha)
+    return scales
+
+
+def fold_norm_scales(weights: LlamaWeights, scales: dict[str, torch.Tensor]) -> LlamaWeights:
+    """LlamaWeights with each scaled RMSNorm's gamma_j / s_j and column j of the linears it feeds
+    x s_j (``scales`` from :func:`norm_smoothing_scales`), exact in float: the norm's output is
+    h / s and each linear computes (W diag(s)) (h / s) = W h. The INT8 per-token quantization of
+    the norm output then sees its outlier channels divided down; the weights' grid absorbs them."""
+    layers = []
+    for i, lw in enumerate(weights.layers):
+        changes = {}
+        for norm, feeds in NORM_LINEARS.items():
+            s = scales.get(f"layers.{i}.{norm}")
+            if s is None:
+                continue
+            changes[norm] = getattr(lw, norm) / s
+            changes.update({n: getattr(lw, n) * s for n in feeds})
+        layers.append(replace(lw, **changes))
+    unknown = set(scales) - {f"layers.{i}.{n}" for i in range(len(weights.layers)) for n in NORM_LINEARS}
+    if unknown:
+        raise GptqError(f"norm scales for {sorted(unknown)}: not a decoder layer's attn_norm / ffn_norm of this model")
+    return replace(weights, layers=layers)
 
 
 # ---------------------------------------------------------------------------------------------

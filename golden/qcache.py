@@ -118,7 +118,7 @@ def _strip(linears: dict, embed_q) -> tuple[dict, object]:
     return out, strip_weight(embed_q)
 
 
-def _restore(lean: dict, lean_embed, loaded) -> tuple[dict, object]:
+def _restore(lean: dict, lean_embed, weights) -> tuple[dict, object]:
     from dataclasses import replace
 
     from . import ovp
@@ -142,7 +142,7 @@ def _restore(lean: dict, lean_embed, loaded) -> tuple[dict, object]:
         w_float = lin.w_float
         if w_float is None:
             w = lin.weight
-            w_float = padded_weight(loaded.weights.linear(name), w.kind, lin.act, w.block_n)
+            w_float = padded_weight(weights.linear(name), w.kind, lin.act, w.block_n)
         linears[name] = replace(lin, weight=restore_weight(lin.weight), w_float=w_float)
     return linears, restore_weight(lean_embed)
 
@@ -184,6 +184,7 @@ def quantize_cached(loaded, qcfg, calib_tokens=None, progress=None):
     ``progress(str)``, if given, hears whether the entry was loaded or built.
     """
     from .qconfig import QuantConfig
+    from . import gptq
     from .qmodel import QLlama, quantize_model
 
     if isinstance(qcfg, str):
@@ -197,15 +198,20 @@ def quantize_cached(loaded, qcfg, calib_tokens=None, progress=None):
     if path.exists():
         try:
             entry = _read(path, key)
-            linears, embed_q = _restore(entry["linears"], entry["embed_q"], loaded)
+            # the RMSNorm smoothing's fold (QuantConfig.smooth_norm) redone on the loaded weights:
+            # the gammas the integer model, the compiler and the RTL take are the folded ones
+            norm_scales = entry.get("norm_scales") or {}
+            weights = gptq.fold_norm_scales(loaded.weights, norm_scales) if norm_scales else loaded.weights
+            linears, embed_q = _restore(entry["linears"], entry["embed_q"], weights)
             say(f"quantized model loaded from the cache ({path})")
-            return QLlama(loaded.config, loaded.weights, qcfg, linears, embed_q, entry["layer_quant"])
+            return QLlama(loaded.config, weights, qcfg, linears, embed_q, entry["layer_quant"], norm_scales=norm_scales)
         except Exception as err:  # noqa: BLE001 - any unreadable entry is rebuilt, never trusted
             warnings.warn(f"olivine cache entry {path} is unusable ({err}); rebuilding it", CacheWarning, stacklevel=2)
             path.unlink(missing_ok=True)
     model = quantize_model(loaded.config, loaded.weights, qcfg, calib_tokens)
     lean, lean_embed = _strip(model.linears, model.embed_q)
-    _write(path, {"key": key, "linears": lean, "embed_q": lean_embed, "layer_quant": model.layer_quant})
+    _write(path, {"key": key, "linears": lean, "embed_q": lean_embed, "layer_quant": model.layer_quant,
+                  "norm_scales": model.norm_scales})
     # one entry per model and preset: older ones (other code versions, changed files) go
     for stale in path.parent.glob(f"{slug}-{'?' * len(key)}.qmodel"):  # exactly this slug
         if stale != path:

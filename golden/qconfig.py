@@ -5,10 +5,11 @@ linear names as :meth:`olivine.golden.model.LlamaWeights.named_linears` spells t
 ``"layers.3.wq"``, ``"layers.*.w_down"``, ``"lm_head"``. When several patterns match a name the
 one inserted LAST wins (like later rules in a style sheet), so put general patterns first.
 
-Besides the per-linear choices a QuantConfig carries two whole-model options (PRESET_OPTIONS):
+Besides the per-linear choices a QuantConfig carries three whole-model options (PRESET_OPTIONS):
 ``gptq_tokens`` (calibration tokens per corpus for GPTQ's Hessians; None: all the calibration
-tokens given) and ``smooth_down`` (alpha of the w_down input smoothing s = rms(x)**alpha folded
-into w_up's rows; 0: none).
+tokens given), ``smooth_down`` (alpha of the w_down input smoothing s = rms(x)**alpha folded
+into w_up's rows; 0: none) and ``smooth_norm`` (alpha of the q/k/v and gate/up input smoothing
+folded into the RMSNorm gammas; 0: none).
 
 Presets (``QuantConfig.preset(name)``; lm_head is the sensitive layer everywhere: its weight is the
 (tied) embedding table and its output is the logits, so it stays INT8 weights x INT8 activations):
@@ -52,6 +53,14 @@ w4a8-ovp-gptq-g128-cal4k-smooth  w4a8-ovp-gptq-g128 (GPTQ on every linear, w_dow
                    N = 1,024: Lee 1.27x, Shakespeare 1.18x fp32 (docs/benchmarks.md). Needs
                    calibration tokens.
 w4a8-int4-gptq-g128-cal4k-smooth  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
+w4a8-ovp-gptq-g128-cal4k-nsmooth  w4a8-ovp-gptq-g128-cal4k-smooth with the RMSNorm outputs smoothed
+                   too: each attn_norm / ffn_norm gamma_j / s_j and column j of the linears it
+                   feeds (wq/wk/wv, w_gate/w_up) x s_j, s = rms(h)**0.5 of the norm output on the
+                   GPTQ calibration tokens (golden.gptq.fold_norm_scales; exact in float, same
+                   contract: the integer model, compiler and RTL take the folded gammas).
+                   SmolLM2, folded weights through -cal4k-smooth: Lee 1.14x, Shakespeare 1.09x
+                   fp32 (docs/benchmarks.md). Needs calibration tokens.
+w4a8-int4-gptq-g128-cal4k-nsmooth  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -165,28 +174,35 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
                                     {"layers.*.w_down": LayerQuant("int4", "int8", group=128), "lm_head": _W8A8}),
     "w4a8-ovp-gptq-g128-cal4k-smooth": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128-cal4k-smooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-gptq-g128-cal4k-nsmooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
 }
 
-#: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down)
+#: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down, smooth_norm)
 PRESET_OPTIONS: dict[str, dict] = {
     "w4a8-ovp-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
     "w4a8-int4-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
+    "w4a8-int4-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
 }
 
 
 @dataclass
 class QuantConfig:
-    """Default LayerQuant plus glob-pattern overrides (last matching pattern wins), and two
+    """Default LayerQuant plus glob-pattern overrides (last matching pattern wins), and three
     whole-model options: ``gptq_tokens``, the calibration tokens per corpus (row) GPTQ's Hessians
     use (None: every calibration token given; else the caller passes at least that many, and
     static activation scales keep the first golden.data.CALIBRATION_TOKENS), ``smooth_down``,
-    alpha of the w_down input smoothing (golden.gptq.smoothing_scales; 0: none)."""
+    alpha of the w_down input smoothing (golden.gptq.smoothing_scales; 0: none), ``smooth_norm``,
+    alpha of the RMSNorm-output smoothing folded into attn_norm / ffn_norm (golden.gptq.fold_norm_scales;
+    0: none)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
     overrides: dict[str, LayerQuant] = field(default_factory=dict)
     name: str = "custom"
     gptq_tokens: int | None = None
     smooth_down: float = 0.0
+    smooth_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerQuant):
@@ -201,9 +217,10 @@ class QuantConfig:
         g = self.gptq_tokens
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 16):
             raise QuantConfigError(f"QuantConfig.gptq_tokens={g!r}; expected None or a token count >= 16 per corpus")
-        a = self.smooth_down
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
-            raise QuantConfigError(f"QuantConfig.smooth_down={a!r}; expected an exponent alpha in [0, 1] (0: no smoothing)")
+        for option in ("smooth_down", "smooth_norm"):
+            a = getattr(self, option)
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+                raise QuantConfigError(f"QuantConfig.{option}={a!r}; expected an exponent alpha in [0, 1] (0: no smoothing)")
 
     @classmethod
     def preset(cls, name: str) -> "QuantConfig":
@@ -220,7 +237,7 @@ class QuantConfig:
             merged.pop(k, None)
             merged[k] = v
         return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}",
-                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down)
+                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down, smooth_norm=self.smooth_norm)
 
     def for_layer(self, name: str) -> LayerQuant:
         """The LayerQuant of linear ``name`` (last matching override, else the default)."""
@@ -246,8 +263,8 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return self.smooth_down > 0 or any(lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS
-                                           for lq in [self.default, *self.overrides.values()])
+        return self.smooth_down > 0 or self.smooth_norm > 0 or any(
+            lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS for lq in [self.default, *self.overrides.values()])
 
     def calibration_length(self, default: int) -> int:
         """Calibration tokens per corpus this configuration needs when static scales take ``default``."""
@@ -256,5 +273,7 @@ class QuantConfig:
     def describe_options(self) -> str:
         """The whole-model options as text ("" when there are none)."""
         parts = ([f"GPTQ on {self.gptq_tokens} calibration tokens per corpus"] if self.gptq_tokens else []) + \
-                ([f"w_down input smoothed by rms^{self.smooth_down:g}"] if self.smooth_down else [])
+                ([f"w_down input smoothed by rms^{self.smooth_down:g}"] if self.smooth_down else []) + \
+                ([f"q/k/v and gate/up inputs smoothed by rms^{self.smooth_norm:g} (1/s in the RMSNorm gammas)"]
+                 if self.smooth_norm else [])
         return "; ".join(parts)

@@ -240,9 +240,13 @@ class QLlama(FloatLlama):
     """
 
     def __init__(self, config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig,
-                 linears: dict[str, QLinear], embed_q: QWeight | None, layer_quant: dict[str, LayerQuant]):
+                 linears: dict[str, QLinear], embed_q: QWeight | None, layer_quant: dict[str, LayerQuant],
+                 norm_scales: dict[str, torch.Tensor] | None = None):
         super().__init__(config, weights)
         self.qcfg, self.linears, self.layer_quant = qcfg, linears, layer_quant
+        # the RMSNorm smoothing scales already folded into ``weights`` (QuantConfig.smooth_norm;
+        # kept so golden.qcache can rebuild the folded weights from the loaded ones)
+        self.norm_scales = dict(norm_scales or {})
         self.is_float = qcfg.is_float
         self.sfu = _Sfu(config)
         self.embed_q = embed_q
@@ -418,6 +422,18 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
                                 f"holds {ct.shape[-1]}; pass golden.data.model_calibration_tokens(loaded, "
                                 f"n_tokens={qcfg.gptq_tokens}) (or calibration_tokens(..., n_tokens=...))")
         static_tokens, gptq_tokens = ct[..., :CALIBRATION_TOKENS], ct[..., : qcfg.gptq_tokens]
+    norm_scales: dict[str, torch.Tensor] = {}
+    if qcfg.smooth_norm:
+        # RMSNorm-output smoothing first: every later step (static scales, GPTQ's Hessians, the
+        # w_down smoothing) and the integer model's gammas see the folded weights
+        if calib_tokens is None:
+            raise ContractError(f"{qcfg.name}: the RMSNorm-output smoothing needs calibration inputs; pass calib_tokens")
+        from . import gptq
+
+        firsts = [f"layers.{i}.{feeds[0]}" for i in range(config.n_layers) for feeds in gptq.NORM_LINEARS.values()]
+        norm_scales = gptq.norm_smoothing_scales(gptq.collect_hessians(config, weights, gptq_tokens, firsts),
+                                                 qcfg.smooth_norm, range(config.n_layers))
+        weights = gptq.fold_norm_scales(weights, norm_scales)
     static = [n for n in names if lq[n].acts in ("ovp4", "int8-static")]
     if static:
         if calib_tokens is None:
@@ -472,4 +488,4 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
         embed_q = head  # one INT8 table serves the lookup and the head
     else:
         embed_q = quantize_weight(weights.embed, "int8")
-    return QLlama(config, weights, qcfg, linears, embed_q, lq)
+    return QLlama(config, weights, qcfg, linears, embed_q, lq, norm_scales=norm_scales)

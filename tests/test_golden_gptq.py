@@ -341,6 +341,77 @@ def test_smooth_down_inputs_is_exact_in_float():
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
+def test_fold_norm_scales_is_exact_in_float():
+    """gamma_j / s_j in attn_norm / ffn_norm and column j x s_j in the linears each feeds
+    (wq/wk/wv, w_gate/w_up) leave the float model's function unchanged: W diag(s) (h / s) = W h."""
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.model import FloatLlama
+
+    m = load_model("glassllm")
+    firsts = [f"layers.{i}.{n}" for i in range(m.config.n_layers) for n in ("wq", "w_gate")]
+    hs = gptq.collect_hessians(m.config, m.weights, model_calibration_tokens(m)[:, :128], firsts)
+    scales = gptq.norm_smoothing_scales(hs, 0.5, range(m.config.n_layers))
+    assert sorted(scales) == sorted(f"layers.{i}.{n}" for i in range(m.config.n_layers) for n in ("attn_norm", "ffn_norm"))
+    sa = scales["layers.1.attn_norm"]
+    assert torch.equal(sa, gptq.smoothing_scales(hs["layers.1.wq"], 0.5))
+    assert float(sa.max() / sa.min()) > 1.3  # a real rescaling (glassllm's norm outputs are fairly even)
+    folded = gptq.fold_norm_scales(m.weights, scales)
+    lw, fw = m.weights.layers[1], folded.layers[1]
+    assert torch.allclose(fw.attn_norm * sa, lw.attn_norm, rtol=1e-6)
+    assert torch.allclose(fw.wk / sa, lw.wk, rtol=1e-6) and torch.equal(fw.wo, lw.wo) and torch.equal(fw.w_down, lw.w_down)
+    assert not torch.equal(fw.w_up, lw.w_up) and torch.equal(folded.final_norm, m.weights.final_norm)
+    ids = torch.as_tensor(m.tokenizer.encode("Once upon a time there was a little girl who"))
+    ref = FloatLlama(m.config, m.weights)(ids)
+    out = FloatLlama(m.config, folded)(ids)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    with pytest.raises(gptq.GptqError, match="layers.0.w_gate"):
+        gptq.norm_smoothing_scales({"layers.0.wq": hs["layers.0.wq"]}, 0.5, [0])
+    with pytest.raises(gptq.GptqError, match="layers.99.attn_norm"):
+        gptq.fold_norm_scales(m.weights, {"layers.99.attn_norm": sa})
+
+
+def test_cal4k_nsmooth_preset_folds_the_norms_into_the_integer_model():
+    """w4a8-ovp-gptq-g128-cal4k-nsmooth: -cal4k-smooth plus smooth_norm = 0.5; the integer model's
+    gammas (what compiler.spec takes) are the folded ones, computed from the GPTQ calibration
+    tokens; the same fold on plain W8A8 keeps glassllm's integer perplexity near fp32."""
+    import dataclasses
+
+    from olivine.golden import qcache
+    from olivine.golden.accuracy import perplexity
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.fixed import GAMMA_FRAC, to_fixed
+    from olivine.golden.loaders import load_model
+    from olivine.golden.qmodel import quantize_model
+
+    for name, kind in (("w4a8-ovp-gptq-g128-cal4k-nsmooth", "ovp4"), ("w4a8-int4-gptq-g128-cal4k-nsmooth", "int4")):
+        cfg = QuantConfig.preset(name)
+        assert (cfg.gptq_tokens, cfg.smooth_down, cfg.smooth_norm) == (4096, 0.5, 0.5)
+        assert cfg.default == LayerQuant(kind, "int8", method="gptq", group=128) and cfg.needs_calibration()
+        assert "RMSNorm" in cfg.describe_options()
+        smooth = name.replace("nsmooth", "smooth")
+        assert dataclasses.replace(cfg, smooth_norm=0.0, name=smooth) == QuantConfig.preset(smooth)
+    with pytest.raises(QuantConfigError, match="smooth_norm"):
+        QuantConfig(smooth_norm=-0.1)
+    m = load_model("glassllm")
+    short = model_calibration_tokens(m)
+    w8 = LayerQuant("int8", "int8")
+    ncfg = QuantConfig(w8, {"lm_head": w8}, smooth_norm=0.5)
+    q = quantize_model(m.config, m.weights, ncfg, short, show_progress=False)
+    hs = gptq.collect_hessians(m.config, m.weights, short, ["layers.2.w_gate"])
+    s = gptq.smoothing_scales(hs["layers.2.w_gate"], 0.5)
+    assert torch.equal(q.norm_scales["layers.2.ffn_norm"], s)
+    assert torch.equal(q.gamma["layers.2.ffn_norm"], to_fixed(m.weights.layers[2].ffn_norm / s, GAMMA_FRAC))
+    assert torch.equal(q.gamma["final_norm"], to_fixed(m.weights.final_norm, GAMMA_FRAC))
+    assert qcache.cache_key(m, ncfg, short) != qcache.cache_key(m, dataclasses.replace(ncfg, smooth_norm=0.0), short)
+    ev = torch.as_tensor(m.tokenizer.encode("The little dog ran to the park and played with a red ball. "
+                                            "Then the sun went down and the children walked home."))
+    fp = perplexity(quantize_model(m.config, m.weights, "fp32"), ev)
+    w8p = perplexity(quantize_model(m.config, m.weights, "w8a8"), ev)
+    w8n = perplexity(q, ev)
+    assert abs(w8n / fp - 1) < max(0.02, 2 * abs(w8p / fp - 1)), (fp, w8p, w8n)
+
+
 def test_cal4k_smooth_preset_gptq_tokens_and_smoothing():
     """w4a8-ovp-gptq-g128-cal4k-smooth: GPTQ's Hessians from the first 4,096 calibration tokens
     per corpus (more given are ignored, fewer refused), the linears the smoothing leaves alone

@@ -124,3 +124,30 @@ def test_newer_entry_replaces_older_of_same_model_and_preset(glass, cache_dir, b
     names = sorted(p.name for p in cache_dir.glob("*.qmodel"))
     assert len(names) == 3 and len(builds) == 5
     assert sum(n.startswith("glassllm-en-w8a8-") for n in names) == 1
+
+
+def test_norm_smoothing_survives_the_cache(glass, cache_dir, builds):
+    """QuantConfig.smooth_norm folds 1/s into the RMSNorm gammas inside quantize_model; a model
+    loaded from the cache carries the same folded gammas (the compiler's spec reads them) and
+    the same integer logits, and the option is part of the key."""
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.fixed import GAMMA_FRAC, to_fixed
+
+    calib = model_calibration_tokens(glass)[:, :128]
+    w8 = LayerQuant("int8", "int8")
+    cfg = QuantConfig(w8, {"lm_head": w8}, name="w8a8-nsmooth", smooth_norm=0.5)
+    first = qcache.quantize_cached(glass, cfg, calib)
+    second = qcache.quantize_cached(glass, cfg, calib)
+    assert len(builds) == 1
+    _same(first, second)
+    assert set(second.norm_scales) == {f"layers.{i}.{n}" for i in range(glass.config.n_layers)
+                                      for n in ("attn_norm", "ffn_norm")}
+    for name, s in first.norm_scales.items():
+        assert torch.equal(second.norm_scales[name], s)
+        assert torch.equal(second.gamma[name], first.gamma[name]), name
+        layer = glass.weights.layers[int(name.split(".")[1])]
+        unfolded = to_fixed(getattr(layer, name.split(".")[2]), GAMMA_FRAC)
+        assert torch.equal(second.gamma[name], to_fixed(getattr(layer, name.split(".")[2]) / s, GAMMA_FRAC))
+        assert not torch.equal(second.gamma[name], unfolded), name
+    assert qcache.cache_key(glass, cfg, calib) != qcache.cache_key(glass, dataclasses.replace(cfg, smooth_norm=0.0), calib)
+    assert qcache.cache_key(glass, cfg, calib) != qcache.cache_key(glass, dataclasses.replace(cfg, smooth_norm=0.25), calib)
