@@ -468,11 +468,13 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
 
 @pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown",
                                     "w4a8-int4-gptq-g128-rtndown", "w4a8-ovp-gptq-g128-cal4k-smooth",
-                                    "w4a8-int4-gptq-g128-cal4k-smooth"])
+                                    "w4a8-int4-gptq-g128-cal4k-smooth", "w4a8-ovp-gptq-g128-cal4k-nsmooth",
+                                    "w4a8-int4-gptq-g128-cal4k-nsmooth"])
 def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     """w4a8-ovp-gptqseq-g128 (sequential GPTQ), w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
     round-to-nearest), w4a8-ovp-gptq-g128-cal4k-smooth (GPTQ on 4,096 calibration tokens per
-    corpus, w_down's input smoothed into w_up's rows) and their INT4 counterparts, group
+    corpus, w_down's input smoothed into w_up's rows), -cal4k-nsmooth (the same with the RMSNorm
+    outputs smoothed, 1/s folded into the gammas the spec carries) and their INT4 counterparts, group
     multipliers, on glassllm: other w_down grid values than the one-pass GPTQ preset of the same
     grid, still valid OVP codes (INT4 in -7..7), and the functional simulator reproduces golden's
     integer model bit for bit (tokens and every logit)."""
@@ -495,6 +497,12 @@ def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     else:
         assert int(w.values.abs().max()) <= 7
     assert not torch.equal(w.values, one.linears["layers.3.w_down"].weight.values)
+    if QuantConfig.preset(preset).smooth_norm:  # the integer model runs on the folded gammas
+        from olivine.golden.fixed import GAMMA_FRAC, to_fixed
+
+        assert not torch.equal(q.gamma["layers.3.attn_norm"], to_fixed(m.weights.layers[3].attn_norm, GAMMA_FRAC))
+        assert torch.equal(q.gamma["layers.3.attn_norm"],
+                           to_fixed(m.weights.layers[3].attn_norm / q.norm_scales["layers.3.attn_norm"], GAMMA_FRAC))
     out = tmp_path / "seq"
     assert compile_main("glassllm", "u280", preset=preset, out=str(out), max_context=48, quiet=True) == 0
     ids = m.tokenizer.encode("Once upon a time")
