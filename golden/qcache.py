@@ -9,15 +9,16 @@ sim/rtl.py uses for its builds). The key hashes
   file) or, for models that do not come from a file (glassllm), a hash of the weights; plus
   the config;
 - the precision configuration (the QuantConfig, overrides included) and the calibration tokens;
-- the code version: a hash of golden's quantization sources (this file, contract, fixed, ovp,
-  ovp_format, qconfig, qmodel, sparsity) and the torch version.
+- the code version: a hash of golden's quantization sources (this file, contract, fixed, gptq,
+  model, ovp, ovp_format, qconfig, qmodel, sfu, sparsity) and the torch version.
 
 Entries are written atomically (temporary file + rename) with a SHA-256 of their payload; an
 entry that is truncated, corrupt or made for another key is reported, deleted and rebuilt,
 never trusted. Writing an entry removes older entries of the same model and preset (other code
 versions or files), so the cache holds one per pair. ``OLIVINE_NO_CACHE=1`` bypasses the cache
 (nothing read or written).
-The float weights are not stored (the loaded model provides them) and the decoded OVP operands
+The float weights are not stored (the loaded model provides them; the RMSNorm smoothing's scales,
+QuantConfig.smooth_norm, are, and their fold is redone on load) and the decoded OVP operands
 are recomputed from the codes, so an entry is about 2.5 bytes per quantized weight.
 """
 
