@@ -58,9 +58,10 @@ w4a8-ovp-gptq-g128-cal4k-nsmooth  w4a8-ovp-gptq-g128-cal4k-smooth with the RMSNo
                    feeds (wq/wk/wv, w_gate/w_up) x s_j, s = rms(h)**0.5 of the norm output on the
                    GPTQ calibration tokens (golden.gptq.fold_norm_scales; exact in float, same
                    contract: the integer model, compiler and RTL take the folded gammas).
-                   SmolLM2, folded weights through -cal4k-smooth: Lee 1.14x, Shakespeare 1.09x
-                   fp32 (docs/benchmarks.md). Needs calibration tokens.
-w4a8-int4-gptq-g128-cal4k-nsmooth  the same on plain INT4 (equal-bits comparison). Needs calibration tokens.
+                   SmolLM2's integer model: Lee 1.137x, Shakespeare 1.087x fp32
+                   (docs/benchmarks.md). Needs calibration tokens.
+w4a8-int4-gptq-g128-cal4k-nsmooth  the same on plain INT4 (equal-bits comparison; SmolLM2: Lee 1.331x,
+                   Shakespeare 1.203x). Needs calibration tokens.
 =================  ====================================================================
 """
 
