@@ -547,9 +547,12 @@ def calibration_tokens(loaded, qcfg=None):
     """The calibration token ids of ``loaded`` (a golden.loaders model): golden.data's one rule
     (Lee + Tiny Shakespeare after the default evaluation tokens), the tokens golden.accuracy
     calibrates with at its default length, so a compiled model equals the one it measures.
-    ``qcfg``: the QuantConfig they are for (its GPTQ may take more tokens per corpus)."""
+    ``qcfg``: the QuantConfig they are for (its GPTQ may take more tokens per corpus); None when
+    it needs no calibration."""
     from olivine.golden.data import CALIBRATION_TOKENS, model_calibration_tokens
 
+    if qcfg is not None and not qcfg.needs_calibration():
+        return None
     n = CALIBRATION_TOKENS if qcfg is None else qcfg.calibration_length(CALIBRATION_TOKENS)
     try:
         return model_calibration_tokens(loaded, n_tokens=n)
@@ -686,7 +689,6 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         print(f"olivine compile: {note}", file=sys.stderr)
     # ---- the slow part
     loaded = load_model(model)
-    calib = None
     assignment = None
     if budget is not None:
         from olivine.golden import mixed
@@ -703,7 +705,7 @@ def compile_main(model: str = "glassllm", board: str | None = None, weights: str
         if not quiet:
             print(f"olivine compile: budget {budget:g} bits -> {assignment.average_bits:.3f} bits per weight "
                   f"({', '.join(f'{c} x{n}' for c, n in assignment.counts.items())})", file=sys.stderr)
-    elif qcfg.needs_calibration():  # static activation scales, GPTQ Hessians: golden's one rule
+    else:  # static activation scales, GPTQ Hessians: golden's one rule (None when the preset needs none)
         calib = calibration_tokens(loaded, qcfg)
     q = quantize_cached(loaded, qcfg, calib)  # golden's quantize_model, kept on disk between runs
     spec = spec_from_qllama(q, source=str(model))

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from olivine.hw import core_regs, isa
+from olivine.hw.buffers import buffer_sizes
 from olivine.hw.config import AcceleratorConfig, BufferConfig
 
 __all__ = ["CoreJob", "rtl_test_config", "core_verilog", "run_jobs", "run_jobs_fast", "funcsim_jobs", "compare",
@@ -79,14 +80,8 @@ def place_program(job: CoreJob) -> int:
     return -(-used // 4096) * 4096
 
 
-def _buffer_sizes(config: AcceleratorConfig) -> dict[str, int]:
-    from olivine.hw.buffers import buffer_sizes
-
-    return buffer_sizes(config.buffers)
-
-
 def clear_program(config: AcceleratorConfig) -> np.ndarray:
-    sizes = _buffer_sizes(config)
+    sizes = buffer_sizes(config.buffers)
     target = {"weight": "weight", "meta": "meta", "bias": "bias", "data": "act"}
     prog = [isa.make("LD", target=target[b], zero_fill=1, buf_addr=0, length=sizes[b]) for b in BUFFER_ORDER]
     return isa.encode_program(prog)
@@ -94,7 +89,7 @@ def clear_program(config: AcceleratorConfig) -> np.ndarray:
 
 def dump_program(config: AcceleratorConfig) -> tuple[np.ndarray, dict[str, int]]:
     """ST of every buffer into channel 0 from address 0, one after the other; (words, offsets)."""
-    sizes = _buffer_sizes(config)
+    sizes = buffer_sizes(config.buffers)
     source = {"weight": "weight", "meta": "meta", "bias": "bias", "data": "act"}
     prog, offsets, at = [], {}, 0
     for b in BUFFER_ORDER:
@@ -186,7 +181,7 @@ def run_jobs(config: AcceleratorConfig, jobs: list[CoreJob], *, channel_bytes: i
         for c in core_regs.HBM_COUNTERS:
             names.append(f"hbm{k}_{c}")
             addrs.append(core_regs.hbm_offset(k, c))
-    sizes = _buffer_sizes(config)
+    sizes = buffer_sizes(config.buffers)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "core.npz"
         vectors = {
@@ -227,7 +222,7 @@ def run_jobs_fast(harness, config: AcceleratorConfig, jobs: list[CoreJob], *, ch
     room for the dump; ``hbm`` is the first ``channel_bytes`` of each channel after the job."""
     from .fastsim import FollowUp, HbmParams
 
-    sizes = _buffer_sizes(config)
+    sizes = buffer_sizes(config.buffers)
     dump, dump_offsets = dump_program(config)
     dump_bytes = sum(sizes.values())
     dump_at = -(-max(channel_bytes, dump_bytes) // 4096) * 4096

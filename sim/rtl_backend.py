@@ -332,7 +332,7 @@ def check_rtl(model: str = "glassllm", preset: str = "w4a8-ovp", prompt: str = "
 
     loaded = load_model(model)
     qcfg = QuantConfig.preset(preset)
-    calib = calibration_tokens(loaded, qcfg) if qcfg.needs_calibration() else None
+    calib = calibration_tokens(loaded, qcfg)
     if layers is None:
         q = quantize_cached(loaded, qcfg, calib)
     else:

@@ -339,7 +339,7 @@ def check_against_golden(model: str = "glassllm", preset: str = "w4a8-int4", pro
 
     loaded = load_model(model)
     qcfg = QuantConfig.preset(preset)
-    calib = calibration_tokens(loaded, qcfg) if qcfg.needs_calibration() else None
+    calib = calibration_tokens(loaded, qcfg)
     q = quantize_model(loaded.config, loaded.weights, preset, calib)
     ids = loaded.tokenizer.encode(prompt) if loaded.tokenizer is not None else [1, 2, 3]
     need = len(ids) + max_new_tokens
