@@ -42,6 +42,9 @@ class Board:
     platform: str | None = None  # Vitis platform name for v++ linking
     default_clock_mhz: float = 225.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: LUTs left to the kernel under the board's Vitis shell (None: not verified; code then uses
+    #: ``luts``): hw/fit.py's LUT budget is a share of these.
+    user_luts: int | None = None
 
     def peak_decode_tokens_per_s(self, bytes_per_token: float) -> float:
         """Upper bound for batch-1 decode: memory bandwidth / bytes read per token."""
@@ -60,6 +63,7 @@ BOARDS: dict[str, Board] = {
         notes=("also 32 GB DDR4 (38 GB/s)",
                "user region under the XDMA shell: 1,131K LUT, 8,304 DSP, 1,776 BRAM36, 960 URAM",
                "FlightLLM closed timing at 225 MHz"),
+        user_luts=1_131_000,
     ),
     "u55c": Board(
         "u55c", "xcu55c-fsvh2892-2L-e", "xcup", 1_304_000, 9_024, 2_016, 960, 3,

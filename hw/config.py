@@ -58,11 +58,13 @@ class AcceleratorConfig:
     ``chains_per_core`` sparse DSP chains of ``chain_length`` DSP48E2 each form a core's matrix
     engine; each DSP performs two INT8 multiply-accumulates per cycle (WP486 packing).
     ``ovp_rows`` x ``ovp_cols`` is the OVP (W4A4) systolic array of each core; 0 disables it.
+    The field defaults are the U280's default configuration (``for_board("u280")``, whose shape
+    :data:`DEFAULT_SHAPES` explains).
     """
 
     board: str = "u280"
     cores: int = 3
-    chains_per_core: int = 128
+    chains_per_core: int = 16
     chain_length: int = 16
     ovp_rows: int = 16
     ovp_cols: int = 16
@@ -77,7 +79,8 @@ class AcceleratorConfig:
     #: 4 DSP48E2 each, so the SFU has ``sfu_lanes`` = the largest power of two <= ``sfu_dsp // 4``
     #: lanes and takes exactly ``4 * sfu_lanes <= sfu_dsp`` DSP48E2 (Yosys synth_xilinx on the whole
     #: SFU, docs/benchmarks.md; a budget between powers of two leaves the rest unused). At least 4.
-    sfu_dsp: int = 64
+    #: The default, 16 (4 lanes), is the U280's (:data:`DEFAULT_SHAPES`); ``small`` has 64 (16 lanes).
+    sfu_dsp: int = 16
     #: AXI4 data width of the HBM masters (and the LD/ST beat) in bits; 512 matches the U280's HBM
     #: controllers, a smaller width makes RTL simulation of a small configuration faster.
     axi_data_width: int = 512
@@ -201,39 +204,37 @@ class AcceleratorConfig:
         return dataclasses.replace(self, **changes)
 
 
-#: Share of a board's DSP48E2 the default configuration aims to put in its chains and SFUs (FlightLLM
-#: uses 6,345 of the U280's 9,024, 70 %).
-DSP_BUDGET = 0.70
-
-
-def default_chains(dsp48e2: int, cores: int, chain_length: int = 16, sfu_dsp: int = 64) -> int:
-    """Chains per core of the default configuration: a power of two (the matrix engine's weight word
-    is 16 bytes per chain, hw/mpe.py), the one nearest to ``DSP_BUDGET`` of the board's DSPs
-    (``DSP_BUDGET * dsp48e2 / cores - sfu_dsp`` DSPs per core in chains of ``chain_length``; a tie
-    takes the smaller), halved while ``cores x (chains x chain_length + sfu_dsp)`` exceeds the board
-    (at 70 % rounding up never does: it adds at most a third to the budget; only a board too small
-    for one chain gets 1, which the configuration's validation then refuses with the reason).
-    U280 / U55C: budget 127.6 -> 128 chains (3 x (128 x 16 + 64) = 6,336 DSP48E2, FlightLLM's 6,345);
-    U50 (2 cores): 126.2 -> 128 (4,224 of 5,952); U250 (3 cores): 175.2 -> 128 (6,336 of 12,288).
-    """
-    budget = max(1.0, (DSP_BUDGET * dsp48e2 / cores - sfu_dsp) / chain_length)
-    low = 1 << (int(budget).bit_length() - 1)         # the power of two at or below the budget
-    chains = low if budget - low <= 2 * low - budget else 2 * low
-    while chains > 1 and cores * (chains * chain_length + sfu_dsp) > dsp48e2:
-        chains //= 2
-    return chains
+#: The default configuration's shape per board: (cores, chains_per_core, sfu_dsp). Each is the
+#: configuration with the most DSP48E2 among up to 3 cores (one per SLR), a power of two of chains of
+#: 16 and 4, 8 or 16 SFU lanes (4 DSP48E2 each) that passes both fit checks OlivineCore applies: the
+#: buffers' and the engine's block / Ultra RAM (hw.buffers.check_fit) and the logic, estimated from
+#: Yosys measurements, within 70 % of the kernel's LUTs and of one SLR's share per core
+#: (hw/fit.py check_logic; found by hw.fit.largest_fitting, which tests/test_hw_fit.py keeps this
+#: table equal to). Why so few chains: by the measurements a chain of 16 DSP48E2 costs ~5.1k LUT of
+#: fabric beside its DSPs plus its share of the C log C weight-word data path, and the SFU ~8.2k per
+#: lane, so one SLR's 70 % holds about 16 chains and 4 lanes with the U280's 32 AXI channels per
+#: core (docs/benchmarks.md "Fit: LUT budget and the U280 default (fit-model8)"); the old default of
+#: 3 x 128 chains (6,336 DSP48E2) is estimated at several times the board's LUTs and is refused.
+#: Boards not listed keep the AcceleratorConfig field defaults.
+DEFAULT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "u280": (3, 16, 16),
+    "u55c": (3, 16, 32),
+    "u50": (2, 16, 32),
+    "u250": (3, 16, 64),
+}
 
 
 def for_board(name: str, **overrides) -> AcceleratorConfig:
-    """The default configuration for a board, sized to fit it (overrides are validated): up to 3
-    cores (one per SLR), :func:`default_chains` chains of 16 per core (a power of two near 70 % of
-    the DSPs), every HBM channel."""
+    """The default configuration for a board, sized to fit it (overrides are validated): the
+    cores, chains of 16 per core and SFU DSPs of :data:`DEFAULT_SHAPES` (the largest power-of-two
+    configuration whose memories and estimated logic fit the board), every HBM channel."""
     board = get_board(name)
     defaults: dict = {"board": board.name}
-    if board.slrs is not None:
+    if board.name in DEFAULT_SHAPES:
+        cores, chains, sfu_dsp = DEFAULT_SHAPES[board.name]
+        defaults.update(cores=cores, chains_per_core=chains, sfu_dsp=sfu_dsp)
+    elif board.slrs is not None:
         defaults["cores"] = min(3, board.slrs)
-    if board.dsp48e2 is not None:
-        defaults["chains_per_core"] = default_chains(board.dsp48e2, defaults.get("cores", 1))
     if board.memory.channels:
         defaults["hbm_channels"] = board.memory.channels
     defaults.update(overrides)
@@ -277,13 +278,13 @@ def _check_fields(cls, data: dict, where: str) -> None:
 # ---- named configurations ------------------------------------------------------------------------
 
 def small(board: str = "u280") -> AcceleratorConfig:
-    """A small core for RTL simulation: 1 core, 8 chains of 16 DSPs, buffers sized for glassllm.
+    """A small core for RTL simulation: 1 core, 8 chains of 16 DSPs, 16 SFU lanes (64 DSPs), buffers sized for glassllm.
 
     The data space (activation 180 KiB + global 72 KiB, 5 + 2 UltraRAMs) holds glassllm's prefill in
     chunks of 32 tokens at its full context of 128; the 72 KiB weight buffer holds two 16-row tiles of
     its widest row. Four HBM channels spread glassllm's tiles while keeping a testbench's memory models few.
     """
-    return AcceleratorConfig(board=get_board(board).name, cores=1, chains_per_core=8, chain_length=16,
+    return AcceleratorConfig(board=get_board(board).name, cores=1, chains_per_core=8, chain_length=16, sfu_dsp=64,
                              buffers=BufferConfig(weight_kib=72, activation_kib=180, global_kib=72, meta_kib=16,
                                                   bias_kib=8),
                              hbm_channels=4)
@@ -302,8 +303,8 @@ def tiny(board: str = "u280") -> AcceleratorConfig:
 
 #: Named configurations: name -> (builder taking the board name, one-line description).
 CONFIGS = {
-    "default": (for_board, "sized to the board: up to 3 cores (one per SLR), the power of two of chains of 16 "
-                "nearest to ~70% of the DSPs, "
+    "default": (for_board, "sized to the board: the largest power-of-two shape whose logic (estimated from "
+                "Yosys measurements, hw/fit.py) and memories fit (U280: 3 cores x 16 chains of 16, 4 SFU lanes), "
                 "all HBM channels, 1 MiB weight + 1.5 MiB activation + 512 KiB global buffer per core"),
     "small": (small, "1 core, 8 chains of 16, buffers sized for glassllm, 4 HBM channels (for RTL simulation)"),
     "tiny": (tiny, "small's buffers, 2 chains of 16, 4 SFU lanes, 128-bit AXI, 2 HBM channels (fast RTL "

@@ -48,7 +48,10 @@ slice on read and shift data and byte enables on write. Each bank's primitive (U
 from its depth x width (hw.buffers.choose_primitive), and the core refuses (ConfigError, naming the
 buffers) a configuration whose banks on ``config.cores`` cores exceed the board's URAM or BRAM
 (hw.buffers.check_fit, with the matrix engine's chunk banks and carry memory,
-hw.mpe.MatrixEngine.memory_primitives; ``buffer_primitives`` holds the totals).
+hw.mpe.MatrixEngine.memory_primitives; ``buffer_primitives`` holds the totals), and one whose
+logic, estimated per part from Yosys measurements (hw/fit.py check_logic: LUT sites = LUT + SRL +
+LUTRAM), exceeds 70 % of the board's kernel LUTs or of one SLR's share per core, naming each part's
+share (``logic_estimate`` holds the per-part estimate of one core).
 
 Arbitration, per bank and port: LD (writes) and ST (reads) win in the data space; they are never
 frozen because their AXI handshakes cannot pause mid-beat. The SFU and the matrix engine contend for the
@@ -91,6 +94,7 @@ from .axi import RESP_OKAY, axi4_lite_signature, axi4_signature
 from .bitops import popcount, shift_right
 from .buffers import RAM_STYLES, bank_plan, check_fit, plan_geometry
 from .config import AcceleratorConfig
+from .fit import check_logic
 from .controller import LINT_WAIVERS as CONTROLLER_LINT_WAIVERS
 from .controller import STATES, STATUS_CAUSES, UNIT_NAMES, Controller, unit_layout
 from .decode import DEFAULT_OFFSET_BITS
@@ -270,6 +274,8 @@ class OlivineCore(wiring.Component):
         engine_memories = getattr(self.mpe, "memory_primitives", None)
         self.buffer_primitives = check_fit(self.plan, config.board_facts, config.cores,
                                            engine_memories() if engine_memories else None)
+        # and the logic: LUT / FF estimated from Yosys measurements (hw/fit.py) within the board's cap
+        self.logic_estimate = check_logic(config, engine=engine_memories is not None)
         self._geometry = plan_geometry(self.plan)
         self.buffer_bytes = {name: g[0] for name, g in self._geometry.items()}
         members = {"s_axi_control": In(axi4_lite_signature(core_regs.ADDRESS_BITS, 32)), "interrupt": Out(1)}

@@ -195,6 +195,12 @@ def _cmd_hdl(args: argparse.Namespace) -> int:
     return hdl_main(board=args.board, config=args.config, out=args.output, lint=args.lint, artifact=args.artifact)
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from olivine.hw.fit import fit_main
+
+    return fit_main(board=args.board, config=args.config, as_json=args.json)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from olivine.compiler.compile import compile_main
 
@@ -299,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory: new, empty, or an earlier `olivine hdl` output (replaced whole)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall on the result")
     p.set_defaults(func=_cmd_hdl)
+
+    p = sub.add_parser("fit", help="estimate a configuration's logic (LUT, FF, SRL) per part and check it fits",
+                       description="The core's logic per part (matrix engine, SFU, LD, ST, controller, guards, top), "
+                                   "estimated from Yosys synth_xilinx measurements (hw/fit.py), against 70 %% of the "
+                                   "board's kernel LUTs and of one SLR per core, with the buffers' block / Ultra RAM "
+                                   "check. Exit status 1 when the configuration does not fit (olivine hdl refuses it).",
+                       lazy_epilog=_boards_help)
+    p.add_argument("--board", default=None, help="target board (default u280, or the file's)")
+    p.add_argument("--config", default=None, metavar="NAME|FILE.json",
+                   help="a named configuration (default: sized to the board; small; tiny) or a JSON file of "
+                        "AcceleratorConfig fields")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("compile", help="compile a quantized model to programs per length bucket + weight image",
                        description="Quantize a model, compile one program per prompt and context length bucket "
