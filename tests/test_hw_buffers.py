@@ -51,10 +51,11 @@ def test_primitive_follows_the_shape():
 
 @pytest.mark.filterwarnings("ignore:.*created but never used")  # the refused core's parts
 def test_u280_buffers_fit_and_a_larger_weight_buffer_is_refused():
-    """The U280 default (3 cores, 128 chains: 2 KiB weight words) fits: per core 256 + 32 + 16
-    RAMB36 (weight, meta, bias) and 2 x 29 URAM288 (data banks); 4 MiB of weights per core would
-    need 3 x 1,024 RAMB36 and is refused by name, by the config's core."""
-    cfg = for_board("u280")
+    """The U280's buffers at 3 cores of 128 chains (the old default: 2 KiB weight words) fit: per core
+    256 + 32 + 16 RAMB36 (weight, meta, bias) and 2 x 29 URAM288 (data banks); 4 MiB of weights per
+    core would need 3 x 1,024 RAMB36 and is refused by name, by the config's core (the memory check
+    comes before the logic check, which refuses 128 chains on its own: tests/test_hw_fit.py)."""
+    cfg = for_board("u280", chains_per_core=128, sfu_dsp=64)
     words = {"weight": 16 * cfg.chains_per_core, "meta": 64, "bias": 64, "data": 64}
     plan = bank_plan(cfg.buffers, 2, words)
     assert check_fit(plan, get_board("u280"), cfg.cores) == {"uram": 3 * 58, "bram": 3 * (256 + 32 + 16)}
@@ -62,12 +63,17 @@ def test_u280_buffers_fit_and_a_larger_weight_buffer_is_refused():
     with pytest.raises(ConfigError, match=r"3216 RAMB36 .* u280 has 2016; per core: weight 1024 \(2048 x 16384 bits\)"):
         check_fit(bank_plan(big.buffers, 2, words), get_board("u280"), big.cores)
     from olivine.hw.hdl import core_for
+    from olivine.hw.mpe import MatrixEngine
 
     with pytest.raises(ConfigError, match="weight 1024"):
         core_for(big)
     # the core counts its matrix engine's memories too: per core 256 RAMB36 of chunk banks (128 banks of
     # 256 x 128 bits) and 228 URAM288 of carry (128 x 16,384 bits): 3 x (304 + 256), 3 x (58 + 228)
-    assert core_for(cfg).buffer_primitives == {"uram": 3 * (58 + 228), "bram": 3 * (304 + 256)}
+    engine = MatrixEngine(cfg).memory_primitives()
+    assert check_fit(plan, get_board("u280"), cfg.cores, engine) == {"uram": 3 * (58 + 228), "bram": 3 * (304 + 256)}
+    # the default (16 chains: 256-byte weight words, 4,096 deep, so URAM): weight 28 + 1 URAM288 (2,048
+    # bits = 28 x 72 + 32), data 58; meta 32 and bias 16 RAMB36; the engine's memories are LUTRAM
+    assert core_for(for_board("u280")).buffer_primitives == {"uram": 3 * (29 + 58), "bram": 3 * (32 + 16)}
 
 
 @pytest.mark.filterwarnings("ignore:.*created but never used")
@@ -78,7 +84,7 @@ def test_the_engines_memories_count_in_the_fit():
     naming the engine's banks."""
     from olivine.hw.mpe import MatrixEngine
 
-    cfg = for_board("u280")
+    cfg = for_board("u280", chains_per_core=128)
     assert MatrixEngine(cfg.replace(chains_per_core=32)).memory_primitives() == {}
     assert MatrixEngine(cfg.replace(chains_per_core=64)).memory_primitives() == {"wbank": ("bram", 128)}
     engine = MatrixEngine(cfg).memory_primitives()
@@ -98,7 +104,8 @@ def test_olivine_hdl_refuses_buffers_beyond_the_board(tmp_path, capsys):
     from olivine.cli import main
 
     bad = tmp_path / "big.json"
-    bad.write_text(json.dumps({"buffers": {"weight_kib": 4096}}))
+    # 4 MiB of weights at 128 chains (2 KiB words): 3 x 1,024 RAMB36 (the memory check, before the logic's)
+    bad.write_text(json.dumps({"chains_per_core": 128, "buffers": {"weight_kib": 4096}}))
     assert main(["hdl", "--config", str(bad), "-o", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("olivine hdl: ") and "RAMB36" in err and "weight 1024" in err, err

@@ -1,14 +1,15 @@
 import pytest
 
-from olivine.hw.config import AcceleratorConfig, BufferConfig, ConfigError, default_chains, for_board
+from olivine.hw.config import DEFAULT_SHAPES, AcceleratorConfig, BufferConfig, ConfigError, for_board
 
 
-def test_u280_default_fits_and_matches_flightllm_scale():
+def test_u280_default_is_the_shape_that_fits():
+    # the largest power-of-two shape whose estimated logic and memories fit (hw/fit.py,
+    # tests/test_hw_fit.py): 3 cores x 16 chains of 16, 4 SFU lanes = 3 x (256 + 16) = 816 DSP48E2
     cfg = for_board("u280")
-    assert cfg.cores == 3 and cfg.hbm_channels == 32
-    # FlightLLM used 6,345 DSP48E2 on the U280; the default sits in the same range and fits.
-    assert 6000 <= cfg.dsp_count <= cfg.board_facts.dsp48e2
-    assert cfg.macs_per_cycle == 2 * 3 * cfg.chains_per_core * 16
+    assert (cfg.cores, cfg.chains_per_core, cfg.sfu_dsp, cfg.hbm_channels) == (3, 16, 16, 32)
+    assert cfg.dsp_count == 816
+    assert cfg.macs_per_cycle == 2 * 3 * 16 * 16
     assert cfg.hbm_gbps == pytest.approx(460.0)
 
 
@@ -20,16 +21,13 @@ def test_every_board_has_a_buildable_default(board):
     assert cfg.chains_per_core & (cfg.chains_per_core - 1) == 0
 
 
-def test_default_chains_are_the_power_of_two_nearest_the_budget_that_fits():
-    # U280 / U55C: 0.7 * 9024 / 3 - 64 = 2041.6 DSPs = 127.6 chains -> 128: 3 x (2048 + 64) = 6,336
-    # (FlightLLM: 6,345); U50 (2 cores): 126.2 -> 128; U250 (3 of 4 SLRs): 175.2 -> 128, not 256
-    assert [for_board(b).chains_per_core for b in ("u280", "u55c", "u50", "u250")] == [128, 128, 128, 128]
-    assert for_board("u280").dsp_count == 6336
-    assert default_chains(6000, 1) == 256          # 258.5 -> 256 (4,160 DSPs)
-    assert default_chains(12000, 1) == 512         # 521 -> 512
-    assert default_chains(1000, 1) == 32           # 39.75: 32 is nearer than 64
-    assert default_chains(3200, 3) == 32           # 42.7 -> 32
-    assert default_chains(100, 3) == 1             # no room for a chain: 1 (the config's validation says why)
+def test_board_defaults_come_from_the_shape_table():
+    # DEFAULT_SHAPES (cores, chains, sfu_dsp) per board; overrides still win; a board without an entry
+    # keeps the field defaults (which are the U280's)
+    assert {b: (for_board(b).cores, for_board(b).chains_per_core, for_board(b).sfu_dsp) for b in DEFAULT_SHAPES} \
+        == DEFAULT_SHAPES
+    assert for_board("u280", chains_per_core=32).chains_per_core == 32
+    assert (for_board("vhk158").chains_per_core, for_board("vhk158").sfu_dsp) == (16, 16)
 
 
 @pytest.mark.parametrize("changes, reason", [
