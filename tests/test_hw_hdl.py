@@ -52,15 +52,17 @@ def test_core_for_builds_the_engine_and_the_rope_rom_of_the_model():
 
 @pytest.mark.parametrize("board", ["u280", "u55c", "u50", "u250"])
 def test_the_default_core_of_every_board_has_its_matrix_engine(board):
-    """The boards' defaults have a power of two of chains (128), so the engine is built: MM / MV
-    run there (pv and sparse at any power of two, tests/test_hw_mpe.py at 32 chains)."""
+    """The boards' defaults have a power of two of chains (16, hw.config.DEFAULT_SHAPES), so the
+    engine is built: MM / MV run there (pv and sparse at any power of two, tests/test_hw_mpe.py at
+    32 chains); the core passes the memory and logic checks (hw/fit.py)."""
     from olivine.hw.config import for_board
 
     cfg = for_board(board)
     core = core_for(cfg, mpe=True)
     assert isinstance(core.mpe, MatrixEngine) and core.mpe_problem is None
-    assert core.mpe.chains == cfg.chains_per_core == 128
-    assert core.mpe.geometry.wword_bytes == 16 * 128      # the 2 KiB weight word
+    assert core.mpe.chains == cfg.chains_per_core == 16
+    assert core.mpe.geometry.wword_bytes == 16 * 16       # the 256-byte weight word
+    assert [p.name for p in core.logic_estimate][0] == "engine"
 
 
 def test_core_for_leaves_the_slot_empty_when_the_engine_cannot_be_built():
