@@ -196,7 +196,8 @@ class QuantConfig:
     static activation scales keep the first golden.data.CALIBRATION_TOKENS), ``smooth_down``,
     alpha of the w_down input smoothing (golden.gptq.smoothing_scales; 0: none), ``smooth_norm``,
     alpha of the RMSNorm-output smoothing folded into attn_norm / ffn_norm (golden.gptq.fold_norm_scales;
-    0: none)."""
+    0: none), ``smooth_o``, alpha of wo's input smoothing folded into wv's rows
+    (golden.gptq.head_tied_smoothing_scales; 0: none)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
     overrides: dict[str, LayerQuant] = field(default_factory=dict)
@@ -204,6 +205,7 @@ class QuantConfig:
     gptq_tokens: int | None = None
     smooth_down: float = 0.0
     smooth_norm: float = 0.0
+    smooth_o: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerQuant):
@@ -218,7 +220,7 @@ class QuantConfig:
         g = self.gptq_tokens
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 16):
             raise QuantConfigError(f"QuantConfig.gptq_tokens={g!r}; expected None or a token count >= 16 per corpus")
-        for option in ("smooth_down", "smooth_norm"):
+        for option in ("smooth_down", "smooth_norm", "smooth_o"):
             a = getattr(self, option)
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
                 raise QuantConfigError(f"QuantConfig.{option}={a!r}; expected an exponent alpha in [0, 1] (0: no smoothing)")
@@ -238,7 +240,8 @@ class QuantConfig:
             merged.pop(k, None)
             merged[k] = v
         return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}",
-                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down, smooth_norm=self.smooth_norm)
+                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down, smooth_norm=self.smooth_norm,
+                           smooth_o=self.smooth_o)
 
     def for_layer(self, name: str) -> LayerQuant:
         """The LayerQuant of linear ``name`` (last matching override, else the default)."""
@@ -264,7 +267,7 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return self.smooth_down > 0 or self.smooth_norm > 0 or any(
+        return self.smooth_down > 0 or self.smooth_norm > 0 or self.smooth_o > 0 or any(
             lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS for lq in [self.default, *self.overrides.values()])
 
     def calibration_length(self, default: int) -> int:
@@ -276,5 +279,7 @@ class QuantConfig:
         parts = ([f"GPTQ on {self.gptq_tokens} calibration tokens per corpus"] if self.gptq_tokens else []) + \
                 ([f"w_down input smoothed by rms^{self.smooth_down:g}"] if self.smooth_down else []) + \
                 ([f"q/k/v and gate/up inputs smoothed by rms^{self.smooth_norm:g} (1/s in the RMSNorm gammas)"]
-                 if self.smooth_norm else [])
+                 if self.smooth_norm else []) + \
+                ([f"wo input smoothed by rms^{self.smooth_o:g} (1/s in wv's rows, tied per key-value head)"]
+                 if self.smooth_o else [])
         return "; ".join(parts)
