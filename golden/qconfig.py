@@ -5,11 +5,12 @@ linear names as :meth:`olivine.golden.model.LlamaWeights.named_linears` spells t
 ``"layers.3.wq"``, ``"layers.*.w_down"``, ``"lm_head"``. When several patterns match a name the
 one inserted LAST wins (like later rules in a style sheet), so put general patterns first.
 
-Besides the per-linear choices a QuantConfig carries three whole-model options (PRESET_OPTIONS):
+Besides the per-linear choices a QuantConfig carries four whole-model options (PRESET_OPTIONS):
 ``gptq_tokens`` (calibration tokens per corpus for GPTQ's Hessians; None: all the calibration
 tokens given), ``smooth_down`` (alpha of the w_down input smoothing s = rms(x)**alpha folded
-into w_up's rows; 0: none) and ``smooth_norm`` (alpha of the q/k/v and gate/up input smoothing
-folded into the RMSNorm gammas; 0: none).
+into w_up's rows; 0: none), ``smooth_norm`` (alpha of the q/k/v and gate/up input smoothing
+folded into the RMSNorm gammas; 0: none) and ``smooth_o`` (alpha of wo's input smoothing folded
+into wv's rows, tied per key-value head; 0: none).
 
 Presets (``QuantConfig.preset(name)``; lm_head is the sensitive layer everywhere: its weight is the
 (tied) embedding table and its output is the logits, so it stays INT8 weights x INT8 activations):
@@ -62,6 +63,14 @@ w4a8-ovp-gptq-g128-cal4k-nsmooth  w4a8-ovp-gptq-g128-cal4k-smooth with the RMSNo
                    (docs/benchmarks.md). Needs calibration tokens.
 w4a8-int4-gptq-g128-cal4k-nsmooth  the same on plain INT4 (equal-bits comparison; SmolLM2: Lee 1.331x,
                    Shakespeare 1.203x). Needs calibration tokens.
+w4a8-ovp-gptq-g128-cal4k-nsmooth-vo  w4a8-ovp-gptq-g128-cal4k-nsmooth with wo's input smoothed too:
+                   wv's row (kv, d) x 1/s and wo's column (h, d) x s for every query head h of kv
+                   head kv, s = rms^0.5 of wo's calibration input tied over those heads
+                   (golden.gptq.head_tied_smoothing_scales; exact in float since each head's
+                   attention output is a convex combination of v rows; weights only, same
+                   contract). Measured, not better: SmolLM2's integer model Lee 1.155x,
+                   Shakespeare 1.096x against -nsmooth's 1.137x / 1.087x (docs/benchmarks.md).
+                   Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -177,6 +186,7 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-int4-gptq-g128-cal4k-smooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-ovp-gptq-g128-cal4k-nsmooth": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128-cal4k-nsmooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
 }
 
 #: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down, smooth_norm)
@@ -185,6 +195,7 @@ PRESET_OPTIONS: dict[str, dict] = {
     "w4a8-int4-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
     "w4a8-ovp-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
     "w4a8-int4-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "smooth_o": 0.5},
 }
 
 
