@@ -14,6 +14,8 @@ Variant syntax, comma-separated key=value (defaults in brackets):
   rtn=KINDS [-] (linear kinds rounded to nearest, "+"-separated, e.g. rtn=w_down+w_up)
   scale=ALPHA [0] (w_down input scaling s = rms(x)**ALPHA folded into w_up's rows)
   nscale=ALPHA [0] (the same for the q/k/v and gate/up inputs, 1/s folded into the RMSNorm gammas)
+  oscale=ALPHA [0] (the same for wo's input, 1/s folded into wv's rows; s tied over the query heads
+                    that share one key-value head, exact in float)
   group=64|128 [128] (4-bit multipliers per that many weights)
   int8=NAMES [-] ("+"-separated globs kept at INT8, e.g. int8=layers.2?.w_down)
 
@@ -50,7 +52,7 @@ _SHARED = {"wk": "wq", "wv": "wq", "w_up": "w_gate"}
 
 def parse_variant(text: str) -> dict:
     v = {"calib": 1024, "damp": gptq.DAMP, "order": "act", "kind": "ovp4", "rtn": (), "scale": 0.0, "int8": (), "nscale": 0.0,
-         "group": 128}
+         "group": 128, "oscale": 0.0}
     for part in filter(None, text.split(",")):
         key, _, val = part.partition("=")
         if key not in v:
@@ -59,7 +61,7 @@ def parse_variant(text: str) -> dict:
             v[key] = tuple(val.split("+"))
         elif key in ("calib", "group"):
             v[key] = int(val)
-        elif key in ("damp", "scale", "nscale"):
+        elif key in ("damp", "scale", "nscale", "oscale"):
             v[key] = float(val)
         else:
             v[key] = val
@@ -89,7 +91,7 @@ def hessians(loaded, n_calib: int, names, cache_dir: str):
     return out
 
 
-def input_scales(v: dict, hs: dict, names) -> dict:
+def input_scales(v: dict, hs: dict, names, config=None) -> dict:
     """linear name -> the per-input-channel scale s of its input (the linear runs x / s with
     weight w * s; golden.gptq.smoothing_scales of the calibration Hessian): w_down's with
     v["scale"] (1/s folded into w_up's rows), q/k/v's and gate/up's with v["nscale"] (1/s folded
@@ -100,6 +102,8 @@ def input_scales(v: dict, hs: dict, names) -> dict:
         alpha = v["scale"] if short == "w_down" else v["nscale"] if short in ("wq", "wk", "wv", "w_gate", "w_up") else 0
         if alpha:
             scales[n] = gptq.smoothing_scales(hs[n], alpha)
+        elif short == "wo" and v["oscale"]:
+            scales[n] = gptq.head_tied_smoothing_scales(hs[n], v["oscale"], config.n_heads, config.n_kv_heads)
     return scales
 
 
@@ -107,7 +111,7 @@ def quantize_variant(loaded, v: dict, hs: dict, names):
     """name -> dequantized weight [N, K] of variant v (in the variant's own input scaling: the
     model runs x / s, see input_scales); and the stored bits per weight."""
     w_all = {n: loaded.weights.linear(n).to(torch.float32) for n in names}
-    scales = input_scales(v, hs, names)
+    scales = input_scales(v, hs, names, loaded.config)
     deq, bits_num, bits_den = {}, 0, 0
     group = v["group"]
     for n in names:
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
         deq, bits = quantize_variant(loaded, v, hs, names)
         tq = time.perf_counter() - t0
         deq["lm_head"] = head
-        scales = input_scales(v, hs, names)
+        scales = input_scales(v, hs, names, cfg)
         model = _ScaledInputs(cfg, loaded.weights, deq, scales)
         res = {c: perplexity(model, ids) for c, ids in texts.items()}
         g = (sum(greedy_agreement(ref, model, p, args.greedy_n) for p in prompts) / len(prompts)) \

@@ -50,6 +50,7 @@ from .ovp_format import get_format
 
 __all__ = ["GptqError", "GptqWeight", "hessian", "collect_hessians", "CALIBRATION_WINDOW", "gptq_ovp", "gptq_int4", "to_qweight",
            "quantize_linears", "quantize_linears_sequential", "smoothing_scales", "smooth_down_inputs",
+           "rescale_linears", "head_tied_smoothing_scales", "kv_rows_of",
            "norm_smoothing_scales", "fold_norm_scales",
            "rtn_ovp_values", "rtn_grouped", "group_factor_candidates", "choose_group_factors", "PAIR_CHOICES",
            "SCALE_MODES"]
@@ -530,6 +531,50 @@ def smoothing_scales(h: torch.Tensor, alpha: float) -> torch.Tensor:
     return s.to(torch.float32)
 
 
+def head_tied_smoothing_scales(h: torch.Tensor, alpha: float, n_heads: int, n_kv_heads: int) -> torch.Tensor:
+    """Per-input-channel scales of wo's input (the concatenated query heads' attention outputs,
+    channel c = head * head_dim + d), tied over the query heads that read one key-value head:
+    s_(h, d) = g_(kv(h), d)**alpha with g the geometric mean of rms_(h', d) = sqrt(H_cc) over the
+    query heads h' of that group (channels with no energy count as rms 1), normalized to geometric
+    mean 1 over all channels. Tied because the attention output of head h is a convex combination
+    of kv head kv(h)'s value rows, so dividing wv's row (kv, d) by g**alpha divides channel (h, d)
+    of every head of the group by the same number: wo's columns x s and wv's rows x 1/s is exact."""
+    k = h.shape[0]
+    if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads or k % n_heads:
+        raise GptqError(f"head-tied smoothing: wo's {k} inputs do not split into {n_heads} query heads "
+                        f"over {n_kv_heads} key-value heads")
+    hd, rep = k // n_heads, n_heads // n_kv_heads
+    d = torch.diagonal(h).to(torch.float64)
+    lg = torch.where(d > 0, d.clamp_min(1e-300).sqrt().log(), torch.zeros_like(d))
+    tied = lg.view(n_kv_heads, rep, hd).mean(dim=1, keepdim=True).expand(n_kv_heads, rep, hd).reshape(k)
+    ls = alpha * tied
+    return (ls - ls.mean()).exp().to(torch.float32)
+
+
+def kv_rows_of(s: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tensor:
+    """The [n_kv_heads * head_dim] scales of wv's rows behind a head-tied scale of wo's input
+    (:func:`head_tied_smoothing_scales`): the first query head of each group."""
+    hd, rep = s.shape[0] // n_heads, n_heads // n_kv_heads
+    return s.view(n_kv_heads, rep, hd)[:, 0, :].reshape(-1)
+
+
+def rescale_linears(weights: LlamaWeights, col_scales: dict[str, torch.Tensor],
+                    row_scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """name -> the re-parametrized float32 weight of every linear in ``col_scales`` (column j x
+    s_j) or ``row_scales`` (row i x 1/r_i), in that order of operations; what quantize_model
+    quantizes for the smoothing options and what golden.qcache rebuilds on load (the same
+    float operations, so the same float32 values)."""
+    out = {}
+    for name in dict.fromkeys([*col_scales, *row_scales]):
+        w = weights.linear(name).to(torch.float32)
+        if name in col_scales:
+            w = w * col_scales[name]
+        if name in row_scales:
+            w = w / row_scales[name].reshape(-1, 1)
+        out[name] = w
+    return out
+
+
 def smooth_down_inputs(weights: LlamaWeights, hessians: dict[str, torch.Tensor], alpha: float, layers) -> tuple[dict, dict]:
     """Weight re-parametrization of every listed decoder layer's FFN, exact in float: w_up's row j
     x 1/s_j and w_down's column j x s_j (s = :func:`smoothing_scales` of w_down's Hessian), since
@@ -542,8 +587,7 @@ def smooth_down_inputs(weights: LlamaWeights, hessians: dict[str, torch.Tensor],
         if down not in hessians:
             raise GptqError(f"smoothing w_down's input needs its calibration Hessian; {down} has none")
         s = smoothing_scales(hessians[down], alpha)
-        new_w[down] = weights.linear(down).to(torch.float32) * s
-        new_w[up] = weights.linear(up).to(torch.float32) / s.reshape(-1, 1)
+        new_w.update(rescale_linears(weights, {down: s}, {up: s}))
         sd = s.to(torch.float64)
         new_h[down] = hessians[down].to(torch.float64) / sd.reshape(-1, 1) / sd.reshape(1, -1)
     return new_w, new_h

@@ -17,8 +17,10 @@ entry that is truncated, corrupt or made for another key is reported, deleted an
 never trusted. Writing an entry removes older entries of the same model and preset (other code
 versions or files), so the cache holds one per pair. ``OLIVINE_NO_CACHE=1`` bypasses the cache
 (nothing read or written).
-The float weights are not stored (the loaded model provides them; the RMSNorm smoothing's scales,
-QuantConfig.smooth_norm, are, and their fold is redone on load) and the decoded OVP operands
+The float weights are not stored (the loaded model provides them; the smoothing options' scales
+are: QuantConfig.smooth_norm's, whose fold into the gammas is redone on load, and the linears'
+re-parametrizations of smooth_down / smooth_o, golden.gptq.rescale_linears, redone for the
+QLinears' float weights ``w_float``) and the decoded OVP operands
 are recomputed from the codes, so an entry is about 2.5 bytes per quantized weight.
 """
 
@@ -119,10 +121,10 @@ def _strip(linears: dict, embed_q) -> tuple[dict, object]:
     return out, strip_weight(embed_q)
 
 
-def _restore(lean: dict, lean_embed, weights) -> tuple[dict, object]:
+def _restore(lean: dict, lean_embed, weights, col_scales=None, row_scales=None) -> tuple[dict, object]:
     from dataclasses import replace
 
-    from . import ovp
+    from . import gptq, ovp
     from .contract import padded_weight
 
     memo = {}
@@ -138,12 +140,14 @@ def _restore(lean: dict, lean_embed, weights) -> tuple[dict, object]:
                 memo[id(w)] = replace(w, exponent=torch.zeros_like(w.values, dtype=torch.int8), integer=w.values.to(torch.int8))
         return memo[id(w)]
 
+    # the smoothing options' re-parametrized float weights, as quantize_model built them
+    rescaled = gptq.rescale_linears(weights, col_scales or {}, row_scales or {})
     linears = {}
     for name, lin in lean.items():
         w_float = lin.w_float
         if w_float is None:
             w = lin.weight
-            w_float = padded_weight(weights.linear(name), w.kind, lin.act, w.block_n)
+            w_float = padded_weight(rescaled.get(name, weights.linear(name)), w.kind, lin.act, w.block_n)
         linears[name] = replace(lin, weight=restore_weight(lin.weight), w_float=w_float)
     return linears, restore_weight(lean_embed)
 
@@ -203,16 +207,18 @@ def quantize_cached(loaded, qcfg, calib_tokens=None, progress=None):
             # the gammas the integer model, the compiler and the RTL take are the folded ones
             norm_scales = entry.get("norm_scales") or {}
             weights = gptq.fold_norm_scales(loaded.weights, norm_scales) if norm_scales else loaded.weights
-            linears, embed_q = _restore(entry["linears"], entry["embed_q"], weights)
+            col_scales, row_scales = entry.get("col_scales") or {}, entry.get("row_scales") or {}
+            linears, embed_q = _restore(entry["linears"], entry["embed_q"], weights, col_scales, row_scales)
             say(f"quantized model loaded from the cache ({path})")
-            return QLlama(loaded.config, weights, qcfg, linears, embed_q, entry["layer_quant"], norm_scales=norm_scales)
+            return QLlama(loaded.config, weights, qcfg, linears, embed_q, entry["layer_quant"], norm_scales=norm_scales,
+                          col_scales=col_scales, row_scales=row_scales)
         except Exception as err:  # noqa: BLE001 - any unreadable entry is rebuilt, never trusted
             warnings.warn(f"olivine cache entry {path} is unusable ({err}); rebuilding it", CacheWarning, stacklevel=2)
             path.unlink(missing_ok=True)
     model = quantize_model(loaded.config, loaded.weights, qcfg, calib_tokens)
     lean, lean_embed = _strip(model.linears, model.embed_q)
     _write(path, {"key": key, "linears": lean, "embed_q": lean_embed, "layer_quant": model.layer_quant,
-                  "norm_scales": model.norm_scales})
+                  "norm_scales": model.norm_scales, "col_scales": model.col_scales, "row_scales": model.row_scales})
     # one entry per model and preset: older ones (other code versions, changed files) go
     for stale in path.parent.glob(f"{slug}-{'?' * len(key)}.qmodel"):  # exactly this slug
         if stale != path:

@@ -5,11 +5,12 @@ linear names as :meth:`olivine.golden.model.LlamaWeights.named_linears` spells t
 ``"layers.3.wq"``, ``"layers.*.w_down"``, ``"lm_head"``. When several patterns match a name the
 one inserted LAST wins (like later rules in a style sheet), so put general patterns first.
 
-Besides the per-linear choices a QuantConfig carries three whole-model options (PRESET_OPTIONS):
+Besides the per-linear choices a QuantConfig carries four whole-model options (PRESET_OPTIONS):
 ``gptq_tokens`` (calibration tokens per corpus for GPTQ's Hessians; None: all the calibration
 tokens given), ``smooth_down`` (alpha of the w_down input smoothing s = rms(x)**alpha folded
-into w_up's rows; 0: none) and ``smooth_norm`` (alpha of the q/k/v and gate/up input smoothing
-folded into the RMSNorm gammas; 0: none).
+into w_up's rows; 0: none), ``smooth_norm`` (alpha of the q/k/v and gate/up input smoothing
+folded into the RMSNorm gammas; 0: none) and ``smooth_o`` (alpha of wo's input smoothing folded
+into wv's rows, tied per key-value head; 0: none).
 
 Presets (``QuantConfig.preset(name)``; lm_head is the sensitive layer everywhere: its weight is the
 (tied) embedding table and its output is the logits, so it stays INT8 weights x INT8 activations):
@@ -62,6 +63,14 @@ w4a8-ovp-gptq-g128-cal4k-nsmooth  w4a8-ovp-gptq-g128-cal4k-smooth with the RMSNo
                    (docs/benchmarks.md). Needs calibration tokens.
 w4a8-int4-gptq-g128-cal4k-nsmooth  the same on plain INT4 (equal-bits comparison; SmolLM2: Lee 1.331x,
                    Shakespeare 1.203x). Needs calibration tokens.
+w4a8-ovp-gptq-g128-cal4k-nsmooth-vo  w4a8-ovp-gptq-g128-cal4k-nsmooth with wo's input smoothed too:
+                   wv's row (kv, d) x 1/s and wo's column (h, d) x s for every query head h of kv
+                   head kv, s = rms^0.5 of wo's calibration input tied over those heads
+                   (golden.gptq.head_tied_smoothing_scales; exact in float since each head's
+                   attention output is a convex combination of v rows; weights only, same
+                   contract). Measured, not better: SmolLM2's integer model Lee 1.155x,
+                   Shakespeare 1.096x against -nsmooth's 1.137x / 1.087x (docs/benchmarks.md).
+                   Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -177,6 +186,7 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-int4-gptq-g128-cal4k-smooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-ovp-gptq-g128-cal4k-nsmooth": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128-cal4k-nsmooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
 }
 
 #: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down, smooth_norm)
@@ -185,6 +195,7 @@ PRESET_OPTIONS: dict[str, dict] = {
     "w4a8-int4-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
     "w4a8-ovp-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
     "w4a8-int4-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "smooth_o": 0.5},
 }
 
 
@@ -196,7 +207,8 @@ class QuantConfig:
     static activation scales keep the first golden.data.CALIBRATION_TOKENS), ``smooth_down``,
     alpha of the w_down input smoothing (golden.gptq.smoothing_scales; 0: none), ``smooth_norm``,
     alpha of the RMSNorm-output smoothing folded into attn_norm / ffn_norm (golden.gptq.fold_norm_scales;
-    0: none)."""
+    0: none), ``smooth_o``, alpha of wo's input smoothing folded into wv's rows
+    (golden.gptq.head_tied_smoothing_scales; 0: none)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
     overrides: dict[str, LayerQuant] = field(default_factory=dict)
@@ -204,6 +216,7 @@ class QuantConfig:
     gptq_tokens: int | None = None
     smooth_down: float = 0.0
     smooth_norm: float = 0.0
+    smooth_o: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerQuant):
@@ -218,7 +231,7 @@ class QuantConfig:
         g = self.gptq_tokens
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 16):
             raise QuantConfigError(f"QuantConfig.gptq_tokens={g!r}; expected None or a token count >= 16 per corpus")
-        for option in ("smooth_down", "smooth_norm"):
+        for option in ("smooth_down", "smooth_norm", "smooth_o"):
             a = getattr(self, option)
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
                 raise QuantConfigError(f"QuantConfig.{option}={a!r}; expected an exponent alpha in [0, 1] (0: no smoothing)")
@@ -238,7 +251,8 @@ class QuantConfig:
             merged.pop(k, None)
             merged[k] = v
         return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}",
-                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down, smooth_norm=self.smooth_norm)
+                           gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down, smooth_norm=self.smooth_norm,
+                           smooth_o=self.smooth_o)
 
     def for_layer(self, name: str) -> LayerQuant:
         """The LayerQuant of linear ``name`` (last matching override, else the default)."""
@@ -264,7 +278,7 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return self.smooth_down > 0 or self.smooth_norm > 0 or any(
+        return self.smooth_down > 0 or self.smooth_norm > 0 or self.smooth_o > 0 or any(
             lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS for lq in [self.default, *self.overrides.values()])
 
     def calibration_length(self, default: int) -> int:
@@ -276,5 +290,7 @@ class QuantConfig:
         parts = ([f"GPTQ on {self.gptq_tokens} calibration tokens per corpus"] if self.gptq_tokens else []) + \
                 ([f"w_down input smoothed by rms^{self.smooth_down:g}"] if self.smooth_down else []) + \
                 ([f"q/k/v and gate/up inputs smoothed by rms^{self.smooth_norm:g} (1/s in the RMSNorm gammas)"]
-                 if self.smooth_norm else [])
+                 if self.smooth_norm else []) + \
+                ([f"wo input smoothed by rms^{self.smooth_o:g} (1/s in wv's rows, tied per key-value head)"]
+                 if self.smooth_o else [])
         return "; ".join(parts)

@@ -241,12 +241,19 @@ class QLlama(FloatLlama):
 
     def __init__(self, config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig,
                  linears: dict[str, QLinear], embed_q: QWeight | None, layer_quant: dict[str, LayerQuant],
-                 norm_scales: dict[str, torch.Tensor] | None = None):
+                 norm_scales: dict[str, torch.Tensor] | None = None,
+                 col_scales: dict[str, torch.Tensor] | None = None,
+                 row_scales: dict[str, torch.Tensor] | None = None):
         super().__init__(config, weights)
         self.qcfg, self.linears, self.layer_quant = qcfg, linears, layer_quant
         # the RMSNorm smoothing scales already folded into ``weights`` (QuantConfig.smooth_norm;
         # kept so golden.qcache can rebuild the folded weights from the loaded ones)
         self.norm_scales = dict(norm_scales or {})
+        # the linears' re-parametrizations (smooth_down, smooth_o): name -> s of column j x s_j
+        # (col_scales) or row i x 1/s_i (row_scales) of the float weight that was quantized
+        # (golden.gptq.rescale_linears; its QLinear's w_float is that weight, padded)
+        self.col_scales = dict(col_scales or {})
+        self.row_scales = dict(row_scales or {})
         self.is_float = qcfg.is_float
         self.sfu = _Sfu(config)
         self.embed_q = embed_q
@@ -441,27 +448,40 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
         calib = collect_linear_inputs(config, weights, static_tokens, static)
     gptq_w = {}
     float_w: dict[str, torch.Tensor] = {}  # re-parametrized float weights (w_down input smoothing)
+    col_scales: dict[str, torch.Tensor] = {}
+    row_scales: dict[str, torch.Tensor] = {}
     gptq_names = [n for n in names if lq[n].method in GPTQ_METHODS]
-    if gptq_names or qcfg.smooth_down:
+    if gptq_names or qcfg.smooth_down or qcfg.smooth_o:
         if calib_tokens is None:
             what = f"{len(gptq_names)} linears use GPTQ ({gptq_names[0]}, ...)" if gptq_names else \
-                "w_down input smoothing needs calibration inputs"
+                "the input smoothing (smooth_down / smooth_o) needs calibration inputs"
             raise ContractError(f"{what}; pass calib_tokens")
         from . import gptq
 
         par = [n for n in gptq_names if lq[n].method == "gptq"]
         seq = [n for n in gptq_names if lq[n].method == "gptq-seq"]
-        if seq and qcfg.smooth_down:
-            raise ContractError(f"{qcfg.name}: w_down input smoothing is offered with one-pass GPTQ or round-to-nearest, "
+        if seq and (qcfg.smooth_down or qcfg.smooth_o):
+            raise ContractError(f"{qcfg.name}: w_down / wo input smoothing is offered with one-pass GPTQ or round-to-nearest, "
                                 "not sequential GPTQ (gptq-seq); use method='gptq'")
         downs = [f"layers.{i}.w_down" for i in range(config.n_layers)] if qcfg.smooth_down else []
-        hs = gptq.collect_hessians(config, weights, gptq_tokens, list(dict.fromkeys(par + downs))) \
-            if par or downs else {}
-        if downs:
+        outs = [f"layers.{i}.wo" for i in range(config.n_layers)] if qcfg.smooth_o else []
+        hs = gptq.collect_hessians(config, weights, gptq_tokens, list(dict.fromkeys(par + downs + outs))) \
+            if par or downs or outs else {}
+        for down in downs:
             # w_up's rows x 1/s, w_down's columns x s: the same function in float; only w_down's grid
             # and its per-token INT8 input see the change (w_up's per-row scale absorbs 1/s)
-            float_w, smoothed_h = gptq.smooth_down_inputs(weights, hs, qcfg.smooth_down, range(config.n_layers))
-            hs.update(smoothed_h)
+            col_scales[down] = row_scales[down.replace("w_down", "w_up")] = \
+                gptq.smoothing_scales(hs[down], qcfg.smooth_down)
+        for wo in outs:
+            # wv's rows x 1/s, wo's columns x s (s tied over the query heads of one kv head): the
+            # attention output is a convex combination of v rows, so the same function in float
+            s = gptq.head_tied_smoothing_scales(hs[wo], qcfg.smooth_o, config.n_heads, config.n_kv_heads)
+            col_scales[wo], row_scales[wo.replace("wo", "wv")] = s, gptq.kv_rows_of(s, config.n_heads, config.n_kv_heads)
+        if col_scales:
+            float_w = gptq.rescale_linears(weights, col_scales, row_scales)
+            for name, s in col_scales.items():  # the Hessian of the rescaled input x / s
+                sd = s.to(torch.float64)
+                hs[name] = hs[name].to(torch.float64) / sd.reshape(-1, 1) / sd.reshape(1, -1)
         if par:
             gptq_w.update(gptq.quantize_linears(config, weights, None, {n: lq[n].weights for n in par},
                                                 groups={n: lq[n].group for n in par}, hessians=hs,
@@ -488,4 +508,5 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
         embed_q = head  # one INT8 table serves the lookup and the head
     else:
         embed_q = quantize_weight(weights.embed, "int8")
-    return QLlama(config, weights, qcfg, linears, embed_q, lq, norm_scales=norm_scales)
+    return QLlama(config, weights, qcfg, linears, embed_q, lq, norm_scales=norm_scales, col_scales=col_scales,
+                  row_scales=row_scales)

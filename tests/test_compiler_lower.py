@@ -469,7 +469,7 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
 @pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown",
                                     "w4a8-int4-gptq-g128-rtndown", "w4a8-ovp-gptq-g128-cal4k-smooth",
                                     "w4a8-int4-gptq-g128-cal4k-smooth", "w4a8-ovp-gptq-g128-cal4k-nsmooth",
-                                    "w4a8-int4-gptq-g128-cal4k-nsmooth"])
+                                    "w4a8-int4-gptq-g128-cal4k-nsmooth", "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo"])
 def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     """w4a8-ovp-gptqseq-g128 (sequential GPTQ), w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
     round-to-nearest), w4a8-ovp-gptq-g128-cal4k-smooth (GPTQ on 4,096 calibration tokens per
@@ -478,7 +478,7 @@ def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     multipliers, on glassllm: other w_down grid values than the one-pass GPTQ preset of the same
     grid, still valid OVP codes (INT4 in -7..7), and the functional simulator reproduces golden's
     integer model bit for bit (tokens and every logit)."""
-    from olivine.golden import ovp
+    from olivine.golden import gptq, ovp
     from olivine.golden.data import CALIBRATION_TOKENS, model_calibration_tokens
     from olivine.golden.loaders import load_model
     from olivine.golden.qconfig import QuantConfig
@@ -503,6 +503,11 @@ def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
         assert not torch.equal(q.gamma["layers.3.attn_norm"], to_fixed(m.weights.layers[3].attn_norm, GAMMA_FRAC))
         assert torch.equal(q.gamma["layers.3.attn_norm"],
                            to_fixed(m.weights.layers[3].attn_norm / q.norm_scales["layers.3.attn_norm"], GAMMA_FRAC))
+    if QuantConfig.preset(preset).smooth_o:  # wv's rows x 1/s, wo's columns x s (head-tied s)
+        so = q.col_scales["layers.3.wo"]
+        assert torch.equal(q.row_scales["layers.3.wv"], gptq.kv_rows_of(so, m.config.n_heads, m.config.n_kv_heads))
+        assert torch.equal(q.linears["layers.3.wo"].w_float, m.weights.linear("layers.3.wo").float() * so)
+        assert not torch.equal(q.linears["layers.3.wo"].weight.values, one.linears["layers.3.wo"].weight.values)
     out = tmp_path / "seq"
     assert compile_main("glassllm", "u280", preset=preset, out=str(out), max_context=48, quiet=True) == 0
     ids = m.tokenizer.encode("Once upon a time")

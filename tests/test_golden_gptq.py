@@ -371,6 +371,49 @@ def test_fold_norm_scales_is_exact_in_float():
         gptq.fold_norm_scales(m.weights, {"layers.99.attn_norm": sa})
 
 
+def test_head_tied_wo_smoothing_is_exact_in_float():
+    """wv's row (kv, d) x 1/g and wo's column (h, d) x g for every query head h reading kv head kv
+    (golden.gptq.head_tied_smoothing_scales, tied over the group) leave the float model's function
+    unchanged: each head's attention output is a convex combination of its kv head's value rows."""
+    import dataclasses
+
+    from olivine.golden.data import model_calibration_tokens
+    from olivine.golden.loaders import load_model
+    from olivine.golden.model import FloatLlama
+
+    m = load_model("glassllm")
+    cfg = m.config
+    outs = [f"layers.{i}.wo" for i in range(cfg.n_layers)]
+    hs = gptq.collect_hessians(cfg, m.weights, model_calibration_tokens(m)[:, :128], outs)
+    cols, rows = {}, {}
+    for wo in outs:
+        s = gptq.head_tied_smoothing_scales(hs[wo], 0.5, cfg.n_heads, cfg.n_kv_heads)
+        cols[wo], rows[wo.replace("wo", "wv")] = s, gptq.kv_rows_of(s, cfg.n_heads, cfg.n_kv_heads)
+    s, hd, rep = cols["layers.1.wo"], cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    assert s.shape == (cfg.n_heads * hd,) and float(s.max() / s.min()) > 1.3  # a real rescaling
+    assert abs(float(s.double().log().mean())) < 1e-6  # geometric mean 1
+    tied = s.view(cfg.n_kv_heads, rep, hd)
+    assert torch.equal(tied, tied[:, :1].expand_as(tied))  # one scale per (kv head, d)
+    d = torch.diagonal(hs["layers.1.wo"]).double().sqrt().log().view(cfg.n_kv_heads, rep, hd).mean(1)
+    ref_s = (0.5 * d - (0.5 * d).mean()).exp().float()
+    assert torch.allclose(tied[:, 0], ref_s, rtol=1e-5)
+    new = gptq.rescale_linears(m.weights, cols, rows)
+    layers = [dataclasses.replace(lw, wo=new[f"layers.{i}.wo"], wv=new[f"layers.{i}.wv"]) for i, lw in enumerate(m.weights.layers)]
+    ids = torch.as_tensor(m.tokenizer.encode("Once upon a time there was a little girl who"))
+    ref = FloatLlama(cfg, m.weights)(ids)
+    out = FloatLlama(cfg, dataclasses.replace(m.weights, layers=layers))(ids)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    # untied (per query head) scales would not be exact: the check can fail
+    bad = dict(cols, **{"layers.1.wo": gptq.smoothing_scales(hs["layers.1.wo"], 0.5)})
+    new_bad = gptq.rescale_linears(m.weights, bad, rows)
+    layers_bad = [dataclasses.replace(lw, wo=new_bad[f"layers.{i}.wo"], wv=new_bad[f"layers.{i}.wv"])
+                  for i, lw in enumerate(m.weights.layers)]
+    out_bad = FloatLlama(cfg, dataclasses.replace(m.weights, layers=layers_bad))(ids)
+    assert not torch.allclose(out_bad, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    with pytest.raises(gptq.GptqError, match="query heads"):
+        gptq.head_tied_smoothing_scales(hs["layers.1.wo"], 0.5, cfg.n_heads + 1, cfg.n_kv_heads)
+
+
 def test_cal4k_nsmooth_preset_folds_the_norms_into_the_integer_model():
     """w4a8-ovp-gptq-g128-cal4k-nsmooth: -cal4k-smooth plus smooth_norm = 0.5; the integer model's
     gammas (what compiler.spec takes) are the folded ones, computed from the GPTQ calibration

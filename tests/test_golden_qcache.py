@@ -151,3 +151,31 @@ def test_norm_smoothing_survives_the_cache(glass, cache_dir, builds):
         assert not torch.equal(second.gamma[name], unfolded), name
     assert qcache.cache_key(glass, cfg, calib) != qcache.cache_key(glass, dataclasses.replace(cfg, smooth_norm=0.0), calib)
     assert qcache.cache_key(glass, cfg, calib) != qcache.cache_key(glass, dataclasses.replace(cfg, smooth_norm=0.25), calib)
+
+
+def test_smoothed_linears_keep_their_float_weights_through_the_cache(glass, cache_dir, builds):
+    """smooth_down / smooth_o re-parametrize w_up / w_down (and wv / wo) before quantizing them;
+    a model loaded from the cache carries those rescaled float weights (QLinear.w_float) and the
+    scales, not the loaded model's unsmoothed ones."""
+    from olivine.golden import gptq
+    from olivine.golden.data import model_calibration_tokens
+
+    calib = model_calibration_tokens(glass)[:, :128]
+    w8 = LayerQuant("int8", "int8")
+    cfg = QuantConfig(w8, {"lm_head": w8}, name="w8a8-dsmooth-osmooth", smooth_down=0.5, smooth_o=0.5)
+    first = qcache.quantize_cached(glass, cfg, calib)
+    second = qcache.quantize_cached(glass, cfg, calib)
+    assert len(builds) == 1
+    _same(first, second)  # w_float of every linear included
+    assert sorted(second.col_scales) == sorted(f"layers.{i}.{n}" for i in range(glass.config.n_layers)
+                                               for n in ("w_down", "wo"))
+    assert sorted(second.row_scales) == sorted(f"layers.{i}.{n}" for i in range(glass.config.n_layers)
+                                               for n in ("w_up", "wv"))
+    s = second.col_scales["layers.1.w_down"]
+    assert torch.equal(s, second.row_scales["layers.1.w_up"]) and float(s.max() / s.min()) > 2
+    assert torch.equal(second.linears["layers.1.w_down"].w_float, glass.weights.linear("layers.1.w_down").float() * s)
+    assert torch.equal(second.linears["layers.1.w_up"].w_float, glass.weights.linear("layers.1.w_up").float() / s[:, None])
+    so = second.col_scales["layers.2.wo"]
+    assert torch.equal(second.row_scales["layers.2.wv"], gptq.kv_rows_of(so, glass.config.n_heads, glass.config.n_kv_heads))
+    assert torch.equal(second.linears["layers.2.wo"].w_float, glass.weights.linear("layers.2.wo").float() * so)
+    assert qcache.cache_key(glass, cfg, calib) != qcache.cache_key(glass, dataclasses.replace(cfg, smooth_o=0.25), calib)
