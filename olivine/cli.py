@@ -224,6 +224,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     waves_step=args.waves_step, budget=args.budget)
 
 
+def _board_and_config_args(p, board_fallback: str) -> None:
+    """``--board`` and ``--config NAME|FILE.json`` of the commands that build a core's configuration."""
+    p.add_argument("--board", default=None, help=f"target board (default u280, or {board_fallback})")
+    p.add_argument("--config", default=None, metavar="NAME|FILE.json",
+                   help="a named configuration (default: sized to the board; small; tiny) or a JSON file of "
+                        "AcceleratorConfig fields")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="olivine", description=__doc__.split("\n\n")[0],
                      epilog="exit status: 0 success, 1 the work failed, 2 usage error (bad option, value or "
@@ -294,10 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "directory. With --artifact the configuration and the SFU's RoPE ROM come from "
                                    "a compiled model.",
                        lazy_epilog=_boards_help)
-    p.add_argument("--board", default=None, help="target board (default u280, or the artifact's)")
-    p.add_argument("--config", default=None, metavar="NAME|FILE.json",
-                   help="a named configuration (default: sized to the board; small; tiny) or a JSON file of "
-                        "AcceleratorConfig fields")
+    _board_and_config_args(p, "the artifact's")
     p.add_argument("--artifact", default=None, metavar="DIR",
                    help="a compiled artifact (`olivine compile`): its configuration, and the RoPE ROM of its model "
                         "sized to its longest context")
@@ -308,14 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="estimate a configuration's logic (LUT, FF, SRL) per part and check it fits",
                        description="The core's logic per part (matrix engine, SFU, LD, ST, controller, guards, top), "
-                                   "estimated from Yosys synth_xilinx measurements (hw/fit.py), against 70 %% of the "
+                                   "estimated from Yosys synth_xilinx measurements (hw/fit.py), against 70 % of the "
                                    "board's kernel LUTs and of one SLR per core, with the buffers' block / Ultra RAM "
                                    "check. Exit status 1 when the configuration does not fit (olivine hdl refuses it).",
                        lazy_epilog=_boards_help)
-    p.add_argument("--board", default=None, help="target board (default u280, or the file's)")
-    p.add_argument("--config", default=None, metavar="NAME|FILE.json",
-                   help="a named configuration (default: sized to the board; small; tiny) or a JSON file of "
-                        "AcceleratorConfig fields")
+    _board_and_config_args(p, "the file's")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.set_defaults(func=_cmd_fit)
 
