@@ -37,8 +37,8 @@ the project's sizing already aims at (hw.config.DSP_BUDGET, FlightLLM's 70 %).
 
 Error on the points measured (docs/benchmarks.md "Fit: LUT budget and the U280 default"): the
 engine's per-chain line and the other parts pass through their own points by construction (two
-points each); the data-path factor is within 7 % of the five data-path runs except the 16-chain
-unit rotator (-28 %, ABC packs it better); the whole tiny and small cores (hierarchical runs, an
+points each); the data-path factor is within 5 % of four data-path runs and 40 % above the fifth,
+the 16-chain read rotator (ABC packs two of its stages into one LUT6); the whole tiny and small cores (hierarchical runs, an
 upper bound: no optimisation across modules) are 6 % above the model, which is the hierarchical
 engine's excess over the flattened one the model is built on (27,899 vs 23,014 LUT at 2 chains).
 The extrapolation to 32-128 chains rests on the engine's two points (2, 4 chains) and is the
