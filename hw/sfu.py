@@ -12,7 +12,8 @@ in, one cycle read latency; ``wr``: ``addr``/``data``/``en`` out with one enable
 ``Memory`` connects directly (:class:`SfuHarness` does that for tests).
 
 Lanes and the DSP budget: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp //
-4``: 16 lanes at the default 64 SFU DSPs, 4 at the small configuration's 16. Every DSP48E2 of the
+4``: 4 lanes at the U280 default's 16 SFU DSPs (hw/config.py DEFAULT_SHAPES), 16 at the ``small``
+configuration's 64. Every DSP48E2 of the
 unit is its shared multiplier bank (hw/sfu_mul.py :class:`~olivine.hw.sfu_mul.MultiplierBank`): one
 signed 44 x 35 product per lane and cycle (4 DSP48E2), used by the op core of the running
 instruction (``sel`` from the op code); every other product (the geometry's rows x cols, the norm's
@@ -1172,7 +1173,7 @@ def small_config(**overrides) -> AcceleratorConfig:
 def _resource_unit(config: str = "small", ops: str = "", sfu_dsp: int = 0, rope: str = ""):
     """The SFU (``olivine resources sfu --config u280 [--ops add,mul] [--sfu_dsp 64] [--rope smollm2]``).
 
-    ``config``: "small" (4 lanes, 16 KiB data space) or a board name (its default configuration);
+    ``config``: "small" (the SFU tests' configuration: 4 lanes, 16 KiB data space) or a board name (its default configuration);
     ``rope``: a RoPE ROM preset (hw/sfu_rope.py ROM_PRESETS; none: rope is not built).
     """
     from .sfu_rope import preset_rom

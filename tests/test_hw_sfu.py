@@ -150,7 +150,14 @@ def test_resource_unit_factory():
     dut, top = UNITS["sfu"](config="small", ops="add,copy")
     Fragment.get(dut, None)
     assert dut.ops == ("add", "copy") and dut.lanes == 4 and top == "sfu_small_4l_add_copy"
+    from olivine.hw.config import DEFAULT_SHAPES, for_board
+    from olivine.hw.sfu import sfu_lanes
+
     dut, top = UNITS["sfu"](config="u280")
+    lanes = sfu_lanes(for_board("u280"))
+    assert lanes == DEFAULT_SHAPES["u280"][2] // 4  # the board default's SFU DSP budget, 4 per lane
+    assert dut.lanes == lanes and top.startswith(f"sfu_u280_{lanes}l")
+    dut, top = UNITS["sfu"](config="u280", sfu_dsp=64)
     assert dut.lanes == 16 and top.startswith("sfu_u280_16l")
 
 
