@@ -79,8 +79,8 @@ class AcceleratorConfig:
     #: 4 DSP48E2 each, so the SFU has ``sfu_lanes`` = the largest power of two <= ``sfu_dsp // 4``
     #: lanes and takes exactly ``4 * sfu_lanes <= sfu_dsp`` DSP48E2 (Yosys synth_xilinx on the whole
     #: SFU, docs/benchmarks.md; a budget between powers of two leaves the rest unused). At least 4.
-    #: The default, 16 (4 lanes), is the U280's (:data:`DEFAULT_SHAPES`); ``small`` has 64 (16 lanes).
-    sfu_dsp: int = 16
+    #: The default, 32 (8 lanes), is the U280's (:data:`DEFAULT_SHAPES`); ``small`` has 64 (16 lanes).
+    sfu_dsp: int = 32
     #: AXI4 data width of the HBM masters (and the LD/ST beat) in bits; 512 matches the U280's HBM
     #: controllers, a smaller width makes RTL simulation of a small configuration faster.
     axi_data_width: int = 512
@@ -212,15 +212,15 @@ class AcceleratorConfig:
 #: (hw/fit.py check_logic; found by hw.fit.largest_fitting, which tests/test_hw_fit.py keeps this
 #: table equal to). Why so few chains: by the measurements a chain of 16 DSP48E2 costs ~5.1k LUT of
 #: fabric beside its DSPs plus its share of the C log C weight-word data path, and the SFU ~8.2k per
-#: lane, so one SLR's 70 % holds about 16 chains and 4 lanes with the U280's 32 AXI channels per
+#: lane, so one SLR's 70 % holds about 16 chains and 8 lanes with the U280's 32 AXI channels per
 #: core (docs/benchmarks.md "Fit: LUT budget and the U280 default (fit-model8)"); the old default of
 #: 3 x 128 chains (6,336 DSP48E2) is estimated at several times the board's LUTs and is refused.
 #: Boards not listed keep the AcceleratorConfig field defaults.
 DEFAULT_SHAPES: dict[str, tuple[int, int, int]] = {
-    "u280": (3, 16, 16),
+    "u280": (3, 16, 32),
     "u55c": (3, 16, 32),
     "u50": (2, 16, 32),
-    "u250": (3, 16, 64),
+    "u250": (3, 16, 32),
 }
 
 

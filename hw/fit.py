@@ -85,6 +85,7 @@ class Part:
 
 
 _EF7 = "docs/benchmarks.md 'Matrix engine: fit at 128 chains (engine-fit7 branch)'"
+_FIT8 = "docs/benchmarks.md 'Fit: LUT budget and the U280 default (fit-model8)'"
 _HIER = "docs/benchmarks.md 'Whole core, hierarchical (core-yosys7)'"
 _TINY = (f"{_HIER}: tiny core, `nice -n 5 .venv/bin/python benchmarks/bench_core.py resources --config tiny "
          "--parts core --hierarchical --report core_tiny.json`")
@@ -101,6 +102,7 @@ MEASURED: dict[str, Part] = {
         Point(2, 23_014, 7_999, 1_239, 184, f"{_EF7}: the whole engine of for_board('u280') with 2 chains, DSP48E2 "
               "primitives, flattened: `nice -n 5 .venv/bin/python benchmarks/engine_fit.py engine --chains 2`"),
         Point(4, 35_706, 11_720, 2_347, 261, f"{_EF7}: the same with 4 chains: `... engine_fit.py engine --chains 4`"),
+        Point(8, 63_531, 19_317, 4_563, 418, f"{_FIT8}: the same with 8 chains: `... engine_fit.py engine --chains 8`"),
     )),
     "datapath": Part("engine weight-word data path (in the engine's figure)", "mux bits", (
         Point(1_696, 1_451, None, None, None,
@@ -134,6 +136,9 @@ MEASURED: dict[str, Part] = {
     "top": Part("top (buffers' ports, arbitration, AXI channels)", "HBM channels x beat bytes", (
         Point(2 * 16, 4_966, 2_276, 0, 0, f"{_TINY} (the top module's own cells)"),
         Point(4 * 64, 12_634, 5_082, 0, 0, f"{_SMALL} (the core less its parts, by difference)"),
+        Point(4 * 64, 11_129, 3_600, 0, 0, f"{_FIT8}: the top's own cells at 4 channels, no engine (its ~1.5k LUT "
+              "of engine ports missing): `nice -n 5 .venv/bin/python benchmarks/fit_top_channels.py 4`"),
+        Point(32 * 64, 33_284, 5_283, 0, 0, f"{_FIT8}: the same at 32 channels: `... fit_top_channels.py 32`"),
     )),
 }
 

@@ -12,7 +12,7 @@ in, one cycle read latency; ``wr``: ``addr``/``data``/``en`` out with one enable
 ``Memory`` connects directly (:class:`SfuHarness` does that for tests).
 
 Lanes and the DSP budget: ``sfu_lanes(config)`` = the largest power of two <= ``config.sfu_dsp //
-4``: 4 lanes at the U280 default's 16 SFU DSPs (hw/config.py DEFAULT_SHAPES), 16 at the ``small``
+4``: 8 lanes at the U280 default's 32 SFU DSPs (hw/config.py DEFAULT_SHAPES), 16 at the ``small``
 configuration's 64. Every DSP48E2 of the
 unit is its shared multiplier bank (hw/sfu_mul.py :class:`~olivine.hw.sfu_mul.MultiplierBank`): one
 signed 44 x 35 product per lane and cycle (4 DSP48E2), used by the op core of the running

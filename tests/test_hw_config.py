@@ -5,10 +5,10 @@ from olivine.hw.config import DEFAULT_SHAPES, AcceleratorConfig, BufferConfig, C
 
 def test_u280_default_is_the_shape_that_fits():
     # the largest power-of-two shape whose estimated logic and memories fit (hw/fit.py,
-    # tests/test_hw_fit.py): 3 cores x 16 chains of 16, 4 SFU lanes = 3 x (256 + 16) = 816 DSP48E2
+    # tests/test_hw_fit.py): 3 cores x 16 chains of 16, 8 SFU lanes = 3 x (256 + 32) = 864 DSP48E2
     cfg = for_board("u280")
-    assert (cfg.cores, cfg.chains_per_core, cfg.sfu_dsp, cfg.hbm_channels) == (3, 16, 16, 32)
-    assert cfg.dsp_count == 816
+    assert (cfg.cores, cfg.chains_per_core, cfg.sfu_dsp, cfg.hbm_channels) == (3, 16, 32, 32)
+    assert cfg.dsp_count == 864
     assert cfg.macs_per_cycle == 2 * 3 * 16 * 16
     assert cfg.hbm_gbps == pytest.approx(460.0)
 
@@ -27,7 +27,7 @@ def test_board_defaults_come_from_the_shape_table():
     assert {b: (for_board(b).cores, for_board(b).chains_per_core, for_board(b).sfu_dsp) for b in DEFAULT_SHAPES} \
         == DEFAULT_SHAPES
     assert for_board("u280", chains_per_core=32).chains_per_core == 32
-    assert (for_board("vhk158").chains_per_core, for_board("vhk158").sfu_dsp) == (16, 16)
+    assert (for_board("vhk158").chains_per_core, for_board("vhk158").sfu_dsp) == (16, 32)
 
 
 @pytest.mark.parametrize("changes, reason", [

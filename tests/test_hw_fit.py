@@ -20,22 +20,31 @@ def parts(config, **kw):
     return {p.name: p for p in fit.estimate(config, **kw)}
 
 
-def test_each_part_passes_through_its_measured_points():
-    """Every part's line meets the points of MEASURED it is fitted on (within rounding): the engine
-    at 2 and 4 chains (net of its data path and LUTRAM memories, added back here), the SFU at 4 and
-    16 lanes, LD / ST / controller at 128- and 512-bit AXI, the top at tiny's and small's channels."""
+def test_each_part_meets_its_measured_points():
+    """Every part's line against the points of MEASURED it is fitted on. Parts with two points pass
+    through them (within rounding): the SFU at 4 and 16 lanes, LD / ST / controller at 128- and
+    512-bit AXI. The engine's least-squares line through 2, 4 and 8 chains (net of its data path and
+    LUTRAM memories, added back here) is within 1.5 % of each. The top's line through four points
+    (tiny's own cells; small's by difference and its own cells at 4 channels; 32 channels) is within
+    1 % (LUT) and 3 % (FF) at 32 channels, the U280's; at small's and tiny's few channels it errs
+    by up to 28 % below / 52 % above (the top is a small part there)."""
+    engine = {c: for_board("u280", cores=1, chains_per_core=c) for c in (2, 4, 8)}
     at = {
-        "engine": {2: for_board("u280", cores=1, chains_per_core=2), 4: for_board("u280", cores=1, chains_per_core=4)},
-        "sfu": {4: tiny(), 16: small()},
+        "engine": engine, "sfu": {4: tiny(), 16: small()},
         "ld": {16: tiny(), 64: small()}, "st": {16: tiny(), 64: small()}, "controller": {16: tiny(), 64: small()},
-        "top": {32: tiny(), 256: small()}, "guards": {1: small()},
+        "top": {32: tiny(), 256: small(), 2048: small().replace(hbm_channels=32)}, "guards": {1: small()},
     }
+    relative = {"engine": {2: 0.015, 4: 0.015, 8: 0.015}, "top": {32: 0.52, 256: 0.28, 2048: 0.03}}
     for name, configs in at.items():
         for point in fit.MEASURED[name].points:
             got = parts(configs[point.x])[name]
             for kind in fit.KINDS:
                 want = getattr(point, kind)
-                if want is not None:
+                if want is None:
+                    continue
+                if name in relative and want:
+                    assert abs(getattr(got, kind) / want - 1) <= relative[name][point.x], (name, point.x, kind)
+                else:
                     assert getattr(got, kind) == pytest.approx(want, abs=1), (name, point.x, kind)
 
 
@@ -55,24 +64,25 @@ def test_datapath_factor_against_the_data_path_runs():
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_whole_core_estimate_against_the_measured_cores(name):
-    """The sum of the parts against the whole tiny and small cores (hierarchical runs): LUT, FF and
-    LUT sites 4-7 % below, the hierarchical engine's excess over the flattened one the model uses
-    (27,899 vs 23,014 LUT at 2 chains); SRL 9 % (tiny) and 17 % (small) below."""
+    """The sum of the parts against the whole tiny and small cores (hierarchical runs, upper bounds:
+    the hierarchical engine exceeds the flattened one the model uses, 27,899 vs 23,014 LUT at 2
+    chains): LUT and LUT sites 3 % (tiny) and 6 % (small) below, FF within 1 % (tiny) and 7 % below
+    (small), SRL 9 % and 17 % below."""
     cfg, lut, ff, srl, lutram = WHOLE[name]
     est = fit.estimate(cfg)
     got = {k: sum(getattr(p, k) for p in est) for k in fit.KINDS}
     sites = sum(p.sites for p in est)
-    assert -0.07 < got["lut"] / lut - 1 < -0.04, got
-    assert -0.07 < got["ff"] / ff - 1 < -0.03, got
-    assert -0.07 < sites / fit.lut_sites(lut, srl, lutram) - 1 < -0.04, sites
+    assert -0.07 < got["lut"] / lut - 1 < -0.025, got
+    assert -0.08 < got["ff"] / ff - 1 < 0.01, got
+    assert -0.07 < sites / fit.lut_sites(lut, srl, lutram) - 1 < -0.025, sites
     assert -0.2 < got["srl"] / srl - 1 < -0.05, got
 
 
-def test_engine_at_8_chains_is_below_its_hierarchical_run():
-    """No flattened 8-chain engine exists after the chunk banks; its hierarchical run (75,889 LUT,
-    an upper bound) is 18 % above the model's 62.0k: an extrapolation from 2 and 4 chains."""
+def test_engine_at_8_chains_against_its_runs():
+    """At 8 chains (small's engine) the model meets the flattened run it is fitted on (63,531 LUT)
+    within 0.2 %, and the hierarchical run (75,889 LUT, an upper bound) is 20 % above it."""
     got = parts(small())["engine"].lut
-    assert got == pytest.approx(61_996, abs=50)
+    assert got == pytest.approx(63_531, rel=0.002)
     assert 0.75 < got / 75_889 < 0.9
 
 
@@ -96,16 +106,16 @@ def test_memory_words_are_the_cores():
 
 
 def test_the_old_u280_default_is_refused_naming_luts():
-    """3 x 128 chains: ~1.26 M LUT sites per core (engine ~1.03 M of them), 3.8 M for three cores,
+    """3 x 128 chains: ~1.25 M LUT sites per core (engine ~1.06 M of them), 3.75 M for three cores,
     over 70 % of the U280's 1,131K kernel LUTs: refused, naming every part's share and the remedy."""
     cfg = for_board("u280", **OLD_U280)
     with pytest.raises(ConfigError) as info:
         fit.check_logic(cfg)
     msg = str(info.value)
     assert "the logic does not fit the board" in msg
-    assert "3 cores x 1,256,880 = 3,770,640 LUTs, over 70% of the 1,131,000 LUTs u280 leaves" in msg
-    assert "one core's 1,256,880 LUTs are over 70% of one SLR's 377,000" in msg
-    assert "matrix engine (chains, OVP array, requantizer) 1,025,225 (82 %)" in msg and "SFU (every op) 141,199" in msg
+    assert "3 cores x 1,251,182 = 3,753,546 LUTs, over 70% of the 1,131,000 LUTs u280 leaves" in msg
+    assert "one core's 1,251,182 LUTs are over 70% of one SLR's 377,000" in msg
+    assert "matrix engine (chains, OVP array, requantizer) 1,059,899 (85 %)" in msg and "SFU (every op) 141,199" in msg
     assert "fewer chains (chains_per_core=128)" in msg and "fewer SFU lanes (sfu_dsp=64)" in msg
     assert "fewer cores (cores=3)" in msg
 
@@ -150,14 +160,14 @@ def test_board_defaults_are_the_largest_shape_that_fits(board):
 
 
 def test_u280_default_estimate():
-    """The U280 default: 3 cores x 16 chains, 4 SFU lanes (816 DSP48E2), 262k LUT sites per core,
-    787k for three: 69.6 % of the 1,131K kernel LUTs (cap 70 %)."""
+    """The U280 default: 3 cores x 16 chains, 8 SFU lanes (864 DSP48E2), 259k LUT sites per core,
+    778k for three: 68.8 % of the 1,131K kernel LUTs (cap 70 %)."""
     cfg = for_board("u280")
-    assert (cfg.cores, cfg.chains_per_core, cfg.sfu_dsp, cfg.dsp_count) == (3, 16, 16, 816)
+    assert (cfg.cores, cfg.chains_per_core, cfg.sfu_dsp, cfg.dsp_count) == (3, 16, 32, 864)
     assert cfg == AcceleratorConfig()
     table = fit.fit_table(cfg)
-    assert table["core"]["sites"] == pytest.approx(262_436, abs=100)
-    assert table["total"]["sites"] < 0.70 * 1_131_000 < 1.01 * table["total"]["sites"]
+    assert table["core"]["sites"] == pytest.approx(259_190, abs=100)
+    assert table["total"]["sites"] < 0.70 * 1_131_000 < 1.02 * table["total"]["sites"]
     assert table["logic"] == "fits" and table["memory"] == "fits"
     assert table["memory_totals"] == {"uram": 3 * 87, "bram": 3 * 48}
 
@@ -167,11 +177,11 @@ def test_olivine_fit_prints_the_table(tmp_path, capsys):
 
     assert main(["fit"]) == 0
     out = capsys.readouterr().out
-    assert "u280: 3 cores x 16 chains of 16, sfu_dsp 16" in out and "matrix engine" in out
+    assert "u280: 3 cores x 16 chains of 16, sfu_dsp 32" in out and "matrix engine" in out
     assert "logic: fits" in out and "memory: fits (144 RAMB36, 261 URAM288)" in out
     path = tmp_path / "old.json"
     path.write_text(json.dumps(OLD_U280))
     assert main(["fit", "--config", str(path), "--json"]) == 1
     table = json.loads(capsys.readouterr().out)
-    assert table["core"]["sites"] == 1_256_880 and table["logic"].startswith("the logic does not fit")
+    assert table["core"]["sites"] == 1_251_182 and table["logic"].startswith("the logic does not fit")
     assert [r["part"] for r in table["parts"]] == ["engine", "sfu", "ld", "st", "controller", "guards", "top"]
