@@ -177,8 +177,9 @@ def test_sqrt_multiplier_rule_equals_golden_for_every_norm_width():
     assert not bad, f"sqrt(cols) multiplier differs from golden for cols {bad[:5]}"
 
 
-def test_sixteen_lanes_as_on_the_u280():
-    """The U280 lane count (sfu_dsp = 64 -> 16 lanes): bit-exact and the timing model holds."""
+def test_sixteen_lanes_as_on_small():
+    """The ``small`` configuration's lane count (sfu_dsp = 64 -> 16 lanes; the U280 default has 8):
+    bit-exact and the timing model holds."""
     config = small_config(sfu_dsp=64)
     ops = ("add", "copy")
     cases = [c for c in sfu_check.make_cases(config, ops, reduced=True, seed=7) if c.want_code == 0]
