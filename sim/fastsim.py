@@ -447,8 +447,8 @@ _DECL_RE = re.compile(r"^\s*(input|output|inout|reg|wire)\s+(?:signed\s+)?(?:\[\
 def module_declarations(verilog_text: str) -> dict[str, dict[str, str]]:
     """Module name (escaped names without the backslash, e.g. ``olivine_core.controller``) -> its
     declared names -> kind (``port``, ``port reg``: an output driven by a register, ``reg``,
-    ``wire``); names with ``$`` or ``.`` (Amaranth's
-    anonymous nets and view aliases) are left out."""
+    ``wire``); names with ``$`` or ``.`` and Yosys' ``_<n>_`` (anonymous nets and view aliases)
+    are left out."""
     out: dict[str, dict[str, str]] = {}
     starts = list(_MODULE_RE.finditer(verilog_text))
     for i, match in enumerate(starts):
@@ -457,8 +457,8 @@ def module_declarations(verilog_text: str) -> dict[str, dict[str, str]]:
         names: dict[str, str] = {}
         for decl in _DECL_RE.finditer(body):
             kind, name = decl.groups()
-            if name.startswith("\\") or "$" in name:
-                continue
+            if name.startswith("\\") or "$" in name or re.fullmatch(r"_\d+_", name):
+                continue  # Amaranth's / Yosys' anonymous nets
             kind = "port" if kind in ("input", "output", "inout") else kind
             before = names.get(name)
             if before in ("port", "port reg"):  # Amaranth declares a port, then its wire / reg
