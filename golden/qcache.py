@@ -10,7 +10,7 @@ sim/rtl.py uses for its builds). The key hashes
   the config;
 - the precision configuration (the QuantConfig, overrides included) and the calibration tokens;
 - the code version: a hash of golden's quantization sources (this file, contract, fixed, gptq,
-  model, ovp, ovp_format, qconfig, qmodel, sfu, sparsity) and the torch version.
+  model, normtweak, ovp, ovp_format, qconfig, qmodel, sfu, sparsity) and the torch version.
 
 Entries are written atomically (temporary file + rename) with a SHA-256 of their payload; an
 entry that is truncated, corrupt or made for another key is reported, deleted and rebuilt,
@@ -20,7 +20,8 @@ versions or files), so the cache holds one per pair. ``OLIVINE_NO_CACHE=1`` bypa
 The float weights are not stored (the loaded model provides them; the smoothing options' scales
 are: QuantConfig.smooth_norm's, whose fold into the gammas is redone on load, and the linears'
 re-parametrizations of smooth_down / smooth_o, golden.gptq.rescale_linears, redone for the
-QLinears' float weights ``w_float``) and the decoded OVP operands
+QLinears' float weights ``w_float``; QuantConfig.norm_tweak's gains, put back into the folded
+weights) and the decoded OVP operands
 are recomputed from the codes, so an entry is about 2.5 bytes per quantized weight.
 """
 
@@ -39,8 +40,8 @@ import torch
 __all__ = ["cache_root", "cache_key", "quantize_cached", "model_identity", "code_version", "CacheWarning"]
 
 _MAGIC = b"OLIVINE-QMODEL 1\n"
-_SOURCES = ("qcache.py", "contract.py", "fixed.py", "gptq.py", "model.py", "ovp.py", "ovp_format.py", "qconfig.py", "qmodel.py",
-            "sfu.py", "sparsity.py")
+_SOURCES = ("qcache.py", "contract.py", "fixed.py", "gptq.py", "model.py", "normtweak.py", "ovp.py", "ovp_format.py",
+            "qconfig.py", "qmodel.py", "sfu.py", "sparsity.py")
 
 
 class CacheWarning(UserWarning):
@@ -207,18 +208,25 @@ def quantize_cached(loaded, qcfg, calib_tokens=None, progress=None):
             # the gammas the integer model, the compiler and the RTL take are the folded ones
             norm_scales = entry.get("norm_scales") or {}
             weights = gptq.fold_norm_scales(loaded.weights, norm_scales) if norm_scales else loaded.weights
+            # the tweaked norm gains (QuantConfig.norm_tweak) replace the folded ones
+            norm_gains = entry.get("norm_gains") or {}
+            if norm_gains:
+                from .normtweak import apply_gains
+
+                weights = apply_gains(weights, norm_gains)
             col_scales, row_scales = entry.get("col_scales") or {}, entry.get("row_scales") or {}
             linears, embed_q = _restore(entry["linears"], entry["embed_q"], weights, col_scales, row_scales)
             say(f"quantized model loaded from the cache ({path})")
             return QLlama(loaded.config, weights, qcfg, linears, embed_q, entry["layer_quant"], norm_scales=norm_scales,
-                          col_scales=col_scales, row_scales=row_scales)
+                          col_scales=col_scales, row_scales=row_scales, norm_gains=norm_gains)
         except Exception as err:  # noqa: BLE001 - any unreadable entry is rebuilt, never trusted
             warnings.warn(f"olivine cache entry {path} is unusable ({err}); rebuilding it", CacheWarning, stacklevel=2)
             path.unlink(missing_ok=True)
     model = quantize_model(loaded.config, loaded.weights, qcfg, calib_tokens)
     lean, lean_embed = _strip(model.linears, model.embed_q)
     _write(path, {"key": key, "linears": lean, "embed_q": lean_embed, "layer_quant": model.layer_quant,
-                  "norm_scales": model.norm_scales, "col_scales": model.col_scales, "row_scales": model.row_scales})
+                  "norm_scales": model.norm_scales, "col_scales": model.col_scales, "row_scales": model.row_scales,
+                  "norm_gains": model.norm_gains})
     # one entry per model and preset: older ones (other code versions, changed files) go
     for stale in path.parent.glob(f"{slug}-{'?' * len(key)}.qmodel"):  # exactly this slug
         if stale != path:

@@ -187,15 +187,20 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-ovp-gptq-g128-cal4k-nsmooth": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128-cal4k-nsmooth": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth-nt": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    "w4a8-int4-gptq-g128-cal4k-nsmooth-nt": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
 }
 
-#: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down, smooth_norm)
+#: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down, smooth_norm,
+#: smooth_o, norm_tweak)
 PRESET_OPTIONS: dict[str, dict] = {
     "w4a8-ovp-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
     "w4a8-int4-gptq-g128-cal4k-smooth": {"gptq_tokens": 4096, "smooth_down": 0.5},
     "w4a8-ovp-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
     "w4a8-int4-gptq-g128-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
     "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "smooth_o": 0.5},
+    "w4a8-ovp-gptq-g128-cal4k-nsmooth-nt": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "norm_tweak": True},
+    "w4a8-int4-gptq-g128-cal4k-nsmooth-nt": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "norm_tweak": True},
 }
 
 
@@ -217,6 +222,10 @@ class QuantConfig:
     smooth_down: float = 0.0
     smooth_norm: float = 0.0
     smooth_o: float = 0.0
+    norm_tweak: bool = False
+    norm_tweak_lr: float = 3e-3
+    norm_tweak_tokens: int = 512
+    norm_tweak_steps: int = 20
 
     def __post_init__(self) -> None:
         if not isinstance(self.default, LayerQuant):
@@ -235,6 +244,20 @@ class QuantConfig:
             a = getattr(self, option)
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
                 raise QuantConfigError(f"QuantConfig.{option}={a!r}; expected an exponent alpha in [0, 1] (0: no smoothing)")
+        if not isinstance(self.norm_tweak, bool):
+            raise QuantConfigError(f"QuantConfig.norm_tweak={self.norm_tweak!r}; expected True or False")
+        lr = self.norm_tweak_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0.0 < lr <= 1.0:
+            raise QuantConfigError(f"QuantConfig.norm_tweak_lr={lr!r}; expected an Adam learning rate in (0, 1] (e.g. 3e-3)")
+        nt = self.norm_tweak_tokens
+        if isinstance(nt, bool) or not isinstance(nt, int) or nt < 16:
+            raise QuantConfigError(f"QuantConfig.norm_tweak_tokens={nt!r}; expected a token count >= 16 per corpus (e.g. 512)")
+        ns = self.norm_tweak_steps
+        if isinstance(ns, bool) or not isinstance(ns, int) or not 1 <= ns <= 10000:
+            raise QuantConfigError(f"QuantConfig.norm_tweak_steps={ns!r}; expected a step count in 1..10000 (e.g. 20)")
+        if self.norm_tweak and self.is_float:
+            raise QuantConfigError("QuantConfig.norm_tweak on an all-fp32 configuration: nothing is quantized, so there "
+                                   "is nothing to match; use a quantized preset or norm_tweak=False")
 
     @classmethod
     def preset(cls, name: str) -> "QuantConfig":
@@ -252,7 +275,8 @@ class QuantConfig:
             merged[k] = v
         return QuantConfig(self.default, merged, name=f"{self.name}+{len(overrides)}",
                            gptq_tokens=self.gptq_tokens, smooth_down=self.smooth_down, smooth_norm=self.smooth_norm,
-                           smooth_o=self.smooth_o)
+                           smooth_o=self.smooth_o, norm_tweak=self.norm_tweak, norm_tweak_lr=self.norm_tweak_lr,
+                           norm_tweak_tokens=self.norm_tweak_tokens, norm_tweak_steps=self.norm_tweak_steps)
 
     def for_layer(self, name: str) -> LayerQuant:
         """The LayerQuant of linear ``name`` (last matching override, else the default)."""
@@ -278,12 +302,12 @@ class QuantConfig:
         return self.default.is_float and all(lq.is_float for lq in self.overrides.values())
 
     def needs_calibration(self) -> bool:
-        return self.smooth_down > 0 or self.smooth_norm > 0 or self.smooth_o > 0 or any(
+        return self.norm_tweak or self.smooth_down > 0 or self.smooth_norm > 0 or self.smooth_o > 0 or any(
             lq.acts in ("ovp4", "int8-static") or lq.method in GPTQ_METHODS for lq in [self.default, *self.overrides.values()])
 
     def calibration_length(self, default: int) -> int:
         """Calibration tokens per corpus this configuration needs when static scales take ``default``."""
-        return max(default, self.gptq_tokens or 0)
+        return max(default, self.gptq_tokens or 0, self.norm_tweak_tokens if self.norm_tweak else 0)
 
     def describe_options(self) -> str:
         """The whole-model options as text ("" when there are none)."""
@@ -292,5 +316,7 @@ class QuantConfig:
                 ([f"q/k/v and gate/up inputs smoothed by rms^{self.smooth_norm:g} (1/s in the RMSNorm gammas)"]
                  if self.smooth_norm else []) + \
                 ([f"wo input smoothed by rms^{self.smooth_o:g} (1/s in wv's rows, tied per key-value head)"]
-                 if self.smooth_o else [])
+                 if self.smooth_o else []) + \
+                ([f"RMSNorm gains tweaked ({self.norm_tweak_steps} Adam steps, lr {self.norm_tweak_lr:g}, "
+                  f"{self.norm_tweak_tokens} calibration tokens per corpus)"] if self.norm_tweak else [])
         return "; ".join(parts)

@@ -243,7 +243,8 @@ class QLlama(FloatLlama):
                  linears: dict[str, QLinear], embed_q: QWeight | None, layer_quant: dict[str, LayerQuant],
                  norm_scales: dict[str, torch.Tensor] | None = None,
                  col_scales: dict[str, torch.Tensor] | None = None,
-                 row_scales: dict[str, torch.Tensor] | None = None):
+                 row_scales: dict[str, torch.Tensor] | None = None,
+                 norm_gains: dict[str, torch.Tensor] | None = None):
         super().__init__(config, weights)
         self.qcfg, self.linears, self.layer_quant = qcfg, linears, layer_quant
         # the RMSNorm smoothing scales already folded into ``weights`` (QuantConfig.smooth_norm;
@@ -254,6 +255,10 @@ class QLlama(FloatLlama):
         # (golden.gptq.rescale_linears; its QLinear's w_float is that weight, padded)
         self.col_scales = dict(col_scales or {})
         self.row_scales = dict(row_scales or {})
+        # the norm gains QuantConfig.norm_tweak chose (golden.normtweak; already in ``weights``,
+        # after the smoothing fold; kept so golden.qcache can put them back into the loaded weights)
+        self.norm_gains = dict(norm_gains or {})
+        self.norm_tweak_report: list = []  # golden.normtweak.LayerTweak per layer when built here
         self.is_float = qcfg.is_float
         self.sfu = _Sfu(config)
         self.embed_q = embed_q
@@ -508,5 +513,20 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
         embed_q = head  # one INT8 table serves the lookup and the head
     else:
         embed_q = quantize_weight(weights.embed, "int8")
-    return QLlama(config, weights, qcfg, linears, embed_q, lq, norm_scales=norm_scales, col_scales=col_scales,
-                  row_scales=row_scales)
+    model = QLlama(config, weights, qcfg, linears, embed_q, lq, norm_scales=norm_scales, col_scales=col_scales,
+                   row_scales=row_scales)
+    if qcfg.norm_tweak:
+        # last: the gains feeding the quantized linears tuned so each integer layer matches the
+        # float one (golden/normtweak.py), on the first norm_tweak_tokens of GPTQ's calibration rows
+        from . import normtweak
+
+        if calib_tokens is None:
+            raise ContractError(f"{qcfg.name}: norm tweaking needs calibration inputs; pass calib_tokens")
+        source = calib_tokens if qcfg.gptq_tokens is None else gptq_tokens
+        nt_tokens = normtweak.norm_tweak_tokens(source, qcfg.norm_tweak_tokens, config.max_seq_len)
+        gains, report = normtweak.tweak_norm_gains(model, nt_tokens, steps=qcfg.norm_tweak_steps, lr=qcfg.norm_tweak_lr,
+                                                   show_progress=show_progress)
+        model = QLlama(config, normtweak.apply_gains(weights, gains), qcfg, linears, embed_q, lq, norm_scales=norm_scales,
+                       col_scales=col_scales, row_scales=row_scales, norm_gains=gains)
+        model.norm_tweak_report = report
+    return model

@@ -469,12 +469,14 @@ def test_compile_main_gptq_preset_runs_bit_exact(tmp_path):
 @pytest.mark.parametrize("preset", ["w4a8-ovp-gptqseq-g128", "w4a8-ovp-gptq-g128-rtndown",
                                     "w4a8-int4-gptq-g128-rtndown", "w4a8-ovp-gptq-g128-cal4k-smooth",
                                     "w4a8-int4-gptq-g128-cal4k-smooth", "w4a8-ovp-gptq-g128-cal4k-nsmooth",
-                                    "w4a8-int4-gptq-g128-cal4k-nsmooth", "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo"])
+                                    "w4a8-int4-gptq-g128-cal4k-nsmooth", "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo",
+                                    "w4a8-ovp-gptq-g128-cal4k-nsmooth-nt", "w4a8-int4-gptq-g128-cal4k-nsmooth-nt"])
 def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     """w4a8-ovp-gptqseq-g128 (sequential GPTQ), w4a8-ovp-gptq-g128-rtndown (GPTQ but w_down
     round-to-nearest), w4a8-ovp-gptq-g128-cal4k-smooth (GPTQ on 4,096 calibration tokens per
     corpus, w_down's input smoothed into w_up's rows), -cal4k-nsmooth (the same with the RMSNorm
-    outputs smoothed, 1/s folded into the gammas the spec carries) and their INT4 counterparts, group
+    outputs smoothed, 1/s folded into the gammas the spec carries), -cal4k-nsmooth-nt (those gammas
+    then tuned by norm tweaking, golden/normtweak.py) and their INT4 counterparts, group
     multipliers, on glassllm: other w_down grid values than the one-pass GPTQ preset of the same
     grid, still valid OVP codes (INT4 in -7..7), and the functional simulator reproduces golden's
     integer model bit for bit (tokens and every logit)."""
@@ -500,9 +502,13 @@ def test_compile_main_gptq_variant_presets_run_bit_exact(tmp_path, preset):
     if QuantConfig.preset(preset).smooth_norm:  # the integer model runs on the folded gammas
         from olivine.golden.fixed import GAMMA_FRAC, to_fixed
 
+        folded = {f"layers.{i}.{n}": to_fixed(getattr(m.weights.layers[i], n) / q.norm_scales[f"layers.{i}.{n}"], GAMMA_FRAC)
+                  for i in range(m.config.n_layers) for n in ("attn_norm", "ffn_norm")}
         assert not torch.equal(q.gamma["layers.3.attn_norm"], to_fixed(m.weights.layers[3].attn_norm, GAMMA_FRAC))
-        assert torch.equal(q.gamma["layers.3.attn_norm"],
-                           to_fixed(m.weights.layers[3].attn_norm / q.norm_scales["layers.3.attn_norm"], GAMMA_FRAC))
+        assert bool(q.norm_gains) == QuantConfig.preset(preset).norm_tweak
+        for name, g in folded.items():  # the tweaked gains where norm tweaking kept some, else the folded ones
+            assert torch.equal(q.gamma[name], to_fixed(q.norm_gains[name], GAMMA_FRAC) if name in q.norm_gains else g)
+            assert (name in q.norm_gains) == (not torch.equal(q.gamma[name], g))
     if QuantConfig.preset(preset).smooth_o:  # wv's rows x 1/s, wo's columns x s (head-tied s)
         so = q.col_scales["layers.3.wo"]
         assert torch.equal(q.row_scales["layers.3.wv"], gptq.kv_rows_of(so, m.config.n_heads, m.config.n_kv_heads))
