@@ -225,17 +225,21 @@ def _requantize_row(acc: np.ndarray, p: LinearEntries, exponent: int, mantissa: 
     s_lo, s_hi = p.shift_lo - exponent, p.shift_hi - exponent
     if s_lo < 0 or s_hi > 62:
         return None
-    x = acc.astype(np.int64)
+    # max|acc * mantissa| from the accumulators themselves (int32, or float32 integers below 2**24; mantissa >= 0)
+    amax = max(int(acc.max()), -int(acc.min()))
     if mantissa is not None:
-        x *= mantissa
-    amax = int(np.abs(x).max())
+        amax *= mantissa
     if amax > 1 << min(s_lo + 2, 61) or amax * p.mult_max >= 1 << 62:
         return None
     sh = p.by_exponent.get(exponent)
     if sh is None:
         s = p.shift - exponent
         sh = p.by_exponent[exponent] = (s, (np.int64(1) << s) >> 1)
-    x *= p.mult
+    # acc * mult in int64 in one pass (acc's integers convert exactly), then * mantissa: every partial is at
+    # most max|acc| * max(mult) * mantissa < 2**62 (checked above; |acc| * mult < 2**62 for mantissa 0)
+    x = np.multiply(acc, p.mult, dtype=np.int64, casting="unsafe")
+    if mantissa is not None and mantissa != 1:
+        x *= mantissa
     x += sh[1]
     x >>= sh[0]
     bound = ((amax * p.mult_max) >> s_lo) + 1  # |(x * mult + half) >> s| <= (max|x * mult| >> min s) + 1
