@@ -40,7 +40,7 @@ from olivine.compiler.spec import group_row_bytes, unpack_group_mult
 from olivine.golden import contract, fixed, ovp, sfu
 from olivine.golden.ovp_format import get_format
 
-from . import sfu_np
+from . import int8_gemv, sfu_np
 
 __all__ = ["FuncSim", "SimError", "DeadlockError", "SimStats", "Runtime", "run_main", "check_against_golden"]
 
@@ -143,7 +143,9 @@ class DenseTile:
     """A decoded dense weight tile: integer grid values [n, K], kept in the narrowest exact form.
 
     ``matmul(a)`` returns ``contract.int_matmul(a, w)`` for INT8 codes ``a`` (|a| <= 128):
-    - |w| <= 127 (int8 and int4 tiles, most OVP tiles): an int8 x int8 GEMM with int32 sums
+    - FBGEMM's uint8 x int8 product made exact (sim/int8_gemv.py: |w| <= 64 in one product, int4 and
+      most OVP tiles; int8 tiles as two), ~10x ``torch._int_mm`` on CPUs without VNNI, where it applies;
+    - else |w| <= 127: an int8 x int8 GEMM with int32 sums
       (``torch._int_mm``); |sum| <= 128 * 127 * 65520 < 2**31, so no partial sum can wrap and the
       result is exact. One byte per weight streamed per GEMV (float64 streamed eight).
     - else float32 while max|a| * max|w| * K < 2**24 (every partial sum an exact integer), else the
@@ -155,8 +157,12 @@ class DenseTile:
         self.k = max(w.shape[1], 1)
         self.i8 = w.to(torch.int8).T if _INT_MM is not None and self.vmax <= 127 else None  # [K, n]
         self.f32 = None if self.i8 is not None else w.to(torch.float32)
+        # FBGEMM's packed weights (sim/int8_gemv.py: exact while max|w| <= 64), None where it does not apply
+        self.packed = int8_gemv.pack(w, self.vmax) if w.numel() else None
 
     def matmul(self, a: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return int8_gemv.matmul(self.packed, a)
         if self.i8 is not None:
             return _INT_MM(a.to(torch.int8), self.i8)
         if 128 * self.vmax * self.k < _EXACT_F32 or (int(a.abs().max()) if a.numel() else 0) * self.vmax * self.k \
@@ -219,17 +225,21 @@ def _requantize_row(acc: np.ndarray, p: LinearEntries, exponent: int, mantissa: 
     s_lo, s_hi = p.shift_lo - exponent, p.shift_hi - exponent
     if s_lo < 0 or s_hi > 62:
         return None
-    x = acc.astype(np.int64)
+    # max|acc * mantissa| from the accumulators themselves (int32, or float32 integers below 2**24; mantissa >= 0)
+    amax = max(int(acc.max()), -int(acc.min()))
     if mantissa is not None:
-        x *= mantissa
-    amax = int(np.abs(x).max())
+        amax *= mantissa
     if amax > 1 << min(s_lo + 2, 61) or amax * p.mult_max >= 1 << 62:
         return None
     sh = p.by_exponent.get(exponent)
     if sh is None:
         s = p.shift - exponent
         sh = p.by_exponent[exponent] = (s, (np.int64(1) << s) >> 1)
-    x *= p.mult
+    # acc * mult in int64 in one pass (acc's integers convert exactly), then * mantissa: every partial is at
+    # most max|acc| * max(mult) * mantissa < 2**62 (checked above; |acc| * mult < 2**62 for mantissa 0)
+    x = np.multiply(acc, p.mult, dtype=np.int64, casting="unsafe")
+    if mantissa is not None and mantissa != 1:
+        x *= mantissa
     x += sh[1]
     x >>= sh[0]
     bound = ((amax * p.mult_max) >> s_lo) + 1  # |(x * mult + half) >> s| <= (max|x * mult| >> min s) + 1
@@ -996,7 +1006,9 @@ class FuncSim:
         if a_addr + k + 3 > len(data) or out_addr + width > len(data) or 16 * (v["bias_addr"] + n) > \
                 len(self.buffers["bias"]):
             return None
-        codes = torch.from_numpy(data[a_addr: a_addr + k].view(np.int8).reshape(1, k))
+        codes_np = data[a_addr: a_addr + k].view(np.int8)
+        codes = torch.from_numpy(codes_np.reshape(1, k))
+        gemv = int8_gemv.Gemv(k)
         exp_byte, mant_bytes = data[a_addr + k: a_addr + k + 1].view(np.int8), data[a_addr + k + 1: a_addr + k + 3]
         out = data[out_addr: out_addr + width].view(np.int8 if out_fmt == "int8" else "<i4")
         int8, with_bias = out_fmt == "int8", bool(v["bias"])
@@ -1014,7 +1026,13 @@ class FuncSim:
             mant = int(mant_bytes[0]) | int(mant_bytes[1]) << 8
             if tile is None or entries is None or mant > MAX_MANTISSA:
                 return False
-            acc = _INT_MM(codes, tile.i8) if type(tile) is DenseTile and tile.i8 is not None else tile.matmul(codes)
+            if type(tile) is DenseTile and tile.packed is not None:
+                gemv.row[:] = codes_np  # exact: int8 codes in float32
+                acc = gemv.run(tile.packed)
+            elif type(tile) is DenseTile and tile.i8 is not None:
+                acc = _INT_MM(codes, tile.i8)
+            else:
+                acc = tile.matmul(codes)
             y = _requantize_row(acc.numpy(), entries, int(exp_byte[0]), mant, int8, with_bias)
             if y is None:
                 return False

@@ -350,6 +350,47 @@ def test_dense_tile_paths_equal_int_matmul(q, k):
     assert torch.equal(tile.matmul(a.to(torch.int8)).to(torch.int64), contract.int_matmul(a, w).to(torch.int64))
 
 
+@pytest.mark.parametrize("q, k", [(8, 1536), (64, 1024), (65, 576), (127, 576), (127, 1536), (1024, 512)])
+def test_fbgemm_products_equal_int_matmul_at_the_extremes(q, k):
+    """sim/int8_gemv.py's FBGEMM products (one tile up to |w| = 64, a Split beyond) equal int_matmul where
+    an unsplit product would saturate its int16 pair sums (|w| = 65..127 next to codes of 127, which FBGEMM
+    sees as 255) and at the float32 limit (|w| = 64, K = 1024): DenseTile.matmul and the one-row Gemv of
+    the prepared linear MV, for rows of -128, of 127, alternating and random."""
+    from olivine.golden import contract
+    from olivine.sim import int8_gemv
+    from olivine.sim.funcsim import DenseTile
+
+    if not int8_gemv.available():
+        pytest.skip("this torch has no exact FBGEMM dynamic linear")
+    g = torch.Generator().manual_seed(q * k)
+    w = torch.randint(-q, q + 1, (40, k), generator=g, dtype=torch.int64)
+    w[0, :], w[1, :], w[2, :] = q, -q, torch.where(torch.arange(k) % 2 == 0, q, -q)
+    a = torch.randint(-128, 128, (4, k), generator=g, dtype=torch.int64)
+    a[0, :], a[1, :], a[2, :] = -128, 127, torch.where(torch.arange(k) % 2 == 0, 127, -128)
+    tile = DenseTile(w)
+    assert tile.packed is not None and (type(tile.packed) is int8_gemv.Split) == (q > int8_gemv.MAX_WEIGHT)
+    want = contract.int_matmul(a, w).to(torch.int64)
+    assert torch.equal(tile.matmul(a.to(torch.int8)).to(torch.int64), want)
+    gemv = int8_gemv.Gemv(k)
+    for r in range(a.shape[0]):
+        gemv.row[:] = a[r].numpy()
+        assert torch.equal(gemv.run(tile.packed).to(torch.int64)[0], want[r])
+
+
+def test_fbgemm_packing_refuses_what_it_cannot_compute_exactly():
+    """int8_gemv.pack declines weights whose product could leave float32's exact integers or wrap, and an
+    unsplit product above |w| = 64 really saturates (so the limit is needed, not only cautious)."""
+    from olivine.sim import int8_gemv
+
+    if not int8_gemv.available():
+        pytest.skip("this torch has no exact FBGEMM dynamic linear")
+    assert int8_gemv.pack(torch.ones(4, 1030, dtype=torch.int64) * 64, 64) is None  # 255 * 64 * 1032 >= 2**24
+    assert int8_gemv.pack(torch.ones(4, 64, dtype=torch.int64) * 1100, 1100) is None  # |hi| = 69 > 64
+    w = torch.full((2, 64), 127, dtype=torch.int64)
+    raw = int8_gemv._raw_product(int8_gemv._prepack(w), torch.full((1, 64), 127.0))
+    assert int(raw[0, 0]) != 127 * 127 * 64  # saturated pair sums: why pack splits such tiles
+
+
 @fuzz_settings(300)
 @given(st.integers(1, 5), st.integers(1, 40), st.booleans(), st.randoms(use_true_random=False))
 def test_quantize_rows_exact_equals_contract(rows, cols, pow2, rng):
@@ -474,8 +515,11 @@ def test_requantize_row_from_cached_entries_equals_contract(n, out, with_mantiss
         want = (want + bias).clamp(contract.INT32_MIN, contract.INT32_MAX)
     p = LinearEntries(mult.numpy(), shift.numpy(), bias.numpy(), int(shift.min()), int(shift.max()),
                       int(mult.max()), int(bias.abs().max()), {})
-    for _ in range(2):  # the second call reuses the (shift - exponent, half) cached for e
-        got = _requantize_row(acc.numpy(), p, e, mt, out == "int8", with_bias)
+    # the second call reuses the (shift - exponent, half) cached for e; FBGEMM products arrive as float32
+    # integers (below 2**24), the third call takes them in that form
+    forms = [acc.numpy(), acc.numpy()] + ([acc.numpy().astype(np.float32)] if bits <= 20 else [])
+    for form in forms:
+        got = _requantize_row(form, p, e, mt, out == "int8", with_bias)
         x = acc.numpy().astype(np.int64) * (1 if mt is None else mt)
         amax, s_lo = int(np.abs(x).max()), int(shift.min()) - e
         applies = s_lo >= 0 and int(shift.max()) - e <= 62 and amax <= 1 << min(s_lo + 2, 61) \
