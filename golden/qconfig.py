@@ -5,12 +5,14 @@ linear names as :meth:`olivine.golden.model.LlamaWeights.named_linears` spells t
 ``"layers.3.wq"``, ``"layers.*.w_down"``, ``"lm_head"``. When several patterns match a name the
 one inserted LAST wins (like later rules in a style sheet), so put general patterns first.
 
-Besides the per-linear choices a QuantConfig carries four whole-model options (PRESET_OPTIONS):
+Besides the per-linear choices a QuantConfig carries whole-model options (PRESET_OPTIONS):
 ``gptq_tokens`` (calibration tokens per corpus for GPTQ's Hessians; None: all the calibration
 tokens given), ``smooth_down`` (alpha of the w_down input smoothing s = rms(x)**alpha folded
 into w_up's rows; 0: none), ``smooth_norm`` (alpha of the q/k/v and gate/up input smoothing
-folded into the RMSNorm gammas; 0: none) and ``smooth_o`` (alpha of wo's input smoothing folded
-into wv's rows, tied per key-value head; 0: none).
+folded into the RMSNorm gammas; 0: none), ``smooth_o`` (alpha of wo's input smoothing folded
+into wv's rows, tied per key-value head; 0: none) and ``norm_tweak`` (tune the attn_norm /
+ffn_norm gains after the weights are quantized, golden/normtweak.py; with ``norm_tweak_lr``,
+``norm_tweak_tokens`` per corpus and ``norm_tweak_steps``).
 
 Presets (``QuantConfig.preset(name)``; lm_head is the sensitive layer everywhere: its weight is the
 (tied) embedding table and its output is the logits, so it stays INT8 weights x INT8 activations):
@@ -71,6 +73,15 @@ w4a8-ovp-gptq-g128-cal4k-nsmooth-vo  w4a8-ovp-gptq-g128-cal4k-nsmooth with wo's 
                    contract). Measured, not better: SmolLM2's integer model Lee 1.155x,
                    Shakespeare 1.096x against -nsmooth's 1.137x / 1.087x (docs/benchmarks.md).
                    Needs calibration tokens.
+w4a8-ovp-gptq-g128-cal4k-nsmooth-nt  w4a8-ovp-gptq-g128-cal4k-nsmooth with norm tweaking after GPTQ
+                   (golden/normtweak.py, QuantConfig.norm_tweak): each layer's attn_norm / ffn_norm
+                   gains tuned by Adam (20 steps, lr 3e-3, straight-through quantizers) so the
+                   quantized layer matches the float layer on the first 512 GPTQ calibration tokens
+                   per corpus, layer by layer on the integer model's own outputs; the gains stay on
+                   the GAMMA_FRAC grid (same contract). SmolLM2's integer model: @OVP_NT@
+                   (docs/benchmarks.md). Needs calibration tokens.
+w4a8-int4-gptq-g128-cal4k-nsmooth-nt  the same on plain INT4 (equal-bits comparison; SmolLM2:
+                   @INT4_NT@). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -213,7 +224,11 @@ class QuantConfig:
     alpha of the w_down input smoothing (golden.gptq.smoothing_scales; 0: none), ``smooth_norm``,
     alpha of the RMSNorm-output smoothing folded into attn_norm / ffn_norm (golden.gptq.fold_norm_scales;
     0: none), ``smooth_o``, alpha of wo's input smoothing folded into wv's rows
-    (golden.gptq.head_tied_smoothing_scales; 0: none)."""
+    (golden.gptq.head_tied_smoothing_scales; 0: none), ``norm_tweak`` (golden/normtweak.py: after
+    quantization, Adam on each decoder layer's attn_norm / ffn_norm gains so the quantized layer
+    matches the float one, ``norm_tweak_steps`` steps at ``norm_tweak_lr`` on the first
+    ``norm_tweak_tokens`` calibration tokens per corpus of GPTQ's rows; the gains stay on the
+    GAMMA_FRAC grid)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
     overrides: dict[str, LayerQuant] = field(default_factory=dict)
