@@ -82,6 +82,14 @@ w4a8-ovp-gptq-g128-cal4k-nsmooth-nt  w4a8-ovp-gptq-g128-cal4k-nsmooth with norm 
                    (docs/benchmarks.md). Needs calibration tokens.
 w4a8-int4-gptq-g128-cal4k-nsmooth-nt  the same on plain INT4 (equal-bits comparison; SmolLM2:
                    @INT4_NT@). Needs calibration tokens.
+w4a4-ovp-nsmooth   w4a4-ovp (round to nearest) with the RMSNorm outputs and w_down's input
+                   smoothed as in -cal4k-nsmooth (alpha 0.5, Hessians on the calibration tokens);
+                   each OVP4 activation alpha is calibrated on the smoothed inputs the integer
+                   model sees. No group multipliers (the OVP array has no group scaler).
+                   Needs calibration tokens.
+w4a4-ovp-gptq-cal4k-nsmooth  w4a4-ovp-nsmooth with GPTQ-chosen OVP4 weights (per-row scales) on
+                   4,096 calibration tokens per corpus (static alphas keep the first
+                   golden.data.CALIBRATION_TOKENS). Needs calibration tokens.
 =================  ====================================================================
 """
 
@@ -200,6 +208,9 @@ PRESETS: dict[str, tuple[LayerQuant, dict[str, LayerQuant]]] = {
     "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-ovp-gptq-g128-cal4k-nsmooth-nt": (LayerQuant("ovp4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
     "w4a8-int4-gptq-g128-cal4k-nsmooth-nt": (LayerQuant("int4", "int8", method="gptq", group=128), {"lm_head": _W8A8}),
+    # W4A4 with section 1's levers that the OVP array takes (no group multipliers: compiler.spec)
+    "w4a4-ovp-nsmooth": (LayerQuant("ovp4", "ovp4"), {"lm_head": _W8A8}),
+    "w4a4-ovp-gptq-cal4k-nsmooth": (LayerQuant("ovp4", "ovp4", method="gptq"), {"lm_head": _W8A8}),
 }
 
 #: whole-model options of the presets that have any (QuantConfig's gptq_tokens, smooth_down, smooth_norm,
@@ -212,6 +223,8 @@ PRESET_OPTIONS: dict[str, dict] = {
     "w4a8-ovp-gptq-g128-cal4k-nsmooth-vo": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "smooth_o": 0.5},
     "w4a8-ovp-gptq-g128-cal4k-nsmooth-nt": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "norm_tweak": True},
     "w4a8-int4-gptq-g128-cal4k-nsmooth-nt": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5, "norm_tweak": True},
+    "w4a4-ovp-nsmooth": {"smooth_down": 0.5, "smooth_norm": 0.5},
+    "w4a4-ovp-gptq-cal4k-nsmooth": {"gptq_tokens": 4096, "smooth_down": 0.5, "smooth_norm": 0.5},
 }
 
 

@@ -487,6 +487,10 @@ def quantize_model(config: LlamaConfig, weights: LlamaWeights, qcfg: QuantConfig
             for name, s in col_scales.items():  # the Hessian of the rescaled input x / s
                 sd = s.to(torch.float64)
                 hs[name] = hs[name].to(torch.float64) / sd.reshape(-1, 1) / sd.reshape(1, -1)
+                if name in calib:
+                    # static scales / OVP4 alphas from the rescaled input x / s the model feeds the
+                    # linear (w_up's or wv's rows x 1/s), not from the unsmoothed x
+                    calib[name] = (calib[name].to(torch.float64) / sd.reshape(1, -1)).to(calib[name].dtype)
         if par:
             gptq_w.update(gptq.quantize_linears(config, weights, None, {n: lq[n].weights for n in par},
                                                 groups={n: lq[n].group for n in par}, hessians=hs,
