@@ -78,10 +78,10 @@ w4a8-ovp-gptq-g128-cal4k-nsmooth-nt  w4a8-ovp-gptq-g128-cal4k-nsmooth with norm 
                    gains tuned by Adam (20 steps, lr 3e-3, straight-through quantizers) so the
                    quantized layer matches the float layer on the first 512 GPTQ calibration tokens
                    per corpus, layer by layer on the integer model's own outputs; the gains stay on
-                   the GAMMA_FRAC grid (same contract). SmolLM2's integer model: @OVP_NT@
-                   (docs/benchmarks.md). Needs calibration tokens.
+                   the GAMMA_FRAC grid (same contract). SmolLM2's integer model: Lee 1.146x,
+                   Shakespeare 1.086x, no gain over -nsmooth (docs/benchmarks.md). Needs calibration tokens.
 w4a8-int4-gptq-g128-cal4k-nsmooth-nt  the same on plain INT4 (equal-bits comparison; SmolLM2:
-                   @INT4_NT@). Needs calibration tokens.
+                   not yet measured). Needs calibration tokens.
 w4a4-ovp-nsmooth   w4a4-ovp (round to nearest) with the RMSNorm outputs and w_down's input
                    smoothed as in -cal4k-nsmooth (alpha 0.5, Hessians on the calibration tokens);
                    each OVP4 activation alpha is calibrated on the smoothed inputs the integer
