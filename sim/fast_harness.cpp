@@ -828,6 +828,14 @@ static vpiHandle memory_handle(const char* name) {
     return mem;
 }
 
+// Word `index` of memory `mem` (named `name` for the error) and its width in 32-bit words.
+static vpiHandle memory_word(vpiHandle mem, const char* name, int index, int& words32) {
+    vpiHandle word = vpi_handle_by_index(mem, index);
+    if (!word) throw SimError(std::string("memory '") + name + "' has no word " + std::to_string(index));
+    words32 = (vpi_get(vpiSize, word) + 31) / 32;
+    return word;
+}
+
 int olv_memory_depth(void* handle, const char* name) {
     Handle* h = static_cast<Handle*>(handle);
     int depth = 0;
@@ -853,14 +861,13 @@ int olv_peek_memory(void* handle, const char* name, int start, int count, uint32
     return guarded(h, [&] {
         vpiHandle mem = memory_handle(name);
         for (int i = 0; i < count; i++) {
-            vpiHandle word = vpi_handle_by_index(mem, start + i);
-            if (!word) throw SimError(std::string("memory '") + name + "' has no word " + std::to_string(start + i));
-            int bits = vpi_get(vpiSize, word);
-            if ((bits + 31) / 32 > nwords) throw SimError(std::string("memory word buffer too small for ") + name);
+            int n;
+            vpiHandle word = memory_word(mem, name, start + i, n);
+            if (n > nwords) throw SimError(std::string("memory word buffer too small for ") + name);
             s_vpi_value value;
             value.format = vpiVectorVal;
             vpi_get_value(word, &value);
-            for (int j = 0; j < nwords; j++) out[i * nwords + j] = j < (bits + 31) / 32 ? value.value.vector[j].aval : 0;
+            for (int j = 0; j < nwords; j++) out[i * nwords + j] = j < n ? value.value.vector[j].aval : 0;
         }
     });
 }
@@ -944,10 +951,8 @@ int olv_poke_memory(void* handle, const char* name, int start, int count, const 
     return guarded(h, [&] {
         vpiHandle mem = memory_handle(name);
         for (int i = 0; i < count; i++) {
-            vpiHandle word = vpi_handle_by_index(mem, start + i);
-            if (!word) throw SimError(std::string("memory '") + name + "' has no word " + std::to_string(start + i));
-            int bits = vpi_get(vpiSize, word);
-            int n = (bits + 31) / 32;
+            int n;
+            vpiHandle word = memory_word(mem, name, start + i, n);
             std::vector<s_vpi_vecval> vec(n);
             for (int j = 0; j < n; j++)
                 vec[j] = s_vpi_vecval{static_cast<PLI_INT32>(j < nwords ? in[i * nwords + j] : 0), 0};
